@@ -1,0 +1,289 @@
+//! Key and value layouts of every BPF map, their names and their sizes.
+
+/// `family` value of an IPv4 address or flow.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value of an IPv6 address or flow.
+pub const FAMILY_V6: u8 = 6;
+
+/// Largest Maglev table (M). Tables may be any prime up to this size.
+pub const MAX_TABLE_SIZE: u32 = 65537;
+/// Default Maglev table size: the prime used by the Maglev paper and Katran.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Number of VIPs the data plane can hold (each has two table buffers).
+pub const MAX_VIPS: u32 = 32;
+/// Number of backend slots. Slot 0 is reserved and never alive: an unwritten table entry is 0
+/// and therefore means "no backend".
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default capacity of the flow table. With per-CPU LRU lists each CPU can hold an equal share.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 18;
+/// Number of local tunnel addresses a decapsulating node accepts.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Number of interfaces the forwarder may redirect to.
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Map names, shared so the agent and the tests open exactly what the programs declare.
+/// BPF object names hold at most 15 characters.
+pub mod names {
+    /// [`VipKey`](super::VipKey) → [`VipMeta`](super::VipMeta).
+    pub const VIPS: &str = "SLUICE_VIPS";
+    /// Backend id → [`Backend`](super::Backend).
+    pub const BACKENDS: &str = "SLUICE_BACKENDS";
+    /// `((vip.id * 2 + buffer) * MAX_TABLE_SIZE + slot)` → backend id.
+    pub const MAGLEV: &str = "SLUICE_MAGLEV";
+    /// [`FlowKey`](super::FlowKey) → [`FlowState`](super::FlowState), LRU with per-CPU lists.
+    pub const FLOWS: &str = "SLUICE_FLOWS";
+    /// Index 0 → [`NodeConfig`](super::NodeConfig).
+    pub const NODE: &str = "SLUICE_NODE";
+    /// Per-CPU counters indexed by [`stats::Lb`](crate::stats::Lb).
+    pub const LB_STATS: &str = "SLUICE_LB_STATS";
+    /// Per-CPU [`Traffic`](super::Traffic) indexed by VIP id.
+    pub const VIP_STATS: &str = "SLUICE_VIP_STAT";
+    /// Per-CPU [`Traffic`](super::Traffic) indexed by backend id.
+    pub const BACKEND_STATS: &str = "SLUICE_BE_STATS";
+    /// Devmap of interfaces the forwarder may redirect to, keyed by ifindex.
+    pub const TX_PORTS: &str = "SLUICE_TX_PORTS";
+    /// [`AddrKey`](super::AddrKey) → `u32` (unused): outer destinations `sluice_decap` accepts.
+    pub const DECAP_ADDRS: &str = "SLUICE_DECAP_IP";
+    /// Per-CPU counters indexed by [`stats::Decap`](crate::stats::Decap).
+    pub const DECAP_STATS: &str = "SLUICE_DCP_STAT";
+}
+
+/// Program names in the object.
+pub mod programs {
+    /// The forwarder, for LB nodes.
+    pub const LB: &str = "sluice_lb";
+    /// The tunnel endpoint, for gateway nodes.
+    pub const DECAP: &str = "sluice_decap";
+    /// Global switch for aya-log debug output; 0 (the default) removes logging at load time.
+    pub const DEBUG_GLOBAL: &str = "SLUICE_DEBUG";
+}
+
+/// A virtual service: destination address, port and protocol.
+///
+/// A key with `port == 0` and `proto == 0` marks an address that carries VIPs at all; the
+/// forwarder uses it to recognise fragments addressed to a VIP, which carry no port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Address words, wire order (see the crate docs).
+    pub addr: [u32; 4],
+    /// Port in network byte order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Hash only the client address (client-IP persistence) rather than the 5-tuple.
+pub const VIP_HASH_SOURCE_ONLY: u32 = 1;
+/// The entry is an address marker (`port == 0`, `proto == 0`), not a service.
+pub const VIP_ADDRESS_MARKER: u32 = 2;
+
+/// What the data plane knows about a VIP. Replaced as a whole on every table flip, so a packet
+/// sees either the old `(table_size, active)` pair or the new one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of the VIP's table pair and its counters, `< MAX_VIPS`.
+    pub id: u32,
+    /// `VIP_*` flags.
+    pub flags: u32,
+    /// Maglev table size M (prime, `<= MAX_TABLE_SIZE`).
+    pub table_size: u32,
+    /// Which of the VIP's two table buffers is live (0 or 1).
+    pub active: u32,
+}
+
+impl VipMeta {
+    /// Index into the Maglev array of `slot` in this VIP's live buffer.
+    #[inline(always)]
+    pub fn table_index(&self, slot: u32) -> u32 {
+        maglev_index(self.id, self.active, slot)
+    }
+}
+
+/// Index into the Maglev array of `slot` in buffer `buffer` of VIP `vip_id`.
+#[inline(always)]
+pub fn maglev_index(vip_id: u32, buffer: u32, slot: u32) -> u32 {
+    ((vip_id & (MAX_VIPS - 1)) * 2 + (buffer & 1)) * MAX_TABLE_SIZE + slot
+}
+
+/// The backend is healthy and may be forwarded to.
+pub const BACKEND_ALIVE: u8 = 1;
+/// The backend takes no new flows; established flows still reach it.
+pub const BACKEND_DRAINING: u8 = 2;
+
+/// A gateway node that VIP traffic is tunnelled to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Address words, wire order. Its family picks the outer header (IPv4 or IPv6).
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// `BACKEND_*` flags.
+    pub flags: u8,
+    /// Explicit padding.
+    pub pad: [u8; 2],
+}
+
+impl Backend {
+    /// True when the data plane may forward to this backend.
+    #[inline(always)]
+    pub fn is_alive(&self) -> bool {
+        self.flags & BACKEND_ALIVE != 0
+    }
+}
+
+/// A flow as the data plane sees it: client to VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address words, wire order.
+    pub src: [u32; 4],
+    /// VIP address words, wire order.
+    pub dst: [u32; 4],
+    /// Client port, network byte order.
+    pub src_port: u16,
+    /// VIP port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding, always zero (it is part of the hashed map key).
+    pub pad: [u8; 2],
+}
+
+/// The flow table's value: which backend owns the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Backend id.
+    pub backend: u32,
+}
+
+/// Configuration of the node running `sluice_lb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Outer IPv4 source, wire order.
+    pub src_v4: u32,
+    /// Bits of `src_v4` replaced by flow-hash bits (wire order mask; 0 = fixed source).
+    pub src_v4_entropy: u32,
+    /// Outer IPv6 source, wire order.
+    pub src_v6: [u32; 4],
+    /// Bits of the last word of `src_v6` replaced by flow-hash bits.
+    pub src_v6_entropy: u32,
+    /// Outer TTL / hop limit; 0 means [`DEFAULT_OUTER_TTL`].
+    pub ttl: u8,
+    /// Explicit padding.
+    pub pad: [u8; 3],
+}
+
+/// Outer TTL / hop limit when the node config leaves it at zero.
+pub const DEFAULT_OUTER_TTL: u8 = 64;
+
+impl NodeConfig {
+    /// Outer IPv4 source for a flow with hash `hash`.
+    #[inline(always)]
+    pub fn outer_src_v4(&self, hash: u32) -> u32 {
+        (self.src_v4 & !self.src_v4_entropy) | (hash & self.src_v4_entropy)
+    }
+
+    /// Outer IPv6 source for a flow with hash `hash`.
+    #[inline(always)]
+    pub fn outer_src_v6(&self, hash: u32) -> [u32; 4] {
+        let mut src = self.src_v6;
+        src[3] = (src[3] & !self.src_v6_entropy) | (hash & self.src_v6_entropy);
+        src
+    }
+
+    /// Outer TTL / hop limit.
+    #[inline(always)]
+    pub fn outer_ttl(&self) -> u8 {
+        if self.ttl == 0 {
+            DEFAULT_OUTER_TTL
+        } else {
+            self.ttl
+        }
+    }
+}
+
+/// Packets and bytes, one per CPU in the per-CPU maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen (whole frames as received).
+    pub bytes: u64,
+}
+
+/// An address accepted as an outer destination by `sluice_decap`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// Address words, wire order.
+    pub addr: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and have no implicit padding.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::AddrKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipMeta>(), 16);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 4);
+        assert_eq!(size_of::<NodeConfig>(), 32);
+        assert_eq!(size_of::<Traffic>(), 16);
+        assert_eq!(size_of::<AddrKey>(), 20);
+    }
+
+    #[test]
+    fn table_buffers_do_not_overlap() {
+        let last_of_vip0_b0 = maglev_index(0, 0, MAX_TABLE_SIZE - 1);
+        assert_eq!(maglev_index(0, 1, 0), last_of_vip0_b0 + 1);
+        assert_eq!(
+            maglev_index(MAX_VIPS - 1, 1, MAX_TABLE_SIZE - 1),
+            MAX_VIPS * 2 * MAX_TABLE_SIZE - 1
+        );
+    }
+
+    #[test]
+    fn entropy_replaces_only_masked_bits() {
+        let node = NodeConfig {
+            src_v4: 0x0000_10ac,
+            src_v4_entropy: 0xffff_0000,
+            src_v6: [1, 2, 3, 0xaaaa_0000],
+            src_v6_entropy: 0x0000_ffff,
+            ..Default::default()
+        };
+        assert_eq!(node.outer_src_v4(0x1234_5678), 0x1234_10ac);
+        assert_eq!(node.outer_src_v6(0x1234_5678), [1, 2, 3, 0xaaaa_5678]);
+        assert_eq!(node.outer_ttl(), DEFAULT_OUTER_TTL);
+    }
+}

@@ -1,0 +1,295 @@
+//! Loading the data-plane programs and reading and writing their maps.
+//!
+//! Every map is reached by the name and layout `sluice-common` defines, through aya's typed
+//! wrappers. This module knows nothing of config files or health: it is the one place where
+//! userspace touches BPF state, shared by the agent and the packet tests.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{xdp::XdpMapError, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use sluice_common::{
+    maglev_index, names, programs,
+    stats::{Decap, Lb, LbFlow, LB_FLOW_BASE},
+    Backend, FlowKey, FlowState, NodeConfig, Traffic, VipKey, VipMeta, MAX_BACKENDS,
+    MAX_TABLE_SIZE, MAX_VIPS,
+};
+use thiserror::Error;
+
+use crate::{addr, object};
+
+/// Errors from loading programs or touching maps.
+#[derive(Debug, Error)]
+pub enum DataPlaneError {
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// A program could not be loaded or attached (the verifier's log is in the source).
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// The devmap refused an interface.
+    #[error("map SLUICE_TX_PORTS: {0}")]
+    TxPorts(#[source] XdpMapError),
+    /// A map the programs declare is missing from the object.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A program is missing from the object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// An index or size outside what the maps hold.
+    #[error("{what} {value} is out of range (limit {limit})")]
+    OutOfRange {
+        /// What was out of range.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataPlaneError>;
+
+/// How to load the data plane.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Enable aya-log debug output in the programs (off: logging is removed at load time).
+    pub debug: bool,
+    /// Flow-table capacity; `None` keeps the object's default.
+    pub flow_table_size: Option<u32>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            debug: false,
+            flow_table_size: None,
+        }
+    }
+}
+
+/// The loaded object: maps created, programs loaded on demand.
+pub struct DataPlane {
+    ebpf: Ebpf,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { name, source }
+}
+
+impl DataPlane {
+    /// Creates the maps of the embedded object.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let debug = u8::from(opts.debug);
+        let mut loader = EbpfLoader::new();
+        loader.override_global(programs::DEBUG_GLOBAL, &debug, true);
+        if let Some(size) = opts.flow_table_size {
+            loader.map_max_entries(names::FLOWS, size);
+        }
+        let ebpf = loader.load(object::bytes())?;
+        Ok(Self { ebpf })
+    }
+
+    /// The aya handle, for callers that need what this module does not wrap.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Loads (verifies) and returns one of the programs, `sluice_lb` or `sluice_decap`.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataPlaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataPlaneError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| DataPlaneError::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataPlaneError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DataPlaneError::MissingMap(name))
+    }
+
+    /// Writes the node configuration.
+    pub fn set_node(&mut self, node: &NodeConfig) -> Result<()> {
+        let name = names::NODE;
+        let mut map: Array<&mut MapData, NodeConfig> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.set(0, node, 0).map_err(map_err(name))
+    }
+
+    /// Writes backend `id`. Id 0 is reserved for "no backend".
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        if id == 0 || id >= MAX_BACKENDS {
+            return Err(DataPlaneError::OutOfRange {
+                what: "backend id",
+                value: id.into(),
+                limit: MAX_BACKENDS.into(),
+            });
+        }
+        let name = names::BACKENDS;
+        let mut map: Array<&mut MapData, Backend> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.set(id, backend, 0).map_err(map_err(name))
+    }
+
+    /// Reads backend `id`.
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        let name = names::BACKENDS;
+        let map: Array<&MapData, Backend> =
+            Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        map.get(&id, 0).map_err(map_err(name))
+    }
+
+    /// Writes buffer `buffer` (0 or 1) of VIP `vip_id`'s Maglev table. The buffer must not be
+    /// the live one; make it live with [`DataPlane::set_vip`].
+    pub fn write_table(&mut self, vip_id: u32, buffer: u32, table: &[u32]) -> Result<()> {
+        if vip_id >= MAX_VIPS {
+            return Err(DataPlaneError::OutOfRange {
+                what: "VIP id",
+                value: vip_id.into(),
+                limit: MAX_VIPS.into(),
+            });
+        }
+        if table.len() > MAX_TABLE_SIZE as usize {
+            return Err(DataPlaneError::OutOfRange {
+                what: "table size",
+                value: table.len() as u64,
+                limit: MAX_TABLE_SIZE.into(),
+            });
+        }
+        let name = names::MAGLEV;
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (slot, id) in table.iter().enumerate() {
+            map.set(maglev_index(vip_id, buffer, slot as u32), id, 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a VIP. Replacing is atomic for packets in flight, so flipping `active`
+    /// and `table_size` together switches tables without a half-visible state.
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        let name = names::VIPS;
+        let mut map: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.insert(key, meta, 0).map_err(map_err(name))
+    }
+
+    /// Removes a VIP (or an address marker).
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let name = names::VIPS;
+        let mut map: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.remove(key).map_err(map_err(name))
+    }
+
+    /// Marks `ip` as an address that carries VIPs, so fragments sent to it are recognised.
+    pub fn set_vip_address(&mut self, ip: IpAddr) -> Result<()> {
+        let meta = VipMeta {
+            flags: sluice_common::VIP_ADDRESS_MARKER,
+            ..VipMeta::default()
+        };
+        self.set_vip(&addr::vip_address_key(ip), &meta)
+    }
+
+    /// Allows redirects to interface `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let name = names::TX_PORTS;
+        let mut map: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.insert(ifindex, ifindex, None, 0)
+            .map_err(DataPlaneError::TxPorts)
+    }
+
+    /// Accepts `ip` as a local tunnel endpoint in `sluice_decap`.
+    pub fn add_decap_addr(&mut self, ip: IpAddr) -> Result<()> {
+        let name = names::DECAP_ADDRS;
+        let mut map: HashMap<&mut MapData, sluice_common::AddrKey, u32> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.insert(addr::addr_key(ip), 1, 0).map_err(map_err(name))
+    }
+
+    /// The flow table's entry for `key`, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>> {
+        let name = names::FLOWS;
+        let map: HashMap<&MapData, FlowKey, FlowState> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let values = map.get(&index, 0).map_err(map_err(name))?;
+        Ok(values.iter().sum())
+    }
+
+    fn traffic_sum(&self, name: &'static str, index: u32) -> Result<Traffic> {
+        let map: PerCpuArray<&MapData, Traffic> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let values = map.get(&index, 0).map_err(map_err(name))?;
+        Ok(values.iter().fold(Traffic::default(), |a, t| Traffic {
+            packets: a.packets + t.packets,
+            bytes: a.bytes + t.bytes,
+        }))
+    }
+
+    /// A `sluice_lb` outcome counter, summed over CPUs.
+    pub fn lb_count(&self, outcome: Lb) -> Result<u64> {
+        self.counter_sum(names::LB_STATS, outcome as u32)
+    }
+
+    /// A `sluice_lb` flow-event counter, summed over CPUs.
+    pub fn flow_count(&self, event: LbFlow) -> Result<u64> {
+        self.counter_sum(names::LB_STATS, LB_FLOW_BASE + event as u32)
+    }
+
+    /// A `sluice_decap` counter, summed over CPUs.
+    pub fn decap_count(&self, outcome: Decap) -> Result<u64> {
+        self.counter_sum(names::DECAP_STATS, outcome as u32)
+    }
+
+    /// Traffic of VIP `id`, summed over CPUs.
+    pub fn vip_traffic(&self, id: u32) -> Result<Traffic> {
+        self.traffic_sum(names::VIP_STATS, id)
+    }
+
+    /// Traffic to backend `id`, summed over CPUs.
+    pub fn backend_traffic(&self, id: u32) -> Result<Traffic> {
+        self.traffic_sum(names::BACKEND_STATS, id)
+    }
+}

@@ -1,0 +1,125 @@
+//! `sluice_decap`: the tunnel endpoint on gateway nodes.
+//!
+//! The kernel on this platform has no ipip or ip6_tunnel module, so the outer header is
+//! stripped here and the inner packet goes up the stack as if it had arrived bare: its source
+//! is still the real client (DSR), and its destination is the VIP bound on `lo`.
+//!
+//! Only packets whose outer destination is one of the configured local tunnel addresses are
+//! decapsulated; other tunnel packets are passed untouched and counted as refused.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use sluice_common::{
+    net::{proto, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN},
+    stats::Decap,
+    AddrKey, FAMILY_V4, FAMILY_V6,
+};
+
+use crate::{
+    maps::{bump, DECAP_ADDRS, DECAP_STATS},
+    packet::{addr6_at, at, be16_at, len, raw16_at, raw32_at, u8_at, L2},
+};
+
+/// Runs the program and counts the outcome.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let outcome = match decapsulate(ctx) {
+        Ok(o) | Err(o) => o,
+    };
+    bump(&DECAP_STATS, outcome as u32);
+    match outcome {
+        Decap::Malformed => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
+    let eth = at::<[u8; 14]>(ctx, 0).ok_or(Decap::Pass)? as *const u8;
+    let dst = [raw16_at(eth, 0), raw16_at(eth, 2), raw16_at(eth, 4)];
+    let src = [raw16_at(eth, 6), raw16_at(eth, 8), raw16_at(eth, 10)];
+    let mut ethertype = be16_at(eth, 12);
+    let mut vlan = None;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag = at::<[u8; 18]>(ctx, 0).ok_or(Decap::Pass)? as *const u8;
+        vlan = Some((raw16_at(tag, 12), raw16_at(tag, 14)));
+        ethertype = be16_at(tag, 16);
+    }
+    let l2 = L2 { dst, src, vlan };
+    let off = l2.len();
+    let (key, inner_proto, outer_len) = match ethertype {
+        ETH_P_IP => {
+            let ip = at::<[u8; IPV4_HLEN]>(ctx, off).ok_or(Decap::Pass)? as *const u8;
+            let p = u8_at(ip, 9);
+            if p != proto::IPIP && p != proto::IPV6 {
+                return Ok(Decap::Pass);
+            }
+            let vihl = u8_at(ip, 0);
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            let total = be16_at(ip, 2) as usize;
+            if vihl >> 4 != 4 || ihl < IPV4_HLEN || total < ihl || off + total > len(ctx) {
+                return Err(Decap::Malformed);
+            }
+            let key = AddrKey {
+                addr: [raw32_at(ip, 16), 0, 0, 0],
+                family: FAMILY_V4,
+                pad: [0; 3],
+            };
+            if be16_at(ip, 6) & 0x3fff != 0 {
+                return Ok(if is_local(&key) {
+                    Decap::RefusedFragment
+                } else {
+                    Decap::RefusedAddr
+                });
+            }
+            (key, p, ihl)
+        }
+        ETH_P_IPV6 => {
+            let ip = at::<[u8; IPV6_HLEN]>(ctx, off).ok_or(Decap::Pass)? as *const u8;
+            let p = u8_at(ip, 6);
+            if p != proto::IPIP && p != proto::IPV6 {
+                return Ok(Decap::Pass);
+            }
+            let payload = be16_at(ip, 4) as usize;
+            if u8_at(ip, 0) >> 4 != 6 || off + IPV6_HLEN + payload > len(ctx) {
+                return Err(Decap::Malformed);
+            }
+            let key = AddrKey {
+                addr: addr6_at(ip, 24),
+                family: FAMILY_V6,
+                pad: [0; 3],
+            };
+            (key, p, IPV6_HLEN)
+        }
+        _ => return Ok(Decap::Pass),
+    };
+    if !is_local(&key) {
+        return Ok(Decap::RefusedAddr);
+    }
+    // The inner header must be what the outer says it is.
+    // Any inner IP header is at least 20 bytes.
+    let inner = at::<[u8; IPV4_HLEN]>(ctx, off + outer_len).ok_or(Decap::Malformed)? as *const u8;
+    let version = u8_at(inner, 0) >> 4;
+    let inner_type = match (inner_proto, version) {
+        (proto::IPIP, 4) => ETH_P_IP,
+        (proto::IPV6, 6) => ETH_P_IPV6,
+        _ => return Err(Decap::Malformed),
+    };
+    // Drop the bytes in front of the inner header, then rewrite L2 in front of it.
+    // SAFETY: plain helper call on our own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return Err(Decap::Malformed);
+    }
+    if !l2.write(ctx, &l2.dst, &l2.src, inner_type) {
+        return Err(Decap::Malformed);
+    }
+    Ok(if key.family == FAMILY_V4 {
+        Decap::DecapV4
+    } else {
+        Decap::DecapV6
+    })
+}
+
+#[inline(always)]
+fn is_local(key: &AddrKey) -> bool {
+    DECAP_ADDRS.get_ptr(key).is_some()
+}

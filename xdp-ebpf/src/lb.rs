@@ -1,0 +1,94 @@
+//! `sluice_lb`: parse → lookup → encapsulate → emit, and the one counter each packet ends in.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use sluice_common::{stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
+
+use crate::{
+    emit::{self, NextHop},
+    encap, icmp, lookup,
+    maps::{add_traffic, bump, BACKEND_STATS, LB_STATS, NODE, VIP_STATS},
+    packet::len,
+    parse::{self, Kind},
+};
+
+/// Runs the forwarder on one packet and counts the outcome.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let (action, outcome) = match forward(ctx) {
+        Ok(done) => done,
+        Err(outcome) => (action_for(outcome), outcome),
+    };
+    bump(&LB_STATS, outcome as u32);
+    action
+}
+
+/// The action for a packet that ends with `outcome` before it was rewritten.
+#[inline(always)]
+fn action_for(outcome: Lb) -> u32 {
+    match outcome {
+        Lb::Pass => xdp_action::XDP_PASS,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
+    let frame_len = len(ctx) as u64;
+    let pkt = parse::parse(ctx)?;
+    match pkt.kind {
+        Kind::Transport { .. } | Kind::IcmpError => {}
+        Kind::Fragment if lookup::is_vip_address(&pkt) => return Err(Lb::Fragment),
+        Kind::Fragment | Kind::Other => return Err(Lb::Pass),
+    }
+    let meta = lookup::vip(&pkt).ok_or(Lb::Pass)?;
+    add_traffic(&VIP_STATS, meta.id, frame_len);
+    let choice = lookup::choose(&pkt, &meta).ok_or(Lb::NoBackend)?;
+    if pkt.kind == Kind::IcmpError {
+        bump(&LB_STATS, LB_FLOW_BASE + LbFlow::IcmpError as u32);
+    }
+    let node = NODE.get(0).copied().unwrap_or_default();
+    let outer = encap::plan(&pkt, &choice.backend, &node, choice.hash);
+    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer) {
+        NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
+        // The kernel takes it: address the frame to ourselves, as it arrived.
+        NextHop::Kernel => (pkt.l2.dst, pkt.l2.src, None),
+        NextHop::TooBig(mtu) => {
+            if pkt.kind == Kind::IcmpError {
+                return Err(Lb::TooBigDropped);
+            }
+            return icmp::too_big(ctx, &pkt, mtu, outer.len).map(|a| (a, Lb::TooBig));
+        }
+        NextHop::Unreachable => return Err(Lb::FibFailure),
+    };
+    encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac)?;
+    add_traffic(&BACKEND_STATS, choice.id, frame_len);
+    crate::debug_log!(
+        ctx,
+        "vip {} backend {} hash {:x}",
+        meta.id,
+        choice.id,
+        choice.hash
+    );
+    let Some(ifindex) = ifindex else {
+        return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
+    };
+    match emit::send(ctx, ifindex) {
+        Ok(done) => Ok(done),
+        Err(()) => {
+            // Not a port we may redirect to: hand it to the kernel addressed to ourselves.
+            if !pkt.l2.write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer)) {
+                return Err(Lb::EncapFailed);
+            }
+            Ok((xdp_action::XDP_PASS, Lb::RedirectMiss))
+        }
+    }
+}
+
+#[inline(always)]
+fn outer_ethertype(outer: &encap::Outer) -> u16 {
+    if outer.family == sluice_common::FAMILY_V6 {
+        sluice_common::net::ETH_P_IPV6
+    } else {
+        sluice_common::net::ETH_P_IP
+    }
+}

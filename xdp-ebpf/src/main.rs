@@ -1,0 +1,54 @@
+//! Sluice's XDP programs.
+//!
+//! - `sluice_lb` forwards VIP traffic to gateway nodes: [`parse`] → [`lookup`] → [`encap`] →
+//!   [`emit`], with [`icmp`] answering packets too big for the tunnel.
+//! - `sluice_decap` strips the tunnel on gateway nodes: [`decap`].
+//! - `bench_*` wrap them for `cargo xtask bench xdp` (see [`bench`]).
+#![no_std]
+#![no_main]
+
+mod bench;
+mod decap;
+mod emit;
+mod encap;
+mod icmp;
+mod lb;
+mod lookup;
+mod maps;
+mod packet;
+mod parse;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext, Global};
+
+/// Load-time debug switch. The loader sets it to 1 to enable aya-log output; at 0 the verifier
+/// sees a constant and removes the logging code, so the hot path carries none of it.
+#[unsafe(no_mangle)]
+static SLUICE_DEBUG: Global<u8> = Global::new(0);
+
+/// Logs through aya-log only when [`SLUICE_DEBUG`] is set at load time.
+#[macro_export]
+macro_rules! debug_log {
+    ($ctx:expr, $($arg:tt)+) => {
+        if $crate::SLUICE_DEBUG.load() != 0 {
+            aya_log_ebpf::debug!($ctx, $($arg)+);
+        }
+    };
+}
+
+/// Maglev forwarder for LB nodes.
+#[xdp]
+pub fn sluice_lb(ctx: XdpContext) -> u32 {
+    lb::run(&ctx)
+}
+
+/// Tunnel endpoint for gateway nodes.
+#[xdp]
+pub fn sluice_decap(ctx: XdpContext) -> u32 {
+    decap::run(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,81 @@
+//! The maps of both programs. Layouts and names come from `sluice-common`.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use sluice_common::{
+    stats::{DECAP_STATS_LEN, LB_COUNTERS},
+    AddrKey, Backend, FlowKey, FlowState, NodeConfig, Traffic, VipKey, VipMeta, MAX_BACKENDS,
+    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, DEFAULT_FLOW_TABLE_SIZE,
+};
+
+/// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
+#[map(name = "SLUICE_VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> =
+    HashMap::with_max_entries(MAX_VIPS * 2, BPF_F_NO_PREALLOC);
+
+/// Backends by id.
+#[map(name = "SLUICE_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Two Maglev table buffers per VIP.
+#[map(name = "SLUICE_MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * MAX_TABLE_SIZE, 0);
+
+/// Established flows. One hash table visible from every CPU, with per-CPU LRU lists so CPUs do
+/// not contend on eviction: a flow whose packets arrive on another CPU still finds its entry.
+#[map(name = "SLUICE_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Node configuration (one entry).
+#[map(name = "SLUICE_NODE")]
+pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// Outcome and flow-event counters of `sluice_lb`.
+#[map(name = "SLUICE_LB_STATS")]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LB_COUNTERS, 0);
+
+/// Traffic per VIP id.
+#[map(name = "SLUICE_VIP_STAT")]
+pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Traffic per backend id.
+#[map(name = "SLUICE_BE_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Interfaces the forwarder may redirect to, keyed by ifindex.
+#[map(name = "SLUICE_TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Outer destinations that `sluice_decap` accepts.
+#[map(name = "SLUICE_DECAP_IP")]
+pub static DECAP_ADDRS: HashMap<AddrKey, u32> =
+    HashMap::with_max_entries(MAX_DECAP_ADDRS, BPF_F_NO_PREALLOC);
+
+/// Outcome counters of `sluice_decap`.
+#[map(name = "SLUICE_DCP_STAT")]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_STATS_LEN, 0);
+
+/// Adds one to counter `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while XDP runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds one packet of `bytes` to entry `index` of a per-CPU traffic array.
+#[inline(always)]
+pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
+    if let Some(t) = map.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+        }
+    }
+}
