@@ -1,0 +1,299 @@
+//! The forwarding paths: encapsulation per family, next hop, flow table and table changes.
+
+use sluice_common::{
+    flow_hash,
+    stats::{Lb, LbFlow},
+    BACKEND_ALIVE, BACKEND_DRAINING, VIP_HASH_SOURCE_ONLY,
+};
+
+use crate::{
+    action, assert_flow_events, assert_outcomes,
+    lab::{backend_addr, backend_mac, Lab, EXT_MAC, INT_MAC, NODE_V4, NODE_V6, ROUTER_MAC},
+    pkt::{self, build, encapsulated, Extra, Flow, Outer, Tcp},
+    with_lab,
+};
+
+const VIP4: &str = "198.51.100.1";
+const VIP6: &str = "2001:db8::1";
+
+/// Which backend the data plane chose, from the outer destination of an encapsulated frame.
+fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
+    if out[l2] >> 4 == 4 {
+        let d: [u8; 4] = out[l2 + 16..l2 + 20].try_into().expect("4 bytes");
+        d.into()
+    } else {
+        let d: [u8; 16] = out[l2 + 24..l2 + 40].try_into().expect("16 bytes");
+        d.into()
+    }
+}
+
+fn id_of(addr: std::net::IpAddr) -> u32 {
+    (1..=12).find(|i| backend_addr(*i) == addr).expect("known backend")
+}
+
+/// The table pick for `flow` in a VIP over `ids` (the reference model: hash, slot, table).
+fn model_pick(lab: &Lab, flow: &Flow, ids: &[u32], source_only: bool) -> u32 {
+    let key = flow.key();
+    let h = if source_only {
+        sluice_common::source_hash(&key)
+    } else {
+        flow_hash(&key)
+    };
+    let t = lab.table(ids, sluice_common::DEFAULT_TABLE_SIZE);
+    t[sluice_common::maglev_slot(h, sluice_common::DEFAULT_TABLE_SIZE) as usize]
+}
+
+fn outer_for(flow: &Flow, backend: u32, tos: u8) -> Outer {
+    let dst = backend_addr(backend);
+    let src = if dst.is_ipv4() { NODE_V4 } else { NODE_V6 };
+    Outer {
+        src: src.parse().expect("literal"),
+        dst,
+        tos,
+        flow_label: flow_hash(&flow.key()) & 0xf_ffff,
+    }
+}
+
+#[test]
+fn v4_tcp_syn_is_tunnelled_4in4_and_redirected() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"hello", &Extra { tos: 0xb8, ..Default::default() });
+        let out = lab.run(&input);
+        let b = model_pick(lab, &flow, &[1, 2, 3], false);
+        assert_eq!(out.action, action::REDIRECT);
+        let want = encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0xb8));
+        assert_eq!(out.data, want);
+        assert_outcomes(lab, &[(Lb::Redirect, 1)]);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
+        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(b));
+        let vip = lab.dp.vip_traffic(0).expect("read");
+        assert_eq!((vip.packets, vip.bytes), (1, input.len() as u64));
+        let be = lab.dp.backend_traffic(b).expect("read");
+        assert_eq!((be.packets, be.bytes), (1, input.len() as u64));
+    });
+}
+
+#[test]
+fn v4_udp_is_tunnelled_and_remembered() {
+    with_lab(|lab| {
+        lab.vip(1, VIP4, 53, 17, 0, &[1, 2, 3, 4]);
+        let flow = Flow::udp("203.0.113.9", 5353, VIP4, 53);
+        let input = build(&flow, Tcp::Ack, b"query", &Extra::default());
+        let out = lab.run(&input);
+        let b = model_pick(lab, &flow, &[1, 2, 3, 4], false);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0)));
+        assert_outcomes(lab, &[(Lb::Redirect, 1)]);
+        assert_flow_events(lab, &[(LbFlow::MissOther, 1)]);
+        // The second datagram hits the flow table.
+        let out2 = lab.run(&input);
+        assert_eq!(out2.data, out.data);
+        assert_flow_events(lab, &[(LbFlow::MissOther, 1)]);
+    });
+}
+
+#[test]
+fn v6_in_v6_and_mixed_families() {
+    with_lab(|lab| {
+        // 6in6
+        lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
+        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
+        let input = build(&flow, Tcp::Syn, b"tls", &Extra { tos: 0x28, ..Default::default() });
+        let out = lab.run(&input);
+        let b = model_pick(lab, &flow, &[5, 6, 7], false);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0x28)));
+        // 4in6: an IPv4 VIP on IPv6 gateways.
+        lab.vip(3, "198.51.100.3", 80, 6, 0, &[8]);
+        let flow = Flow::tcp("203.0.113.1", 1234, "198.51.100.3", 80);
+        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(8), INT_MAC, &outer_for(&flow, 8, 0)));
+        // 6in4: an IPv6 VIP on IPv4 gateways.
+        lab.vip(4, "2001:db8::4", 80, 6, 0, &[4]);
+        let flow = Flow::tcp("2001:db8:c::1", 1234, "2001:db8::4", 80);
+        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(4), INT_MAC, &outer_for(&flow, 4, 0)));
+        assert_outcomes(lab, &[(Lb::Redirect, 3)]);
+    });
+}
+
+#[test]
+fn same_interface_next_hop_uses_xdp_tx() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[9]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::TX);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(9), EXT_MAC, &outer_for(&flow, 9, 0)));
+        assert_outcomes(lab, &[(Lb::Tx, 1)]);
+    });
+}
+
+#[test]
+fn unknown_neighbour_goes_to_the_kernel_encapsulated() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[10]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::PASS);
+        // Addressed to ourselves, as received, so the kernel routes it rather than drop it.
+        assert_eq!(out.data, encapsulated(&input, 14, None, EXT_MAC, ROUTER_MAC, &outer_for(&flow, 10, 0)));
+        assert_outcomes(lab, &[(Lb::KernelNeigh, 1)]);
+    });
+}
+
+#[test]
+fn port_outside_the_devmap_goes_to_the_kernel() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[11]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::PASS);
+        assert_eq!(out.data, encapsulated(&input, 14, None, EXT_MAC, ROUTER_MAC, &outer_for(&flow, 11, 0)));
+        assert_outcomes(lab, &[(Lb::RedirectMiss, 1)]);
+    });
+}
+
+#[test]
+fn unroutable_backend_and_empty_table_are_dropped_and_counted() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[12]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
+        assert_eq!(lab.run(&input).action, action::DROP);
+        lab.vip(1, VIP4, 81, 6, 0, &[]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 81);
+        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
+        assert_eq!(lab.run(&input).action, action::DROP);
+        assert_outcomes(lab, &[(Lb::FibFailure, 1), (Lb::NoBackend, 1)]);
+    });
+}
+
+#[test]
+fn established_flow_keeps_its_backend_after_a_table_change() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let syn = build(&flow, Tcp::Syn, b"", &Extra::default());
+        let first = chosen(&lab.run(&syn).data, 14);
+        // Rebuild the table without that backend (it stays alive: e.g. a weight change).
+        let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| backend_addr(*i) != first).collect();
+        lab.retable(0, &others);
+        let ack = build(&flow, Tcp::Ack, b"data", &Extra::default());
+        let out = lab.run(&ack);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(chosen(&out.data, 14), first, "flow-table hit keeps the backend");
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
+        // A new SYN for the same 5-tuple takes a fresh pick from the new table.
+        let out = lab.run(&syn);
+        let again = chosen(&out.data, 14);
+        assert_ne!(again, first);
+        assert_eq!(id_of(again), model_pick(lab, &flow, &others, false));
+        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(id_of(again)));
+    });
+}
+
+#[test]
+fn dead_backend_entry_is_repicked() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.8", 40001, VIP4, 80);
+        let first = id_of(chosen(&lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default())).data, 14));
+        lab.set_flags(first, 0);
+        let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+        lab.retable(0, &others);
+        let out = lab.run(&build(&flow, Tcp::Ack, b"", &Extra::default()));
+        assert_eq!(out.action, action::REDIRECT);
+        let now = id_of(chosen(&out.data, 14));
+        assert_eq!(now, model_pick(lab, &flow, &others, false));
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::Repick, 1)]);
+        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(now));
+    });
+}
+
+#[test]
+fn draining_backend_keeps_established_flows_and_gets_no_new_ones() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        // Find a flow that lands on backend 2.
+        let flow = (40000..41000)
+            .map(|p| Flow::tcp("203.0.113.10", p, VIP4, 80))
+            .find(|f| model_pick(lab, f, &[1, 2, 3], false) == 2)
+            .expect("some port maps to backend 2");
+        lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+        lab.set_flags(2, BACKEND_ALIVE | BACKEND_DRAINING);
+        lab.retable(0, &[1, 3]);
+        let out = lab.run(&build(&flow, Tcp::Ack, b"more", &Extra::default()));
+        assert_eq!(id_of(chosen(&out.data, 14)), 2, "established flow stays on the draining backend");
+        // New connections avoid it, including a SYN reusing the same 5-tuple.
+        let out = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+        assert_ne!(id_of(chosen(&out.data, 14)), 2);
+        for p in 50000..50050 {
+            let f = Flow::tcp("203.0.113.11", p, VIP4, 80);
+            let out = lab.run(&build(&f, Tcp::Syn, b"", &Extra::default()));
+            assert_ne!(id_of(chosen(&out.data, 14)), 2);
+        }
+    });
+}
+
+#[test]
+fn client_ip_persistence_hashes_the_source_only() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, VIP_HASH_SOURCE_ONLY, &[1, 2, 3, 4]);
+        let mut seen = std::collections::HashSet::new();
+        for p in 1000..1064 {
+            let flow = Flow::tcp("203.0.113.50", p, VIP4, 80);
+            let out = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+            let id = id_of(chosen(&out.data, 14));
+            assert_eq!(id, model_pick(lab, &flow, &[1, 2, 3, 4], true));
+            seen.insert(id);
+        }
+        assert_eq!(seen.len(), 1, "every port of one client reaches one backend");
+        // Different clients still spread.
+        let spread: std::collections::HashSet<u32> = (1..=64)
+            .map(|i| {
+                let flow = Flow::tcp(&format!("203.0.113.{i}"), 1000, VIP4, 80);
+                id_of(chosen(&lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default())).data, 14))
+            })
+            .collect();
+        assert!(spread.len() > 1);
+    });
+}
+
+#[test]
+fn outer_source_entropy_and_ttl_follow_node_config() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        let (src, _) = sluice_lb::addr::words(NODE_V4.parse().expect("literal"));
+        let mask = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        lab.dp
+            .set_node(&sluice_common::NodeConfig {
+                src_v4: src[0],
+                src_v4_entropy: mask,
+                ttl: 17,
+                ..Default::default()
+            })
+            .expect("node");
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
+        let out = lab.run(&input);
+        let h = flow_hash(&flow.key());
+        let want_src = (src[0] & !mask) | (h & mask);
+        assert_eq!(&out.data[14 + 12..14 + 16], &want_src.to_ne_bytes());
+        assert_eq!(out.data[14 + 8], 17, "outer TTL");
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&out.data[14..]).expect("outer header");
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+        // The inner packet is untouched.
+        assert_eq!(&out.data[34..], &input[14..]);
+        let _ = pkt::inner_ip_len(&input[14..]);
+    });
+}
