@@ -7,7 +7,7 @@ macro_rules! counters {
     ($(#[$meta:meta])* $enum:ident, $len:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal,)* }) => {
         $(#[$meta])*
         #[repr(u32)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $enum {
             $($(#[$vmeta])* $variant,)*
         }

@@ -1,1 +1,396 @@
-//! todo
+//! ICMP, MTU, fragments, VLAN, IP options, IPv6 extension headers, truncation and non-VIP
+//! traffic.
+
+use etherparse::{
+    icmpv4, icmpv6, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header,
+    Ipv6Header, PacketBuilder,
+};
+use sluice_common::stats::{Lb, LbFlow};
+
+use crate::{
+    action, assert_flow_events, assert_outcomes,
+    lab::{backend_addr, backend_mac, Lab, EXT_MAC, INT_MAC, NODE_V4, NODE_V6, ROUTER_MAC},
+    pkt::{build, eth, encapsulated, Extra, Flow, Outer, Tcp},
+    with_lab,
+};
+
+const VIP4: &str = "198.51.100.1";
+const VIP6: &str = "2001:db8::1";
+
+fn o4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().expect("literal").octets()
+}
+
+fn o6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().expect("literal").octets()
+}
+
+fn outer(backend: u32, flow: &Flow) -> Outer {
+    let dst = backend_addr(backend);
+    Outer {
+        src: if dst.is_ipv4() { NODE_V4 } else { NODE_V6 }.parse().expect("literal"),
+        dst,
+        tos: 0,
+        flow_label: sluice_common::flow_hash(&flow.key()) & 0xf_ffff,
+    }
+}
+
+fn backend_of(lab: &mut Lab, flow: &Flow) -> u32 {
+    lab.dp.flow(&flow.key()).expect("read").expect("flow entry").backend
+}
+
+/// The first 28 bytes (IPv4 header + 8) of a TCP packet the VIP sent to the client.
+fn quoted_v4(flow: &Flow) -> Vec<u8> {
+    let mut q = Vec::new();
+    PacketBuilder::ipv4(o4(VIP4), o4(&flow.src.to_string()), 64)
+        .tcp(flow.dport, flow.sport, 7, 1000)
+        .ack(1)
+        .write(&mut q, &[0u8; 100])
+        .expect("write");
+    q.truncate(28);
+    q
+}
+
+#[test]
+fn icmp_error_follows_the_flow_it_quotes() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+        let owner = backend_of(lab, &flow);
+        // Move every new flow away from the owner: only the flow table can send it back there.
+        let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != owner).collect();
+        lab.retable(0, &others);
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv4(o4("10.0.0.254"), o4(VIP4), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut icmp, &quoted_v4(&flow))
+            .expect("write");
+        let out = lab.run(&icmp);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(owner), INT_MAC, &outer(owner, &flow)));
+        assert_outcomes(lab, &[(Lb::Redirect, 2)]);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::IcmpError, 1)]);
+    });
+}
+
+#[test]
+fn icmpv6_error_follows_the_flow_it_quotes() {
+    with_lab(|lab| {
+        lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
+        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
+        lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+        let owner = backend_of(lab, &flow);
+        let others: Vec<u32> = [5, 6, 7].into_iter().filter(|i| *i != owner).collect();
+        lab.retable(2, &others);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(o6(VIP6), o6("2001:db8:c::5"), 64)
+            .tcp(443, 50000, 7, 1000)
+            .ack(1)
+            .write(&mut quoted, &[0u8; 100])
+            .expect("write");
+        quoted.truncate(48);
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv6(o6("fd00::fe"), o6(VIP6), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+            .write(&mut icmp, &quoted)
+            .expect("write");
+        let out = lab.run(&icmp);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(owner), INT_MAC, &outer(owner, &flow)));
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::IcmpError, 1)]);
+        // An error about a flow this node has not seen still goes where the table sends it,
+        // and creates no flow entry.
+        let flow2 = Flow::tcp("2001:db8:c::6", 50001, VIP6, 443);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(o6(VIP6), o6("2001:db8:c::6"), 64)
+            .tcp(443, 50001, 7, 1000)
+            .write(&mut quoted, &[])
+            .expect("write");
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv6(o6("fd00::fe"), o6(VIP6), 64)
+            .icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port))
+            .write(&mut icmp, &quoted)
+            .expect("write");
+        let out = lab.run(&icmp);
+        let t = lab.table(&others, sluice_common::DEFAULT_TABLE_SIZE);
+        let want = t[(sluice_common::flow_hash(&flow2.key()) % sluice_common::DEFAULT_TABLE_SIZE) as usize];
+        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(want), INT_MAC, &outer(want, &flow2)));
+        assert_eq!(lab.dp.flow(&flow2.key()).expect("read"), None);
+    });
+}
+
+#[test]
+fn too_big_for_the_tunnel_answers_frag_needed() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        // IP total length 1500: 1520 once encapsulated, over int0's MTU of 1500.
+        let input = build(&flow, Tcp::Ack, &[0x5a; 1460], &Extra::default());
+        assert_eq!(input.len(), 14 + 1500);
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::TX);
+        let quote = &input[14..14 + 128];
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1480,
+            }),
+            quote,
+        );
+        let mut ip = Ipv4Header::new((8 + quote.len()) as u16, 64, IpNumber::ICMP, o4(VIP4), o4("203.0.113.7"))
+            .expect("header");
+        ip.dont_fragment = false;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut want = eth(ROUTER_MAC, EXT_MAC, None, 0x0800);
+        want.extend_from_slice(&ip.to_bytes());
+        want.extend_from_slice(&icmp.to_bytes());
+        want.extend_from_slice(quote);
+        assert_eq!(out.data, want);
+        assert_outcomes(lab, &[(Lb::TooBig, 1)]);
+        // At the advertised MTU it fits, one byte more does not.
+        let input = build(&flow, Tcp::Ack, &[0x5a; 1440], &Extra::default());
+        assert_eq!(input.len(), 14 + 1480);
+        assert_eq!(lab.run(&input).action, action::REDIRECT);
+        let input = build(&flow, Tcp::Ack, &[0x5a; 1441], &Extra::default());
+        assert_eq!(lab.run(&input).action, action::TX);
+    });
+}
+
+#[test]
+fn too_big_for_the_tunnel_answers_packet_too_big_v6() {
+    with_lab(|lab| {
+        lab.vip(2, VIP6, 443, 6, 0, &[5]);
+        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
+        let input = build(&flow, Tcp::Ack, &[0xa5; 1440], &Extra { vlan: Some(7), ..Default::default() });
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::TX);
+        let quote = &input[18..18 + 128];
+        let icmp = Icmpv6Header::with_checksum(
+            Icmpv6Type::PacketTooBig { mtu: 1460 },
+            o6(VIP6),
+            o6("2001:db8:c::5"),
+            quote,
+        )
+        .expect("checksum");
+        let ip = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Default::default(),
+            payload_length: (8 + quote.len()) as u16,
+            next_header: IpNumber::IPV6_ICMP,
+            hop_limit: 64,
+            source: o6(VIP6),
+            destination: o6("2001:db8:c::5"),
+        };
+        let mut want = eth(ROUTER_MAC, EXT_MAC, Some(7), 0x86dd);
+        want.extend_from_slice(&ip.to_bytes());
+        want.extend_from_slice(&icmp.to_bytes());
+        want.extend_from_slice(quote);
+        assert_eq!(out.data, want);
+        assert_outcomes(lab, &[(Lb::TooBig, 1)]);
+    });
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped_others_pass() {
+    with_lab(|lab| {
+        lab.vip(1, VIP4, 53, 17, 0, &[1, 2]);
+        lab.vip(2, VIP6, 53, 17, 0, &[5, 6]);
+        let frag4 = |dst: &str, offset: u16| {
+            let mut h = Ipv4Header::new(0, 64, IpNumber::UDP, o4("203.0.113.7"), o4(dst)).expect("header");
+            h.more_fragments = true;
+            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+                .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+                .udp(5353, 53)
+                .write(&mut out, &[1u8; 64])
+                .expect("write");
+            out
+        };
+        for offset in [0, 100] {
+            assert_eq!(lab.run(&frag4(VIP4, offset)).action, action::DROP);
+            let other = frag4("198.51.100.99", offset);
+            let out = lab.run(&other);
+            assert_eq!((out.action, &out.data), (action::PASS, &other));
+        }
+        // IPv6 fragment header.
+        let frag6 = |dst: &str| {
+            let mut udp = Vec::new();
+            PacketBuilder::ipv6(o6("2001:db8:c::5"), o6(dst), 64)
+                .udp(5353, 53)
+                .write(&mut udp, &[2u8; 64])
+                .expect("write");
+            // Insert a fragment header after the fixed header: next header UDP, offset 0, M set.
+            let mut p = udp[..40].to_vec();
+            p[6] = 44;
+            let plen = u16::from_be_bytes([p[4], p[5]]) + 8;
+            p[4..6].copy_from_slice(&plen.to_be_bytes());
+            p.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+            p.extend_from_slice(&udp[40..]);
+            let mut f = eth(EXT_MAC, ROUTER_MAC, None, 0x86dd);
+            f.extend_from_slice(&p);
+            f
+        };
+        assert_eq!(lab.run(&frag6(VIP6)).action, action::DROP);
+        let other = frag6("2001:db8::99");
+        assert_eq!(lab.run(&other).action, action::PASS);
+        assert_outcomes(lab, &[(Lb::Fragment, 3), (Lb::Pass, 3)]);
+    });
+}
+
+#[test]
+fn vlan_tag_is_kept_on_the_tunnelled_frame() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"tagged", &Extra { vlan: Some(100), ..Default::default() });
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(out.data, encapsulated(&input, 18, Some(100), backend_mac(1), INT_MAC, &outer(1, &flow)));
+    });
+}
+
+#[test]
+fn ipv4_options_and_ipv6_extension_headers_are_walked() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        // Router alert (4 bytes) and 4 NOPs: IHL 7.
+        let opts = vec![0x94, 0x04, 0x00, 0x00, 1, 1, 1, 1];
+        let input = build(&flow, Tcp::Syn, b"opt", &Extra { ipv4_options: opts, ..Default::default() });
+        assert_eq!(input[14] & 0x0f, 7);
+        let out = lab.run(&input);
+        let b = backend_of(lab, &flow);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow)));
+
+        lab.vip(2, VIP6, 443, 6, 0, &[5, 6]);
+        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
+        let plain = build(&flow, Tcp::Syn, b"ext", &Extra::default());
+        // Hop-by-hop (8 bytes: PadN) then destination options (8 bytes), then TCP.
+        let mut ip = plain[14..54].to_vec();
+        ip[6] = 0;
+        let plen = u16::from_be_bytes([ip[4], ip[5]]) + 16;
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        ip.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+        ip.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        ip.extend_from_slice(&plain[54..]);
+        let mut input = plain[..14].to_vec();
+        input.extend_from_slice(&ip);
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::REDIRECT);
+        let b = backend_of(lab, &flow);
+        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow)));
+    });
+}
+
+#[test]
+fn not_for_a_vip_passes_untouched() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        let mut arp = eth([0xff; 6], ROUTER_MAC, None, 0x0806);
+        arp.extend_from_slice(&[0u8; 28]);
+        let mut icmp_echo = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv4(o4("203.0.113.7"), o4(VIP4), 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp_echo, b"ping")
+            .expect("write");
+        let cases = [
+            build(&Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80), Tcp::Syn, b"", &Extra::default()),
+            build(&Flow::tcp("203.0.113.7", 1, VIP4, 81), Tcp::Syn, b"", &Extra::default()),
+            build(&Flow::udp("203.0.113.7", 1, VIP4, 80), Tcp::Ack, b"", &Extra::default()),
+            build(&Flow::tcp("2001:db8:c::1", 1, VIP6, 80), Tcp::Syn, b"", &Extra::default()),
+            arp,
+            icmp_echo,
+        ];
+        for c in &cases {
+            let out = lab.run(c);
+            assert_eq!(out.action, action::PASS);
+            assert_eq!(&out.data, c);
+        }
+        assert_outcomes(lab, &[(Lb::Pass, cases.len() as u64)]);
+        assert_flow_events(lab, &[]);
+    });
+}
+
+/// Sets an IP packet's length field (IPv4 total length or IPv6 payload length) to match a
+/// frame cut to `frame_len`, so only the layer above is short.
+fn fix_length(frame: &mut [u8], l2: usize) {
+    let ip_len = frame.len() - l2;
+    if frame[l2] >> 4 == 4 {
+        frame[l2 + 2..l2 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    } else {
+        frame[l2 + 4..l2 + 6].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+    }
+}
+
+#[test]
+fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        lab.vip(1, VIP6, 53, 17, 0, &[5]);
+        lab.vip(2, VIP4, 53, 17, 0, &[1]);
+        let tcp4 = build(&Flow::tcp("203.0.113.7", 40000, VIP4, 80), Tcp::Syn, b"payload", &Extra { vlan: Some(5), ..Default::default() });
+        let udp6 = build(&Flow::udp("2001:db8:c::5", 5353, VIP6, 53), Tcp::Ack, b"payload", &Extra::default());
+        let mut icmp = Vec::new();
+        let flow = Flow::udp("203.0.113.7", 5353, VIP4, 53);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4(o4(VIP4), o4("203.0.113.7"), 64)
+            .udp(53, 5353)
+            .write(&mut quoted, &[])
+            .expect("write");
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv4(o4("10.0.0.254"), o4(VIP4), 64)
+            .icmpv4(Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit))
+            .write(&mut icmp, &quoted)
+            .expect("write");
+        let _ = flow;
+        // (frame, L2 length, L4 start, reason for a cut inside L3, reason for a cut inside L4)
+        let cases: [(&Vec<u8>, usize, usize, Lb, Lb); 3] = [
+            (&tcp4, 18, 38, Lb::MalformedIpv4, Lb::MalformedL4),
+            (&udp6, 14, 54, Lb::MalformedIpv6, Lb::MalformedL4),
+            (&icmp, 14, 34, Lb::MalformedIpv4, Lb::MalformedIcmp),
+        ];
+        let mut expected: std::collections::HashMap<Lb, u64> = Default::default();
+        for (frame, l2, l4, l3_reason, l4_reason) in cases {
+            let whole = lab.run(frame);
+            assert_ne!(whole.action, action::DROP, "the whole frame is valid");
+            let key = match whole.action {
+                action::REDIRECT => Lb::Redirect,
+                _ => panic!("unexpected action {}", whole.action),
+            };
+            *expected.entry(key).or_default() += 1;
+            // Every cut from the smallest frame the kernel accepts up to one byte short.
+            for cut in 14..frame.len() {
+                let mut f = frame[..cut].to_vec();
+                let reason = if cut < l2 {
+                    Lb::MalformedL2
+                } else if cut < l4 {
+                    l3_reason
+                } else {
+                    // Cut inside L4 with consistent IP lengths: the L4 parser must catch it.
+                    fix_length(&mut f, l2);
+                    let l4_min = if l4_reason == Lb::MalformedIcmp { 8 + 20 + 4 } else if frame[l2] >> 4 == 6 { 8 } else { 20 };
+                    if cut - l4 >= l4_min {
+                        continue; // complete headers: a valid (short-payload) packet
+                    }
+                    l4_reason
+                };
+                let out = lab.run(&f);
+                assert_eq!(out.action, action::DROP, "cut at {cut} of {}", frame.len());
+                *expected.entry(reason).or_default() += 1;
+            }
+            // A cut inside L3 with the IP length left as it was: length check, not a read.
+            let f = frame[..frame.len() - 1].to_vec();
+            assert_eq!(lab.run(&f).action, action::DROP);
+            *expected.entry(l3_reason).or_default() += 1;
+        }
+        let expected: Vec<(Lb, u64)> = expected.into_iter().collect();
+        assert_outcomes(lab, &expected);
+    });
+}
