@@ -1,1 +1,139 @@
-//! placeholder
+//! Benchmark wrappers for `cargo xtask bench xdp`. Loaded only by the benchmark.
+//!
+//! BPF_PROG_TEST_RUN with `repeat > 1` runs the program again on the packet the previous
+//! repetition left behind, so after one encapsulation every later repetition would measure
+//! another path. Each wrapper saves the start of the frame, runs the real entry point, then
+//! moves the head back to where it was and restores the saved bytes: every repetition sees the
+//! original packet. `bench_tx` wraps the trivial program the same way, which measures what
+//! the wrapping itself costs.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::{map, xdp}, maps::PerCpuArray,
+    programs::XdpContext,
+};
+use sluice_common::{flow_hash, maglev_slot, FlowKey, VipKey};
+
+use crate::{
+    decap, lb,
+    maps::{BACKENDS, MAGLEV, VIPS},
+    packet::{at, len},
+};
+
+/// Bytes restored after each repetition: covers every header the programs rewrite.
+const SAVED: usize = 64;
+/// Distinct flows cycled through by `bench_lb_many`.
+const MANY_FLOWS: u32 = 100_000;
+
+/// Per-CPU rotating counter for the many-flow and Maglev-only cases.
+#[map(name = "SLUICE_BENCH")]
+static BENCH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn restoring(ctx: &XdpContext, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
+    let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by `at`; XDP frames start 8-byte aligned after the headroom.
+    let saved = unsafe { *p };
+    let before = len(ctx) as i32;
+    let action = run(ctx);
+    let delta = len(ctx) as i32 - before;
+    // SAFETY: plain helper call on our own context.
+    if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: as above.
+    unsafe { *p = saved };
+    action
+}
+
+#[inline(always)]
+fn next_counter() -> u32 {
+    let Some(c) = BENCH_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        let i = if *c + 1 >= MANY_FLOWS { 0 } else { *c + 1 };
+        *c = i;
+        i
+    }
+}
+
+/// The trivial reference: bounce every frame.
+#[xdp]
+pub fn bench_ref_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// The trivial reference inside the restoring wrapper: the wrapper's own cost.
+#[xdp]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    restoring(&ctx, |_| xdp_action::XDP_TX)
+}
+
+/// `sluice_lb` on the original packet every repetition.
+#[xdp]
+pub fn bench_lb(ctx: XdpContext) -> u32 {
+    restoring(&ctx, lb::run)
+}
+
+/// `sluice_decap` on the original packet every repetition.
+#[xdp]
+pub fn bench_decap(ctx: XdpContext) -> u32 {
+    restoring(&ctx, decap::run)
+}
+
+/// `sluice_lb` with the IPv4 source's low bits cycling through [`MANY_FLOWS`] clients.
+#[xdp]
+pub fn bench_lb_many(ctx: XdpContext) -> u32 {
+    let i = next_counter();
+    restoring(&ctx, |ctx| {
+        // Untagged IPv4: source address at 26..30; the low three octets take the counter.
+        if let Some(src) = at::<[u8; 4]>(ctx, 26) {
+            let src = src as *mut u8;
+            // SAFETY: bounds checked by `at`.
+            unsafe {
+                *src.add(1) = (i >> 16) as u8;
+                *src.add(2) = (i >> 8) as u8;
+                *src.add(3) = i as u8;
+            }
+        }
+        lb::run(ctx)
+    })
+}
+
+/// Only the Maglev pick: VIP lookup, flow hash, table and backend lookups on a rotating key.
+#[xdp]
+pub fn bench_maglev(_ctx: XdpContext) -> u32 {
+    let i = next_counter();
+    let mut key = FlowKey {
+        family: 4,
+        proto: 6,
+        dst_port: 80u16.to_be(),
+        ..FlowKey::default()
+    };
+    key.src[0] = i;
+    key.dst[0] = u32::from_ne_bytes([198, 51, 100, 1]);
+    let vip = VipKey {
+        addr: key.dst,
+        port: key.dst_port,
+        proto: 6,
+        family: 4,
+    };
+    // SAFETY: copied out at once.
+    let Some(meta) = (unsafe { VIPS.get(&vip) }).copied() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let slot = maglev_slot(flow_hash(&key), meta.table_size);
+    let Some(id) = MAGLEV.get(meta.table_index(slot)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    match BACKENDS.get(*id) {
+        Some(b) if b.is_alive() => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_DROP,
+    }
+}

@@ -1,0 +1,184 @@
+//! `cargo xtask bench xdp`: nanoseconds per packet through BPF_PROG_TEST_RUN, each case beside
+//! a trivial XDP_TX program measured in the same run.
+//!
+//! Method: every figure is the median of [`RUNS`] runs of [`REPEAT`] repetitions. Cases run
+//! inside restoring wrappers (`xdp-ebpf/src/bench.rs`) so each repetition sees the original
+//! packet; the same wrapper around the trivial program measures the wrapper, and its cost is
+//! subtracted before the ratio is taken. After each case the counters must show that every
+//! repetition took the intended path.
+
+#[path = "../tests/dataplane/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+#[path = "../tests/dataplane/pkt.rs"]
+#[allow(dead_code)]
+mod pkt;
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use sluice_common::stats::{Decap, Lb, LbFlow};
+
+use crate::{
+    lab::{backend_addr, Lab},
+    pkt::{build, Extra, Flow, Tcp},
+};
+
+const RUNS: usize = 5;
+const REPEAT: u32 = 1_000_000;
+const VIP: &str = "198.51.100.1";
+
+fn ns_per_packet(prog: &mut Xdp, ifindex: u32, pkt: &[u8], expect_action: u32) -> f64 {
+    let md: [u32; 6] = [0, pkt.len() as u32, 0, ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut samples = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let mut out = vec![0u8; pkt.len() + 512];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = REPEAT;
+        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(res.return_value, expect_action, "unexpected action: wrong path measured");
+        assert_eq!(&out[..pkt.len()], pkt, "the wrapper did not restore the packet");
+        samples.push(res.duration.as_nanos() as f64);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[RUNS / 2]
+}
+
+struct Row {
+    case: &'static str,
+    ns: f64,
+    target: Option<f64>,
+    katran: Option<f64>,
+}
+
+fn main() {
+    if !lab::privileged() {
+        eprintln!("bench xdp needs root");
+        std::process::exit(1);
+    }
+    lab::in_netns(run);
+}
+
+fn run() {
+    let mut lab = Lab::new(&Default::default());
+    lab.vip(0, VIP, 80, 6, 0, &[1, 2, 3]);
+    let ext = lab.ext;
+    let established = Flow::tcp("203.0.113.7", 40000, VIP, 80);
+    let ack = build(&established, Tcp::Ack, &[0u8; 16], &Extra::default());
+    // Put the flow in the table, then find which backend owns it, for the decap case.
+    let tunnelled = lab.run(&ack).data;
+    let owner = lab.dp.flow(&established.key()).expect("read").expect("entry").backend;
+    lab.dp.add_decap_addr(backend_addr(owner)).expect("decap addr");
+    let syn = build(&Flow::tcp("203.0.113.8", 40001, VIP, 80), Tcp::Syn, &[0u8; 16], &Extra::default());
+    let other = build(&Flow::tcp("203.0.113.9", 40002, "198.51.100.200", 80), Tcp::Ack, &[0u8; 16], &Extra::default());
+    let many = build(&Flow::tcp("10.0.0.0", 40003, VIP, 80), Tcp::Ack, &[0u8; 16], &Extra::default());
+
+    let mut measure = |lab: &mut Lab, name: &'static str, pkt: &[u8], action: u32| {
+        let prog = lab.dp.program(name).expect("bench program");
+        ns_per_packet(prog, ext, pkt, action)
+    };
+    let delta = |lab: &Lab, before: &Counts| Counts::read(lab).minus(before);
+    let total = RUNS as u64 * REPEAT as u64;
+
+    let trivial = measure(&mut lab, "bench_ref_tx", &ack, 3);
+    let wrapped_trivial = measure(&mut lab, "bench_tx", &ack, 3);
+    let wrapper = wrapped_trivial - trivial;
+
+    let c = Counts::read(&lab);
+    let est = measure(&mut lab, "bench_lb", &ack, 4);
+    let d = delta(&lab, &c);
+    assert_eq!((d.redirect, d.miss_syn, d.miss_other), (total, 0, 0), "established: every packet a flow-table hit");
+
+    let c = Counts::read(&lab);
+    let syn_ns = measure(&mut lab, "bench_lb", &syn, 4);
+    let d = delta(&lab, &c);
+    assert_eq!((d.redirect, d.miss_syn), (total, total), "SYN: every packet a fresh pick and insert");
+
+    let c = Counts::read(&lab);
+    let pass = measure(&mut lab, "bench_lb", &other, 2);
+    let d = delta(&lab, &c);
+    assert_eq!(d.pass, total, "not a VIP: every packet passed");
+
+    let c = Counts::read(&lab);
+    let dec = measure(&mut lab, "bench_decap", &tunnelled, 2);
+    let d = delta(&lab, &c);
+    assert_eq!(d.decap, total, "decap: every packet decapsulated");
+
+    // Warm the flow table with every one of the 100k flows, then measure the cycle.
+    measure(&mut lab, "bench_lb_many", &many, 4);
+    let c = Counts::read(&lab);
+    let many_ns = measure(&mut lab, "bench_lb_many", &many, 4);
+    let d = delta(&lab, &c);
+    assert_eq!((d.redirect, d.miss_other), (total, 0), "100k flows: all flow-table hits after warm-up");
+
+    let maglev = measure(&mut lab, "bench_maglev", &ack, 3);
+
+    let rows = [
+        Row { case: "established flow (flow-table hit)", ns: est - wrapper, target: Some(5.0), katran: Some(7.4) },
+        Row { case: "new flow: SYN, pick + insert", ns: syn_ns - wrapper, target: Some(10.0), katran: Some(14.0) },
+        Row { case: "not a VIP (pass)", ns: pass - wrapper, target: Some(2.0), katran: Some(3.1) },
+        Row { case: "decapsulation", ns: dec - wrapper, target: None, katran: None },
+        Row { case: "established, 100k flows cycling", ns: many_ns - wrapper, target: None, katran: None },
+    ];
+    println!("XDP data plane, BPF_PROG_TEST_RUN, median of {RUNS} runs x {REPEAT} repetitions");
+    println!("reference: trivial XDP_TX program {trivial:.1} ns/packet; restoring wrapper adds {wrapper:.1} ns (subtracted below)");
+    println!();
+    println!("| case | ns/packet | ratio to XDP_TX | target | Katran ref |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut missed = Vec::new();
+    for r in &rows {
+        let ratio = r.ns / trivial;
+        let target = r.target.map(|t| format!("<= {t:.1}x")).unwrap_or_else(|| "-".into());
+        let katran = r.katran.map(|k| format!("{k:.1}x")).unwrap_or_else(|| "-".into());
+        println!("| {} | {:.1} | {:.2}x | {} | {} |", r.case, r.ns, ratio, target, katran);
+        if let Some(t) = r.target {
+            if ratio > t {
+                missed.push(r.case);
+            }
+        }
+    }
+    let pick = maglev - trivial;
+    println!();
+    println!(
+        "Maglev pick alone (VIP lookup, hash, table and backend lookups): {pick:.1} ns = {:.0}% of the SYN path",
+        100.0 * pick / (syn_ns - wrapper)
+    );
+    if missed.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", missed.join(", "));
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    redirect: u64,
+    pass: u64,
+    miss_syn: u64,
+    miss_other: u64,
+    decap: u64,
+}
+
+impl Counts {
+    fn read(lab: &Lab) -> Self {
+        Counts {
+            redirect: lab.dp.lb_count(Lb::Redirect).expect("counter"),
+            pass: lab.dp.lb_count(Lb::Pass).expect("counter"),
+            miss_syn: lab.dp.flow_count(LbFlow::MissSyn).expect("counter"),
+            miss_other: lab.dp.flow_count(LbFlow::MissOther).expect("counter"),
+            decap: lab.dp.decap_count(Decap::DecapV4).expect("counter"),
+        }
+    }
+
+    fn minus(self, o: &Counts) -> Self {
+        Counts {
+            redirect: self.redirect - o.redirect,
+            pass: self.pass - o.pass,
+            miss_syn: self.miss_syn - o.miss_syn,
+            miss_other: self.miss_other - o.miss_other,
+            decap: self.decap - o.decap,
+        }
+    }
+}
