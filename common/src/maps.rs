@@ -20,6 +20,10 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 18;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Number of interfaces the forwarder may redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
+/// Words of the VIP address filter (64 bits each).
+pub const VIP_FILTER_WORDS: u32 = 64;
+/// How long a cached next hop is used before `bpf_fib_lookup` is asked again.
+pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 
 /// Map names, shared so the agent and the tests open exactly what the programs declare.
 /// BPF object names hold at most 15 characters.
@@ -46,6 +50,19 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "SLUICE_DECAP_IP";
     /// Per-CPU counters indexed by [`stats::Decap`](crate::stats::Decap).
     pub const DECAP_STATS: &str = "SLUICE_DCP_STAT";
+    /// One-hash Bloom filter over VIP addresses: [`VIP_FILTER_WORDS`](super::VIP_FILTER_WORDS)
+    /// `u64` words. A clear bit proves a destination carries no VIP.
+    pub const VIP_FILTER: &str = "SLUICE_VIP_BITS";
+    /// Per-CPU [`NextHop`](super::NextHop) cache indexed by backend id.
+    pub const NEXT_HOPS: &str = "SLUICE_NEXTHOP";
+}
+
+/// The VIP filter word and bit for `addr` (Fibonacci hashing of the folded address).
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u32; 4]) -> (u32, u64) {
+    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    let h = folded.wrapping_mul(0x9e37_79b1) >> 20; // 12 bits: 64 words x 64 bits
+    (h >> 6, 1u64 << (h & 63))
 }
 
 /// Program names in the object.
@@ -211,6 +228,26 @@ impl NodeConfig {
     }
 }
 
+/// A cached `bpf_fib_lookup` result for one backend, kept per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns` time after which the entry is stale; 0 = empty.
+    pub expires_ns: u64,
+    /// Interface the lookup was made for (results depend on the ingress interface).
+    pub ingress: u32,
+    /// Egress interface.
+    pub egress: u32,
+    /// Next hop's MAC, as three stored 16-bit words.
+    pub dst_mac: [u16; 3],
+    /// Egress interface's MAC.
+    pub src_mac: [u16; 3],
+    /// Route MTU towards the backend.
+    pub mtu: u16,
+    /// Explicit padding.
+    pub pad: [u8; 2],
+}
+
 /// Packets and bytes, one per CPU in the per-CPU maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,6 +281,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 #[cfg(test)]
@@ -261,6 +299,7 @@ mod tests {
         assert_eq!(size_of::<NodeConfig>(), 32);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<NextHop>(), 32);
     }
 
     #[test]

@@ -7,15 +7,18 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{xdp::XdpMapError, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    maps::{
+        xdp::XdpMapError, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use sluice_common::{
     maglev_index, names, programs,
     stats::{Decap, Lb, LbFlow, LB_FLOW_BASE},
-    Backend, FlowKey, FlowState, NodeConfig, Traffic, VipKey, VipMeta, MAX_BACKENDS,
-    MAX_TABLE_SIZE, MAX_VIPS,
+    vip_filter_bit, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
+    MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS, VIP_FILTER_WORDS,
 };
 use thiserror::Error;
 
@@ -48,6 +51,9 @@ pub enum DataPlaneError {
     /// The devmap refused an interface.
     #[error("map SLUICE_TX_PORTS: {0}")]
     TxPorts(#[source] XdpMapError),
+    /// The possible CPUs could not be read.
+    #[error("reading the possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
     /// A map the programs declare is missing from the object.
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
@@ -122,8 +128,20 @@ impl DataPlane {
             .try_into()
             .map_err(|source| DataPlaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataPlaneError::Program { name, source })?;
+            // The verifier gives up with EAGAIN when a signal arrives while it works; like
+            // libbpf, try again a few times before calling it a failure.
+            let mut attempt = 1;
+            loop {
+                match prog.load() {
+                    Ok(()) => break,
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+                    {
+                        attempt += 1;
+                    }
+                    Err(source) => return Err(DataPlaneError::Program { name, source }),
+                }
+            }
         }
         Ok(prog)
     }
@@ -146,7 +164,8 @@ impl DataPlane {
         map.set(0, node, 0).map_err(map_err(name))
     }
 
-    /// Writes backend `id`. Id 0 is reserved for "no backend".
+    /// Writes backend `id`. Id 0 is reserved for "no backend". If the address changes, the
+    /// cached next hop of that id is dropped so the next packet looks it up afresh.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         if id == 0 || id >= MAX_BACKENDS {
             return Err(DataPlaneError::OutOfRange {
@@ -155,10 +174,26 @@ impl DataPlane {
                 limit: MAX_BACKENDS.into(),
             });
         }
+        let old = self.backend(id)?;
         let name = names::BACKENDS;
         let mut map: Array<&mut MapData, Backend> =
             Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        map.set(id, backend, 0).map_err(map_err(name))
+        map.set(id, backend, 0).map_err(map_err(name))?;
+        if (old.addr, old.family) != (backend.addr, backend.family) {
+            self.forget_next_hop(id)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the cached next hop of backend `id` on every CPU.
+    pub fn forget_next_hop(&mut self, id: u32) -> Result<()> {
+        let name = names::NEXT_HOPS;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Cpus(e))?;
+        let mut map: PerCpuArray<&mut MapData, NextHop> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let empty = PerCpuValues::try_from(vec![NextHop::default(); cpus])
+            .map_err(DataPlaneError::Cpus)?;
+        map.set(id, empty, 0).map_err(map_err(name))
     }
 
     /// Reads backend `id`.
@@ -213,13 +248,37 @@ impl DataPlane {
         map.remove(key).map_err(map_err(name))
     }
 
-    /// Marks `ip` as an address that carries VIPs, so fragments sent to it are recognised.
+    /// Marks `ip` as an address that carries VIPs: sets its bit in the VIP filter (without
+    /// which its VIPs are never looked up) and its marker (so fragments sent to it are
+    /// recognised). Call before adding the address's VIPs.
     pub fn set_vip_address(&mut self, ip: IpAddr) -> Result<()> {
         let meta = VipMeta {
             flags: sluice_common::VIP_ADDRESS_MARKER,
             ..VipMeta::default()
         };
+        let (word, bit) = vip_filter_bit(&addr::words(ip).0);
+        let name = names::VIP_FILTER;
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let old = map.get(&word, 0).map_err(map_err(name))?;
+        map.set(word, old | bit, 0).map_err(map_err(name))?;
         self.set_vip(&addr::vip_address_key(ip), &meta)
+    }
+
+    /// Rewrites the VIP filter to hold exactly `addrs`. Call after removing an address's VIPs.
+    pub fn set_vip_filter(&mut self, addrs: &[IpAddr]) -> Result<()> {
+        let mut words = [0u64; VIP_FILTER_WORDS as usize];
+        for ip in addrs {
+            let (word, bit) = vip_filter_bit(&addr::words(*ip).0);
+            words[word as usize] |= bit;
+        }
+        let name = names::VIP_FILTER;
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (i, w) in words.iter().enumerate() {
+            map.set(i as u32, w, 0).map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     /// Allows redirects to interface `ifindex`.

@@ -5,17 +5,24 @@
 //! interface and by XDP_REDIRECT through the devmap otherwise. When the neighbour is not yet
 //! resolved, the encapsulated packet goes to the kernel, which routes it like any IP packet and
 //! resolves the neighbour on the way; the next packets then take the fast path.
+//!
+//! A lookup costs more than the rest of the forwarding path, so a successful result (MACs,
+//! egress and route MTU) is cached per CPU and per backend for [`NEXT_HOP_TTL_NS`]: route and
+//! neighbour changes take effect within that time. Failures are never cached.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::bpf_fib_lookup as fib_lookup,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
     EbpfContext,
 };
-use sluice_common::{stats::Lb, FAMILY_V6};
+use sluice_common::{stats::Lb, NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_NS};
 
-use crate::{encap::Outer, maps::TX_PORTS};
+use crate::{
+    encap::Outer,
+    maps::{NEXT_HOPS, TX_PORTS},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -39,13 +46,56 @@ pub enum NextHop {
     Unreachable,
 }
 
-/// Looks up the next hop of the outer header.
+/// The next hop of the outer header towards backend `backend_id`.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, outer: &Outer) -> NextHop {
+pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let slot = NEXT_HOPS.get_ptr_mut(backend_id);
+    if let Some(slot) = slot {
+        // SAFETY: per-CPU slot, only this CPU reads or writes it.
+        let c = unsafe { &*slot };
+        if c.expires_ns > now && c.ingress == ingress {
+            if outer.total > c.mtu as usize {
+                return NextHop::TooBig(c.mtu);
+            }
+            return NextHop::Forward {
+                dst: c.dst_mac,
+                src: c.src_mac,
+                ifindex: c.egress,
+            };
+        }
+    }
+    let found = lookup(ctx, outer, outer.total as u16);
+    if let (NextHop::Forward { dst, src, ifindex }, Some(slot)) = (&found, slot) {
+        // The route MTU: ask again with the largest length, which fails with it.
+        let mtu = match lookup(ctx, outer, u16::MAX) {
+            NextHop::TooBig(mtu) => mtu,
+            _ => u16::MAX,
+        };
+        let entry = Cached {
+            expires_ns: now + NEXT_HOP_TTL_NS,
+            ingress,
+            egress: *ifindex,
+            dst_mac: *dst,
+            src_mac: *src,
+            mtu,
+            pad: [0; 2],
+        };
+        // SAFETY: per-CPU slot.
+        unsafe { *slot = entry };
+    }
+    found
+}
+
+/// One `bpf_fib_lookup` for the outer header with `tot_len` as the packet length.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, outer: &Outer, tot_len: u16) -> NextHop {
     // SAFETY: an all-zero bpf_fib_lookup is its documented initial state.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = outer.total as u16;
+    fib.__bindgen_anon_1.tot_len = tot_len;
     if outer.family == FAMILY_V6 {
         fib.family = AF_INET6;
         fib.__bindgen_anon_3.ipv6_src = outer.src;

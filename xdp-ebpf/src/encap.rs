@@ -39,7 +39,15 @@ pub struct Outer {
     pub total: usize,
 }
 
-/// Works out the outer header for `pkt` tunnelled to `backend`.
+/// True if the outer header for `backend` uses flow-hash bits (IPv6 flow label, or a source
+/// address with entropy bits).
+#[inline(always)]
+pub fn needs_hash(backend: &Backend, node: &NodeConfig) -> bool {
+    backend.family == FAMILY_V6 || node.src_v4_entropy != 0
+}
+
+/// Works out the outer header for `pkt` tunnelled to `backend`. `hash` is only read when
+/// [`needs_hash`] says so.
 #[inline(always)]
 pub fn plan(pkt: &Packet, backend: &Backend, node: &NodeConfig, hash: u32) -> Outer {
     let inner_proto = if pkt.flow.family == FAMILY_V4 {

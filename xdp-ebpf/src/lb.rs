@@ -47,8 +47,13 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         bump(&LB_STATS, LB_FLOW_BASE + LbFlow::IcmpError as u32);
     }
     let node = NODE.get(0).copied().unwrap_or_default();
-    let outer = encap::plan(&pkt, &choice.backend, &node, choice.hash);
-    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer) {
+    let hash = match choice.hash {
+        Some(h) => h,
+        None if encap::needs_hash(&choice.backend, &node) => lookup::hash(&pkt, &meta),
+        None => 0,
+    };
+    let outer = encap::plan(&pkt, &choice.backend, &node, hash);
+    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, choice.id) {
         NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
         // The kernel takes it: address the frame to ourselves, as it arrived.
         NextHop::Kernel => (pkt.l2.dst, pkt.l2.src, None),
@@ -62,13 +67,7 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     };
     encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac)?;
     add_traffic(&BACKEND_STATS, choice.id, frame_len);
-    crate::debug_log!(
-        ctx,
-        "vip {} backend {} hash {:x}",
-        meta.id,
-        choice.id,
-        choice.hash
-    );
+    crate::debug_log!(ctx, "vip {} backend {} hash {:x}", meta.id, choice.id, hash);
     let Some(ifindex) = ifindex else {
         return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
     };

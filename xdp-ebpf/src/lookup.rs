@@ -3,17 +3,31 @@
 use sluice_common::{
     flow_hash, maglev_slot, source_hash,
     stats::{LbFlow, LB_FLOW_BASE},
-    Backend, FlowKey, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER, VIP_HASH_SOURCE_ONLY,
+    vip_filter_bit, Backend, FlowKey, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER,
+    VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
-    maps::{bump, BACKENDS, FLOWS, LB_STATS, MAGLEV, VIPS},
+    maps::{bump, BACKENDS, FLOWS, LB_STATS, MAGLEV, VIPS, VIP_FILTER},
     parse::{Kind, Packet},
 };
+
+/// False when the filter proves no VIP lives at `pkt.flow.dst`.
+#[inline(always)]
+fn may_be_vip(pkt: &Packet) -> bool {
+    let (word, bit) = vip_filter_bit(&pkt.flow.dst);
+    match VIP_FILTER.get(word) {
+        Some(w) => w & bit != 0,
+        None => true,
+    }
+}
 
 /// The VIP a packet is for, if any.
 #[inline(always)]
 pub fn vip(pkt: &Packet) -> Option<VipMeta> {
+    if !may_be_vip(pkt) {
+        return None;
+    }
     let key = VipKey {
         addr: pkt.flow.dst,
         port: pkt.flow.dst_port,
@@ -32,6 +46,9 @@ pub fn vip(pkt: &Packet) -> Option<VipMeta> {
 /// True if `pkt.flow.dst` carries any VIP (its address marker exists).
 #[inline(always)]
 pub fn is_vip_address(pkt: &Packet) -> bool {
+    if !may_be_vip(pkt) {
+        return false;
+    }
     let key = VipKey {
         addr: pkt.flow.dst,
         port: 0,
@@ -41,14 +58,25 @@ pub fn is_vip_address(pkt: &Packet) -> bool {
     VIPS.get_ptr(&key).is_some()
 }
 
-/// A chosen backend: its id, its record and the flow hash (reused for outer-header entropy).
+/// A chosen backend: its id, its record and, if it was computed, the flow hash.
 pub struct Choice {
     /// Backend id.
     pub id: u32,
     /// Backend record.
     pub backend: Backend,
-    /// Hash of the flow as used for the table pick.
-    pub hash: u32,
+    /// Hash of the flow as used for the table pick; `None` after a flow-table hit, where the
+    /// hash is only computed if the outer header needs it.
+    pub hash: Option<u32>,
+}
+
+/// The hash a VIP picks with: the 5-tuple, or the client address for persistence.
+#[inline(always)]
+pub fn hash(pkt: &Packet, meta: &VipMeta) -> u32 {
+    if meta.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        source_hash(&pkt.flow)
+    } else {
+        flow_hash(&pkt.flow)
+    }
 }
 
 #[inline(always)]
@@ -88,11 +116,6 @@ fn flow_event(event: LbFlow) {
 /// - ICMP errors follow the flow they quote but never create an entry.
 #[inline(always)]
 pub fn choose(pkt: &Packet, meta: &VipMeta) -> Option<Choice> {
-    let hash = if meta.flags & VIP_HASH_SOURCE_ONLY != 0 {
-        source_hash(&pkt.flow)
-    } else {
-        flow_hash(&pkt.flow)
-    };
     let syn = matches!(pkt.kind, Kind::Transport { syn: true });
     if !syn {
         // SAFETY: copied out at once.
@@ -102,7 +125,7 @@ pub fn choose(pkt: &Packet, meta: &VipMeta) -> Option<Choice> {
                     return Some(Choice {
                         id: state.backend,
                         backend: b,
-                        hash,
+                        hash: None,
                     });
                 }
             }
@@ -113,11 +136,14 @@ pub fn choose(pkt: &Packet, meta: &VipMeta) -> Option<Choice> {
     } else {
         flow_event(LbFlow::MissSyn);
     }
+    let hash = hash(pkt, meta);
     let (id, backend) = table_pick(meta, hash)?;
-    if pkt.kind == Kind::IcmpError {
-        flow_event(LbFlow::IcmpError);
-    } else {
+    if pkt.kind != Kind::IcmpError {
         remember(&pkt.flow, id);
     }
-    Some(Choice { id, backend, hash })
+    Some(Choice {
+        id,
+        backend,
+        hash: Some(hash),
+    })
 }

@@ -7,14 +7,24 @@ use aya_ebpf::{
 };
 use sluice_common::{
     stats::{DECAP_STATS_LEN, LB_COUNTERS},
-    AddrKey, Backend, FlowKey, FlowState, NodeConfig, Traffic, VipKey, VipMeta, MAX_BACKENDS,
-    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, DEFAULT_FLOW_TABLE_SIZE,
+    AddrKey, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
+    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS,
+    MAX_VIPS, VIP_FILTER_WORDS,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
 #[map(name = "SLUICE_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> =
     HashMap::with_max_entries(MAX_VIPS * 2, BPF_F_NO_PREALLOC);
+
+/// Bloom filter over VIP addresses, checked before the VIP lookup so that traffic for other
+/// destinations costs one array read instead of a hash lookup.
+#[map(name = "SLUICE_VIP_BITS")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Per-CPU cache of next hops by backend id.
+#[map(name = "SLUICE_NEXTHOP")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Backends by id.
 #[map(name = "SLUICE_BACKENDS")]

@@ -297,3 +297,26 @@ fn outer_source_entropy_and_ttl_follow_node_config() {
         let _ = pkt::inner_ip_len(&input[14..]);
     });
 }
+
+#[test]
+fn next_hop_is_cached_briefly_then_looked_up_again() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
+        assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
+        // The neighbour moves: the cached answer is used until it expires.
+        crate::lab::sh("ip neigh replace 10.1.0.11 lladdr 02:00:00:00:09:99 nud permanent dev int0");
+        assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
+        let ttl = std::time::Duration::from_nanos(sluice_common::NEXT_HOP_TTL_NS);
+        std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+        assert_eq!(&lab.run(&input).data[..6], &[0x02, 0, 0, 0, 0x09, 0x99]);
+        // Giving the backend id another address drops its cached next hop at once.
+        lab.dp
+            .set_backend(1, &sluice_lb::addr::backend(backend_addr(2), BACKEND_ALIVE))
+            .expect("backend");
+        let out = lab.run(&input);
+        assert_eq!(&out.data[..6], &backend_mac(2));
+        assert_eq!(chosen(&out.data, 14), backend_addr(2));
+    });
+}

@@ -45,7 +45,8 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x02, id as u8]
 }
 
-fn sh(args: &str) {
+/// Runs a command (split on whitespace) in the current namespace; panics if it fails.
+pub fn sh(args: &str) {
     let parts: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new(parts[0])
         .args(&parts[1..])

@@ -88,6 +88,7 @@ fn random_flows_match_the_reference_model() {
             let table = maglev::build(&members, size).expect("table");
             let id = id as u32;
             lab.dp.write_table(id, 0, &table).expect("table");
+            lab.dp.set_vip_address(ip).expect("address");
             lab.dp
                 .set_vip(
                     &addr::vip_key(ip, port, if tcp { 6 } else { 17 }),
