@@ -55,6 +55,8 @@ pub mod names {
     pub const VIP_FILTER: &str = "SLUICE_VIP_BITS";
     /// Per-CPU [`NextHop`](super::NextHop) cache indexed by backend id.
     pub const NEXT_HOPS: &str = "SLUICE_NEXTHOP";
+    /// VIP id → live generation (`u32`, 0 = no VIP), checked on flow-table hits.
+    pub const VIP_GENS: &str = "SLUICE_VIP_GEN";
 }
 
 /// The VIP filter word and bit for `addr` (Fibonacci hashing of the folded address).
@@ -110,6 +112,10 @@ pub struct VipMeta {
     pub table_size: u32,
     /// Which of the VIP's two table buffers is live (0 or 1).
     pub active: u32,
+    /// Incarnation of this VIP id, never 0. Flow entries record it; when the VIP is removed
+    /// or its id reused, the generation in [`names::VIP_GENS`] changes and its flow entries
+    /// stop matching.
+    pub gen: u32,
 }
 
 impl VipMeta {
@@ -173,12 +179,19 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
-/// The flow table's value: which backend owns the flow.
+/// The flow table's value: which backend owns the flow, and for which VIP incarnation.
+///
+/// Keeping the VIP here lets an established packet skip the VIP lookup: the flow entry is
+/// valid while `VIP_GENS[vip] == vip_gen`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     /// Backend id.
     pub backend: u32,
+    /// VIP id.
+    pub vip: u32,
+    /// VIP generation when the entry was made.
+    pub vip_gen: u32,
 }
 
 /// Configuration of the node running `sluice_lb`.
@@ -292,10 +305,10 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<VipMeta>(), 16);
+        assert_eq!(size_of::<VipMeta>(), 20);
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 4);
+        assert_eq!(size_of::<FlowState>(), 12);
         assert_eq!(size_of::<NodeConfig>(), 32);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<AddrKey>(), 20);

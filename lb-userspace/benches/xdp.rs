@@ -74,6 +74,7 @@ fn run() {
     let syn = build(&Flow::tcp("203.0.113.8", 40001, VIP, 80), Tcp::Syn, &[0u8; 16], &Extra::default());
     let other = build(&Flow::tcp("203.0.113.9", 40002, "198.51.100.200", 80), Tcp::Ack, &[0u8; 16], &Extra::default());
     let many = build(&Flow::tcp("10.0.0.0", 40003, VIP, 80), Tcp::Ack, &[0u8; 16], &Extra::default());
+    let new_syn = build(&Flow::tcp("10.0.0.0", 40004, VIP, 80), Tcp::Syn, &[0u8; 16], &Extra::default());
 
     let mut measure = |lab: &mut Lab, name: &'static str, pkt: &[u8], action: u32| {
         let prog = lab.dp.program(name).expect("bench program");
@@ -92,9 +93,16 @@ fn run() {
     assert_eq!((d.redirect, d.miss_syn, d.miss_other), (total, 0, 0), "established: every packet a flow-table hit");
 
     let c = Counts::read(&lab);
-    let syn_ns = measure(&mut lab, "bench_lb", &syn, 4);
+    let syn_ns = measure(&mut lab, "bench_lb_new", &new_syn, 4);
     let d = delta(&lab, &c);
-    assert_eq!((d.redirect, d.miss_syn), (total, total), "SYN: every packet a fresh pick and insert");
+    assert_eq!((d.redirect, d.miss_syn), (total, total), "SYN: every packet a fresh pick");
+    let entries = lab.dp.flow_count_entries().expect("flow table");
+    assert!(entries > 100_000, "SYN: new flows were inserted ({entries} entries)");
+
+    let c = Counts::read(&lab);
+    let resyn = measure(&mut lab, "bench_lb", &syn, 4);
+    let d = delta(&lab, &c);
+    assert_eq!((d.redirect, d.miss_syn), (total, total), "repeated SYN: every packet a fresh pick");
 
     let c = Counts::read(&lab);
     let pass = measure(&mut lab, "bench_lb", &other, 2);
@@ -117,7 +125,8 @@ fn run() {
 
     let rows = [
         Row { case: "established flow (flow-table hit)", ns: est - wrapper, target: Some(5.0), katran: Some(7.4) },
-        Row { case: "new flow: SYN, pick + insert", ns: syn_ns - wrapper, target: Some(10.0), katran: Some(14.0) },
+        Row { case: "new flow: SYN, pick + insert (full table, evicting)", ns: syn_ns - wrapper, target: Some(10.0), katran: Some(14.0) },
+        Row { case: "SYN on a known 5-tuple: pick, entry updated in place", ns: resyn - wrapper, target: None, katran: None },
         Row { case: "not a VIP (pass)", ns: pass - wrapper, target: Some(2.0), katran: Some(3.1) },
         Row { case: "decapsulation", ns: dec - wrapper, target: None, katran: None },
         Row { case: "established, 100k flows cycling", ns: many_ns - wrapper, target: None, katran: None },

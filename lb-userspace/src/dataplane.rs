@@ -233,15 +233,68 @@ impl DataPlane {
 
     /// Adds or replaces a VIP. Replacing is atomic for packets in flight, so flipping `active`
     /// and `table_size` together switches tables without a half-visible state.
+    ///
+    /// `meta.gen` is assigned here: a VIP that keeps its id keeps its generation (its flows
+    /// stay valid across table changes); a new VIP, or a new id, gets a fresh one.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        let mut meta = *meta;
+        if meta.flags & sluice_common::VIP_ADDRESS_MARKER == 0 {
+            if meta.id >= MAX_VIPS {
+                return Err(DataPlaneError::OutOfRange {
+                    what: "VIP id",
+                    value: meta.id.into(),
+                    limit: MAX_VIPS.into(),
+                });
+            }
+            let existing = self.vip(key)?;
+            meta.gen = match existing {
+                Some(old) if old.id == meta.id && old.gen != 0 => old.gen,
+                _ => self.next_vip_gen()?,
+            };
+            let name = names::VIP_GENS;
+            let mut gens: Array<&mut MapData, u32> =
+                Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            gens.set(meta.id, meta.gen, 0).map_err(map_err(name))?;
+        }
         let name = names::VIPS;
         let mut map: HashMap<&mut MapData, VipKey, VipMeta> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         map.insert(key, meta, 0).map_err(map_err(name))
     }
 
-    /// Removes a VIP (or an address marker).
+    /// The VIP (or address marker) at `key`, if any.
+    pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>> {
+        let name = names::VIPS;
+        let map: HashMap<&MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    fn next_vip_gen(&self) -> Result<u32> {
+        let name = names::VIP_GENS;
+        let gens: Array<&MapData, u32> =
+            Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut max = 0u32;
+        for g in gens.iter() {
+            max = max.max(g.map_err(map_err(name))?);
+        }
+        Ok(max.wrapping_add(1).max(1))
+    }
+
+    /// Removes a VIP (or an address marker). Its flow entries stop matching at once.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        if let Some(old) = self.vip(key)? {
+            if old.flags & sluice_common::VIP_ADDRESS_MARKER == 0 {
+                let name = names::VIP_GENS;
+                let mut gens: Array<&mut MapData, u32> =
+                    Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+                gens.set(old.id, 0, 0).map_err(map_err(name))?;
+            }
+        }
         let name = names::VIPS;
         let mut map: HashMap<&mut MapData, VipKey, VipMeta> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
@@ -308,6 +361,14 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(name)(e)),
         }
+    }
+
+    /// Number of entries in the flow table (walks the whole map: for tests and tools).
+    pub fn flow_count_entries(&self) -> Result<usize> {
+        let name = names::FLOWS;
+        let map: HashMap<&MapData, FlowKey, FlowState> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        Ok(map.keys().filter(|k| k.is_ok()).count())
     }
 
     fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {

@@ -23,6 +23,8 @@ use crate::{
 const SAVED: usize = 64;
 /// Distinct flows cycled through by `bench_lb_many`.
 const MANY_FLOWS: u32 = 100_000;
+/// Distinct flows cycled through by `bench_lb_new`: far more than the flow table holds.
+const NEW_FLOWS: u32 = 1 << 24;
 
 /// Per-CPU rotating counter for the many-flow and Maglev-only cases.
 #[map(name = "SLUICE_BENCH")]
@@ -51,13 +53,13 @@ fn restoring(ctx: &XdpContext, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
 }
 
 #[inline(always)]
-fn next_counter() -> u32 {
+fn next_counter(cycle: u32) -> u32 {
     let Some(c) = BENCH_STATE.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU slot.
     unsafe {
-        let i = if *c + 1 >= MANY_FLOWS { 0 } else { *c + 1 };
+        let i = if *c + 1 >= cycle { 0 } else { *c + 1 };
         *c = i;
         i
     }
@@ -90,8 +92,20 @@ pub fn bench_decap(ctx: XdpContext) -> u32 {
 /// `sluice_lb` with the IPv4 source's low bits cycling through [`MANY_FLOWS`] clients.
 #[xdp]
 pub fn bench_lb_many(ctx: XdpContext) -> u32 {
-    let i = next_counter();
-    restoring(&ctx, |ctx| {
+    cycling(&ctx, MANY_FLOWS)
+}
+
+/// `sluice_lb` with a source never seen recently ([`NEW_FLOWS`] cycle): every SYN is a new
+/// flow, and once the flow table is full every insert evicts, as on a busy node.
+#[xdp]
+pub fn bench_lb_new(ctx: XdpContext) -> u32 {
+    cycling(&ctx, NEW_FLOWS)
+}
+
+#[inline(always)]
+fn cycling(ctx: &XdpContext, cycle: u32) -> u32 {
+    let i = next_counter(cycle);
+    restoring(ctx, |ctx| {
         // Untagged IPv4: source address at 26..30; the low three octets take the counter.
         if let Some(src) = at::<[u8; 4]>(ctx, 26) {
             let src = src as *mut u8;
@@ -109,7 +123,7 @@ pub fn bench_lb_many(ctx: XdpContext) -> u32 {
 /// Only the Maglev pick: VIP lookup, flow hash, table and backend lookups on a rotating key.
 #[xdp]
 pub fn bench_maglev(_ctx: XdpContext) -> u32 {
-    let i = next_counter();
+    let i = next_counter(MANY_FLOWS);
     let mut key = FlowKey {
         family: 4,
         proto: 6,

@@ -1,7 +1,7 @@
 //! `sluice_lb`: parse → lookup → encapsulate → emit, and the one counter each packet ends in.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use sluice_common::{stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
+use sluice_common::{flow_hash, stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
 
 use crate::{
     emit::{self, NextHop},
@@ -40,20 +40,23 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         Kind::Fragment if lookup::is_vip_address(&pkt) => return Err(Lb::Fragment),
         Kind::Fragment | Kind::Other => return Err(Lb::Pass),
     }
-    let meta = lookup::vip(&pkt).ok_or(Lb::Pass)?;
-    add_traffic(&VIP_STATS, meta.id, frame_len);
-    let choice = lookup::choose(&pkt, &meta).ok_or(Lb::NoBackend)?;
+    if !lookup::may_be_vip(&pkt) {
+        return Err(Lb::Pass);
+    }
+    let route = lookup::route(&pkt)?;
+    add_traffic(&VIP_STATS, route.vip, frame_len);
     if pkt.kind == Kind::IcmpError {
         bump(&LB_STATS, LB_FLOW_BASE + LbFlow::IcmpError as u32);
     }
     let node = NODE.get(0).copied().unwrap_or_default();
-    let hash = match choice.hash {
-        Some(h) => h,
-        None if encap::needs_hash(&choice.backend, &node) => lookup::hash(&pkt, &meta),
-        None => 0,
+    // Outer-header entropy (IPv6 flow label, source bits) always spreads by the 5-tuple.
+    let hash = if encap::needs_hash(&route.backend, &node) {
+        flow_hash(&pkt.flow)
+    } else {
+        0
     };
-    let outer = encap::plan(&pkt, &choice.backend, &node, hash);
-    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, choice.id) {
+    let outer = encap::plan(&pkt, &route.backend, &node, hash);
+    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, route.id) {
         NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
         // The kernel takes it: address the frame to ourselves, as it arrived.
         NextHop::Kernel => (pkt.l2.dst, pkt.l2.src, None),
@@ -66,8 +69,8 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         NextHop::Unreachable => return Err(Lb::FibFailure),
     };
     encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac)?;
-    add_traffic(&BACKEND_STATS, choice.id, frame_len);
-    crate::debug_log!(ctx, "vip {} backend {} hash {:x}", meta.id, choice.id, hash);
+    add_traffic(&BACKEND_STATS, route.id, frame_len);
+    crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
     let Some(ifindex) = ifindex else {
         return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
     };

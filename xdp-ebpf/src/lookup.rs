@@ -1,20 +1,24 @@
-//! Lookup: VIP, then flow table, then the VIP's Maglev table.
+//! Lookup: flow table first for established packets, else VIP and the VIP's Maglev table.
+//!
+//! An established packet (not a SYN) whose flow entry is still valid needs no VIP lookup: the
+//! entry records the VIP id and generation, checked against an array. Everything else finds
+//! its VIP by (address, port, protocol) and, if it is new, takes a table pick.
 
 use sluice_common::{
     flow_hash, maglev_slot, source_hash,
-    stats::{LbFlow, LB_FLOW_BASE},
-    vip_filter_bit, Backend, FlowKey, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER,
+    stats::{Lb, LbFlow, LB_FLOW_BASE},
+    vip_filter_bit, Backend, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER,
     VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
-    maps::{bump, BACKENDS, FLOWS, LB_STATS, MAGLEV, VIPS, VIP_FILTER},
+    maps::{bump, BACKENDS, FLOWS, LB_STATS, MAGLEV, VIPS, VIP_FILTER, VIP_GENS},
     parse::{Kind, Packet},
 };
 
 /// False when the filter proves no VIP lives at `pkt.flow.dst`.
 #[inline(always)]
-fn may_be_vip(pkt: &Packet) -> bool {
+pub fn may_be_vip(pkt: &Packet) -> bool {
     let (word, bit) = vip_filter_bit(&pkt.flow.dst);
     match VIP_FILTER.get(word) {
         Some(w) => w & bit != 0,
@@ -24,10 +28,7 @@ fn may_be_vip(pkt: &Packet) -> bool {
 
 /// The VIP a packet is for, if any.
 #[inline(always)]
-pub fn vip(pkt: &Packet) -> Option<VipMeta> {
-    if !may_be_vip(pkt) {
-        return None;
-    }
+fn vip(pkt: &Packet) -> Option<VipMeta> {
     let key = VipKey {
         addr: pkt.flow.dst,
         port: pkt.flow.dst_port,
@@ -58,20 +59,19 @@ pub fn is_vip_address(pkt: &Packet) -> bool {
     VIPS.get_ptr(&key).is_some()
 }
 
-/// A chosen backend: its id, its record and, if it was computed, the flow hash.
-pub struct Choice {
+/// Where a VIP packet goes.
+pub struct Route {
+    /// VIP id (for its counters).
+    pub vip: u32,
     /// Backend id.
     pub id: u32,
     /// Backend record.
     pub backend: Backend,
-    /// Hash of the flow as used for the table pick; `None` after a flow-table hit, where the
-    /// hash is only computed if the outer header needs it.
-    pub hash: Option<u32>,
 }
 
 /// The hash a VIP picks with: the 5-tuple, or the client address for persistence.
 #[inline(always)]
-pub fn hash(pkt: &Packet, meta: &VipMeta) -> u32 {
+fn pick_hash(pkt: &Packet, meta: &VipMeta) -> u32 {
     if meta.flags & VIP_HASH_SOURCE_ONLY != 0 {
         source_hash(&pkt.flow)
     } else {
@@ -80,27 +80,13 @@ pub fn hash(pkt: &Packet, meta: &VipMeta) -> u32 {
 }
 
 #[inline(always)]
-fn backend(id: u32) -> Option<Backend> {
-    BACKENDS.get(id).copied()
-}
-
-/// The backend the VIP's live Maglev table gives for `hash`, if it is alive.
-#[inline(always)]
-fn table_pick(meta: &VipMeta, hash: u32) -> Option<(u32, Backend)> {
-    let slot = maglev_slot(hash, meta.table_size);
-    let id = *MAGLEV.get(meta.table_index(slot))?;
-    let b = backend(id)?;
+fn alive_backend(id: u32) -> Option<Backend> {
+    let b = BACKENDS.get(id).copied()?;
     if b.is_alive() {
-        Some((id, b))
+        Some(b)
     } else {
         None
     }
-}
-
-#[inline(always)]
-fn remember(flow: &FlowKey, id: u32) {
-    // A full table evicts the least recently used entry; insertion cannot fail otherwise.
-    let _ = FLOWS.insert(flow, FlowState { backend: id }, 0);
 }
 
 #[inline(always)]
@@ -108,42 +94,94 @@ fn flow_event(event: LbFlow) {
     bump(&LB_STATS, LB_FLOW_BASE + event as u32);
 }
 
-/// Picks the backend for a packet of a VIP.
+/// What the flow table says about a packet.
+enum Entry {
+    /// Valid entry with a live backend.
+    Hit(Route),
+    /// Valid entry whose backend is no longer alive: re-pick.
+    Dead(*mut FlowState),
+    /// No entry, or one left by a VIP that no longer exists.
+    Miss,
+}
+
+#[inline(always)]
+fn entry(pkt: &Packet) -> Entry {
+    let Some(state) = FLOWS.get_ptr_mut(&pkt.flow) else {
+        return Entry::Miss;
+    };
+    // SAFETY: a live element of the LRU map; fields are read once each.
+    let s = unsafe { *state };
+    match VIP_GENS.get(s.vip) {
+        Some(gen) if *gen == s.vip_gen => {}
+        _ => return Entry::Miss,
+    }
+    match alive_backend(s.backend) {
+        Some(backend) => Entry::Hit(Route {
+            vip: s.vip,
+            id: s.backend,
+            backend,
+        }),
+        None => Entry::Dead(state),
+    }
+}
+
+/// Picks the backend for a packet that may be for a VIP.
 ///
 /// - A TCP SYN always takes a fresh table pick, which then owns the flow.
-/// - Otherwise an existing flow entry wins while its backend is alive (draining included).
+/// - Otherwise a valid flow entry wins while its backend is alive (draining included).
 /// - An entry whose backend is no longer alive is re-picked from the table.
 /// - ICMP errors follow the flow they quote but never create an entry.
+///
+/// `Err(Lb::Pass)` means the packet is not for a VIP after all.
 #[inline(always)]
-pub fn choose(pkt: &Packet, meta: &VipMeta) -> Option<Choice> {
+pub fn route(pkt: &Packet) -> Result<Route, Lb> {
     let syn = matches!(pkt.kind, Kind::Transport { syn: true });
-    if !syn {
-        // SAFETY: copied out at once.
-        if let Some(state) = unsafe { FLOWS.get(&pkt.flow) }.copied() {
-            if let Some(b) = backend(state.backend) {
-                if b.is_alive() {
-                    return Some(Choice {
-                        id: state.backend,
-                        backend: b,
-                        hash: None,
-                    });
-                }
-            }
-            flow_event(LbFlow::Repick);
-        } else if pkt.kind != Kind::IcmpError {
-            flow_event(LbFlow::MissOther);
-        }
-    } else {
-        flow_event(LbFlow::MissSyn);
+    let found = if syn { Entry::Miss } else { entry(pkt) };
+    let dead = match found {
+        Entry::Hit(route) => return Ok(route),
+        Entry::Dead(state) => Some(state),
+        Entry::Miss => None,
+    };
+    let meta = vip(pkt).ok_or(Lb::Pass)?;
+    match (syn, dead.is_some(), pkt.kind) {
+        (true, _, _) => flow_event(LbFlow::MissSyn),
+        (false, true, _) => flow_event(LbFlow::Repick),
+        // An error about a flow this node does not know: routed by the table, not a miss.
+        (false, false, Kind::IcmpError) => {}
+        (false, false, _) => flow_event(LbFlow::MissOther),
     }
-    let hash = hash(pkt, meta);
-    let (id, backend) = table_pick(meta, hash)?;
+    let hash = pick_hash(pkt, &meta);
+    let slot = maglev_slot(hash, meta.table_size);
+    let id = *MAGLEV.get(meta.table_index(slot)).ok_or(Lb::NoBackend)?;
+    let backend = alive_backend(id).ok_or(Lb::NoBackend)?;
     if pkt.kind != Kind::IcmpError {
-        remember(&pkt.flow, id);
+        let state = FlowState {
+            backend: id,
+            vip: meta.id,
+            vip_gen: meta.gen,
+        };
+        remember(pkt, dead, state);
     }
-    Some(Choice {
+    Ok(Route {
+        vip: meta.id,
         id,
         backend,
-        hash: Some(hash),
     })
+}
+
+/// Records the flow's owner: in place when an entry exists, else as a new entry (a full
+/// table evicts its least recently used entry).
+#[inline(always)]
+fn remember(pkt: &Packet, existing: Option<*mut FlowState>, state: FlowState) {
+    let slot = match existing {
+        Some(p) => Some(p),
+        None => FLOWS.get_ptr_mut(&pkt.flow),
+    };
+    match slot {
+        // SAFETY: a live element; an aligned whole-value store.
+        Some(p) => unsafe { *p = state },
+        None => {
+            let _ = FLOWS.insert(&pkt.flow, state, 0);
+        }
+    }
 }

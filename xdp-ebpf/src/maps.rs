@@ -22,6 +22,10 @@ pub static VIPS: HashMap<VipKey, VipMeta> =
 #[map(name = "SLUICE_VIP_BITS")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
+/// Live generation of each VIP id (0: none), checked on flow-table hits.
+#[map(name = "SLUICE_VIP_GEN")]
+pub static VIP_GENS: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
 /// Per-CPU cache of next hops by backend id.
 #[map(name = "SLUICE_NEXTHOP")]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -197,6 +197,7 @@ impl Lab {
             flags,
             table_size: sluice_common::DEFAULT_TABLE_SIZE,
             active: 1,
+            gen: 0,
         };
         self.vips.insert(id, (key, meta));
         self.dp.set_vip_address(ip).expect("address marker");

@@ -92,7 +92,7 @@ fn random_flows_match_the_reference_model() {
             lab.dp
                 .set_vip(
                     &addr::vip_key(ip, port, if tcp { 6 } else { 17 }),
-                    &VipMeta { id, flags, table_size: size, active: 0 },
+                    &VipMeta { id, flags, table_size: size, active: 0, gen: 0 },
                 )
                 .expect("vip");
             vips.push(Vip { ip, port, tcp, flags, table });
