@@ -77,6 +77,20 @@ pub fn bench_tx(ctx: XdpContext) -> u32 {
     restoring(&ctx, |_| xdp_action::XDP_TX)
 }
 
+/// A trivial program that grows the head by an IPv4 header, as encapsulation does, inside the
+/// wrapper, which must then move it back. Half of its extra cost over `bench_tx` is the
+/// wrapper's move back, the other half the program's own move.
+#[xdp]
+pub fn bench_tx_moved(ctx: XdpContext) -> u32 {
+    restoring(&ctx, |ctx| {
+        // SAFETY: plain helper call on our own context.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -20) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+        xdp_action::XDP_TX
+    })
+}
+
 /// `sluice_lb` on the original packet every repetition.
 #[xdp]
 pub fn bench_lb(ctx: XdpContext) -> u32 {

@@ -169,16 +169,20 @@ pub fn route(pkt: &Packet) -> Result<Route, Lb> {
     })
 }
 
-/// Records the flow's owner: in place when an entry exists, else as a new entry (a full
-/// table evicts its least recently used entry).
+/// Records the flow's owner. A new flow is inserted (a full table evicts its least recently
+/// used entry); an existing entry is rewritten in place, which costs far less than replacing
+/// it (a SYN retransmission, or a 5-tuple reused).
 #[inline(always)]
 fn remember(pkt: &Packet, existing: Option<*mut FlowState>, state: FlowState) {
-    let slot = match existing {
-        Some(p) => Some(p),
-        None => FLOWS.get_ptr_mut(&pkt.flow),
-    };
-    match slot {
-        // SAFETY: a live element; an aligned whole-value store.
+    if let Some(p) = existing {
+        // SAFETY: a live element; whole-value store.
+        unsafe { *p = state };
+        return;
+    }
+    // Look before inserting: an insert pops a free element (evicting when the table is full)
+    // even when the key exists, so trying the insert first costs more, not less.
+    match FLOWS.get_ptr_mut(&pkt.flow) {
+        // SAFETY: as above.
         Some(p) => unsafe { *p = state },
         None => {
             let _ = FLOWS.insert(&pkt.flow, state, 0);
