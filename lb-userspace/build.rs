@@ -12,7 +12,10 @@ use std::{
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest.parent().expect("lb-userspace sits in the workspace").to_path_buf();
+    let root = manifest
+        .parent()
+        .expect("lb-userspace sits in the workspace")
+        .to_path_buf();
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("sluice-xdp");
     println!("cargo:rerun-if-env-changed=SLUICE_EBPF_OBJECT");
     if let Some(prebuilt) = env::var_os("SLUICE_EBPF_OBJECT") {
@@ -22,15 +25,31 @@ fn main() {
         return;
     }
     let ebpf = root.join("xdp-ebpf");
-    for path in ["src", "Cargo.toml", "Cargo.lock", "rust-toolchain.toml", ".cargo"] {
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "rust-toolchain.toml",
+        ".cargo",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("common/src").display()
+    );
     let target_dir = root.join("target").join("bpf");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(&ebpf);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(&ebpf);
     // Nothing of the host build may leak into the eBPF build: clippy's wrapper, host flags and
     // the host toolchain choice all break it.
     for var in [
@@ -60,7 +79,10 @@ fn main() {
             ebpf.display()
         );
     }
-    copy(&target_dir.join("bpfel-unknown-none/release/sluice-xdp"), &out);
+    copy(
+        &target_dir.join("bpfel-unknown-none/release/sluice-xdp"),
+        &out,
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

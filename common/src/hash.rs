@@ -128,7 +128,12 @@ mod tests {
         let mut h = seed;
         let blocks = data.len() / 4;
         for i in 0..blocks {
-            let k = u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]);
+            let k = u32::from_le_bytes([
+                data[4 * i],
+                data[4 * i + 1],
+                data[4 * i + 2],
+                data[4 * i + 3],
+            ]);
             h = mix(h, k);
         }
         let tail = &data[blocks * 4..];
@@ -153,7 +158,10 @@ mod tests {
         assert_eq!(murmur3_bytes(b"", 0), 0);
         assert_eq!(murmur3_bytes(b"", 1), 0x514e_28b7);
         assert_eq!(murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0), 0xf55b_516b);
-        assert_eq!(murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0x5082_edee), 0x2362_f9de);
+        assert_eq!(
+            murmur3_bytes(&[0x21, 0x43, 0x65, 0x87], 0x5082_edee),
+            0x2362_f9de
+        );
         assert_eq!(murmur3_bytes(&[0x21, 0x43, 0x65], 0), 0x7e4a_8634);
 
         let key = FlowKey {

@@ -20,6 +20,9 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 18;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Number of interfaces the forwarder may redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
+/// Slot of `SLUICE_VIP_GEN` holding the last generation handed out, so a removed VIP's
+/// generation is never issued again, even by a restarted agent.
+pub const VIP_GEN_COUNTER: u32 = MAX_VIPS;
 /// Words of the VIP address filter (64 bits each).
 pub const VIP_FILTER_WORDS: u32 = 64;
 /// How long a cached next hop is used before `bpf_fib_lookup` is asked again.
@@ -55,7 +58,8 @@ pub mod names {
     pub const VIP_FILTER: &str = "SLUICE_VIP_BITS";
     /// Per-CPU [`NextHop`](super::NextHop) cache indexed by backend id.
     pub const NEXT_HOPS: &str = "SLUICE_NEXTHOP";
-    /// VIP id → live generation (`u32`, 0 = no VIP), checked on flow-table hits.
+    /// VIP id → live generation (`u32`, 0 = no VIP), checked on flow-table hits. The extra
+    /// slot [`VIP_GEN_COUNTER`](super::VIP_GEN_COUNTER) holds the last generation issued.
     pub const VIP_GENS: &str = "SLUICE_VIP_GEN";
 }
 

@@ -38,8 +38,15 @@ fn ns_per_packet(prog: &mut Xdp, ifindex: u32, pkt: &[u8], expect_action: u32) -
         opts.ctx_in = Some(&ctx);
         opts.repeat = REPEAT;
         let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        assert_eq!(res.return_value, expect_action, "unexpected action: wrong path measured");
-        assert_eq!(&out[..pkt.len()], pkt, "the wrapper did not restore the packet");
+        assert_eq!(
+            res.return_value, expect_action,
+            "unexpected action: wrong path measured"
+        );
+        assert_eq!(
+            &out[..pkt.len()],
+            pkt,
+            "the wrapper did not restore the packet"
+        );
         samples.push(res.duration.as_nanos() as f64);
     }
     samples.sort_by(|a, b| a.total_cmp(b));
@@ -69,14 +76,41 @@ fn run() {
     let ack = build(&established, Tcp::Ack, &[0u8; 16], &Extra::default());
     // Put the flow in the table, then find which backend owns it, for the decap case.
     let tunnelled = lab.run(&ack).data;
-    let owner = lab.dp.flow(&established.key()).expect("read").expect("entry").backend;
-    lab.dp.add_decap_addr(backend_addr(owner)).expect("decap addr");
-    let syn = build(&Flow::tcp("203.0.113.8", 40001, VIP, 80), Tcp::Syn, &[0u8; 16], &Extra::default());
-    let other = build(&Flow::tcp("203.0.113.9", 40002, "198.51.100.200", 80), Tcp::Ack, &[0u8; 16], &Extra::default());
-    let many = build(&Flow::tcp("10.0.0.0", 40003, VIP, 80), Tcp::Ack, &[0u8; 16], &Extra::default());
-    let new_syn = build(&Flow::tcp("10.0.0.0", 40004, VIP, 80), Tcp::Syn, &[0u8; 16], &Extra::default());
+    let owner = lab
+        .dp
+        .flow(&established.key())
+        .expect("read")
+        .expect("entry")
+        .backend;
+    lab.dp
+        .add_decap_addr(backend_addr(owner))
+        .expect("decap addr");
+    let syn = build(
+        &Flow::tcp("203.0.113.8", 40001, VIP, 80),
+        Tcp::Syn,
+        &[0u8; 16],
+        &Extra::default(),
+    );
+    let other = build(
+        &Flow::tcp("203.0.113.9", 40002, "198.51.100.200", 80),
+        Tcp::Ack,
+        &[0u8; 16],
+        &Extra::default(),
+    );
+    let many = build(
+        &Flow::tcp("10.0.0.0", 40003, VIP, 80),
+        Tcp::Ack,
+        &[0u8; 16],
+        &Extra::default(),
+    );
+    let new_syn = build(
+        &Flow::tcp("10.0.0.0", 40004, VIP, 80),
+        Tcp::Syn,
+        &[0u8; 16],
+        &Extra::default(),
+    );
 
-    let mut measure = |lab: &mut Lab, name: &'static str, pkt: &[u8], action: u32| {
+    let measure = |lab: &mut Lab, name: &'static str, pkt: &[u8], action: u32| {
         let prog = lab.dp.program(name).expect("bench program");
         ns_per_packet(prog, ext, pkt, action)
     };
@@ -94,27 +128,46 @@ fn run() {
     let c = Counts::read(&lab);
     let est = measure(&mut lab, "bench_lb", &ack, 4);
     let d = delta(&lab, &c);
-    assert_eq!((d.redirect, d.miss_syn, d.miss_other), (total, 0, 0), "established: every packet a flow-table hit");
+    assert_eq!(
+        (d.redirect, d.miss_syn, d.miss_other),
+        (total, 0, 0),
+        "established: every packet a flow-table hit"
+    );
 
     // Warm the flow table with every one of the 100k flows, then measure the cycle.
     measure(&mut lab, "bench_lb_many", &many, 4);
     let c = Counts::read(&lab);
     let many_ns = measure(&mut lab, "bench_lb_many", &many, 4);
     let d = delta(&lab, &c);
-    assert_eq!((d.redirect, d.miss_other), (total, 0), "100k flows: all flow-table hits after warm-up");
+    assert_eq!(
+        (d.redirect, d.miss_other),
+        (total, 0),
+        "100k flows: all flow-table hits after warm-up"
+    );
 
     // Then new flows: the table fills up and every insert evicts.
     let c = Counts::read(&lab);
     let syn_ns = measure(&mut lab, "bench_lb_new", &new_syn, 4);
     let d = delta(&lab, &c);
-    assert_eq!((d.redirect, d.miss_syn), (total, total), "SYN: every packet a fresh pick");
+    assert_eq!(
+        (d.redirect, d.miss_syn),
+        (total, total),
+        "SYN: every packet a fresh pick"
+    );
     let entries = lab.dp.flow_count_entries().expect("flow table");
-    assert!(entries > 100_000, "SYN: new flows were inserted ({entries} entries)");
+    assert!(
+        entries > 100_000,
+        "SYN: new flows were inserted ({entries} entries)"
+    );
 
     let c = Counts::read(&lab);
     let resyn = measure(&mut lab, "bench_lb", &syn, 4);
     let d = delta(&lab, &c);
-    assert_eq!((d.redirect, d.miss_syn), (total, total), "repeated SYN: every packet a fresh pick");
+    assert_eq!(
+        (d.redirect, d.miss_syn),
+        (total, total),
+        "repeated SYN: every packet a fresh pick"
+    );
 
     let c = Counts::read(&lab);
     let pass = measure(&mut lab, "bench_lb", &other, 2);
@@ -129,12 +182,42 @@ fn run() {
     let maglev = measure(&mut lab, "bench_maglev", &ack, 3);
 
     let rows = [
-        Row { case: "established flow (flow-table hit)", ns: est - resized, target: Some(5.0), katran: Some(7.4) },
-        Row { case: "new flow: SYN, pick + insert (full table, evicting)", ns: syn_ns - resized, target: Some(10.0), katran: Some(14.0) },
-        Row { case: "SYN on a known 5-tuple: pick, entry updated in place", ns: resyn - resized, target: None, katran: None },
-        Row { case: "not a VIP (pass)", ns: pass - wrapper, target: Some(2.0), katran: Some(3.1) },
-        Row { case: "decapsulation", ns: dec - resized, target: None, katran: None },
-        Row { case: "established, 100k flows cycling", ns: many_ns - resized, target: None, katran: None },
+        Row {
+            case: "established flow (flow-table hit)",
+            ns: est - resized,
+            target: Some(5.0),
+            katran: Some(7.4),
+        },
+        Row {
+            case: "new flow: SYN, pick + insert (full table, evicting)",
+            ns: syn_ns - resized,
+            target: Some(10.0),
+            katran: Some(14.0),
+        },
+        Row {
+            case: "SYN on a known 5-tuple: pick, entry updated in place",
+            ns: resyn - resized,
+            target: None,
+            katran: None,
+        },
+        Row {
+            case: "not a VIP (pass)",
+            ns: pass - wrapper,
+            target: Some(2.0),
+            katran: Some(3.1),
+        },
+        Row {
+            case: "decapsulation",
+            ns: dec - resized,
+            target: None,
+            katran: None,
+        },
+        Row {
+            case: "established, 100k flows cycling",
+            ns: many_ns - resized,
+            target: None,
+            katran: None,
+        },
     ];
     println!("XDP data plane, BPF_PROG_TEST_RUN, median of {RUNS} runs x {REPEAT} repetitions");
     println!(
@@ -148,9 +231,18 @@ fn run() {
     let mut missed = Vec::new();
     for r in &rows {
         let ratio = r.ns / trivial;
-        let target = r.target.map(|t| format!("<= {t:.1}x")).unwrap_or_else(|| "-".into());
-        let katran = r.katran.map(|k| format!("{k:.1}x")).unwrap_or_else(|| "-".into());
-        println!("| {} | {:.1} | {:.2}x | {} | {} |", r.case, r.ns, ratio, target, katran);
+        let target = r
+            .target
+            .map(|t| format!("<= {t:.1}x"))
+            .unwrap_or_else(|| "-".into());
+        let katran = r
+            .katran
+            .map(|k| format!("{k:.1}x"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {:.1} | {:.2}x | {} | {} |",
+            r.case, r.ns, ratio, target, katran
+        );
         if let Some(t) = r.target {
             if ratio > t {
                 missed.push(r.case);

@@ -8,8 +8,7 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{
-        xdp::XdpMapError, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
-        PerCpuValues,
+        xdp::XdpMapError, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
     },
     programs::{ProgramError, Xdp},
     Ebpf, EbpfError, EbpfLoader,
@@ -18,7 +17,7 @@ use sluice_common::{
     maglev_index, names, programs,
     stats::{Decap, Lb, LbFlow, LB_FLOW_BASE},
     vip_filter_bit, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
-    MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS, VIP_FILTER_WORDS,
+    MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS, VIP_FILTER_WORDS, VIP_GEN_COUNTER,
 };
 use thiserror::Error;
 
@@ -75,21 +74,12 @@ pub enum DataPlaneError {
 type Result<T> = std::result::Result<T, DataPlaneError>;
 
 /// How to load the data plane.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Enable aya-log debug output in the programs (off: logging is removed at load time).
     pub debug: bool,
     /// Flow-table capacity; `None` keeps the object's default.
     pub flow_table_size: Option<u32>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            debug: false,
-            flow_table_size: None,
-        }
-    }
 }
 
 /// The loaded object: maps created, programs loaded on demand.
@@ -191,8 +181,8 @@ impl DataPlane {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Cpus(e))?;
         let mut map: PerCpuArray<&mut MapData, NextHop> =
             PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        let empty = PerCpuValues::try_from(vec![NextHop::default(); cpus])
-            .map_err(DataPlaneError::Cpus)?;
+        let empty =
+            PerCpuValues::try_from(vec![NextHop::default(); cpus]).map_err(DataPlaneError::Cpus)?;
         map.set(id, empty, 0).map_err(map_err(name))
     }
 
@@ -274,15 +264,15 @@ impl DataPlane {
         }
     }
 
-    fn next_vip_gen(&self) -> Result<u32> {
+    /// Issues a generation never issued before (0 is skipped: it means "no VIP").
+    fn next_vip_gen(&mut self) -> Result<u32> {
         let name = names::VIP_GENS;
-        let gens: Array<&MapData, u32> =
-            Array::try_from(self.map(name)?).map_err(map_err(name))?;
-        let mut max = 0u32;
-        for g in gens.iter() {
-            max = max.max(g.map_err(map_err(name))?);
-        }
-        Ok(max.wrapping_add(1).max(1))
+        let mut gens: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let last = gens.get(&VIP_GEN_COUNTER, 0).map_err(map_err(name))?;
+        let next = last.wrapping_add(1).max(1);
+        gens.set(VIP_GEN_COUNTER, next, 0).map_err(map_err(name))?;
+        Ok(next)
     }
 
     /// Removes a VIP (or an address marker). Its flow entries stop matching at once.

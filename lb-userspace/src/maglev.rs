@@ -63,12 +63,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -196,6 +196,53 @@ mod tests {
     fn empty_set_means_no_backend() {
         let t = build(&[], 13).expect("valid");
         assert!(t.iter().all(|id| *id == 0));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Max/min slots per backend stays within 1% for up to 100 equal backends.
+        #[test]
+        fn balanced(n in 2u32..=100) {
+            let t = build(&members(n), 65537).expect("valid");
+            let c = counts(&t, n as usize);
+            let (min, max) = (c[1..].iter().min().copied().unwrap_or(0), c[1..].iter().max().copied().unwrap_or(0));
+            proptest::prop_assert!(max as f64 / min as f64 <= 1.01, "n={} min={} max={}", n, min, max);
+        }
+
+        /// Removing one of N backends moves at most 1/N of the slots plus 1% of M.
+        #[test]
+        fn minimal_disruption(n in 2u32..=100, gone in 0u32..100) {
+            let m = members(n);
+            let before = build(&m, 65537).expect("valid");
+            let removed = m[(gone % n) as usize].id;
+            let rest: Vec<Member> = m.iter().copied().filter(|x| x.id != removed).collect();
+            let after = build(&rest, 65537).expect("valid");
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a && **b != removed).count();
+            let changed = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            let bound = 65537.0 / n as f64 + 0.01 * 65537.0;
+            proptest::prop_assert!(changed as f64 <= bound, "changed {} > {}", changed, bound);
+            // Slots of surviving backends that moved elsewhere: the disruption Maglev minimises.
+            proptest::prop_assert!(moved as f64 <= 0.01 * 65537.0, "moved {}", moved);
+        }
+
+        /// Slot shares follow the weights within 1 percentage point.
+        #[test]
+        fn weighted(weights in proptest::collection::vec(1u32..=10, 2..=20)) {
+            let m: Vec<Member> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| Member { id: i as u32 + 1, addr: IpAddr::from([10, 2, 0, i as u8]), weight: *w })
+                .collect();
+            let t = build(&m, 65537).expect("valid");
+            let c = counts(&t, m.len());
+            let total: u32 = weights.iter().sum();
+            for (i, w) in weights.iter().enumerate() {
+                let share = c[i + 1] as f64 / 65537.0;
+                let want = *w as f64 / total as f64;
+                proptest::prop_assert!((share - want).abs() <= 0.01, "backend {} share {} want {}", i, share, want);
+            }
+        }
     }
 
     #[test]

@@ -34,11 +34,10 @@ fn main() -> Result<()> {
 
 fn verify() -> Result<()> {
     let mut dp = DataPlane::load(&LoadOptions::default()).context("creating the maps")?;
-    for name in [
-        sluice_common::programs::LB,
-        sluice_common::programs::DECAP,
-    ] {
-        let prog = dp.program(name).with_context(|| format!("loading {name}"))?;
+    for name in [sluice_common::programs::LB, sluice_common::programs::DECAP] {
+        let prog = dp
+            .program(name)
+            .with_context(|| format!("loading {name}"))?;
         let info = prog.info().context("reading program info")?;
         println!(
             "{name}: verified, {} bytes translated, {} bytes JIT-compiled",

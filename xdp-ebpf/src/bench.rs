@@ -8,7 +8,10 @@
 //! the wrapping itself costs.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::{map, xdp}, maps::PerCpuArray,
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use sluice_common::{flow_hash, maglev_slot, FlowKey, VipKey};

@@ -12,8 +12,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    net::{csum_fold, proto, ETH_P_IP, ETH_P_IPV6, ICMPV6_PKT_TOOBIG, ICMP_DEST_UNREACH,
-        ICMP_FRAG_NEEDED, IPV4_HLEN, IPV6_HLEN},
+    net::{
+        csum_fold, proto, ETH_P_IP, ETH_P_IPV6, ICMPV6_PKT_TOOBIG, ICMP_DEST_UNREACH,
+        ICMP_FRAG_NEEDED, IPV4_HLEN, IPV6_HLEN,
+    },
     stats::Lb,
     DEFAULT_OUTER_TTL, FAMILY_V6,
 };
@@ -106,7 +108,11 @@ pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16, overhead: usize) -> Res
             put16(p, 2 * i, ip[i]);
             i += 1;
         }
-        put16(p, 20, u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]));
+        put16(
+            p,
+            20,
+            u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]),
+        );
         put16(p, 22, 0);
         put16(p, 24, 0);
         put16(p, 26, inner_mtu.to_be());

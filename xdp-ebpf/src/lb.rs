@@ -78,7 +78,10 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         Ok(done) => Ok(done),
         Err(()) => {
             // Not a port we may redirect to: hand it to the kernel addressed to ourselves.
-            if !pkt.l2.write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer)) {
+            if !pkt
+                .l2
+                .write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer))
+            {
                 return Err(Lb::EncapFailed);
             }
             Ok((xdp_action::XDP_PASS, Lb::RedirectMiss))

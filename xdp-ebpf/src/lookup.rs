@@ -7,8 +7,7 @@
 use sluice_common::{
     flow_hash, maglev_slot, source_hash,
     stats::{Lb, LbFlow, LB_FLOW_BASE},
-    vip_filter_bit, Backend, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER,
-    VIP_HASH_SOURCE_ONLY,
+    vip_filter_bit, Backend, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use sluice_common::{
     stats::{DECAP_STATS_LEN, LB_COUNTERS},
     AddrKey, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
-    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS,
-    MAX_VIPS, VIP_FILTER_WORDS,
+    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS,
+    VIP_FILTER_WORDS,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
@@ -24,7 +24,7 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 
 /// Live generation of each VIP id (0: none), checked on flow-table hits.
 #[map(name = "SLUICE_VIP_GEN")]
-pub static VIP_GENS: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+pub static VIP_GENS: Array<u32> = Array::with_max_entries(MAX_VIPS + 1, 0);
 
 /// Per-CPU cache of next hops by backend id.
 #[map(name = "SLUICE_NEXTHOP")]

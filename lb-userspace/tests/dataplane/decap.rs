@@ -11,8 +11,17 @@ use crate::{
 
 fn assert_decap_counts(lab: &Lab, expected: &[(Decap, u64)]) {
     for o in Decap::ALL {
-        let want = expected.iter().find(|(e, _)| e == o).map(|(_, n)| *n).unwrap_or(0);
-        assert_eq!(lab.dp.decap_count(*o).expect("counter"), want, "counter {}", o.name());
+        let want = expected
+            .iter()
+            .find(|(e, _)| e == o)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        assert_eq!(
+            lab.dp.decap_count(*o).expect("counter"),
+            want,
+            "counter {}",
+            o.name()
+        );
     }
 }
 
@@ -44,7 +53,12 @@ fn every_tunnel_family_is_stripped_back_to_the_client_packet() {
         ];
         for (i, (client, vip, backend)) in cases.into_iter().enumerate() {
             lab.vip(i as u32, vip, 80, 6, 0, &[backend]);
-            let input = build(&Flow::tcp(client, 40000, vip, 80), Tcp::Syn, b"hello gateway", &Extra::default());
+            let input = build(
+                &Flow::tcp(client, 40000, vip, 80),
+                Tcp::Syn,
+                b"hello gateway",
+                &Extra::default(),
+            );
             round_trip(lab, &input, 14, None, backend);
         }
         // With a VLAN tag.
@@ -52,7 +66,10 @@ fn every_tunnel_family_is_stripped_back_to_the_client_packet() {
             &Flow::tcp("203.0.113.9", 40000, "198.51.100.1", 80),
             Tcp::Ack,
             b"tagged",
-            &Extra { vlan: Some(42), ..Default::default() },
+            &Extra {
+                vlan: Some(42),
+                ..Default::default()
+            },
         );
         round_trip(lab, &input, 18, Some(42), 1);
         assert_decap_counts(lab, &[(Decap::DecapV4, 3), (Decap::DecapV6, 2)]);
@@ -64,7 +81,12 @@ fn foreign_malformed_and_plain_packets() {
     with_lab(|lab| {
         lab.dp.add_decap_addr(backend_addr(1)).expect("decap addr");
         lab.vip(0, "198.51.100.1", 80, 6, 0, &[2]);
-        let input = build(&Flow::tcp("203.0.113.7", 40000, "198.51.100.1", 80), Tcp::Syn, b"x", &Extra::default());
+        let input = build(
+            &Flow::tcp("203.0.113.7", 40000, "198.51.100.1", 80),
+            Tcp::Syn,
+            b"x",
+            &Extra::default(),
+        );
         // Tunnelled to backend 2, which is not local here: passed untouched.
         let foreign = lab.run(&input).data;
         let out = lab.decap(&foreign);

@@ -10,7 +10,7 @@ use sluice_common::stats::{Lb, LbFlow};
 use crate::{
     action, assert_flow_events, assert_outcomes,
     lab::{backend_addr, backend_mac, Lab, EXT_MAC, INT_MAC, NODE_V4, NODE_V6, ROUTER_MAC},
-    pkt::{build, eth, encapsulated, Extra, Flow, Outer, Tcp},
+    pkt::{build, encapsulated, eth, Extra, Flow, Outer, Tcp},
     with_lab,
 };
 
@@ -28,7 +28,9 @@ fn o6(s: &str) -> [u8; 16] {
 fn outer(backend: u32, flow: &Flow) -> Outer {
     let dst = backend_addr(backend);
     Outer {
-        src: if dst.is_ipv4() { NODE_V4 } else { NODE_V6 }.parse().expect("literal"),
+        src: if dst.is_ipv4() { NODE_V4 } else { NODE_V6 }
+            .parse()
+            .expect("literal"),
         dst,
         tos: 0,
         flow_label: sluice_common::flow_hash(&flow.key()) & 0xf_ffff,
@@ -36,7 +38,11 @@ fn outer(backend: u32, flow: &Flow) -> Outer {
 }
 
 fn backend_of(lab: &mut Lab, flow: &Flow) -> u32 {
-    lab.dp.flow(&flow.key()).expect("read").expect("flow entry").backend
+    lab.dp
+        .flow(&flow.key())
+        .expect("read")
+        .expect("flow entry")
+        .backend
 }
 
 /// The first 28 bytes (IPv4 header + 8) of a TCP packet the VIP sent to the client.
@@ -71,7 +77,17 @@ fn icmp_error_follows_the_flow_it_quotes() {
             .expect("write");
         let out = lab.run(&icmp);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(owner), INT_MAC, &outer(owner, &flow)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &icmp,
+                14,
+                None,
+                backend_mac(owner),
+                INT_MAC,
+                &outer(owner, &flow)
+            )
+        );
         assert_outcomes(lab, &[(Lb::Redirect, 2)]);
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::IcmpError, 1)]);
     });
@@ -101,7 +117,17 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
             .expect("write");
         let out = lab.run(&icmp);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(owner), INT_MAC, &outer(owner, &flow)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &icmp,
+                14,
+                None,
+                backend_mac(owner),
+                INT_MAC,
+                &outer(owner, &flow)
+            )
+        );
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::IcmpError, 1)]);
         // An error about a flow this node has not seen still goes where the table sends it,
         // and creates no flow entry.
@@ -114,13 +140,26 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
         let mut icmp = Vec::new();
         PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
             .ipv6(o6("fd00::fe"), o6(VIP6), 64)
-            .icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port))
+            .icmpv6(Icmpv6Type::DestinationUnreachable(
+                icmpv6::DestUnreachableCode::Port,
+            ))
             .write(&mut icmp, &quoted)
             .expect("write");
         let out = lab.run(&icmp);
         let t = lab.table(&others, sluice_common::DEFAULT_TABLE_SIZE);
-        let want = t[(sluice_common::flow_hash(&flow2.key()) % sluice_common::DEFAULT_TABLE_SIZE) as usize];
-        assert_eq!(out.data, encapsulated(&icmp, 14, None, backend_mac(want), INT_MAC, &outer(want, &flow2)));
+        let want = t
+            [(sluice_common::flow_hash(&flow2.key()) % sluice_common::DEFAULT_TABLE_SIZE) as usize];
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &icmp,
+                14,
+                None,
+                backend_mac(want),
+                INT_MAC,
+                &outer(want, &flow2)
+            )
+        );
         assert_eq!(lab.dp.flow(&flow2.key()).expect("read"), None);
     });
 }
@@ -137,13 +176,19 @@ fn too_big_for_the_tunnel_answers_frag_needed() {
         assert_eq!(out.action, action::TX);
         let quote = &input[14..14 + 128];
         let icmp = Icmpv4Header::with_checksum(
-            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
-                next_hop_mtu: 1480,
-            }),
+            Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 },
+            ),
             quote,
         );
-        let mut ip = Ipv4Header::new((8 + quote.len()) as u16, 64, IpNumber::ICMP, o4(VIP4), o4("203.0.113.7"))
-            .expect("header");
+        let mut ip = Ipv4Header::new(
+            (8 + quote.len()) as u16,
+            64,
+            IpNumber::ICMP,
+            o4(VIP4),
+            o4("203.0.113.7"),
+        )
+        .expect("header");
         ip.dont_fragment = false;
         ip.header_checksum = ip.calc_header_checksum();
         let mut want = eth(ROUTER_MAC, EXT_MAC, None, 0x0800);
@@ -166,7 +211,15 @@ fn too_big_for_the_tunnel_answers_packet_too_big_v6() {
     with_lab(|lab| {
         lab.vip(2, VIP6, 443, 6, 0, &[5]);
         let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
-        let input = build(&flow, Tcp::Ack, &[0xa5; 1440], &Extra { vlan: Some(7), ..Default::default() });
+        let input = build(
+            &flow,
+            Tcp::Ack,
+            &[0xa5; 1440],
+            &Extra {
+                vlan: Some(7),
+                ..Default::default()
+            },
+        );
         let out = lab.run(&input);
         assert_eq!(out.action, action::TX);
         let quote = &input[18..18 + 128];
@@ -201,7 +254,8 @@ fn fragments_to_a_vip_are_dropped_others_pass() {
         lab.vip(1, VIP4, 53, 17, 0, &[1, 2]);
         lab.vip(2, VIP6, 53, 17, 0, &[5, 6]);
         let frag4 = |dst: &str, offset: u16| {
-            let mut h = Ipv4Header::new(0, 64, IpNumber::UDP, o4("203.0.113.7"), o4(dst)).expect("header");
+            let mut h =
+                Ipv4Header::new(0, 64, IpNumber::UDP, o4("203.0.113.7"), o4(dst)).expect("header");
             h.more_fragments = true;
             h.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
             let mut out = Vec::new();
@@ -248,10 +302,28 @@ fn vlan_tag_is_kept_on_the_tunnelled_frame() {
     with_lab(|lab| {
         lab.vip(0, VIP4, 80, 6, 0, &[1]);
         let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"tagged", &Extra { vlan: Some(100), ..Default::default() });
+        let input = build(
+            &flow,
+            Tcp::Syn,
+            b"tagged",
+            &Extra {
+                vlan: Some(100),
+                ..Default::default()
+            },
+        );
         let out = lab.run(&input);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&input, 18, Some(100), backend_mac(1), INT_MAC, &outer(1, &flow)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                18,
+                Some(100),
+                backend_mac(1),
+                INT_MAC,
+                &outer(1, &flow)
+            )
+        );
     });
 }
 
@@ -262,11 +334,22 @@ fn ipv4_options_and_ipv6_extension_headers_are_walked() {
         let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
         // Router alert (4 bytes) and 4 NOPs: IHL 7.
         let opts = vec![0x94, 0x04, 0x00, 0x00, 1, 1, 1, 1];
-        let input = build(&flow, Tcp::Syn, b"opt", &Extra { ipv4_options: opts, ..Default::default() });
+        let input = build(
+            &flow,
+            Tcp::Syn,
+            b"opt",
+            &Extra {
+                ipv4_options: opts,
+                ..Default::default()
+            },
+        );
         assert_eq!(input[14] & 0x0f, 7);
         let out = lab.run(&input);
         let b = backend_of(lab, &flow);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow)));
+        assert_eq!(
+            out.data,
+            encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow))
+        );
 
         lab.vip(2, VIP6, 443, 6, 0, &[5, 6]);
         let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
@@ -284,7 +367,10 @@ fn ipv4_options_and_ipv6_extension_headers_are_walked() {
         let out = lab.run(&input);
         assert_eq!(out.action, action::REDIRECT);
         let b = backend_of(lab, &flow);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow)));
+        assert_eq!(
+            out.data,
+            encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow))
+        );
     });
 }
 
@@ -301,10 +387,30 @@ fn not_for_a_vip_passes_untouched() {
             .write(&mut icmp_echo, b"ping")
             .expect("write");
         let cases = [
-            build(&Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80), Tcp::Syn, b"", &Extra::default()),
-            build(&Flow::tcp("203.0.113.7", 1, VIP4, 81), Tcp::Syn, b"", &Extra::default()),
-            build(&Flow::udp("203.0.113.7", 1, VIP4, 80), Tcp::Ack, b"", &Extra::default()),
-            build(&Flow::tcp("2001:db8:c::1", 1, VIP6, 80), Tcp::Syn, b"", &Extra::default()),
+            build(
+                &Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80),
+                Tcp::Syn,
+                b"",
+                &Extra::default(),
+            ),
+            build(
+                &Flow::tcp("203.0.113.7", 1, VIP4, 81),
+                Tcp::Syn,
+                b"",
+                &Extra::default(),
+            ),
+            build(
+                &Flow::udp("203.0.113.7", 1, VIP4, 80),
+                Tcp::Ack,
+                b"",
+                &Extra::default(),
+            ),
+            build(
+                &Flow::tcp("2001:db8:c::1", 1, VIP6, 80),
+                Tcp::Syn,
+                b"",
+                &Extra::default(),
+            ),
             arp,
             icmp_echo,
         ];
@@ -335,8 +441,21 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
         lab.vip(0, VIP4, 80, 6, 0, &[1]);
         lab.vip(1, VIP6, 53, 17, 0, &[5]);
         lab.vip(2, VIP4, 53, 17, 0, &[1]);
-        let tcp4 = build(&Flow::tcp("203.0.113.7", 40000, VIP4, 80), Tcp::Syn, b"payload", &Extra { vlan: Some(5), ..Default::default() });
-        let udp6 = build(&Flow::udp("2001:db8:c::5", 5353, VIP6, 53), Tcp::Ack, b"payload", &Extra::default());
+        let tcp4 = build(
+            &Flow::tcp("203.0.113.7", 40000, VIP4, 80),
+            Tcp::Syn,
+            b"payload",
+            &Extra {
+                vlan: Some(5),
+                ..Default::default()
+            },
+        );
+        let udp6 = build(
+            &Flow::udp("2001:db8:c::5", 5353, VIP6, 53),
+            Tcp::Ack,
+            b"payload",
+            &Extra::default(),
+        );
         let mut icmp = Vec::new();
         let flow = Flow::udp("203.0.113.7", 5353, VIP4, 53);
         let mut quoted = Vec::new();
@@ -346,7 +465,9 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
             .expect("write");
         PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
             .ipv4(o4("10.0.0.254"), o4(VIP4), 64)
-            .icmpv4(Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit))
+            .icmpv4(Icmpv4Type::TimeExceeded(
+                icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ))
             .write(&mut icmp, &quoted)
             .expect("write");
         let _ = flow;
@@ -375,7 +496,13 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
                 } else {
                     // Cut inside L4 with consistent IP lengths: the L4 parser must catch it.
                     fix_length(&mut f, l2);
-                    let l4_min = if l4_reason == Lb::MalformedIcmp { 8 + 20 + 4 } else if frame[l2] >> 4 == 6 { 8 } else { 20 };
+                    let l4_min = if l4_reason == Lb::MalformedIcmp {
+                        8 + 20 + 4
+                    } else if frame[l2] >> 4 == 6 {
+                        8
+                    } else {
+                        20
+                    };
                     if cut - l4 >= l4_min {
                         continue; // complete headers: a valid (short-payload) packet
                     }

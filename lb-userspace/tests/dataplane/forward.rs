@@ -28,7 +28,9 @@ fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
 }
 
 fn id_of(addr: std::net::IpAddr) -> u32 {
-    (1..=12).find(|i| backend_addr(*i) == addr).expect("known backend")
+    (1..=12)
+        .find(|i| backend_addr(*i) == addr)
+        .expect("known backend")
 }
 
 /// The table pick for `flow` in a VIP over `ids` (the reference model: hash, slot, table).
@@ -59,15 +61,33 @@ fn v4_tcp_syn_is_tunnelled_4in4_and_redirected() {
     with_lab(|lab| {
         lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
         let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"hello", &Extra { tos: 0xb8, ..Default::default() });
+        let input = build(
+            &flow,
+            Tcp::Syn,
+            b"hello",
+            &Extra {
+                tos: 0xb8,
+                ..Default::default()
+            },
+        );
         let out = lab.run(&input);
         let b = model_pick(lab, &flow, &[1, 2, 3], false);
         assert_eq!(out.action, action::REDIRECT);
-        let want = encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0xb8));
+        let want = encapsulated(
+            &input,
+            14,
+            None,
+            backend_mac(b),
+            INT_MAC,
+            &outer_for(&flow, b, 0xb8),
+        );
         assert_eq!(out.data, want);
         assert_outcomes(lab, &[(Lb::Redirect, 1)]);
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
-        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(b));
+        assert_eq!(
+            lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
+            Some(b)
+        );
         let vip = lab.dp.vip_traffic(0).expect("read");
         assert_eq!((vip.packets, vip.bytes), (1, input.len() as u64));
         let be = lab.dp.backend_traffic(b).expect("read");
@@ -84,7 +104,17 @@ fn v4_udp_is_tunnelled_and_remembered() {
         let out = lab.run(&input);
         let b = model_pick(lab, &flow, &[1, 2, 3, 4], false);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                backend_mac(b),
+                INT_MAC,
+                &outer_for(&flow, b, 0)
+            )
+        );
         assert_outcomes(lab, &[(Lb::Redirect, 1)]);
         assert_flow_events(lab, &[(LbFlow::MissOther, 1)]);
         // The second datagram hits the flow table.
@@ -100,25 +130,63 @@ fn v6_in_v6_and_mixed_families() {
         // 6in6
         lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
         let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
-        let input = build(&flow, Tcp::Syn, b"tls", &Extra { tos: 0x28, ..Default::default() });
+        let input = build(
+            &flow,
+            Tcp::Syn,
+            b"tls",
+            &Extra {
+                tos: 0x28,
+                ..Default::default()
+            },
+        );
         let out = lab.run(&input);
         let b = model_pick(lab, &flow, &[5, 6, 7], false);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer_for(&flow, b, 0x28)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                backend_mac(b),
+                INT_MAC,
+                &outer_for(&flow, b, 0x28)
+            )
+        );
         // 4in6: an IPv4 VIP on IPv6 gateways.
         lab.vip(3, "198.51.100.3", 80, 6, 0, &[8]);
         let flow = Flow::tcp("203.0.113.1", 1234, "198.51.100.3", 80);
         let input = build(&flow, Tcp::Syn, b"", &Extra::default());
         let out = lab.run(&input);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(8), INT_MAC, &outer_for(&flow, 8, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                backend_mac(8),
+                INT_MAC,
+                &outer_for(&flow, 8, 0)
+            )
+        );
         // 6in4: an IPv6 VIP on IPv4 gateways.
         lab.vip(4, "2001:db8::4", 80, 6, 0, &[4]);
         let flow = Flow::tcp("2001:db8:c::1", 1234, "2001:db8::4", 80);
         let input = build(&flow, Tcp::Syn, b"", &Extra::default());
         let out = lab.run(&input);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(4), INT_MAC, &outer_for(&flow, 4, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                backend_mac(4),
+                INT_MAC,
+                &outer_for(&flow, 4, 0)
+            )
+        );
         assert_outcomes(lab, &[(Lb::Redirect, 3)]);
     });
 }
@@ -131,7 +199,17 @@ fn same_interface_next_hop_uses_xdp_tx() {
         let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
         let out = lab.run(&input);
         assert_eq!(out.action, action::TX);
-        assert_eq!(out.data, encapsulated(&input, 14, None, backend_mac(9), EXT_MAC, &outer_for(&flow, 9, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                backend_mac(9),
+                EXT_MAC,
+                &outer_for(&flow, 9, 0)
+            )
+        );
         assert_outcomes(lab, &[(Lb::Tx, 1)]);
     });
 }
@@ -145,7 +223,17 @@ fn unknown_neighbour_goes_to_the_kernel_encapsulated() {
         let out = lab.run(&input);
         assert_eq!(out.action, action::PASS);
         // Addressed to ourselves, as received, so the kernel routes it rather than drop it.
-        assert_eq!(out.data, encapsulated(&input, 14, None, EXT_MAC, ROUTER_MAC, &outer_for(&flow, 10, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                EXT_MAC,
+                ROUTER_MAC,
+                &outer_for(&flow, 10, 0)
+            )
+        );
         assert_outcomes(lab, &[(Lb::KernelNeigh, 1)]);
     });
 }
@@ -158,7 +246,17 @@ fn port_outside_the_devmap_goes_to_the_kernel() {
         let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
         let out = lab.run(&input);
         assert_eq!(out.action, action::PASS);
-        assert_eq!(out.data, encapsulated(&input, 14, None, EXT_MAC, ROUTER_MAC, &outer_for(&flow, 11, 0)));
+        assert_eq!(
+            out.data,
+            encapsulated(
+                &input,
+                14,
+                None,
+                EXT_MAC,
+                ROUTER_MAC,
+                &outer_for(&flow, 11, 0)
+            )
+        );
         assert_outcomes(lab, &[(Lb::RedirectMiss, 1)]);
     });
 }
@@ -186,19 +284,29 @@ fn established_flow_keeps_its_backend_after_a_table_change() {
         let syn = build(&flow, Tcp::Syn, b"", &Extra::default());
         let first = chosen(&lab.run(&syn).data, 14);
         // Rebuild the table without that backend (it stays alive: e.g. a weight change).
-        let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| backend_addr(*i) != first).collect();
+        let others: Vec<u32> = [1, 2, 3]
+            .into_iter()
+            .filter(|i| backend_addr(*i) != first)
+            .collect();
         lab.retable(0, &others);
         let ack = build(&flow, Tcp::Ack, b"data", &Extra::default());
         let out = lab.run(&ack);
         assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(chosen(&out.data, 14), first, "flow-table hit keeps the backend");
+        assert_eq!(
+            chosen(&out.data, 14),
+            first,
+            "flow-table hit keeps the backend"
+        );
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
         // A new SYN for the same 5-tuple takes a fresh pick from the new table.
         let out = lab.run(&syn);
         let again = chosen(&out.data, 14);
         assert_ne!(again, first);
         assert_eq!(id_of(again), model_pick(lab, &flow, &others, false));
-        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(id_of(again)));
+        assert_eq!(
+            lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
+            Some(id_of(again))
+        );
     });
 }
 
@@ -207,7 +315,11 @@ fn dead_backend_entry_is_repicked() {
     with_lab(|lab| {
         lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
         let flow = Flow::tcp("203.0.113.8", 40001, VIP4, 80);
-        let first = id_of(chosen(&lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default())).data, 14));
+        let first = id_of(chosen(
+            &lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()))
+                .data,
+            14,
+        ));
         lab.set_flags(first, 0);
         let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
         lab.retable(0, &others);
@@ -216,7 +328,10 @@ fn dead_backend_entry_is_repicked() {
         let now = id_of(chosen(&out.data, 14));
         assert_eq!(now, model_pick(lab, &flow, &others, false));
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::Repick, 1)]);
-        assert_eq!(lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend), Some(now));
+        assert_eq!(
+            lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
+            Some(now)
+        );
     });
 }
 
@@ -233,7 +348,11 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_ones() {
         lab.set_flags(2, BACKEND_ALIVE | BACKEND_DRAINING);
         lab.retable(0, &[1, 3]);
         let out = lab.run(&build(&flow, Tcp::Ack, b"more", &Extra::default()));
-        assert_eq!(id_of(chosen(&out.data, 14)), 2, "established flow stays on the draining backend");
+        assert_eq!(
+            id_of(chosen(&out.data, 14)),
+            2,
+            "established flow stays on the draining backend"
+        );
         // New connections avoid it, including a SYN reusing the same 5-tuple.
         let out = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
         assert_ne!(id_of(chosen(&out.data, 14)), 2);
@@ -257,12 +376,20 @@ fn client_ip_persistence_hashes_the_source_only() {
             assert_eq!(id, model_pick(lab, &flow, &[1, 2, 3, 4], true));
             seen.insert(id);
         }
-        assert_eq!(seen.len(), 1, "every port of one client reaches one backend");
+        assert_eq!(
+            seen.len(),
+            1,
+            "every port of one client reaches one backend"
+        );
         // Different clients still spread.
         let spread: std::collections::HashSet<u32> = (1..=64)
             .map(|i| {
                 let flow = Flow::tcp(&format!("203.0.113.{i}"), 1000, VIP4, 80);
-                id_of(chosen(&lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default())).data, 14))
+                id_of(chosen(
+                    &lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()))
+                        .data,
+                    14,
+                ))
             })
             .collect();
         assert!(spread.len() > 1);
@@ -306,7 +433,9 @@ fn next_hop_is_cached_briefly_then_looked_up_again() {
         let input = build(&flow, Tcp::Syn, b"", &Extra::default());
         assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
         // The neighbour moves: the cached answer is used until it expires.
-        crate::lab::sh("ip neigh replace 10.1.0.11 lladdr 02:00:00:00:09:99 nud permanent dev int0");
+        crate::lab::sh(
+            "ip neigh replace 10.1.0.11 lladdr 02:00:00:00:09:99 nud permanent dev int0",
+        );
         assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
         let ttl = std::time::Duration::from_nanos(sluice_common::NEXT_HOP_TTL_NS);
         std::thread::sleep(ttl + std::time::Duration::from_millis(50));
@@ -318,5 +447,96 @@ fn next_hop_is_cached_briefly_then_looked_up_again() {
         let out = lab.run(&input);
         assert_eq!(&out.data[..6], &backend_mac(2));
         assert_eq!(chosen(&out.data, 14), backend_addr(2));
+    });
+}
+
+#[test]
+fn removing_a_vip_invalidates_its_flows() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let ack = build(&flow, Tcp::Ack, b"", &Extra::default());
+        assert_eq!(lab.run(&ack).action, action::REDIRECT);
+        let key = sluice_lb::addr::vip_key(VIP4.parse().expect("literal"), 80, 6);
+        let gen = lab.dp.vip(&key).expect("read").expect("vip").gen;
+        lab.dp.remove_vip(&key).expect("remove");
+        // The flow entry is still in the table, but no longer honoured.
+        assert!(lab.dp.flow(&flow.key()).expect("read").is_some());
+        let out = lab.run(&ack);
+        assert_eq!((out.action, &out.data), (action::PASS, &ack));
+        // Re-created, even with the same id: a new incarnation, so the flow is picked afresh.
+        lab.vip(0, VIP4, 80, 6, 0, &[4]);
+        assert_ne!(lab.dp.vip(&key).expect("read").expect("vip").gen, gen);
+        let out = lab.run(&ack);
+        assert_eq!(id_of(chosen(&out.data, 14)), 4);
+        assert_flow_events(lab, &[(LbFlow::MissOther, 2)]);
+        // A table change keeps the generation, so established flows survive it.
+        let gen = lab.dp.vip(&key).expect("read").expect("vip").gen;
+        lab.retable(0, &[1]);
+        assert_eq!(lab.dp.vip(&key).expect("read").expect("vip").gen, gen);
+        assert_eq!(id_of(chosen(&lab.run(&ack).data, 14)), 4);
+    });
+}
+
+/// Collects aya-log records.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn debug_logging_exists_only_when_switched_on_at_load() {
+    if !crate::lab::privileged() {
+        return;
+    }
+    let size = |debug: bool| {
+        crate::lab::in_netns(|| {
+            let mut lab = Lab::new(&sluice_lb::dataplane::LoadOptions {
+                debug,
+                ..Default::default()
+            });
+            let prog = lab
+                .dp
+                .program(sluice_common::programs::LB)
+                .expect("program");
+            prog.info()
+                .expect("info")
+                .size_translated()
+                .expect("translated size")
+        })
+    };
+    let (off, on) = (size(false), size(true));
+    assert!(
+        on > off,
+        "debug build {on} bytes vs default {off}: logging must be removed when off"
+    );
+
+    crate::lab::in_netns(|| {
+        let mut lab = Lab::new(&sluice_lb::dataplane::LoadOptions {
+            debug: true,
+            ..Default::default()
+        });
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
+        let mut logger =
+            aya_log::EbpfLogger::init_with_logger(lab.dp.ebpf_mut(), capture).expect("logger");
+        lab.vip(3, VIP4, 80, 6, 0, &[2]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        assert_eq!(
+            lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()))
+                .action,
+            action::REDIRECT
+        );
+        logger.flush();
+        let got = capture.0.lock().expect("lock").clone();
+        assert_eq!(got, vec!["vip 3 backend 2".to_string()]);
     });
 }

@@ -87,7 +87,12 @@ pub fn in_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         s.spawn(|| {
             // SAFETY: unshare affects only this thread, which exists for this call alone.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -132,7 +137,10 @@ impl Lab {
             ("int0", "int1", INT_MAC),
             ("oth0", "oth1", OTH_MAC),
         ] {
-            sh(&format!("ip link add {a} address {} type veth peer name {b}", mac(&ma)));
+            sh(&format!(
+                "ip link add {a} address {} type veth peer name {b}",
+                mac(&ma)
+            ));
             sh(&format!("ip link set {a} up"));
             sh(&format!("ip link set {b} up"));
         }

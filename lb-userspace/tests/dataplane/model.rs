@@ -77,11 +77,19 @@ fn random_flows_match_the_reference_model() {
             for id in 1..=8 {
                 if rng.gen_bool(0.6) {
                     let weight = rng.gen_range(1..=4);
-                    members.push(Member { id, addr: backend_addr(id), weight });
+                    members.push(Member {
+                        id,
+                        addr: backend_addr(id),
+                        weight,
+                    });
                 }
             }
             let members = if members.is_empty() {
-                vec![Member { id: 1, addr: backend_addr(1), weight: 1 }]
+                vec![Member {
+                    id: 1,
+                    addr: backend_addr(1),
+                    weight: 1,
+                }]
             } else {
                 members
             };
@@ -92,10 +100,22 @@ fn random_flows_match_the_reference_model() {
             lab.dp
                 .set_vip(
                     &addr::vip_key(ip, port, if tcp { 6 } else { 17 }),
-                    &VipMeta { id, flags, table_size: size, active: 0, gen: 0 },
+                    &VipMeta {
+                        id,
+                        flags,
+                        table_size: size,
+                        active: 0,
+                        gen: 0,
+                    },
                 )
                 .expect("vip");
-            vips.push(Vip { ip, port, tcp, flags, table });
+            vips.push(Vip {
+                ip,
+                port,
+                tcp,
+                flags,
+                table,
+            });
         }
         let mut checked = 0;
         for _ in 0..3000 {

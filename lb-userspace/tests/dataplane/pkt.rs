@@ -112,7 +112,9 @@ pub fn build(flow: &Flow, tcp: Tcp, payload: &[u8], extra: &Extra) -> Vec<u8> {
     let ip = ip_header(flow, extra);
     match extra.vlan {
         Some(vid) => {
-            let b = eth.single_vlan(VlanId::try_new(vid).expect("vlan id")).ip(ip);
+            let b = eth
+                .single_vlan(VlanId::try_new(vid).expect("vlan id"))
+                .ip(ip);
             finish!(b)
         }
         None => {
@@ -124,7 +126,11 @@ pub fn build(flow: &Flow, tcp: Tcp, payload: &[u8], extra: &Extra) -> Vec<u8> {
 }
 
 fn ip_header(flow: &Flow, extra: &Extra) -> etherparse::IpHeaders {
-    let proto = if flow.tcp { IpNumber::TCP } else { IpNumber::UDP };
+    let proto = if flow.tcp {
+        IpNumber::TCP
+    } else {
+        IpNumber::UDP
+    };
     if flow.src.is_ipv4() {
         let mut h = Ipv4Header::new(0, 64, proto, v4(flow.src), v4(flow.dst)).expect("header");
         h.dscp = Ipv4Dscp::try_new(extra.tos >> 2).expect("dscp");
@@ -195,10 +201,21 @@ pub struct Outer {
 
 /// The frame `sluice_lb` must emit: new L2, `outer`, and the inner IP packet of `input`
 /// unchanged (trailing L2 padding included, as it stays in the frame).
-pub fn encapsulated(input: &[u8], l2_len: usize, vlan: Option<u16>, dst_mac: [u8; 6], src_mac: [u8; 6], outer: &Outer) -> Vec<u8> {
+pub fn encapsulated(
+    input: &[u8],
+    l2_len: usize,
+    vlan: Option<u16>,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    outer: &Outer,
+) -> Vec<u8> {
     let inner = &input[l2_len..];
     let inner_len = inner_ip_len(inner);
-    let proto = if inner[0] >> 4 == 4 { IpNumber::IPV4 } else { IpNumber::IPV6 };
+    let proto = if inner[0] >> 4 == 4 {
+        IpNumber::IPV4
+    } else {
+        IpNumber::IPV6
+    };
     let mut out;
     if outer.dst.is_ipv4() {
         out = eth(dst_mac, src_mac, vlan, 0x0800);

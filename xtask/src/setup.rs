@@ -1,0 +1,198 @@
+//! `cargo xtask setup`: make a fresh Debian machine ready, and be quick when it already is.
+//!
+//! Each piece is checked first and installed only if missing. What cannot be installed (not
+//! root, not Debian, no rustup) is named with the command that would install it.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages every build and test needs, besides the LLVM ones matched to nightly.
+const PACKAGES: &[&str] = &["iproute2", "python3-scapy", "ethtool"];
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn exec(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("setup: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The LLVM major version of the nightly rustc, which bpf-linker must be built against.
+fn nightly_llvm_major() -> Option<u32> {
+    let v = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    let line = v.lines().find(|l| l.starts_with("LLVM version:"))?;
+    line.split(':')
+        .nth(1)?
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Records which LLVM bpf-linker was built against, since `bpf-linker --version` does not say.
+fn linker_stamp() -> PathBuf {
+    cargo_home().join("bpf-linker.sluice-llvm")
+}
+
+fn bpffs_mounted() -> bool {
+    fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        })
+        .unwrap_or(false)
+}
+
+/// Checks every piece and installs what is missing.
+pub fn run() -> Result<()> {
+    let root = is_root();
+    let debian = fs::metadata("/etc/debian_version").is_ok();
+    let mut problems = Vec::new();
+
+    // 1. Nightly toolchain and rust-src for `-Z build-std`.
+    if nightly_llvm_major().is_none() {
+        exec(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "installing the nightly Rust toolchain",
+        )?;
+    }
+    let Some(llvm) = nightly_llvm_major() else {
+        bail!(
+            "setup: cannot read the nightly rustc's LLVM version (`rustup run nightly rustc -vV`)"
+        );
+    };
+    let has_src = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if !has_src {
+        exec(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "adding rust-src to nightly",
+        )?;
+    }
+
+    // 2. Debian packages: LLVM matching nightly (for bpf-linker) and the test tools.
+    let llvm_pkgs = [format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
+    let missing: Vec<String> = llvm_pkgs
+        .iter()
+        .map(String::as_str)
+        .chain(PACKAGES.iter().copied())
+        .filter(|p| !installed(p))
+        .map(str::to_owned)
+        .collect();
+    if !missing.is_empty() {
+        if !debian {
+            problems.push(format!(
+                "not a Debian system: install the equivalents of {} yourself",
+                missing.join(" ")
+            ));
+        } else if !root {
+            problems.push(format!(
+                "not root: run `sudo apt-get install -y {}`",
+                missing.join(" ")
+            ));
+        } else {
+            exec(
+                Command::new("apt-get").arg("update").arg("-qq"),
+                "apt-get update",
+            )?;
+            exec(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-qq", "--no-install-recommends"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+                &format!("installing {}", missing.join(" ")),
+            )?;
+        }
+    }
+
+    // 3. bpf-linker, built against that LLVM.
+    let stamp_ok = fs::read_to_string(linker_stamp()).is_ok_and(|s| s.trim() == llvm.to_string());
+    let linker_present = output(Command::new("bpf-linker").arg("--version")).is_some();
+    if !(linker_present && stamp_ok) {
+        let prefix = format!("/usr/lib/llvm-{llvm}");
+        if fs::metadata(&prefix).is_err() {
+            problems.push(format!(
+                "bpf-linker needs LLVM {llvm} development files in {prefix} (llvm-{llvm}-dev)"
+            ));
+        } else {
+            exec(
+                Command::new("cargo")
+                    .args([
+                        "install",
+                        "bpf-linker",
+                        "--version",
+                        "^0.13",
+                        "--no-default-features",
+                        "--features",
+                        &format!("llvm-{llvm}"),
+                        "--force",
+                    ])
+                    .env("LLVM_PREFIX", &prefix),
+                &format!("building bpf-linker against LLVM {llvm}"),
+            )?;
+            fs::write(linker_stamp(), llvm.to_string()).context("writing bpf-linker stamp")?;
+        }
+    }
+
+    // 4. bpffs, where pinned maps and programs live.
+    if !bpffs_mounted() {
+        if root {
+            exec(
+                Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+                "mounting bpffs on /sys/fs/bpf",
+            )?;
+        } else {
+            problems.push("bpffs is not mounted: run `sudo mount -t bpf bpf /sys/fs/bpf`".into());
+        }
+    }
+
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("setup: missing: {p}");
+        }
+        bail!("setup is incomplete; see the messages above");
+    }
+    Ok(())
+}
