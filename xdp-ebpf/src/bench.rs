@@ -137,6 +137,23 @@ fn cycling(ctx: &XdpContext, cycle: u32) -> u32 {
     })
 }
 
+/// The kernel's floor for a new flow: one LRU insert of a never-seen key, nothing else.
+#[xdp]
+pub fn bench_lru_insert(_ctx: XdpContext) -> u32 {
+    let i = next_counter(NEW_FLOWS);
+    let mut key = FlowKey {
+        family: 4,
+        proto: 6,
+        ..FlowKey::default()
+    };
+    key.src[0] = i;
+    let state = sluice_common::FlowState::default();
+    match crate::maps::FLOWS.insert(&key, state, 0) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(_) => xdp_action::XDP_DROP,
+    }
+}
+
 /// Only the Maglev pick: VIP lookup, flow hash, table and backend lookups on a rotating key.
 #[xdp]
 pub fn bench_maglev(_ctx: XdpContext) -> u32 {
