@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod config;
 pub mod dataplane;
 pub mod maglev;
 pub mod object;

@@ -1,0 +1,510 @@
+//! `lb.toml`: what the operator declares. Parsing, defaults and validation.
+//!
+//! Every error names the file, the field (as a path such as `vip[1].backends[0].weight`) and
+//! the reason. A file that fails validation is never applied.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use sluice_common::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS};
+
+use crate::maglev::is_prime;
+
+/// A refused config: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The field path, or the TOML position for syntax errors.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This LB node.
+    pub node: Node,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Default health check for every VIP's backends.
+    #[serde(default)]
+    pub health: HealthCheck,
+    /// Virtual services.
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Vip>,
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// Node settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Interfaces `sluice_lb` is attached to.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Outer source for IPv4 tunnels.
+    pub tunnel_source_v4: Option<IpAddr>,
+    /// Outer source for IPv6 tunnels.
+    pub tunnel_source_v6: Option<IpAddr>,
+    /// Low bits of the outer IPv4 source replaced by flow-hash bits (0 to 16), so receivers
+    /// can spread tunnels over queues. The source's prefix of that size must route back here.
+    #[serde(default)]
+    pub source_entropy_bits: u8,
+    /// Outer TTL / hop limit.
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+    /// bpffs directory for pinned programs, links and maps.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Flow-table capacity.
+    #[serde(default = "default_flow_table")]
+    pub flow_table_size: u32,
+}
+
+fn default_ttl() -> u8 {
+    64
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/sluice")
+}
+fn default_flow_table() -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Listen address; loopback by default.
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+        }
+    }
+}
+
+/// How backends are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET whose status must match.
+    Http,
+}
+
+/// A health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Probe kind.
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// Port probed on the backend (the gateway's readiness port).
+    #[serde(default = "default_check_port")]
+    pub port: u16,
+    /// HTTP path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Expected HTTP status.
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    /// Time between probes.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Time a probe may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take it down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_check_port() -> u16 {
+    9000
+}
+fn default_path() -> String {
+    "/readyz".into()
+}
+fn default_status() -> u16 {
+    200
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::default(),
+            port: default_check_port(),
+            path: default_path(),
+            expect_status: default_status(),
+            interval_ms: default_interval(),
+            timeout_ms: default_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+/// Transport protocol of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// What a VIP hashes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashMode {
+    /// Source and destination address and port, protocol.
+    #[default]
+    FiveTuple,
+    /// Client address only (client-IP persistence).
+    SourceIp,
+}
+
+/// A virtual service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Hash mode.
+    #[serde(default)]
+    pub hash: HashMode,
+    /// Maglev table size (prime).
+    #[serde(default = "default_table")]
+    pub table_size: u32,
+    /// Health check for this VIP's backends, if not the default.
+    pub health: Option<HealthCheck>,
+    /// Gateway nodes.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+fn default_table() -> u32 {
+    DEFAULT_TABLE_SIZE
+}
+
+/// A gateway node serving a VIP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Address the tunnel is sent to (and probed).
+    pub address: IpAddr,
+    /// Relative weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Vip {
+    /// The check that applies to this VIP's backends.
+    pub fn check<'a>(&'a self, default: &'a HealthCheck) -> &'a HealthCheck {
+        self.health.as_ref().unwrap_or(default)
+    }
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        field: "-".into(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "-".into());
+        ConfigError {
+            file: path.to_owned(),
+            field,
+            reason: e.message().to_string(),
+        }
+    })?;
+    validate(&config).map_err(|(field, reason)| ConfigError {
+        file: path.to_owned(),
+        field,
+        reason,
+    })?;
+    Ok(config)
+}
+
+fn check_health(h: &HealthCheck, at: &str) -> Result<(), (String, String)> {
+    let bad = |f: &str, r: &str| Err((format!("{at}.{f}"), r.to_string()));
+    if h.interval_ms == 0 {
+        return bad("interval_ms", "must be greater than 0");
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        return bad("timeout_ms", "must be greater than 0 and at most interval_ms");
+    }
+    if h.rise == 0 {
+        return bad("rise", "must be at least 1");
+    }
+    if h.fall == 0 {
+        return bad("fall", "must be at least 1");
+    }
+    if h.port == 0 {
+        return bad("port", "must not be 0");
+    }
+    if h.kind == CheckKind::Http && !h.path.starts_with('/') {
+        return bad("path", "must start with '/'");
+    }
+    if !(100..=599).contains(&h.expect_status) {
+        return bad("expect_status", "must be an HTTP status (100-599)");
+    }
+    Ok(())
+}
+
+/// Semantic checks serde cannot express. `Err((field, reason))`.
+pub fn validate(c: &Config) -> Result<(), (String, String)> {
+    let bad = |f: String, r: &str| Err((f, r.to_string()));
+    if c.node.interfaces.is_empty() {
+        return bad("node.interfaces".into(), "at least one interface is required");
+    }
+    for (i, name) in c.node.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
+            return bad(format!("node.interfaces[{i}]"), "not a valid interface name");
+        }
+    }
+    if let Some(a) = c.node.tunnel_source_v4 {
+        if !a.is_ipv4() {
+            return bad("node.tunnel_source_v4".into(), "must be an IPv4 address");
+        }
+    }
+    if let Some(a) = c.node.tunnel_source_v6 {
+        if !a.is_ipv6() {
+            return bad("node.tunnel_source_v6".into(), "must be an IPv6 address");
+        }
+    }
+    if c.node.source_entropy_bits > 16 {
+        return bad("node.source_entropy_bits".into(), "must be between 0 and 16");
+    }
+    if c.node.ttl == 0 {
+        return bad("node.ttl".into(), "must be at least 1");
+    }
+    if c.node.flow_table_size < 1024 {
+        return bad("node.flow_table_size".into(), "must be at least 1024");
+    }
+    if !c.node.pin_dir.is_absolute() {
+        return bad("node.pin_dir".into(), "must be an absolute path on bpffs");
+    }
+    check_health(&c.health, "health")?;
+    if c.vips.len() > MAX_VIPS as usize {
+        return bad("vip".into(), &format!("at most {MAX_VIPS} VIPs are supported"));
+    }
+    let mut seen = HashSet::new();
+    let mut backends = HashSet::new();
+    for (i, v) in c.vips.iter().enumerate() {
+        let at = format!("vip[{i}]");
+        if !seen.insert((v.address, v.port, v.protocol)) {
+            return bad(format!("{at}"), "duplicate VIP (same address, port and protocol)");
+        }
+        if v.port == 0 {
+            return bad(format!("{at}.port"), "must not be 0");
+        }
+        if v.address.is_unspecified() || v.address.is_multicast() {
+            return bad(format!("{at}.address"), "must be a unicast address");
+        }
+        if !is_prime(v.table_size) || v.table_size > sluice_common::MAX_TABLE_SIZE {
+            return bad(
+                format!("{at}.table_size"),
+                &format!(
+                    "must be a prime no larger than {}",
+                    sluice_common::MAX_TABLE_SIZE
+                ),
+            );
+        }
+        if let Some(h) = &v.health {
+            check_health(h, &format!("{at}.health"))?;
+        }
+        let mut addrs = HashSet::new();
+        for (j, b) in v.backends.iter().enumerate() {
+            let bat = format!("{at}.backends[{j}]");
+            if !addrs.insert(b.address) {
+                return bad(format!("{bat}.address"), "listed twice in this VIP");
+            }
+            if b.address.is_unspecified() || b.address.is_multicast() {
+                return bad(format!("{bat}.address"), "must be a unicast address");
+            }
+            if b.weight > 1000 {
+                return bad(format!("{bat}.weight"), "must be between 0 and 1000");
+            }
+            let needs = if b.address.is_ipv4() {
+                c.node.tunnel_source_v4.is_none().then_some("node.tunnel_source_v4")
+            } else {
+                c.node.tunnel_source_v6.is_none().then_some("node.tunnel_source_v6")
+            };
+            if let Some(field) = needs {
+                return bad(
+                    format!("{bat}.address"),
+                    &format!("tunnelling to this family needs {field}"),
+                );
+            }
+            backends.insert(b.address);
+        }
+    }
+    if backends.len() >= MAX_BACKENDS as usize {
+        return bad(
+            "vip".into(),
+            &format!("at most {} distinct backends are supported", MAX_BACKENDS - 1),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+interfaces = ["eth0"]
+tunnel_source_v4 = "10.1.0.1"
+
+[health]
+kind = "http"
+port = 9000
+
+[[vip]]
+address = "198.51.100.1"
+port = 80
+protocol = "tcp"
+backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
+"#;
+
+    fn refuse(text: &str) -> String {
+        let e = parse(Path::new("lb.toml"), text).expect_err("must be refused");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_good_file_with_defaults() {
+        let c = parse(Path::new("lb.toml"), GOOD).expect("valid");
+        assert_eq!(c.vips[0].table_size, 65537);
+        assert_eq!(c.vips[0].backends[0].weight, 1);
+        assert_eq!(c.health.path, "/readyz");
+        assert_eq!(c.admin.listen, "127.0.0.1:9180".parse().expect("literal"));
+        assert_eq!(c.node.pin_dir, PathBuf::from("/sys/fs/bpf/sluice"));
+    }
+
+    #[test]
+    fn bad_files_name_field_and_reason() {
+        let cases = [
+            (GOOD.replace("65537", "1").replace("protocol = \"tcp\"", "protocol = \"tcp\"\ntable_size = 65536"),
+             "lb.toml: vip[0].table_size: must be a prime no larger than 65537"),
+            (GOOD.replace("weight = 2", "weight = 5000"),
+             "lb.toml: vip[0].backends[1].weight: must be between 0 and 1000"),
+            (GOOD.replace("10.1.0.12", "10.1.0.11"),
+             "lb.toml: vip[0].backends[1].address: listed twice in this VIP"),
+            (GOOD.replace("tunnel_source_v4 = \"10.1.0.1\"", ""),
+             "lb.toml: vip[0].backends[0].address: tunnelling to this family needs node.tunnel_source_v4"),
+            (GOOD.replace("port = 9000", "port = 9000\ninterval_ms = 100\ntimeout_ms = 200"),
+             "lb.toml: health.timeout_ms: must be greater than 0 and at most interval_ms"),
+            (GOOD.replace("[\"eth0\"]", "[]"),
+             "lb.toml: node.interfaces: at least one interface is required"),
+            (GOOD.replace("kind = \"http\"", "kind = \"http\"\npath = \"readyz\""),
+             "lb.toml: health.path: must start with '/'"),
+            (format!("{GOOD}\n[[vip]]\naddress = \"198.51.100.1\"\nport = 80\nprotocol = \"tcp\"\n"),
+             "lb.toml: vip[1]: duplicate VIP (same address, port and protocol)"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(refuse(&text), want);
+        }
+    }
+
+    #[test]
+    fn syntax_and_schema_errors_point_at_the_line() {
+        let e = refuse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""));
+        assert!(e.starts_with("lb.toml: line 13: unknown variant `sctp`"), "{e}");
+        let e = refuse(&GOOD.replace("[health]", "[health]\nbogus = 1"));
+        assert!(e.starts_with("lb.toml: line 6: unknown field `bogus`"), "{e}");
+        let e = refuse("[node\n");
+        assert!(e.starts_with("lb.toml: line 1:"), "{e}");
+    }
+}
