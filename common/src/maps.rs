@@ -35,7 +35,9 @@ pub mod names {
     pub const VIPS: &str = "SLUICE_VIPS";
     /// Backend id → [`Backend`](super::Backend).
     pub const BACKENDS: &str = "SLUICE_BACKENDS";
-    /// `((vip.id * 2 + buffer) * MAX_TABLE_SIZE + slot)` → backend id.
+    /// Backend id of slot `(vip.id * 2 + buffer) * MAX_TABLE_SIZE + slot`, see
+    /// [`maglev_index`](super::maglev_index). An mmapable array of `u64`, two slots per element
+    /// (low half first), so in memory it is a flat `u32` array.
     pub const MAGLEV: &str = "SLUICE_MAGLEV";
     /// [`FlowKey`](super::FlowKey) → [`FlowState`](super::FlowState), LRU with per-CPU lists.
     pub const FLOWS: &str = "SLUICE_FLOWS";

@@ -28,7 +28,13 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.field,
+            self.reason
+        )
     }
 }
 
@@ -321,7 +327,10 @@ fn check_health(h: &HealthCheck, at: &str) -> Result<(), (String, String)> {
         return bad("interval_ms", "must be greater than 0");
     }
     if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
-        return bad("timeout_ms", "must be greater than 0 and at most interval_ms");
+        return bad(
+            "timeout_ms",
+            "must be greater than 0 and at most interval_ms",
+        );
     }
     if h.rise == 0 {
         return bad("rise", "must be at least 1");
@@ -345,11 +354,17 @@ fn check_health(h: &HealthCheck, at: &str) -> Result<(), (String, String)> {
 pub fn validate(c: &Config) -> Result<(), (String, String)> {
     let bad = |f: String, r: &str| Err((f, r.to_string()));
     if c.node.interfaces.is_empty() {
-        return bad("node.interfaces".into(), "at least one interface is required");
+        return bad(
+            "node.interfaces".into(),
+            "at least one interface is required",
+        );
     }
     for (i, name) in c.node.interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
-            return bad(format!("node.interfaces[{i}]"), "not a valid interface name");
+            return bad(
+                format!("node.interfaces[{i}]"),
+                "not a valid interface name",
+            );
         }
     }
     if let Some(a) = c.node.tunnel_source_v4 {
@@ -363,7 +378,10 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         }
     }
     if c.node.source_entropy_bits > 16 {
-        return bad("node.source_entropy_bits".into(), "must be between 0 and 16");
+        return bad(
+            "node.source_entropy_bits".into(),
+            "must be between 0 and 16",
+        );
     }
     if c.node.ttl == 0 {
         return bad("node.ttl".into(), "must be at least 1");
@@ -376,14 +394,20 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     check_health(&c.health, "health")?;
     if c.vips.len() > MAX_VIPS as usize {
-        return bad("vip".into(), &format!("at most {MAX_VIPS} VIPs are supported"));
+        return bad(
+            "vip".into(),
+            &format!("at most {MAX_VIPS} VIPs are supported"),
+        );
     }
     let mut seen = HashSet::new();
     let mut backends = HashSet::new();
     for (i, v) in c.vips.iter().enumerate() {
         let at = format!("vip[{i}]");
         if !seen.insert((v.address, v.port, v.protocol)) {
-            return bad(format!("{at}"), "duplicate VIP (same address, port and protocol)");
+            return bad(
+                format!("{at}"),
+                "duplicate VIP (same address, port and protocol)",
+            );
         }
         if v.port == 0 {
             return bad(format!("{at}.port"), "must not be 0");
@@ -416,9 +440,15 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
                 return bad(format!("{bat}.weight"), "must be between 0 and 1000");
             }
             let needs = if b.address.is_ipv4() {
-                c.node.tunnel_source_v4.is_none().then_some("node.tunnel_source_v4")
+                c.node
+                    .tunnel_source_v4
+                    .is_none()
+                    .then_some("node.tunnel_source_v4")
             } else {
-                c.node.tunnel_source_v6.is_none().then_some("node.tunnel_source_v6")
+                c.node
+                    .tunnel_source_v6
+                    .is_none()
+                    .then_some("node.tunnel_source_v6")
             };
             if let Some(field) = needs {
                 return bad(
@@ -432,7 +462,10 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     if backends.len() >= MAX_BACKENDS as usize {
         return bad(
             "vip".into(),
-            &format!("at most {} distinct backends are supported", MAX_BACKENDS - 1),
+            &format!(
+                "at most {} distinct backends are supported",
+                MAX_BACKENDS - 1
+            ),
         );
     }
     Ok(())
@@ -501,9 +534,15 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
     #[test]
     fn syntax_and_schema_errors_point_at_the_line() {
         let e = refuse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""));
-        assert!(e.starts_with("lb.toml: line 13: unknown variant `sctp`"), "{e}");
+        assert!(
+            e.starts_with("lb.toml: line 13: unknown variant `sctp`"),
+            "{e}"
+        );
         let e = refuse(&GOOD.replace("[health]", "[health]\nbogus = 1"));
-        assert!(e.starts_with("lb.toml: line 6: unknown field `bogus`"), "{e}");
+        assert!(
+            e.starts_with("lb.toml: line 6: unknown field `bogus`"),
+            "{e}"
+        );
         let e = refuse("[node\n");
         assert!(e.starts_with("lb.toml: line 1:"), "{e}");
     }

@@ -50,6 +50,9 @@ pub enum DataPlaneError {
     /// The devmap refused an interface.
     #[error("map SLUICE_TX_PORTS: {0}")]
     TxPorts(#[source] XdpMapError),
+    /// The Maglev array could not be memory-mapped.
+    #[error("mapping SLUICE_MAGLEV: {0}")]
+    Mmap(#[source] std::io::Error),
     /// The possible CPUs could not be read.
     #[error("reading the possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
@@ -85,6 +88,65 @@ pub struct LoadOptions {
 /// The loaded object: maps created, programs loaded on demand.
 pub struct DataPlane {
     ebpf: Ebpf,
+    tables: Tables,
+}
+
+/// The Maglev array, memory-mapped (`BPF_F_MMAPABLE`). The kernel stores its `u64` elements
+/// back to back, each holding two consecutive slots, so the mapping reads as a flat `u32`
+/// array indexed by [`maglev_index`].
+struct Tables {
+    ptr: std::ptr::NonNull<u32>,
+    len: usize,
+    bytes: usize,
+}
+
+impl Tables {
+    fn map(ebpf: &Ebpf) -> Result<Self> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let name = names::MAGLEV;
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+            return Err(DataPlaneError::MissingMap(name));
+        };
+        const _: () = assert!(
+            cfg!(target_endian = "little"),
+            "slot packing assumes little-endian"
+        );
+        let len = (MAX_VIPS * 2 * MAX_TABLE_SIZE) as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (len * 4).div_ceil(page) * page;
+        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, shared, for its full size;
+        // the result is checked before use and unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataPlaneError::Mmap(std::io::Error::last_os_error()));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u32>())
+            .ok_or_else(|| DataPlaneError::Mmap(std::io::Error::other("null mapping")))?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    fn slots(&mut self) -> &mut [u32] {
+        // SAFETY: `len` u32s are mapped for as long as `self` lives; other writers are the
+        // BPF programs' readers only (the agent is the one writer).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Tables {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
@@ -101,7 +163,8 @@ impl DataPlane {
             loader.map_max_entries(names::FLOWS, size);
         }
         let ebpf = loader.load(object::bytes())?;
-        Ok(Self { ebpf })
+        let tables = Tables::map(&ebpf)?;
+        Ok(Self { ebpf, tables })
     }
 
     /// The aya handle, for callers that need what this module does not wrap.
@@ -197,6 +260,18 @@ impl DataPlane {
     /// Writes buffer `buffer` (0 or 1) of VIP `vip_id`'s Maglev table. The buffer must not be
     /// the live one; make it live with [`DataPlane::set_vip`].
     pub fn write_table(&mut self, vip_id: u32, buffer: u32, table: &[u32]) -> Result<()> {
+        let start = self.table_start(vip_id, buffer, table.len())?;
+        self.tables.slots()[start..start + table.len()].copy_from_slice(table);
+        Ok(())
+    }
+
+    /// Reads `size` slots of buffer `buffer` of VIP `vip_id`'s table.
+    pub fn read_table(&mut self, vip_id: u32, buffer: u32, size: usize) -> Result<Vec<u32>> {
+        let start = self.table_start(vip_id, buffer, size)?;
+        Ok(self.tables.slots()[start..start + size].to_vec())
+    }
+
+    fn table_start(&self, vip_id: u32, buffer: u32, size: usize) -> Result<usize> {
         if vip_id >= MAX_VIPS {
             return Err(DataPlaneError::OutOfRange {
                 what: "VIP id",
@@ -204,21 +279,14 @@ impl DataPlane {
                 limit: MAX_VIPS.into(),
             });
         }
-        if table.len() > MAX_TABLE_SIZE as usize {
+        if size > MAX_TABLE_SIZE as usize {
             return Err(DataPlaneError::OutOfRange {
                 what: "table size",
-                value: table.len() as u64,
+                value: size as u64,
                 limit: MAX_TABLE_SIZE.into(),
             });
         }
-        let name = names::MAGLEV;
-        let mut map: Array<&mut MapData, u32> =
-            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        for (slot, id) in table.iter().enumerate() {
-            map.set(maglev_index(vip_id, buffer, slot as u32), id, 0)
-                .map_err(map_err(name))?;
-        }
-        Ok(())
+        Ok(maglev_index(vip_id, buffer, 0) as usize)
     }
 
     /// Adds or replaces a VIP. Replacing is atomic for packets in flight, so flipping `active`

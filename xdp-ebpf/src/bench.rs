@@ -18,7 +18,7 @@ use sluice_common::{flow_hash, maglev_slot, FlowKey, VipKey};
 
 use crate::{
     decap, lb,
-    maps::{BACKENDS, MAGLEV, VIPS},
+    maps::{BACKENDS, VIPS},
     packet::{at, len},
 };
 
@@ -177,10 +177,10 @@ pub fn bench_maglev(_ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let slot = maglev_slot(flow_hash(&key), meta.table_size);
-    let Some(id) = MAGLEV.get(meta.table_index(slot)) else {
+    let Some(id) = crate::maps::maglev_slot(meta.table_index(slot)) else {
         return xdp_action::XDP_ABORTED;
     };
-    match BACKENDS.get(*id) {
+    match BACKENDS.get(id) {
         Some(b) if b.is_alive() => xdp_action::XDP_TX,
         _ => xdp_action::XDP_DROP,
     }

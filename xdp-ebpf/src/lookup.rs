@@ -11,7 +11,7 @@ use sluice_common::{
 };
 
 use crate::{
-    maps::{bump, BACKENDS, FLOWS, LB_STATS, MAGLEV, VIPS, VIP_FILTER, VIP_GENS},
+    maps::{self, bump, BACKENDS, FLOWS, LB_STATS, VIPS, VIP_FILTER, VIP_GENS},
     parse::{Kind, Packet},
 };
 
@@ -151,7 +151,7 @@ pub fn route(pkt: &Packet) -> Result<Route, Lb> {
     }
     let hash = pick_hash(pkt, &meta);
     let slot = maglev_slot(hash, meta.table_size);
-    let id = *MAGLEV.get(meta.table_index(slot)).ok_or(Lb::NoBackend)?;
+    let id = maps::maglev_slot(meta.table_index(slot)).ok_or(Lb::NoBackend)?;
     let backend = alive_backend(id).ok_or(Lb::NoBackend)?;
     if pkt.kind != Kind::IcmpError {
         let state = FlowState {

@@ -1,7 +1,7 @@
 //! The maps of both programs. Layouts and names come from `sluice-common`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -34,9 +34,18 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_B
 #[map(name = "SLUICE_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Two Maglev table buffers per VIP.
+/// Two Maglev table buffers per VIP. Memory-mapped by the agent, which writes a whole table
+/// in microseconds instead of one syscall per slot. Array elements are 8 bytes apart, so each
+/// `u64` holds two consecutive `u32` slots; read as memory, it is a flat `u32` array.
 #[map(name = "SLUICE_MAGLEV")]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * MAX_TABLE_SIZE, 0);
+pub static MAGLEV: Array<u64> = Array::with_max_entries(MAX_VIPS * MAX_TABLE_SIZE, BPF_F_MMAPABLE);
+
+/// Backend id in slot `index` of the Maglev array.
+#[inline(always)]
+pub fn maglev_slot(index: u32) -> Option<u32> {
+    let pair = *MAGLEV.get(index >> 1)?;
+    Some((pair >> ((index & 1) * 32)) as u32)
+}
 
 /// Established flows. One hash table visible from every CPU, with per-CPU LRU lists so CPUs do
 /// not contend on eviction: a flow whose packets arrive on another CPU still finds its entry.
