@@ -238,6 +238,36 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Every written backend record (family set), by id.
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let name = names::BACKENDS;
+        let map: Array<&MapData, Backend> =
+            Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for (id, b) in map.iter().enumerate() {
+            let b = b.map_err(map_err(name))?;
+            if id > 0 && b.family != 0 {
+                out.push((id as u32, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every VIP (address markers left out).
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        let name = names::VIPS;
+        let map: HashMap<&MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.map_err(map_err(name))?;
+            if v.flags & sluice_common::VIP_ADDRESS_MARKER == 0 {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops the cached next hop of backend `id` on every CPU.
     pub fn forget_next_hop(&mut self, id: u32) -> Result<()> {
         let name = names::NEXT_HOPS;

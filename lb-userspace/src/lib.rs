@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod maglev;
 pub mod object;

@@ -1,0 +1,458 @@
+//! From config plus backend states to what the data plane must hold, and applying it.
+//!
+//! `plan` is pure: the same config and states give the same plan on every LB node (ids
+//! aside, which never reach the wire). `Applied` remembers what was written, so `apply`
+//! touches only what changed, and flips each changed VIP to its idle table buffer.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use sluice_common::{
+    Backend, NodeConfig, VipKey, VipMeta, BACKEND_ALIVE, BACKEND_DRAINING, MAX_BACKENDS,
+    MAX_VIPS, VIP_HASH_SOURCE_ONLY,
+};
+
+use crate::{
+    addr,
+    config::{Config, HashMode},
+    dataplane::{DataPlane, DataPlaneError},
+    maglev::{self, MaglevError, Member},
+};
+
+/// What is known about a backend (a gateway node), across all VIPs that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendStatus {
+    /// Passing its health check.
+    pub healthy: bool,
+    /// Drained by the operator: no new flows, established ones stay.
+    pub draining: bool,
+    /// Weight set by the operator, replacing the configured one in every VIP.
+    pub weight: Option<u32>,
+}
+
+/// Stable ids for backends and VIPs, kept across reloads (and adopted from the maps after a
+/// restart) so that flow entries and counters keep meaning the same thing.
+#[derive(Debug, Default, Clone)]
+pub struct Ids {
+    backends: BTreeMap<IpAddr, u32>,
+    vips: HashMap<VipKey, u32>,
+}
+
+impl Ids {
+    /// Records an existing assignment.
+    pub fn adopt_backend(&mut self, addr: IpAddr, id: u32) {
+        self.backends.insert(addr, id);
+    }
+
+    /// Records an existing assignment.
+    pub fn adopt_vip(&mut self, key: VipKey, id: u32) {
+        self.vips.insert(key, id);
+    }
+
+    fn backend(&mut self, addr: IpAddr) -> Option<u32> {
+        if let Some(id) = self.backends.get(&addr) {
+            return Some(*id);
+        }
+        let used: HashSet<u32> = self.backends.values().copied().collect();
+        let id = (1..MAX_BACKENDS).find(|i| !used.contains(i))?;
+        self.backends.insert(addr, id);
+        Some(id)
+    }
+
+    fn vip(&mut self, key: VipKey) -> Option<u32> {
+        if let Some(id) = self.vips.get(&key) {
+            return Some(*id);
+        }
+        let used: HashSet<u32> = self.vips.values().copied().collect();
+        let id = (0..MAX_VIPS).find(|i| !used.contains(i))?;
+        self.vips.insert(key, id);
+        Some(id)
+    }
+
+    /// The id of backend `addr`, if it has one.
+    pub fn backend_id(&self, addr: &IpAddr) -> Option<u32> {
+        self.backends.get(addr).copied()
+    }
+}
+
+/// One VIP as the data plane must hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedVip {
+    /// VIP id.
+    pub id: u32,
+    /// Map key.
+    pub key: VipKey,
+    /// Address.
+    pub address: IpAddr,
+    /// `VIP_*` flags.
+    pub flags: u32,
+    /// The table.
+    pub table: Vec<u32>,
+    /// Members with their effective weights.
+    pub members: Vec<Member>,
+}
+
+/// Everything the data plane must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Node config.
+    pub node: NodeConfig,
+    /// Backend records by id.
+    pub backends: BTreeMap<u32, Backend>,
+    /// VIPs.
+    pub vips: Vec<PlannedVip>,
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Out of ids (the config validation bounds this).
+    #[error("no free {0} id")]
+    NoId(&'static str),
+    /// A table could not be built.
+    #[error("VIP {vip}: {source}")]
+    Table {
+        /// The VIP.
+        vip: String,
+        /// Cause.
+        #[source]
+        source: MaglevError,
+    },
+}
+
+/// Mask of the low `bits` bits of an address word in wire order.
+fn low_bits_mask(bits: u8) -> u32 {
+    let host = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
+    u32::from_ne_bytes(host.to_be_bytes())
+}
+
+/// The node config the data plane must hold.
+pub fn node_config(config: &Config) -> NodeConfig {
+    let mask = low_bits_mask(config.node.source_entropy_bits);
+    let (src_v4, _) = config
+        .node
+        .tunnel_source_v4
+        .map(addr::words)
+        .unwrap_or_default();
+    let (src_v6, _) = config
+        .node
+        .tunnel_source_v6
+        .map(addr::words)
+        .unwrap_or_default();
+    NodeConfig {
+        src_v4: src_v4[0],
+        src_v4_entropy: mask,
+        src_v6,
+        src_v6_entropy: mask,
+        ttl: config.node.ttl,
+        pad: [0; 3],
+    }
+}
+
+/// Works out the data plane's contents for `config` with backends in `status` (a backend
+/// missing from `status` counts as not healthy and not drained).
+pub fn plan(
+    config: &Config,
+    status: &HashMap<IpAddr, BackendStatus>,
+    ids: &mut Ids,
+) -> Result<Plan, PlanError> {
+    let mut backends = BTreeMap::new();
+    let mut vips = Vec::new();
+    for v in &config.vips {
+        let key = addr::vip_key(v.address, v.port, v.protocol.number());
+        let id = ids.vip(key).ok_or(PlanError::NoId("VIP"))?;
+        let mut members = Vec::new();
+        for b in &v.backends {
+            let bid = ids.backend(b.address).ok_or(PlanError::NoId("backend"))?;
+            let s = status.get(&b.address).copied().unwrap_or_default();
+            let mut flags = 0;
+            if s.healthy {
+                flags |= BACKEND_ALIVE;
+            }
+            if s.draining {
+                flags |= BACKEND_DRAINING;
+            }
+            backends.insert(bid, addr::backend(b.address, flags));
+            let weight = if s.healthy && !s.draining {
+                s.weight.unwrap_or(b.weight)
+            } else {
+                0
+            };
+            members.push(Member {
+                id: bid,
+                addr: b.address,
+                weight,
+            });
+        }
+        let table = maglev::build(&members, v.table_size).map_err(|source| PlanError::Table {
+            vip: format!("{}:{}/{:?}", v.address, v.port, v.protocol),
+            source,
+        })?;
+        let flags = match v.hash {
+            HashMode::FiveTuple => 0,
+            HashMode::SourceIp => VIP_HASH_SOURCE_ONLY,
+        };
+        vips.push(PlannedVip {
+            id,
+            key,
+            address: v.address,
+            flags,
+            table,
+            members,
+        });
+    }
+    Ok(Plan {
+        node: node_config(config),
+        backends,
+        vips,
+    })
+}
+
+/// Share of a table's slots that moved away from backends present before and after: the
+/// disruption a change causes to flows that had no reason to move. A change of table size
+/// moves everything.
+pub fn disruption(old: &[u32], new: &[u32], survivors: &HashSet<u32>) -> f64 {
+    if old.len() != new.len() || old.is_empty() {
+        return if old.is_empty() { 0.0 } else { 1.0 };
+    }
+    let moved = old
+        .iter()
+        .zip(new)
+        .filter(|(o, n)| o != n && survivors.contains(o))
+        .count();
+    moved as f64 / old.len() as f64
+}
+
+/// A VIP as written to the data plane.
+#[derive(Debug, Clone)]
+struct AppliedVip {
+    key: VipKey,
+    address: IpAddr,
+    meta: VipMeta,
+    table: Vec<u32>,
+}
+
+/// What has been written to the data plane.
+#[derive(Debug, Default)]
+pub struct Applied {
+    node: Option<NodeConfig>,
+    backends: BTreeMap<u32, Backend>,
+    vips: BTreeMap<u32, AppliedVip>,
+    /// Table generation: counts table flips since start.
+    pub generation: u64,
+    /// Disruption of the last change that moved any slot.
+    pub last_disruption: f64,
+}
+
+impl Applied {
+    /// Rebuilds what a previous agent wrote, from the pinned maps.
+    pub fn adopt(dp: &mut DataPlane, ids: &mut Ids) -> Result<Self, DataPlaneError> {
+        let mut applied = Applied::default();
+        for (id, b) in dp.backends()? {
+            ids.adopt_backend(addr::ip(&b.addr, b.family), id);
+            applied.backends.insert(id, b);
+        }
+        for (key, meta) in dp.vips()? {
+            ids.adopt_vip(key, meta.id);
+            let table = dp.read_table(meta.id, meta.active, meta.table_size as usize)?;
+            applied.vips.insert(
+                meta.id,
+                AppliedVip {
+                    key,
+                    address: addr::ip(&key.addr, key.family),
+                    meta,
+                    table,
+                },
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Backend states recorded in the adopted maps (alive, draining).
+    pub fn adopted_status(&self) -> HashMap<IpAddr, BackendStatus> {
+        self.backends
+            .values()
+            .map(|b| {
+                (
+                    addr::ip(&b.addr, b.family),
+                    BackendStatus {
+                        healthy: b.flags & BACKEND_ALIVE != 0,
+                        draining: b.flags & BACKEND_DRAINING != 0,
+                        weight: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Writes what differs between `plan` and what is applied.
+    pub fn apply(&mut self, dp: &mut DataPlane, plan: &Plan) -> Result<(), DataPlaneError> {
+        if self.node != Some(plan.node) {
+            dp.set_node(&plan.node)?;
+            self.node = Some(plan.node);
+        }
+        for (id, b) in &plan.backends {
+            if self.backends.get(id) != Some(b) {
+                dp.set_backend(*id, b)?;
+                self.backends.insert(*id, *b);
+            }
+        }
+        // Addresses first, so a new VIP is never behind a clear filter bit.
+        let addresses: HashSet<IpAddr> = plan.vips.iter().map(|v| v.address).collect();
+        let old_addresses: HashSet<IpAddr> = self.vips.values().map(|v| v.address).collect();
+        for a in addresses.difference(&old_addresses) {
+            dp.set_vip_address(*a)?;
+        }
+        let mut moved_any = None;
+        for v in &plan.vips {
+            let old = self.vips.get(&v.id);
+            let unchanged = old.is_some_and(|o| {
+                o.table == v.table && o.meta.flags == v.flags && o.key == v.key
+            });
+            if unchanged {
+                continue;
+            }
+            let active = old.map(|o| o.meta.active ^ 1).unwrap_or(0);
+            dp.write_table(v.id, active, &v.table)?;
+            let meta = VipMeta {
+                id: v.id,
+                flags: v.flags,
+                table_size: v.table.len() as u32,
+                active,
+                gen: 0,
+            };
+            dp.set_vip(&v.key, &meta)?;
+            let meta = dp.vip(&v.key)?.unwrap_or(meta);
+            if let Some(o) = old {
+                let survivors: HashSet<u32> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.weight > 0)
+                    .map(|m| m.id)
+                    .collect();
+                let d = disruption(&o.table, &v.table, &survivors);
+                moved_any = Some(moved_any.map_or(d, |m: f64| m.max(d)));
+            }
+            self.generation += 1;
+            self.vips.insert(
+                v.id,
+                AppliedVip {
+                    key: v.key,
+                    address: v.address,
+                    meta,
+                    table: v.table.clone(),
+                },
+            );
+        }
+        if let Some(d) = moved_any {
+            self.last_disruption = d;
+        }
+        // Removed VIPs, then their addresses and the filter.
+        let planned: HashSet<u32> = plan.vips.iter().map(|v| v.id).collect();
+        let gone: Vec<u32> = self
+            .vips
+            .keys()
+            .copied()
+            .filter(|id| !planned.contains(id))
+            .collect();
+        for id in gone {
+            if let Some(v) = self.vips.remove(&id) {
+                dp.remove_vip(&v.key)?;
+            }
+        }
+        if !old_addresses.is_subset(&addresses) {
+            for a in old_addresses.difference(&addresses) {
+                dp.remove_vip(&addr::vip_address_key(*a))?;
+            }
+            let all: Vec<IpAddr> = addresses.iter().copied().collect();
+            dp.set_vip_filter(&all)?;
+        }
+        // Backends no longer in any VIP: not alive, so stray flow entries re-pick.
+        let gone: Vec<u32> = self
+            .backends
+            .keys()
+            .copied()
+            .filter(|id| !plan.backends.contains_key(id))
+            .collect();
+        for id in gone {
+            dp.set_backend(id, &Backend::default())?;
+            self.backends.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(backends: &str) -> Config {
+        let text = format!(
+            "[node]\ninterfaces = [\"eth0\"]\ntunnel_source_v4 = \"10.1.0.1\"\nsource_entropy_bits = 8\n\n\
+             [[vip]]\naddress = \"198.51.100.1\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{backends}]\n"
+        );
+        crate::config::parse(Path::new("t.toml"), &text).expect("valid")
+    }
+
+    fn healthy(addrs: &[&str]) -> HashMap<IpAddr, BackendStatus> {
+        addrs
+            .iter()
+            .map(|a| {
+                (
+                    a.parse().expect("literal"),
+                    BackendStatus {
+                        healthy: true,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn down_and_draining_backends_leave_the_table_but_keep_their_flags() {
+        let c = config("{ address = \"10.1.0.11\" }, { address = \"10.1.0.12\" }, { address = \"10.1.0.13\" }");
+        let mut ids = Ids::default();
+        let mut status = healthy(&["10.1.0.11", "10.1.0.12"]);
+        status.insert(
+            "10.1.0.12".parse().expect("literal"),
+            BackendStatus { healthy: true, draining: true, weight: None },
+        );
+        let p = plan(&c, &status, &mut ids).expect("plan");
+        let t = &p.vips[0].table;
+        assert!(t.iter().all(|id| *id == 1), "only the healthy, undrained backend takes slots");
+        assert_eq!(p.backends[&1].flags, BACKEND_ALIVE);
+        assert_eq!(p.backends[&2].flags, BACKEND_ALIVE | BACKEND_DRAINING);
+        assert_eq!(p.backends[&3].flags, 0);
+        assert_eq!(p.node.src_v4_entropy, u32::from_ne_bytes([0, 0, 0, 0xff]));
+    }
+
+    #[test]
+    fn ids_are_stable_across_reloads() {
+        let mut ids = Ids::default();
+        let c1 = config("{ address = \"10.1.0.11\" }, { address = \"10.1.0.12\" }");
+        plan(&c1, &HashMap::new(), &mut ids).expect("plan");
+        let c2 = config("{ address = \"10.1.0.12\" }, { address = \"10.1.0.13\" }");
+        let p = plan(&c2, &HashMap::new(), &mut ids).expect("plan");
+        assert_eq!(ids.backend_id(&"10.1.0.12".parse().expect("literal")), Some(2));
+        assert_eq!(ids.backend_id(&"10.1.0.13".parse().expect("literal")), Some(3));
+        assert_eq!(p.backends.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn disruption_counts_only_survivors_moving() {
+        let old = vec![1, 2, 3, 1, 2, 3];
+        let new = vec![1, 2, 1, 1, 2, 2];
+        let survivors: HashSet<u32> = [1, 2].into_iter().collect();
+        assert_eq!(disruption(&old, &new, &survivors), 0.0);
+        let new = vec![2, 2, 1, 1, 2, 2];
+        assert!((disruption(&old, &new, &survivors) - 1.0 / 6.0).abs() < 1e-9);
+    }
+}
