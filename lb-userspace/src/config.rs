@@ -405,7 +405,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         let at = format!("vip[{i}]");
         if !seen.insert((v.address, v.port, v.protocol)) {
             return bad(
-                format!("{at}"),
+                at.clone(),
                 "duplicate VIP (same address, port and protocol)",
             );
         }

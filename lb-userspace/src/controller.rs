@@ -10,8 +10,8 @@ use std::{
 };
 
 use sluice_common::{
-    Backend, NodeConfig, VipKey, VipMeta, BACKEND_ALIVE, BACKEND_DRAINING, MAX_BACKENDS,
-    MAX_VIPS, VIP_HASH_SOURCE_ONLY,
+    Backend, NodeConfig, VipKey, VipMeta, BACKEND_ALIVE, BACKEND_DRAINING, MAX_BACKENDS, MAX_VIPS,
+    VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
@@ -312,9 +312,8 @@ impl Applied {
         let mut moved_any = None;
         for v in &plan.vips {
             let old = self.vips.get(&v.id);
-            let unchanged = old.is_some_and(|o| {
-                o.table == v.table && o.meta.flags == v.flags && o.key == v.key
-            });
+            let unchanged = old
+                .is_some_and(|o| o.table == v.table && o.meta.flags == v.flags && o.key == v.key);
             if unchanged {
                 continue;
             }
@@ -418,16 +417,25 @@ mod tests {
 
     #[test]
     fn down_and_draining_backends_leave_the_table_but_keep_their_flags() {
-        let c = config("{ address = \"10.1.0.11\" }, { address = \"10.1.0.12\" }, { address = \"10.1.0.13\" }");
+        let c = config(
+            "{ address = \"10.1.0.11\" }, { address = \"10.1.0.12\" }, { address = \"10.1.0.13\" }",
+        );
         let mut ids = Ids::default();
         let mut status = healthy(&["10.1.0.11", "10.1.0.12"]);
         status.insert(
             "10.1.0.12".parse().expect("literal"),
-            BackendStatus { healthy: true, draining: true, weight: None },
+            BackendStatus {
+                healthy: true,
+                draining: true,
+                weight: None,
+            },
         );
         let p = plan(&c, &status, &mut ids).expect("plan");
         let t = &p.vips[0].table;
-        assert!(t.iter().all(|id| *id == 1), "only the healthy, undrained backend takes slots");
+        assert!(
+            t.iter().all(|id| *id == 1),
+            "only the healthy, undrained backend takes slots"
+        );
         assert_eq!(p.backends[&1].flags, BACKEND_ALIVE);
         assert_eq!(p.backends[&2].flags, BACKEND_ALIVE | BACKEND_DRAINING);
         assert_eq!(p.backends[&3].flags, 0);
@@ -441,8 +449,14 @@ mod tests {
         plan(&c1, &HashMap::new(), &mut ids).expect("plan");
         let c2 = config("{ address = \"10.1.0.12\" }, { address = \"10.1.0.13\" }");
         let p = plan(&c2, &HashMap::new(), &mut ids).expect("plan");
-        assert_eq!(ids.backend_id(&"10.1.0.12".parse().expect("literal")), Some(2));
-        assert_eq!(ids.backend_id(&"10.1.0.13".parse().expect("literal")), Some(3));
+        assert_eq!(
+            ids.backend_id(&"10.1.0.12".parse().expect("literal")),
+            Some(2)
+        );
+        assert_eq!(
+            ids.backend_id(&"10.1.0.13".parse().expect("literal")),
+            Some(3)
+        );
         assert_eq!(p.backends.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
     }
 

@@ -50,6 +50,14 @@ pub enum DataPlaneError {
     /// The devmap refused an interface.
     #[error("map SLUICE_TX_PORTS: {0}")]
     TxPorts(#[source] XdpMapError),
+    /// Pinned state could not be used.
+    #[error("{}: {reason}", path.display())]
+    Pin {
+        /// The pin path.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The Maglev array could not be memory-mapped.
     #[error("mapping SLUICE_MAGLEV: {0}")]
     Mmap(#[source] std::io::Error),
@@ -83,7 +91,33 @@ pub struct LoadOptions {
     pub debug: bool,
     /// Flow-table capacity; `None` keeps the object's default.
     pub flow_table_size: Option<u32>,
+    /// bpffs directory: maps are pinned under `<dir>/maps`, and maps already pinned there are
+    /// adopted (after their layout is checked) instead of created.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
+
+/// Every map with its key and value sizes, as this build defines them. Pinned maps are
+/// checked against it before they are adopted.
+pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
+    use sluice_common::{AddrKey, FlowKey, FlowState, NextHop, Traffic};
+    use std::mem::size_of;
+    &[
+        (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
+        (names::BACKENDS, 4, size_of::<Backend>()),
+        (names::MAGLEV, 4, 8),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowState>()),
+        (names::NODE, 4, size_of::<NodeConfig>()),
+        (names::LB_STATS, 4, 8),
+        (names::VIP_STATS, 4, size_of::<Traffic>()),
+        (names::BACKEND_STATS, 4, size_of::<Traffic>()),
+        (names::TX_PORTS, 4, 8),
+        (names::DECAP_ADDRS, size_of::<AddrKey>(), 4),
+        (names::DECAP_STATS, 4, 8),
+        (names::VIP_FILTER, 4, 8),
+        (names::NEXT_HOPS, 4, size_of::<NextHop>()),
+        (names::VIP_GENS, 4, 4),
+    ]
+};
 
 /// The loaded object: maps created, programs loaded on demand.
 pub struct DataPlane {
@@ -149,6 +183,26 @@ impl Drop for Tables {
     }
 }
 
+/// Refuses a pinned map whose layout is not this build's.
+fn check_pinned(path: &std::path::Path, name: &str, key: usize, value: usize) -> Result<()> {
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|e| DataPlaneError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+    if (k, v) != (key, value) {
+        return Err(DataPlaneError::Pin {
+            path: path.to_owned(),
+            reason: format!(
+                "pinned map {name} has key/value sizes {k}/{v} but this build needs {key}/{value}; \
+                 it was made by an incompatible version (`sluice-lb detach` removes it, and with \
+                 it the established flows)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
     move |source| DataPlaneError::Map { name, source }
 }
@@ -161,6 +215,20 @@ impl DataPlane {
         loader.override_global(programs::DEBUG_GLOBAL, &debug, true);
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(names::FLOWS, size);
+        }
+        let map_dir = opts.pin_dir.as_ref().map(|d| d.join("maps"));
+        if let Some(dir) = &map_dir {
+            std::fs::create_dir_all(dir).map_err(|e| DataPlaneError::Pin {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            for (name, key, value) in MAP_LAYOUTS {
+                let path = dir.join(name);
+                if path.exists() {
+                    check_pinned(&path, name, *key, *value)?;
+                }
+                loader.map_pin_path(name, path);
+            }
         }
         let ebpf = loader.load(object::bytes())?;
         let tables = Tables::map(&ebpf)?;

@@ -3,11 +3,19 @@
 //! - [`object`]: the embedded eBPF object.
 //! - [`dataplane`]: loads `sluice_lb` / `sluice_decap` and reads and writes their maps.
 //! - [`maglev`]: Maglev table generation.
+//! - [`config`] → [`controller`] → [`dataplane`]: what the operator declares, what the maps
+//!   must hold, and writing it; [`attach`] pins programs to interfaces.
+//! - [`agent`]: the `run` loop, fed by [`health`] probers and the [`admin`] API.
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod admin;
+pub mod agent;
+pub mod attach;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod object;

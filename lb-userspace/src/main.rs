@@ -1,8 +1,14 @@
-//! `sluice-lb` command line.
+//! `sluice-lb`: the L4 agent and CLI.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use sluice_lb::dataplane::{DataPlane, LoadOptions};
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use sluice_lb::{
+    admin, agent, attach, config,
+    dataplane::{DataPlane, LoadOptions},
+};
 
 /// The Sluice L4 load balancer's agent and CLI.
 #[derive(Parser)]
@@ -12,8 +18,79 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Attach the data plane, keep it in line with the config and the backends' health, and
+    /// serve the admin API. SIGHUP or a change to the file reloads it.
+    Run {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Force the XDP mode (default: the config's, which defaults to native with a
+        /// fallback to generic).
+        #[arg(long, value_enum)]
+        xdp_mode: Option<Mode>,
+        /// Load the programs with aya-log debug output.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Validate a config file.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show VIPs, backends, traffic and drop reasons.
+    Status {
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending new flows to a backend; its established flows stay.
+    Drain {
+        /// Backend address.
+        backend: std::net::IpAddr,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
+    /// Undo `drain`.
+    Undrain {
+        /// Backend address.
+        backend: std::net::IpAddr,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
+    /// Set a backend's weight in every VIP, or without N go back to the configured one.
+    Weight {
+        /// Backend address.
+        backend: std::net::IpAddr,
+        /// New weight (0 to 1000).
+        weight: Option<u32>,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
+    /// Remove the programs, links and maps pinned under the config's pin directory.
+    Detach {
+        /// Config file (for its pin directory).
+        #[arg(long, short, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        /// Pin directory.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
     /// Load both programs through the kernel verifier without attaching them, and report
     /// their sizes: a quick check that this kernel accepts the embedded data plane.
     Verify,
@@ -27,9 +104,133 @@ fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     match cli.command {
+        Command::Run {
+            config,
+            xdp_mode,
+            debug,
+        } => {
+            let mode = xdp_mode.map(|m| match m {
+                Mode::Auto => config::XdpMode::Auto,
+                Mode::Native => config::XdpMode::Native,
+                Mode::Generic => config::XdpMode::Generic,
+            });
+            rt.block_on(agent::run(&config, debug, mode))
+        }
+        Command::Check { config } => {
+            let c = config::load(&config)?;
+            println!(
+                "{}: ok ({} VIPs, {} interfaces)",
+                config.display(),
+                c.vips.len(),
+                c.node.interfaces.len()
+            );
+            Ok(())
+        }
+        Command::Status { admin, json } => rt.block_on(status(admin, json)),
+        Command::Drain { backend, admin } => {
+            rt.block_on(post(admin, &format!("/backends/{backend}/drain")))
+        }
+        Command::Undrain { backend, admin } => {
+            rt.block_on(post(admin, &format!("/backends/{backend}/undrain")))
+        }
+        Command::Weight {
+            backend,
+            weight,
+            admin,
+        } => {
+            let path = match weight {
+                Some(w) => format!("/backends/{backend}/weight?value={w}"),
+                None => format!("/backends/{backend}/weight"),
+            };
+            rt.block_on(post(admin, &path))
+        }
+        Command::Detach { config, pin_dir } => {
+            let dir = match (config, pin_dir) {
+                (Some(c), _) => config::load(&c)?.node.pin_dir,
+                (None, Some(d)) => d,
+                (None, None) => PathBuf::from("/sys/fs/bpf/sluice"),
+            };
+            let n = attach::detach(&dir)?;
+            println!("removed {n} pinned objects under {}", dir.display());
+            Ok(())
+        }
         Command::Verify => verify(),
     }
+}
+
+async fn post(admin: SocketAddr, path: &str) -> Result<()> {
+    let (code, body) = admin::call(admin, Method::POST, path).await?;
+    if !code.is_success() {
+        bail!("{code}: {body}");
+    }
+    println!("ok");
+    Ok(())
+}
+
+async fn status(admin: SocketAddr, json: bool) -> Result<()> {
+    let s = admin::status(admin).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    for v in &s.vips {
+        println!("VIP {}  packets {}  bytes {}", v.vip, v.packets, v.bytes);
+        println!(
+            "  {:<40} {:<9} {:>6} {:>12} {:>14} {:>10} {:>12}",
+            "backend", "state", "weight", "packets", "bytes", "pkt/s", "B/s"
+        );
+        for b in &v.backends {
+            println!(
+                "  {:<40} {:<9} {:>6} {:>12} {:>14} {:>10.0} {:>12.0}",
+                b.address,
+                b.state,
+                b.weight,
+                b.packets,
+                b.bytes,
+                b.packets_per_second,
+                b.bytes_per_second
+            );
+        }
+    }
+    let drops: Vec<String> = s
+        .outcomes
+        .iter()
+        .filter(|(name, n)| *n > 0 && !["pass", "tx", "redirect"].contains(&name.as_str()))
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    println!(
+        "outcomes: {}",
+        s.outcomes
+            .iter()
+            .map(|(n, c)| format!("{n}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "other than forwarded or passed: {}",
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(" ")
+        }
+    );
+    println!(
+        "table generation {}, last disruption {:.2}%, config generation {} ({})",
+        s.table_generation,
+        100.0 * s.last_disruption,
+        s.config.generation,
+        s.config
+            .last_error
+            .as_deref()
+            .map(|e| format!("last reload refused: {e}"))
+            .unwrap_or_else(|| "last reload ok".into())
+    );
+    Ok(())
 }
 
 fn verify() -> Result<()> {

@@ -1,0 +1,180 @@
+//! The admin HTTP API (loopback by default) and the client the CLI uses.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the agent runs |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/status` | JSON ([`Status`]) |
+//! | POST | `/backends/{address}/drain` | no new flows to that backend |
+//! | POST | `/backends/{address}/undrain` | |
+//! | POST | `/backends/{address}/weight?value=N` | set a weight; without `value`, back to config |
+//!
+//! Errors are RFC 9457 `application/problem+json`.
+
+use std::{convert::Infallible, net::IpAddr};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    body::{Bytes, Incoming},
+    header, Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+use tracing::debug;
+
+use crate::agent::{Command, Status};
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    respond(status, "application/problem+json", body.to_string())
+}
+
+/// Serves the API until the agent's command channel closes.
+pub async fn serve(listener: TcpListener, agent: mpsc::UnboundedSender<Command>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(handle(req, &agent).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection");
+            }
+        });
+    }
+}
+
+async fn ask<T>(
+    agent: &mpsc::UnboundedSender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    agent.send(make(tx)).ok()?;
+    rx.await.ok()
+}
+
+async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let gone = || problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/metrics") => match ask(agent, Command::Metrics).await {
+            Some(text) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
+            None => gone(),
+        },
+        (&Method::GET, "/status") => match ask(agent, Command::Status).await {
+            Some(s) => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&s).unwrap_or_default(),
+            ),
+            None => gone(),
+        },
+        (&Method::POST, p) if p.starts_with("/backends/") => {
+            let rest = &p["/backends/".len()..];
+            let Some((addr, action)) = rest.rsplit_once('/') else {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "expected /backends/{address}/{action}",
+                );
+            };
+            let Ok(addr) = addr.parse::<IpAddr>() else {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{addr:?} is not an IP address"),
+                );
+            };
+            let result = match action {
+                "drain" => ask(agent, |tx| Command::Drain(addr, tx)).await,
+                "undrain" => ask(agent, |tx| Command::Undrain(addr, tx)).await,
+                "weight" => {
+                    let value = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("value="))
+                        .map(str::parse::<u32>);
+                    match value {
+                        Some(Err(_)) => {
+                            return problem(
+                                StatusCode::BAD_REQUEST,
+                                "value must be a whole number from 0 to 1000",
+                            )
+                        }
+                        Some(Ok(w)) => ask(agent, |tx| Command::Weight(addr, Some(w), tx)).await,
+                        None => ask(agent, |tx| Command::Weight(addr, None, tx)).await,
+                    }
+                }
+                other => {
+                    return problem(StatusCode::NOT_FOUND, &format!("unknown action {other:?}"))
+                }
+            };
+            match result {
+                Some(Ok(())) => respond(StatusCode::OK, "application/json", "{\"ok\":true}".into()),
+                Some(Err(e)) if e.contains("not a backend") => problem(StatusCode::NOT_FOUND, &e),
+                Some(Err(e)) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e),
+                None => gone(),
+            }
+        }
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {} {path}", req.method()),
+        ),
+    }
+}
+
+/// A minimal client for the CLI: one request, the status and body back.
+pub async fn call(
+    admin: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<(StatusCode, String)> {
+    let stream = TcpStream::connect(admin).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the agent's admin API at {admin}: {e} (is `sluice-lb run` up?)"
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, admin.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Fetches and parses `/status`.
+pub async fn status(admin: std::net::SocketAddr) -> anyhow::Result<Status> {
+    let (code, body) = call(admin, Method::GET, "/status").await?;
+    anyhow::ensure!(code.is_success(), "status: {code}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}

@@ -1,0 +1,618 @@
+//! `sluice-lb run`: the agent loop.
+//!
+//! One task owns the data plane. Health probers, the admin API, signals and the config-file
+//! watcher only send it messages, so every change to the maps happens in one place, in order.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sluice_common::stats::{Lb, LbFlow};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    admin,
+    attach::{self, AttachError},
+    config::{self, Config, HealthCheck},
+    controller::{self, Applied, BackendStatus, Ids},
+    dataplane::{DataPlane, LoadOptions},
+    health::{self, Transition},
+};
+
+/// What the admin API asks of the agent.
+pub enum Command {
+    /// Stop sending new flows to a backend.
+    Drain(IpAddr, oneshot::Sender<Result<(), String>>),
+    /// Undo a drain.
+    Undrain(IpAddr, oneshot::Sender<Result<(), String>>),
+    /// Set (or with `None` reset) a backend's weight.
+    Weight(IpAddr, Option<u32>, oneshot::Sender<Result<(), String>>),
+    /// Current state as JSON.
+    Status(oneshot::Sender<Status>),
+    /// Prometheus text.
+    Metrics(oneshot::Sender<String>),
+}
+
+/// `sluice-lb status` output.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// VIPs.
+    pub vips: Vec<VipStatus>,
+    /// `sluice_lb` outcome counters.
+    pub outcomes: Vec<(String, u64)>,
+    /// Flow-table events.
+    pub flow_events: Vec<(String, u64)>,
+    /// Table flips since start.
+    pub table_generation: u64,
+    /// Disruption of the last change.
+    pub last_disruption: f64,
+    /// Config file and reload results.
+    pub config: ConfigStatus,
+}
+
+/// Config state.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ConfigStatus {
+    /// File.
+    pub path: String,
+    /// Successful loads.
+    pub generation: u64,
+    /// Whether the last reload was applied.
+    pub last_reload_ok: bool,
+    /// The last refusal, if any.
+    pub last_error: Option<String>,
+}
+
+/// A VIP in `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VipStatus {
+    /// `address:port/protocol`.
+    pub vip: String,
+    /// Packets and bytes.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Backends.
+    pub backends: Vec<BackendView>,
+}
+
+/// A backend in `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BackendView {
+    /// Address.
+    pub address: IpAddr,
+    /// `active`, `draining` or `down`.
+    pub state: String,
+    /// Health check passing.
+    pub healthy: bool,
+    /// Effective weight in this VIP's table.
+    pub weight: u32,
+    /// Packets sent to it (all VIPs).
+    pub packets: u64,
+    /// Bytes sent to it.
+    pub bytes: u64,
+    /// Packets per second over the last sampling second.
+    pub packets_per_second: f64,
+    /// Bytes per second.
+    pub bytes_per_second: f64,
+}
+
+/// Packets and bytes per backend id at one instant.
+type Counts = HashMap<u32, (u64, u64)>;
+
+struct Agent {
+    path: PathBuf,
+    config: Config,
+    file_stamp: Option<(SystemTime, u64)>,
+    dp: DataPlane,
+    ids: Ids,
+    applied: Applied,
+    status: HashMap<IpAddr, BackendStatus>,
+    probes: HashMap<(IpAddr, HealthCheck), JoinHandle<()>>,
+    health_tx: mpsc::UnboundedSender<Transition>,
+    config_generation: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    last_error: Option<String>,
+    rates: HashMap<u32, (f64, f64)>,
+    last_sample: Option<(Instant, Counts)>,
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
+pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Result<()> {
+    let mut config = config::load(path)?;
+    if let Some(m) = mode {
+        config.node.xdp_mode = m;
+    }
+    let mut dp = DataPlane::load(&LoadOptions {
+        debug,
+        flow_table_size: Some(config.node.flow_table_size),
+        pin_dir: Some(config.node.pin_dir.clone()),
+    })
+    .context("loading the data plane")?;
+    let mut ids = Ids::default();
+    let applied = Applied::adopt(&mut dp, &mut ids).context("reading pinned state")?;
+    let adopted = applied.adopted_status();
+    if !adopted.is_empty() {
+        info!(
+            backends = adopted.len(),
+            "adopted pinned state from a previous agent"
+        );
+    }
+    for iface in &config.node.interfaces {
+        attach::attach(&mut dp, &config.node.pin_dir, iface, config.node.xdp_mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+    }
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        path: path.to_owned(),
+        file_stamp: file_stamp(path),
+        config,
+        dp,
+        ids,
+        applied,
+        status: adopted,
+        probes: HashMap::new(),
+        health_tx,
+        config_generation: 1,
+        reloads_ok: 0,
+        reloads_failed: 0,
+        last_error: None,
+        rates: HashMap::new(),
+        last_sample: None,
+    };
+    agent.apply().context("writing the initial state")?;
+    agent.sync_probes();
+    let listener = tokio::net::TcpListener::bind(agent.config.admin.listen)
+        .await
+        .with_context(|| format!("admin API on {}", agent.config.admin.listen))?;
+    info!(admin = %agent.config.admin.listen, "sluice-lb running");
+    tokio::spawn(admin::serve(listener, cmd_tx));
+
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            Some(t) = health_rx.recv() => agent.on_health(t),
+            Some(cmd) = cmd_rx.recv() => agent.on_command(cmd),
+            _ = hup.recv() => agent.reload("SIGHUP"),
+            _ = tick.tick() => {
+                if file_stamp(&agent.path) != agent.file_stamp {
+                    agent.reload("file change");
+                }
+                agent.sample_rates();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("stopping; the data plane keeps forwarding from pinned state");
+    Ok(())
+}
+
+impl Agent {
+    fn apply(&mut self) -> Result<()> {
+        let plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
+        self.applied.apply(&mut self.dp, &plan)?;
+        Ok(())
+    }
+
+    /// Starts probers for backends that need one and stops those no longer configured.
+    fn sync_probes(&mut self) {
+        let mut wanted = HashSet::new();
+        for v in &self.config.vips {
+            let check = v.check(&self.config.health).clone();
+            for b in &v.backends {
+                wanted.insert((b.address, check.clone()));
+            }
+        }
+        self.probes.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for key in wanted {
+            if self.probes.contains_key(&key) {
+                continue;
+            }
+            let initial = self.status.get(&key.0).map(|s| s.healthy);
+            let task = tokio::spawn(health::watch(
+                key.0,
+                key.1.clone(),
+                initial,
+                self.health_tx.clone(),
+            ));
+            self.probes.insert(key, task);
+        }
+    }
+
+    fn on_health(&mut self, t: Transition) {
+        let s = self.status.entry(t.addr).or_default();
+        if s.healthy == t.up {
+            return;
+        }
+        s.healthy = t.up;
+        if t.up {
+            info!(backend = %t.addr, "backend up");
+        } else {
+            warn!(backend = %t.addr, "backend down");
+        }
+        if let Err(e) = self.apply() {
+            error!(error = %e, "applying a health change failed");
+        }
+    }
+
+    fn known(&self, addr: &IpAddr) -> bool {
+        self.config
+            .vips
+            .iter()
+            .any(|v| v.backends.iter().any(|b| b.address == *addr))
+    }
+
+    fn operator_change(
+        &mut self,
+        addr: IpAddr,
+        f: impl FnOnce(&mut BackendStatus),
+    ) -> Result<(), String> {
+        if !self.known(&addr) {
+            return Err(format!("{addr} is not a backend of any VIP"));
+        }
+        f(self.status.entry(addr).or_default());
+        self.apply().map_err(|e| e.to_string())
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Drain(addr, reply) => {
+                let r = self.operator_change(addr, |s| s.draining = true);
+                info!(backend = %addr, ok = r.is_ok(), "drain");
+                let _ = reply.send(r);
+            }
+            Command::Undrain(addr, reply) => {
+                let r = self.operator_change(addr, |s| s.draining = false);
+                info!(backend = %addr, ok = r.is_ok(), "undrain");
+                let _ = reply.send(r);
+            }
+            Command::Weight(addr, w, reply) => {
+                let r = match w {
+                    Some(w) if w > 1000 => Err("weight must be between 0 and 1000".to_string()),
+                    _ => self.operator_change(addr, |s| s.weight = w),
+                };
+                info!(backend = %addr, weight = ?w, ok = r.is_ok(), "weight");
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        self.file_stamp = file_stamp(&self.path);
+        let new = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, trigger = why, "config refused; the last valid config stays in force");
+                self.reloads_failed += 1;
+                self.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.config, new);
+        if let Err(e) = self.reattach(&old) {
+            error!(error = %e, "config refused: interfaces; the last valid config stays in force");
+            self.config = old;
+            self.reloads_failed += 1;
+            self.last_error = Some(e.to_string());
+            return;
+        }
+        if let Err(e) = self.apply() {
+            error!(error = %e, "config refused; the last valid config stays in force");
+            self.config = old;
+            self.reloads_failed += 1;
+            self.last_error = Some(e.to_string());
+            let _ = self.apply();
+            return;
+        }
+        self.sync_probes();
+        self.config_generation += 1;
+        self.reloads_ok += 1;
+        self.last_error = None;
+        info!(
+            trigger = why,
+            generation = self.config_generation,
+            "config reloaded"
+        );
+    }
+
+    /// Attaches to interfaces added by a reload and detaches from removed ones.
+    fn reattach(&mut self, old: &Config) -> Result<(), AttachError> {
+        let pin_dir = self.config.node.pin_dir.clone();
+        for iface in &self.config.node.interfaces {
+            if !old.node.interfaces.contains(iface) {
+                attach::attach(&mut self.dp, &pin_dir, iface, self.config.node.xdp_mode)?;
+            }
+        }
+        for iface in &old.node.interfaces {
+            if !self.config.node.interfaces.contains(iface) {
+                let link = old.node.pin_dir.join("links").join(iface);
+                let _ = std::fs::remove_file(link);
+                info!(iface, "detached");
+            }
+        }
+        Ok(())
+    }
+
+    fn sample_rates(&mut self) {
+        let now = Instant::now();
+        let mut current = HashMap::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                if let Some(id) = self.ids.backend_id(&b.address) {
+                    if let Ok(t) = self.dp.backend_traffic(id) {
+                        current.insert(id, (t.packets, t.bytes));
+                    }
+                }
+            }
+        }
+        if let Some((then, prev)) = &self.last_sample {
+            let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
+            self.rates = current
+                .iter()
+                .map(|(id, (p, b))| {
+                    let (pp, pb) = prev.get(id).copied().unwrap_or((*p, *b));
+                    (
+                        *id,
+                        ((p - pp.min(*p)) as f64 / dt, (b - pb.min(*b)) as f64 / dt),
+                    )
+                })
+                .collect();
+        }
+        self.last_sample = Some((now, current));
+    }
+
+    fn snapshot(&self) -> Status {
+        let mut vips = Vec::new();
+        for v in &self.config.vips {
+            let key = crate::addr::vip_key(v.address, v.port, v.protocol.number());
+            let vip_id = self.ids_vip(&key);
+            let t = vip_id
+                .and_then(|id| self.dp.vip_traffic(id).ok())
+                .unwrap_or_default();
+            let backends = v
+                .backends
+                .iter()
+                .map(|b| {
+                    let s = self.status.get(&b.address).copied().unwrap_or_default();
+                    let id = self.ids.backend_id(&b.address);
+                    let traffic = id
+                        .and_then(|id| self.dp.backend_traffic(id).ok())
+                        .unwrap_or_default();
+                    let (pps, bps) = id
+                        .and_then(|id| self.rates.get(&id).copied())
+                        .unwrap_or((0.0, 0.0));
+                    BackendView {
+                        address: b.address,
+                        state: if !s.healthy {
+                            "down"
+                        } else if s.draining {
+                            "draining"
+                        } else {
+                            "active"
+                        }
+                        .into(),
+                        healthy: s.healthy,
+                        weight: if s.healthy && !s.draining {
+                            s.weight.unwrap_or(b.weight)
+                        } else {
+                            0
+                        },
+                        packets: traffic.packets,
+                        bytes: traffic.bytes,
+                        packets_per_second: pps,
+                        bytes_per_second: bps,
+                    }
+                })
+                .collect();
+            vips.push(VipStatus {
+                vip: format!(
+                    "{}:{}/{}",
+                    v.address,
+                    v.port,
+                    if v.protocol.number() == 6 {
+                        "tcp"
+                    } else {
+                        "udp"
+                    }
+                ),
+                packets: t.packets,
+                bytes: t.bytes,
+                backends,
+            });
+        }
+        Status {
+            vips,
+            outcomes: Lb::ALL
+                .iter()
+                .map(|o| (o.name().to_string(), self.dp.lb_count(*o).unwrap_or(0)))
+                .collect(),
+            flow_events: LbFlow::ALL
+                .iter()
+                .map(|e| (e.name().to_string(), self.dp.flow_count(*e).unwrap_or(0)))
+                .collect(),
+            table_generation: self.applied.generation,
+            last_disruption: self.applied.last_disruption,
+            config: ConfigStatus {
+                path: self.path.display().to_string(),
+                generation: self.config_generation,
+                last_reload_ok: self.last_error.is_none(),
+                last_error: self.last_error.clone(),
+            },
+        }
+    }
+
+    fn ids_vip(&self, key: &sluice_common::VipKey) -> Option<u32> {
+        self.dp.vip(key).ok().flatten().map(|m| m.id)
+    }
+
+    fn metrics(&self) -> String {
+        let s = self.snapshot();
+        let mut m = crate::metrics::Writer::default();
+        m.family(
+            "sluice_lb_packets_total",
+            "counter",
+            "Packets handled by sluice_lb, by outcome.",
+        );
+        for (o, n) in &s.outcomes {
+            m.sample("sluice_lb_packets_total", &[("outcome", o)], *n as f64);
+        }
+        m.family(
+            "sluice_lb_flow_events_total",
+            "counter",
+            "Flow-table events of sluice_lb.",
+        );
+        for (e, n) in &s.flow_events {
+            m.sample("sluice_lb_flow_events_total", &[("event", e)], *n as f64);
+        }
+        m.family(
+            "sluice_lb_vip_packets_total",
+            "counter",
+            "Packets received for a VIP.",
+        );
+        for v in &s.vips {
+            m.sample(
+                "sluice_lb_vip_packets_total",
+                &[("vip", &v.vip)],
+                v.packets as f64,
+            );
+        }
+        m.family(
+            "sluice_lb_vip_bytes_total",
+            "counter",
+            "Bytes received for a VIP.",
+        );
+        for v in &s.vips {
+            m.sample(
+                "sluice_lb_vip_bytes_total",
+                &[("vip", &v.vip)],
+                v.bytes as f64,
+            );
+        }
+        let mut seen = HashSet::new();
+        let backends: Vec<&BackendView> = s
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .filter(|b| seen.insert(b.address))
+            .collect();
+        m.family(
+            "sluice_lb_backend_packets_total",
+            "counter",
+            "Packets tunnelled to a backend.",
+        );
+        for b in &backends {
+            m.sample(
+                "sluice_lb_backend_packets_total",
+                &[("backend", &b.address.to_string())],
+                b.packets as f64,
+            );
+        }
+        m.family(
+            "sluice_lb_backend_bytes_total",
+            "counter",
+            "Bytes tunnelled to a backend.",
+        );
+        for b in &backends {
+            m.sample(
+                "sluice_lb_backend_bytes_total",
+                &[("backend", &b.address.to_string())],
+                b.bytes as f64,
+            );
+        }
+        m.family(
+            "sluice_lb_backend_up",
+            "gauge",
+            "1 if the backend passes its health check.",
+        );
+        for b in &backends {
+            m.sample(
+                "sluice_lb_backend_up",
+                &[("backend", &b.address.to_string())],
+                if b.healthy { 1.0 } else { 0.0 },
+            );
+        }
+        m.family(
+            "sluice_lb_backend_draining",
+            "gauge",
+            "1 if the backend is drained.",
+        );
+        for b in &backends {
+            m.sample(
+                "sluice_lb_backend_draining",
+                &[("backend", &b.address.to_string())],
+                if b.state == "draining" { 1.0 } else { 0.0 },
+            );
+        }
+        m.family(
+            "sluice_lb_table_generation",
+            "gauge",
+            "Maglev table flips since the agent started.",
+        );
+        m.sample("sluice_lb_table_generation", &[], s.table_generation as f64);
+        m.family(
+            "sluice_lb_table_disruption_ratio",
+            "gauge",
+            "Share of slots the last table change moved away from surviving backends.",
+        );
+        m.sample("sluice_lb_table_disruption_ratio", &[], s.last_disruption);
+        m.family(
+            "sluice_lb_config_reloads_total",
+            "counter",
+            "Config reloads, by result.",
+        );
+        m.sample(
+            "sluice_lb_config_reloads_total",
+            &[("result", "ok")],
+            self.reloads_ok as f64,
+        );
+        m.sample(
+            "sluice_lb_config_reloads_total",
+            &[("result", "error")],
+            self.reloads_failed as f64,
+        );
+        m.family(
+            "sluice_lb_config_last_reload_success",
+            "gauge",
+            "1 if the last reload was applied.",
+        );
+        m.sample(
+            "sluice_lb_config_last_reload_success",
+            &[],
+            if self.last_error.is_none() { 1.0 } else { 0.0 },
+        );
+        m.finish()
+    }
+}

@@ -1,0 +1,148 @@
+//! Attaching `sluice_lb` to interfaces through pinned bpf_links, and removing everything.
+//!
+//! Links are pinned under `<pin_dir>/links/<interface>`, maps under `<pin_dir>/maps`. Pinned
+//! state outlives the agent, so forwarding goes on if it dies (fail static). A later agent
+//! finds the pinned link and swaps its newly loaded program in with `bpf_link_update`: one
+//! atomic replacement, with the pinned maps (and so the flow table) kept.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    XdpMode as AyaMode,
+};
+use sluice_common::programs;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    config::XdpMode,
+    dataplane::{DataPlane, DataPlaneError},
+};
+
+/// Attach or detach failures.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    /// The data plane refused.
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    /// An interface does not exist.
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    /// The kernel refused the attachment or the link operation.
+    #[error("interface {iface}: {reason}")]
+    Attach {
+        /// Interface.
+        iface: String,
+        /// Why.
+        reason: String,
+    },
+    /// Removing pins failed.
+    #[error("{}: {reason}", path.display())]
+    Fs {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn link_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join("links").join(iface)
+}
+
+/// The ifindex of `iface`.
+pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
+    let name = std::ffi::CString::new(iface).map_err(|_| AttachError::NoInterface(iface.into()))?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if i == 0 {
+        return Err(AttachError::NoInterface(iface.into()));
+    }
+    Ok(i)
+}
+
+/// Attaches `sluice_lb` to `iface`, or swaps it into the link a previous agent pinned.
+/// Returns true if an existing link was adopted.
+pub fn attach(
+    dp: &mut DataPlane,
+    pin_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<bool, AttachError> {
+    let index = ifindex(iface)?;
+    dp.add_tx_port(index)?;
+    let path = link_path(pin_dir, iface);
+    let fail = |reason: String| AttachError::Attach {
+        iface: iface.into(),
+        reason,
+    };
+    let prog = dp.program(programs::LB)?;
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+        let fd_link: FdLink = pinned.into();
+        let xdp_link = fd_link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
+        prog.attach_to_link(xdp_link)
+            .map_err(|e| fail(format!("replacing the program in the pinned link: {e}")))?;
+        info!(
+            iface,
+            "adopted the pinned XDP link, program replaced atomically"
+        );
+        return Ok(true);
+    }
+    let modes: &[AyaMode] = match mode {
+        XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],
+        XdpMode::Native => &[AyaMode::Driver],
+        XdpMode::Generic => &[AyaMode::Skb],
+    };
+    let mut last = String::new();
+    for m in modes {
+        match prog.attach(iface, *m) {
+            Ok(id) => {
+                if *m == AyaMode::Skb && mode == XdpMode::Auto {
+                    warn!(iface, error = %last, "native XDP refused; attached in generic mode");
+                }
+                let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
+                let fd_link: FdLink = link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
+                std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| AttachError::Fs {
+                    path: pin_dir.join("links"),
+                    reason: e.to_string(),
+                })?;
+                fd_link
+                    .pin(&path)
+                    .map_err(|e| fail(format!("pinning the link: {e}")))?;
+                info!(iface, mode = ?m, "attached sluice_lb");
+                return Ok(false);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(fail(last))
+}
+
+/// Removes every link and map pinned under `pin_dir`. Detaching a link (its last reference
+/// gone) takes the program off the interface.
+pub fn detach(pin_dir: &Path) -> Result<usize, AttachError> {
+    let mut removed = 0;
+    for sub in ["links", "maps"] {
+        let dir = pin_dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| AttachError::Fs {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            removed += 1;
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(removed)
+}
