@@ -139,6 +139,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     if let Some(m) = mode {
         config.node.xdp_mode = m;
     }
+    attach::ensure_bpffs(&config.node.pin_dir).context("pin directory")?;
     let mut dp = DataPlane::load(&LoadOptions {
         debug,
         flow_table_size: Some(config.node.flow_table_size),

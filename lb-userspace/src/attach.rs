@@ -146,3 +146,57 @@ pub fn detach(pin_dir: &Path) -> Result<usize, AttachError> {
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
 }
+
+/// bpffs magic number (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `pin_dir` lives on a bpffs, mounting one on `/sys/fs/bpf` when that is where
+/// it should be and nothing is mounted there yet.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), AttachError> {
+    let on_bpffs = |p: &Path| -> bool {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs writes into the zeroed struct we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid C string and out pointer.
+        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    };
+    // The nearest existing ancestor tells which filesystem the directory would be on.
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if on_bpffs(&probe) {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !on_bpffs(root) {
+        let src = c"bpf";
+        let target = c"/sys/fs/bpf";
+        // SAFETY: static C strings; mounting a fresh bpffs instance.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(AttachError::Fs {
+                path: root.to_owned(),
+                reason: format!("mounting bpffs: {}", std::io::Error::last_os_error()),
+            });
+        }
+        info!("mounted bpffs on /sys/fs/bpf");
+        return Ok(());
+    }
+    Err(AttachError::Fs {
+        path: pin_dir.to_owned(),
+        reason: "not on a bpf filesystem (mount one with `mount -t bpf bpf <dir>`)".into(),
+    })
+}

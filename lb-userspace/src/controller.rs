@@ -317,6 +317,17 @@ impl Applied {
             if unchanged {
                 continue;
             }
+            // The disruption is known before anything is pushed.
+            if let Some(o) = old {
+                let survivors: HashSet<u32> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.weight > 0)
+                    .map(|m| m.id)
+                    .collect();
+                let d = disruption(&o.table, &v.table, &survivors);
+                moved_any = Some(moved_any.map_or(d, |m: f64| m.max(d)));
+            }
             let active = old.map(|o| o.meta.active ^ 1).unwrap_or(0);
             dp.write_table(v.id, active, &v.table)?;
             let meta = VipMeta {
@@ -328,16 +339,6 @@ impl Applied {
             };
             dp.set_vip(&v.key, &meta)?;
             let meta = dp.vip(&v.key)?.unwrap_or(meta);
-            if let Some(o) = old {
-                let survivors: HashSet<u32> = v
-                    .members
-                    .iter()
-                    .filter(|m| m.weight > 0)
-                    .map(|m| m.id)
-                    .collect();
-                let d = disruption(&o.table, &v.table, &survivors);
-                moved_any = Some(moved_any.map_or(d, |m: f64| m.max(d)));
-            }
             self.generation += 1;
             self.vips.insert(
                 v.id,

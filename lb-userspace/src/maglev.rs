@@ -76,6 +76,18 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
+/// The (offset, skip) pair that defines `addr`'s preference order over `size` slots: its
+/// j-th choice is `(offset + j * skip) % size`.
+pub fn permutation(addr: IpAddr, size: u32) -> (u64, u64) {
+    let m = size as u64;
+    let (words, family) = addr::words(addr);
+    let key = [words[0], words[1], words[2], words[3], family as u32];
+    (
+        hash_words(&key, OFFSET_SEED) as u64 % m,
+        hash_words(&key, SKIP_SEED) as u64 % (m - 1) + 1,
+    )
+}
+
 /// Builds a table of `size` slots. Slots hold backend ids; with no weighted backend every slot
 /// is 0, which the data plane reads as "no backend".
 pub fn build(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
@@ -108,10 +120,9 @@ pub fn build(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
     let mut pos = Vec::with_capacity(active.len());
     let mut skip = Vec::with_capacity(active.len());
     for member in &active {
-        let (words, family) = addr::words(member.addr);
-        let key = [words[0], words[1], words[2], words[3], family as u32];
-        pos.push(hash_words(&key, OFFSET_SEED) as u64 % m);
-        skip.push(hash_words(&key, SKIP_SEED) as u64 % (m - 1) + 1);
+        let (offset, step) = permutation(member.addr, size);
+        pos.push(offset);
+        skip.push(step);
     }
     let max_weight = active.iter().map(|m| m.weight as u64).max().unwrap_or(1);
     let mut credit = vec![0u64; active.len()];

@@ -323,6 +323,15 @@ impl Probe {
     }
 }
 
+/// (link id, program id) of the pinned XDP link on ext0.
+fn link_ids(pin_dir: &std::path::Path) -> (u32, u32) {
+    let pinned = aya::programs::links::PinnedLink::from_pin(pin_dir.join("links/ext0"))
+        .expect("pinned link");
+    let link: aya::programs::links::FdLink = pinned.into();
+    let info = link.info().expect("link info");
+    (info.id(), info.program_id())
+}
+
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -473,6 +482,7 @@ fn agent_follows_health_drain_reload_and_restart() {
             .map(|port| p.send([203, 0, 113, 12], port, true))
             .collect::<Vec<_>>()
     });
+    let link_before = link_ids(&pin_dir);
     w.stop_agent();
     in_ns(&a, || {
         let mut p = Probe::open(&pin_dir);
@@ -543,5 +553,39 @@ fn agent_follows_health_drain_reload_and_restart() {
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "program still attached"
+    );
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused_clearly() {
+    if !privileged() {
+        return;
+    }
+    let dir = PathBuf::from(format!("/sys/fs/bpf/sluice-layout-{}", std::process::id()));
+    let maps = dir.join("maps");
+    std::fs::create_dir_all(&maps).expect("pin dir");
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = sluice_lb::attach::detach(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    // An older build's VIP map: 8-byte values instead of this build's VipMeta.
+    let path = maps.join("SLUICE_VIPS");
+    sh(&format!(
+        "bpftool map create {} type hash key 20 value 8 entries 4 name SLUICE_VIPS flags 1",
+        path.display()
+    ));
+    let err = DataPlane::load(&LoadOptions {
+        pin_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .err()
+    .expect("must refuse the pinned map");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("pinned map SLUICE_VIPS has key/value sizes 20/8 but this build needs 20/20"),
+        "{msg}"
     );
 }

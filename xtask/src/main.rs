@@ -45,6 +45,8 @@ enum Cmd {
 enum BenchTarget {
     /// The XDP data plane through BPF_PROG_TEST_RUN, against a trivial XDP_TX program.
     Xdp,
+    /// Maglev table build time, against the paper's textbook algorithm.
+    Lb,
 }
 
 fn main() -> Result<()> {
@@ -57,6 +59,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo(),
         Cmd::Bench { target } => match target {
             BenchTarget::Xdp => cargo(&["bench", "-p", "sluice-lb", "--bench", "xdp"]),
+            BenchTarget::Lb => cargo(&["bench", "-p", "sluice-lb", "--bench", "maglev"]),
         },
     }
 }
