@@ -504,6 +504,10 @@ fn agent_follows_health_drain_reload_and_restart() {
         status["table_generation"], 0,
         "the adopted tables were already right: {out}"
     );
+    // The same link, now running the new agent's program: swapped with bpf_link_update.
+    let link_after = link_ids(&pin_dir);
+    assert_eq!(link_after.0, link_before.0, "link kept");
+    assert_ne!(link_after.1, link_before.1, "program replaced");
     in_ns(&a, || {
         let mut p = Probe::open(&pin_dir);
         let after: Vec<_> = (6000..6040)
