@@ -497,6 +497,14 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/lb.example.toml"));
+        let c = load(path).expect("the shipped example must stay valid");
+        assert_eq!(c.vips.len(), 2);
+        assert_eq!(c.vips[1].check(&c.health).port, 443);
+    }
+
+    #[test]
     fn a_good_file_with_defaults() {
         let c = parse(Path::new("lb.toml"), GOOD).expect("valid");
         assert_eq!(c.vips[0].table_size, 65537);

@@ -458,6 +458,39 @@ fn agent_follows_health_drain_reload_and_restart() {
             );
         }
     });
+    // Weight 0 through the CLI takes a backend out of new-flow selection; no value restores it.
+    let (ok, out) = w.cli(&["weight", BACKENDS[1], "0"]);
+    assert!(ok, "{out}");
+    in_ns(&a, || {
+        let mut p = Probe::open(&pin_dir);
+        for port in 7000..7100 {
+            assert_ne!(
+                p.send([203, 0, 113, 13], port, true),
+                Some(BACKENDS[1].parse().expect("literal"))
+            );
+        }
+    });
+    let (ok, out) = w.cli(&["weight", BACKENDS[1]]);
+    assert!(ok, "{out}");
+    let (ok, out) = w.cli(&["weight", BACKENDS[1], "5000"]);
+    assert!(
+        !ok && out.contains("weight must be between 0 and 1000"),
+        "{out}"
+    );
+    // SIGHUP reloads even an unchanged file.
+    let generation = |w: &World| -> u64 {
+        let (_, out) = w.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["config"]["generation"].as_u64().expect("generation")
+    };
+    let before = generation(&w);
+    if let Some(agent) = &w.agent {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
+    }
+    wait_until("SIGHUP reload", Duration::from_secs(3), || {
+        generation(&w) == before + 1
+    });
     let (ok, out) = w.cli(&["status"]);
     assert!(ok && out.contains("draining") && out.contains(VIP), "{out}");
 
