@@ -9,14 +9,14 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use sluice_common::{
-    net::{proto, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN},
+    net::{proto, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN},
     stats::Decap,
     AddrKey, FAMILY_V4, FAMILY_V6,
 };
 
 use crate::{
     maps::{bump, DECAP_ADDRS, DECAP_STATS},
-    packet::{addr6_at, at, be16_at, len, raw16_at, raw32_at, u8_at, L2},
+    packet::{addr6_at, at, be16_at, len, raw32_at, u8_at, L2},
 };
 
 /// Runs the program and counts the outcome.
@@ -34,17 +34,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
-    let eth = at::<[u8; 14]>(ctx, 0).ok_or(Decap::Pass)? as *const u8;
-    let dst = [raw16_at(eth, 0), raw16_at(eth, 2), raw16_at(eth, 4)];
-    let src = [raw16_at(eth, 6), raw16_at(eth, 8), raw16_at(eth, 10)];
-    let mut ethertype = be16_at(eth, 12);
-    let mut vlan = None;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag = at::<[u8; 18]>(ctx, 0).ok_or(Decap::Pass)? as *const u8;
-        vlan = Some((raw16_at(tag, 12), raw16_at(tag, 14)));
-        ethertype = be16_at(tag, 16);
-    }
-    let l2 = L2 { dst, src, vlan };
+    let (l2, ethertype) = L2::parse(ctx).ok_or(Decap::Pass)?;
     let off = l2.len();
     let (key, inner_proto, outer_len) = match ethertype {
         ETH_P_IP => {

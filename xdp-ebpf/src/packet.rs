@@ -8,6 +8,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
+use sluice_common::net::{ETH_P_8021AD, ETH_P_8021Q};
 
 /// Pointer to a `T` at `off` bytes into the packet, if the packet is long enough.
 #[inline(always)]
@@ -108,6 +109,23 @@ pub struct L2 {
 }
 
 impl L2 {
+    /// Reads the Ethernet header and at most one 802.1Q/802.1ad tag; returns the header and
+    /// the payload's EtherType, or `None` if the frame is too short for them.
+    #[inline(always)]
+    pub fn parse(ctx: &XdpContext) -> Option<(L2, u16)> {
+        let eth = at::<[u8; 14]>(ctx, 0)? as *const u8;
+        let dst = [raw16_at(eth, 0), raw16_at(eth, 2), raw16_at(eth, 4)];
+        let src = [raw16_at(eth, 6), raw16_at(eth, 8), raw16_at(eth, 10)];
+        let mut ethertype = be16_at(eth, 12);
+        let mut vlan = None;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let tag = at::<[u8; 18]>(ctx, 0)? as *const u8;
+            vlan = Some((raw16_at(tag, 12), raw16_at(tag, 14)));
+            ethertype = be16_at(tag, 16);
+        }
+        Some((L2 { dst, src, vlan }, ethertype))
+    }
+
     /// Header length: 14, or 18 with a tag.
     #[inline(always)]
     pub fn len(&self) -> usize {

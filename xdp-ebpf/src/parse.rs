@@ -12,7 +12,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use sluice_common::{
-    net::{self, proto, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN},
+    net::{self, proto, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN},
     stats::Lb,
     FlowKey, FAMILY_V4, FAMILY_V6,
 };
@@ -49,17 +49,7 @@ pub struct Packet {
 /// Parses the packet. `Err` carries the outcome for packets that end here.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Lb> {
-    let eth = at::<[u8; 14]>(ctx, 0).ok_or(Lb::MalformedL2)? as *const u8;
-    let dst = [raw16_at(eth, 0), raw16_at(eth, 2), raw16_at(eth, 4)];
-    let src = [raw16_at(eth, 6), raw16_at(eth, 8), raw16_at(eth, 10)];
-    let mut ethertype = be16_at(eth, 12);
-    let mut vlan = None;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag = at::<[u8; 18]>(ctx, 0).ok_or(Lb::MalformedL2)? as *const u8;
-        vlan = Some((raw16_at(tag, 12), raw16_at(tag, 14)));
-        ethertype = be16_at(tag, 16);
-    }
-    let l2 = L2 { dst, src, vlan };
+    let (l2, ethertype) = L2::parse(ctx).ok_or(Lb::MalformedL2)?;
     match ethertype {
         ETH_P_IP => ipv4(ctx, l2),
         ETH_P_IPV6 => ipv6(ctx, l2),
