@@ -1,12 +1,69 @@
-//! `sluice-gateway`: the L7 API gateway of every gateway node.
-//!
-//! Not built yet: the listener → router → policies → upstream pipeline is the next piece of
-//! work (see README.md, "Status"). The crate exists so the workspace has its final shape.
+//! `sluice-gateway` command line.
 
-fn main() {
-    eprintln!(
-        "sluice-gateway {}: the gateway is not built yet; see README.md (Status)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// The Sluice L7 API gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the config file; SIGHUP or a change to the file reloads it, SIGTERM drains
+    /// and stops.
+    Run {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a config file.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    // One JSON line per event; the access log is the `access` target.
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run { config, workers } => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                rt.worker_threads(n.max(1));
+            }
+            rt.enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(sluice_gateway::server::run(config))
+        }
+        Command::Check { config } => {
+            let c = sluice_gateway::config::load(&config)?;
+            println!(
+                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                config.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.upstreams.len()
+            );
+            Ok(())
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::{fs, path::PathBuf, process::Command};
 use anyhow::{bail, Context, Result};
 
 /// Debian packages every build and test needs, besides the LLVM ones matched to nightly.
-const PACKAGES: &[&str] = &["iproute2", "python3-scapy", "ethtool", "bpftool"];
+const PACKAGES: &[&str] = &["iproute2", "python3-scapy", "ethtool", "bpftool", "curl"];
 
 /// True when running as root.
 pub fn is_root() -> bool {

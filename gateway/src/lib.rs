@@ -1,0 +1,21 @@
+//! `sluice-gateway`: the L7 API gateway of every gateway node.
+//!
+//! A request's path through the modules: [`listener`] (accept, limits, TLS) → [`router`]
+//! (pick a route) → [`policy`] (the chain where auth, limits and transforms plug in) →
+//! [`upstream`] (pick a target, forward, retry) — with [`problem`] for the errors the
+//! gateway makes itself, [`metrics`], and [`server`] for the admin API, reloads and shutdown.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod policy;
+pub mod problem;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+/// The body type of every response the gateway produces.
+pub type Body =
+    http_body_util::combinators::BoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;

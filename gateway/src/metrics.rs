@@ -1,0 +1,152 @@
+//! The gateway's Prometheus metrics.
+//!
+//! Hand-rolled rather than through a registry crate: a handful of families, label sets known
+//! at request time, and one text renderer; nothing a dependency would simplify.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
+
+/// Histogram bucket bounds in seconds.
+const BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; BOUNDS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BOUNDS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    durations: BTreeMap<String, Histogram>,
+}
+
+/// All gateway metrics.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    /// Open client connections.
+    pub active_connections: AtomicU64,
+    /// Config generation in force.
+    pub config_generation: AtomicU64,
+    /// Whether the last reload was applied.
+    pub last_reload_ok: AtomicBool,
+    /// Reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Reloads refused.
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// A new set, with the first config counted as generation 1.
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        m.config_generation.store(1, Ordering::Relaxed);
+        m.last_reload_ok.store(true, Ordering::Relaxed);
+        m
+    }
+
+    /// Records a finished request.
+    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        if let Ok(mut i) = self.inner.lock() {
+            *i.requests
+                .entry((route.to_string(), method.to_string(), status))
+                .or_default() += 1;
+            i.durations
+                .entry(route.to_string())
+                .or_default()
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(i) = self.inner.lock() {
+            o.push_str("# HELP sluice_gateway_requests_total Requests served, by route, method and status.\n# TYPE sluice_gateway_requests_total counter\n");
+            for ((route, method, status), n) in &i.requests {
+                let _ = writeln!(o, "sluice_gateway_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}", esc(route), esc(method));
+            }
+            o.push_str("# HELP sluice_gateway_request_duration_seconds Time from request to response head.\n# TYPE sluice_gateway_request_duration_seconds histogram\n");
+            for (route, h) in &i.durations {
+                let r = esc(route);
+                for (b, n) in BOUNDS.iter().zip(h.buckets) {
+                    let _ = writeln!(o, "sluice_gateway_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {n}");
+                }
+                let _ = writeln!(o, "sluice_gateway_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(
+                    o,
+                    "sluice_gateway_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    o,
+                    "sluice_gateway_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                    h.count
+                );
+            }
+        }
+        let g = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            let _ = write!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
+        };
+        g(
+            &mut o,
+            "sluice_gateway_active_connections",
+            "gauge",
+            "Open client connections.",
+            self.active_connections.load(Ordering::Relaxed),
+        );
+        g(
+            &mut o,
+            "sluice_gateway_config_generation",
+            "gauge",
+            "Config generation in force.",
+            self.config_generation.load(Ordering::Relaxed),
+        );
+        g(
+            &mut o,
+            "sluice_gateway_config_last_reload_success",
+            "gauge",
+            "1 if the last reload was applied.",
+            u64::from(self.last_reload_ok.load(Ordering::Relaxed)),
+        );
+        o.push_str("# HELP sluice_gateway_config_reloads_total Config reloads, by result.\n# TYPE sluice_gateway_config_reloads_total counter\n");
+        let _ = writeln!(
+            o,
+            "sluice_gateway_config_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "sluice_gateway_config_reloads_total{{result=\"error\"}} {}",
+            self.reloads_failed.load(Ordering::Relaxed)
+        );
+        o
+    }
+}

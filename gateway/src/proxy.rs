@@ -1,0 +1,629 @@
+//! The request pipeline: route → policies → upstream, with the gateway's own errors as
+//! problem+json. One `Runtime` (a config generation) serves a request from start to end.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri,
+};
+use rand::Rng;
+
+use crate::{
+    config::{Config, Route},
+    metrics::Metrics,
+    policy::{Chain, Context},
+    problem::{full, problem},
+    router::{RequestView, Router},
+    upstream::{client, HashInput, HttpClient, Pool},
+    Body,
+};
+
+/// Retries allowed per 10-second window: `budget_percent` of requests, but at least this many.
+const MIN_RETRIES_PER_WINDOW: u64 = 3;
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// A route's retry budget over a sliding 10-second window.
+#[derive(Debug)]
+pub struct RetryBudget {
+    window: Mutex<(Instant, u64, u64)>,
+    percent: u64,
+}
+
+impl RetryBudget {
+    fn new(percent: u32) -> Self {
+        RetryBudget {
+            window: Mutex::new((Instant::now(), 0, 0)),
+            percent: percent as u64,
+        }
+    }
+
+    fn request(&self) {
+        if let Ok(mut w) = self.window.lock() {
+            if w.0.elapsed() > BUDGET_WINDOW {
+                *w = (Instant::now(), 0, 0);
+            }
+            w.1 += 1;
+        }
+    }
+
+    /// Takes one retry from the budget if any is left.
+    fn try_retry(&self) -> bool {
+        let Ok(mut w) = self.window.lock() else {
+            return false;
+        };
+        let allowed = (w.1 * self.percent / 100).max(MIN_RETRIES_PER_WINDOW);
+        if w.2 < allowed {
+            w.2 += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A route with everything it needs at request time.
+pub struct RouteRuntime {
+    /// Config.
+    pub config: Route,
+    /// Pools by split (or the single upstream), with their weights and clients.
+    pub targets: Vec<(Arc<Pool>, u32, HttpClient)>,
+    /// Retry budget.
+    pub budget: RetryBudget,
+    /// Policy chain (authenticate → authorize → limit → transform, as configured).
+    pub chain: Chain,
+}
+
+/// One config generation, shared by every request that started under it.
+pub struct Runtime {
+    /// The config.
+    pub config: Config,
+    /// Routing table.
+    pub router: Router,
+    /// Routes by config index.
+    pub routes: Vec<RouteRuntime>,
+    /// Generation number.
+    pub generation: u64,
+}
+
+impl Runtime {
+    /// Builds the runtime of a validated config. Pools are shared with the previous
+    /// generation when unchanged, so their load figures carry over.
+    pub fn new(config: Config, generation: u64, previous: Option<&Runtime>) -> Self {
+        let pools: Vec<Arc<Pool>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                previous
+                    .and_then(|p| {
+                        p.routes
+                            .iter()
+                            .flat_map(|r| r.targets.iter())
+                            .find(|(pool, _, _)| {
+                                pool.name == u.name && p.config.upstreams.iter().any(|old| old == u)
+                            })
+                            .map(|(pool, _, _)| pool.clone())
+                    })
+                    .unwrap_or_else(|| Arc::new(Pool::new(u)))
+            })
+            .collect();
+        let pool = |name: &str| {
+            config
+                .upstreams
+                .iter()
+                .position(|u| u.name == name)
+                .and_then(|i| pools.get(i).cloned())
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let mut targets = Vec::new();
+                let splits: Vec<(String, u32)> = match &r.upstream {
+                    Some(u) => vec![(u.clone(), 1)],
+                    None => r
+                        .splits
+                        .iter()
+                        .map(|s| (s.upstream.clone(), s.weight))
+                        .collect(),
+                };
+                for (name, weight) in splits {
+                    if let Some(p) = pool(&name) {
+                        let c = client(&r.timeouts, p.http2);
+                        targets.push((p, weight, c));
+                    }
+                }
+                RouteRuntime {
+                    config: r.clone(),
+                    targets,
+                    budget: RetryBudget::new(r.retries.budget_percent),
+                    chain: Chain::default(),
+                }
+            })
+            .collect();
+        Runtime {
+            router: Router::new(&config.routes),
+            config,
+            routes,
+            generation,
+        }
+    }
+}
+
+/// Facts about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    /// Client address: the packet's source, which DSR keeps as the real client.
+    pub peer: SocketAddr,
+    /// The local address it reached (e.g. the VIP).
+    pub local: SocketAddr,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// Largest request body accepted.
+    pub max_body: u64,
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
+}
+
+/// A W3C trace-parent: kept if valid (version 00, non-zero ids), else a new trace.
+fn traceparent(incoming: Option<&HeaderValue>) -> String {
+    if let Some(v) = incoming.and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = v.split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        };
+        if parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2)
+            && parts[1] != "0".repeat(32)
+            && parts[2] != "0".repeat(16)
+        {
+            // Our hop is a new span under the same trace.
+            return format!("00-{}-{}-{}", parts[1], random_hex(8), parts[3]);
+        }
+    }
+    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+}
+
+fn host_of(req: &Request<Incoming>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    // Strip a port (and IPv6 brackets keep their colon-containing body).
+    let host = if raw.starts_with('[') {
+        raw.split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or_default()
+    } else {
+        raw.split(':').next().unwrap_or("").to_string()
+    };
+    host.to_ascii_lowercase()
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// Serves one request.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(|| random_hex(16));
+    let (mut resp, route_name) = serve(&rt, conn, req, &request_id).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    metrics.request(
+        &route_name,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    tracing::info!(
+        target: "access",
+        request_id = %request_id,
+        client = %conn.peer.ip(),
+        method = %method,
+        route = %route_name,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    resp
+}
+
+async fn serve(
+    rt: &Runtime,
+    conn: Conn,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> (Response<Body>, String) {
+    let host = host_of(&req);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let m = {
+        let headers = req.headers();
+        let lookup = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+        let view = RequestView {
+            host: &host,
+            path: &path,
+            method: req.method().as_str(),
+            header: &lookup,
+            query: &query,
+        };
+        rt.router.find(&view)
+    };
+    let Some(m) = m else {
+        return (
+            problem(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {} {path}", req.method()),
+            ),
+            "-".into(),
+        );
+    };
+    let Some(route) = rt.routes.get(m.route) else {
+        return (
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "route table out of step"),
+            "-".into(),
+        );
+    };
+    let name = route.config.name.clone();
+    if let Some(rd) = &route.config.redirect {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::FOUND);
+        if let Ok(v) = HeaderValue::from_str(&rd.location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return (r, name);
+    }
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > conn.max_body {
+            return (
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("body of {len} bytes is over the limit of {}", conn.max_body),
+                ),
+                name,
+            );
+        }
+    }
+    let mut ctx = Context {
+        client: conn.peer.ip(),
+        route: &name,
+        params: &m.params,
+    };
+    if let Err(resp) = route.chain.on_request(&req, &mut ctx) {
+        return (*resp, name);
+    }
+    (forward(route, conn, req, &host, request_id).await, name)
+}
+
+fn pick_split(route: &RouteRuntime) -> Option<&(Arc<Pool>, u32, HttpClient)> {
+    let total: u64 = route.targets.iter().map(|t| t.1 as u64).sum();
+    if total == 0 {
+        return route.targets.first();
+    }
+    let mut n = rand::thread_rng().gen_range(0..total);
+    route.targets.iter().find(|t| {
+        if n < t.1 as u64 {
+            true
+        } else {
+            n -= t.1 as u64;
+            false
+        }
+    })
+}
+
+/// Releases a pool slot and a target slot when dropped (also on cancellation).
+struct InFlight<'a>(&'a Pool, usize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = self.0.targets.get(self.1) {
+            t.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn forward(
+    route: &RouteRuntime,
+    conn: Conn,
+    req: Request<Incoming>,
+    host: &str,
+    request_id: &str,
+) -> Response<Body> {
+    let Some((pool, _, client)) = pick_split(route) else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "the route has no upstream");
+    };
+    route.budget.request();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // Forwarding headers: the client as the packet showed it (DSR keeps it real).
+    let client_ip = conn.peer.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip.to_string(),
+    };
+    let for_value = if client_ip.is_ipv6() {
+        format!("\"[{client_ip}]\"")
+    } else {
+        client_ip.to_string()
+    };
+    let forwarded = format!(
+        "for={for_value};proto={proto}{}",
+        if host.is_empty() {
+            String::new()
+        } else {
+            format!(";host=\"{host}\"")
+        }
+    );
+    let forwarded = match parts
+        .headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {forwarded}"),
+        None => forwarded,
+    };
+    let original_host = parts.headers.get(header::HOST).cloned();
+    for (name, value) in [
+        ("x-forwarded-for", xff),
+        ("x-forwarded-proto", proto.to_string()),
+        ("forwarded", forwarded),
+        ("x-request-id", request_id.to_string()),
+        ("traceparent", traceparent(parts.headers.get("traceparent"))),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    if let Some(h) = &original_host {
+        parts.headers.insert("x-forwarded-host", h.clone());
+    }
+    let retries = &route.config.retries;
+    let can_retry = retries.attempts > 0 && idempotent(&parts.method);
+    // A body that may need sending twice is read first (within the size limit); otherwise
+    // it streams through.
+    let mut buffered: Option<Bytes> = None;
+    let mut streaming: Option<Body> = None;
+    if can_retry {
+        match Limited::new(body, conn.max_body as usize).collect().await {
+            Ok(c) => buffered = Some(c.to_bytes()),
+            Err(e) => {
+                return if e.is::<http_body_util::LengthLimitError>() {
+                    problem(StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit")
+                } else {
+                    problem(StatusCode::BAD_REQUEST, "request body could not be read")
+                };
+            }
+        }
+    } else {
+        streaming = Some(Limited::new(body, conn.max_body as usize).boxed());
+    }
+    let hash_key = {
+        let header_name = match &pool.balance {
+            crate::config::Balance::HashHeader(h) => Some(h.as_str()),
+            _ => None,
+        };
+        let cookie_name = match &pool.balance {
+            crate::config::Balance::HashCookie(c) => Some(c.as_str()),
+            _ => None,
+        };
+        (
+            header_name
+                .and_then(|h| parts.headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            cookie_name
+                .and_then(|c| cookie(&parts.headers, c))
+                .map(str::to_string),
+        )
+    };
+    let mut tried = Vec::new();
+    let timeout = Duration::from_millis(route.config.timeouts.request_ms);
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    loop {
+        if pool.in_flight.fetch_add(1, Ordering::Relaxed) >= pool.max_concurrent {
+            pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let mut r = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream {} is at its concurrency limit", pool.name),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        let key = HashInput {
+            header: hash_key.0.as_deref(),
+            cookie: hash_key.1.as_deref(),
+            client: client_ip,
+        };
+        let Some(i) = pool.pick(&key, &tried) else {
+            pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream {} has no target", pool.name),
+            );
+        };
+        let target = &pool.targets[i];
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _slot = InFlight(pool, i);
+        tried.push(i);
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(target.addr.to_string())
+            .path_and_query(path_q.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "the request target cannot be forwarded",
+                )
+            }
+        };
+        let mut up = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Some(h) = up.headers_mut() {
+            *h = parts.headers.clone();
+        }
+        let body = match (&buffered, streaming.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => full(Bytes::new()),
+        };
+        let Ok(up) = up.body(body) else {
+            return problem(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+        };
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(timeout, client.request(up)).await;
+        let retry_left = can_retry && (tried.len() as u32) <= retries.attempts;
+        match outcome {
+            Ok(Ok(resp)) => {
+                pool.observe(i, sent.elapsed());
+                let status = resp.status().as_u16();
+                if retry_left && retries.on_status.contains(&status) && route.budget.try_retry() {
+                    tracing::debug!(status, target = %target.addr, "retrying on status");
+                    continue;
+                }
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers);
+                return Response::from_parts(
+                    rp,
+                    rb.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .boxed(),
+                );
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                if connect && retry_left && route.budget.try_retry() {
+                    tracing::debug!(target = %target.addr, "retrying after a connect failure");
+                    continue;
+                }
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "upstream {}: {}",
+                        pool.name,
+                        if connect {
+                            "connection failed"
+                        } else {
+                            "exchange failed"
+                        }
+                    ),
+                );
+            }
+            Err(_) => {
+                return problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "upstream {} did not answer within {} ms",
+                        pool.name, route.config.timeouts.request_ms
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Counter shared by listeners: open client connections.
+pub static ACTIVE_CONNECTIONS: AtomicU64 = AtomicU64::new(0);

@@ -1,0 +1,415 @@
+//! Router: picks the route for a request.
+//!
+//! Precedence, highest first (ties keep config order):
+//! 1. host: exact name, then the longest wildcard (`*.a.b.c` before `*.b.c`), then any host;
+//! 2. path: exact, then template (more literal segments first), then the longest prefix, then
+//!    regex, then any path;
+//! 3. more constraints on method, headers and query.
+//!
+//! Every route's conditions must all hold; the first route in precedence order that matches
+//! wins.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::config::{PathMatch, Route};
+
+/// A compiled path condition.
+#[derive(Debug)]
+enum PathRule {
+    Any,
+    Exact(String),
+    Template(Vec<Segment>),
+    Prefix(String),
+    /// `None` only for a pattern validation would have refused: it never matches.
+    Regex(Option<Regex>),
+}
+
+#[derive(Debug)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A compiled route condition set, pointing at a route index.
+#[derive(Debug)]
+struct Compiled {
+    index: usize,
+    host: HostRule,
+    path: PathRule,
+    methods: Vec<String>,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+enum HostRule {
+    Any,
+    Exact(String),
+    /// The suffix including its leading dot, e.g. `.example.com`.
+    Wildcard(String),
+}
+
+/// A matched route and the template parameters it captured.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match {
+    /// Index into the config's routes.
+    pub route: usize,
+    /// `{param}` values.
+    pub params: HashMap<String, String>,
+}
+
+/// The request facts routing looks at.
+pub struct RequestView<'a> {
+    /// Host without port, lower case.
+    pub host: &'a str,
+    /// Path (no query).
+    pub path: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Header lookup.
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// Raw query string.
+    pub query: &'a str,
+}
+
+/// The routing table.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Compiled>,
+}
+
+fn precedence(c: &Compiled) -> (u8, usize, u8, usize, usize) {
+    let (host_rank, host_len) = match &c.host {
+        HostRule::Exact(_) => (0, 0),
+        HostRule::Wildcard(s) => (1, usize::MAX - s.len()),
+        HostRule::Any => (2, 0),
+    };
+    let (path_rank, path_len) = match &c.path {
+        PathRule::Exact(_) => (0, 0),
+        PathRule::Template(segs) => (
+            1,
+            usize::MAX
+                - segs
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Literal(_)))
+                    .count(),
+        ),
+        PathRule::Prefix(p) => (2, usize::MAX - p.len()),
+        PathRule::Regex(_) => (3, 0),
+        PathRule::Any => (4, 0),
+    };
+    let constraints = c.methods.len().min(1) + c.headers.len() + c.query.len();
+    (
+        host_rank,
+        host_len,
+        path_rank,
+        path_len,
+        usize::MAX - constraints,
+    )
+}
+
+impl Router {
+    /// Compiles routes (already validated).
+    pub fn new(routes: &[Route]) -> Self {
+        let mut compiled: Vec<Compiled> = routes
+            .iter()
+            .enumerate()
+            .map(|(index, r)| Compiled {
+                index,
+                host: match &r.host {
+                    None => HostRule::Any,
+                    Some(h) => match h.strip_prefix('*') {
+                        Some(suffix) => HostRule::Wildcard(suffix.to_ascii_lowercase()),
+                        None => HostRule::Exact(h.to_ascii_lowercase()),
+                    },
+                },
+                path: match &r.path {
+                    None => PathRule::Any,
+                    Some(PathMatch::Exact(p)) => PathRule::Exact(p.clone()),
+                    Some(PathMatch::Prefix(p)) => {
+                        PathRule::Prefix(p.trim_end_matches('/').to_string())
+                    }
+                    Some(PathMatch::Regex(re)) => PathRule::Regex(Regex::new(re).ok()),
+                    Some(PathMatch::Template(t)) => PathRule::Template(
+                        t.split('/')
+                            .skip(1)
+                            .map(
+                                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                                    Some(name) => Segment::Param(name.to_string()),
+                                    None => Segment::Literal(s.to_string()),
+                                },
+                            )
+                            .collect(),
+                    ),
+                },
+                methods: r.methods.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect(),
+                query: r
+                    .query
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        // Stable: equal precedence keeps config order.
+        compiled.sort_by_key(precedence);
+        Router { routes: compiled }
+    }
+
+    /// The route for a request, if any.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<Match> {
+        let host = req.host;
+        for c in &self.routes {
+            let host_ok = match &c.host {
+                HostRule::Any => true,
+                HostRule::Exact(h) => h == host,
+                HostRule::Wildcard(suffix) => {
+                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                }
+            };
+            if !host_ok {
+                continue;
+            }
+            if !c.methods.is_empty() && !c.methods.iter().any(|m| m == req.method) {
+                continue;
+            }
+            if !c
+                .headers
+                .iter()
+                .all(|(k, v)| (req.header)(k) == Some(v.as_str()))
+            {
+                continue;
+            }
+            if !c
+                .query
+                .iter()
+                .all(|(k, v)| query_value(req.query, k) == Some(v.as_str()))
+            {
+                continue;
+            }
+            let mut params = HashMap::new();
+            let path_ok = match &c.path {
+                PathRule::Any => true,
+                PathRule::Exact(p) => p == req.path,
+                PathRule::Prefix(p) => {
+                    p.is_empty()
+                        || req.path == p
+                        || (req.path.starts_with(p.as_str())
+                            && req.path.as_bytes().get(p.len()) == Some(&b'/'))
+                }
+                PathRule::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(req.path)),
+                PathRule::Template(segs) => {
+                    let parts: Vec<&str> = req.path.split('/').skip(1).collect();
+                    parts.len() == segs.len()
+                        && segs.iter().zip(&parts).all(|(s, p)| match s {
+                            Segment::Literal(l) => l == p,
+                            Segment::Param(name) => {
+                                if p.is_empty() {
+                                    return false;
+                                }
+                                params.insert(name.clone(), (*p).to_string());
+                                true
+                            }
+                        })
+                }
+            };
+            if path_ok {
+                return Some(Match {
+                    route: c.index,
+                    params,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// The first value of query parameter `key` (no percent-decoding of keys beyond `+`).
+pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn router(routes: &str) -> (Router, Vec<String>) {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n[[upstream]]\nname = \"u\"\ntargets = [{{ address = \"127.0.0.1:2\" }}]\n{routes}"
+        );
+        let c = parse(Path::new("t.toml"), &text).expect("valid");
+        let names = c.routes.iter().map(|r| r.name.clone()).collect();
+        (Router::new(&c.routes), names)
+    }
+
+    fn find(
+        r: &(Router, Vec<String>),
+        host: &str,
+        method: &str,
+        path_q: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let (path, query) = path_q.split_once('?').unwrap_or((path_q, ""));
+        let lookup = |k: &str| headers.iter().find(|(h, _)| *h == k).map(|(_, v)| *v);
+        let view = RequestView {
+            host,
+            path,
+            method,
+            header: &lookup,
+            query,
+        };
+        r.0.find(&view).map(|m| r.1[m.route].clone())
+    }
+
+    const ROUTES: &str = r#"
+[[route]]
+name = "any"
+upstream = "u"
+[[route]]
+name = "prefix-api"
+path = { prefix = "/api" }
+upstream = "u"
+[[route]]
+name = "prefix-api-v1"
+path = { prefix = "/api/v1/" }
+upstream = "u"
+[[route]]
+name = "regex-v"
+path = { regex = "^/v[0-9]+/" }
+upstream = "u"
+[[route]]
+name = "template"
+path = { template = "/api/users/{id}" }
+upstream = "u"
+[[route]]
+name = "exact"
+path = { exact = "/api/users/me" }
+upstream = "u"
+[[route]]
+name = "post-only"
+path = { prefix = "/api" }
+methods = ["POST"]
+upstream = "u"
+[[route]]
+name = "canary"
+path = { prefix = "/api" }
+headers = { "x-canary" = "1" }
+upstream = "u"
+[[route]]
+name = "debug-query"
+path = { prefix = "/api" }
+query = { debug = "true" }
+upstream = "u"
+[[route]]
+name = "wild"
+host = "*.example.com"
+upstream = "u"
+[[route]]
+name = "wild-deeper"
+host = "*.eu.example.com"
+upstream = "u"
+[[route]]
+name = "exact-host"
+host = "api.example.com"
+upstream = "u"
+"#;
+
+    #[test]
+    fn precedence_is_as_documented() {
+        let r = router(ROUTES);
+        let f =
+            |host, method, path, headers: &[(&str, &str)]| find(&r, host, method, path, headers);
+        assert_eq!(f("x", "GET", "/", &[]).as_deref(), Some("any"));
+        assert_eq!(f("x", "GET", "/api", &[]).as_deref(), Some("prefix-api"));
+        assert_eq!(f("x", "GET", "/api/x", &[]).as_deref(), Some("prefix-api"));
+        assert_eq!(
+            f("x", "GET", "/apix", &[]).as_deref(),
+            Some("any"),
+            "prefix stops at a segment boundary"
+        );
+        assert_eq!(
+            f("x", "GET", "/api/v1/things", &[]).as_deref(),
+            Some("prefix-api-v1"),
+            "longest prefix"
+        );
+        assert_eq!(f("x", "GET", "/v2/x", &[]).as_deref(), Some("regex-v"));
+        assert_eq!(
+            f("x", "GET", "/api/users/42", &[]).as_deref(),
+            Some("template"),
+            "template before prefix"
+        );
+        assert_eq!(
+            f("x", "GET", "/api/users/me", &[]).as_deref(),
+            Some("exact"),
+            "exact before template"
+        );
+        assert_eq!(
+            f("x", "POST", "/api/x", &[]).as_deref(),
+            Some("post-only"),
+            "more constraints first"
+        );
+        assert_eq!(
+            f("x", "GET", "/api/x", &[("x-canary", "1")]).as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            f("x", "GET", "/api/x?a=1&debug=true", &[]).as_deref(),
+            Some("debug-query")
+        );
+        assert_eq!(
+            f("x", "GET", "/api/x?debug=false", &[]).as_deref(),
+            Some("prefix-api")
+        );
+        assert_eq!(
+            f("a.example.com", "GET", "/api/x", &[]).as_deref(),
+            Some("wild"),
+            "any host's paths rank below a host match"
+        );
+        assert_eq!(
+            f("a.eu.example.com", "GET", "/", &[]).as_deref(),
+            Some("wild-deeper"),
+            "longest wildcard"
+        );
+        assert_eq!(
+            f("api.example.com", "GET", "/", &[]).as_deref(),
+            Some("exact-host")
+        );
+        assert_eq!(
+            f("example.com", "GET", "/", &[]).as_deref(),
+            Some("any"),
+            "*.example.com needs a label"
+        );
+    }
+
+    #[test]
+    fn template_parameters_are_captured() {
+        let r = router(ROUTES);
+        let lookup = |_: &str| None;
+        let view = RequestView {
+            host: "x",
+            path: "/api/users/42",
+            method: "GET",
+            header: &lookup,
+            query: "",
+        };
+        let m = r.0.find(&view).expect("match");
+        assert_eq!(m.params.get("id").map(String::as_str), Some("42"));
+    }
+
+    #[test]
+    fn no_match_without_catch_all() {
+        let r = router("[[route]]\nname = \"only\"\npath = { exact = \"/x\" }\nupstream = \"u\"\n");
+        assert_eq!(find(&r, "h", "GET", "/y", &[]), None);
+    }
+}

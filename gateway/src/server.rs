@@ -1,0 +1,192 @@
+//! Running the gateway: listeners, the admin API, reloads and graceful shutdown.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
+use hyper::{body::Incoming, Method, Request, Response, StatusCode};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+use tracing::{error, info};
+
+use crate::{
+    config::{self, Config},
+    listener,
+    metrics::Metrics,
+    problem::{full, problem},
+    proxy::Runtime,
+    Body,
+};
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    fn admin(&self, req: &Request<Incoming>) -> Response<Body> {
+        let text = |status: StatusCode, body: &str| {
+            let mut r = Response::new(full(body.to_string()));
+            *r.status_mut() = status;
+            r
+        };
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.draining.load(Ordering::Relaxed) {
+                    problem(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut r = text(StatusCode::OK, &self.metrics.render());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (&Method::POST, "/drain") => {
+                self.draining.store(true, Ordering::Relaxed);
+                info!("draining: readiness now fails, so the L4 tier stops sending new flows");
+                text(StatusCode::OK, "draining\n")
+            }
+            _ => problem(
+                StatusCode::NOT_FOUND,
+                &format!("no admin route for {} {}", req.method(), req.uri().path()),
+            ),
+        }
+    }
+}
+
+async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let r = gw.admin(&req);
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Loads `path` and, if valid, makes it the runtime new requests start on.
+fn reload(path: &Path, gw: &Gateway, why: &str) {
+    match config::load(path) {
+        Ok(c) => {
+            let old = gw.runtime.load_full();
+            let generation = old.generation + 1;
+            gw.runtime
+                .store(Arc::new(Runtime::new(c, generation, Some(&old))));
+            gw.metrics
+                .config_generation
+                .store(generation, Ordering::Relaxed);
+            gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
+            gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            info!(trigger = why, generation, "config reloaded");
+        }
+        Err(e) => {
+            gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
+            gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            error!(trigger = why, error = %e, "config refused; the last valid config stays in force");
+        }
+    }
+}
+
+/// Runs the gateway with the config at `path` until SIGTERM or SIGINT.
+pub async fn run(path: PathBuf) -> Result<()> {
+    let config: Config = config::load(&path)?;
+    let metrics = Arc::new(Metrics::new());
+    let gw = Arc::new(Gateway {
+        runtime: Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), 1, None))),
+        metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_loops = Vec::new();
+    for l in &config.listeners {
+        let socket =
+            listener::bind(l).with_context(|| format!("listener {} on {}", l.name, l.address))?;
+        let bound = listener::local(&socket).unwrap_or(l.address);
+        info!(listener = %l.name, address = %bound, "listening");
+        accept_loops.push(tokio::spawn(listener::serve(
+            socket,
+            l.clone(),
+            gw.runtime.clone(),
+            metrics.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin listener on {}", config.admin.listen))?;
+    let bound = admin.local_addr().unwrap_or(config.admin.listen);
+    info!(address = %bound, "admin API");
+    tokio::spawn(serve_admin(admin, gw.clone()));
+
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen = stamp(&path);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { seen = stamp(&path); reload(&path, &gw, "SIGHUP"); }
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now != seen {
+                    seen = now;
+                    reload(&path, &gw, "file change");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // 1. Readiness fails, so the L4 tier sends no new flows. 2. Listeners close.
+    // 3. In-flight requests finish, up to the deadline; connections end politely
+    //    (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`).
+    gw.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for a in accept_loops {
+        let _ = a.await;
+    }
+    let deadline = Duration::from_millis(gw.runtime.load().config.admin.shutdown_deadline_ms);
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    info!(deadline_ms = deadline.as_millis() as u64, "shutting down");
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        info!("shutdown deadline reached; closing the remaining connections");
+    }
+    Ok(())
+}

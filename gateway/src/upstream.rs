@@ -1,0 +1,326 @@
+//! Upstream: pools of weighted targets, how a target is picked, and the pooled client that
+//! talks to it.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use rand::Rng;
+
+use crate::{
+    config::{Balance, Timeouts, Upstream},
+    Body,
+};
+
+/// One target and its live load figures.
+#[derive(Debug)]
+pub struct TargetState {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Weight.
+    pub weight: u32,
+    /// Requests in flight.
+    pub in_flight: AtomicUsize,
+    /// EWMA of response-head latency, in microseconds (0 = none yet).
+    pub ewma_us: AtomicU64,
+}
+
+/// A pool.
+#[derive(Debug)]
+pub struct Pool {
+    /// Name.
+    pub name: String,
+    /// Balancing.
+    pub balance: Balance,
+    /// Targets.
+    pub targets: Vec<Arc<TargetState>>,
+    /// Smooth weighted round-robin schedule (target indices).
+    schedule: Vec<usize>,
+    next: AtomicUsize,
+    /// Requests in flight to the pool.
+    pub in_flight: AtomicUsize,
+    /// Limit on `in_flight`.
+    pub max_concurrent: usize,
+    /// Speak HTTP/2 to targets.
+    pub http2: bool,
+}
+
+/// The smooth weighted round-robin order (as nginx): each target appears `weight` times,
+/// spread out rather than in runs.
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|w| *w as i64).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = None;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += *w as i64;
+            if *w > 0 && best.is_none_or(|b: usize| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            current[b] -= total;
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// What a hash-balanced pick hashes.
+pub struct HashInput<'a> {
+    /// Header value, for `hash-header`.
+    pub header: Option<&'a str>,
+    /// Cookie value, for `hash-cookie`.
+    pub cookie: Option<&'a str>,
+    /// Client address.
+    pub client: IpAddr,
+}
+
+fn fnv1a(data: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Final avalanche (splitmix64) so similar keys land far apart.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+impl Pool {
+    /// Builds a pool from config.
+    pub fn new(u: &Upstream) -> Self {
+        let weights: Vec<u32> = u.targets.iter().map(|t| t.weight).collect();
+        Pool {
+            name: u.name.clone(),
+            balance: u.balance.clone(),
+            targets: u
+                .targets
+                .iter()
+                .map(|t| {
+                    Arc::new(TargetState {
+                        addr: t.address,
+                        weight: t.weight,
+                        in_flight: AtomicUsize::new(0),
+                        ewma_us: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
+            schedule: smooth_schedule(&weights),
+            next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_concurrent: u.max_concurrent_requests,
+            http2: u.http2,
+        }
+    }
+
+    /// Picks a target, skipping those in `exclude` (already tried) when others remain.
+    pub fn pick(&self, key: &HashInput<'_>, exclude: &[usize]) -> Option<usize> {
+        let usable: Vec<usize> = (0..self.targets.len())
+            .filter(|i| self.targets[*i].weight > 0 && !exclude.contains(i))
+            .collect();
+        let usable = if usable.is_empty() {
+            (0..self.targets.len())
+                .filter(|i| self.targets[*i].weight > 0)
+                .collect()
+        } else {
+            usable
+        };
+        if usable.is_empty() {
+            return None;
+        }
+        match &self.balance {
+            Balance::RoundRobin => {
+                for _ in 0..self.schedule.len().max(1) {
+                    let n = self.next.fetch_add(1, Ordering::Relaxed);
+                    let i = *self.schedule.get(n % self.schedule.len().max(1))?;
+                    if usable.contains(&i) {
+                        return Some(i);
+                    }
+                }
+                usable.first().copied()
+            }
+            Balance::LeastRequest => {
+                // Fewest in flight per unit of weight; ties broken at random.
+                let load = |i: &usize| {
+                    let t = &self.targets[*i];
+                    (t.in_flight.load(Ordering::Relaxed) as u64 * 1_000_000) / t.weight as u64
+                };
+                let min = usable.iter().map(load).min()?;
+                let ties: Vec<usize> = usable.iter().copied().filter(|i| load(i) == min).collect();
+                ties.get(rand::thread_rng().gen_range(0..ties.len()))
+                    .copied()
+            }
+            Balance::P2cEwma => {
+                let mut rng = rand::thread_rng();
+                let a = usable[rng.gen_range(0..usable.len())];
+                let b = usable[rng.gen_range(0..usable.len())];
+                let cost = |i: usize| {
+                    let t = &self.targets[i];
+                    let ewma = t.ewma_us.load(Ordering::Relaxed).max(1);
+                    ewma * (t.in_flight.load(Ordering::Relaxed) as u64 + 1) / t.weight as u64
+                };
+                Some(if cost(a) <= cost(b) { a } else { b })
+            }
+            Balance::HashHeader(_) | Balance::HashCookie(_) | Balance::HashClientIp => {
+                let client = key.client.to_string();
+                let k = match &self.balance {
+                    Balance::HashHeader(_) => key.header.unwrap_or(&client),
+                    Balance::HashCookie(_) => key.cookie.unwrap_or(&client),
+                    _ => &client,
+                };
+                // Weighted rendezvous hashing: stable when targets come and go.
+                usable.iter().copied().max_by(|a, b| {
+                    let score = |i: usize| {
+                        let t = &self.targets[i];
+                        let h = fnv1a(k.as_bytes(), fnv1a(t.addr.to_string().as_bytes(), 0));
+                        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                        t.weight as f64 / -u.ln()
+                    };
+                    score(*a).total_cmp(&score(*b))
+                })
+            }
+        }
+    }
+
+    /// Records a response-head latency for `target` (EWMA, weight 0.3 for the newest).
+    pub fn observe(&self, target: usize, latency: Duration) {
+        if let Some(t) = self.targets.get(target) {
+            let sample = latency.as_micros().min(u64::MAX as u128) as u64;
+            let old = t.ewma_us.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample * 3) / 10
+            };
+            t.ewma_us.store(new.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The pooled HTTP client for one route's traffic to one pool.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// Builds a client with the route's connect and idle timeouts.
+pub fn client(timeouts: &Timeouts, http2: bool) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(timeouts.connect_ms)));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_millis(timeouts.idle_ms))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if http2 {
+        b.http2_only(true);
+    }
+    b.build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Target;
+
+    fn pool(balance: Balance, weights: &[u32]) -> Pool {
+        Pool::new(&Upstream {
+            name: "p".into(),
+            balance,
+            targets: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| Target {
+                    address: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                    weight: *w,
+                })
+                .collect(),
+            max_concurrent_requests: 100,
+            http2: false,
+        })
+    }
+
+    fn key() -> HashInput<'static> {
+        HashInput {
+            header: None,
+            cookie: None,
+            client: IpAddr::from([192, 0, 2, 1]),
+        }
+    }
+
+    #[test]
+    fn round_robin_follows_weights_smoothly() {
+        let p = pool(Balance::RoundRobin, &[5, 1, 1]);
+        let picks: Vec<usize> = (0..7).map(|_| p.pick(&key(), &[]).expect("pick")).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0], "nginx's smooth order");
+        let mut counts = [0; 3];
+        for _ in 0..700 {
+            counts[p.pick(&key(), &[]).expect("pick")] += 1;
+        }
+        assert_eq!(counts, [500, 100, 100]);
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_target() {
+        let p = pool(Balance::LeastRequest, &[1, 1, 1]);
+        p.targets[0].in_flight.store(3, Ordering::Relaxed);
+        p.targets[1].in_flight.store(1, Ordering::Relaxed);
+        p.targets[2].in_flight.store(2, Ordering::Relaxed);
+        assert_eq!(p.pick(&key(), &[]), Some(1));
+        assert_eq!(p.pick(&key(), &[1]), Some(2), "retries skip what was tried");
+    }
+
+    #[test]
+    fn p2c_avoids_the_slow_target() {
+        let p = pool(Balance::P2cEwma, &[1, 1]);
+        p.observe(0, Duration::from_millis(100));
+        p.observe(1, Duration::from_millis(1));
+        let slow = (0..1000).filter(|_| p.pick(&key(), &[]) == Some(0)).count();
+        // Only when both random choices are the slow one (about a quarter of the time).
+        assert!(
+            (150..350).contains(&slow),
+            "slow target picked {slow} times of 1000"
+        );
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_little() {
+        let p = pool(Balance::HashHeader("x-user".into()), &[1, 1, 1, 1]);
+        let users: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+        let pick = |p: &Pool, u: &str, ex: &[usize]| {
+            p.pick(
+                &HashInput {
+                    header: Some(u),
+                    cookie: None,
+                    client: IpAddr::from([192, 0, 2, 1]),
+                },
+                ex,
+            )
+        };
+        let before: Vec<_> = users.iter().map(|u| pick(&p, u, &[])).collect();
+        let again: Vec<_> = users.iter().map(|u| pick(&p, u, &[])).collect();
+        assert_eq!(before, again);
+        let mut counts = [0usize; 4];
+        for b in before.iter().flatten() {
+            counts[*b] += 1;
+        }
+        assert!(counts.iter().all(|c| (400..600).contains(c)), "{counts:?}");
+        // Take target 3 away: only its keys move.
+        let after: Vec<_> = users.iter().map(|u| pick(&p, u, &[3])).collect();
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        let on3 = before.iter().filter(|b| **b == Some(3)).count();
+        assert_eq!(moved, on3);
+    }
+}

@@ -1,0 +1,375 @@
+//! The gateway with real sockets on loopback, against upstreams started by the tests.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use support::{config, fixed, request, runtime, upstream, Gateway};
+
+fn pool(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
+    let targets: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    format!(
+        "[[upstream]]\nname = \"{name}\"\ntargets = [{}]\n{extra}\n",
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn forwards_with_proxy_headers_and_strips_hop_by_hop() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"api\"\npath = {{ prefix = \"/api\" }}\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = request(
+        gw.http,
+        "GET",
+        "/api/items?x=1",
+        &[
+            &format!("traceparent: {trace}"),
+            "X-Forwarded-For: 198.51.100.9",
+            "Connection: close, x-secret",
+            "x-secret: 1",
+            "x-request-id: abc-123",
+        ],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(j["path"], "/api/items?x=1");
+    assert_eq!(h["x-forwarded-for"], "198.51.100.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "test.local");
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"test.local\""
+    );
+    assert_eq!(h["x-request-id"], "abc-123");
+    assert_eq!(r.headers["x-request-id"], "abc-123");
+    assert!(
+        h.get("x-secret").is_none(),
+        "a header named in Connection is hop-by-hop"
+    );
+    assert!(h.get("connection").is_none());
+    let tp = h["traceparent"].as_str().expect("traceparent");
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && tp.ends_with("-01"),
+        "{tp}"
+    );
+    assert_ne!(tp, trace, "our hop gets its own span id");
+    // Without a request id, one is made and returned.
+    let r = request(gw.http, "GET", "/api/x", &[], "");
+    assert_eq!(r.headers["x-request-id"].len(), 32);
+    assert_eq!(
+        r.json()["headers"]["x-request-id"],
+        r.headers["x-request-id"].as_str()
+    );
+}
+
+#[test]
+fn no_route_is_404_problem_json() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"only\"\npath = {{ exact = \"/only\" }}\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    let r = request(gw.http, "GET", "/nope", &[], "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let j = r.json();
+    assert_eq!(j["status"], 404);
+    assert_eq!(j["title"], "Not Found");
+    assert_eq!(j["detail"], "no route for GET /nope");
+}
+
+#[test]
+fn round_robin_spreads_evenly_and_splits_follow_weights() {
+    let rt = runtime();
+    let ups: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| upstream(&rt, n, fixed(200, Duration::ZERO)))
+        .collect();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let other = upstream(&rt, "d", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}{}[[route]]\nname = \"rr\"\npath = {{ prefix = \"/rr\" }}\nupstream = \"p\"\n\
+         [[route]]\nname = \"split\"\npath = {{ prefix = \"/split\" }}\nsplits = [{{ upstream = \"p\", weight = 3 }}, {{ upstream = \"q\", weight = 1 }}]\n",
+        pool("p", &addrs, ""),
+        pool("q", &[other.addr], "")
+    )));
+    for _ in 0..90 {
+        assert_eq!(request(gw.http, "GET", "/rr", &[], "").status, 200);
+    }
+    for u in &ups {
+        assert_eq!(u.hits.load(Ordering::SeqCst), 30);
+    }
+    for _ in 0..400 {
+        assert_eq!(request(gw.http, "GET", "/split", &[], "").status, 200);
+    }
+    let q = other.hits.load(Ordering::SeqCst);
+    assert!((60..140).contains(&q), "a 1-in-4 split got {q} of 400");
+}
+
+#[test]
+fn retries_on_status_within_the_budget() {
+    let rt = runtime();
+    let bad = upstream(&rt, "bad", fixed(503, Duration::ZERO));
+    let good = upstream(&rt, "good", fixed(200, Duration::ZERO));
+    let route = |budget: u32| {
+        format!(
+            "{}[[route]]\nname = \"r\"\nupstream = \"p\"\nretries = {{ attempts = 1, on_status = [503], budget_percent = {budget} }}\n",
+            pool("p", &[bad.addr, good.addr], "")
+        )
+    };
+    // A generous budget: every request that met the failing target is retried on the other.
+    let gw = Gateway::start(&config(&route(100)));
+    let ok = (0..20)
+        .filter(|_| request(gw.http, "GET", "/", &[], "").status == 200)
+        .count();
+    assert_eq!(ok, 20);
+    drop(gw);
+    // No budget beyond the floor of 3 retries per window: the rest of the 503s reach the client.
+    let gw = Gateway::start(&config(&route(0)));
+    let bad_before = bad.hits.load(Ordering::SeqCst);
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| request(gw.http, "GET", "/", &[], "").status)
+        .collect();
+    let failed = statuses.iter().filter(|s| **s == 503).count();
+    let reached_bad = bad.hits.load(Ordering::SeqCst) - bad_before;
+    // Every request that met the failing target either failed or was one of the 3 retries.
+    assert_eq!(reached_bad, failed + 3, "{statuses:?}");
+    assert!(failed >= 5, "{statuses:?}");
+    // POST is not idempotent: never retried.
+    let posts = (0..4)
+        .filter(|_| request(gw.http, "POST", "/", &[], "x").status == 503)
+        .count();
+    assert_eq!(posts, 2);
+}
+
+#[test]
+fn timeouts_connect_failures_and_concurrency_limits() {
+    let rt = runtime();
+    let slow = upstream(&rt, "slow", fixed(200, Duration::from_millis(800)));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let gw = Gateway::start(&config(&format!(
+        "{}{}{}\
+         [[route]]\nname = \"slow\"\npath = {{ prefix = \"/slow\" }}\nupstream = \"slow\"\ntimeouts = {{ request_ms = 200 }}\n\
+         [[route]]\nname = \"dead\"\npath = {{ prefix = \"/dead\" }}\nupstream = \"dead\"\n\
+         [[route]]\nname = \"narrow\"\npath = {{ prefix = \"/narrow\" }}\nupstream = \"narrow\"\n",
+        pool("slow", &[slow.addr], ""),
+        pool("dead", &[closed], ""),
+        pool("narrow", &[slow.addr], "max_concurrent_requests = 1")
+    )));
+    let t = Instant::now();
+    let r = request(gw.http, "GET", "/slow", &[], "");
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let r = request(gw.http, "GET", "/dead", &[], "");
+    assert_eq!(r.status, 502);
+    assert!(r.json()["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("connection failed")));
+    // One request holds the only slot; the next is turned away with Retry-After.
+    let addr = gw.http;
+    let first = std::thread::spawn(move || request(addr, "GET", "/narrow", &[], "").status);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = request(gw.http, "GET", "/narrow", &[], "");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(first.join().expect("first"), 200);
+}
+
+#[test]
+fn client_limits_and_slowloris() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    // Body over max_body_bytes (1024).
+    let r = request(gw.http, "POST", "/", &[], &"x".repeat(2000));
+    assert_eq!(r.status, 413);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    // More header fields than max_headers (50).
+    let many: Vec<String> = (0..80).map(|i| format!("x-h{i}: v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let r = request(gw.http, "GET", "/", &many, "");
+    assert_eq!(r.status, 431, "{r:?}");
+    // Slowloris: a head trickling in is cut off after header_read_timeout_ms (500).
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let mut closed = false;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(b"X-Slow: 1\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        s.set_nonblocking(true).expect("nonblocking");
+        let r = s.read(&mut buf);
+        s.set_nonblocking(false).expect("blocking");
+        if matches!(r, Ok(_)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow client was not cut off");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn h2c_prior_knowledge_with_curl() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://{}/h2", gw.http))
+        .output()
+        .expect("curl (installed by cargo xtask setup)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2 200"), "{text}");
+    assert!(text.contains("\"upstream\":\"a\""), "{text}");
+}
+
+#[test]
+fn reload_under_load_loses_nothing_and_bad_config_is_kept_out() {
+    let rt = runtime();
+    let a = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let b = upstream(&rt, "b", fixed(200, Duration::ZERO));
+    let cfg = |target: std::net::SocketAddr| {
+        config(&format!(
+            "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
+            pool("p", &[target], "")
+        ))
+    };
+    let gw = Gateway::start(&cfg(a.addr));
+    let addr = gw.http;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = std::thread::spawn(move || {
+        let mut statuses = Vec::new();
+        while !flag.load(Ordering::SeqCst) && statuses.len() < 5000 {
+            statuses.push(request(addr, "GET", "/", &[], "").status);
+        }
+        statuses
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    gw.rewrite("this is not toml [");
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = request(gw.admin, "GET", "/metrics", &[], "");
+    assert!(
+        m.body
+            .contains("sluice_gateway_config_last_reload_success 0"),
+        "{}",
+        m.body
+    );
+    gw.rewrite(&cfg(b.addr));
+    let switched = Instant::now();
+    while b.hits.load(Ordering::SeqCst) == 0 && switched.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let statuses = load.join().expect("load");
+    assert!(
+        b.hits.load(Ordering::SeqCst) > 0,
+        "the new config never took over"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "failed requests during reload"
+    );
+    let m = request(gw.admin, "GET", "/metrics", &[], "");
+    assert!(
+        m.body.contains("sluice_gateway_config_generation 2"),
+        "{}",
+        m.body
+    );
+    assert!(m
+        .body
+        .contains("sluice_gateway_config_last_reload_success 1"));
+    assert!(m
+        .body
+        .contains("sluice_gateway_requests_total{route=\"r\",method=\"GET\",status=\"200\"}"));
+}
+
+#[test]
+fn sigterm_drains_then_finishes_in_flight_requests() {
+    let rt = runtime();
+    let slow = upstream(&rt, "slow", fixed(200, Duration::from_millis(1000)));
+    let mut gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"slow\"\n",
+        pool("slow", &[slow.addr], "")
+    )));
+    assert_eq!(request(gw.admin, "GET", "/readyz", &[], "").status, 200);
+    let addr = gw.http;
+    let in_flight = std::thread::spawn(move || request(addr, "GET", "/", &[], ""));
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    // Listeners are closed: new connections are refused while the old request finishes.
+    assert!(
+        TcpStream::connect(gw.http).is_err(),
+        "listener still open after SIGTERM"
+    );
+    let r = in_flight.join().expect("in flight");
+    assert_eq!(r.status, 200, "the in-flight request completes");
+    assert!(gw.wait().success());
+}
+
+#[test]
+fn admin_drain_fails_readiness() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    assert_eq!(request(gw.admin, "GET", "/healthz", &[], "").status, 200);
+    assert_eq!(request(gw.admin, "GET", "/readyz", &[], "").status, 200);
+    assert_eq!(request(gw.admin, "POST", "/drain", &[], "").status, 200);
+    let r = request(gw.admin, "GET", "/readyz", &[], "");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    // Draining stops new flows at L4; requests that still arrive are served.
+    assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+}

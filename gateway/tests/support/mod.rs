@@ -1,0 +1,291 @@
+//! Test harness: real upstream servers, the real `sluice-gateway` binary, and a plain
+//! HTTP/1.1 client over std sockets.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// How a test upstream answers: (status, delay) for a request path.
+pub type Behaviour = Arc<dyn Fn(&str) -> (u16, Duration) + Send + Sync>;
+
+/// A running test upstream; stops with the test's runtime.
+pub struct Upstream {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicUsize>,
+}
+
+/// Starts an upstream named `name` on `rt`. It answers JSON with its name, the path and the
+/// request headers it received.
+pub fn upstream(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    behaviour: Behaviour,
+) -> Upstream {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let behaviour = behaviour.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let behaviour = behaviour.clone();
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let (status, delay) = behaviour(req.uri().path());
+                        tokio::time::sleep(delay).await;
+                        let headers: HashMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        let path = req.uri().to_string();
+                        let version = format!("{:?}", req.version());
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let json = serde_json::json!({
+                            "upstream": name, "path": path, "headers": headers,
+                            "version": version, "body_len": body.len(),
+                        });
+                        let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+/// Always `status` after `delay`.
+pub fn fixed(status: u16, delay: Duration) -> Behaviour {
+    Arc::new(move |_| (status, delay))
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Client listener.
+    pub http: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Config path.
+    pub config: PathBuf,
+    dir: PathBuf,
+    /// The process's log lines seen so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Gateway {
+    /// Starts the binary with `config` (listener and admin on port 0 are fine).
+    pub fn start(config: &str) -> Gateway {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-gw-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+            .args(["run", "--workers", "2", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let (mut http, mut admin) = (None, None);
+        while http.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("gateway start-up log");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let f = &v["fields"];
+            let addr = f["address"].as_str().and_then(|a| a.parse().ok());
+            match f["message"].as_str() {
+                Some("listening") => http = addr,
+                Some("admin API") => admin = addr,
+                _ => {}
+            }
+        }
+        Gateway {
+            child,
+            http: http.expect("listener"),
+            admin: admin.expect("admin"),
+            config: path,
+            dir,
+            log,
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+
+    /// Rewrites the config file atomically.
+    pub fn rewrite(&self, config: &str) {
+        let tmp = self.dir.join("gateway.toml.tmp");
+        std::fs::write(&tmp, config).expect("write");
+        std::fs::rename(&tmp, &self.config).expect("rename");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response read by [`request`].
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; `extra` are raw header lines.
+pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str], body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    for h in extra {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    s.write_all(head.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (Content-Length or close-delimited; chunked decoded).
+pub fn parse(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A multi-threaded runtime for upstreams.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A gateway config with one listener on port 0, admin on port 0, and `rest` appended.
+pub fn config(rest: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
+    )
+}
