@@ -111,6 +111,32 @@ pub struct Listener {
     /// Largest request body (bytes).
     #[serde(default = "default_body")]
     pub max_body_bytes: u64,
+    /// TLS; absent = plain HTTP/1.1 and h2c.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of a listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificates, chosen by SNI; the first one also answers clients that send no SNI or
+    /// an unknown name.
+    pub certificates: Vec<Certificate>,
+    /// CA bundle: when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A certificate chain and key, and the server names it serves.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM chain, leaf first. Relative paths are relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Names (exact or `*.wildcard`) this certificate is chosen for.
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -326,14 +352,33 @@ pub struct Route {
     pub retries: Retries,
 }
 
-/// Reads and validates `path`.
+/// Reads and validates `path`, including that every TLS file loads. Relative TLS paths are
+/// resolved against the file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         field: "-".into(),
         reason: format!("cannot read: {e}"),
     })?;
-    parse(path, &text)
+    let mut config = parse(path, &text)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (i, l) in config.listeners.iter_mut().enumerate() {
+        if let Some(tls) = &mut l.tls {
+            for c in &mut tls.certificates {
+                c.cert = base.join(&c.cert);
+                c.key = base.join(&c.key);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                *ca = base.join(&*ca);
+            }
+            crate::tls::server_config(tls).map_err(|e| ConfigError {
+                file: path.to_owned(),
+                field: format!("listener[{i}].tls.{}", e.field),
+                reason: e.reason,
+            })?;
+        }
+    }
+    Ok(config)
 }
 
 /// Parses and validates `text`.
@@ -395,6 +440,18 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         }
         if l.max_headers == 0 {
             return bad(format!("{at}.max_headers"), "must be at least 1");
+        }
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                return bad(format!("{at}.tls.certificates"), "at least one certificate is required");
+            }
+            for (j, c) in tls.certificates.iter().enumerate() {
+                for n in &c.server_names {
+                    if !valid_host(n) {
+                        return bad(format!("{at}.tls.certificates[{j}].server_names"), &format!("{n:?} is not a host name or *.wildcard"));
+                    }
+                }
+            }
         }
     }
     let mut upstreams = HashSet::new();

@@ -14,6 +14,7 @@ pub mod problem;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 /// The body type of every response the gateway produces.

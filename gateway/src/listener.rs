@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use hyper::{body::Incoming, Request};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::{
     net::{TcpListener, TcpSocket},
@@ -60,14 +60,17 @@ pub fn bind(l: &Listener) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Accepts and serves connections until `stop` changes. Connections are registered with
-/// `graceful`, which ends them politely at shutdown (GOAWAY, `Connection: close`).
+/// The TLS config new connections of a listener get; swapped when files change.
+pub type TlsState = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// Accepts and serves connections until `stop` changes; each connection then ends politely
+/// (GOAWAY, `Connection: close`) once its in-flight requests are done.
 pub async fn serve(
     listener: TcpListener,
     config: Listener,
+    tls: Option<TlsState>,
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
-    graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -93,7 +96,7 @@ pub async fn serve(
         let conn = Conn {
             peer,
             local: stream.local_addr().unwrap_or(local),
-            tls: false,
+            tls: tls.is_some(),
             max_body: config.max_body_bytes,
         };
         let runtime = runtime.clone();
@@ -115,22 +118,51 @@ pub async fn serve(
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32);
-        // Watched here, not inside the task, so the task holds no handle on `graceful` and
-        // shutdown can take it back.
-        let conn = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
         let metrics = metrics.clone();
+        let stop = stop.clone();
+        let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+        let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
         tokio::spawn(async move {
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended");
+            match tls {
+                None => serve_conn(TokioIo::new(stream), &builder, service, stop, peer).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve_conn(TokioIo::new(s), &builder, service, stop, peer).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
             }
             metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
+    }
+}
+
+/// Serves one connection; when `stop` changes it ends politely (HTTP/2 GOAWAY, HTTP/1.1
+/// `Connection: close` on the response in flight) and waits for in-flight requests.
+async fn serve_conn<I, S>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended");
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use hyper_util::rt::TokioIo;
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
@@ -22,7 +22,7 @@ use tracing::{error, info};
 
 use crate::{
     config::{self, Config},
-    listener,
+    listener::{self, TlsState},
     metrics::Metrics,
     problem::{full, problem},
     proxy::Runtime,
@@ -91,7 +91,37 @@ async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// Modification time and size of a file.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamps(files: &[PathBuf]) -> Option<Vec<Stamp>> {
+    Some(files.iter().map(|f| stamp(f)).collect())
+}
+
+/// Rebuilds the TLS config of every listener whose certificate, key or CA files changed
+/// (from the config in force). A broken file keeps the previous config.
+fn reload_tls(gw: &Gateway, states: &mut [(usize, TlsState, Option<Vec<Stamp>>)]) {
+    let rt = gw.runtime.load();
+    for (i, state, seen) in states.iter_mut() {
+        let Some(tls) = rt.config.listeners.get(*i).and_then(|l| l.tls.as_ref()) else {
+            continue;
+        };
+        let now = stamps(&crate::tls::files(tls));
+        if now == *seen {
+            continue;
+        }
+        *seen = now;
+        match crate::tls::server_config(tls) {
+            Ok(sc) => {
+                state.store(sc);
+                info!(listener = *i, "TLS certificates reloaded");
+            }
+            Err(e) => error!(listener = *i, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use"),
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -128,10 +158,20 @@ pub async fn run(path: PathBuf) -> Result<()> {
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
     });
-    let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
-    for l in &config.listeners {
+    let mut tls_states: Vec<(usize, TlsState, Option<Vec<Stamp>>)> = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let tls = match &l.tls {
+            Some(t) => {
+                let sc = crate::tls::server_config(t)
+                    .map_err(|e| anyhow::anyhow!("listener {}: tls.{}: {}", l.name, e.field, e.reason))?;
+                let state: TlsState = Arc::new(ArcSwap::new(sc));
+                tls_states.push((i, state.clone(), stamps(&crate::tls::files(t))));
+                Some(state)
+            }
+            None => None,
+        };
         let socket =
             listener::bind(l).with_context(|| format!("listener {} on {}", l.name, l.address))?;
         let bound = listener::local(&socket).unwrap_or(l.address);
@@ -139,9 +179,9 @@ pub async fn run(path: PathBuf) -> Result<()> {
         accept_loops.push(tokio::spawn(listener::serve(
             socket,
             l.clone(),
+            tls,
             gw.runtime.clone(),
             metrics.clone(),
-            graceful.clone(),
             stop_rx.clone(),
         )));
     }
@@ -166,6 +206,7 @@ pub async fn run(path: PathBuf) -> Result<()> {
                     seen = now;
                     reload(&path, &gw, "file change");
                 }
+                reload_tls(&gw, &mut tls_states);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -180,13 +221,14 @@ pub async fn run(path: PathBuf) -> Result<()> {
         let _ = a.await;
     }
     let deadline = Duration::from_millis(gw.runtime.load().config.admin.shutdown_deadline_ms);
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     info!(deadline_ms = deadline.as_millis() as u64, "shutting down");
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        info!("shutdown deadline reached; closing the remaining connections");
+    let started = std::time::Instant::now();
+    while metrics.active_connections.load(Ordering::Relaxed) > 0 {
+        if started.elapsed() >= deadline {
+            info!("shutdown deadline reached; closing the remaining connections");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
