@@ -443,12 +443,18 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         }
         if let Some(tls) = &l.tls {
             if tls.certificates.is_empty() {
-                return bad(format!("{at}.tls.certificates"), "at least one certificate is required");
+                return bad(
+                    format!("{at}.tls.certificates"),
+                    "at least one certificate is required",
+                );
             }
             for (j, c) in tls.certificates.iter().enumerate() {
                 for n in &c.server_names {
                     if !valid_host(n) {
-                        return bad(format!("{at}.tls.certificates[{j}].server_names"), &format!("{n:?} is not a host name or *.wildcard"));
+                        return bad(
+                            format!("{at}.tls.certificates[{j}].server_names"),
+                            &format!("{n:?} is not a host name or *.wildcard"),
+                        );
                     }
                 }
             }

@@ -120,17 +120,23 @@ pub async fn serve(
             .max_header_list_size(config.max_header_bytes as u32);
         let metrics = metrics.clone();
         let stop = stop.clone();
-        let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+        let tls = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
         tokio::spawn(async move {
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
             match tls {
                 None => serve_conn(TokioIo::new(stream), &builder, service, stop, peer).await,
-                Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_conn(TokioIo::new(s), &builder, service, stop, peer).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            serve_conn(TokioIo::new(s), &builder, service, stop, peer).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
@@ -148,7 +154,9 @@ async fn serve_conn<I, S>(
     peer: SocketAddr,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>> + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -116,7 +116,9 @@ fn reload_tls(gw: &Gateway, states: &mut [(usize, TlsState, Option<Vec<Stamp>>)]
                 state.store(sc);
                 info!(listener = *i, "TLS certificates reloaded");
             }
-            Err(e) => error!(listener = *i, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use"),
+            Err(e) => {
+                error!(listener = *i, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use")
+            }
         }
     }
 }
@@ -164,8 +166,9 @@ pub async fn run(path: PathBuf) -> Result<()> {
     for (i, l) in config.listeners.iter().enumerate() {
         let tls = match &l.tls {
             Some(t) => {
-                let sc = crate::tls::server_config(t)
-                    .map_err(|e| anyhow::anyhow!("listener {}: tls.{}: {}", l.name, e.field, e.reason))?;
+                let sc = crate::tls::server_config(t).map_err(|e| {
+                    anyhow::anyhow!("listener {}: tls.{}: {}", l.name, e.field, e.reason)
+                })?;
                 let state: TlsState = Arc::new(ArcSwap::new(sc));
                 tls_states.push((i, state.clone(), stamps(&crate::tls::files(t))));
                 Some(state)

@@ -62,13 +62,21 @@ fn certified_key(cert: &Path, key: &Path, at: &str) -> Result<Arc<CertifiedKey>,
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("{at}.cert"), format!("{}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(err(format!("{at}.cert"), format!("{}: no certificate in the file", cert.display())));
+        return Err(err(
+            format!("{at}.cert"),
+            format!("{}: no certificate in the file", cert.display()),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| err(format!("{at}.key"), format!("{}: {e}", key.display())))?;
     let signing = any_supported_type(&key).map_err(|e| err(format!("{at}.key"), e))?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| err(format!("{at}.key"), format!("does not match the certificate: {e}")))?;
+    ck.keys_match().map_err(|e| {
+        err(
+            format!("{at}.key"),
+            format!("does not match the certificate: {e}"),
+        )
+    })?;
     Ok(Arc::new(ck))
 }
 
@@ -91,7 +99,12 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
         }
     }
     wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    let default = default.ok_or_else(|| err("certificates".into(), "at least one certificate is required"))?;
+    let default = default.ok_or_else(|| {
+        err(
+            "certificates".into(),
+            "at least one certificate is required",
+        )
+    })?;
     let provider = Arc::new(default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -112,7 +125,11 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni { exact, wildcard, default }));
+    let mut config = builder.with_cert_resolver(Arc::new(BySni {
+        exact,
+        wildcard,
+        default,
+    }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -13,7 +13,7 @@ use sluice_common::{
 };
 
 use crate::{
-    packet::{at, put16, put32, put_addr6},
+    packet::{at, put16, put32, put_addr6, L2},
     parse::Packet,
 };
 
@@ -74,6 +74,9 @@ pub fn plan(pkt: &Packet, backend: &Backend, node: &NodeConfig, hash: u32) -> Ou
 }
 
 /// Grows the packet at the front and writes L2 (with the given MACs) and the outer header.
+///
+/// A VLAN tag belongs to the link the frame arrived on: it is kept when the frame leaves by
+/// that link again (`same_link`), and dropped when it leaves by another interface.
 #[inline(always)]
 pub fn write(
     ctx: &XdpContext,
@@ -81,14 +84,24 @@ pub fn write(
     outer: &Outer,
     dst_mac: &[u16; 3],
     src_mac: &[u16; 3],
+    same_link: bool,
 ) -> Result<(), Lb> {
+    let out_l2 = if same_link {
+        pkt.l2
+    } else {
+        L2 {
+            vlan: None,
+            ..pkt.l2
+        }
+    };
+    let grow = outer.len as i32 + out_l2.len() as i32 - pkt.l2.len() as i32;
     // SAFETY: plain helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer.len as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(Lb::EncapFailed);
     }
-    let l2 = pkt.l2.len();
+    let l2 = out_l2.len();
     if outer.family == FAMILY_V6 {
-        if !pkt.l2.write(ctx, dst_mac, src_mac, ETH_P_IPV6) {
+        if !out_l2.write(ctx, dst_mac, src_mac, ETH_P_IPV6) {
             return Err(Lb::EncapFailed);
         }
         let p = at::<[u8; IPV6_HLEN]>(ctx, l2).ok_or(Lb::EncapFailed)? as *mut u8;
@@ -99,7 +112,7 @@ pub fn write(
         put_addr6(p, 8, &outer.src);
         put_addr6(p, 24, &outer.dst);
     } else {
-        if !pkt.l2.write(ctx, dst_mac, src_mac, ETH_P_IP) {
+        if !out_l2.write(ctx, dst_mac, src_mac, ETH_P_IP) {
             return Err(Lb::EncapFailed);
         }
         let p = at::<[u8; IPV4_HLEN]>(ctx, l2).ok_or(Lb::EncapFailed)? as *mut u8;

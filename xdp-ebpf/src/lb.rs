@@ -68,7 +68,8 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         }
         NextHop::Unreachable => return Err(Lb::FibFailure),
     };
-    encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac)?;
+    let same_link = ifindex.is_none_or(|i| i == ctx.ingress_ifindex() as u32);
+    encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac, same_link)?;
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
     let Some(ifindex) = ifindex else {

@@ -61,7 +61,7 @@ fn every_tunnel_family_is_stripped_back_to_the_client_packet() {
             );
             round_trip(lab, &input, 14, None, backend);
         }
-        // With a VLAN tag.
+        // A tagged tunnel frame keeps its tag once stripped of the tunnel.
         let input = build(
             &Flow::tcp("203.0.113.9", 40000, "198.51.100.1", 80),
             Tcp::Ack,
@@ -71,7 +71,15 @@ fn every_tunnel_family_is_stripped_back_to_the_client_packet() {
                 ..Default::default()
             },
         );
-        round_trip(lab, &input, 18, Some(42), 1);
+        let tunnelled = lab.run(&input).data;
+        let mut tagged = tunnelled[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 42]);
+        tagged.extend_from_slice(&tunnelled[12..]);
+        let out = lab.decap(&tagged);
+        assert_eq!(out.action, action::PASS);
+        let mut want = eth(backend_mac(1), INT_MAC, Some(42), 0x0800);
+        want.extend_from_slice(&input[18..]);
+        assert_eq!(out.data, want);
         assert_decap_counts(lab, &[(Decap::DecapV4, 3), (Decap::DecapV6, 2)]);
     });
 }

@@ -298,32 +298,48 @@ fn fragments_to_a_vip_are_dropped_others_pass() {
 }
 
 #[test]
-fn vlan_tag_is_kept_on_the_tunnelled_frame() {
+fn vlan_tag_stays_on_its_link() {
     with_lab(|lab| {
+        let tagged = |flow: &Flow| {
+            build(
+                flow,
+                Tcp::Syn,
+                b"tagged",
+                &Extra {
+                    vlan: Some(100),
+                    ..Default::default()
+                },
+            )
+        };
+        // Out of another interface: the ingress link's tag is dropped.
         lab.vip(0, VIP4, 80, 6, 0, &[1]);
         let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(
-            &flow,
-            Tcp::Syn,
-            b"tagged",
-            &Extra {
-                vlan: Some(100),
-                ..Default::default()
-            },
-        );
+        let input = tagged(&flow);
         let out = lab.run(&input);
         assert_eq!(out.action, action::REDIRECT);
+        assert_eq!(
+            out.data,
+            encapsulated(&input, 18, None, backend_mac(1), INT_MAC, &outer(1, &flow))
+        );
+        // Back out of the same link: the tag is kept.
+        lab.vip(1, "198.51.100.2", 80, 6, 0, &[9]);
+        let flow = Flow::tcp("203.0.113.7", 40000, "198.51.100.2", 80);
+        let input = tagged(&flow);
+        let out = lab.run(&input);
+        assert_eq!(out.action, action::TX);
         assert_eq!(
             out.data,
             encapsulated(
                 &input,
                 18,
                 Some(100),
-                backend_mac(1),
-                INT_MAC,
-                &outer(1, &flow)
+                backend_mac(9),
+                EXT_MAC,
+                &outer(9, &flow)
             )
         );
+        assert_outcomes(lab, &[(Lb::Redirect, 1), (Lb::Tx, 1)]);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 2)]);
     });
 }
 
@@ -371,6 +387,8 @@ fn ipv4_options_and_ipv6_extension_headers_are_walked() {
             out.data,
             encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow))
         );
+        assert_outcomes(lab, &[(Lb::Redirect, 2)]);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 2)]);
     });
 }
 
