@@ -76,6 +76,7 @@ impl Gateway {
 async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let gw = gw.clone();

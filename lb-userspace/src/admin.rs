@@ -52,6 +52,8 @@ fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 pub async fn serve(listener: TcpListener, agent: mpsc::UnboundedSender<Command>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
+            // Out of file descriptors and the like: back off rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let agent = agent.clone();

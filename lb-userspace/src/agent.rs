@@ -155,6 +155,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
             "adopted pinned state from a previous agent"
         );
     }
+    // Everything that can be refused is checked before anything is attached.
+    controller::plan(&config, &adopted, &mut ids.clone()).context("planning the tables")?;
     for iface in &config.node.interfaces {
         attach::attach(&mut dp, &config.node.pin_dir, iface, config.node.xdp_mode)
             .with_context(|| format!("attaching to {iface}"))?;
@@ -213,6 +215,7 @@ impl Agent {
     fn apply(&mut self) -> Result<()> {
         let plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
         self.applied.apply(&mut self.dp, &plan)?;
+        self.ids.retain(&plan);
         Ok(())
     }
 
@@ -322,6 +325,13 @@ impl Agent {
                 return;
             }
         };
+        // A config whose tables cannot be built is refused before anything changes.
+        if let Err(e) = controller::plan(&new, &self.status, &mut self.ids.clone()) {
+            error!(error = %e, trigger = why, "config refused; the last valid config stays in force");
+            self.reloads_failed += 1;
+            self.last_error = Some(e.to_string());
+            return;
+        }
         let old = std::mem::replace(&mut self.config, new);
         if let Err(e) = self.reattach(&old) {
             error!(error = %e, "config refused: interfaces; the last valid config stays in force");

@@ -72,6 +72,12 @@ pub fn attach(
 ) -> Result<bool, AttachError> {
     let index = ifindex(iface)?;
     dp.add_tx_port(index)?;
+    // Frames handed to the kernel (neighbour not yet resolved) carry our own tunnel address
+    // as their source; without accept_local the kernel drops them as martians.
+    let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    if let Err(e) = std::fs::write(&knob, "1") {
+        warn!(iface, error = %e, "cannot set accept_local; unresolved next hops will drop until resolved");
+    }
     let path = link_path(pin_dir, iface);
     let fail = |reason: String| AttachError::Attach {
         iface: iface.into(),

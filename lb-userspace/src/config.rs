@@ -401,6 +401,8 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     let mut seen = HashSet::new();
     let mut backends = HashSet::new();
+    // Health is kept per backend address, so every VIP must check an address the same way.
+    let mut checks: std::collections::HashMap<IpAddr, (usize, &HealthCheck)> = Default::default();
     for (i, v) in c.vips.iter().enumerate() {
         let at = format!("vip[{i}]");
         if !seen.insert((v.address, v.port, v.protocol)) {
@@ -457,6 +459,24 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
                 );
             }
             backends.insert(b.address);
+            let check = v.check(&c.health);
+            match checks.get(&b.address) {
+                Some((k, other)) if *other != check => {
+                    return bad(
+                        format!("{bat}.address"),
+                        &format!("vip[{k}] health-checks this backend differently; one backend has one check"),
+                    );
+                }
+                _ => {
+                    checks.insert(b.address, (i, check));
+                }
+            }
+        }
+        if v.backends.iter().filter(|b| b.weight > 0).count() > v.table_size as usize {
+            return bad(
+                format!("{at}.backends"),
+                "more weighted backends than table slots",
+            );
         }
     }
     if backends.len() >= MAX_BACKENDS as usize {
@@ -527,6 +547,8 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
              "lb.toml: vip[0].backends[0].address: tunnelling to this family needs node.tunnel_source_v4"),
             (GOOD.replace("port = 9000", "port = 9000\ninterval_ms = 100\ntimeout_ms = 200"),
              "lb.toml: health.timeout_ms: must be greater than 0 and at most interval_ms"),
+            (format!("{GOOD}\n[[vip]]\naddress = \"198.51.100.2\"\nport = 80\nprotocol = \"tcp\"\nhealth = {{ kind = \"tcp\" }}\nbackends = [{{ address = \"10.1.0.11\" }}]\n"),
+             "lb.toml: vip[1].backends[0].address: vip[0] health-checks this backend differently; one backend has one check"),
             (GOOD.replace("[\"eth0\"]", "[]"),
              "lb.toml: node.interfaces: at least one interface is required"),
             (GOOD.replace("kind = \"http\"", "kind = \"http\"\npath = \"readyz\""),

@@ -71,6 +71,14 @@ impl Ids {
         Some(id)
     }
 
+    /// Frees the ids of backends and VIPs the plan no longer has, so they can be reused.
+    /// (A reused VIP id gets a new generation, so flows of the old VIP never match it.)
+    pub fn retain(&mut self, plan: &Plan) {
+        let vips: std::collections::HashSet<VipKey> = plan.vips.iter().map(|v| v.key).collect();
+        self.vips.retain(|k, _| vips.contains(k));
+        self.backends.retain(|_, id| plan.backends.contains_key(id));
+    }
+
     /// The id of backend `addr`, if it has one.
     pub fn backend_id(&self, addr: &IpAddr) -> Option<u32> {
         self.backends.get(addr).copied()
@@ -297,11 +305,17 @@ impl Applied {
             dp.set_node(&plan.node)?;
             self.node = Some(plan.node);
         }
-        for (id, b) in &plan.backends {
-            if self.backends.get(id) != Some(b) {
-                dp.set_backend(*id, b)?;
-                self.backends.insert(*id, *b);
-            }
+        // Backends that are (still) alive are written before the tables that may pick them;
+        // backends losing `ALIVE` only after the tables stopped picking them, so no packet
+        // meets a table entry whose backend is not alive.
+        let (gaining, losing): (Vec<_>, Vec<_>) = plan
+            .backends
+            .iter()
+            .filter(|(id, b)| self.backends.get(id) != Some(b))
+            .partition(|(_, b)| b.flags & BACKEND_ALIVE != 0);
+        for (id, b) in gaining {
+            dp.set_backend(*id, b)?;
+            self.backends.insert(*id, *b);
         }
         // Addresses first, so a new VIP is never behind a clear filter bit.
         let addresses: HashSet<IpAddr> = plan.vips.iter().map(|v| v.address).collect();
@@ -352,6 +366,10 @@ impl Applied {
         }
         if let Some(d) = moved_any {
             self.last_disruption = d;
+        }
+        for (id, b) in losing {
+            dp.set_backend(*id, b)?;
+            self.backends.insert(*id, *b);
         }
         // Removed VIPs, then their addresses and the filter.
         let planned: HashSet<u32> = plan.vips.iter().map(|v| v.id).collect();

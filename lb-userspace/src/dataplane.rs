@@ -97,7 +97,7 @@ pub struct LoadOptions {
 }
 
 /// Every map with its key and value sizes, as this build defines them. Pinned maps are
-/// checked against it before they are adopted.
+/// checked against it (and against the object's type and size) before they are adopted.
 pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
     use sluice_common::{AddrKey, FlowKey, FlowState, NextHop, Traffic};
     use std::mem::size_of;
@@ -183,8 +183,16 @@ impl Drop for Tables {
     }
 }
 
-/// Refuses a pinned map whose layout is not this build's.
-fn check_pinned(path: &std::path::Path, name: &str, key: usize, value: usize) -> Result<()> {
+/// Refuses a pinned map whose layout is not this build's: key and value sizes, type and
+/// number of entries.
+fn check_pinned(
+    path: &std::path::Path,
+    name: &str,
+    key: usize,
+    value: usize,
+    map_type: Option<u32>,
+    entries: Option<u32>,
+) -> Result<()> {
     let info = aya::maps::MapInfo::from_pin(path).map_err(|e| DataPlaneError::Pin {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -199,6 +207,29 @@ fn check_pinned(path: &std::path::Path, name: &str, key: usize, value: usize) ->
                  it the established flows)"
             ),
         });
+    }
+    if let Some(t) = map_type {
+        let pinned = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        if pinned != t {
+            return Err(DataPlaneError::Pin {
+                path: path.to_owned(),
+                reason: format!(
+                    "pinned map {name} has map type {pinned} but this build needs {t} (`sluice-lb detach` removes it)"
+                ),
+            });
+        }
+    }
+    if let Some(n) = entries {
+        if info.max_entries() != n {
+            return Err(DataPlaneError::Pin {
+                path: path.to_owned(),
+                reason: format!(
+                    "pinned map {name} holds {} entries but {n} are configured; resizing it would \
+                     drop its contents (`sluice-lb detach` removes it, or keep the old size)",
+                    info.max_entries()
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -222,10 +253,30 @@ impl DataPlane {
                 path: dir.clone(),
                 reason: e.to_string(),
             })?;
+            let object =
+                aya_obj::Object::parse(object::bytes()).map_err(|e| DataPlaneError::Pin {
+                    path: dir.clone(),
+                    reason: format!("parsing the embedded object: {e}"),
+                })?;
             for (name, key, value) in MAP_LAYOUTS {
                 let path = dir.join(name);
                 if path.exists() {
-                    check_pinned(&path, name, *key, *value)?;
+                    let declared = object
+                        .maps
+                        .get(*name)
+                        .map(|m| (m.map_type(), m.max_entries()));
+                    let wanted_entries = match (*name, opts.flow_table_size) {
+                        (n, Some(size)) if n == names::FLOWS => Some(size),
+                        _ => declared.map(|d| d.1),
+                    };
+                    check_pinned(
+                        &path,
+                        name,
+                        *key,
+                        *value,
+                        declared.map(|d| d.0),
+                        wanted_entries,
+                    )?;
                 }
                 loader.map_pin_path(name, path);
             }

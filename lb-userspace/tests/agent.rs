@@ -491,6 +491,15 @@ fn agent_follows_health_drain_reload_and_restart() {
     wait_until("SIGHUP reload", Duration::from_secs(3), || {
         generation(&w) == before + 1
     });
+    // Undrain restores it; drain again for the rest of the test.
+    let (ok, out) = w.cli(&["undrain", BACKENDS[2]]);
+    assert!(ok, "{out}");
+    in_ns(&a, || {
+        let p = Probe::open(&pin_dir);
+        assert_eq!(p.flags(BACKENDS[2]), Some(BACKEND_ALIVE));
+    });
+    let (ok, out) = w.cli(&["drain", BACKENDS[2]]);
+    assert!(ok, "{out}");
     let (ok, out) = w.cli(&["status"]);
     assert!(ok && out.contains("draining") && out.contains(VIP), "{out}");
 
@@ -516,6 +525,28 @@ fn agent_follows_health_drain_reload_and_restart() {
             .collect::<Vec<_>>()
     });
     let link_before = link_ids(&pin_dir);
+    let (_, out) = w.cli(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(st["table_generation"].as_u64().unwrap_or(0) >= 4, "{out}");
+    let flows = |p: &Probe| -> Vec<Option<u32>> {
+        (6000..6040)
+            .map(|port| {
+                let key = addr::flow_key(
+                    "203.0.113.12".parse().expect("literal"),
+                    port,
+                    VIP.parse().expect("literal"),
+                    80,
+                    6,
+                );
+                p.dp.flow(&key).expect("read").map(|s| s.backend)
+            })
+            .collect()
+    };
+    let entries_before = in_ns(&a, || flows(&Probe::open(&pin_dir)));
+    assert!(
+        entries_before.iter().all(Option::is_some),
+        "every SYN left a flow entry"
+    );
     w.stop_agent();
     in_ns(&a, || {
         let mut p = Probe::open(&pin_dir);
@@ -537,6 +568,8 @@ fn agent_follows_health_drain_reload_and_restart() {
         status["table_generation"], 0,
         "the adopted tables were already right: {out}"
     );
+    // The flow table survived the restart entry for entry.
+    assert_eq!(in_ns(&a, || flows(&Probe::open(&pin_dir))), entries_before);
     // The same link, now running the new agent's program: swapped with bpf_link_update.
     let link_after = link_ids(&pin_dir);
     assert_eq!(link_after.0, link_before.0, "link kept");

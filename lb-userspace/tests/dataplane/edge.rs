@@ -489,14 +489,56 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
             .write(&mut icmp, &quoted)
             .expect("write");
         let _ = flow;
-        // (frame, L2 length, L4 start, reason for a cut inside L3, reason for a cut inside L4)
-        let cases: [(&Vec<u8>, usize, usize, Lb, Lb); 3] = [
-            (&tcp4, 18, 38, Lb::MalformedIpv4, Lb::MalformedL4),
-            (&udp6, 14, 54, Lb::MalformedIpv6, Lb::MalformedL4),
-            (&icmp, 14, 34, Lb::MalformedIpv4, Lb::MalformedIcmp),
+        lab.vip(3, VIP6, 443, 6, 0, &[5]);
+        let tcp6 = build(
+            &Flow::tcp("2001:db8:c::5", 5000, VIP6, 443),
+            Tcp::Syn,
+            b"p",
+            &Extra::default(),
+        );
+        let udp4 = build(
+            &Flow::udp("203.0.113.7", 5353, VIP4, 53),
+            Tcp::Ack,
+            b"p",
+            &Extra::default(),
+        );
+        let mut quoted6 = Vec::new();
+        PacketBuilder::ipv6(o6(VIP6), o6("2001:db8:c::5"), 64)
+            .tcp(443, 5000, 1, 100)
+            .write(&mut quoted6, &[])
+            .expect("write");
+        let mut icmp6 = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv6(o6("fd00::fe"), o6(VIP6), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+            .write(&mut icmp6, &quoted6[..48])
+            .expect("write");
+        // (frame, L2 length, L4 start, L4 header bytes the parser needs, reason for a cut
+        // inside L3, reason for a cut inside L4)
+        let cases: [(&Vec<u8>, usize, usize, usize, Lb, Lb); 6] = [
+            (&tcp4, 18, 38, 20, Lb::MalformedIpv4, Lb::MalformedL4),
+            (&udp4, 14, 34, 8, Lb::MalformedIpv4, Lb::MalformedL4),
+            (&udp6, 14, 54, 8, Lb::MalformedIpv6, Lb::MalformedL4),
+            (&tcp6, 14, 54, 20, Lb::MalformedIpv6, Lb::MalformedL4),
+            (
+                &icmp,
+                14,
+                34,
+                8 + 20 + 4,
+                Lb::MalformedIpv4,
+                Lb::MalformedIcmp,
+            ),
+            (
+                &icmp6,
+                14,
+                54,
+                8 + 40 + 4,
+                Lb::MalformedIpv6,
+                Lb::MalformedIcmp,
+            ),
         ];
         let mut expected: std::collections::HashMap<Lb, u64> = Default::default();
-        for (frame, l2, l4, l3_reason, l4_reason) in cases {
+        for (frame, l2, l4, l4_min, l3_reason, l4_reason) in cases {
             let whole = lab.run(frame);
             assert_ne!(whole.action, action::DROP, "the whole frame is valid");
             let key = match whole.action {
@@ -514,13 +556,6 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
                 } else {
                     // Cut inside L4 with consistent IP lengths: the L4 parser must catch it.
                     fix_length(&mut f, l2);
-                    let l4_min = if l4_reason == Lb::MalformedIcmp {
-                        8 + 20 + 4
-                    } else if frame[l2] >> 4 == 6 {
-                        8
-                    } else {
-                        20
-                    };
                     if cut - l4 >= l4_min {
                         continue; // complete headers: a valid (short-payload) packet
                     }
