@@ -101,8 +101,10 @@ pub fn fixed(status: u16, delay: Duration) -> Behaviour {
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
-    /// Client listener.
+    /// The first client listener.
     pub http: SocketAddr,
+    /// Every client listener by name.
+    pub listeners: HashMap<String, SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// Config path.
@@ -145,16 +147,22 @@ impl Gateway {
                 }
             }
         });
-        let (mut http, mut admin) = (None, None);
-        while http.is_none() || admin.is_none() {
+        let wanted = config.matches("[[listener]]").count();
+        let (mut http, mut admin, mut listeners) = (None, None, HashMap::new());
+        while listeners.len() < wanted || admin.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(10))
                 .expect("gateway start-up log");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             let f = &v["fields"];
-            let addr = f["address"].as_str().and_then(|a| a.parse().ok());
+            let addr: Option<SocketAddr> = f["address"].as_str().and_then(|a| a.parse().ok());
             match f["message"].as_str() {
-                Some("listening") => http = addr,
+                Some("listening") => {
+                    http = http.or(addr);
+                    if let (Some(name), Some(a)) = (f["listener"].as_str(), addr) {
+                        listeners.insert(name.to_string(), a);
+                    }
+                }
                 Some("admin API") => admin = addr,
                 _ => {}
             }
@@ -162,6 +170,7 @@ impl Gateway {
         Gateway {
             child,
             http: http.expect("listener"),
+            listeners,
             admin: admin.expect("admin"),
             config: path,
             dir,

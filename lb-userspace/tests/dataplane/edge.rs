@@ -515,7 +515,8 @@ fn truncation_at_every_length_is_dropped_and_counted_by_reason() {
             .expect("write");
         // (frame, L2 length, L4 start, L4 header bytes the parser needs, reason for a cut
         // inside L3, reason for a cut inside L4)
-        let cases: [(&Vec<u8>, usize, usize, usize, Lb, Lb); 6] = [
+        type Case<'a> = (&'a Vec<u8>, usize, usize, usize, Lb, Lb);
+        let cases: [Case<'_>; 6] = [
             (&tcp4, 18, 38, 20, Lb::MalformedIpv4, Lb::MalformedL4),
             (&udp4, 14, 34, 8, Lb::MalformedIpv4, Lb::MalformedL4),
             (&udp6, 14, 54, 8, Lb::MalformedIpv6, Lb::MalformedL4),
