@@ -194,6 +194,81 @@ pub struct Upstream {
     /// Speak HTTP/2 (prior knowledge) to the targets instead of HTTP/1.1.
     #[serde(default)]
     pub http2: bool,
+    /// Active health checks of the targets.
+    pub health: Option<HealthCheck>,
+    /// Passive outlier ejection.
+    pub outlier: Option<Outlier>,
+}
+
+/// An active HTTP health check.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path probed with GET.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Expected status.
+    #[serde(default = "default_health_status")]
+    pub expect_status: u16,
+    /// Time between probes.
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    /// Time a probe may take.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+    /// Successes that bring a target back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures that take it out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_status() -> u16 {
+    200
+}
+fn default_health_interval() -> u64 {
+    1000
+}
+fn default_health_timeout() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Passive outlier ejection: targets that keep failing are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    /// Consecutive 5xx responses that eject a target (0 = never).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures that eject a target (0 = never).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_connect_errors: u32,
+    /// First ejection time; the n-th ejection of the same target lasts n times as long.
+    #[serde(default = "default_ejection")]
+    pub base_ejection_ms: u64,
+    /// Most of the pool that may be ejected at once (%).
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_ejection() -> u64 {
+    30_000
+}
+fn default_max_ejection() -> u32 {
+    50
 }
 
 fn default_concurrency() -> usize {
@@ -480,6 +555,34 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
                 format!("{at}.max_concurrent_requests"),
                 "must be at least 1",
             );
+        }
+        if let Some(h) = &u.health {
+            if !h.path.starts_with('/') {
+                return bad(format!("{at}.health.path"), "must start with '/'");
+            }
+            if h.interval_ms == 0 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+                return bad(
+                    format!("{at}.health.timeout_ms"),
+                    "must be greater than 0 and at most interval_ms",
+                );
+            }
+            if h.rise == 0 || h.fall == 0 {
+                return bad(format!("{at}.health"), "rise and fall must be at least 1");
+            }
+        }
+        if let Some(o) = &u.outlier {
+            if o.max_ejection_percent > 100 {
+                return bad(
+                    format!("{at}.outlier.max_ejection_percent"),
+                    "between 0 and 100",
+                );
+            }
+            if o.base_ejection_ms == 0 {
+                return bad(
+                    format!("{at}.outlier.base_ejection_ms"),
+                    "must be greater than 0",
+                );
+            }
         }
         if let Balance::HashHeader(h) | Balance::HashCookie(h) = &u.balance {
             if h.is_empty() {

@@ -25,7 +25,7 @@ use crate::{
     policy::{Chain, Context},
     problem::{full, problem},
     router::{RequestView, Router},
-    upstream::{client, HashInput, HttpClient, Pool},
+    upstream::{client, HashInput, HttpClient, Outcome, Pool},
     Body,
 };
 
@@ -114,7 +114,16 @@ impl Runtime {
                             })
                             .map(|(pool, _, _)| pool.clone())
                     })
-                    .unwrap_or_else(|| Arc::new(Pool::new(u)))
+                    .unwrap_or_else(|| {
+                        let pool = Arc::new(Pool::new(u));
+                        // A new pool gets its own prober, which ends when the pool is dropped.
+                        if pool.health.is_some() {
+                            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                                handle.spawn(crate::upstream::check_health(Arc::downgrade(&pool)));
+                            }
+                        }
+                        pool
+                    })
             })
             .collect();
         let pool = |name: &str| {
@@ -581,6 +590,14 @@ async fn forward(
             Ok(Ok(resp)) => {
                 pool.observe(i, sent.elapsed());
                 let status = resp.status().as_u16();
+                pool.report(
+                    i,
+                    if status >= 500 {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Ok
+                    },
+                );
                 if retry_left && retries.on_status.contains(&status) && route.budget.try_retry() {
                     tracing::debug!(status, target = %target.addr, "retrying on status");
                     continue;
@@ -595,6 +612,9 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();
+                if connect {
+                    pool.report(i, Outcome::ConnectError);
+                }
                 if connect && retry_left && route.budget.try_retry() {
                     tracing::debug!(target = %target.addr, "retrying after a connect failure");
                     continue;

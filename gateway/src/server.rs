@@ -53,7 +53,9 @@ impl Gateway {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let mut r = text(StatusCode::OK, &self.metrics.render());
+                let mut body = self.metrics.render();
+                upstream_metrics(&mut body, &self.runtime.load());
+                let mut r = text(StatusCode::OK, &body);
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -69,6 +71,27 @@ impl Gateway {
                 StatusCode::NOT_FOUND,
                 &format!("no admin route for {} {}", req.method(), req.uri().path()),
             ),
+        }
+    }
+}
+
+/// Health of every upstream target: 1 while it may get new requests.
+fn upstream_metrics(out: &mut String, rt: &Runtime) {
+    use std::fmt::Write;
+    out.push_str("# HELP sluice_gateway_upstream_healthy 1 if the target passes its health check and is not ejected.\n# TYPE sluice_gateway_upstream_healthy gauge\n");
+    let mut seen = std::collections::HashSet::new();
+    for (pool, _, _) in rt.routes.iter().flat_map(|r| r.targets.iter()) {
+        if !seen.insert(pool.name.clone()) {
+            continue;
+        }
+        for t in &pool.targets {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_upstream_healthy{{upstream=\"{}\",target=\"{}\"}} {}",
+                pool.name,
+                t.addr,
+                u8::from(t.usable())
+            );
         }
     }
 }

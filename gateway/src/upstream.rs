@@ -4,8 +4,8 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -17,11 +17,11 @@ use hyper_util::{
 use rand::Rng;
 
 use crate::{
-    config::{Balance, Timeouts, Upstream},
+    config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
     Body,
 };
 
-/// One target and its live load figures.
+/// One target and its live load and health figures.
 #[derive(Debug)]
 pub struct TargetState {
     /// Address.
@@ -32,6 +32,43 @@ pub struct TargetState {
     pub in_flight: AtomicUsize,
     /// EWMA of response-head latency, in microseconds (0 = none yet).
     pub ewma_us: AtomicU64,
+    /// Passing its active health check (true until a check says otherwise).
+    pub healthy: AtomicBool,
+    /// Ejected by outlier detection until this time (ms on the process clock; 0 = not).
+    pub ejected_until_ms: AtomicU64,
+    /// How many times it has been ejected.
+    pub ejections: AtomicU32,
+    consecutive_5xx: AtomicU32,
+    consecutive_connect: AtomicU32,
+}
+
+/// Milliseconds since the process started: the clock ejections are kept on.
+fn now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl TargetState {
+    /// Healthy and not ejected: may get new requests.
+    pub fn usable(&self) -> bool {
+        self.weight > 0
+            && self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+}
+
+/// How an attempt on a target ended, for outlier detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response below 500.
+    Ok,
+    /// A 5xx response.
+    ServerError,
+    /// The connection could not be made.
+    ConnectError,
 }
 
 /// A pool.
@@ -52,6 +89,10 @@ pub struct Pool {
     pub max_concurrent: usize,
     /// Speak HTTP/2 to targets.
     pub http2: bool,
+    /// Active health check.
+    pub health: Option<HealthCheck>,
+    /// Outlier ejection.
+    pub outlier: Option<Outlier>,
 }
 
 /// The smooth weighted round-robin order (as nginx): each target appears `weight` times,
@@ -116,6 +157,11 @@ impl Pool {
                         weight: t.weight,
                         in_flight: AtomicUsize::new(0),
                         ewma_us: AtomicU64::new(0),
+                        healthy: AtomicBool::new(true),
+                        ejected_until_ms: AtomicU64::new(0),
+                        ejections: AtomicU32::new(0),
+                        consecutive_5xx: AtomicU32::new(0),
+                        consecutive_connect: AtomicU32::new(0),
                     })
                 })
                 .collect(),
@@ -124,21 +170,73 @@ impl Pool {
             in_flight: AtomicUsize::new(0),
             max_concurrent: u.max_concurrent_requests,
             http2: u.http2,
+            health: u.health.clone(),
+            outlier: u.outlier.clone(),
         }
+    }
+
+    /// Records how an attempt ended; ejects the target after too many consecutive failures,
+    /// for longer each time, as long as no more than the allowed share of the pool is out.
+    pub fn report(&self, target: usize, outcome: Outcome) {
+        let (Some(o), Some(t)) = (&self.outlier, self.targets.get(target)) else {
+            return;
+        };
+        let (count, limit) = match outcome {
+            Outcome::Ok => {
+                t.consecutive_5xx.store(0, Ordering::Relaxed);
+                t.consecutive_connect.store(0, Ordering::Relaxed);
+                return;
+            }
+            Outcome::ServerError => (
+                t.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
+                o.consecutive_5xx,
+            ),
+            Outcome::ConnectError => (
+                t.consecutive_connect.fetch_add(1, Ordering::Relaxed) + 1,
+                o.consecutive_connect_errors,
+            ),
+        };
+        if limit == 0 || count < limit {
+            return;
+        }
+        let now = now_ms();
+        if t.ejected_until_ms.load(Ordering::Relaxed) > now {
+            return;
+        }
+        let out = self
+            .targets
+            .iter()
+            .filter(|x| x.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .count();
+        if (out + 1) * 100 > self.targets.len() * o.max_ejection_percent as usize {
+            return;
+        }
+        let n = t.ejections.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        t.ejected_until_ms
+            .store(now + o.base_ejection_ms * n, Ordering::Relaxed);
+        t.consecutive_5xx.store(0, Ordering::Relaxed);
+        t.consecutive_connect.store(0, Ordering::Relaxed);
+        tracing::warn!(pool = %self.name, target = %t.addr, ejection = n, ms = o.base_ejection_ms * n, "target ejected");
     }
 
     /// Picks a target, skipping those in `exclude` (already tried) when others remain.
     pub fn pick(&self, key: &HashInput<'_>, exclude: &[usize]) -> Option<usize> {
-        let usable: Vec<usize> = (0..self.targets.len())
-            .filter(|i| self.targets[*i].weight > 0 && !exclude.contains(i))
-            .collect();
-        let usable = if usable.is_empty() {
+        // Healthy, not ejected, not tried yet; failing that, anything healthy; failing that,
+        // anything with a weight (a pool with every target down still tries rather than
+        // refuse outright: a wrong health check must not take a whole service down).
+        let choose = |f: &dyn Fn(&TargetState) -> bool| -> Vec<usize> {
             (0..self.targets.len())
-                .filter(|i| self.targets[*i].weight > 0)
+                .filter(|i| f(&self.targets[*i]))
                 .collect()
-        } else {
-            usable
         };
+        let mut usable = choose(&|t| t.usable());
+        usable.retain(|i| !exclude.contains(i));
+        if usable.is_empty() {
+            usable = choose(&|t| t.usable());
+        }
+        if usable.is_empty() {
+            usable = choose(&|t| t.weight > 0);
+        }
         if usable.is_empty() {
             return None;
         }
@@ -211,6 +309,97 @@ impl Pool {
     }
 }
 
+/// Probes every target of `pool` until the pool is dropped (a reload that replaces it).
+pub async fn check_health(pool: std::sync::Weak<Pool>) {
+    let Some(check) = pool.upgrade().and_then(|p| p.health.clone()) else {
+        return;
+    };
+    let mut streaks: Vec<(bool, u32)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(check.interval_ms));
+    loop {
+        tick.tick().await;
+        let Some(p) = pool.upgrade() else { return };
+        streaks.resize(p.targets.len(), (true, 0));
+        let probes = p.targets.iter().map(|t| probe(t.addr, &check));
+        let results = futures_join(probes).await;
+        for ((t, ok), (up, streak)) in p.targets.iter().zip(results).zip(streaks.iter_mut()) {
+            if ok == *up {
+                *streak = 0;
+                continue;
+            }
+            *streak += 1;
+            if *streak >= if ok { check.rise } else { check.fall } {
+                *up = ok;
+                *streak = 0;
+                t.healthy.store(ok, Ordering::Relaxed);
+                tracing::info!(pool = %p.name, target = %t.addr, healthy = ok, "health changed");
+            }
+        }
+    }
+}
+
+async fn futures_join<F: std::future::Future<Output = bool>>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<bool> {
+    let handles: Vec<_> = futs.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Probes of one pool run together, so one slow target does not delay the others.
+    let joined = futures_util_join_all(handles).await;
+    out.extend(joined);
+    out
+}
+
+async fn futures_util_join_all<F: std::future::Future<Output = bool>>(futs: Vec<F>) -> Vec<bool> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut results = vec![false; set.len()];
+    let mut pending: Vec<usize> = (0..set.len()).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain(|i| match set[*i].as_mut().poll(cx) {
+            std::task::Poll::Ready(ok) => {
+                results[*i] = ok;
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results
+}
+
+/// One HTTP/1.1 GET; true if the status is the expected one within the timeout.
+async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-gateway\r\nConnection: close\r\n\r\n", check.path);
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 32];
+        let mut len = 0;
+        while len < 12 {
+            let n = s.read(&mut buf[len..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        let line = std::str::from_utf8(&buf[..len]).ok()?;
+        let status: u16 = line.get(9..12)?.parse().ok()?;
+        Some(line.starts_with("HTTP/1.") && status == check.expect_status)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(check.timeout_ms), attempt).await,
+        Ok(Some(true))
+    )
+}
+
 /// The pooled HTTP client for one route's traffic to one pool.
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -249,6 +438,13 @@ mod tests {
                 .collect(),
             max_concurrent_requests: 100,
             http2: false,
+            health: None,
+            outlier: Some(Outlier {
+                consecutive_5xx: 2,
+                consecutive_connect_errors: 1,
+                base_ejection_ms: 60_000,
+                max_ejection_percent: 50,
+            }),
         })
     }
 
@@ -258,6 +454,37 @@ mod tests {
             cookie: None,
             client: IpAddr::from([192, 0, 2, 1]),
         }
+    }
+
+    #[test]
+    fn outliers_are_ejected_for_longer_each_time_within_the_share() {
+        let p = pool(Balance::RoundRobin, &[1, 1, 1, 1]);
+        p.report(0, Outcome::ServerError);
+        assert!(p.targets[0].usable(), "one 5xx is not enough");
+        p.report(0, Outcome::ServerError);
+        assert!(!p.targets[0].usable());
+        let until = p.targets[0].ejected_until_ms.load(Ordering::Relaxed);
+        assert!(until >= now_ms() + 59_000);
+        assert!(
+            (0..50).all(|_| p.pick(&key(), &[]) != Some(0)),
+            "ejected targets get nothing"
+        );
+        p.report(1, Outcome::ConnectError);
+        assert!(!p.targets[1].usable());
+        // Half the pool is out: a third ejection is not allowed.
+        p.report(2, Outcome::ConnectError);
+        assert!(p.targets[2].usable());
+        // Back in, then out again: twice as long.
+        p.targets[0].ejected_until_ms.store(0, Ordering::Relaxed);
+        p.targets[1].ejected_until_ms.store(0, Ordering::Relaxed);
+        p.report(0, Outcome::ServerError);
+        p.report(0, Outcome::ServerError);
+        assert!(p.targets[0].ejected_until_ms.load(Ordering::Relaxed) >= now_ms() + 119_000);
+        // A success resets the streak.
+        p.report(3, Outcome::ServerError);
+        p.report(3, Outcome::Ok);
+        p.report(3, Outcome::ServerError);
+        assert!(p.targets[3].usable());
     }
 
     #[test]

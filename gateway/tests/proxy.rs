@@ -373,3 +373,118 @@ fn admin_drain_fails_readiness() {
     // Draining stops new flows at L4; requests that still arrive are served.
     assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
 }
+
+/// An upstream whose `/healthz` answers 503 while `sick` is set, and that counts the other
+/// requests it serves.
+fn checked(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> support::Upstream {
+    upstream(
+        rt,
+        name,
+        std::sync::Arc::new(move |path: &str| {
+            if path == "/healthz" {
+                (
+                    if sick.load(Ordering::SeqCst) {
+                        503
+                    } else {
+                        200
+                    },
+                    Duration::ZERO,
+                )
+            } else {
+                served.fetch_add(1, Ordering::SeqCst);
+                (200, Duration::ZERO)
+            }
+        }),
+    )
+}
+
+#[test]
+fn active_health_checks_take_a_target_out_and_back() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc,
+    };
+    let rt = runtime();
+    let (a_served, b_served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sick = Arc::new(AtomicBool::new(false));
+    let a = checked(&rt, "a", Arc::new(AtomicBool::new(false)), a_served.clone());
+    let b = checked(&rt, "b", sick.clone(), b_served.clone());
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
+        pool("p", &[a.addr, b.addr], "health = { path = \"/healthz\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }")
+    )));
+    let burst =
+        || (0..20).for_each(|_| assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200));
+    burst();
+    assert!(b_served.load(Ordering::SeqCst) > 0);
+    sick.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = b_served.load(Ordering::SeqCst);
+    burst();
+    assert_eq!(
+        b_served.load(Ordering::SeqCst),
+        before,
+        "a failing target gets no requests"
+    );
+    let m = request(gw.admin, "GET", "/metrics", &[], "");
+    assert!(
+        m.body.contains(&format!(
+            "sluice_gateway_upstream_healthy{{upstream=\"p\",target=\"{}\"}} 0",
+            b.addr
+        )),
+        "{}",
+        m.body
+    );
+    sick.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = b_served.load(Ordering::SeqCst);
+    burst();
+    assert!(
+        b_served.load(Ordering::SeqCst) > before,
+        "a recovered target is used again"
+    );
+    assert!(a_served.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn outlier_ejection_and_return() {
+    let rt = runtime();
+    let good = upstream(&rt, "good", fixed(200, Duration::ZERO));
+    let bad = upstream(&rt, "bad", fixed(500, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
+        pool(
+            "p",
+            &[good.addr, bad.addr],
+            "outlier = { consecutive_5xx = 3, base_ejection_ms = 600 }"
+        )
+    )));
+    // Round robin sends every other request to the failing target until it is ejected.
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| request(gw.http, "GET", "/", &[], "").status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
+    let hits = bad.hits.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+    }
+    assert_eq!(bad.hits.load(Ordering::SeqCst), hits, "ejected");
+    // After the ejection time it is tried again (and, still failing, ejected for longer).
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..10 {
+        request(gw.http, "GET", "/", &[], "");
+    }
+    assert!(
+        bad.hits.load(Ordering::SeqCst) > hits,
+        "back after its ejection time"
+    );
+}
