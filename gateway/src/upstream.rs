@@ -320,8 +320,16 @@ pub async fn check_health(pool: std::sync::Weak<Pool>) {
         tick.tick().await;
         let Some(p) = pool.upgrade() else { return };
         streaks.resize(p.targets.len(), (true, 0));
-        let probes = p.targets.iter().map(|t| probe(t.addr, &check));
-        let results = futures_join(probes).await;
+        // Probes of one pool run together, so one slow target does not delay the others.
+        let probes: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| tokio::spawn(probe(t.addr, check.clone())))
+            .collect();
+        let mut results = Vec::with_capacity(probes.len());
+        for h in probes {
+            results.push(h.await.unwrap_or(false));
+        }
         for ((t, ok), (up, streak)) in p.targets.iter().zip(results).zip(streaks.iter_mut()) {
             if ok == *up {
                 *streak = 0;
@@ -338,44 +346,8 @@ pub async fn check_health(pool: std::sync::Weak<Pool>) {
     }
 }
 
-async fn futures_join<F: std::future::Future<Output = bool>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<bool> {
-    let handles: Vec<_> = futs.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Probes of one pool run together, so one slow target does not delay the others.
-    let joined = futures_util_join_all(handles).await;
-    out.extend(joined);
-    out
-}
-
-async fn futures_util_join_all<F: std::future::Future<Output = bool>>(futs: Vec<F>) -> Vec<bool> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut results = vec![false; set.len()];
-    let mut pending: Vec<usize> = (0..set.len()).collect();
-    std::future::poll_fn(|cx| {
-        pending.retain(|i| match set[*i].as_mut().poll(cx) {
-            std::task::Poll::Ready(ok) => {
-                results[*i] = ok;
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results
-}
-
 /// One HTTP/1.1 GET; true if the status is the expected one within the timeout.
-async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
+async fn probe(addr: SocketAddr, check: HealthCheck) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
