@@ -3,10 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -209,6 +206,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// The protocol a request asks to switch to (`Upgrade`, with `Connection: upgrade`).
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts back the two headers an upgrade needs after hop-by-hop removal.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -436,7 +454,14 @@ async fn forward(
     };
     route.budget.request();
     let (mut parts, body) = req.into_parts();
+    // An upgrade (WebSocket) is passed through: both sides' connections are joined once the
+    // upstream agrees (101).
+    let upgrade = upgrade_of(&parts.headers);
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = &upgrade {
+        keep_upgrade(&mut parts.headers, p.clone());
+    }
     // Forwarding headers: the client as the packet showed it (DSR keeps it real).
     let client_ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };
@@ -602,6 +627,9 @@ async fn forward(
                     tracing::debug!(status, target = %target.addr, "retrying on status");
                     continue;
                 }
+                if status == 101 {
+                    return switch_protocols(resp, client_upgrade, upgrade);
+                }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 return Response::from_parts(
@@ -645,5 +673,35 @@ async fn forward(
     }
 }
 
-/// Counter shared by listeners: open client connections.
-pub static ACTIVE_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Answers 101 to the client and joins the two upgraded connections.
+fn switch_protocols(
+    mut resp: Response<Incoming>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    protocol: Option<HeaderValue>,
+) -> Response<Body> {
+    let (Some(client), Some(protocol)) = (client, protocol) else {
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "the upstream switched protocols unasked",
+        );
+    };
+    let upstream = hyper::upgrade::on(&mut resp);
+    let (mut rp, _) = resp.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    keep_upgrade(&mut rp.headers, protocol);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (
+                    hyper_util::rt::TokioIo::new(c),
+                    hyper_util::rt::TokioIo::new(u),
+                );
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::from_parts(rp, full(Bytes::new()))
+}

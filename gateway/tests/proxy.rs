@@ -488,3 +488,46 @@ fn outlier_ejection_and_return() {
         "back after its ejection time"
     );
 }
+
+#[test]
+fn websocket_echo_through_the_gateway() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let echo = listener.local_addr().expect("addr");
+    rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"ws\"\npath = {{ prefix = \"/ws\" }}\nupstream = \"e\"\n",
+        pool("e", &[echo], "")
+    )));
+    let addr = gw.http;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut ws, resp) = tokio_tungstenite::client_async("ws://test.local/ws/chat", tcp)
+            .await
+            .expect("handshake through the gateway");
+        assert_eq!(resp.status(), 101);
+        for text in ["hello", "through", "sluice"] {
+            ws.send(Message::Text(text.into())).await.expect("send");
+            let back = ws.next().await.expect("frame").expect("message");
+            assert_eq!(back, Message::Text(text.into()));
+        }
+        ws.close(None).await.expect("close");
+    });
+}
