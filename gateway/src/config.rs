@@ -198,6 +198,9 @@ pub struct Upstream {
     pub health: Option<HealthCheck>,
     /// Passive outlier ejection.
     pub outlier: Option<Outlier>,
+    /// Session persistence: a cookie of this name pins a client to the target that served
+    /// it first (while that target is usable).
+    pub session_cookie: Option<String>,
 }
 
 /// An active HTTP health check.

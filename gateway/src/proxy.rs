@@ -548,6 +548,11 @@ async fn forward(
                 .map(str::to_string),
         )
     };
+    let session = pool
+        .session_cookie
+        .as_deref()
+        .and_then(|name| cookie(&parts.headers, name))
+        .map(str::to_string);
     let mut tried = Vec::new();
     let timeout = Duration::from_millis(route.config.timeouts.request_ms);
     let path_q = parts
@@ -571,7 +576,11 @@ async fn forward(
             cookie: hash_key.1.as_deref(),
             client: client_ip,
         };
-        let Some(i) = pool.pick(&key, &tried) else {
+        let pinned = session
+            .as_deref()
+            .and_then(|t| pool.session_target(t))
+            .filter(|i| !tried.contains(i));
+        let Some(i) = pinned.or_else(|| pool.pick(&key, &tried)) else {
             pool.in_flight.fetch_sub(1, Ordering::Relaxed);
             return problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -632,6 +641,18 @@ async fn forward(
                 }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
+                if let Some(name) = &pool.session_cookie {
+                    let token = pool.session_token(i);
+                    if token.is_some() && token != session {
+                        let cookie = format!(
+                            "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+                            token.unwrap_or_default()
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&cookie) {
+                            rp.headers.append(header::SET_COOKIE, v);
+                        }
+                    }
+                }
                 return Response::from_parts(
                     rp,
                     rb.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

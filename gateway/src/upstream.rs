@@ -93,6 +93,8 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     /// Outlier ejection.
     pub outlier: Option<Outlier>,
+    /// Session-persistence cookie name.
+    pub session_cookie: Option<String>,
 }
 
 /// The smooth weighted round-robin order (as nginx): each target appears `weight` times,
@@ -172,7 +174,22 @@ impl Pool {
             http2: u.http2,
             health: u.health.clone(),
             outlier: u.outlier.clone(),
+            session_cookie: u.session_cookie.clone(),
         }
+    }
+
+    /// The opaque cookie value that names target `i` (a hash of its address, so it stays
+    /// valid across reloads and on every gateway node).
+    pub fn session_token(&self, i: usize) -> Option<String> {
+        self.targets
+            .get(i)
+            .map(|t| format!("{:016x}", fnv1a(t.addr.to_string().as_bytes(), 0x5e55)))
+    }
+
+    /// The usable target a session cookie names, if any.
+    pub fn session_target(&self, token: &str) -> Option<usize> {
+        (0..self.targets.len())
+            .find(|i| self.targets[*i].usable() && self.session_token(*i).as_deref() == Some(token))
     }
 
     /// Records how an attempt ended; ejects the target after too many consecutive failures,
@@ -410,6 +427,7 @@ mod tests {
                 .collect(),
             max_concurrent_requests: 100,
             http2: false,
+            session_cookie: None,
             health: None,
             outlier: Some(Outlier {
                 consecutive_5xx: 2,

@@ -531,3 +531,52 @@ fn websocket_echo_through_the_gateway() {
         ws.close(None).await.expect("close");
     });
 }
+
+#[test]
+fn session_cookie_pins_a_client_to_its_target() {
+    let rt = runtime();
+    let ups: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| upstream(&rt, n, fixed(200, Duration::ZERO)))
+        .collect();
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
+        pool("p", &addrs, "session_cookie = \"sluice_sid\"")
+    )));
+    let first = request(gw.http, "GET", "/", &[], "");
+    let set = first
+        .headers
+        .get("set-cookie")
+        .expect("a session cookie is set")
+        .clone();
+    assert!(
+        set.starts_with("sluice_sid=") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().expect("pair").to_string();
+    let home = first.json()["upstream"].clone();
+    for _ in 0..12 {
+        let r = request(
+            gw.http,
+            "GET",
+            "/",
+            &[&format!("Cookie: other=1; {cookie}")],
+            "",
+        );
+        assert_eq!(
+            r.json()["upstream"],
+            home,
+            "round robin would have moved it"
+        );
+        assert!(
+            r.headers.get("set-cookie").is_none(),
+            "no new cookie while it holds"
+        );
+    }
+    // Without the cookie, round robin as usual.
+    let seen: std::collections::HashSet<String> = (0..6)
+        .map(|_| request(gw.http, "GET", "/", &[], "").json()["upstream"].to_string())
+        .collect();
+    assert_eq!(seen.len(), 3);
+}
