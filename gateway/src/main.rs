@@ -33,6 +33,21 @@ enum Command {
     },
 }
 
+/// A gateway holds one descriptor per connection: use the hard limit, not the soft one.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     // One JSON line per event; the access log is the `access` target.
     tracing_subscriber::fmt()
@@ -45,10 +60,17 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run { config, workers } => {
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                rt.worker_threads(n.max(1));
-            }
+            raise_nofile();
+            // One worker: a current-thread runtime, with no cross-thread wake-ups at all.
+            let mut rt = match workers {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n.max(1));
+                    b
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             rt.enable_all()
                 .build()
                 .context("starting the runtime")?

@@ -37,9 +37,11 @@ impl Histogram {
     }
 }
 
+/// Counts by route, method and status, nested so a request is counted without allocating
+/// once its labels have been seen.
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>,
     durations: BTreeMap<String, Histogram>,
 }
 
@@ -71,13 +73,21 @@ impl Metrics {
     /// Records a finished request.
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         if let Ok(mut i) = self.inner.lock() {
-            *i.requests
-                .entry((route.to_string(), method.to_string(), status))
-                .or_default() += 1;
-            i.durations
-                .entry(route.to_string())
-                .or_default()
-                .observe(took.as_secs_f64());
+            if !i.requests.contains_key(route) {
+                i.requests.insert(route.to_string(), BTreeMap::new());
+                i.durations.insert(route.to_string(), Histogram::default());
+            }
+            if let Some(by_method) = i.requests.get_mut(route) {
+                if !by_method.contains_key(method) {
+                    by_method.insert(method.to_string(), BTreeMap::new());
+                }
+                if let Some(by_status) = by_method.get_mut(method) {
+                    *by_status.entry(status).or_default() += 1;
+                }
+            }
+            if let Some(h) = i.durations.get_mut(route) {
+                h.observe(took.as_secs_f64());
+            }
         }
     }
 
@@ -87,8 +97,12 @@ impl Metrics {
         let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(i) = self.inner.lock() {
             o.push_str("# HELP sluice_gateway_requests_total Requests served, by route, method and status.\n# TYPE sluice_gateway_requests_total counter\n");
-            for ((route, method, status), n) in &i.requests {
-                let _ = writeln!(o, "sluice_gateway_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}", esc(route), esc(method));
+            for (route, by_method) in &i.requests {
+                for (method, by_status) in by_method {
+                    for (status, n) in by_status {
+                        let _ = writeln!(o, "sluice_gateway_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}", esc(route), esc(method));
+                    }
+                }
             }
             o.push_str("# HELP sluice_gateway_request_duration_seconds Time from request to response head.\n# TYPE sluice_gateway_request_duration_seconds histogram\n");
             for (route, h) in &i.durations {

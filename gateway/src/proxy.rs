@@ -236,11 +236,14 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut rng = rand::thread_rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.gen::<u8>()))
-        .collect()
+/// 32 random lowercase hex digits (a request or trace id).
+fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// 16 random lowercase hex digits (a span id), never all zero.
+fn random_span() -> String {
+    format!("{:016x}", rand::random::<u64>().max(1))
 }
 
 /// A W3C trace-parent: kept if valid (version 00, non-zero ids), else a new trace.
@@ -261,10 +264,10 @@ fn traceparent(incoming: Option<&HeaderValue>) -> String {
             && parts[2] != "0".repeat(16)
         {
             // Our hop is a new span under the same trace.
-            return format!("00-{}-{}-{}", parts[1], random_hex(8), parts[3]);
+            return format!("00-{}-{}-{}", parts[1], random_span(), parts[3]);
         }
     }
-    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+    format!("00-{}-{}-01", random_id(), random_span())
 }
 
 fn host_of(req: &Request<Incoming>) -> String {
@@ -318,7 +321,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
-        .unwrap_or_else(|| random_hex(16));
+        .unwrap_or_else(random_id);
     let (mut resp, route_name) = serve(&rt, conn, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -593,7 +596,7 @@ async fn forward(
         tried.push(i);
         let uri = match Uri::builder()
             .scheme("http")
-            .authority(target.addr.to_string())
+            .authority(target.authority.as_str())
             .path_and_query(path_q.as_str())
             .build()
         {
@@ -607,7 +610,12 @@ async fn forward(
         };
         let mut up = Request::builder().method(parts.method.clone()).uri(uri);
         if let Some(h) = up.headers_mut() {
-            *h = parts.headers.clone();
+            // Only a request that may be sent again keeps its own copy.
+            *h = if can_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
         }
         let body = match (&buffered, streaming.take()) {
             (Some(b), _) => full(b.clone()),

@@ -26,6 +26,8 @@ use crate::{
 pub struct TargetState {
     /// Address.
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once.
+    pub authority: String,
     /// Weight.
     pub weight: u32,
     /// Requests in flight.
@@ -156,6 +158,7 @@ impl Pool {
                 .map(|t| {
                     Arc::new(TargetState {
                         addr: t.address,
+                        authority: t.address.to_string(),
                         weight: t.weight,
                         in_flight: AtomicUsize::new(0),
                         ewma_us: AtomicU64::new(0),

@@ -47,6 +47,8 @@ enum BenchTarget {
     Xdp,
     /// Maglev table build time, against the paper's textbook algorithm.
     Lb,
+    /// sluice-gateway against nginx as a reverse proxy (installs nginx and wrk).
+    Gateway,
 }
 
 fn main() -> Result<()> {
@@ -60,6 +62,10 @@ fn main() -> Result<()> {
         Cmd::Bench { target } => match target {
             BenchTarget::Xdp => cargo(&["bench", "-p", "sluice-lb", "--bench", "xdp"]),
             BenchTarget::Lb => cargo(&["bench", "-p", "sluice-lb", "--bench", "maglev"]),
+            BenchTarget::Gateway => {
+                setup::packages(&["nginx", "wrk"])?;
+                cargo(&["bench", "-p", "sluice-gateway", "--bench", "vs_nginx"])
+            }
         },
     }
 }

@@ -73,6 +73,25 @@ fn bpffs_mounted() -> bool {
         .unwrap_or(false)
 }
 
+/// Installs Debian packages that are missing (for benchmarks, which need more than tests).
+pub fn packages(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("not root: run `sudo apt-get install -y {}`", missing.join(" "));
+    }
+    exec(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("installing {}", missing.join(" ")),
+    )
+}
+
 /// Checks every piece and installs what is missing.
 pub fn run() -> Result<()> {
     let root = is_root();

@@ -1,0 +1,302 @@
+//! `cargo xtask bench gateway`: sluice-gateway beside nginx as a reverse proxy, same route,
+//! same upstream, same core budget, measured in the same run.
+//!
+//! - The upstream is an nginx instance that answers a small fixed body.
+//! - Each proxy gets one worker pinned to CPU 0; wrk and the upstream run on CPU 1.
+//! - wrk: 1 thread, 50 connections, 10 s, after a 2 s warm-up; requests/s, p50, p99.
+//! - Memory: RSS (all processes of the proxy) with 10,000 idle keep-alive connections open.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+const CONNECTIONS: u32 = 50;
+const SECONDS: u32 = 10;
+const IDLE: usize = 10_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &Path, name: &str, cpu: u32, body: &str) -> Proc {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::create_dir_all(dir.join(format!("{name}-tmp"))).expect("dir");
+    let text = format!(
+        "worker_processes 1;\nworker_cpu_affinity {mask};\nworker_rlimit_nofile 30000;\ndaemon off;\n\
+         error_log {dir}/{name}-error.log warn;\npid {dir}/{name}.pid;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/{name}-tmp;\n  proxy_temp_path {dir}/{name}-tmp;\n\
+           fastcgi_temp_path {dir}/{name}-tmp;\n  uwsgi_temp_path {dir}/{name}-tmp;\n  scgi_temp_path {dir}/{name}-tmp;\n\
+           keepalive_requests 100000;\n  keepalive_timeout 300s;\n{body}\n}}\n",
+        mask = if cpu == 0 { "01" } else { "10" },
+        dir = dir.display(),
+    );
+    std::fs::write(&conf, text).expect("nginx config");
+    let child = Command::new("nginx")
+        .args(["-e", "stderr", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (installed by cargo xtask bench gateway)");
+    Proc(child)
+}
+
+/// Every PID whose parent chain leads to `root` (nginx forks its worker).
+fn tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        if let Ok(out) = Command::new("pgrep")
+            .args(["-P", &parent.to_string()])
+            .output()
+        {
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    pids
+}
+
+fn rss_kib(root: u32) -> u64 {
+    tree(root)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, seconds: u32) -> Load {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("wrk (installed by cargo xtask bench gateway)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let ms = |v: &str| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => f64::NAN,
+        }
+    };
+    let pct = |p: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(ms)
+            .unwrap_or(f64::NAN)
+    };
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    assert!(!errors, "wrk saw errors:\n{text}");
+    Load {
+        rps,
+        p50_ms: pct("50%"),
+        p99_ms: pct("99%"),
+    }
+}
+
+/// Opens `n` keep-alive connections, each after one request, and holds them.
+fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    held
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() {
+    raise_nofile();
+    let dir = std::env::temp_dir().join(format!("sluice-bench-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let upstream_port = free_port();
+    let _upstream = nginx(
+        &dir,
+        "upstream",
+        1,
+        &format!("  server {{ listen 127.0.0.1:{upstream_port} reuseport backlog=4096; location / {{ return 200 \"hello from upstream\\n\"; }} }}"),
+    );
+    let upstream: SocketAddr = format!("127.0.0.1:{upstream_port}").parse().expect("addr");
+    wait_for(upstream);
+
+    let nginx_port = free_port();
+    let nginx_proxy = nginx(
+        &dir,
+        "proxy",
+        0,
+        &format!(
+            "  upstream app {{ server {upstream}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port} backlog=4096;\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+    );
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
+    wait_for(nginx_addr);
+
+    let gw_port = free_port();
+    let admin_port = free_port();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[[listener]]\nname = \"bench\"\naddress = \"127.0.0.1:{gw_port}\"\nmax_connections = 20000\nheader_read_timeout_ms = 300000\n\n\
+         [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"{upstream}\" }}]\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n"
+    );
+    let config_path: PathBuf = dir.join("gateway.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let gateway = Proc(
+        Command::new("taskset")
+            .args([
+                "-c",
+                "0",
+                env!("CARGO_BIN_EXE_sluice-gateway"),
+                "run",
+                "--workers",
+                "1",
+                "--config",
+            ])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gateway"),
+    );
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().expect("addr");
+    wait_for(gw_addr);
+
+    let mut results = Vec::new();
+    for (name, addr, pid) in [
+        ("nginx", nginx_addr, nginx_proxy.0.id()),
+        ("sluice-gateway", gw_addr, gateway.0.id()),
+    ] {
+        let url = format!("http://{addr}/");
+        let _warm = wrk(&url, 2);
+        let load = wrk(&url, SECONDS);
+        let idle = idle_connections(addr, IDLE);
+        let rss = rss_kib(pid);
+        drop(idle);
+        results.push((name, load, rss));
+    }
+    let (_, n, n_rss) = &results[0];
+    let (_, s, s_rss) = &results[1];
+    println!("Gateway vs nginx: one worker each on CPU 0; wrk (1 thread, {CONNECTIONS} connections, {SECONDS} s) and the upstream on CPU 1");
+    println!();
+    println!("| | requests/s | p50 ms | p99 ms | RSS with {IDLE} idle keep-alive connections |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| nginx | {:.0} | {:.3} | {:.3} | {:.1} MiB |",
+        n.rps,
+        n.p50_ms,
+        n.p99_ms,
+        *n_rss as f64 / 1024.0
+    );
+    println!(
+        "| sluice-gateway | {:.0} | {:.3} | {:.3} | {:.1} MiB |",
+        s.rps,
+        s.p50_ms,
+        s.p99_ms,
+        *s_rss as f64 / 1024.0
+    );
+    println!(
+        "| ratio (sluice / nginx) | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+        s.rps / n.rps,
+        s.p50_ms / n.p50_ms,
+        s.p99_ms / n.p99_ms,
+        *s_rss as f64 / *n_rss as f64
+    );
+    println!();
+    let mut missed = Vec::new();
+    if s.rps < n.rps {
+        missed.push("requests/s >= 1.0x nginx");
+    }
+    if s.p99_ms > n.p99_ms {
+        missed.push("p99 <= nginx");
+    }
+    if s_rss > n_rss {
+        missed.push("idle RSS <= nginx");
+    }
+    if missed.is_empty() {
+        println!("targets met");
+    } else {
+        println!("targets missed: {}", missed.join(", "));
+    }
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}
