@@ -43,6 +43,20 @@ impl Histogram {
 struct Inner {
     requests: BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>,
     durations: BTreeMap<String, Histogram>,
+    upstreams: BTreeMap<String, Histogram>,
+}
+
+fn write_histogram(o: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
+    for (b, n) in BOUNDS.iter().zip(h.buckets) {
+        let _ = writeln!(o, "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(o, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
+    let _ = writeln!(o, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
 /// All gateway metrics.
@@ -91,6 +105,18 @@ impl Metrics {
         }
     }
 
+    /// Records the time an upstream took to answer with a response head.
+    pub fn upstream(&self, pool: &str, took: Duration) {
+        if let Ok(mut i) = self.inner.lock() {
+            if !i.upstreams.contains_key(pool) {
+                i.upstreams.insert(pool.to_string(), Histogram::default());
+            }
+            if let Some(h) = i.upstreams.get_mut(pool) {
+                h.observe(took.as_secs_f64());
+            }
+        }
+    }
+
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -106,20 +132,22 @@ impl Metrics {
             }
             o.push_str("# HELP sluice_gateway_request_duration_seconds Time from request to response head.\n# TYPE sluice_gateway_request_duration_seconds histogram\n");
             for (route, h) in &i.durations {
-                let r = esc(route);
-                for (b, n) in BOUNDS.iter().zip(h.buckets) {
-                    let _ = writeln!(o, "sluice_gateway_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {n}");
-                }
-                let _ = writeln!(o, "sluice_gateway_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(
-                    o,
-                    "sluice_gateway_request_duration_seconds_sum{{route=\"{r}\"}} {}",
-                    h.sum
+                write_histogram(
+                    &mut o,
+                    "sluice_gateway_request_duration_seconds",
+                    "route",
+                    &esc(route),
+                    h,
                 );
-                let _ = writeln!(
-                    o,
-                    "sluice_gateway_request_duration_seconds_count{{route=\"{r}\"}} {}",
-                    h.count
+            }
+            o.push_str("# HELP sluice_gateway_upstream_duration_seconds Time an upstream took to answer with a response head.\n# TYPE sluice_gateway_upstream_duration_seconds histogram\n");
+            for (pool, h) in &i.upstreams {
+                write_histogram(
+                    &mut o,
+                    "sluice_gateway_upstream_duration_seconds",
+                    "upstream",
+                    &esc(pool),
+                    h,
                 );
             }
         }

@@ -322,7 +322,7 @@ pub async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(random_id);
-    let (mut resp, route_name) = serve(&rt, conn, req, &request_id).await;
+    let (mut resp, route_name) = serve(&rt, &metrics, conn, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -347,6 +347,7 @@ pub async fn handle(
 
 async fn serve(
     rt: &Runtime,
+    metrics: &Metrics,
     conn: Conn,
     req: Request<Incoming>,
     request_id: &str,
@@ -414,7 +415,10 @@ async fn serve(
     if let Err(resp) = route.chain.on_request(&req, &mut ctx) {
         return (*resp, name);
     }
-    (forward(route, conn, req, &host, request_id).await, name)
+    (
+        forward(route, metrics, conn, req, &host, request_id).await,
+        name,
+    )
 }
 
 fn pick_split(route: &RouteRuntime) -> Option<&(Arc<Pool>, u32, HttpClient)> {
@@ -447,6 +451,7 @@ impl Drop for InFlight<'_> {
 
 async fn forward(
     route: &RouteRuntime,
+    metrics: &Metrics,
     conn: Conn,
     req: Request<Incoming>,
     host: &str,
@@ -631,6 +636,7 @@ async fn forward(
         match outcome {
             Ok(Ok(resp)) => {
                 pool.observe(i, sent.elapsed());
+                metrics.upstream(&pool.name, sent.elapsed());
                 let status = resp.status().as_u16();
                 pool.report(
                     i,

@@ -330,6 +330,13 @@ fn reload_under_load_loses_nothing_and_bad_config_is_kept_out() {
     assert!(m
         .body
         .contains("sluice_gateway_requests_total{route=\"r\",method=\"GET\",status=\"200\"}"));
+    assert!(m
+        .body
+        .contains("sluice_gateway_request_duration_seconds_count{route=\"r\"}"));
+    assert!(m
+        .body
+        .contains("sluice_gateway_upstream_duration_seconds_count{upstream=\"p\"}"));
+    assert!(m.body.contains("sluice_gateway_active_connections"));
 }
 
 #[test]
@@ -579,4 +586,38 @@ fn session_cookie_pins_a_client_to_its_target() {
         .map(|_| request(gw.http, "GET", "/", &[], "").json()["upstream"].to_string())
         .collect();
     assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn freebind_binds_an_address_not_yet_on_this_host() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    // 198.51.100.77 is on no interface here (a VIP before it is added to lo).
+    let cfg = |freebind: bool| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"vip\"\naddress = \"198.51.100.77:8080\"\nfreebind = {freebind}\n\
+             [[listener]]\nname = \"lo\"\naddress = \"127.0.0.1:0\"\n{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+            pool("a", &[up.addr], "")
+        )
+    };
+    let gw = Gateway::start(&cfg(true));
+    assert_eq!(
+        gw.listeners["vip"],
+        "198.51.100.77:8080".parse().expect("literal")
+    );
+    assert_eq!(request(gw.listeners["lo"], "GET", "/", &[], "").status, 200);
+    drop(gw);
+    // Without freebind the same address cannot be bound, and the error says which listener.
+    let dir = std::env::temp_dir().join(format!("sluice-freebind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("gw.toml"), cfg(false)).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+        .args(["run", "--config"])
+        .arg(dir.join("gw.toml"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listener vip on 198.51.100.77:8080"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -80,9 +80,15 @@ pub fn packages(pkgs: &[&str]) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("not root: run `sudo apt-get install -y {}`", missing.join(" "));
+        bail!(
+            "not root: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
     }
-    exec(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    exec(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
