@@ -96,12 +96,11 @@ pub struct Listener {
     /// Most open connections; more are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive (slowloris).
+    /// Time allowed for a request's head to arrive: it starts when a connection waits for
+    /// its next request, so it also closes idle keep-alive connections (slowloris and idle
+    /// keep-alive alike).
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
-    /// Idle keep-alive time between requests.
-    #[serde(default = "default_idle")]
-    pub idle_timeout_ms: u64,
     /// Largest request head (bytes).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
@@ -144,9 +143,6 @@ fn default_max_connections() -> usize {
 }
 fn default_header_timeout() -> u64 {
     10_000
-}
-fn default_idle() -> u64 {
-    60_000
 }
 fn default_header_bytes() -> usize {
     16 * 1024

@@ -621,3 +621,30 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
     assert!(err.contains("listener vip on 198.51.100.77:8080"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Kept alive, then idle past header_read_timeout_ms (500): the gateway closes it.
+    let idle = Instant::now();
+    let n = s.read(&mut buf).expect("read until close");
+    assert_eq!(n, 0, "closed without another response");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+}
