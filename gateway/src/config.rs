@@ -52,6 +52,58 @@ pub struct Config {
     /// Routes.
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+    /// Access log.
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+/// A field of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessField {
+    /// The request id (kept or made).
+    RequestId,
+    /// The client address (the real one under DSR).
+    Client,
+    /// Method.
+    Method,
+    /// Host.
+    Host,
+    /// Path.
+    Path,
+    /// `User-Agent`.
+    UserAgent,
+    /// Route name.
+    Route,
+    /// Response status.
+    Status,
+    /// Time to the response head, in milliseconds.
+    DurationMs,
+}
+
+/// Access-log settings: one JSON line per request (tracing target `access`, so `RUST_LOG`
+/// can also turn it off).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// Fields written, in this set.
+    #[serde(default = "default_access_fields")]
+    pub fields: Vec<AccessField>,
+}
+
+fn default_access_fields() -> Vec<AccessField> {
+    use AccessField::*;
+    vec![
+        RequestId, Client, Method, Host, Path, Route, Status, DurationMs,
+    ]
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            fields: default_access_fields(),
+        }
+    }
 }
 
 /// Admin listener settings.

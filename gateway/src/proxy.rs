@@ -322,6 +322,9 @@ pub async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(random_id);
+    // What the access log may need from the request, taken only when it will be written.
+    let seen = tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| AccessLine::new(&req, &conn));
     let (mut resp, route_name) = serve(&rt, &metrics, conn, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -332,17 +335,70 @@ pub async fn handle(
         resp.status().as_u16(),
         started.elapsed(),
     );
-    tracing::info!(
-        target: "access",
-        request_id = %request_id,
-        client = %conn.peer.ip(),
-        method = %method,
-        route = %route_name,
-        status = resp.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        "request"
-    );
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        if let Some(line) = seen {
+            line.emit(
+                &rt.config.access_log,
+                &request_id,
+                &route_name,
+                resp.status().as_u16(),
+                started.elapsed(),
+            );
+        }
+    }
     resp
+}
+
+/// The request facts of one access-log line.
+struct AccessLine {
+    client: std::net::IpAddr,
+    method: String,
+    host: String,
+    path: String,
+    user_agent: String,
+}
+
+impl AccessLine {
+    fn new(req: &Request<Incoming>, conn: &Conn) -> Self {
+        AccessLine {
+            client: conn.peer.ip(),
+            method: req.method().to_string(),
+            host: host_of(req),
+            path: req.uri().path().to_string(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
+
+    /// One JSON line (through tracing, target `access`) with the configured fields.
+    fn emit(
+        &self,
+        cfg: &crate::config::AccessLog,
+        request_id: &str,
+        route: &str,
+        status: u16,
+        took: Duration,
+    ) {
+        use crate::config::AccessField as F;
+        let on = |f: F| cfg.fields.contains(&f);
+        tracing::info!(
+            target: "access",
+            request_id = on(F::RequestId).then_some(request_id),
+            client = on(F::Client).then(|| tracing::field::display(self.client)),
+            method = on(F::Method).then_some(self.method.as_str()),
+            host = on(F::Host).then_some(self.host.as_str()),
+            path = on(F::Path).then_some(self.path.as_str()),
+            user_agent = on(F::UserAgent).then_some(self.user_agent.as_str()),
+            route = on(F::Route).then_some(route),
+            status = on(F::Status).then_some(status),
+            duration_ms = on(F::DurationMs).then_some(took.as_secs_f64() * 1e3),
+            "request"
+        );
+    }
 }
 
 async fn serve(

@@ -648,3 +648,43 @@ fn idle_keep_alive_connections_are_closed() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn access_log_writes_the_configured_fields() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "[access_log]\nfields = [\"status\", \"path\", \"client\"]\n\n{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    assert_eq!(
+        request(gw.http, "GET", "/logged?q=1", &["User-Agent: t"], "").status,
+        200
+    );
+    let start = Instant::now();
+    let line = loop {
+        let found = gw
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .find(|l| l.contains("\"target\":\"access\""))
+            .cloned();
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no access log line"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+    let fields = v["fields"].as_object().expect("fields");
+    let mut keys: Vec<&str> = fields.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["client", "message", "path", "status"], "{line}");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["path"], "/logged");
+    assert_eq!(fields["client"], "127.0.0.1");
+}
