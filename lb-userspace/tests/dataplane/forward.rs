@@ -540,3 +540,78 @@ fn debug_logging_exists_only_when_switched_on_at_load() {
         assert_eq!(got, vec!["vip 3 backend 2".to_string()]);
     });
 }
+
+#[test]
+fn table_flips_under_traffic_drop_nothing() {
+    if !crate::lab::privileged() {
+        return;
+    }
+    let pin_dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-flip-{}", std::process::id()));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = sluice_lb::attach::detach(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin_dir.clone());
+    let opts = sluice_lb::dataplane::LoadOptions {
+        pin_dir: Some(pin_dir.clone()),
+        ..Default::default()
+    };
+    crate::lab::in_netns(|| {
+        let mut lab = Lab::new(&opts);
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2]);
+        let table_a = lab.table(&[1, 2], sluice_common::DEFAULT_TABLE_SIZE);
+        let table_b = lab.table(&[3, 4], sluice_common::DEFAULT_TABLE_SIZE);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let flipped = std::sync::atomic::AtomicU32::new(0);
+        let flips = std::thread::scope(|s| {
+            // Another process's view of the same pinned maps flips the VIP between two
+            // backend sets as fast as it can, the way the agent would.
+            let updater = s.spawn(|| {
+                let mut dp = sluice_lb::dataplane::DataPlane::load(&opts).expect("adopt pins");
+                let key = sluice_lb::addr::vip_key(VIP4.parse().expect("literal"), 80, 6);
+                let mut flips = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut meta = dp.vip(&key).expect("read").expect("vip");
+                    let next = meta.active ^ 1;
+                    let table = if flips % 2 == 0 { &table_b } else { &table_a };
+                    dp.write_table(0, next, table).expect("write");
+                    meta.active = next;
+                    dp.set_vip(&key, &meta).expect("flip");
+                    flips += 1;
+                    flipped.store(flips, std::sync::atomic::Ordering::Relaxed);
+                }
+                flips
+            });
+            // Traffic starts once the flipping has.
+            while flipped.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            for port in 0..3000u16 {
+                let flow = Flow::tcp("203.0.113.60", 10_000 + port, VIP4, 80);
+                let out = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+                assert_eq!(
+                    out.action,
+                    action::REDIRECT,
+                    "packet {port} dropped during a flip"
+                );
+                let slot = sluice_common::maglev_slot(
+                    flow_hash(&flow.key()),
+                    sluice_common::DEFAULT_TABLE_SIZE,
+                ) as usize;
+                let got = id_of(chosen(&out.data, 14));
+                assert!(
+                    got == table_a[slot] || got == table_b[slot],
+                    "packet {port} went to {got}, in neither table"
+                );
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            updater.join().expect("updater")
+        });
+        eprintln!("{flips} table flips during 3000 packets");
+        assert!(flips > 10, "only {flips} flips happened during the traffic");
+        assert_outcomes(&lab, &[(Lb::Redirect, 3000)]);
+    });
+}
