@@ -130,6 +130,59 @@ pub fn attach(
     Err(fail(last))
 }
 
+/// Attaches `sluice_decap` to `iface` (gateway nodes), accepting tunnels addressed to
+/// `addrs`; with no address it passes every frame (what a veth peer needs so that frames
+/// sent to it with XDP_TX or XDP_REDIRECT are delivered). Pinned like the forwarder.
+pub fn attach_decap(
+    dp: &mut DataPlane,
+    pin_dir: &Path,
+    iface: &str,
+    addrs: &[std::net::IpAddr],
+    mode: XdpMode,
+) -> Result<(), AttachError> {
+    ifindex(iface)?;
+    for a in addrs {
+        dp.add_decap_addr(*a)?;
+    }
+    let path = pin_dir.join("links").join(format!("decap-{iface}"));
+    let fail = |reason: String| AttachError::Attach {
+        iface: iface.into(),
+        reason,
+    };
+    let prog = dp.program(programs::DECAP)?;
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+        let fd_link: FdLink = pinned.into();
+        let xdp_link = fd_link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
+        prog.attach_to_link(xdp_link)
+            .map_err(|e| fail(format!("replacing the program in the pinned link: {e}")))?;
+        return Ok(());
+    }
+    let aya_mode = match mode {
+        XdpMode::Generic => AyaMode::Skb,
+        XdpMode::Native => AyaMode::Driver,
+        XdpMode::Auto => AyaMode::Default,
+    };
+    let id = prog
+        .attach(iface, aya_mode)
+        .map_err(|e| fail(e.to_string()))?;
+    let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
+    std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| AttachError::Fs {
+        path: pin_dir.join("links"),
+        reason: e.to_string(),
+    })?;
+    fd_link
+        .pin(&path)
+        .map_err(|e| fail(format!("pinning the link: {e}")))?;
+    info!(iface, addresses = addrs.len(), "attached sluice_decap");
+    Ok(())
+}
+
 /// Removes every link and map pinned under `pin_dir`. Detaching a link (its last reference
 /// gone) takes the program off the interface.
 pub fn detach(pin_dir: &Path) -> Result<usize, AttachError> {

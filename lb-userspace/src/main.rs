@@ -91,6 +91,23 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// On a gateway node: attach `sluice_decap` to an interface, accepting tunnels to the
+    /// given local addresses (none: pass every frame), pinned under the pin directory; the
+    /// command returns and the program stays until `detach`.
+    Decap {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+        /// Local tunnel endpoint addresses.
+        #[arg(long = "addr")]
+        addrs: Vec<std::net::IpAddr>,
+        /// Pin directory.
+        #[arg(long, default_value = "/sys/fs/bpf/sluice-decap")]
+        pin_dir: PathBuf,
+        /// XDP mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: Mode,
+    },
     /// Load both programs through the kernel verifier without attaching them, and report
     /// their sizes: a quick check that this kernel accepts the embedded data plane.
     Verify,
@@ -160,6 +177,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Verify => verify(),
+        Command::Decap {
+            iface,
+            addrs,
+            pin_dir,
+            xdp_mode,
+        } => {
+            attach::ensure_bpffs(&pin_dir)?;
+            let mut dp = DataPlane::load(&LoadOptions {
+                pin_dir: Some(pin_dir.clone()),
+                flow_table_size: Some(1024),
+                ..Default::default()
+            })?;
+            let mode = match xdp_mode {
+                Mode::Auto => config::XdpMode::Auto,
+                Mode::Native => config::XdpMode::Native,
+                Mode::Generic => config::XdpMode::Generic,
+            };
+            attach::attach_decap(&mut dp, &pin_dir, &iface, &addrs, mode)?;
+            println!("sluice_decap on {iface} ({} tunnel addresses)", addrs.len());
+            Ok(())
+        }
     }
 }
 

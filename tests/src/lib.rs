@@ -1,3 +1,546 @@
-//! End-to-end tests across both tiers: real TCP from client namespaces through the XDP load
-//! balancers to gateway and backend namespaces. They arrive with the network-namespace
-//! harness; the data plane's own packet tests live in `lb-userspace/tests/dataplane`.
+//! The network-namespace harness: clients, a router with an ECMP route for the VIP, two LB
+//! nodes running `sluice-lb`, three gateway nodes running `sluice_decap` and
+//! `sluice-gateway` with the VIP on `lo`, and two backends — all on one machine.
+//!
+//! ```text
+//! client 10.10.1.2 ── router ── br0 10.20.0.0/24 ── lb1 .11, lb2 .12   (sluice_lb on eth0)
+//!                    (ECMP VIP        ├─ gw1 .21, gw2 .22, gw3 .23   (sluice_decap, VIP on lo)
+//!                     → lb1|lb2)      └─ be1 .31, be2 .32            (HTTP backends)
+//! ```
+//!
+//! Every namespace, process and pin carries a tag unique to the run; the `World` guard
+//! removes them on success, failure or panic, and a new run removes what a killed run left.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The VIP.
+pub const VIP: &str = "198.51.100.1";
+/// Prefix of every namespace this harness makes.
+const PREFIX: &str = "sx";
+
+/// Whether the end-to-end tests can run (root); in CI not being root is a failure.
+pub fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "end-to-end tests need root"
+    );
+    eprintln!("skipping end-to-end test: not root");
+    false
+}
+
+fn sh(cmd: &str) {
+    let parts: Vec<&str> = cmd.split_whitespace().collect();
+    let out = Command::new(parts[0])
+        .args(&parts[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The workspace's binaries (`cargo xtask test` builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests through `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// A command that runs in namespace `ns` while keeping this mount namespace (unlike
+/// `ip netns exec`, which remounts /sys and would hide bpffs).
+pub fn in_ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns handle");
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; `file` lives in the closure until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+pub fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("netns handle");
+            // SAFETY: a valid namespace fd; affects only this thread.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Removes namespaces and pins left by runs whose process is gone.
+fn sweep_leftovers() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let alive = pid
+            .parse::<i32>()
+            .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) {
+                let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if pid
+                    .parse::<i32>()
+                    .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                {
+                    let _ = Command::new(bin("sluice-lb"))
+                        .args(["detach", "--pin-dir"])
+                        .arg(e.path())
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+/// The running topology.
+pub struct World {
+    tag: String,
+    /// Namespace names by role: c, r, l1, l2, g1..g3, b1, b2.
+    pub ns: HashMap<&'static str, String>,
+    dir: PathBuf,
+    procs: HashMap<String, Child>,
+}
+
+/// Gateway addresses by index 1..=3.
+pub fn gateway_addr(i: usize) -> String {
+    format!("10.20.0.{}", 20 + i)
+}
+
+impl World {
+    /// Builds everything and waits until both LB nodes see all three gateways healthy.
+    pub fn start() -> World {
+        sweep_leftovers();
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = format!(
+            "{PREFIX}{}x{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("sluice-e2e-{tag}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roles = ["c", "r", "l1", "l2", "g1", "g2", "g3", "b1", "b2"];
+        let ns: HashMap<&'static str, String> =
+            roles.iter().map(|r| (*r, format!("{tag}{r}"))).collect();
+        let mut w = World {
+            tag,
+            ns,
+            dir,
+            procs: HashMap::new(),
+        };
+        for r in roles {
+            sh(&format!("ip netns add {}", w.ns[r]));
+            sh(&format!("ip -n {} link set lo up", w.ns[r]));
+        }
+        let r = w.ns["r"].clone();
+        sh(&format!("ip -n {r} link add br0 type bridge"));
+        sh(&format!("ip -n {r} addr add 10.20.0.1/24 dev br0"));
+        sh(&format!("ip -n {r} link set br0 up"));
+        sh(&format!("ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1"));
+        // Client link.
+        let c = w.ns["c"].clone();
+        sh(&format!(
+            "ip -n {r} link add c type veth peer name eth0 netns {c}"
+        ));
+        sh(&format!("ip -n {r} addr add 10.10.1.1/24 dev c"));
+        sh(&format!("ip -n {r} link set c up"));
+        sh(&format!("ip -n {c} addr add 10.10.1.2/24 dev eth0"));
+        sh(&format!("ip -n {c} link set eth0 up"));
+        sh(&format!("ip -n {c} route add default via 10.10.1.1"));
+        // A veth hands the next hop partially computed checksums (checksum offload), which
+        // are lost once XDP retransmits the frame (XDP_TX): the client computes them itself,
+        // as packets from a wire have them.
+        sh(&format!("ip netns exec {c} ethtool -K eth0 tx off"));
+        // Everything else hangs off the bridge.
+        let nodes = [
+            ("l1", 11),
+            ("l2", 12),
+            ("g1", 21),
+            ("g2", 22),
+            ("g3", 23),
+            ("b1", 31),
+            ("b2", 32),
+        ];
+        for (role, host) in nodes {
+            let n = w.ns[role].clone();
+            sh(&format!(
+                "ip -n {r} link add {role} type veth peer name eth0 netns {n}"
+            ));
+            sh(&format!("ip -n {r} link set {role} master br0"));
+            sh(&format!("ip -n {r} link set {role} up"));
+            sh(&format!("ip -n {n} addr add 10.20.0.{host}/24 dev eth0"));
+            sh(&format!("ip -n {n} link set eth0 up"));
+            sh(&format!("ip -n {n} route add default via 10.20.0.1"));
+        }
+        for role in ["l1", "l2"] {
+            sh(&format!(
+                "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+                w.ns[role]
+            ));
+            // veth delivers XDP_TX frames only to a peer that runs XDP: a pass-all program.
+            let pins = w.pin_dir(&format!("peer-{role}"));
+            w.run_ok(
+                &r,
+                &[
+                    "decap",
+                    "--iface",
+                    role,
+                    "--xdp-mode",
+                    "native",
+                    "--pin-dir",
+                    &pins,
+                ],
+            );
+        }
+        sh(&format!(
+            "ip -n {r} route add {VIP}/32 nexthop via 10.20.0.11 nexthop via 10.20.0.12"
+        ));
+        for i in 1..=3 {
+            let g = w.ns[&*format!("g{i}")].clone();
+            sh(&format!("ip -n {g} addr add {VIP}/32 dev lo"));
+            let pins = w.pin_dir(&format!("g{i}"));
+            w.run_ok(
+                &g,
+                &[
+                    "decap",
+                    "--iface",
+                    "eth0",
+                    "--addr",
+                    &gateway_addr(i),
+                    "--xdp-mode",
+                    "native",
+                    "--pin-dir",
+                    &pins,
+                ],
+            );
+            w.start_gateway(i);
+        }
+        for i in 1..=2 {
+            let b = w.ns[&*format!("b{i}")].clone();
+            let child = in_ns_command(&b, "python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    &format!("10.20.0.{}", 30 + i),
+                ])
+                .current_dir(&w.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("backend");
+            w.procs.insert(format!("b{i}"), child);
+        }
+        std::fs::write(w.dir.join("index.html"), "hello from a sluice backend\n").expect("page");
+        for i in 1..=2 {
+            w.start_lb(i);
+        }
+        for i in 1..=2 {
+            w.wait_lb_ready(i);
+        }
+        w
+    }
+
+    fn pin_dir(&self, node: &str) -> String {
+        format!(
+            "/sys/fs/bpf/{PREFIX}-{}-{}-{node}",
+            std::process::id(),
+            self.tag
+        )
+    }
+
+    fn run_ok(&self, ns: &str, args: &[&str]) {
+        let out = in_ns_command(ns, bin("sluice-lb"))
+            .args(args)
+            .output()
+            .expect("sluice-lb");
+        assert!(
+            out.status.success(),
+            "sluice-lb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts (or restarts) gateway `i`.
+    pub fn start_gateway(&mut self, i: usize) {
+        let g = self.ns[&*format!("g{i}")].clone();
+        let cfg = self.dir.join(format!("gw{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\n\n[[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
+                 [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"10.20.0.31:8080\" }}, {{ address = \"10.20.0.32:8080\" }}]\n\n\
+                 [[route]]\nname = \"all\"\nupstream = \"app\"\n",
+                gateway_addr(i)
+            ),
+        )
+        .expect("gateway config");
+        let log = std::fs::File::create(self.dir.join(format!("gw{i}.log"))).expect("log");
+        let child = in_ns_command(&g, bin("sluice-gateway"))
+            .args(["run", "--workers", "1", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gateway");
+        self.procs.insert(format!("g{i}"), child);
+    }
+
+    /// Starts (or restarts) the agent of LB node `i`.
+    pub fn start_lb(&mut self, i: usize) {
+        let l = self.ns[&*format!("l{i}")].clone();
+        let cfg = self.dir.join(format!("lb{i}.toml"));
+        let backends: Vec<String> = (1..=3)
+            .map(|g| format!("{{ address = \"{}\" }}", gateway_addr(g)))
+            .collect();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
+                 [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
+                 [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
+                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{}]\n",
+                10 + i,
+                self.pin_dir(&format!("l{i}")),
+                backends.join(", ")
+            ),
+        )
+        .expect("lb config");
+        let log = std::fs::File::create(self.dir.join(format!("lb{i}.log"))).expect("log");
+        let child = in_ns_command(&l, bin("sluice-lb"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        self.procs.insert(format!("l{i}"), child);
+    }
+
+    /// Waits until LB node `i` reports all three gateways active.
+    pub fn wait_lb_ready(&self, i: usize) {
+        let l = self.ns[&*format!("l{i}")].clone();
+        let start = Instant::now();
+        loop {
+            let out = in_ns_command(&l, bin("sluice-lb"))
+                .args(["status", "--json", "--admin", "127.0.0.1:9180"])
+                .output()
+                .expect("status");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.matches("\"active\"").count() == 3 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "LB {i} not ready: {text} {}",
+                self.log(&format!("lb{i}.log"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A log file of this run.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// Sends a signal to a process of the topology.
+    pub fn signal(&self, name: &str, sig: i32) {
+        if let Some(c) = self.procs.get(name) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Kills a process and waits for it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Requests handled by gateway `i` so far (from its metrics).
+    pub fn gateway_requests(&self, i: usize) -> u64 {
+        let addr: SocketAddr = format!("{}:9000", gateway_addr(i)).parse().expect("addr");
+        let body = in_ns(&self.ns["r"], || {
+            http_get(addr, "/metrics").map(|r| r.1).unwrap_or_default()
+        });
+        body.lines()
+            .filter(|l| l.starts_with("sluice_gateway_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        for n in names {
+            self.kill(&n);
+        }
+        if std::thread::panicking() {
+            for f in ["lb1.log", "lb2.log", "gw1.log", "gw2.log", "gw3.log"] {
+                eprintln!("--- {f} ---\n{}", self.log(f));
+            }
+        }
+        for n in self.ns.values() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(&self.tag) {
+                    let _ = Command::new(bin("sluice-lb"))
+                        .args(["detach", "--pin-dir"])
+                        .arg(e.path())
+                        .output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP/1.1 GET with `Connection: close`; (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_from(addr, path, None)
+}
+
+/// Like [`http_get`], from a given local port (to pin the 5-tuple).
+pub fn http_get_from(
+    addr: SocketAddr,
+    path: &str,
+    local_port: Option<u16>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = match local_port {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(3))?,
+        Some(port) => {
+            // Bind the source port explicitly; SO_REUSEADDR lets a port in TIME_WAIT be reused.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh socket we own; converted to TcpStream right after connect.
+            let stream = unsafe {
+                use std::os::fd::FromRawFd;
+                let one: libc::c_int = 1;
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&one as *const libc::c_int).cast(),
+                    4,
+                );
+                let local = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr { s_addr: 0 },
+                    sin_zero: [0; 8],
+                };
+                if libc::bind(
+                    fd,
+                    (&local as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                ) != 0
+                {
+                    let e = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    return Err(e);
+                }
+                std::net::TcpStream::from_raw_fd(fd)
+            };
+            let SocketAddr::V4(v4) = addr else {
+                panic!("IPv4 only")
+            };
+            let remote = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: connecting our own socket to a valid address.
+            if unsafe {
+                libc::connect(
+                    stream.as_raw_fd(),
+                    (&remote as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            stream
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -101,6 +101,8 @@ fn test(extra: &[String]) -> Result<()> {
              skipped; run as root to run them"
         );
     }
+    // The end-to-end tests run the real binaries.
+    cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

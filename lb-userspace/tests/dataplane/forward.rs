@@ -576,7 +576,11 @@ fn table_flips_under_traffic_drop_nothing() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut meta = dp.vip(&key).expect("read").expect("vip");
                     let next = meta.active ^ 1;
-                    let table = if flips.is_multiple_of(2) { &table_b } else { &table_a };
+                    let table = if flips.is_multiple_of(2) {
+                        &table_b
+                    } else {
+                        &table_a
+                    };
                     dp.write_table(0, next, table).expect("write");
                     meta.active = next;
                     dp.set_vip(&key, &meta).expect("flip");

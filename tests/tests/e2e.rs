@@ -1,0 +1,137 @@
+//! Real TCP from a client namespace through the router, the XDP load balancers and the
+//! gateways to the backends, and back directly (DSR).
+
+use std::net::SocketAddr;
+
+use sluice_e2e::{http_get, http_get_from, in_ns, privileged, World, VIP};
+
+fn vip() -> SocketAddr {
+    format!("{VIP}:80").parse().expect("literal")
+}
+
+#[test]
+fn requests_reach_the_backends_through_every_gateway() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+    let total = 900;
+    let failures = in_ns(&w.ns["c"], || {
+        (0..total)
+            .filter(|_| match http_get(vip(), "/index.html") {
+                Ok((200, body)) => body != "hello from a sluice backend\n",
+                _ => true,
+            })
+            .count()
+    });
+    assert_eq!(failures, 0);
+    let shares: Vec<u64> = (1..=3)
+        .map(|i| w.gateway_requests(i) - before[i - 1])
+        .collect();
+    eprintln!("requests per gateway: {shares:?} of {total}");
+    assert_eq!(shares.iter().sum::<u64>(), total as u64);
+    // Each within 15% of an equal share.
+    let equal = total as f64 / 3.0;
+    for s in &shares {
+        assert!((*s as f64 - equal).abs() <= 0.15 * equal, "{shares:?}");
+    }
+}
+
+/// Which gateway served one request from `port` (by the gateways' request counters).
+fn served_by(w: &World, port: u16) -> usize {
+    let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+    let (status, _) = in_ns(&w.ns["c"], || {
+        http_get_from(vip(), "/index.html", Some(port))
+    })
+    .expect("request");
+    assert_eq!(status, 200);
+    let after: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+    let moved: Vec<usize> = (0..3)
+        .filter(|i| after[*i] > before[*i])
+        .map(|i| i + 1)
+        .collect();
+    assert_eq!(moved.len(), 1, "{before:?} -> {after:?}");
+    moved[0]
+}
+
+#[test]
+fn a_five_tuple_keeps_its_gateway_whichever_lb_node_ecmp_picks() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let ports: Vec<u16> = (41000..41012).collect();
+    let first: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
+    assert!(
+        first.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+        "{first:?}"
+    );
+    let r = &w.ns["r"];
+    for only in ["10.20.0.11", "10.20.0.12"] {
+        // The router now sends every flow to one LB node.
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n",
+                r,
+                "route",
+                "replace",
+                &format!("{VIP}/32"),
+                "via",
+                only,
+            ])
+            .output()
+            .expect("ip");
+        assert!(out.status.success());
+        let again: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
+        assert_eq!(again, first, "via {only} only");
+    }
+}
+
+#[test]
+fn draining_a_gateway_fails_no_request() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (failed, total) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            in_ns(&w.ns["c"], || {
+                let (mut failed, mut total) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && total < 20_000 {
+                    total += 1;
+                    if !matches!(http_get(vip(), "/index.html"), Ok((200, _))) {
+                        failed += 1;
+                    }
+                }
+                (failed, total)
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for lb in ["l1", "l2"] {
+            let out = sluice_e2e::in_ns_command(&w.ns[lb], sluice_e2e::bin("sluice-lb"))
+                .args(["drain", "10.20.0.21", "--admin", "127.0.0.1:9180"])
+                .output()
+                .expect("drain");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let drained_before = w.gateway_requests(1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let drained_after = w.gateway_requests(1);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            drained_after, drained_before,
+            "the drained gateway still got new connections"
+        );
+        load.join().expect("load")
+    });
+    eprintln!("drain under load: {failed} failed of {total}");
+    assert!(total > 100);
+    assert_eq!(failed, 0);
+}
