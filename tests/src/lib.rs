@@ -52,18 +52,20 @@ fn sh(cmd: &str) {
     );
 }
 
-/// The workspace's binaries (`cargo xtask test` builds them first).
+/// The workspace's binaries: `SLUICE_BIN_DIR` if set (the demo uses release builds), else
+/// next to the running executable or one level up (test binaries live in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests through `cargo xtask test`",
-        p.display()
-    );
-    p
+    if let Some(dir) = std::env::var_os("SLUICE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("executable path");
+    let near = exe.parent().map(|d| d.join(name));
+    let up = exe.parent().and_then(|d| d.parent()).map(|d| d.join(name));
+    match (near, up) {
+        (Some(p), _) if p.exists() => p,
+        (_, Some(p)) if p.exists() => p,
+        _ => panic!("{name} is missing: run through `cargo xtask test` or `cargo xtask demo`"),
+    }
 }
 
 /// A command that runs in namespace `ns` while keeping this mount namespace (unlike

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's one entry point for setting up a machine, building, testing,
 //! demonstrating and benchmarking Sluice. Every command runs `setup` first.
 
+mod demo;
 mod setup;
 
 use std::{
@@ -31,8 +32,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the two-tier demo.
-    Demo,
+    /// Run the two-tier demo: topology, traffic, a failover and a drain.
+    Demo {
+        /// Keep the topology up afterwards (Ctrl-C removes it).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run a benchmark.
     Bench {
         /// Which part to measure.
@@ -58,7 +63,7 @@ fn main() -> Result<()> {
         Cmd::Setup => Ok(()),
         Cmd::Build => cargo(&["build", "--workspace", "--release"]),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo => demo(),
+        Cmd::Demo { keep } => run_demo(keep),
         Cmd::Bench { target } => match target {
             BenchTarget::Xdp => cargo(&["bench", "-p", "sluice-lb", "--bench", "xdp"]),
             BenchTarget::Lb => cargo(&["bench", "-p", "sluice-lb", "--bench", "maglev"]),
@@ -161,30 +166,10 @@ impl Totals {
     }
 }
 
-fn demo() -> Result<()> {
-    cargo(&["build", "--workspace", "--release"])?;
-    println!(
-        "\nSluice demo\n===========\n\
-         The full two-tier demo (clients -> router with ECMP -> two XDP load balancers -> three \
-         gateways -> backends, all in network namespaces, with live traffic, a failover and a \
-         drain) arrives with the harness. What exists today is the L4 data plane; here it is \
-         loaded through this kernel's verifier:\n"
-    );
+fn run_demo(keep: bool) -> Result<()> {
     if !setup::is_root() {
-        println!("(skipped: loading XDP programs needs root; run `sudo cargo xtask demo`)");
-        return Ok(());
+        bail!("the demo builds network namespaces and loads XDP programs: run it as root (sudo cargo xtask demo)");
     }
-    let bin = workspace_root().join("target/release/sluice-lb");
-    let status = Command::new(&bin)
-        .arg("verify")
-        .status()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !status.success() {
-        bail!("sluice-lb verify failed ({status})");
-    }
-    println!(
-        "\nTo see it forward packets: `cargo xtask test -- -p sluice-lb --test dataplane` runs \
-         golden packets through it, and `cargo xtask bench xdp` measures it."
-    );
-    Ok(())
+    cargo(&["build", "--workspace", "--release", "--bins"])?;
+    demo::run(&workspace_root().join("target/release"), keep)
 }

@@ -1,0 +1,246 @@
+//! `cargo xtask demo`: the two tiers together in network namespaces, with traffic, a
+//! failover and a drain, narrated as it happens.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use sluice_e2e::{gateway_addr, http_get, in_ns, in_ns_command, World, VIP};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_ctrl_c() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+/// What the load threads saw in one second.
+#[derive(Default)]
+struct Window {
+    ok: u64,
+    failed: u64,
+    latencies_us: Vec<u64>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    window: Arc<Mutex<Window>>,
+    total_ok: Arc<AtomicU64>,
+    total_failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start_load(client_ns: &str, workers: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let window = Arc::new(Mutex::new(Window::default()));
+    let total_ok = Arc::new(AtomicU64::new(0));
+    let total_failed = Arc::new(AtomicU64::new(0));
+    let threads = (0..workers)
+        .map(|_| {
+            let (stop, window, ok, failed) = (
+                stop.clone(),
+                window.clone(),
+                total_ok.clone(),
+                total_failed.clone(),
+            );
+            let ns = client_ns.to_string();
+            std::thread::spawn(move || {
+                in_ns(&ns, || {
+                    let vip = format!("{VIP}:80").parse().expect("literal");
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let good = matches!(http_get(vip, "/index.html"), Ok((200, _)));
+                        let us = t.elapsed().as_micros() as u64;
+                        if let Ok(mut w) = window.lock() {
+                            if good {
+                                w.ok += 1;
+                                w.latencies_us.push(us);
+                            } else {
+                                w.failed += 1;
+                            }
+                        }
+                        if good {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A steady, modest rate: this is a demo, not a benchmark.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        window,
+        total_ok,
+        total_failed,
+        threads,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// Prints one line per second for `seconds`, tracking gateway shares from their counters.
+fn watch(w: &World, load: &Load, seconds: u64, last: &mut [u64; 3]) -> Result<()> {
+    for _ in 0..seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        let now: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+        let per: Vec<u64> = (0..3).map(|i| now[i].saturating_sub(last[i])).collect();
+        last.copy_from_slice(&now);
+        let sum: u64 = per.iter().sum::<u64>().max(1);
+        let window = std::mem::take(&mut *load.window.lock().map_err(|_| anyhow::anyhow!("lock"))?);
+        let mut lat = window.latencies_us;
+        lat.sort_unstable();
+        let shares: Vec<String> = per
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "gw{} {:>4}/s {:>3.0}%",
+                    i + 1,
+                    n,
+                    100.0 * *n as f64 / sum as f64
+                )
+            })
+            .collect();
+        println!(
+            "  {}   errors {:>3}   p50 {:>5.2} ms  p99 {:>5.2} ms",
+            shares.join("  "),
+            window.failed,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    Ok(())
+}
+
+fn sluice_lb(w: &World, node: &str, args: &[&str]) -> Result<String> {
+    let out = in_ns_command(&w.ns[node], sluice_e2e::bin("sluice-lb"))
+        .args(args)
+        .args(["--admin", "127.0.0.1:9180"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "sluice-lb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs the demo. `bin_dir` holds the release binaries.
+pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
+    std::env::set_var("SLUICE_BIN_DIR", bin_dir);
+    catch_ctrl_c();
+    println!(
+        "\nSluice demo: a client, a router that spreads the VIP {VIP} over two XDP load balancers\n\
+         by ECMP, three gateways that receive IPIP tunnels (sluice_decap) and answer the client\n\
+         directly (DSR), and two backends: each in its own network namespace on this machine.\n"
+    );
+    println!(
+        "Building the topology and waiting for both load balancers to see every gateway healthy..."
+    );
+    let mut w = World::start();
+    println!(
+        "Ready. Traffic starts: 4 clients, each request on a new TCP connection (a new flow).\n"
+    );
+    let load = start_load(&w.ns["c"], 4);
+    let mut last = [0u64; 3];
+    for (i, slot) in last.iter_mut().enumerate() {
+        *slot = w.gateway_requests(i + 1);
+    }
+    let result = (|| -> Result<()> {
+        println!("1. Steady state: Maglev spreads new flows evenly over the three gateways.");
+        watch(&w, &load, 4, &mut last)?;
+        println!("\n2. Failover: gateway 2 ({}) is killed. The LB agents' health checks (every\n   200 ms, down after 2 failures) take it out of the Maglev tables; flows pinned to it re-pick.", gateway_addr(2));
+        let failed_before = load.total_failed.load(Ordering::Relaxed);
+        let killed = Instant::now();
+        w.kill("g2");
+        watch(&w, &load, 4, &mut last)?;
+        let lost = load.total_failed.load(Ordering::Relaxed) - failed_before;
+        println!("   (requests that failed around the kill: {lost}: new flows sent to it before the\n   health checks noticed, and the ones it was serving)");
+        println!(
+            "\n3. Gateway 2 comes back and takes its share again ({:.1} s after the kill).",
+            killed.elapsed().as_secs_f64()
+        );
+        w.start_gateway(2);
+        watch(&w, &load, 4, &mut last)?;
+        println!("\n4. Drain: the operator drains gateway 1 on both LB nodes (`sluice-lb drain {}`).\n   It gets no new flows, and no request fails.", gateway_addr(1));
+        let failed_before = load.total_failed.load(Ordering::Relaxed);
+        for lb in ["l1", "l2"] {
+            sluice_lb(&w, lb, &["drain", &gateway_addr(1)])?;
+        }
+        watch(&w, &load, 4, &mut last)?;
+        println!(
+            "   (requests that failed during the drain: {})",
+            load.total_failed.load(Ordering::Relaxed) - failed_before
+        );
+        println!("\nWhat LB node 1 reports (`sluice-lb status`):\n");
+        print!("{}", sluice_lb(&w, "l1", &["status"])?);
+        Ok(())
+    })();
+    load.stop.store(true, Ordering::Relaxed);
+    for t in load.threads {
+        let _ = t.join();
+    }
+    let (ok, failed) = (
+        load.total_ok.load(Ordering::Relaxed),
+        load.total_failed.load(Ordering::Relaxed),
+    );
+    println!("\nSummary: {ok} requests answered, {failed} failed. The drain moved traffic without losing any;\nthe kill lost what was in flight and what reached the gateway before health checks took it out.");
+    match result {
+        Err(e) if e.to_string() == "interrupted" => println!("Interrupted."),
+        Err(e) => return Err(e),
+        Ok(()) if keep => {
+            println!(
+                "\nThe topology stays up (--keep). Try, in another shell:\n  \
+                 ip netns exec {c} curl http://{VIP}/index.html\n  \
+                 ip netns exec {l1} {lb} status\n  \
+                 ip netns exec {r} curl http://{g1}:9000/metrics\n\
+                 Press Ctrl-C to remove everything.",
+                c = w.ns["c"],
+                l1 = w.ns["l1"],
+                r = w.ns["r"],
+                g1 = gateway_addr(1),
+                lb = sluice_e2e::bin("sluice-lb").display()
+            );
+            while !INTERRUPTED.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(()) => {}
+    }
+    println!("Removing namespaces, processes and pinned programs...");
+    drop(w);
+    println!("Done: nothing is left behind.");
+    Ok(())
+}
