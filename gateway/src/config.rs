@@ -116,6 +116,11 @@ pub struct Admin {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_drain_ms")]
     pub shutdown_deadline_ms: u64,
+    /// On SIGTERM, how long readiness fails before the listeners close: set it above the
+    /// L4 tier's health budget (interval x fall), so the load balancers stop sending new
+    /// flows before anything is refused.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
 }
 
 fn default_admin() -> SocketAddr {
@@ -130,6 +135,7 @@ impl Default for Admin {
         Self {
             listen: default_admin(),
             shutdown_deadline_ms: default_drain_ms(),
+            drain_delay_ms: 0,
         }
     }
 }

@@ -243,6 +243,14 @@ pub async fn run(path: PathBuf) -> Result<()> {
     // 3. In-flight requests finish, up to the deadline; connections end politely
     //    (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`).
     gw.draining.store(true, Ordering::Relaxed);
+    let delay = Duration::from_millis(gw.runtime.load().config.admin.drain_delay_ms);
+    if !delay.is_zero() {
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            "readiness fails; listeners close after the drain delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let _ = stop_tx.send(true);
     for a in accept_loops {
         let _ = a.await;

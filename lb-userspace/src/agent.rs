@@ -26,7 +26,7 @@ use crate::{
     config::{self, Config, HealthCheck},
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
-    health::{self, Transition},
+    health::{self, Health, Transition},
 };
 
 /// What the admin API asks of the agent.
@@ -239,7 +239,14 @@ impl Agent {
             if self.probes.contains_key(&key) {
                 continue;
             }
-            let initial = self.status.get(&key.0).map(|s| s.healthy);
+            let initial = self
+                .status
+                .get(&key.0)
+                .map(|s| match (s.healthy, s.not_ready) {
+                    (false, _) => Health::Down,
+                    (true, true) => Health::NotReady,
+                    (true, false) => Health::Up,
+                });
             let task = tokio::spawn(health::watch(
                 key.0,
                 key.1.clone(),
@@ -252,14 +259,19 @@ impl Agent {
 
     fn on_health(&mut self, t: Transition) {
         let s = self.status.entry(t.addr).or_default();
-        if s.healthy == t.up {
+        let (healthy, not_ready) = match t.health {
+            Health::Up => (true, false),
+            Health::NotReady => (true, true),
+            Health::Down => (false, false),
+        };
+        if (s.healthy, s.not_ready) == (healthy, not_ready) {
             return;
         }
-        s.healthy = t.up;
-        if t.up {
-            info!(backend = %t.addr, "backend up");
-        } else {
-            warn!(backend = %t.addr, "backend down");
+        (s.healthy, s.not_ready) = (healthy, not_ready);
+        match t.health {
+            Health::Up => info!(backend = %t.addr, "backend up"),
+            Health::NotReady => info!(backend = %t.addr, "backend not ready: draining it"),
+            Health::Down => warn!(backend = %t.addr, "backend down"),
         }
         if let Err(e) = self.apply() {
             error!(error = %e, "applying a health change failed");
@@ -431,12 +443,14 @@ impl Agent {
                             "down"
                         } else if s.draining {
                             "draining"
+                        } else if s.not_ready {
+                            "not-ready"
                         } else {
                             "active"
                         }
                         .into(),
                         healthy: s.healthy,
-                        weight: if s.healthy && !s.draining {
+                        weight: if s.healthy && !s.draining && !s.not_ready {
                             s.weight.unwrap_or(b.weight)
                         } else {
                             0

@@ -28,6 +28,8 @@ pub struct BackendStatus {
     pub healthy: bool,
     /// Drained by the operator: no new flows, established ones stay.
     pub draining: bool,
+    /// Alive but reporting itself not ready (a draining gateway): treated like `draining`.
+    pub not_ready: bool,
     /// Weight set by the operator, replacing the configured one in every VIP.
     pub weight: Option<u32>,
 }
@@ -183,11 +185,11 @@ pub fn plan(
             if s.healthy {
                 flags |= BACKEND_ALIVE;
             }
-            if s.draining {
+            if s.draining || s.not_ready {
                 flags |= BACKEND_DRAINING;
             }
             backends.insert(bid, addr::backend(b.address, flags));
-            let weight = if s.healthy && !s.draining {
+            let weight = if s.healthy && !s.draining && !s.not_ready {
                 s.weight.unwrap_or(b.weight)
             } else {
                 0
@@ -292,6 +294,7 @@ impl Applied {
                     BackendStatus {
                         healthy: b.flags & BACKEND_ALIVE != 0,
                         draining: b.flags & BACKEND_DRAINING != 0,
+                        not_ready: false,
                         weight: None,
                     },
                 )
@@ -446,6 +449,7 @@ mod tests {
             BackendStatus {
                 healthy: true,
                 draining: true,
+                not_ready: false,
                 weight: None,
             },
         );

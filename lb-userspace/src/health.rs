@@ -16,18 +16,33 @@ use tokio::{
 
 use crate::config::{CheckKind, HealthCheck};
 
-/// Rise/fall state of one backend.
+/// What the health checks say about a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Ready: gets new flows.
+    Up,
+    /// Alive but not ready (its readiness endpoint answered 503, as a draining gateway's
+    /// does): no new flows, but its established flows stay.
+    NotReady,
+    /// Not answering: its flows are re-picked.
+    Down,
+}
+
+/// Rise/fall state of one backend: a new state holds after `rise` (to `Up`) or `fall` (to
+/// anything else) consecutive probes that agree on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hysteresis {
-    up: Option<bool>,
+    state: Option<Health>,
+    candidate: Option<Health>,
     streak: u32,
 }
 
 impl Hysteresis {
-    /// A backend whose state is not known yet, or one adopted as `up`.
-    pub fn new(initial: Option<bool>) -> Self {
+    /// A backend whose state is not known yet, or one adopted in `initial`.
+    pub fn new(initial: Option<Health>) -> Self {
         Self {
-            up: initial,
+            state: initial,
+            candidate: None,
             streak: 0,
         }
     }
@@ -35,28 +50,30 @@ impl Hysteresis {
     /// Feeds one probe result; returns the new state if it changed. The first result of a
     /// backend with no known state decides it at once, so a fresh agent forwards after one
     /// successful probe rather than after `rise`.
-    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        match self.up {
-            None => {
-                self.up = Some(ok);
-                self.streak = 0;
-                Some(ok)
-            }
-            Some(up) if up == ok => {
-                self.streak = 0;
-                None
-            }
-            Some(_) => {
-                self.streak += 1;
-                let needed = if ok { rise } else { fall };
-                if self.streak >= needed {
-                    self.up = Some(ok);
-                    self.streak = 0;
-                    Some(ok)
-                } else {
-                    None
-                }
-            }
+    pub fn observe(&mut self, seen: Health, rise: u32, fall: u32) -> Option<Health> {
+        let Some(state) = self.state else {
+            self.state = Some(seen);
+            return Some(seen);
+        };
+        if seen == state {
+            self.candidate = None;
+            self.streak = 0;
+            return None;
+        }
+        if self.candidate == Some(seen) {
+            self.streak += 1;
+        } else {
+            self.candidate = Some(seen);
+            self.streak = 1;
+        }
+        let needed = if seen == Health::Up { rise } else { fall };
+        if self.streak >= needed {
+            self.state = Some(seen);
+            self.candidate = None;
+            self.streak = 0;
+            Some(seen)
+        } else {
+            None
         }
     }
 }
@@ -67,17 +84,18 @@ pub struct Transition {
     /// Backend address.
     pub addr: IpAddr,
     /// New state.
-    pub up: bool,
+    pub health: Health,
 }
 
-/// Runs one probe.
-pub async fn probe(addr: IpAddr, check: &HealthCheck) -> bool {
+/// Runs one probe: `Up` on the expected status (or a TCP connect), `NotReady` on an HTTP 503,
+/// `Down` otherwise.
+pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Health {
     let deadline = Duration::from_millis(check.timeout_ms);
     let target = SocketAddr::new(addr, check.port);
     let attempt = async {
         let mut stream = TcpStream::connect(target).await.ok()?;
         if check.kind == CheckKind::Tcp {
-            return Some(true);
+            return Some(Health::Up);
         }
         let host = match addr {
             IpAddr::V4(a) => a.to_string(),
@@ -100,9 +118,21 @@ pub async fn probe(addr: IpAddr, check: &HealthCheck) -> bool {
         }
         let line = std::str::from_utf8(&buf[..len]).ok()?;
         let status: u16 = line.get(9..12)?.parse().ok()?;
-        Some(line.starts_with("HTTP/1.") && status == check.expect_status)
+        if !line.starts_with("HTTP/1.") {
+            return None;
+        }
+        Some(if status == check.expect_status {
+            Health::Up
+        } else if status == 503 {
+            Health::NotReady
+        } else {
+            Health::Down
+        })
     };
-    matches!(timeout(deadline, attempt).await, Ok(Some(true)))
+    match timeout(deadline, attempt).await {
+        Ok(Some(h)) => h,
+        _ => Health::Down,
+    }
 }
 
 /// Probes `addr` forever with `check`, sending transitions. Probes start every interval
@@ -112,15 +142,15 @@ pub async fn probe(addr: IpAddr, check: &HealthCheck) -> bool {
 pub async fn watch(
     addr: IpAddr,
     check: HealthCheck,
-    initial: Option<bool>,
+    initial: Option<Health>,
     tx: mpsc::UnboundedSender<Transition>,
 ) {
     let mut state = Hysteresis::new(initial);
     loop {
         let started = tokio::time::Instant::now();
-        let ok = probe(addr, &check).await;
-        if let Some(up) = state.observe(ok, check.rise, check.fall) {
-            if tx.send(Transition { addr, up }).is_err() {
+        let seen = probe(addr, &check).await;
+        if let Some(health) = state.observe(seen, check.rise, check.fall) {
+            if tx.send(Transition { addr, health }).is_err() {
                 return;
             }
         }
@@ -133,27 +163,40 @@ pub async fn watch(
 mod tests {
     use super::*;
 
+    use Health::{Down, NotReady, Up};
+
     #[test]
     fn rise_and_fall() {
-        let mut h = Hysteresis::new(Some(true));
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
+        let mut h = Hysteresis::new(Some(Up));
+        assert_eq!(h.observe(Down, 2, 3), None);
+        assert_eq!(h.observe(Down, 2, 3), None);
         assert_eq!(
-            h.observe(true, 2, 3),
+            h.observe(Up, 2, 3),
             None,
             "a success resets the failure streak"
         );
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), Some(false));
-        assert_eq!(h.observe(true, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), Some(true));
+        assert_eq!(h.observe(Down, 2, 3), None);
+        assert_eq!(h.observe(Down, 2, 3), None);
+        assert_eq!(h.observe(Down, 2, 3), Some(Down));
+        assert_eq!(h.observe(Up, 2, 3), None);
+        assert_eq!(h.observe(Up, 2, 3), Some(Up));
+        // Not ready, then gone: each state needs its own streak.
+        assert_eq!(h.observe(NotReady, 2, 2), None);
+        assert_eq!(h.observe(NotReady, 2, 2), Some(NotReady));
+        assert_eq!(h.observe(Down, 2, 2), None);
+        assert_eq!(
+            h.observe(NotReady, 2, 2),
+            None,
+            "back to the state it is in"
+        );
+        assert_eq!(h.observe(Down, 2, 2), None);
+        assert_eq!(h.observe(Down, 2, 2), Some(Down));
     }
 
     #[test]
     fn unknown_state_is_decided_by_the_first_probe() {
-        assert_eq!(Hysteresis::new(None).observe(true, 5, 5), Some(true));
-        assert_eq!(Hysteresis::new(None).observe(false, 5, 5), Some(false));
+        assert_eq!(Hysteresis::new(None).observe(Up, 5, 5), Some(Up));
+        assert_eq!(Hysteresis::new(None).observe(Down, 5, 5), Some(Down));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -173,8 +216,10 @@ mod tests {
                     let req = String::from_utf8_lossy(&buf[..n]).to_string();
                     let status = if req.starts_with("GET /readyz ") {
                         "200 OK"
-                    } else {
+                    } else if req.starts_with("GET /draining ") {
                         "503 Service Unavailable"
+                    } else {
+                        "404 Not Found"
                     };
                     let _ = s
                         .write_all(
@@ -189,16 +234,18 @@ mod tests {
             port,
             ..HealthCheck::default()
         };
-        assert!(probe(lo, &check).await, "tcp connect");
+        assert_eq!(probe(lo, &check).await, Up, "tcp connect");
         check.kind = CheckKind::Http;
-        assert!(probe(lo, &check).await, "http 200 on /readyz");
+        assert_eq!(probe(lo, &check).await, Up, "http 200 on /readyz");
+        check.path = "/draining".into();
+        assert_eq!(probe(lo, &check).await, NotReady, "503: alive, not ready");
         check.path = "/other".into();
-        assert!(!probe(lo, &check).await, "503 is not the expected status");
+        assert_eq!(probe(lo, &check).await, Down, "any other status");
         // Nothing listens here (the port was just released): refused at once.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let closed_port = closed.local_addr().expect("addr").port();
         drop(closed);
         check.port = closed_port;
-        assert!(!probe(lo, &check).await);
+        assert_eq!(probe(lo, &check).await, Down);
     }
 }

@@ -320,7 +320,7 @@ impl World {
         std::fs::write(
             &cfg,
             format!(
-                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\n\n[[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
+                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\ndrain_delay_ms = 1000\n\n[[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
                  [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"10.20.0.31:8080\" }}, {{ address = \"10.20.0.32:8080\" }}]\n\n\
                  [[route]]\nname = \"all\"\nupstream = \"app\"\n",
                 gateway_addr(i)

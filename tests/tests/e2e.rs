@@ -135,3 +135,126 @@ fn draining_a_gateway_fails_no_request() {
     assert!(total > 100);
     assert_eq!(failed, 0);
 }
+
+/// Runs steady load from the client while `during` acts; returns (failed, total).
+fn under_load(client_ns: &str, during: impl FnOnce()) -> (u64, u64) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            in_ns(client_ns, || {
+                let (mut failed, mut total) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && total < 50_000 {
+                    total += 1;
+                    if !matches!(http_get(vip(), "/index.html"), Ok((200, _))) {
+                        failed += 1;
+                    }
+                }
+                (failed, total)
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        during();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().expect("load")
+    })
+}
+
+#[test]
+fn a_gateway_shutting_down_gracefully_fails_no_request() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let client = w.ns["c"].clone();
+    let (failed, total) = under_load(&client, || {
+        // SIGTERM: readiness fails, the LB agents see 503 and stop new flows, then the
+        // gateway closes its listeners and finishes what it has.
+        w.signal("g1", libc::SIGTERM);
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+    });
+    eprintln!("gateway SIGTERM under load: {failed} failed of {total}");
+    assert!(total > 100);
+    assert_eq!(failed, 0);
+}
+
+#[test]
+fn restarting_the_lb_agents_fails_no_request() {
+    if !privileged() {
+        return;
+    }
+    let mut w = World::start();
+    let client = w.ns["c"].clone();
+    let (failed, total) = under_load(&client, || {
+        for i in 1..=2 {
+            w.signal(&format!("l{i}"), libc::SIGTERM);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for i in 1..=2 {
+            w.start_lb(i);
+        }
+        for i in 1..=2 {
+            w.wait_lb_ready(i);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
+    eprintln!("agent restart under load: {failed} failed of {total}");
+    assert!(total > 100);
+    assert_eq!(failed, 0);
+}
+
+#[test]
+fn killing_a_gateway_fails_only_what_reached_it_within_the_health_budget() {
+    if !privileged() {
+        return;
+    }
+    let mut w = World::start();
+    let killed = std::sync::Mutex::new(None);
+    let failures = std::sync::Mutex::new(Vec::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let client = w.ns["c"].clone();
+    let total = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            in_ns(&client, || {
+                let mut total = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && total < 50_000 {
+                    total += 1;
+                    if !matches!(http_get(vip(), "/index.html"), Ok((200, _))) {
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(std::time::Instant::now());
+                    }
+                }
+                total
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        *killed.lock().expect("lock") = Some(std::time::Instant::now());
+        w.kill("g2");
+        std::thread::sleep(std::time::Duration::from_millis(2000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().expect("load")
+    });
+    let killed = killed.lock().expect("lock").expect("killed");
+    let failures = failures.lock().expect("lock");
+    let gap = failures
+        .last()
+        .map(|t| t.duration_since(killed))
+        .unwrap_or_default();
+    eprintln!(
+        "gateway killed under load: {} of {total} requests failed, over {gap:?}",
+        failures.len()
+    );
+    // Health checks every 200 ms, down after 2 failures: interval x fall + 100 ms, with a
+    // little room for the client's last attempt to fail.
+    let budget = std::time::Duration::from_millis(200 * 2 + 100);
+    assert!(
+        gap <= budget + std::time::Duration::from_millis(200),
+        "failures went on for {gap:?}"
+    );
+    assert!(
+        failures.iter().all(|t| *t >= killed),
+        "a failure before the kill"
+    );
+    assert!(total > 100);
+}
