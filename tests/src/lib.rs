@@ -151,6 +151,7 @@ pub struct World {
     pub ns: HashMap<&'static str, String>,
     dir: PathBuf,
     procs: HashMap<String, Child>,
+    tls: Option<PathBuf>,
 }
 
 /// Gateway addresses by index 1..=3.
@@ -161,6 +162,14 @@ pub fn gateway_addr(i: usize) -> String {
 impl World {
     /// Builds everything and waits until both LB nodes see all three gateways healthy.
     pub fn start() -> World {
+        World::start_with(None)
+    }
+
+    /// Like [`World::start`]; with `tls`, a directory holding `a.pem`/`a.key` (for
+    /// `a.example`) and `b.pem`/`b.key` (for `b.example`), every gateway also serves TLS on
+    /// the VIP's port 443, choosing the certificate by SNI, and the LB nodes carry that VIP
+    /// port too.
+    pub fn start_with(tls: Option<PathBuf>) -> World {
         sweep_leftovers();
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tag = format!(
@@ -178,6 +187,7 @@ impl World {
             ns,
             dir,
             procs: HashMap::new(),
+            tls,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -317,10 +327,23 @@ impl World {
     pub fn start_gateway(&mut self, i: usize) {
         let g = self.ns[&*format!("g{i}")].clone();
         let cfg = self.dir.join(format!("gw{i}.toml"));
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|d| {
+                format!(
+                    "[[listener]]\nname = \"vip-tls\"\naddress = \"{VIP}:443\"\n\
+                     tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}, \
+                     {{ cert = \"{d}/b.pem\", key = \"{d}/b.key\", server_names = [\"b.example\"] }}] }}\n\n",
+                    d = d.display()
+                )
+            })
+            .unwrap_or_default();
         std::fs::write(
             &cfg,
             format!(
-                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\ndrain_delay_ms = 1000\n\n[[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
+                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\ndrain_delay_ms = 1000\n\n\
+                 [[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n{tls}\
                  [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"10.20.0.31:8080\" }}, {{ address = \"10.20.0.32:8080\" }}]\n\n\
                  [[route]]\nname = \"all\"\nupstream = \"app\"\n",
                 gateway_addr(i)
@@ -352,10 +375,15 @@ impl World {
                 "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
                  [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
-                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{}]\n",
+                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{tls}",
                 10 + i,
                 self.pin_dir(&format!("l{i}")),
-                backends.join(", ")
+                list = backends.join(", "),
+                tls = if self.tls.is_some() {
+                    format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
+                } else {
+                    String::new()
+                }
             ),
         )
         .expect("lb config");
@@ -380,7 +408,8 @@ impl World {
                 .output()
                 .expect("status");
             let text = String::from_utf8_lossy(&out.stdout);
-            if out.status.success() && text.matches("\"active\"").count() == 3 {
+            let vips = if self.tls.is_some() { 2 } else { 1 };
+            if out.status.success() && text.matches("\"active\"").count() == 3 * vips {
                 return;
             }
             assert!(

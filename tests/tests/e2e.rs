@@ -258,3 +258,50 @@ fn killing_a_gateway_fails_only_what_reached_it_within_the_health_budget() {
     );
     assert!(total > 100);
 }
+
+#[test]
+fn tls_with_sni_end_to_end() {
+    if !privileged() {
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    for name in ["a", "b"] {
+        let mut p = CertificateParams::new(vec![format!("{name}.example")]).expect("params");
+        p.distinguished_name
+            .push(DnType::CommonName, format!("{name}.example"));
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+    let w = World::start_with(Some(dir.clone()));
+    for name in ["a.example", "b.example"] {
+        let out = sluice_e2e::in_ns_command(&w.ns["c"], "curl")
+            .args(["-sv", "--http2", "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .args([
+                "--resolve",
+                &format!("{name}:443:{VIP}"),
+                &format!("https://{name}/index.html"),
+            ])
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout);
+        let trace = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(body, "hello from a sluice backend\n", "{trace}");
+        assert!(
+            trace.contains(&format!("subject: CN={name}")),
+            "certificate chosen by SNI: {trace}"
+        );
+        assert!(trace.contains("using HTTP/2"), "{trace}");
+    }
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+}
