@@ -152,6 +152,7 @@ pub struct World {
     dir: PathBuf,
     procs: HashMap<String, Child>,
     tls: Option<PathBuf>,
+    gateways: usize,
 }
 
 /// Gateway addresses by index 1..=3.
@@ -188,6 +189,7 @@ impl World {
             dir,
             procs: HashMap::new(),
             tls,
+            gateways: 3,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -223,15 +225,7 @@ impl World {
             ("b2", 32),
         ];
         for (role, host) in nodes {
-            let n = w.ns[role].clone();
-            sh(&format!(
-                "ip -n {r} link add {role} type veth peer name eth0 netns {n}"
-            ));
-            sh(&format!("ip -n {r} link set {role} master br0"));
-            sh(&format!("ip -n {r} link set {role} up"));
-            sh(&format!("ip -n {n} addr add 10.20.0.{host}/24 dev eth0"));
-            sh(&format!("ip -n {n} link set eth0 up"));
-            sh(&format!("ip -n {n} route add default via 10.20.0.1"));
+            w.wire(role, host);
         }
         for role in ["l1", "l2"] {
             sh(&format!(
@@ -323,6 +317,62 @@ impl World {
         );
     }
 
+    /// Connects node `role` to the router's bridge as 10.20.0.`host`.
+    fn wire(&self, role: &str, host: u8) {
+        let r = &self.ns["r"];
+        let n = self.ns[role].clone();
+        sh(&format!(
+            "ip -n {r} link add {role} type veth peer name eth0 netns {n}"
+        ));
+        sh(&format!("ip -n {r} link set {role} master br0"));
+        sh(&format!("ip -n {r} link set {role} up"));
+        sh(&format!("ip -n {n} addr add 10.20.0.{host}/24 dev eth0"));
+        sh(&format!("ip -n {n} link set eth0 up"));
+        sh(&format!("ip -n {n} route add default via 10.20.0.1"));
+    }
+
+    /// Adds gateway 4 (or the next one): namespace, tunnel endpoint, VIP, gateway process;
+    /// then gives it to both LB nodes by rewriting their config files (they reload on
+    /// change) and waits until both see it active.
+    pub fn add_gateway(&mut self) -> usize {
+        let i = self.gateways + 1;
+        let role: &'static str = match i {
+            4 => "g4",
+            5 => "g5",
+            _ => panic!("the harness adds at most two gateways"),
+        };
+        let g = format!("{}{role}", self.tag);
+        sh(&format!("ip netns add {g}"));
+        sh(&format!("ip -n {g} link set lo up"));
+        self.ns.insert(role, g.clone());
+        self.wire(role, 20 + i as u8);
+        sh(&format!("ip -n {g} addr add {VIP}/32 dev lo"));
+        let pins = self.pin_dir(role);
+        self.run_ok(
+            &g,
+            &[
+                "decap",
+                "--iface",
+                "eth0",
+                "--addr",
+                &gateway_addr(i),
+                "--xdp-mode",
+                "native",
+                "--pin-dir",
+                &pins,
+            ],
+        );
+        self.start_gateway(i);
+        self.gateways = i;
+        for lb in 1..=2 {
+            self.write_lb_config(lb);
+        }
+        for lb in 1..=2 {
+            self.wait_lb_ready(lb);
+        }
+        i
+    }
+
     /// Starts (or restarts) gateway `i`.
     pub fn start_gateway(&mut self, i: usize) {
         let g = self.ns[&*format!("g{i}")].clone();
@@ -362,15 +412,16 @@ impl World {
         self.procs.insert(format!("g{i}"), child);
     }
 
-    /// Starts (or restarts) the agent of LB node `i`.
-    pub fn start_lb(&mut self, i: usize) {
-        let l = self.ns[&*format!("l{i}")].clone();
+    /// Writes LB node `i`'s config file for the current gateways; returns its path.
+    fn write_lb_config(&self, i: usize) -> PathBuf {
         let cfg = self.dir.join(format!("lb{i}.toml"));
-        let backends: Vec<String> = (1..=3)
+        let backends: Vec<String> = (1..=self.gateways)
             .map(|g| format!("{{ address = \"{}\" }}", gateway_addr(g)))
             .collect();
+        // Written then renamed, so a running agent never reads half a file.
+        let tmp = cfg.with_extension("tmp");
         std::fs::write(
-            &cfg,
+            &tmp,
             format!(
                 "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
@@ -387,6 +438,14 @@ impl World {
             ),
         )
         .expect("lb config");
+        std::fs::rename(&tmp, &cfg).expect("lb config");
+        cfg
+    }
+
+    /// Starts (or restarts) the agent of LB node `i`.
+    pub fn start_lb(&mut self, i: usize) {
+        let l = self.ns[&*format!("l{i}")].clone();
+        let cfg = self.write_lb_config(i);
         let log = std::fs::File::create(self.dir.join(format!("lb{i}.log"))).expect("log");
         let child = in_ns_command(&l, bin("sluice-lb"))
             .args(["run", "--config"])
@@ -409,7 +468,7 @@ impl World {
                 .expect("status");
             let text = String::from_utf8_lossy(&out.stdout);
             let vips = if self.tls.is_some() { 2 } else { 1 };
-            if out.status.success() && text.matches("\"active\"").count() == 3 * vips {
+            if out.status.success() && text.matches("\"active\"").count() == self.gateways * vips {
                 return;
             }
             assert!(
@@ -440,6 +499,11 @@ impl World {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// How many gateways the topology has now.
+    pub fn gateway_count(&self) -> usize {
+        self.gateways
     }
 
     /// Requests handled by gateway `i` so far (from its metrics).

@@ -40,14 +40,15 @@ fn requests_reach_the_backends_through_every_gateway() {
 
 /// Which gateway served one request from `port` (by the gateways' request counters).
 fn served_by(w: &World, port: u16) -> usize {
-    let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+    let n = w.gateway_count();
+    let before: Vec<u64> = (1..=n).map(|i| w.gateway_requests(i)).collect();
     let (status, _) = in_ns(&w.ns["c"], || {
         http_get_from(vip(), "/index.html", Some(port))
     })
     .expect("request");
     assert_eq!(status, 200);
-    let after: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
-    let moved: Vec<usize> = (0..3)
+    let after: Vec<u64> = (1..=n).map(|i| w.gateway_requests(i)).collect();
+    let moved: Vec<usize> = (0..n)
         .filter(|i| after[*i] > before[*i])
         .map(|i| i + 1)
         .collect();
@@ -304,4 +305,73 @@ fn tls_with_sni_end_to_end() {
     }
     drop(w);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn adding_a_gateway_moves_few_flows_and_breaks_none() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let mut w = World::start();
+    // Established keep-alive connections, one request each so far.
+    let client = w.ns["c"].clone();
+    let ask = |s: &mut std::net::TcpStream| -> bool {
+        if s.write_all(b"GET /index.html HTTP/1.1\r\nHost: vip\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("hello from a sluice backend") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.0 200")
+            || String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200")
+    };
+    let mut open: Vec<std::net::TcpStream> = in_ns(&client, || {
+        (0..12)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(vip()).expect("connect");
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                assert!(ask(&mut s));
+                s
+            })
+            .collect()
+    });
+    let ports: Vec<u16> = (42000..42150).collect();
+    let before: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
+    let added = w.add_gateway();
+    let after: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
+    let moved: Vec<(usize, usize)> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, a)| (*b, *a))
+        .collect();
+    let share = moved.len() as f64 / ports.len() as f64;
+    eprintln!(
+        "adding gateway {added}: {} of {} flows moved ({:.1}%)",
+        moved.len(),
+        ports.len(),
+        100.0 * share
+    );
+    // Maglev moves flows only to the new gateway, about 1/N of them (N = 4); the bound
+    // leaves room for sampling 150 flows.
+    assert!(
+        moved.iter().all(|(_, a)| *a == added),
+        "a flow moved between old gateways: {moved:?}"
+    );
+    assert!(share <= 0.25 + 0.01 + 0.11, "{share}");
+    assert!(!moved.is_empty());
+    // Every established connection still works, on the gateway it started on.
+    let alive = in_ns(&client, || {
+        open.iter_mut().map(ask).filter(|ok| *ok).count()
+    });
+    assert_eq!(alive, 12, "established connections broke");
 }
