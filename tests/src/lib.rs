@@ -22,6 +22,8 @@ use std::{
 
 /// The VIP.
 pub const VIP: &str = "198.51.100.1";
+/// The IPv6 VIP (same service, tunnelled 6in6).
+pub const VIP6: &str = "2001:db8::1";
 /// Prefix of every namespace this harness makes.
 const PREFIX: &str = "sx";
 
@@ -160,6 +162,11 @@ pub fn gateway_addr(i: usize) -> String {
     format!("10.20.0.{}", 20 + i)
 }
 
+/// Gateway IPv6 addresses by index.
+pub fn gateway_addr6(i: usize) -> String {
+    format!("fd20::{}", 20 + i)
+}
+
 impl World {
     /// Builds everything and waits until both LB nodes see all three gateways healthy.
     pub fn start() -> World {
@@ -198,8 +205,9 @@ impl World {
         let r = w.ns["r"].clone();
         sh(&format!("ip -n {r} link add br0 type bridge"));
         sh(&format!("ip -n {r} addr add 10.20.0.1/24 dev br0"));
+        sh(&format!("ip -n {r} -6 addr add fd20::1/64 dev br0 nodad"));
         sh(&format!("ip -n {r} link set br0 up"));
-        sh(&format!("ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1"));
+        sh(&format!("ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1"));
         // Client link.
         let c = w.ns["c"].clone();
         sh(&format!(
@@ -210,6 +218,9 @@ impl World {
         sh(&format!("ip -n {c} addr add 10.10.1.2/24 dev eth0"));
         sh(&format!("ip -n {c} link set eth0 up"));
         sh(&format!("ip -n {c} route add default via 10.10.1.1"));
+        sh(&format!("ip -n {r} -6 addr add fd10::1/64 dev c nodad"));
+        sh(&format!("ip -n {c} -6 addr add fd10::2/64 dev eth0 nodad"));
+        sh(&format!("ip -n {c} -6 route add default via fd10::1"));
         // A veth hands the next hop partially computed checksums (checksum offload), which
         // are lost once XDP retransmits the frame (XDP_TX): the client computes them itself,
         // as packets from a wire have them.
@@ -229,7 +240,7 @@ impl World {
         }
         for role in ["l1", "l2"] {
             sh(&format!(
-                "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+                "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
                 w.ns[role]
             ));
             // veth delivers XDP_TX frames only to a peer that runs XDP: a pass-all program.
@@ -250,25 +261,11 @@ impl World {
         sh(&format!(
             "ip -n {r} route add {VIP}/32 nexthop via 10.20.0.11 nexthop via 10.20.0.12"
         ));
+        sh(&format!(
+            "ip -n {r} -6 route add {VIP6}/128 nexthop via fd20::11 nexthop via fd20::12"
+        ));
         for i in 1..=3 {
-            let g = w.ns[&*format!("g{i}")].clone();
-            sh(&format!("ip -n {g} addr add {VIP}/32 dev lo"));
-            let pins = w.pin_dir(&format!("g{i}"));
-            w.run_ok(
-                &g,
-                &[
-                    "decap",
-                    "--iface",
-                    "eth0",
-                    "--addr",
-                    &gateway_addr(i),
-                    "--xdp-mode",
-                    "native",
-                    "--pin-dir",
-                    &pins,
-                ],
-            );
-            w.start_gateway(i);
+            w.setup_gateway(i);
         }
         for i in 1..=2 {
             let b = w.ns[&*format!("b{i}")].clone();
@@ -329,6 +326,10 @@ impl World {
         sh(&format!("ip -n {n} addr add 10.20.0.{host}/24 dev eth0"));
         sh(&format!("ip -n {n} link set eth0 up"));
         sh(&format!("ip -n {n} route add default via 10.20.0.1"));
+        sh(&format!(
+            "ip -n {n} -6 addr add fd20::{host}/64 dev eth0 nodad"
+        ));
+        sh(&format!("ip -n {n} -6 route add default via fd20::1"));
     }
 
     /// Adds gateway 4 (or the next one): namespace, tunnel endpoint, VIP, gateway process;
@@ -346,23 +347,7 @@ impl World {
         sh(&format!("ip -n {g} link set lo up"));
         self.ns.insert(role, g.clone());
         self.wire(role, 20 + i as u8);
-        sh(&format!("ip -n {g} addr add {VIP}/32 dev lo"));
-        let pins = self.pin_dir(role);
-        self.run_ok(
-            &g,
-            &[
-                "decap",
-                "--iface",
-                "eth0",
-                "--addr",
-                &gateway_addr(i),
-                "--xdp-mode",
-                "native",
-                "--pin-dir",
-                &pins,
-            ],
-        );
-        self.start_gateway(i);
+        self.setup_gateway(i);
         self.gateways = i;
         for lb in 1..=2 {
             self.write_lb_config(lb);
@@ -371,6 +356,32 @@ impl World {
             self.wait_lb_ready(lb);
         }
         i
+    }
+
+    /// Gateway `i`'s VIPs on `lo`, its tunnel endpoint and its gateway process.
+    fn setup_gateway(&mut self, i: usize) {
+        let g = self.ns[&*format!("g{i}")].clone();
+        sh(&format!("ip -n {g} addr add {VIP}/32 dev lo"));
+        sh(&format!("ip -n {g} -6 addr add {VIP6}/128 dev lo nodad"));
+        let pins = self.pin_dir(&format!("g{i}"));
+        let (v4, v6) = (gateway_addr(i), gateway_addr6(i));
+        self.run_ok(
+            &g,
+            &[
+                "decap",
+                "--iface",
+                "eth0",
+                "--addr",
+                &v4,
+                "--addr",
+                &v6,
+                "--xdp-mode",
+                "native",
+                "--pin-dir",
+                &pins,
+            ],
+        );
+        self.start_gateway(i);
     }
 
     /// Starts (or restarts) gateway `i`.
@@ -392,11 +403,11 @@ impl World {
         std::fs::write(
             &cfg,
             format!(
-                "[admin]\nlisten = \"{}:9000\"\nshutdown_deadline_ms = 5000\ndrain_delay_ms = 1000\n\n\
-                 [[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n{tls}\
+                "[admin]\nlisten = \"[::]:9000\"\nshutdown_deadline_ms = 5000\ndrain_delay_ms = 1000\n\n\
+                 [[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
+                 [[listener]]\nname = \"vip6\"\naddress = \"[{VIP6}]:80\"\n\n{tls}\
                  [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"10.20.0.31:8080\" }}, {{ address = \"10.20.0.32:8080\" }}]\n\n\
-                 [[route]]\nname = \"all\"\nupstream = \"app\"\n",
-                gateway_addr(i)
+                 [[route]]\nname = \"all\"\nupstream = \"app\"\n"
             ),
         )
         .expect("gateway config");
@@ -423,13 +434,19 @@ impl World {
         std::fs::write(
             &tmp,
             format!(
-                "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
+                "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\ntunnel_source_v6 = \"fd20::{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
                  [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
-                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{tls}",
+                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n\n\
+                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}",
+                10 + i,
                 10 + i,
                 self.pin_dir(&format!("l{i}")),
                 list = backends.join(", "),
+                list6 = (1..=self.gateways)
+                    .map(|g| format!("{{ address = \"{}\" }}", gateway_addr6(g)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 tls = if self.tls.is_some() {
                     format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
                 } else {
@@ -467,7 +484,7 @@ impl World {
                 .output()
                 .expect("status");
             let text = String::from_utf8_lossy(&out.stdout);
-            let vips = if self.tls.is_some() { 2 } else { 1 };
+            let vips = if self.tls.is_some() { 3 } else { 2 };
             if out.status.success() && text.matches("\"active\"").count() == self.gateways * vips {
                 return;
             }

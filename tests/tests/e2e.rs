@@ -16,7 +16,7 @@ fn requests_reach_the_backends_through_every_gateway() {
     }
     let w = World::start();
     let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
-    let total = 900;
+    let total = 1200;
     let failures = in_ns(&w.ns["c"], || {
         (0..total)
             .filter(|_| match http_get(vip(), "/index.html") {
@@ -374,4 +374,51 @@ fn adding_a_gateway_moves_few_flows_and_breaks_none() {
         open.iter_mut().map(ask).filter(|ok| *ok).count()
     });
     assert_eq!(alive, 12, "established connections broke");
+}
+
+#[test]
+fn the_ipv6_path_end_to_end() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let vip6: SocketAddr = format!("[{}]:80", sluice_e2e::VIP6)
+        .parse()
+        .expect("literal");
+    let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+    let ok = in_ns(&w.ns["c"], || {
+        (0..150)
+            .filter(|_| matches!(http_get(vip6, "/index.html"), Ok((200, ref b)) if b == "hello from a sluice backend\n"))
+            .count()
+    });
+    assert_eq!(ok, 150);
+    let shares: Vec<u64> = (1..=3)
+        .map(|i| w.gateway_requests(i) - before[i - 1])
+        .collect();
+    eprintln!("IPv6 requests per gateway: {shares:?}");
+    assert!(shares.iter().all(|s| *s > 0), "{shares:?}");
+    // The IPv6 VIP's traffic went through the LB nodes' tunnels.
+    let out = sluice_e2e::in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
+        .args(["status", "--json", "--admin", "127.0.0.1:9180"])
+        .output()
+        .expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v6 = status["vips"]
+        .as_array()
+        .expect("vips")
+        .iter()
+        .find(|v| v["vip"] == "2001:db8::1:80/tcp")
+        .expect("v6 vip");
+    let out2 = sluice_e2e::in_ns_command(&w.ns["l2"], sluice_e2e::bin("sluice-lb"))
+        .args(["status", "--json", "--admin", "127.0.0.1:9180"])
+        .output()
+        .expect("status");
+    let status2: serde_json::Value = serde_json::from_slice(&out2.stdout).expect("json");
+    let v6b = status2["vips"]
+        .as_array()
+        .expect("vips")
+        .iter()
+        .find(|v| v["vip"] == "2001:db8::1:80/tcp")
+        .expect("v6 vip");
+    assert!(v6["packets"].as_u64().unwrap_or(0) + v6b["packets"].as_u64().unwrap_or(0) > 0);
 }
