@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    XdpMode as AyaMode,
+    Xdp, XdpMode as AyaMode,
 };
 use sluice_common::programs;
 use thiserror::Error;
@@ -78,14 +78,20 @@ pub fn attach(
     if let Err(e) = std::fs::write(&knob, "1") {
         warn!(iface, error = %e, "cannot set accept_local; unresolved next hops will drop until resolved");
     }
-    let path = link_path(pin_dir, iface);
+    let prog = dp.program(programs::LB)?;
+    pin_link(prog, &link_path(pin_dir, iface), iface, mode)
+}
+
+/// Puts `prog` on `iface` through the link pinned at `path`: swapped into an existing pinned
+/// link with `bpf_link_update` (returns true), or attached — native first when `mode` is
+/// auto, generic as the fallback — and pinned (returns false).
+fn pin_link(prog: &mut Xdp, path: &Path, iface: &str, mode: XdpMode) -> Result<bool, AttachError> {
     let fail = |reason: String| AttachError::Attach {
         iface: iface.into(),
         reason,
     };
-    let prog = dp.program(programs::LB)?;
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+        let pinned = PinnedLink::from_pin(path).map_err(|e| fail(e.to_string()))?;
         let fd_link: FdLink = pinned.into();
         let xdp_link = fd_link
             .try_into()
@@ -114,14 +120,15 @@ pub fn attach(
                 let fd_link: FdLink = link
                     .try_into()
                     .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
-                std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| AttachError::Fs {
-                    path: pin_dir.join("links"),
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                std::fs::create_dir_all(dir).map_err(|e| AttachError::Fs {
+                    path: dir.to_owned(),
                     reason: e.to_string(),
                 })?;
                 fd_link
-                    .pin(&path)
+                    .pin(path)
                     .map_err(|e| fail(format!("pinning the link: {e}")))?;
-                info!(iface, mode = ?m, "attached sluice_lb");
+                info!(iface, mode = ?m, "attached");
                 return Ok(false);
             }
             Err(e) => last = e.to_string(),
@@ -144,42 +151,14 @@ pub fn attach_decap(
     for a in addrs {
         dp.add_decap_addr(*a)?;
     }
-    let path = pin_dir.join("links").join(format!("decap-{iface}"));
-    let fail = |reason: String| AttachError::Attach {
-        iface: iface.into(),
-        reason,
-    };
     let prog = dp.program(programs::DECAP)?;
-    if path.exists() {
-        let pinned = PinnedLink::from_pin(&path).map_err(|e| fail(e.to_string()))?;
-        let fd_link: FdLink = pinned.into();
-        let xdp_link = fd_link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
-        prog.attach_to_link(xdp_link)
-            .map_err(|e| fail(format!("replacing the program in the pinned link: {e}")))?;
-        return Ok(());
-    }
-    let aya_mode = match mode {
-        XdpMode::Generic => AyaMode::Skb,
-        XdpMode::Native => AyaMode::Driver,
-        XdpMode::Auto => AyaMode::Default,
-    };
-    let id = prog
-        .attach(iface, aya_mode)
-        .map_err(|e| fail(e.to_string()))?;
-    let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
-    let fd_link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
-    std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| AttachError::Fs {
-        path: pin_dir.join("links"),
-        reason: e.to_string(),
-    })?;
-    fd_link
-        .pin(&path)
-        .map_err(|e| fail(format!("pinning the link: {e}")))?;
-    info!(iface, addresses = addrs.len(), "attached sluice_decap");
+    pin_link(
+        prog,
+        &pin_dir.join("links").join(format!("decap-{iface}")),
+        iface,
+        mode,
+    )?;
+    info!(iface, addresses = addrs.len(), "sluice_decap in place");
     Ok(())
 }
 

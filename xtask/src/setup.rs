@@ -85,16 +85,25 @@ pub fn packages(pkgs: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
+    apt_install(&missing)
+}
+
+/// `apt-get update`, then installs `pkgs` without prompts.
+fn apt_install<S: AsRef<std::ffi::OsStr>>(pkgs: &[S]) -> Result<()> {
     exec(
         Command::new("apt-get").arg("update").arg("-qq"),
         "apt-get update",
     )?;
+    let names: Vec<String> = pkgs
+        .iter()
+        .map(|p| p.as_ref().to_string_lossy().into_owned())
+        .collect();
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(pkgs)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-        &format!("installing {}", missing.join(" ")),
+        &format!("installing {}", names.join(" ")),
     )
 }
 
@@ -158,17 +167,7 @@ pub fn run() -> Result<()> {
                 missing.join(" ")
             ));
         } else {
-            exec(
-                Command::new("apt-get").arg("update").arg("-qq"),
-                "apt-get update",
-            )?;
-            exec(
-                Command::new("apt-get")
-                    .args(["install", "-y", "-qq", "--no-install-recommends"])
-                    .args(&missing)
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-                &format!("installing {}", missing.join(" ")),
-            )?;
+            apt_install(&missing)?;
         }
     }
 
