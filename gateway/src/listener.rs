@@ -74,7 +74,6 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let local = listener.local_addr().unwrap_or(config.address);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -95,7 +94,6 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             peer,
-            local: stream.local_addr().unwrap_or(local),
             tls: tls.is_some(),
             max_body: config.max_body_bytes,
         };

@@ -171,8 +171,6 @@ impl Runtime {
 pub struct Conn {
     /// Client address: the packet's source, which DSR keeps as the real client.
     pub peer: SocketAddr,
-    /// The local address it reached (e.g. the VIP).
-    pub local: SocketAddr,
     /// Whether it came over TLS.
     pub tls: bool,
     /// Largest request body accepted.
@@ -330,7 +328,7 @@ pub async fn handle(
         resp.headers_mut().insert("x-request-id", v);
     }
     metrics.request(
-        &route_name,
+        route_name,
         method.as_str(),
         resp.status().as_u16(),
         started.elapsed(),
@@ -340,7 +338,7 @@ pub async fn handle(
             line.emit(
                 &rt.config.access_log,
                 &request_id,
-                &route_name,
+                route_name,
                 resp.status().as_u16(),
                 started.elapsed(),
             );
@@ -401,25 +399,24 @@ impl AccessLine {
     }
 }
 
-async fn serve(
-    rt: &Runtime,
+/// Serves one request; also returns the name of the route it took (`-` for none).
+async fn serve<'rt>(
+    rt: &'rt Runtime,
     metrics: &Metrics,
     conn: Conn,
     req: Request<Incoming>,
     request_id: &str,
-) -> (Response<Body>, String) {
+) -> (Response<Body>, &'rt str) {
     let host = host_of(&req);
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
     let m = {
         let headers = req.headers();
         let lookup = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
         let view = RequestView {
             host: &host,
-            path: &path,
+            path: req.uri().path(),
             method: req.method().as_str(),
             header: &lookup,
-            query: &query,
+            query: req.uri().query().unwrap_or(""),
         };
         rt.router.find(&view)
     };
@@ -427,18 +424,18 @@ async fn serve(
         return (
             problem(
                 StatusCode::NOT_FOUND,
-                &format!("no route for {} {path}", req.method()),
+                &format!("no route for {} {}", req.method(), req.uri().path()),
             ),
-            "-".into(),
+            "-",
         );
     };
     let Some(route) = rt.routes.get(m.route) else {
         return (
             problem(StatusCode::INTERNAL_SERVER_ERROR, "route table out of step"),
-            "-".into(),
+            "-",
         );
     };
-    let name = route.config.name.clone();
+    let name = route.config.name.as_str();
     if let Some(rd) = &route.config.redirect {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::from_u16(rd.status).unwrap_or(StatusCode::FOUND);
@@ -465,7 +462,7 @@ async fn serve(
     }
     let mut ctx = Context {
         client: conn.peer.ip(),
-        route: &name,
+        route: name,
         params: &m.params,
     };
     if let Err(resp) = route.chain.on_request(&req, &mut ctx) {
