@@ -19,36 +19,13 @@ use sluice_lb::{
     dataplane::{DataPlane, LoadOptions},
 };
 
+// Namespace plumbing shared with the end-to-end harness.
+use sluice_e2e::{in_ns, in_ns_command as ns_command, privileged, sh};
+
 const VIP: &str = "198.51.100.1";
 const BACKENDS: [&str; 3] = ["10.1.0.11", "10.1.0.12", "10.1.0.13"];
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "agent test cannot run: not root"
-    );
-    eprintln!("skipping agent test: not root");
-    false
-}
-
-fn sh(cmd: &str) {
-    let parts: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(parts[0])
-        .args(&parts[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Everything this run created, removed on drop.
 struct World {
@@ -224,43 +201,6 @@ impl Drop for World {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = &self.tag;
     }
-}
-
-/// A command that runs in network namespace `ns` but, unlike `ip netns exec`, keeps this
-/// mount namespace: `ip netns exec` remounts /sys, hiding the bpffs where pins live.
-fn ns_command(ns: &str, program: &str) -> Command {
-    use std::os::unix::process::CommandExt;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns handle");
-    let mut cmd = Command::new(program);
-    // SAFETY: setns is async-signal-safe; the fd stays open until the child has exec'd
-    // (the closure owns the File).
-    unsafe {
-        cmd.pre_exec(move || {
-            use std::os::fd::AsRawFd;
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// Runs `f` on a thread inside namespace `ns` (for fib lookups and the admin API).
-fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("netns handle");
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid namespace fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 /// A view of the data plane through the pinned maps, with its own copy of the program.

@@ -41,7 +41,8 @@ pub fn privileged() -> bool {
     false
 }
 
-fn sh(cmd: &str) {
+/// Runs a command (split on whitespace); panics with its stderr if it fails.
+pub fn sh(cmd: &str) {
     let parts: Vec<&str> = cmd.split_whitespace().collect();
     let out = Command::new(parts[0])
         .args(&parts[1..])
