@@ -6,6 +6,7 @@
 //! gateway makes itself, [`metrics`], and [`server`] for the admin API, reloads and shutdown.
 #![deny(missing_docs)]
 
+pub mod analytics;
 pub mod config;
 pub mod listener;
 pub mod metrics;

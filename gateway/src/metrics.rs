@@ -73,6 +73,8 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Reloads refused.
     pub reloads_failed: AtomicU64,
+    /// Per-consumer usage.
+    pub analytics: crate::analytics::Analytics,
 }
 
 impl Metrics {

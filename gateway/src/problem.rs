@@ -6,6 +6,10 @@ use hyper::{header, Response, StatusCode};
 
 use crate::Body;
 
+/// Marks a response the gateway made itself (response transforms leave those alone).
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayMade;
+
 /// A problem response with `status` and a human-readable `detail`.
 pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     let body = serde_json::json!({
@@ -17,6 +21,7 @@ pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     .to_string();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
+    r.extensions_mut().insert(GatewayMade);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/problem+json"),
@@ -27,4 +32,35 @@ pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Why a body could not be collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectError {
+    /// Over the cap.
+    TooLarge,
+    /// The peer broke off or sent garbage.
+    Broken,
+}
+
+/// Reads a whole body of at most `max` bytes. (A plain loop rather than `Limited` over a
+/// boxed body, which trips the compiler's higher-ranked lifetime inference in async code.)
+pub async fn collect_capped(mut body: Body, max: usize) -> Result<Bytes, CollectError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                CollectError::TooLarge
+            } else {
+                CollectError::Broken
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(CollectError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }

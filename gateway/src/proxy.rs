@@ -19,8 +19,8 @@ use rand::Rng;
 use crate::{
     config::{Config, Route},
     metrics::Metrics,
-    policy::{Chain, Context},
-    problem::{full, problem},
+    policy::{self, Chain, Context},
+    problem::{full, problem, GatewayMade},
     router::{RequestView, Router},
     upstream::{client, HashInput, HttpClient, Outcome, Pool},
     Body,
@@ -91,12 +91,19 @@ pub struct Runtime {
     pub routes: Vec<RouteRuntime>,
     /// Generation number.
     pub generation: u64,
+    /// Stateful policy objects (limits, issuers, the Redis store).
+    pub policies: policy::Shared,
 }
 
 impl Runtime {
-    /// Builds the runtime of a validated config. Pools are shared with the previous
-    /// generation when unchanged, so their load figures carry over.
-    pub fn new(config: Config, generation: u64, previous: Option<&Runtime>) -> Self {
+    /// Builds the runtime of a validated config. Pools, limits and issuers are shared with
+    /// the previous generation when unchanged, so their counters and key sets carry over.
+    pub fn new(
+        config: Config,
+        generation: u64,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, String> {
+        let policies = policy::Shared::new(&config, previous.map(|p| &p.policies))?;
         let pools: Vec<Arc<Pool>> = config
             .upstreams
             .iter()
@@ -153,16 +160,17 @@ impl Runtime {
                     config: r.clone(),
                     targets,
                     budget: RetryBudget::new(r.retries.budget_percent),
-                    chain: Chain::default(),
+                    chain: policies.chain(r),
                 }
             })
             .collect();
-        Runtime {
+        Ok(Runtime {
             router: Router::new(&config.routes),
             config,
             routes,
             generation,
-        }
+            policies,
+        })
     }
 }
 
@@ -323,13 +331,19 @@ pub async fn handle(
     // What the access log may need from the request, taken only when it will be written.
     let seen = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| AccessLine::new(&req, &conn));
-    let (mut resp, route_name) = serve(&rt, &metrics, conn, req, &request_id).await;
+    let (mut resp, route_name, consumer) = serve(&rt, &metrics, conn, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     metrics.request(
         route_name,
         method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    metrics.analytics.record(
+        consumer.as_ref(),
+        route_name,
         resp.status().as_u16(),
         started.elapsed(),
     );
@@ -399,14 +413,15 @@ impl AccessLine {
     }
 }
 
-/// Serves one request; also returns the name of the route it took (`-` for none).
+/// Serves one request; also returns the name of the route it took (`-` for none) and the
+/// consumer, if one was authenticated.
 async fn serve<'rt>(
     rt: &'rt Runtime,
     metrics: &Metrics,
     conn: Conn,
     req: Request<Incoming>,
     request_id: &str,
-) -> (Response<Body>, &'rt str) {
+) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
     let host = host_of(&req);
     let m = {
         let headers = req.headers();
@@ -427,12 +442,14 @@ async fn serve<'rt>(
                 &format!("no route for {} {}", req.method(), req.uri().path()),
             ),
             "-",
+            None,
         );
     };
     let Some(route) = rt.routes.get(m.route) else {
         return (
             problem(StatusCode::INTERNAL_SERVER_ERROR, "route table out of step"),
             "-",
+            None,
         );
     };
     let name = route.config.name.as_str();
@@ -442,7 +459,7 @@ async fn serve<'rt>(
         if let Ok(v) = HeaderValue::from_str(&rd.location) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        return (r, name);
+        return (r, name, None);
     }
     if let Some(len) = req
         .headers()
@@ -457,21 +474,54 @@ async fn serve<'rt>(
                     &format!("body of {len} bytes is over the limit of {}", conn.max_body),
                 ),
                 name,
+                None,
             );
         }
     }
-    let mut ctx = Context {
-        client: conn.peer.ip(),
-        route: name,
-        params: &m.params,
-    };
-    if let Err(resp) = route.chain.on_request(&req, &mut ctx) {
-        return (*resp, name);
+    let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
+    let (mut parts, body) = req.into_parts();
+    // The body limit is enforced as it streams (a Content-Length over it was refused above).
+    let mut body: Body = Limited::new(body, conn.max_body as usize).boxed();
+    let mut admitted = policy::Admitted::default();
+    let mut consumer = None;
+    if !route.chain.is_empty() {
+        let mut ctx = Context {
+            client,
+            route: name,
+            identity: None,
+        };
+        let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
+        consumer = ctx.identity.map(|i| i.consumer);
+        match verdict {
+            Ok((b, a)) => {
+                body = b;
+                admitted = a;
+            }
+            Err(refusal) => return (*refusal, name, consumer),
+        }
     }
-    (
-        forward(route, metrics, conn, req, &host, request_id).await,
-        name,
-    )
+    let req = Request::from_parts(parts, body);
+    let mut resp = forward(route, metrics, conn, client, req, &host, request_id).await;
+    if let Some(t) = &route.chain.response {
+        if resp.extensions().get::<GatewayMade>().is_none()
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            resp = t.apply(resp).await;
+        }
+    }
+    resp.headers_mut().extend(admitted.headers);
+    if !admitted.slots.is_empty() {
+        // Concurrency slots are held until the response body has been sent (or dropped).
+        let slots = admitted.slots;
+        resp = resp.map(move |b| {
+            b.map_frame(move |f| {
+                let _ = &slots;
+                f
+            })
+            .boxed()
+        });
+    }
+    (resp, name, consumer)
 }
 
 fn pick_split(route: &RouteRuntime) -> Option<&(Arc<Pool>, u32, HttpClient)> {
@@ -506,7 +556,8 @@ async fn forward(
     route: &RouteRuntime,
     metrics: &Metrics,
     conn: Conn,
-    req: Request<Incoming>,
+    client_ip: std::net::IpAddr,
+    req: Request<Body>,
     host: &str,
     request_id: &str,
 ) -> Response<Body> {
@@ -523,21 +574,21 @@ async fn forward(
     if let Some(p) = &upgrade {
         keep_upgrade(&mut parts.headers, p.clone());
     }
-    // Forwarding headers: the client as the packet showed it (DSR keeps it real).
-    let client_ip = conn.peer.ip();
+    // Forwarding headers: this hop's peer is appended (DSR keeps it the real client).
+    let peer_ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };
     let xff = match parts
         .headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip.to_string(),
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip.to_string(),
     };
-    let for_value = if client_ip.is_ipv6() {
-        format!("\"[{client_ip}]\"")
+    let for_value = if peer_ip.is_ipv6() {
+        format!("\"[{peer_ip}]\"")
     } else {
-        client_ip.to_string()
+        peer_ip.to_string()
     };
     let forwarded = format!(
         "for={for_value};proto={proto}{}",
@@ -577,10 +628,10 @@ async fn forward(
     let mut buffered: Option<Bytes> = None;
     let mut streaming: Option<Body> = None;
     if can_retry {
-        match Limited::new(body, conn.max_body as usize).collect().await {
-            Ok(c) => buffered = Some(c.to_bytes()),
+        match crate::problem::collect_capped(body, conn.max_body as usize).await {
+            Ok(b) => buffered = Some(b),
             Err(e) => {
-                return if e.is::<http_body_util::LengthLimitError>() {
+                return if e == crate::problem::CollectError::TooLarge {
                     problem(StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit")
                 } else {
                     problem(StatusCode::BAD_REQUEST, "request body could not be read")
@@ -588,7 +639,7 @@ async fn forward(
             }
         }
     } else {
-        streaming = Some(Limited::new(body, conn.max_body as usize).boxed());
+        streaming = Some(body);
     }
     let hash_key = {
         let header_name = match &pool.balance {

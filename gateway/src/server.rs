@@ -54,11 +54,32 @@ impl Gateway {
             }
             (&Method::GET, "/metrics") => {
                 let mut body = self.metrics.render();
-                upstream_metrics(&mut body, &self.runtime.load());
+                let rt = self.runtime.load();
+                upstream_metrics(&mut body, &rt);
+                policy_metrics(&mut body, &rt);
+                self.metrics.analytics.render(&mut body);
                 let mut r = text(StatusCode::OK, &body);
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (&Method::GET, "/analytics/top") => {
+                let q = req.uri().query().unwrap_or("");
+                let num = |k: &str, d: u64| {
+                    crate::router::query_value(q, k)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(d)
+                };
+                let top = self
+                    .metrics
+                    .analytics
+                    .top(num("minutes", 5), num("limit", 10) as usize);
+                let mut r = text(StatusCode::OK, &top.to_string());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
                 );
                 r
             }
@@ -71,6 +92,52 @@ impl Gateway {
                 StatusCode::NOT_FOUND,
                 &format!("no admin route for {} {}", req.method(), req.uri().path()),
             ),
+        }
+    }
+}
+
+/// Rate-limit decisions, local key counts and shared-store failures.
+fn policy_metrics(out: &mut String, rt: &Runtime) {
+    use std::fmt::Write;
+    let mut limits: Vec<_> = rt.policies.limits.values().collect();
+    limits.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    let _ = writeln!(
+        out,
+        "# TYPE sluice_gateway_rate_limit_requests_total counter"
+    );
+    for l in &limits {
+        for (result, n) in [("allowed", &l.allowed), ("limited", &l.limited)] {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_rate_limit_requests_total{{limit=\"{}\",result=\"{result}\"}} {}",
+                l.config.name,
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE sluice_gateway_rate_limit_local_keys gauge");
+    for l in &limits {
+        let _ = writeln!(
+            out,
+            "sluice_gateway_rate_limit_local_keys{{limit=\"{}\"}} {}",
+            l.config.name,
+            l.local_keys()
+        );
+    }
+    if let Some(r) = &rt.policies.redis {
+        let _ = writeln!(
+            out,
+            "# TYPE sluice_gateway_rate_limit_store_failures_total counter"
+        );
+        for (outcome, n) in [
+            ("fail_open", &r.failed_open),
+            ("fail_closed", &r.failed_closed),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_rate_limit_store_failures_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -158,8 +225,18 @@ fn reload(path: &Path, gw: &Gateway, why: &str) {
         Ok(c) => {
             let old = gw.runtime.load_full();
             let generation = old.generation + 1;
-            gw.runtime
-                .store(Arc::new(Runtime::new(c, generation, Some(&old))));
+            let analytics = c.analytics.clone();
+            let rt = match Runtime::new(c, generation, Some(&old)) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
+                    gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    error!(trigger = why, error = %e, "config refused; the last valid config stays in force");
+                    return;
+                }
+            };
+            gw.metrics.analytics.configure(&analytics);
+            gw.runtime.store(Arc::new(rt));
             gw.metrics
                 .config_generation
                 .store(generation, Ordering::Relaxed);
@@ -179,8 +256,10 @@ fn reload(path: &Path, gw: &Gateway, why: &str) {
 pub async fn run(path: PathBuf) -> Result<()> {
     let config: Config = config::load(&path)?;
     let metrics = Arc::new(Metrics::new());
+    metrics.analytics.configure(&config.analytics);
+    let first = Runtime::new(config.clone(), 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let gw = Arc::new(Gateway {
-        runtime: Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), 1, None))),
+        runtime: Arc::new(ArcSwap::from_pointee(first)),
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
     });

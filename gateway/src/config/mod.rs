@@ -11,6 +11,13 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod policy;
+
+pub use policy::{
+    Analytics, ClientIp, Consumer, JwtIssuer, RateLimit, Redis, RequestTransform,
+    ResponseTransform, RouteAuth, RouteAuthorize, Step,
+};
+
 /// A refused config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -55,6 +62,23 @@ pub struct Config {
     /// Access log.
     #[serde(default)]
     pub access_log: AccessLog,
+    /// API consumers.
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<Consumer>,
+    /// JWT issuers.
+    #[serde(default, rename = "jwt_issuer")]
+    pub jwt_issuers: Vec<JwtIssuer>,
+    /// Named rate and concurrency limits.
+    #[serde(default, rename = "rate_limit")]
+    pub rate_limits: Vec<RateLimit>,
+    /// Shared store for `store = "redis"` limits.
+    pub redis: Option<Redis>,
+    /// Where the client address comes from.
+    #[serde(default)]
+    pub client_ip: ClientIp,
+    /// Usage analytics.
+    #[serde(default)]
+    pub analytics: Analytics,
 }
 
 /// A field of the access log.
@@ -482,6 +506,20 @@ pub struct Route {
     /// Retries.
     #[serde(default)]
     pub retries: Retries,
+    /// Order of the policy steps.
+    #[serde(default = "policy::default_order")]
+    pub policy_order: Vec<Step>,
+    /// Authentication; absent = anyone.
+    pub auth: Option<RouteAuth>,
+    /// Authorization.
+    pub authorize: Option<RouteAuthorize>,
+    /// Limits applied (names of `[[rate_limit]]`), all of which must allow.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Request transform.
+    pub request_transform: Option<RequestTransform>,
+    /// Response transform.
+    pub response_transform: Option<ResponseTransform>,
 }
 
 /// Reads and validates `path`, including that every TLS file loads. Relative TLS paths are
@@ -509,6 +547,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 reason: e.reason,
             })?;
         }
+    }
+    for (i, j) in config.jwt_issuers.iter_mut().enumerate() {
+        for k in j.keys.iter_mut().chain(j.hmac_secrets.iter_mut()) {
+            k.file = base.join(&k.file).to_string_lossy().into_owned();
+        }
+        if let Some(f) = &mut j.jwks_file {
+            *f = base.join(&*f).to_string_lossy().into_owned();
+        }
+        crate::policy::jwt::Issuer::load(j.clone()).map_err(|(field, reason)| ConfigError {
+            file: path.to_owned(),
+            field: format!("jwt_issuer[{i}].{field}"),
+            reason,
+        })?;
     }
     Ok(config)
 }
@@ -647,6 +698,14 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
             }
         }
     }
+    let policies = policy::Policies {
+        consumers: &c.consumers,
+        issuers: &c.jwt_issuers,
+        limits: &c.rate_limits,
+        redis: c.redis.as_ref(),
+        client_ip: &c.client_ip,
+    };
+    policies.validate()?;
     let mut route_names = HashSet::new();
     for (i, r) in c.routes.iter().enumerate() {
         let at = format!("route[{i}]");
@@ -746,6 +805,15 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         if r.timeouts.connect_ms == 0 || r.timeouts.request_ms == 0 {
             return bad(format!("{at}.timeouts"), "timeouts must be greater than 0");
         }
+        policies.validate_route(
+            &at,
+            &r.policy_order,
+            r.auth.as_ref(),
+            r.authorize.as_ref(),
+            &r.rate_limits,
+            r.request_transform.as_ref(),
+            r.response_transform.as_ref(),
+        )?;
         if r.retries.attempts > 5 {
             return bad(format!("{at}.retries.attempts"), "at most 5");
         }

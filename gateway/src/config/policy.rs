@@ -1,0 +1,730 @@
+//! The policy half of `gateway.toml`: consumers, JWT issuers, rate limits, Redis, the
+//! client-address rule, analytics, and each route's auth, authorization, limits and transforms.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+/// A known API consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// Id (the `consumer` label and rate-limit key).
+    pub id: String,
+    /// Groups, for authorization.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys, stored only as SHA-256 hashes: 64 hex digits, optionally `sha256:`-prefixed.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Basic-auth credential.
+    pub basic: Option<BasicCredential>,
+    /// JWT subjects (value of the issuer's `consumer_claim`) that are this consumer; its own id
+    /// always is.
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
+}
+
+/// A user name and its argon2 (`$argon2…`) or bcrypt (`$2a$`/`$2b$`/`$2y$`) hash.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    /// User name.
+    pub username: String,
+    /// PHC-format argon2 hash or modular-crypt bcrypt hash.
+    pub hash: String,
+}
+
+/// A JWT issuer and how its tokens are checked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// Name routes refer to.
+    pub name: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (one must match); empty = `aud` not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Algorithms allowed for this issuer (`RS256`, `ES256`, `EdDSA`, `HS256`, …).
+    pub algorithms: Vec<String>,
+    /// Public keys in PEM files (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub keys: Vec<KeyFile>,
+    /// HMAC secrets, each in a file (the whole file is the secret, a final newline removed).
+    #[serde(default)]
+    pub hmac_secrets: Vec<KeyFile>,
+    /// A JWKS file.
+    pub jwks_file: Option<String>,
+    /// A JWKS URL (`http://` or `https://`), fetched in the background.
+    pub jwks_url: Option<String>,
+    /// JWKS refresh interval.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_ms: u64,
+    /// Clock leeway for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+    /// Claim naming the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300_000
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+/// A key from a file, with an optional key id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Path; relative paths are relative to the config file.
+    pub file: String,
+    /// `kid` this key answers to; absent = any token without a matching `kid`.
+    pub kid: Option<String>,
+}
+
+/// How a rate limit computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Generic cell rate algorithm: one timestamp per key.
+    #[default]
+    Gcra,
+    /// Token bucket with continuous refill: tokens and a timestamp per key.
+    TokenBucket,
+}
+
+/// What a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// The client address (see `[client_ip]`).
+    ClientIp,
+    /// The authenticated consumer (`anonymous` when none).
+    Consumer,
+    /// The whole route.
+    Route,
+    /// A request header's value (`-` when absent).
+    Header(String),
+}
+
+/// Where a limit's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Store {
+    /// In this process (bounded; old keys evicted).
+    #[default]
+    Local,
+    /// In Redis, shared by every gateway node.
+    Redis,
+}
+
+/// A named limit routes refer to: either a rate (`requests` per `window_ms`) or a number of
+/// requests in flight (`concurrent`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Name (the `RateLimit-Policy` item name).
+    pub name: String,
+    /// Algorithm for a rate limit.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Requests allowed per window.
+    pub requests: Option<u64>,
+    /// Window.
+    pub window_ms: Option<u64>,
+    /// Requests allowed at once after a quiet spell; default `requests`.
+    pub burst: Option<u64>,
+    /// Or: requests in flight allowed per key (local store only).
+    pub concurrent: Option<u64>,
+    /// Key.
+    pub key: LimitKey,
+    /// Store.
+    #[serde(default)]
+    pub store: Store,
+    /// Most keys kept by the local store.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// What a Redis failure means for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Let the request through.
+    #[default]
+    Open,
+    /// Refuse it (503).
+    Closed,
+}
+
+/// The shared store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// Bound on every call.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// Fail open or closed.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Key prefix, so several gateway fleets can share a server.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_redis_timeout() -> u64 {
+    50
+}
+fn default_prefix() -> String {
+    "sluice:".into()
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIp {
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Which `X-Forwarded-For` entry, counted from the right (1 = the last one), is the client
+    /// when the peer is trusted. 0 = always the packet's source.
+    #[serde(default)]
+    pub xff_depth: usize,
+}
+
+/// Usage analytics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analytics {
+    /// Most distinct consumers given their own label; the rest are counted as `other`.
+    #[serde(default = "default_max_consumers")]
+    pub max_consumers: usize,
+    /// Minutes of history kept for `/analytics/top`.
+    #[serde(default = "default_minutes")]
+    pub minutes: usize,
+}
+
+fn default_max_consumers() -> usize {
+    100
+}
+fn default_minutes() -> usize {
+    15
+}
+
+impl Default for Analytics {
+    fn default() -> Self {
+        Analytics {
+            max_consumers: default_max_consumers(),
+            minutes: default_minutes(),
+        }
+    }
+}
+
+/// One step of a route's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Authentication.
+    Authenticate,
+    /// Authorization.
+    Authorize,
+    /// Rate and concurrency limits.
+    RateLimit,
+    /// Request transforms.
+    Transform,
+}
+
+/// The default order.
+pub fn default_order() -> Vec<Step> {
+    vec![
+        Step::Authenticate,
+        Step::Authorize,
+        Step::RateLimit,
+        Step::Transform,
+    ]
+}
+
+/// An authentication method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// `Authorization: Bearer <jwt>`.
+    Jwt,
+    /// An API key in a header or query parameter.
+    ApiKey,
+    /// `Authorization: Basic`.
+    Basic,
+}
+
+/// A route's authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    /// Methods, tried in order; the first whose credential is present decides.
+    pub methods: Vec<AuthMethod>,
+    /// Header carrying the API key.
+    #[serde(default = "default_key_header")]
+    pub api_key_header: String,
+    /// Query parameter carrying the API key (removed before forwarding).
+    pub api_key_query: Option<String>,
+    /// Issuers accepted; empty = every configured issuer.
+    #[serde(default)]
+    pub jwt_issuers: Vec<String>,
+    /// Realm in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_key_header() -> String {
+    "x-api-key".into()
+}
+fn default_realm() -> String {
+    "sluice".into()
+}
+
+/// A route's authorization: every listed requirement must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthorize {
+    /// Scopes the token must carry (`scope`/`scp` claim).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The consumer must be in one of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Claims that must have these (string) values.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// A regex rewrite of the path: `$1`-style captures in `replacement`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Pattern.
+    pub regex: String,
+    /// Replacement.
+    pub replacement: String,
+}
+
+/// Changes to the request before it goes upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTransform {
+    /// Headers set (replacing).
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// Headers added (kept beside existing values).
+    #[serde(default)]
+    pub add_headers: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// Headers renamed (old → new).
+    #[serde(default)]
+    pub rename_headers: BTreeMap<String, String>,
+    /// A path prefix removed.
+    pub strip_prefix: Option<String>,
+    /// A regex rewrite of the path (after `strip_prefix`).
+    pub rewrite: Option<Rewrite>,
+    /// Query parameters added.
+    #[serde(default)]
+    pub add_query: BTreeMap<String, String>,
+    /// Query parameters removed.
+    #[serde(default)]
+    pub remove_query: Vec<String>,
+    /// Query parameters renamed (old → new).
+    #[serde(default)]
+    pub rename_query: BTreeMap<String, String>,
+    /// JSON body fields set (dotted paths).
+    #[serde(default)]
+    pub json_set: BTreeMap<String, toml::Value>,
+    /// JSON body fields removed.
+    #[serde(default)]
+    pub json_remove: Vec<String>,
+    /// JSON body fields renamed (old path → new path).
+    #[serde(default)]
+    pub json_rename: BTreeMap<String, String>,
+    /// Largest body a JSON transform reads.
+    #[serde(default = "default_json_max")]
+    pub json_max_bytes: usize,
+}
+
+/// Changes to the response before it goes to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseTransform {
+    /// Headers set.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// JSON body fields removed.
+    #[serde(default)]
+    pub json_remove: Vec<String>,
+    /// JSON body fields renamed.
+    #[serde(default)]
+    pub json_rename: BTreeMap<String, String>,
+    /// Largest body a JSON transform reads.
+    #[serde(default = "default_json_max")]
+    pub json_max_bytes: usize,
+}
+
+fn default_json_max() -> usize {
+    1 << 20
+}
+
+/// Every policy setting of the file, checked together with the routes that use them.
+pub struct Policies<'a> {
+    /// Consumers.
+    pub consumers: &'a [Consumer],
+    /// Issuers.
+    pub issuers: &'a [JwtIssuer],
+    /// Limits.
+    pub limits: &'a [RateLimit],
+    /// Redis.
+    pub redis: Option<&'a Redis>,
+    /// Client address rule.
+    pub client_ip: &'a ClientIp,
+}
+
+type Bad = Result<(), (String, String)>;
+
+fn bad(field: String, reason: impl Into<String>) -> Bad {
+    Err((field, reason.into()))
+}
+
+/// Parses `a.b.c.d/n` or `x::/n` (a bare address is a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse().ok()?, l.parse().ok()?),
+        None => {
+            let a: std::net::IpAddr = s.parse().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether a JWT algorithm name is one the gateway verifies.
+pub fn known_algorithm(a: &str) -> bool {
+    matches!(
+        a,
+        "HS256"
+            | "HS384"
+            | "HS512"
+            | "RS256"
+            | "RS384"
+            | "RS512"
+            | "PS256"
+            | "PS384"
+            | "PS512"
+            | "ES256"
+            | "ES384"
+            | "EdDSA"
+    )
+}
+
+fn header_name(at: &str, h: &str) -> Bad {
+    if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+        return bad(at.into(), format!("{h:?} is not a header name"));
+    }
+    Ok(())
+}
+
+fn json_path(at: &str, p: &str) -> Bad {
+    if p.is_empty() || p.split('.').any(str::is_empty) {
+        return bad(at.into(), format!("{p:?} is not a dotted field path"));
+    }
+    Ok(())
+}
+
+impl Policies<'_> {
+    /// The top-level sections.
+    pub fn validate(&self) -> Bad {
+        let mut ids = HashSet::new();
+        let mut users = HashSet::new();
+        for (i, c) in self.consumers.iter().enumerate() {
+            let at = format!("consumer[{i}]");
+            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                return bad(format!("{at}.id"), "empty or duplicate consumer id");
+            }
+            for k in &c.api_keys {
+                let hex = k.strip_prefix("sha256:").unwrap_or(k);
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return bad(
+                        format!("{at}.api_keys"),
+                        "an API key is stored as its SHA-256: 64 hex digits (sha256: prefix optional)",
+                    );
+                }
+            }
+            if let Some(b) = &c.basic {
+                if !users.insert(b.username.as_str()) {
+                    return bad(format!("{at}.basic.username"), "duplicate user name");
+                }
+                let argon = b.hash.starts_with("$argon2");
+                let bcrypt = ["$2a$", "$2b$", "$2y$"]
+                    .iter()
+                    .any(|p| b.hash.starts_with(p));
+                if !argon && !bcrypt {
+                    return bad(
+                        format!("{at}.basic.hash"),
+                        "must be an argon2 ($argon2…) or bcrypt ($2b$…) hash",
+                    );
+                }
+                if argon && argon2::PasswordHash::new(&b.hash).is_err() {
+                    return bad(format!("{at}.basic.hash"), "not a valid argon2 PHC string");
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, j) in self.issuers.iter().enumerate() {
+            let at = format!("jwt_issuer[{i}]");
+            if !names.insert(j.name.as_str()) {
+                return bad(format!("{at}.name"), "duplicate issuer name");
+            }
+            if j.algorithms.is_empty() {
+                return bad(format!("{at}.algorithms"), "list at least one algorithm");
+            }
+            for a in &j.algorithms {
+                if !known_algorithm(a) {
+                    return bad(
+                        format!("{at}.algorithms"),
+                        format!("{a:?} is not supported (\"none\" never is)"),
+                    );
+                }
+            }
+            let hmac = j.algorithms.iter().any(|a| a.starts_with("HS"));
+            let public = j.algorithms.iter().any(|a| !a.starts_with("HS"));
+            if hmac && j.hmac_secrets.is_empty() {
+                return bad(
+                    format!("{at}.hmac_secrets"),
+                    "HS* algorithms need hmac_secrets",
+                );
+            }
+            if public && j.keys.is_empty() && j.jwks_file.is_none() && j.jwks_url.is_none() {
+                return bad(
+                    format!("{at}.keys"),
+                    "public-key algorithms need keys, jwks_file or jwks_url",
+                );
+            }
+            if let Some(u) = &j.jwks_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return bad(format!("{at}.jwks_url"), "must be http:// or https://");
+                }
+            }
+            if j.jwks_refresh_ms < 1000 {
+                return bad(format!("{at}.jwks_refresh_ms"), "at least 1000");
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, l) in self.limits.iter().enumerate() {
+            let at = format!("rate_limit[{i}]");
+            if !names.insert(l.name.as_str()) {
+                return bad(format!("{at}.name"), "duplicate limit name");
+            }
+            if l.name.is_empty()
+                || !l
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return bad(format!("{at}.name"), "letters, digits, - and _ only");
+            }
+            match (l.requests, l.window_ms, l.concurrent) {
+                (Some(r), Some(w), None) if r > 0 && w > 0 => {
+                    if l.burst == Some(0) {
+                        return bad(format!("{at}.burst"), "must be greater than 0");
+                    }
+                }
+                (None, None, Some(c)) if c > 0 => {
+                    if l.store == Store::Redis {
+                        return bad(
+                            format!("{at}.store"),
+                            "concurrency limits are local: a crashed node could never give back a shared slot",
+                        );
+                    }
+                }
+                _ => {
+                    return bad(
+                        at,
+                        "give either requests and window_ms (both > 0) or concurrent (> 0)",
+                    )
+                }
+            }
+            if l.store == Store::Redis && self.redis.is_none() {
+                return bad(
+                    format!("{at}.store"),
+                    "store = \"redis\" needs a [redis] section",
+                );
+            }
+            if let LimitKey::Header(h) = &l.key {
+                header_name(&format!("{at}.key.header"), h)?;
+            }
+            if l.max_keys == 0 {
+                return bad(format!("{at}.max_keys"), "must be greater than 0");
+            }
+        }
+        if let Some(r) = self.redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return bad("redis.url".into(), "must start with redis:// or rediss://");
+            }
+            if redis::Client::open(r.url.as_str()).is_err() {
+                return bad("redis.url".into(), "not a valid Redis URL");
+            }
+            if r.timeout_ms == 0 {
+                return bad("redis.timeout_ms".into(), "must be greater than 0");
+            }
+        }
+        for p in &self.client_ip.trusted_proxies {
+            if parse_cidr(p).is_none() {
+                return bad(
+                    "client_ip.trusted_proxies".into(),
+                    format!("{p:?} is not an address or CIDR"),
+                );
+            }
+        }
+        if self.client_ip.xff_depth > 0 && self.client_ip.trusted_proxies.is_empty() {
+            return bad(
+                "client_ip.xff_depth".into(),
+                "needs trusted_proxies: X-Forwarded-For from anyone else is not believed",
+            );
+        }
+        Ok(())
+    }
+
+    /// One route's policy settings.
+    pub fn validate_route(
+        &self,
+        at: &str,
+        order: &[Step],
+        auth: Option<&RouteAuth>,
+        authorize: Option<&RouteAuthorize>,
+        limits: &[String],
+        req: Option<&RequestTransform>,
+        resp: Option<&ResponseTransform>,
+    ) -> Bad {
+        let mut seen = HashSet::new();
+        for s in order {
+            if !seen.insert(s) {
+                return bad(format!("{at}.policy_order"), format!("{s:?} listed twice"));
+            }
+        }
+        if let Some(a) = auth {
+            if a.methods.is_empty() {
+                return bad(format!("{at}.auth.methods"), "list at least one method");
+            }
+            header_name(&format!("{at}.auth.api_key_header"), &a.api_key_header)?;
+            for n in &a.jwt_issuers {
+                if !self.issuers.iter().any(|j| &j.name == n) {
+                    return bad(
+                        format!("{at}.auth.jwt_issuers"),
+                        format!("no issuer named {n:?}"),
+                    );
+                }
+            }
+            if a.methods.contains(&AuthMethod::Jwt) && self.issuers.is_empty() {
+                return bad(format!("{at}.auth.methods"), "jwt needs a [[jwt_issuer]]");
+            }
+            if !a
+                .realm
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ')
+            {
+                return bad(format!("{at}.auth.realm"), "printable ASCII without quotes");
+            }
+        }
+        if authorize.is_some() && auth.is_none() {
+            return bad(
+                format!("{at}.authorize"),
+                "authorization needs [route.auth]",
+            );
+        }
+        for n in limits {
+            if !self.limits.iter().any(|l| &l.name == n) {
+                return bad(
+                    format!("{at}.rate_limits"),
+                    format!("no rate_limit named {n:?}"),
+                );
+            }
+        }
+        if let Some(t) = req {
+            let at = format!("{at}.request_transform");
+            for h in t
+                .set_headers
+                .keys()
+                .chain(t.add_headers.keys())
+                .chain(t.remove_headers.iter())
+                .chain(t.rename_headers.keys())
+                .chain(t.rename_headers.values())
+            {
+                header_name(&format!("{at}.headers"), h)?;
+            }
+            for v in t.set_headers.values().chain(t.add_headers.values()) {
+                if hyper::header::HeaderValue::from_str(v).is_err() {
+                    return bad(
+                        format!("{at}.headers"),
+                        format!("{v:?} is not a header value"),
+                    );
+                }
+            }
+            if let Some(p) = &t.strip_prefix {
+                if !p.starts_with('/') {
+                    return bad(format!("{at}.strip_prefix"), "must start with '/'");
+                }
+            }
+            if let Some(r) = &t.rewrite {
+                if let Err(e) = regex::Regex::new(&r.regex) {
+                    return bad(format!("{at}.rewrite.regex"), format!("invalid regex: {e}"));
+                }
+            }
+            for p in t
+                .json_set
+                .keys()
+                .chain(t.json_remove.iter())
+                .chain(t.json_rename.keys())
+                .chain(t.json_rename.values())
+            {
+                json_path(&format!("{at}.json"), p)?;
+            }
+        }
+        if let Some(t) = resp {
+            let at = format!("{at}.response_transform");
+            for h in t.set_headers.keys().chain(t.remove_headers.iter()) {
+                header_name(&format!("{at}.headers"), h)?;
+            }
+            for v in t.set_headers.values() {
+                if hyper::header::HeaderValue::from_str(v).is_err() {
+                    return bad(
+                        format!("{at}.headers"),
+                        format!("{v:?} is not a header value"),
+                    );
+                }
+            }
+            for p in t
+                .json_remove
+                .iter()
+                .chain(t.json_rename.keys())
+                .chain(t.json_rename.values())
+            {
+                json_path(&format!("{at}.json"), p)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! Authentication (API keys, JWT, Basic) and authorization (scopes, groups, claims).
+//!
+//! API keys are kept only as SHA-256 hashes and every stored hash is compared, in constant
+//! time, with the presented key's hash: neither the match nor its position leaks through
+//! timing. Basic-auth passwords are verified with argon2 or bcrypt off the async threads
+//! (they are deliberately slow), and an unknown user costs a verification too.
+
+use std::{collections::HashMap, sync::Arc};
+
+use base64::Engine;
+use hyper::{
+    header::{self, HeaderName, HeaderValue},
+    http::request::Parts,
+    StatusCode,
+};
+use subtle::ConstantTimeEq;
+
+use super::{jwt, refuse, Identity, Refusal};
+use crate::config::{policy::AuthMethod, Consumer, RouteAuth, RouteAuthorize};
+
+/// A bcrypt hash of a random password, verified when the user name is unknown so that the
+/// answer takes as long as for a known user.
+const DUMMY_BCRYPT: &str = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+
+/// Every consumer, indexed by credential.
+#[derive(Default)]
+pub struct Consumers {
+    /// The config they came from.
+    pub config: Vec<Consumer>,
+    key_hashes: Vec<([u8; 32], usize)>,
+    users: HashMap<String, usize>,
+    subjects: HashMap<String, usize>,
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Consumers {
+    /// Indexes validated consumers.
+    pub fn new(list: &[Consumer]) -> Self {
+        let mut c = Consumers {
+            config: list.to_vec(),
+            ..Default::default()
+        };
+        for (i, con) in list.iter().enumerate() {
+            c.key_hashes
+                .extend(con.api_keys.iter().filter_map(|k| hex32(k)).map(|h| (h, i)));
+            if let Some(b) = &con.basic {
+                c.users.insert(b.username.clone(), i);
+            }
+            c.subjects.insert(con.id.clone(), i);
+            for s in &con.jwt_subjects {
+                c.subjects.insert(s.clone(), i);
+            }
+        }
+        c
+    }
+
+    fn identity(&self, i: usize) -> Option<Identity> {
+        let c = self.config.get(i)?;
+        Some(Identity {
+            consumer: Arc::from(c.id.as_str()),
+            groups: c.groups.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// The consumer holding this API key. Every stored hash is compared.
+    pub fn by_api_key(&self, key: &[u8]) -> Option<Identity> {
+        let presented = ring::digest::digest(&ring::digest::SHA256, key);
+        let mut found = usize::MAX;
+        for (hash, i) in &self.key_hashes {
+            let hit = hash.ct_eq(presented.as_ref());
+            // Branch-free select keeps the position of a match out of the timing.
+            found = usize::conditional_select(&found, i, hit);
+        }
+        (found != usize::MAX)
+            .then(|| self.identity(found))
+            .flatten()
+    }
+
+    /// The consumer with this user name and password.
+    pub async fn by_password(self: &Arc<Self>, user: String, password: String) -> Option<Identity> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = me.users.get(&user).copied();
+            let hash = i
+                .and_then(|i| me.config.get(i))
+                .and_then(|c| c.basic.as_ref())
+                .map(|b| b.hash.as_str())
+                .unwrap_or(DUMMY_BCRYPT);
+            let ok = verify_password(hash, &password);
+            i.filter(|_| ok).and_then(|i| me.identity(i))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The consumer a token's subject names, if one is configured.
+    pub fn by_subject(&self, subject: &str) -> Option<Identity> {
+        self.subjects.get(subject).and_then(|i| self.identity(*i))
+    }
+}
+
+trait Select {
+    fn conditional_select(a: &Self, b: &Self, choice: subtle::Choice) -> Self;
+}
+
+impl Select for usize {
+    fn conditional_select(a: &usize, b: &usize, choice: subtle::Choice) -> usize {
+        let mask = (choice.unwrap_u8() as usize).wrapping_neg();
+        (a & !mask) | (b & mask)
+    }
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    if hash.starts_with("$argon2") {
+        use argon2::PasswordVerifier;
+        argon2::PasswordHash::new(hash)
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    } else {
+        bcrypt::verify(password, hash).unwrap_or(false)
+    }
+}
+
+/// A route's authentication step.
+pub struct Authenticator {
+    methods: Vec<AuthMethod>,
+    key_header: HeaderName,
+    key_query: Option<String>,
+    issuers: Vec<Arc<jwt::Issuer>>,
+    challenge: HeaderValue,
+    consumers: Arc<Consumers>,
+}
+
+impl Authenticator {
+    /// Builds the step of a validated route.
+    pub fn new(
+        cfg: &RouteAuth,
+        consumers: Arc<Consumers>,
+        issuers: &HashMap<String, Arc<jwt::Issuer>>,
+    ) -> Self {
+        let mut chosen: Vec<Arc<jwt::Issuer>> = if cfg.jwt_issuers.is_empty() {
+            issuers.values().cloned().collect()
+        } else {
+            cfg.jwt_issuers
+                .iter()
+                .filter_map(|n| issuers.get(n).cloned())
+                .collect()
+        };
+        chosen.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        let challenge = cfg
+            .methods
+            .iter()
+            .map(|m| match m {
+                AuthMethod::Jwt => format!("Bearer realm=\"{}\"", cfg.realm),
+                AuthMethod::Basic => format!("Basic realm=\"{}\", charset=\"UTF-8\"", cfg.realm),
+                AuthMethod::ApiKey => format!("ApiKey realm=\"{}\"", cfg.realm),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Authenticator {
+            methods: cfg.methods.clone(),
+            key_header: HeaderName::from_bytes(cfg.api_key_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-api-key")),
+            key_query: cfg.api_key_query.clone(),
+            issuers: chosen,
+            challenge: HeaderValue::from_str(&challenge)
+                .unwrap_or(HeaderValue::from_static("Bearer")),
+            consumers,
+        }
+    }
+
+    fn unauthorized(&self, detail: &str) -> Refusal {
+        let mut r = refuse(StatusCode::UNAUTHORIZED, detail);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, self.challenge.clone());
+        r
+    }
+
+    /// The identity of the request. The first method whose credential is present decides;
+    /// a request with none is refused.
+    pub async fn authenticate(&self, parts: &mut Parts) -> Result<Identity, Refusal> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let scheme = |name: &str| {
+            authorization.as_deref().and_then(|a| {
+                let (s, rest) = a.split_once(' ')?;
+                s.eq_ignore_ascii_case(name)
+                    .then(|| rest.trim().to_string())
+            })
+        };
+        for m in &self.methods {
+            match m {
+                AuthMethod::ApiKey => {
+                    let from_header = parts
+                        .headers
+                        .get(&self.key_header)
+                        .map(|v| v.as_bytes().to_vec());
+                    let from_query = self.key_query.as_deref().and_then(|q| {
+                        crate::router::query_value(parts.uri.query().unwrap_or(""), q)
+                            .map(|v| percent_decode(v))
+                    });
+                    let in_query = from_header.is_none() && from_query.is_some();
+                    let Some(key) = from_header.or(from_query) else {
+                        continue;
+                    };
+                    let who = self
+                        .consumers
+                        .by_api_key(&key)
+                        .ok_or_else(|| self.unauthorized("the API key is not valid"))?;
+                    // The key is not the upstream's business.
+                    parts.headers.remove(&self.key_header);
+                    if let (true, Some(q)) = (in_query, &self.key_query) {
+                        if let Some(uri) = super::transform::without_query_param(&parts.uri, q) {
+                            parts.uri = uri;
+                        }
+                    }
+                    return Ok(who);
+                }
+                AuthMethod::Basic => {
+                    let Some(cred) = scheme("basic") else {
+                        continue;
+                    };
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(cred.as_bytes())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok());
+                    let Some((user, pass)) = decoded.as_deref().and_then(|d| d.split_once(':'))
+                    else {
+                        return Err(self.unauthorized("malformed Basic credentials"));
+                    };
+                    return self
+                        .consumers
+                        .by_password(user.to_string(), pass.to_string())
+                        .await
+                        .ok_or_else(|| self.unauthorized("user name or password is wrong"));
+                }
+                AuthMethod::Jwt => {
+                    let Some(token) = scheme("bearer") else {
+                        continue;
+                    };
+                    return jwt::verify(&self.issuers, &token, &self.consumers)
+                        .await
+                        .map_err(|why| self.unauthorized(&format!("token refused: {why}")));
+                }
+            }
+        }
+        Err(self.unauthorized("credentials are required"))
+    }
+}
+
+/// `%XX` decoding of a query value (`+` as space); a broken escape is kept as it is.
+fn percent_decode(v: &str) -> Vec<u8> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let escaped = (c == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, escaped) {
+            (_, Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Checks a route's requirements against the identity; 403 when one fails.
+pub fn authorize(rule: &RouteAuthorize, who: Option<&Identity>) -> Result<(), Refusal> {
+    let Some(who) = who else {
+        return Err(refuse(StatusCode::FORBIDDEN, "no authenticated consumer"));
+    };
+    if let Some(missing) = rule.scopes.iter().find(|s| !who.scopes.contains(s)) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!("scope {missing:?} is required"),
+        ));
+    }
+    if !rule.groups.is_empty() && !rule.groups.iter().any(|g| who.groups.contains(g)) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!("membership of one of {:?} is required", rule.groups),
+        ));
+    }
+    for (claim, want) in &rule.claims {
+        let got = who.claims.as_ref().and_then(|c| c.get(claim));
+        let ok = match got {
+            Some(serde_json::Value::String(s)) => s == want,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want)),
+            Some(other) => other.to_string() == *want,
+            None => false,
+        };
+        if !ok {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                &format!("claim {claim:?} must be {want:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Bb+c%zz%4"), b"a+b c%zz%4");
+    }
+
+    #[test]
+    fn api_keys_match_by_hash_only() {
+        let hash = ring::digest::digest(&ring::digest::SHA256, b"s3cret");
+        let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let c = Consumers::new(&[
+            Consumer {
+                id: "other".into(),
+                groups: vec![],
+                api_keys: vec![format!("sha256:{}", "0".repeat(64))],
+                basic: None,
+                jwt_subjects: vec![],
+            },
+            Consumer {
+                id: "alice".into(),
+                groups: vec!["ops".into()],
+                api_keys: vec![hex],
+                basic: None,
+                jwt_subjects: vec![],
+            },
+        ]);
+        assert_eq!(&*c.by_api_key(b"s3cret").unwrap().consumer, "alice");
+        assert!(c.by_api_key(b"s3cre").is_none());
+        assert!(c.by_api_key(b"").is_none());
+    }
+}

@@ -1,0 +1,102 @@
+//! The client address policies key on. Behind the L4 tier it is the packet's source (DSR
+//! keeps it real); behind a trusted proxy it is the `X-Forwarded-For` entry at the configured
+//! depth, counted from the right, because only the entries our own proxies appended can be
+//! believed.
+
+use std::net::IpAddr;
+
+use hyper::header::HeaderMap;
+
+use crate::config::{policy::parse_cidr, ClientIp};
+
+/// A compiled `[client_ip]` section.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpRule {
+    trusted: Vec<(IpAddr, u8)>,
+    depth: usize,
+}
+
+fn contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+impl ClientIpRule {
+    /// Compiles a validated section.
+    pub fn new(c: &ClientIp) -> Self {
+        ClientIpRule {
+            trusted: c
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| parse_cidr(p))
+                .collect(),
+            depth: c.xff_depth,
+        }
+    }
+
+    /// The client of a request that arrived from `peer`.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+            v4 => v4,
+        };
+        if self.depth == 0 || !self.trusted.iter().any(|n| contains(*n, peer)) {
+            return peer;
+        }
+        // Every X-Forwarded-For line, in order, as one list.
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        entries
+            .len()
+            .checked_sub(self.depth)
+            .and_then(|i| entries.get(i))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_from_the_right_and_only_for_trusted_peers() {
+        let rule = ClientIpRule::new(&ClientIp {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "::1".into()],
+            xff_depth: 2,
+        });
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            rule.resolve(proxy, &h),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(rule.resolve(stranger, &h), stranger);
+        // Too few entries, or garbage: the peer.
+        let mut short = HeaderMap::new();
+        short.insert("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(rule.resolve(proxy, &short), proxy);
+        assert_eq!(rule.resolve(proxy, &HeaderMap::new()), proxy);
+        assert_eq!(
+            rule.resolve("::1".parse().unwrap(), &h),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! JWT verification with `jsonwebtoken` (ring underneath, as for rustls).
+//!
+//! An issuer accepts only the algorithms it lists. HMAC keys come only from `hmac_secrets`
+//! files and public keys only from PEM files or a JWKS, and a key is used only for its own
+//! family, so neither `alg: none` (not even parsed) nor an HMAC signature keyed with a public
+//! key can verify. A JWKS URL is fetched in the background on an interval, and at once (at
+//! most once a second) when a token names an unknown `kid`; a failed fetch keeps the last
+//! good set.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use jsonwebtoken::{
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, JwkSet},
+    Algorithm, DecodingKey, Validation,
+};
+use serde_json::{Map, Value};
+
+use super::{auth::Consumers, Identity};
+use crate::config::JwtIssuer;
+
+/// Least time between two fetches caused by unknown `kid`s.
+const MIN_REFETCH: Duration = Duration::from_secs(1);
+/// Bound on one JWKS fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document read.
+const MAX_JWKS: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+fn family(a: Algorithm) -> Family {
+    use Algorithm::*;
+    match a {
+        HS256 | HS384 | HS512 => Family::Hmac,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Family::Rsa,
+        ES256 | ES384 => Family::Ec,
+        EdDSA => Family::Ed,
+    }
+}
+
+struct Key {
+    kid: Option<String>,
+    family: Family,
+    key: DecodingKey,
+}
+
+/// One configured issuer with its keys.
+pub struct Issuer {
+    /// Its config.
+    pub config: JwtIssuer,
+    algorithms: Vec<Algorithm>,
+    fixed: Vec<Key>,
+    jwks: ArcSwap<Vec<Key>>,
+    jwks_file: Option<PathBuf>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+type Bad = (String, String);
+
+fn read(field: &str, path: &Path) -> Result<Vec<u8>, Bad> {
+    std::fs::read(path).map_err(|e| (field.to_string(), format!("{}: {e}", path.display())))
+}
+
+fn pem_key(pem: &[u8]) -> Option<(Family, DecodingKey)> {
+    DecodingKey::from_rsa_pem(pem)
+        .map(|k| (Family::Rsa, k))
+        .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (Family::Ec, k)))
+        .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (Family::Ed, k)))
+        .ok()
+}
+
+fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Family::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => Family::Ed,
+            // Shared secrets are never taken from a key set.
+            AlgorithmParameters::OctetKey(_) => continue,
+        };
+        if let Ok(key) = DecodingKey::from_jwk(jwk) {
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                family,
+                key,
+            });
+        }
+    }
+    Ok(keys)
+}
+
+impl Issuer {
+    /// Loads the keys of a validated issuer (paths already resolved against the config
+    /// file) and starts its background refresh if it has a JWKS.
+    pub fn start(config: JwtIssuer) -> Result<Arc<Issuer>, Bad> {
+        let issuer = Arc::new(Self::load(config)?);
+        if issuer.config.jwks_url.is_some() || issuer.jwks_file.is_some() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(refresh_loop(Arc::downgrade(&issuer)));
+            }
+        }
+        Ok(issuer)
+    }
+
+    /// Loads keys without starting anything: what `check` and config loading use.
+    pub fn load(config: JwtIssuer) -> Result<Issuer, Bad> {
+        let mut algorithms = Vec::new();
+        for a in &config.algorithms {
+            let alg: Algorithm = a
+                .parse()
+                .map_err(|_| ("algorithms".to_string(), format!("{a:?} is not supported")))?;
+            algorithms.push(alg);
+        }
+        let mut fixed = Vec::new();
+        for (i, k) in config.keys.iter().enumerate() {
+            let field = format!("keys[{i}].file");
+            let pem = read(&field, Path::new(&k.file))?;
+            let (family, key) = pem_key(&pem).ok_or_else(|| {
+                (
+                    field.clone(),
+                    "not an RSA, EC or Ed25519 public key in PEM".to_string(),
+                )
+            })?;
+            fixed.push(Key {
+                kid: k.kid.clone(),
+                family,
+                key,
+            });
+        }
+        for (i, k) in config.hmac_secrets.iter().enumerate() {
+            let field = format!("hmac_secrets[{i}].file");
+            let mut secret = read(&field, Path::new(&k.file))?;
+            if secret.last() == Some(&b'\n') {
+                secret.pop();
+            }
+            if secret.starts_with(b"-----BEGIN") {
+                return Err((
+                    field,
+                    "is a PEM key: a public key must never be an HMAC secret".into(),
+                ));
+            }
+            if secret.len() < 32 {
+                return Err((field, "an HMAC secret needs at least 32 bytes".into()));
+            }
+            fixed.push(Key {
+                kid: k.kid.clone(),
+                family: Family::Hmac,
+                key: DecodingKey::from_secret(&secret),
+            });
+        }
+        let jwks_file = config.jwks_file.as_ref().map(PathBuf::from);
+        let initial = match &jwks_file {
+            Some(p) => parse_jwks(&read("jwks_file", p)?).map_err(|e| ("jwks_file".into(), e))?,
+            None => Vec::new(),
+        };
+        Ok(Issuer {
+            algorithms,
+            fixed,
+            jwks: ArcSwap::from_pointee(initial),
+            jwks_file,
+            last_fetch: tokio::sync::Mutex::new(None),
+            config,
+        })
+    }
+
+    /// Fetches the key set (URL, else file) and keeps it if it parses.
+    async fn refresh(&self) {
+        let got = match (&self.config.jwks_url, &self.jwks_file) {
+            (Some(url), _) => fetch(url).await,
+            (None, Some(p)) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
+            (None, None) => return,
+        };
+        match got.and_then(|body| parse_jwks(&body)) {
+            Ok(keys) => {
+                tracing::debug!(issuer = %self.config.name, keys = keys.len(), "key set refreshed");
+                self.jwks.store(Arc::new(keys));
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.name, error = %e, "key set refresh failed; the last good set stays")
+            }
+        }
+    }
+
+    /// Refreshes now unless that happened less than [`MIN_REFETCH`] ago.
+    async fn refresh_soon(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.refresh().await;
+    }
+
+    fn try_keys(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        keys: &[Key],
+    ) -> Option<Result<Map<String, Value>, String>> {
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = self.config.leeway_s;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        if self.config.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.config.audiences);
+        }
+        let mut last = None;
+        for k in keys.iter().filter(|k| k.family == family(alg)) {
+            if kid.is_some() && k.kid.as_deref() != kid {
+                continue;
+            }
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation) {
+                Ok(data) => return Some(Ok(data.claims)),
+                Err(e) => {
+                    let why = match e.kind() {
+                        ErrorKind::InvalidSignature => "bad signature".to_string(),
+                        ErrorKind::ExpiredSignature => "expired".to_string(),
+                        ErrorKind::ImmatureSignature => "not yet valid (nbf)".to_string(),
+                        ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
+                        ErrorKind::InvalidAudience => "wrong audience".to_string(),
+                        ErrorKind::MissingRequiredClaim(c) => format!("claim {c:?} is missing"),
+                        other => format!("{other:?}"),
+                    };
+                    // A signature failure may just be the wrong key; any other failure is
+                    // about the token itself and final.
+                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                        return Some(Err(why));
+                    }
+                    last = Some(Err(why));
+                }
+            }
+        }
+        last
+    }
+
+    /// Verifies `token` with this issuer's keys.
+    async fn verify(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Map<String, Value>, String> {
+        if !self.algorithms.contains(&alg) {
+            return Err(format!("algorithm {alg:?} is not allowed for this issuer"));
+        }
+        if let Some(r) = self.try_keys(token, alg, kid, &self.fixed) {
+            return r;
+        }
+        if let Some(r) = self.try_keys(token, alg, kid, &self.jwks.load()) {
+            return r;
+        }
+        if kid.is_some() && (self.config.jwks_url.is_some() || self.jwks_file.is_some()) {
+            self.refresh_soon().await;
+            if let Some(r) = self.try_keys(token, alg, kid, &self.jwks.load()) {
+                return r;
+            }
+        }
+        Err(match kid {
+            Some(k) => format!("no key with kid {k:?}"),
+            None => "no key for the algorithm".into(),
+        })
+    }
+}
+
+async fn refresh_loop(issuer: Weak<Issuer>) {
+    loop {
+        let every = {
+            let Some(i) = issuer.upgrade() else { return };
+            *i.last_fetch.lock().await = Some(Instant::now());
+            i.refresh().await;
+            Duration::from_millis(i.config.jwks_refresh_ms)
+        };
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The unverified payload (only to pick the issuer; everything is verified after).
+fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies a bearer token against the route's issuers and maps its claims to an identity.
+pub async fn verify(
+    issuers: &[Arc<Issuer>],
+    token: &str,
+    consumers: &Consumers,
+) -> Result<Identity, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => {
+            "unsupported algorithm or malformed header".to_string()
+        }
+        _ => "malformed token".to_string(),
+    })?;
+    let iss = unverified_claims(token)
+        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
+        .ok_or("the token has no iss claim")?;
+    let issuer = issuers
+        .iter()
+        .find(|i| i.config.issuer == iss)
+        .ok_or("wrong issuer")?;
+    let claims = issuer
+        .verify(token, header.alg, header.kid.as_deref())
+        .await?;
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_u64().ok_or("iat is not a number")?;
+        if iat > now() + issuer.config.leeway_s {
+            return Err("issued in the future (iat)".into());
+        }
+    }
+    let subject = claims
+        .get(&issuer.config.consumer_claim)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("claim {:?} is missing", issuer.config.consumer_claim))?;
+    let mut id = consumers.by_subject(subject).unwrap_or_else(|| Identity {
+        consumer: Arc::from(subject),
+        ..Default::default()
+    });
+    id.scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(Value::Array(groups)) = claims.get("groups") {
+        id.groups
+            .extend(groups.iter().filter_map(|g| g.as_str().map(str::to_string)));
+    }
+    id.claims = Some(claims);
+    Ok(id)
+}
+
+/// GET `url` (http or https; https trusts the system's CA bundle), body at most 1 MiB.
+pub async fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url))
+        .await
+        .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))?
+}
+
+async fn fetch_inner(url: &str) -> Result<Vec<u8>, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper_util::rt::TokioIo;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let host = uri.host().ok_or("no host")?.to_string();
+    let tls = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let req = hyper::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(
+            hyper::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        )
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    macro_rules! exchange {
+        ($io:expr) => {{
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            tokio::spawn(conn);
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("{url}: status {}", resp.status()));
+            }
+            Limited::new(resp.into_body(), MAX_JWKS)
+                .collect()
+                .await
+                .map(|c| c.to_bytes().to_vec())
+                .map_err(|e| format!("{url}: {e}"))
+        }};
+    }
+    if tls {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter("/etc/ssl/certs/ca-certificates.crt")
+                .map_err(|e| format!("system CA bundle: {e}"))?
+                .flatten()
+        {
+            let _ = roots.add(cert);
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name =
+            rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        exchange!(stream)
+    } else {
+        exchange!(tcp)
+    }
+}

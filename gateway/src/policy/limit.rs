@@ -1,0 +1,494 @@
+//! Rate limits (GCRA or token bucket) and per-key concurrency limits.
+//!
+//! Hand-written rather than `governor`: the same arithmetic has to run inside Redis (as a Lua
+//! script, see [`super::redis_store`]) so that local and shared limits agree to the request,
+//! the answer must carry the remaining quota for the `RateLimit` headers, and the local store
+//! must stay bounded under a flood of distinct keys. All three are awkward through governor.
+//!
+//! Time is in microseconds. A rate of `requests` per `window` gives an emission interval
+//! `T = window / requests`; `burst` requests may arrive at once after a quiet spell.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use hyper::{header::HeaderValue, http::request::Parts, StatusCode};
+
+use super::{redis_store::RedisStore, refuse, Admitted, Context, Refusal};
+use crate::config::{
+    policy::{Algorithm, LimitKey, OnFailure, Store},
+    RateLimit,
+};
+
+/// A limit's verdict for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Requests left right now.
+    pub remaining: u64,
+    /// Microseconds until the quota is whole again.
+    pub reset_us: u64,
+    /// Microseconds until the next request would be allowed (0 when allowed).
+    pub retry_us: u64,
+}
+
+/// Rate parameters in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Emission interval.
+    pub interval_us: u64,
+    /// Burst size.
+    pub burst: u64,
+}
+
+impl Rate {
+    fn of(c: &RateLimit) -> Option<Rate> {
+        let (r, w) = (c.requests?, c.window_ms?);
+        Some(Rate {
+            interval_us: (w.saturating_mul(1000) / r).max(1),
+            burst: c.burst.unwrap_or(r),
+        })
+    }
+}
+
+/// GCRA: the state is the theoretical arrival time `tat`. Returns the new `tat` to store
+/// and the verdict.
+pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
+    let t = rate.interval_us;
+    let tau = t * (rate.burst - 1);
+    let tat = tat.unwrap_or(now).max(now);
+    let next = tat + t;
+    // Allowed while the new tat is within burst tolerance of now.
+    if next - now <= tau + t {
+        let remaining = (now + tau + t - next) / t;
+        (
+            next,
+            Verdict {
+                allowed: true,
+                remaining,
+                reset_us: next - now,
+                retry_us: 0,
+            },
+        )
+    } else {
+        (
+            tat,
+            Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_us: tat - now,
+                retry_us: tat - tau - now,
+            },
+        )
+    }
+}
+
+/// Token bucket: the state is (credit, last refill), with credit counted in microseconds
+/// of refill time (one token = `T`), so refilling is exact integer arithmetic. Returns the
+/// new state.
+pub fn token_bucket(state: Option<(u64, u64)>, now: u64, rate: Rate) -> ((u64, u64), Verdict) {
+    let t = rate.interval_us;
+    let cap = rate.burst * t;
+    let (credit, last) = state.unwrap_or((cap, now));
+    let credit = cap.min(credit.saturating_add(now.saturating_sub(last)));
+    if credit >= t {
+        let left = credit - t;
+        (
+            (left, now),
+            Verdict {
+                allowed: true,
+                remaining: left / t,
+                reset_us: cap - left,
+                retry_us: 0,
+            },
+        )
+    } else {
+        (
+            (credit, now),
+            Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_us: cap - credit,
+                retry_us: t - credit,
+            },
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+enum State {
+    Tat(u64),
+    Bucket(u64, u64),
+}
+
+const SHARDS: usize = 16;
+
+/// The in-process store: sharded maps, each bounded. When a shard is full, keys whose
+/// quota is whole again (they carry no information) are dropped; if none are, one arbitrary
+/// key is, which can only make the limit more lenient for that key.
+struct LocalStore {
+    shards: Vec<Mutex<HashMap<String, State>>>,
+    per_shard: usize,
+    epoch: Instant,
+}
+
+impl LocalStore {
+    fn new(max_keys: usize) -> Self {
+        LocalStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn check(&self, key: &str, algorithm: Algorithm, rate: Rate) -> Verdict {
+        let now = self.now();
+        let shard = fxhash(key) % SHARDS;
+        let Ok(mut map) = self.shards[shard].lock() else {
+            return Verdict {
+                allowed: true,
+                remaining: 0,
+                reset_us: 0,
+                retry_us: 0,
+            };
+        };
+        if !map.contains_key(key) && map.len() >= self.per_shard {
+            let full_again = |s: &State| match *s {
+                State::Tat(tat) => tat <= now,
+                State::Bucket(credit, last) => {
+                    credit.saturating_add(now.saturating_sub(last)) >= rate.burst * rate.interval_us
+                }
+            };
+            map.retain(|_, s| !full_again(s));
+            if map.len() >= self.per_shard {
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        let old = map.get(key).copied();
+        let (new, verdict) = match algorithm {
+            Algorithm::Gcra => {
+                let (tat, v) = gcra(
+                    old.and_then(|s| match s {
+                        State::Tat(t) => Some(t),
+                        _ => None,
+                    }),
+                    now,
+                    rate,
+                );
+                (State::Tat(tat), v)
+            }
+            Algorithm::TokenBucket => {
+                let (b, v) = token_bucket(
+                    old.and_then(|s| match s {
+                        State::Bucket(t, l) => Some((t, l)),
+                        _ => None,
+                    }),
+                    now,
+                    rate,
+                );
+                (State::Bucket(b.0, b.1), v)
+            }
+        };
+        map.insert(key.to_string(), new);
+        verdict
+    }
+}
+
+fn fxhash(s: &str) -> usize {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) as usize
+}
+
+/// Requests in flight per key.
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, u64>>);
+
+/// A concurrency slot, given back when dropped.
+pub struct Slot {
+    limit: Arc<Limit>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.limit.in_flight.0.lock() {
+            if let Some(n) = m.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// One configured limit with its counters.
+pub struct Limit {
+    /// Its config.
+    pub config: RateLimit,
+    rate: Option<Rate>,
+    local: LocalStore,
+    in_flight: InFlight,
+    redis: Option<Arc<RedisStore>>,
+    /// Requests allowed.
+    pub allowed: AtomicU64,
+    /// Requests refused.
+    pub limited: AtomicU64,
+}
+
+impl Limit {
+    /// A new limit; `redis` is used when its store is Redis.
+    pub fn new(config: RateLimit, redis: Option<Arc<RedisStore>>) -> Self {
+        Limit {
+            rate: Rate::of(&config),
+            local: LocalStore::new(config.max_keys),
+            in_flight: InFlight::default(),
+            redis: if config.store == Store::Redis {
+                redis
+            } else {
+                None
+            },
+            allowed: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// Whether a reload may keep this limit with the store it would get now.
+    pub fn same_store(&self, redis: Option<&Arc<RedisStore>>) -> bool {
+        match (&self.redis, redis) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, _) => self.config.store == Store::Local,
+            _ => false,
+        }
+    }
+
+    /// Keys held by the local store.
+    pub fn local_keys(&self) -> usize {
+        self.local.len()
+    }
+
+    fn key(&self, parts: &Parts, ctx: &Context<'_>) -> String {
+        let value = match &self.config.key {
+            LimitKey::ClientIp => ctx.client.to_string(),
+            LimitKey::Consumer => ctx
+                .identity
+                .as_ref()
+                .map(|i| i.consumer.to_string())
+                .unwrap_or_else(|| "anonymous".into()),
+            LimitKey::Route => String::new(),
+            LimitKey::Header(h) => parts
+                .headers
+                .get(h.as_str())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_else(|| "-".into()),
+        };
+        // The route is part of every key: one limit used by two routes counts them apart.
+        format!("{}|{}", ctx.route, value)
+    }
+}
+
+fn header(v: String) -> Option<HeaderValue> {
+    HeaderValue::from_str(&v).ok()
+}
+
+fn secs_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+/// Runs every limit of a route; all must allow. Sets the `RateLimit` headers (of the most
+/// constrained limit) on `admitted`, and takes concurrency slots.
+pub async fn check_all(
+    limits: &[Arc<Limit>],
+    parts: &Parts,
+    ctx: &Context<'_>,
+    admitted: &mut Admitted,
+) -> Result<(), Refusal> {
+    let mut tightest: Option<(&Limit, Verdict)> = None;
+    for limit in limits {
+        let key = limit.key(parts, ctx);
+        if let Some(max) = limit.config.concurrent {
+            let taken = limit
+                .in_flight
+                .0
+                .lock()
+                .map(|mut m| {
+                    let n = m.entry(key.clone()).or_insert(0);
+                    if *n >= max {
+                        false
+                    } else {
+                        *n += 1;
+                        true
+                    }
+                })
+                .unwrap_or(true);
+            if !taken {
+                limit.limited.fetch_add(1, Ordering::Relaxed);
+                let mut r = refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "limit {}: {max} requests in flight already",
+                        limit.config.name
+                    ),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Err(r);
+            }
+            limit.allowed.fetch_add(1, Ordering::Relaxed);
+            admitted.slots.push(Slot {
+                limit: limit.clone(),
+                key,
+            });
+            continue;
+        }
+        let Some(rate) = limit.rate else { continue };
+        let verdict = match &limit.redis {
+            None => limit.local.check(&key, limit.config.algorithm, rate),
+            Some(store) => match store.check(&key, limit.config.algorithm, rate).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let open = store.config.on_failure == OnFailure::Open;
+                    store.failed(open);
+                    tracing::warn!(limit = %limit.config.name, error = %e, fail_open = open, "shared rate-limit store failed");
+                    if open {
+                        continue;
+                    }
+                    let mut r = refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "limit {}: the shared store is unavailable",
+                            limit.config.name
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Err(r);
+                }
+            },
+        };
+        if !verdict.allowed {
+            limit.limited.fetch_add(1, Ordering::Relaxed);
+            let mut r = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("limit {} exceeded", limit.config.name),
+            );
+            set_headers(r.headers_mut(), limit, &verdict);
+            if let Some(v) = header(secs_ceil(verdict.retry_us).max(1).to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return Err(r);
+        }
+        limit.allowed.fetch_add(1, Ordering::Relaxed);
+        if tightest.is_none_or(|(_, t)| verdict.remaining < t.remaining) {
+            tightest = Some((limit, verdict));
+        }
+    }
+    if let Some((limit, v)) = tightest {
+        set_headers(&mut admitted.headers, limit, &v);
+    }
+    Ok(())
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), and the legacy
+/// `X-RateLimit-*` trio.
+fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
+    let c = &limit.config;
+    let (q, w) = (
+        c.requests.unwrap_or(0),
+        c.window_ms.unwrap_or(0).div_ceil(1000).max(1),
+    );
+    let reset = secs_ceil(v.reset_us);
+    for (name, value) in [
+        ("ratelimit-policy", format!("\"{}\";q={q};w={w}", c.name)),
+        (
+            "ratelimit",
+            format!("\"{}\";r={};t={reset}", c.name, v.remaining),
+        ),
+        ("x-ratelimit-limit", q.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ] {
+        if let Some(v) = header(value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let rate = Rate {
+            interval_us: 1000,
+            burst: 3,
+        };
+        let mut tat = None;
+        for want_left in [2, 1, 0] {
+            let (t, v) = gcra(tat, 0, rate);
+            assert!(v.allowed);
+            assert_eq!(v.remaining, want_left);
+            tat = Some(t);
+        }
+        let (t, v) = gcra(tat, 0, rate);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_us, 1000);
+        assert_eq!(t, 3000);
+        assert!(!gcra(tat, 999, rate).1.allowed);
+        assert!(gcra(tat, 1000, rate).1.allowed);
+    }
+
+    #[test]
+    fn token_bucket_agrees_with_gcra_on_decisions() {
+        let rate = Rate {
+            interval_us: 700,
+            burst: 4,
+        };
+        let (mut g, mut b) = (None, None);
+        let mut now = 0;
+        for i in 0..2000u64 {
+            now += (i * 7919) % 900;
+            let (gs, gv) = gcra(g, now, rate);
+            let (bs, bv) = token_bucket(b, now, rate);
+            assert_eq!(gv.allowed, bv.allowed, "request {i} at {now}");
+            assert_eq!(gv.remaining, bv.remaining, "request {i} at {now}");
+            g = Some(gs);
+            b = Some(bs);
+        }
+    }
+
+    #[test]
+    fn local_store_stays_bounded() {
+        let s = LocalStore::new(160);
+        let rate = Rate {
+            interval_us: 1_000_000_000,
+            burst: 5,
+        };
+        for i in 0..10_000 {
+            s.check(&format!("k{i}"), Algorithm::Gcra, rate);
+        }
+        assert!(s.len() <= 160, "{}", s.len());
+    }
+}

@@ -1,0 +1,222 @@
+//! Policies: the chain a request passes between routing and the upstream —
+//! authenticate → authorize → rate limit → transform by default, in an order a route may
+//! change. Each step may refuse the request with a problem+json answer.
+//!
+//! Stateful parts (consumers, issuers with their key sets, limits with their counters, the
+//! Redis connection) live in [`Shared`], which a reload carries over when their config is
+//! unchanged, so counters and fetched keys survive it.
+
+pub mod auth;
+pub mod client_ip;
+pub mod jwt;
+pub mod limit;
+pub mod redis_store;
+pub mod transform;
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use hyper::{header::HeaderMap, http::request::Parts, Response, StatusCode};
+
+use crate::{
+    config::{Config, Route, Step},
+    problem::problem,
+    Body,
+};
+
+/// A policy's answer in place of the upstream's (boxed: responses are large).
+pub type Refusal = Box<Response<Body>>;
+
+/// Builds a refusal.
+pub fn refuse(status: StatusCode, detail: &str) -> Refusal {
+    Box::new(problem(status, detail))
+}
+
+/// Who the request is from, once authenticated.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Consumer id.
+    pub consumer: Arc<str>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Scopes (from a token).
+    pub scopes: Vec<String>,
+    /// Token claims, when a JWT authenticated the request.
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What a step knows about the request besides the request itself.
+pub struct Context<'a> {
+    /// The client address (see [`client_ip`]).
+    pub client: IpAddr,
+    /// Route name.
+    pub route: &'a str,
+    /// Set by authentication.
+    pub identity: Option<Identity>,
+}
+
+/// What admitted requests carry to the response.
+#[derive(Default)]
+pub struct Admitted {
+    /// Headers for the response (`RateLimit`, `RateLimit-Policy`, …).
+    pub headers: HeaderMap,
+    /// Concurrency slots, held until the response body ends.
+    pub slots: Vec<limit::Slot>,
+}
+
+/// The stateful policy objects of one config generation.
+#[derive(Default)]
+pub struct Shared {
+    consumers: Arc<auth::Consumers>,
+    issuers: HashMap<String, Arc<jwt::Issuer>>,
+    /// Limits by name.
+    pub limits: HashMap<String, Arc<limit::Limit>>,
+    /// The Redis store, if configured.
+    pub redis: Option<Arc<redis_store::RedisStore>>,
+    /// The client-address rule.
+    pub client_ip: client_ip::ClientIpRule,
+}
+
+impl Shared {
+    /// Builds from a validated config; objects whose config did not change are taken from
+    /// `previous`. Key files were checked by [`crate::config::load`]; one that has become
+    /// unreadable since is an error here.
+    pub fn new(config: &Config, previous: Option<&Shared>) -> Result<Self, String> {
+        let redis = match &config.redis {
+            None => None,
+            Some(r) => Some(
+                match previous
+                    .and_then(|p| p.redis.clone())
+                    .filter(|s| s.config == *r)
+                {
+                    Some(same) => same,
+                    None => Arc::new(redis_store::RedisStore::new(r.clone())?),
+                },
+            ),
+        };
+        let mut issuers = HashMap::new();
+        for j in &config.jwt_issuers {
+            let reuse = previous
+                .and_then(|p| p.issuers.get(&j.name))
+                .filter(|old| old.config == *j)
+                .cloned();
+            let issuer = match reuse {
+                Some(i) => i,
+                None => jwt::Issuer::start(j.clone()).map_err(|(f, r)| format!("{f}: {r}"))?,
+            };
+            issuers.insert(j.name.clone(), issuer);
+        }
+        let mut limits = HashMap::new();
+        for l in &config.rate_limits {
+            let reuse = previous
+                .and_then(|p| p.limits.get(&l.name))
+                .filter(|old| {
+                    old.config == *l
+                        && (l.store == crate::config::policy::Store::Local
+                            || old.same_store(redis.as_ref()))
+                })
+                .cloned();
+            let limit =
+                reuse.unwrap_or_else(|| Arc::new(limit::Limit::new(l.clone(), redis.clone())));
+            limits.insert(l.name.clone(), limit);
+        }
+        let consumers = match previous.filter(|p| p.consumers.config == config.consumers) {
+            Some(p) => p.consumers.clone(),
+            None => Arc::new(auth::Consumers::new(&config.consumers)),
+        };
+        Ok(Shared {
+            consumers,
+            issuers,
+            limits,
+            redis,
+            client_ip: client_ip::ClientIpRule::new(&config.client_ip),
+        })
+    }
+
+    /// The chain of one route.
+    pub fn chain(&self, route: &Route) -> Chain {
+        let mut steps = Vec::new();
+        for step in &route.policy_order {
+            match step {
+                Step::Authenticate => {
+                    if let Some(a) = &route.auth {
+                        steps.push(Stage::Authenticate(auth::Authenticator::new(
+                            a,
+                            self.consumers.clone(),
+                            &self.issuers,
+                        )));
+                    }
+                }
+                Step::Authorize => {
+                    if let Some(a) = &route.authorize {
+                        steps.push(Stage::Authorize(a.clone()));
+                    }
+                }
+                Step::RateLimit => {
+                    let limits: Vec<_> = route
+                        .rate_limits
+                        .iter()
+                        .filter_map(|n| self.limits.get(n).cloned())
+                        .collect();
+                    if !limits.is_empty() {
+                        steps.push(Stage::RateLimit(limits));
+                    }
+                }
+                Step::Transform => {
+                    if let Some(t) = &route.request_transform {
+                        steps.push(Stage::Transform(transform::RequestTransformer::new(t)));
+                    }
+                }
+            }
+        }
+        Chain {
+            steps,
+            response: route
+                .response_transform
+                .as_ref()
+                .map(transform::ResponseTransformer::new),
+        }
+    }
+}
+
+enum Stage {
+    Authenticate(auth::Authenticator),
+    Authorize(crate::config::RouteAuthorize),
+    RateLimit(Vec<Arc<limit::Limit>>),
+    Transform(transform::RequestTransformer),
+}
+
+/// A route's policies, run in order, and its response transform.
+#[derive(Default)]
+pub struct Chain {
+    steps: Vec<Stage>,
+    /// Applied to the upstream's response.
+    pub response: Option<transform::ResponseTransformer>,
+}
+
+impl Chain {
+    /// Whether the route has no request policies.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Runs every step; the first refusal is the answer.
+    pub async fn run(
+        &self,
+        parts: &mut Parts,
+        mut body: Body,
+        ctx: &mut Context<'_>,
+    ) -> Result<(Body, Admitted), Refusal> {
+        let mut admitted = Admitted::default();
+        for step in &self.steps {
+            match step {
+                Stage::Authenticate(a) => ctx.identity = Some(a.authenticate(parts).await?),
+                Stage::Authorize(rule) => auth::authorize(rule, ctx.identity.as_ref())?,
+                Stage::RateLimit(limits) => {
+                    limit::check_all(limits, parts, ctx, &mut admitted).await?
+                }
+                Stage::Transform(t) => body = t.apply(parts, body).await?,
+            }
+        }
+        Ok((body, admitted))
+    }
+}

@@ -1,0 +1,159 @@
+//! The shared rate-limit store: Redis, updated atomically by Lua scripts that run the same
+//! arithmetic as [`super::limit`], timed by the Redis server's clock so that every gateway
+//! node agrees. Every call is bounded by `timeout_ms`; after a failure the store is not
+//! asked again for [`BACKOFF`], so an outage costs requests nothing but the configured
+//! fail-open or fail-closed answer.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use redis::{aio::ConnectionManager, Script};
+use tokio::sync::OnceCell;
+
+use super::limit::{Rate, Verdict};
+use crate::config::{policy::Algorithm, Redis};
+
+/// How long the store is left alone after a failure.
+pub const BACKOFF: Duration = Duration::from_millis(500);
+
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tau = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local nxt = tat + interval
+if nxt - now <= tau + interval then
+  redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1)
+  return {1, math.floor((now + tau + interval - nxt) / interval), nxt - now, 0}
+end
+return {0, 0, tat - now, tat - tau - now}
+"#;
+
+const TOKEN_BUCKET: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2]) * interval
+local s = redis.call('HMGET', KEYS[1], 'c', 'l')
+local credit = tonumber(s[1]) or cap
+local last = tonumber(s[2]) or now
+credit = math.min(cap, credit + math.max(0, now - last))
+local allowed = 0
+local retry = 0
+if credit >= interval then
+  credit = credit - interval
+  allowed = 1
+else
+  retry = interval - credit
+end
+redis.call('HSET', KEYS[1], 'c', string.format('%.0f', credit), 'l', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], math.floor((cap - credit) / 1000) + 1)
+return {allowed, math.floor(credit / interval), cap - credit, retry}
+"#;
+
+/// A Redis-backed store.
+pub struct RedisStore {
+    /// Its config.
+    pub config: Redis,
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    gcra: Script,
+    bucket: Script,
+    epoch: Instant,
+    /// Microseconds since `epoch` before which the store is not asked.
+    resting_until: AtomicU64,
+    /// Calls that failed and let the request through.
+    pub failed_open: AtomicU64,
+    /// Calls that failed and refused the request.
+    pub failed_closed: AtomicU64,
+}
+
+impl RedisStore {
+    /// A store for a validated `[redis]` section; connects on first use.
+    pub fn new(config: Redis) -> Result<Self, String> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        Ok(RedisStore {
+            config,
+            client,
+            conn: OnceCell::new(),
+            gcra: Script::new(GCRA),
+            bucket: Script::new(TOKEN_BUCKET),
+            epoch: Instant::now(),
+            resting_until: AtomicU64::new(0),
+            failed_open: AtomicU64::new(0),
+            failed_closed: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts a failure by its outcome.
+    pub fn failed(&self, open: bool) {
+        let c = if open {
+            &self.failed_open
+        } else {
+            &self.failed_closed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// One atomic check-and-update of `key`.
+    pub async fn check(
+        &self,
+        key: &str,
+        algorithm: Algorithm,
+        rate: Rate,
+    ) -> Result<Verdict, String> {
+        if self.now() < self.resting_until.load(Ordering::Relaxed) {
+            return Err("resting after a recent failure".into());
+        }
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let result = tokio::time::timeout(timeout, self.call(key, algorithm, rate)).await;
+        let out = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {} ms", self.config.timeout_ms),
+        };
+        self.resting_until
+            .store(self.now() + BACKOFF.as_micros() as u64, Ordering::Relaxed);
+        Err(out)
+    }
+
+    async fn call(&self, key: &str, algorithm: Algorithm, rate: Rate) -> Result<Verdict, String> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conn = conn.clone();
+        let (script, tag) = match algorithm {
+            Algorithm::Gcra => (&self.gcra, "g"),
+            Algorithm::TokenBucket => (&self.bucket, "b"),
+        };
+        let full_key = format!("{}{tag}:{key}", self.config.prefix);
+        let r: Vec<i64> = script
+            .key(full_key)
+            .arg(rate.interval_us)
+            .arg(rate.burst)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let [allowed, remaining, reset, retry] = r[..] else {
+            return Err(format!("unexpected script answer {r:?}"));
+        };
+        let u = |v: i64| v.max(0) as u64;
+        Ok(Verdict {
+            allowed: allowed == 1,
+            remaining: u(remaining),
+            reset_us: u(reset),
+            retry_us: u(retry),
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! Request and response transforms.
+//!
+//! Request order: headers (rename, remove, set, add) → path (strip prefix, then regex
+//! rewrite) → query (remove, rename, add) → JSON body (rename, remove, set). JSON body
+//! operations apply to bodies whose `Content-Type` is JSON; they read at most
+//! `json_max_bytes` (413 beyond) and refuse a body that is not JSON (400). Field paths are
+//! dotted object keys; `set` creates missing objects but never replaces a non-object on the
+//! way.
+
+use bytes::Bytes;
+use hyper::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::request::Parts,
+    Response, StatusCode, Uri,
+};
+use regex::Regex;
+use serde_json::Value;
+
+use super::{refuse, Refusal};
+use crate::{
+    config::{RequestTransform, ResponseTransform},
+    problem::{collect_capped, full, problem, CollectError},
+    Body,
+};
+
+fn name(s: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(s.as_bytes()).ok()
+}
+
+fn pairs(m: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+    m.iter()
+        .filter_map(|(k, v)| Some((name(k)?, HeaderValue::from_str(v).ok()?)))
+        .collect()
+}
+
+/// JSON field operations.
+#[derive(Default)]
+struct JsonOps {
+    rename: Vec<(Vec<String>, Vec<String>)>,
+    remove: Vec<Vec<String>>,
+    set: Vec<(Vec<String>, Value)>,
+    max: usize,
+}
+
+fn path(p: &str) -> Vec<String> {
+    p.split('.').map(str::to_string).collect()
+}
+
+fn take(v: &mut Value, p: &[String]) -> Option<Value> {
+    let (last, parents) = p.split_last()?;
+    let mut cur = v;
+    for k in parents {
+        cur = cur.as_object_mut()?.get_mut(k)?;
+    }
+    cur.as_object_mut()?.remove(last)
+}
+
+fn put(v: &mut Value, p: &[String], value: Value) {
+    let Some((last, parents)) = p.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        let Some(obj) = cur.as_object_mut() else {
+            return;
+        };
+        cur = obj
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.insert(last.clone(), value);
+    }
+}
+
+impl JsonOps {
+    fn is_empty(&self) -> bool {
+        self.rename.is_empty() && self.remove.is_empty() && self.set.is_empty()
+    }
+
+    fn apply(&self, v: &mut Value) {
+        for (from, to) in &self.rename {
+            if let Some(x) = take(v, from) {
+                put(v, to, x);
+            }
+        }
+        for p in &self.remove {
+            take(v, p);
+        }
+        for (p, x) in &self.set {
+            put(v, p, x.clone());
+        }
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| {
+            let t = t.trim().to_ascii_lowercase();
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn set_length(h: &mut HeaderMap, len: usize) {
+    h.remove(header::TRANSFER_ENCODING);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// A compiled request transform.
+pub struct RequestTransformer {
+    rename: Vec<(HeaderName, HeaderName)>,
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    strip_prefix: Option<String>,
+    rewrite: Option<(Regex, String)>,
+    remove_query: Vec<String>,
+    rename_query: Vec<(String, String)>,
+    add_query: Vec<(String, String)>,
+    json: JsonOps,
+}
+
+impl RequestTransformer {
+    /// Compiles a validated transform.
+    pub fn new(t: &RequestTransform) -> Self {
+        RequestTransformer {
+            rename: t
+                .rename_headers
+                .iter()
+                .filter_map(|(a, b)| Some((name(a)?, name(b)?)))
+                .collect(),
+            remove: t.remove_headers.iter().filter_map(|h| name(h)).collect(),
+            set: pairs(&t.set_headers),
+            add: pairs(&t.add_headers),
+            strip_prefix: t.strip_prefix.clone(),
+            rewrite: t
+                .rewrite
+                .as_ref()
+                .and_then(|r| Some((Regex::new(&r.regex).ok()?, r.replacement.clone()))),
+            remove_query: t.remove_query.clone(),
+            rename_query: t.rename_query.clone().into_iter().collect(),
+            add_query: t.add_query.clone().into_iter().collect(),
+            json: JsonOps {
+                rename: t
+                    .json_rename
+                    .iter()
+                    .map(|(a, b)| (path(a), path(b)))
+                    .collect(),
+                remove: t.json_remove.iter().map(|p| path(p)).collect(),
+                set: t
+                    .json_set
+                    .iter()
+                    .filter_map(|(p, v)| Some((path(p), serde_json::to_value(v).ok()?)))
+                    .collect(),
+                max: t.json_max_bytes,
+            },
+        }
+    }
+
+    /// Applies the transform to a request.
+    pub async fn apply(&self, parts: &mut Parts, body: Body) -> Result<Body, Refusal> {
+        let h = &mut parts.headers;
+        for (from, to) in &self.rename {
+            let values: Vec<HeaderValue> = h.get_all(from).iter().cloned().collect();
+            if !values.is_empty() {
+                h.remove(from);
+                for v in values {
+                    h.append(to.clone(), v);
+                }
+            }
+        }
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+        self.rewrite_target(parts)?;
+        if self.json.is_empty() || !is_json(&parts.headers) {
+            return Ok(body);
+        }
+        let bytes = match collect_capped(body, self.json.max).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge) => {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "a JSON body to transform may have at most {} bytes",
+                        self.json.max
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                ))
+            }
+        };
+        let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        self.json.apply(&mut v);
+        let out = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+        set_length(&mut parts.headers, out.len());
+        Ok(full(out))
+    }
+
+    fn rewrite_target(&self, parts: &mut Parts) -> Result<(), Refusal> {
+        let touches_query = !(self.remove_query.is_empty()
+            && self.rename_query.is_empty()
+            && self.add_query.is_empty());
+        if self.strip_prefix.is_none() && self.rewrite.is_none() && !touches_query {
+            return Ok(());
+        }
+        let mut p = parts.uri.path().to_string();
+        if let Some(prefix) = &self.strip_prefix {
+            let prefix = prefix.trim_end_matches('/');
+            if let Some(rest) = p.strip_prefix(prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    p = if rest.is_empty() {
+                        "/".into()
+                    } else {
+                        rest.to_string()
+                    };
+                }
+            }
+        }
+        if let Some((re, with)) = &self.rewrite {
+            p = re.replace(&p, with.as_str()).into_owned();
+            if !p.starts_with('/') {
+                p.insert(0, '/');
+            }
+        }
+        let mut q: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.to_string(), String::new()),
+            })
+            .collect();
+        q.retain(|(k, _)| !self.remove_query.contains(k));
+        for (from, to) in &self.rename_query {
+            for (k, _) in q.iter_mut().filter(|(k, _)| k == from) {
+                *k = to.clone();
+            }
+        }
+        q.extend(self.add_query.iter().cloned());
+        let query: Vec<String> = q
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        let target = if query.is_empty() {
+            p
+        } else {
+            format!("{p}?{}", query.join("&"))
+        };
+        let mut b = Uri::builder();
+        if let Some(s) = parts.uri.scheme() {
+            b = b.scheme(s.clone());
+        }
+        if let Some(a) = parts.uri.authority() {
+            b = b.authority(a.clone());
+        }
+        parts.uri = b.path_and_query(target).build().map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "the rewritten target is not a valid URI",
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// `uri` without the query parameter `key`.
+pub fn without_query_param(uri: &Uri, key: &str) -> Option<Uri> {
+    let query = uri.query()?;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split('=').next() != Some(key))
+        .collect();
+    let target = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut b = Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(target).build().ok()
+}
+
+/// A compiled response transform.
+pub struct ResponseTransformer {
+    set: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+    json: JsonOps,
+}
+
+impl ResponseTransformer {
+    /// Compiles a validated transform.
+    pub fn new(t: &ResponseTransform) -> Self {
+        ResponseTransformer {
+            set: pairs(&t.set_headers),
+            remove: t.remove_headers.iter().filter_map(|h| name(h)).collect(),
+            json: JsonOps {
+                rename: t
+                    .json_rename
+                    .iter()
+                    .map(|(a, b)| (path(a), path(b)))
+                    .collect(),
+                remove: t.json_remove.iter().map(|p| path(p)).collect(),
+                set: Vec::new(),
+                max: t.json_max_bytes,
+            },
+        }
+    }
+
+    /// Applies the transform to an upstream's response. A JSON body over the cap is a 502
+    /// (part of it has been read); one that does not parse passes unchanged.
+    pub async fn apply(&self, resp: Response<Body>) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        for n in &self.remove {
+            parts.headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            parts.headers.insert(n.clone(), v.clone());
+        }
+        if self.json.is_empty() || !is_json(&parts.headers) {
+            return Response::from_parts(parts, body);
+        }
+        let bytes = match collect_capped(body, self.json.max).await {
+            Ok(b) => b,
+            Err(_) => {
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's JSON body is over the transform's size cap or broke off",
+                )
+            }
+        };
+        let out = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut v) => {
+                self.json.apply(&mut v);
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            Err(_) => bytes,
+        };
+        set_length(&mut parts.headers, out.len());
+        Response::from_parts(parts, full(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_ops_rename_then_remove_then_set() {
+        let ops = JsonOps {
+            rename: vec![(path("user.name"), path("name"))],
+            remove: vec![path("secret"), path("missing.deep")],
+            set: vec![
+                (path("meta.source"), json!("sluice")),
+                (path("n.x"), json!(1)),
+            ],
+            max: 100,
+        };
+        let mut v = json!({"user": {"name": "a", "id": 1}, "secret": "s", "n": 5});
+        ops.apply(&mut v);
+        assert_eq!(
+            v,
+            json!({"user": {"id": 1}, "name": "a", "n": 5, "meta": {"source": "sluice"}})
+        );
+    }
+}
