@@ -8,7 +8,17 @@ use std::{fs, path::PathBuf, process::Command};
 use anyhow::{bail, Context, Result};
 
 /// Debian packages every build and test needs, besides the LLVM ones matched to nightly.
-const PACKAGES: &[&str] = &["iproute2", "python3-scapy", "ethtool", "bpftool", "curl"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "python3-scapy",
+    "ethtool",
+    "bpftool",
+    "curl",
+    // Independent JWT minting for the gateway tests, and the shared rate-limit store.
+    "python3-jwt",
+    "python3-cryptography",
+    "redis-server",
+];
 
 /// True when running as root.
 pub fn is_root() -> bool {

@@ -76,9 +76,18 @@ pub fn upstream(
                         let json = serde_json::json!({
                             "upstream": name, "path": path, "headers": headers,
                             "version": version, "body_len": body.len(),
+                            "body": String::from_utf8_lossy(&body),
                         });
                         let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
                         *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        r.headers_mut().insert(
+                            "x-upstream-internal",
+                            hyper::header::HeaderValue::from_static("1"),
+                        );
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
@@ -297,4 +306,54 @@ pub fn config(rest: &str) -> String {
     format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
     )
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A new empty directory.
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!(
+            "sluice-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        Scratch(d)
+    }
+
+    /// A path inside, as a string for configs.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// GET of an admin path, body as text.
+pub fn admin_get(gw: &Gateway, path: &str) -> Reply {
+    request(gw.admin, "GET", path, &[], "")
+}
+
+/// The value of one metric line (`name{labels}` exactly as printed), or 0.
+pub fn metric(gw: &Gateway, series: &str) -> f64 {
+    admin_get(gw, "/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -1,0 +1,660 @@
+//! Policies through the real gateway binary: API keys, Basic auth, authorization, local
+//! rate and concurrency limits, transforms, the policy order, the client address and usage
+//! analytics.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{admin_get, config, fixed, metric, request, runtime, sha256_hex, upstream, Gateway};
+
+const KEY_ALICE: &str = "k-alice-0123456789";
+const KEY_BOB: &str = "k-bob-9876543210";
+
+fn consumers() -> String {
+    let bcrypt_hash = bcrypt::hash("bob-password", 4).expect("bcrypt");
+    let argon_hash = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"fixed-test-salt!").expect("salt");
+        argon2::Argon2::default()
+            .hash_password(b"alice-password", &salt)
+            .expect("argon2")
+            .to_string()
+    };
+    format!(
+        r#"
+[[consumer]]
+id = "alice"
+groups = ["admins"]
+api_keys = ["sha256:{}"]
+basic = {{ username = "alice", hash = "{argon_hash}" }}
+
+[[consumer]]
+id = "bob"
+groups = ["users"]
+api_keys = ["{}"]
+basic = {{ username = "bob", hash = "{bcrypt_hash}" }}
+"#,
+        sha256_hex(KEY_ALICE.as_bytes()),
+        sha256_hex(KEY_BOB.as_bytes()),
+    )
+}
+
+fn pool(addr: std::net::SocketAddr) -> String {
+    format!("[[upstream]]\nname = \"u\"\ntargets = [{{ address = \"{addr}\" }}]\n")
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+#[test]
+fn api_keys_and_basic_auth_identify_consumers() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}{}
+[[route]]
+name = "keys"
+path = {{ prefix = "/" }}
+upstream = "u"
+auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tests" }}
+"#,
+        pool(up.addr),
+        consumers()
+    )));
+    // Key in the header: forwarded without it.
+    let r = request(
+        gw.http,
+        "GET",
+        "/a",
+        &[&format!("x-api-key: {KEY_ALICE}")],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["headers"].get("x-api-key").is_none());
+    // Key in the query: forwarded without it, other parameters kept.
+    let r = request(
+        gw.http,
+        "GET",
+        &format!("/a?x=1&apikey={KEY_BOB}&y=2"),
+        &[],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/a?x=1&y=2");
+    // Wrong key, a prefix of a right one, nothing at all.
+    for extra in [
+        vec!["x-api-key: k-alice-wrong".to_string()],
+        vec![format!("x-api-key: {}", &KEY_ALICE[..10])],
+        vec![],
+    ] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let r = request(gw.http, "GET", "/a", &extra, "");
+        assert_eq!(r.status, 401, "{extra:?}: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_eq!(
+            r.headers["www-authenticate"],
+            "ApiKey realm=\"tests\", Basic realm=\"tests\", charset=\"UTF-8\""
+        );
+    }
+    // Basic: argon2 and bcrypt hashes; wrong password; unknown user; garbage.
+    assert_eq!(
+        request(
+            gw.http,
+            "GET",
+            "/b",
+            &[&basic("alice", "alice-password")],
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(gw.http, "GET", "/b", &[&basic("bob", "bob-password")], "").status,
+        200
+    );
+    assert_eq!(
+        request(gw.http, "GET", "/b", &[&basic("bob", "alice-password")], "").status,
+        401
+    );
+    assert_eq!(
+        request(gw.http, "GET", "/b", &[&basic("carol", "x")], "").status,
+        401
+    );
+    let r = request(gw.http, "GET", "/b", &["Authorization: Basic !!!"], "");
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("malformed"),
+        "{}",
+        r.body
+    );
+    // The consumer shows in the analytics.
+    let m = admin_get(&gw, "/metrics").body;
+    assert!(
+        m.contains("sluice_gateway_consumer_requests_total{consumer=\"alice\",route=\"keys\",class=\"2xx\"} 2"),
+        "{m}"
+    );
+}
+
+#[test]
+fn authorization_by_group_is_403() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}{}
+[[route]]
+name = "admin"
+path = {{ prefix = "/admin" }}
+upstream = "u"
+auth = {{ methods = ["api_key"] }}
+authorize = {{ groups = ["admins"] }}
+"#,
+        pool(up.addr),
+        consumers()
+    )));
+    let ok = request(
+        gw.http,
+        "GET",
+        "/admin",
+        &[&format!("x-api-key: {KEY_ALICE}")],
+        "",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let r = request(
+        gw.http,
+        "GET",
+        "/admin",
+        &[&format!("x-api-key: {KEY_BOB}")],
+        "",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert_eq!(request(gw.http, "GET", "/admin", &[], "").status, 401);
+}
+
+#[test]
+fn exactly_n_per_window_then_429_with_headers() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    for algorithm in ["gcra", "token_bucket"] {
+        let gw = Gateway::start(&config(&format!(
+            r#"{}
+[[rate_limit]]
+name = "per-ip"
+algorithm = "{algorithm}"
+requests = 5
+window_ms = 60000
+key = "client_ip"
+
+[[route]]
+name = "limited"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["per-ip"]
+"#,
+            pool(up.addr)
+        )));
+        for i in 0..5 {
+            let r = request(gw.http, "GET", "/", &[], "");
+            assert_eq!(r.status, 200, "{algorithm} request {i}: {}", r.body);
+            assert_eq!(r.headers["ratelimit-policy"], "\"per-ip\";q=5;w=60");
+            assert_eq!(
+                r.headers["ratelimit"],
+                format!("\"per-ip\";r={};t={}", 4 - i, 12 * (i + 1)),
+                "{algorithm}"
+            );
+            assert_eq!(r.headers["x-ratelimit-remaining"], (4 - i).to_string());
+        }
+        let r = request(gw.http, "GET", "/", &[], "");
+        assert_eq!(r.status, 429, "{algorithm}: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        // One request is earned every 12 s.
+        assert_eq!(r.headers["retry-after"], "12", "{algorithm}");
+        assert_eq!(r.headers["ratelimit"], "\"per-ip\";r=0;t=60");
+        assert_eq!(
+            metric(
+                &gw,
+                "sluice_gateway_rate_limit_requests_total{limit=\"per-ip\",result=\"limited\"}"
+            ),
+            1.0
+        );
+    }
+}
+
+#[test]
+fn retry_after_is_at_least_one_second_and_the_quota_returns() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[[rate_limit]]
+name = "fast"
+requests = 2
+window_ms = 400
+key = "route"
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["fast"]
+"#,
+        pool(up.addr)
+    )));
+    assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+    assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+    let r = request(gw.http, "GET", "/", &[], "");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+}
+
+#[test]
+fn local_store_stays_bounded_under_a_flood_of_keys() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[[rate_limit]]
+name = "per-user"
+requests = 3
+window_ms = 3600000
+key = {{ header = "x-user" }}
+max_keys = 64
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["per-user"]
+"#,
+        pool(up.addr)
+    )));
+    for i in 0..600 {
+        let r = request(gw.http, "GET", "/", &[&format!("x-user: flood-{i}")], "");
+        assert_eq!(r.status, 200);
+    }
+    let keys = metric(
+        &gw,
+        "sluice_gateway_rate_limit_local_keys{limit=\"per-user\"}",
+    );
+    assert!((1.0..=64.0).contains(&keys), "{keys} keys held");
+    // A key seen recently is still limited.
+    for _ in 0..3 {
+        request(gw.http, "GET", "/", &["x-user: steady"], "");
+    }
+    assert_eq!(
+        request(gw.http, "GET", "/", &["x-user: steady"], "").status,
+        429
+    );
+}
+
+#[test]
+fn concurrency_limit_per_key() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::from_millis(600)));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[[rate_limit]]
+name = "two-at-once"
+concurrent = 2
+key = {{ header = "x-user" }}
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["two-at-once"]
+"#,
+        pool(up.addr)
+    )));
+    let addr = gw.http;
+    let slow: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/", &["x-user: a"], "").status))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = request(gw.http, "GET", "/", &["x-user: a"], "");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "1");
+    // Another key is not affected.
+    assert_eq!(request(gw.http, "GET", "/", &["x-user: b"], "").status, 200);
+    for s in slow {
+        assert_eq!(s.join().expect("thread"), 200);
+    }
+    // Slots were given back.
+    assert_eq!(request(gw.http, "GET", "/", &["x-user: a"], "").status, 200);
+}
+
+#[test]
+fn policy_order_is_as_configured() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let route = |name: &str, order: &str| {
+        format!(
+            r#"
+[[route]]
+name = "{name}"
+path = {{ prefix = "/{name}" }}
+upstream = "u"
+auth = {{ methods = ["api_key"] }}
+rate_limits = ["one"]
+{order}
+"#
+        )
+    };
+    let gw = Gateway::start(&config(&format!(
+        "{}{}\n[[rate_limit]]\nname = \"one\"\nrequests = 1\nwindow_ms = 60000\nkey = \"route\"\n{}{}",
+        pool(up.addr),
+        consumers(),
+        route("default", ""),
+        route("limitfirst", "policy_order = [\"rate_limit\", \"authenticate\"]"),
+    )));
+    // Default order: anonymous requests are refused before they count against the limit.
+    for _ in 0..3 {
+        assert_eq!(request(gw.http, "GET", "/default", &[], "").status, 401);
+    }
+    let key = format!("x-api-key: {KEY_ALICE}");
+    assert_eq!(request(gw.http, "GET", "/default", &[&key], "").status, 200);
+    // Limit first: the anonymous request uses up the quota, so the next gets 429, not 401.
+    assert_eq!(request(gw.http, "GET", "/limitfirst", &[], "").status, 401);
+    assert_eq!(request(gw.http, "GET", "/limitfirst", &[], "").status, 429);
+    assert_eq!(
+        request(gw.http, "GET", "/limitfirst", &[&key], "").status,
+        429
+    );
+}
+
+#[test]
+fn client_address_from_a_trusted_proxy_keys_the_limit() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[client_ip]
+trusted_proxies = ["127.0.0.0/8"]
+xff_depth = 1
+
+[[rate_limit]]
+name = "per-ip"
+requests = 1
+window_ms = 60000
+key = "client_ip"
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["per-ip"]
+"#,
+        pool(up.addr)
+    )));
+    let a = "X-Forwarded-For: 192.0.2.99, 203.0.113.1";
+    let b = "X-Forwarded-For: 203.0.113.2";
+    assert_eq!(request(gw.http, "GET", "/", &[a], "").status, 200);
+    assert_eq!(request(gw.http, "GET", "/", &[b], "").status, 200);
+    // The same last hop is the same client, whatever was forged further left.
+    let forged = "X-Forwarded-For: 10.9.9.9, 203.0.113.1";
+    assert_eq!(request(gw.http, "GET", "/", &[forged], "").status, 429);
+}
+
+#[test]
+fn request_transforms_golden() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[[route]]
+name = "t"
+path = {{ prefix = "/api" }}
+upstream = "u"
+
+[route.request_transform]
+set_headers = {{ "x-set" = "s", "x-replaced" = "new" }}
+add_headers = {{ "x-multi" = "added" }}
+remove_headers = ["x-drop"]
+rename_headers = {{ "x-old" = "x-new" }}
+strip_prefix = "/api"
+rewrite = {{ regex = "^/v1/users/([0-9]+)$", replacement = "/users/$1/profile" }}
+add_query = {{ "src" = "gw" }}
+remove_query = ["debug"]
+rename_query = {{ "q" = "query" }}
+json_set = {{ "meta.via" = "sluice", "version" = 2 }}
+json_remove = ["password", "nested.secret"]
+json_rename = {{ "user_name" = "user.name" }}
+json_max_bytes = 200
+"#,
+        pool(up.addr)
+    )));
+    let r = request(
+        gw.http,
+        "POST",
+        "/api/v1/users/42?q=x&debug=1&keep=y",
+        &[
+            "x-drop: 1",
+            "x-old: moved",
+            "x-replaced: old",
+            "x-multi: original",
+            "Content-Type: application/json",
+        ],
+        r#"{"user_name":"ann","password":"p","nested":{"secret":1,"kept":true}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["path"], "/users/42/profile?query=x&keep=y&src=gw");
+    let h = &j["headers"];
+    assert_eq!(h["x-set"], "s");
+    assert_eq!(h["x-replaced"], "new");
+    assert_eq!(h["x-new"], "moved");
+    assert!(h.get("x-old").is_none() && h.get("x-drop").is_none());
+    let body: serde_json::Value = serde_json::from_str(j["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"user": {"name": "ann"}, "nested": {"kept": true},
+            "meta": {"via": "sluice"}, "version": 2})
+    );
+    assert_eq!(h["content-length"], body.to_string().len().to_string());
+    // Bad JSON is 400 problem+json; a body over the cap is 413; a non-JSON body passes.
+    let r = request(
+        gw.http,
+        "POST",
+        "/api/x",
+        &["Content-Type: application/json"],
+        "{nope",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let big = format!("{{\"a\":\"{}\"}}", "x".repeat(300));
+    let r = request(
+        gw.http,
+        "POST",
+        "/api/x",
+        &["Content-Type: application/json"],
+        &big,
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = request(
+        gw.http,
+        "POST",
+        "/api/x",
+        &["Content-Type: text/plain"],
+        "{nope",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "{nope");
+}
+
+#[test]
+fn response_transforms_golden() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[[route]]
+name = "t"
+path = {{ prefix = "/" }}
+upstream = "u"
+
+[route.response_transform]
+set_headers = {{ "cache-control" = "no-store" }}
+remove_headers = ["x-upstream-internal"]
+json_remove = ["headers", "version"]
+json_rename = {{ "upstream" = "served_by.name" }}
+"#,
+        pool(up.addr)
+    )));
+    let r = request(gw.http, "GET", "/p", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(!r.headers.contains_key("x-upstream-internal"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"served_by": {"name": "u"}, "path": "/p", "body_len": 0, "body": ""})
+    );
+    // The gateway's own errors are left alone.
+    let r = request(gw.http, "GET", "/p", &["Content-Length: 5000"], "");
+    assert_eq!(r.status, 413);
+    assert!(r.json().get("status").is_some());
+}
+
+#[test]
+fn analytics_top_lists_consumers_and_routes() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let bad = upstream(&rt, "bad", fixed(503, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}[[upstream]]
+name = "bad"
+targets = [{{ address = "{}" }}]
+{}
+[analytics]
+max_consumers = 1
+minutes = 5
+
+[[route]]
+name = "good"
+path = {{ prefix = "/good" }}
+upstream = "u"
+auth = {{ methods = ["api_key"] }}
+
+[[route]]
+name = "broken"
+path = {{ prefix = "/broken" }}
+upstream = "bad"
+auth = {{ methods = ["api_key"] }}
+"#,
+        pool(up.addr),
+        bad.addr,
+        consumers()
+    )));
+    let (a, b) = (
+        format!("x-api-key: {KEY_ALICE}"),
+        format!("x-api-key: {KEY_BOB}"),
+    );
+    for _ in 0..4 {
+        request(gw.http, "GET", "/good", &[&a], "");
+    }
+    for _ in 0..2 {
+        request(gw.http, "GET", "/broken", &[&b], "");
+    }
+    let top = admin_get(&gw, "/analytics/top?minutes=5&limit=5");
+    assert_eq!(top.status, 200);
+    let j = top.json();
+    // Bob is beyond max_consumers = 1, so he is "other".
+    assert_eq!(j["consumers"][0]["consumer"], "alice");
+    assert_eq!(j["consumers"][0]["requests"], 4);
+    assert_eq!(j["consumers"][1]["consumer"], "other");
+    assert_eq!(j["consumers"][1]["error_rate"], 1.0);
+    assert_eq!(j["routes"][0]["route"], "good");
+    assert_eq!(j["routes"][1]["route"], "broken");
+    assert_eq!(j["routes"][1]["errors"], 2);
+    assert!(j["routes"][0]["p99_ms"].as_f64().unwrap() > 0.0);
+    let m = admin_get(&gw, "/metrics").body;
+    assert!(m.contains("sluice_gateway_consumer_requests_total{consumer=\"other\",route=\"broken\",class=\"5xx\"} 2"), "{m}");
+    assert!(!m.contains("consumer=\"bob\""));
+}
+
+#[test]
+fn bad_policy_configs_are_refused_with_field_and_reason() {
+    let check = |body: &str| {
+        let dir = support::Scratch::new("badpol");
+        let path = dir.path("gw.toml");
+        std::fs::write(
+            &path,
+            config(&format!(
+                "[[upstream]]\nname = \"u\"\ntargets = [{{ address = \"127.0.0.1:9\" }}]\n{body}"
+            )),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+            .args(["check", "--config", &path])
+            .output()
+            .expect("check");
+        assert!(!out.status.success(), "{body} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let route = "[[route]]\nname = \"r\"\nupstream = \"u\"\n";
+    for (body, want) in [
+        (
+            "[[consumer]]\nid = \"a\"\napi_keys = [\"plaintext-key\"]\n".to_string(),
+            "consumer[0].api_keys: an API key is stored as its SHA-256",
+        ),
+        (
+            "[[consumer]]\nid = \"a\"\nbasic = { username = \"a\", hash = \"secret\" }\n".into(),
+            "consumer[0].basic.hash: must be an argon2",
+        ),
+        (
+            "[[jwt_issuer]]\nname = \"i\"\nissuer = \"x\"\nalgorithms = [\"none\"]\n".into(),
+            "jwt_issuer[0].algorithms: \"none\" is not supported",
+        ),
+        (
+            "[[jwt_issuer]]\nname = \"i\"\nissuer = \"x\"\nalgorithms = [\"RS256\"]\n".into(),
+            "jwt_issuer[0].keys: public-key algorithms need keys",
+        ),
+        (
+            "[[jwt_issuer]]\nname = \"i\"\nissuer = \"x\"\nalgorithms = [\"RS256\"]\nkeys = [{ file = \"/nonexistent.pem\" }]\n".into(),
+            "jwt_issuer[0].keys[0].file: /nonexistent.pem",
+        ),
+        (
+            "[[rate_limit]]\nname = \"l\"\nrequests = 5\nkey = \"route\"\n".into(),
+            "rate_limit[0]: give either requests and window_ms",
+        ),
+        (
+            "[[rate_limit]]\nname = \"l\"\nrequests = 5\nwindow_ms = 10\nkey = \"route\"\nstore = \"redis\"\n".into(),
+            "rate_limit[0].store: store = \"redis\" needs a [redis] section",
+        ),
+        (
+            "[redis]\nurl = \"http://x\"\n".into(),
+            "redis.url: must start with redis://",
+        ),
+        (
+            "[client_ip]\nxff_depth = 1\n".into(),
+            "client_ip.xff_depth: needs trusted_proxies",
+        ),
+        (
+            format!("{route}rate_limits = [\"missing\"]\n"),
+            "route[0].rate_limits: no rate_limit named \"missing\"",
+        ),
+        (
+            format!("{route}authorize = {{ groups = [\"g\"] }}\n"),
+            "route[0].authorize: authorization needs [route.auth]",
+        ),
+        (
+            format!("{route}policy_order = [\"authenticate\", \"authenticate\"]\n"),
+            "route[0].policy_order: Authenticate listed twice",
+        ),
+        (
+            format!("{route}[route.request_transform]\nrewrite = {{ regex = \"(\", replacement = \"\" }}\n"),
+            "route[0].request_transform.rewrite.regex: invalid regex",
+        ),
+    ] {
+        let err = check(&body);
+        assert!(err.contains(want), "{body}\n  gave: {err}\n  wanted: {want}");
+        assert!(err.contains("gw.toml"), "{err}");
+    }
+}
