@@ -480,6 +480,7 @@ async fn serve<'rt>(
     }
     let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
     let (mut parts, body) = req.into_parts();
+    parts.headers.remove(policy::CONSUMER_HEADER);
     // The body limit is enforced as it streams (a Content-Length over it was refused above).
     let mut body: Body = Limited::new(body, conn.max_body as usize).boxed();
     let mut admitted = policy::Admitted::default();

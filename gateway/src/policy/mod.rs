@@ -23,6 +23,10 @@ use crate::{
     Body,
 };
 
+/// The header telling the upstream which consumer was authenticated. A client's own copy is
+/// always removed.
+pub const CONSUMER_HEADER: &str = "x-consumer-id";
+
 /// A policy's answer in place of the upstream's (boxed: responses are large).
 pub type Refusal = Box<Response<Body>>;
 
@@ -209,7 +213,14 @@ impl Chain {
         let mut admitted = Admitted::default();
         for step in &self.steps {
             match step {
-                Stage::Authenticate(a) => ctx.identity = Some(a.authenticate(parts).await?),
+                Stage::Authenticate(a) => {
+                    let who = a.authenticate(parts).await?;
+                    // The upstream learns who it is serving (Kong's X-Consumer-ID).
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&who.consumer) {
+                        parts.headers.insert(CONSUMER_HEADER, v);
+                    }
+                    ctx.identity = Some(who);
+                }
                 Stage::Authorize(rule) => auth::authorize(rule, ctx.identity.as_ref())?,
                 Stage::RateLimit(limits) => {
                     limit::check_all(limits, parts, ctx, &mut admitted).await?

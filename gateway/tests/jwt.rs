@@ -1,0 +1,260 @@
+//! JWT authentication against tokens minted by an independent implementation (PyJWT +
+//! cryptography, `tests/jwt/mint.py`), for every algorithm, the failure cases, and key
+//! rotation through a JWKS served by the test.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, Request, Response};
+use hyper_util::rt::TokioIo;
+use support::{config, fixed, metric, request, runtime, upstream, Gateway, Scratch};
+
+const ALGORITHMS: [&str; 10] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+];
+
+fn mint(dir: &Scratch) -> HashMap<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jwt/mint.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(&dir.0)
+        .output()
+        .expect("python3 (apt install python3-jwt python3-cryptography; cargo xtask setup does)");
+    assert!(
+        out.status.success(),
+        "mint.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tokens")
+}
+
+/// A JWKS server whose document the test can change; counts fetches.
+struct Jwks {
+    url: String,
+    doc: Arc<Mutex<(u16, String)>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+fn jwks_server(rt: &tokio::runtime::Runtime, initial: String) -> Jwks {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let doc = Arc::new(Mutex::new((200u16, initial)));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (d, f) = (doc.clone(), fetches.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (d, f) = (d.clone(), f.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = d.lock().expect("doc").clone();
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Jwks {
+        url: format!("http://{addr}/.well-known/jwks.json"),
+        doc,
+        fetches,
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Authorization: Bearer {t}")
+}
+
+fn gateway(dir: &Scratch, up: std::net::SocketAddr, jwks_url: &str) -> Gateway {
+    let algs = ALGORITHMS.map(|a| format!("\"{a}\"")).join(", ");
+    Gateway::start(&config(&format!(
+        r#"
+[[upstream]]
+name = "u"
+targets = [{{ address = "{up}" }}]
+
+[[consumer]]
+id = "alice"
+groups = ["staff"]
+
+[[jwt_issuer]]
+name = "main"
+issuer = "https://issuer.test"
+audiences = ["sluice-api"]
+algorithms = [{algs}]
+keys = [{{ file = "{rsa}" }}, {{ file = "{ec256}" }}, {{ file = "{ec384}" }}, {{ file = "{ed}" }}]
+hmac_secrets = [{{ file = "{hmac}" }}]
+leeway_s = 5
+
+[[jwt_issuer]]
+name = "rotating"
+issuer = "https://rotating.test"
+algorithms = ["RS256", "ES256", "EdDSA"]
+jwks_url = "{jwks_url}"
+jwks_refresh_ms = 600000
+
+[[route]]
+name = "main"
+path = {{ prefix = "/main" }}
+upstream = "u"
+auth = {{ methods = ["jwt"], jwt_issuers = ["main"] }}
+
+[[route]]
+name = "scoped"
+path = {{ prefix = "/scoped" }}
+upstream = "u"
+auth = {{ methods = ["jwt"], jwt_issuers = ["main"] }}
+authorize = {{ scopes = ["write"], groups = ["analysts"], claims = {{ tier = "gold" }} }}
+
+[[route]]
+name = "rotating"
+path = {{ prefix = "/rot" }}
+upstream = "u"
+auth = {{ methods = ["jwt"], jwt_issuers = ["rotating"] }}
+"#,
+        rsa = dir.path("rsa.pem"),
+        ec256 = dir.path("ec256.pem"),
+        ec384 = dir.path("ec384.pem"),
+        ed = dir.path("ed.pem"),
+        hmac = dir.path("hmac.secret"),
+    )))
+}
+
+#[test]
+fn every_algorithm_and_every_refusal() {
+    let dir = Scratch::new("jwt");
+    let tokens = mint(&dir);
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let jwks = jwks_server(
+        &rt,
+        std::fs::read_to_string(dir.path("jwks-one.json")).unwrap(),
+    );
+    let gw = gateway(&dir, up.addr, &jwks.url);
+    for alg in ALGORITHMS {
+        let r = request(gw.http, "GET", "/main", &[&bearer(&tokens[alg])], "");
+        assert_eq!(r.status, 200, "{alg}: {}", r.body);
+        // The consumer named by `sub` is told to the upstream; a forged header is not.
+        assert_eq!(r.json()["headers"]["x-consumer-id"], "alice", "{alg}");
+    }
+    let forged = request(
+        gw.http,
+        "GET",
+        "/main",
+        &[&bearer(&tokens["RS256"]), "x-consumer-id: admin"],
+        "",
+    );
+    assert_eq!(forged.json()["headers"]["x-consumer-id"], "alice");
+    for (case, why) in [
+        ("expired", "expired"),
+        ("not_yet_valid", "not yet valid"),
+        ("issued_in_future", "issued in the future"),
+        ("wrong_iss", "wrong issuer"),
+        ("wrong_aud", "wrong audience"),
+        ("bad_signature", "bad signature"),
+        ("alg_none", "unsupported algorithm"),
+        ("confusion", "bad signature"),
+    ] {
+        let r = request(gw.http, "GET", "/main", &[&bearer(&tokens[case])], "");
+        assert_eq!(r.status, 401, "{case}: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"sluice\"");
+        let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+        assert!(detail.contains(why), "{case}: {detail}");
+    }
+    // Garbage and no token.
+    assert_eq!(
+        request(gw.http, "GET", "/main", &[&bearer("a.b.c")], "").status,
+        401
+    );
+    assert_eq!(request(gw.http, "GET", "/main", &[], "").status, 401);
+    // Authorization: scopes, groups from the token, and a claim value.
+    let r = request(gw.http, "GET", "/scoped", &[&bearer(&tokens["scoped"])], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["x-consumer-id"], "svc-reporting");
+    let r = request(
+        gw.http,
+        "GET",
+        "/scoped",
+        &[&bearer(&tokens["unscoped"])],
+        "",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("scope \"write\""));
+    // A token of one issuer is no good on a route of another.
+    assert_eq!(
+        request(gw.http, "GET", "/rot", &[&bearer(&tokens["RS256"])], "").status,
+        401
+    );
+}
+
+#[test]
+fn keys_rotate_through_the_jwks() {
+    let dir = Scratch::new("jwks");
+    let tokens = mint(&dir);
+    let one = std::fs::read_to_string(dir.path("jwks-one.json")).unwrap();
+    let two = std::fs::read_to_string(dir.path("jwks-two.json")).unwrap();
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let jwks = jwks_server(&rt, one);
+    let gw = gateway(&dir, up.addr, &jwks.url);
+    let get = |t: &str| request(gw.http, "GET", "/rot", &[&bearer(&tokens[t])], "");
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let r = get(&format!("one_{alg}"));
+        assert_eq!(r.status, 200, "one_{alg}: {}", r.body);
+        assert_eq!(r.json()["headers"]["x-consumer-id"], "rot-one");
+    }
+    // The new generation is published; a token naming its kid makes the gateway fetch at
+    // once (after the one-second guard), without waiting for the 10-minute refresh.
+    *jwks.doc.lock().unwrap() = (200, two);
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let r = get(&format!("two_{alg}"));
+        assert_eq!(r.status, 200, "two_{alg}: {}", r.body);
+    }
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), before + 1);
+    // The retired keys are gone.
+    let r = get("one_RS256");
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("rsa-one"), "{}", r.body);
+    // A broken key server: the last good set stays.
+    *jwks.doc.lock().unwrap() = (500, "oops".into());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get("one_ES256").status, 401);
+    assert_eq!(get("two_ES256").status, 200);
+    *jwks.doc.lock().unwrap() = (200, "{not json".into());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get("one_EdDSA").status, 401);
+    assert_eq!(get("two_EdDSA").status, 200);
+    assert!(
+        metric(
+            &gw,
+            "sluice_gateway_consumer_requests_total{consumer=\"rot-two\",route=\"rotating\",class=\"2xx\"}"
+        ) >= 5.0
+    );
+}
