@@ -548,6 +548,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             })?;
         }
     }
+    if let Some(r) = &mut config.redis {
+        if let Some(ca) = &mut r.ca_file {
+            *ca = base.join(&*ca).to_string_lossy().into_owned();
+        }
+        crate::policy::redis_store::RedisStore::new(r.clone()).map_err(|reason| ConfigError {
+            file: path.to_owned(),
+            field: "redis".into(),
+            reason,
+        })?;
+    }
     for (i, j) in config.jwt_issuers.iter_mut().enumerate() {
         for k in j.keys.iter_mut().chain(j.hmac_secrets.iter_mut()) {
             k.file = base.join(&k.file).to_string_lossy().into_owned();

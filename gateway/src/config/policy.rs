@@ -183,6 +183,9 @@ pub struct Redis {
     /// Key prefix, so several gateway fleets can share a server.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// CA certificate (PEM) that a `rediss://` server's certificate must chain to; absent =
+    /// the system's roots.
+    pub ca_file: Option<String>,
 }
 
 fn default_redis_timeout() -> u64 {

@@ -75,8 +75,20 @@ pub struct RedisStore {
 impl RedisStore {
     /// A store for a validated `[redis]` section; connects on first use.
     pub fn new(config: Redis) -> Result<Self, String> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        let client = match &config.ca_file {
+            None => redis::Client::open(config.url.as_str()),
+            Some(ca) => {
+                let root = std::fs::read(ca).map_err(|e| format!("ca_file: {ca}: {e}"))?;
+                redis::Client::build_with_tls(
+                    config.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+            }
+        }
+        .map_err(|e| format!("url: {e}"))?;
         Ok(RedisStore {
             config,
             client,

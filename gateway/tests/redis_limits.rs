@@ -1,0 +1,277 @@
+//! Shared rate limits through a real redis-server started by the test: one global limit
+//! across two gateway processes, fail-open and fail-closed when Redis dies, recovery when it
+//! returns, password auth and TLS.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{config, fixed, metric, request, runtime, upstream, Gateway, Scratch};
+
+/// A redis-server on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Redis {
+    fn start(extra: &[String]) -> Redis {
+        Self::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[String]) -> Redis {
+        let tls = extra.iter().any(|a| a == "--tls-port");
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--port".into(),
+            if tls { "0".into() } else { port.to_string() },
+        ];
+        args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server (apt install redis-server; cargo xtask setup does)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port, args }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        let args = self.args.clone();
+        self.child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One redis-cli command, answer as text.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn gateway(up: SocketAddr, redis: &str, on_failure: &str, requests: u64) -> Gateway {
+    Gateway::start(&config(&format!(
+        r#"
+[[upstream]]
+name = "u"
+targets = [{{ address = "{up}" }}]
+
+[redis]
+{redis}
+timeout_ms = 100
+on_failure = "{on_failure}"
+
+[[rate_limit]]
+name = "global"
+requests = {requests}
+window_ms = 60000
+key = "route"
+store = "redis"
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["global"]
+"#
+    )))
+}
+
+#[test]
+fn two_gateways_share_one_limit() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&["--requirepass".into(), "s3cret".into()]);
+    let url = format!("url = \"redis://:s3cret@127.0.0.1:{}/0\"", redis.port);
+    let a = gateway(up.addr, &url, "closed", 10);
+    let b = gateway(up.addr, &url, "closed", 10);
+    let mut allowed = 0;
+    let mut remaining = Vec::new();
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = request(gw.http, "GET", "/", &[], "");
+        match r.status {
+            200 => {
+                allowed += 1;
+                remaining.push(r.headers["x-ratelimit-remaining"].clone());
+            }
+            429 => assert!(r.headers["retry-after"].parse::<u64>().unwrap() >= 1),
+            s => panic!("request {i}: status {s}: {}", r.body),
+        }
+    }
+    assert_eq!(allowed, 10, "one limit of 10 across both gateways");
+    // The count went down by one per request, whichever gateway served it.
+    let want: Vec<String> = (0..10).rev().map(|n| n.to_string()).collect();
+    assert_eq!(remaining, want);
+    // The state is one key in Redis (prefix, algorithm, route, key value), with an expiry
+    // no longer than the time to refill.
+    let ttl = redis.cli(&["-a", "s3cret", "--no-auth-warning", "PTTL", "sluice:g:r|"]);
+    let ttl: i64 = ttl.trim().parse().unwrap_or_else(|_| panic!("PTTL: {ttl}"));
+    assert!((50_000..=61_000).contains(&ttl), "{ttl}");
+    // A wrong password is an unusable store: fail closed answers 503, in bounded time.
+    let bad = gateway(
+        up.addr,
+        &format!("url = \"redis://:wrong@127.0.0.1:{}/0\"", redis.port),
+        "closed",
+        10,
+    );
+    let started = Instant::now();
+    let r = request(bad.http, "GET", "/", &[], "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn redis_dying_fails_open_or_closed_and_recovers() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let mut redis = Redis::start(&[]);
+    let url = format!("url = \"redis://127.0.0.1:{}\"", redis.port);
+    let open = gateway(up.addr, &url, "open", 3);
+    let closed = gateway(up.addr, &url, "closed", 3);
+    // Working: the shared quota of 3 runs out.
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| request(if i % 2 == 0 { open.http } else { closed.http }, "GET", "/", &[], "").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    redis.stop();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = request(open.http, "GET", "/", &[], "");
+        assert_eq!(r.status, 200, "fail open: {}", r.body);
+        let r = request(closed.http, "GET", "/", &[], "");
+        assert_eq!(r.status, 503, "fail closed: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_eq!(r.headers["retry-after"], "1");
+        // Never a hang: both answers within the call timeout and then some.
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    assert!(
+        metric(&open, "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_open\"}")
+            >= 1.0
+    );
+    assert!(
+        metric(&closed, "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_closed\"}")
+            >= 1.0
+    );
+    // Redis returns (empty): limits apply again, shared.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = request(closed.http, "GET", "/", &[], "");
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", r.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after: Vec<u16> = (0..3)
+        .map(|i| request(if i % 2 == 0 { open.http } else { closed.http }, "GET", "/", &[], "").status)
+        .collect();
+    assert_eq!(after, [200, 200, 429]);
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = Scratch::new("redis-tls");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = ca_params.clone().self_signed(&ca_key).expect("ca");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path("redis.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.path("redis.key"), leaf_key.serialize_pem()).unwrap();
+    let redis = Redis::start(&[
+        "--tls-port".into(),
+        "{port}".into(),
+        "--tls-cert-file".into(),
+        dir.path("redis.pem"),
+        "--tls-key-file".into(),
+        dir.path("redis.key"),
+        "--tls-ca-cert-file".into(),
+        dir.path("ca.pem"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]);
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = gateway(
+        up.addr,
+        &format!(
+            "url = \"rediss://127.0.0.1:{}\"\nca_file = \"{}\"",
+            redis.port,
+            dir.path("ca.pem")
+        ),
+        "closed",
+        2,
+    );
+    let statuses: Vec<u16> = (0..3).map(|_| request(gw.http, "GET", "/", &[], "").status).collect();
+    assert_eq!(statuses, [200, 200, 429], "limits work over TLS (closed: no store = 503)");
+    // A CA that did not sign the server's certificate: the store is unusable.
+    let other_key = KeyPair::generate().expect("key");
+    let other = ca_params.self_signed(&other_key).expect("other ca");
+    std::fs::write(dir.path("other.pem"), other.pem()).unwrap();
+    let wrong = gateway(
+        up.addr,
+        &format!(
+            "url = \"rediss://127.0.0.1:{}\"\nca_file = \"{}\"",
+            redis.port,
+            dir.path("other.pem")
+        ),
+        "closed",
+        2,
+    );
+    assert_eq!(request(wrong.http, "GET", "/", &[], "").status, 503);
+}
