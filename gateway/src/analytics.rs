@@ -80,11 +80,14 @@ struct PromStat {
     sum: f64,
 }
 
+/// One minute of requests by (consumer label, route).
+type Minute = (u64, HashMap<(Arc<str>, Arc<str>), Stat>);
+
 #[derive(Default)]
 struct Inner {
     labels: HashSet<Arc<str>>,
     prom: BTreeMap<(Arc<str>, Arc<str>), PromStat>,
-    minutes: VecDeque<(u64, HashMap<(Arc<str>, Arc<str>), Stat>)>,
+    minutes: VecDeque<Minute>,
 }
 
 /// The analytics of a running gateway.

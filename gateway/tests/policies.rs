@@ -658,3 +658,45 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
         assert!(err.contains("gw.toml"), "{err}");
     }
 }
+
+#[test]
+fn protocol_conversion_both_ways() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[[upstream]]
+name = "h2"
+targets = [{{ address = "{a}" }}]
+http2 = true
+
+[[upstream]]
+name = "h1"
+targets = [{{ address = "{a}" }}]
+
+[[route]]
+name = "to-h2"
+path = {{ prefix = "/h2" }}
+upstream = "h2"
+
+[[route]]
+name = "to-h1"
+path = {{ prefix = "/h1" }}
+upstream = "h1"
+"#,
+        a = up.addr
+    )));
+    // An HTTP/1.1 client, an HTTP/2 upstream.
+    let r = request(gw.http, "GET", "/h2", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    // An HTTP/2 client (curl, prior knowledge), an HTTP/1.1 upstream.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}"])
+        .arg(format!("http://{}/h1", gw.http))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2"), "{text}");
+    assert!(text.contains("\"version\":\"HTTP/1.1\""), "{text}");
+}

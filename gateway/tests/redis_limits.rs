@@ -177,7 +177,16 @@ fn redis_dying_fails_open_or_closed_and_recovers() {
     let closed = gateway(up.addr, &url, "closed", 3);
     // Working: the shared quota of 3 runs out.
     let statuses: Vec<u16> = (0..4)
-        .map(|i| request(if i % 2 == 0 { open.http } else { closed.http }, "GET", "/", &[], "").status)
+        .map(|i| {
+            request(
+                if i % 2 == 0 { open.http } else { closed.http },
+                "GET",
+                "/",
+                &[],
+                "",
+            )
+            .status
+        })
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     redis.stop();
@@ -190,15 +199,23 @@ fn redis_dying_fails_open_or_closed_and_recovers() {
         assert_eq!(r.headers["content-type"], "application/problem+json");
         assert_eq!(r.headers["retry-after"], "1");
         // Never a hang: both answers within the call timeout and then some.
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
     assert!(
-        metric(&open, "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_open\"}")
-            >= 1.0
+        metric(
+            &open,
+            "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_open\"}"
+        ) >= 1.0
     );
     assert!(
-        metric(&closed, "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_closed\"}")
-            >= 1.0
+        metric(
+            &closed,
+            "sluice_gateway_rate_limit_store_failures_total{outcome=\"fail_closed\"}"
+        ) >= 1.0
     );
     // Redis returns (empty): limits apply again, shared.
     redis.restart();
@@ -212,7 +229,16 @@ fn redis_dying_fails_open_or_closed_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let after: Vec<u16> = (0..3)
-        .map(|i| request(if i % 2 == 0 { open.http } else { closed.http }, "GET", "/", &[], "").status)
+        .map(|i| {
+            request(
+                if i % 2 == 0 { open.http } else { closed.http },
+                "GET",
+                "/",
+                &[],
+                "",
+            )
+            .status
+        })
         .collect();
     assert_eq!(after, [200, 200, 429]);
 }
@@ -257,8 +283,14 @@ fn rediss_with_a_private_ca() {
         "closed",
         2,
     );
-    let statuses: Vec<u16> = (0..3).map(|_| request(gw.http, "GET", "/", &[], "").status).collect();
-    assert_eq!(statuses, [200, 200, 429], "limits work over TLS (closed: no store = 503)");
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| request(gw.http, "GET", "/", &[], "").status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "limits work over TLS (closed: no store = 503)"
+    );
     // A CA that did not sign the server's certificate: the store is unusable.
     let other_key = KeyPair::generate().expect("key");
     let other = ca_params.self_signed(&other_key).expect("other ca");

@@ -815,15 +815,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         if r.timeouts.connect_ms == 0 || r.timeouts.request_ms == 0 {
             return bad(format!("{at}.timeouts"), "timeouts must be greater than 0");
         }
-        policies.validate_route(
-            &at,
-            &r.policy_order,
-            r.auth.as_ref(),
-            r.authorize.as_ref(),
-            &r.rate_limits,
-            r.request_transform.as_ref(),
-            r.response_transform.as_ref(),
-        )?;
+        policies.validate_route(&at, r)?;
         if r.retries.attempts > 5 {
             return bad(format!("{at}.retries.attempts"), "at most 5");
         }

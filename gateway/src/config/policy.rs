@@ -612,16 +612,17 @@ impl Policies<'_> {
     }
 
     /// One route's policy settings.
-    pub fn validate_route(
-        &self,
-        at: &str,
-        order: &[Step],
-        auth: Option<&RouteAuth>,
-        authorize: Option<&RouteAuthorize>,
-        limits: &[String],
-        req: Option<&RequestTransform>,
-        resp: Option<&ResponseTransform>,
-    ) -> Bad {
+    pub fn validate_route(&self, at: &str, route: &super::Route) -> Bad {
+        let (order, auth, authorize, limits) = (
+            &route.policy_order,
+            route.auth.as_ref(),
+            route.authorize.as_ref(),
+            &route.rate_limits,
+        );
+        let (req, resp) = (
+            route.request_transform.as_ref(),
+            route.response_transform.as_ref(),
+        );
         let mut seen = HashSet::new();
         for s in order {
             if !seen.insert(s) {

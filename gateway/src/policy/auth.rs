@@ -214,7 +214,7 @@ impl Authenticator {
                         .map(|v| v.as_bytes().to_vec());
                     let from_query = self.key_query.as_deref().and_then(|q| {
                         crate::router::query_value(parts.uri.query().unwrap_or(""), q)
-                            .map(|v| percent_decode(v))
+                            .map(percent_decode)
                     });
                     let in_query = from_header.is_none() && from_query.is_some();
                     let Some(key) = from_header.or(from_query) else {
@@ -316,7 +316,11 @@ pub fn authorize(rule: &RouteAuthorize, who: Option<&Identity>) -> Result<(), Re
         let ok = match got {
             Some(serde_json::Value::String(s)) => s == want,
             Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want)),
-            Some(other) => other.to_string() == *want,
+            // Numbers and booleans compare by their JSON text (`tier = "3"` matches 3).
+            Some(other) => {
+                let text = other.to_string();
+                text == *want
+            }
             None => false,
         };
         if !ok {
