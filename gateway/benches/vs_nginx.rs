@@ -5,6 +5,9 @@
 //! - Each proxy gets one worker pinned to CPU 0; wrk and the upstream run on CPU 1.
 //! - wrk: 1 thread, 50 connections, 10 s, after a 2 s warm-up; requests/s, p50, p99.
 //! - Memory: RSS (all processes of the proxy) with 10,000 idle keep-alive connections open.
+//! - Policies: the same gateway on a route with JWT (RS256, a PyJWT-minted token) + one rate
+//!   limit + two header transforms, against its plain route; then with the limit in a
+//!   redis-server (on CPU 1 with the load generator).
 
 use std::{
     io::{Read, Write},
@@ -108,18 +111,26 @@ struct Load {
     p99_ms: f64,
 }
 
-fn wrk(url: &str, seconds: u32) -> Load {
+fn wrk(url: &str, seconds: u32, header: Option<&str>) -> Load {
+    let mut args: Vec<String> = [
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(h) = header {
+        args.push("-H".into());
+        args.push(h.into());
+    }
+    args.push(url.into());
     let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
+        .args(&args)
         .output()
         .expect("wrk (installed by cargo xtask bench gateway)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -212,11 +223,47 @@ fn main() {
     let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
     wait_for(nginx_addr);
 
+    // A token minted by PyJWT, and the public key it verifies with.
+    let mint = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jwt/mint.py"))
+        .arg(&dir)
+        .output()
+        .expect("python3 with PyJWT (installed by cargo xtask setup)");
+    let tokens: serde_json::Value = serde_json::from_slice(&mint.stdout).expect("tokens");
+    let token = tokens["RS256"].as_str().expect("RS256 token").to_string();
+    let redis_port = free_port();
+    let _redis = Proc(
+        Command::new("taskset")
+            .args(["-c", "1", "redis-server", "--bind", "127.0.0.1", "--port"])
+            .arg(redis_port.to_string())
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by cargo xtask setup)"),
+    );
+    wait_for(format!("127.0.0.1:{redis_port}").parse().expect("addr"));
+
     let gw_port = free_port();
     let admin_port = free_port();
+    let policed = |name: &str, limit: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath = {{ prefix = \"/{name}\" }}\nupstream = \"app\"\n\
+             auth = {{ methods = [\"jwt\"] }}\nrate_limits = [\"{limit}\"]\n\
+             request_transform = {{ set_headers = {{ \"x-gateway\" = \"sluice\" }}, remove_headers = [\"x-debug\"] }}\n\n"
+        )
+    };
     let config = format!(
         "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[[listener]]\nname = \"bench\"\naddress = \"127.0.0.1:{gw_port}\"\nmax_connections = 20000\nheader_read_timeout_ms = 300000\n\n\
-         [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"{upstream}\" }}]\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n"
+         [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"{upstream}\" }}]\n\n\
+         [[jwt_issuer]]\nname = \"bench\"\nissuer = \"https://issuer.test\"\naudiences = [\"sluice-api\"]\nalgorithms = [\"RS256\"]\nkeys = [{{ file = \"{key}\" }}]\n\n\
+         [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout_ms = 100\non_failure = \"closed\"\n\n\
+         [[rate_limit]]\nname = \"local\"\nrequests = 1000000000\nwindow_ms = 1000\nkey = \"consumer\"\n\n\
+         [[rate_limit]]\nname = \"shared\"\nrequests = 1000000000\nwindow_ms = 1000\nkey = \"consumer\"\nstore = \"redis\"\n\n\
+         {}{}[[route]]\nname = \"all\"\nupstream = \"app\"\n",
+        policed("policy", "local"),
+        policed("redis", "shared"),
+        key = dir.join("rsa.pem").display(),
     );
     let config_path: PathBuf = dir.join("gateway.toml");
     std::fs::write(&config_path, config).expect("config");
@@ -247,8 +294,8 @@ fn main() {
         ("sluice-gateway", gw_addr, gateway.0.id()),
     ] {
         let url = format!("http://{addr}/");
-        let _warm = wrk(&url, 2);
-        let load = wrk(&url, SECONDS);
+        let _warm = wrk(&url, 2, None);
+        let load = wrk(&url, SECONDS, None);
         let idle = idle_connections(addr, IDLE);
         let rss = rss_kib(pid);
         drop(idle);
@@ -292,6 +339,37 @@ fn main() {
     if s_rss > n_rss {
         missed.push("idle RSS <= nginx");
     }
+    // The policy chain's cost, on the same gateway process, against its plain route.
+    let bearer = format!("Authorization: Bearer {token}");
+    let mut policy = Vec::new();
+    for route in ["policy", "redis"] {
+        let url = format!("http://{gw_addr}/{route}");
+        let _warm = wrk(&url, 2, Some(&bearer));
+        policy.push(wrk(&url, SECONDS, Some(&bearer)));
+    }
+    let plain = wrk(&format!("http://{gw_addr}/"), SECONDS, None);
+    println!();
+    println!("Policy chain: JWT RS256 + one rate limit + two header transforms, same gateway");
+    println!();
+    println!("| route | requests/s | p50 ms | p99 ms | ratio to plain |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, l) in [
+        ("plain proxy (reference)", &plain),
+        ("JWT + local limit + 2 transforms", &policy[0]),
+        ("JWT + Redis limit + 2 transforms", &policy[1]),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.2}x |",
+            l.rps,
+            l.p50_ms,
+            l.p99_ms,
+            l.rps / plain.rps
+        );
+    }
+    if policy[0].rps < 0.85 * plain.rps {
+        missed.push("policies at most 15% below the plain proxy");
+    }
+    println!();
     if missed.is_empty() {
         println!("targets met");
     } else {

@@ -492,7 +492,7 @@ async fn serve<'rt>(
             identity: None,
         };
         let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
-        consumer = ctx.identity.map(|i| i.consumer);
+        consumer = ctx.identity.map(|i| i.consumer.clone());
         match verdict {
             Ok((b, a)) => {
                 body = b;

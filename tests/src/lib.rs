@@ -156,6 +156,8 @@ pub struct World {
     procs: HashMap<String, Child>,
     tls: Option<PathBuf>,
     gateways: usize,
+    /// Appended to every gateway's config (policies, extra routes).
+    gateway_extra: String,
 }
 
 /// Gateway addresses by index 1..=3.
@@ -179,6 +181,16 @@ impl World {
     /// the VIP's port 443, choosing the certificate by SNI, and the LB nodes carry that VIP
     /// port too.
     pub fn start_with(tls: Option<PathBuf>) -> World {
+        World::start_full(tls, String::new())
+    }
+
+    /// Like [`World::start`], with a redis-server on backend node 1 (`10.20.0.31:6379`,
+    /// password `sluice-e2e`, reachable from every gateway) and `extra` appended to every gateway's config.
+    pub fn start_with_policies(extra: &str) -> World {
+        World::start_full(None, extra.to_string())
+    }
+
+    fn start_full(tls: Option<PathBuf>, gateway_extra: String) -> World {
         sweep_leftovers();
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tag = format!(
@@ -198,6 +210,7 @@ impl World {
             procs: HashMap::new(),
             tls,
             gateways: 3,
+            gateway_extra,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -286,6 +299,26 @@ impl World {
             w.procs.insert(format!("b{i}"), child);
         }
         std::fs::write(w.dir.join("index.html"), "hello from a sluice backend\n").expect("page");
+        if !w.gateway_extra.is_empty() {
+            let b = w.ns["b1"].clone();
+            let child = in_ns_command(&b, "redis-server")
+                .args([
+                    "--bind",
+                    "10.20.0.31",
+                    "--port",
+                    "6379",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--requirepass", "sluice-e2e"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (installed by cargo xtask setup)");
+            w.procs.insert("redis".into(), child);
+        }
         for i in 1..=2 {
             w.start_lb(i);
         }
@@ -408,7 +441,8 @@ impl World {
                  [[listener]]\nname = \"vip\"\naddress = \"{VIP}:80\"\n\n\
                  [[listener]]\nname = \"vip6\"\naddress = \"[{VIP6}]:80\"\n\n{tls}\
                  [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"10.20.0.31:8080\" }}, {{ address = \"10.20.0.32:8080\" }}]\n\n\
-                 [[route]]\nname = \"all\"\nupstream = \"app\"\n"
+                 [[route]]\nname = \"all\"\nupstream = \"app\"\n\n{extra}",
+                extra = self.gateway_extra,
             ),
         )
         .expect("gateway config");

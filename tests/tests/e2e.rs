@@ -422,3 +422,69 @@ fn the_ipv6_path_end_to_end() {
         .expect("v6 vip");
     assert!(v6["packets"].as_u64().unwrap_or(0) + v6b["packets"].as_u64().unwrap_or(0) > 0);
 }
+
+#[test]
+fn policies_key_on_the_real_client_address_across_gateways() {
+    if !privileged() {
+        return;
+    }
+    // One limit per client address, kept in Redis so that it holds across all gateways
+    // the L4 tier spreads the client's connections over.
+    let w = World::start_with_policies(
+        r#"
+[redis]
+url = "redis://:sluice-e2e@10.20.0.31:6379"
+timeout_ms = 200
+on_failure = "closed"
+
+[[rate_limit]]
+name = "per-client"
+requests = 10
+window_ms = 600000
+key = "client_ip"
+store = "redis"
+
+[[route]]
+name = "limited"
+path = { prefix = "/limited" }
+upstream = "app"
+rate_limits = ["per-client"]
+request_transform = { strip_prefix = "/limited" }
+"#,
+    );
+    let n = w.gateway_count();
+    let before: Vec<u64> = (1..=n).map(|i| w.gateway_requests(i)).collect();
+    let statuses: Vec<u16> = in_ns(&w.ns["c"], || {
+        (0..30)
+            .map(|_| {
+                http_get(vip(), "/limited/index.html")
+                    .map(|r| r.0)
+                    .unwrap_or(0)
+            })
+            .collect()
+    });
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (ok, limited),
+        (10, 20),
+        "{statuses:?}\n{}",
+        w.log("gw1.log")
+    );
+    let served: Vec<u64> = (1..=n)
+        .map(|i| w.gateway_requests(i) - before[i - 1])
+        .collect();
+    assert!(
+        served.iter().filter(|s| **s > 0).count() >= 2,
+        "one gateway took everything: {served:?}"
+    );
+    // The key the gateways counted under is the client's own address (10.10.1.2), which
+    // only reaches them because the L4 tier tunnels the packet unchanged (DSR).
+    let out = sluice_e2e::in_ns_command(&w.ns["b1"], "redis-cli")
+        .args(["-h", "10.20.0.31", "-a", "sluice-e2e", "--no-auth-warning"])
+        .args(["--scan", "--pattern", "sluice:*"])
+        .output()
+        .expect("redis-cli");
+    let keys = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(keys.trim(), "sluice:g:limited|10.10.1.2", "{served:?}");
+}

@@ -143,6 +143,7 @@ pub struct Authenticator {
     issuers: Vec<Arc<jwt::Issuer>>,
     challenge: HeaderValue,
     consumers: Arc<Consumers>,
+    tokens: jwt::TokenCache,
 }
 
 impl Authenticator {
@@ -180,6 +181,7 @@ impl Authenticator {
             challenge: HeaderValue::from_str(&challenge)
                 .unwrap_or(HeaderValue::from_static("Bearer")),
             consumers,
+            tokens: jwt::TokenCache::default(),
         }
     }
 
@@ -192,7 +194,7 @@ impl Authenticator {
 
     /// The identity of the request. The first method whose credential is present decides;
     /// a request with none is refused.
-    pub async fn authenticate(&self, parts: &mut Parts) -> Result<Identity, Refusal> {
+    pub async fn authenticate(&self, parts: &mut Parts) -> Result<Arc<Identity>, Refusal> {
         let authorization = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -231,7 +233,7 @@ impl Authenticator {
                             parts.uri = uri;
                         }
                     }
-                    return Ok(who);
+                    return Ok(Arc::new(who));
                 }
                 AuthMethod::Basic => {
                     let Some(cred) = scheme("basic") else {
@@ -249,13 +251,14 @@ impl Authenticator {
                         .consumers
                         .by_password(user.to_string(), pass.to_string())
                         .await
+                        .map(Arc::new)
                         .ok_or_else(|| self.unauthorized("user name or password is wrong"));
                 }
                 AuthMethod::Jwt => {
                     let Some(token) = scheme("bearer") else {
                         continue;
                     };
-                    return jwt::verify(&self.issuers, &token, &self.consumers)
+                    return jwt::verify(&self.issuers, &token, &self.consumers, &self.tokens)
                         .await
                         .map_err(|why| self.unauthorized(&format!("token refused: {why}")));
                 }

@@ -8,8 +8,12 @@
 //! good set.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -50,6 +54,50 @@ fn family(a: Algorithm) -> Family {
     }
 }
 
+/// Most tokens remembered as verified, per route.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// A verified token: its identity and the times that bound its validity.
+struct Verified {
+    issuer: usize,
+    keys_generation: u64,
+    exp: u64,
+    nbf: Option<u64>,
+    identity: Arc<Identity>,
+}
+
+/// Tokens whose signature has been verified, so that a client presenting the same token
+/// again costs a hash lookup instead of a signature check (RSA-2048 verification takes
+/// about as long as proxying the request). Entries are checked again for `exp`/`nbf` on
+/// every use and die with a change of their issuer's key set.
+#[derive(Default)]
+pub struct TokenCache(Mutex<HashMap<Box<str>, Arc<Verified>>>);
+
+impl TokenCache {
+    fn get(&self, token: &str, issuers: &[Arc<Issuer>]) -> Option<Arc<Identity>> {
+        let v = self.0.lock().ok()?.get(token).cloned()?;
+        let issuer = issuers.get(v.issuer)?;
+        let now = now();
+        let leeway = issuer.config.leeway_s;
+        let fresh = issuer.keys_generation.load(Ordering::Relaxed) == v.keys_generation
+            && now <= v.exp.saturating_add(leeway)
+            && v.nbf.is_none_or(|n| n <= now + leeway);
+        fresh.then(|| v.identity.clone())
+    }
+
+    fn put(&self, token: &str, v: Verified) {
+        let Ok(mut m) = self.0.lock() else { return };
+        if m.len() >= CACHE_ENTRIES {
+            let now = now();
+            m.retain(|_, e| e.exp > now);
+            if m.len() >= CACHE_ENTRIES {
+                m.clear();
+            }
+        }
+        m.insert(token.into(), Arc::new(v));
+    }
+}
+
 struct Key {
     kid: Option<String>,
     family: Family,
@@ -65,6 +113,8 @@ pub struct Issuer {
     jwks: ArcSwap<Vec<Key>>,
     jwks_file: Option<PathBuf>,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped whenever the key set is replaced; verified tokens of older sets are not trusted.
+    keys_generation: AtomicU64,
 }
 
 type Bad = (String, String);
@@ -173,6 +223,7 @@ impl Issuer {
             jwks: ArcSwap::from_pointee(initial),
             jwks_file,
             last_fetch: tokio::sync::Mutex::new(None),
+            keys_generation: AtomicU64::new(0),
             config,
         })
     }
@@ -188,6 +239,7 @@ impl Issuer {
             Ok(keys) => {
                 tracing::debug!(issuer = %self.config.name, keys = keys.len(), "key set refreshed");
                 self.jwks.store(Arc::new(keys));
+                self.keys_generation.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.config.name, error = %e, "key set refresh failed; the last good set stays")
@@ -313,7 +365,11 @@ pub async fn verify(
     issuers: &[Arc<Issuer>],
     token: &str,
     consumers: &Consumers,
-) -> Result<Identity, String> {
+    cache: &TokenCache,
+) -> Result<Arc<Identity>, String> {
+    if let Some(who) = cache.get(token, issuers) {
+        return Ok(who);
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
         ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => {
             "unsupported algorithm or malformed header".to_string()
@@ -323,10 +379,12 @@ pub async fn verify(
     let iss = unverified_claims(token)
         .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
         .ok_or("the token has no iss claim")?;
-    let issuer = issuers
+    let (index, issuer) = issuers
         .iter()
-        .find(|i| i.config.issuer == iss)
+        .enumerate()
+        .find(|(_, i)| i.config.issuer == iss)
         .ok_or("wrong issuer")?;
+    let keys_generation = issuer.keys_generation.load(Ordering::Relaxed);
     let claims = issuer
         .verify(token, header.alg, header.kid.as_deref())
         .await?;
@@ -356,7 +414,20 @@ pub async fn verify(
         id.groups
             .extend(groups.iter().filter_map(|g| g.as_str().map(str::to_string)));
     }
-    id.claims = Some(claims);
+    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    let nbf = claims.get("nbf").and_then(Value::as_u64);
+    id.claims = Some(Arc::new(claims));
+    let id = Arc::new(id);
+    cache.put(
+        token,
+        Verified {
+            issuer: index,
+            keys_generation,
+            exp,
+            nbf,
+            identity: id.clone(),
+        },
+    );
     Ok(id)
 }
 

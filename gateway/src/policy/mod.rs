@@ -45,7 +45,7 @@ pub struct Identity {
     /// Scopes (from a token).
     pub scopes: Vec<String>,
     /// Token claims, when a JWT authenticated the request.
-    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// What a step knows about the request besides the request itself.
@@ -55,7 +55,7 @@ pub struct Context<'a> {
     /// Route name.
     pub route: &'a str,
     /// Set by authentication.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// What admitted requests carry to the response.
@@ -221,7 +221,7 @@ impl Chain {
                     }
                     ctx.identity = Some(who);
                 }
-                Stage::Authorize(rule) => auth::authorize(rule, ctx.identity.as_ref())?,
+                Stage::Authorize(rule) => auth::authorize(rule, ctx.identity.as_deref())?,
                 Stage::RateLimit(limits) => {
                     limit::check_all(limits, parts, ctx, &mut admitted).await?
                 }

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{aio::ConnectionManager, Script};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    Script,
+};
 use tokio::sync::OnceCell;
 
 use super::limit::{Rate, Verdict};
@@ -141,7 +144,16 @@ impl RedisStore {
     async fn call(&self, key: &str, algorithm: Algorithm, rate: Rate) -> Result<Verdict, String> {
         let conn = self
             .conn
-            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+            .get_or_try_init(|| {
+                // No retries of its own: the caller's timeout and backoff decide, and the
+                // server's own error (auth, protected mode) reaches the log.
+                let t = Some(Duration::from_millis(self.config.timeout_ms));
+                let cfg = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(t)
+                    .set_response_timeout(t);
+                ConnectionManager::new_with_config(self.client.clone(), cfg)
+            })
             .await
             .map_err(|e| e.to_string())?;
         let mut conn = conn.clone();
