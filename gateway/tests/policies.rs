@@ -700,3 +700,17 @@ upstream = "h1"
     assert!(text.ends_with("\n2"), "{text}");
     assert!(text.contains("\"version\":\"HTTP/1.1\""), "{text}");
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+        .args(["check", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.example.toml"))
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
