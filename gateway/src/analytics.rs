@@ -81,12 +81,12 @@ struct PromStat {
 }
 
 /// One minute of requests by (consumer label, route).
-type Minute = (u64, HashMap<(Arc<str>, Arc<str>), Stat>);
+type Minute = (u64, HashMap<Arc<str>, HashMap<Arc<str>, Stat>>);
 
 #[derive(Default)]
 struct Inner {
     labels: HashSet<Arc<str>>,
-    prom: BTreeMap<(Arc<str>, Arc<str>), PromStat>,
+    prom: BTreeMap<Arc<str>, BTreeMap<Arc<str>, PromStat>>,
     minutes: VecDeque<Minute>,
 }
 
@@ -126,21 +126,29 @@ impl Analytics {
     pub fn record(&self, consumer: Option<&Arc<str>>, route: &str, status: u16, took: Duration) {
         let Ok(mut g) = self.inner.lock() else { return };
         let inner = &mut *g;
-        let consumer: Arc<str> = match consumer {
-            None => Arc::from("-"),
-            Some(c) if inner.labels.contains(c) => c.clone(),
+        // Nothing is allocated for a (route, consumer) pair seen before.
+        let consumer: &str = match consumer {
+            None => "-",
+            Some(c) if inner.labels.contains(c) => c,
             Some(c) if inner.labels.len() < self.max_consumers.load(Ordering::Relaxed) => {
                 inner.labels.insert(c.clone());
-                c.clone()
+                c
             }
-            Some(_) => Arc::from("other"),
+            Some(_) => "other",
         };
-        let route: Arc<str> = Arc::from(route);
-        if &*consumer != "-" {
-            let p = inner
-                .prom
-                .entry((consumer.clone(), route.clone()))
-                .or_default();
+        if consumer != "-" {
+            if !inner.prom.contains_key(consumer) {
+                inner.prom.insert(Arc::from(consumer), BTreeMap::new());
+            }
+            let Some(by_route) = inner.prom.get_mut(consumer) else {
+                return;
+            };
+            if !by_route.contains_key(route) {
+                by_route.insert(Arc::from(route), PromStat::default());
+            }
+            let Some(p) = by_route.get_mut(route) else {
+                return;
+            };
             p.by_class[(status / 100).clamp(1, 5) as usize - 1] += 1;
             let secs = took.as_secs_f64();
             for (i, b) in PROM_BOUNDS.iter().enumerate() {
@@ -159,8 +167,19 @@ impl Analytics {
         if inner.minutes.back().is_none_or(|(m, _)| *m != now) {
             inner.minutes.push_back((now, HashMap::new()));
         }
-        if let Some((_, map)) = inner.minutes.back_mut() {
-            let s = map.entry((consumer, route)).or_default();
+        if let Some((_, routes)) = inner.minutes.back_mut() {
+            if !routes.contains_key(route) {
+                routes.insert(Arc::from(route), HashMap::new());
+            }
+            let Some(by_consumer) = routes.get_mut(route) else {
+                return;
+            };
+            if !by_consumer.contains_key(consumer) {
+                by_consumer.insert(Arc::from(consumer), Stat::default());
+            }
+            let Some(s) = by_consumer.get_mut(consumer) else {
+                return;
+            };
             s.requests += 1;
             if status >= 500 || status == 429 {
                 s.errors += 1;
@@ -179,7 +198,12 @@ impl Analytics {
                 .replace('\n', "\\n")
         };
         let _ = writeln!(o, "# TYPE sluice_gateway_consumer_requests_total counter");
-        for ((c, r), p) in &g.prom {
+        let pairs = || {
+            g.prom
+                .iter()
+                .flat_map(|(c, by_route)| by_route.iter().map(move |(r, p)| (c, r, p)))
+        };
+        for (c, r, p) in pairs() {
             let c = esc(c);
             for (i, n) in p.by_class.iter().enumerate().filter(|(_, n)| **n > 0) {
                 let _ = writeln!(
@@ -193,7 +217,7 @@ impl Analytics {
             o,
             "# TYPE sluice_gateway_consumer_request_duration_seconds histogram"
         );
-        for ((c, r), p) in &g.prom {
+        for (c, r, p) in pairs() {
             let c = esc(c);
             let l = format!("consumer=\"{c}\",route=\"{r}\"");
             for (b, n) in PROM_BOUNDS.iter().zip(p.buckets) {
@@ -232,11 +256,13 @@ impl Analytics {
             if m + minutes.max(1) <= now {
                 continue;
             }
-            for ((c, r), s) in map {
-                if &**c != "-" {
-                    consumers.entry(c.clone()).or_default().add(s);
+            for (r, by_consumer) in map {
+                for (c, s) in by_consumer {
+                    if &**c != "-" {
+                        consumers.entry(c.clone()).or_default().add(s);
+                    }
+                    routes.entry(r.clone()).or_default().add(s);
                 }
-                routes.entry(r.clone()).or_default().add(s);
             }
         }
         let list = |m: HashMap<Arc<str>, Stat>, key: &str| {

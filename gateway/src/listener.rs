@@ -74,6 +74,19 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(config.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -103,30 +116,34 @@ pub async fn serve(
             // The generation in force now serves this request to the end.
             let rt = runtime.load_full();
             let metrics = service_metrics.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(rt, metrics, conn, req).await) }
+            let fut = async move {
+                Ok::<_, std::convert::Infallible>(proxy::handle(rt, metrics, conn, req).await)
+            };
+            Box::pin(fut)
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
-            .max_buf_size(config.max_header_bytes.max(8192))
-            .max_headers(config.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(config.max_header_bytes as u32);
-        let metrics = metrics.clone();
-        let stop = stop.clone();
-        let tls = tls
-            .as_ref()
-            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
-        let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
-        tokio::spawn(async move {
-            metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-            match tls {
-                None => serve_conn(TokioIo::new(stream), &builder, service, stop, peer).await,
-                Some(acceptor) => {
+        let guard = ConnGuard {
+            metrics: metrics.clone(),
+            _permit: permit,
+        };
+        guard
+            .metrics
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let (builder, stop) = (builder.clone(), stop.clone());
+        // Two task shapes, so that a plain connection's task does not carry the size of a
+        // TLS one (a task's future is allocated whole for the connection's lifetime).
+        match &tls {
+            None => {
+                let t = async move {
+                    let _guard = guard;
+                    serve_conn(TokioIo::new(stream), &builder, service, stop, peer).await
+                };
+                tokio::spawn(t);
+            }
+            Some(state) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(state.load_full());
+                tokio::spawn(async move {
+                    let _guard = guard;
                     match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             serve_conn(TokioIo::new(s), &builder, service, stop, peer).await
@@ -134,11 +151,23 @@ pub async fn serve(
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
+        }
+    }
+}
+
+/// Counts a connection while it lives and holds its slot.
+struct ConnGuard {
+    metrics: Arc<Metrics>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .active_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
