@@ -59,6 +59,7 @@ const CACHE_ENTRIES: usize = 10_000;
 
 /// A verified token: its identity and the times that bound its validity.
 struct Verified {
+    token: Box<str>,
     issuer: usize,
     keys_generation: u64,
     exp: u64,
@@ -70,12 +71,29 @@ struct Verified {
 /// again costs a hash lookup instead of a signature check (RSA-2048 verification takes
 /// about as long as proxying the request). Entries are checked again for `exp`/`nbf` on
 /// every use and die with a change of their issuer's key set.
+///
+/// Entries are found by a hash of the token's last 32 bytes (its signature, which differs
+/// between any two tokens) and then compared whole: hashing the whole token would cost more
+/// than the rest of the lookup.
 #[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<Box<str>, Arc<Verified>>>);
+pub struct TokenCache(Mutex<HashMap<u64, Arc<Verified>>>);
+
+fn tail_hash(token: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    let b = token.as_bytes();
+    h.write(&b[b.len().saturating_sub(32)..]);
+    h.finish()
+}
 
 impl TokenCache {
     fn get(&self, token: &str, issuers: &[Arc<Issuer>]) -> Option<Arc<Identity>> {
-        let v = self.0.lock().ok()?.get(token).cloned()?;
+        let v = self.0.lock().ok()?.get(&tail_hash(token)).cloned()?;
+        if *v.token != *token {
+            return None;
+        }
         let issuer = issuers.get(v.issuer)?;
         let now = now();
         let leeway = issuer.config.leeway_s;
@@ -94,7 +112,7 @@ impl TokenCache {
                 m.clear();
             }
         }
-        m.insert(token.into(), Arc::new(v));
+        m.insert(tail_hash(token), Arc::new(v));
     }
 }
 
@@ -421,6 +439,7 @@ pub async fn verify(
     cache.put(
         token,
         Verified {
+            token: token.into(),
             issuer: index,
             keys_generation,
             exp,

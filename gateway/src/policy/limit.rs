@@ -208,7 +208,12 @@ impl LocalStore {
                 (State::Bucket(b.0, b.1), v)
             }
         };
-        map.insert(key.to_string(), new);
+        match map.get_mut(key) {
+            Some(s) => *s = new,
+            None => {
+                map.insert(key.to_string(), new);
+            }
+        }
         verdict
     }
 }
@@ -289,22 +294,28 @@ impl Limit {
     }
 
     fn key(&self, parts: &Parts, ctx: &Context<'_>) -> String {
-        let value = match &self.config.key {
-            LimitKey::ClientIp => ctx.client.to_string(),
-            LimitKey::Consumer => ctx
-                .identity
-                .as_ref()
-                .map(|i| i.consumer.to_string())
-                .unwrap_or_else(|| "anonymous".into()),
-            LimitKey::Route => String::new(),
-            LimitKey::Header(h) => parts
-                .headers
-                .get(h.as_str())
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_else(|| "-".into()),
-        };
+        use std::fmt::Write;
         // The route is part of every key: one limit used by two routes counts them apart.
-        format!("{}|{}", ctx.route, value)
+        let mut key = String::with_capacity(ctx.route.len() + 48);
+        key.push_str(ctx.route);
+        key.push('|');
+        match &self.config.key {
+            LimitKey::ClientIp => {
+                let _ = write!(key, "{}", ctx.client);
+            }
+            LimitKey::Consumer => key.push_str(
+                ctx.identity
+                    .as_ref()
+                    .map(|i| &*i.consumer)
+                    .unwrap_or("anonymous"),
+            ),
+            LimitKey::Route => {}
+            LimitKey::Header(h) => match parts.headers.get(h.as_str()) {
+                Some(v) => key.push_str(&String::from_utf8_lossy(v.as_bytes())),
+                None => key.push('-'),
+            },
+        }
+        key
     }
 }
 
