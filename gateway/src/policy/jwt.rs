@@ -407,8 +407,8 @@ pub async fn verify(
         .verify(token, header.alg, header.kid.as_deref())
         .await?;
     if let Some(iat) = claims.get("iat") {
-        let iat = iat.as_u64().ok_or("iat is not a number")?;
-        if iat > now() + issuer.config.leeway_s {
+        let iat = iat.as_f64().ok_or("iat is not a number")?;
+        if iat > (now() + issuer.config.leeway_s) as f64 {
             return Err("issued in the future (iat)".into());
         }
     }

@@ -60,13 +60,15 @@ impl Rate {
 /// GCRA: the state is the theoretical arrival time `tat`. Returns the new `tat` to store
 /// and the verdict.
 pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
-    let t = rate.interval_us;
-    let tau = t * (rate.burst - 1);
+    // Saturating throughout: absurd configs (years-long windows, huge bursts) must not
+    // overflow.
+    let t = rate.interval_us.max(1);
+    let tau = t.saturating_mul(rate.burst.saturating_sub(1));
     let tat = tat.unwrap_or(now).max(now);
-    let next = tat + t;
+    let next = tat.saturating_add(t);
     // Allowed while the new tat is within burst tolerance of now.
-    if next - now <= tau + t {
-        let remaining = (now + tau + t - next) / t;
+    if next - now <= tau.saturating_add(t) {
+        let remaining = (now.saturating_add(tau).saturating_add(t) - next) / t;
         (
             next,
             Verdict {
@@ -83,7 +85,7 @@ pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
                 allowed: false,
                 remaining: 0,
                 reset_us: tat - now,
-                retry_us: tat - tau - now,
+                retry_us: tat.saturating_sub(tau).saturating_sub(now),
             },
         )
     }
@@ -93,8 +95,8 @@ pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
 /// of refill time (one token = `T`), so refilling is exact integer arithmetic. Returns the
 /// new state.
 pub fn token_bucket(state: Option<(u64, u64)>, now: u64, rate: Rate) -> ((u64, u64), Verdict) {
-    let t = rate.interval_us;
-    let cap = rate.burst * t;
+    let t = rate.interval_us.max(1);
+    let cap = rate.burst.saturating_mul(t);
     let (credit, last) = state.unwrap_or((cap, now));
     let credit = cap.min(credit.saturating_add(now.saturating_sub(last)));
     if credit >= t {
@@ -173,7 +175,8 @@ impl LocalStore {
             let full_again = |s: &State| match *s {
                 State::Tat(tat) => tat <= now,
                 State::Bucket(credit, last) => {
-                    credit.saturating_add(now.saturating_sub(last)) >= rate.burst * rate.interval_us
+                    credit.saturating_add(now.saturating_sub(last))
+                        >= rate.burst.saturating_mul(rate.interval_us)
                 }
             };
             map.retain(|_, s| !full_again(s));
@@ -487,6 +490,20 @@ mod tests {
             assert_eq!(gv.remaining, bv.remaining, "request {i} at {now}");
             g = Some(gs);
             b = Some(bs);
+        }
+    }
+
+    #[test]
+    fn absurd_rates_do_not_overflow() {
+        let rate = Rate {
+            interval_us: u64::MAX / 3,
+            burst: u64::MAX,
+        };
+        for now in [0, 1, u64::MAX / 2, u64::MAX - 1] {
+            let (tat, _) = gcra(Some(u64::MAX - 5), now, rate);
+            let _ = gcra(Some(tat), now, rate);
+            let (state, _) = token_bucket(Some((u64::MAX, 0)), now, rate);
+            let _ = token_bucket(Some(state), now, rate);
         }
     }
 
