@@ -157,6 +157,28 @@ fn sluice_lb(w: &World, node: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Added to every gateway's config: a per-client limit kept in the harness's redis-server.
+const POLICY: &str = r#"
+[redis]
+url = "redis://:sluice-e2e@10.20.0.31:6379"
+timeout_ms = 200
+on_failure = "closed"
+
+[[rate_limit]]
+name = "per-client"
+requests = 10
+window_ms = 600000
+key = "client_ip"
+store = "redis"
+
+[[route]]
+name = "limited"
+path = { prefix = "/limited" }
+upstream = "app"
+rate_limits = ["per-client"]
+request_transform = { strip_prefix = "/limited" }
+"#;
+
 /// Runs the demo. `bin_dir` holds the release binaries.
 pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     std::env::set_var("SLUICE_BIN_DIR", bin_dir);
@@ -169,7 +191,7 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     println!(
         "Building the topology and waiting for both load balancers to see every gateway healthy..."
     );
-    let mut w = World::start();
+    let mut w = World::start_with_policies(POLICY);
     println!(
         "Ready. Traffic starts: 4 clients, each request on a new TCP connection (a new flow).\n"
     );
@@ -203,6 +225,27 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
         println!(
             "   (requests that failed during the drain: {})",
             load.total_failed.load(Ordering::Relaxed) - failed_before
+        );
+        println!("\n5. Policy on the real client: /limited allows 10 requests per client address per\n   10 minutes, counted in Redis so the limit holds whichever gateway a flow lands on.\n   The gateways see the client's own address because the tunnel delivers its packets\n   unchanged (DSR). 15 requests, each on a new connection:");
+        let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+        let answers: Vec<(u16, String)> = in_ns(&w.ns["c"], || {
+            (0..15)
+                .filter_map(|_| http_get(vip, "/limited/index.html").ok())
+                .collect()
+        });
+        let ok = answers.iter().filter(|a| a.0 == 200).count();
+        let refused: Vec<&(u16, String)> = answers.iter().filter(|a| a.0 == 429).collect();
+        println!("   {ok} answered, {} refused with 429", refused.len());
+        if let Some((_, body)) = refused.first() {
+            println!("   a refusal: {}", body.trim());
+        }
+        let keys = in_ns_command(&w.ns["b1"], "redis-cli")
+            .args(["-h", "10.20.0.31", "-a", "sluice-e2e", "--no-auth-warning"])
+            .args(["--scan", "--pattern", "sluice:*"])
+            .output()?;
+        println!(
+            "   the counter in Redis: {}",
+            String::from_utf8_lossy(&keys.stdout).trim()
         );
         println!("\nWhat LB node 1 reports (`sluice-lb status`):\n");
         print!("{}", sluice_lb(&w, "l1", &["status"])?);
