@@ -161,7 +161,11 @@ impl Analytics {
         }
         let now = minute_now();
         let keep = self.minutes.load(Ordering::Relaxed) as u64;
-        while inner.minutes.front().is_some_and(|(m, _)| m + keep <= now) {
+        while inner
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| m.saturating_add(keep) <= now)
+        {
             inner.minutes.pop_front();
         }
         if inner.minutes.back().is_none_or(|(m, _)| *m != now) {
@@ -253,7 +257,7 @@ impl Analytics {
         let mut consumers: HashMap<Arc<str>, Stat> = HashMap::new();
         let mut routes: HashMap<Arc<str>, Stat> = HashMap::new();
         for (m, map) in &g.minutes {
-            if m + minutes.max(1) <= now {
+            if m.saturating_add(minutes.max(1)) <= now {
                 continue;
             }
             for (r, by_consumer) in map {

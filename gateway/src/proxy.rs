@@ -501,13 +501,14 @@ async fn serve<'rt>(
             Err(refusal) => return (*refusal, name, consumer),
         }
     }
+    let head = parts.method == hyper::Method::HEAD;
     let req = Request::from_parts(parts, body);
     let mut resp = forward(route, metrics, conn, client, req, &host, request_id).await;
     if let Some(t) = &route.chain.response {
         if resp.extensions().get::<GatewayMade>().is_none()
             && resp.status() != StatusCode::SWITCHING_PROTOCOLS
         {
-            resp = t.apply(resp).await;
+            resp = t.apply(resp, head).await;
         }
     }
     resp.headers_mut().extend(admitted.headers);

@@ -97,6 +97,7 @@ targets = [{{ address = "{up}" }}]
 [[consumer]]
 id = "alice"
 groups = ["staff"]
+jwt_subjects = ["main:alice"]
 
 [[jwt_issuer]]
 name = "main"
@@ -192,7 +193,7 @@ fn every_algorithm_and_every_refusal() {
     // Authorization: scopes, groups from the token, and a claim value.
     let r = request(gw.http, "GET", "/scoped", &[&bearer(&tokens["scoped"])], "");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["headers"]["x-consumer-id"], "svc-reporting");
+    assert_eq!(r.json()["headers"]["x-consumer-id"], "main:svc-reporting");
     let r = request(
         gw.http,
         "GET",
@@ -226,7 +227,7 @@ fn keys_rotate_through_the_jwks() {
     for alg in ["RS256", "ES256", "EdDSA"] {
         let r = get(&format!("one_{alg}"));
         assert_eq!(r.status, 200, "one_{alg}: {}", r.body);
-        assert_eq!(r.json()["headers"]["x-consumer-id"], "rot-one");
+        assert_eq!(r.json()["headers"]["x-consumer-id"], "rotating:rot-one");
     }
     // The new generation is published; a token naming its kid makes the gateway fetch at
     // once (after the one-second guard), without waiting for the 10-minute refresh.
@@ -254,7 +255,7 @@ fn keys_rotate_through_the_jwks() {
     assert!(
         metric(
             &gw,
-            "sluice_gateway_consumer_requests_total{consumer=\"rot-two\",route=\"rotating\",class=\"2xx\"}"
+            "sluice_gateway_consumer_requests_total{consumer=\"rotating:rot-two\",route=\"rotating\",class=\"2xx\"}"
         ) >= 5.0
     );
 }

@@ -81,12 +81,23 @@ auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tes
     let r = request(
         gw.http,
         "GET",
-        &format!("/a?x=1&apikey={KEY_BOB}&y=2"),
+        &format!("/a?x=1&apikey={KEY_BOB}&y=2&z="),
         &[],
         "",
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["path"], "/a?x=1&y=2");
+    assert_eq!(r.json()["path"], "/a?x=1&y=2&z=");
+    // In both places: the header decides, and neither reaches the upstream.
+    let r = request(
+        gw.http,
+        "GET",
+        &format!("/a?apikey={KEY_BOB}"),
+        &[&format!("x-api-key: {KEY_ALICE}")],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/a");
+    assert_eq!(r.json()["headers"]["x-consumer-id"], "alice");
     // Wrong key, a prefix of a right one, nothing at all.
     for extra in [
         vec!["x-api-key: k-alice-wrong".to_string()],
@@ -136,7 +147,7 @@ auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tes
     // The consumer shows in the analytics.
     let m = admin_get(&gw, "/metrics").body;
     assert!(
-        m.contains("sluice_gateway_consumer_requests_total{consumer=\"alice\",route=\"keys\",class=\"2xx\"} 2"),
+        m.contains("sluice_gateway_consumer_requests_total{consumer=\"alice\",route=\"keys\",class=\"2xx\"} 3"),
         "{m}"
     );
 }
@@ -487,6 +498,23 @@ json_max_bytes = 200
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body"], "{nope");
+    // No body at all, or an encoded one: nothing to transform, nothing refused.
+    let r = request(
+        gw.http,
+        "DELETE",
+        "/api/x",
+        &["Content-Type: application/json"],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = request(
+        gw.http,
+        "POST",
+        "/api/x",
+        &["Content-Type: application/json", "Content-Encoding: gzip"],
+        "\u{1f}binary",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[test]
@@ -515,6 +543,13 @@ json_rename = {{ "upstream" = "served_by.name" }}
     assert_eq!(
         r.json(),
         serde_json::json!({"served_by": {"name": "u"}, "path": "/p", "body_len": 0, "body": ""})
+    );
+    // A HEAD answer keeps the upstream's length (there is no body to rewrite).
+    let r = request(gw.http, "HEAD", "/p", &[], "");
+    assert_eq!(r.status, 200);
+    assert_ne!(
+        r.headers.get("content-length").map(String::as_str),
+        Some("0")
     );
     // The gateway's own errors are left alone.
     let r = request(gw.http, "GET", "/p", &["Content-Length: 5000"], "");
@@ -647,6 +682,22 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
         (
             format!("{route}policy_order = [\"authenticate\", \"authenticate\"]\n"),
             "route[0].policy_order: Authenticate listed twice",
+        ),
+        (
+            format!("{route}auth = {{ methods = [\"api_key\"] }}\npolicy_order = [\"rate_limit\"]\n"),
+            "route[0].policy_order: Authenticate is configured for the route but not in policy_order",
+        ),
+        (
+            format!("{route}auth = {{ methods = [\"api_key\"] }}\nauthorize = {{ groups = [\"g\"] }}\npolicy_order = [\"authorize\", \"authenticate\"]\n"),
+            "route[0].policy_order: authorize must come after authenticate",
+        ),
+        (
+            "[[consumer]]\nid = \"a\"\njwt_subjects = [\"alice\"]\n".into(),
+            "consumer[0].jwt_subjects: \"alice\" must be <issuer name>:<subject>",
+        ),
+        (
+            format!("{route}[route.request_transform]\nadd_query = {{ \"a b\" = \"c\" }}\n"),
+            "route[0].request_transform.query: \"a b\" = \"c\": names and values must be URL-encoded",
         ),
         (
             format!("{route}[route.request_transform]\nrewrite = {{ regex = \"(\", replacement = \"\" }}\n"),

@@ -151,7 +151,13 @@ fn two_gateways_share_one_limit() {
     assert_eq!(remaining, want);
     // The state is one key in Redis (prefix, algorithm, route, key value), with an expiry
     // no longer than the time to refill.
-    let ttl = redis.cli(&["-a", "s3cret", "--no-auth-warning", "PTTL", "sluice:g:r|"]);
+    let ttl = redis.cli(&[
+        "-a",
+        "s3cret",
+        "--no-auth-warning",
+        "PTTL",
+        "sluice:g:global:r|",
+    ]);
     let ttl: i64 = ttl.trim().parse().unwrap_or_else(|_| panic!("PTTL: {ttl}"));
     assert!((50_000..=61_000).contains(&ttl), "{ttl}");
     // A wrong password is an unusable store: fail closed answers 503, in bounded time.
@@ -311,4 +317,50 @@ fn rediss_with_a_private_ca() {
         2,
     );
     assert_eq!(request(wrong.http, "GET", "/", &[], "").status, 503);
+}
+
+#[test]
+fn two_limits_of_a_route_keep_their_own_counters() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&[]);
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[[upstream]]
+name = "u"
+targets = [{{ address = "{}" }}]
+
+[redis]
+url = "redis://127.0.0.1:{}"
+
+[[rate_limit]]
+name = "small"
+requests = 3
+window_ms = 60000
+key = "route"
+store = "redis"
+
+[[rate_limit]]
+name = "large"
+requests = 100
+window_ms = 60000
+key = "route"
+store = "redis"
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["large", "small"]
+"#,
+        up.addr, redis.port
+    )));
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| request(gw.http, "GET", "/", &[], "").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let keys = redis.cli(&["--scan", "--pattern", "sluice:*"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["sluice:g:large:r|", "sluice:g:small:r|"]);
 }

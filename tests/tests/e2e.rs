@@ -486,5 +486,9 @@ request_transform = { strip_prefix = "/limited" }
         .output()
         .expect("redis-cli");
     let keys = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(keys.trim(), "sluice:g:limited|10.10.1.2", "{served:?}");
+    assert_eq!(
+        keys.trim(),
+        "sluice:g:per-client:limited|10.10.1.2",
+        "{served:?}"
+    );
 }

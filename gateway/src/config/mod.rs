@@ -714,6 +714,7 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         limits: &c.rate_limits,
         redis: c.redis.as_ref(),
         client_ip: &c.client_ip,
+        analytics_minutes: c.analytics.minutes,
     };
     policies.validate()?;
     let mut route_names = HashSet::new();

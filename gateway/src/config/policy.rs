@@ -19,8 +19,9 @@ pub struct Consumer {
     pub api_keys: Vec<String>,
     /// Basic-auth credential.
     pub basic: Option<BasicCredential>,
-    /// JWT subjects (value of the issuer's `consumer_claim`) that are this consumer; its own id
-    /// always is.
+    /// JWT subjects that are this consumer, as `<issuer name>:<value of the issuer's
+    /// consumer_claim>`: a subject only means this consumer coming from that issuer. A token
+    /// whose subject is not listed anywhere is the consumer `<issuer name>:<subject>`.
     #[serde(default)]
     pub jwt_subjects: Vec<String>,
 }
@@ -403,6 +404,8 @@ pub struct Policies<'a> {
     pub redis: Option<&'a Redis>,
     /// Client address rule.
     pub client_ip: &'a ClientIp,
+    /// `analytics.minutes`.
+    pub analytics_minutes: usize,
 }
 
 type Bad = Result<(), (String, String)>;
@@ -495,6 +498,19 @@ impl Policies<'_> {
                 }
             }
         }
+        for (i, c) in self.consumers.iter().enumerate() {
+            for s in &c.jwt_subjects {
+                let known = s.split_once(':').is_some_and(|(iss, sub)| {
+                    !sub.is_empty() && self.issuers.iter().any(|j| j.name == iss)
+                });
+                if !known {
+                    return bad(
+                        format!("consumer[{i}].jwt_subjects"),
+                        format!("{s:?} must be <issuer name>:<subject> with a configured issuer"),
+                    );
+                }
+            }
+        }
         let mut names = HashSet::new();
         for (i, j) in self.issuers.iter().enumerate() {
             let at = format!("jwt_issuer[{i}]");
@@ -530,6 +546,9 @@ impl Policies<'_> {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     return bad(format!("{at}.jwks_url"), "must be http:// or https://");
                 }
+            }
+            if j.leeway_s > 86_400 {
+                return bad(format!("{at}.leeway_s"), "at most 86400 (a day)");
             }
             if j.jwks_refresh_ms < 1000 {
                 return bad(format!("{at}.jwks_refresh_ms"), "at least 1000");
@@ -602,6 +621,9 @@ impl Policies<'_> {
                 );
             }
         }
+        if self.analytics_minutes == 0 || self.analytics_minutes > 1440 {
+            return bad("analytics.minutes".into(), "between 1 and 1440");
+        }
         if self.client_ip.xff_depth > 0 && self.client_ip.trusted_proxies.is_empty() {
             return bad(
                 "client_ip.xff_depth".into(),
@@ -627,6 +649,29 @@ impl Policies<'_> {
         for s in order {
             if !seen.insert(s) {
                 return bad(format!("{at}.policy_order"), format!("{s:?} listed twice"));
+            }
+        }
+        // A configured step left out of the order would silently not run (an open route).
+        for (configured, step) in [
+            (auth.is_some(), Step::Authenticate),
+            (authorize.is_some(), Step::Authorize),
+            (!limits.is_empty(), Step::RateLimit),
+            (req.is_some(), Step::Transform),
+        ] {
+            if configured && !order.contains(&step) {
+                return bad(
+                    format!("{at}.policy_order"),
+                    format!("{step:?} is configured for the route but not in policy_order"),
+                );
+            }
+        }
+        let pos = |s: Step| order.iter().position(|x| *x == s);
+        if let (Some(a), Some(z)) = (pos(Step::Authenticate), pos(Step::Authorize)) {
+            if z < a {
+                return bad(
+                    format!("{at}.policy_order"),
+                    "authorize must come after authenticate",
+                );
             }
         }
         if let Some(a) = auth {
@@ -684,6 +729,19 @@ impl Policies<'_> {
                     return bad(
                         format!("{at}.headers"),
                         format!("{v:?} is not a header value"),
+                    );
+                }
+            }
+            for (k, v) in t.add_query.iter().chain(t.rename_query.iter()) {
+                let safe = |s: &str| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-._~%+!$'()*,;:@/?".contains(c))
+                };
+                if !safe(k) || !(safe(v) || v.is_empty()) {
+                    return bad(
+                        format!("{at}.query"),
+                        format!("{k:?} = {v:?}: names and values must be URL-encoded"),
                     );
                 }
             }

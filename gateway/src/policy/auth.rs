@@ -18,18 +18,22 @@ use subtle::ConstantTimeEq;
 use super::{jwt, refuse, Identity, Refusal};
 use crate::config::{policy::AuthMethod, Consumer, RouteAuth, RouteAuthorize};
 
-/// A bcrypt hash of a random password, verified when the user name is unknown so that the
-/// answer takes as long as for a known user.
+/// A bcrypt hash of a random password, verified for an unknown user name when no Basic
+/// credential is configured to stand in.
 const DUMMY_BCRYPT: &str = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
 
+/// Password verifications at once: argon2 and bcrypt are deliberately slow, and a flood of
+/// Basic attempts must queue rather than take every core.
+const PASSWORD_CHECKS: usize = 2;
+
 /// Every consumer, indexed by credential.
-#[derive(Default)]
 pub struct Consumers {
     /// The config they came from.
     pub config: Vec<Consumer>,
     key_hashes: Vec<([u8; 32], usize)>,
     users: HashMap<String, usize>,
     subjects: HashMap<String, usize>,
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -41,12 +45,21 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+impl Default for Consumers {
+    fn default() -> Self {
+        Consumers::new(&[])
+    }
+}
+
 impl Consumers {
     /// Indexes validated consumers.
     pub fn new(list: &[Consumer]) -> Self {
         let mut c = Consumers {
             config: list.to_vec(),
-            ..Default::default()
+            key_hashes: Vec::new(),
+            users: HashMap::new(),
+            subjects: HashMap::new(),
+            checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
         };
         for (i, con) in list.iter().enumerate() {
             c.key_hashes
@@ -54,7 +67,6 @@ impl Consumers {
             if let Some(b) = &con.basic {
                 c.users.insert(b.username.clone(), i);
             }
-            c.subjects.insert(con.id.clone(), i);
             for s in &con.jwt_subjects {
                 c.subjects.insert(s.clone(), i);
             }
@@ -87,14 +99,25 @@ impl Consumers {
 
     /// The consumer with this user name and password.
     pub async fn by_password(self: &Arc<Self>, user: String, password: String) -> Option<Identity> {
+        let permit = self.checks.clone().acquire_owned().await.ok()?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let i = me.users.get(&user).copied();
+            // An unknown user is checked against a configured user's hash (same algorithm
+            // and cost, so the same time); the result is thrown away.
+            let stand_in = || {
+                me.config
+                    .iter()
+                    .find_map(|c| c.basic.as_ref())
+                    .map(|b| b.hash.as_str())
+                    .unwrap_or(DUMMY_BCRYPT)
+            };
             let hash = i
                 .and_then(|i| me.config.get(i))
                 .and_then(|c| c.basic.as_ref())
                 .map(|b| b.hash.as_str())
-                .unwrap_or(DUMMY_BCRYPT);
+                .unwrap_or_else(stand_in);
             let ok = verify_password(hash, &password);
             i.filter(|_| ok).and_then(|i| me.identity(i))
         })
@@ -103,9 +126,11 @@ impl Consumers {
         .flatten()
     }
 
-    /// The consumer a token's subject names, if one is configured.
-    pub fn by_subject(&self, subject: &str) -> Option<Identity> {
-        self.subjects.get(subject).and_then(|i| self.identity(*i))
+    /// The consumer a token's subject names for this issuer, if one is configured.
+    pub fn by_subject(&self, issuer: &str, subject: &str) -> Option<Identity> {
+        self.subjects
+            .get(&format!("{issuer}:{subject}"))
+            .and_then(|i| self.identity(*i))
     }
 }
 
@@ -218,7 +243,6 @@ impl Authenticator {
                         crate::router::query_value(parts.uri.query().unwrap_or(""), q)
                             .map(percent_decode)
                     });
-                    let in_query = from_header.is_none() && from_query.is_some();
                     let Some(key) = from_header.or(from_query) else {
                         continue;
                     };
@@ -226,9 +250,9 @@ impl Authenticator {
                         .consumers
                         .by_api_key(&key)
                         .ok_or_else(|| self.unauthorized("the API key is not valid"))?;
-                    // The key is not the upstream's business.
+                    // The key is not the upstream's business, wherever it was.
                     parts.headers.remove(&self.key_header);
-                    if let (true, Some(q)) = (in_query, &self.key_query) {
+                    if let Some(q) = &self.key_query {
                         if let Some(uri) = super::transform::without_query_param(&parts.uri, q) {
                             parts.uri = uri;
                         }

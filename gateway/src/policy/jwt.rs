@@ -116,6 +116,17 @@ impl TokenCache {
     }
 }
 
+/// What one set of keys made of a token.
+enum Attempt {
+    Verified(Map<String, Value>),
+    /// Signed right, refused for its claims: final.
+    Refused(String),
+    /// No key of the set verified the signature.
+    BadSignature,
+    /// The set had no key for the token's algorithm and kid.
+    NoKey,
+}
+
 struct Key {
     kid: Option<String>,
     family: Family,
@@ -133,6 +144,8 @@ pub struct Issuer {
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// Bumped whenever the key set is replaced; verified tokens of older sets are not trusted.
     keys_generation: AtomicU64,
+    /// Digest of the key-set document in force.
+    last_document: tokio::sync::Mutex<Option<Vec<u8>>>,
 }
 
 type Bad = (String, String);
@@ -242,6 +255,7 @@ impl Issuer {
             jwks_file,
             last_fetch: tokio::sync::Mutex::new(None),
             keys_generation: AtomicU64::new(0),
+            last_document: tokio::sync::Mutex::new(None),
             config,
         })
     }
@@ -253,9 +267,18 @@ impl Issuer {
             (None, Some(p)) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
             (None, None) => return,
         };
-        match got.and_then(|body| parse_jwks(&body)) {
-            Ok(keys) => {
-                tracing::debug!(issuer = %self.config.name, keys = keys.len(), "key set refreshed");
+        let parsed = got.and_then(|body| parse_jwks(&body).map(|keys| (body, keys)));
+        match parsed {
+            Ok((body, keys)) => {
+                // Only a changed document replaces the keys (and forgets verified tokens):
+                // refetches provoked by unknown kids must not empty the token cache.
+                let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+                let mut last = self.last_document.lock().await;
+                if last.as_deref() == Some(digest.as_ref()) {
+                    return;
+                }
+                *last = Some(digest.as_ref().to_vec());
+                tracing::debug!(issuer = %self.config.name, keys = keys.len(), "key set replaced");
                 self.jwks.store(Arc::new(keys));
                 self.keys_generation.fetch_add(1, Ordering::Relaxed);
             }
@@ -275,13 +298,7 @@ impl Issuer {
         self.refresh().await;
     }
 
-    fn try_keys(
-        &self,
-        token: &str,
-        alg: Algorithm,
-        kid: Option<&str>,
-        keys: &[Key],
-    ) -> Option<Result<Map<String, Value>, String>> {
+    fn try_keys(&self, token: &str, alg: Algorithm, kid: Option<&str>, keys: &[Key]) -> Attempt {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = self.config.leeway_s;
@@ -292,13 +309,13 @@ impl Issuer {
         } else {
             validation.set_audience(&self.config.audiences);
         }
-        let mut last = None;
+        let mut tried = false;
         for k in keys.iter().filter(|k| k.family == family(alg)) {
             if kid.is_some() && k.kid.as_deref() != kid {
                 continue;
             }
             match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation) {
-                Ok(data) => return Some(Ok(data.claims)),
+                Ok(data) => return Attempt::Verified(data.claims),
                 Err(e) => {
                     let why = match e.kind() {
                         ErrorKind::InvalidSignature => "bad signature".to_string(),
@@ -309,16 +326,20 @@ impl Issuer {
                         ErrorKind::MissingRequiredClaim(c) => format!("claim {c:?} is missing"),
                         other => format!("{other:?}"),
                     };
-                    // A signature failure may just be the wrong key; any other failure is
-                    // about the token itself and final.
+                    // A signature failure may just be the wrong key; any other failure
+                    // (claims are checked only once the signature holds) is final.
                     if !matches!(e.kind(), ErrorKind::InvalidSignature) {
-                        return Some(Err(why));
+                        return Attempt::Refused(why);
                     }
-                    last = Some(Err(why));
+                    tried = true;
                 }
             }
         }
-        last
+        if tried {
+            Attempt::BadSignature
+        } else {
+            Attempt::NoKey
+        }
     }
 
     /// Verifies `token` with this issuer's keys.
@@ -331,19 +352,40 @@ impl Issuer {
         if !self.algorithms.contains(&alg) {
             return Err(format!("algorithm {alg:?} is not allowed for this issuer"));
         }
-        if let Some(r) = self.try_keys(token, alg, kid, &self.fixed) {
+        // Fixed keys, then the key set, then (for an unknown kid) a fresh key set.
+        let mut bad_signature = false;
+        let mut outcome = |a: Attempt| match a {
+            Attempt::Verified(c) => Some(Ok(c)),
+            Attempt::Refused(why) => Some(Err(why)),
+            Attempt::BadSignature => {
+                bad_signature = true;
+                None
+            }
+            Attempt::NoKey => None,
+        };
+        if let Some(r) = outcome(self.try_keys(token, alg, kid, &self.fixed)) {
             return r;
         }
-        if let Some(r) = self.try_keys(token, alg, kid, &self.jwks.load()) {
+        if let Some(r) = outcome(self.try_keys(token, alg, kid, &self.jwks.load())) {
             return r;
         }
-        if kid.is_some() && (self.config.jwks_url.is_some() || self.jwks_file.is_some()) {
+        let known_kid = kid.is_some_and(|k| {
+            self.fixed
+                .iter()
+                .chain(self.jwks.load().iter())
+                .any(|key| key.kid.as_deref() == Some(k))
+        });
+        if kid.is_some()
+            && !known_kid
+            && (self.config.jwks_url.is_some() || self.jwks_file.is_some())
+        {
             self.refresh_soon().await;
-            if let Some(r) = self.try_keys(token, alg, kid, &self.jwks.load()) {
+            if let Some(r) = outcome(self.try_keys(token, alg, kid, &self.jwks.load())) {
                 return r;
             }
         }
         Err(match kid {
+            _ if bad_signature => "bad signature".into(),
             Some(k) => format!("no key with kid {k:?}"),
             None => "no key for the algorithm".into(),
         })
@@ -354,8 +396,12 @@ async fn refresh_loop(issuer: Weak<Issuer>) {
     loop {
         let every = {
             let Some(i) = issuer.upgrade() else { return };
-            *i.last_fetch.lock().await = Some(Instant::now());
+            // Held through the fetch: a request with an unknown kid meanwhile waits for this
+            // fetch instead of being refused.
+            let mut last = i.last_fetch.lock().await;
+            *last = Some(Instant::now());
             i.refresh().await;
+            drop(last);
             Duration::from_millis(i.config.jwks_refresh_ms)
         };
         tokio::time::sleep(every).await;
@@ -416,10 +462,15 @@ pub async fn verify(
         .get(&issuer.config.consumer_claim)
         .and_then(Value::as_str)
         .ok_or_else(|| format!("claim {:?} is missing", issuer.config.consumer_claim))?;
-    let mut id = consumers.by_subject(subject).unwrap_or_else(|| Identity {
-        consumer: Arc::from(subject),
-        ..Default::default()
-    });
+    let issuer_name = issuer.config.name.as_str();
+    let mut id = consumers
+        .by_subject(issuer_name, subject)
+        .unwrap_or_else(|| Identity {
+            // Qualified by the issuer: another issuer's subject of the same name is not the
+            // same consumer (nor a configured one).
+            consumer: Arc::from(format!("{issuer_name}:{subject}").as_str()),
+            ..Default::default()
+        });
     id.scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
         Some(Value::Array(a)) => a

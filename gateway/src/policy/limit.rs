@@ -379,12 +379,18 @@ pub async fn check_all(
         let Some(rate) = limit.rate else { continue };
         let verdict = match &limit.redis {
             None => limit.local.check(&key, limit.config.algorithm, rate),
-            Some(store) => match store.check(&key, limit.config.algorithm, rate).await {
+            Some(store) => match store
+                .check(&limit.config.name, &key, limit.config.algorithm, rate)
+                .await
+            {
                 Ok(v) => v,
                 Err(e) => {
                     let open = store.config.on_failure == OnFailure::Open;
                     store.failed(open);
-                    tracing::warn!(limit = %limit.config.name, error = %e, fail_open = open, "shared rate-limit store failed");
+                    // Logged once per failure, not for every request of the back-off.
+                    if let super::redis_store::StoreError::Failed(why) = &e {
+                        tracing::warn!(limit = %limit.config.name, error = %why, fail_open = open, "shared rate-limit store failed");
+                    }
                     if open {
                         continue;
                     }

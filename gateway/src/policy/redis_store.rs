@@ -18,6 +18,18 @@ use tokio::sync::OnceCell;
 use super::limit::{Rate, Verdict};
 use crate::config::{policy::Algorithm, Redis};
 
+/// Least time allowed for setting up the connection.
+const CONNECT_BUDGET: Duration = Duration::from_secs(1);
+
+/// Why the store gave no verdict.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A recent failure: not asked (see [`BACKOFF`]).
+    Resting,
+    /// The call failed.
+    Failed(String),
+}
+
 /// How long the store is left alone after a failure.
 pub const BACKOFF: Duration = Duration::from_millis(500);
 
@@ -119,55 +131,63 @@ impl RedisStore {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// One atomic check-and-update of `key`.
+    /// One atomic check-and-update of `key` under limit `limit`.
     pub async fn check(
         &self,
+        limit: &str,
         key: &str,
         algorithm: Algorithm,
         rate: Rate,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Verdict, StoreError> {
         if self.now() < self.resting_until.load(Ordering::Relaxed) {
-            return Err("resting after a recent failure".into());
+            return Err(StoreError::Resting);
         }
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let result = tokio::time::timeout(timeout, self.call(key, algorithm, rate)).await;
-        let out = match result {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e,
-            Err(_) => format!("no answer within {} ms", self.config.timeout_ms),
-        };
-        self.resting_until
-            .store(self.now() + BACKOFF.as_micros() as u64, Ordering::Relaxed);
-        Err(out)
+        let result = self.call(limit, key, algorithm, rate, timeout).await;
+        if result.is_err() {
+            self.resting_until
+                .store(self.now() + BACKOFF.as_micros() as u64, Ordering::Relaxed);
+        }
+        result.map_err(StoreError::Failed)
     }
 
-    async fn call(&self, key: &str, algorithm: Algorithm, rate: Rate) -> Result<Verdict, String> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                // No retries of its own: the caller's timeout and backoff decide, and the
-                // server's own error (auth, protected mode) reaches the log.
-                let t = Some(Duration::from_millis(self.config.timeout_ms));
-                let cfg = ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(t)
-                    .set_response_timeout(t);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-            })
+    async fn call(
+        &self,
+        limit: &str,
+        key: &str,
+        algorithm: Algorithm,
+        rate: Rate,
+        timeout: Duration,
+    ) -> Result<Verdict, String> {
+        // Setting up the connection (TCP, TLS, AUTH) gets a budget of its own, at least a
+        // second: a remote TLS server may need more than one call's timeout.
+        let budget = timeout.max(CONNECT_BUDGET);
+        let connect = self.conn.get_or_try_init(|| {
+            // No retries of its own: the caller's timeout and backoff decide, and the
+            // server's own error (auth, protected mode) reaches the log.
+            let cfg = ConnectionManagerConfig::new()
+                .set_number_of_retries(0)
+                .set_connection_timeout(Some(budget))
+                .set_response_timeout(Some(timeout));
+            ConnectionManager::new_with_config(self.client.clone(), cfg)
+        });
+        let conn = tokio::time::timeout(budget, connect)
             .await
+            .map_err(|_| format!("no connection within {} ms", budget.as_millis()))?
             .map_err(|e| e.to_string())?;
         let mut conn = conn.clone();
         let (script, tag) = match algorithm {
             Algorithm::Gcra => (&self.gcra, "g"),
             Algorithm::TokenBucket => (&self.bucket, "b"),
         };
-        let full_key = format!("{}{tag}:{key}", self.config.prefix);
-        let r: Vec<i64> = script
-            .key(full_key)
-            .arg(rate.interval_us)
-            .arg(rate.burst)
-            .invoke_async(&mut conn)
+        // The limit's name is part of the key: two limits of a route never share a counter.
+        let full_key = format!("{}{tag}:{limit}:{key}", self.config.prefix);
+        let mut invocation = script.key(full_key);
+        invocation.arg(rate.interval_us).arg(rate.burst);
+        let invoke = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let r = tokio::time::timeout(timeout, invoke)
             .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
             .map_err(|e| e.to_string())?;
         let [allowed, remaining, reset, retry] = r[..] else {
             return Err(format!("unexpected script answer {r:?}"));

@@ -104,6 +104,12 @@ fn is_json(h: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// A body compressed or otherwise encoded cannot be read as JSON: it passes unchanged.
+fn encoded(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 fn set_length(h: &mut HeaderMap, len: usize) {
     h.remove(header::TRANSFER_ENCODING);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -182,7 +188,7 @@ impl RequestTransformer {
             h.append(n.clone(), v.clone());
         }
         self.rewrite_target(parts)?;
-        if self.json.is_empty() || !is_json(&parts.headers) {
+        if self.json.is_empty() || !is_json(&parts.headers) || encoded(&parts.headers) {
             return Ok(body);
         }
         let bytes = match collect_capped(body, self.json.max).await {
@@ -203,6 +209,10 @@ impl RequestTransformer {
                 ))
             }
         };
+        if bytes.is_empty() {
+            // Nothing to transform (a DELETE with a JSON type, say).
+            return Ok(full(bytes));
+        }
         let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             refuse(
                 StatusCode::BAD_REQUEST,
@@ -241,15 +251,15 @@ impl RequestTransformer {
                 p.insert(0, '/');
             }
         }
-        let mut q: Vec<(String, String)> = parts
+        let mut q: Vec<(String, Option<String>)> = parts
             .uri
             .query()
             .unwrap_or("")
             .split('&')
             .filter(|kv| !kv.is_empty())
             .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (kv.to_string(), String::new()),
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (kv.to_string(), None),
             })
             .collect();
         q.retain(|(k, _)| !self.remove_query.contains(k));
@@ -258,15 +268,16 @@ impl RequestTransformer {
                 *k = to.clone();
             }
         }
-        q.extend(self.add_query.iter().cloned());
+        q.extend(
+            self.add_query
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone()))),
+        );
         let query: Vec<String> = q
             .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
             })
             .collect();
         let target = if query.is_empty() {
@@ -339,9 +350,12 @@ impl ResponseTransformer {
         }
     }
 
-    /// Applies the transform to an upstream's response. A JSON body over the cap is a 502
-    /// (part of it has been read); one that does not parse passes unchanged.
-    pub async fn apply(&self, resp: Response<Body>) -> Response<Body> {
+    /// Applies the transform to an upstream's response to a request (`head`: a HEAD
+    /// request). Bodies that cannot be rewritten pass unchanged: responses without a body
+    /// (HEAD, 1xx, 204, 304), encoded ones, and ones whose `Content-Length` is over the cap.
+    /// A body without a length that runs over the cap is a 502 (part of it has been read);
+    /// one that does not parse passes unchanged.
+    pub async fn apply(&self, resp: Response<Body>, head: bool) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         for n in &self.remove {
             parts.headers.remove(n);
@@ -349,7 +363,22 @@ impl ResponseTransformer {
         for (n, v) in &self.set {
             parts.headers.insert(n.clone(), v.clone());
         }
-        if self.json.is_empty() || !is_json(&parts.headers) {
+        let bodiless = head
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let too_long = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > self.json.max);
+        if self.json.is_empty()
+            || bodiless
+            || too_long
+            || !is_json(&parts.headers)
+            || encoded(&parts.headers)
+        {
             return Response::from_parts(parts, body);
         }
         let bytes = match collect_capped(body, self.json.max).await {
