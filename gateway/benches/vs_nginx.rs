@@ -41,7 +41,16 @@ fn wait_for(addr: SocketAddr) {
 struct Proc(Child);
 
 impl Drop for Proc {
+    /// SIGTERM first: an nginx master killed outright leaves its workers running.
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
