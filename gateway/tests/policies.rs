@@ -248,6 +248,7 @@ name = "fast"
 requests = 2
 window_ms = 400
 key = "route"
+legacy_headers = false
 
 [[route]]
 name = "r"
@@ -262,6 +263,8 @@ rate_limits = ["fast"]
     let r = request(gw.http, "GET", "/", &[], "");
     assert_eq!(r.status, 429);
     assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.headers.contains_key("ratelimit"));
+    assert!(!r.headers.contains_key("x-ratelimit-remaining"));
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
 }

@@ -152,6 +152,13 @@ pub struct RateLimit {
     /// Most keys kept by the local store.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Also send the legacy `X-RateLimit-Limit/-Remaining/-Reset` headers.
+    #[serde(default = "default_true")]
+    pub legacy_headers: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_keys() -> usize {

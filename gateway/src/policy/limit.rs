@@ -439,6 +439,7 @@ fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
         c.window_ms.unwrap_or(0).div_ceil(1000).max(1),
     );
     let reset = secs_ceil(v.reset_us);
+    let count = if c.legacy_headers { 5 } else { 2 };
     for (name, value) in [
         ("ratelimit-policy", format!("\"{}\";q={q};w={w}", c.name)),
         (
@@ -448,7 +449,10 @@ fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
         ("x-ratelimit-limit", q.to_string()),
         ("x-ratelimit-remaining", v.remaining.to_string()),
         ("x-ratelimit-reset", reset.to_string()),
-    ] {
+    ]
+    .into_iter()
+    .take(count)
+    {
         if let Some(v) = header(value) {
             h.insert(name, v);
         }
