@@ -507,6 +507,12 @@ async fn serve<'rt>(
         }
     }
     let head = parts.method == hyper::Method::HEAD;
+    // Concurrency slots live as long as the response body, or as an upgraded tunnel (which
+    // takes its share from the request's extensions).
+    let slots = (!admitted.slots.is_empty()).then(|| Arc::new(Held(admitted.slots)));
+    if let Some(s) = &slots {
+        parts.extensions.insert(s.clone());
+    }
     let req = Request::from_parts(parts, body);
     let mut resp = forward(route, metrics, conn, client, req, &host, request_id).await;
     if let Some(t) = &route.chain.response {
@@ -517,9 +523,7 @@ async fn serve<'rt>(
         }
     }
     resp.headers_mut().extend(admitted.headers);
-    if !admitted.slots.is_empty() {
-        // Concurrency slots are held until the response body has been sent (or dropped).
-        let slots = admitted.slots;
+    if let Some(slots) = slots {
         resp = resp.map(move |b| {
             b.map_frame(move |f| {
                 let _ = &slots;
@@ -546,6 +550,9 @@ fn pick_split(route: &RouteRuntime) -> Option<&(Arc<Pool>, u32, HttpClient)> {
         }
     })
 }
+
+/// A request's concurrency slots, shared by its response body and an upgraded tunnel.
+pub struct Held(pub Vec<policy::limit::Slot>);
 
 /// Releases a pool slot and a target slot when dropped (also on cancellation).
 struct InFlight<'a>(&'a Pool, usize);
@@ -577,6 +584,7 @@ async fn forward(
     // upstream agrees (101).
     let upgrade = upgrade_of(&parts.headers);
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let held = parts.extensions.remove::<Arc<Held>>();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(p) = &upgrade {
         keep_upgrade(&mut parts.headers, p.clone());
@@ -762,7 +770,7 @@ async fn forward(
                     continue;
                 }
                 if status == 101 {
-                    return switch_protocols(resp, client_upgrade, upgrade);
+                    return switch_protocols(resp, client_upgrade, upgrade, held);
                 }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
@@ -824,6 +832,7 @@ fn switch_protocols(
     mut resp: Response<Incoming>,
     client: Option<hyper::upgrade::OnUpgrade>,
     protocol: Option<HeaderValue>,
+    held: Option<Arc<Held>>,
 ) -> Response<Body> {
     let (Some(client), Some(protocol)) = (client, protocol) else {
         return problem(
@@ -836,6 +845,8 @@ fn switch_protocols(
     strip_hop_by_hop(&mut rp.headers);
     keep_upgrade(&mut rp.headers, protocol);
     tokio::spawn(async move {
+        // Concurrency slots stay taken while the tunnel is open.
+        let _held = held;
         match tokio::try_join!(client, upstream) {
             Ok((c, u)) => {
                 let (mut c, mut u) = (

@@ -768,3 +768,81 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_websocket_holds_its_concurrency_slot_while_open() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let echo = listener.local_addr().expect("addr");
+    rt.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        r#"
+[[upstream]]
+name = "e"
+targets = [{{ address = "{echo}" }}]
+
+[[rate_limit]]
+name = "one-tunnel"
+concurrent = 1
+key = "route"
+
+[[route]]
+name = "ws"
+path = {{ prefix = "/ws" }}
+upstream = "e"
+rate_limits = ["one-tunnel"]
+"#
+    )));
+    let addr = gw.http;
+    rt.block_on(async move {
+        let open = || async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tokio_tungstenite::client_async("ws://test.local/ws", tcp).await
+        };
+        let (mut first, resp) = open().await.expect("first tunnel");
+        assert_eq!(resp.status(), 101);
+        first
+            .send(Message::Text("ping".into()))
+            .await
+            .expect("send");
+        assert_eq!(
+            first.next().await.expect("frame").expect("message"),
+            Message::Text("ping".into())
+        );
+        // The open tunnel still holds the only slot.
+        match open().await {
+            Err(Error::Http(r)) => assert_eq!(r.status(), 429),
+            other => panic!("second tunnel: {:?}", other.map(|(_, r)| r.status())),
+        }
+        first.close(None).await.expect("close");
+        while first.next().await.is_some() {}
+        drop(first);
+        // Given back once the tunnel is gone.
+        let mut ok = false;
+        for _ in 0..50 {
+            if open().await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(ok, "the slot was not given back");
+    });
+}
