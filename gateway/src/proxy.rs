@@ -493,6 +493,7 @@ async fn serve<'rt>(
     if !route.chain.is_empty() {
         let mut ctx = Context {
             client,
+            limit_client: rt.policies.client_ip.limit_key(client),
             route: name,
             identity: None,
         };

@@ -846,3 +846,37 @@ rate_limits = ["one-tunnel"]
         assert!(ok, "the slot was not given back");
     });
 }
+
+#[test]
+fn ipv6_clients_share_a_limit_per_configured_prefix() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        r#"{}
+[client_ip]
+trusted_proxies = ["127.0.0.1"]
+xff_depth = 1
+ipv6_limit_prefix = 64
+
+[[rate_limit]]
+name = "per-ip"
+requests = 1
+window_ms = 60000
+key = "client_ip"
+
+[[route]]
+name = "r"
+path = {{ prefix = "/" }}
+upstream = "u"
+rate_limits = ["per-ip"]
+"#,
+        pool(up.addr)
+    )));
+    let from =
+        |a: &str| request(gw.http, "GET", "/", &[&format!("X-Forwarded-For: {a}")], "").status;
+    assert_eq!(from("2001:db8:0:1::1"), 200);
+    // Another address of the same /64 is the same client.
+    assert_eq!(from("2001:db8:0:1:ffff::2"), 429);
+    // Another /64 is not.
+    assert_eq!(from("2001:db8:0:2::1"), 200);
+}

@@ -204,7 +204,7 @@ fn default_prefix() -> String {
 }
 
 /// Where the client address comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIp {
     /// Peers (CIDRs) whose `X-Forwarded-For` is believed.
@@ -214,6 +214,24 @@ pub struct ClientIp {
     /// when the peer is trusted. 0 = always the packet's source.
     #[serde(default)]
     pub xff_depth: usize,
+    /// IPv6 clients are counted by this prefix in `client_ip` limits (64: one limit per
+    /// /64, since one host usually has a whole /64 to pick addresses from).
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_limit_prefix: u8,
+}
+
+fn default_v6_prefix() -> u8 {
+    128
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        ClientIp {
+            trusted_proxies: Vec::new(),
+            xff_depth: 0,
+            ipv6_limit_prefix: default_v6_prefix(),
+        }
+    }
 }
 
 /// Usage analytics.
@@ -630,6 +648,9 @@ impl Policies<'_> {
         }
         if self.analytics_minutes == 0 || self.analytics_minutes > 1440 {
             return bad("analytics.minutes".into(), "between 1 and 1440");
+        }
+        if !(1..=128).contains(&self.client_ip.ipv6_limit_prefix) {
+            return bad("client_ip.ipv6_limit_prefix".into(), "between 1 and 128");
         }
         if self.client_ip.xff_depth > 0 && self.client_ip.trusted_proxies.is_empty() {
             return bad(

@@ -14,6 +14,7 @@ use crate::config::{policy::parse_cidr, ClientIp};
 pub struct ClientIpRule {
     trusted: Vec<(IpAddr, u8)>,
     depth: usize,
+    v6_prefix: u8,
 }
 
 fn contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
@@ -40,6 +41,20 @@ impl ClientIpRule {
                 .filter_map(|p| parse_cidr(p))
                 .collect(),
             depth: c.xff_depth,
+            v6_prefix: c.ipv6_limit_prefix,
+        }
+    }
+
+    /// The address a `client_ip` limit counts under: IPv6 cut to the configured prefix.
+    pub fn limit_key(&self, client: IpAddr) -> IpAddr {
+        match client {
+            IpAddr::V6(a) if self.v6_prefix < 128 => {
+                let mask = u128::MAX
+                    .checked_shl(128 - self.v6_prefix as u32)
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+            other => other,
         }
     }
 
@@ -78,7 +93,14 @@ mod tests {
         let rule = ClientIpRule::new(&ClientIp {
             trusted_proxies: vec!["10.0.0.0/8".into(), "::1".into()],
             xff_depth: 2,
+            ipv6_limit_prefix: 64,
         });
+        assert_eq!(
+            rule.limit_key("2001:db8:1:2:aaaa::5".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(rule.limit_key(v4), v4);
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
         h.append("x-forwarded-for", "3.3.3.3".parse().unwrap());

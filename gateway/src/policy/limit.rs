@@ -304,7 +304,7 @@ impl Limit {
         key.push('|');
         match &self.config.key {
             LimitKey::ClientIp => {
-                let _ = write!(key, "{}", ctx.client);
+                let _ = write!(key, "{}", ctx.limit_client);
             }
             LimitKey::Consumer => key.push_str(
                 ctx.identity

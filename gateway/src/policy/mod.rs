@@ -52,6 +52,8 @@ pub struct Identity {
 pub struct Context<'a> {
     /// The client address (see [`client_ip`]).
     pub client: IpAddr,
+    /// The address `client_ip` limits count under (IPv6 cut to `ipv6_limit_prefix`).
+    pub limit_client: IpAddr,
     /// Route name.
     pub route: &'a str,
     /// Set by authentication.
