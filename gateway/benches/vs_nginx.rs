@@ -38,6 +38,14 @@ fn wait_for(addr: SocketAddr) {
     panic!("nothing listens on {addr}");
 }
 
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -210,6 +218,8 @@ fn main() {
     raise_nofile();
     let dir = std::env::temp_dir().join(format!("sluice-bench-gw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
+    // Removed however the bench ends (declared first, so dropped after the processes).
+    let _cleanup = Cleanup(dir.clone());
     let upstream_port = free_port();
     let _upstream = nginx(
         &dir,
@@ -385,5 +395,4 @@ fn main() {
         println!("targets missed: {}", missed.join(", "));
     }
     drop(gateway);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -124,6 +124,10 @@ impl Analytics {
 
     /// Records one request. `consumer` is `None` when nobody was authenticated.
     pub fn record(&self, consumer: Option<&Arc<str>>, route: &str, status: u16, took: Duration) {
+        // Requests that matched no route are the 404 counter's business, not usage.
+        if route == "-" {
+            return;
+        }
         let Ok(mut g) = self.inner.lock() else { return };
         let inner = &mut *g;
         // Nothing is allocated for a (route, consumer) pair seen before.

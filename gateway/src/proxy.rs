@@ -333,10 +333,13 @@ pub async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(random_id);
+    // The client as policies see it: the packet's source, or a trusted proxy's XFF entry.
+    let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
     // What the access log may need from the request, taken only when it will be written.
     let seen = tracing::enabled!(target: "access", tracing::Level::INFO)
-        .then(|| AccessLine::new(&req, &conn));
-    let (mut resp, route_name, consumer) = serve(&rt, &metrics, conn, req, &request_id).await;
+        .then(|| AccessLine::new(&req, client));
+    let (mut resp, route_name, consumer) =
+        serve(&rt, &metrics, conn, client, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -376,9 +379,9 @@ struct AccessLine {
 }
 
 impl AccessLine {
-    fn new(req: &Request<Incoming>, conn: &Conn) -> Self {
+    fn new(req: &Request<Incoming>, client: std::net::IpAddr) -> Self {
         AccessLine {
-            client: conn.peer.ip(),
+            client,
             method: req.method().to_string(),
             host: host_of(req),
             path: req.uri().path().to_string(),
@@ -424,6 +427,7 @@ async fn serve<'rt>(
     rt: &'rt Runtime,
     metrics: &Metrics,
     conn: Conn,
+    client: std::net::IpAddr,
     req: Request<Incoming>,
     request_id: &str,
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
@@ -483,9 +487,16 @@ async fn serve<'rt>(
             );
         }
     }
-    let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(policy::CONSUMER_HEADER);
+    // Hop-by-hop headers go before the policies run: a client naming, say, x-consumer-id in
+    // its Connection header must not be able to remove what the gateway adds. An upgrade
+    // request keeps its Connection: upgrade / Upgrade pair.
+    let upgrade = upgrade_of(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = upgrade {
+        keep_upgrade(&mut parts.headers, p);
+    }
     // The body limit is enforced as it streams (a Content-Length over it was refused above).
     let mut body: Body = Limited::new(body, conn.max_body as usize).boxed();
     let mut admitted = policy::Admitted::default();

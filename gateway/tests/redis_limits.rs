@@ -50,12 +50,14 @@ impl Redis {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server (apt install redis-server; cargo xtask setup does)");
+        // Owned before the wait, so a server that never answers is still killed.
+        let redis = Redis { child, port, args };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port, args }
+        redis
     }
 
     fn stop(&mut self) {
@@ -104,7 +106,7 @@ targets = [{{ address = "{up}" }}]
 
 [redis]
 {redis}
-timeout_ms = 100
+timeout_ms = 1000
 on_failure = "{on_failure}"
 
 [[rate_limit]]

@@ -434,7 +434,7 @@ fn policies_key_on_the_real_client_address_across_gateways() {
         r#"
 [redis]
 url = "redis://:sluice-e2e@10.20.0.31:6379"
-timeout_ms = 200
+timeout_ms = 1000
 on_failure = "closed"
 
 [[rate_limit]]

@@ -161,7 +161,7 @@ fn sluice_lb(w: &World, node: &str, args: &[&str]) -> Result<String> {
 const POLICY: &str = r#"
 [redis]
 url = "redis://:sluice-e2e@10.20.0.31:6379"
-timeout_ms = 200
+timeout_ms = 1000
 on_failure = "closed"
 
 [[rate_limit]]

@@ -92,9 +92,18 @@ for gen in ("one", "two"):
     keys = []
     for kid, alg, key, conv in ((f"rsa-{gen}", "RS256", k, RSAAlgorithm), (f"ec-{gen}", "ES256", e, ECAlgorithm), (f"ed-{gen}", "EdDSA", o, OKPAlgorithm)):
         jwk = json.loads(conv.to_jwk(key.public_key()))
+        if alg == "ES256":
+            # PyJWT 2.6 drops leading zero bytes of x and y (1 key in ~128); RFC 7518
+            # section 6.2.1.2 wants the full 32 bytes, so they are written here.
+            nums = key.public_key().public_numbers()
+            jwk["x"] = b64(nums.x.to_bytes(32, "big"))
+            jwk["y"] = b64(nums.y.to_bytes(32, "big"))
         jwk["kid"] = kid
         keys.append(jwk)
         tokens[f"{gen}_{alg}"] = jwt.encode(claims(iss=rot, sub=f"rot-{gen}"), key, algorithm=alg, headers={"kid": kid})
+        # A second token of the same key, never presented before it is used (so it cannot
+        # come from the gateway's cache of verified tokens).
+        tokens[f"{gen}_{alg}_fresh"] = jwt.encode(claims(iss=rot, sub=f"rot-{gen}", jti="fresh"), key, algorithm=alg, headers={"kid": kid})
     jwks[gen] = {"keys": keys}
     with open(os.path.join(out, f"jwks-{gen}.json"), "w") as f:
         json.dump(jwks[gen], f)

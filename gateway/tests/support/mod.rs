@@ -125,6 +125,19 @@ pub struct Gateway {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A gateway process not yet handed to a [`Gateway`]: killed, with its files, if dropped.
+struct Pending(Option<Child>, PathBuf);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+}
+
 impl Gateway {
     /// Starts the binary with `config` (listener and admin on port 0 are fine).
     pub fn start(config: &str) -> Gateway {
@@ -145,6 +158,8 @@ impl Gateway {
             .spawn()
             .expect("gateway");
         let stdout = child.stdout.take().expect("stdout");
+        // Until the gateway is handed over, a failed start kills it and removes its files.
+        let mut pending = Pending(Some(child), dir.clone());
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
@@ -177,7 +192,7 @@ impl Gateway {
             }
         }
         Gateway {
-            child,
+            child: pending.0.take().expect("child"),
             http: http.expect("listener"),
             listeners,
             admin: admin.expect("admin"),
