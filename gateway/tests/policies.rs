@@ -159,7 +159,7 @@ auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tes
     // The consumer shows in the analytics.
     let m = admin_get(&gw, "/metrics").body;
     assert!(
-        m.contains("sluice_gateway_consumer_requests_total{consumer=\"alice\",route=\"keys\",class=\"2xx\"} 3"),
+        m.contains("sluice_gateway_consumer_requests_total{consumer=\"alice\",route=\"keys\",class=\"2xx\"} 4"),
         "{m}"
     );
 }
