@@ -128,6 +128,21 @@ fn sweep_leftovers() {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
+    // Working directories of runs that were killed outright.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(rest) = name.strip_prefix(&format!("sluice-e2e-{PREFIX}")) {
+                let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if pid
+                    .parse::<i32>()
+                    .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();

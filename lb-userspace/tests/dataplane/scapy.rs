@@ -36,6 +36,14 @@ fn scapy_crafted_packets_come_out_right() {
         lab.vip(1, "2001:db8::1", 53, 17, 0, &[5, 6, 7]);
         let dir = std::env::temp_dir().join(format!("sluice-scapy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        // Removed however the test ends.
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone());
         let cases = dir.join("cases.json");
         let results = dir.join("results.json");
         py(&["gen", cases.to_str().expect("utf-8 path")]);
@@ -58,7 +66,6 @@ fn scapy_crafted_packets_come_out_right() {
             results.to_str().expect("utf-8 path"),
         ]);
         eprint!("{}", String::from_utf8_lossy(&checked.stdout));
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
