@@ -597,10 +597,7 @@ async fn forward(
     let upgrade = upgrade_of(&parts.headers);
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let held = parts.extensions.remove::<Arc<Held>>();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(p) = &upgrade {
-        keep_upgrade(&mut parts.headers, p.clone());
-    }
+    // (Hop-by-hop headers were removed in `serve`, before the policies.)
     // Forwarding headers: this hop's peer is appended (DSR keeps it the real client).
     let peer_ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };

@@ -285,14 +285,7 @@ impl RequestTransformer {
         } else {
             format!("{p}?{}", query.join("&"))
         };
-        let mut b = Uri::builder();
-        if let Some(s) = parts.uri.scheme() {
-            b = b.scheme(s.clone());
-        }
-        if let Some(a) = parts.uri.authority() {
-            b = b.authority(a.clone());
-        }
-        parts.uri = b.path_and_query(target).build().map_err(|_| {
+        parts.uri = with_target(&parts.uri, target).ok_or_else(|| {
             refuse(
                 StatusCode::BAD_REQUEST,
                 "the rewritten target is not a valid URI",
@@ -314,6 +307,11 @@ pub fn without_query_param(uri: &Uri, key: &str) -> Option<Uri> {
     } else {
         format!("{}?{}", uri.path(), kept.join("&"))
     };
+    with_target(uri, target)
+}
+
+/// `uri` with a new path and query; scheme and authority (HTTP/2) kept.
+fn with_target(uri: &Uri, target: String) -> Option<Uri> {
     let mut b = Uri::builder();
     if let Some(s) = uri.scheme() {
         b = b.scheme(s.clone());
