@@ -501,24 +501,7 @@ fn websocket_echo_through_the_gateway() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let rt = runtime();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let echo = listener.local_addr().expect("addr");
-    rt.spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        let _ = ws.send(m).await;
-                    }
-                }
-            });
-        }
-    });
+    let echo = support::websocket_echo(&rt);
     let gw = Gateway::start(&config(&format!(
         "{}[[route]]\nname = \"ws\"\npath = {{ prefix = \"/ws\" }}\nupstream = \"e\"\n",
         pool("e", &[echo], "")

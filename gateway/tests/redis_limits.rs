@@ -26,6 +26,15 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+fn spawn(args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server (apt install redis-server; cargo xtask setup does)")
+}
+
 impl Redis {
     fn start(extra: &[String]) -> Redis {
         Self::start_on(free_port(), extra)
@@ -44,20 +53,19 @@ impl Redis {
             if tls { "0".into() } else { port.to_string() },
         ];
         args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server (apt install redis-server; cargo xtask setup does)");
+        let child = spawn(&args);
         // Owned before the wait, so a server that never answers is still killed.
         let redis = Redis { child, port, args };
+        redis.wait_ready();
+        redis
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
     }
 
     fn stop(&mut self) {
@@ -67,17 +75,8 @@ impl Redis {
 
     fn restart(&mut self) {
         self.stop();
-        let args = self.args.clone();
-        self.child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = spawn(&self.args);
+        self.wait_ready();
     }
 
     /// One redis-cli command, answer as text.
