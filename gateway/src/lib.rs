@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod park;
 pub mod policy;
 pub mod problem;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! Listener: binds (optionally with `IP_FREEBIND`, for a VIP not yet on `lo`), accepts within
 //! the connection limit, and serves HTTP/1.1 and h2c (prior knowledge) on each connection
-//! with the head-size, header-count and header-read-timeout limits.
+//! with the head-size, header-count and header-read-timeout limits. Plain HTTP/1.1
+//! connections are parked between requests ([`crate::park`]).
 
 use std::{
     net::SocketAddr,
@@ -10,6 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
 use hyper::{body::Incoming, Request};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -24,6 +26,7 @@ use tracing::{debug, warn};
 use crate::{
     config::Listener,
     metrics::Metrics,
+    park::{self, Idle, Plain},
     proxy::{self, Conn, Runtime},
 };
 
@@ -86,7 +89,18 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes as u32);
     let builder = Arc::new(builder);
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(config.max_headers);
     let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
+    let plain = Arc::new(Plain {
+        http1: h1,
+        auto: builder.clone(),
+        wait: handshake_limit,
+        metrics: metrics.clone(),
+    });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -112,12 +126,17 @@ pub async fn serve(
         };
         let runtime = runtime.clone();
         let service_metrics = metrics.clone();
+        let idle = Arc::new(Idle::default());
+        let service_idle = idle.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // The generation in force now serves this request to the end.
             let rt = runtime.load_full();
             let metrics = service_metrics.clone();
+            let in_flight = service_idle.start(&req);
             let fut = async move {
-                Ok::<_, std::convert::Infallible>(proxy::handle(rt, metrics, conn, req).await)
+                let response = proxy::handle(rt, metrics, conn, req).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(response)
             };
             Box::pin(fut)
         });
@@ -134,11 +153,15 @@ pub async fn serve(
         // TLS one (a task's future is allocated whole for the connection's lifetime).
         match &tls {
             None => {
-                let t = async move {
-                    let _guard = guard;
-                    serve_conn(TokioIo::new(stream), &builder, service, stop, peer).await
-                };
-                tokio::spawn(t);
+                tokio::spawn(park::Connection::new(
+                    stream,
+                    service,
+                    idle,
+                    plain.clone(),
+                    stop,
+                    peer,
+                    guard,
+                ));
             }
             Some(state) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(state.load_full());
@@ -173,7 +196,7 @@ impl Drop for ConnGuard {
 
 /// Serves one connection; when `stop` changes it ends politely (HTTP/2 GOAWAY, HTTP/1.1
 /// `Connection: close` on the response in flight) and waits for in-flight requests.
-async fn serve_conn<I, S>(
+pub(crate) async fn serve_conn<I, S>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     service: S,

@@ -65,6 +65,8 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// Open client connections.
     pub active_connections: AtomicU64,
+    /// Idle HTTP/1.1 connections parked without buffers (a subset of the open ones).
+    pub parked_connections: AtomicU64,
     /// Config generation in force.
     pub config_generation: AtomicU64,
     /// Whether the last reload was applied.
@@ -165,6 +167,13 @@ impl Metrics {
             "gauge",
             "Open client connections.",
             self.active_connections.load(Ordering::Relaxed),
+        );
+        g(
+            &mut o,
+            "sluice_gateway_parked_connections",
+            "gauge",
+            "Idle keep-alive connections held without buffers between requests.",
+            self.parked_connections.load(Ordering::Relaxed),
         );
         g(
             &mut o,

@@ -1,0 +1,408 @@
+//! Idle HTTP/1.1 keep-alive connections, parked without hyper's buffers.
+//!
+//! hyper keeps an 8 KiB read and an 8 KiB write buffer in a connection for as long as it
+//! serves it. Like nginx, which frees a keep-alive connection's buffers between requests, the
+//! gateway ends hyper's part of a plain HTTP/1.1 connection once the connection is idle — its
+//! last response handed over, nothing left to read — and keeps only the socket and the
+//! service. The next request's bytes start hyper again. A connection costs about a kilobyte
+//! while it waits instead of some 17.
+//!
+//! hyper is asked to stop only when it is idle between requests, so stopping never adds
+//! `Connection: close` to a response, and no bytes are lost: hyper flushes before it shuts the
+//! stream down (which [`ParkIo`] then skips), and hands back what it had read but not parsed.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use hyper::{body::Incoming, server::conn::http1, Request};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::ReadBuf,
+    net::TcpStream,
+    sync::watch,
+    time::{Instant, Sleep},
+};
+use tracing::debug;
+
+/// What the socket wrapper, the service and the driver of one connection know of each
+/// other. All three are polled by the connection's one task, so relaxed atomics suffice.
+#[derive(Debug, Default)]
+pub struct Idle {
+    /// The last read from the socket found nothing.
+    read_blocked: AtomicBool,
+    /// Requests whose response head is not yet produced.
+    in_flight: AtomicU32,
+    /// Requests started on the current hyper instance.
+    started: AtomicU32,
+    /// The latest request had a body (hyper may still be reading or draining it).
+    latest_had_body: AtomicBool,
+    /// hyper was asked to stop so that the connection can be parked.
+    parking: AtomicBool,
+}
+
+impl Idle {
+    /// Notes a request starting; the guard marks its response head as produced when dropped.
+    pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> InFlight {
+        use hyper::body::Body as _;
+        self.in_flight.fetch_add(1, Relaxed);
+        self.started.fetch_add(1, Relaxed);
+        self.latest_had_body
+            .store(!req.body().is_end_stream(), Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// hyper is between requests: it has served one, owes no response head, reads no body,
+    /// and found the socket empty. Asking it to stop now closes nothing the client can see.
+    fn is_idle(&self) -> bool {
+        self.started.load(Relaxed) > 0
+            && self.in_flight.load(Relaxed) == 0
+            && !self.latest_had_body.load(Relaxed)
+            && self.read_blocked.load(Relaxed)
+    }
+
+    fn reset(&self) {
+        self.started.store(0, Relaxed);
+        self.parking.store(false, Relaxed);
+        self.read_blocked.store(false, Relaxed);
+    }
+}
+
+/// Held by a request's future until its response head exists.
+pub struct InFlight(Arc<Idle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
+/// stopped, then the stream. Its shutdown is skipped while parking.
+pub struct ParkIo {
+    stream: TokioIo<TcpStream>,
+    prefix: Bytes,
+    idle: Arc<Idle>,
+}
+
+impl hyper::rt::Read for ParkIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        this.idle.read_blocked.store(r.is_pending(), Relaxed);
+        r
+    }
+}
+
+impl hyper::rt::Write for ParkIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.stream)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.idle.parking.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// The client preface of HTTP/2 (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every plain connection of one listener shares.
+pub struct Plain {
+    /// Serves HTTP/1.1, parked between requests.
+    pub http1: http1::Builder,
+    /// Serves everything else (HTTP/2 by prior knowledge).
+    pub auto: Arc<auto::Builder<TokioExecutor>>,
+    /// How long a connection may wait for its first bytes, and then for each next request.
+    pub wait: Duration,
+    /// Counts parked connections.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+type Service<S> = http1::UpgradeableConnection<ParkIo, S>;
+
+/// One plain connection, as its task. Written out as a state machine rather than an
+/// `async fn` so that what a parked connection keeps is exactly these fields: about 300
+/// bytes, with hyper's state boxed and present only while hyper runs.
+pub struct Connection<S: hyper::service::HttpService<Incoming>, G> {
+    /// The socket while no hyper instance holds it.
+    stream: Option<TcpStream>,
+    /// The service while no hyper instance holds it.
+    service: Option<S>,
+    phase: Phase<S>,
+    idle: Arc<Idle>,
+    plain: Arc<Plain>,
+    /// The deadline of the current wait (first bytes, or the next request).
+    timer: Pin<Box<Sleep>>,
+    /// Resolves when the gateway stops.
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop: watch::Receiver<bool>,
+    stopping: bool,
+    /// Counted in `parked_connections`.
+    parked: bool,
+    peer: SocketAddr,
+    _guard: G,
+}
+
+enum Phase<S: hyper::service::HttpService<Incoming>> {
+    /// Waiting for bytes: the first ones (`fresh`, protocol not yet known) or the next
+    /// request's.
+    Waiting { fresh: bool },
+    /// hyper serves HTTP/1.1.
+    Http1(Pin<Box<Service<S>>>),
+    /// The general server, for HTTP/2 by prior knowledge.
+    Other(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl<S, G> Connection<S, G>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Unpin,
+{
+    /// A connection just accepted. `idle` must be the one `service` reports to; `guard` is
+    /// held for the connection's life.
+    pub fn new(
+        stream: TcpStream,
+        service: S,
+        idle: Arc<Idle>,
+        plain: Arc<Plain>,
+        stop: watch::Receiver<bool>,
+        peer: SocketAddr,
+        guard: G,
+    ) -> Self {
+        let mut rx = stop.clone();
+        Self {
+            stream: Some(stream),
+            service: Some(service),
+            phase: Phase::Waiting { fresh: true },
+            idle,
+            timer: Box::pin(tokio::time::sleep(plain.wait)),
+            plain,
+            stopped: Box::pin(async move {
+                let _ = rx.changed().await;
+            }),
+            stop,
+            stopping: false,
+            parked: false,
+            peer,
+            _guard: guard,
+        }
+    }
+
+    /// Leaves the parked count (if in it).
+    fn unpark(&mut self) {
+        if std::mem::take(&mut self.parked) {
+            self.plain.metrics.parked_connections.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Waits for bytes; `Ready(false)` ends the connection.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, fresh: bool) -> Poll<bool> {
+        if self.stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            debug!(peer = %self.peer, "nothing received in time; closing");
+            return Poll::Ready(false);
+        }
+        let Some(stream) = &self.stream else {
+            return Poll::Ready(false);
+        };
+        if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+            debug!(peer = %self.peer, error = %e, "waiting connection");
+            return Poll::Ready(false);
+        }
+        if !fresh {
+            return Poll::Ready(true);
+        }
+        // Which protocol: anything that is not the start of the HTTP/2 preface is HTTP/1.
+        let mut first = [0u8; H2_PREFACE.len()];
+        let mut buf = ReadBuf::new(&mut first);
+        let n = match ready!(stream.poll_peek(cx, &mut buf)) {
+            Ok(0) | Err(_) => return Poll::Ready(false),
+            Ok(n) => n,
+        };
+        if first[..n] != H2_PREFACE[..n] {
+            return Poll::Ready(true);
+        }
+        let (Some(stream), Some(service)) = (self.stream.take(), self.service.take()) else {
+            return Poll::Ready(false);
+        };
+        let auto = self.plain.auto.clone();
+        let (stop, peer) = (self.stop.clone(), self.peer);
+        self.phase = Phase::Other(Box::pin(async move {
+            crate::listener::serve_conn(TokioIo::new(stream), &auto, service, stop, peer).await
+        }));
+        Poll::Ready(true)
+    }
+
+    fn start_http1(&mut self, prefix: Bytes) -> bool {
+        self.unpark();
+        let (Some(stream), Some(service)) = (self.stream.take(), self.service.take()) else {
+            return false;
+        };
+        self.idle.reset();
+        let io = ParkIo {
+            stream: TokioIo::new(stream),
+            prefix,
+            idle: self.idle.clone(),
+        };
+        self.phase = Phase::Http1(Box::pin(
+            self.plain
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades(),
+        ));
+        true
+    }
+
+    /// Drives hyper; `Ready(true)` means it stopped to park the connection.
+    fn poll_http1(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Phase::Http1(conn) = &mut self.phase else {
+            return Poll::Ready(false);
+        };
+        if !self.stopping && self.stopped.as_mut().poll(cx).is_ready() {
+            // Ends politely: `Connection: close` on a response in flight.
+            self.stopping = true;
+            self.idle.parking.store(false, Relaxed);
+            conn.as_mut().graceful_shutdown();
+        }
+        let mut result = conn.as_mut().poll(cx);
+        if result.is_pending()
+            && !self.stopping
+            && !self.idle.parking.load(Relaxed)
+            && self.idle.is_idle()
+        {
+            self.idle.parking.store(true, Relaxed);
+            conn.as_mut().graceful_shutdown();
+            result = conn.as_mut().poll(cx);
+        }
+        if let Err(e) = ready!(result) {
+            debug!(peer = %self.peer, error = %e, "connection ended");
+            return Poll::Ready(false);
+        }
+        if self.stopping || !self.idle.parking.load(Relaxed) {
+            return Poll::Ready(false); // closed by the client or by hyper, or upgraded
+        }
+        let Phase::Http1(conn) =
+            std::mem::replace(&mut self.phase, Phase::Waiting { fresh: false })
+        else {
+            return Poll::Ready(false);
+        };
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return Poll::Ready(false);
+        };
+        self.stream = Some(parts.io.stream.into_inner());
+        self.service = Some(parts.service);
+        // Even empty, `read_buf` shares hyper's whole read buffer: copy what it holds.
+        if !parts.read_buf.is_empty() {
+            // Part of the next request had arrived: serve it now.
+            let prefix = Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
+            return Poll::Ready(self.start_http1(prefix));
+        }
+        drop(parts.read_buf);
+        self.timer.as_mut().reset(Instant::now() + self.plain.wait);
+        self.plain.metrics.parked_connections.fetch_add(1, Relaxed);
+        self.parked = true;
+        Poll::Ready(true)
+    }
+}
+
+impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {
+    fn drop(&mut self) {
+        if self.parked {
+            self.plain.metrics.parked_connections.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl<S, G> Future for Connection<S, G>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Waiting { fresh } => {
+                    let fresh = *fresh;
+                    if !ready!(this.poll_wait(cx, fresh)) {
+                        return Poll::Ready(());
+                    }
+                    if matches!(this.phase, Phase::Waiting { .. })
+                        && !this.start_http1(Bytes::new())
+                    {
+                        return Poll::Ready(());
+                    }
+                }
+                Phase::Http1(_) => {
+                    if !ready!(this.poll_http1(cx)) {
+                        return Poll::Ready(());
+                    }
+                }
+                Phase::Other(fut) => return fut.as_mut().poll(cx),
+            }
+        }
+    }
+}

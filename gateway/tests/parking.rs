@@ -1,0 +1,238 @@
+//! Idle HTTP/1.1 keep-alive connections are parked between requests, without hyper's
+//! buffers, and woken by their next request. Nothing a client sends is lost across a park,
+//! and a parked connection still ends on time and at shutdown.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use support::{fixed, metric, parse, runtime, upstream, Gateway, Reply};
+
+fn gateway(up: SocketAddr) -> Gateway {
+    Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000\n\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 5000\nmax_body_bytes = 4096\n\n\
+         [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\n"
+    ))
+}
+
+fn connect(gw: &Gateway) -> TcpStream {
+    let s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+/// Reads exactly one response with a Content-Length body; `None` if the connection closed
+/// first.
+fn read_one(s: &mut TcpStream) -> Option<Reply> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = parse(&raw);
+    let len: usize = head.headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    raw.extend_from_slice(&body);
+    Some(parse(&raw))
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+/// Waits up to 5 s for a metric to reach `want`.
+fn settles(gw: &Gateway, series: &str, want: f64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if metric(gw, series) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn idle_connections_park_and_wake_for_their_next_request() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr);
+    let mut conns: Vec<TcpStream> = (0..20).map(|_| connect(&gw)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/first/{i}")).as_bytes())
+            .expect("write");
+        let r = read_one(s).expect("first response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["path"], format!("/first/{i}"));
+    }
+    assert!(
+        settles(&gw, "sluice_gateway_parked_connections ", 20.0),
+        "20 idle connections parked: {}",
+        metric(&gw, "sluice_gateway_parked_connections ")
+    );
+    assert_eq!(metric(&gw, "sluice_gateway_active_connections "), 20.0);
+    // Each wakes for its next request, on the same connection, and parks again.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/second/{i}")).as_bytes())
+            .expect("write");
+        let r = read_one(s).expect("second response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["path"], format!("/second/{i}"));
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 40);
+    assert!(settles(&gw, "sluice_gateway_parked_connections ", 20.0));
+    drop(conns);
+    assert!(
+        settles(&gw, "sluice_gateway_parked_connections ", 0.0),
+        "closed connections leave the parked count"
+    );
+    assert!(settles(&gw, "sluice_gateway_active_connections ", 0.0));
+}
+
+#[test]
+fn pipelined_and_split_requests_survive_a_park() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr);
+
+    // Two whole requests in one write: both answered, in order.
+    let mut s = connect(&gw);
+    s.write_all(format!("{}{}", get("/p1"), get("/p2")).as_bytes())
+        .expect("write");
+    for path in ["/p1", "/p2"] {
+        let r = read_one(&mut s).expect("pipelined response");
+        assert_eq!((r.status, r.json()["path"].clone()), (200, path.into()));
+    }
+
+    // The next request's first bytes arrive with the previous one and wait through the
+    // park; the rest comes later.
+    let mut s = connect(&gw);
+    s.write_all(format!("{}GET /sp", get("/before")).as_bytes())
+        .expect("write");
+    let r = read_one(&mut s).expect("first response");
+    assert_eq!(r.json()["path"], "/before");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"lit HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let r = read_one(&mut s).expect("split request answered");
+    assert_eq!((r.status, r.json()["path"].clone()), (200, "/split".into()));
+
+    // One byte at a time, with pauses longer than a park takes.
+    let mut s = connect(&gw);
+    s.write_all(get("/warm").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").status, 200);
+    for b in get("/slowly").bytes() {
+        s.write_all(&[b]).expect("write");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = read_one(&mut s).expect("byte-by-byte request answered");
+    assert_eq!(
+        (r.status, r.json()["path"].clone()),
+        (200, "/slowly".into())
+    );
+}
+
+#[test]
+fn requests_with_bodies_keep_the_connection_in_step() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr);
+    let mut s = connect(&gw);
+    s.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .expect("write");
+    let r = read_one(&mut s).expect("POST answered");
+    assert_eq!((r.status, r.json()["body"].clone()), (200, "hello".into()));
+    s.write_all(get("/after-post").as_bytes()).expect("write");
+    let r = read_one(&mut s).expect("GET after POST answered");
+    assert_eq!(r.json()["path"], "/after-post");
+    assert!(settles(&gw, "sluice_gateway_parked_connections ", 1.0));
+
+    // A body refused before it is read (over max_body_bytes), whole or still arriving: the
+    // rest of it is never taken for a request.
+    let mut answered = 0;
+    for sent_first in [5000, 1000] {
+        let mut s = connect(&gw);
+        let body = "x".repeat(5000);
+        let (first, rest) = body.split_at(sent_first);
+        s.write_all(
+            format!("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{first}")
+                .as_bytes(),
+        )
+        .expect("write");
+        let r = read_one(&mut s).expect("413 answered");
+        assert_eq!(r.status, 413);
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.write_all(format!("{rest}{}", get("/after-413")).as_bytes());
+        match read_one(&mut s) {
+            None => {} // the connection was closed after the refused body
+            Some(r) => {
+                assert_eq!(
+                    (r.status, r.json()["path"].clone()),
+                    (200, "/after-413".into()),
+                    "sent first: {sent_first}"
+                );
+                answered += 1;
+            }
+        }
+    }
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        2 + answered,
+        "the refused requests never reached the upstream"
+    );
+}
+
+#[test]
+fn parked_connections_end_when_idle_too_long_and_at_shutdown() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    // A short idle limit: a parked connection is closed after it.
+    let gw = Gateway::start(&support::config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        up.addr
+    )));
+    let mut s = connect(&gw);
+    s.write_all(get("/").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").status, 200);
+    let idle = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).expect("read until close"), 0);
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(2000),
+        "closed after header_read_timeout_ms (500): {waited:?}"
+    );
+    drop(gw);
+
+    // Shutdown closes parked connections at once instead of waiting for the deadline (8 s).
+    let mut gw = gateway(up.addr);
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| connect(&gw)).collect();
+    for s in &mut conns {
+        s.write_all(get("/").as_bytes()).expect("write");
+        assert_eq!(read_one(s).expect("response").status, 200);
+    }
+    assert!(settles(&gw, "sluice_gateway_parked_connections ", 5.0));
+    let start = Instant::now();
+    gw.signal(libc::SIGTERM);
+    for s in &mut conns {
+        assert_eq!(s.read(&mut buf).expect("closed"), 0);
+    }
+    assert!(gw.wait().success());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "exited without waiting for the parked connections: {:?}",
+        start.elapsed()
+    );
+}
