@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod config;
+pub mod connections;
 pub mod listener;
 pub mod metrics;
 pub mod park;

@@ -50,6 +50,9 @@ pub struct Idle {
     started: AtomicU32,
     /// The latest request had a body (hyper may still be reading or draining it).
     latest_had_body: AtomicBool,
+    /// The latest request ends the connection (`Connection: close`, or HTTP/1.0): hyper
+    /// will close it after the response, and its shutdown must not be skipped.
+    closing: AtomicBool,
     /// hyper was asked to stop so that the connection can be parked.
     parking: AtomicBool,
 }
@@ -62,15 +65,29 @@ impl Idle {
         self.started.fetch_add(1, Relaxed);
         self.latest_had_body
             .store(!req.body().is_end_stream(), Relaxed);
+        let closing = req.version() < hyper::Version::HTTP_11
+            || req
+                .headers()
+                .get_all(hyper::header::CONNECTION)
+                .iter()
+                .any(|v| {
+                    v.as_bytes()
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                });
+        self.closing.store(closing, Relaxed);
         InFlight(self.clone())
     }
 
-    /// hyper is between requests: it has served one, owes no response head, reads no body,
-    /// and found the socket empty. Asking it to stop now closes nothing the client can see.
+    /// hyper may stop: it has served a request that keeps the connection alive, owes no
+    /// response head, reads no request body, and found the socket empty. Asked to stop now,
+    /// it finishes the response body in progress (if any), flushes, and stops without having
+    /// told the client anything (no `Connection: close`: every head is already written).
     fn is_idle(&self) -> bool {
         self.started.load(Relaxed) > 0
             && self.in_flight.load(Relaxed) == 0
             && !self.latest_had_body.load(Relaxed)
+            && !self.closing.load(Relaxed)
             && self.read_blocked.load(Relaxed)
     }
 

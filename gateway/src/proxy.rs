@@ -18,6 +18,7 @@ use rand::Rng;
 
 use crate::{
     config::{Config, Route},
+    connections::PooledBody,
     metrics::Metrics,
     policy::{self, Chain, Context},
     problem::{full, problem, GatewayMade},
@@ -152,7 +153,7 @@ impl Runtime {
                 };
                 for (name, weight) in splits {
                     if let Some(p) = pool(&name) {
-                        let c = client(&r.timeouts, p.http2);
+                        let c = client(&r.timeouts, &p);
                         targets.push((p, weight, c));
                     }
                 }
@@ -727,12 +728,7 @@ async fn forward(
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         let _slot = InFlight(pool, i);
         tried.push(i);
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(target.authority.as_str())
-            .path_and_query(path_q.as_str())
-            .build()
-        {
+        let uri = match Uri::try_from(path_q.as_str()) {
             Ok(u) => u,
             Err(_) => {
                 return problem(
@@ -759,10 +755,10 @@ async fn forward(
             return problem(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
         };
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(timeout, client.request(up)).await;
+        let outcome = tokio::time::timeout(timeout, client.send(pool, i, up)).await;
         let retry_left = can_retry && (tried.len() as u32) <= retries.attempts;
         match outcome {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, checkin))) => {
                 pool.observe(i, sent.elapsed());
                 metrics.upstream(&pool.name, sent.elapsed());
                 let status = resp.status().as_u16();
@@ -782,6 +778,14 @@ async fn forward(
                     return switch_protocols(resp, client_upgrade, upgrade, held);
                 }
                 let (mut rp, rb) = resp.into_parts();
+                let body = match checkin {
+                    Some(c) => PooledBody::new(rb, c)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .boxed(),
+                    None => rb
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .boxed(),
+                };
                 strip_hop_by_hop(&mut rp.headers);
                 if let Some(name) = &pool.session_cookie {
                     let token = pool.session_token(i);
@@ -795,11 +799,7 @@ async fn forward(
                         }
                     }
                 }
-                return Response::from_parts(
-                    rp,
-                    rb.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                        .boxed(),
-                );
+                return Response::from_parts(rp, body);
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

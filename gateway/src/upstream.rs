@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use hyper::{body::Incoming, header::HeaderValue, Request, Response, Uri};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
@@ -18,6 +19,7 @@ use rand::Rng;
 
 use crate::{
     config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
+    connections::{Checkin, Connections, SendError},
     Body,
 };
 
@@ -392,23 +394,81 @@ async fn probe(addr: SocketAddr, check: HealthCheck) -> bool {
     )
 }
 
-/// The pooled HTTP client for one route's traffic to one pool.
-pub type HttpClient = Client<HttpConnector, Body>;
+/// How one route reaches one pool's targets.
+pub enum HttpClient {
+    /// HTTP/1.1: pooled connections per target, indexed as [`Pool::targets`].
+    Http1(Vec<Arc<Connections>>),
+    /// HTTP/2: hyper-util's client, one multiplexed connection per target.
+    Http2(Box<Client<HttpConnector, Body>>),
+}
 
-/// Builds a client with the route's connect and idle timeouts.
-pub fn client(timeouts: &Timeouts, http2: bool) -> HttpClient {
+impl HttpClient {
+    /// Sends `req` (origin-form URI) to target `i` of `pool`. The [`Checkin`] of an HTTP/1.1
+    /// exchange returns its connection once the response body is read (see
+    /// [`crate::connections::PooledBody`]).
+    pub async fn send(
+        &self,
+        pool: &Pool,
+        i: usize,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+        let target = &pool.targets[i];
+        match self {
+            HttpClient::Http1(conns) => {
+                if !req.headers().contains_key(hyper::header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(&target.authority) {
+                        req.headers_mut().insert(hyper::header::HOST, v);
+                    }
+                }
+                let Some(c) = conns.get(i) else {
+                    return Err(SendError::ConnectTimeout(target.addr));
+                };
+                let (resp, checkin) = c.send(req).await?;
+                Ok((resp, Some(checkin)))
+            }
+            HttpClient::Http2(client) => {
+                // hyper-util's client connects to the URI's authority.
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                if let Ok(uri) = Uri::builder()
+                    .scheme("http")
+                    .authority(target.authority.as_str())
+                    .path_and_query(path)
+                    .build()
+                {
+                    *req.uri_mut() = uri;
+                }
+                Ok((client.request(req).await?, None))
+            }
+        }
+    }
+}
+
+/// Builds a route's client for `pool`, with the route's connect and idle timeouts.
+pub fn client(timeouts: &Timeouts, pool: &Pool) -> HttpClient {
+    let connect = Duration::from_millis(timeouts.connect_ms);
+    let idle = Duration::from_millis(timeouts.idle_ms);
+    if !pool.http2 {
+        return HttpClient::Http1(
+            pool.targets
+                .iter()
+                .map(|t| Connections::new(t.addr, connect, idle))
+                .collect(),
+        );
+    }
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(timeouts.connect_ms)));
+    connector.set_connect_timeout(Some(connect));
     connector.set_nodelay(true);
     connector.enforce_http(true);
     let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(Duration::from_millis(timeouts.idle_ms))
+    b.pool_idle_timeout(idle)
         .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if http2 {
-        b.http2_only(true);
-    }
-    b.build(connector)
+        .timer(TokioTimer::new())
+        .http2_only(true);
+    HttpClient::Http2(Box::new(b.build(connector)))
 }
 
 #[cfg(test)]

@@ -1,0 +1,236 @@
+//! The gateway's pooled HTTP/1.1 connections to upstream targets, against a raw-socket
+//! upstream that counts its connections: reuse, chunked bodies, a target closing idle
+//! connections, the route's idle timeout, and a response body cut short.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use support::{parse, runtime, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How the raw upstream answers each request on a connection.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `Content-Length` body, connection kept.
+    Length,
+    /// Chunked body in two chunks, connection kept.
+    Chunked,
+    /// `Content-Length` body, then the connection is closed 50 ms later if no request came.
+    ClosesIdle,
+    /// A large `Content-Length` body sent slowly, so a client can leave in the middle.
+    Slow,
+}
+
+struct Counts {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Arc<Counts>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(Counts {
+        accepted: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
+        requests: AtomicUsize::new(0),
+    });
+    let c = counts.clone();
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            c.open.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                'conn: loop {
+                    // One request head (the gateway sends no body for GET).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let read = if matches!(answer, Answer::ClosesIdle) {
+                            match tokio::time::timeout(
+                                Duration::from_millis(50),
+                                s.read(&mut chunk),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => break 'conn, // idle: close
+                            }
+                        } else {
+                            s.read(&mut chunk).await
+                        };
+                        match read {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(0, |p| p + 4);
+                    buf.drain(..end);
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    let ok = match answer {
+                        Answer::Length | Answer::ClosesIdle => s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_ok(),
+                        Answer::Chunked => s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                                  3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n",
+                            )
+                            .await
+                            .is_ok(),
+                        Answer::Slow => {
+                            let mut ok = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                                .await
+                                .is_ok();
+                            for _ in 0..100 {
+                                if !ok {
+                                    break;
+                                }
+                                ok = s.write_all(&[b'x'; 1000]).await.is_ok();
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            ok
+                        }
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                c.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, counts)
+}
+
+fn gateway(up: SocketAddr, idle_ms: u64) -> Gateway {
+    Gateway::start(&support::config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ idle_ms = {idle_ms} }}\n"
+    )))
+}
+
+/// One request on a fresh client connection, answered whole.
+fn get(gw: &Gateway) -> support::Reply {
+    support::request(gw.http, "GET", "/", &[], "")
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sequential_requests_reuse_one_connection_for_length_and_chunked_bodies() {
+    let rt = runtime();
+    for answer in [Answer::Length, Answer::Chunked] {
+        let (up, counts) = raw_upstream(&rt, answer);
+        let gw = gateway(up, 60_000);
+        for _ in 0..20 {
+            let asked = Instant::now();
+            let r = get(&gw);
+            assert_eq!(r.status, 200);
+            assert!(r.body == "ok" || r.body == "chunked", "{}", r.body);
+            // `Connection: close` is honoured at the end of the body, not at the idle limit
+            // (header_read_timeout_ms = 500).
+            assert!(
+                asked.elapsed() < Duration::from_millis(400),
+                "closed after {:?}",
+                asked.elapsed()
+            );
+        }
+        assert_eq!(counts.requests.load(Ordering::SeqCst), 20);
+        assert_eq!(
+            counts.accepted.load(Ordering::SeqCst),
+            1,
+            "every request went over the one pooled connection"
+        );
+    }
+}
+
+#[test]
+fn a_connection_the_target_closed_while_idle_is_not_used_again() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::ClosesIdle);
+    let gw = gateway(up, 60_000);
+    for round in 1..=3 {
+        assert_eq!(get(&gw).status, 200, "round {round}");
+        // The target closes the idle connection after 50 ms.
+        eventually("the target closed its idle connection", || {
+            counts.open.load(Ordering::SeqCst) == 0
+        });
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn idle_connections_close_after_the_routes_idle_timeout() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::Length);
+    let gw = gateway(up, 300);
+    assert_eq!(get(&gw).status, 200);
+    assert_eq!(counts.open.load(Ordering::SeqCst), 1);
+    let idle = Instant::now();
+    eventually("the gateway closed the idle connection", || {
+        counts.open.load(Ordering::SeqCst) == 0
+    });
+    assert!(
+        idle.elapsed() >= Duration::from_millis(250),
+        "not before idle_ms: {:?}",
+        idle.elapsed()
+    );
+    // The next request opens a new one.
+    assert_eq!(get(&gw).status, 200);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_body_cut_short_does_not_return_its_connection() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::Slow);
+    let gw = gateway(up, 60_000);
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut part = [0u8; 4096];
+    let n = s.read(&mut part).expect("response starts");
+    assert!(part[..n].starts_with(b"HTTP/1.1 200"));
+    drop(s); // the client leaves in the middle of the body
+    eventually("the half-read upstream connection was closed", || {
+        counts.open.load(Ordering::SeqCst) == 0
+    });
+    // A later request gets a connection of its own, and its whole body.
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("whole response");
+    let r = parse(&raw);
+    assert_eq!((r.status, r.body.len()), (200, 100_000));
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+}
