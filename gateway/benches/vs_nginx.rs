@@ -3,7 +3,8 @@
 //!
 //! - The upstream is an nginx instance that answers a small fixed body.
 //! - Each proxy gets one worker pinned to CPU 0; wrk and the upstream run on CPU 1.
-//! - wrk: 1 thread, 50 connections, 10 s, after a 2 s warm-up; requests/s, p50, p99.
+//! - wrk: 1 thread, 50 connections; after a 2 s warm-up of each, 3 alternating 5 s runs of
+//!   each proxy, and the median of each figure (the machine is shared, and its speed drifts).
 //! - Memory: RSS (all processes of the proxy) with 10,000 idle keep-alive connections open.
 //! - Policies: the same gateway on a route with JWT (RS256, a PyJWT-minted token) + one rate
 //!   limit + two header transforms, against its plain route; then with the limit in a
@@ -18,7 +19,8 @@ use std::{
 };
 
 const CONNECTIONS: u32 = 50;
-const SECONDS: u32 = 10;
+const SECONDS: u32 = 5;
+const ROUNDS: usize = 3;
 const IDLE: usize = 10_000;
 
 fn free_port() -> u16 {
@@ -185,6 +187,27 @@ fn wrk(url: &str, seconds: u32, header: Option<&str>) -> Load {
     }
 }
 
+/// Each figure's median over several runs.
+fn median(runs: &[Load]) -> Load {
+    let mid = |f: fn(&Load) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Load {
+        rps: mid(|l| l.rps),
+        p50_ms: mid(|l| l.p50_ms),
+        p99_ms: mid(|l| l.p99_ms),
+    }
+}
+
+/// The lowest and highest requests/s of several runs.
+fn range(runs: &[Load]) -> String {
+    let lo = runs.iter().map(|l| l.rps).fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().map(|l| l.rps).fold(0.0, f64::max);
+    format!("{lo:.0}-{hi:.0}")
+}
+
 /// Opens `n` keep-alive connections, each after one request, and holds them.
 fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::with_capacity(n);
@@ -307,22 +330,30 @@ fn main() {
     let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().expect("addr");
     wait_for(gw_addr);
 
-    let mut results = Vec::new();
-    for (name, addr, pid) in [
+    let proxies = [
         ("nginx", nginx_addr, nginx_proxy.0.id()),
         ("sluice-gateway", gw_addr, gateway.0.id()),
-    ] {
-        let url = format!("http://{addr}/");
-        let _warm = wrk(&url, 2, None);
-        let load = wrk(&url, SECONDS, None);
-        let idle = idle_connections(addr, IDLE);
-        let rss = rss_kib(pid);
-        drop(idle);
-        results.push((name, load, rss));
+    ];
+    // Alternating runs, so that a drift in the machine's speed (it is shared) falls on both.
+    let mut runs: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
+    for (_, addr, _) in &proxies {
+        let _warm = wrk(&format!("http://{addr}/"), 2, None);
     }
-    let (_, n, n_rss) = &results[0];
-    let (_, s, s_rss) = &results[1];
-    println!("Gateway vs nginx: one worker each on CPU 0; wrk (1 thread, {CONNECTIONS} connections, {SECONDS} s) and the upstream on CPU 1");
+    for _ in 0..ROUNDS {
+        for (k, (_, addr, _)) in proxies.iter().enumerate() {
+            runs[k].push(wrk(&format!("http://{addr}/"), SECONDS, None));
+        }
+    }
+    let mut rss = [0u64; 2];
+    for (k, (_, addr, pid)) in proxies.iter().enumerate() {
+        let idle = idle_connections(*addr, IDLE);
+        rss[k] = rss_kib(*pid);
+        drop(idle);
+    }
+    let (n, s) = (median(&runs[0]), median(&runs[1]));
+    let (n_rss, s_rss) = (&rss[0], &rss[1]);
+    println!("Gateway vs nginx: one worker each on CPU 0; wrk (1 thread, {CONNECTIONS} connections) and the upstream on CPU 1;");
+    println!("medians of {ROUNDS} alternating {SECONDS} s runs each (requests/s ranges: nginx {}, sluice-gateway {})", range(&runs[0]), range(&runs[1]));
     println!();
     println!("| | requests/s | p50 ms | p99 ms | RSS with {IDLE} idle keep-alive connections |");
     println!("|---|---:|---:|---:|---:|");
@@ -360,15 +391,24 @@ fn main() {
     }
     // The policy chain's cost, on the same gateway process, against its plain route.
     let bearer = format!("Authorization: Bearer {token}");
-    let mut policy = Vec::new();
-    for route in ["policy", "redis"] {
-        let url = format!("http://{gw_addr}/{route}");
-        let _warm = wrk(&url, 2, Some(&bearer));
-        policy.push(wrk(&url, SECONDS, Some(&bearer)));
+    let routes = [
+        ("", None),
+        ("policy", Some(bearer.as_str())),
+        ("redis", Some(&bearer)),
+    ];
+    for (route, header) in routes {
+        let _warm = wrk(&format!("http://{gw_addr}/{route}"), 2, header);
     }
-    let plain = wrk(&format!("http://{gw_addr}/"), SECONDS, None);
+    let mut route_runs: [Vec<Load>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (k, (route, header)) in routes.iter().enumerate() {
+            route_runs[k].push(wrk(&format!("http://{gw_addr}/{route}"), SECONDS, *header));
+        }
+    }
+    let plain = median(&route_runs[0]);
+    let policy = [median(&route_runs[1]), median(&route_runs[2])];
     println!();
-    println!("Policy chain: JWT RS256 + one rate limit + two header transforms, same gateway");
+    println!("Policy chain: JWT RS256 + one rate limit + two header transforms, same gateway (medians of {ROUNDS} alternating {SECONDS} s runs)");
     println!();
     println!("| route | requests/s | p50 ms | p99 ms | ratio to plain |");
     println!("|---|---:|---:|---:|---:|");

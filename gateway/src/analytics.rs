@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 /// Latency buckets: 50 µs × 1.25^i, so a quantile is known to within 25%.
@@ -109,10 +109,7 @@ impl Default for Analytics {
 }
 
 fn minute_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() / 60)
-        .unwrap_or(0)
+    crate::clock::unix_secs() / 60
 }
 
 impl Analytics {

@@ -22,7 +22,7 @@ use hyper::{
     Request, Response,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::Body;
@@ -76,7 +76,8 @@ pub struct Connections {
 
 struct IdleConn {
     sender: SendRequest<Body>,
-    since: Instant,
+    /// Coarse monotonic ms.
+    since: u64,
 }
 
 impl Connections {
@@ -140,9 +141,10 @@ impl Connections {
     }
 
     fn checkout(&self) -> Option<SendRequest<Body>> {
+        let now = crate::clock::monotonic_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+            if !c.sender.is_closed() && now.saturating_sub(c.since) < self.idle_ms() {
                 return Some(c.sender);
             }
         }
@@ -156,15 +158,20 @@ impl Connections {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleConn {
             sender,
-            since: Instant::now(),
+            since: crate::clock::monotonic_ms(),
         });
     }
 
     /// Drops connections idle too long or closed by the target.
     fn prune(&self) {
+        let now = crate::clock::monotonic_ms();
+        let timeout = self.idle_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let timeout = self.idle_timeout;
-        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+        idle.retain(|c| !c.sender.is_closed() && now.saturating_sub(c.since) < timeout);
+    }
+
+    fn idle_ms(&self) -> u64 {
+        self.idle_timeout.as_millis() as u64
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, SendError> {

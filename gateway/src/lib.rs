@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod analytics;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod listener;

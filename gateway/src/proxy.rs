@@ -34,22 +34,24 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// A route's retry budget over a sliding 10-second window.
 #[derive(Debug)]
 pub struct RetryBudget {
-    window: Mutex<(Instant, u64, u64)>,
+    /// Window start (coarse ms), requests, retries.
+    window: Mutex<(u64, u64, u64)>,
     percent: u64,
 }
 
 impl RetryBudget {
     fn new(percent: u32) -> Self {
         RetryBudget {
-            window: Mutex::new((Instant::now(), 0, 0)),
+            window: Mutex::new((crate::clock::monotonic_ms(), 0, 0)),
             percent: percent as u64,
         }
     }
 
     fn request(&self) {
         if let Ok(mut w) = self.window.lock() {
-            if w.0.elapsed() > BUDGET_WINDOW {
-                *w = (Instant::now(), 0, 0);
+            let now = crate::clock::monotonic_ms();
+            if now.saturating_sub(w.0) > BUDGET_WINDOW.as_millis() as u64 {
+                *w = (now, 0, 0);
             }
             w.1 += 1;
         }
@@ -248,38 +250,51 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
+/// Lowercase hex digits of `v`, most significant first, into `out` (`out.len()` digits).
+fn hex_into(mut v: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
 /// 32 random lowercase hex digits (a request or trace id).
 fn random_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let mut buf = [0u8; 32];
+    hex_into(rand::random::<u128>(), &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// 16 random lowercase hex digits (a span id), never all zero.
-fn random_span() -> String {
-    format!("{:016x}", rand::random::<u64>().max(1))
-}
-
-/// A W3C trace-parent: kept if valid (version 00, non-zero ids), else a new trace.
-fn traceparent(incoming: Option<&HeaderValue>) -> String {
-    if let Some(v) = incoming.and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = v.split('-').collect();
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        };
-        if parts.len() == 4
-            && parts[0] == "00"
-            && hex(parts[1], 32)
-            && hex(parts[2], 16)
-            && hex(parts[3], 2)
-            && parts[1] != "0".repeat(32)
-            && parts[2] != "0".repeat(16)
-        {
-            // Our hop is a new span under the same trace.
-            return format!("00-{}-{}-{}", parts[1], random_span(), parts[3]);
+/// A W3C trace-parent: kept if valid (version 00, non-zero ids) with a new span id for our
+/// hop, else a new trace.
+fn traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+    // "00-" trace(32) "-" span(16) "-" flags(2)
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let span = rand::random::<u64>().max(1) as u128;
+    hex_into(span, &mut out[36..52]);
+    let kept = incoming.map(HeaderValue::as_bytes).filter(|v| {
+        let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        v.len() == 55
+            && v.starts_with(b"00-")
+            && v[35] == b'-'
+            && v[52] == b'-'
+            && hex(&v[3..35])
+            && hex(&v[36..52])
+            && hex(&v[53..55])
+            && v[3..35].iter().any(|c| *c != b'0')
+            && v[36..52].iter().any(|c| *c != b'0')
+    });
+    match kept {
+        Some(v) => {
+            out[3..35].copy_from_slice(&v[3..35]);
+            out[53..55].copy_from_slice(&v[53..55]);
         }
+        None => hex_into(rand::random::<u128>().max(1), &mut out[3..35]),
     }
-    format!("00-{}-{}-01", random_id(), random_span())
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 fn host_of(req: &Request<Incoming>) -> String {
@@ -602,47 +617,42 @@ async fn forward(
     // Forwarding headers: this hop's peer is appended (DSR keeps it the real client).
     let peer_ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };
-    let xff = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip.to_string(),
-    };
-    let for_value = if peer_ip.is_ipv6() {
-        format!("\"[{peer_ip}]\"")
-    } else {
-        peer_ip.to_string()
-    };
-    let forwarded = format!(
-        "for={for_value};proto={proto}{}",
-        if host.is_empty() {
-            String::new()
-        } else {
-            format!(";host=\"{host}\"")
+    // Built in one buffer, each value copied once into its header.
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(128);
+    let append_to = |text: &mut String, prev: Option<&HeaderValue>| {
+        text.clear();
+        if let Some(prev) = prev.and_then(|v| v.to_str().ok()) {
+            text.push_str(prev);
+            text.push_str(", ");
         }
-    );
-    let forwarded = match parts
-        .headers
-        .get(header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {forwarded}"),
-        None => forwarded,
     };
-    let original_host = parts.headers.get(header::HOST).cloned();
-    for (name, value) in [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_string()),
-        ("forwarded", forwarded),
-        ("x-request-id", request_id.to_string()),
-        ("traceparent", traceparent(parts.headers.get("traceparent"))),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(HeaderName::from_static(name), v);
-        }
+    append_to(&mut text, parts.headers.get("x-forwarded-for"));
+    let _ = write!(text, "{peer_ip}");
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        parts.headers.insert("x-forwarded-for", v);
     }
+    append_to(&mut text, parts.headers.get(header::FORWARDED));
+    let _ = if peer_ip.is_ipv6() {
+        write!(text, "for=\"[{peer_ip}]\";proto={proto}")
+    } else {
+        write!(text, "for={peer_ip};proto={proto}")
+    };
+    if !host.is_empty() {
+        let _ = write!(text, ";host=\"{host}\"");
+    }
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        parts.headers.insert(header::FORWARDED, v);
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        parts.headers.insert("x-request-id", v);
+    }
+    let trace = traceparent(parts.headers.get("traceparent"));
+    parts.headers.insert("traceparent", trace);
+    let original_host = parts.headers.get(header::HOST).cloned();
     if let Some(h) = &original_host {
         parts.headers.insert("x-forwarded-host", h.clone());
     }
@@ -692,11 +702,18 @@ async fn forward(
         .map(str::to_string);
     let mut tried = Vec::new();
     let timeout = Duration::from_millis(route.config.timeouts.request_ms);
-    let path_q = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Origin form for the upstream (hyper keeps the target's bytes shared, so this is cheap).
+    let origin = {
+        let mut o = hyper::http::uri::Parts::default();
+        o.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(o).ok()
+    };
     loop {
         if pool.in_flight.fetch_add(1, Ordering::Relaxed) >= pool.max_concurrent {
             pool.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -728,9 +745,9 @@ async fn forward(
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         let _slot = InFlight(pool, i);
         tried.push(i);
-        let uri = match Uri::try_from(path_q.as_str()) {
-            Ok(u) => u,
-            Err(_) => {
+        let uri = match origin.clone() {
+            Some(u) => u,
+            None => {
                 return problem(
                     StatusCode::BAD_REQUEST,
                     "the request target cannot be forwarded",
@@ -870,4 +887,75 @@ fn switch_protocols(
         }
     });
     Response::from_parts(rp, full(Bytes::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn well_formed(tp: &str) -> bool {
+        let p: Vec<&str> = tp.split('-').collect();
+        let hex =
+            |s: &str, n| s.len() == n && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        p.len() == 4
+            && p[0] == "00"
+            && hex(p[1], 32)
+            && hex(p[2], 16)
+            && hex(p[3], 2)
+            && p[1] != "0".repeat(32)
+            && p[2] != "0".repeat(16)
+    }
+
+    #[test]
+    fn a_valid_traceparent_keeps_its_trace_and_flags_with_a_new_span() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let out = traceparent(Some(&HeaderValue::from_static(incoming)));
+        let out = out.to_str().expect("ascii");
+        assert!(well_formed(out), "{out}");
+        assert!(
+            out.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{out}"
+        );
+        assert!(out.ends_with("-00"), "{out}");
+        assert_ne!(&out[36..52], "b7ad6b7169203331");
+    }
+
+    #[test]
+    fn an_invalid_traceparent_starts_a_new_trace() {
+        for bad in [
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00_0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331_01",
+            "",
+        ] {
+            let out = traceparent(HeaderValue::from_str(bad).ok().as_ref());
+            let out = out.to_str().expect("ascii");
+            assert!(well_formed(out), "{bad} -> {out}");
+            assert!(!out.contains("0af7651916cd43dd"), "{bad} -> {out}");
+            assert!(out.ends_with("-01"), "a new trace is sampled: {out}");
+        }
+        assert!(well_formed(traceparent(None).to_str().expect("ascii")));
+    }
+
+    #[test]
+    fn ids_are_32_lowercase_hex_digits() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let id = random_id();
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            seen.insert(id);
+        }
+        assert_eq!(seen.len(), 100);
+        let mut out = [0u8; 8];
+        hex_into(0xdead_beef, &mut out);
+        assert_eq!(&out, b"deadbeef");
+    }
 }

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     time::Duration,
 };
@@ -46,13 +46,9 @@ pub struct TargetState {
     consecutive_connect: AtomicU32,
 }
 
-/// Milliseconds since the process started: the clock ejections are kept on.
+/// The clock ejections are kept on (coarse monotonic milliseconds).
 fn now_ms() -> u64 {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
+    crate::clock::monotonic_ms()
 }
 
 impl TargetState {
@@ -60,7 +56,10 @@ impl TargetState {
     pub fn usable(&self) -> bool {
         self.weight > 0
             && self.healthy.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+            && match self.ejected_until_ms.load(Ordering::Relaxed) {
+                0 => true,
+                until => until <= now_ms(),
+            }
     }
 }
 
