@@ -1,6 +1,7 @@
 //! The gateway's pooled HTTP/1.1 connections to upstream targets, against a raw-socket
 //! upstream that counts its connections: reuse, chunked bodies, a target closing idle
-//! connections, the route's idle timeout, and a response body cut short.
+//! connections, the route's idle timeout, a response body cut short, and a request body the
+//! upstream never read.
 
 mod support;
 
@@ -28,6 +29,9 @@ enum Answer {
     ClosesIdle,
     /// A large `Content-Length` body sent slowly, so a client can leave in the middle.
     Slow,
+    /// Answers with the request line as soon as the head arrives, never reading a request
+    /// body, and closes 100 ms later.
+    EarlyClose,
 }
 
 struct Counts {
@@ -80,6 +84,11 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                         .windows(4)
                         .position(|w| w == b"\r\n\r\n")
                         .map_or(0, |p| p + 4);
+                    let line = buf
+                        .split(|b| *b == b'\r')
+                        .next()
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
                     buf.drain(..end);
                     c.requests.fetch_add(1, Ordering::SeqCst);
                     let ok = match answer {
@@ -94,6 +103,16 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                             )
                             .await
                             .is_ok(),
+                        Answer::EarlyClose => {
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                line.len()
+                            );
+                            let _ = s.write_all(head.as_bytes()).await;
+                            let _ = s.write_all(&line).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            false
+                        }
                         Answer::Slow => {
                             let mut ok = s
                                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
@@ -233,4 +252,47 @@ fn a_body_cut_short_does_not_return_its_connection() {
     let r = parse(&raw);
     assert_eq!((r.status, r.body.len()), (200, 100_000));
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_request_body_the_upstream_never_read_is_not_taken_for_the_next_request() {
+    let rt = runtime();
+    let (up, _counts) = raw_upstream(&rt, Answer::EarlyClose);
+    let gw = gateway(up, 60_000);
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // Part of the body (max_body_bytes is 1024); the upstream answers and closes without reading it.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .expect("write");
+    s.write_all(&[b'a'; 300]).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // The upstream echoes the request line as its body.
+    while !head.ends_with(b"POST /upload HTTP/1.1") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // The upstream has closed (after 100 ms), with the body still coming.
+    std::thread::sleep(Duration::from_millis(400));
+    // The rest of the body, crafted to read as a request if it were parsed as one, then a
+    // real request.
+    let mut rest = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    rest.resize(700, b'a');
+    let _ = s.write_all(&rest);
+    let _ = s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut after = Vec::new();
+    let _ = s.read_to_end(&mut after);
+    let after = String::from_utf8_lossy(&after);
+    // Whatever the gateway does with the connection, the body's bytes are never a request
+    // (parking this connection once the response was done would have smuggled one).
+    assert!(!after.contains("HTTP/1.1 400"), "{after}");
+    assert!(!after.contains("smuggled"), "{after}");
 }
