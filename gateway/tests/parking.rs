@@ -142,6 +142,11 @@ fn pipelined_and_split_requests_survive_a_park() {
         (r.status, r.json()["path"].clone()),
         (200, "/slowly".into())
     );
+    // Still kept alive: stopping hyper to park never told the client to close.
+    assert_eq!(r.headers.get("connection"), None);
+    s.write_all(get("/again").as_bytes()).expect("write");
+    let r = read_one(&mut s).expect("the connection is still open");
+    assert_eq!(r.json()["path"], "/again");
 }
 
 #[test]
