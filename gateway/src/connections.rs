@@ -144,17 +144,36 @@ impl Connections {
         let now = crate::clock::monotonic_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && now.saturating_sub(c.since) < self.idle_ms() {
+            if c.sender.is_ready() && now.saturating_sub(c.since) < self.idle_ms() {
                 return Some(c.sender);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Body>) {
+    fn checkin(self: Arc<Self>, mut sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
+        if !sender.is_ready() {
+            // Still sending the request body (the target answered before reading it all), or
+            // not caught up with the response's end: pooled once it can take a request, so
+            // that no request waits behind another's upload.
+            let (home, limit) = (Arc::downgrade(&self), self.idle_timeout);
+            drop(self);
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(limit, sender.ready()).await {
+                    if let Some(home) = home.upgrade() {
+                        home.push(sender);
+                    }
+                }
+            });
+            return;
+        }
+        self.push(sender);
+    }
+
+    fn push(&self, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleConn {
             sender,
@@ -216,7 +235,7 @@ pub struct Checkin {
 impl Checkin {
     fn give_back(&mut self) {
         if let (Some(sender), Some(home)) = (self.sender.take(), self.home.upgrade()) {
-            home.checkin(sender);
+            Connections::checkin(home, sender);
         }
     }
 }
@@ -249,8 +268,12 @@ impl hyper::body::Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        // The end: no more frames, or trailers (always the last frame).
+        if let Poll::Ready(None) = &polled {
             self.ended = true;
+        }
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.ended |= frame.is_trailers();
         }
         polled
     }

@@ -53,6 +53,10 @@ pub struct Idle {
     /// The latest request ends the connection (`Connection: close`, or HTTP/1.0): hyper
     /// will close it after the response, and its shutdown must not be skipped.
     closing: AtomicBool,
+    /// A request on this hyper instance asked for an upgrade (`Upgrade`, or CONNECT): hyper
+    /// keeps a pending upgrade for it until the connection ends, and stopping would hand the
+    /// socket to that upgrade instead of back to us.
+    upgrade_asked: AtomicBool,
     /// hyper was asked to stop so that the connection can be parked.
     parking: AtomicBool,
 }
@@ -76,6 +80,11 @@ impl Idle {
                         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
                 });
         self.closing.store(closing, Relaxed);
+        if req.method() == hyper::Method::CONNECT
+            || req.headers().contains_key(hyper::header::UPGRADE)
+        {
+            self.upgrade_asked.store(true, Relaxed);
+        }
         InFlight(self.clone())
     }
 
@@ -88,11 +97,13 @@ impl Idle {
             && self.in_flight.load(Relaxed) == 0
             && !self.latest_had_body.load(Relaxed)
             && !self.closing.load(Relaxed)
+            && !self.upgrade_asked.load(Relaxed)
             && self.read_blocked.load(Relaxed)
     }
 
     fn reset(&self) {
         self.started.store(0, Relaxed);
+        self.upgrade_asked.store(false, Relaxed);
         self.parking.store(false, Relaxed);
         self.read_blocked.store(false, Relaxed);
     }
@@ -336,6 +347,12 @@ where
             self.idle.parking.store(false, Relaxed);
             conn.as_mut().graceful_shutdown();
         }
+        // Until its first request starts, a restarted hyper is held to the deadline of the
+        // wait it came from (hyper's own head timer starts anew with each instance).
+        if self.idle.started.load(Relaxed) == 0 && self.timer.as_mut().poll(cx).is_ready() {
+            debug!(peer = %self.peer, "request head not received in time; closing");
+            return Poll::Ready(false);
+        }
         let mut result = conn.as_mut().poll(cx);
         if result.is_pending()
             && !self.stopping
@@ -365,9 +382,11 @@ where
         self.service = Some(parts.service);
         // Even empty, `read_buf` shares hyper's whole read buffer: copy what it holds.
         if !parts.read_buf.is_empty() {
-            // Part of the next request had arrived: serve it now.
+            // Part of the next request had arrived: serve it now, its head due within the
+            // wait from now.
             let prefix = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
+            self.timer.as_mut().reset(Instant::now() + self.plain.wait);
             return Poll::Ready(self.start_http1(prefix));
         }
         drop(parts.read_buf);

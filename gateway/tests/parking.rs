@@ -14,9 +14,14 @@ use std::{
 use support::{fixed, metric, parse, runtime, upstream, Gateway, Reply};
 
 fn gateway(up: SocketAddr) -> Gateway {
+    gateway_waiting(up, 5000)
+}
+
+/// With `header_read_timeout_ms = wait_ms`.
+fn gateway_waiting(up: SocketAddr, wait_ms: u64) -> Gateway {
     Gateway::start(&format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000\n\n\
-         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 5000\nmax_body_bytes = 4096\n\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {wait_ms}\nmax_body_bytes = 4096\n\n\
          [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
          [[route]]\nname = \"r\"\nupstream = \"a\"\n"
     ))
@@ -239,5 +244,72 @@ fn parked_connections_end_when_idle_too_long_and_at_shutdown() {
         start.elapsed() < Duration::from_secs(4),
         "exited without waiting for the parked connections: {:?}",
         start.elapsed()
+    );
+}
+
+#[test]
+fn a_request_that_asked_for_an_upgrade_and_got_none_keeps_its_connection() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr);
+    let mut s = connect(&gw);
+    // What `curl --http2 http://...` sends; the upstream answers HTTP/1.1 without switching.
+    s.write_all(
+        b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .expect("write");
+    let r = read_one(&mut s).expect("answered without an upgrade");
+    assert_eq!((r.status, r.json()["path"].clone()), (200, "/h2c".into()));
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(get("/after").as_bytes()).expect("write");
+    let r = read_one(&mut s).expect("the connection is still open");
+    assert_eq!((r.status, r.json()["path"].clone()), (200, "/after".into()));
+}
+
+#[test]
+fn a_slow_head_after_a_park_gets_only_what_is_left_of_the_wait() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway_waiting(up.addr, 1000);
+    let mut s = connect(&gw);
+    s.write_all(get("/").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").status, 200);
+    let idle = Instant::now();
+    // Parked for 700 ms, then a head one byte per 100 ms that never ends: the 1000 ms wait
+    // counts from the park, not from the first byte.
+    std::thread::sleep(Duration::from_millis(700));
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut buf = [0u8; 64];
+    let mut closed_at = None;
+    for b in head {
+        if s.write_all(&[*b]).is_err() {
+            closed_at = Some(idle.elapsed());
+            break;
+        }
+        // The read timeout paces the bytes: 100 ms each while the connection is open.
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed_at = Some(idle.elapsed());
+                break;
+            }
+            Ok(_) => panic!("no response was due"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed_at = Some(idle.elapsed());
+                break;
+            }
+        }
+    }
+    let waited = closed_at.expect("closed while the head trickled in");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1500),
+        "closed {waited:?} after the park"
     );
 }

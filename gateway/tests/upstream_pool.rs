@@ -25,6 +25,8 @@ enum Answer {
     Length,
     /// Chunked body in two chunks, connection kept.
     Chunked,
+    /// Chunked body with a trailer field, connection kept.
+    ChunkedTrailers,
     /// `Content-Length` body, then the connection is closed 50 ms later if no request came.
     ClosesIdle,
     /// A large `Content-Length` body sent slowly, so a client can leave in the middle.
@@ -32,6 +34,9 @@ enum Answer {
     /// Answers with the request line as soon as the head arrives, never reading a request
     /// body, and closes 100 ms later.
     EarlyClose,
+    /// Answers `ok` as soon as the head arrives and keeps the connection (what follows a
+    /// head, a body included, is read as the start of the next head).
+    EarlyKeep,
 }
 
 struct Counts {
@@ -92,8 +97,15 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                     buf.drain(..end);
                     c.requests.fetch_add(1, Ordering::SeqCst);
                     let ok = match answer {
-                        Answer::Length | Answer::ClosesIdle => s
+                        Answer::Length | Answer::ClosesIdle | Answer::EarlyKeep => s
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_ok(),
+                        Answer::ChunkedTrailers => s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                                  3\r\nchu\r\n4\r\nnked\r\n0\r\nx-sum: 7\r\n\r\n",
+                            )
                             .await
                             .is_ok(),
                         Answer::Chunked => s
@@ -160,9 +172,9 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 #[test]
-fn sequential_requests_reuse_one_connection_for_length_and_chunked_bodies() {
+fn sequential_requests_reuse_one_connection_for_length_chunked_and_trailer_bodies() {
     let rt = runtime();
-    for answer in [Answer::Length, Answer::Chunked] {
+    for answer in [Answer::Length, Answer::Chunked, Answer::ChunkedTrailers] {
         let (up, counts) = raw_upstream(&rt, answer);
         let gw = gateway(up, 60_000);
         for _ in 0..20 {
@@ -295,4 +307,46 @@ fn a_request_body_the_upstream_never_read_is_not_taken_for_the_next_request() {
     // (parking this connection once the response was done would have smuggled one).
     assert!(!after.contains("HTTP/1.1 400"), "{after}");
     assert!(!after.contains("smuggled"), "{after}");
+}
+
+#[test]
+fn a_request_never_waits_behind_another_requests_upload() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::EarlyKeep);
+    let gw = Gateway::start(&support::config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 3000 }}\n"
+    )));
+    // A: an upload the target answers at once, then stalls (its connection is still sending
+    // the body when A's response is done).
+    let mut a = TcpStream::connect(gw.http).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    a.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .expect("write");
+    a.write_all(&[b'a'; 300]).expect("write");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\nok") {
+        match a.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => break,
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // B goes to the same target: on another connection, at once.
+    let asked = Instant::now();
+    let r = get(&gw);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "waited {:?} behind the stalled upload",
+        asked.elapsed()
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    drop(a);
 }
