@@ -3,7 +3,7 @@
 //!
 //! - The upstream is an nginx instance that answers a small fixed body.
 //! - Each proxy gets one worker pinned to CPU 0; wrk and the upstream run on CPU 1.
-//! - wrk: 1 thread, 50 connections; after a 2 s warm-up of each, 3 alternating 5 s runs of
+//! - wrk: 1 thread, 50 connections; after a 2 s warm-up of each, 5 alternating 3 s runs of
 //!   each proxy, and the median of each figure (the machine is shared, and its speed drifts).
 //! - Memory: RSS (all processes of the proxy) with 10,000 idle keep-alive connections open.
 //! - Policies: the same gateway on a route with JWT (RS256, a PyJWT-minted token) + one rate
@@ -19,8 +19,8 @@ use std::{
 };
 
 const CONNECTIONS: u32 = 50;
-const SECONDS: u32 = 5;
-const ROUNDS: usize = 3;
+const SECONDS: u32 = 3;
+const ROUNDS: usize = 5;
 const IDLE: usize = 10_000;
 
 fn free_port() -> u16 {
