@@ -7,9 +7,11 @@
 //! service. The next request's bytes start hyper again. A connection costs about a kilobyte
 //! while it waits instead of some 17.
 //!
-//! hyper is asked to stop only when it is idle between requests, so stopping never adds
-//! `Connection: close` to a response, and no bytes are lost: hyper flushes before it shuts the
-//! stream down (which [`ParkIo`] then skips), and hands back what it had read but not parsed.
+//! hyper is asked to stop only when it owes the client no response head, reads no request
+//! body, and was not asked to close or upgrade (see `Idle::is_idle`), so stopping never adds
+//! `Connection: close` to a response, and no bytes are lost: hyper finishes the response in
+//! progress and flushes before it shuts the stream down (which [`ParkIo`] then skips), and
+//! hands back what it had read but not parsed.
 
 use std::{
     future::Future,
