@@ -100,7 +100,10 @@ pub async fn serve(
         auto: builder.clone(),
         wait: handshake_limit,
         metrics: metrics.clone(),
+        sweep: Arc::new(park::Sweep::default()),
+        stop: stop.clone(),
     });
+    tokio::spawn(plain.sweep.clone().run(stop.clone()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -126,7 +129,7 @@ pub async fn serve(
         };
         let runtime = runtime.clone();
         let service_metrics = metrics.clone();
-        let idle = Arc::new(Idle::default());
+        let idle = Arc::new(Idle::new(peer));
         let service_idle = idle.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // The generation in force now serves this request to the end.
@@ -158,8 +161,6 @@ pub async fn serve(
                     service,
                     idle,
                     plain.clone(),
-                    stop,
-                    peer,
                     guard,
                 ));
             }

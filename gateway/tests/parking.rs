@@ -313,3 +313,30 @@ fn a_slow_head_after_a_park_gets_only_what_is_left_of_the_wait() {
         "closed {waited:?} after the park"
     );
 }
+
+#[test]
+fn a_first_request_parks_at_once_and_a_reused_connection_after_a_tick() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr);
+    let mut s = connect(&gw);
+    s.write_all(get("/one").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").status, 200);
+    // Parked in the same step that wrote the response: no tick (250 ms) is waited for.
+    let start = Instant::now();
+    while metric(&gw, "sluice_gateway_parked_connections ") != 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "a connection that carried one request parks at once"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Reused: it is served unparked and parks again once idle through a tick.
+    for path in ["/two", "/three"] {
+        s.write_all(get(path).as_bytes()).expect("write");
+        assert_eq!(read_one(&mut s).expect("response").json()["path"], path);
+    }
+    assert!(settles(&gw, "sluice_gateway_parked_connections ", 1.0));
+    s.write_all(get("/four").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").json()["path"], "/four");
+}
