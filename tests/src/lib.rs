@@ -706,3 +706,27 @@ pub fn http_get_from(
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Gateway config for [`World::start_with_policies`]: route `/limited` allows 10 requests per
+/// client address per 10 minutes, counted in the harness's redis-server, so the limit holds
+/// whichever gateway a flow lands on (the end-to-end test and the demo both use it).
+pub const PER_CLIENT_LIMIT: &str = r#"
+[redis]
+url = "redis://:sluice-e2e@10.20.0.31:6379"
+timeout_ms = 1000
+on_failure = "closed"
+
+[[rate_limit]]
+name = "per-client"
+requests = 10
+window_ms = 600000
+key = "client_ip"
+store = "redis"
+
+[[route]]
+name = "limited"
+path = { prefix = "/limited" }
+upstream = "app"
+rate_limits = ["per-client"]
+request_transform = { strip_prefix = "/limited" }
+"#;

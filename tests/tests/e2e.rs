@@ -430,28 +430,7 @@ fn policies_key_on_the_real_client_address_across_gateways() {
     }
     // One limit per client address, kept in Redis so that it holds across all gateways
     // the L4 tier spreads the client's connections over.
-    let w = World::start_with_policies(
-        r#"
-[redis]
-url = "redis://:sluice-e2e@10.20.0.31:6379"
-timeout_ms = 1000
-on_failure = "closed"
-
-[[rate_limit]]
-name = "per-client"
-requests = 10
-window_ms = 600000
-key = "client_ip"
-store = "redis"
-
-[[route]]
-name = "limited"
-path = { prefix = "/limited" }
-upstream = "app"
-rate_limits = ["per-client"]
-request_transform = { strip_prefix = "/limited" }
-"#,
-    );
+    let w = World::start_with_policies(sluice_e2e::PER_CLIENT_LIMIT);
     let n = w.gateway_count();
     let before: Vec<u64> = (1..=n).map(|i| w.gateway_requests(i)).collect();
     let statuses: Vec<u16> = in_ns(&w.ns["c"], || {

@@ -157,28 +157,6 @@ fn sluice_lb(w: &World, node: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Added to every gateway's config: a per-client limit kept in the harness's redis-server.
-const POLICY: &str = r#"
-[redis]
-url = "redis://:sluice-e2e@10.20.0.31:6379"
-timeout_ms = 1000
-on_failure = "closed"
-
-[[rate_limit]]
-name = "per-client"
-requests = 10
-window_ms = 600000
-key = "client_ip"
-store = "redis"
-
-[[route]]
-name = "limited"
-path = { prefix = "/limited" }
-upstream = "app"
-rate_limits = ["per-client"]
-request_transform = { strip_prefix = "/limited" }
-"#;
-
 /// Runs the demo. `bin_dir` holds the release binaries.
 pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     std::env::set_var("SLUICE_BIN_DIR", bin_dir);
@@ -191,7 +169,7 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     println!(
         "Building the topology and waiting for both load balancers to see every gateway healthy..."
     );
-    let mut w = World::start_with_policies(POLICY);
+    let mut w = World::start_with_policies(sluice_e2e::PER_CLIENT_LIMIT);
     println!(
         "Ready. Traffic starts: 4 clients, each request on a new TCP connection (a new flow).\n"
     );
