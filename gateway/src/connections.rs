@@ -105,20 +105,12 @@ impl Connections {
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Checkin), SendError> {
         loop {
+            // `checkout` hands out only connections ready for a request; a new one takes its
+            // first request as soon as it is open.
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
                 None => (self.connect().await?, false),
             };
-            // A reused connection may still be finishing its previous exchange.
-            if let Err(source) = sender.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(SendError::Exchange {
-                    addr: self.addr,
-                    source,
-                });
-            }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {

@@ -63,6 +63,31 @@ pub fn bind(l: &Listener) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// What serves one client connection's requests: the gateway's per-connection service.
+pub trait ConnService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = hyper::Response<crate::Body>,
+        Future: Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = hyper::Response<crate::Body>,
+            Future: Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// The TLS config new connections of a listener get; swapped when files change.
 pub type TlsState = Arc<ArcSwap<rustls::ServerConfig>>;
 
@@ -205,11 +230,7 @@ pub(crate) async fn serve_conn<I, S>(
     peer: SocketAddr,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
 {
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

@@ -41,6 +41,8 @@ use tokio::{
 };
 use tracing::debug;
 
+use crate::listener::ConnService;
+
 /// What the socket wrapper, the service and the driver of one connection know of each
 /// other. All three are polled by the connection's one task, so relaxed atomics suffice.
 #[derive(Debug)]
@@ -309,12 +311,7 @@ enum Phase<S: hyper::service::HttpService<Incoming>> {
 
 impl<S, G> Connection<S, G>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
     G: Unpin,
 {
     /// A connection just accepted. `idle` must be the one `service` reports to; `guard` is
@@ -508,12 +505,7 @@ impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {
 
 impl<S, G> Future for Connection<S, G>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<crate::Body>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService,
     G: Unpin,
 {
     type Output = ();
