@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{fixed, metric, parse, runtime, upstream, Gateway, Reply};
+use support::{connect, fixed, metric, read_one, runtime, upstream, Gateway};
 
 fn gateway(up: SocketAddr) -> Gateway {
     gateway_waiting(up, 5000)
@@ -25,32 +25,6 @@ fn gateway_waiting(up: SocketAddr, wait_ms: u64) -> Gateway {
          [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
          [[route]]\nname = \"r\"\nupstream = \"a\"\n"
     ))
-}
-
-fn connect(gw: &Gateway) -> TcpStream {
-    let s = TcpStream::connect(gw.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s
-}
-
-/// Reads exactly one response with a Content-Length body; `None` if the connection closed
-/// first.
-fn read_one(s: &mut TcpStream) -> Option<Reply> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => raw.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = parse(&raw);
-    let len: usize = head.headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    raw.extend_from_slice(&body);
-    Some(parse(&raw))
 }
 
 fn get(path: &str) -> String {

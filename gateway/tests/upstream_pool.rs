@@ -163,6 +163,17 @@ fn get(gw: &Gateway) -> support::Reply {
     support::request(gw.http, "GET", "/", &[], "")
 }
 
+/// Starts an upload of 1,000 bytes, sends 300 of them, and reads the response the target
+/// gives before reading the body.
+fn start_upload(gw: &Gateway) -> (TcpStream, support::Reply) {
+    let mut s = support::connect(gw);
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .expect("write");
+    s.write_all(&[b'a'; 300]).expect("write");
+    let r = support::read_one(&mut s).expect("answered before the body was read");
+    (s, r)
+}
+
 fn eventually(what: &str, f: impl Fn() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -271,27 +282,10 @@ fn a_request_body_the_upstream_never_read_is_not_taken_for_the_next_request() {
     let rt = runtime();
     let (up, _counts) = raw_upstream(&rt, Answer::EarlyClose);
     let gw = gateway(up, 60_000);
-    let mut s = TcpStream::connect(gw.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    // Part of the body (max_body_bytes is 1024); the upstream answers and closes without reading it.
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
-        .expect("write");
-    s.write_all(&[b'a'; 300]).expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    // The upstream echoes the request line as its body.
-    while !head.ends_with(b"POST /upload HTTP/1.1") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    // Part of the body (max_body_bytes is 1024); the upstream answers with the request line
+    // and closes without reading it.
+    let (mut s, r) = start_upload(&gw);
+    assert_eq!((r.status, r.body.as_str()), (200, "POST /upload HTTP/1.1"));
     // The upstream has closed (after 100 ms), with the body still coming.
     std::thread::sleep(Duration::from_millis(400));
     // The rest of the body, crafted to read as a request if it were parsed as one, then a
@@ -319,25 +313,8 @@ fn a_request_never_waits_behind_another_requests_upload() {
     )));
     // A: an upload the target answers at once, then stalls (its connection is still sending
     // the body when A's response is done).
-    let mut a = TcpStream::connect(gw.http).expect("connect");
-    a.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    a.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
-        .expect("write");
-    a.write_all(&[b'a'; 300]).expect("write");
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\nok") {
-        match a.read(&mut byte) {
-            Ok(1) => got.push(byte[0]),
-            _ => break,
-        }
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    let (a, r) = start_upload(&gw);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     // B goes to the same target: on another connection, at once.
     let asked = Instant::now();
     let r = get(&gw);

@@ -268,6 +268,33 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str], body:
     parse(&raw)
 }
 
+/// A keep-alive client connection to the gateway's first listener (10 s read timeout).
+pub fn connect(gw: &Gateway) -> TcpStream {
+    let s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+/// Reads exactly one response with a Content-Length body; `None` if the connection closed
+/// first.
+pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = parse(&raw);
+    let len: usize = head.headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    raw.extend_from_slice(&body);
+    Some(parse(&raw))
+}
+
 /// Parses a whole HTTP/1.1 response (Content-Length or close-delimited; chunked decoded).
 pub fn parse(raw: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(raw).to_string();
