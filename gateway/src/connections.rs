@@ -1,31 +1,28 @@
 //! Pooled HTTP/1.1 connections to one upstream target.
 //!
-//! hyper-util's pooled client serves any scheme and authority: every request hashes its
-//! authority into a map of pools, builds a checkout future and rewrites its URI. The gateway
-//! knows its targets in advance, so each target gets a plain stack of idle connections on
-//! hyper's own connection API, and a request takes the most recently used one. (In a profile
-//! of the plain proxy route, hyper-util's client was about a seventh of the gateway's own CPU
-//! time.) HTTP/2 upstreams keep hyper-util's client, which multiplexes on one connection.
+//! Each target gets a plain stack of idle connections, and a request takes the most recently
+//! used one. The exchange itself runs in the request's task ([`crate::exchange`]); the
+//! response body puts the connection back here once it has been read to its end.
+//! HTTP/2 upstreams keep hyper-util's client, which multiplexes on one connection.
 
 use std::{
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use hyper::{
-    body::{Body as _, Frame, Incoming, SizeHint},
-    client::conn::http1::{self, SendRequest},
-    Request, Response,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Body as _, Request};
 use tokio::net::TcpStream;
-use tracing::debug;
 
-use crate::Body;
+use crate::{
+    exchange::{
+        self,
+        head::{encode_request, RequestFraming},
+        Answer, ExchangeError, Outgoing, UpstreamConn,
+    },
+    Body,
+};
 
 /// Why a request could not be exchanged with the target.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +44,7 @@ pub enum SendError {
         /// Target.
         addr: SocketAddr,
         /// Cause.
-        source: hyper::Error,
+        source: ExchangeError,
     },
     /// Through hyper-util's client (HTTP/2 upstreams).
     #[error("{0}")]
@@ -75,7 +72,7 @@ pub struct Connections {
 }
 
 struct IdleConn {
-    sender: SendRequest<Body>,
+    conn: UpstreamConn,
     /// Coarse monotonic ms.
     since: u64,
 }
@@ -99,76 +96,67 @@ impl Connections {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one. A
-    /// request that found its pooled connection closed before it was sent goes on the next.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Checkin), SendError> {
+    /// request without a body that meets a pooled connection the target had already closed
+    /// (nothing came back) goes again on the next one, if it is idempotent.
+    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Answer, SendError> {
+        let (parts, body) = req.into_parts();
+        let framing = if body.is_end_stream() {
+            RequestFraming::Empty
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            }
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(512);
+        encode_request(&parts.method, target, &parts.headers, framing, &mut head);
+        let head = Bytes::from(head);
+        let replayable =
+            framing == RequestFraming::Empty && crate::proxy::idempotent(&parts.method);
+        let mut body = (framing != RequestFraming::Empty).then_some(body);
         loop {
-            // `checkout` hands out only connections ready for a request; a new one takes its
-            // first request as soon as it is open.
-            let (mut sender, reused) = match self.checkout() {
-                Some(s) => (s, true),
+            let (conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let checkin = Checkin {
-                        sender: Some(sender),
-                        home: Arc::downgrade(self),
-                    };
-                    return Ok((resp, checkin));
+            let req = Outgoing {
+                method: parts.method.clone(),
+                head: head.clone(),
+                body: body.take(),
+                framing,
+            };
+            match exchange::exchange(conn, req, Arc::downgrade(self)).await {
+                Ok(answer) => return Ok(answer),
+                Err(f) if f.stale && reused && replayable => {
+                    tracing::debug!(addr = %self.addr, "pooled connection was closed; sending again");
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => req = back,
-                    _ => {
-                        return Err(SendError::Exchange {
-                            addr: self.addr,
-                            source: e.into_error(),
-                        })
-                    }
-                },
+                Err(f) => {
+                    return Err(SendError::Exchange {
+                        addr: self.addr,
+                        source: f.error,
+                    })
+                }
             }
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    fn checkout(&self) -> Option<UpstreamConn> {
         let now = crate::clock::monotonic_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.sender.is_ready() && now.saturating_sub(c.since) < self.idle_ms() {
-                return Some(c.sender);
+            if now.saturating_sub(c.since) < self.idle_ms() && c.conn.is_reusable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(self: Arc<Self>, mut sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        if !sender.is_ready() {
-            // Still sending the request body (the target answered before reading it all), or
-            // not caught up with the response's end: pooled once it can take a request, so
-            // that no request waits behind another's upload.
-            let (home, limit) = (Arc::downgrade(&self), self.idle_timeout);
-            drop(self);
-            tokio::spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(limit, sender.ready()).await {
-                    if let Some(home) = home.upgrade() {
-                        home.push(sender);
-                    }
-                }
-            });
-            return;
-        }
-        self.push(sender);
-    }
-
-    fn push(&self, sender: SendRequest<Body>) {
+    /// Takes back a connection whose exchange ended cleanly.
+    pub(crate) fn check_in(&self, conn: UpstreamConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleConn {
-            sender,
+            conn,
             since: crate::clock::monotonic_ms(),
         });
     }
@@ -178,30 +166,21 @@ impl Connections {
         let now = crate::clock::monotonic_ms();
         let timeout = self.idle_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| !c.sender.is_closed() && now.saturating_sub(c.since) < timeout);
+        idle.retain(|c| now.saturating_sub(c.since) < timeout && c.conn.is_reusable());
     }
 
     fn idle_ms(&self) -> u64 {
         self.idle_timeout.as_millis() as u64
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self) -> Result<UpstreamConn, SendError> {
         let addr = self.addr;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendError::ConnectTimeout(addr))?
             .map_err(|source| SendError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| SendError::Exchange { addr, source })?;
-        tokio::spawn(async move {
-            // With upgrades: a 101 hands the connection to the WebSocket tunnel.
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(UpstreamConn::new(stream))
     }
 }
 
@@ -213,76 +192,6 @@ async fn reap(pool: Weak<Connections>, every: Duration) {
         match pool.upgrade() {
             Some(p) => p.prune(),
             None => return,
-        }
-    }
-}
-
-/// A connection lent to one exchange; it goes back to its pool only through
-/// [`PooledBody`], once the response body has been read to its end.
-pub struct Checkin {
-    sender: Option<SendRequest<Body>>,
-    home: Weak<Connections>,
-}
-
-impl Checkin {
-    fn give_back(&mut self) {
-        if let (Some(sender), Some(home)) = (self.sender.take(), self.home.upgrade()) {
-            Connections::checkin(home, sender);
-        }
-    }
-}
-
-/// A response body that returns its connection to the pool when read to the end. Dropped
-/// earlier, the connection is closed: what is left of the body cannot be skipped cheaply.
-pub struct PooledBody {
-    inner: Incoming,
-    checkin: Checkin,
-    ended: bool,
-}
-
-impl PooledBody {
-    /// `inner` read over the connection `checkin` lent.
-    pub fn new(inner: Incoming, checkin: Checkin) -> Self {
-        Self {
-            inner,
-            checkin,
-            ended: false,
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // The end: no more frames, or trailers (always the last frame).
-        if let Poll::Ready(None) = &polled {
-            self.ended = true;
-        }
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            self.ended |= frame.is_trailers();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.ended || self.inner.is_end_stream() {
-            self.checkin.give_back();
         }
     }
 }

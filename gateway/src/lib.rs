@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod exchange;
 pub mod listener;
 pub mod metrics;
 pub mod park;

@@ -156,18 +156,17 @@ pub async fn serve(
         let service_metrics = metrics.clone();
         let idle = Arc::new(Idle::new(peer));
         let service_idle = idle.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let serve_request = move |req: Request<Incoming>| {
             // The generation in force now serves this request to the end.
             let rt = runtime.load_full();
             let metrics = service_metrics.clone();
             let in_flight = service_idle.start(&req);
-            let fut = async move {
+            async move {
                 let response = proxy::handle(rt, metrics, conn, req).await;
                 drop(in_flight);
                 Ok::<_, std::convert::Infallible>(response)
-            };
-            Box::pin(fut)
-        });
+            }
+        };
         let guard = ConnGuard {
             metrics: metrics.clone(),
             _permit: permit,
@@ -181,9 +180,12 @@ pub async fn serve(
         // TLS one (a task's future is allocated whole for the connection's lifetime).
         match &tls {
             None => {
+                // hyper keeps one slot for the request future in each connection: a plain
+                // connection's hyper instance lives only while it is busy (see park.rs), so
+                // the future goes there as it is, without an allocation per request.
                 tokio::spawn(park::Connection::new(
                     stream,
-                    service,
+                    hyper::service::service_fn(serve_request),
                     idle,
                     plain.clone(),
                     guard,
@@ -191,6 +193,9 @@ pub async fn serve(
             }
             Some(state) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(state.load_full());
+                // A TLS connection keeps its hyper instance for life, idle or not: the request
+                // future (kilobytes) is boxed per request rather than held in each one.
+                let service = hyper::service::service_fn(move |req| Box::pin(serve_request(req)));
                 tokio::spawn(async move {
                     let _guard = guard;
                     match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {

@@ -18,7 +18,7 @@ use rand::Rng;
 
 use crate::{
     config::{Config, Route},
-    connections::PooledBody,
+    exchange::{Answer, Upgraded},
     metrics::Metrics,
     policy::{self, Chain, Context},
     problem::{full, problem, GatewayMade},
@@ -188,6 +188,13 @@ pub struct Conn {
     pub max_body: u64,
 }
 
+/// Header names the gateway reads or writes on every request, parsed once.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
 /// As header names, so removing them costs no parsing per request.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -203,8 +210,23 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the (few) headers says so.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Most messages carry none of them: one pass over the (few) headers says so, comparing
+    // names as strings (a `HeaderName` comparison costs more for the non-standard ones).
+    let hop = |k: &HeaderName| {
+        matches!(
+            k.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+    };
+    if !headers.keys().any(hop) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -243,7 +265,7 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -344,7 +366,7 @@ pub async fn handle(
     let method = req.method().clone();
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map(str::to_string)
@@ -357,7 +379,7 @@ pub async fn handle(
     let (mut resp, route_name, consumer) =
         serve(&rt, &metrics, conn, client, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     metrics.request(
         route_name,
@@ -524,7 +546,9 @@ async fn serve<'rt>(
             route: name,
             identity: None,
         };
-        let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
+        // Boxed: the chain's future is several kilobytes (JWT key fetches, Redis calls), and
+        // unboxed it would be part of every request's future, policies or not.
+        let verdict = Box::pin(route.chain.run(&mut parts, body, &mut ctx)).await;
         consumer = ctx.identity.map(|i| i.consumer.clone());
         match verdict {
             Ok((b, a)) => {
@@ -547,7 +571,7 @@ async fn serve<'rt>(
         if resp.extensions().get::<GatewayMade>().is_none()
             && resp.status() != StatusCode::SWITCHING_PROTOCOLS
         {
-            resp = t.apply(resp, head).await;
+            resp = Box::pin(t.apply(resp, head)).await;
         }
     }
     resp.headers_mut().extend(admitted.headers);
@@ -627,10 +651,10 @@ async fn forward(
             text.push_str(", ");
         }
     };
-    append_to(&mut text, parts.headers.get("x-forwarded-for"));
+    append_to(&mut text, parts.headers.get(X_FORWARDED_FOR));
     let _ = write!(text, "{peer_ip}");
     if let Ok(v) = HeaderValue::from_str(&text) {
-        parts.headers.insert("x-forwarded-for", v);
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     append_to(&mut text, parts.headers.get(header::FORWARDED));
     let _ = if peer_ip.is_ipv6() {
@@ -646,15 +670,15 @@ async fn forward(
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        parts.headers.insert("x-request-id", v);
+        parts.headers.insert(X_REQUEST_ID, v);
     }
-    let trace = traceparent(parts.headers.get("traceparent"));
-    parts.headers.insert("traceparent", trace);
+    let trace = traceparent(parts.headers.get(TRACEPARENT));
+    parts.headers.insert(TRACEPARENT, trace);
     let original_host = parts.headers.get(header::HOST).cloned();
     if let Some(h) = &original_host {
-        parts.headers.insert("x-forwarded-host", h.clone());
+        parts.headers.insert(X_FORWARDED_HOST, h.clone());
     }
     let retries = &route.config.retries;
     let can_retry = retries.attempts > 0 && idempotent(&parts.method);
@@ -775,7 +799,10 @@ async fn forward(
         let outcome = tokio::time::timeout(timeout, client.send(pool, i, up)).await;
         let retry_left = can_retry && (tried.len() as u32) <= retries.attempts;
         match outcome {
-            Ok(Ok((resp, checkin))) => {
+            Ok(Ok(Answer {
+                response: resp,
+                upgraded,
+            })) => {
                 pool.observe(i, sent.elapsed());
                 metrics.upstream(&pool.name, sent.elapsed());
                 let status = resp.status().as_u16();
@@ -792,17 +819,9 @@ async fn forward(
                     continue;
                 }
                 if status == 101 {
-                    return switch_protocols(resp, client_upgrade, upgrade, held);
+                    return switch_protocols(resp, upgraded, client_upgrade, upgrade, held);
                 }
-                let (mut rp, rb) = resp.into_parts();
-                let body = match checkin {
-                    Some(c) => PooledBody::new(rb, c)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                        .boxed(),
-                    None => rb
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                        .boxed(),
-                };
+                let (mut rp, body) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 if let Some(name) = &pool.session_cookie {
                     let token = pool.session_token(i);
@@ -855,31 +874,38 @@ async fn forward(
 
 /// Answers 101 to the client and joins the two upgraded connections.
 fn switch_protocols(
-    mut resp: Response<Incoming>,
+    resp: Response<Body>,
+    upstream: Option<Upgraded>,
     client: Option<hyper::upgrade::OnUpgrade>,
     protocol: Option<HeaderValue>,
     held: Option<Arc<Held>>,
 ) -> Response<Body> {
-    let (Some(client), Some(protocol)) = (client, protocol) else {
+    let (Some(client), Some(protocol), Some(upstream)) = (client, protocol, upstream) else {
         return problem(
             StatusCode::BAD_GATEWAY,
             "the upstream switched protocols unasked",
         );
     };
-    let upstream = hyper::upgrade::on(&mut resp);
     let (mut rp, _) = resp.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     keep_upgrade(&mut rp.headers, protocol);
     tokio::spawn(async move {
         // Concurrency slots stay taken while the tunnel is open.
         let _held = held;
-        match tokio::try_join!(client, upstream) {
-            Ok((c, u)) => {
-                let (mut c, mut u) = (
-                    hyper_util::rt::TokioIo::new(c),
-                    hyper_util::rt::TokioIo::new(u),
-                );
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        match client.await {
+            Ok(c) => {
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let Upgraded {
+                    stream: mut u,
+                    read_ahead,
+                } = upstream;
+                // What the target sent right after its 101 goes first.
+                use tokio::io::AsyncWriteExt as _;
+                let joined = async {
+                    c.write_all(&read_ahead).await?;
+                    tokio::io::copy_bidirectional(&mut c, &mut u).await
+                };
+                if let Err(e) = joined.await {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }
             }

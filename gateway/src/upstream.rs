@@ -10,7 +10,8 @@ use std::{
     time::Duration,
 };
 
-use hyper::{body::Incoming, header::HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt as _;
+use hyper::{header::HeaderValue, Request, Uri};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
@@ -19,7 +20,8 @@ use rand::Rng;
 
 use crate::{
     config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
-    connections::{Checkin, Connections, SendError},
+    connections::{Connections, SendError},
+    exchange::Answer,
     Body,
 };
 
@@ -402,15 +404,14 @@ pub enum HttpClient {
 }
 
 impl HttpClient {
-    /// Sends `req` (origin-form URI) to target `i` of `pool`. The [`Checkin`] of an HTTP/1.1
-    /// exchange returns its connection once the response body is read (see
-    /// [`crate::connections::PooledBody`]).
+    /// Sends `req` (origin-form URI) to target `i` of `pool`. An HTTP/1.1 response body
+    /// returns its connection to the pool once read to its end.
     pub async fn send(
         &self,
         pool: &Pool,
         i: usize,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+    ) -> Result<Answer, SendError> {
         let target = &pool.targets[i];
         match self {
             HttpClient::Http1(conns) => {
@@ -422,8 +423,7 @@ impl HttpClient {
                 let Some(c) = conns.get(i) else {
                     return Err(SendError::ConnectTimeout(target.addr));
                 };
-                let (resp, checkin) = c.send(req).await?;
-                Ok((resp, Some(checkin)))
+                c.send(req).await
             }
             HttpClient::Http2(client) => {
                 // hyper-util's client connects to the URI's authority.
@@ -440,7 +440,11 @@ impl HttpClient {
                 {
                     *req.uri_mut() = uri;
                 }
-                Ok((client.request(req).await?, None))
+                let resp = client.request(req).await?;
+                Ok(Answer {
+                    response: resp.map(|b| b.map_err(Into::into).boxed()),
+                    upgraded: None,
+                })
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The gateway's pooled HTTP/1.1 connections to upstream targets, against a raw-socket
-//! upstream that counts its connections: reuse, chunked bodies, a target closing idle
-//! connections, the route's idle timeout, a response body cut short, and a request body the
-//! upstream never read.
+//! upstream that counts its connections: reuse, chunked bodies, interim responses, a target
+//! closing idle connections (or closing one just as a request is sent), the route's idle
+//! timeout, a response body cut short, a request body the upstream never read, and responses
+//! whose framing is suspect or broken.
 
 mod support;
 
@@ -37,6 +38,15 @@ enum Answer {
     /// Answers `ok` as soon as the head arrives and keeps the connection (what follows a
     /// head, a body included, is read as the start of the next head).
     EarlyKeep,
+    /// `100 Continue` and `103 Early Hints` before a `Content-Length` body.
+    Interim,
+    /// Both `Content-Length` (wrong) and chunked framing: chunked must win.
+    BothFramings,
+    /// A `Content-Length` that is not a number.
+    BadLength,
+    /// Answers the first request on a connection; closes the connection, unanswered, when
+    /// the second request arrives (the race a pooled connection can lose).
+    DropsSecond,
 }
 
 struct Counts {
@@ -64,6 +74,7 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
+                let mut served = 0;
                 'conn: loop {
                     // One request head (the gateway sends no body for GET).
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -96,8 +107,33 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                         .unwrap_or_default();
                     buf.drain(..end);
                     c.requests.fetch_add(1, Ordering::SeqCst);
+                    served += 1;
                     let ok = match answer {
                         Answer::Length | Answer::ClosesIdle | Answer::EarlyKeep => s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_ok(),
+                        Answer::Interim => s
+                            .write_all(
+                                b"HTTP/1.1 100 Continue\r\n\r\n\
+                                  HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                                  HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            )
+                            .await
+                            .is_ok(),
+                        Answer::BothFramings => s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
+                                  Transfer-Encoding: chunked\r\n\r\n7\r\nchunked\r\n0\r\n\r\n",
+                            )
+                            .await
+                            .is_ok(),
+                        Answer::BadLength => s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nok")
+                            .await
+                            .is_ok(),
+                        Answer::DropsSecond if served == 2 => false,
+                        Answer::DropsSecond => s
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                             .await
                             .is_ok(),
@@ -183,9 +219,14 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 #[test]
-fn sequential_requests_reuse_one_connection_for_length_chunked_and_trailer_bodies() {
+fn sequential_requests_reuse_one_connection_for_length_chunked_trailer_and_interim_answers() {
     let rt = runtime();
-    for answer in [Answer::Length, Answer::Chunked, Answer::ChunkedTrailers] {
+    for answer in [
+        Answer::Length,
+        Answer::Chunked,
+        Answer::ChunkedTrailers,
+        Answer::Interim,
+    ] {
         let (up, counts) = raw_upstream(&rt, answer);
         let gw = gateway(up, 60_000);
         for _ in 0..20 {
@@ -326,4 +367,83 @@ fn a_request_never_waits_behind_another_requests_upload() {
     );
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
     drop(a);
+}
+
+#[test]
+fn chunked_framing_wins_over_a_content_length_and_the_connection_is_not_reused() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::BothFramings);
+    let gw = gateway(up, 60_000);
+    for _ in 0..3 {
+        let r = get(&gw);
+        assert_eq!((r.status, r.body.as_str()), (200, "chunked"));
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        3,
+        "a response framed two ways may be a smuggling attempt: its connection is closed"
+    );
+}
+
+#[test]
+fn a_broken_response_head_is_a_502_problem() {
+    let rt = runtime();
+    let (up, _counts) = raw_upstream(&rt, Answer::BadLength);
+    let gw = gateway(up, 60_000);
+    let r = get(&gw);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("application/problem+json")
+    );
+}
+
+#[test]
+fn an_idempotent_request_on_a_connection_closed_under_it_goes_again_and_a_post_does_not() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::DropsSecond);
+    let gw = gateway(up, 60_000);
+    assert_eq!(get(&gw).status, 200);
+    // The pooled connection looks alive; the target closes it on seeing this request.
+    let r = get(&gw);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "ok"),
+        "sent again on a new connection"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
+    // A POST may have had an effect before the connection closed: it is not sent again.
+    let r = support::request(gw.http, "POST", "/", &[], "");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn uploads_reach_the_target_whole_with_their_length_or_chunked() {
+    let rt = runtime();
+    let up = support::upstream(&rt, "echo", support::fixed(200, Duration::ZERO));
+    let gw = gateway(up.addr, 60_000);
+    let body: String = (0..1000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    // Known length: passed on with a Content-Length.
+    let r = support::request(gw.http, "POST", "/len", &[], &body);
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(seen["body"], body.as_str());
+    assert_eq!(seen["headers"]["content-length"], "1000");
+    assert!(seen["headers"].get("transfer-encoding").is_none());
+    // Unknown length (the client chunked it): chunked to the target too.
+    let mut s = support::connect(&gw);
+    let mut wire =
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in [&body[..1], &body[1..400], &body[400..900]] {
+        wire.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&wire).expect("write");
+    let r = support::read_one(&mut s).expect("reply");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(seen["body"], &body[..900]);
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+    assert!(seen["headers"].get("content-length").is_none());
 }
