@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use hyper::{body::Body as _, Request};
 use tokio::net::TcpStream;
 
@@ -111,7 +110,6 @@ impl Connections {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
         encode_request(&parts.method, target, &parts.headers, framing, &mut head);
-        let head = Bytes::from(head);
         let replayable =
             framing == RequestFraming::Empty && crate::proxy::idempotent(&parts.method);
         let mut body = (framing != RequestFraming::Empty).then_some(body);
@@ -121,8 +119,8 @@ impl Connections {
                 None => (self.connect().await?, false),
             };
             let req = Outgoing {
-                method: parts.method.clone(),
-                head: head.clone(),
+                method: &parts.method,
+                head: &head,
                 body: body.take(),
                 framing,
             };

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::{
     body::Incoming,
@@ -229,12 +229,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(hop) {
         return;
     }
+    // `Connection` usually lists only `close`, `keep-alive` or `upgrade`: nothing to collect.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
@@ -282,15 +286,46 @@ fn hex_into(mut v: u128, out: &mut [u8]) {
 }
 
 /// 32 random lowercase hex digits (a request or trace id).
-fn random_id() -> String {
+fn random_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     hex_into(rand::random::<u128>(), &mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// An address in its usual text form (what `Display` writes), without a formatter.
+fn write_ip(buf: &mut BytesMut, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf.extend_from_slice(b".");
+                }
+                let mut digits = [0u8; 3];
+                let mut n = *octet;
+                let mut at = 3;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + n % 10;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                buf.extend_from_slice(&digits[at..]);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let mut s = String::with_capacity(39);
+            let _ = write!(s, "{v6}");
+            buf.extend_from_slice(s.as_bytes());
+        }
+    }
 }
 
 /// A W3C trace-parent: kept if valid (version 00, non-zero ids) with a new span id for our
 /// hop, else a new trace.
-fn traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+fn traceparent(incoming: Option<&HeaderValue>) -> [u8; 55] {
     // "00-" trace(32) "-" span(16) "-" flags(2)
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let span = rand::random::<u64>().max(1) as u128;
@@ -314,9 +349,7 @@ fn traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
         }
         None => hex_into(rand::random::<u128>().max(1), &mut out[3..35]),
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    })
+    out
 }
 
 fn host_of(req: &Request<Incoming>) -> String {
@@ -364,12 +397,12 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
+    // Kept as a header value: the client's bytes are shared, not copied.
     let request_id = req
         .headers()
         .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map(str::to_string)
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
+        .cloned()
         .unwrap_or_else(random_id);
     // The client as policies see it: the packet's source, or a trusted proxy's XFF entry.
     let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
@@ -378,32 +411,23 @@ pub async fn handle(
         .then(|| AccessLine::new(&req, client));
     let (mut resp, route_name, consumer) =
         serve(&rt, &metrics, conn, client, req, &request_id).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(X_REQUEST_ID, v);
+    // One clock read for the metrics, the analytics and the log line.
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    metrics.request(route_name, method.as_str(), status, took);
+    metrics
+        .analytics
+        .record(consumer.as_ref(), route_name, status, took);
+    if let Some(line) = seen {
+        line.emit(
+            &rt.config.access_log,
+            request_id.to_str().unwrap_or("-"),
+            route_name,
+            status,
+            took,
+        );
     }
-    metrics.request(
-        route_name,
-        method.as_str(),
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    metrics.analytics.record(
-        consumer.as_ref(),
-        route_name,
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    if tracing::enabled!(target: "access", tracing::Level::INFO) {
-        if let Some(line) = seen {
-            line.emit(
-                &rt.config.access_log,
-                &request_id,
-                route_name,
-                resp.status().as_u16(),
-                started.elapsed(),
-            );
-        }
-    }
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
 
@@ -467,7 +491,7 @@ async fn serve<'rt>(
     conn: Conn,
     client: std::net::IpAddr,
     req: Request<Incoming>,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
     let host = host_of(&req);
     let m = {
@@ -536,7 +560,12 @@ async fn serve<'rt>(
         keep_upgrade(&mut parts.headers, p);
     }
     // The body limit is enforced as it streams (a Content-Length over it was refused above).
-    let mut body: Body = Limited::new(body, conn.max_body as usize).boxed();
+    let mut body: Body = if hyper::body::Body::is_end_stream(&body) {
+        // No allocation: `Empty` is zero-sized.
+        http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+    } else {
+        Limited::new(body, conn.max_body as usize).boxed()
+    };
     let mut admitted = policy::Admitted::default();
     let mut consumer = None;
     if !route.chain.is_empty() {
@@ -625,7 +654,7 @@ async fn forward(
     client_ip: std::net::IpAddr,
     req: Request<Body>,
     host: &str,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> Response<Body> {
     let Some((pool, _, client)) = pick_split(route) else {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "the route has no upstream");
@@ -641,41 +670,56 @@ async fn forward(
     // Forwarding headers: this hop's peer is appended (DSR keeps it the real client).
     let peer_ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };
-    // Built in one buffer, each value copied once into its header.
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(128);
-    let append_to = |text: &mut String, prev: Option<&HeaderValue>| {
-        text.clear();
-        if let Some(prev) = prev.and_then(|v| v.to_str().ok()) {
-            text.push_str(prev);
-            text.push_str(", ");
+    // All values written into one buffer (one allocation), each header a slice of it.
+    let mut buf = BytesMut::with_capacity(
+        160 + host.len()
+            + parts.headers.get(X_FORWARDED_FOR).map_or(0, |v| v.len())
+            + parts.headers.get(header::FORWARDED).map_or(0, |v| v.len()),
+    );
+    let mut ranges = [0usize; 4];
+    let prev_then = |buf: &mut BytesMut, prev: Option<&HeaderValue>| {
+        if let Some(prev) = prev {
+            buf.extend_from_slice(prev.as_bytes());
+            buf.extend_from_slice(b", ");
         }
     };
-    append_to(&mut text, parts.headers.get(X_FORWARDED_FOR));
-    let _ = write!(text, "{peer_ip}");
-    if let Ok(v) = HeaderValue::from_str(&text) {
+    prev_then(&mut buf, parts.headers.get(X_FORWARDED_FOR));
+    write_ip(&mut buf, peer_ip);
+    ranges[0] = buf.len();
+    prev_then(&mut buf, parts.headers.get(header::FORWARDED));
+    buf.extend_from_slice(b"for=");
+    if peer_ip.is_ipv6() {
+        buf.extend_from_slice(b"\"[");
+        write_ip(&mut buf, peer_ip);
+        buf.extend_from_slice(b"]\"");
+    } else {
+        write_ip(&mut buf, peer_ip);
+    }
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(proto.as_bytes());
+    if !host.is_empty() {
+        buf.extend_from_slice(b";host=\"");
+        buf.extend_from_slice(host.as_bytes());
+        buf.extend_from_slice(b"\"");
+    }
+    ranges[1] = buf.len();
+    buf.extend_from_slice(&traceparent(parts.headers.get(TRACEPARENT)));
+    ranges[2] = buf.len();
+    let buf = buf.freeze();
+    let value = |from: usize, to: usize| HeaderValue::from_maybe_shared(buf.slice(from..to));
+    if let Ok(v) = value(0, ranges[0]) {
         parts.headers.insert(X_FORWARDED_FOR, v);
     }
-    append_to(&mut text, parts.headers.get(header::FORWARDED));
-    let _ = if peer_ip.is_ipv6() {
-        write!(text, "for=\"[{peer_ip}]\";proto={proto}")
-    } else {
-        write!(text, "for={peer_ip};proto={proto}")
-    };
-    if !host.is_empty() {
-        let _ = write!(text, ";host=\"{host}\"");
-    }
-    if let Ok(v) = HeaderValue::from_str(&text) {
+    if let Ok(v) = value(ranges[0], ranges[1]) {
         parts.headers.insert(header::FORWARDED, v);
+    }
+    if let Ok(v) = value(ranges[1], ranges[2]) {
+        parts.headers.insert(TRACEPARENT, v);
     }
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        parts.headers.insert(X_REQUEST_ID, v);
-    }
-    let trace = traceparent(parts.headers.get(TRACEPARENT));
-    parts.headers.insert(TRACEPARENT, trace);
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let original_host = parts.headers.get(header::HOST).cloned();
     if let Some(h) = &original_host {
         parts.headers.insert(X_FORWARDED_HOST, h.clone());
@@ -803,8 +847,9 @@ async fn forward(
                 response: resp,
                 upgraded,
             })) => {
-                pool.observe(i, sent.elapsed());
-                metrics.upstream(&pool.name, sent.elapsed());
+                let took = sent.elapsed();
+                pool.observe(i, took);
+                metrics.upstream(&pool.name, took);
                 let status = resp.status().as_u16();
                 pool.report(
                     i,
@@ -936,7 +981,7 @@ mod tests {
     fn a_valid_traceparent_keeps_its_trace_and_flags_with_a_new_span() {
         let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
         let out = traceparent(Some(&HeaderValue::from_static(incoming)));
-        let out = out.to_str().expect("ascii");
+        let out = std::str::from_utf8(&out).expect("ascii");
         assert!(well_formed(out), "{out}");
         assert!(
             out.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
@@ -959,19 +1004,21 @@ mod tests {
             "",
         ] {
             let out = traceparent(HeaderValue::from_str(bad).ok().as_ref());
-            let out = out.to_str().expect("ascii");
+            let out = std::str::from_utf8(&out).expect("ascii");
             assert!(well_formed(out), "{bad} -> {out}");
             assert!(!out.contains("0af7651916cd43dd"), "{bad} -> {out}");
             assert!(out.ends_with("-01"), "a new trace is sampled: {out}");
         }
-        assert!(well_formed(traceparent(None).to_str().expect("ascii")));
+        assert!(well_formed(
+            std::str::from_utf8(&traceparent(None)).expect("ascii")
+        ));
     }
 
     #[test]
     fn ids_are_32_lowercase_hex_digits() {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..100 {
-            let id = random_id();
+            let id = random_id().to_str().expect("ascii").to_string();
             assert_eq!(id.len(), 32);
             assert!(
                 id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
@@ -983,5 +1030,23 @@ mod tests {
         let mut out = [0u8; 8];
         hex_into(0xdead_beef, &mut out);
         assert_eq!(&out, b"deadbeef");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.9.8.7",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let mut buf = BytesMut::new();
+            write_ip(&mut buf, ip);
+            assert_eq!(&buf[..], ip.to_string().as_bytes());
+        }
     }
 }

@@ -101,14 +101,19 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Field names and where their values lie in a head; kept with a connection so that parsing
+/// a head does not allocate it each time.
+pub type FieldSpans = Vec<(HeaderName, std::ops::Range<usize>)>;
+
 /// Parses one response head from the front of `buf`, removing it. `Ok(None)`: incomplete.
 /// Interim (1xx) responses other than 101 are returned too; the caller skips them.
 pub fn parse_response(
     buf: &mut BytesMut,
+    fields: &mut FieldSpans,
     request: &Method,
 ) -> Result<Option<ResponseHead>, ExchangeError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut r = httparse::Response::new(&mut fields);
+    let mut raw = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut r = httparse::Response::new(&mut raw);
     let len = match r.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
@@ -123,18 +128,16 @@ pub fn parse_response(
     let http10 = r.version == Some(0);
     // The field values share the head's bytes instead of being copied one by one.
     let base = buf.as_ptr() as usize;
-    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = r
-        .headers
-        .iter()
-        .map(|h| {
-            let start = h.value.as_ptr() as usize - base;
-            HeaderName::from_bytes(h.name.as_bytes()).map(|n| (n, start..start + h.value.len()))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|_| ExchangeError::InvalidHead("field name".into()))?;
+    fields.clear();
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ExchangeError::InvalidHead("field name".into()))?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start..start + h.value.len()));
+    }
     let head: Bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, range) in fields {
+    for (name, range) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| ExchangeError::InvalidHead(format!("value of {name}")))?;
         headers.append(name, value);
@@ -233,7 +236,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, method: Method) -> Result<Option<ResponseHead>, ExchangeError> {
-        parse_response(&mut BytesMut::from(text.as_bytes()), &method)
+        parse_response(
+            &mut BytesMut::from(text.as_bytes()),
+            &mut Vec::new(),
+            &method,
+        )
     }
 
     fn framing_of(text: &str) -> (ResponseFraming, bool) {
@@ -374,7 +381,7 @@ mod tests {
     fn the_head_is_removed_and_the_body_stays() {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi"[..]);
-        let head = parse_response(&mut buf, &Method::GET)
+        let head = parse_response(&mut buf, &mut Vec::new(), &Method::GET)
             .expect("valid")
             .expect("complete");
         assert_eq!(&buf[..], b"hi");

@@ -55,6 +55,7 @@ pub enum ExchangeError {
 pub struct UpstreamConn {
     stream: TcpStream,
     buf: BytesMut,
+    fields: head::FieldSpans,
 }
 
 impl UpstreamConn {
@@ -63,6 +64,7 @@ impl UpstreamConn {
         Self {
             stream,
             buf: BytesMut::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -116,12 +118,12 @@ pub struct Failed {
     pub stale: bool,
 }
 
-/// A request ready for the wire: its head once encoded (cheap to resend), and its body.
-pub struct Outgoing {
+/// A request ready for the wire: its head once encoded (sent again as it is), and its body.
+pub struct Outgoing<'a> {
     /// Method (decides whether the response has a body).
-    pub method: Method,
+    pub method: &'a Method,
     /// Encoded head.
-    pub head: Bytes,
+    pub head: &'a [u8],
     /// Body, when the framing is not [`RequestFraming::Empty`].
     pub body: Option<Body>,
     /// How the body is framed.
@@ -132,12 +134,13 @@ pub struct Outgoing {
 /// to `home` once it has been read to its end, if the connection can be reused.
 pub async fn exchange(
     conn: UpstreamConn,
-    req: Outgoing,
+    req: Outgoing<'_>,
     home: Weak<Connections>,
 ) -> Result<Answer, Failed> {
     let mut ex = Exchange {
         conn: Some(conn),
-        out: VecDeque::from([req.head]),
+        head: req.head,
+        out: VecDeque::new(),
         body: req.body,
         framing: req.framing,
         left: match req.framing {
@@ -148,7 +151,7 @@ pub async fn exchange(
         write_error: None,
         received: false,
     };
-    let head = std::future::poll_fn(|cx| ex.poll_head(cx, &req.method)).await?;
+    let head = std::future::poll_fn(|cx| ex.poll_head(cx, req.method)).await?;
     let Some(mut conn) = ex.conn.take() else {
         return Err(Failed {
             error: ExchangeError::Closed,
@@ -175,9 +178,10 @@ pub async fn exchange(
     })
 }
 
-struct Exchange {
+struct Exchange<'a> {
     conn: Option<UpstreamConn>,
-    /// Bytes still to write, in order.
+    /// What is left to write of the head, then of the body.
+    head: &'a [u8],
     out: VecDeque<Bytes>,
     body: Option<Body>,
     framing: RequestFraming,
@@ -191,7 +195,7 @@ struct Exchange {
     received: bool,
 }
 
-impl Exchange {
+impl Exchange<'_> {
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
@@ -217,7 +221,7 @@ impl Exchange {
             }));
         };
         loop {
-            match head::parse_response(&mut conn.buf, method) {
+            match head::parse_response(&mut conn.buf, &mut conn.fields, method) {
                 // Interim responses (100 Continue, 103 Early Hints) are not passed on.
                 Ok(Some(h))
                     if h.parts.status.is_informational()
@@ -266,17 +270,25 @@ impl Exchange {
     /// Writes the head and the body; ready once all of it is written.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         loop {
-            if !self.out.is_empty() {
+            if !self.head.is_empty() || !self.out.is_empty() {
                 let Some(conn) = self.conn.as_mut() else {
                     return Poll::Ready(Err(ExchangeError::Closed));
                 };
                 let mut slices = [IoSlice::new(&[]); 4];
-                let n = self.out.len().min(slices.len());
-                for (s, b) in slices.iter_mut().zip(&self.out) {
+                let parts = std::iter::once(self.head)
+                    .filter(|h| !h.is_empty())
+                    .chain(self.out.iter().map(|b| &b[..]));
+                let mut n = 0;
+                for (s, b) in slices.iter_mut().zip(parts) {
                     *s = IoSlice::new(b);
+                    n += 1;
                 }
                 match conn.stream.try_write_vectored(&slices[..n]) {
-                    Ok(written) => advance(&mut self.out, written),
+                    Ok(written) => {
+                        let from_head = written.min(self.head.len());
+                        self.head = &self.head[from_head..];
+                        advance(&mut self.out, written - from_head);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         ready!(conn.stream.poll_write_ready(cx))?
                     }
