@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use hyper::{body::Body as _, Request};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{body::Body as _, Method, Request};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -95,23 +97,46 @@ impl Connections {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one. A
-    /// request without a body that meets a pooled connection the target had already closed
-    /// (nothing came back) goes again on the next one, if it is idempotent.
+    /// safe request (GET, HEAD, OPTIONS, TRACE) without a body that meets a pooled connection
+    /// the target had already closed (nothing came back) goes again on the next one.
     pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Answer, SendError> {
-        let (parts, body) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
+        let mut first = None;
         let framing = if body.is_end_stream() {
             RequestFraming::Empty
+        } else if let Some(n) = body.size_hint().exact() {
+            RequestFraming::Length(n)
         } else {
-            match body.size_hint().exact() {
-                Some(n) => RequestFraming::Length(n),
-                None => RequestFraming::Chunked,
+            // Unknown length (a chunked upload, an HTTP/2 client's stream): one that turns
+            // out empty, as an HTTP/2 GET often does, goes without a body rather than chunked.
+            match BodyExt::frame(&mut body).await {
+                None => RequestFraming::Empty,
+                Some(Ok(frame)) => {
+                    first = frame.into_data().ok();
+                    if body.is_end_stream() && first.as_ref().is_none_or(Bytes::is_empty) {
+                        RequestFraming::Empty
+                    } else {
+                        RequestFraming::Chunked
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(SendError::Exchange {
+                        addr: self.addr,
+                        source: ExchangeError::RequestBody(e),
+                    })
+                }
             }
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
         encode_request(&parts.method, target, &parts.headers, framing, &mut head);
-        let replayable =
-            framing == RequestFraming::Empty && crate::proxy::idempotent(&parts.method);
+        // Only a safe method: an idempotent one (PUT, DELETE) that reached the target may
+        // have had its effect before the connection closed.
+        let replayable = framing == RequestFraming::Empty
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
         let mut body = (framing != RequestFraming::Empty).then_some(body);
         loop {
             let (conn, reused) = match self.checkout() {
@@ -122,6 +147,7 @@ impl Connections {
                 method: &parts.method,
                 head: &head,
                 body: body.take(),
+                first: first.take(),
                 framing,
             };
             match exchange::exchange(conn, req, Arc::downgrade(self)).await {

@@ -47,6 +47,9 @@ enum Answer {
     /// Answers the first request on a connection; closes the connection, unanswered, when
     /// the second request arrives (the race a pooled connection can lose).
     DropsSecond,
+    /// Full duplex: sends its response head at once, then echoes the request body (of the
+    /// request's `Content-Length`) as it reads it, chunk by chunk.
+    Duplex,
 }
 
 struct Counts {
@@ -105,6 +108,14 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                         .next()
                         .map(<[u8]>::to_vec)
                         .unwrap_or_default();
+                    let length = String::from_utf8_lossy(&buf[..end])
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
                     buf.drain(..end);
                     c.requests.fetch_add(1, Ordering::SeqCst);
                     served += 1;
@@ -132,6 +143,29 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nok")
                             .await
                             .is_ok(),
+                        Answer::Duplex => {
+                            let mut ok = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                                .await
+                                .is_ok();
+                            let mut left = length;
+                            while ok && left > 0 {
+                                if buf.is_empty() {
+                                    match s.read(&mut chunk).await {
+                                        Ok(0) | Err(_) => break 'conn,
+                                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                    }
+                                }
+                                let n = buf.len().min(left);
+                                let part: Vec<u8> = buf.drain(..n).collect();
+                                left -= n;
+                                let mut framed = format!("{n:x}\r\n").into_bytes();
+                                framed.extend_from_slice(&part);
+                                framed.extend_from_slice(b"\r\n");
+                                ok = s.write_all(&framed).await.is_ok();
+                            }
+                            ok && s.write_all(b"0\r\n\r\n").await.is_ok()
+                        }
                         Answer::DropsSecond if served == 2 => false,
                         Answer::DropsSecond => s
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -399,7 +433,7 @@ fn a_broken_response_head_is_a_502_problem() {
 }
 
 #[test]
-fn an_idempotent_request_on_a_connection_closed_under_it_goes_again_and_a_post_does_not() {
+fn a_safe_request_on_a_connection_closed_under_it_goes_again_and_a_delete_does_not() {
     let rt = runtime();
     let (up, counts) = raw_upstream(&rt, Answer::DropsSecond);
     let gw = gateway(up, 60_000);
@@ -413,8 +447,9 @@ fn an_idempotent_request_on_a_connection_closed_under_it_goes_again_and_a_post_d
     );
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
-    // A POST may have had an effect before the connection closed: it is not sent again.
-    let r = support::request(gw.http, "POST", "/", &[], "");
+    // A DELETE (idempotent, but not safe) may have had its effect before the connection
+    // closed: it is not sent again.
+    let r = support::request(gw.http, "DELETE", "/", &[], "");
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
 }
@@ -446,4 +481,47 @@ fn uploads_reach_the_target_whole_with_their_length_or_chunked() {
     assert_eq!(seen["body"], &body[..900]);
     assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
     assert!(seen["headers"].get("content-length").is_none());
+    // An empty chunked upload goes as an empty body.
+    s.write_all(b"POST /empty HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .expect("write");
+    let r = support::read_one(&mut s).expect("reply");
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(seen["headers"]["content-length"], "0");
+    assert!(seen["headers"].get("transfer-encoding").is_none());
+}
+
+#[test]
+fn a_target_that_answers_while_reading_the_upload_gets_all_of_it() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::Duplex);
+    let gw = gateway(up, 60_000);
+    for round in 0..2 {
+        let mut s = support::connect(&gw);
+        s.write_all(b"POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: 600\r\n\r\n")
+            .expect("write");
+        s.write_all(&[b'a'; 300]).expect("write");
+        // The rest only after the response has started.
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(&[b'b'; 300]).expect("write");
+        // The echo comes back chunked: read to its last chunk.
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n0\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => raw.push(byte[0]),
+                other => panic!(
+                    "round {round}: {other:?} after {:?}",
+                    String::from_utf8_lossy(&raw)
+                ),
+            }
+        }
+        let r = parse(&raw);
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(r.body, format!("{}{}", "a".repeat(300), "b".repeat(300)));
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        1,
+        "the upload was sent whole, so the connection was reused"
+    );
 }

@@ -14,7 +14,7 @@ use hyper::{
     HeaderMap,
 };
 
-use super::{head::ResponseFraming, ExchangeError, UpstreamConn};
+use super::{head::ResponseFraming, upload::Upload, ExchangeError, UpstreamConn};
 use crate::connections::Connections;
 
 /// The longest chunk-size line accepted (chunk extensions included).
@@ -163,15 +163,24 @@ fn find_crlf(buf: &[u8], limit: usize) -> Option<usize> {
     buf.windows(2).take(limit).position(|w| w == b"\r\n")
 }
 
-/// `1*HEXDIG [ BWS ";" chunk-ext ]` (RFC 9112 §7.1).
+/// `1*HEXDIG [ BWS ";" chunk-ext ]` (RFC 9112 §7.1); the extension may hold no control
+/// bytes but tab (no bare CR or LF, which other parsers might read as a line end).
 fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
+    let bad = || ExchangeError::InvalidBody("chunk size");
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
-        return Err(ExchangeError::InvalidBody("chunk size"));
+        return Err(bad());
     }
-    let rest = line[digits..].trim_ascii_start();
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
     if !rest.is_empty() && rest[0] != b';' {
-        return Err(ExchangeError::InvalidBody("chunk size"));
+        return Err(bad());
+    }
+    if rest.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+        return Err(bad());
     }
     let mut size = 0u64;
     for b in &line[..digits] {
@@ -197,11 +206,13 @@ fn trailers(block: &[u8]) -> Result<HeaderMap, ExchangeError> {
     Ok(map)
 }
 
-/// A response body read straight from its upstream connection.
+/// A response body read straight from its upstream connection, which also finishes sending
+/// the request body if the target answered before it had all of it.
 pub struct ResponseBody {
     conn: Option<UpstreamConn>,
     decode: Decode,
     keep_alive: bool,
+    upload: Option<Upload>,
     home: Weak<Connections>,
 }
 
@@ -211,12 +222,14 @@ impl ResponseBody {
         conn: UpstreamConn,
         framing: ResponseFraming,
         keep_alive: bool,
+        upload: Option<Upload>,
         home: Weak<Connections>,
     ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             decode: Decode::new(framing),
             keep_alive,
+            upload,
             home,
         };
         if body.decode == Decode::Done {
@@ -226,12 +239,13 @@ impl ResponseBody {
     }
 
     /// The body ended: the connection goes back to its pool if it can carry another request.
-    /// Bytes after the body's end mean the target broke framing, so the connection closes.
+    /// Bytes after the body's end mean the target broke framing, and a request body not yet
+    /// all sent is abandoned: either way the connection closes.
     fn finish(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.keep_alive && conn.buf.is_empty() {
+        if self.keep_alive && self.upload.is_none() && conn.buf.is_empty() {
             if let Some(home) = self.home.upgrade() {
                 conn.trim();
                 home.check_in(conn);
@@ -249,6 +263,18 @@ impl hyper::body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let (Some(up), Some(conn)) = (this.upload.as_mut(), this.conn.as_ref()) {
+            match up.poll_write(&conn.stream, &mut &[][..], cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(e)) => {
+                    // The response goes on; the connection will not be reused.
+                    tracing::debug!(error = %e, "request body not sent whole");
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -403,6 +429,10 @@ mod tests {
             b"11111111111111111\r\n",
             b"5\r\nhelloXX",
             b"0\r\nbad field\r\n\r\n",
+            b"5\n\r\nhello\r\n",
+            b"5\r\r\nhello\r\n",
+            b"5;a\nb\r\nhello\r\n",
+            b"5\x0c\r\nhello\r\n",
         ] {
             assert!(
                 decode_in_pieces(ResponseFraming::Chunked, &[wire]).is_err(),

@@ -50,8 +50,11 @@ pub fn encode_request(
     }
     match framing {
         RequestFraming::Empty => {
-            // A method that normally carries a body says it has none.
-            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            // A method that normally carries a body says it has none, as does a request
+            // whose client said so.
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+                || headers.contains_key(CONTENT_LENGTH)
+            {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
@@ -142,17 +145,20 @@ pub fn parse_response(
             .map_err(|_| ExchangeError::InvalidHead(format!("value of {name}")))?;
         headers.append(name, value);
     }
-    let mut keep_alive = !http10;
-    for v in headers.get_all(CONNECTION) {
-        for token in v.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                keep_alive = true;
-            }
-        }
+    if http10 && headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.1: its framing is faulty.
+        return Err(ExchangeError::InvalidHead(
+            "transfer-encoding in an HTTP/1.0 response".into(),
+        ));
     }
+    // An HTTP/1.0 target's connection is not reused even with `keep-alive`: it could not
+    // read a chunked request on it.
+    let mut keep_alive = !http10
+        && !headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
     let framing = framing(&mut headers, status, request, &mut keep_alive)?;
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
@@ -268,6 +274,14 @@ mod tests {
         );
         out.clear();
         encode_request(&Method::GET, "/", &h, RequestFraming::Empty, &mut out);
+        assert_eq!(
+            out, b"GET / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n",
+            "the client gave a length: an empty body keeps one"
+        );
+        out.clear();
+        let mut bare = HeaderMap::new();
+        bare.insert("host", HeaderValue::from_static("a.test"));
+        encode_request(&Method::GET, "/", &bare, RequestFraming::Empty, &mut out);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n");
         out.clear();
         encode_request(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
@@ -338,7 +352,15 @@ mod tests {
         );
         assert_eq!(
             framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n"),
-            (Length(1), true)
+            (Length(1), false),
+            "an HTTP/1.0 target's connection is not reused"
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close, keep-alive\r\n\r\n"
+            ),
+            (Length(1), false),
+            "close wins"
         );
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD)
             .expect("valid")
@@ -360,6 +382,7 @@ mod tests {
             "HTTP/1.1 2000 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
             "HTTP/2 200 OK\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
             assert!(parse(text, Method::GET).is_err(), "{text:?}");

@@ -10,21 +10,22 @@
 
 mod body;
 pub mod head;
+mod upload;
 
 use std::{
-    collections::VecDeque,
-    io::{self, IoSlice},
+    io,
     pin::Pin,
     sync::Weak,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use hyper::{body::Body as _, Method, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 
 pub use body::ResponseBody;
 use head::RequestFraming;
+use upload::Upload;
 
 use crate::{connections::Connections, Body};
 
@@ -126,6 +127,8 @@ pub struct Outgoing<'a> {
     pub head: &'a [u8],
     /// Body, when the framing is not [`RequestFraming::Empty`].
     pub body: Option<Body>,
+    /// A first chunk already taken from `body`.
+    pub first: Option<Bytes>,
     /// How the body is framed.
     pub framing: RequestFraming,
 }
@@ -140,14 +143,7 @@ pub async fn exchange(
     let mut ex = Exchange {
         conn: Some(conn),
         head: req.head,
-        out: VecDeque::new(),
-        body: req.body,
-        framing: req.framing,
-        left: match req.framing {
-            RequestFraming::Length(n) => n,
-            _ => 0,
-        },
-        sent: false,
+        upload: Upload::new(req.body, req.first, req.framing),
         write_error: None,
         received: false,
     };
@@ -168,10 +164,11 @@ pub async fn exchange(
             }),
         });
     }
-    // A target that answered before the whole request was sent gets no further requests on
-    // this connection: the rest of the upload is abandoned.
-    let keep_alive = head.keep_alive && ex.sent;
-    let body = ResponseBody::new(conn, head.framing, keep_alive, home);
+    // The body goes on being sent while the response is read; a connection whose request
+    // could not be written whole is not used again.
+    let broken = !ex.head.is_empty() || ex.write_error.is_some();
+    let upload = (!broken && !ex.upload.is_done()).then_some(ex.upload);
+    let body = ResponseBody::new(conn, head.framing, head.keep_alive && !broken, upload, home);
     Ok(Answer {
         response: Response::from_parts(head.parts, http_body_util::BodyExt::boxed(body)),
         upgraded: None,
@@ -180,15 +177,9 @@ pub async fn exchange(
 
 struct Exchange<'a> {
     conn: Option<UpstreamConn>,
-    /// What is left to write of the head, then of the body.
+    /// What is left to write of the head.
     head: &'a [u8],
-    out: VecDeque<Bytes>,
-    body: Option<Body>,
-    framing: RequestFraming,
-    /// Bytes the declared `Content-Length` still expects.
-    left: u64,
-    /// The whole request is written.
-    sent: bool,
+    upload: Upload,
     /// Writing failed; the response may still be read (a target may answer and close).
     write_error: Option<ExchangeError>,
     /// Some response bytes arrived.
@@ -201,9 +192,15 @@ impl Exchange<'_> {
         cx: &mut Context<'_>,
         method: &Method,
     ) -> Poll<Result<head::ResponseHead, Failed>> {
-        if !self.sent && self.write_error.is_none() {
-            match self.poll_send(cx) {
-                Poll::Ready(Ok(())) => self.sent = true,
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(Failed {
+                error: ExchangeError::Closed,
+                stale: false,
+            }));
+        };
+        if self.write_error.is_none() && !(self.head.is_empty() && self.upload.is_done()) {
+            match self.upload.poll_write(&conn.stream, &mut self.head, cx) {
+                Poll::Ready(Ok(())) | Poll::Pending => {}
                 Poll::Ready(Err(e @ ExchangeError::RequestBody(_))) => {
                     return Poll::Ready(Err(Failed {
                         error: e,
@@ -211,15 +208,8 @@ impl Exchange<'_> {
                     }))
                 }
                 Poll::Ready(Err(e)) => self.write_error = Some(e),
-                Poll::Pending => {}
             }
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Err(Failed {
-                error: ExchangeError::Closed,
-                stale: false,
-            }));
-        };
         loop {
             match head::parse_response(&mut conn.buf, &mut conn.fields, method) {
                 // Interim responses (100 Continue, 103 Early Hints) are not passed on.
@@ -266,120 +256,6 @@ impl Exchange<'_> {
             }
         }
     }
-
-    /// Writes the head and the body; ready once all of it is written.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
-        loop {
-            if !self.head.is_empty() || !self.out.is_empty() {
-                let Some(conn) = self.conn.as_mut() else {
-                    return Poll::Ready(Err(ExchangeError::Closed));
-                };
-                let mut slices = [IoSlice::new(&[]); 4];
-                let parts = std::iter::once(self.head)
-                    .filter(|h| !h.is_empty())
-                    .chain(self.out.iter().map(|b| &b[..]));
-                let mut n = 0;
-                for (s, b) in slices.iter_mut().zip(parts) {
-                    *s = IoSlice::new(b);
-                    n += 1;
-                }
-                match conn.stream.try_write_vectored(&slices[..n]) {
-                    Ok(written) => {
-                        let from_head = written.min(self.head.len());
-                        self.head = &self.head[from_head..];
-                        advance(&mut self.out, written - from_head);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ready!(conn.stream.poll_write_ready(cx))?
-                    }
-                    Err(e) => return Poll::Ready(Err(e.into())),
-                }
-                continue;
-            }
-            let Some(body) = self.body.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {}
-                    Ok(data) => self.push_data(data)?,
-                    // Trailers go out with the last chunk; a length-framed body drops them.
-                    Err(frame) => {
-                        if let (Ok(trailers), RequestFraming::Chunked) =
-                            (frame.into_trailers(), self.framing)
-                        {
-                            self.finish_chunked(Some(&trailers));
-                            self.body = None;
-                        }
-                    }
-                },
-                None => {
-                    match self.framing {
-                        RequestFraming::Chunked => self.finish_chunked(None),
-                        RequestFraming::Length(_) if self.left != 0 => {
-                            return Poll::Ready(Err(ExchangeError::RequestBody(
-                                "ended before its content-length".into(),
-                            )))
-                        }
-                        _ => {}
-                    }
-                    self.body = None;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(ExchangeError::RequestBody(e))),
-            }
-        }
-    }
-
-    fn push_data(&mut self, data: Bytes) -> Result<(), ExchangeError> {
-        match self.framing {
-            RequestFraming::Chunked => {
-                self.out
-                    .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                self.out.push_back(data);
-                self.out.push_back(Bytes::from_static(b"\r\n"));
-            }
-            _ => {
-                let n = data.len() as u64;
-                if n > self.left {
-                    return Err(ExchangeError::RequestBody(
-                        "longer than its content-length".into(),
-                    ));
-                }
-                self.left -= n;
-                self.out.push_back(data);
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_chunked(&mut self, trailers: Option<&hyper::HeaderMap>) {
-        let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.into_iter().flatten() {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
-        }
-        end.extend_from_slice(b"\r\n");
-        self.out.push_back(Bytes::from(end));
-    }
-}
-
-/// Drops `n` written bytes from the front of `out`.
-fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let Some(front) = out.front_mut() else { return };
-        if n >= front.len() {
-            n -= front.len();
-            out.pop_front();
-        } else {
-            front.advance(n);
-            n = 0;
-        }
-    }
-    while out.front().is_some_and(Bytes::is_empty) {
-        out.pop_front();
-    }
 }
 
 /// Errors that mean the target had closed the connection before this request reached it.
@@ -393,24 +269,5 @@ fn stale_io(e: &ExchangeError) -> bool {
                 | io::ErrorKind::ConnectionAborted
         ),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advance_walks_across_buffers() {
-        let mut out: VecDeque<Bytes> = [&b"ab"[..], b"cde", b"f"]
-            .into_iter()
-            .map(Bytes::from_static)
-            .collect();
-        advance(&mut out, 3);
-        assert_eq!(out, [Bytes::from_static(b"de"), Bytes::from_static(b"f")]);
-        advance(&mut out, 2);
-        assert_eq!(out, [Bytes::from_static(b"f")]);
-        advance(&mut out, 1);
-        assert!(out.is_empty());
     }
 }
