@@ -50,6 +50,10 @@ pub enum SendError {
     /// Through hyper-util's client (HTTP/2 upstreams).
     #[error("{0}")]
     Http2(#[from] hyper_util::client::legacy::Error),
+    /// The route's client has no connections for this target (pools and clients are built
+    /// from the same target list, so this means a bug, not a network fault).
+    #[error("no connection pool for target {0}")]
+    NoPool(SocketAddr),
 }
 
 impl SendError {
@@ -58,7 +62,7 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Connect { .. } | SendError::ConnectTimeout(_) => true,
-            SendError::Exchange { .. } => false,
+            SendError::Exchange { .. } | SendError::NoPool(_) => false,
             SendError::Http2(e) => e.is_connect(),
         }
     }

@@ -421,7 +421,7 @@ impl HttpClient {
                     }
                 }
                 let Some(c) = conns.get(i) else {
-                    return Err(SendError::ConnectTimeout(target.addr));
+                    return Err(SendError::NoPool(target.addr));
                 };
                 c.send(req).await
             }
