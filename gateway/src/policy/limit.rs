@@ -17,7 +17,11 @@ use std::{
     time::Instant,
 };
 
-use hyper::{header::HeaderValue, http::request::Parts, StatusCode};
+use hyper::{
+    header::{HeaderName, HeaderValue},
+    http::request::Parts,
+    StatusCode,
+};
 
 use super::{redis_store::RedisStore, refuse, Admitted, Context, Refusal};
 use crate::config::{
@@ -262,12 +266,18 @@ pub struct Limit {
     pub allowed: AtomicU64,
     /// Requests refused.
     pub limited: AtomicU64,
+    /// The `RateLimit-Policy` and `X-RateLimit-Limit` values, which never change.
+    policy_value: Option<HeaderValue>,
+    limit_value: HeaderValue,
 }
 
 impl Limit {
     /// A new limit; `redis` is used when its store is Redis.
     pub fn new(config: RateLimit, redis: Option<Arc<RedisStore>>) -> Self {
+        let (q, w) = quota(&config);
         Limit {
+            policy_value: header(format!("\"{}\";q={q};w={w}", config.name)),
+            limit_value: HeaderValue::from(q),
             rate: Rate::of(&config),
             local: LocalStore::new(config.max_keys),
             in_flight: InFlight::default(),
@@ -324,6 +334,14 @@ impl Limit {
 
 fn header(v: String) -> Option<HeaderValue> {
     HeaderValue::from_str(&v).ok()
+}
+
+/// Requests per window, and the window in seconds, as the headers state them.
+fn quota(c: &RateLimit) -> (u64, u64) {
+    (
+        c.requests.unwrap_or(0),
+        c.window_ms.unwrap_or(0).div_ceil(1000).max(1),
+    )
 }
 
 fn secs_ceil(us: u64) -> u64 {
@@ -433,29 +451,24 @@ pub async fn check_all(
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), and the legacy
 /// `X-RateLimit-*` trio.
 fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
+    // Names parsed once; the constant values made once per limit (see `Limit::new`).
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
     let c = &limit.config;
-    let (q, w) = (
-        c.requests.unwrap_or(0),
-        c.window_ms.unwrap_or(0).div_ceil(1000).max(1),
-    );
     let reset = secs_ceil(v.reset_us);
-    let count = if c.legacy_headers { 5 } else { 2 };
-    for (name, value) in [
-        ("ratelimit-policy", format!("\"{}\";q={q};w={w}", c.name)),
-        (
-            "ratelimit",
-            format!("\"{}\";r={};t={reset}", c.name, v.remaining),
-        ),
-        ("x-ratelimit-limit", q.to_string()),
-        ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ]
-    .into_iter()
-    .take(count)
-    {
-        if let Some(v) = header(value) {
-            h.insert(name, v);
-        }
+    if let Some(p) = &limit.policy_value {
+        h.insert(POLICY, p.clone());
+    }
+    if let Some(r) = header(format!("\"{}\";r={};t={reset}", c.name, v.remaining)) {
+        h.insert(RATELIMIT, r);
+    }
+    if c.legacy_headers {
+        h.insert(X_LIMIT, limit.limit_value.clone());
+        h.insert(X_REMAINING, HeaderValue::from(v.remaining));
+        h.insert(X_RESET, HeaderValue::from(reset));
     }
 }
 
