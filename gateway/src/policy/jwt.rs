@@ -379,7 +379,9 @@ impl Issuer {
             && !known_kid
             && (self.config.jwks_url.is_some() || self.jwks_file.is_some())
         {
-            self.refresh_soon().await;
+            // Boxed: the fetch's future is kilobytes, and unboxed it would be part of every
+            // request's future on every route with policies; it runs only for a new kid.
+            Box::pin(self.refresh_soon()).await;
             if let Some(r) = outcome(self.try_keys(token, alg, kid, &self.jwks.load())) {
                 return r;
             }
