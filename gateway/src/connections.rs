@@ -7,12 +7,12 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, Weak},
+    task::Poll,
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::{body::Body as _, Method, Request};
 use tokio::net::TcpStream;
 
@@ -111,24 +111,28 @@ impl Connections {
         } else if let Some(n) = body.size_hint().exact() {
             RequestFraming::Length(n)
         } else {
-            // Unknown length (a chunked upload, an HTTP/2 client's stream): one that turns
-            // out empty, as an HTTP/2 GET often does, goes without a body rather than chunked.
-            match BodyExt::frame(&mut body).await {
-                None => RequestFraming::Empty,
-                Some(Ok(frame)) => {
-                    first = frame.into_data().ok();
-                    if body.is_end_stream() && first.as_ref().is_none_or(Bytes::is_empty) {
+            // Unknown length (a chunked upload, an HTTP/2 client's stream): one that has
+            // already ended empty, as an HTTP/2 GET's often has, goes without a body rather
+            // than chunked. Only what is there now is looked at: a client that uploads only
+            // after the response has started must not be waited for.
+            let now = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+            match now.await {
+                Poll::Ready(None) => RequestFraming::Empty,
+                Poll::Ready(Some(Ok(frame))) => {
+                    first = frame.into_data().ok().filter(|b| !b.is_empty());
+                    if body.is_end_stream() && first.is_none() {
                         RequestFraming::Empty
                     } else {
                         RequestFraming::Chunked
                     }
                 }
-                Some(Err(e)) => {
+                Poll::Ready(Some(Err(e))) => {
                     return Err(SendError::Exchange {
                         addr: self.addr,
                         source: ExchangeError::RequestBody(e),
                     })
                 }
+                Poll::Pending => RequestFraming::Chunked,
             }
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -180,9 +180,10 @@ pub async fn serve(
         // TLS one (a task's future is allocated whole for the connection's lifetime).
         match &tls {
             None => {
-                // hyper keeps one slot for the request future in each connection: a plain
-                // connection's hyper instance lives only while it is busy (see park.rs), so
-                // the future goes there as it is, without an allocation per request.
+                // hyper keeps one slot for the request future in each connection instance: a
+                // plain connection's instance lives only while it is busy (see park.rs), so
+                // the future goes there as it is, with no allocation per request while the
+                // connection stays busy.
                 tokio::spawn(park::Connection::new(
                     stream,
                     hyper::service::service_fn(serve_request),

@@ -229,19 +229,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(hop) {
         return;
     }
-    // `Connection` usually lists only `close`, `keep-alive` or `upgrade`: nothing to collect.
+    // `Connection` usually lists only `close`, `keep-alive` or `upgrade`: nothing to collect
+    // (the last two are removed below anyway, and `close` is removed by name).
+    let mut close = false;
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
+        .filter(|t| {
+            let is_close = t.eq_ignore_ascii_case("close");
+            close |= is_close;
+            !is_close && !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade")
+        })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
+    }
+    if close {
+        headers.remove("close");
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -668,25 +676,36 @@ async fn forward(
     let held = parts.extensions.remove::<Arc<Held>>();
     // (Hop-by-hop headers were removed in `serve`, before the policies.)
     // Forwarding headers: this hop's peer is appended (DSR keeps it the real client).
-    let peer_ip = conn.peer.ip();
+    // An IPv4 client on a dual-stack listener is written as IPv4, as policies see it.
+    let peer_ip = conn.peer.ip().to_canonical();
     let proto = if conn.tls { "https" } else { "http" };
     // All values written into one buffer (one allocation), each header a slice of it.
+    let earlier = |name: &HeaderName| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::len)
+            .sum::<usize>()
+    };
     let mut buf = BytesMut::with_capacity(
-        160 + host.len()
-            + parts.headers.get(X_FORWARDED_FOR).map_or(0, |v| v.len())
-            + parts.headers.get(header::FORWARDED).map_or(0, |v| v.len()),
+        200 + host.len() + earlier(&X_FORWARDED_FOR) + earlier(&header::FORWARDED),
     );
-    let mut ranges = [0usize; 4];
-    let prev_then = |buf: &mut BytesMut, prev: Option<&HeaderValue>| {
-        if let Some(prev) = prev {
-            buf.extend_from_slice(prev.as_bytes());
-            buf.extend_from_slice(b", ");
+    let mut ranges = [0usize; 3];
+    // Earlier hops' lines, all of them, joined; a line that is not visible ASCII is dropped
+    // (strict parsers would discard the whole header, this hop's entry with it).
+    let prev_then = |buf: &mut BytesMut, name: &HeaderName| {
+        for v in parts.headers.get_all(name) {
+            if v.to_str().is_ok_and(|t| !t.trim().is_empty()) {
+                buf.extend_from_slice(v.as_bytes());
+                buf.extend_from_slice(b", ");
+            }
         }
     };
-    prev_then(&mut buf, parts.headers.get(X_FORWARDED_FOR));
+    prev_then(&mut buf, &X_FORWARDED_FOR);
     write_ip(&mut buf, peer_ip);
     ranges[0] = buf.len();
-    prev_then(&mut buf, parts.headers.get(header::FORWARDED));
+    prev_then(&mut buf, &header::FORWARDED);
     buf.extend_from_slice(b"for=");
     if peer_ip.is_ipv6() {
         buf.extend_from_slice(b"\"[");
@@ -697,7 +716,12 @@ async fn forward(
     }
     buf.extend_from_slice(b";proto=");
     buf.extend_from_slice(proto.as_bytes());
-    if !host.is_empty() {
+    // Only a host made of host characters: a quote in a client's Host would otherwise end
+    // the quoted string and let it append a forged `for=` entry.
+    let plain_host = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !host.is_empty() && plain_host {
         buf.extend_from_slice(b";host=\"");
         buf.extend_from_slice(host.as_bytes());
         buf.extend_from_slice(b"\"");

@@ -78,6 +78,42 @@ fn forwards_with_proxy_headers_and_strips_hop_by_hop() {
 }
 
 #[test]
+fn forwarding_headers_keep_every_earlier_hop_and_admit_no_forged_entry() {
+    use std::io::Write as _;
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"all\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    let mut s = support::connect(&gw);
+    // Two X-Forwarded-For lines, a header named `Close` listed by `Connection: close`, and
+    // a Host whose quote would end `Forwarded`'s quoted host and start a forged entry.
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\";by=x,for=6.6.6.6;host=\"b\r\n\
+          X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 198.51.100.2\r\n\
+          Forwarded: for=192.0.2.60\r\nConnection: close\r\nClose: x\r\n\r\n",
+    )
+    .expect("write");
+    let r = support::read_one(&mut s).expect("reply");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(
+        h["x-forwarded-for"], "198.51.100.1, 198.51.100.2, 127.0.0.1",
+        "every earlier line is kept"
+    );
+    assert_eq!(
+        h["forwarded"], "for=192.0.2.60, for=127.0.0.1;proto=http",
+        "no host= from a Host that is not a plain host name"
+    );
+    assert!(
+        h.get("close").is_none(),
+        "a header named in Connection is hop-by-hop"
+    );
+}
+
+#[test]
 fn no_route_is_404_problem_json() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));

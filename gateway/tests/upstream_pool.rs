@@ -525,3 +525,25 @@ fn a_target_that_answers_while_reading_the_upload_gets_all_of_it() {
         "the upload was sent whole, so the connection was reused"
     );
 }
+
+#[test]
+fn a_chunked_upload_is_not_held_back_waiting_for_its_first_chunk() {
+    let rt = runtime();
+    let (up, _counts) = raw_upstream(&rt, Answer::EarlyKeep);
+    let gw = Gateway::start(&support::config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 3000 }}\n"
+    )));
+    // A client that sends its body only once the response has begun.
+    let mut s = support::connect(&gw);
+    let asked = Instant::now();
+    s.write_all(b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("write");
+    let r = support::read_one(&mut s).expect("answered before any chunk");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "the head waited {:?} for a chunk",
+        asked.elapsed()
+    );
+}

@@ -119,6 +119,10 @@ impl Upload {
     }
 
     fn push_data(&mut self, data: Bytes) -> Result<(), ExchangeError> {
+        if data.is_empty() {
+            // An empty chunk would read as the last one.
+            return Ok(());
+        }
         match self.framing {
             RequestFraming::Chunked => {
                 self.out
