@@ -501,6 +501,21 @@ async fn serve<'rt>(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
+    // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is answered 400 (hyper does
+    // not check its content, and routing and `Forwarded` use it).
+    if let Some(h) = req.headers().get(header::HOST) {
+        // (Empty is allowed: it is what a request whose target has no authority sends.)
+        let valid = h.is_empty()
+            || (!h.as_bytes().contains(&b'@')
+                && hyper::http::uri::Authority::try_from(h.as_bytes()).is_ok());
+        if !valid {
+            return (
+                problem(StatusCode::BAD_REQUEST, "invalid Host header"),
+                "-",
+                None,
+            );
+        }
+    }
     let host = host_of(&req);
     let m = {
         let headers = req.headers();

@@ -86,11 +86,19 @@ fn forwarding_headers_keep_every_earlier_hop_and_admit_no_forged_entry() {
         "{}[[route]]\nname = \"all\"\nupstream = \"a\"\n",
         pool("a", &[up.addr], "")
     )));
+    // A Host whose quote would end `Forwarded`'s quoted host and start a forged entry is
+    // not a host at all: 400.
     let mut s = support::connect(&gw);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\";by=x,for=6.6.6.6;host=\"b\r\n\r\n")
+        .expect("write");
+    let r = support::read_one(&mut s).expect("reply");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("invalid Host"), "{}", r.body);
     // Two X-Forwarded-For lines, a header named `Close` listed by `Connection: close`, and
-    // a Host whose quote would end `Forwarded`'s quoted host and start a forged entry.
+    // a Host that is a valid authority but not a plain host name.
+    let mut s = support::connect(&gw);
     s.write_all(
-        b"GET / HTTP/1.1\r\nHost: a\";by=x,for=6.6.6.6;host=\"b\r\n\
+        b"GET / HTTP/1.1\r\nHost: a,for=6.6.6.6\r\n\
           X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 198.51.100.2\r\n\
           Forwarded: for=192.0.2.60\r\nConnection: close\r\nClose: x\r\n\r\n",
     )
