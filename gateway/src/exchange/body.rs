@@ -67,17 +67,20 @@ impl Decode {
         loop {
             match *self {
                 Decode::Done => return Ok(Step::Done),
-                Decode::Length(left) => {
+                // A length-framed body and a chunk's data are taken the same way; only what
+                // follows their last byte differs.
+                Decode::Length(left) | Decode::ChunkData(left) => {
                     if buf.is_empty() {
                         return Ok(Step::More);
                     }
                     let n = (buf.len() as u64).min(left);
-                    *self = if n == left {
-                        Decode::Done
-                    } else {
-                        Decode::Length(left - n)
+                    *self = match (*self, left - n) {
+                        (Decode::Length(_), 0) => Decode::Done,
+                        (Decode::Length(_), rest) => Decode::Length(rest),
+                        (_, 0) => Decode::ChunkEnd,
+                        (_, rest) => Decode::ChunkData(rest),
                     };
-                    return Ok(data(buf, n));
+                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
                 }
                 Decode::UntilClose => {
                     if buf.is_empty() {
@@ -99,18 +102,6 @@ impl Decode {
                     } else {
                         Decode::ChunkData(size)
                     };
-                }
-                Decode::ChunkData(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = (buf.len() as u64).min(left);
-                    *self = if n == left {
-                        Decode::ChunkEnd
-                    } else {
-                        Decode::ChunkData(left - n)
-                    };
-                    return Ok(data(buf, n));
                 }
                 Decode::ChunkEnd => {
                     if buf.len() < 2 {
@@ -153,10 +144,6 @@ impl Decode {
             _ => None,
         }
     }
-}
-
-fn data(buf: &mut BytesMut, n: u64) -> Step {
-    Step::Frame(Frame::data(buf.split_to(n as usize).freeze()))
 }
 
 fn find_crlf(buf: &[u8], limit: usize) -> Option<usize> {

@@ -141,19 +141,20 @@ pub async fn exchange(
     home: Weak<Connections>,
 ) -> Result<Answer, Failed> {
     let mut ex = Exchange {
-        conn: Some(conn),
+        conn,
         head: req.head,
         upload: Upload::new(req.body, req.first, req.framing),
         write_error: None,
         received: false,
     };
     let head = std::future::poll_fn(|cx| ex.poll_head(cx, req.method)).await?;
-    let Some(mut conn) = ex.conn.take() else {
-        return Err(Failed {
-            error: ExchangeError::Closed,
-            stale: false,
-        });
-    };
+    let Exchange {
+        mut conn,
+        head: unsent_head,
+        upload,
+        write_error,
+        ..
+    } = ex;
     if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let read_ahead = conn.buf.split().freeze();
         return Ok(Answer {
@@ -166,8 +167,8 @@ pub async fn exchange(
     }
     // The body goes on being sent while the response is read; a connection whose request
     // could not be written whole is not used again.
-    let broken = !ex.head.is_empty() || ex.write_error.is_some();
-    let upload = (!broken && !ex.upload.is_done()).then_some(ex.upload);
+    let broken = !unsent_head.is_empty() || write_error.is_some();
+    let upload = (!broken && !upload.is_done()).then_some(upload);
     let body = ResponseBody::new(conn, head.framing, head.keep_alive && !broken, upload, home);
     Ok(Answer {
         response: Response::from_parts(head.parts, http_body_util::BodyExt::boxed(body)),
@@ -176,7 +177,7 @@ pub async fn exchange(
 }
 
 struct Exchange<'a> {
-    conn: Option<UpstreamConn>,
+    conn: UpstreamConn,
     /// What is left to write of the head.
     head: &'a [u8],
     upload: Upload,
@@ -192,12 +193,7 @@ impl Exchange<'_> {
         cx: &mut Context<'_>,
         method: &Method,
     ) -> Poll<Result<head::ResponseHead, Failed>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Err(Failed {
-                error: ExchangeError::Closed,
-                stale: false,
-            }));
-        };
+        let conn = &mut self.conn;
         if self.write_error.is_none() && !(self.head.is_empty() && self.upload.is_done()) {
             match self.upload.poll_write(&conn.stream, &mut self.head, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
