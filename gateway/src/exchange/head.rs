@@ -115,9 +115,13 @@ pub fn parse_response(
     fields: &mut FieldSpans,
     request: &Method,
 ) -> Result<Option<ResponseHead>, ExchangeError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut r = httparse::Response::new(&mut raw);
-    let len = match r.parse(buf) {
+    // Uninitialized slots: filling 128 empty headers (4 KiB) for every response would cost
+    // more than parsing a short head.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(ExchangeError::InvalidHead("response head too large".into()))
@@ -310,58 +314,74 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         use ResponseFraming::*;
-        assert_eq!(
-            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            (Length(5), true)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            (Length(5), true)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
-            (Chunked, true)
-        );
-        // Both: chunked wins and the connection is not reused.
-        assert_eq!(
-            framing_of(
-                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+        // (head, framing, connection reusable, why)
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Length(5),
+                true,
+                "length",
             ),
-            (Chunked, false)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (UntilClose, false)
-        );
-        assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n"), (UntilClose, false));
-        assert_eq!(
-            framing_of("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
-            (None, true)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.1 304 Not Modified\r\n\r\n"),
-            (None, true)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n"),
-            (Length(1), false)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
-            (Length(1), false)
-        );
-        assert_eq!(
-            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n"),
-            (Length(1), false),
-            "an HTTP/1.0 target's connection is not reused"
-        );
-        assert_eq!(
-            framing_of(
-                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close, keep-alive\r\n\r\n"
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Length(5),
+                true,
+                "same values",
             ),
-            (Length(1), false),
-            "close wins"
-        );
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
+                Chunked,
+                true,
+                "chunked last",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+                Chunked,
+                false,
+                "both: chunked wins and the connection is not reused",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                UntilClose,
+                false,
+                "not chunked last",
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", UntilClose, false, "no framing"),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                None,
+                true,
+                "204",
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", None, true, "304"),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n",
+                Length(1),
+                false,
+                "close",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                Length(1),
+                false,
+                "HTTP/1.0",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n",
+                Length(1),
+                false,
+                "an HTTP/1.0 target's connection is not reused",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nConnection: close, keep-alive\r\n\r\n",
+                Length(1),
+                false,
+                "close wins",
+            ),
+        ];
+        for (head, framing, reusable, why) in cases {
+            assert_eq!(framing_of(head), (framing, reusable), "{why}");
+        }
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD)
             .expect("valid")
             .expect("complete");
