@@ -222,9 +222,14 @@ fn raw_upstream(rt: &tokio::runtime::Runtime, answer: Answer) -> (SocketAddr, Ar
 }
 
 fn gateway(up: SocketAddr, idle_ms: u64) -> Gateway {
+    gateway_with(up, &format!("idle_ms = {idle_ms}"))
+}
+
+/// A gateway whose one route to `up` has these `timeouts`.
+fn gateway_with(up: SocketAddr, timeouts: &str) -> Gateway {
     Gateway::start(&support::config(&format!(
         "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ idle_ms = {idle_ms} }}\n"
+         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ {timeouts} }}\n"
     )))
 }
 
@@ -382,10 +387,7 @@ fn a_request_body_the_upstream_never_read_is_not_taken_for_the_next_request() {
 fn a_request_never_waits_behind_another_requests_upload() {
     let rt = runtime();
     let (up, counts) = raw_upstream(&rt, Answer::EarlyKeep);
-    let gw = Gateway::start(&support::config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 3000 }}\n"
-    )));
+    let gw = gateway_with(up, "request_ms = 3000");
     // A: an upload the target answers at once, then stalls (its connection is still sending
     // the body when A's response is done).
     let (a, r) = start_upload(&gw);
@@ -530,10 +532,7 @@ fn a_target_that_answers_while_reading_the_upload_gets_all_of_it() {
 fn a_chunked_upload_is_not_held_back_waiting_for_its_first_chunk() {
     let rt = runtime();
     let (up, _counts) = raw_upstream(&rt, Answer::EarlyKeep);
-    let gw = Gateway::start(&support::config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 3000 }}\n"
-    )));
+    let gw = gateway_with(up, "request_ms = 3000");
     // A client that sends its body only once the response has begun.
     let mut s = support::connect(&gw);
     let asked = Instant::now();
