@@ -2,6 +2,8 @@
 //! same upstream, same core budget, measured in the same run.
 //!
 //! - The upstream is an nginx instance that answers a small fixed body.
+//! - Two nginx proxies: one adding the same request headers as the gateway (the targets' reference)
+//!   and one bare `proxy_pass`, printed beside it.
 //! - Each proxy gets one worker pinned to CPU 0; wrk and the upstream run on CPU 1.
 //! - wrk: 1 thread, 50 connections; after a 2 s warm-up of each, 5 alternating 3 s runs of
 //!   each proxy, and the median of each figure (the machine is shared, and its speed drifts).
@@ -253,17 +255,40 @@ fn main() {
     let upstream: SocketAddr = format!("127.0.0.1:{upstream_port}").parse().expect("addr");
     wait_for(upstream);
 
-    let nginx_port = free_port();
-    let nginx_proxy = nginx(
-        &dir,
-        "proxy",
-        0,
-        &format!(
-            "  upstream app {{ server {upstream}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port} backlog=4096;\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
-        ),
-    );
-    let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
-    wait_for(nginx_addr);
+    // Two nginx references on CPU 0, never loaded at the same time:
+    // - "same headers" does what the gateway does by default to every proxied request: keeps the
+    //   client's Host, adds X-Forwarded-For/-Proto/-Host, RFC 7239 Forwarded, a generated
+    //   X-Request-Id (also returned to the client) and a generated W3C traceparent. This is the
+    //   like-for-like reference the targets are judged against.
+    // - "bare proxy_pass" is nginx's default proxy, which forwards only the client's own headers
+    //   (with Host rewritten to the pool's name); it is printed beside, for the record.
+    let same_headers = "      proxy_set_header Host $http_host;\n\
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+      proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$host\\\"\";\n\
+      proxy_set_header traceparent \"00-$request_id-$span_id-01\";\n\
+      proxy_set_header X-Forwarded-Proto $scheme;\n\
+      proxy_set_header X-Request-Id $request_id;\n\
+      proxy_set_header X-Forwarded-Host $http_host;\n\
+      add_header X-Request-Id $request_id always;\n";
+    let nginx_proxy = |name: &str, headers: &str| {
+        let port = free_port();
+        let proc = nginx(
+            &dir,
+            name,
+            0,
+            &format!(
+                "  upstream app {{ server {upstream}; keepalive 64; }}\n\
+                   map $request_id $span_id {{ \"~^(?<span>.{{16}})\" $span; }}\n\
+                   server {{ listen 127.0.0.1:{port} backlog=4096;\n\
+                     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n{headers}    }} }}"
+            ),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_for(addr);
+        (proc, addr)
+    };
+    let (nginx_same, nginx_same_addr) = nginx_proxy("proxy-same-headers", same_headers);
+    let (nginx_bare, nginx_bare_addr) = nginx_proxy("proxy-bare", "");
 
     // A token minted by PyJWT, and the public key it verifies with.
     let mint = Command::new("/usr/bin/python3")
@@ -331,11 +356,12 @@ fn main() {
     wait_for(gw_addr);
 
     let proxies = [
-        ("nginx", nginx_addr, nginx_proxy.0.id()),
+        ("nginx, same headers", nginx_same_addr, nginx_same.0.id()),
+        ("nginx, bare proxy_pass", nginx_bare_addr, nginx_bare.0.id()),
         ("sluice-gateway", gw_addr, gateway.0.id()),
     ];
-    // Alternating runs, so that a drift in the machine's speed (it is shared) falls on both.
-    let mut runs: [Vec<Load>; 2] = [Vec::new(), Vec::new()];
+    // Alternating runs, so that a drift in the machine's speed (it is shared) falls on all.
+    let mut runs: [Vec<Load>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (_, addr, _) in &proxies {
         let _warm = wrk(&format!("http://{addr}/"), 2, None);
     }
@@ -344,41 +370,48 @@ fn main() {
             runs[k].push(wrk(&format!("http://{addr}/"), SECONDS, None));
         }
     }
-    let mut rss = [0u64; 2];
+    let mut rss = [0u64; 3];
     for (k, (_, addr, pid)) in proxies.iter().enumerate() {
         let idle = idle_connections(*addr, IDLE);
         rss[k] = rss_kib(*pid);
         drop(idle);
     }
-    let (n, s) = (median(&runs[0]), median(&runs[1]));
-    let (n_rss, s_rss) = (&rss[0], &rss[1]);
+    let loads: Vec<Load> = runs.iter().map(|r| median(r)).collect();
     println!("Gateway vs nginx: one worker each on CPU 0; wrk (1 thread, {CONNECTIONS} connections) and the upstream on CPU 1;");
-    println!("medians of {ROUNDS} alternating {SECONDS} s runs each (requests/s ranges: nginx {}, sluice-gateway {})", range(&runs[0]), range(&runs[1]));
+    println!("medians of {ROUNDS} alternating {SECONDS} s runs each. Requests/s ranges:");
+    for (k, (name, _, _)) in proxies.iter().enumerate() {
+        println!("- {name}: {}", range(&runs[k]));
+    }
     println!();
     println!("| | requests/s | p50 ms | p99 ms | RSS with {IDLE} idle keep-alive connections |");
     println!("|---|---:|---:|---:|---:|");
-    println!(
-        "| nginx | {:.0} | {:.3} | {:.3} | {:.1} MiB |",
-        n.rps,
-        n.p50_ms,
-        n.p99_ms,
-        *n_rss as f64 / 1024.0
-    );
-    println!(
-        "| sluice-gateway | {:.0} | {:.3} | {:.3} | {:.1} MiB |",
-        s.rps,
-        s.p50_ms,
-        s.p99_ms,
-        *s_rss as f64 / 1024.0
-    );
-    println!(
-        "| ratio (sluice / nginx) | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-        s.rps / n.rps,
-        s.p50_ms / n.p50_ms,
-        s.p99_ms / n.p99_ms,
-        *s_rss as f64 / *n_rss as f64
-    );
+    for (k, (name, _, _)) in proxies.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.1} MiB |",
+            loads[k].rps,
+            loads[k].p50_ms,
+            loads[k].p99_ms,
+            rss[k] as f64 / 1024.0
+        );
+    }
+    let (s, s_rss) = (&loads[2], rss[2]);
+    for (k, reference) in [
+        "sluice / nginx same headers (target)",
+        "sluice / nginx bare",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| ratio {reference} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+            s.rps / loads[k].rps,
+            s.p50_ms / loads[k].p50_ms,
+            s.p99_ms / loads[k].p99_ms,
+            s_rss as f64 / rss[k] as f64
+        );
+    }
     println!();
+    let (n, n_rss) = (&loads[0], rss[0]);
     let mut missed = Vec::new();
     if s.rps < n.rps {
         missed.push("requests/s >= 1.0x nginx");

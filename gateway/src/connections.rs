@@ -22,6 +22,7 @@ use crate::{
         head::{encode_request, RequestFraming},
         Answer, ExchangeError, Outgoing, UpstreamConn,
     },
+    forwarding::Forwarding,
     Body,
 };
 
@@ -103,7 +104,11 @@ impl Connections {
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one. A
     /// safe request (GET, HEAD, OPTIONS, TRACE) without a body that meets a pooled connection
     /// the target had already closed (nothing came back) goes again on the next one.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Answer, SendError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        forwarding: Option<&Forwarding>,
+    ) -> Result<Answer, SendError> {
         let (parts, mut body) = req.into_parts();
         let mut first = None;
         let framing = if body.is_end_stream() {
@@ -137,7 +142,14 @@ impl Connections {
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(512);
-        encode_request(&parts.method, target, &parts.headers, framing, &mut head);
+        encode_request(
+            &parts.method,
+            target,
+            &parts.headers,
+            framing,
+            forwarding,
+            &mut head,
+        );
         // Only a safe method: an idempotent one (PUT, DELETE) that reached the target may
         // have had its effect before the connection closed.
         let replayable = framing == RequestFraming::Empty

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod exchange;
+pub mod forwarding;
 pub mod listener;
 pub mod metrics;
 pub mod park;

@@ -91,6 +91,9 @@ impl<S> ConnService for S where
 /// The TLS config new connections of a listener get; swapped when files change.
 pub type TlsState = Arc<ArcSwap<rustls::ServerConfig>>;
 
+/// The request header fields hyper's HTTP/1 server accepts when not told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Accepts and serves connections until `stop` changes; each connection then ends politely
 /// (GOAWAY, `Connection: close`) once its in-flight requests are done.
 pub async fn serve(
@@ -107,8 +110,13 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_headers);
+        .max_buf_size(config.max_header_bytes.max(8192));
+    // hyper's own limit is 100 fields, parsed into space on the stack. Setting any limit,
+    // even 100, makes it fill a vector of that many slots per request, so it is set only
+    // when it differs.
+    if config.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(config.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -117,8 +125,10 @@ pub async fn serve(
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(config.max_headers);
+        .max_buf_size(config.max_header_bytes.max(8192));
+    if config.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(config.max_headers);
+    }
     let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
     let plain = Arc::new(Plain {
         http1: h1,

@@ -17,11 +17,13 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use rand::Rng;
+use smallvec::SmallVec;
 
 use crate::{
     config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
     connections::{Connections, SendError},
     exchange::Answer,
+    forwarding::Forwarding,
     Body,
 };
 
@@ -247,7 +249,8 @@ impl Pool {
         // Healthy, not ejected, not tried yet; failing that, anything healthy; failing that,
         // anything with a weight (a pool with every target down still tries rather than
         // refuse outright: a wrong health check must not take a whole service down).
-        let choose = |f: &dyn Fn(&TargetState) -> bool| -> Vec<usize> {
+        // On the stack for pools of up to 16 targets (no allocation per request).
+        let choose = |f: &dyn Fn(&TargetState) -> bool| -> SmallVec<[usize; 16]> {
             (0..self.targets.len())
                 .filter(|i| f(&self.targets[*i]))
                 .collect()
@@ -281,7 +284,8 @@ impl Pool {
                     (t.in_flight.load(Ordering::Relaxed) as u64 * 1_000_000) / t.weight as u64
                 };
                 let min = usable.iter().map(load).min()?;
-                let ties: Vec<usize> = usable.iter().copied().filter(|i| load(i) == min).collect();
+                let ties: SmallVec<[usize; 16]> =
+                    usable.iter().copied().filter(|i| load(i) == min).collect();
                 ties.get(rand::thread_rng().gen_range(0..ties.len()))
                     .copied()
             }
@@ -411,6 +415,7 @@ impl HttpClient {
         pool: &Pool,
         i: usize,
         mut req: Request<Body>,
+        forwarding: &Forwarding,
     ) -> Result<Answer, SendError> {
         let target = &pool.targets[i];
         match self {
@@ -423,9 +428,10 @@ impl HttpClient {
                 let Some(c) = conns.get(i) else {
                     return Err(SendError::NoPool(target.addr));
                 };
-                c.send(req).await
+                c.send(req, Some(forwarding)).await
             }
             HttpClient::Http2(client) => {
+                forwarding.apply(req.headers_mut());
                 // hyper-util's client connects to the URI's authority.
                 let path = req
                     .uri()

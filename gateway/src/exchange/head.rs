@@ -9,6 +9,7 @@ use hyper::{
 };
 
 use super::ExchangeError;
+use crate::forwarding::Forwarding;
 
 /// The most fields a response head may carry.
 const MAX_FIELDS: usize = 128;
@@ -27,12 +28,14 @@ pub enum RequestFraming {
 }
 
 /// Writes the request head into `out`. The framing fields come from `framing` alone: the
-/// client's own `Content-Length` and `Transfer-Encoding` described the client's hop.
+/// client's own `Content-Length` and `Transfer-Encoding` described the client's hop. This
+/// hop's `forwarding` fields take the place of the client's of the same names.
 pub fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
     framing: RequestFraming,
+    forwarding: Option<&Forwarding>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -40,13 +43,19 @@ pub fn encode_request(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || (forwarding.is_some() && Forwarding::replaces(name))
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = forwarding {
+        f.write_lines(out);
     }
     match framing {
         RequestFraming::Empty => {
@@ -270,6 +279,7 @@ mod tests {
             "/x?y=1",
             &h,
             RequestFraming::Length(12),
+            None,
             &mut out,
         );
         assert_eq!(
@@ -277,7 +287,7 @@ mod tests {
             b"POST /x?y=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 12\r\n\r\n"
         );
         out.clear();
-        encode_request(&Method::GET, "/", &h, RequestFraming::Empty, &mut out);
+        encode_request(&Method::GET, "/", &h, RequestFraming::Empty, None, &mut out);
         assert_eq!(
             out, b"GET / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n",
             "the client gave a length: an empty body keeps one"
@@ -285,10 +295,24 @@ mod tests {
         out.clear();
         let mut bare = HeaderMap::new();
         bare.insert("host", HeaderValue::from_static("a.test"));
-        encode_request(&Method::GET, "/", &bare, RequestFraming::Empty, &mut out);
+        encode_request(
+            &Method::GET,
+            "/",
+            &bare,
+            RequestFraming::Empty,
+            None,
+            &mut out,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n");
         out.clear();
-        encode_request(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
+        encode_request(
+            &Method::PUT,
+            "/",
+            &h,
+            RequestFraming::Chunked,
+            None,
+            &mut out,
+        );
         assert_eq!(
             out,
             b"PUT / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -299,9 +323,56 @@ mod tests {
             "/",
             &HeaderMap::new(),
             RequestFraming::Empty,
+            None,
             &mut out,
         );
         assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarding_fields_take_the_place_of_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.test"));
+        h.insert("x-request-id", HeaderValue::from_static("forged"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let id = HeaderValue::from_static("id-1");
+        let f = Forwarding::new(&h, "192.0.2.1".parse().expect("ip"), false, "a.test", &id);
+        let mut out = Vec::new();
+        encode_request(
+            &Method::GET,
+            "/",
+            &h,
+            RequestFraming::Empty,
+            Some(&f),
+            &mut out,
+        );
+        let text = String::from_utf8(out).expect("ascii");
+        let names: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "accept",
+                "x-forwarded-for",
+                "forwarded",
+                "traceparent",
+                "x-forwarded-proto",
+                "x-request-id",
+                "x-forwarded-host"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-request-id: id-1\r\n"), "{text}");
+        assert!(text.contains("\r\nx-forwarded-proto: http\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n") && !text.contains("forged"),
+            "{text}"
+        );
     }
 
     #[test]
