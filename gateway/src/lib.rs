@@ -2,7 +2,8 @@
 //!
 //! A request's path through the modules: [`listener`] (accept, limits, TLS) → [`router`]
 //! (pick a route) → [`policy`] (the chain where auth, limits and transforms plug in) →
-//! [`upstream`] (pick a target, forward, retry) — with [`problem`] for the errors the
+//! [`upstream`] (pick a target, forward, retry; [`forwarding`] makes the headers this hop
+//! adds) — with [`problem`] for the errors the
 //! gateway makes itself, [`metrics`], and [`server`] for the admin API, reloads and shutdown.
 #![deny(missing_docs)]
 
