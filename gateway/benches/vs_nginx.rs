@@ -414,13 +414,13 @@ fn main() {
     let (n, n_rss) = (&loads[0], rss[0]);
     let mut missed = Vec::new();
     if s.rps < n.rps {
-        missed.push("requests/s >= 1.0x nginx");
+        missed.push("requests/s >= 1.0x nginx (same headers)");
     }
     if s.p99_ms > n.p99_ms {
-        missed.push("p99 <= nginx");
+        missed.push("p99 <= nginx (same headers)");
     }
     if s_rss > n_rss {
-        missed.push("idle RSS <= nginx");
+        missed.push("idle RSS <= nginx (same headers)");
     }
     // The policy chain's cost, on the same gateway process, against its plain route.
     let bearer = format!("Authorization: Bearer {token}");

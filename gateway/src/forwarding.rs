@@ -36,10 +36,12 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// The fields for a request with `headers` from `peer` (the packet's source, which DSR
-    /// keeps as the real client), whose host name is `host`.
+    /// The fields for a request with `headers` and the target's `authority` (HTTP/2 and
+    /// absolute-form requests), from `peer` (the packet's source, which DSR keeps as the
+    /// real client), whose host name is `host`.
     pub fn new(
         headers: &HeaderMap,
+        authority: Option<&str>,
         peer: IpAddr,
         tls: bool,
         host: &str,
@@ -51,9 +53,10 @@ impl Forwarding {
         let mut values = Values::new();
         // Earlier hops' lines, all of them, joined; a line that is not visible ASCII is
         // dropped (strict parsers would discard the whole field, this hop's entry with it).
+        // A `Forwarded` line with an unclosed quoted string would swallow this hop's entry.
         let earlier = |values: &mut Values, name: &HeaderName| {
             for v in headers.get_all(name) {
-                if v.to_str().is_ok_and(|t| !t.trim().is_empty()) {
+                if v.to_str().is_ok_and(|t| !t.trim().is_empty()) && quotes_balance(v.as_bytes()) {
                     values.extend_from_slice(v.as_bytes());
                     values.extend_from_slice(b", ");
                 }
@@ -96,22 +99,34 @@ impl Forwarding {
             ends: [xff, forwarded, trace],
             proto,
             request_id: request_id.clone(),
-            host: headers.get(header::HOST).cloned(),
+            // An HTTP/2 client sends no Host: its `:authority` stands in.
+            host: headers
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok())),
         }
     }
 
     /// Whether a client's field of this name gives way to this hop's. (Its earlier
     /// `X-Forwarded-For` and `Forwarded` lines are already part of this hop's values.)
-    pub fn replaces(name: &HeaderName) -> bool {
-        name == header::FORWARDED
-            || matches!(
-                name.as_str(),
-                "x-forwarded-for"
-                    | "x-forwarded-proto"
-                    | "x-forwarded-host"
-                    | "x-request-id"
-                    | "traceparent"
-            )
+    /// Names are compared as `HeaderName`s keep them: lowercase.
+    pub fn replaces(name: &str) -> bool {
+        matches!(
+            name,
+            "x-forwarded-for"
+                | "forwarded"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-request-id"
+                | "traceparent"
+        )
+    }
+
+    /// The value this hop sends for `name` (any case), if it sends one.
+    pub fn value(&self, name: &str) -> Option<&[u8]> {
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// The fields, as names and values.
@@ -142,14 +157,42 @@ impl Forwarding {
         }
     }
 
-    /// Sets the fields in `headers`, replacing the client's (for an HTTP/2 upstream).
+    /// Sets the fields in `headers` in place of the client's (for an HTTP/2 upstream). A
+    /// client's field this hop has no value for is removed too, as on HTTP/1.1.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in [
+            "x-forwarded-for",
+            "forwarded",
+            "traceparent",
+            "x-forwarded-proto",
+            "x-request-id",
+            "x-forwarded-host",
+        ] {
+            headers.remove(name);
+        }
         for (name, value) in self.fields() {
             if let Ok(v) = HeaderValue::from_bytes(value) {
                 headers.insert(HeaderName::from_static(name), v);
             }
         }
     }
+}
+
+/// Whether every quoted string in `v` is closed (RFC 9110 §5.6.4: `\` escapes the next byte
+/// inside one).
+fn quotes_balance(v: &[u8]) -> bool {
+    let mut quoted = false;
+    let mut bytes = v.iter();
+    while let Some(b) = bytes.next() {
+        match (quoted, b) {
+            (true, b'\\') => {
+                bytes.next();
+            }
+            (_, b'"') => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// Lowercase hex digits of `v`, most significant first, into `out` (`out.len()` digits).
@@ -335,7 +378,7 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         let id = HeaderValue::from_static("req-1");
         let peer: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
-        let f = Forwarding::new(&h, peer, true, "api.test", &id);
+        let f = Forwarding::new(&h, None, peer, true, "api.test", &id);
         let mut out = Vec::new();
         f.write_lines(&mut out);
         let text = String::from_utf8(out).expect("ascii");
@@ -379,12 +422,10 @@ mod tests {
             "x-request-id",
             "x-forwarded-host",
         ] {
-            assert!(
-                Forwarding::replaces(&HeaderName::from_static(name)),
-                "{name}"
-            );
+            assert!(Forwarding::replaces(name), "{name}");
         }
-        assert!(!Forwarding::replaces(&header::HOST));
+        assert!(!Forwarding::replaces("host"));
+        assert_eq!(f.value("X-Forwarded-Proto"), Some(&b"https"[..]));
     }
 
     #[test]
@@ -392,6 +433,7 @@ mod tests {
         let id = HeaderValue::from_static("r");
         let f = Forwarding::new(
             &HeaderMap::new(),
+            None,
             "2001:db8::7".parse().expect("ip"),
             false,
             "a\"b",
@@ -407,5 +449,45 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("x-forwarded-host"), "{text}");
+    }
+
+    #[test]
+    fn an_earlier_forwarded_line_with_an_open_quote_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=192.0.2.1;host=\"a"),
+        );
+        h.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=192.0.2.2;host=\"b\\\"c\""),
+        );
+        let id = HeaderValue::from_static("r");
+        let f = Forwarding::new(&h, None, "192.0.2.9".parse().expect("ip"), false, "", &id);
+        assert_eq!(
+            f.value("forwarded"),
+            Some(&b"for=192.0.2.2;host=\"b\\\"c\", for=192.0.2.9;proto=http"[..])
+        );
+        assert!(
+            quotes_balance(b"") && quotes_balance(b"a=\"x,y\"") && !quotes_balance(b"a=\"x\\\"")
+        );
+    }
+
+    #[test]
+    fn without_a_host_the_authority_is_the_forwarded_host_and_apply_removes_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        let id = HeaderValue::from_static("r");
+        let peer: IpAddr = "192.0.2.9".parse().expect("ip");
+        let f = Forwarding::new(&h, Some("api.test:8443"), peer, true, "api.test", &id);
+        assert_eq!(f.value("x-forwarded-host"), Some(&b"api.test:8443"[..]));
+        f.apply(&mut h);
+        assert_eq!(h["x-forwarded-host"], "api.test:8443");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        // Neither a Host nor an authority: no X-Forwarded-Host at all, not the client's.
+        let f = Forwarding::new(&h, None, peer, true, "", &id);
+        f.apply(&mut h);
+        assert!(h.get("x-forwarded-host").is_none(), "{h:?}");
     }
 }

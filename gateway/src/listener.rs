@@ -111,9 +111,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
         .max_buf_size(config.max_header_bytes.max(8192));
-    // hyper's own limit is 100 fields, parsed into space on the stack. Setting any limit,
-    // even 100, makes it fill a vector of that many slots per request, so it is set only
-    // when it differs.
+    // hyper's own limit is 100 fields. Given any limit, even 100, hyper fills that many
+    // header slots before every parse (on the heap above 100); without one it parses into
+    // uninitialized slots. So the limit is set only when it differs.
     if config.max_headers != HYPER_MAX_HEADERS {
         builder.http1().max_headers(config.max_headers);
     }

@@ -369,7 +369,8 @@ fn without_port(raw: &str) -> &str {
 
 fn host_of<B>(req: &Request<B>) -> HostName {
     if let Some(a) = req.uri().authority() {
-        return HostName::Owned(without_port(a.as_str()).to_ascii_lowercase());
+        // `host()` leaves out userinfo (`http://user@host/`) and the port.
+        return HostName::Owned(a.host().to_ascii_lowercase());
     }
     let Some((value, raw)) = req
         .headers()
@@ -689,7 +690,14 @@ async fn forward(
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let held = parts.extensions.remove::<Arc<Held>>();
     // (Hop-by-hop headers were removed in `serve`, before the policies.)
-    let forwarding = Forwarding::new(&parts.headers, conn.peer.ip(), conn.tls, host, request_id);
+    let forwarding = Forwarding::new(
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+        conn.peer.ip(),
+        conn.tls,
+        host,
+        request_id,
+    );
     let retries = &route.config.retries;
     let can_retry = retries.attempts > 0 && idempotent(&parts.method);
     // A body that may need sending twice is read first (within the size limit); otherwise
@@ -720,9 +728,16 @@ async fn forward(
             _ => None,
         };
         (
+            // A forwarding field is hashed as the target will see it (this hop's value).
             header_name
-                .and_then(|h| parts.headers.get(h))
-                .and_then(|v| v.to_str().ok())
+                .and_then(|h| {
+                    if Forwarding::replaces(&h.to_ascii_lowercase()) {
+                        forwarding.value(h)
+                    } else {
+                        parts.headers.get(h).map(HeaderValue::as_bytes)
+                    }
+                })
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string),
             cookie_name
                 .and_then(|c| cookie(&parts.headers, c))
@@ -974,12 +989,20 @@ mod tests {
                 "{raw}: no copy unless lowercasing"
             );
         }
-        let req = Request::builder()
-            .uri("http://H2.Example:80/x")
-            .header(header::HOST, "other")
-            .body(())
-            .expect("request");
-        assert_eq!(host_of(&req).as_str(), "h2.example");
+        for (uri, want) in [
+            ("http://H2.Example:80/x", "h2.example"),
+            ("http://evil@api.test/x", "api.test"),
+            ("http://u:p@[2001:db8::1]:8443/", "[2001:db8::1]"),
+        ] {
+            let req = Request::builder()
+                .uri(uri)
+                .header(header::HOST, "other")
+                .body(())
+                .expect("request");
+            assert_eq!(host_of(&req).as_str(), want, "{uri}");
+        }
+        let req = Request::builder().body(()).expect("request");
+        assert_eq!(host_of(&req).as_str(), "", "no Host at all");
     }
 
     #[test]

@@ -760,10 +760,45 @@ upstream = "h1"
 "#,
         a = up.addr
     )));
-    // An HTTP/1.1 client, an HTTP/2 upstream.
-    let r = request(gw.http, "GET", "/h2", &[], "");
+    // An HTTP/1.1 client, an HTTP/2 upstream; the client's forwarding fields give way to
+    // this hop's.
+    let r = request(
+        gw.http,
+        "GET",
+        "/h2",
+        &[
+            "X-Forwarded-Proto: gopher",
+            "X-Forwarded-Host: evil.test",
+            "X-Forwarded-For: 198.51.100.1",
+        ],
+        "",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["version"], "HTTP/2.0");
+    let j = r.json();
+    assert_eq!(j["version"], "HTTP/2.0");
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(j["headers"]["x-forwarded-host"], "test.local");
+    assert_eq!(j["headers"]["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+    // An HTTP/2 client sends no Host: its :authority is the forwarded host, to either kind
+    // of upstream, and a forged one does not get through.
+    for path in ["/h1", "/h2"] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-H",
+                "X-Forwarded-Host: evil.test",
+            ])
+            .arg(format!("http://{}{path}", gw.http))
+            .output()
+            .expect("curl");
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            j["headers"]["x-forwarded-host"],
+            gw.http.to_string(),
+            "{path}: {j}"
+        );
+    }
     // An HTTP/2 client (curl, prior knowledge), an HTTP/1.1 upstream.
     let out = std::process::Command::new("curl")
         .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}"])

@@ -244,6 +244,23 @@ fn timeouts_connect_failures_and_concurrency_limits() {
 }
 
 #[test]
+fn hyper_s_own_limit_of_100_header_fields_applies_by_default() {
+    // A redirect route: the gateway answers itself (an upstream would apply its own limit
+    // to the fields the gateway adds).
+    let gw = Gateway::start(
+        &config("[[route]]\nname = \"r\"\nredirect = { location = \"http://x/\" }\n")
+            .replace("max_headers = 50\n", ""),
+    );
+    // The request helper sends Host and Connection: 98 more make 100 fields, 99 make 101.
+    for (extra, status) in [(98, 302), (99, 431)] {
+        let many: Vec<String> = (0..extra).map(|i| format!("x-h{i}: v")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let r = request(gw.http, "GET", "/", &many, "");
+        assert_eq!(r.status, status, "{extra} fields besides Host: {r:?}");
+    }
+}
+
+#[test]
 fn client_limits_and_slowloris() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));

@@ -45,7 +45,7 @@ pub fn encode_request(
     for (name, value) in headers {
         if name == CONTENT_LENGTH
             || name == TRANSFER_ENCODING
-            || (forwarding.is_some() && Forwarding::replaces(name))
+            || (forwarding.is_some() && Forwarding::replaces(name.as_str()))
         {
             continue;
         }
@@ -337,7 +337,14 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("accept", HeaderValue::from_static("*/*"));
         let id = HeaderValue::from_static("id-1");
-        let f = Forwarding::new(&h, "192.0.2.1".parse().expect("ip"), false, "a.test", &id);
+        let f = Forwarding::new(
+            &h,
+            None,
+            "192.0.2.1".parse().expect("ip"),
+            false,
+            "a.test",
+            &id,
+        );
         let mut out = Vec::new();
         encode_request(
             &Method::GET,
