@@ -16,6 +16,16 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// The names of the fields this hop sets, lowercase.
+pub const NAMES: [&str; 6] = [
+    "x-forwarded-for",
+    "forwarded",
+    "traceparent",
+    "x-forwarded-proto",
+    "x-request-id",
+    "x-forwarded-host",
+];
+
 /// Room for the three built values of a usual request without touching the heap.
 type Values = SmallVec<[u8; 192]>;
 /// An IP address as text (at most 39 bytes for IPv6, 15 for IPv4).
@@ -109,7 +119,8 @@ impl Forwarding {
 
     /// Whether a client's field of this name gives way to this hop's. (Its earlier
     /// `X-Forwarded-For` and `Forwarded` lines are already part of this hop's values.)
-    /// Names are compared as `HeaderName`s keep them: lowercase.
+    /// Names are compared as `HeaderName`s keep them: lowercase. (The same set as
+    /// [`NAMES`], matched by length first: this runs for every field of every request.)
     pub fn replaces(name: &str) -> bool {
         matches!(
             name,
@@ -160,14 +171,7 @@ impl Forwarding {
     /// Sets the fields in `headers` in place of the client's (for an HTTP/2 upstream). A
     /// client's field this hop has no value for is removed too, as on HTTP/1.1.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in [
-            "x-forwarded-for",
-            "forwarded",
-            "traceparent",
-            "x-forwarded-proto",
-            "x-request-id",
-            "x-forwarded-host",
-        ] {
+        for name in NAMES {
             headers.remove(name);
         }
         for (name, value) in self.fields() {
@@ -414,14 +418,7 @@ mod tests {
             h[header::FORWARDED],
             lines[1].trim_start_matches("forwarded: ")
         );
-        for name in [
-            "x-forwarded-for",
-            "forwarded",
-            "traceparent",
-            "x-forwarded-proto",
-            "x-request-id",
-            "x-forwarded-host",
-        ] {
+        for name in NAMES {
             assert!(Forwarding::replaces(name), "{name}");
         }
         assert!(!Forwarding::replaces("host"));

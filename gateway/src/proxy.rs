@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use crate::{
     config::{Config, Route},
     exchange::{Answer, Upgraded},
-    forwarding::{random_id, Forwarding, X_REQUEST_ID},
+    forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
     metrics::Metrics,
     policy::{self, Chain, Context},
     problem::{full, problem, GatewayMade},
@@ -731,7 +731,7 @@ async fn forward(
             // A forwarding field is hashed as the target will see it (this hop's value).
             header_name
                 .and_then(|h| {
-                    if Forwarding::replaces(&h.to_ascii_lowercase()) {
+                    if forwarding::NAMES.iter().any(|n| n.eq_ignore_ascii_case(h)) {
                         forwarding.value(h)
                     } else {
                         parts.headers.get(h).map(HeaderValue::as_bytes)
