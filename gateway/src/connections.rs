@@ -107,7 +107,7 @@ impl Connections {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
-        forwarding: Option<&Forwarding>,
+        forwarding: &Forwarding,
     ) -> Result<Answer, SendError> {
         let (parts, mut body) = req.into_parts();
         let mut first = None;
@@ -147,7 +147,7 @@ impl Connections {
             target,
             &parts.headers,
             framing,
-            forwarding,
+            Some(forwarding),
             &mut head,
         );
         // Only a safe method: an idempotent one (PUT, DELETE) that reached the target may

@@ -428,7 +428,7 @@ impl HttpClient {
                 let Some(c) = conns.get(i) else {
                     return Err(SendError::NoPool(target.addr));
                 };
-                c.send(req, Some(forwarding)).await
+                c.send(req, forwarding).await
             }
             HttpClient::Http2(client) => {
                 forwarding.apply(req.headers_mut());
