@@ -271,6 +271,41 @@ impl Sweep {
 
 type Service<S> = http1::UpgradeableConnection<ParkIo, S>;
 
+/// Resolves when the gateway stops, cheaply when polled often.
+struct StopSignal {
+    /// Waits for the stop.
+    changed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `changed` has been polled: it keeps the task's waker registered until the gateway
+    /// stops (one task, so its waker never changes).
+    armed: bool,
+    /// Tells whether `changed` is worth polling again.
+    seen: watch::Receiver<bool>,
+}
+
+impl StopSignal {
+    fn new(stop: &watch::Receiver<bool>) -> Self {
+        let mut rx = stop.clone();
+        StopSignal {
+            changed: Box::pin(async move {
+                let _ = rx.changed().await;
+            }),
+            armed: false,
+            seen: stop.clone(),
+        }
+    }
+
+    /// Whether the gateway is stopping. Once armed, `changed` is polled again only when the
+    /// watched value has changed or its sender is gone (an atomic load), not on every
+    /// wake-up of a busy connection.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed && matches!(self.seen.has_changed(), Ok(false)) {
+            return false;
+        }
+        self.armed = true;
+        self.changed.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// One plain connection, as its task. Written out as a state machine rather than an
 /// `async fn` so that what a parked connection keeps is exactly these fields: about 300
 /// bytes, with hyper's state boxed and present only while hyper runs.
@@ -284,8 +319,8 @@ pub struct Connection<S: hyper::service::HttpService<Incoming>, G> {
     plain: Arc<Plain>,
     /// The deadline of the current wait (first bytes, or the next request).
     timer: Pin<Box<Sleep>>,
-    /// Resolves when the gateway stops.
-    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Tells when the gateway stops.
+    stopped: StopSignal,
     stopping: bool,
     /// Counted in `parked_connections`.
     parked: bool,
@@ -323,7 +358,7 @@ where
         plain: Arc<Plain>,
         guard: G,
     ) -> Self {
-        let mut rx = plain.stop.clone();
+        let stopped = StopSignal::new(&plain.stop);
         Self {
             stream: Some(stream),
             service: Some(service),
@@ -331,9 +366,7 @@ where
             idle,
             timer: Box::pin(tokio::time::sleep(plain.wait)),
             plain,
-            stopped: Box::pin(async move {
-                let _ = rx.changed().await;
-            }),
+            stopped,
             stopping: false,
             parked: false,
             served: 0,
@@ -352,7 +385,7 @@ where
 
     /// Waits for bytes; `Ready(false)` ends the connection.
     fn poll_wait(&mut self, cx: &mut Context<'_>, fresh: bool) -> Poll<bool> {
-        if self.stopped.as_mut().poll(cx).is_ready() {
+        if self.stopped.poll(cx) {
             return Poll::Ready(false);
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -415,7 +448,7 @@ where
         let Phase::Http1(conn) = &mut self.phase else {
             return Poll::Ready(false);
         };
-        if !self.stopping && self.stopped.as_mut().poll(cx).is_ready() {
+        if !self.stopping && self.stopped.poll(cx) {
             // Ends politely: `Connection: close` on a response in flight.
             self.stopping = true;
             self.idle.parking.store(false, Relaxed);

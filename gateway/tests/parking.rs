@@ -314,3 +314,28 @@ fn a_first_request_parks_at_once_and_a_reused_connection_after_a_tick() {
     s.write_all(get("/four").as_bytes()).expect("write");
     assert_eq!(read_one(&mut s).expect("response").json()["path"], "/four");
 }
+
+#[test]
+fn a_reused_connection_ends_at_shutdown_without_waiting_to_park() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let mut gw = gateway(up.addr);
+    let mut s = connect(&gw);
+    // Two requests: the connection is reused, so it stays unparked through a tick.
+    for path in ["/one", "/two"] {
+        s.write_all(get(path).as_bytes()).expect("write");
+        assert_eq!(read_one(&mut s).expect("response").status, 200);
+    }
+    let idle = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).expect("closed"), 0);
+    // Woken by the stop itself, not by the sweep that would park it after a tick (250 ms)
+    // and then see the stop.
+    assert!(
+        idle.elapsed() < Duration::from_millis(200),
+        "closed {:?} after the shutdown began",
+        idle.elapsed()
+    );
+    assert!(gw.wait().success());
+}
