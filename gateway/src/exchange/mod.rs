@@ -207,7 +207,14 @@ impl Exchange<'_> {
             }
         }
         loop {
-            match head::parse_response(&mut conn.buf, &mut conn.fields, method) {
+            // Nothing to parse yet (the usual case on the first poll and on the wake-up
+            // before a read): skip the parser.
+            let parsed = if conn.buf.is_empty() {
+                Ok(None)
+            } else {
+                head::parse_response(&mut conn.buf, &mut conn.fields, method)
+            };
+            match parsed {
                 // Interim responses (100 Continue, 103 Early Hints) are not passed on.
                 Ok(Some(h))
                     if h.parts.status.is_informational()
