@@ -9,7 +9,6 @@
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use smallvec::SmallVec;
 
 /// `X-Request-Id`, read from the client and sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -26,15 +25,15 @@ pub const NAMES: [&str; 6] = [
     "x-forwarded-host",
 ];
 
-/// Room for the three built values of a usual request without touching the heap.
-type Values = SmallVec<[u8; 192]>;
-/// An IP address as text (at most 39 bytes for IPv6, 15 for IPv4).
-type IpText = SmallVec<[u8; 40]>;
+/// Room for the three built values of a usual request: one allocation, sized once.
+/// (A `SmallVec` on the stack was tried: its appends are out-of-line calls, and cost
+/// more than the allocation they save, besides growing the request's future.)
+const VALUES_CAPACITY: usize = 192;
 
 /// The forwarding fields of one request.
 pub struct Forwarding {
     /// The `X-Forwarded-For`, `Forwarded` and `traceparent` values, one after the other.
-    values: Values,
+    values: Vec<u8>,
     /// Where each of the three ends in `values`.
     ends: [usize; 3],
     /// `http` or `https`.
@@ -60,11 +59,11 @@ impl Forwarding {
         // An IPv4 client on a dual-stack listener is written as IPv4, as policies see it.
         let peer = peer.to_canonical();
         let proto = if tls { "https" } else { "http" };
-        let mut values = Values::new();
+        let mut values = Vec::with_capacity(VALUES_CAPACITY);
         // Earlier hops' lines, all of them, joined; a line that is not visible ASCII is
         // dropped (strict parsers would discard the whole field, this hop's entry with it).
         // A `Forwarded` line with an unclosed quoted string would swallow this hop's entry.
-        let earlier = |values: &mut Values, name: &HeaderName| {
+        let earlier = |values: &mut Vec<u8>, name: &HeaderName| {
             for v in headers.get_all(name) {
                 if v.to_str().is_ok_and(|t| !t.trim().is_empty()) && quotes_balance(v.as_bytes()) {
                     values.extend_from_slice(v.as_bytes());
@@ -72,11 +71,11 @@ impl Forwarding {
                 }
             }
         };
-        // The address in text once, for both fields.
-        let mut ip = IpText::new();
-        write_ip(&mut ip, peer);
         earlier(&mut values, &X_FORWARDED_FOR);
-        values.extend_from_slice(&ip);
+        // The address in text once, for both fields.
+        let ip_at = values.len();
+        write_ip(&mut values, peer);
+        let ip = ip_at..values.len();
         let xff = values.len();
         earlier(&mut values, &header::FORWARDED);
         values.extend_from_slice(b"for=");
@@ -85,7 +84,7 @@ impl Forwarding {
         if v6 {
             values.extend_from_slice(b"\"[");
         }
-        values.extend_from_slice(&ip);
+        values.extend_from_within(ip);
         if v6 {
             values.extend_from_slice(b"]\"");
         }
@@ -216,26 +215,28 @@ pub fn random_id() -> HeaderValue {
 }
 
 /// An address in its usual text form (what `Display` writes), without a formatter.
-fn write_ip(buf: &mut IpText, ip: IpAddr) {
+fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().iter().enumerate() {
+            // Written backwards into 15 bytes, then appended at once.
+            let mut text = [0u8; 15];
+            let mut at = text.len();
+            for (i, octet) in v4.octets().iter().rev().enumerate() {
                 if i > 0 {
-                    buf.extend_from_slice(b".");
+                    at -= 1;
+                    text[at] = b'.';
                 }
-                let mut digits = [0u8; 3];
                 let mut n = *octet;
-                let mut at = 3;
                 loop {
                     at -= 1;
-                    digits[at] = b'0' + n % 10;
+                    text[at] = b'0' + n % 10;
                     n /= 10;
                     if n == 0 {
                         break;
                     }
                 }
-                buf.extend_from_slice(&digits[at..]);
             }
+            buf.extend_from_slice(&text[at..]);
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write as _;
@@ -359,8 +360,9 @@ mod tests {
             "::ffff:192.0.2.1",
         ] {
             let ip: std::net::IpAddr = ip.parse().expect("ip");
-            let mut buf = IpText::new();
+            let mut buf = b"x".to_vec();
             write_ip(&mut buf, ip);
+            assert_eq!(buf.remove(0), b'x', "appends");
             assert_eq!(&buf[..], ip.to_string().as_bytes());
         }
     }
