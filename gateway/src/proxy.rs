@@ -192,7 +192,7 @@ pub struct Conn {
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
 /// As header names, so removing them costs no parsing per request.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -238,21 +238,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // collect (the last two are removed below anyway, and `close` is removed by name).
     if present & 1 != 0 {
         let mut close = false;
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                let is_close = t.eq_ignore_ascii_case("close");
-                close |= is_close;
-                !is_close
-                    && !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("upgrade")
-            })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
+        // Other names listed are rare: collected only when there are some.
+        let mut listed: SmallVec<[HeaderName; 2]> = SmallVec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            for t in v.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+                {
+                    if let Ok(name) = HeaderName::from_bytes(t) {
+                        listed.push(name);
+                    }
+                }
+            }
+        }
         for name in listed {
             headers.remove(name);
         }
@@ -573,7 +575,7 @@ async fn serve<'rt>(
         }
     }
     let (mut parts, body) = req.into_parts();
-    parts.headers.remove(policy::CONSUMER_HEADER);
+    parts.headers.remove(&policy::CONSUMER_HEADER_NAME);
     // Hop-by-hop headers go before the policies run: a client naming, say, x-consumer-id in
     // its Connection header must not be able to remove what the gateway adds. An upgrade
     // request keeps its Connection: upgrade / Upgrade pair.
@@ -640,6 +642,9 @@ async fn serve<'rt>(
 }
 
 fn pick_split(route: &RouteRuntime) -> Option<&(Arc<Pool>, u32, HttpClient)> {
+    if let [only] = route.targets.as_slice() {
+        return Some(only);
+    }
     let total: u64 = route.targets.iter().map(|t| t.1 as u64).sum();
     if total == 0 {
         return route.targets.first();

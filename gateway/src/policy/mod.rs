@@ -15,7 +15,11 @@ pub mod transform;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use hyper::{header::HeaderMap, http::request::Parts, Response, StatusCode};
+use hyper::{
+    header::{HeaderMap, HeaderName},
+    http::request::Parts,
+    Response, StatusCode,
+};
 
 use crate::{
     config::{Config, Route, Step},
@@ -26,6 +30,9 @@ use crate::{
 /// The header telling the upstream which consumer was authenticated. A client's own copy is
 /// always removed.
 pub const CONSUMER_HEADER: &str = "x-consumer-id";
+
+/// [`CONSUMER_HEADER`] as a header name (removing by `&str` would parse the name each time).
+pub static CONSUMER_HEADER_NAME: HeaderName = HeaderName::from_static(CONSUMER_HEADER);
 
 /// A policy's answer in place of the upstream's (boxed: responses are large).
 pub type Refusal = Box<Response<Body>>;
