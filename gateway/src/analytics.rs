@@ -172,25 +172,24 @@ impl Analytics {
         if inner.minutes.back().is_none_or(|(m, _)| *m != now) {
             inner.minutes.push_back((now, HashMap::new()));
         }
-        if let Some((_, routes)) = inner.minutes.back_mut() {
-            if !routes.contains_key(route) {
-                routes.insert(Arc::from(route), HashMap::new());
-            }
-            let Some(by_consumer) = routes.get_mut(route) else {
-                return;
-            };
-            if !by_consumer.contains_key(consumer) {
-                by_consumer.insert(Arc::from(consumer), Stat::default());
-            }
-            let Some(s) = by_consumer.get_mut(consumer) else {
-                return;
-            };
-            s.requests += 1;
-            if status >= 500 || status == 429 {
-                s.errors += 1;
-            }
-            s.latency[bucket(took)] += 1;
+        let Some((_, routes)) = inner.minutes.back_mut() else {
+            return;
+        };
+        // One hash per map for a pair seen before in this minute (`entry` would need an owned
+        // key, an allocation, every time).
+        let by_consumer = match routes.get_mut(route) {
+            Some(m) => m,
+            None => routes.entry(Arc::from(route)).or_default(),
+        };
+        let s = match by_consumer.get_mut(consumer) {
+            Some(s) => s,
+            None => by_consumer.entry(Arc::from(consumer)).or_default(),
+        };
+        s.requests += 1;
+        if status >= 500 || status == 429 {
+            s.errors += 1;
         }
+        s.latency[bucket(took)] += 1;
     }
 
     /// Appends the per-consumer families to a Prometheus text body.

@@ -90,34 +90,39 @@ impl Metrics {
 
     /// Records a finished request.
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        if let Ok(mut i) = self.inner.lock() {
-            if !i.requests.contains_key(route) {
-                i.requests.insert(route.to_string(), BTreeMap::new());
-                i.durations.insert(route.to_string(), Histogram::default());
-            }
-            if let Some(by_method) = i.requests.get_mut(route) {
-                if !by_method.contains_key(method) {
-                    by_method.insert(method.to_string(), BTreeMap::new());
-                }
-                if let Some(by_status) = by_method.get_mut(method) {
-                    *by_status.entry(status).or_default() += 1;
-                }
-            }
-            if let Some(h) = i.durations.get_mut(route) {
-                h.observe(took.as_secs_f64());
-            }
+        let Ok(mut g) = self.inner.lock() else { return };
+        let i = &mut *g;
+        // One lookup per map for labels seen before (`entry` would need an owned key, an
+        // allocation, every time).
+        let by_method = match i.requests.get_mut(route) {
+            Some(m) => m,
+            None => i.requests.entry(route.to_string()).or_default(),
+        };
+        let by_status = match by_method.get_mut(method) {
+            Some(m) => m,
+            None => by_method.entry(method.to_string()).or_default(),
+        };
+        *by_status.entry(status).or_default() += 1;
+        match i.durations.get_mut(route) {
+            Some(h) => h.observe(took.as_secs_f64()),
+            None => i
+                .durations
+                .entry(route.to_string())
+                .or_default()
+                .observe(took.as_secs_f64()),
         }
     }
 
     /// Records the time an upstream took to answer with a response head.
     pub fn upstream(&self, pool: &str, took: Duration) {
-        if let Ok(mut i) = self.inner.lock() {
-            if !i.upstreams.contains_key(pool) {
-                i.upstreams.insert(pool.to_string(), Histogram::default());
-            }
-            if let Some(h) = i.upstreams.get_mut(pool) {
-                h.observe(took.as_secs_f64());
-            }
+        let Ok(mut i) = self.inner.lock() else { return };
+        match i.upstreams.get_mut(pool) {
+            Some(h) => h.observe(took.as_secs_f64()),
+            None => i
+                .upstreams
+                .entry(pool.to_string())
+                .or_default()
+                .observe(took.as_secs_f64()),
         }
     }
 
