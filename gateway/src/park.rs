@@ -286,9 +286,11 @@ impl StopSignal {
     fn new(stop: &watch::Receiver<bool>) -> Self {
         let mut rx = stop.clone();
         StopSignal {
-            changed: Box::pin(async move {
+            // Unconstrained: a poll cut short by tokio's task budget would return Pending
+            // without registering the waker, and an armed signal would then miss the stop.
+            changed: Box::pin(tokio::task::unconstrained(async move {
                 let _ = rx.changed().await;
-            }),
+            })),
             armed: false,
             seen: stop.clone(),
         }

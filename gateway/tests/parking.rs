@@ -330,10 +330,10 @@ fn a_reused_connection_ends_at_shutdown_without_waiting_to_park() {
     gw.signal(libc::SIGTERM);
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).expect("closed"), 0);
-    // Woken by the stop itself, not by the sweep that would park it after a tick (250 ms)
-    // and then see the stop.
+    // Woken by the stop itself: a connection that missed it would stay open until its
+    // header-read timeout (5 s), the sweep having stopped with the listener.
     assert!(
-        idle.elapsed() < Duration::from_millis(200),
+        idle.elapsed() < Duration::from_secs(2),
         "closed {:?} after the shutdown began",
         idle.elapsed()
     );
