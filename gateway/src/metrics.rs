@@ -38,10 +38,10 @@ impl Histogram {
 }
 
 /// Counts by route, method and status, nested so a request is counted without allocating
-/// once its labels have been seen.
+/// once its route has been seen.
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>,
+    requests: BTreeMap<String, BTreeMap<&'static str, BTreeMap<u16, u64>>>,
     durations: BTreeMap<String, Histogram>,
     upstreams: BTreeMap<String, Histogram>,
 }
@@ -57,6 +57,15 @@ fn write_histogram(o: &mut String, name: &str, label: &str, value: &str, h: &His
     );
     let _ = writeln!(o, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
     let _ = writeln!(o, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
+}
+
+/// The `method` label: the standard methods by name, any other as `other`. A client may
+/// send any token as a method, and each new label value would be a series kept forever.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }
 
 /// All gateway metrics.
@@ -88,7 +97,7 @@ impl Metrics {
         m
     }
 
-    /// Records a finished request.
+    /// Records a finished request (its method counted under [`method_label`]).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         let Ok(mut g) = self.inner.lock() else { return };
         let i = &mut *g;
@@ -98,10 +107,7 @@ impl Metrics {
             Some(m) => m,
             None => i.requests.entry(route.to_string()).or_default(),
         };
-        let by_status = match by_method.get_mut(method) {
-            Some(m) => m,
-            None => by_method.entry(method.to_string()).or_default(),
-        };
+        let by_status = by_method.entry(method_label(method)).or_default();
         *by_status.entry(status).or_default() += 1;
         match i.durations.get_mut(route) {
             Some(h) => h.observe(took.as_secs_f64()),

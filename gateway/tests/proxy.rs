@@ -425,6 +425,35 @@ fn sigterm_drains_then_finishes_in_flight_requests() {
 }
 
 #[test]
+fn methods_outside_the_standard_set_share_one_metrics_label() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        pool("a", &[up.addr], "")
+    )));
+    for method in ["GET", "PATCH", "FOOBAR", "BAZ", "get"] {
+        assert_eq!(
+            request(gw.http, method, "/", &[], "").status,
+            200,
+            "{method}"
+        );
+    }
+    let m = request(gw.admin, "GET", "/metrics", &[], "").body;
+    let series = |method: &str| {
+        format!("sluice_gateway_requests_total{{route=\"r\",method=\"{method}\",status=\"200\"}} ")
+    };
+    // Methods are case-sensitive: `get` is not GET.
+    for (method, n) in [("GET", 1), ("PATCH", 1), ("other", 3)] {
+        assert!(
+            m.contains(&format!("{}{n}\n", series(method))),
+            "{method}: {m}"
+        );
+    }
+    assert!(!m.contains("FOOBAR") && !m.contains("BAZ"), "{m}");
+}
+
+#[test]
 fn admin_drain_fails_readiness() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
