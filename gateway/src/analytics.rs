@@ -138,18 +138,8 @@ impl Analytics {
             Some(_) => "other",
         };
         if consumer != "-" {
-            if !inner.prom.contains_key(consumer) {
-                inner.prom.insert(Arc::from(consumer), BTreeMap::new());
-            }
-            let Some(by_route) = inner.prom.get_mut(consumer) else {
-                return;
-            };
-            if !by_route.contains_key(route) {
-                by_route.insert(Arc::from(route), PromStat::default());
-            }
-            let Some(p) = by_route.get_mut(route) else {
-                return;
-            };
+            let by_route = counted!(inner.prom, consumer);
+            let p = counted!(by_route, route);
             p.by_class[(status / 100).clamp(1, 5) as usize - 1] += 1;
             let secs = took.as_secs_f64();
             for (i, b) in PROM_BOUNDS.iter().enumerate() {
@@ -175,16 +165,8 @@ impl Analytics {
         let Some((_, routes)) = inner.minutes.back_mut() else {
             return;
         };
-        // One hash per map for a pair seen before in this minute (`entry` would need an owned
-        // key, an allocation, every time).
-        let by_consumer = match routes.get_mut(route) {
-            Some(m) => m,
-            None => routes.entry(Arc::from(route)).or_default(),
-        };
-        let s = match by_consumer.get_mut(consumer) {
-            Some(s) => s,
-            None => by_consumer.entry(Arc::from(consumer)).or_default(),
-        };
+        let by_consumer = counted!(routes, route);
+        let s = counted!(by_consumer, consumer);
         s.requests += 1;
         if status >= 500 || status == 429 {
             s.errors += 1;

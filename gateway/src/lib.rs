@@ -7,6 +7,19 @@
 //! gateway makes itself, [`metrics`], and [`server`] for the admin API, reloads and shutdown.
 #![deny(missing_docs)]
 
+/// The value for the `&str` key `$key` in the map `$map` (keyed by `String` or `Arc<str>`),
+/// inserted with its default on first use. A counter for a label seen before costs one
+/// lookup, where `entry` would need an owned key, an allocation, every time. A macro: a
+/// function returning the `get_mut` borrow is refused by today's borrow checker.
+macro_rules! counted {
+    ($map:expr, $key:expr) => {
+        match $map.get_mut($key) {
+            Some(v) => v,
+            None => $map.entry($key.into()).or_default(),
+        }
+    };
+}
+
 pub mod analytics;
 pub mod clock;
 pub mod config;

@@ -37,12 +37,20 @@ impl Histogram {
     }
 }
 
-/// Counts by route, method and status, nested so a request is counted without allocating
-/// once its route has been seen.
+/// What is counted for one route.
+#[derive(Default)]
+struct RouteCounts {
+    /// Requests by method label and status.
+    requests: BTreeMap<&'static str, BTreeMap<u16, u64>>,
+    /// Time from request to response head.
+    duration: Histogram,
+}
+
+/// Counts by route and by upstream, so a request is counted without allocating once its
+/// route and upstream have been seen.
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<String, BTreeMap<&'static str, BTreeMap<u16, u64>>>,
-    durations: BTreeMap<String, Histogram>,
+    routes: BTreeMap<String, RouteCounts>,
     upstreams: BTreeMap<String, Histogram>,
 }
 
@@ -99,37 +107,20 @@ impl Metrics {
 
     /// Records a finished request (its method counted under [`method_label`]).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        let Ok(mut g) = self.inner.lock() else { return };
-        let i = &mut *g;
-        // One lookup per map for labels seen before (`entry` would need an owned key, an
-        // allocation, every time).
-        let by_method = match i.requests.get_mut(route) {
-            Some(m) => m,
-            None => i.requests.entry(route.to_string()).or_default(),
-        };
-        let by_status = by_method.entry(method_label(method)).or_default();
-        *by_status.entry(status).or_default() += 1;
-        match i.durations.get_mut(route) {
-            Some(h) => h.observe(took.as_secs_f64()),
-            None => i
-                .durations
-                .entry(route.to_string())
-                .or_default()
-                .observe(took.as_secs_f64()),
-        }
+        let Ok(mut i) = self.inner.lock() else { return };
+        let r = counted!(i.routes, route);
+        *r.requests
+            .entry(method_label(method))
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+        r.duration.observe(took.as_secs_f64());
     }
 
     /// Records the time an upstream took to answer with a response head.
     pub fn upstream(&self, pool: &str, took: Duration) {
         let Ok(mut i) = self.inner.lock() else { return };
-        match i.upstreams.get_mut(pool) {
-            Some(h) => h.observe(took.as_secs_f64()),
-            None => i
-                .upstreams
-                .entry(pool.to_string())
-                .or_default()
-                .observe(took.as_secs_f64()),
-        }
+        counted!(i.upstreams, pool).observe(took.as_secs_f64());
     }
 
     /// Prometheus text.
@@ -138,21 +129,21 @@ impl Metrics {
         let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(i) = self.inner.lock() {
             o.push_str("# HELP sluice_gateway_requests_total Requests served, by route, method and status.\n# TYPE sluice_gateway_requests_total counter\n");
-            for (route, by_method) in &i.requests {
-                for (method, by_status) in by_method {
+            for (route, counts) in &i.routes {
+                for (method, by_status) in &counts.requests {
                     for (status, n) in by_status {
                         let _ = writeln!(o, "sluice_gateway_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}", esc(route), esc(method));
                     }
                 }
             }
             o.push_str("# HELP sluice_gateway_request_duration_seconds Time from request to response head.\n# TYPE sluice_gateway_request_duration_seconds histogram\n");
-            for (route, h) in &i.durations {
+            for (route, counts) in &i.routes {
                 write_histogram(
                     &mut o,
                     "sluice_gateway_request_duration_seconds",
                     "route",
                     &esc(route),
-                    h,
+                    &counts.duration,
                 );
             }
             o.push_str("# HELP sluice_gateway_upstream_duration_seconds Time an upstream took to answer with a response head.\n# TYPE sluice_gateway_upstream_duration_seconds histogram\n");
