@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::{body::Body as _, Method, Request};
+use hyper::{body::Body as _, Request};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -152,11 +152,7 @@ impl Connections {
         );
         // Only a safe method: an idempotent one (PUT, DELETE) that reached the target may
         // have had its effect before the connection closed.
-        let replayable = framing == RequestFraming::Empty
-            && matches!(
-                parts.method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-            );
+        let replayable = framing == RequestFraming::Empty && parts.method.is_safe();
         let mut body = (framing != RequestFraming::Empty).then_some(body);
         loop {
             let (conn, reused) = match self.checkout() {

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    Method, Request, Response, StatusCode, Uri,
+    Request, Response, StatusCode, Uri,
 };
 use rand::Rng;
 use smallvec::SmallVec;
@@ -288,13 +288,6 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
-}
-
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// `uri-host [":" port]` (RFC 3986 §3.2.2–3.2.3), or empty (what a request whose target has
@@ -575,7 +568,7 @@ async fn serve<'rt>(
         }
     }
     let (mut parts, body) = req.into_parts();
-    parts.headers.remove(&policy::CONSUMER_HEADER_NAME);
+    parts.headers.remove(&policy::CONSUMER_HEADER);
     // Hop-by-hop headers go before the policies run: a client naming, say, x-consumer-id in
     // its Connection header must not be able to remove what the gateway adds. An upgrade
     // request keeps its Connection: upgrade / Upgrade pair.
@@ -704,7 +697,7 @@ async fn forward(
         request_id,
     );
     let retries = &route.config.retries;
-    let can_retry = retries.attempts > 0 && idempotent(&parts.method);
+    let can_retry = retries.attempts > 0 && parts.method.is_idempotent();
     // A body that may need sending twice is read first (within the size limit); otherwise
     // it streams through.
     let mut buffered: Option<Bytes> = None;

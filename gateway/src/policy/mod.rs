@@ -28,11 +28,8 @@ use crate::{
 };
 
 /// The header telling the upstream which consumer was authenticated. A client's own copy is
-/// always removed.
-pub const CONSUMER_HEADER: &str = "x-consumer-id";
-
-/// [`CONSUMER_HEADER`] as a header name (removing by `&str` would parse the name each time).
-pub static CONSUMER_HEADER_NAME: HeaderName = HeaderName::from_static(CONSUMER_HEADER);
+/// always removed. (A `HeaderName`: a `&str` would be parsed at every use.)
+pub static CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-id");
 
 /// A policy's answer in place of the upstream's (boxed: responses are large).
 pub type Refusal = Box<Response<Body>>;
@@ -226,7 +223,7 @@ impl Chain {
                     let who = a.authenticate(parts).await?;
                     // The upstream learns who it is serving (Kong's X-Consumer-ID).
                     if let Ok(v) = hyper::header::HeaderValue::from_str(&who.consumer) {
-                        parts.headers.insert(CONSUMER_HEADER, v);
+                        parts.headers.insert(&CONSUMER_HEADER, v);
                     }
                     ctx.identity = Some(who);
                 }
