@@ -69,11 +69,20 @@ fn write_histogram(o: &mut String, name: &str, label: &str, value: &str, h: &His
 
 /// The `method` label: the standard methods by name, any other as `other`. A client may
 /// send any token as a method, and each new label value would be a series kept forever.
-pub fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
+pub fn method_label(method: &hyper::Method) -> &'static str {
+    use hyper::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::CONNECT => "CONNECT",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// All gateway metrics.
@@ -106,7 +115,7 @@ impl Metrics {
     }
 
     /// Records a finished request (its method counted under [`method_label`]).
-    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    pub fn request(&self, route: &str, method: &hyper::Method, status: u16, took: Duration) {
         let Ok(mut i) = self.inner.lock() else { return };
         let r = counted!(i.routes, route);
         *r.requests

@@ -420,7 +420,7 @@ pub async fn handle(
     // One clock read for the metrics, the analytics and the log line.
     let took = started.elapsed();
     let status = resp.status().as_u16();
-    metrics.request(route_name, method.as_str(), status, took);
+    metrics.request(route_name, &method, status, took);
     metrics
         .analytics
         .record(consumer.as_ref(), route_name, status, took);
