@@ -42,9 +42,13 @@ pub fn encode_request(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
     for (name, value) in headers {
-        if name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING
+        if name == CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == TRANSFER_ENCODING
             || (forwarding.is_some() && Forwarding::replaces(name.as_str()))
         {
             continue;
@@ -61,9 +65,7 @@ pub fn encode_request(
         RequestFraming::Empty => {
             // A method that normally carries a body says it has none, as does a request
             // whose client said so.
-            if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-                || headers.contains_key(CONTENT_LENGTH)
-            {
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) || had_length {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
