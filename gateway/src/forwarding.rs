@@ -1,7 +1,7 @@
 //! The request fields this hop adds: `X-Forwarded-For`, `-Proto` and `-Host`, RFC 7239
 //! `Forwarded`, `X-Request-Id` and a W3C `traceparent`.
 //!
-//! They are made once per request, in one buffer on the stack. An HTTP/1.1 upstream gets
+//! They are made once per request, in one buffer. An HTTP/1.1 upstream gets
 //! them written straight into the request head (`exchange::head`), in place of any the
 //! client sent, without a header-map insertion each; an HTTP/2 upstream gets them in the
 //! header map, which hyper writes.
@@ -170,12 +170,18 @@ impl Forwarding {
     /// Sets the fields in `headers` in place of the client's (for an HTTP/2 upstream). A
     /// client's field this hop has no value for is removed too, as on HTTP/1.1.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in NAMES {
-            headers.remove(name);
+        // `insert` replaces the client's field; only X-Forwarded-Host may have no value here.
+        if self.host.is_none() {
+            headers.remove("x-forwarded-host");
         }
         for (name, value) in self.fields() {
-            if let Ok(v) = HeaderValue::from_bytes(value) {
-                headers.insert(HeaderName::from_static(name), v);
+            match HeaderValue::from_bytes(value) {
+                Ok(v) => {
+                    headers.insert(HeaderName::from_static(name), v);
+                }
+                Err(_) => {
+                    headers.remove(name);
+                }
             }
         }
     }
