@@ -94,9 +94,7 @@ impl Upload {
                     // policies set, such as the consumer's identity, to a target that merges
                     // trailers into the head.
                     if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            self.push_data(data)?;
-                        }
+                        self.push_data(data)?;
                     }
                 }
                 None => {
