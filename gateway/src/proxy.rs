@@ -290,10 +290,12 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// `uri-host [":" port]` (RFC 3986 §3.2.2–3.2.3), or empty (what a request whose target has
-/// no authority sends). Checked in place: `http`'s `Authority` parser would copy the value.
-fn host_header_ok(h: &[u8]) -> bool {
-    let (host, port) = match h.first() {
+/// Where the host ends in a Host value that is `uri-host [":" port]` (RFC 3986 §3.2.2–3.2.3)
+/// or empty (what a request whose target has no authority sends); `None` for anything else.
+/// An IPv6 literal's host keeps its brackets. Checked in place: `http`'s `Authority` parser
+/// would copy the value.
+fn host_end(h: &[u8]) -> Option<usize> {
+    let (host, port, end) = match h.first() {
         Some(b'[') => match h.iter().position(|b| *b == b']') {
             Some(end) => {
                 let literal = &h[1..end];
@@ -302,15 +304,15 @@ fn host_header_ok(h: &[u8]) -> bool {
                         .iter()
                         .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
                 {
-                    return false;
+                    return None;
                 }
-                (&h[..0], &h[end + 1..])
+                (&h[..0], &h[end + 1..], end + 1)
             }
-            None => return false,
+            None => return None,
         },
         _ => match h.iter().rposition(|b| *b == b':') {
-            Some(colon) => (&h[..colon], &h[colon..]),
-            None => (h, &h[..0]),
+            Some(colon) => (&h[..colon], &h[colon..], colon),
+            None => (h, &h[..0], h.len()),
         },
     };
     let port_ok = match port.split_first() {
@@ -333,7 +335,7 @@ fn host_header_ok(h: &[u8]) -> bool {
             Some(_) => break false,
         }
     };
-    port_ok && host_ok
+    (port_ok && host_ok).then_some(end)
 }
 
 /// The request's host, lowercase and without its port.
@@ -347,39 +349,38 @@ enum HostName {
 impl HostName {
     fn as_str(&self) -> &str {
         match self {
-            HostName::Shared(v, end) => v.to_str().ok().and_then(|s| s.get(..*end)).unwrap_or(""),
+            HostName::Shared(v, end) => v
+                .as_bytes()
+                .get(..*end)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .unwrap_or(""),
             HostName::Owned(s) => s,
         }
     }
 }
 
-/// `host` of `host[:port]`; an IPv6 literal keeps its brackets.
-fn without_port(raw: &str) -> &str {
-    if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |i| &raw[..=i])
-    } else {
-        raw.split(':').next().unwrap_or("")
-    }
-}
-
-fn host_of<B>(req: &Request<B>) -> HostName {
+/// The request's host: the target's authority (HTTP/2, absolute form), else the Host
+/// header's host. `Err` when the Host header is not `host[:port]` (checked even when an
+/// authority takes precedence).
+fn host_of<B>(req: &Request<B>) -> Result<HostName, ()> {
+    let header = match req.headers().get(header::HOST) {
+        Some(v) => Some((v, host_end(v.as_bytes()).ok_or(())?)),
+        None => None,
+    };
     if let Some(a) = req.uri().authority() {
         // `host()` leaves out userinfo (`http://user@host/`) and the port.
-        return HostName::Owned(a.host().to_ascii_lowercase());
+        return Ok(HostName::Owned(a.host().to_ascii_lowercase()));
     }
-    let Some((value, raw)) = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| Some((h, h.to_str().ok()?)))
-    else {
-        return HostName::Owned(String::new());
+    let Some((value, end)) = header else {
+        return Ok(HostName::Owned(String::new()));
     };
-    let host = without_port(raw);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        HostName::Owned(host.to_ascii_lowercase())
+    let host = &value.as_bytes()[..end];
+    Ok(if host.iter().any(u8::is_ascii_uppercase) {
+        // Host characters are ASCII (checked by `host_end`).
+        HostName::Owned(String::from_utf8_lossy(host).to_ascii_lowercase())
     } else {
-        HostName::Shared(value.clone(), host.len())
-    }
+        HostName::Shared(value.clone(), end)
+    })
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -451,7 +452,9 @@ impl AccessLine {
         AccessLine {
             client,
             method: req.method().to_string(),
-            host: host_of(req).as_str().to_string(),
+            host: host_of(req)
+                .map(|h| h.as_str().to_string())
+                .unwrap_or_default(),
             path: req.uri().path().to_string(),
             user_agent: req
                 .headers()
@@ -501,16 +504,13 @@ async fn serve<'rt>(
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
     // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is answered 400 (hyper does
     // not check its content, and routing and `Forwarded` use it).
-    if let Some(h) = req.headers().get(header::HOST) {
-        if !host_header_ok(h.as_bytes()) {
-            return (
-                problem(StatusCode::BAD_REQUEST, "invalid Host header"),
-                "-",
-                None,
-            );
-        }
-    }
-    let host_name = host_of(&req);
+    let Ok(host_name) = host_of(&req) else {
+        return (
+            problem(StatusCode::BAD_REQUEST, "invalid Host header"),
+            "-",
+            None,
+        );
+    };
     let host = host_name.as_str();
     let m = {
         let headers = req.headers();
@@ -979,7 +979,7 @@ mod tests {
                 .header(header::HOST, raw)
                 .body(())
                 .expect("request");
-            let host = host_of(&req);
+            let host = host_of(&req).expect("valid Host");
             assert_eq!(host.as_str(), want, "{raw}");
             assert_eq!(
                 matches!(host, HostName::Shared(..)),
@@ -997,10 +997,10 @@ mod tests {
                 .header(header::HOST, "other")
                 .body(())
                 .expect("request");
-            assert_eq!(host_of(&req).as_str(), want, "{uri}");
+            assert_eq!(host_of(&req).expect("valid").as_str(), want, "{uri}");
         }
         let req = Request::builder().body(()).expect("request");
-        assert_eq!(host_of(&req).as_str(), "", "no Host at all");
+        assert_eq!(host_of(&req).expect("valid").as_str(), "", "no Host at all");
     }
 
     #[test]
@@ -1018,7 +1018,7 @@ mod tests {
             "caf%C3%A9.example",
             "host:",
         ] {
-            assert!(host_header_ok(ok.as_bytes()), "{ok:?}");
+            assert!(host_end(ok.as_bytes()).is_some(), "{ok:?}");
         }
         for bad in [
             "a\";by=x,for=6.6.6.6;host=\"b",
@@ -1033,7 +1033,7 @@ mod tests {
             "bad%zz",
             "a:1:2",
         ] {
-            assert!(!host_header_ok(bad.as_bytes()), "{bad:?}");
+            assert!(host_end(bad.as_bytes()).is_none(), "{bad:?}");
         }
     }
 }
