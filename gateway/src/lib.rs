@@ -21,6 +21,7 @@ macro_rules! counted {
 }
 
 pub mod analytics;
+pub mod client_body;
 pub mod clock;
 pub mod config;
 pub mod connections;
@@ -29,6 +30,7 @@ pub mod forwarding;
 pub mod listener;
 pub mod metrics;
 pub mod park;
+pub mod path;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
@@ -36,6 +38,7 @@ pub mod router;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watchdog;
 
 /// The body type of every response the gateway produces.
 pub type Body =

@@ -1,7 +1,8 @@
-//! Listener: binds (optionally with `IP_FREEBIND`, for a VIP not yet on `lo`), accepts within
-//! the connection limit, and serves HTTP/1.1 and h2c (prior knowledge) on each connection
-//! with the head-size, header-count and header-read-timeout limits. Plain HTTP/1.1
-//! connections are parked between requests ([`crate::park`]).
+//! Listener: binds (optionally with `IP_FREEBIND`, for a VIP not yet on `lo`), admits
+//! connections within the connection limits ([`crate::watchdog::Admission`]), and serves
+//! HTTP/1.1 and h2c (prior knowledge) on each with the head-size and header-count limits and
+//! a deadline on every phase. Plain HTTP/1.1 connections are parked between requests
+//! ([`crate::park`]); TLS and HTTP/2 ones are watched by [`crate::watchdog::serve`].
 
 use std::{
     net::SocketAddr,
@@ -18,16 +19,17 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::{watch, Semaphore},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
 };
 use tracing::{debug, warn};
 
 use crate::{
     config::Listener,
-    metrics::Metrics,
+    metrics::{Closed, Metrics},
     park::{self, Idle, Plain},
     proxy::{self, Conn, Runtime},
+    watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
 };
 
 /// Binds a listener socket.
@@ -104,12 +106,17 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let deadlines = Deadlines::of(&config);
+    let admission = Admission::new(&config, metrics.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Over TLS, hyper's head timer starts when the connection starts waiting for a request,
+    // so it also bounds keep-alive: it gets the longer of the two, and the watchdog holds
+    // the connection to its keep-alive deadline.
+    let tls_head = deadlines.header_read.max(deadlines.keepalive);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .header_read_timeout(tls_head)
         .max_buf_size(config.max_header_bytes.max(8192));
     // hyper's own limit is 100 fields. Given any limit, even 100, hyper fills that many
     // header slots before every parse (on the heap above 100); without one it parses into
@@ -124,21 +131,40 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .header_read_timeout(deadlines.header_read)
         .max_buf_size(config.max_header_bytes.max(8192));
     if config.max_headers != HYPER_MAX_HEADERS {
         h1.max_headers(config.max_headers);
     }
-    let handshake_limit = Duration::from_millis(config.header_read_timeout_ms);
     let plain = Arc::new(Plain {
         http1: h1,
         auto: builder.clone(),
-        wait: handshake_limit,
+        deadlines,
         metrics: metrics.clone(),
         sweep: Arc::new(park::Sweep::default()),
         stop: stop.clone(),
     });
     tokio::spawn(plain.sweep.clone().run(stop.clone()));
+    let shared = Arc::new(Accepted {
+        conn: Conn {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: tls.is_some(),
+            max_body: config.max_body_bytes,
+            paths: crate::path::PathRules {
+                merge_slashes: config.merge_slashes,
+                escaped_slashes: config.escaped_slashes,
+            },
+        },
+        handshake: Duration::from_millis(config.tls_handshake_timeout_ms),
+        deadlines,
+        tls,
+        runtime,
+        metrics,
+        builder,
+        plain,
+        stop: stop.clone(),
+        admission,
+    });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -151,20 +177,49 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
+        let idle = Arc::new(Idle::new(peer));
+        // Admitted at once while there is room; a full listener closes an idle connection
+        // first, and the newcomer waits for its slot in a task of its own.
+        match shared.admission.admit(peer, &idle) {
+            Admit::Now(admitted) => shared.start(stream, idle, admitted),
+            Admit::Later(pending) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Some(admitted) = pending.ready().await {
+                        shared.start(stream, idle, admitted);
+                    }
+                });
+            }
+            Admit::Refused => drop(stream),
+        }
+    }
+}
+
+/// What every accepted connection of a listener shares.
+struct Accepted {
+    /// The listener's facts; `peer` is set per connection.
+    conn: Conn,
+    handshake: Duration,
+    deadlines: Deadlines,
+    tls: Option<TlsState>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    plain: Arc<Plain>,
+    stop: watch::Receiver<bool>,
+    admission: Arc<Admission>,
+}
+
+impl Accepted {
+    /// Serves an admitted connection in a task of its own.
+    fn start(&self, stream: TcpStream, idle: Arc<Idle>, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            peer,
-            tls: tls.is_some(),
-            max_body: config.max_body_bytes,
+            peer: idle.peer(),
+            ..self.conn
         };
-        let runtime = runtime.clone();
-        let service_metrics = metrics.clone();
-        let idle = Arc::new(Idle::new(peer));
+        let runtime = self.runtime.clone();
+        let service_metrics = self.metrics.clone();
         let service_idle = idle.clone();
         let serve_request = move |req: Request<Incoming>| {
             // The generation in force now serves this request to the end.
@@ -173,22 +228,27 @@ pub async fn serve(
             let in_flight = service_idle.start(&req);
             async move {
                 let response = proxy::handle(rt, metrics, conn, req).await;
-                drop(in_flight);
+                // A watched connection stays busy until the response body ends.
+                let response = if in_flight.is_watched() {
+                    Tracked::wrap(response, in_flight)
+                } else {
+                    drop(in_flight);
+                    response
+                };
                 Ok::<_, std::convert::Infallible>(response)
             }
         };
         let guard = ConnGuard {
-            metrics: metrics.clone(),
-            _permit: permit,
+            metrics: self.metrics.clone(),
+            _admitted: admitted,
         };
         guard
             .metrics
             .active_connections
             .fetch_add(1, Ordering::Relaxed);
-        let (builder, stop) = (builder.clone(), stop.clone());
         // Two task shapes, so that a plain connection's task does not carry the size of a
         // TLS one (a task's future is allocated whole for the connection's lifetime).
-        match &tls {
+        match &self.tls {
             None => {
                 // hyper keeps one slot for the request future in each connection instance: a
                 // plain connection's instance lives only while it is busy (see park.rs), so
@@ -198,7 +258,7 @@ pub async fn serve(
                     stream,
                     hyper::service::service_fn(serve_request),
                     idle,
-                    plain.clone(),
+                    self.plain.clone(),
                     guard,
                 ));
             }
@@ -207,25 +267,55 @@ pub async fn serve(
                 // A TLS connection keeps its hyper instance for life, idle or not: the request
                 // future (kilobytes) is boxed per request rather than held in each one.
                 let service = hyper::service::service_fn(move |req| Box::pin(serve_request(req)));
+                let (builder, stop) = (self.builder.clone(), self.stop.clone());
+                let (handshake, deadlines) = (self.handshake, self.deadlines);
                 tokio::spawn(async move {
-                    let _guard = guard;
-                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                    let peer = idle.peer();
+                    let evicted = std::future::poll_fn(|cx| {
+                        if idle.poll_evicted(cx) {
+                            std::task::Poll::Ready(())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    });
+                    let handshake = tokio::time::timeout(handshake, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        r = handshake => r,
+                        _ = evicted => return,
+                    };
+                    match stream {
                         Ok(Ok(s)) => {
-                            serve_conn(TokioIo::new(s), &builder, service, stop, peer).await
+                            // The first-request deadline counts from the handshake's end.
+                            idle.watch();
+                            let metrics = guard.metrics.clone();
+                            crate::watchdog::serve(
+                                TokioIo::new(s),
+                                &builder,
+                                service,
+                                stop,
+                                idle,
+                                deadlines,
+                                &metrics,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            guard.metrics.closed(Closed::Deadline);
+                        }
                     }
+                    drop(guard);
                 });
             }
         }
     }
 }
 
-/// Counts a connection while it lives and holds its slot.
+/// Counts a connection while it lives and holds its admission.
 struct ConnGuard {
     metrics: Arc<Metrics>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _admitted: Admitted,
 }
 
 impl Drop for ConnGuard {
@@ -233,32 +323,6 @@ impl Drop for ConnGuard {
         self.metrics
             .active_connections
             .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Serves one connection; when `stop` changes it ends politely (HTTP/2 GOAWAY, HTTP/1.1
-/// `Connection: close` on the response in flight) and waits for in-flight requests.
-pub(crate) async fn serve_conn<I, S>(
-    io: I,
-    builder: &auto::Builder<TokioExecutor>,
-    service: S,
-    mut stop: watch::Receiver<bool>,
-    peer: SocketAddr,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: ConnService,
-{
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "connection ended");
     }
 }
 

@@ -103,6 +103,40 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Per-consumer usage.
     pub analytics: crate::analytics::Analytics,
+    /// Connections the gateway closed or refused, by [`Closed`] reason.
+    pub closed: [AtomicU64; Closed::ALL.len()],
+}
+
+/// Why the gateway closed or refused a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// A phase's deadline passed (TLS handshake, first request, keep-alive or HTTP/2 idle).
+    Deadline,
+    /// Closed while idle to admit a new connection at `max_connections`.
+    Evicted,
+    /// Refused at `max_connections` with no idle connection to close.
+    OverLimit,
+    /// Refused at `max_connections_per_client`.
+    OverClientLimit,
+}
+
+impl Closed {
+    /// Every reason, in counter order.
+    pub const ALL: [Closed; 4] = [
+        Closed::Deadline,
+        Closed::Evicted,
+        Closed::OverLimit,
+        Closed::OverClientLimit,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Closed::Deadline => "deadline",
+            Closed::Evicted => "evicted",
+            Closed::OverLimit => "over_limit",
+            Closed::OverClientLimit => "over_client_limit",
+        }
+    }
 }
 
 impl Metrics {
@@ -112,6 +146,11 @@ impl Metrics {
         m.config_generation.store(1, Ordering::Relaxed);
         m.last_reload_ok.store(true, Ordering::Relaxed);
         m
+    }
+
+    /// Counts a connection closed or refused for `why`.
+    pub fn closed(&self, why: Closed) {
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a finished request (its method counted under [`method_label`]).
@@ -186,6 +225,15 @@ impl Metrics {
             "Idle keep-alive connections held without buffers between requests.",
             self.parked_connections.load(Ordering::Relaxed),
         );
+        o.push_str("# HELP sluice_gateway_connections_closed_total Client connections the gateway closed or refused, by reason.\n# TYPE sluice_gateway_connections_closed_total counter\n");
+        for why in Closed::ALL {
+            let _ = writeln!(
+                o,
+                "sluice_gateway_connections_closed_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.closed[why as usize].load(Ordering::Relaxed)
+            );
+        }
         g(
             &mut o,
             "sluice_gateway_config_generation",

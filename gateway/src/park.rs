@@ -20,7 +20,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     task::{ready, Context, Poll},
@@ -66,6 +66,22 @@ pub struct Idle {
     upgrade_asked: AtomicBool,
     /// hyper was asked to stop so that the connection can be parked.
     parking: AtomicBool,
+    /// The connection waits for a request (no request started since it began waiting):
+    /// it may be closed to admit another at `max_connections`.
+    waiting: AtomicBool,
+    /// A request has started on the connection (its first-request deadline is past).
+    served_any: AtomicBool,
+    /// The latest request was HTTP/2 (its idle deadline is `http2_idle_timeout_ms`).
+    http2: AtomicBool,
+    /// Requests hold their [`InFlight`] until their response body ends, and the end is
+    /// timed in `quiet_since` (connections watched by [`crate::watchdog`]).
+    watched: AtomicBool,
+    /// When the connection last became quiet (coarse monotonic ms).
+    quiet_since: AtomicU64,
+    /// Asked to close to make room for a new connection.
+    evicted: AtomicBool,
+    /// The connection's task, woken by an eviction.
+    task: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Idle {
@@ -80,7 +96,98 @@ impl Idle {
             closing: AtomicBool::new(false),
             upgrade_asked: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            waiting: AtomicBool::new(true),
+            served_any: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            quiet_since: AtomicU64::new(crate::clock::monotonic_ms()),
+            evicted: AtomicBool::new(false),
+            task: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Has the connection's requests hold their slot to the end of their response bodies,
+    /// and time when it goes quiet (for [`crate::watchdog`]).
+    pub fn watch(&self) {
+        self.watched.store(true, Relaxed);
+        self.quiet();
+    }
+
+    /// Like [`Idle::watch`], but quiet since the connection began (nothing was served).
+    pub fn watch_from_start(&self) {
+        self.watched.store(true, Relaxed);
+    }
+
+    /// Notes a park: the connection waits for its next request from now.
+    fn park(&self) {
+        self.waiting.store(true, Relaxed);
+        self.quiet();
+    }
+
+    /// Whether requests are watched to the end of their bodies.
+    pub fn is_watched(&self) -> bool {
+        self.watched.load(Relaxed)
+    }
+
+    /// Notes that the connection has nothing in flight from now on.
+    fn quiet(&self) {
+        self.quiet_since
+            .store(crate::clock::monotonic_ms(), Relaxed);
+    }
+
+    /// When it went quiet (coarse ms), or `None` while a request is in flight.
+    pub fn quiet_since(&self) -> Option<u64> {
+        (self.in_flight.load(Relaxed) == 0).then(|| self.quiet_since.load(Relaxed))
+    }
+
+    /// Whether a request has started on the connection.
+    pub fn served_any(&self) -> bool {
+        self.served_any.load(Relaxed)
+    }
+
+    /// Whether the latest request came over HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
+    }
+
+    /// Whether closing it now would cut no request: it waits for one (or, watched, has
+    /// none in flight).
+    pub fn evictable(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0
+            && (self.waiting.load(Relaxed) || self.watched.load(Relaxed))
+    }
+
+    /// The client.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether it was asked to close.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Relaxed)
+    }
+
+    /// Asks the connection to close.
+    pub fn evict(&self) {
+        self.evicted.store(true, Relaxed);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = task {
+            w.wake();
+        }
+    }
+
+    /// Whether it was asked to close; if not, the task of `cx` is woken when it is.
+    pub fn poll_evicted(&self, cx: &Context<'_>) -> bool {
+        if self.evicted.load(Relaxed) {
+            return true;
+        }
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *task = Some(cx.waker().clone());
+        }
+        drop(task);
+        // An eviction between the first check and the registration.
+        self.evicted.load(Relaxed)
     }
 
     /// Notes a request starting; the guard marks its response head as produced when dropped.
@@ -88,6 +195,10 @@ impl Idle {
         use hyper::body::Body as _;
         self.in_flight.fetch_add(1, Relaxed);
         self.started.fetch_add(1, Relaxed);
+        self.waiting.store(false, Relaxed);
+        self.served_any.store(true, Relaxed);
+        self.http2
+            .store(req.version() == hyper::Version::HTTP_2, Relaxed);
         self.latest_had_body
             .store(!req.body().is_end_stream(), Relaxed);
         let closing = req.version() < hyper::Version::HTTP_11
@@ -130,12 +241,22 @@ impl Idle {
     }
 }
 
-/// Held by a request's future until its response head exists.
+/// Held by a request's future until its response head exists (on a watched connection,
+/// until its response body ends).
 pub struct InFlight(Arc<Idle>);
+
+impl InFlight {
+    /// Whether its connection is watched (see [`Idle::watch`]).
+    pub fn is_watched(&self) -> bool {
+        self.0.is_watched()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 && self.0.is_watched() {
+            self.0.quiet();
+        }
     }
 }
 
@@ -209,8 +330,8 @@ pub struct Plain {
     pub http1: http1::Builder,
     /// Serves everything else (HTTP/2 by prior knowledge).
     pub auto: Arc<auto::Builder<TokioExecutor>>,
-    /// How long a connection may wait for its first bytes, and then for each next request.
-    pub wait: Duration,
+    /// The listener's connection deadlines.
+    pub deadlines: crate::watchdog::Deadlines,
     /// Counts parked connections.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes busy connections that went idle, so that they park after a tick.
@@ -319,7 +440,8 @@ pub struct Connection<S: hyper::service::HttpService<Incoming>, G> {
     phase: Phase<S>,
     idle: Arc<Idle>,
     plain: Arc<Plain>,
-    /// The deadline of the current wait (first bytes, or the next request).
+    /// The deadline of the current phase: the first request (from the start), the next
+    /// request's first bytes (keep-alive), or the head that began arriving.
     timer: Pin<Box<Sleep>>,
     /// Tells when the gateway stops.
     stopped: StopSignal,
@@ -366,7 +488,7 @@ where
             service: Some(service),
             phase: Phase::Waiting { fresh: true },
             idle,
-            timer: Box::pin(tokio::time::sleep(plain.wait)),
+            timer: Box::pin(tokio::time::sleep(plain.deadlines.first_request)),
             plain,
             stopped,
             stopping: false,
@@ -387,11 +509,12 @@ where
 
     /// Waits for bytes; `Ready(false)` ends the connection.
     fn poll_wait(&mut self, cx: &mut Context<'_>, fresh: bool) -> Poll<bool> {
-        if self.stopped.poll(cx) {
+        if self.stopped.poll(cx) || self.idle.poll_evicted(cx) {
             return Poll::Ready(false);
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             debug!(peer = %self.idle.peer, "nothing received in time; closing");
+            self.plain.metrics.closed(crate::metrics::Closed::Deadline);
             return Poll::Ready(false);
         }
         let Some(stream) = &self.stream else {
@@ -402,6 +525,10 @@ where
             return Poll::Ready(false);
         }
         if !fresh {
+            // The next request began: its head is due within the head timeout.
+            self.timer
+                .as_mut()
+                .reset(Instant::now() + self.plain.deadlines.header_read);
             return Poll::Ready(true);
         }
         // Which protocol: anything that is not the start of the HTTP/2 preface is HTTP/1.
@@ -417,10 +544,22 @@ where
         let (Some(stream), Some(service)) = (self.stream.take(), self.service.take()) else {
             return Poll::Ready(false);
         };
-        let auto = self.plain.auto.clone();
-        let (stop, peer) = (self.plain.stop.clone(), self.idle.peer);
+        let plain = self.plain.clone();
+        let idle = self.idle.clone();
+        // Its first-request deadline still counts from the connection's start.
+        idle.watch_from_start();
         self.phase = Phase::Other(Box::pin(async move {
-            crate::listener::serve_conn(TokioIo::new(stream), &auto, service, stop, peer).await
+            let deadlines = plain.deadlines;
+            crate::watchdog::serve(
+                TokioIo::new(stream),
+                &plain.auto,
+                service,
+                plain.stop.clone(),
+                idle,
+                deadlines,
+                &plain.metrics,
+            )
+            .await
         }));
         Poll::Ready(true)
     }
@@ -458,9 +597,16 @@ where
         }
         // Until its first request starts, a restarted hyper is held to the deadline of the
         // wait it came from (hyper's own head timer starts anew with each instance).
-        if self.idle.started.load(Relaxed) == 0 && self.timer.as_mut().poll(cx).is_ready() {
-            debug!(peer = %self.idle.peer, "request head not received in time; closing");
-            return Poll::Ready(false);
+        if self.idle.started.load(Relaxed) == 0 {
+            if self.timer.as_mut().poll(cx).is_ready() {
+                debug!(peer = %self.idle.peer, "request head not received in time; closing");
+                self.plain.metrics.closed(crate::metrics::Closed::Deadline);
+                return Poll::Ready(false);
+            }
+            // A head still arriving may be closed to admit another connection.
+            if self.idle.poll_evicted(cx) {
+                return Poll::Ready(false);
+            }
         }
         let mut result = conn.as_mut().poll(cx);
         if result.is_pending()
@@ -519,11 +665,16 @@ where
             // wait from now.
             let prefix = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
-            self.timer.as_mut().reset(Instant::now() + self.plain.wait);
+            self.timer
+                .as_mut()
+                .reset(Instant::now() + self.plain.deadlines.header_read);
             return Poll::Ready(self.start_http1(prefix));
         }
         drop(parts.read_buf);
-        self.timer.as_mut().reset(Instant::now() + self.plain.wait);
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.plain.deadlines.keepalive);
+        self.idle.park();
         self.plain.metrics.parked_connections.fetch_add(1, Relaxed);
         self.parked = true;
         Poll::Ready(true)

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::{
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
@@ -18,6 +18,7 @@ use rand::Rng;
 use smallvec::SmallVec;
 
 use crate::{
+    client_body::{BodyFault, ClientBody, FaultCell},
     config::{Config, Route},
     exchange::{Answer, Upgraded},
     forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
@@ -188,6 +189,8 @@ pub struct Conn {
     pub tls: bool,
     /// Largest request body accepted.
     pub max_body: u64,
+    /// How request paths are normalized.
+    pub paths: crate::path::PathRules,
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
@@ -359,16 +362,38 @@ impl HostName {
     }
 }
 
-/// The request's host: the target's authority (HTTP/2, absolute form), else the Host
-/// header's host. `Err` when the Host header is not `host[:port]` (checked even when an
-/// authority takes precedence).
-fn host_of<B>(req: &Request<B>) -> Result<HostName, ()> {
-    let header = match req.headers().get(header::HOST) {
-        Some(v) => Some((v, host_end(v.as_bytes()).ok_or(())?)),
+/// The request's host, after the authority rules of RFC 9112 §3.2 and RFC 9113 §8.3.1:
+/// - one Host field at most, and exactly one in HTTP/1.1 (absolute-form too);
+/// - a Host value is `host[:port]`;
+/// - an authority in the target (HTTP/2 `:authority`, HTTP/1.1 absolute-form) wins over
+///   Host, may not carry userinfo (RFC 9110 §4.2.4), and over HTTP/2 must equal a Host
+///   field sent beside it.
+///
+/// `Err` says why the request is refused with 400.
+fn host_of<B>(req: &Request<B>) -> Result<HostName, &'static str> {
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let header = fields.next();
+    if fields.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if header.is_none() && req.version() == hyper::Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header");
+    }
+    let header = match header {
+        Some(v) => Some((v, host_end(v.as_bytes()).ok_or("invalid Host header")?)),
         None => None,
     };
     if let Some(a) = req.uri().authority() {
-        // `host()` leaves out userinfo (`http://user@host/`) and the port.
+        if a.as_str().contains('@') {
+            return Err("the request target's authority has userinfo");
+        }
+        if req.version() == hyper::Version::HTTP_2 {
+            if let Some((v, _)) = header {
+                if !v.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                    return Err("the host header differs from :authority");
+                }
+            }
+        }
         return Ok(HostName::Owned(a.host().to_ascii_lowercase()));
     }
     let Some((value, end)) = header else {
@@ -381,6 +406,25 @@ fn host_of<B>(req: &Request<B>) -> Result<HostName, ()> {
     } else {
         HostName::Shared(value.clone(), end)
     })
+}
+
+/// The target's path normalized (see [`crate::path`]), with its query as it came; `None`
+/// when it is already normal.
+fn normalized_target(
+    uri: &Uri,
+    rules: crate::path::PathRules,
+) -> Result<Option<Uri>, crate::path::PathError> {
+    let std::borrow::Cow::Owned(path) = crate::path::normalize(uri.path(), rules)? else {
+        return Ok(None);
+    };
+    let mut parts = uri.clone().into_parts();
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    // Normalization adds only unreserved characters and escapes: still a valid target.
+    parts.path_and_query = hyper::http::uri::PathAndQuery::try_from(target).ok();
+    Ok(Uri::from_parts(parts).ok())
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -499,19 +543,29 @@ async fn serve<'rt>(
     metrics: &Metrics,
     conn: Conn,
     client: std::net::IpAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
-    // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is answered 400 (hyper does
-    // not check its content, and routing and `Forwarded` use it).
-    let Ok(host_name) = host_of(&req) else {
-        return (
-            problem(StatusCode::BAD_REQUEST, "invalid Host header"),
-            "-",
-            None,
-        );
+    // hyper checks neither the Host rules nor its content, and routing and `Forwarded`
+    // use it.
+    let host_name = match host_of(&req) {
+        Ok(h) => h,
+        Err(why) => return (problem(StatusCode::BAD_REQUEST, why), "-", None),
     };
     let host = host_name.as_str();
+    // The authority routed on is the Host the upstream gets (an HTTP/2 upstream takes it as
+    // `:authority`): absolute-form and HTTP/2 requests carry it in the target.
+    if let Some(a) = req.uri().authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    // The path is routed, checked by policies and forwarded in one normal form.
+    match normalized_target(req.uri(), conn.paths) {
+        Ok(None) => {}
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Err(e) => return (problem(StatusCode::BAD_REQUEST, &e.to_string()), "-", None),
+    }
     let m = {
         let headers = req.headers();
         let lookup = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
@@ -577,12 +631,15 @@ async fn serve<'rt>(
     if let Some(p) = upgrade {
         keep_upgrade(&mut parts.headers, p);
     }
-    // The body limit is enforced as it streams (a Content-Length over it was refused above).
+    // The body limit is enforced as it streams (a Content-Length over it was refused above),
+    // and a failure of the client's body is told apart from the upstream's.
     let mut body: Body = if hyper::body::Body::is_end_stream(&body) {
         // No allocation: `Empty` is zero-sized.
         http_body_util::Empty::new().map_err(|e| match e {}).boxed()
     } else {
-        Limited::new(body, conn.max_body as usize).boxed()
+        let fault = FaultCell::default();
+        parts.extensions.insert(fault.clone());
+        ClientBody::new(body, conn.max_body, fault).boxed()
     };
     let mut admitted = policy::Admitted::default();
     let mut consumer = None;
@@ -686,6 +743,7 @@ async fn forward(
     // upstream agrees (101).
     let upgrade = upgrade_of(&parts.headers);
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let body_fault = parts.extensions.remove::<FaultCell>();
     let held = parts.extensions.remove::<Arc<Held>>();
     // (Hop-by-hop headers were removed in `serve`, before the policies.)
     let forwarding = Forwarding::new(
@@ -706,11 +764,9 @@ async fn forward(
         match crate::problem::collect_capped(body, conn.max_body as usize).await {
             Ok(b) => buffered = Some(b),
             Err(e) => {
-                return if e == crate::problem::CollectError::TooLarge {
-                    problem(StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit")
-                } else {
-                    problem(StatusCode::BAD_REQUEST, "request body could not be read")
-                };
+                return body_refused(
+                    (e == crate::problem::CollectError::TooLarge).then_some(BodyFault::TooLarge),
+                );
             }
         }
     } else {
@@ -865,6 +921,11 @@ async fn forward(
                 }
                 return Response::from_parts(rp, body);
             }
+            Ok(Err(_)) | Err(_) if body_fault.as_ref().and_then(FaultCell::get).is_some() => {
+                // The client's body broke the exchange (which closes that connection): the
+                // client's error, whatever the upstream side saw.
+                return body_refused(body_fault.as_ref().and_then(FaultCell::get));
+            }
             Ok(Err(e)) => {
                 let connect = e.is_connect();
                 if connect {
@@ -897,6 +958,16 @@ async fn forward(
                 );
             }
         }
+    }
+}
+
+/// The answer to a request whose body failed.
+fn body_refused(fault: Option<BodyFault>) -> Response<Body> {
+    match fault {
+        Some(BodyFault::TooLarge) => {
+            problem(StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit")
+        }
+        _ => problem(StatusCode::BAD_REQUEST, "request body could not be read"),
     }
 }
 
@@ -987,10 +1058,10 @@ mod tests {
                 "{raw}: no copy unless lowercasing"
             );
         }
+        // Absolute-form: the target's authority wins over Host.
         for (uri, want) in [
             ("http://H2.Example:80/x", "h2.example"),
-            ("http://evil@api.test/x", "api.test"),
-            ("http://u:p@[2001:db8::1]:8443/", "[2001:db8::1]"),
+            ("http://[2001:db8::1]:8443/", "[2001:db8::1]"),
         ] {
             let req = Request::builder()
                 .uri(uri)
@@ -999,8 +1070,38 @@ mod tests {
                 .expect("request");
             assert_eq!(host_of(&req).expect("valid").as_str(), want, "{uri}");
         }
-        let req = Request::builder().body(()).expect("request");
-        assert_eq!(host_of(&req).expect("valid").as_str(), "", "no Host at all");
+        let req = Request::builder()
+            .version(hyper::Version::HTTP_10)
+            .body(())
+            .expect("request");
+        assert_eq!(host_of(&req).expect("valid").as_str(), "", "HTTP/1.0 without Host");
+    }
+
+    #[test]
+    fn authority_rules_of_rfc_9112_and_9113() {
+        use hyper::Version;
+        let refused = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri(uri);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            host_of(&b.body(()).expect("request")).is_err()
+        };
+        // HTTP/1.1: exactly one Host, even in absolute-form.
+        assert!(refused(Version::HTTP_11, "/", &[]));
+        assert!(refused(Version::HTTP_11, "http://a.test/", &[]));
+        assert!(refused(Version::HTTP_11, "/", &["a.test", "a.test"]));
+        assert!(refused(Version::HTTP_10, "/", &["a.test", "b.test"]));
+        assert!(!refused(Version::HTTP_11, "http://a.test/", &["b.test"]));
+        // No userinfo in an authority.
+        assert!(refused(Version::HTTP_11, "http://evil@a.test/", &["a.test"]));
+        assert!(refused(Version::HTTP_2, "http://u:p@a.test/", &[]));
+        // HTTP/2: host, when sent, equals :authority (case aside).
+        assert!(refused(Version::HTTP_2, "http://a.test/", &["b.test"]));
+        assert!(refused(Version::HTTP_2, "http://a.test/", &["a.test:443"]));
+        assert!(!refused(Version::HTTP_2, "http://a.test/", &["A.test"]));
+        assert!(!refused(Version::HTTP_2, "http://a.test/", &[]));
+        assert!(!refused(Version::HTTP_2, "/", &["a.test"]));
     }
 
     #[test]

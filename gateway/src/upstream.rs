@@ -403,8 +403,34 @@ async fn probe(addr: SocketAddr, check: HealthCheck) -> bool {
 pub enum HttpClient {
     /// HTTP/1.1: pooled connections per target, indexed as [`Pool::targets`].
     Http1(Vec<Arc<Connections>>),
-    /// HTTP/2: hyper-util's client, one multiplexed connection per target.
-    Http2(Box<Client<HttpConnector, Body>>),
+    /// HTTP/2: hyper-util's client per target, indexed as [`Pool::targets`]; one
+    /// multiplexed connection per target and authority.
+    Http2(Vec<Client<ToTarget, Body>>),
+}
+
+/// Connects to one target whatever the request's URI names: an HTTP/2 upstream's
+/// `:authority` is the routed Host (RFC 9113 §8.3.1), not the target's address.
+#[derive(Clone, Debug)]
+pub struct ToTarget {
+    connector: HttpConnector,
+    target: Uri,
+}
+
+impl tower_service::Service<Uri> for ToTarget {
+    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.connector.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        self.connector.call(self.target.clone())
+    }
 }
 
 impl HttpClient {
@@ -430,19 +456,32 @@ impl HttpClient {
                 };
                 c.send(req, forwarding).await
             }
-            HttpClient::Http2(client) => {
+            HttpClient::Http2(clients) => {
+                let Some(client) = clients.get(i) else {
+                    return Err(SendError::NoPool(target.addr));
+                };
                 forwarding.apply(req.headers_mut());
-                // hyper-util's client connects to the URI's authority.
+                // One authority (RFC 9113 §8.3.1): `:authority` from the routed Host, and no
+                // host field beside it; the target's address when the client sent none.
+                let host = req.headers_mut().remove(hyper::header::HOST);
                 let path = req
                     .uri()
                     .path_and_query()
                     .map(|p| p.as_str())
                     .unwrap_or("/");
-                if let Ok(uri) = Uri::builder()
-                    .scheme("http")
-                    .authority(target.authority.as_str())
-                    .path_and_query(path)
-                    .build()
+                let uri = |authority: &str| {
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(authority)
+                        .path_and_query(path)
+                        .build()
+                        .ok()
+                };
+                if let Some(uri) = host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(uri)
+                    .or_else(|| uri(&target.authority))
                 {
                     *req.uri_mut() = uri;
                 }
@@ -477,7 +516,25 @@ pub fn client(timeouts: &Timeouts, pool: &Pool) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(true);
-    HttpClient::Http2(Box::new(b.build(connector)))
+    HttpClient::Http2(
+        pool.targets
+            .iter()
+            .map(|t| {
+                // A socket address is always a valid authority; were it not, the default URI
+                // has no host and connecting to it fails (502), never another target.
+                let target = Uri::builder()
+                    .scheme("http")
+                    .authority(t.authority.as_str())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default();
+                b.build(ToTarget {
+                    connector: connector.clone(),
+                    target,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -24,10 +24,16 @@ const ALGORITHMS: [&str; 10] = [
 ];
 
 fn mint(dir: &Scratch) -> HashMap<String, String> {
+    mint_with(dir, "http://127.0.0.1:9/evil.json")
+}
+
+/// Tokens whose `jku` and `x5u` point at `attacker`.
+fn mint_with(dir: &Scratch, attacker: &str) -> HashMap<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jwt/mint.py");
     let out = std::process::Command::new("/usr/bin/python3")
         .arg(script)
         .arg(&dir.0)
+        .arg(attacker)
         .output()
         .expect("python3 (apt install python3-jwt python3-cryptography; cargo xtask setup does)");
     assert!(
@@ -258,5 +264,46 @@ fn keys_rotate_through_the_jwks() {
             &gw,
             "sluice_gateway_consumer_requests_total{consumer=\"rotating:rot-two\",route=\"rotating\",class=\"2xx\"}"
         ) >= 5.0
+    );
+}
+
+/// RFC 7515 §4.1.11: a `crit` header is refused (this verifier understands no extension),
+/// and `jwk`, `jku`, `x5u` and `x5c` never select a key: tokens an attacker signed with a
+/// key named through them are refused, and the attacker's URL is never fetched.
+#[test]
+fn crit_and_key_selecting_header_parameters_are_refused() {
+    let dir = Scratch::new("jwt-crit");
+    let rt = runtime();
+    let attacker = jwks_server(&rt, "{\"keys\": []}".into());
+    let tokens = mint_with(&dir, &attacker.url);
+    // The attacker's URL serves the attacker's key set, should anyone ask.
+    attacker.doc.lock().expect("doc").1 =
+        std::fs::read_to_string(dir.path("evil-jwks.json")).expect("evil jwks");
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let jwks = jwks_server(
+        &rt,
+        std::fs::read_to_string(dir.path("jwks-one.json")).expect("jwks"),
+    );
+    let gw = gateway(&dir, up.addr, &jwks.url);
+    // The same key without crit is accepted: the refusals below are for crit alone.
+    let r = request(gw.http, "GET", "/main", &[&bearer(&tokens["RS256"])], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    for case in ["crit_unknown", "crit_empty", "crit_exp", "crit_string"] {
+        let r = request(gw.http, "GET", "/main", &[&bearer(&tokens[case])], "");
+        assert_eq!(r.status, 401, "{case}: {}", r.body);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert!(r.body.contains("crit"), "{case}: {}", r.body);
+    }
+    let evil: Vec<&String> = tokens.keys().filter(|k| k.starts_with("evil_")).collect();
+    assert_eq!(evil.len(), 24, "{evil:?}");
+    for case in evil {
+        let path = if case.ends_with("_main") { "/main" } else { "/rot" };
+        let r = request(gw.http, "GET", path, &[&bearer(&tokens[case])], "");
+        assert_eq!(r.status, 401, "{case}: {}", r.body);
+    }
+    assert_eq!(
+        attacker.fetches.load(Ordering::SeqCst),
+        0,
+        "the gateway fetched a URL named by a token"
     );
 }

@@ -178,11 +178,33 @@ pub struct Listener {
     /// Most open connections; more are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Time allowed for a request's head to arrive: it starts when a connection waits for
-    /// its next request, so it also closes idle keep-alive connections (slowloris and idle
-    /// keep-alive alike).
+    /// Time allowed for a request head once it has started to arrive (slowloris). Over TLS,
+    /// HTTP/1.1 heads are also held to `keepalive_timeout_ms` from the previous response.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
+    /// Time allowed for the TLS handshake.
+    #[serde(default = "default_header_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// Time from a connection's start (after TLS) until its first request head is complete:
+    /// protocol detection, the HTTP/2 preface and SETTINGS, and the first head.
+    #[serde(default = "default_header_timeout")]
+    pub first_request_timeout_ms: u64,
+    /// How long an HTTP/1.1 connection may wait, idle, for its next request.
+    #[serde(default = "default_header_timeout")]
+    pub keepalive_timeout_ms: u64,
+    /// How long an HTTP/2 connection may stay with no request in flight before it is sent
+    /// GOAWAY and closed.
+    #[serde(default = "default_http2_idle")]
+    pub http2_idle_timeout_ms: u64,
+    /// Most open connections from one client address (absent: no limit).
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
+    /// Merge runs of `/` in request paths into one.
+    #[serde(default = "policy::default_true")]
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` and `\` in request paths: `"reject"` (400, the default) or `"keep"`.
+    #[serde(default)]
+    pub escaped_slashes: crate::path::EscapedSlashes,
     /// Largest request head (bytes).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
@@ -225,6 +247,9 @@ fn default_max_connections() -> usize {
 }
 fn default_header_timeout() -> u64 {
     10_000
+}
+fn default_http2_idle() -> u64 {
+    60_000
 }
 fn default_header_bytes() -> usize {
     16 * 1024
@@ -622,10 +647,21 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
         if l.max_connections == 0 {
             return bad(format!("{at}.max_connections"), "must be at least 1");
         }
-        if l.header_read_timeout_ms == 0 {
+        for (field, ms) in [
+            ("header_read_timeout_ms", l.header_read_timeout_ms),
+            ("tls_handshake_timeout_ms", l.tls_handshake_timeout_ms),
+            ("first_request_timeout_ms", l.first_request_timeout_ms),
+            ("keepalive_timeout_ms", l.keepalive_timeout_ms),
+            ("http2_idle_timeout_ms", l.http2_idle_timeout_ms),
+        ] {
+            if ms == 0 {
+                return bad(format!("{at}.{field}"), "must be greater than 0");
+            }
+        }
+        if l.max_connections_per_client == Some(0) {
             return bad(
-                format!("{at}.header_read_timeout_ms"),
-                "must be greater than 0",
+                format!("{at}.max_connections_per_client"),
+                "must be at least 1 (leave it out for no limit)",
             );
         }
         if l.max_header_bytes < 1024 {

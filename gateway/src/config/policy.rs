@@ -157,7 +157,7 @@ pub struct RateLimit {
     pub legacy_headers: bool,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

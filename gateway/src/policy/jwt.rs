@@ -410,13 +410,18 @@ async fn refresh_loop(issuer: Weak<Issuer>) {
     }
 }
 
-/// The unverified payload (only to pick the issuer; everything is verified after).
-fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
-    let payload = token.split('.').nth(1)?;
+/// Segment `n` of a compact JWS (0: header, 1: payload) as a JSON object, unverified.
+fn unverified_segment(token: &str, n: usize) -> Option<Map<String, Value>> {
+    let segment = token.split('.').nth(n)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
+        .decode(segment.trim_end_matches('='))
         .ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The unverified payload (only to pick the issuer; everything is verified after).
+fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    unverified_segment(token, 1)
 }
 
 fn now() -> u64 {
@@ -442,6 +447,12 @@ pub async fn verify(
         }
         _ => "malformed token".to_string(),
     })?;
+    // RFC 7515 §4.1.11: a `crit` header lists extensions the verifier must understand, and
+    // this one understands none, so any `crit` (even an empty or malformed one) is refused.
+    // `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from the issuer's config.
+    if unverified_segment(token, 0).is_none_or(|h| h.contains_key("crit")) {
+        return Err("the token's header has critical extensions (crit) or is malformed".into());
+    }
     let iss = unverified_claims(token)
         .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
         .ok_or("the token has no iss claim")?;

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Mints the JWTs the gateway tests check, with PyJWT + cryptography: an implementation
-independent of the gateway's. Usage: mint.py OUT_DIR. Writes the public keys, an HMAC
-secret and JWKS documents into OUT_DIR and prints the tokens as one JSON object."""
+independent of the gateway's. Usage: mint.py OUT_DIR [ATTACKER_URL]. Writes the public keys,
+an HMAC secret and JWKS documents into OUT_DIR and prints the tokens as one JSON object.
+ATTACKER_URL is where tokens signed by an attacker's key point their jku and x5u; the
+attacker's JWKS is written to OUT_DIR/evil-jwks.json."""
 
 import base64
 import hashlib
@@ -11,12 +13,17 @@ import os
 import sys
 import time
 
+import datetime
+
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 out = sys.argv[1]
+attacker_url = sys.argv[2] if len(sys.argv) > 2 else "http://127.0.0.1:9/evil.json"
 now = int(time.time())
 ISS = "https://issuer.test"
 AUD = "sluice-api"
@@ -81,6 +88,36 @@ tokens["scoped"] = jwt.encode(
     claims(sub="svc-reporting", scope="read write", groups=["analysts"], tier="gold"),
     rsa_key, algorithm="RS256")
 tokens["unscoped"] = jwt.encode(claims(sub="svc-reporting", scope="read", tier="silver"), rsa_key, algorithm="RS256")
+
+# RFC 7515 §4.1.11: a crit header naming an extension the verifier does not know, or an
+# empty or malformed crit, is refused even with a good signature.
+tokens["crit_unknown"] = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"crit": ["x-ext"], "x-ext": 1})
+tokens["crit_empty"] = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"crit": []})
+tokens["crit_exp"] = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"crit": ["exp"]})
+tokens["crit_string"] = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"crit": "b64"})
+# Header parameters that must never select a key: the attacker signs with a key of their
+# own and names it through jwk (embedded), jku/x5u (a URL) or x5c (a certificate), with and
+# without a kid the issuer knows.
+evil = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+evil_jwk = json.loads(RSAAlgorithm.to_jwk(evil.public_key()))
+evil_jwk["kid"] = "evil"
+with open(os.path.join(out, "evil-jwks.json"), "w") as f:
+    json.dump({"keys": [evil_jwk]}, f)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer.test")])
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(evil.public_key()).serial_number(1)
+        .not_valid_before(datetime.datetime(2020, 1, 1))
+        .not_valid_after(datetime.datetime(2100, 1, 1))
+        .sign(evil, hashes.SHA256()))
+x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+for iss in (ISS, "https://rotating.test"):
+    for kid in (None, "evil", "rsa-one"):
+        for param, value in (("jwk", evil_jwk), ("jku", attacker_url), ("x5u", attacker_url), ("x5c", [x5c])):
+            headers = {param: value}
+            if kid:
+                headers["kid"] = kid
+            name = f"evil_{param}_{kid or 'nokid'}_{'main' if iss == ISS else 'rot'}"
+            tokens[name] = jwt.encode(claims(iss=iss), evil, algorithm="RS256", headers=headers)
 
 # Key rotation through a JWKS: two generations of keys, each token naming its kid.
 rot = "https://rotating.test"

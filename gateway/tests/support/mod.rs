@@ -346,7 +346,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// A gateway config with one listener on port 0, admin on port 0, and `rest` appended.
 pub fn config(rest: &str) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
+        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nkeepalive_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
     )
 }
 
@@ -422,4 +422,89 @@ pub fn websocket_echo(rt: &tokio::runtime::Runtime) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A running nginx serving `root` as static files on a loopback port: an independent
+/// upstream that normalizes paths itself (decodes `%XX`, `%2F` included, resolves `..`,
+/// merges slashes). Stopped, with its files, when dropped.
+pub struct Nginx {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+    _dir: Scratch,
+}
+
+impl Nginx {
+    /// Starts nginx (`cargo xtask setup` installs it) serving `root`.
+    pub fn serve(root: &std::path::Path) -> Nginx {
+        let dir = Scratch::new("nginx");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let conf = dir.0.join("nginx.conf");
+        let tmp = dir.path("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+                 fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+                 server {{ listen {addr}; root {root}; }}\n}}\n",
+                d = dir.0.display(),
+                root = root.display(),
+            ),
+        )
+        .expect("nginx config");
+        let child = Command::new("nginx")
+            .args(["-e", "stderr", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (cargo xtask setup installs it)");
+        let up = Nginx {
+            child,
+            addr,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if TcpStream::connect(addr).is_ok() {
+                return up;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nginx did not start on {addr}");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master take its worker down too.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `raw` bytes as they are on a new connection and reads the reply until the gateway
+/// closes it (or 10 s pass).
+pub fn raw(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(raw).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse(&out)
 }

@@ -1,0 +1,367 @@
+//! Deadlines on every phase of a client connection, and room made for new connections by
+//! closing idle ones.
+//!
+//! Which deadline guards which phase:
+//! - TLS handshake: `tls_handshake_timeout_ms` (listener.rs);
+//! - protocol detection, the HTTP/2 preface and SETTINGS, and the first request head:
+//!   `first_request_timeout_ms`, from the connection's start (after TLS);
+//! - a request head once begun: `header_read_timeout_ms` (hyper's HTTP/1.1 head timer);
+//! - HTTP/1.1 waiting for the next request: `keepalive_timeout_ms`;
+//! - HTTP/2 with no request in flight: `http2_idle_timeout_ms`, then GOAWAY and close.
+//!
+//! Plain HTTP/1.1 connections keep theirs in [`crate::park`]; every other connection (TLS,
+//! HTTP/2 by prior knowledge) is served through [`serve`], which watches the connection's
+//! [`Idle`] state. At `max_connections`, [`Admission`] closes the connection that has been
+//! idle longest, as Envoy's overload manager shortens idle timeouts under pressure, rather
+//! than turning the newcomer away.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+
+use crate::{
+    clock::monotonic_ms,
+    listener::ConnService,
+    metrics::{Closed, Metrics},
+    park::{Idle, InFlight},
+    Body,
+};
+
+/// How long a connection closed for idleness has to finish (GOAWAY exchange, the last
+/// response's flush) before it is dropped.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// A listener's connection deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Connection start to the first request head.
+    pub first_request: Duration,
+    /// A request head once begun.
+    pub header_read: Duration,
+    /// HTTP/1.1 waiting for the next request.
+    pub keepalive: Duration,
+    /// HTTP/2 with no request in flight.
+    pub http2_idle: Duration,
+}
+
+impl Deadlines {
+    /// From a listener's config.
+    pub fn of(l: &crate::config::Listener) -> Self {
+        let ms = Duration::from_millis;
+        Deadlines {
+            first_request: ms(l.first_request_timeout_ms),
+            header_read: ms(l.header_read_timeout_ms),
+            keepalive: ms(l.keepalive_timeout_ms),
+            http2_idle: ms(l.http2_idle_timeout_ms),
+        }
+    }
+
+    /// How long `idle` may stay quiet in the phase it is in.
+    fn quiet_limit(&self, idle: &Idle) -> Duration {
+        if !idle.served_any() {
+            self.first_request
+        } else if idle.is_http2() {
+            self.http2_idle
+        } else {
+            self.keepalive
+        }
+    }
+}
+
+/// When the quiet connection `idle` is due to close (coarse ms), or `None` while busy.
+fn due(idle: &Idle, deadlines: &Deadlines) -> Option<u64> {
+    let since = idle.quiet_since()?;
+    Some(since.saturating_add(deadlines.quiet_limit(idle).as_millis() as u64))
+}
+
+/// Serves one watched connection (see [`Idle::watch`]) until it ends: politely when `stop`
+/// changes (GOAWAY, `Connection: close` on the response in flight); closed when it stays
+/// quiet past its phase's deadline or is evicted (HTTP/2 gets GOAWAY, then a grace period).
+pub async fn serve<I, S>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    idle: Arc<Idle>,
+    deadlines: Deadlines,
+    metrics: &Metrics,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: ConnService,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    // Set once the connection was asked to end: then only the grace period is watched.
+    let mut closing: Option<tokio::time::Instant> = None;
+    let peer = idle.peer();
+    loop {
+        let check = match (closing, due(&idle, &deadlines)) {
+            (Some(at), _) => at,
+            (None, Some(at)) => {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(at.saturating_sub(monotonic_ms()))
+            }
+            // Busy: look again after the shortest deadline.
+            (None, None) => tokio::time::Instant::now() + deadlines.keepalive,
+        };
+        let evicted = std::future::poll_fn(|cx| {
+            if idle.poll_evicted(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = stop.changed(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // The gateway's shutdown deadline bounds what is left.
+                if let Err(e) = conn.await {
+                    debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = evicted, if closing.is_none() => {
+                debug!(%peer, "idle connection closed to admit another");
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + GRACE);
+            }
+            _ = tokio::time::sleep_until(check) => {
+                if closing.is_some() {
+                    if idle.quiet_since().is_some() {
+                        debug!(%peer, "closed after its grace period");
+                        return;
+                    }
+                    // A request got in before the GOAWAY: it finishes first.
+                    closing = Some(tokio::time::Instant::now() + GRACE);
+                } else if due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
+                    debug!(%peer, "connection quiet past its deadline; closing");
+                    metrics.closed(Closed::Deadline);
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + GRACE);
+                }
+            }
+        }
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it ends, so a watched
+/// connection counts as busy while a response streams.
+pub struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    /// `resp` with `in_flight` held by its body.
+    pub fn wrap(resp: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
+        use http_body_util::BodyExt as _;
+        resp.map(|body| {
+            Tracked {
+                body,
+                _in_flight: in_flight,
+            }
+            .boxed()
+        })
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Admits a listener's connections: `max_connections` in all, and at most
+/// `max_connections_per_client` from one client (an IPv4 address or an IPv6 /64).
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// Every admitted connection's state, to find an idle one to close.
+    live: Mutex<Vec<Weak<Idle>>>,
+    /// Open connections by client address, when limited.
+    per_client: Option<(usize, Mutex<HashMap<IpAddr, usize>>)>,
+    metrics: Arc<Metrics>,
+}
+
+/// What an admitted connection holds for its life.
+pub struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _client: Option<ClientCount>,
+}
+
+/// One connection counted against its client address; uncounted when dropped.
+struct ClientCount(Arc<Admission>, IpAddr);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        if let Some((_, counts)) = &self.0.per_client {
+            let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = c.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of [`Admission::admit`].
+pub enum Admit {
+    /// Admitted.
+    Now(Admitted),
+    /// An idle connection is closing to make room: [`Pending::ready`] waits for its slot.
+    Later(Pending),
+    /// Refused.
+    Refused,
+}
+
+/// A connection waiting for the slot an evicted one frees.
+pub struct Pending {
+    admission: Arc<Admission>,
+    client: Option<ClientCount>,
+    idle: Arc<Idle>,
+}
+
+impl Pending {
+    /// The admission, or `None` (counted) if no slot came free in time.
+    pub async fn ready(self) -> Option<Admitted> {
+        let a = &self.admission;
+        match tokio::time::timeout(SLOT_WAIT, a.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Some(a.admitted(slot, self.client, &self.idle)),
+            _ => {
+                a.metrics.closed(Closed::OverLimit);
+                None
+            }
+        }
+    }
+}
+
+/// How long a newcomer waits for the slot of the idle connection closed for it.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+impl Admission {
+    /// Limits from a listener's config.
+    pub fn new(l: &crate::config::Listener, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(l.max_connections)),
+            max: l.max_connections,
+            live: Mutex::new(Vec::new()),
+            per_client: l
+                .max_connections_per_client
+                .map(|n| (n, Mutex::new(HashMap::new()))),
+            metrics,
+        })
+    }
+
+    /// Counts a connection from `ip` if its client is under its limit.
+    fn count_client(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ClientCount>, ()> {
+        let Some((limit, counts)) = &self.per_client else {
+            return Ok(None);
+        };
+        // One client is one IPv4 address or one IPv6 /64 (a host usually has a whole /64).
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !(u64::MAX as u128)).into()),
+            v4 => v4,
+        };
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= *limit {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(ClientCount(self.clone(), ip)))
+    }
+
+    /// Admits a connection from `peer` whose state is `idle`: at once while a slot is free;
+    /// at `max_connections`, once the longest-idle connection, closed for it, has freed its
+    /// slot. Refusals are counted.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, idle: &Arc<Idle>) -> Admit {
+        let Ok(client) = self.count_client(peer.ip()) else {
+            debug!(%peer, "per-client connection limit reached; closing");
+            self.metrics.closed(Closed::OverClientLimit);
+            return Admit::Refused;
+        };
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Admit::Now(self.admitted(slot, client, idle)),
+            Err(_) if self.evict_one() => Admit::Later(Pending {
+                admission: self.clone(),
+                client,
+                idle: idle.clone(),
+            }),
+            Err(_) => {
+                debug!(%peer, "connection limit reached, none idle; closing");
+                self.metrics.closed(Closed::OverLimit);
+                Admit::Refused
+            }
+        }
+    }
+
+    fn admitted(
+        &self,
+        slot: OwnedSemaphorePermit,
+        client: Option<ClientCount>,
+        idle: &Arc<Idle>,
+    ) -> Admitted {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries of closed connections are dropped once they outnumber the limit.
+        if live.len() >= 2 * self.max + 64 {
+            live.retain(|w| w.strong_count() > 0);
+        }
+        live.push(Arc::downgrade(idle));
+        drop(live);
+        Admitted {
+            _slot: slot,
+            _client: client,
+        }
+    }
+
+    /// Closes the connection quiet the longest; false if none is idle.
+    fn evict_one(&self) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = live
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|i| i.evictable() && !i.is_evicted())
+            .min_by_key(|i| i.quiet_since().unwrap_or(u64::MAX));
+        drop(live);
+        let Some(i) = oldest else {
+            return false;
+        };
+        debug!(peer = %i.peer(), "closing the longest-idle connection to admit another");
+        i.evict();
+        self.metrics.closed(Closed::Evicted);
+        true
+    }
+}
