@@ -245,7 +245,10 @@ mod tests {
         assert_eq!(keep("/a%5Cb").as_deref(), Ok("/a%5Cb"));
         assert_eq!(keep("/a\\b").as_deref(), Ok("/a\\b"));
         // A kept %2F is data inside a segment, never a separator for `..`.
-        assert_eq!(keep("/pub/..%2fprivate").as_deref(), Ok("/pub/..%2Fprivate"));
+        assert_eq!(
+            keep("/pub/..%2fprivate").as_deref(),
+            Ok("/pub/..%2Fprivate")
+        );
         let unmerged = PathRules {
             merge_slashes: false,
             ..PathRules::default()
@@ -258,7 +261,10 @@ mod tests {
     #[test]
     fn normal_paths_are_not_copied() {
         for p in ["/", "/api/v1/users", "/a.b/c.d", "/x-y_z~"] {
-            assert!(matches!(normalize(p, PathRules::default()), Ok(Cow::Borrowed(_))));
+            assert!(matches!(
+                normalize(p, PathRules::default()),
+                Ok(Cow::Borrowed(_))
+            ));
         }
     }
 
@@ -268,8 +274,8 @@ mod tests {
     #[test]
     fn normalization_is_a_fixed_point_that_stays_under_the_root() {
         const PIECES: &[&str] = &[
-            "/", "a", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "%41", "%7e", "%3f", "%",
-            "%zz", "b", "//", "~",
+            "/", "a", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "%41", "%7e", "%3f", "%", "%zz",
+            "b", "//", "~",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for rules in [
@@ -301,7 +307,9 @@ mod tests {
                 // What stays escaped is uppercase and never an unreserved character.
                 for esc in once.split('%').skip(1) {
                     let code = &esc.as_bytes()[..2];
-                    assert!(code.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
+                    assert!(code
+                        .iter()
+                        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
                     let v = u8::from_str_radix(&esc[..2], 16).expect("hex");
                     assert!(!unreserved(v), "{p} -> {once}");
                 }

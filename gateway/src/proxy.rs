@@ -1074,7 +1074,11 @@ mod tests {
             .version(hyper::Version::HTTP_10)
             .body(())
             .expect("request");
-        assert_eq!(host_of(&req).expect("valid").as_str(), "", "HTTP/1.0 without Host");
+        assert_eq!(
+            host_of(&req).expect("valid").as_str(),
+            "",
+            "HTTP/1.0 without Host"
+        );
     }
 
     #[test]
@@ -1094,7 +1098,11 @@ mod tests {
         assert!(refused(Version::HTTP_10, "/", &["a.test", "b.test"]));
         assert!(!refused(Version::HTTP_11, "http://a.test/", &["b.test"]));
         // No userinfo in an authority.
-        assert!(refused(Version::HTTP_11, "http://evil@a.test/", &["a.test"]));
+        assert!(refused(
+            Version::HTTP_11,
+            "http://evil@a.test/",
+            &["a.test"]
+        ));
         assert!(refused(Version::HTTP_2, "http://u:p@a.test/", &[]));
         // HTTP/2: host, when sent, equals :authority (case aside).
         assert!(refused(Version::HTTP_2, "http://a.test/", &["b.test"]));

@@ -297,7 +297,11 @@ fn crit_and_key_selecting_header_parameters_are_refused() {
     let evil: Vec<&String> = tokens.keys().filter(|k| k.starts_with("evil_")).collect();
     assert_eq!(evil.len(), 24, "{evil:?}");
     for case in evil {
-        let path = if case.ends_with("_main") { "/main" } else { "/rot" };
+        let path = if case.ends_with("_main") {
+            "/main"
+        } else {
+            "/rot"
+        };
         let r = request(gw.http, "GET", path, &[&bearer(&tokens[case])], "");
         assert_eq!(r.status, 401, "{case}: {}", r.body);
     }

@@ -14,14 +14,15 @@ use std::{
 use support::{connect, fixed, metric, read_one, runtime, upstream, Gateway};
 
 fn gateway(up: SocketAddr) -> Gateway {
-    gateway_waiting(up, 5000)
+    gateway_waiting(up, 5000, 5000)
 }
 
-/// With `header_read_timeout_ms = wait_ms`.
-fn gateway_waiting(up: SocketAddr, wait_ms: u64) -> Gateway {
+/// With `keepalive_timeout_ms = keepalive_ms` and `header_read_timeout_ms = head_ms`.
+fn gateway_waiting(up: SocketAddr, keepalive_ms: u64, head_ms: u64) -> Gateway {
     Gateway::start(&format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000\n\n\
-         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {wait_ms}\nmax_body_bytes = 4096\n\n\
+         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {head_ms}\n\
+         keepalive_timeout_ms = {keepalive_ms}\nmax_body_bytes = 4096\n\n\
          [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
          [[route]]\nname = \"r\"\nupstream = \"a\"\n"
     ))
@@ -242,31 +243,42 @@ fn a_request_that_asked_for_an_upgrade_and_got_none_keeps_its_connection() {
 }
 
 #[test]
-fn a_slow_head_after_a_park_gets_only_what_is_left_of_the_wait() {
+fn a_parked_connection_waits_for_the_keep_alive_deadline_and_its_next_head_for_the_head_one() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = gateway_waiting(up.addr, 1000);
+    let gw = gateway_waiting(up.addr, 1000, 500);
+    // Parked with nothing more: closed after the keep-alive deadline.
     let mut s = connect(&gw);
     s.write_all(get("/").as_bytes()).expect("write");
     assert_eq!(read_one(&mut s).expect("response").status, 200);
     let idle = Instant::now();
-    // Parked for 700 ms, then a head one byte per 100 ms that never ends: the 1000 ms wait
-    // counts from the park, not from the first byte.
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).expect("read until close"), 0);
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1600),
+        "closed {waited:?} after the park"
+    );
+    // Parked for 700 ms, then a head one byte per 100 ms that never ends: it has the head
+    // deadline (500 ms) from its first byte, however long the wait before it.
+    let mut s = connect(&gw);
+    s.write_all(get("/").as_bytes()).expect("write");
+    assert_eq!(read_one(&mut s).expect("response").status, 200);
     std::thread::sleep(Duration::from_millis(700));
+    let first_byte = Instant::now();
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     let head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut buf = [0u8; 64];
     let mut closed_at = None;
     for b in head {
         if s.write_all(&[*b]).is_err() {
-            closed_at = Some(idle.elapsed());
+            closed_at = Some(first_byte.elapsed());
             break;
         }
         // The read timeout paces the bytes: 100 ms each while the connection is open.
         match s.read(&mut buf) {
             Ok(0) => {
-                closed_at = Some(idle.elapsed());
+                closed_at = Some(first_byte.elapsed());
                 break;
             }
             Ok(_) => panic!("no response was due"),
@@ -276,15 +288,15 @@ fn a_slow_head_after_a_park_gets_only_what_is_left_of_the_wait() {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(_) => {
-                closed_at = Some(idle.elapsed());
+                closed_at = Some(first_byte.elapsed());
                 break;
             }
         }
     }
     let waited = closed_at.expect("closed while the head trickled in");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1500),
-        "closed {waited:?} after the park"
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1000),
+        "closed {waited:?} after the head's first byte"
     );
 }
 

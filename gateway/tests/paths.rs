@@ -41,7 +41,14 @@ fn climbs() -> Vec<String> {
         "..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2E.", ".%2E", "%2e%2E",
     ];
     let slashes = ["/", "%2f", "%2F", "\\", "%5c", "%5C", "//", "/./", "/%2e/"];
-    let starts = ["/pub/", "/pub//", "/pub/./", "/pub/a/", "/pub/%2e/", "/pub/a/../"];
+    let starts = [
+        "/pub/",
+        "/pub//",
+        "/pub/./",
+        "/pub/a/",
+        "/pub/%2e/",
+        "/pub/a/../",
+    ];
     let mut out = Vec::new();
     for s in starts {
         for d in dots {
@@ -78,7 +85,13 @@ fn no_encoding_of_a_dot_segment_reaches_a_route_it_should_not() {
     // The guard works, and nginx serves the file to whoever passes it.
     let r = request(gw.http, "GET", "/private/secret.txt", &[], "");
     assert_eq!(r.status, 401, "{r:?}");
-    let r = request(gw.http, "GET", "/private/secret.txt", &["X-Api-Key: k-ops"], "");
+    let r = request(
+        gw.http,
+        "GET",
+        "/private/secret.txt",
+        &["X-Api-Key: k-ops"],
+        "",
+    );
     assert_eq!((r.status, r.body.as_str()), (200, SECRET));
     let r = request(gw.http, "GET", "/pub/index.txt", &[], "");
     assert_eq!(r.status, 200, "{r:?}");
@@ -126,7 +139,10 @@ fn no_encoding_of_a_dot_segment_reaches_a_route_it_should_not() {
     ] {
         let r = request(gw.http, "GET", p, &[], "");
         assert_eq!(r.status, 400, "{p}: {r:?}");
-        assert!(r.json()["detail"].as_str().unwrap_or("").contains(why), "{p}: {r:?}");
+        assert!(
+            r.json()["detail"].as_str().unwrap_or("").contains(why),
+            "{p}: {r:?}"
+        );
     }
 }
 
@@ -140,7 +156,9 @@ fn no_encoding_of_a_dot_segment_gets_past_a_route_over_http2() {
         .filter(|p| !p.contains('\\'))
         .collect();
     let results = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(gw.http).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
         let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
         tokio::spawn(conn);
         let mut out = Vec::new();
@@ -160,7 +178,11 @@ fn no_encoding_of_a_dot_segment_gets_past_a_route_over_http2() {
                 let _ = body.flow_control().release_capacity(chunk.len());
                 bytes.extend_from_slice(&chunk);
             }
-            out.push((p.clone(), status, String::from_utf8_lossy(&bytes).into_owned()));
+            out.push((
+                p.clone(),
+                status,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
         }
         out
     });

@@ -18,6 +18,10 @@ const PACKAGES: &[&str] = &[
     "python3-jwt",
     "python3-cryptography",
     "redis-server",
+    // Independent peers for the gateway's hardening tests: an upstream that normalizes
+    // paths itself (nginx), and a strict HTTP/2 server (python-hyper's h2).
+    "nginx",
+    "python3-h2",
 ];
 
 /// True when running as root.

@@ -1,0 +1,275 @@
+//! A client's broken or oversized request body is the client's error: 400 or 413 as
+//! problem+json, counted as such, never 502, and the upstream exchange it was feeding is
+//! abandoned (that upstream connection closes) — whether the body streams, is buffered for
+//! retries, or comes over HTTP/2.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use support::{config, fixed, metric, raw, runtime, upstream, Gateway, Reply};
+
+/// What a raw upstream saw on each connection: the bytes, and whether it ended (EOF or
+/// reset) within 3 s.
+type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
+/// An upstream that never answers: it records what arrives and when the gateway hangs up,
+/// and counts the connections it accepted.
+fn silent_upstream() -> (SocketAddr, Seen, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Seen = Arc::default();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (record, count) = (seen.clone(), accepted.clone());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let ended = loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break true,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                        Err(_) => break false,
+                    }
+                };
+                record.lock().expect("seen").push((got, ended));
+            });
+        }
+    });
+    (addr, seen, accepted)
+}
+
+fn problem(r: &Reply, status: u16) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(
+        r.headers["content-type"], "application/problem+json",
+        "{r:?}"
+    );
+}
+
+fn chunked(path: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{extra}Connection: close\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// Bodies over the limit (1024 bytes) and malformed ones, on a streaming route and on one
+/// that buffers for retries.
+fn bad_bodies() -> Vec<(String, String, u16)> {
+    let big = format!(
+        "320\r\n{}\r\n320\r\n{}\r\n0\r\n\r\n",
+        "a".repeat(800),
+        "b".repeat(800)
+    );
+    let extensions = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e=x;".repeat(8000));
+    vec![
+        (
+            "malformed size".into(),
+            "5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "hex overflow".into(),
+            "5\r\nhello\r\nfffffffffffffffffffff\r\nx\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "bad chunk end".into(),
+            "5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        ("chunk extensions".into(), extensions, 400),
+        ("over the limit".into(), big, 413),
+    ]
+}
+
+#[test]
+fn malformed_and_oversized_bodies_are_the_clients_error() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n\
+         [[route]]\nname = \"stream\"\npath = {{ prefix = \"/stream\" }}\nupstream = \"a\"\n\n\
+         [[route]]\nname = \"buffer\"\npath = {{ prefix = \"/buffer\" }}\nupstream = \"a\"\n\
+         methods = [\"POST\"]\nretries = {{ attempts = 1, on_status = [503] }}\n",
+        up.addr
+    )));
+    let mut want = std::collections::HashMap::<(&str, u16), f64>::new();
+    for route in ["stream", "buffer"] {
+        for (case, body, status) in bad_bodies() {
+            for expect in ["", "Expect: 100-continue\r\n"] {
+                let r = raw(gw.http, &chunked(&format!("/{route}"), expect, &body));
+                // A 100 Continue may come first for a chunked body; the answer is the last head.
+                let last = String::from_utf8_lossy(r.body.as_bytes()).into_owned();
+                let r = if r.status == 100 {
+                    support::parse(last.as_bytes())
+                } else {
+                    r
+                };
+                problem(&r, status);
+                let _ = case;
+                *want.entry((route, status)).or_default() += 1.0;
+            }
+        }
+    }
+    // A declared length over the limit with Expect: 413 at once, and no 100 Continue.
+    let r = raw(
+        gw.http,
+        b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    );
+    problem(&r, 413);
+    *want.entry(("stream", 413)).or_default() += 1.0;
+    // Counted as the client's errors, under their routes.
+    for ((route, status), n) in want {
+        let series = format!(
+            "sluice_gateway_requests_total{{route=\"{route}\",method=\"POST\",status=\"{status}\"}}"
+        );
+        assert_eq!(metric(&gw, &series), n, "{series}");
+    }
+    assert_eq!(
+        metric(
+            &gw,
+            "sluice_gateway_requests_total{route=\"stream\",method=\"POST\",status=\"502\"}"
+        ),
+        0.0
+    );
+    // The upstream was not blamed: a good request still goes through.
+    let r = raw(gw.http, &chunked("/stream", "", "5\r\nhello\r\n0\r\n\r\n"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body"], "hello");
+}
+
+#[test]
+fn a_broken_body_abandons_the_upstream_exchange() {
+    let (addr, seen, accepted) = silent_upstream();
+    let gw = Gateway::start(&config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{addr}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\n"
+    )));
+    for (case, body, status) in bad_bodies() {
+        seen.lock().expect("seen").clear();
+        accepted.store(0, Ordering::SeqCst);
+        let start = Instant::now();
+        let r = raw(gw.http, &chunked("/", "", &body));
+        problem(&r, status);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{case}: {:?}",
+            start.elapsed()
+        );
+        // Either the body failed before anything was sent (no connection), or the upstream
+        // saw the request start and then the connection close, its chunked body never
+        // terminated.
+        let conns = settled(&seen, &accepted);
+        assert!(conns.len() <= 1, "{case}: {conns:?}");
+        for (bytes, ended) in &conns {
+            assert!(*ended, "{case}: the upstream connection was left open");
+            let text = String::from_utf8_lossy(bytes);
+            assert!(text.starts_with("POST / HTTP/1.1\r\n"), "{case}: {text}");
+            assert!(
+                !text.ends_with("0\r\n\r\n"),
+                "{case}: the body looked complete: {text}"
+            );
+        }
+    }
+    // A first chunk streamed to the upstream, then a malformed one: 400, and the upstream
+    // connection that carried the first chunk is closed.
+    seen.lock().expect("seen").clear();
+    accepted.store(0, Ordering::SeqCst);
+    let mut s = std::net::TcpStream::connect(gw.http).expect("connect");
+    s.write_all(&chunked("/", "", "5\r\nhello\r\n"))
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"zz\r\nmore\r\n0\r\n\r\n").expect("write");
+    let mut out = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.read_to_end(&mut out);
+    problem(&support::parse(&out), 400);
+    let conns = settled(&seen, &accepted);
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    let (bytes, ended) = &conns[0];
+    assert!(*ended, "the upstream connection was left open");
+    let text = String::from_utf8_lossy(bytes);
+    assert!(text.ends_with("5\r\nhello\r\n"), "{text}");
+}
+
+/// What the silent upstream saw once every connection it accepted has ended (or 4 s).
+fn settled(seen: &Seen, accepted: &AtomicUsize) -> Vec<(Vec<u8>, bool)> {
+    // A connection the gateway opened may not have been accepted yet.
+    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let s = seen.lock().expect("seen").clone();
+        if s.len() == accepted.load(Ordering::SeqCst) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_http2_body_over_the_limit_is_413() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"a\"\n",
+        up.addr
+    )));
+    let statuses = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        // No content-length: the limit is found while streaming. Then a declared one.
+        for declared in [None, Some("3000")] {
+            let mut req = http::Request::post("http://x/up");
+            if let Some(n) = declared {
+                req = req.header("content-length", n);
+            }
+            client = client.ready().await.expect("ready");
+            let (resp, mut send) = client
+                .send_request(req.body(()).expect("req"), false)
+                .expect("send");
+            for _ in 0..3 {
+                send.reserve_capacity(1000);
+                if send
+                    .send_data(bytes::Bytes::from(vec![b'x'; 1000]), false)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = send.send_data(bytes::Bytes::new(), true);
+            let resp = resp.await.expect("response");
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            out.push((resp.status().as_u16(), ctype));
+        }
+        out
+    });
+    for (status, ctype) in statuses {
+        assert_eq!(status, 413);
+        assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+    }
+}
