@@ -48,9 +48,9 @@ pub enum SendError {
         /// Cause.
         source: ExchangeError,
     },
-    /// Through hyper-util's client (HTTP/2 upstreams).
+    /// On an HTTP/2 upstream's connection.
     #[error("{0}")]
-    Http2(#[from] hyper_util::client::legacy::Error),
+    Http2(#[source] hyper::Error),
     /// The route's client has no connections for this target (pools and clients are built
     /// from the same target list, so this means a bug, not a network fault).
     #[error("no connection pool for target {0}")]
@@ -63,8 +63,7 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Connect { .. } | SendError::ConnectTimeout(_) => true,
-            SendError::Exchange { .. } | SendError::NoPool(_) => false,
-            SendError::Http2(e) => e.is_connect(),
+            SendError::Exchange { .. } | SendError::NoPool(_) | SendError::Http2(_) => false,
         }
     }
 }

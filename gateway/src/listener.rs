@@ -27,7 +27,8 @@ use tracing::{debug, warn};
 use crate::{
     config::Listener,
     metrics::{Closed, Metrics},
-    park::{self, Idle, Plain},
+    conn_state::Idle,
+    park::{self, Plain},
     proxy::{self, Conn, Runtime},
     watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
 };

@@ -17,10 +17,9 @@
 use std::{
     future::Future,
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU32, Ordering::Relaxed},
         Arc,
     },
     task::{ready, Context, Poll},
@@ -28,7 +27,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use hyper::{body::Incoming, server::conn::http1, Request};
+use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -41,224 +40,10 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::listener::ConnService;
-
-/// What the socket wrapper, the service and the driver of one connection know of each
-/// other. All three are polled by the connection's one task, so relaxed atomics suffice.
-#[derive(Debug)]
-pub struct Idle {
-    /// The client (for logs; kept here, off the connection's task, which stays small).
-    peer: SocketAddr,
-    /// The last read from the socket found nothing.
-    read_blocked: AtomicBool,
-    /// Requests whose response head is not yet produced.
-    in_flight: AtomicU32,
-    /// Requests started on the current hyper instance.
-    started: AtomicU32,
-    /// The latest request had a body (hyper may still be reading or draining it).
-    latest_had_body: AtomicBool,
-    /// The latest request ends the connection (`Connection: close`, or HTTP/1.0): hyper
-    /// will close it after the response, and its shutdown must not be skipped.
-    closing: AtomicBool,
-    /// A request on this hyper instance asked for an upgrade (`Upgrade`, or CONNECT): hyper
-    /// keeps a pending upgrade for it until the connection ends, and stopping would hand the
-    /// socket to that upgrade instead of back to us.
-    upgrade_asked: AtomicBool,
-    /// hyper was asked to stop so that the connection can be parked.
-    parking: AtomicBool,
-    /// The connection waits for a request (no request started since it began waiting):
-    /// it may be closed to admit another at `max_connections`.
-    waiting: AtomicBool,
-    /// A request has started on the connection (its first-request deadline is past).
-    served_any: AtomicBool,
-    /// The latest request was HTTP/2 (its idle deadline is `http2_idle_timeout_ms`).
-    http2: AtomicBool,
-    /// Requests hold their [`InFlight`] until their response body ends, and the end is
-    /// timed in `quiet_since` (connections watched by [`crate::watchdog`]).
-    watched: AtomicBool,
-    /// When the connection last became quiet (coarse monotonic ms).
-    quiet_since: AtomicU64,
-    /// Asked to close to make room for a new connection.
-    evicted: AtomicBool,
-    /// The connection's task, woken by an eviction.
-    task: std::sync::Mutex<Option<std::task::Waker>>,
-}
-
-impl Idle {
-    /// The state of a new connection from `peer`.
-    pub fn new(peer: SocketAddr) -> Self {
-        Self {
-            peer,
-            read_blocked: AtomicBool::new(false),
-            in_flight: AtomicU32::new(0),
-            started: AtomicU32::new(0),
-            latest_had_body: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            upgrade_asked: AtomicBool::new(false),
-            parking: AtomicBool::new(false),
-            waiting: AtomicBool::new(true),
-            served_any: AtomicBool::new(false),
-            http2: AtomicBool::new(false),
-            watched: AtomicBool::new(false),
-            quiet_since: AtomicU64::new(crate::clock::monotonic_ms()),
-            evicted: AtomicBool::new(false),
-            task: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Has the connection's requests hold their slot to the end of their response bodies,
-    /// and time when it goes quiet (for [`crate::watchdog`]).
-    pub fn watch(&self) {
-        self.watched.store(true, Relaxed);
-        self.quiet();
-    }
-
-    /// Like [`Idle::watch`], but quiet since the connection began (nothing was served).
-    pub fn watch_from_start(&self) {
-        self.watched.store(true, Relaxed);
-    }
-
-    /// Notes a park: the connection waits for its next request from now.
-    fn park(&self) {
-        self.waiting.store(true, Relaxed);
-        self.quiet();
-    }
-
-    /// Whether requests are watched to the end of their bodies.
-    pub fn is_watched(&self) -> bool {
-        self.watched.load(Relaxed)
-    }
-
-    /// Notes that the connection has nothing in flight from now on.
-    fn quiet(&self) {
-        self.quiet_since
-            .store(crate::clock::monotonic_ms(), Relaxed);
-    }
-
-    /// When it went quiet (coarse ms), or `None` while a request is in flight.
-    pub fn quiet_since(&self) -> Option<u64> {
-        (self.in_flight.load(Relaxed) == 0).then(|| self.quiet_since.load(Relaxed))
-    }
-
-    /// Whether a request has started on the connection.
-    pub fn served_any(&self) -> bool {
-        self.served_any.load(Relaxed)
-    }
-
-    /// Whether the latest request came over HTTP/2.
-    pub fn is_http2(&self) -> bool {
-        self.http2.load(Relaxed)
-    }
-
-    /// Whether closing it now would cut no request: it waits for one (or, watched, has
-    /// none in flight).
-    pub fn evictable(&self) -> bool {
-        self.in_flight.load(Relaxed) == 0
-            && (self.waiting.load(Relaxed) || self.watched.load(Relaxed))
-    }
-
-    /// The client.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// Whether it was asked to close.
-    pub fn is_evicted(&self) -> bool {
-        self.evicted.load(Relaxed)
-    }
-
-    /// Asks the connection to close.
-    pub fn evict(&self) {
-        self.evicted.store(true, Relaxed);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(w) = task {
-            w.wake();
-        }
-    }
-
-    /// Whether it was asked to close; if not, the task of `cx` is woken when it is.
-    pub fn poll_evicted(&self, cx: &Context<'_>) -> bool {
-        if self.evicted.load(Relaxed) {
-            return true;
-        }
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *task = Some(cx.waker().clone());
-        }
-        drop(task);
-        // An eviction between the first check and the registration.
-        self.evicted.load(Relaxed)
-    }
-
-    /// Notes a request starting; the guard marks its response head as produced when dropped.
-    pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> InFlight {
-        use hyper::body::Body as _;
-        self.in_flight.fetch_add(1, Relaxed);
-        self.started.fetch_add(1, Relaxed);
-        self.waiting.store(false, Relaxed);
-        self.served_any.store(true, Relaxed);
-        self.http2
-            .store(req.version() == hyper::Version::HTTP_2, Relaxed);
-        self.latest_had_body
-            .store(!req.body().is_end_stream(), Relaxed);
-        let closing = req.version() < hyper::Version::HTTP_11
-            || req
-                .headers()
-                .get_all(hyper::header::CONNECTION)
-                .iter()
-                .any(|v| {
-                    v.as_bytes()
-                        .split(|b| *b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                });
-        self.closing.store(closing, Relaxed);
-        if req.method() == hyper::Method::CONNECT
-            || req.headers().contains_key(hyper::header::UPGRADE)
-        {
-            self.upgrade_asked.store(true, Relaxed);
-        }
-        InFlight(self.clone())
-    }
-
-    /// hyper may stop: it has served a request that keeps the connection alive, owes no
-    /// response head, reads no request body, and found the socket empty. Asked to stop now,
-    /// it finishes the response body in progress (if any), flushes, and stops without having
-    /// told the client anything (no `Connection: close`: every head is already written).
-    fn is_idle(&self) -> bool {
-        self.started.load(Relaxed) > 0
-            && self.in_flight.load(Relaxed) == 0
-            && !self.latest_had_body.load(Relaxed)
-            && !self.closing.load(Relaxed)
-            && !self.upgrade_asked.load(Relaxed)
-            && self.read_blocked.load(Relaxed)
-    }
-
-    fn reset(&self) {
-        self.started.store(0, Relaxed);
-        self.upgrade_asked.store(false, Relaxed);
-        self.parking.store(false, Relaxed);
-        self.read_blocked.store(false, Relaxed);
-    }
-}
-
-/// Held by a request's future until its response head exists (on a watched connection,
-/// until its response body ends).
-pub struct InFlight(Arc<Idle>);
-
-impl InFlight {
-    /// Whether its connection is watched (see [`Idle::watch`]).
-    pub fn is_watched(&self) -> bool {
-        self.0.is_watched()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 && self.0.is_watched() {
-            self.0.quiet();
-        }
-    }
-}
+use crate::{
+    conn_state::Idle,
+    listener::ConnService,
+};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
 /// stopped, then the stream. Its shutdown is skipped while parking.

@@ -12,10 +12,6 @@ use std::{
 
 use http_body_util::BodyExt as _;
 use hyper::{header::HeaderValue, Request, Uri};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
 use rand::Rng;
 use smallvec::SmallVec;
 
@@ -24,6 +20,7 @@ use crate::{
     connections::{Connections, SendError},
     exchange::Answer,
     forwarding::Forwarding,
+    h2_upstream::H2Target,
     Body,
 };
 
@@ -403,34 +400,8 @@ async fn probe(addr: SocketAddr, check: HealthCheck) -> bool {
 pub enum HttpClient {
     /// HTTP/1.1: pooled connections per target, indexed as [`Pool::targets`].
     Http1(Vec<Arc<Connections>>),
-    /// HTTP/2: hyper-util's client per target, indexed as [`Pool::targets`]; one
-    /// multiplexed connection per target and authority.
-    Http2(Vec<Client<ToTarget, Body>>),
-}
-
-/// Connects to one target whatever the request's URI names: an HTTP/2 upstream's
-/// `:authority` is the routed Host (RFC 9113 §8.3.1), not the target's address.
-#[derive(Clone, Debug)]
-pub struct ToTarget {
-    connector: HttpConnector,
-    target: Uri,
-}
-
-impl tower_service::Service<Uri> for ToTarget {
-    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
-    type Future = <HttpConnector as tower_service::Service<Uri>>::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.connector.poll_ready(cx)
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        self.connector.call(self.target.clone())
-    }
+    /// HTTP/2: one multiplexed connection per target, indexed as [`Pool::targets`].
+    Http2(Vec<Arc<H2Target>>),
 }
 
 impl HttpClient {
@@ -456,8 +427,8 @@ impl HttpClient {
                 };
                 c.send(req, forwarding).await
             }
-            HttpClient::Http2(clients) => {
-                let Some(client) = clients.get(i) else {
+            HttpClient::Http2(targets) => {
+                let Some(h2) = targets.get(i) else {
                     return Err(SendError::NoPool(target.addr));
                 };
                 forwarding.apply(req.headers_mut());
@@ -485,7 +456,7 @@ impl HttpClient {
                 {
                     *req.uri_mut() = uri;
                 }
-                let resp = client.request(req).await?;
+                let resp = h2.send(req).await?;
                 Ok(Answer {
                     response: resp.map(|b| b.map_err(Into::into).boxed()),
                     upgraded: None,
@@ -507,32 +478,10 @@ pub fn client(timeouts: &Timeouts, pool: &Pool) -> HttpClient {
                 .collect(),
         );
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(true);
     HttpClient::Http2(
         pool.targets
             .iter()
-            .map(|t| {
-                // A socket address is always a valid authority; were it not, the default URI
-                // has no host and connecting to it fails (502), never another target.
-                let target = Uri::builder()
-                    .scheme("http")
-                    .authority(t.authority.as_str())
-                    .path_and_query("/")
-                    .build()
-                    .unwrap_or_default();
-                b.build(ToTarget {
-                    connector: connector.clone(),
-                    target,
-                })
-            })
+            .map(|t| H2Target::new(t.addr, connect, idle))
             .collect(),
     )
 }

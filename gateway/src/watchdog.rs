@@ -34,7 +34,7 @@ use crate::{
     clock::monotonic_ms,
     listener::ConnService,
     metrics::{Closed, Metrics},
-    park::{Idle, InFlight},
+    conn_state::{Idle, InFlight},
     Body,
 };
 

@@ -225,6 +225,17 @@ fn an_http2_upstream_gets_one_authority_the_routed_one() {
             "H2.example",
         );
     }
+    // However many spellings of the Host, one connection to the target carries them all.
+    let mut connections = std::collections::HashSet::new();
+    for port in 1..=20 {
+        let r = send(
+            &gw,
+            &format!("GET /p HTTP/1.1\r\nHost: h2.example:{port:03}\r\n{close}"),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        connections.insert(r.json()["connection"].clone());
+    }
+    assert_eq!(connections.len(), 1, "{connections:?}");
     // HTTP/1.0 without Host: the target's address is the authority.
     let r = send(&gw, "GET /p HTTP/1.0\r\n");
     assert_eq!(r.status, 200, "{r:?}");

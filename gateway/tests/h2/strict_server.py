@@ -2,7 +2,8 @@
 """A strict h2c (prior knowledge) server built on python-hyper's h2, an HTTP/2 stack
 independent of the gateway's: it refuses, with GOAWAY PROTOCOL_ERROR, a request whose host
 field differs from its :authority (RFC 9113 §8.3.1), as strict servers do. Each request is
-answered 200 with JSON naming the :authority, the host fields and the path it received.
+answered 200 with JSON naming the :authority, the host fields and the path it received, and
+the number of the connection it came on.
 Usage: strict_server.py; prints the port it listens on (127.0.0.1), serves until killed."""
 
 import json
@@ -17,7 +18,7 @@ import h2.events
 import h2.exceptions
 
 
-def serve(sock):
+def serve(sock, number):
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
@@ -40,6 +41,7 @@ def serve(sock):
                     "authority": [v for k, v in fields if k == ":authority"],
                     "host": [v for k, v in fields if k == "host"],
                     "path": [v for k, v in fields if k == ":path"][0],
+                    "connection": number,
                     "headers": dict((k, v) for k, v in fields if not k.startswith(":")),
                 }).encode()
                 conn.send_headers(event.stream_id, [
@@ -55,9 +57,11 @@ def main():
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     print(listener.getsockname()[1], flush=True)
+    number = 0
     while True:
         sock, _ = listener.accept()
-        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+        number += 1
+        threading.Thread(target=serve, args=(sock, number), daemon=True).start()
 
 
 main()

@@ -1,0 +1,110 @@
+//! HTTP/2 upstreams: one multiplexed connection per target, whatever authority a request
+//! names. Each request's `:authority` is the Host that was routed on (RFC 9113 §8.3.1), so a
+//! pool keyed by authority (hyper-util's) would let clients open a connection per Host
+//! spelling; here the connection belongs to the target.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Weak,
+    },
+    time::Duration,
+};
+
+use hyper::{body::Incoming, client::conn::http2::SendRequest, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::{clock::monotonic_ms, connections::SendError, Body};
+
+/// The connection to one HTTP/2 target, opened on first use and again after it closes.
+pub struct H2Target {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// The live connection's sender. Held across a connect, so that concurrent requests
+    /// wait for one connection rather than each opening its own.
+    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    /// Last use (coarse ms): the connection is let go after `idle_timeout` unused.
+    last_used: AtomicU64,
+}
+
+impl H2Target {
+    /// A target at `addr`; its idle connection closes after `idle_timeout`, checked by a
+    /// task that ends with the target.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        let target = Arc::new(H2Target {
+            addr,
+            connect_timeout,
+            idle_timeout,
+            sender: tokio::sync::Mutex::new(None),
+            last_used: AtomicU64::new(monotonic_ms()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let every = (idle_timeout / 2).max(Duration::from_millis(100));
+            rt.spawn(reap(Arc::downgrade(&target), every));
+        }
+        target
+    }
+
+    /// Sends `req` (an absolute URI naming the `:authority`, no `host` field).
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let mut sender = self.sender().await?;
+        sender.send_request(req).await.map_err(SendError::Http2)
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, SendError> {
+        let mut slot = self.sender.lock().await;
+        self.last_used.store(monotonic_ms(), Relaxed);
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let addr = self.addr;
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| SendError::ConnectTimeout(addr))?
+            .map_err(|source| SendError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect {
+                addr,
+                source: std::io::Error::other(e),
+            })?;
+        // Ends once the upstream closes, or once every sender is dropped (idle) and the
+        // streams in flight are done.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 upstream connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Lets go of a connection unused for the idle timeout.
+    fn prune(&self) {
+        let idle = self.idle_timeout.as_millis() as u64;
+        if monotonic_ms().saturating_sub(self.last_used.load(Relaxed)) < idle {
+            return;
+        }
+        if let Ok(mut slot) = self.sender.try_lock() {
+            slot.take();
+        }
+    }
+}
+
+async fn reap(target: Weak<H2Target>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match target.upgrade() {
+            Some(t) => t.prune(),
+            None => return,
+        }
+    }
+}
