@@ -6,7 +6,10 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU32, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
         Arc,
     },
     task::Context,
@@ -15,7 +18,9 @@ use std::{
 use hyper::{body::Incoming, Request};
 
 /// What the socket wrapper, the service and the driver of one connection know of each
-/// other. All three are polled by the connection's one task, so relaxed atomics suffice.
+/// other. A plain HTTP/1.1 connection's are all polled by its one task; HTTP/2 streams and
+/// the listener's admission run on other threads, so the counts that decide whether the
+/// connection is idle are read with acquire and written with release ordering.
 #[derive(Debug)]
 pub struct Idle {
     /// The client (for logs; kept here, off the connection's task, which stays small).
@@ -53,6 +58,13 @@ pub struct Idle {
     pub(crate) evicted: AtomicBool,
     /// The connection's task, woken by an eviction.
     pub(crate) task: std::sync::Mutex<Option<std::task::Waker>>,
+    /// Requests waiting for their upstream: for their response head, or (watched) for the
+    /// next piece of their response body. While any does, the connection is not stalled.
+    pub(crate) upstream_waits: AtomicU32,
+    /// When a watched connection's responses last moved (coarse ms).
+    pub(crate) progress_at: AtomicU64,
+    /// Since when a write to the client has been blocked (coarse ms; 0: not blocked).
+    pub(crate) write_stalled_since: AtomicU64,
 }
 
 impl Idle {
@@ -74,6 +86,37 @@ impl Idle {
             quiet_since: AtomicU64::new(crate::clock::monotonic_ms()),
             evicted: AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
+            upstream_waits: AtomicU32::new(0),
+            progress_at: AtomicU64::new(0),
+            write_stalled_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that a request's response head exists (its upstream wait is over).
+    pub fn head_done(&self) {
+        if self.is_watched() {
+            self.progress_at
+                .store(crate::clock::monotonic_ms(), Relaxed);
+        }
+        self.upstream_waits.fetch_sub(1, Release);
+    }
+
+    /// Since when a busy watched connection's responses have not moved while none waits for
+    /// its upstream: the client is not taking what it asked for. `None` if it is quiet,
+    /// progressing or waiting for an upstream.
+    pub fn stalled_since(&self) -> Option<u64> {
+        (self.in_flight.load(Acquire) > 0 && self.upstream_waits.load(Acquire) == 0)
+            .then(|| self.progress_at.load(Relaxed))
+    }
+
+    /// Notes a write to the client that could not proceed (`blocked`) or did.
+    pub(crate) fn write_blocked(&self, blocked: bool) {
+        let since = self.write_stalled_since.load(Relaxed);
+        if blocked && since == 0 {
+            self.write_stalled_since
+                .store(crate::clock::monotonic_ms().max(1), Relaxed);
+        } else if !blocked && since != 0 {
+            self.write_stalled_since.store(0, Relaxed);
         }
     }
 
@@ -95,6 +138,11 @@ impl Idle {
         self.quiet();
     }
 
+    /// Whether a request on the current hyper instance asked for an upgrade.
+    pub fn upgrade_asked(&self) -> bool {
+        self.upgrade_asked.load(Relaxed)
+    }
+
     /// Whether requests are watched to the end of their bodies.
     pub fn is_watched(&self) -> bool {
         self.watched.load(Relaxed)
@@ -108,7 +156,7 @@ impl Idle {
 
     /// When it went quiet (coarse ms), or `None` while a request is in flight.
     pub fn quiet_since(&self) -> Option<u64> {
-        (self.in_flight.load(Relaxed) == 0).then(|| self.quiet_since.load(Relaxed))
+        (self.in_flight.load(Acquire) == 0).then(|| self.quiet_since.load(Relaxed))
     }
 
     /// Whether a request has started on the connection.
@@ -124,8 +172,14 @@ impl Idle {
     /// Whether closing it now would cut no request: it waits for one (or, watched, has
     /// none in flight).
     pub fn evictable(&self) -> bool {
-        self.in_flight.load(Relaxed) == 0
-            && (self.waiting.load(Relaxed) || self.watched.load(Relaxed))
+        self.in_flight.load(Acquire) == 0
+            && (self.waiting.load(Relaxed)
+                || self.watched.load(Relaxed)
+                // A busy HTTP/1.1 connection between requests, not yet parked.
+                || (self.started.load(Relaxed) > 0
+                    && self.read_blocked.load(Relaxed)
+                    && !self.latest_had_body.load(Relaxed)
+                    && !self.closing.load(Relaxed)))
     }
 
     /// The client.
@@ -136,6 +190,11 @@ impl Idle {
     /// Whether it was asked to close.
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Relaxed)
+    }
+
+    /// Notes that the connection's driver is gone: it is never picked for eviction.
+    pub fn ended(&self) {
+        self.evicted.store(true, Relaxed);
     }
 
     /// Asks the connection to close.
@@ -164,7 +223,8 @@ impl Idle {
     /// Notes a request starting; the guard marks its response head as produced when dropped.
     pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> InFlight {
         use hyper::body::Body as _;
-        self.in_flight.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Release);
+        self.upstream_waits.fetch_add(1, Release);
         self.started.fetch_add(1, Relaxed);
         self.waiting.store(false, Relaxed);
         self.served_any.store(true, Relaxed);
@@ -221,13 +281,23 @@ impl InFlight {
     pub fn is_watched(&self) -> bool {
         self.0.is_watched()
     }
+
+    /// Its connection's state.
+    pub fn idle(&self) -> &Idle {
+        &self.0
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 && self.0.is_watched() {
-            self.0.quiet();
-        }
+        // The time first, so that whoever sees no request in flight sees when that began.
+        self.0.quiet();
+        self.0.in_flight.fetch_sub(1, Release);
     }
 }
 
+/// What keeps a client connection's admission (its slot under `max_connections`): held by
+/// the connection, and by the tunnel of a request that upgrades it, which outlives hyper's
+/// part of the connection.
+#[derive(Clone)]
+pub struct ConnHold(pub Arc<dyn Send + Sync>);

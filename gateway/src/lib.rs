@@ -39,6 +39,7 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod watchdog;
 

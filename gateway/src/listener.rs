@@ -26,8 +26,8 @@ use tracing::{debug, warn};
 
 use crate::{
     config::Listener,
+    conn_state::{ConnHold, Idle},
     metrics::{Closed, Metrics},
-    conn_state::Idle,
     park::{self, Plain},
     proxy::{self, Conn, Runtime},
     watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
@@ -151,6 +151,7 @@ pub async fn serve(
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: tls.is_some(),
             max_body: config.max_body_bytes,
+            tunnel_idle: deadlines.stream_idle,
             paths: crate::path::PathRules {
                 merge_slashes: config.merge_slashes,
                 escaped_slashes: config.escaped_slashes,
@@ -219,16 +220,30 @@ impl Accepted {
             peer: idle.peer(),
             ..self.conn
         };
+        let guard = Arc::new(ConnGuard {
+            metrics: self.metrics.clone(),
+            _admitted: admitted,
+        });
+        guard
+            .metrics
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
         let runtime = self.runtime.clone();
         let service_metrics = self.metrics.clone();
         let service_idle = idle.clone();
-        let serve_request = move |req: Request<Incoming>| {
+        let hold = ConnHold(guard.clone());
+        let serve_request = move |mut req: Request<Incoming>| {
             // The generation in force now serves this request to the end.
             let rt = runtime.load_full();
             let metrics = service_metrics.clone();
             let in_flight = service_idle.start(&req);
+            if service_idle.upgrade_asked() {
+                // An upgrade's tunnel outlives hyper's connection: it keeps the slot.
+                req.extensions_mut().insert(hold.clone());
+            }
             async move {
                 let response = proxy::handle(rt, metrics, conn, req).await;
+                in_flight.idle().head_done();
                 // A watched connection stays busy until the response body ends.
                 let response = if in_flight.is_watched() {
                     Tracked::wrap(response, in_flight)
@@ -239,14 +254,6 @@ impl Accepted {
                 Ok::<_, std::convert::Infallible>(response)
             }
         };
-        let guard = ConnGuard {
-            metrics: self.metrics.clone(),
-            _admitted: admitted,
-        };
-        guard
-            .metrics
-            .active_connections
-            .fetch_add(1, Ordering::Relaxed);
         // Two task shapes, so that a plain connection's task does not carry the size of a
         // TLS one (a task's future is allocated whole for the connection's lifetime).
         match &self.tls {

@@ -112,6 +112,8 @@ pub struct Metrics {
 pub enum Closed {
     /// A phase's deadline passed (TLS handshake, first request, keep-alive or HTTP/2 idle).
     Deadline,
+    /// The client stopped taking a response (`stream_idle_timeout_ms`).
+    Stalled,
     /// Closed while idle to admit a new connection at `max_connections`.
     Evicted,
     /// Refused at `max_connections` with no idle connection to close.
@@ -122,8 +124,9 @@ pub enum Closed {
 
 impl Closed {
     /// Every reason, in counter order.
-    pub const ALL: [Closed; 4] = [
+    pub const ALL: [Closed; 5] = [
         Closed::Deadline,
+        Closed::Stalled,
         Closed::Evicted,
         Closed::OverLimit,
         Closed::OverClientLimit,
@@ -132,6 +135,7 @@ impl Closed {
     fn label(self) -> &'static str {
         match self {
             Closed::Deadline => "deadline",
+            Closed::Stalled => "stalled",
             Closed::Evicted => "evicted",
             Closed::OverLimit => "over_limit",
             Closed::OverClientLimit => "over_client_limit",

@@ -40,10 +40,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{
-    conn_state::Idle,
-    listener::ConnService,
-};
+use crate::{conn_state::Idle, listener::ConnService};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
 /// stopped, then the stream. Its shutdown is skipped while parking.
@@ -78,7 +75,10 @@ impl hyper::rt::Write for ParkIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.idle.write_blocked(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -86,7 +86,10 @@ impl hyper::rt::Write for ParkIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.idle.write_blocked(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -240,6 +243,8 @@ pub struct Connection<S: hyper::service::HttpService<Incoming>, G> {
     idle_since: (u32, u32),
     /// The sweep epoch in which this connection last asked to be woken (or `NEVER`).
     sweep_asked: u32,
+    /// The write stall (its start, coarse ms) the timer is set for.
+    stall_armed: u64,
     _guard: G,
 }
 
@@ -281,6 +286,7 @@ where
             served: 0,
             idle_since: (NEVER, 0),
             sweep_asked: NEVER,
+            stall_armed: 0,
             _guard: guard,
         }
     }
@@ -310,7 +316,9 @@ where
             return Poll::Ready(false);
         }
         if !fresh {
-            // The next request began: its head is due within the head timeout.
+            // The next request began: its head is due within the head timeout, and the
+            // connection is no longer the idlest to close under pressure.
+            self.idle.quiet();
             self.timer
                 .as_mut()
                 .reset(Instant::now() + self.plain.deadlines.header_read);
@@ -395,6 +403,19 @@ where
         }
         let mut result = conn.as_mut().poll(cx);
         if result.is_pending()
+            && client_stalled(
+                &self.idle,
+                &mut self.timer,
+                &mut self.stall_armed,
+                self.plain.deadlines.stream_idle,
+                cx,
+            )
+        {
+            debug!(peer = %self.idle.peer, "the client took no response data in time; closing");
+            self.plain.metrics.closed(crate::metrics::Closed::Stalled);
+            return Poll::Ready(false);
+        }
+        if result.is_pending()
             && !self.stopping
             && !self.idle.parking.load(Relaxed)
             && self.idle.is_idle()
@@ -466,8 +487,40 @@ where
     }
 }
 
+/// Whether a write to the client has been blocked for `stream_idle` (it does not read its
+/// response); if for less, `timer` (set for the stall that began at `armed`) wakes the task
+/// when it would be.
+fn client_stalled(
+    idle: &Idle,
+    timer: &mut Pin<Box<Sleep>>,
+    armed: &mut u64,
+    stream_idle: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let since = idle.write_stalled_since.load(Relaxed);
+    if since == 0 || idle.started.load(Relaxed) == 0 {
+        return false;
+    }
+    let due = since.saturating_add(stream_idle.as_millis() as u64);
+    let now = crate::clock::monotonic_ms();
+    if now >= due {
+        return true;
+    }
+    if *armed != since {
+        *armed = since;
+        timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_millis(due - now));
+    }
+    let _ = timer.as_mut().poll(cx);
+    false
+}
+
 impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {
     fn drop(&mut self) {
+        // An upgraded socket lives on in its tunnel (which keeps the state alive): nothing
+        // is left here to close for a newcomer.
+        self.idle.ended();
         if self.parked {
             self.plain.metrics.parked_connections.fetch_sub(1, Relaxed);
         }

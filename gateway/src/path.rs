@@ -63,9 +63,12 @@ pub enum PathError {
     /// `%` without two hex digits after it.
     #[error("the path has a malformed percent-encoding")]
     BadEscape,
-    /// Not starting with `/`.
+    /// Not starting with `/` (nor the `*` of `OPTIONS`).
     #[error("the path does not start with '/'")]
     NotAbsolute,
+    /// The normalized target could not be made into a URI again.
+    #[error("the request target cannot be normalized")]
+    Invalid,
 }
 
 /// Whether `path` may need changing: it has an escape, a backslash, a dot segment's start or

@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use crate::{
     client_body::{BodyFault, ClientBody, FaultCell},
     config::{Config, Route},
+    conn_state::ConnHold,
     exchange::{Answer, Upgraded},
     forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
     metrics::Metrics,
@@ -191,6 +192,8 @@ pub struct Conn {
     pub max_body: u64,
     /// How request paths are normalized.
     pub paths: crate::path::PathRules,
+    /// How long an upgraded connection's tunnel may carry nothing.
+    pub tunnel_idle: Duration,
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded.
@@ -409,22 +412,34 @@ fn host_of<B>(req: &Request<B>) -> Result<HostName, &'static str> {
 }
 
 /// The target's path normalized (see [`crate::path`]), with its query as it came; `None`
-/// when it is already normal.
+/// when it is already normal. An empty path (`http://h?q` in absolute form, or an HTTP/2
+/// `:path` of `?q`) is `/`, which is what it is routed as; `*` is only for `OPTIONS`.
 fn normalized_target(
     uri: &Uri,
+    method: &hyper::Method,
     rules: crate::path::PathRules,
 ) -> Result<Option<Uri>, crate::path::PathError> {
-    let std::borrow::Cow::Owned(path) = crate::path::normalize(uri.path(), rules)? else {
+    use crate::path::PathError;
+    let raw = uri.path_and_query().map_or("", |p| p.as_str());
+    if raw == "*" && method != hyper::Method::OPTIONS {
+        return Err(PathError::NotAbsolute);
+    }
+    let normal = crate::path::normalize(uri.path(), rules)?;
+    let starts_with_path = raw.starts_with('/') || raw == "*";
+    if matches!(normal, std::borrow::Cow::Borrowed(_)) && starts_with_path {
         return Ok(None);
+    }
+    let target = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal.into_owned(),
     };
     let mut parts = uri.clone().into_parts();
-    let target = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
     // Normalization adds only unreserved characters and escapes: still a valid target.
-    parts.path_and_query = hyper::http::uri::PathAndQuery::try_from(target).ok();
-    Ok(Uri::from_parts(parts).ok())
+    parts.path_and_query =
+        Some(hyper::http::uri::PathAndQuery::try_from(target).map_err(|_| PathError::Invalid)?);
+    Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| PathError::Invalid)
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -561,7 +576,7 @@ async fn serve<'rt>(
         }
     }
     // The path is routed, checked by policies and forwarded in one normal form.
-    match normalized_target(req.uri(), conn.paths) {
+    match normalized_target(req.uri(), req.method(), conn.paths) {
         Ok(None) => {}
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Err(e) => return (problem(StatusCode::BAD_REQUEST, &e.to_string()), "-", None),
@@ -661,6 +676,18 @@ async fn serve<'rt>(
             }
             Err(refusal) => return (*refusal, name, consumer),
         }
+        // A request transform may have rewritten the path: what goes upstream is normal too.
+        match normalized_target(&parts.uri, &parts.method, conn.paths) {
+            Ok(None) => {}
+            Ok(Some(uri)) => parts.uri = uri,
+            Err(e) => {
+                return (
+                    problem(StatusCode::BAD_REQUEST, &e.to_string()),
+                    name,
+                    consumer,
+                )
+            }
+        }
     }
     let head = parts.method == hyper::Method::HEAD;
     // Concurrency slots live as long as the response body, or as an upgraded tunnel (which
@@ -745,6 +772,7 @@ async fn forward(
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let body_fault = parts.extensions.remove::<FaultCell>();
     let held = parts.extensions.remove::<Arc<Held>>();
+    let hold = parts.extensions.remove::<ConnHold>();
     // (Hop-by-hop headers were removed in `serve`, before the policies.)
     let forwarding = Forwarding::new(
         &parts.headers,
@@ -903,7 +931,12 @@ async fn forward(
                     continue;
                 }
                 if status == 101 {
-                    return switch_protocols(resp, upgraded, client_upgrade, upgrade, held);
+                    let tunnel = Tunnel {
+                        held,
+                        hold,
+                        idle: conn.tunnel_idle,
+                    };
+                    return switch_protocols(resp, upgraded, client_upgrade, upgrade, tunnel);
                 }
                 let (mut rp, body) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
@@ -971,13 +1004,22 @@ fn body_refused(fault: Option<BodyFault>) -> Response<Body> {
     }
 }
 
+/// What an upgraded connection's tunnel keeps for its life, and its idle limit.
+struct Tunnel {
+    /// The request's concurrency slots.
+    held: Option<Arc<Held>>,
+    /// The client connection's admission.
+    hold: Option<ConnHold>,
+    idle: Duration,
+}
+
 /// Answers 101 to the client and joins the two upgraded connections.
 fn switch_protocols(
     resp: Response<Body>,
     upstream: Option<Upgraded>,
     client: Option<hyper::upgrade::OnUpgrade>,
     protocol: Option<HeaderValue>,
-    held: Option<Arc<Held>>,
+    tunnel: Tunnel,
 ) -> Response<Body> {
     let (Some(client), Some(protocol), Some(upstream)) = (client, protocol, upstream) else {
         return problem(
@@ -989,22 +1031,14 @@ fn switch_protocols(
     strip_hop_by_hop(&mut rp.headers);
     keep_upgrade(&mut rp.headers, protocol);
     tokio::spawn(async move {
-        // Concurrency slots stay taken while the tunnel is open.
-        let _held = held;
+        // Concurrency slots and the connection's admission stay taken while the tunnel is
+        // open.
+        let _kept = (tunnel.held, tunnel.hold);
         match client.await {
             Ok(c) => {
-                let mut c = hyper_util::rt::TokioIo::new(c);
-                let Upgraded {
-                    stream: mut u,
-                    read_ahead,
-                } = upstream;
-                // What the target sent right after its 101 goes first.
-                use tokio::io::AsyncWriteExt as _;
-                let joined = async {
-                    c.write_all(&read_ahead).await?;
-                    tokio::io::copy_bidirectional(&mut c, &mut u).await
-                };
-                if let Err(e) = joined.await {
+                let c = hyper_util::rt::TokioIo::new(c);
+                let Upgraded { stream, read_ahead } = upstream;
+                if let Err(e) = crate::tunnel::join(c, stream, read_ahead, tunnel.idle).await {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }
             }

@@ -7,7 +7,9 @@
 //!   `first_request_timeout_ms`, from the connection's start (after TLS);
 //! - a request head once begun: `header_read_timeout_ms` (hyper's HTTP/1.1 head timer);
 //! - HTTP/1.1 waiting for the next request: `keepalive_timeout_ms`;
-//! - HTTP/2 with no request in flight: `http2_idle_timeout_ms`, then GOAWAY and close.
+//! - HTTP/2 with no request in flight: `http2_idle_timeout_ms`, then GOAWAY and close;
+//! - a response the client stops taking (it does not read, or withholds HTTP/2 flow-control
+//!   credit) while nothing waits for an upstream: `stream_idle_timeout_ms`, then closed.
 //!
 //! Plain HTTP/1.1 connections keep theirs in [`crate::park`]; every other connection (TLS,
 //! HTTP/2 by prior knowledge) is served through [`serve`], which watches the connection's
@@ -19,7 +21,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{atomic::Ordering, Arc, Mutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -32,9 +34,9 @@ use tracing::debug;
 
 use crate::{
     clock::monotonic_ms,
+    conn_state::{Idle, InFlight},
     listener::ConnService,
     metrics::{Closed, Metrics},
-    conn_state::{Idle, InFlight},
     Body,
 };
 
@@ -53,6 +55,8 @@ pub struct Deadlines {
     pub keepalive: Duration,
     /// HTTP/2 with no request in flight.
     pub http2_idle: Duration,
+    /// A response the client has stopped taking.
+    pub stream_idle: Duration,
 }
 
 impl Deadlines {
@@ -64,7 +68,16 @@ impl Deadlines {
             header_read: ms(l.header_read_timeout_ms),
             keepalive: ms(l.keepalive_timeout_ms),
             http2_idle: ms(l.http2_idle_timeout_ms),
+            stream_idle: ms(l.stream_idle_timeout_ms),
         }
+    }
+
+    /// How often a busy connection is looked at again.
+    fn recheck(&self) -> Duration {
+        self.first_request
+            .min(self.keepalive)
+            .min(self.http2_idle)
+            .min(self.stream_idle)
     }
 
     /// How long `idle` may stay quiet in the phase it is in.
@@ -85,6 +98,12 @@ fn due(idle: &Idle, deadlines: &Deadlines) -> Option<u64> {
     Some(since.saturating_add(deadlines.quiet_limit(idle).as_millis() as u64))
 }
 
+/// When the busy connection `idle`, whose client takes nothing, is due to close.
+fn stall_due(idle: &Idle, deadlines: &Deadlines) -> Option<u64> {
+    let since = idle.stalled_since()?;
+    Some(since.saturating_add(deadlines.stream_idle.as_millis() as u64))
+}
+
 /// Serves one watched connection (see [`Idle::watch`]) until it ends: politely when `stop`
 /// changes (GOAWAY, `Connection: close` on the response in flight); closed when it stays
 /// quiet past its phase's deadline or is evicted (HTTP/2 gets GOAWAY, then a grace period).
@@ -100,20 +119,31 @@ pub async fn serve<I, S>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: ConnService,
 {
+    /// Marks the connection's end however `serve` returns.
+    struct Ended<'a>(&'a Idle);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            self.0.ended();
+        }
+    }
+    let _ended = Ended(&idle);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // Set once the connection was asked to end: then only the grace period is watched.
     let mut closing: Option<tokio::time::Instant> = None;
     let peer = idle.peer();
     loop {
+        let at_ms = |at: u64| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(monotonic_ms()))
+        };
         let check = match (closing, due(&idle, &deadlines)) {
             (Some(at), _) => at,
-            (None, Some(at)) => {
-                tokio::time::Instant::now()
-                    + Duration::from_millis(at.saturating_sub(monotonic_ms()))
-            }
-            // Busy: look again after the shortest deadline.
-            (None, None) => tokio::time::Instant::now() + deadlines.keepalive,
+            (None, Some(at)) => at_ms(at),
+            // Busy: look again after the shortest deadline, or when a stall would be due.
+            (None, None) => match stall_due(&idle, &deadlines) {
+                Some(at) => at_ms(at).min(tokio::time::Instant::now() + deadlines.recheck()),
+                None => tokio::time::Instant::now() + deadlines.recheck(),
+            },
         };
         let evicted = std::future::poll_fn(|cx| {
             if idle.poll_evicted(cx) {
@@ -155,6 +185,11 @@ pub async fn serve<I, S>(
                     metrics.closed(Closed::Deadline);
                     conn.as_mut().graceful_shutdown();
                     closing = Some(tokio::time::Instant::now() + GRACE);
+                } else if stall_due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
+                    // A graceful end would wait for the response the client does not take.
+                    debug!(%peer, "the client took no response data in time; closing");
+                    metrics.closed(Closed::Stalled);
+                    return;
                 }
             }
         }
@@ -162,10 +197,13 @@ pub async fn serve<I, S>(
 }
 
 /// A response body that holds its request's [`InFlight`] until it ends, so a watched
-/// connection counts as busy while a response streams.
+/// connection counts as busy while a response streams, and notes its progress: when it
+/// waits for the upstream, and when the client last took a piece.
 pub struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// Counted in the connection's `upstream_waits`.
+    waiting: bool,
 }
 
 impl Tracked {
@@ -175,10 +213,22 @@ impl Tracked {
         resp.map(|body| {
             Tracked {
                 body,
-                _in_flight: in_flight,
+                in_flight,
+                waiting: false,
             }
             .boxed()
         })
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.in_flight
+                .idle()
+                .upstream_waits
+                .fetch_sub(1, Ordering::Release);
+        }
     }
 }
 
@@ -190,7 +240,24 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        let idle = this.in_flight.idle();
+        match (&r, this.waiting) {
+            (Poll::Pending, false) => {
+                this.waiting = true;
+                idle.upstream_waits.fetch_add(1, Ordering::Release);
+            }
+            (Poll::Ready(_), true) => {
+                this.waiting = false;
+                idle.upstream_waits.fetch_sub(1, Ordering::Release);
+            }
+            _ => {}
+        }
+        if r.is_ready() {
+            idle.progress_at.store(monotonic_ms(), Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -209,6 +276,8 @@ pub struct Admission {
     max: usize,
     /// Every admitted connection's state, to find an idle one to close.
     live: Mutex<Vec<Weak<Idle>>>,
+    /// Where the next eviction scan starts in `live`.
+    cursor: std::sync::atomic::AtomicUsize,
     /// Open connections by client address, when limited.
     per_client: Option<(usize, Mutex<HashMap<IpAddr, usize>>)>,
     metrics: Arc<Metrics>,
@@ -268,6 +337,11 @@ impl Pending {
     }
 }
 
+/// Most registry entries one eviction looks at.
+const EVICTION_SCAN: usize = 1024;
+/// Idle connections compared per eviction: the oldest of them is closed.
+const EVICTION_CANDIDATES: usize = 32;
+
 /// How long a newcomer waits for the slot of the idle connection closed for it.
 const SLOT_WAIT: Duration = Duration::from_secs(2);
 
@@ -278,6 +352,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(l.max_connections)),
             max: l.max_connections,
             live: Mutex::new(Vec::new()),
+            cursor: std::sync::atomic::AtomicUsize::new(0),
             per_client: l
                 .max_connections_per_client
                 .map(|n| (n, Mutex::new(HashMap::new()))),
@@ -347,16 +422,42 @@ impl Admission {
         }
     }
 
-    /// Closes the connection quiet the longest; false if none is idle.
+    /// Closes the connection quiet the longest among those looked at; false if none is
+    /// idle. At most [`EVICTION_SCAN`] entries are looked at per call, from where the last
+    /// call stopped (as Redis samples for LRU eviction): a flood of newcomers against a
+    /// listener full of busy connections costs each a bounded scan, not one of every
+    /// connection.
     fn evict_one(&self) -> bool {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = live
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|i| i.evictable() && !i.is_evicted())
-            .min_by_key(|i| i.quiet_since().unwrap_or(u64::MAX));
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let n = live.len();
+        if n == 0 {
+            return false;
+        }
+        let mut cursor = self.cursor.load(Ordering::Relaxed) % n;
+        let mut oldest: Option<(u64, Arc<Idle>)> = None;
+        let mut candidates = 0;
+        for _ in 0..n.min(EVICTION_SCAN) {
+            if let Some(i) = live[cursor].upgrade() {
+                if i.evictable() && !i.is_evicted() {
+                    let since = i.quiet_since().unwrap_or(u64::MAX);
+                    if oldest.as_ref().is_none_or(|(s, _)| since < *s) {
+                        oldest = Some((since, i));
+                    }
+                    candidates += 1;
+                    if candidates == EVICTION_CANDIDATES {
+                        break;
+                    }
+                }
+            }
+            cursor = (cursor + 1) % n;
+        }
+        self.cursor.store(cursor, Ordering::Relaxed);
+        // Dead entries go once they outnumber the limit.
+        if n >= 2 * self.max + 64 {
+            live.retain(|w| w.strong_count() > 0);
+        }
         drop(live);
-        let Some(i) = oldest else {
+        let Some((_, i)) = oldest else {
             return false;
         };
         debug!(peer = %i.peer(), "closing the longest-idle connection to admit another");

@@ -21,14 +21,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LIMIT: u64 = 600;
 
 /// A gateway whose listener has every deadline at [`LIMIT`] (or `limit_ms`), `extra` listener
-/// lines, and one route to `up` (whose `/slow` answers after 1.5 s).
+/// lines, and one route to `up` (whose `/slow` answers after 1.5 s: longer than every
+/// deadline, which waiting for an upstream must not trip).
 fn gateway(up: SocketAddr, extra: &str, limit_ms: u64) -> Gateway {
     Gateway::start(&format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n\
          [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
          header_read_timeout_ms = {limit_ms}\ntls_handshake_timeout_ms = {limit_ms}\n\
          first_request_timeout_ms = {limit_ms}\nkeepalive_timeout_ms = {limit_ms}\n\
-         http2_idle_timeout_ms = {limit_ms}\n{extra}\n\n\
+         http2_idle_timeout_ms = {limit_ms}\nstream_idle_timeout_ms = {limit_ms}\n{extra}\n\n\
          [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
          [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 5000 }}\n"
     ))
@@ -382,4 +383,134 @@ fn connections_per_client_address_are_limited() {
     std::thread::sleep(Duration::from_millis(200));
     let r = support::request(gw.http, "GET", "/", &[], "");
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// 8 MiB behind nginx, for clients that stop reading.
+fn big_file_gateway(extra: &str) -> (Gateway, support::Nginx, Scratch) {
+    let root = Scratch::new("deadline-big");
+    std::fs::write(root.0.join("big"), vec![b'x'; 8 << 20]).expect("file");
+    let nginx = support::Nginx::serve(&root.0);
+    let gw = gateway(nginx.addr, extra, LIMIT);
+    (gw, nginx, root)
+}
+
+/// Waits up to 5 s for a metric to reach `want`.
+fn reaches(gw: &Gateway, series: &str, want: f64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if metric(gw, series) >= want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+const STALLED: &str = "sluice_gateway_connections_closed_total{reason=\"stalled\"}";
+
+#[test]
+fn a_client_that_stops_taking_its_response_is_closed() {
+    // HTTP/1.1: the client asks for 8 MiB and reads nothing.
+    let (gw, _nginx, _root) = big_file_gateway("");
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    assert!(
+        reaches(&gw, STALLED, 1.0),
+        "the stalled HTTP/1.1 client was not closed"
+    );
+    let (_, got) = until_closed(&mut s);
+    assert!(got.len() < 8 << 20, "the whole body came: {}", got.len());
+    // HTTP/2: the client never gives flow-control credit back after its first 64 KiB.
+    let rt = runtime();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::get("http://x/big")
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response head");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = 0;
+        // Read what the window allows, releasing nothing.
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), body.data()).await
+        {
+            got += chunk.len();
+        }
+        assert!(got < 8 << 20, "{got}");
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the stalled HTTP/2 connection was closed");
+    });
+    assert!(reaches(&gw, STALLED, 2.0));
+}
+
+#[test]
+fn an_upgraded_connection_keeps_its_slot_and_ends_when_idle() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = runtime();
+    let echo = support::websocket_echo(&rt);
+    // Tunnels end after this long without traffic.
+    const TUNNEL_IDLE: u64 = 1500;
+    let gw = gateway(echo, "max_connections = 2", TUNNEL_IDLE);
+    let addr = gw.http;
+
+    rt.block_on(async move {
+        let open = || async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (ws, resp) = tokio_tungstenite::client_async("ws://test.local/ws", tcp)
+                .await
+                .expect("handshake through the gateway");
+            assert_eq!(resp.status(), 101);
+            ws
+        };
+        let mut a = open().await;
+        let mut b = open().await;
+
+        // Both tunnels hold their slots, and neither is idle for eviction: a third
+        // connection is refused.
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        third
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+            .await
+            .expect("refused at once")
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "a third connection was served past max_connections = 2"
+        );
+        // Traffic keeps a tunnel open past the idle deadline; silence ends it.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(TUNNEL_IDLE * 2) {
+            a.send(Message::Text("ping".into())).await.expect("send");
+            let back = a.next().await.expect("frame").expect("message");
+            assert_eq!(back, Message::Text("ping".into()));
+            tokio::time::sleep(Duration::from_millis(TUNNEL_IDLE / 4)).await;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), b.next())
+            .await
+            .expect("the idle tunnel was closed");
+        assert!(
+            start.elapsed() < Duration::from_millis(TUNNEL_IDLE * 4),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+        // Its slot is free again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _c = open().await;
+        drop(a);
+    });
 }

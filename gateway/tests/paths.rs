@@ -234,3 +234,40 @@ fn the_upstream_gets_the_path_the_route_matched() {
     // Still refused: climbing above the root.
     assert_eq!(request(gw.http, "GET", "/a/../..", &[], "").status, 400);
 }
+
+#[test]
+fn targets_without_a_path_and_rewritten_paths_are_forwarded_as_routed() {
+    let rt = runtime();
+    let up = upstream(&rt, "echo", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&config(&format!(
+        "[[upstream]]\nname = \"echo\"\ntargets = [{{ address = \"{}\" }}]\n\n\
+         [[route]]\nname = \"v1\"\npath = {{ prefix = \"/v1\" }}\nupstream = \"echo\"\n\
+         [route.request_transform]\nrewrite = {{ regex = \"^/v1/(.*)$\", replacement = \"/v1/$1/../../x\" }}\n\n\
+         [[route]]\nname = \"r\"\nupstream = \"echo\"\n",
+        up.addr
+    )));
+    let ask = |target: &str| {
+        raw(
+            gw.http,
+            format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    // An absolute-form target with no path is routed as `/`, and forwarded as `/`.
+    let r = ask("http://test.local?q=1");
+    assert_eq!(
+        (r.status, r.json()["path"].as_str()),
+        (200, Some("/?q=1")),
+        "{r:?}"
+    );
+    // `*` is the target of OPTIONS alone.
+    let r = ask("*");
+    assert_eq!(r.status, 400, "{r:?}");
+    // A rewrite's result is normalized before it goes upstream.
+    let r = ask("/v1/a");
+    assert_eq!(
+        (r.status, r.json()["path"].as_str()),
+        (200, Some("/x")),
+        "{r:?}"
+    );
+}

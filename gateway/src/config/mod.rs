@@ -196,6 +196,10 @@ pub struct Listener {
     /// GOAWAY and closed.
     #[serde(default = "default_http2_idle")]
     pub http2_idle_timeout_ms: u64,
+    /// How long a response may go untaken by its client (it does not read, or withholds
+    /// HTTP/2 flow-control credit) while nothing waits for an upstream.
+    #[serde(default = "default_stream_idle")]
+    pub stream_idle_timeout_ms: u64,
     /// Most open connections from one client address (absent: no limit).
     #[serde(default)]
     pub max_connections_per_client: Option<usize>,
@@ -250,6 +254,9 @@ fn default_header_timeout() -> u64 {
 }
 fn default_http2_idle() -> u64 {
     60_000
+}
+fn default_stream_idle() -> u64 {
+    300_000
 }
 fn default_header_bytes() -> usize {
     16 * 1024
@@ -632,6 +639,10 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
+/// The longest connection deadline accepted (a day): far beyond any use, and safely
+/// added to a clock.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 /// Semantic checks. `Err((field, reason))`.
 pub fn validate(c: &Config) -> Result<(), (String, String)> {
     let bad = |f: String, r: &str| Err((f, r.to_string()));
@@ -653,9 +664,13 @@ pub fn validate(c: &Config) -> Result<(), (String, String)> {
             ("first_request_timeout_ms", l.first_request_timeout_ms),
             ("keepalive_timeout_ms", l.keepalive_timeout_ms),
             ("http2_idle_timeout_ms", l.http2_idle_timeout_ms),
+            ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
         ] {
-            if ms == 0 {
-                return bad(format!("{at}.{field}"), "must be greater than 0");
+            if ms == 0 || ms > MAX_TIMEOUT_MS {
+                return bad(
+                    format!("{at}.{field}"),
+                    "must be greater than 0 and at most a day (86400000)",
+                );
             }
         }
         if l.max_connections_per_client == Some(0) {

@@ -152,7 +152,10 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
             .args(["run", "--workers", "2", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
