@@ -10,7 +10,8 @@
 //!   listener says so (Envoy's `path_with_escaped_slashes_action`);
 //! - `//` runs become one `/` (a setting, on by default);
 //! - dot segments are removed (§5.2.4), after decoding, so `%2e%2e` is `..`; a path that
-//!   climbs above the root is refused rather than clamped.
+//!   climbs above the root is refused rather than clamped, and so is a dot segment with
+//!   parameters (`..;`), which some upstreams resolve as `..`.
 //!
 //! The result is a fixed point: normalizing it again changes nothing.
 
@@ -66,6 +67,10 @@ pub enum PathError {
     /// Not starting with `/` (nor the `*` of `OPTIONS`).
     #[error("the path does not start with '/'")]
     NotAbsolute,
+    /// `.;` or `..;`: a dot segment with path parameters, which Tomcat and Jetty read as a
+    /// dot segment (`/pub/..;/private`).
+    #[error("the path has a dot segment with parameters (..;)")]
+    DotParameters,
     /// The normalized target could not be made into a URI again.
     #[error("the request target cannot be normalized")]
     Invalid,
@@ -156,6 +161,9 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
             }
             b"" if last => trailing = true,
             b"" if rules.merge_slashes => {}
+            _ if seg.starts_with(b".;") || seg.starts_with(b"..;") => {
+                return Err(PathError::DotParameters)
+            }
             _ => {
                 kept.push(seg);
                 trailing = false;
@@ -235,6 +243,9 @@ mod tests {
             ("/a%zz", PathError::BadEscape),
             ("/a%2", PathError::BadEscape),
             ("/a%", PathError::BadEscape),
+            ("/pub/..;/private", PathError::DotParameters),
+            ("/pub/%2e%2e;x=1/private", PathError::DotParameters),
+            ("/pub/.;/x", PathError::DotParameters),
             ("a/b", PathError::NotAbsolute),
         ] {
             assert_eq!(n(raw), Err(why), "{raw}");

@@ -344,7 +344,7 @@ fn host_end(h: &[u8]) -> Option<usize> {
     (port_ok && host_ok).then_some(end)
 }
 
-/// The request's host, lowercase and without its port.
+/// The request's host, lowercase, without its port or a trailing dot.
 enum HostName {
     /// The first `.1` bytes of the client's Host value, already lowercase (no copy).
     Shared(HeaderValue, usize),
@@ -397,11 +397,20 @@ fn host_of<B>(req: &Request<B>) -> Result<HostName, &'static str> {
                 }
             }
         }
-        return Ok(HostName::Owned(a.host().to_ascii_lowercase()));
+        let mut host = a.host().to_ascii_lowercase();
+        if host.ends_with('.') {
+            host.pop();
+        }
+        return Ok(HostName::Owned(host));
     }
-    let Some((value, end)) = header else {
+    let Some((value, mut end)) = header else {
         return Ok(HostName::Owned(String::new()));
     };
+    // `api.example.` names the same host as `api.example` (a fully qualified name): it is
+    // routed as such, or it would miss a host-specific route and its policies.
+    if value.as_bytes()[..end].ends_with(b".") {
+        end -= 1;
+    }
     let host = &value.as_bytes()[..end];
     Ok(if host.iter().any(u8::is_ascii_uppercase) {
         // Host characters are ASCII (checked by `host_end`).
@@ -1079,6 +1088,8 @@ mod tests {
             ("api.test:443", "api.test"),
             ("[2001:DB8::1]:443", "[2001:db8::1]"),
             ("[::1]", "[::1]"),
+            ("api.test.", "api.test"),
+            ("API.test.:8080", "api.test"),
         ] {
             let req = Request::builder()
                 .header(header::HOST, raw)
@@ -1096,6 +1107,7 @@ mod tests {
         for (uri, want) in [
             ("http://H2.Example:80/x", "h2.example"),
             ("http://[2001:db8::1]:8443/", "[2001:db8::1]"),
+            ("http://api.test./", "api.test"),
         ] {
             let req = Request::builder()
                 .uri(uri)

@@ -123,6 +123,19 @@ fn http1_host_rules_and_absolute_form() {
     );
     assert_eq!(r.json()["upstream"], "b", "{r:?}");
     assert_eq!(r.json()["headers"]["host"], "B.example:8080");
+    // A fully qualified name (trailing dot) is the same host: it takes that host's route.
+    for head in [
+        format!("GET /t HTTP/1.1\r\nHost: A.example.\r\n{close}"),
+        format!("GET /t HTTP/1.1\r\nHost: a.example.:8080\r\n{close}"),
+        format!("GET http://a.example./t HTTP/1.1\r\nHost: b.example\r\n{close}"),
+    ] {
+        let r = send(&gw, &head);
+        assert_eq!(
+            (r.status, r.json()["upstream"].as_str()),
+            (200, Some("a")),
+            "{head}: {r:?}"
+        );
+    }
     // HTTP/1.0 may leave Host out.
     let r = send(&gw, "GET / HTTP/1.0\r\n");
     assert_eq!(r.status, 200, "{r:?}");

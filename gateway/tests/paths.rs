@@ -63,6 +63,9 @@ fn climbs() -> Vec<String> {
     out.extend(
         [
             "/pub/..;/private/secret.txt",
+            "/pub/..;x=1/private/secret.txt",
+            "/pub/%2e%2e;/private/secret.txt",
+            "/pub/.;/../private/secret.txt",
             "/pub/%252e%252e/private/secret.txt",
             "/pub/..%00/private/secret.txt",
             "/pub/%2e%2e%2f%2e%2e%2fprivate/secret.txt",
