@@ -10,7 +10,7 @@ use std::{
             AtomicBool, AtomicU32, AtomicU64,
             Ordering::{Acquire, Relaxed, Release},
         },
-        Arc,
+        Arc, Weak,
     },
     task::Context,
 };
@@ -58,11 +58,8 @@ pub struct Idle {
     pub(crate) evicted: AtomicBool,
     /// The connection's task, woken by an eviction.
     pub(crate) task: std::sync::Mutex<Option<std::task::Waker>>,
-    /// Requests waiting for their upstream: for their response head, or (watched) for the
-    /// next piece of their response body. While any does, the connection is not stalled.
-    pub(crate) upstream_waits: AtomicU32,
-    /// When a watched connection's responses last moved (coarse ms).
-    pub(crate) progress_at: AtomicU64,
+    /// A watched connection's responses still streaming, each with its own clock.
+    pub(crate) responses: std::sync::Mutex<Vec<Weak<ResponseClock>>>,
     /// Since when a write to the client has been blocked (coarse ms; 0: not blocked).
     pub(crate) write_stalled_since: AtomicU64,
 }
@@ -86,27 +83,34 @@ impl Idle {
             quiet_since: AtomicU64::new(crate::clock::monotonic_ms()),
             evicted: AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
-            upstream_waits: AtomicU32::new(0),
-            progress_at: AtomicU64::new(0),
+            responses: std::sync::Mutex::new(Vec::new()),
             write_stalled_since: AtomicU64::new(0),
         }
     }
 
-    /// Notes that a request's response head exists (its upstream wait is over).
-    pub fn head_done(&self) {
-        if self.is_watched() {
-            self.progress_at
-                .store(crate::clock::monotonic_ms(), Relaxed);
+    /// A clock for a response about to stream on this (watched) connection.
+    pub fn track_response(&self) -> Arc<ResponseClock> {
+        let clock = Arc::new(ResponseClock {
+            owed_since: AtomicU64::new(crate::clock::monotonic_ms().max(1)),
+        });
+        let mut all = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= 32 {
+            all.retain(|w| w.strong_count() > 0);
         }
-        self.upstream_waits.fetch_sub(1, Release);
+        all.push(Arc::downgrade(&clock));
+        clock
     }
 
-    /// Since when a busy watched connection's responses have not moved while none waits for
-    /// its upstream: the client is not taking what it asked for. `None` if it is quiet,
-    /// progressing or waiting for an upstream.
+    /// Since when the longest-stalled response has had data its client did not take (coarse
+    /// ms): each response counts on its own, so one that streams or waits for its upstream
+    /// does not hide another the client stopped reading. `None` if none is owed.
     pub fn stalled_since(&self) -> Option<u64> {
-        (self.in_flight.load(Acquire) > 0 && self.upstream_waits.load(Acquire) == 0)
-            .then(|| self.progress_at.load(Relaxed))
+        let all = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.owed_since.load(Relaxed))
+            .filter(|&t| t != 0)
+            .min()
     }
 
     /// Notes a write to the client that could not proceed (`blocked`) or did.
@@ -172,14 +176,10 @@ impl Idle {
     /// Whether closing it now would cut no request: it waits for one (or, watched, has
     /// none in flight).
     pub fn evictable(&self) -> bool {
+        // (A plain HTTP/1.1 connection between requests is not: it may still be writing a
+        // response; it parks within a sweep tick, and then it is.)
         self.in_flight.load(Acquire) == 0
-            && (self.waiting.load(Relaxed)
-                || self.watched.load(Relaxed)
-                // A busy HTTP/1.1 connection between requests, not yet parked.
-                || (self.started.load(Relaxed) > 0
-                    && self.read_blocked.load(Relaxed)
-                    && !self.latest_had_body.load(Relaxed)
-                    && !self.closing.load(Relaxed)))
+            && (self.waiting.load(Relaxed) || self.watched.load(Relaxed))
     }
 
     /// The client.
@@ -224,7 +224,6 @@ impl Idle {
     pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> InFlight {
         use hyper::body::Body as _;
         self.in_flight.fetch_add(1, Release);
-        self.upstream_waits.fetch_add(1, Release);
         self.started.fetch_add(1, Relaxed);
         self.waiting.store(false, Relaxed);
         self.served_any.store(true, Relaxed);
@@ -301,3 +300,11 @@ impl Drop for InFlight {
 /// part of the connection.
 #[derive(Clone)]
 pub struct ConnHold(pub Arc<dyn Send + Sync>);
+
+/// One streaming response's clock: since when it has held data its client has not pulled
+/// (coarse ms; 0: the client is pulling, or the response waits for its upstream).
+#[derive(Debug)]
+pub struct ResponseClock {
+    /// See above.
+    pub owed_since: AtomicU64,
+}

@@ -48,15 +48,30 @@ impl H2Target {
         target
     }
 
-    /// Sends `req` (an absolute URI naming the `:authority`, no `host` field).
+    /// Sends `req` (an absolute URI naming the `:authority`, no `host` field). A request the
+    /// connection never took (it was closing: GOAWAY, or closed under us) goes once more on a
+    /// new connection, as nothing of it reached the target.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let mut sender = self.sender().await?;
-        sender.send_request(req).await.map_err(SendError::Http2)
+        let mut sender = self.sender(false).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let mut sender = self.sender(true).await?;
+                    sender.send_request(req).await.map_err(SendError::Http2)
+                }
+                None => Err(SendError::Http2(e.into_error())),
+            },
+        }
     }
 
-    async fn sender(&self) -> Result<SendRequest<Body>, SendError> {
+    /// The live connection's sender, or a new connection's (always a new one if `fresh`).
+    async fn sender(&self, fresh: bool) -> Result<SendRequest<Body>, SendError> {
         let mut slot = self.sender.lock().await;
         self.last_used.store(monotonic_ms(), Relaxed);
+        if fresh {
+            slot.take();
+        }
         if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }

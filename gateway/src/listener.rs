@@ -155,6 +155,7 @@ pub async fn serve(
             paths: crate::path::PathRules {
                 merge_slashes: config.merge_slashes,
                 escaped_slashes: config.escaped_slashes,
+                parameters: config.path_parameters,
             },
         },
         handshake: Duration::from_millis(config.tls_handshake_timeout_ms),
@@ -243,7 +244,6 @@ impl Accepted {
             }
             async move {
                 let response = proxy::handle(rt, metrics, conn, req).await;
-                in_flight.idle().head_done();
                 // A watched connection stays busy until the response body ends.
                 let response = if in_flight.is_watched() {
                     Tracked::wrap(response, in_flight)

@@ -512,8 +512,8 @@ fn client_stalled(
             .as_mut()
             .reset(Instant::now() + Duration::from_millis(due - now));
     }
-    let _ = timer.as_mut().poll(cx);
-    false
+    // The timer firing is the deadline, whatever the coarse clock (it may lag a tick) says.
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {

@@ -8,6 +8,8 @@
 //!   encoded gets uppercase hex (§6.2.2.1); a `%` not followed by two hex digits is refused;
 //! - an encoded slash (`%2F`, `%5C`) or a backslash is refused, or kept unchanged when the
 //!   listener says so (Envoy's `path_with_escaped_slashes_action`);
+//! - `;` segment parameters are refused, or kept when the listener says so (but never on a
+//!   dot segment);
 //! - `//` runs become one `/` (a setting, on by default);
 //! - dot segments are removed (§5.2.4), after decoding, so `%2e%2e` is `..`; a path that
 //!   climbs above the root is refused rather than clamped, and so is a dot segment with
@@ -31,6 +33,19 @@ pub enum EscapedSlashes {
     Keep,
 }
 
+/// What to do with `;` path parameters (`/admin;x=1/secret`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Refuse the request with 400 (the default): Tomcat, Jetty and Spring strip them, so
+    /// `/admin;x/secret` misses an `/admin` route here and is served as `/admin/secret` there.
+    #[default]
+    Reject,
+    /// Leave them in the path (for upstreams that use matrix parameters, and where every
+    /// route's policies hold whether or not a segment carries parameters).
+    Keep,
+}
+
 /// A listener's normalization settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathRules {
@@ -38,6 +53,8 @@ pub struct PathRules {
     pub merge_slashes: bool,
     /// Encoded slashes and backslashes.
     pub escaped_slashes: EscapedSlashes,
+    /// `;` parameters in path segments.
+    pub parameters: PathParameters,
 }
 
 impl Default for PathRules {
@@ -45,6 +62,7 @@ impl Default for PathRules {
         PathRules {
             merge_slashes: true,
             escaped_slashes: EscapedSlashes::Reject,
+            parameters: PathParameters::Reject,
         }
     }
 }
@@ -71,6 +89,9 @@ pub enum PathError {
     /// dot segment (`/pub/..;/private`).
     #[error("the path has a dot segment with parameters (..;)")]
     DotParameters,
+    /// `;` in a path while path parameters are refused.
+    #[error("the path has segment parameters (;)")]
+    Parameters,
     /// The normalized target could not be made into a URI again.
     #[error("the request target cannot be normalized")]
     Invalid,
@@ -81,7 +102,7 @@ pub enum PathError {
 fn needs_work(path: &[u8]) -> bool {
     let mut prev = 0u8;
     for &b in path {
-        if b == b'%' || b == b'\\' || (prev == b'/' && (b == b'.' || b == b'/')) {
+        if b == b'%' || b == b'\\' || b == b';' || (prev == b'/' && (b == b'.' || b == b'/')) {
             return true;
         }
         prev = b;
@@ -124,6 +145,9 @@ fn decode(path: &[u8], rules: PathRules) -> Result<Vec<u8>, PathError> {
                 i += 3;
             }
             b'\\' if !keep => return Err(PathError::Backslash),
+            b';' if rules.parameters == PathParameters::Reject => {
+                return Err(PathError::Parameters)
+            }
             _ => {
                 out.push(b);
                 i += 1;
@@ -192,6 +216,7 @@ mod tests {
     const KEEP: PathRules = PathRules {
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Keep,
+        parameters: PathParameters::Keep,
     };
 
     fn n(p: &str) -> Result<String, PathError> {
@@ -243,9 +268,9 @@ mod tests {
             ("/a%zz", PathError::BadEscape),
             ("/a%2", PathError::BadEscape),
             ("/a%", PathError::BadEscape),
-            ("/pub/..;/private", PathError::DotParameters),
-            ("/pub/%2e%2e;x=1/private", PathError::DotParameters),
-            ("/pub/.;/x", PathError::DotParameters),
+            ("/pub/..;/private", PathError::Parameters),
+            ("/admin;x=1/secret", PathError::Parameters),
+            ("/a/b;", PathError::Parameters),
             ("a/b", PathError::NotAbsolute),
         ] {
             assert_eq!(n(raw), Err(why), "{raw}");
@@ -263,6 +288,11 @@ mod tests {
             keep("/pub/..%2fprivate").as_deref(),
             Ok("/pub/..%2Fprivate")
         );
+        // Kept parameters, but never on a dot segment.
+        assert_eq!(keep("/a;v=1/b").as_deref(), Ok("/a;v=1/b"));
+        assert_eq!(keep("/pub/..;/x"), Err(PathError::DotParameters));
+        assert_eq!(keep("/pub/%2e%2e;x=1/x"), Err(PathError::DotParameters));
+        assert_eq!(keep("/pub/.;/x"), Err(PathError::DotParameters));
         let unmerged = PathRules {
             merge_slashes: false,
             ..PathRules::default()
@@ -289,7 +319,7 @@ mod tests {
     fn normalization_is_a_fixed_point_that_stays_under_the_root() {
         const PIECES: &[&str] = &[
             "/", "a", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "%41", "%7e", "%3f", "%", "%zz",
-            "b", "//", "~",
+            "b", "//", "~", ";", ";x",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for rules in [
@@ -298,6 +328,7 @@ mod tests {
             PathRules {
                 merge_slashes: false,
                 escaped_slashes: EscapedSlashes::Keep,
+                parameters: PathParameters::Keep,
             },
         ] {
             for _ in 0..20_000 {

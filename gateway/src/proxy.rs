@@ -326,6 +326,11 @@ fn host_end(h: &[u8]) -> Option<usize> {
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     };
+    // No empty label (`a..b`, `.a`, `.`): one trailing dot (a fully qualified name) at most.
+    let labels = host.strip_suffix(b".").unwrap_or(host);
+    if !host.is_empty() && labels.split(|b| *b == b'.').any(<[u8]>::is_empty) {
+        return None;
+    }
     // reg-name / IPv4: unreserved, pct-encoded and sub-delims.
     let mut rest = host;
     let host_ok = loop {
@@ -342,6 +347,18 @@ fn host_end(h: &[u8]) -> Option<usize> {
         }
     };
     (port_ok && host_ok).then_some(end)
+}
+
+/// `host[:port]` without a dot at the host's end (`a.example.:80` → `a.example:80`).
+fn without_trailing_dot(authority: &str) -> std::borrow::Cow<'_, str> {
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority.ends_with(']') => authority.split_at(i),
+        _ => (authority, ""),
+    };
+    match host.strip_suffix('.') {
+        Some(h) => format!("{h}{port}").into(),
+        None => authority.into(),
+    }
 }
 
 /// The request's host, lowercase, without its port or a trailing dot.
@@ -430,7 +447,7 @@ fn normalized_target(
 ) -> Result<Option<Uri>, crate::path::PathError> {
     use crate::path::PathError;
     let raw = uri.path_and_query().map_or("", |p| p.as_str());
-    if raw == "*" && method != hyper::Method::OPTIONS {
+    if uri.path() == "*" && (method != hyper::Method::OPTIONS || raw != "*") {
         return Err(PathError::NotAbsolute);
     }
     let normal = crate::path::normalize(uri.path(), rules)?;
@@ -578,10 +595,19 @@ async fn serve<'rt>(
     };
     let host = host_name.as_str();
     // The authority routed on is the Host the upstream gets (an HTTP/2 upstream takes it as
-    // `:authority`): absolute-form and HTTP/2 requests carry it in the target.
-    if let Some(a) = req.uri().authority() {
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            req.headers_mut().insert(header::HOST, v);
+    // `:authority`): absolute-form and HTTP/2 requests carry it in the target. A trailing dot,
+    // ignored for routing, is dropped too, so a virtual-hosted upstream picks the same host.
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
+    if let Some(a) = authority {
+        let undotted = without_trailing_dot(a);
+        if undotted.len() != a.len() || req.uri().authority().is_some() {
+            if let Ok(v) = HeaderValue::from_str(&undotted) {
+                req.headers_mut().insert(header::HOST, v);
+            }
         }
     }
     // The path is routed, checked by policies and forwarded in one normal form.
@@ -1187,6 +1213,11 @@ mod tests {
             "a/b",
             "bad%zz",
             "a:1:2",
+            ".",
+            "a..b",
+            ".a",
+            "a.b..",
+            ".:80",
         ] {
             assert!(host_end(bad.as_bytes()).is_none(), "{bad:?}");
         }

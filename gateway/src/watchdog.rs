@@ -34,7 +34,7 @@ use tracing::debug;
 
 use crate::{
     clock::monotonic_ms,
-    conn_state::{Idle, InFlight},
+    conn_state::{Idle, InFlight, ResponseClock},
     listener::ConnService,
     metrics::{Closed, Metrics},
     Body,
@@ -178,6 +178,13 @@ pub async fn serve<I, S>(
                         debug!(%peer, "closed after its grace period");
                         return;
                     }
+                    // Streams let in before the GOAWAY took hold are held to the stall
+                    // deadline too.
+                    if stall_due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
+                        debug!(%peer, "the client took no response data in time; closing");
+                        metrics.closed(Closed::Stalled);
+                        return;
+                    }
                     // A request got in before the GOAWAY: it finishes first.
                     closing = Some(tokio::time::Instant::now() + GRACE);
                 } else if due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
@@ -197,13 +204,12 @@ pub async fn serve<I, S>(
 }
 
 /// A response body that holds its request's [`InFlight`] until it ends, so a watched
-/// connection counts as busy while a response streams, and notes its progress: when it
-/// waits for the upstream, and when the client last took a piece.
+/// connection counts as busy while a response streams, and keeps the response's clock: set
+/// when it holds data (the head at first, then each piece) until the client pulls again.
 pub struct Tracked {
     body: Body,
-    in_flight: InFlight,
-    /// Counted in the connection's `upstream_waits`.
-    waiting: bool,
+    _in_flight: InFlight,
+    clock: Arc<ResponseClock>,
 }
 
 impl Tracked {
@@ -211,24 +217,14 @@ impl Tracked {
     pub fn wrap(resp: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
         use http_body_util::BodyExt as _;
         resp.map(|body| {
+            let clock = in_flight.idle().track_response();
             Tracked {
                 body,
-                in_flight,
-                waiting: false,
+                _in_flight: in_flight,
+                clock,
             }
             .boxed()
         })
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.waiting {
-            self.in_flight
-                .idle()
-                .upstream_waits
-                .fetch_sub(1, Ordering::Release);
-        }
     }
 }
 
@@ -241,21 +237,13 @@ impl hyper::body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        // Polled: the client has taken what there was (or hyper has room for more).
+        this.clock.owed_since.store(0, Ordering::Relaxed);
         let r = Pin::new(&mut this.body).poll_frame(cx);
-        let idle = this.in_flight.idle();
-        match (&r, this.waiting) {
-            (Poll::Pending, false) => {
-                this.waiting = true;
-                idle.upstream_waits.fetch_add(1, Ordering::Release);
-            }
-            (Poll::Ready(_), true) => {
-                this.waiting = false;
-                idle.upstream_waits.fetch_sub(1, Ordering::Release);
-            }
-            _ => {}
-        }
-        if r.is_ready() {
-            idle.progress_at.store(monotonic_ms(), Ordering::Relaxed);
+        if let Poll::Ready(Some(Ok(_))) = &r {
+            this.clock
+                .owed_since
+                .store(monotonic_ms().max(1), Ordering::Relaxed);
         }
         r
     }

@@ -135,6 +135,20 @@ fn http1_host_rules_and_absolute_form() {
             (200, Some("a")),
             "{head}: {r:?}"
         );
+        // Forwarded without the dot, as it was routed.
+        let host = r.json()["headers"]["host"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            !host.contains(".:") && !host.ends_with('.'),
+            "{head}: {host}"
+        );
+    }
+    // Empty labels are not a host name.
+    for host in [".", "a..example", ".a.example", "a.example..", ".:80"] {
+        let r = send(&gw, &format!("GET / HTTP/1.1\r\nHost: {host}\r\n{close}"));
+        refused(&r, "invalid Host");
     }
     // HTTP/1.0 may leave Host out.
     let r = send(&gw, "GET / HTTP/1.0\r\n");

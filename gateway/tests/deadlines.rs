@@ -514,3 +514,61 @@ fn an_upgraded_connection_keeps_its_slot_and_ends_when_idle() {
         drop(a);
     });
 }
+
+/// Stalls count per response: an HTTP/2 stream waiting on a slow upstream does not hide
+/// another that the client stopped reading.
+#[test]
+fn one_waiting_stream_does_not_hide_a_stalled_one() {
+    let rt = runtime();
+    let slow = upstream(&rt, "slow", support::fixed(200, Duration::from_secs(4)));
+    let root = Scratch::new("deadline-big2");
+    std::fs::write(root.0.join("big"), vec![b'x'; 8 << 20]).expect("file");
+    let nginx = support::Nginx::serve(&root.0);
+    let gw = gateway(
+        nginx.addr,
+        &format!(
+            "\n[[upstream]]\nname = \"slow\"\ntargets = [{{ address = \"{}\" }}]\n\n\
+             [[route]]\nname = \"slow\"\npath = {{ prefix = \"/slow\" }}\nupstream = \"slow\"\n\
+             timeouts = {{ request_ms = 10000 }}\n",
+            slow.addr
+        ),
+        LIMIT,
+    );
+    let start = Instant::now();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let (waiting, _) = client
+            .send_request(
+                http::Request::get("http://x/slow").body(()).expect("req"),
+                true,
+            )
+            .expect("send");
+        let mut client = client.ready().await.expect("ready");
+        let (resp, _) = client
+            .send_request(
+                http::Request::get("http://x/big").body(()).expect("req"),
+                true,
+            )
+            .expect("send");
+        let resp = resp.await.expect("response head");
+        let mut body = resp.into_body();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(6), body.data()).await
+        {
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(6), conn)
+            .await
+            .expect("closed");
+        drop(waiting);
+    });
+    assert!(
+        start.elapsed() < Duration::from_millis(3500),
+        "closed only after the slow upstream answered: {:?}",
+        start.elapsed()
+    );
+    assert!(reaches(&gw, STALLED, 1.0));
+}

@@ -139,6 +139,8 @@ fn no_encoding_of_a_dot_segment_reaches_a_route_it_should_not() {
         ("/pub/..%2fprivate/secret.txt", "encoded slash"),
         ("/pub/%5C../private/secret.txt", "encoded slash"),
         ("/pub/a%zz", "percent-encoding"),
+        ("/private;x=1/secret.txt", "parameters"),
+        ("/pub;/../private/secret.txt", "parameters"),
     ] {
         let r = request(gw.http, "GET", p, &[], "");
         assert_eq!(r.status, 400, "{p}: {r:?}");

@@ -209,6 +209,9 @@ pub struct Listener {
     /// `%2F`, `%5C` and `\` in request paths: `"reject"` (400, the default) or `"keep"`.
     #[serde(default)]
     pub escaped_slashes: crate::path::EscapedSlashes,
+    /// `;` parameters in request path segments: `"reject"` (400, the default) or `"keep"`.
+    #[serde(default)]
+    pub path_parameters: crate::path::PathParameters,
     /// Largest request head (bytes).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
