@@ -290,7 +290,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         // The time first, so that whoever sees no request in flight sees when that began.
-        self.0.quiet();
+        // (A plain connection's quiet time is noted when it parks: only then may it be
+        // evicted.)
+        if self.0.is_watched() {
+            self.0.quiet();
+        }
         self.0.in_flight.fetch_sub(1, Release);
     }
 }

@@ -224,12 +224,17 @@ impl Connections {
 }
 
 async fn reap(pool: Weak<Connections>, every: Duration) {
+    reap_every(pool, every, Connections::prune).await
+}
+
+/// Calls `prune` on `owner` every `every` until the owner is dropped.
+pub(crate) async fn reap_every<T>(owner: Weak<T>, every: Duration, prune: fn(&T)) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match pool.upgrade() {
-            Some(p) => p.prune(),
+        match owner.upgrade() {
+            Some(o) => prune(&o),
             None => return,
         }
     }

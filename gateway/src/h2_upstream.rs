@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Weak,
+        Arc,
     },
     time::Duration,
 };
@@ -43,7 +43,11 @@ impl H2Target {
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let every = (idle_timeout / 2).max(Duration::from_millis(100));
-            rt.spawn(reap(Arc::downgrade(&target), every));
+            rt.spawn(crate::connections::reap_every(
+                Arc::downgrade(&target),
+                every,
+                H2Target::prune,
+            ));
         }
         target
     }
@@ -108,18 +112,6 @@ impl H2Target {
         }
         if let Ok(mut slot) = self.sender.try_lock() {
             slot.take();
-        }
-    }
-}
-
-async fn reap(target: Weak<H2Target>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match target.upgrade() {
-            Some(t) => t.prune(),
-            None => return,
         }
     }
 }

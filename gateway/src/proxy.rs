@@ -349,6 +349,19 @@ fn host_end(h: &[u8]) -> Option<usize> {
     (port_ok && host_ok).then_some(end)
 }
 
+/// Whether a (valid) Host value's host ends with a dot; checked on bytes, as most requests
+/// need nothing more.
+fn host_has_trailing_dot(h: &[u8]) -> bool {
+    if h.first() == Some(&b'[') {
+        return false;
+    }
+    let host = match h.iter().rposition(|b| *b == b':') {
+        Some(i) => &h[..i],
+        None => h,
+    };
+    host.ends_with(b".")
+}
+
 /// `host[:port]` without a dot at the host's end (`a.example.:80` → `a.example:80`).
 fn without_trailing_dot(authority: &str) -> std::borrow::Cow<'_, str> {
     let (host, port) = match authority.rfind(':') {
@@ -597,17 +610,22 @@ async fn serve<'rt>(
     // The authority routed on is the Host the upstream gets (an HTTP/2 upstream takes it as
     // `:authority`): absolute-form and HTTP/2 requests carry it in the target. A trailing dot,
     // ignored for routing, is dropped too, so a virtual-hosted upstream picks the same host.
-    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
+    let in_target = req.uri().authority().is_some();
+    let dotted = !in_target
+        && req
+            .headers()
             .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-    });
-    if let Some(a) = authority {
-        let undotted = without_trailing_dot(a);
-        if undotted.len() != a.len() || req.uri().authority().is_some() {
-            if let Ok(v) = HeaderValue::from_str(&undotted) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            .is_some_and(|v| host_has_trailing_dot(v.as_bytes()));
+    if in_target || dotted {
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        });
+        if let Some(v) =
+            authority.and_then(|a| HeaderValue::from_str(&without_trailing_dot(a)).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
         }
     }
     // The path is routed, checked by policies and forwarded in one normal form.
