@@ -213,14 +213,20 @@ impl Connections {
     }
 
     async fn connect(&self) -> Result<UpstreamConn, SendError> {
-        let addr = self.addr;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(addr))?
-            .map_err(|source| SendError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        Ok(UpstreamConn::new(stream))
+        Ok(UpstreamConn::new(
+            dial(self.addr, self.connect_timeout).await?,
+        ))
     }
+}
+
+/// A TCP connection to a target within `timeout`, with Nagle off.
+pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| SendError::ConnectTimeout(addr))?
+        .map_err(|source| SendError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 async fn reap(pool: Weak<Connections>, every: Duration) {

@@ -14,7 +14,6 @@ use std::{
 
 use hyper::{body::Incoming, client::conn::http2::SendRequest, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::{clock::monotonic_ms, connections::SendError, Body};
 
@@ -80,11 +79,7 @@ impl H2Target {
             return Ok(s.clone());
         }
         let addr = self.addr;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(addr))?
-            .map_err(|source| SendError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
+        let stream = crate::connections::dial(addr, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

@@ -163,11 +163,7 @@ fn http2_host_must_match_the_authority() {
     let h2 = strict_h2_server();
     let gw = gateway(a.addr, b.addr, h2.1);
     let results = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(gw.http)
-            .await
-            .expect("connect");
-        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
-        tokio::spawn(conn);
+        let mut client = support::h2_connect(gw.http).await;
         let mut out = Vec::new();
         for host in [
             None,
@@ -180,18 +176,8 @@ fn http2_host_must_match_the_authority() {
             if let Some(h) = host {
                 req = req.header("host", h);
             }
-            client = client.ready().await.expect("ready");
-            let (resp, _) = client
-                .send_request(req.body(()).expect("req"), true)
-                .expect("send");
-            let resp = resp.await.expect("response");
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut bytes = Vec::new();
-            while let Some(c) = body.data().await {
-                bytes.extend_from_slice(&c.expect("data"));
-            }
-            out.push((host, status, String::from_utf8_lossy(&bytes).into_owned()));
+            let (status, body) = support::h2_fetch(&mut client, req.body(()).expect("req")).await;
+            out.push((host, status, body));
         }
         out
     });
@@ -269,26 +255,14 @@ fn an_http2_upstream_gets_one_authority_the_routed_one() {
     assert_eq!(r.json()["authority"], serde_json::json!([h2.1.to_string()]));
     assert_eq!(r.json()["host"], serde_json::json!([]));
     // An HTTP/2 client through the same route.
-    let body = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(gw.http)
-            .await
-            .expect("connect");
-        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
-        tokio::spawn(conn);
-        let mut client = client.ready().await.expect("ready");
+    let (status, body) = rt.block_on(async {
+        let mut client = support::h2_connect(gw.http).await;
         let req = http::Request::get("http://h2.example/q")
             .body(())
             .expect("req");
-        let (resp, _) = client.send_request(req, true).expect("send");
-        let resp = resp.await.expect("response");
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut bytes = Vec::new();
-        while let Some(c) = body.data().await {
-            bytes.extend_from_slice(&c.expect("data"));
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
+        support::h2_fetch(&mut client, req).await
     });
+    assert_eq!(status, 200, "{body}");
     let j: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(j["authority"], serde_json::json!(["h2.example"]), "{body}");
     assert_eq!(j["host"], serde_json::json!([]));

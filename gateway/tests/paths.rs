@@ -161,33 +161,15 @@ fn no_encoding_of_a_dot_segment_gets_past_a_route_over_http2() {
         .filter(|p| !p.contains('\\'))
         .collect();
     let results = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(gw.http)
-            .await
-            .expect("connect");
-        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut client = support::h2_connect(gw.http).await;
         let mut out = Vec::new();
         for p in &paths {
             let req = http::Request::builder()
                 .uri(format!("http://test.local{p}"))
                 .body(())
                 .expect("request");
-            client = client.ready().await.expect("ready");
-            let (resp, _) = client.send_request(req, true).expect("send");
-            let resp = resp.await.expect("response");
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.expect("data");
-                let _ = body.flow_control().release_capacity(chunk.len());
-                bytes.extend_from_slice(&chunk);
-            }
-            out.push((
-                p.clone(),
-                status,
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ));
+            let (status, body) = support::h2_fetch(&mut client, req).await;
+            out.push((p.clone(), status, body));
         }
         out
     });

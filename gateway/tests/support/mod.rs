@@ -511,3 +511,30 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Reply {
     let _ = s.read_to_end(&mut out);
     parse(&out)
 }
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`; its connection task is spawned.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    client
+}
+
+/// Sends `req` (no body) on `client` and reads the whole answer: status and body text.
+pub async fn h2_fetch(
+    client: &mut h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+) -> (u16, String) {
+    let mut ready = client.clone().ready().await.expect("ready");
+    let (resp, _) = ready.send_request(req, true).expect("send");
+    let resp = resp.await.expect("response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
