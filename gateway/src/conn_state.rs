@@ -58,6 +58,8 @@ pub struct Idle {
     pub(crate) evicted: AtomicBool,
     /// The connection's task, woken by an eviction.
     pub(crate) task: std::sync::Mutex<Option<std::task::Waker>>,
+    /// `task` holds the connection's waker.
+    pub(crate) task_registered: AtomicBool,
     /// A watched connection's responses still streaming, each with its own clock.
     pub(crate) responses: std::sync::Mutex<Vec<Weak<ResponseClock>>>,
     /// Since when a write to the client has been blocked (coarse ms; 0: not blocked).
@@ -83,6 +85,7 @@ impl Idle {
             quiet_since: AtomicU64::new(crate::clock::monotonic_ms()),
             evicted: AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
+            task_registered: AtomicBool::new(false),
             responses: std::sync::Mutex::new(Vec::new()),
             write_stalled_since: AtomicU64::new(0),
         }
@@ -206,16 +209,18 @@ impl Idle {
         }
     }
 
-    /// Whether it was asked to close; if not, the task of `cx` is woken when it is.
+    /// Whether it was asked to close; if not, the task of `cx` (the connection's one task,
+    /// for its whole life) is woken when it is.
     pub fn poll_evicted(&self, cx: &Context<'_>) -> bool {
         if self.evicted.load(Relaxed) {
             return true;
         }
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *task = Some(cx.waker().clone());
+        // One task drives a connection for its life, so its waker is registered once; later
+        // polls cost an atomic load, not a lock.
+        if !self.task_registered.load(Relaxed) {
+            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            self.task_registered.store(true, Relaxed);
         }
-        drop(task);
         // An eviction between the first check and the registration.
         self.evicted.load(Relaxed)
     }

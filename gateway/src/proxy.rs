@@ -349,37 +349,27 @@ fn host_end(h: &[u8]) -> Option<usize> {
     (port_ok && host_ok).then_some(end)
 }
 
-/// Whether a (valid) Host value's host ends with a dot; checked on bytes, as most requests
-/// need nothing more.
-fn host_has_trailing_dot(h: &[u8]) -> bool {
-    if h.first() == Some(&b'[') {
-        return false;
-    }
-    let host = match h.iter().rposition(|b| *b == b':') {
-        Some(i) => &h[..i],
-        None => h,
-    };
-    host.ends_with(b".")
-}
-
-/// `host[:port]` without a dot at the host's end (`a.example.:80` → `a.example:80`).
-fn without_trailing_dot(authority: &str) -> std::borrow::Cow<'_, str> {
-    let (host, port) = match authority.rfind(':') {
-        Some(i) if !authority.ends_with(']') => authority.split_at(i),
-        _ => (authority, ""),
-    };
-    match host.strip_suffix('.') {
-        Some(h) => format!("{h}{port}").into(),
-        None => authority.into(),
-    }
-}
-
 /// The request's host, lowercase, without its port or a trailing dot.
 enum HostName {
     /// The first `.1` bytes of the client's Host value, already lowercase (no copy).
     Shared(HeaderValue, usize),
     /// Anything else (an HTTP/2 or absolute-form authority, or a Host with capitals).
     Owned(String),
+}
+
+/// The request's host as routed, and the Host the upstream gets when it is not the client's
+/// field as it came.
+struct RequestHost {
+    name: HostName,
+    /// The routed authority, for a request that carried it in its target (it replaces the
+    /// client's Host) or whose host ended in a dot (dropped, as for routing).
+    upstream: Option<HeaderValue>,
+}
+
+impl RequestHost {
+    fn as_str(&self) -> &str {
+        self.name.as_str()
+    }
 }
 
 impl HostName {
@@ -403,7 +393,7 @@ impl HostName {
 ///   field sent beside it.
 ///
 /// `Err` says why the request is refused with 400.
-fn host_of<B>(req: &Request<B>) -> Result<HostName, &'static str> {
+fn host_of<B>(req: &Request<B>) -> Result<RequestHost, &'static str> {
     let mut fields = req.headers().get_all(header::HOST).iter();
     let header = fields.next();
     if fields.next().is_some() {
@@ -427,27 +417,36 @@ fn host_of<B>(req: &Request<B>) -> Result<HostName, &'static str> {
                 }
             }
         }
-        let mut host = a.host().to_ascii_lowercase();
-        if host.ends_with('.') {
-            host.pop();
-        }
-        return Ok(HostName::Owned(host));
+        // Without userinfo, the authority is the host and then the port, if any.
+        let (host, port) = a.as_str().split_at(a.host().len());
+        let host = host.strip_suffix('.').unwrap_or(host);
+        return Ok(RequestHost {
+            name: HostName::Owned(host.to_ascii_lowercase()),
+            upstream: HeaderValue::from_str(&format!("{host}{port}")).ok(),
+        });
     }
     let Some((value, mut end)) = header else {
-        return Ok(HostName::Owned(String::new()));
+        return Ok(RequestHost {
+            name: HostName::Owned(String::new()),
+            upstream: None,
+        });
     };
     // `api.example.` names the same host as `api.example` (a fully qualified name): it is
-    // routed as such, or it would miss a host-specific route and its policies.
-    if value.as_bytes()[..end].ends_with(b".") {
+    // routed and forwarded as such, or it would miss a host-specific route and its policies.
+    let mut upstream = None;
+    let bytes = value.as_bytes();
+    if bytes[..end].ends_with(b".") {
+        upstream = HeaderValue::from_bytes(&[&bytes[..end - 1], &bytes[end..]].concat()).ok();
         end -= 1;
     }
-    let host = &value.as_bytes()[..end];
-    Ok(if host.iter().any(u8::is_ascii_uppercase) {
+    let host = &bytes[..end];
+    let name = if host.iter().any(u8::is_ascii_uppercase) {
         // Host characters are ASCII (checked by `host_end`).
         HostName::Owned(String::from_utf8_lossy(host).to_ascii_lowercase())
     } else {
         HostName::Shared(value.clone(), end)
-    })
+    };
+    Ok(RequestHost { name, upstream })
 }
 
 /// The target's path normalized (see [`crate::path`]), with its query as it came; `None`
@@ -602,31 +601,18 @@ async fn serve<'rt>(
 ) -> (Response<Body>, &'rt str, Option<Arc<str>>) {
     // hyper checks neither the Host rules nor its content, and routing and `Forwarded`
     // use it.
-    let host_name = match host_of(&req) {
+    let RequestHost {
+        name: host_name,
+        upstream,
+    } = match host_of(&req) {
         Ok(h) => h,
         Err(why) => return (problem(StatusCode::BAD_REQUEST, why), "-", None),
     };
     let host = host_name.as_str();
     // The authority routed on is the Host the upstream gets (an HTTP/2 upstream takes it as
-    // `:authority`): absolute-form and HTTP/2 requests carry it in the target. A trailing dot,
-    // ignored for routing, is dropped too, so a virtual-hosted upstream picks the same host.
-    let in_target = req.uri().authority().is_some();
-    let dotted = !in_target
-        && req
-            .headers()
-            .get(header::HOST)
-            .is_some_and(|v| host_has_trailing_dot(v.as_bytes()));
-    if in_target || dotted {
-        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-        });
-        if let Some(v) =
-            authority.and_then(|a| HeaderValue::from_str(&without_trailing_dot(a)).ok())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
+    // `:authority`).
+    if let Some(v) = upstream {
+        req.headers_mut().insert(header::HOST, v);
     }
     // The path is routed, checked by policies and forwarded in one normal form.
     match normalized_target(req.uri(), req.method(), conn.paths) {
@@ -1142,7 +1128,7 @@ mod tests {
             let host = host_of(&req).expect("valid Host");
             assert_eq!(host.as_str(), want, "{raw}");
             assert_eq!(
-                matches!(host, HostName::Shared(..)),
+                matches!(host.name, HostName::Shared(..)),
                 raw.bytes().all(|b| !b.is_ascii_uppercase()),
                 "{raw}: no copy unless lowercasing"
             );
