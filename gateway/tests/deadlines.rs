@@ -84,6 +84,25 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     types
 }
 
+/// Over an HTTP/2 client on `io`: each of `uris` is answered 200 (however slow), then how
+/// long the connection, idle, stays open (5 s at most).
+async fn idle_after<T>(io: T, uris: &[&str]) -> Duration
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, conn) = support::h2_over(io).await;
+    for uri in uris {
+        let req = http::Request::get(*uri).body(()).expect("request");
+        let (status, _) = support::h2_fetch(&mut client, req).await;
+        assert_eq!(status, 200, "{uri} was cut");
+    }
+    let idle = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("closed within 5 s");
+    idle.elapsed()
+}
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 const GOAWAY: u8 = 7;
@@ -116,26 +135,7 @@ fn every_phase_of_a_plain_connection_has_a_deadline() {
         let tcp = tokio::net::TcpStream::connect(gw.http)
             .await
             .expect("connect");
-        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
-        let conn = tokio::spawn(conn);
-        for path in ["/slow", "/fast"] {
-            let req = http::Request::get(format!("http://x{path}"))
-                .body(())
-                .expect("request");
-            client = client.ready().await.expect("ready");
-            let (resp, _) = client.send_request(req, true).expect("send");
-            let resp = resp.await.expect("the slow request was not cut");
-            assert_eq!(resp.status(), 200);
-            let mut body = resp.into_body();
-            while let Some(chunk) = body.data().await {
-                chunk.expect("body");
-            }
-        }
-        let idle = Instant::now();
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn)
-            .await
-            .expect("closed within 5 s");
-        idle.elapsed()
+        idle_after(tcp, &["http://x/slow", "http://x/fast"]).await
     });
     on_time("h2c idle after a request", waited);
     // HTTP/1.1 keep-alive: idle after a response.
@@ -255,23 +255,10 @@ fn every_phase_of_a_tls_connection_has_a_deadline() {
         on_time("TLS http/1.1 keep-alive", waited);
         // h2 over TLS: idle with no stream after a slow request.
         let s = handshake(gw.http, &h2).await;
-        let (mut client, conn) = h2::client::handshake(s).await.expect("h2");
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get("https://test.local/slow")
-            .body(())
-            .expect("request");
-        let (resp, _) = client.send_request(req, true).expect("send");
-        let resp = resp.await.expect("the slow request was not cut");
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        while let Some(chunk) = body.data().await {
-            chunk.expect("body");
-        }
-        let idle = Instant::now();
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn)
-            .await
-            .expect("closed within 5 s");
-        on_time("TLS h2 idle", idle.elapsed());
+        on_time(
+            "TLS h2 idle",
+            idle_after(s, &["https://test.local/slow"]).await,
+        );
     });
 }
 

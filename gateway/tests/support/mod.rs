@@ -515,9 +515,22 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Reply {
 /// An HTTP/2 (prior knowledge) client connection to `addr`; its connection task is spawned.
 pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    client
+    h2_over(tcp).await.0
+}
+
+/// An HTTP/2 client over `io`, and its spawned connection task (it ends when the server
+/// closes the connection).
+pub async fn h2_over<T>(
+    io: T,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    (client, tokio::spawn(conn))
 }
 
 /// Sends `req` (no body) on `client` and reads the whole answer: status and body text.
