@@ -1,0 +1,13 @@
+//! What `sluice-lb` and `sluice-gateway` share outside the data plane's map layouts (those
+//! live in `sluice-common`, which the eBPF program also compiles):
+//!
+//! - [`config`]: the one error type for a refused config file, naming the file, the field
+//!   path and the reason, with TOML syntax errors located by line;
+//! - [`probe`]: the one HTTP health probe, used by the L4 agent on its gateways and by the
+//!   gateway on its upstream targets.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod probe;
+
+pub use config::{ConfigError, FieldError};

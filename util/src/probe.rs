@@ -1,0 +1,174 @@
+//! The HTTP health probe: one `GET` over a fresh connection, answered by its status code.
+//!
+//! `sluice-lb` probes each gateway's readiness with it and `sluice-gateway` its upstream
+//! targets. Only the status line is read: a probe costs one connection and a few bytes, and a
+//! target that answers with a huge or endless body cannot hold it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// Why a probe got no status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The whole probe took longer than its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The TCP connection failed.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// Writing the request or reading the answer failed.
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    /// The answer did not start with an HTTP/1.x status line.
+    #[error("not an HTTP/1.x status line")]
+    Malformed,
+}
+
+/// What to probe, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    /// The target.
+    pub target: SocketAddr,
+    /// The path requested with `GET`.
+    pub path: &'a str,
+    /// The `User-Agent` sent, so the target's logs say who is asking.
+    pub user_agent: &'a str,
+    /// The limit for the whole probe, connect included.
+    pub timeout: Duration,
+}
+
+impl Probe<'_> {
+    /// Connects and sends `GET path`; the status code of the answer.
+    pub async fn status(&self) -> Result<u16, ProbeError> {
+        match timeout(self.timeout, self.exchange()).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::Timeout),
+        }
+    }
+
+    /// Only connects: `Ok` once the TCP handshake is done.
+    pub async fn connect(&self) -> Result<(), ProbeError> {
+        match timeout(self.timeout, TcpStream::connect(self.target)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ProbeError::Connect(e)),
+            Err(_) => Err(ProbeError::Timeout),
+        }
+    }
+
+    async fn exchange(&self) -> Result<u16, ProbeError> {
+        let mut stream = TcpStream::connect(self.target)
+            .await
+            .map_err(ProbeError::Connect)?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n",
+            self.path, self.target, self.user_agent
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(ProbeError::Io)?;
+        // "HTTP/1.1 200" is all that is read.
+        let mut head = [0u8; 12];
+        let mut len = 0;
+        while len < head.len() {
+            let n = stream
+                .read(&mut head[len..])
+                .await
+                .map_err(ProbeError::Io)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        status_of(&head[..len]).ok_or(ProbeError::Malformed)
+    }
+}
+
+/// The status code of `HTTP/1.x NNN`.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let (&minor, rest) = rest.split_first()?;
+    let digits = rest.strip_prefix(b" ")?.get(..3)?;
+    if !minor.is_ascii_digit() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 200"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(status_of(b"HTTP/2 200 x"), None);
+        assert_eq!(status_of(b"HTTP/1.1 2x0"), None);
+        assert_eq!(status_of(b"HTTP/1.1 20"), None);
+        assert_eq!(status_of(b""), None);
+    }
+
+    /// A one-shot server answering `answer` after reading the request head.
+    async fn serve_once(answer: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 1024];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                len += s.read(&mut buf[len..]).await.expect("read");
+            }
+            s.write_all(answer).await.expect("write");
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        });
+        (addr, task)
+    }
+
+    fn probe(target: SocketAddr) -> Probe<'static> {
+        Probe {
+            target,
+            path: "/readyz",
+            user_agent: "probe-test",
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_the_status_and_sends_a_plain_get() {
+        let (addr, task) = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe(addr).status().await.expect("status"), 503);
+        let request = task.await.expect("server");
+        assert!(request.starts_with("GET /readyz HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.contains(&format!("\r\nHost: {addr}\r\n")),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nUser-Agent: probe-test\r\n"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_are_errors() {
+        let (addr, _task) = serve_once(b"SSH-2.0-OpenSSH\r\n").await;
+        assert!(matches!(
+            probe(addr).status().await,
+            Err(ProbeError::Malformed)
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent = Probe {
+            timeout: Duration::from_millis(100),
+            ..probe(listener.local_addr().expect("addr"))
+        };
+        assert!(matches!(silent.status().await, Err(ProbeError::Timeout)));
+    }
+}
