@@ -21,27 +21,13 @@ macro_rules! counted {
 }
 
 pub mod analytics;
-pub mod client_body;
 pub mod clock;
 pub mod config;
-pub mod conn_state;
-pub mod connections;
-pub mod exchange;
-pub mod forwarding;
-pub mod h2_upstream;
-pub mod listener;
+pub mod downstream;
 pub mod metrics;
-pub mod park;
-pub mod path;
-pub mod policy;
-pub mod problem;
-pub mod proxy;
-pub mod router;
+pub mod pipeline;
 pub mod server;
-pub mod tls;
-pub mod tunnel;
 pub mod upstream;
-pub mod watchdog;
 
 /// The body type of every response the gateway produces.
 pub type Body =

@@ -22,10 +22,10 @@ use tracing::{error, info};
 
 use crate::{
     config::{self, Config},
-    listener::{self, TlsState},
+    downstream::listener::{self, TlsState},
     metrics::Metrics,
-    problem::{full, problem},
-    proxy::Runtime,
+    pipeline::problem::{full, problem},
+    pipeline::proxy::Runtime,
     Body,
 };
 
@@ -68,7 +68,7 @@ impl Gateway {
             (&Method::GET, "/analytics/top") => {
                 let q = req.uri().query().unwrap_or("");
                 let num = |k: &str, d: u64| {
-                    crate::router::query_value(q, k)
+                    crate::pipeline::router::query_value(q, k)
                         .and_then(|v| v.parse::<u64>().ok())
                         .unwrap_or(d)
                 };
@@ -197,12 +197,12 @@ fn reload_tls(gw: &Gateway, states: &mut [(usize, TlsState, Option<Vec<Stamp>>)]
         let Some(tls) = rt.config.listeners.get(*i).and_then(|l| l.tls.as_ref()) else {
             continue;
         };
-        let now = stamps(&crate::tls::files(tls));
+        let now = stamps(&crate::downstream::tls::files(tls));
         if now == *seen {
             continue;
         }
         *seen = now;
-        match crate::tls::server_config(tls) {
+        match crate::downstream::tls::server_config(tls) {
             Ok(sc) => {
                 state.store(sc);
                 info!(listener = *i, "TLS certificates reloaded");
@@ -269,11 +269,11 @@ pub async fn run(path: PathBuf) -> Result<()> {
     for (i, l) in config.listeners.iter().enumerate() {
         let tls = match &l.tls {
             Some(t) => {
-                let sc = crate::tls::server_config(t).map_err(|e| {
+                let sc = crate::downstream::tls::server_config(t).map_err(|e| {
                     anyhow::anyhow!("listener {}: tls.{}: {}", l.name, e.field, e.reason)
                 })?;
                 let state: TlsState = Arc::new(ArcSwap::new(sc));
-                tls_states.push((i, state.clone(), stamps(&crate::tls::files(t))));
+                tls_states.push((i, state.clone(), stamps(&crate::downstream::tls::files(t))));
                 Some(state)
             }
             None => None,

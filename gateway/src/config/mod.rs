@@ -208,10 +208,10 @@ pub struct Listener {
     pub merge_slashes: bool,
     /// `%2F`, `%5C` and `\` in request paths: `"reject"` (400, the default) or `"keep"`.
     #[serde(default)]
-    pub escaped_slashes: crate::path::EscapedSlashes,
+    pub escaped_slashes: crate::pipeline::path::EscapedSlashes,
     /// `;` parameters in request path segments: `"reject"` (400, the default) or `"keep"`.
     #[serde(default)]
-    pub path_parameters: crate::path::PathParameters,
+    pub path_parameters: crate::pipeline::path::PathParameters,
     /// Largest request head (bytes).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
@@ -576,7 +576,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             if let Some(ca) = &mut tls.client_ca {
                 *ca = base.join(&*ca);
             }
-            crate::tls::server_config(tls).map_err(|e| ConfigError {
+            crate::downstream::tls::server_config(tls).map_err(|e| ConfigError {
                 file: path.to_owned(),
                 field: format!("listener[{i}].tls.{}", e.field),
                 reason: e.reason,
@@ -587,10 +587,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         if let Some(ca) = &mut r.ca_file {
             *ca = base.join(&*ca).to_string_lossy().into_owned();
         }
-        crate::policy::redis_store::RedisStore::new(r.clone()).map_err(|reason| ConfigError {
-            file: path.to_owned(),
-            field: "redis".into(),
-            reason,
+        crate::pipeline::policy::redis_store::RedisStore::new(r.clone()).map_err(|reason| {
+            ConfigError {
+                file: path.to_owned(),
+                field: "redis".into(),
+                reason,
+            }
         })?;
     }
     for (i, j) in config.jwt_issuers.iter_mut().enumerate() {
@@ -600,10 +602,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         if let Some(f) = &mut j.jwks_file {
             *f = base.join(&*f).to_string_lossy().into_owned();
         }
-        crate::policy::jwt::Issuer::load(j.clone()).map_err(|(field, reason)| ConfigError {
-            file: path.to_owned(),
-            field: format!("jwt_issuer[{i}].{field}"),
-            reason,
+        crate::pipeline::policy::jwt::Issuer::load(j.clone()).map_err(|(field, reason)| {
+            ConfigError {
+                file: path.to_owned(),
+                field: format!("jwt_issuer[{i}].{field}"),
+                reason,
+            }
         })?;
     }
     Ok(config)

@@ -1,6 +1,6 @@
 //! An upgraded connection (WebSocket) joined to its upstream: bytes go both ways until
 //! either side closes or nothing moves for the listener's `stream_idle_timeout_ms`. The
-//! tunnel holds the client connection's admission (see [`crate::conn_state::ConnHold`]), so
+//! tunnel holds the client connection's admission (see [`crate::downstream::conn_state::ConnHold`]), so
 //! upgraded connections still count against the listener's connection limits.
 
 use std::{

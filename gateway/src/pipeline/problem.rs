@@ -49,7 +49,7 @@ pub async fn collect_capped(mut body: Body, max: usize) -> Result<Bytes, Collect
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            if e.is::<crate::client_body::TooLarge>() {
+            if e.is::<crate::pipeline::client_body::TooLarge>() {
                 CollectError::TooLarge
             } else {
                 CollectError::Broken

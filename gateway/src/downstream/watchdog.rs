@@ -11,7 +11,7 @@
 //! - a response the client stops taking (it does not read, or withholds HTTP/2 flow-control
 //!   credit) while nothing waits for an upstream: `stream_idle_timeout_ms`, then closed.
 //!
-//! Plain HTTP/1.1 connections keep theirs in [`crate::park`]; every other connection (TLS,
+//! Plain HTTP/1.1 connections keep theirs in [`crate::downstream::park`]; every other connection (TLS,
 //! HTTP/2 by prior knowledge) is served through [`serve`], which watches the connection's
 //! [`Idle`] state. At `max_connections`, [`Admission`] closes the connection that has been
 //! idle longest, as Envoy's overload manager shortens idle timeouts under pressure, rather
@@ -34,8 +34,8 @@ use tracing::debug;
 
 use crate::{
     clock::monotonic_ms,
-    conn_state::{Idle, InFlight, ResponseClock},
-    listener::ConnService,
+    downstream::conn_state::{Idle, InFlight, ResponseClock},
+    downstream::listener::ConnService,
     metrics::{Closed, Metrics},
     Body,
 };

@@ -1,6 +1,6 @@
 //! What the parts of one client connection know of each other: the socket wrapper, the
-//! service that starts requests, the connection's driver ([`crate::park`] or
-//! [`crate::watchdog`]) and the listener's [`crate::watchdog::Admission`], which may ask an
+//! service that starts requests, the connection's driver ([`crate::downstream::park`] or
+//! [`crate::downstream::watchdog`]) and the listener's [`crate::downstream::watchdog::Admission`], which may ask an
 //! idle connection to close.
 
 use std::{
@@ -50,7 +50,7 @@ pub struct Idle {
     /// The latest request was HTTP/2 (its idle deadline is `http2_idle_timeout_ms`).
     http2: AtomicBool,
     /// Requests hold their [`InFlight`] until their response body ends, and the end is
-    /// timed in `quiet_since` (connections watched by [`crate::watchdog`]).
+    /// timed in `quiet_since` (connections watched by [`crate::downstream::watchdog`]).
     pub(crate) watched: AtomicBool,
     /// When the connection last became quiet (coarse monotonic ms).
     pub(crate) quiet_since: AtomicU64,
@@ -128,7 +128,7 @@ impl Idle {
     }
 
     /// Has the connection's requests hold their slot to the end of their response bodies,
-    /// and time when it goes quiet (for [`crate::watchdog`]).
+    /// and time when it goes quiet (for [`crate::downstream::watchdog`]).
     pub fn watch(&self) {
         self.watched.store(true, Relaxed);
         self.quiet();

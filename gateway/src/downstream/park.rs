@@ -40,7 +40,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{conn_state::Idle, listener::ConnService};
+use crate::{downstream::conn_state::Idle, downstream::listener::ConnService};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
 /// stopped, then the stream. Its shutdown is skipped while parking.
@@ -119,7 +119,7 @@ pub struct Plain {
     /// Serves everything else (HTTP/2 by prior knowledge).
     pub auto: Arc<auto::Builder<TokioExecutor>>,
     /// The listener's connection deadlines.
-    pub deadlines: crate::watchdog::Deadlines,
+    pub deadlines: crate::downstream::watchdog::Deadlines,
     /// Counts parked connections.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes busy connections that went idle, so that they park after a tick.
@@ -343,7 +343,7 @@ where
         idle.watch_from_start();
         self.phase = Phase::Other(Box::pin(async move {
             let deadlines = plain.deadlines;
-            crate::watchdog::serve(
+            crate::downstream::watchdog::serve(
                 TokioIo::new(stream),
                 &plain.auto,
                 service,

@@ -18,15 +18,15 @@ use rand::Rng;
 use smallvec::SmallVec;
 
 use crate::{
-    client_body::{BodyFault, ClientBody, FaultCell},
     config::{Config, Route},
-    conn_state::ConnHold,
-    exchange::{Answer, Upgraded},
-    forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
+    downstream::conn_state::ConnHold,
     metrics::Metrics,
-    policy::{self, Chain, Context},
-    problem::{full, problem, GatewayMade},
-    router::{RequestView, Router},
+    pipeline::client_body::{BodyFault, ClientBody, FaultCell},
+    pipeline::policy::{self, Chain, Context},
+    pipeline::problem::{full, problem, GatewayMade},
+    pipeline::router::{RequestView, Router},
+    upstream::exchange::{Answer, Upgraded},
+    upstream::forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
     upstream::{client, HashInput, HttpClient, Outcome, Pool},
     Body,
 };
@@ -191,7 +191,7 @@ pub struct Conn {
     /// Largest request body accepted.
     pub max_body: u64,
     /// How request paths are normalized.
-    pub paths: crate::path::PathRules,
+    pub paths: crate::pipeline::path::PathRules,
     /// How long an upgraded connection's tunnel may carry nothing.
     pub tunnel_idle: Duration,
 }
@@ -449,20 +449,20 @@ fn host_of<B>(req: &Request<B>) -> Result<RequestHost, &'static str> {
     Ok(RequestHost { name, upstream })
 }
 
-/// The target's path normalized (see [`crate::path`]), with its query as it came; `None`
+/// The target's path normalized (see [`crate::pipeline::path`]), with its query as it came; `None`
 /// when it is already normal. An empty path (`http://h?q` in absolute form, or an HTTP/2
 /// `:path` of `?q`) is `/`, which is what it is routed as; `*` is only for `OPTIONS`.
 fn normalized_target(
     uri: &Uri,
     method: &hyper::Method,
-    rules: crate::path::PathRules,
-) -> Result<Option<Uri>, crate::path::PathError> {
-    use crate::path::PathError;
+    rules: crate::pipeline::path::PathRules,
+) -> Result<Option<Uri>, crate::pipeline::path::PathError> {
+    use crate::pipeline::path::PathError;
     let raw = uri.path_and_query().map_or("", |p| p.as_str());
     if uri.path() == "*" && (method != hyper::Method::OPTIONS || raw != "*") {
         return Err(PathError::NotAbsolute);
     }
-    let normal = crate::path::normalize(uri.path(), rules)?;
+    let normal = crate::pipeline::path::normalize(uri.path(), rules)?;
     let starts_with_path = raw.starts_with('/') || raw == "*";
     if matches!(normal, std::borrow::Cow::Borrowed(_)) && starts_with_path {
         return Ok(None);
@@ -828,11 +828,12 @@ async fn forward(
     let mut buffered: Option<Bytes> = None;
     let mut streaming: Option<Body> = None;
     if can_retry {
-        match crate::problem::collect_capped(body, conn.max_body as usize).await {
+        match crate::pipeline::problem::collect_capped(body, conn.max_body as usize).await {
             Ok(b) => buffered = Some(b),
             Err(e) => {
                 return body_refused(
-                    (e == crate::problem::CollectError::TooLarge).then_some(BodyFault::TooLarge),
+                    (e == crate::pipeline::problem::CollectError::TooLarge)
+                        .then_some(BodyFault::TooLarge),
                 );
             }
         }
@@ -1077,7 +1078,9 @@ fn switch_protocols(
             Ok(c) => {
                 let c = hyper_util::rt::TokioIo::new(c);
                 let Upgraded { stream, read_ahead } = upstream;
-                if let Err(e) = crate::tunnel::join(c, stream, read_ahead, tunnel.idle).await {
+                if let Err(e) =
+                    crate::pipeline::tunnel::join(c, stream, read_ahead, tunnel.idle).await
+                {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }
             }

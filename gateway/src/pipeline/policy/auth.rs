@@ -240,7 +240,7 @@ impl Authenticator {
                         .get(&self.key_header)
                         .map(|v| v.as_bytes().to_vec());
                     let from_query = self.key_query.as_deref().and_then(|q| {
-                        crate::router::query_value(parts.uri.query().unwrap_or(""), q)
+                        crate::pipeline::router::query_value(parts.uri.query().unwrap_or(""), q)
                             .map(percent_decode)
                     });
                     let Some(key) = from_header.or(from_query) else {

@@ -27,7 +27,7 @@ pub use body::ResponseBody;
 use head::RequestFraming;
 use upload::Upload;
 
-use crate::{connections::Connections, Body};
+use crate::{upstream::http1::Connections, Body};
 
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -158,7 +158,10 @@ pub async fn exchange(
     if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let read_ahead = conn.buf.split().freeze();
         return Ok(Answer {
-            response: Response::from_parts(head.parts, crate::problem::full(Bytes::new())),
+            response: Response::from_parts(
+                head.parts,
+                crate::pipeline::problem::full(Bytes::new()),
+            ),
             upgraded: Some(Upgraded {
                 stream: conn.stream,
                 read_ahead,

@@ -15,7 +15,7 @@ use hyper::{
 };
 
 use super::{head::ResponseFraming, upload::Upload, ExchangeError, UpstreamConn};
-use crate::connections::Connections;
+use crate::upstream::http1::Connections;
 
 /// The longest chunk-size line accepted (chunk extensions included).
 const MAX_CHUNK_LINE: usize = 1024;

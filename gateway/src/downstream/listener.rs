@@ -1,8 +1,8 @@
 //! Listener: binds (optionally with `IP_FREEBIND`, for a VIP not yet on `lo`), admits
-//! connections within the connection limits ([`crate::watchdog::Admission`]), and serves
+//! connections within the connection limits ([`crate::downstream::watchdog::Admission`]), and serves
 //! HTTP/1.1 and h2c (prior knowledge) on each with the head-size and header-count limits and
 //! a deadline on every phase. Plain HTTP/1.1 connections are parked between requests
-//! ([`crate::park`]); TLS and HTTP/2 ones are watched by [`crate::watchdog::serve`].
+//! ([`crate::downstream::park`]); TLS and HTTP/2 ones are watched by [`crate::downstream::watchdog::serve`].
 
 use std::{
     net::SocketAddr,
@@ -26,11 +26,11 @@ use tracing::{debug, warn};
 
 use crate::{
     config::Listener,
-    conn_state::{ConnHold, Idle},
+    downstream::conn_state::{ConnHold, Idle},
+    downstream::park::{self, Plain},
+    downstream::watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
     metrics::{Closed, Metrics},
-    park::{self, Plain},
-    proxy::{self, Conn, Runtime},
-    watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
+    pipeline::proxy::{self, Conn, Runtime},
 };
 
 /// Binds a listener socket.
@@ -152,7 +152,7 @@ pub async fn serve(
             tls: tls.is_some(),
             max_body: config.max_body_bytes,
             tunnel_idle: deadlines.stream_idle,
-            paths: crate::path::PathRules {
+            paths: crate::pipeline::path::PathRules {
                 merge_slashes: config.merge_slashes,
                 escaped_slashes: config.escaped_slashes,
                 parameters: config.path_parameters,
@@ -296,7 +296,7 @@ impl Accepted {
                             // The first-request deadline counts from the handshake's end.
                             idle.watch();
                             let metrics = guard.metrics.clone();
-                            crate::watchdog::serve(
+                            crate::downstream::watchdog::serve(
                                 TokioIo::new(s),
                                 &builder,
                                 service,

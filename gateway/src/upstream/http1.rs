@@ -1,7 +1,7 @@
 //! Pooled HTTP/1.1 connections to one upstream target.
 //!
 //! Each target gets a plain stack of idle connections, and a request takes the most recently
-//! used one. The exchange itself runs in the request's task ([`crate::exchange`]); the
+//! used one. The exchange itself runs in the request's task ([`crate::upstream::exchange`]); the
 //! response body puts the connection back here once it has been read to its end.
 //! HTTP/2 upstreams keep hyper-util's client, which multiplexes on one connection.
 
@@ -17,12 +17,12 @@ use hyper::{body::Body as _, Request};
 use tokio::net::TcpStream;
 
 use crate::{
-    exchange::{
+    upstream::exchange::{
         self,
         head::{encode_request, RequestFraming},
         Answer, ExchangeError, Outgoing, UpstreamConn,
     },
-    forwarding::Forwarding,
+    upstream::forwarding::Forwarding,
     Body,
 };
 

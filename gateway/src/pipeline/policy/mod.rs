@@ -23,7 +23,7 @@ use hyper::{
 
 use crate::{
     config::{Config, Route, Step},
-    problem::problem,
+    pipeline::problem::problem,
     Body,
 };
 

@@ -1,6 +1,11 @@
 //! Upstream: pools of weighted targets, how a target is picked, and the pooled client that
 //! talks to it.
 
+pub mod exchange;
+pub mod forwarding;
+pub mod http1;
+pub mod http2;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
@@ -15,12 +20,14 @@ use hyper::{header::HeaderValue, Request, Uri};
 use rand::Rng;
 use smallvec::SmallVec;
 
-use crate::{
-    config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
-    connections::{Connections, SendError},
+use self::{
     exchange::Answer,
     forwarding::Forwarding,
-    h2_upstream::H2Target,
+    http1::{Connections, SendError},
+    http2::H2Target,
+};
+use crate::{
+    config::{Balance, HealthCheck, Outlier, Timeouts, Upstream},
     Body,
 };
 

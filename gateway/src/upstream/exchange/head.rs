@@ -9,7 +9,7 @@ use hyper::{
 };
 
 use super::ExchangeError;
-use crate::forwarding::Forwarding;
+use crate::upstream::forwarding::Forwarding;
 
 /// The most fields a response head may carry.
 const MAX_FIELDS: usize = 128;

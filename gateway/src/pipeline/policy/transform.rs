@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{refuse, Refusal};
 use crate::{
     config::{RequestTransform, ResponseTransform},
-    problem::{collect_capped, full, problem, CollectError},
+    pipeline::problem::{collect_capped, full, problem, CollectError},
     Body,
 };
 

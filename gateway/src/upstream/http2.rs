@@ -15,7 +15,7 @@ use std::{
 use hyper::{body::Incoming, client::conn::http2::SendRequest, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::{clock::monotonic_ms, connections::SendError, Body};
+use crate::{clock::monotonic_ms, upstream::http1::SendError, Body};
 
 /// The connection to one HTTP/2 target, opened on first use and again after it closes.
 pub struct H2Target {
@@ -42,7 +42,7 @@ impl H2Target {
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let every = (idle_timeout / 2).max(Duration::from_millis(100));
-            rt.spawn(crate::connections::reap_every(
+            rt.spawn(crate::upstream::http1::reap_every(
                 Arc::downgrade(&target),
                 every,
                 H2Target::prune,
@@ -79,7 +79,7 @@ impl H2Target {
             return Ok(s.clone());
         }
         let addr = self.addr;
-        let stream = crate::connections::dial(addr, self.connect_timeout).await?;
+        let stream = crate::upstream::http1::dial(addr, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
