@@ -32,3 +32,11 @@ pub mod upstream;
 /// The body type of every response the gateway produces.
 pub type Body =
     http_body_util::combinators::BoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A body from bytes.
+pub fn full(b: impl Into<bytes::Bytes>) -> Body {
+    use http_body_util::BodyExt as _;
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -304,12 +304,6 @@ impl Drop for InFlight {
     }
 }
 
-/// What keeps a client connection's admission (its slot under `max_connections`): held by
-/// the connection, and by the tunnel of a request that upgrades it, which outlives hyper's
-/// part of the connection.
-#[derive(Clone)]
-pub struct ConnHold(pub Arc<dyn Send + Sync>);
-
 /// One streaming response's clock: since when it has held data its client has not pulled
 /// (coarse ms; 0: the client is pulling, or the response waits for its upstream).
 #[derive(Debug)]

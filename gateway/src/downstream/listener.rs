@@ -26,11 +26,12 @@ use tracing::{debug, warn};
 
 use crate::{
     config::Listener,
-    downstream::conn_state::{ConnHold, Idle},
+    downstream::conn_state::Idle,
     downstream::park::{self, Plain},
     downstream::watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
     metrics::{Closed, Metrics},
     pipeline::proxy::{self, Conn, Runtime},
+    pipeline::tunnel::ConnHold,
 };
 
 /// Binds a listener socket.
@@ -64,31 +65,6 @@ pub fn bind(l: &Listener) -> std::io::Result<TcpListener> {
     }
     socket.bind(l.address)?;
     socket.listen(1024)
-}
-
-/// What serves one client connection's requests: the gateway's per-connection service.
-pub trait ConnService:
-    hyper::service::Service<
-        Request<Incoming>,
-        Response = hyper::Response<crate::Body>,
-        Future: Send + 'static,
-        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    > + Unpin
-    + Send
-    + 'static
-{
-}
-
-impl<S> ConnService for S where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = hyper::Response<crate::Body>,
-            Future: Send + 'static,
-            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        > + Unpin
-        + Send
-        + 'static
-{
 }
 
 /// The TLS config new connections of a listener get; swapped when files change.

@@ -5,5 +5,6 @@
 pub mod conn_state;
 pub mod listener;
 pub mod park;
+pub mod service;
 pub mod tls;
 pub mod watchdog;

@@ -40,7 +40,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{downstream::conn_state::Idle, downstream::listener::ConnService};
+use crate::{downstream::conn_state::Idle, downstream::service::ConnService};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
 /// stopped, then the stream. Its shutdown is skipped while parking.

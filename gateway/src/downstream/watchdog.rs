@@ -35,7 +35,7 @@ use tracing::debug;
 use crate::{
     clock::monotonic_ms,
     downstream::conn_state::{Idle, InFlight, ResponseClock},
-    downstream::listener::ConnService,
+    downstream::service::ConnService,
     metrics::{Closed, Metrics},
     Body,
 };

@@ -1,7 +1,9 @@
 //! RFC 9457 `application/problem+json` responses for every error the gateway makes itself.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+
+pub use crate::full;
 use hyper::{header, Response, StatusCode};
 
 use crate::Body;
@@ -27,11 +29,6 @@ pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
         header::HeaderValue::from_static("application/problem+json"),
     );
     r
-}
-
-/// A body from bytes.
-pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Why a body could not be collected.

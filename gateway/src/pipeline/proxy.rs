@@ -19,12 +19,12 @@ use smallvec::SmallVec;
 
 use crate::{
     config::{Config, Route},
-    downstream::conn_state::ConnHold,
     metrics::Metrics,
     pipeline::client_body::{BodyFault, ClientBody, FaultCell},
     pipeline::policy::{self, Chain, Context},
     pipeline::problem::{full, problem, GatewayMade},
     pipeline::router::{RequestView, Router},
+    pipeline::tunnel::ConnHold,
     upstream::exchange::{Answer, Upgraded},
     upstream::forwarding::{self, random_id, Forwarding, X_REQUEST_ID},
     upstream::{client, HashInput, HttpClient, Outcome, Pool},

@@ -1,6 +1,6 @@
 //! An upgraded connection (WebSocket) joined to its upstream: bytes go both ways until
 //! either side closes or nothing moves for the listener's `stream_idle_timeout_ms`. The
-//! tunnel holds the client connection's admission (see [`crate::downstream::conn_state::ConnHold`]), so
+//! tunnel holds the client connection's admission (see [`ConnHold`]), so
 //! upgraded connections still count against the listener's connection limits.
 
 use std::{
@@ -18,6 +18,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::clock::monotonic_ms;
+
+/// What keeps a client connection's admission (its slot under `max_connections`): held by
+/// the connection, and by the tunnel of a request that upgrades it, which outlives hyper's
+/// part of the connection. Opaque here: the listener decides what it holds.
+#[derive(Clone)]
+pub struct ConnHold(pub std::sync::Arc<dyn Send + Sync>);
 
 /// A stream that notes when it last read something.
 struct Noted<S> {

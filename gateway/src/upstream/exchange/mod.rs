@@ -158,10 +158,7 @@ pub async fn exchange(
     if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let read_ahead = conn.buf.split().freeze();
         return Ok(Answer {
-            response: Response::from_parts(
-                head.parts,
-                crate::pipeline::problem::full(Bytes::new()),
-            ),
+            response: Response::from_parts(head.parts, crate::full(Bytes::new())),
             upgraded: Some(Upgraded {
                 stream: conn.stream,
                 read_ahead,
