@@ -4,41 +4,21 @@
 //! the reason. A file that fails validation is never applied.
 
 use std::{
-    collections::HashSet,
-    fmt,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
-use sluice_common::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS};
+use sluice_common::{
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS,
+};
+use sluice_util::{
+    config::{parse_toml, read_toml, refuse},
+    ConfigError, FieldError,
+};
 
 use crate::maglev::is_prime;
-
-/// A refused config: where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file.
-    pub file: PathBuf,
-    /// The field path, or the TOML position for syntax errors.
-    pub field: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            self.file.display(),
-            self.field,
-            self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -289,203 +269,176 @@ impl Vip {
 
 /// Reads and validates `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_owned(),
-        field: "-".into(),
-        reason: format!("cannot read: {e}"),
-    })?;
-    parse(path, &text)
+    validated(path, read_toml(path)?)
 }
 
 /// Parses and validates `text` read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let field = e
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
-                format!("line {line}")
-            })
-            .unwrap_or_else(|| "-".into());
-        ConfigError {
-            file: path.to_owned(),
-            field,
-            reason: e.message().to_string(),
-        }
-    })?;
-    validate(&config).map_err(|(field, reason)| ConfigError {
-        file: path.to_owned(),
-        field,
-        reason,
-    })?;
+    validated(path, parse_toml(path, text)?)
+}
+
+fn validated(path: &Path, config: Config) -> Result<Config, ConfigError> {
+    validate(&config).map_err(|e| e.in_file(path))?;
     Ok(config)
 }
 
-fn check_health(h: &HealthCheck, at: &str) -> Result<(), (String, String)> {
-    let bad = |f: &str, r: &str| Err((format!("{at}.{f}"), r.to_string()));
+/// Semantic checks serde cannot express.
+pub fn validate(c: &Config) -> Result<(), FieldError> {
+    check_node(&c.node).map_err(|e| e.under("node"))?;
+    check_health(&c.health).map_err(|e| e.under("health"))?;
+    if c.vips.len() > MAX_VIPS as usize {
+        return refuse("vip", format!("at most {MAX_VIPS} VIPs are supported"));
+    }
+    let mut seen = HashSet::new();
+    let mut checks = ChecksByAddress::new();
+    for (i, v) in c.vips.iter().enumerate() {
+        let at = format!("vip[{i}]");
+        if !seen.insert((v.address, v.port, v.protocol)) {
+            return refuse(at, "duplicate VIP (same address, port and protocol)");
+        }
+        check_vip(c, i, &mut checks).map_err(|e| e.under(&at))?;
+    }
+    // Every distinct backend address has its entry in `checks`.
+    if checks.len() >= MAX_BACKENDS as usize {
+        return refuse(
+            "vip",
+            format!(
+                "at most {} distinct backends are supported",
+                MAX_BACKENDS - 1
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `[node]`; fields relative to it.
+fn check_node(n: &Node) -> Result<(), FieldError> {
+    if n.interfaces.is_empty() {
+        return refuse("interfaces", "at least one interface is required");
+    }
+    for (i, name) in n.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
+            return refuse(format!("interfaces[{i}]"), "not a valid interface name");
+        }
+    }
+    if n.tunnel_source_v4.is_some_and(|a| !a.is_ipv4()) {
+        return refuse("tunnel_source_v4", "must be an IPv4 address");
+    }
+    if n.tunnel_source_v6.is_some_and(|a| !a.is_ipv6()) {
+        return refuse("tunnel_source_v6", "must be an IPv6 address");
+    }
+    if n.source_entropy_bits > 16 {
+        return refuse("source_entropy_bits", "must be between 0 and 16");
+    }
+    if n.ttl == 0 {
+        return refuse("ttl", "must be at least 1");
+    }
+    if n.flow_table_size < 1024 {
+        return refuse("flow_table_size", "must be at least 1024");
+    }
+    if !n.pin_dir.is_absolute() {
+        return refuse("pin_dir", "must be an absolute path on bpffs");
+    }
+    Ok(())
+}
+
+/// A health check; fields relative to it.
+fn check_health(h: &HealthCheck) -> Result<(), FieldError> {
     if h.interval_ms == 0 {
-        return bad("interval_ms", "must be greater than 0");
+        return refuse("interval_ms", "must be greater than 0");
     }
     if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
-        return bad(
+        return refuse(
             "timeout_ms",
             "must be greater than 0 and at most interval_ms",
         );
     }
     if h.rise == 0 {
-        return bad("rise", "must be at least 1");
+        return refuse("rise", "must be at least 1");
     }
     if h.fall == 0 {
-        return bad("fall", "must be at least 1");
+        return refuse("fall", "must be at least 1");
     }
     if h.port == 0 {
-        return bad("port", "must not be 0");
+        return refuse("port", "must not be 0");
     }
     if h.kind == CheckKind::Http && !h.path.starts_with('/') {
-        return bad("path", "must start with '/'");
+        return refuse("path", "must start with '/'");
     }
     if !(100..=599).contains(&h.expect_status) {
-        return bad("expect_status", "must be an HTTP status (100-599)");
+        return refuse("expect_status", "must be an HTTP status (100-599)");
     }
     Ok(())
 }
 
-/// Semantic checks serde cannot express. `Err((field, reason))`.
-pub fn validate(c: &Config) -> Result<(), (String, String)> {
-    let bad = |f: String, r: &str| Err((f, r.to_string()));
-    if c.node.interfaces.is_empty() {
-        return bad(
-            "node.interfaces".into(),
-            "at least one interface is required",
+/// Health is kept per backend address, so every VIP must check an address the same way:
+/// each address seen so far with the first VIP that listed it and that VIP's check.
+type ChecksByAddress<'a> = HashMap<IpAddr, (usize, &'a HealthCheck)>;
+
+/// `vip[i]`, except its uniqueness among VIPs; fields relative to it.
+fn check_vip<'a>(
+    c: &'a Config,
+    i: usize,
+    checks: &mut ChecksByAddress<'a>,
+) -> Result<(), FieldError> {
+    let v = &c.vips[i];
+    if v.port == 0 {
+        return refuse("port", "must not be 0");
+    }
+    if v.address.is_unspecified() || v.address.is_multicast() {
+        return refuse("address", "must be a unicast address");
+    }
+    if !is_prime(v.table_size) || v.table_size > MAX_TABLE_SIZE {
+        return refuse(
+            "table_size",
+            format!("must be a prime no larger than {MAX_TABLE_SIZE}"),
         );
     }
-    for (i, name) in c.node.interfaces.iter().enumerate() {
-        if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
-            return bad(
-                format!("node.interfaces[{i}]"),
-                "not a valid interface name",
-            );
-        }
+    if let Some(h) = &v.health {
+        check_health(h).map_err(|e| e.under("health"))?;
     }
-    if let Some(a) = c.node.tunnel_source_v4 {
-        if !a.is_ipv4() {
-            return bad("node.tunnel_source_v4".into(), "must be an IPv4 address");
+    let check = v.check(&c.health);
+    let mut addrs = HashSet::new();
+    for (j, b) in v.backends.iter().enumerate() {
+        if !addrs.insert(b.address) {
+            return refuse(format!("backends[{j}].address"), "listed twice in this VIP");
         }
-    }
-    if let Some(a) = c.node.tunnel_source_v6 {
-        if !a.is_ipv6() {
-            return bad("node.tunnel_source_v6".into(), "must be an IPv6 address");
-        }
-    }
-    if c.node.source_entropy_bits > 16 {
-        return bad(
-            "node.source_entropy_bits".into(),
-            "must be between 0 and 16",
-        );
-    }
-    if c.node.ttl == 0 {
-        return bad("node.ttl".into(), "must be at least 1");
-    }
-    if c.node.flow_table_size < 1024 {
-        return bad("node.flow_table_size".into(), "must be at least 1024");
-    }
-    if !c.node.pin_dir.is_absolute() {
-        return bad("node.pin_dir".into(), "must be an absolute path on bpffs");
-    }
-    check_health(&c.health, "health")?;
-    if c.vips.len() > MAX_VIPS as usize {
-        return bad(
-            "vip".into(),
-            &format!("at most {MAX_VIPS} VIPs are supported"),
-        );
-    }
-    let mut seen = HashSet::new();
-    let mut backends = HashSet::new();
-    // Health is kept per backend address, so every VIP must check an address the same way.
-    let mut checks: std::collections::HashMap<IpAddr, (usize, &HealthCheck)> = Default::default();
-    for (i, v) in c.vips.iter().enumerate() {
-        let at = format!("vip[{i}]");
-        if !seen.insert((v.address, v.port, v.protocol)) {
-            return bad(
-                at.clone(),
-                "duplicate VIP (same address, port and protocol)",
-            );
-        }
-        if v.port == 0 {
-            return bad(format!("{at}.port"), "must not be 0");
-        }
-        if v.address.is_unspecified() || v.address.is_multicast() {
-            return bad(format!("{at}.address"), "must be a unicast address");
-        }
-        if !is_prime(v.table_size) || v.table_size > sluice_common::MAX_TABLE_SIZE {
-            return bad(
-                format!("{at}.table_size"),
-                &format!(
-                    "must be a prime no larger than {}",
-                    sluice_common::MAX_TABLE_SIZE
-                ),
-            );
-        }
-        if let Some(h) = &v.health {
-            check_health(h, &format!("{at}.health"))?;
-        }
-        let mut addrs = HashSet::new();
-        for (j, b) in v.backends.iter().enumerate() {
-            let bat = format!("{at}.backends[{j}]");
-            if !addrs.insert(b.address) {
-                return bad(format!("{bat}.address"), "listed twice in this VIP");
-            }
-            if b.address.is_unspecified() || b.address.is_multicast() {
-                return bad(format!("{bat}.address"), "must be a unicast address");
-            }
-            if b.weight > 1000 {
-                return bad(format!("{bat}.weight"), "must be between 0 and 1000");
-            }
-            let needs = if b.address.is_ipv4() {
-                c.node
-                    .tunnel_source_v4
-                    .is_none()
-                    .then_some("node.tunnel_source_v4")
-            } else {
-                c.node
-                    .tunnel_source_v6
-                    .is_none()
-                    .then_some("node.tunnel_source_v6")
-            };
-            if let Some(field) = needs {
-                return bad(
-                    format!("{bat}.address"),
-                    &format!("tunnelling to this family needs {field}"),
+        check_backend(&c.node, b).map_err(|e| e.under(&format!("backends[{j}]")))?;
+        match checks.get(&b.address) {
+            Some((k, other)) if *other != check => {
+                return refuse(
+                    format!("backends[{j}].address"),
+                    format!("vip[{k}] health-checks this backend differently; one backend has one check"),
                 );
             }
-            backends.insert(b.address);
-            let check = v.check(&c.health);
-            match checks.get(&b.address) {
-                Some((k, other)) if *other != check => {
-                    return bad(
-                        format!("{bat}.address"),
-                        &format!("vip[{k}] health-checks this backend differently; one backend has one check"),
-                    );
-                }
-                _ => {
-                    checks.insert(b.address, (i, check));
-                }
+            _ => {
+                checks.insert(b.address, (i, check));
             }
         }
-        if v.backends.iter().filter(|b| b.weight > 0).count() > v.table_size as usize {
-            return bad(
-                format!("{at}.backends"),
-                "more weighted backends than table slots",
-            );
-        }
     }
-    if backends.len() >= MAX_BACKENDS as usize {
-        return bad(
-            "vip".into(),
-            &format!(
-                "at most {} distinct backends are supported",
-                MAX_BACKENDS - 1
-            ),
+    if v.backends.iter().filter(|b| b.weight > 0).count() > v.table_size as usize {
+        return refuse("backends", "more weighted backends than table slots");
+    }
+    Ok(())
+}
+
+/// One backend on its own; fields relative to it.
+fn check_backend(node: &Node, b: &BackendConfig) -> Result<(), FieldError> {
+    if b.address.is_unspecified() || b.address.is_multicast() {
+        return refuse("address", "must be a unicast address");
+    }
+    if b.weight > 1000 {
+        return refuse("weight", "must be between 0 and 1000");
+    }
+    let (source, field) = if b.address.is_ipv4() {
+        (node.tunnel_source_v4, "node.tunnel_source_v4")
+    } else {
+        (node.tunnel_source_v6, "node.tunnel_source_v6")
+    };
+    if source.is_none() {
+        return refuse(
+            "address",
+            format!("tunnelling to this family needs {field}"),
         );
     }
     Ok(())
@@ -570,7 +523,7 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
         );
         let e = refuse(&GOOD.replace("[health]", "[health]\nbogus = 1"));
         assert!(
-            e.starts_with("lb.toml: line 6: unknown field `bogus`"),
+            e.starts_with("lb.toml: line 7: unknown field `bogus`"),
             "{e}"
         );
         let e = refuse("[node\n");

@@ -7,12 +7,8 @@ use std::{
 };
 
 use rand::Rng;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::mpsc,
-    time::{sleep_until, timeout},
-};
+use sluice_util::probe::Probe;
+use tokio::{sync::mpsc, time::sleep_until};
 
 use crate::config::{CheckKind, HealthCheck};
 
@@ -90,48 +86,22 @@ pub struct Transition {
 /// Runs one probe: `Up` on the expected status (or a TCP connect), `NotReady` on an HTTP 503,
 /// `Down` otherwise.
 pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Health {
-    let deadline = Duration::from_millis(check.timeout_ms);
-    let target = SocketAddr::new(addr, check.port);
-    let attempt = async {
-        let mut stream = TcpStream::connect(target).await.ok()?;
-        if check.kind == CheckKind::Tcp {
-            return Some(Health::Up);
-        }
-        let host = match addr {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-        };
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sluice-lb\r\nConnection: close\r\n\r\n",
-            check.path
-        );
-        stream.write_all(req.as_bytes()).await.ok()?;
-        // The status line is all we need: "HTTP/1.1 200 ...".
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream.read(&mut buf[len..]).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        let line = std::str::from_utf8(&buf[..len]).ok()?;
-        let status: u16 = line.get(9..12)?.parse().ok()?;
-        if !line.starts_with("HTTP/1.") {
-            return None;
-        }
-        Some(if status == check.expect_status {
-            Health::Up
-        } else if status == 503 {
-            Health::NotReady
-        } else {
-            Health::Down
-        })
+    let probe = Probe {
+        target: SocketAddr::new(addr, check.port),
+        path: &check.path,
+        user_agent: "sluice-lb",
+        timeout: Duration::from_millis(check.timeout_ms),
     };
-    match timeout(deadline, attempt).await {
-        Ok(Some(h)) => h,
-        _ => Health::Down,
+    match check.kind {
+        CheckKind::Tcp => match probe.connect().await {
+            Ok(()) => Health::Up,
+            Err(_) => Health::Down,
+        },
+        CheckKind::Http => match probe.status().await {
+            Ok(status) if status == check.expect_status => Health::Up,
+            Ok(503) => Health::NotReady,
+            _ => Health::Down,
+        },
     }
 }
 
@@ -162,6 +132,7 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use Health::{Down, NotReady, Up};
 
