@@ -25,7 +25,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::agent::{Command, Status};
+use crate::agent::{Command, CommandError, Status};
 
 type Body = Full<Bytes>;
 
@@ -138,8 +138,10 @@ async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) 
             };
             match result {
                 Some(Ok(())) => respond(StatusCode::OK, "application/json", "{\"ok\":true}".into()),
-                Some(Err(e)) if e.contains("not a backend") => problem(StatusCode::NOT_FOUND, &e),
-                Some(Err(e)) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e),
+                Some(Err(e @ CommandError::UnknownBackend(_))) => {
+                    problem(StatusCode::NOT_FOUND, &e.to_string())
+                }
+                Some(Err(e)) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
                 None => gone(),
             }
         }

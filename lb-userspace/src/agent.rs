@@ -23,24 +23,43 @@ use tracing::{error, info, warn};
 use crate::{
     admin,
     attach::{self, AttachError},
-    config::{self, Config, HealthCheck},
+    config::{self, BackendConfig, Config, HealthCheck, Vip},
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
     health::{self, Health, Transition},
+    metrics,
 };
 
 /// What the admin API asks of the agent.
 pub enum Command {
     /// Stop sending new flows to a backend.
-    Drain(IpAddr, oneshot::Sender<Result<(), String>>),
+    Drain(IpAddr, oneshot::Sender<Result<(), CommandError>>),
     /// Undo a drain.
-    Undrain(IpAddr, oneshot::Sender<Result<(), String>>),
+    Undrain(IpAddr, oneshot::Sender<Result<(), CommandError>>),
     /// Set (or with `None` reset) a backend's weight.
-    Weight(IpAddr, Option<u32>, oneshot::Sender<Result<(), String>>),
+    Weight(
+        IpAddr,
+        Option<u32>,
+        oneshot::Sender<Result<(), CommandError>>,
+    ),
     /// Current state as JSON.
     Status(oneshot::Sender<Status>),
     /// Prometheus text.
     Metrics(oneshot::Sender<String>),
+}
+
+/// Why the agent refused an operator's drain, undrain or weight.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The address is in no VIP's backends.
+    #[error("{0} is not a backend of any VIP")]
+    UnknownBackend(IpAddr),
+    /// The weight is outside what the config allows.
+    #[error("weight must be between 0 and 1000")]
+    WeightOutOfRange,
+    /// Writing the new state to the maps failed.
+    #[error("{0}")]
+    Apply(anyhow::Error),
 }
 
 /// `sluice-lb status` output.
@@ -289,12 +308,12 @@ impl Agent {
         &mut self,
         addr: IpAddr,
         f: impl FnOnce(&mut BackendStatus),
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandError> {
         if !self.known(&addr) {
-            return Err(format!("{addr} is not a backend of any VIP"));
+            return Err(CommandError::UnknownBackend(addr));
         }
         f(self.status.entry(addr).or_default());
-        self.apply().map_err(|e| e.to_string())
+        self.apply().map_err(CommandError::Apply)
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -311,7 +330,7 @@ impl Agent {
             }
             Command::Weight(addr, w, reply) => {
                 let r = match w {
-                    Some(w) if w > 1000 => Err("weight must be between 0 and 1000".to_string()),
+                    Some(w) if w > 1000 => Err(CommandError::WeightOutOfRange),
                     _ => self.operator_change(addr, |s| s.weight = w),
                 };
                 info!(backend = %addr, weight = ?w, ok = r.is_ok(), "weight");
@@ -321,7 +340,11 @@ impl Agent {
                 let _ = reply.send(self.snapshot());
             }
             Command::Metrics(reply) => {
-                let _ = reply.send(self.metrics());
+                let reloads = metrics::Reloads {
+                    ok: self.reloads_ok,
+                    failed: self.reloads_failed,
+                };
+                let _ = reply.send(metrics::render(&self.snapshot(), reloads));
             }
         }
     }
@@ -418,68 +441,8 @@ impl Agent {
     }
 
     fn snapshot(&self) -> Status {
-        let mut vips = Vec::new();
-        for v in &self.config.vips {
-            let key = crate::addr::vip_key(v.address, v.port, v.protocol.number());
-            let vip_id = self.ids_vip(&key);
-            let t = vip_id
-                .and_then(|id| self.dp.vip_traffic(id).ok())
-                .unwrap_or_default();
-            let backends = v
-                .backends
-                .iter()
-                .map(|b| {
-                    let s = self.status.get(&b.address).copied().unwrap_or_default();
-                    let id = self.ids.backend_id(&b.address);
-                    let traffic = id
-                        .and_then(|id| self.dp.backend_traffic(id).ok())
-                        .unwrap_or_default();
-                    let (pps, bps) = id
-                        .and_then(|id| self.rates.get(&id).copied())
-                        .unwrap_or((0.0, 0.0));
-                    BackendView {
-                        address: b.address,
-                        state: if !s.healthy {
-                            "down"
-                        } else if s.draining {
-                            "draining"
-                        } else if s.not_ready {
-                            "not-ready"
-                        } else {
-                            "active"
-                        }
-                        .into(),
-                        healthy: s.healthy,
-                        weight: if s.healthy && !s.draining && !s.not_ready {
-                            s.weight.unwrap_or(b.weight)
-                        } else {
-                            0
-                        },
-                        packets: traffic.packets,
-                        bytes: traffic.bytes,
-                        packets_per_second: pps,
-                        bytes_per_second: bps,
-                    }
-                })
-                .collect();
-            vips.push(VipStatus {
-                vip: format!(
-                    "{}:{}/{}",
-                    v.address,
-                    v.port,
-                    if v.protocol.number() == 6 {
-                        "tcp"
-                    } else {
-                        "udp"
-                    }
-                ),
-                packets: t.packets,
-                bytes: t.bytes,
-                backends,
-            });
-        }
         Status {
-            vips,
+            vips: self.config.vips.iter().map(|v| self.vip_view(v)).collect(),
             outcomes: Lb::ALL
                 .iter()
                 .map(|o| (o.name().to_string(), self.dp.lb_count(*o).unwrap_or(0)))
@@ -499,145 +462,62 @@ impl Agent {
         }
     }
 
-    fn ids_vip(&self, key: &sluice_common::VipKey) -> Option<u32> {
-        self.dp.vip(key).ok().flatten().map(|m| m.id)
+    /// A VIP with its traffic and its backends.
+    fn vip_view(&self, v: &Vip) -> VipStatus {
+        let key = crate::addr::vip_key(v.address, v.port, v.protocol.number());
+        let t = self
+            .ids_vip(&key)
+            .and_then(|id| self.dp.vip_traffic(id).ok())
+            .unwrap_or_default();
+        let protocol = if v.protocol.number() == 6 {
+            "tcp"
+        } else {
+            "udp"
+        };
+        VipStatus {
+            vip: format!("{}:{}/{protocol}", v.address, v.port),
+            packets: t.packets,
+            bytes: t.bytes,
+            backends: v.backends.iter().map(|b| self.backend_view(b)).collect(),
+        }
     }
 
-    fn metrics(&self) -> String {
-        let s = self.snapshot();
-        let mut m = crate::metrics::Writer::default();
-        m.family(
-            "sluice_lb_packets_total",
-            "counter",
-            "Packets handled by sluice_lb, by outcome.",
-        );
-        for (o, n) in &s.outcomes {
-            m.sample("sluice_lb_packets_total", &[("outcome", o)], *n as f64);
+    /// A backend as one VIP has it: state, effective weight, traffic and rates.
+    fn backend_view(&self, b: &BackendConfig) -> BackendView {
+        let s = self.status.get(&b.address).copied().unwrap_or_default();
+        let id = self.ids.backend_id(&b.address);
+        let traffic = id
+            .and_then(|id| self.dp.backend_traffic(id).ok())
+            .unwrap_or_default();
+        let (pps, bps) = id
+            .and_then(|id| self.rates.get(&id).copied())
+            .unwrap_or((0.0, 0.0));
+        let state = if !s.healthy {
+            "down"
+        } else if s.draining {
+            "draining"
+        } else if s.not_ready {
+            "not-ready"
+        } else {
+            "active"
+        };
+        BackendView {
+            address: b.address,
+            state: state.into(),
+            healthy: s.healthy,
+            weight: if state == "active" {
+                s.weight.unwrap_or(b.weight)
+            } else {
+                0
+            },
+            packets: traffic.packets,
+            bytes: traffic.bytes,
+            packets_per_second: pps,
+            bytes_per_second: bps,
         }
-        m.family(
-            "sluice_lb_flow_events_total",
-            "counter",
-            "Flow-table events of sluice_lb.",
-        );
-        for (e, n) in &s.flow_events {
-            m.sample("sluice_lb_flow_events_total", &[("event", e)], *n as f64);
-        }
-        m.family(
-            "sluice_lb_vip_packets_total",
-            "counter",
-            "Packets received for a VIP.",
-        );
-        for v in &s.vips {
-            m.sample(
-                "sluice_lb_vip_packets_total",
-                &[("vip", &v.vip)],
-                v.packets as f64,
-            );
-        }
-        m.family(
-            "sluice_lb_vip_bytes_total",
-            "counter",
-            "Bytes received for a VIP.",
-        );
-        for v in &s.vips {
-            m.sample(
-                "sluice_lb_vip_bytes_total",
-                &[("vip", &v.vip)],
-                v.bytes as f64,
-            );
-        }
-        let mut seen = HashSet::new();
-        let backends: Vec<&BackendView> = s
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter())
-            .filter(|b| seen.insert(b.address))
-            .collect();
-        m.family(
-            "sluice_lb_backend_packets_total",
-            "counter",
-            "Packets tunnelled to a backend.",
-        );
-        for b in &backends {
-            m.sample(
-                "sluice_lb_backend_packets_total",
-                &[("backend", &b.address.to_string())],
-                b.packets as f64,
-            );
-        }
-        m.family(
-            "sluice_lb_backend_bytes_total",
-            "counter",
-            "Bytes tunnelled to a backend.",
-        );
-        for b in &backends {
-            m.sample(
-                "sluice_lb_backend_bytes_total",
-                &[("backend", &b.address.to_string())],
-                b.bytes as f64,
-            );
-        }
-        m.family(
-            "sluice_lb_backend_up",
-            "gauge",
-            "1 if the backend passes its health check.",
-        );
-        for b in &backends {
-            m.sample(
-                "sluice_lb_backend_up",
-                &[("backend", &b.address.to_string())],
-                if b.healthy { 1.0 } else { 0.0 },
-            );
-        }
-        m.family(
-            "sluice_lb_backend_draining",
-            "gauge",
-            "1 if the backend is drained.",
-        );
-        for b in &backends {
-            m.sample(
-                "sluice_lb_backend_draining",
-                &[("backend", &b.address.to_string())],
-                if b.state == "draining" { 1.0 } else { 0.0 },
-            );
-        }
-        m.family(
-            "sluice_lb_table_generation",
-            "gauge",
-            "Maglev table flips since the agent started.",
-        );
-        m.sample("sluice_lb_table_generation", &[], s.table_generation as f64);
-        m.family(
-            "sluice_lb_table_disruption_ratio",
-            "gauge",
-            "Share of slots the last table change moved away from surviving backends.",
-        );
-        m.sample("sluice_lb_table_disruption_ratio", &[], s.last_disruption);
-        m.family(
-            "sluice_lb_config_reloads_total",
-            "counter",
-            "Config reloads, by result.",
-        );
-        m.sample(
-            "sluice_lb_config_reloads_total",
-            &[("result", "ok")],
-            self.reloads_ok as f64,
-        );
-        m.sample(
-            "sluice_lb_config_reloads_total",
-            &[("result", "error")],
-            self.reloads_failed as f64,
-        );
-        m.family(
-            "sluice_lb_config_last_reload_success",
-            "gauge",
-            "1 if the last reload was applied.",
-        );
-        m.sample(
-            "sluice_lb_config_last_reload_success",
-            &[],
-            if self.last_error.is_none() { 1.0 } else { 0.0 },
-        );
-        m.finish()
+    }
+
+    fn ids_vip(&self, key: &sluice_common::VipKey) -> Option<u32> {
+        self.dp.vip(key).ok().flatten().map(|m| m.id)
     }
 }

@@ -1,7 +1,145 @@
 //! Prometheus text exposition. The values are read from BPF maps at scrape time, so there is
-//! no registry to keep in step: a small writer is all that is needed.
+//! no registry to keep in step: the agent gathers a [`Status`] snapshot and [`render`] writes
+//! it out with a small writer.
 
-use std::fmt::Write;
+use std::{collections::HashSet, fmt::Write};
+
+use crate::agent::{BackendView, Status};
+
+/// Config reloads since the agent started, by result.
+#[derive(Debug, Clone, Copy)]
+pub struct Reloads {
+    /// Applied.
+    pub ok: u64,
+    /// Refused.
+    pub failed: u64,
+}
+
+/// The `/metrics` text for the agent's state `s` and its reload counts.
+pub fn render(s: &Status, reloads: Reloads) -> String {
+    let mut m = Writer::default();
+    packet_outcomes(&mut m, s);
+    vip_traffic(&mut m, s);
+    backends(&mut m, s);
+    tables(&mut m, s);
+    config_reloads(&mut m, s, reloads);
+    m.finish()
+}
+
+fn packet_outcomes(m: &mut Writer, s: &Status) {
+    m.family(
+        "sluice_lb_packets_total",
+        "counter",
+        "Packets handled by sluice_lb, by outcome.",
+    );
+    for (o, n) in &s.outcomes {
+        m.sample("sluice_lb_packets_total", &[("outcome", o)], *n as f64);
+    }
+    m.family(
+        "sluice_lb_flow_events_total",
+        "counter",
+        "Flow-table events of sluice_lb.",
+    );
+    for (e, n) in &s.flow_events {
+        m.sample("sluice_lb_flow_events_total", &[("event", e)], *n as f64);
+    }
+}
+
+fn vip_traffic(m: &mut Writer, s: &Status) {
+    let vips = &s.vips;
+    let help = "Packets received for a VIP.";
+    m.family_over("sluice_lb_vip_packets_total", "counter", help, vips, |v| {
+        (("vip", v.vip.clone()), v.packets as f64)
+    });
+    let help = "Bytes received for a VIP.";
+    m.family_over("sluice_lb_vip_bytes_total", "counter", help, vips, |v| {
+        (("vip", v.vip.clone()), v.bytes as f64)
+    });
+}
+
+/// Per backend address, once however many VIPs list it (the first listing's view).
+fn backends(m: &mut Writer, s: &Status) {
+    let mut seen = HashSet::new();
+    let backends: Vec<&BackendView> = s
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter())
+        .filter(|b| seen.insert(b.address))
+        .collect();
+    let label = |b: &BackendView| ("backend", b.address.to_string());
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    let help = "Packets tunnelled to a backend.";
+    m.family_over(
+        "sluice_lb_backend_packets_total",
+        "counter",
+        help,
+        &backends,
+        |b| (label(b), b.packets as f64),
+    );
+    let help = "Bytes tunnelled to a backend.";
+    m.family_over(
+        "sluice_lb_backend_bytes_total",
+        "counter",
+        help,
+        &backends,
+        |b| (label(b), b.bytes as f64),
+    );
+    let help = "1 if the backend passes its health check.";
+    m.family_over("sluice_lb_backend_up", "gauge", help, &backends, |b| {
+        (label(b), flag(b.healthy))
+    });
+    let help = "1 if the backend is drained.";
+    m.family_over(
+        "sluice_lb_backend_draining",
+        "gauge",
+        help,
+        &backends,
+        |b| (label(b), flag(b.state == "draining")),
+    );
+}
+
+fn tables(m: &mut Writer, s: &Status) {
+    m.family(
+        "sluice_lb_table_generation",
+        "gauge",
+        "Maglev table flips since the agent started.",
+    );
+    m.sample("sluice_lb_table_generation", &[], s.table_generation as f64);
+    m.family(
+        "sluice_lb_table_disruption_ratio",
+        "gauge",
+        "Share of slots the last table change moved away from surviving backends.",
+    );
+    m.sample("sluice_lb_table_disruption_ratio", &[], s.last_disruption);
+}
+
+fn config_reloads(m: &mut Writer, s: &Status, reloads: Reloads) {
+    m.family(
+        "sluice_lb_config_reloads_total",
+        "counter",
+        "Config reloads, by result.",
+    );
+    m.sample(
+        "sluice_lb_config_reloads_total",
+        &[("result", "ok")],
+        reloads.ok as f64,
+    );
+    m.sample(
+        "sluice_lb_config_reloads_total",
+        &[("result", "error")],
+        reloads.failed as f64,
+    );
+    m.family(
+        "sluice_lb_config_last_reload_success",
+        "gauge",
+        "1 if the last reload was applied.",
+    );
+    m.sample(
+        "sluice_lb_config_last_reload_success",
+        &[],
+        if s.config.last_reload_ok { 1.0 } else { 0.0 },
+    );
+}
 
 /// Builds a text-format exposition.
 #[derive(Default)]
@@ -20,6 +158,23 @@ impl Writer {
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}");
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A family with one sample per item, each with one label: `sample` gives the label
+    /// (name and value) and the value.
+    pub fn family_over<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        items: &[T],
+        sample: impl Fn(&T) -> ((&str, String), f64),
+    ) {
+        self.family(name, kind, help);
+        for item in items {
+            let ((key, label), value) = sample(item);
+            self.sample(name, &[(key, &label)], value);
+        }
     }
 
     /// Adds a sample.
@@ -46,6 +201,117 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::agent::{ConfigStatus, VipStatus};
+
+    fn backend(address: &str, state: &str, packets: u64) -> BackendView {
+        BackendView {
+            address: address.parse().expect("literal"),
+            state: state.into(),
+            healthy: state != "down",
+            weight: u32::from(state == "active"),
+            packets,
+            bytes: packets * 100,
+            packets_per_second: 1.5,
+            bytes_per_second: 150.0,
+        }
+    }
+
+    /// Every family, a backend listed by two VIPs counted once, a refused reload.
+    #[test]
+    fn render_golden() {
+        let status = Status {
+            vips: vec![
+                VipStatus {
+                    vip: "198.51.100.1:80/tcp".into(),
+                    packets: 10,
+                    bytes: 1000,
+                    backends: vec![
+                        backend("10.1.0.11", "active", 3),
+                        backend("10.1.0.12", "draining", 4),
+                        backend("10.1.0.13", "down", 0),
+                    ],
+                },
+                VipStatus {
+                    vip: "[2001:db8::1]:443/udp".into(),
+                    packets: 7,
+                    bytes: 700,
+                    backends: vec![
+                        backend("10.1.0.11", "active", 3),
+                        backend("fd00::5", "not-ready", 9),
+                    ],
+                },
+            ],
+            outcomes: vec![("tx".into(), 5), ("pass".into(), 2)],
+            flow_events: vec![("new".into(), 3)],
+            table_generation: 4,
+            last_disruption: 0.25,
+            config: ConfigStatus {
+                path: "lb.toml".into(),
+                generation: 2,
+                last_reload_ok: false,
+                last_error: Some("refused".into()),
+            },
+        };
+        let text = render(&status, Reloads { ok: 3, failed: 1 });
+        assert_eq!(text, GOLDEN);
+    }
+
+    const GOLDEN: &str = "\
+# HELP sluice_lb_packets_total Packets handled by sluice_lb, by outcome.\n\
+# TYPE sluice_lb_packets_total counter\n\
+sluice_lb_packets_total{outcome=\"tx\"} 5\n\
+sluice_lb_packets_total{outcome=\"pass\"} 2\n\
+# HELP sluice_lb_flow_events_total Flow-table events of sluice_lb.\n\
+# TYPE sluice_lb_flow_events_total counter\n\
+sluice_lb_flow_events_total{event=\"new\"} 3\n\
+# HELP sluice_lb_vip_packets_total Packets received for a VIP.\n\
+# TYPE sluice_lb_vip_packets_total counter\n\
+sluice_lb_vip_packets_total{vip=\"198.51.100.1:80/tcp\"} 10\n\
+sluice_lb_vip_packets_total{vip=\"[2001:db8::1]:443/udp\"} 7\n\
+# HELP sluice_lb_vip_bytes_total Bytes received for a VIP.\n\
+# TYPE sluice_lb_vip_bytes_total counter\n\
+sluice_lb_vip_bytes_total{vip=\"198.51.100.1:80/tcp\"} 1000\n\
+sluice_lb_vip_bytes_total{vip=\"[2001:db8::1]:443/udp\"} 700\n\
+# HELP sluice_lb_backend_packets_total Packets tunnelled to a backend.\n\
+# TYPE sluice_lb_backend_packets_total counter\n\
+sluice_lb_backend_packets_total{backend=\"10.1.0.11\"} 3\n\
+sluice_lb_backend_packets_total{backend=\"10.1.0.12\"} 4\n\
+sluice_lb_backend_packets_total{backend=\"10.1.0.13\"} 0\n\
+sluice_lb_backend_packets_total{backend=\"fd00::5\"} 9\n\
+# HELP sluice_lb_backend_bytes_total Bytes tunnelled to a backend.\n\
+# TYPE sluice_lb_backend_bytes_total counter\n\
+sluice_lb_backend_bytes_total{backend=\"10.1.0.11\"} 300\n\
+sluice_lb_backend_bytes_total{backend=\"10.1.0.12\"} 400\n\
+sluice_lb_backend_bytes_total{backend=\"10.1.0.13\"} 0\n\
+sluice_lb_backend_bytes_total{backend=\"fd00::5\"} 900\n\
+# HELP sluice_lb_backend_up 1 if the backend passes its health check.\n\
+# TYPE sluice_lb_backend_up gauge\n\
+sluice_lb_backend_up{backend=\"10.1.0.11\"} 1\n\
+sluice_lb_backend_up{backend=\"10.1.0.12\"} 1\n\
+sluice_lb_backend_up{backend=\"10.1.0.13\"} 0\n\
+sluice_lb_backend_up{backend=\"fd00::5\"} 1\n\
+# HELP sluice_lb_backend_draining 1 if the backend is drained.\n\
+# TYPE sluice_lb_backend_draining gauge\n\
+sluice_lb_backend_draining{backend=\"10.1.0.11\"} 0\n\
+sluice_lb_backend_draining{backend=\"10.1.0.12\"} 1\n\
+sluice_lb_backend_draining{backend=\"10.1.0.13\"} 0\n\
+sluice_lb_backend_draining{backend=\"fd00::5\"} 0\n\
+# HELP sluice_lb_table_generation Maglev table flips since the agent started.\n\
+# TYPE sluice_lb_table_generation gauge\n\
+sluice_lb_table_generation 4\n\
+# HELP sluice_lb_table_disruption_ratio Share of slots the last table change moved away from surviving backends.\n\
+# TYPE sluice_lb_table_disruption_ratio gauge\n\
+sluice_lb_table_disruption_ratio 0.25\n\
+# HELP sluice_lb_config_reloads_total Config reloads, by result.\n\
+# TYPE sluice_lb_config_reloads_total counter\n\
+sluice_lb_config_reloads_total{result=\"ok\"} 3\n\
+sluice_lb_config_reloads_total{result=\"error\"} 1\n\
+# HELP sluice_lb_config_last_reload_success 1 if the last reload was applied.\n\
+# TYPE sluice_lb_config_last_reload_success gauge\n\
+sluice_lb_config_last_reload_success 0\n\
+";
+
     #[test]
     fn format() {
         let mut w = super::Writer::default();
