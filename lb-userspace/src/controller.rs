@@ -316,16 +316,42 @@ impl Applied {
             .iter()
             .filter(|(id, b)| self.backends.get(id) != Some(b))
             .partition(|(_, b)| b.flags & BACKEND_ALIVE != 0);
-        for (id, b) in gaining {
-            dp.set_backend(*id, b)?;
-            self.backends.insert(*id, *b);
-        }
+        self.write_backends(dp, gaining)?;
         // Addresses first, so a new VIP is never behind a clear filter bit.
         let addresses: HashSet<IpAddr> = plan.vips.iter().map(|v| v.address).collect();
         let old_addresses: HashSet<IpAddr> = self.vips.values().map(|v| v.address).collect();
         for a in addresses.difference(&old_addresses) {
             dp.set_vip_address(*a)?;
         }
+        self.write_tables(dp, plan)?;
+        self.write_backends(dp, losing)?;
+        // Removed VIPs, then their addresses and the filter.
+        self.remove_vips(dp, plan)?;
+        if !old_addresses.is_subset(&addresses) {
+            for a in old_addresses.difference(&addresses) {
+                dp.remove_vip(&addr::vip_address_key(*a))?;
+            }
+            let all: Vec<IpAddr> = addresses.iter().copied().collect();
+            dp.set_vip_filter(&all)?;
+        }
+        self.remove_unused_backends(dp, plan)
+    }
+
+    fn write_backends(
+        &mut self,
+        dp: &mut DataPlane,
+        backends: Vec<(&u32, &Backend)>,
+    ) -> Result<(), DataPlaneError> {
+        for (id, b) in backends {
+            dp.set_backend(*id, b)?;
+            self.backends.insert(*id, *b);
+        }
+        Ok(())
+    }
+
+    /// Writes every changed VIP's table and flips it in; the largest disruption among them
+    /// becomes `last_disruption`.
+    fn write_tables(&mut self, dp: &mut DataPlane, plan: &Plan) -> Result<(), DataPlaneError> {
         let mut moved_any = None;
         for v in &plan.vips {
             let old = self.vips.get(&v.id);
@@ -336,45 +362,50 @@ impl Applied {
             }
             // The disruption is known before anything is pushed.
             if let Some(o) = old {
-                let survivors: HashSet<u32> = v
-                    .members
-                    .iter()
-                    .filter(|m| m.weight > 0)
-                    .map(|m| m.id)
-                    .collect();
-                let d = disruption(&o.table, &v.table, &survivors);
+                let d = disruption(&o.table, &v.table, &survivors(v));
                 moved_any = Some(moved_any.map_or(d, |m: f64| m.max(d)));
             }
             let active = old.map(|o| o.meta.active ^ 1).unwrap_or(0);
-            dp.write_table(v.id, active, &v.table)?;
-            let meta = VipMeta {
-                id: v.id,
-                flags: v.flags,
-                table_size: v.table.len() as u32,
-                active,
-                gen: 0,
-            };
-            dp.set_vip(&v.key, &meta)?;
-            let meta = dp.vip(&v.key)?.unwrap_or(meta);
-            self.generation += 1;
-            self.vips.insert(
-                v.id,
-                AppliedVip {
-                    key: v.key,
-                    address: v.address,
-                    meta,
-                    table: v.table.clone(),
-                },
-            );
+            self.write_vip(dp, v, active)?;
         }
         if let Some(d) = moved_any {
             self.last_disruption = d;
         }
-        for (id, b) in losing {
-            dp.set_backend(*id, b)?;
-            self.backends.insert(*id, *b);
-        }
-        // Removed VIPs, then their addresses and the filter.
+        Ok(())
+    }
+
+    /// Writes `v`'s table into buffer `active`, then its `VipMeta` naming that buffer.
+    fn write_vip(
+        &mut self,
+        dp: &mut DataPlane,
+        v: &PlannedVip,
+        active: u32,
+    ) -> Result<(), DataPlaneError> {
+        dp.write_table(v.id, active, &v.table)?;
+        let meta = VipMeta {
+            id: v.id,
+            flags: v.flags,
+            table_size: v.table.len() as u32,
+            active,
+            gen: 0,
+        };
+        dp.set_vip(&v.key, &meta)?;
+        let meta = dp.vip(&v.key)?.unwrap_or(meta);
+        self.generation += 1;
+        self.vips.insert(
+            v.id,
+            AppliedVip {
+                key: v.key,
+                address: v.address,
+                meta,
+                table: v.table.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// VIPs applied but no longer planned.
+    fn remove_vips(&mut self, dp: &mut DataPlane, plan: &Plan) -> Result<(), DataPlaneError> {
         let planned: HashSet<u32> = plan.vips.iter().map(|v| v.id).collect();
         let gone: Vec<u32> = self
             .vips
@@ -387,14 +418,15 @@ impl Applied {
                 dp.remove_vip(&v.key)?;
             }
         }
-        if !old_addresses.is_subset(&addresses) {
-            for a in old_addresses.difference(&addresses) {
-                dp.remove_vip(&addr::vip_address_key(*a))?;
-            }
-            let all: Vec<IpAddr> = addresses.iter().copied().collect();
-            dp.set_vip_filter(&all)?;
-        }
-        // Backends no longer in any VIP: not alive, so stray flow entries re-pick.
+        Ok(())
+    }
+
+    /// Backends no longer in any VIP: not alive, so stray flow entries re-pick.
+    fn remove_unused_backends(
+        &mut self,
+        dp: &mut DataPlane,
+        plan: &Plan,
+    ) -> Result<(), DataPlaneError> {
         let gone: Vec<u32> = self
             .backends
             .keys()
@@ -407,6 +439,15 @@ impl Applied {
         }
         Ok(())
     }
+}
+
+/// The ids of `v`'s members that keep a share of its table.
+fn survivors(v: &PlannedVip) -> HashSet<u32> {
+    v.members
+        .iter()
+        .filter(|m| m.weight > 0)
+        .map(|m| m.id)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! `sluice-lb`: the L4 agent and CLI.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,7 +62,7 @@ enum Command {
     /// Stop sending new flows to a backend; its established flows stay.
     Drain {
         /// Backend address.
-        backend: std::net::IpAddr,
+        backend: IpAddr,
         /// Admin API address.
         #[arg(long, default_value = "127.0.0.1:9180")]
         admin: SocketAddr,
@@ -67,7 +70,7 @@ enum Command {
     /// Undo `drain`.
     Undrain {
         /// Backend address.
-        backend: std::net::IpAddr,
+        backend: IpAddr,
         /// Admin API address.
         #[arg(long, default_value = "127.0.0.1:9180")]
         admin: SocketAddr,
@@ -75,7 +78,7 @@ enum Command {
     /// Set a backend's weight in every VIP, or without N go back to the configured one.
     Weight {
         /// Backend address.
-        backend: std::net::IpAddr,
+        backend: IpAddr,
         /// New weight (0 to 1000).
         weight: Option<u32>,
         /// Admin API address.
@@ -100,7 +103,7 @@ enum Command {
         iface: String,
         /// Local tunnel endpoint addresses.
         #[arg(long = "addr")]
-        addrs: Vec<std::net::IpAddr>,
+        addrs: Vec<IpAddr>,
         /// Pin directory.
         #[arg(long, default_value = "/sys/fs/bpf/sluice-decap")]
         pin_dir: PathBuf,
@@ -111,6 +114,16 @@ enum Command {
     /// Load both programs through the kernel verifier without attaching them, and report
     /// their sizes: a quick check that this kernel accepts the embedded data plane.
     Verify,
+}
+
+impl From<Mode> for config::XdpMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => config::XdpMode::Auto,
+            Mode::Native => config::XdpMode::Native,
+            Mode::Generic => config::XdpMode::Generic,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -130,24 +143,8 @@ fn main() -> Result<()> {
             config,
             xdp_mode,
             debug,
-        } => {
-            let mode = xdp_mode.map(|m| match m {
-                Mode::Auto => config::XdpMode::Auto,
-                Mode::Native => config::XdpMode::Native,
-                Mode::Generic => config::XdpMode::Generic,
-            });
-            rt.block_on(agent::run(&config, debug, mode))
-        }
-        Command::Check { config } => {
-            let c = config::load(&config)?;
-            println!(
-                "{}: ok ({} VIPs, {} interfaces)",
-                config.display(),
-                c.vips.len(),
-                c.node.interfaces.len()
-            );
-            Ok(())
-        }
+        } => rt.block_on(agent::run(&config, debug, xdp_mode.map(Into::into))),
+        Command::Check { config } => check(&config),
         Command::Status { admin, json } => rt.block_on(status(admin, json)),
         Command::Drain { backend, admin } => {
             rt.block_on(post(admin, &format!("/backends/{backend}/drain")))
@@ -166,39 +163,49 @@ fn main() -> Result<()> {
             };
             rt.block_on(post(admin, &path))
         }
-        Command::Detach { config, pin_dir } => {
-            let dir = match (config, pin_dir) {
-                (Some(c), _) => config::load(&c)?.node.pin_dir,
-                (None, Some(d)) => d,
-                (None, None) => PathBuf::from("/sys/fs/bpf/sluice"),
-            };
-            let n = attach::detach(&dir)?;
-            println!("removed {n} pinned objects under {}", dir.display());
-            Ok(())
-        }
+        Command::Detach { config, pin_dir } => detach(config, pin_dir),
         Command::Verify => verify(),
         Command::Decap {
             iface,
             addrs,
             pin_dir,
             xdp_mode,
-        } => {
-            attach::ensure_bpffs(&pin_dir)?;
-            let mut dp = DataPlane::load(&LoadOptions {
-                pin_dir: Some(pin_dir.clone()),
-                flow_table_size: Some(1024),
-                ..Default::default()
-            })?;
-            let mode = match xdp_mode {
-                Mode::Auto => config::XdpMode::Auto,
-                Mode::Native => config::XdpMode::Native,
-                Mode::Generic => config::XdpMode::Generic,
-            };
-            attach::attach_decap(&mut dp, &pin_dir, &iface, &addrs, mode)?;
-            println!("sluice_decap on {iface} ({} tunnel addresses)", addrs.len());
-            Ok(())
-        }
+        } => decap(&iface, &addrs, &pin_dir, xdp_mode.into()),
     }
+}
+
+fn check(config: &Path) -> Result<()> {
+    let c = config::load(config)?;
+    println!(
+        "{}: ok ({} VIPs, {} interfaces)",
+        config.display(),
+        c.vips.len(),
+        c.node.interfaces.len()
+    );
+    Ok(())
+}
+
+fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>) -> Result<()> {
+    let dir = match (config, pin_dir) {
+        (Some(c), _) => config::load(&c)?.node.pin_dir,
+        (None, Some(d)) => d,
+        (None, None) => PathBuf::from("/sys/fs/bpf/sluice"),
+    };
+    let n = attach::detach(&dir)?;
+    println!("removed {n} pinned objects under {}", dir.display());
+    Ok(())
+}
+
+fn decap(iface: &str, addrs: &[IpAddr], pin_dir: &Path, mode: config::XdpMode) -> Result<()> {
+    attach::ensure_bpffs(pin_dir)?;
+    let mut dp = DataPlane::load(&LoadOptions {
+        pin_dir: Some(pin_dir.to_owned()),
+        flow_table_size: Some(1024),
+        ..Default::default()
+    })?;
+    attach::attach_decap(&mut dp, pin_dir, iface, addrs, mode)?;
+    println!("sluice_decap on {iface} ({} tunnel addresses)", addrs.len());
+    Ok(())
 }
 
 async fn post(admin: SocketAddr, path: &str) -> Result<()> {
