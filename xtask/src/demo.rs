@@ -98,6 +98,20 @@ fn start_load(client_ns: &str, workers: usize) -> Load {
     }
 }
 
+impl Load {
+    /// Stops the load threads; the requests answered and failed in all.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        (
+            self.total_ok.load(Ordering::Relaxed),
+            self.total_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -178,90 +192,101 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     for (i, slot) in last.iter_mut().enumerate() {
         *slot = w.gateway_requests(i + 1);
     }
-    let result = (|| -> Result<()> {
-        println!("1. Steady state: Maglev spreads new flows evenly over the three gateways.");
-        watch(&w, &load, 4, &mut last)?;
-        println!("\n2. Failover: gateway 2 ({}) is killed. The LB agents' health checks (every\n   200 ms, down after 2 failures) take it out of the Maglev tables; flows pinned to it re-pick.", gateway_addr(2));
-        let failed_before = load.total_failed.load(Ordering::Relaxed);
-        let killed = Instant::now();
-        w.kill("g2");
-        watch(&w, &load, 4, &mut last)?;
-        let lost = load.total_failed.load(Ordering::Relaxed) - failed_before;
-        println!("   (requests that failed around the kill: {lost}: new flows sent to it before the\n   health checks noticed, and the ones it was serving)");
-        println!(
-            "\n3. Gateway 2 comes back and takes its share again ({:.1} s after the kill).",
-            killed.elapsed().as_secs_f64()
-        );
-        w.start_gateway(2);
-        watch(&w, &load, 4, &mut last)?;
-        println!("\n4. Drain: the operator drains gateway 1 on both LB nodes (`sluice-lb drain {}`).\n   It gets no new flows, and no request fails.", gateway_addr(1));
-        let failed_before = load.total_failed.load(Ordering::Relaxed);
-        for lb in ["l1", "l2"] {
-            sluice_lb(&w, lb, &["drain", &gateway_addr(1)])?;
-        }
-        watch(&w, &load, 4, &mut last)?;
-        println!(
-            "   (requests that failed during the drain: {})",
-            load.total_failed.load(Ordering::Relaxed) - failed_before
-        );
-        println!("\n5. Policy on the real client: /limited allows 10 requests per client address per\n   10 minutes, counted in Redis so the limit holds whichever gateway a flow lands on.\n   The gateways see the client's own address because the tunnel delivers its packets\n   unchanged (DSR). 15 requests, each on a new connection:");
-        let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
-        let answers: Vec<(u16, String)> = in_ns(&w.ns["c"], || {
-            (0..15)
-                .filter_map(|_| http_get(vip, "/limited/index.html").ok())
-                .collect()
-        });
-        let ok = answers.iter().filter(|a| a.0 == 200).count();
-        let refused: Vec<&(u16, String)> = answers.iter().filter(|a| a.0 == 429).collect();
-        println!("   {ok} answered, {} refused with 429", refused.len());
-        if let Some((_, body)) = refused.first() {
-            println!("   a refusal: {}", body.trim());
-        }
-        let keys = in_ns_command(&w.ns["b1"], "redis-cli")
-            .args(["-h", "10.20.0.31", "-a", "sluice-e2e", "--no-auth-warning"])
-            .args(["--scan", "--pattern", "sluice:*"])
-            .output()?;
-        println!(
-            "   the counter in Redis: {}",
-            String::from_utf8_lossy(&keys.stdout).trim()
-        );
-        println!("\nWhat LB node 1 reports (`sluice-lb status`):\n");
-        print!("{}", sluice_lb(&w, "l1", &["status"])?);
-        Ok(())
-    })();
-    load.stop.store(true, Ordering::Relaxed);
-    for t in load.threads {
-        let _ = t.join();
-    }
-    let (ok, failed) = (
-        load.total_ok.load(Ordering::Relaxed),
-        load.total_failed.load(Ordering::Relaxed),
-    );
+    let result = failover_and_drain(&mut w, &load, &mut last)
+        .and_then(|()| rate_limit(&w))
+        .and_then(|()| lb_status(&w));
+    let (ok, failed) = load.stop();
     println!("\nSummary: {ok} requests answered, {failed} failed. The drain moved traffic without losing any;\nthe kill lost what was in flight and what reached the gateway before health checks took it out.");
     match result {
         Err(e) if e.to_string() == "interrupted" => println!("Interrupted."),
         Err(e) => return Err(e),
-        Ok(()) if keep => {
-            println!(
-                "\nThe topology stays up (--keep). Try, in another shell:\n  \
-                 ip netns exec {c} curl http://{VIP}/index.html\n  \
-                 ip netns exec {l1} {lb} status\n  \
-                 ip netns exec {r} curl http://{g1}:9000/metrics\n\
-                 Press Ctrl-C to remove everything.",
-                c = w.ns["c"],
-                l1 = w.ns["l1"],
-                r = w.ns["r"],
-                g1 = gateway_addr(1),
-                lb = sluice_e2e::bin("sluice-lb").display()
-            );
-            while !INTERRUPTED.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        Ok(()) if keep => keep_until_interrupted(&w),
         Ok(()) => {}
     }
     println!("Removing namespaces, processes and pinned programs...");
     drop(w);
     println!("Done: nothing is left behind.");
     Ok(())
+}
+
+/// Steps 1 to 4: steady state, a gateway killed and back, a gateway drained.
+fn failover_and_drain(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result<()> {
+    println!("1. Steady state: Maglev spreads new flows evenly over the three gateways.");
+    watch(w, load, 4, last)?;
+    println!("\n2. Failover: gateway 2 ({}) is killed. The LB agents' health checks (every\n   200 ms, down after 2 failures) take it out of the Maglev tables; flows pinned to it re-pick.", gateway_addr(2));
+    let failed_before = load.total_failed.load(Ordering::Relaxed);
+    let killed = Instant::now();
+    w.kill("g2");
+    watch(w, load, 4, last)?;
+    let lost = load.total_failed.load(Ordering::Relaxed) - failed_before;
+    println!("   (requests that failed around the kill: {lost}: new flows sent to it before the\n   health checks noticed, and the ones it was serving)");
+    println!(
+        "\n3. Gateway 2 comes back and takes its share again ({:.1} s after the kill).",
+        killed.elapsed().as_secs_f64()
+    );
+    w.start_gateway(2);
+    watch(w, load, 4, last)?;
+    println!("\n4. Drain: the operator drains gateway 1 on both LB nodes (`sluice-lb drain {}`).\n   It gets no new flows, and no request fails.", gateway_addr(1));
+    let failed_before = load.total_failed.load(Ordering::Relaxed);
+    for lb in ["l1", "l2"] {
+        sluice_lb(w, lb, &["drain", &gateway_addr(1)])?;
+    }
+    watch(w, load, 4, last)?;
+    println!(
+        "   (requests that failed during the drain: {})",
+        load.total_failed.load(Ordering::Relaxed) - failed_before
+    );
+    Ok(())
+}
+
+/// Step 5: the per-client limit in Redis, keyed on the real client address.
+fn rate_limit(w: &World) -> Result<()> {
+    println!("\n5. Policy on the real client: /limited allows 10 requests per client address per\n   10 minutes, counted in Redis so the limit holds whichever gateway a flow lands on.\n   The gateways see the client's own address because the tunnel delivers its packets\n   unchanged (DSR). 15 requests, each on a new connection:");
+    let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    let answers: Vec<(u16, String)> = in_ns(&w.ns["c"], || {
+        (0..15)
+            .filter_map(|_| http_get(vip, "/limited/index.html").ok())
+            .collect()
+    });
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let refused: Vec<&(u16, String)> = answers.iter().filter(|a| a.0 == 429).collect();
+    println!("   {ok} answered, {} refused with 429", refused.len());
+    if let Some((_, body)) = refused.first() {
+        println!("   a refusal: {}", body.trim());
+    }
+    let keys = in_ns_command(&w.ns["b1"], "redis-cli")
+        .args(["-h", "10.20.0.31", "-a", "sluice-e2e", "--no-auth-warning"])
+        .args(["--scan", "--pattern", "sluice:*"])
+        .output()?;
+    println!(
+        "   the counter in Redis: {}",
+        String::from_utf8_lossy(&keys.stdout).trim()
+    );
+    Ok(())
+}
+
+/// What LB node 1's `sluice-lb status` prints.
+fn lb_status(w: &World) -> Result<()> {
+    println!("\nWhat LB node 1 reports (`sluice-lb status`):\n");
+    print!("{}", sluice_lb(w, "l1", &["status"])?);
+    Ok(())
+}
+
+/// `--keep`: says how to look at the topology and waits for Ctrl-C.
+fn keep_until_interrupted(w: &World) {
+    println!(
+        "\nThe topology stays up (--keep). Try, in another shell:\n  \
+         ip netns exec {c} curl http://{VIP}/index.html\n  \
+         ip netns exec {l1} {lb} status\n  \
+         ip netns exec {r} curl http://{g1}:9000/metrics\n\
+         Press Ctrl-C to remove everything.",
+        c = w.ns["c"],
+        l1 = w.ns["l1"],
+        r = w.ns["r"],
+        g1 = gateway_addr(1),
+        lb = sluice_e2e::bin("sluice-lb").display()
+    );
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -124,10 +124,26 @@ fn apt_install<S: AsRef<std::ffi::OsStr>>(pkgs: &[S]) -> Result<()> {
 /// Checks every piece and installs what is missing.
 pub fn run() -> Result<()> {
     let root = is_root();
-    let debian = fs::metadata("/etc/debian_version").is_ok();
-    let mut problems = Vec::new();
+    let llvm = nightly_toolchain()?;
+    let problems: Vec<String> = [
+        debian_packages(llvm, root)?,
+        bpf_linker(llvm)?,
+        bpffs(root)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("setup: missing: {p}");
+        }
+        bail!("setup is incomplete; see the messages above");
+    }
+    Ok(())
+}
 
-    // 1. Nightly toolchain and rust-src for `-Z build-std`.
+/// 1. Nightly toolchain and rust-src for `-Z build-std`; the LLVM major version of nightly.
+fn nightly_toolchain() -> Result<u32> {
     if nightly_llvm_major().is_none() {
         exec(
             Command::new("rustup").args([
@@ -159,8 +175,14 @@ pub fn run() -> Result<()> {
             "adding rust-src to nightly",
         )?;
     }
+    Ok(llvm)
+}
 
-    // 2. Debian packages: LLVM matching nightly (for bpf-linker) and the test tools.
+/// 2. Debian packages: LLVM matching nightly (for bpf-linker) and the test tools.
+///
+/// What cannot be installed here is returned as a problem, as by the steps below.
+fn debian_packages(llvm: u32, root: bool) -> Result<Option<String>> {
+    let debian = fs::metadata("/etc/debian_version").is_ok();
     let llvm_pkgs = [format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")];
     let missing: Vec<String> = llvm_pkgs
         .iter()
@@ -169,68 +191,70 @@ pub fn run() -> Result<()> {
         .filter(|p| !installed(p))
         .map(str::to_owned)
         .collect();
-    if !missing.is_empty() {
-        if !debian {
-            problems.push(format!(
-                "not a Debian system: install the equivalents of {} yourself",
-                missing.join(" ")
-            ));
-        } else if !root {
-            problems.push(format!(
-                "not root: run `sudo apt-get install -y {}`",
-                missing.join(" ")
-            ));
-        } else {
-            apt_install(&missing)?;
-        }
+    if missing.is_empty() {
+        return Ok(None);
     }
+    if !debian {
+        return Ok(Some(format!(
+            "not a Debian system: install the equivalents of {} yourself",
+            missing.join(" ")
+        )));
+    }
+    if !root {
+        return Ok(Some(format!(
+            "not root: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        )));
+    }
+    apt_install(&missing)?;
+    Ok(None)
+}
 
-    // 3. bpf-linker, built against that LLVM.
+/// 3. bpf-linker, built against that LLVM.
+fn bpf_linker(llvm: u32) -> Result<Option<String>> {
     let stamp_ok = fs::read_to_string(linker_stamp()).is_ok_and(|s| s.trim() == llvm.to_string());
     let linker_present = output(Command::new("bpf-linker").arg("--version")).is_some();
-    if !(linker_present && stamp_ok) {
-        let prefix = format!("/usr/lib/llvm-{llvm}");
-        if fs::metadata(&prefix).is_err() {
-            problems.push(format!(
-                "bpf-linker needs LLVM {llvm} development files in {prefix} (llvm-{llvm}-dev)"
-            ));
-        } else {
-            exec(
-                Command::new("cargo")
-                    .args([
-                        "install",
-                        "bpf-linker",
-                        "--version",
-                        "^0.13",
-                        "--no-default-features",
-                        "--features",
-                        &format!("llvm-{llvm}"),
-                        "--force",
-                    ])
-                    .env("LLVM_PREFIX", &prefix),
-                &format!("building bpf-linker against LLVM {llvm}"),
-            )?;
-            fs::write(linker_stamp(), llvm.to_string()).context("writing bpf-linker stamp")?;
-        }
+    if linker_present && stamp_ok {
+        return Ok(None);
     }
+    let prefix = format!("/usr/lib/llvm-{llvm}");
+    if fs::metadata(&prefix).is_err() {
+        return Ok(Some(format!(
+            "bpf-linker needs LLVM {llvm} development files in {prefix} (llvm-{llvm}-dev)"
+        )));
+    }
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm}"),
+                "--force",
+            ])
+            .env("LLVM_PREFIX", &prefix),
+        &format!("building bpf-linker against LLVM {llvm}"),
+    )?;
+    fs::write(linker_stamp(), llvm.to_string()).context("writing bpf-linker stamp")?;
+    Ok(None)
+}
 
-    // 4. bpffs, where pinned maps and programs live.
-    if !bpffs_mounted() {
-        if root {
-            exec(
-                Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
-                "mounting bpffs on /sys/fs/bpf",
-            )?;
-        } else {
-            problems.push("bpffs is not mounted: run `sudo mount -t bpf bpf /sys/fs/bpf`".into());
-        }
+/// 4. bpffs, where pinned maps and programs live.
+fn bpffs(root: bool) -> Result<Option<String>> {
+    if bpffs_mounted() {
+        return Ok(None);
     }
-
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("setup: missing: {p}");
-        }
-        bail!("setup is incomplete; see the messages above");
+    if !root {
+        return Ok(Some(
+            "bpffs is not mounted: run `sudo mount -t bpf bpf /sys/fs/bpf`".into(),
+        ));
     }
-    Ok(())
+    exec(
+        Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+        "mounting bpffs on /sys/fs/bpf",
+    )?;
+    Ok(None)
 }
