@@ -61,11 +61,11 @@ struct Row {
 }
 
 fn main() {
-    if !lab::privileged() {
+    if !sluice_e2e::privileged() {
         eprintln!("bench xdp needs root");
         std::process::exit(1);
     }
-    lab::in_netns(run);
+    sluice_e2e::in_new_ns(run);
 }
 
 fn run() {

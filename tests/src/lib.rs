@@ -13,12 +13,17 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+pub mod http;
+pub mod ns;
+
+pub use http::{http_get, http_get_from};
+pub use ns::{in_new_ns, in_ns, in_ns_command, privileged, sh};
 
 /// The VIP.
 pub const VIP: &str = "198.51.100.1";
@@ -26,34 +31,6 @@ pub const VIP: &str = "198.51.100.1";
 pub const VIP6: &str = "2001:db8::1";
 /// Prefix of every namespace this harness makes.
 const PREFIX: &str = "sx";
-
-/// Whether the end-to-end tests can run (root); in CI not being root is a failure.
-pub fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "end-to-end tests need root"
-    );
-    eprintln!("skipping end-to-end test: not root");
-    false
-}
-
-/// Runs a command (split on whitespace); panics with its stderr if it fails.
-pub fn sh(cmd: &str) {
-    let parts: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(parts[0])
-        .args(&parts[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The workspace's binaries: `SLUICE_BIN_DIR` if set (the demo uses release builds), else
 /// next to the running executable or one level up (test binaries live in `deps/`).
@@ -69,45 +46,6 @@ pub fn bin(name: &str) -> PathBuf {
         (_, Some(p)) if p.exists() => p,
         _ => panic!("{name} is missing: run through `cargo xtask test` or `cargo xtask demo`"),
     }
-}
-
-/// A command that runs in namespace `ns` while keeping this mount namespace (unlike
-/// `ip netns exec`, which remounts /sys and would hide bpffs).
-pub fn in_ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    use std::os::unix::process::CommandExt;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns handle");
-    let mut cmd = Command::new(program);
-    // SAFETY: setns is async-signal-safe; `file` lives in the closure until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            use std::os::fd::AsRawFd;
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-pub fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).expect("netns handle");
-            // SAFETY: a valid namespace fd; affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns"
-            );
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 /// Removes namespaces and pins left by runs whose process is gone.
@@ -612,99 +550,6 @@ impl Drop for World {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// One HTTP/1.1 GET with `Connection: close`; (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    http_get_from(addr, path, None)
-}
-
-/// Like [`http_get`], from a given local port (to pin the 5-tuple).
-pub fn http_get_from(
-    addr: SocketAddr,
-    path: &str,
-    local_port: Option<u16>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = match local_port {
-        None => TcpStream::connect_timeout(&addr, Duration::from_secs(3))?,
-        Some(port) => {
-            // Bind the source port explicitly; SO_REUSEADDR lets a port in TIME_WAIT be reused.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: a fresh socket we own; converted to TcpStream right after connect.
-            let stream = unsafe {
-                use std::os::fd::FromRawFd;
-                let one: libc::c_int = 1;
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_REUSEADDR,
-                    (&one as *const libc::c_int).cast(),
-                    4,
-                );
-                let local = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: port.to_be(),
-                    sin_addr: libc::in_addr { s_addr: 0 },
-                    sin_zero: [0; 8],
-                };
-                if libc::bind(
-                    fd,
-                    (&local as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                ) != 0
-                {
-                    let e = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    return Err(e);
-                }
-                std::net::TcpStream::from_raw_fd(fd)
-            };
-            let SocketAddr::V4(v4) = addr else {
-                panic!("IPv4 only")
-            };
-            let remote = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            use std::os::fd::AsRawFd;
-            // SAFETY: connecting our own socket to a valid address.
-            if unsafe {
-                libc::connect(
-                    stream.as_raw_fd(),
-                    (&remote as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            } != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            stream
-        }
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Gateway config for [`World::start_with_policies`]: route `/limited` allows 10 requests per

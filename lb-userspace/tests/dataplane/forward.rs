@@ -433,7 +433,7 @@ fn next_hop_is_cached_briefly_then_looked_up_again() {
         let input = build(&flow, Tcp::Syn, b"", &Extra::default());
         assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
         // The neighbour moves: the cached answer is used until it expires.
-        crate::lab::sh(
+        sluice_e2e::sh(
             "ip neigh replace 10.1.0.11 lladdr 02:00:00:00:09:99 nud permanent dev int0",
         );
         assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
@@ -495,11 +495,11 @@ impl log::Log for Capture {
 
 #[test]
 fn debug_logging_exists_only_when_switched_on_at_load() {
-    if !crate::lab::privileged() {
+    if !sluice_e2e::privileged() {
         return;
     }
     let size = |debug: bool| {
-        crate::lab::in_netns(|| {
+        sluice_e2e::in_new_ns(|| {
             let mut lab = Lab::new(&sluice_lb::dataplane::LoadOptions {
                 debug,
                 ..Default::default()
@@ -520,7 +520,7 @@ fn debug_logging_exists_only_when_switched_on_at_load() {
         "debug build {on} bytes vs default {off}: logging must be removed when off"
     );
 
-    crate::lab::in_netns(|| {
+    sluice_e2e::in_new_ns(|| {
         let mut lab = Lab::new(&sluice_lb::dataplane::LoadOptions {
             debug: true,
             ..Default::default()
@@ -543,7 +543,7 @@ fn debug_logging_exists_only_when_switched_on_at_load() {
 
 #[test]
 fn table_flips_under_traffic_drop_nothing() {
-    if !crate::lab::privileged() {
+    if !sluice_e2e::privileged() {
         return;
     }
     let pin_dir =
@@ -559,7 +559,7 @@ fn table_flips_under_traffic_drop_nothing() {
         pin_dir: Some(pin_dir.clone()),
         ..Default::default()
     };
-    crate::lab::in_netns(|| {
+    sluice_e2e::in_new_ns(|| {
         let mut lab = Lab::new(&opts);
         lab.vip(0, VIP4, 80, 6, 0, &[1, 2]);
         let table_a = lab.table(&[1, 2], sluice_common::DEFAULT_TABLE_SIZE);

@@ -1,13 +1,14 @@
 //! A throwaway network namespace with veth ports, routes and static neighbours, and the data
 //! plane loaded in it, so `bpf_fib_lookup` under BPF_PROG_TEST_RUN gives deterministic answers.
 //!
-//! The namespace belongs to one thread (`unshare(CLONE_NEWNET)`), has no name and no mount, and
-//! disappears with the thread, whether the test passes, fails or is interrupted.
+//! The namespace belongs to one thread (`sluice_e2e::in_new_ns`), has no name and no mount,
+//! and disappears with the thread, whether the test passes, fails or is interrupted.
 
-use std::{collections::HashMap, net::IpAddr, process::Command};
+use std::{collections::HashMap, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use sluice_common::{programs, NodeConfig, VipMeta, BACKEND_ALIVE};
+use sluice_e2e::sh;
 use sluice_lb::{
     addr,
     dataplane::{DataPlane, LoadOptions},
@@ -45,59 +46,11 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x02, id as u8]
 }
 
-/// Runs a command (split on whitespace) in the current namespace; panics if it fails.
-pub fn sh(args: &str) {
-    let parts: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new(parts[0])
-        .args(&parts[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running `{args}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{args}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn mac(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// Whether privileged tests can run. Outside CI they are skipped with a message when not
-/// root; in CI (`CI` set) a skip is a failure.
-pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "privileged data-plane test cannot run: not root (CI must run as root)"
-    );
-    eprintln!("skipping privileged data-plane test: not root");
-    false
-}
-
-/// Runs `f` in a fresh network namespace on its own thread.
-pub fn in_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare affects only this thread, which exists for this call alone.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 /// What a program did with a packet.

@@ -52,10 +52,10 @@ pub fn assert_flow_events(lab: &Lab, expected: &[(LbFlow, u64)]) {
 
 /// Runs `f` with a fresh lab, if privileged.
 pub fn with_lab(f: impl FnOnce(&mut Lab) + Send) {
-    if !lab::privileged() {
+    if !sluice_e2e::privileged() {
         return;
     }
-    lab::in_netns(|| {
+    sluice_e2e::in_new_ns(|| {
         let mut lab = Lab::new(&Default::default());
         f(&mut lab)
     })
