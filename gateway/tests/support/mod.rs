@@ -1,11 +1,11 @@
-//! Test harness: real upstream servers, the real `sluice-gateway` binary, and a plain
-//! HTTP/1.1 client over std sockets.
+//! Test harness: real upstream servers, the real `sluice-gateway` binary, and the plain
+//! HTTP/1.1 client over std sockets (`sluice_e2e::http`, shared with the end-to-end tests).
 
 #![allow(dead_code)]
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -20,6 +20,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
+// Each test binary uses part of this module.
+#[allow(unused_imports)]
+pub use sluice_e2e::http::{parse, raw, read_one, request, Reply};
 
 /// How a test upstream answers: (status, delay) for a request path.
 pub type Behaviour = Arc<dyn Fn(&str) -> (u16, Duration) + Send + Sync>;
@@ -232,109 +235,12 @@ impl Drop for Gateway {
     }
 }
 
-/// A response read by [`request`].
-#[derive(Debug)]
-pub struct Reply {
-    /// Status code.
-    pub status: u16,
-    /// Headers, names lower-cased.
-    pub headers: HashMap<String, String>,
-    /// Body.
-    pub body: String,
-}
-
-impl Reply {
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; `extra` are raw header lines.
-pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str], body: &str) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
-    for h in extra {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    if !body.is_empty() {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    head.push_str(body);
-    s.write_all(head.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    parse(&raw)
-}
-
 /// A keep-alive client connection to the gateway's first listener (10 s read timeout).
 pub fn connect(gw: &Gateway) -> TcpStream {
     let s = TcpStream::connect(gw.http).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     s
-}
-
-/// Reads exactly one response with a Content-Length body; `None` if the connection closed
-/// first.
-pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => raw.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = parse(&raw);
-    let len: usize = head.headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    raw.extend_from_slice(&body);
-    Some(parse(&raw))
-}
-
-/// Parses a whole HTTP/1.1 response (Content-Length or close-delimited; chunked decoded).
-pub fn parse(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v == "chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// A multi-threaded runtime for upstreams.
@@ -498,18 +404,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Sends `raw` bytes as they are on a new connection and reads the reply until the gateway
-/// closes it (or 10 s pass).
-pub fn raw(addr: SocketAddr, raw: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(raw).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    parse(&out)
 }
 
 /// An HTTP/2 (prior knowledge) client connection to `addr`; its connection task is spawned.
