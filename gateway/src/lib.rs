@@ -24,6 +24,7 @@ pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod downstream;
+pub mod generation;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -85,7 +85,10 @@ fn main() -> Result<()> {
                 .block_on(sluice_gateway::server::run(config))
         }
         Command::Check { config } => {
-            let c = sluice_gateway::config::load(&config)?;
+            // Built as a run would build it (certificates, keys and patterns included),
+            // without binding or starting anything.
+            let built = sluice_gateway::generation::load(&config, 1, None)?;
+            let c = &built.runtime.config;
             println!(
                 "{}: ok ({} listeners, {} routes, {} upstreams)",
                 config.display(),

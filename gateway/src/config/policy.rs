@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
+use sluice_util::{config::refuse, FieldError};
 
 /// A known API consumer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -433,25 +434,6 @@ pub struct Policies<'a> {
     pub analytics_minutes: usize,
 }
 
-type Bad = Result<(), (String, String)>;
-
-fn bad(field: String, reason: impl Into<String>) -> Bad {
-    Err((field, reason.into()))
-}
-
-/// Parses `a.b.c.d/n` or `x::/n` (a bare address is a /32 or /128).
-pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a.parse().ok()?, l.parse().ok()?),
-        None => {
-            let a: std::net::IpAddr = s.parse().ok()?;
-            (a, if a.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((addr, len))
-}
-
 /// Whether a JWT algorithm name is one the gateway verifies.
 pub fn known_algorithm(a: &str) -> bool {
     matches!(
@@ -471,349 +453,281 @@ pub fn known_algorithm(a: &str) -> bool {
     )
 }
 
-fn header_name(at: &str, h: &str) -> Bad {
-    if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-        return bad(at.into(), format!("{h:?} is not a header name"));
-    }
-    Ok(())
-}
-
-fn json_path(at: &str, p: &str) -> Bad {
-    if p.is_empty() || p.split('.').any(str::is_empty) {
-        return bad(at.into(), format!("{p:?} is not a dotted field path"));
+/// Checks every item of `items`, locating a refusal as `section[i]…`.
+fn each<'a, T>(
+    section: &str,
+    items: &'a [T],
+    mut check: impl FnMut(&'a T) -> Result<(), FieldError>,
+) -> Result<(), FieldError> {
+    for (i, item) in items.iter().enumerate() {
+        check(item).map_err(|e| e.under(&format!("{section}[{i}]")))?;
     }
     Ok(())
 }
 
 impl Policies<'_> {
-    /// The top-level sections.
-    pub fn validate(&self) -> Bad {
+    /// The top-level policy sections.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.validate_consumers()?;
+        super::unique_names(
+            "jwt_issuer",
+            self.issuers.iter().map(|j| j.name.as_str()),
+            "duplicate issuer name",
+        )?;
+        each("jwt_issuer", self.issuers, JwtIssuer::validate)?;
+        super::unique_names(
+            "rate_limit",
+            self.limits.iter().map(|l| l.name.as_str()),
+            "duplicate limit name",
+        )?;
+        each("rate_limit", self.limits, |l| {
+            l.validate(self.redis.is_some())
+        })?;
+        if let Some(r) = self.redis {
+            r.validate().map_err(|e| e.under("redis"))?;
+        }
+        if self.analytics_minutes == 0 || self.analytics_minutes > 1440 {
+            return refuse("analytics.minutes", "between 1 and 1440");
+        }
+        self.client_ip.validate().map_err(|e| e.under("client_ip"))
+    }
+
+    fn validate_consumers(&self) -> Result<(), FieldError> {
         let mut ids = HashSet::new();
         let mut users = HashSet::new();
-        for (i, c) in self.consumers.iter().enumerate() {
-            let at = format!("consumer[{i}]");
+        each("consumer", self.consumers, |c| {
             if c.id.is_empty() || !ids.insert(c.id.as_str()) {
-                return bad(format!("{at}.id"), "empty or duplicate consumer id");
-            }
-            for k in &c.api_keys {
-                let hex = k.strip_prefix("sha256:").unwrap_or(k);
-                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return bad(
-                        format!("{at}.api_keys"),
-                        "an API key is stored as its SHA-256: 64 hex digits (sha256: prefix optional)",
-                    );
-                }
+                return refuse("id", "empty or duplicate consumer id");
             }
             if let Some(b) = &c.basic {
                 if !users.insert(b.username.as_str()) {
-                    return bad(format!("{at}.basic.username"), "duplicate user name");
-                }
-                let argon = b.hash.starts_with("$argon2");
-                let bcrypt = ["$2a$", "$2b$", "$2y$"]
-                    .iter()
-                    .any(|p| b.hash.starts_with(p));
-                if !argon && !bcrypt {
-                    return bad(
-                        format!("{at}.basic.hash"),
-                        "must be an argon2 ($argon2…) or bcrypt ($2b$…) hash",
-                    );
-                }
-                if argon && argon2::PasswordHash::new(&b.hash).is_err() {
-                    return bad(format!("{at}.basic.hash"), "not a valid argon2 PHC string");
+                    return refuse("basic.username", "duplicate user name");
                 }
             }
+            c.validate(self.issuers)
+        })
+    }
+
+    /// One route's policy settings: the order of its steps and the names it refers to.
+    /// Header names, regular expressions and JSON paths are checked where the route's
+    /// policies are built.
+    pub fn validate_route(&self, route: &super::Route) -> Result<(), FieldError> {
+        validate_order(route).map_err(|e| e.under("policy_order"))?;
+        if let Some(a) = &route.auth {
+            self.validate_auth(a).map_err(|e| e.under("auth"))?;
         }
-        for (i, c) in self.consumers.iter().enumerate() {
-            for s in &c.jwt_subjects {
-                let known = s.split_once(':').is_some_and(|(iss, sub)| {
-                    !sub.is_empty() && self.issuers.iter().any(|j| j.name == iss)
-                });
-                if !known {
-                    return bad(
-                        format!("consumer[{i}].jwt_subjects"),
-                        format!("{s:?} must be <issuer name>:<subject> with a configured issuer"),
-                    );
-                }
-            }
+        if route.authorize.is_some() && route.auth.is_none() {
+            return refuse("authorize", "authorization needs [route.auth]");
         }
-        let mut names = HashSet::new();
-        for (i, j) in self.issuers.iter().enumerate() {
-            let at = format!("jwt_issuer[{i}]");
-            if !names.insert(j.name.as_str()) {
-                return bad(format!("{at}.name"), "duplicate issuer name");
-            }
-            if j.algorithms.is_empty() {
-                return bad(format!("{at}.algorithms"), "list at least one algorithm");
-            }
-            for a in &j.algorithms {
-                if !known_algorithm(a) {
-                    return bad(
-                        format!("{at}.algorithms"),
-                        format!("{a:?} is not supported (\"none\" never is)"),
-                    );
-                }
-            }
-            let hmac = j.algorithms.iter().any(|a| a.starts_with("HS"));
-            let public = j.algorithms.iter().any(|a| !a.starts_with("HS"));
-            if hmac && j.hmac_secrets.is_empty() {
-                return bad(
-                    format!("{at}.hmac_secrets"),
-                    "HS* algorithms need hmac_secrets",
-                );
-            }
-            if public && j.keys.is_empty() && j.jwks_file.is_none() && j.jwks_url.is_none() {
-                return bad(
-                    format!("{at}.keys"),
-                    "public-key algorithms need keys, jwks_file or jwks_url",
-                );
-            }
-            if let Some(u) = &j.jwks_url {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return bad(format!("{at}.jwks_url"), "must be http:// or https://");
-                }
-            }
-            if j.leeway_s > 86_400 {
-                return bad(format!("{at}.leeway_s"), "at most 86400 (a day)");
-            }
-            if j.jwks_refresh_ms < 1000 {
-                return bad(format!("{at}.jwks_refresh_ms"), "at least 1000");
-            }
-        }
-        let mut names = HashSet::new();
-        for (i, l) in self.limits.iter().enumerate() {
-            let at = format!("rate_limit[{i}]");
-            if !names.insert(l.name.as_str()) {
-                return bad(format!("{at}.name"), "duplicate limit name");
-            }
-            if l.name.is_empty()
-                || !l
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            {
-                return bad(format!("{at}.name"), "letters, digits, - and _ only");
-            }
-            match (l.requests, l.window_ms, l.concurrent) {
-                (Some(r), Some(w), None) if r > 0 && w > 0 => {
-                    if l.burst == Some(0) {
-                        return bad(format!("{at}.burst"), "must be greater than 0");
-                    }
-                }
-                (None, None, Some(c)) if c > 0 => {
-                    if l.store == Store::Redis {
-                        return bad(
-                            format!("{at}.store"),
-                            "concurrency limits are local: a crashed node could never give back a shared slot",
-                        );
-                    }
-                }
-                _ => {
-                    return bad(
-                        at,
-                        "give either requests and window_ms (both > 0) or concurrent (> 0)",
-                    )
-                }
-            }
-            if l.store == Store::Redis && self.redis.is_none() {
-                return bad(
-                    format!("{at}.store"),
-                    "store = \"redis\" needs a [redis] section",
-                );
-            }
-            if let LimitKey::Header(h) = &l.key {
-                header_name(&format!("{at}.key.header"), h)?;
-            }
-            if l.max_keys == 0 {
-                return bad(format!("{at}.max_keys"), "must be greater than 0");
-            }
-        }
-        if let Some(r) = self.redis {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-                return bad("redis.url".into(), "must start with redis:// or rediss://");
-            }
-            if redis::Client::open(r.url.as_str()).is_err() {
-                return bad("redis.url".into(), "not a valid Redis URL");
-            }
-            if r.timeout_ms == 0 {
-                return bad("redis.timeout_ms".into(), "must be greater than 0");
-            }
-        }
-        for p in &self.client_ip.trusted_proxies {
-            if parse_cidr(p).is_none() {
-                return bad(
-                    "client_ip.trusted_proxies".into(),
-                    format!("{p:?} is not an address or CIDR"),
-                );
-            }
-        }
-        if self.analytics_minutes == 0 || self.analytics_minutes > 1440 {
-            return bad("analytics.minutes".into(), "between 1 and 1440");
-        }
-        if !(1..=128).contains(&self.client_ip.ipv6_limit_prefix) {
-            return bad("client_ip.ipv6_limit_prefix".into(), "between 1 and 128");
-        }
-        if self.client_ip.xff_depth > 0 && self.client_ip.trusted_proxies.is_empty() {
-            return bad(
-                "client_ip.xff_depth".into(),
-                "needs trusted_proxies: X-Forwarded-For from anyone else is not believed",
-            );
+        if let Some(n) = route
+            .rate_limits
+            .iter()
+            .find(|n| !self.limits.iter().any(|l| &l.name == *n))
+        {
+            return refuse("rate_limits", format!("no rate_limit named {n:?}"));
         }
         Ok(())
     }
 
-    /// One route's policy settings.
-    pub fn validate_route(&self, at: &str, route: &super::Route) -> Bad {
-        let (order, auth, authorize, limits) = (
-            &route.policy_order,
-            route.auth.as_ref(),
-            route.authorize.as_ref(),
-            &route.rate_limits,
-        );
-        let (req, resp) = (
-            route.request_transform.as_ref(),
-            route.response_transform.as_ref(),
-        );
-        let mut seen = HashSet::new();
-        for s in order {
-            if !seen.insert(s) {
-                return bad(format!("{at}.policy_order"), format!("{s:?} listed twice"));
-            }
+    fn validate_auth(&self, a: &RouteAuth) -> Result<(), FieldError> {
+        if a.methods.is_empty() {
+            return refuse("methods", "list at least one method");
         }
-        // A configured step left out of the order would silently not run (an open route).
-        for (configured, step) in [
-            (auth.is_some(), Step::Authenticate),
-            (authorize.is_some(), Step::Authorize),
-            (!limits.is_empty(), Step::RateLimit),
-            (req.is_some(), Step::Transform),
-        ] {
-            if configured && !order.contains(&step) {
-                return bad(
-                    format!("{at}.policy_order"),
-                    format!("{step:?} is configured for the route but not in policy_order"),
-                );
-            }
+        if let Some(n) = a
+            .jwt_issuers
+            .iter()
+            .find(|n| !self.issuers.iter().any(|j| &j.name == *n))
+        {
+            return refuse("jwt_issuers", format!("no issuer named {n:?}"));
         }
-        let pos = |s: Step| order.iter().position(|x| *x == s);
-        if let (Some(a), Some(z)) = (pos(Step::Authenticate), pos(Step::Authorize)) {
-            if z < a {
-                return bad(
-                    format!("{at}.policy_order"),
-                    "authorize must come after authenticate",
-                );
-            }
+        if a.methods.contains(&AuthMethod::Jwt) && self.issuers.is_empty() {
+            return refuse("methods", "jwt needs a [[jwt_issuer]]");
         }
-        if let Some(a) = auth {
-            if a.methods.is_empty() {
-                return bad(format!("{at}.auth.methods"), "list at least one method");
-            }
-            header_name(&format!("{at}.auth.api_key_header"), &a.api_key_header)?;
-            for n in &a.jwt_issuers {
-                if !self.issuers.iter().any(|j| &j.name == n) {
-                    return bad(
-                        format!("{at}.auth.jwt_issuers"),
-                        format!("no issuer named {n:?}"),
-                    );
-                }
-            }
-            if a.methods.contains(&AuthMethod::Jwt) && self.issuers.is_empty() {
-                return bad(format!("{at}.auth.methods"), "jwt needs a [[jwt_issuer]]");
-            }
-            if !a
-                .realm
-                .chars()
-                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ')
-            {
-                return bad(format!("{at}.auth.realm"), "printable ASCII without quotes");
-            }
+        if !a
+            .realm
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ')
+        {
+            return refuse("realm", "printable ASCII without quotes");
         }
-        if authorize.is_some() && auth.is_none() {
-            return bad(
-                format!("{at}.authorize"),
-                "authorization needs [route.auth]",
+        Ok(())
+    }
+}
+
+/// Each step once, every configured step listed (one left out would silently not run: an
+/// open route), and authorization after authentication.
+fn validate_order(route: &super::Route) -> Result<(), FieldError> {
+    let order = &route.policy_order;
+    let mut seen = HashSet::new();
+    if let Some(s) = order.iter().find(|s| !seen.insert(*s)) {
+        return refuse("", format!("{s:?} listed twice"));
+    }
+    for (configured, step) in [
+        (route.auth.is_some(), Step::Authenticate),
+        (route.authorize.is_some(), Step::Authorize),
+        (!route.rate_limits.is_empty(), Step::RateLimit),
+        (route.request_transform.is_some(), Step::Transform),
+    ] {
+        if configured && !order.contains(&step) {
+            return refuse(
+                "",
+                format!("{step:?} is configured for the route but not in policy_order"),
             );
         }
-        for n in limits {
-            if !self.limits.iter().any(|l| &l.name == n) {
-                return bad(
-                    format!("{at}.rate_limits"),
-                    format!("no rate_limit named {n:?}"),
+    }
+    let pos = |s: Step| order.iter().position(|x| *x == s);
+    if let (Some(a), Some(z)) = (pos(Step::Authenticate), pos(Step::Authorize)) {
+        if z < a {
+            return refuse("", "authorize must come after authenticate");
+        }
+    }
+    Ok(())
+}
+
+impl Consumer {
+    fn validate(&self, issuers: &[JwtIssuer]) -> Result<(), FieldError> {
+        for k in &self.api_keys {
+            let hex = k.strip_prefix("sha256:").unwrap_or(k);
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return refuse(
+                    "api_keys",
+                    "an API key is stored as its SHA-256: 64 hex digits (sha256: prefix optional)",
                 );
             }
         }
-        if let Some(t) = req {
-            let at = format!("{at}.request_transform");
-            for h in t
-                .set_headers
-                .keys()
-                .chain(t.add_headers.keys())
-                .chain(t.remove_headers.iter())
-                .chain(t.rename_headers.keys())
-                .chain(t.rename_headers.values())
-            {
-                header_name(&format!("{at}.headers"), h)?;
+        if let Some(b) = &self.basic {
+            let argon = b.hash.starts_with("$argon2");
+            let bcrypt = ["$2a$", "$2b$", "$2y$"]
+                .iter()
+                .any(|p| b.hash.starts_with(p));
+            if !argon && !bcrypt {
+                return refuse(
+                    "basic.hash",
+                    "must be an argon2 ($argon2…) or bcrypt ($2b$…) hash",
+                );
             }
-            for v in t.set_headers.values().chain(t.add_headers.values()) {
-                if hyper::header::HeaderValue::from_str(v).is_err() {
-                    return bad(
-                        format!("{at}.headers"),
-                        format!("{v:?} is not a header value"),
-                    );
-                }
-            }
-            for (k, v) in t.add_query.iter().chain(t.rename_query.iter()) {
-                let safe = |s: &str| {
-                    !s.is_empty()
-                        && s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-._~%+!$'()*,;:@/?".contains(c))
-                };
-                if !safe(k) || !(safe(v) || v.is_empty()) {
-                    return bad(
-                        format!("{at}.query"),
-                        format!("{k:?} = {v:?}: names and values must be URL-encoded"),
-                    );
-                }
-            }
-            if let Some(p) = &t.strip_prefix {
-                if !p.starts_with('/') {
-                    return bad(format!("{at}.strip_prefix"), "must start with '/'");
-                }
-            }
-            if let Some(r) = &t.rewrite {
-                if let Err(e) = regex::Regex::new(&r.regex) {
-                    return bad(format!("{at}.rewrite.regex"), format!("invalid regex: {e}"));
-                }
-            }
-            for p in t
-                .json_set
-                .keys()
-                .chain(t.json_remove.iter())
-                .chain(t.json_rename.keys())
-                .chain(t.json_rename.values())
-            {
-                json_path(&format!("{at}.json"), p)?;
+            if argon && argon2::PasswordHash::new(&b.hash).is_err() {
+                return refuse("basic.hash", "not a valid argon2 PHC string");
             }
         }
-        if let Some(t) = resp {
-            let at = format!("{at}.response_transform");
-            for h in t.set_headers.keys().chain(t.remove_headers.iter()) {
-                header_name(&format!("{at}.headers"), h)?;
+        for s in &self.jwt_subjects {
+            let known = s
+                .split_once(':')
+                .is_some_and(|(iss, sub)| !sub.is_empty() && issuers.iter().any(|j| j.name == iss));
+            if !known {
+                return refuse(
+                    "jwt_subjects",
+                    format!("{s:?} must be <issuer name>:<subject> with a configured issuer"),
+                );
             }
-            for v in t.set_headers.values() {
-                if hyper::header::HeaderValue::from_str(v).is_err() {
-                    return bad(
-                        format!("{at}.headers"),
-                        format!("{v:?} is not a header value"),
+        }
+        Ok(())
+    }
+}
+
+impl JwtIssuer {
+    /// What can be checked without reading keys (they are read where the issuer is built).
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.algorithms.is_empty() {
+            return refuse("algorithms", "list at least one algorithm");
+        }
+        if let Some(a) = self.algorithms.iter().find(|a| !known_algorithm(a)) {
+            return refuse(
+                "algorithms",
+                format!("{a:?} is not supported (\"none\" never is)"),
+            );
+        }
+        let hmac = self.algorithms.iter().any(|a| a.starts_with("HS"));
+        let public = self.algorithms.iter().any(|a| !a.starts_with("HS"));
+        if hmac && self.hmac_secrets.is_empty() {
+            return refuse("hmac_secrets", "HS* algorithms need hmac_secrets");
+        }
+        if public && self.keys.is_empty() && self.jwks_file.is_none() && self.jwks_url.is_none() {
+            return refuse(
+                "keys",
+                "public-key algorithms need keys, jwks_file or jwks_url",
+            );
+        }
+        if let Some(u) = &self.jwks_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return refuse("jwks_url", "must be http:// or https://");
+            }
+        }
+        if self.leeway_s > 86_400 {
+            return refuse("leeway_s", "at most 86400 (a day)");
+        }
+        if self.jwks_refresh_ms < 1000 {
+            return refuse("jwks_refresh_ms", "at least 1000");
+        }
+        Ok(())
+    }
+}
+
+impl RateLimit {
+    fn validate(&self, have_redis: bool) -> Result<(), FieldError> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return refuse("name", "letters, digits, - and _ only");
+        }
+        match (self.requests, self.window_ms, self.concurrent) {
+            (Some(r), Some(w), None) if r > 0 && w > 0 => {
+                if self.burst == Some(0) {
+                    return refuse("burst", "must be greater than 0");
+                }
+            }
+            (None, None, Some(c)) if c > 0 => {
+                if self.store == Store::Redis {
+                    return refuse(
+                        "store",
+                        "concurrency limits are local: a crashed node could never give back a shared slot",
                     );
                 }
             }
-            for p in t
-                .json_remove
-                .iter()
-                .chain(t.json_rename.keys())
-                .chain(t.json_rename.values())
-            {
-                json_path(&format!("{at}.json"), p)?;
+            _ => {
+                return refuse(
+                    "",
+                    "give either requests and window_ms (both > 0) or concurrent (> 0)",
+                )
             }
+        }
+        if self.store == Store::Redis && !have_redis {
+            return refuse("store", "store = \"redis\" needs a [redis] section");
+        }
+        if self.max_keys == 0 {
+            return refuse("max_keys", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+impl Redis {
+    /// The URL's scheme; the rest of it is parsed where the store is built.
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return refuse("url", "must start with redis:// or rediss://");
+        }
+        if self.timeout_ms == 0 {
+            return refuse("timeout_ms", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+impl ClientIp {
+    /// The numbers; the proxies' addresses are parsed where the rule is built.
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(1..=128).contains(&self.ipv6_limit_prefix) {
+            return refuse("ipv6_limit_prefix", "between 1 and 128");
+        }
+        if self.xff_depth > 0 && self.trusted_proxies.is_empty() {
+            return refuse(
+                "xff_depth",
+                "needs trusted_proxies: X-Forwarded-For from anyone else is not believed",
+            );
         }
         Ok(())
     }

@@ -30,8 +30,8 @@ use crate::{
     downstream::park::{self, Plain},
     downstream::watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
     metrics::{Closed, Metrics},
-    pipeline::proxy::{self, Conn, Runtime},
     pipeline::tunnel::ConnHold,
+    pipeline::{self, Conn, Runtime},
 };
 
 /// Binds a listener socket.
@@ -219,7 +219,7 @@ impl Accepted {
                 req.extensions_mut().insert(hold.clone());
             }
             async move {
-                let response = proxy::handle(rt, metrics, conn, req).await;
+                let response = pipeline::handle(rt, metrics, conn, req).await;
                 // A watched connection stays busy until the response body ends.
                 let response = if in_flight.is_watched() {
                     Tracked::wrap(response, in_flight)

@@ -12,22 +12,13 @@ use rustls::{
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
+use sluice_util::FieldError;
+
 use crate::config::Tls;
 
-/// A TLS setting that cannot be used: the field (below `tls`) and why.
-#[derive(Debug)]
-pub struct TlsError {
-    /// Field path below the listener's `tls`.
-    pub field: String,
-    /// Why.
-    pub reason: String,
-}
-
-fn err(field: String, reason: impl std::fmt::Display) -> TlsError {
-    TlsError {
-        field,
-        reason: reason.to_string(),
-    }
+/// A TLS setting that cannot be used, named below the listener's `tls`.
+fn err(field: String, reason: impl std::fmt::Display) -> FieldError {
+    FieldError::new(field, reason.to_string())
 }
 
 /// Picks the certificate for the name a client asked for.
@@ -56,7 +47,7 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-fn certified_key(cert: &Path, key: &Path, at: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified_key(cert: &Path, key: &Path, at: &str) -> Result<Arc<CertifiedKey>, FieldError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| err(format!("{at}.cert"), format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -81,7 +72,7 @@ fn certified_key(cert: &Path, key: &Path, at: &str) -> Result<Arc<CertifiedKey>,
 }
 
 /// Builds the server config for a listener's TLS settings.
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, FieldError> {
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     let mut default = None;

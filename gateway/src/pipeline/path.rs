@@ -19,32 +19,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
-/// What to do with `%2F`, `%5C` and `\` in a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EscapedSlashes {
-    /// Refuse the request with 400 (the default): an upstream that decodes them would see
-    /// a path separator the router did not.
-    #[default]
-    Reject,
-    /// Leave them as they are (uppercase hex): for upstreams that treat `%2F` as data.
-    Keep,
-}
-
-/// What to do with `;` path parameters (`/admin;x=1/secret`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathParameters {
-    /// Refuse the request with 400 (the default): Tomcat, Jetty and Spring strip them, so
-    /// `/admin;x/secret` misses an `/admin` route here and is served as `/admin/secret` there.
-    #[default]
-    Reject,
-    /// Leave them in the path (for upstreams that use matrix parameters, and where every
-    /// route's policies hold whether or not a segment carries parameters).
-    Keep,
-}
+use crate::config::{EscapedSlashes, PathParameters};
 
 /// A listener's normalization settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

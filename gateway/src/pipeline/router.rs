@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use regex::Regex;
+use sluice_util::FieldError;
 
 use crate::config::{PathMatch, Route};
 
@@ -22,8 +23,7 @@ enum PathRule {
     Exact(String),
     Template(Vec<Segment>),
     Prefix(String),
-    /// `None` only for a pattern validation would have refused: it never matches.
-    Regex(Option<Regex>),
+    Regex(Regex),
 }
 
 #[derive(Debug)]
@@ -110,56 +110,71 @@ fn precedence(c: &Compiled) -> (u8, usize, u8, usize, usize) {
     )
 }
 
+impl PathRule {
+    /// Compiles a route's path match; a bad regular expression is refused as `regex`.
+    fn build(path: Option<&PathMatch>) -> Result<Self, FieldError> {
+        Ok(match path {
+            None => PathRule::Any,
+            Some(PathMatch::Exact(p)) => PathRule::Exact(p.clone()),
+            Some(PathMatch::Prefix(p)) => PathRule::Prefix(p.trim_end_matches('/').to_string()),
+            Some(PathMatch::Regex(re)) => PathRule::Regex(
+                Regex::new(re)
+                    .map_err(|e| FieldError::new("regex", format!("invalid regex: {e}")))?,
+            ),
+            Some(PathMatch::Template(t)) => PathRule::Template(
+                t.split('/')
+                    .skip(1)
+                    .map(
+                        |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                            Some(name) => Segment::Param(name.to_string()),
+                            None => Segment::Literal(s.to_string()),
+                        },
+                    )
+                    .collect(),
+            ),
+        })
+    }
+}
+
+impl Compiled {
+    fn build(index: usize, r: &Route) -> Result<Self, FieldError> {
+        Ok(Compiled {
+            index,
+            host: match &r.host {
+                None => HostRule::Any,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => HostRule::Wildcard(suffix.to_ascii_lowercase()),
+                    None => HostRule::Exact(h.to_ascii_lowercase()),
+                },
+            },
+            path: PathRule::build(r.path.as_ref()).map_err(|e| e.under("path"))?,
+            methods: r.methods.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            query: r
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+}
+
 impl Router {
-    /// Compiles routes (already validated).
-    pub fn new(routes: &[Route]) -> Self {
-        let mut compiled: Vec<Compiled> = routes
+    /// Compiles the routes (checked as data by [`crate::config`]); a route whose match
+    /// cannot be compiled is refused as `route[i].path…`.
+    pub fn build(routes: &[Route]) -> Result<Self, FieldError> {
+        let mut compiled = routes
             .iter()
             .enumerate()
-            .map(|(index, r)| Compiled {
-                index,
-                host: match &r.host {
-                    None => HostRule::Any,
-                    Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => HostRule::Wildcard(suffix.to_ascii_lowercase()),
-                        None => HostRule::Exact(h.to_ascii_lowercase()),
-                    },
-                },
-                path: match &r.path {
-                    None => PathRule::Any,
-                    Some(PathMatch::Exact(p)) => PathRule::Exact(p.clone()),
-                    Some(PathMatch::Prefix(p)) => {
-                        PathRule::Prefix(p.trim_end_matches('/').to_string())
-                    }
-                    Some(PathMatch::Regex(re)) => PathRule::Regex(Regex::new(re).ok()),
-                    Some(PathMatch::Template(t)) => PathRule::Template(
-                        t.split('/')
-                            .skip(1)
-                            .map(
-                                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                                    Some(name) => Segment::Param(name.to_string()),
-                                    None => Segment::Literal(s.to_string()),
-                                },
-                            )
-                            .collect(),
-                    ),
-                },
-                methods: r.methods.clone(),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                    .collect(),
-                query: r
-                    .query
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            })
-            .collect();
+            .map(|(i, r)| Compiled::build(i, r).map_err(|e| e.under(&format!("route[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
         // Stable: equal precedence keeps config order.
         compiled.sort_by_key(precedence);
-        Router { routes: compiled }
+        Ok(Router { routes: compiled })
     }
 
     /// The route for a request, if any.
@@ -203,7 +218,7 @@ impl Router {
                         || (req.path.starts_with(p.as_str())
                             && req.path.as_bytes().get(p.len()) == Some(&b'/'))
                 }
-                PathRule::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(req.path)),
+                PathRule::Regex(re) => re.is_match(req.path),
                 PathRule::Template(segs) => {
                     let parts: Vec<&str> = req.path.split('/').skip(1).collect();
                     parts.len() == segs.len()
@@ -250,7 +265,7 @@ mod tests {
         );
         let c = parse(Path::new("t.toml"), &text).expect("valid");
         let names = c.routes.iter().map(|r| r.name.clone()).collect();
-        (Router::new(&c.routes), names)
+        (Router::build(&c.routes).expect("compiles"), names)
     }
 
     fn find(

@@ -15,15 +15,21 @@ use std::{
 };
 
 use bytes::Bytes;
+use hyper::{header::HeaderValue, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::clock::monotonic_ms;
+use super::{
+    error::ProxyError,
+    forward::Held,
+    headers::{keep_upgrade, strip_hop_by_hop},
+};
+use crate::{clock::monotonic_ms, upstream::exchange::Upgraded, Body};
 
 /// What keeps a client connection's admission (its slot under `max_connections`): held by
 /// the connection, and by the tunnel of a request that upgrades it, which outlives hyper's
 /// part of the connection. Opaque here: the listener decides what it holds.
 #[derive(Clone)]
-pub struct ConnHold(pub std::sync::Arc<dyn Send + Sync>);
+pub struct ConnHold(pub Arc<dyn Send + Sync>);
 
 /// A stream that notes when it last read something.
 struct Noted<S> {
@@ -99,4 +105,46 @@ where
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// What an upgraded connection's tunnel keeps for its life, and its idle limit.
+pub struct Tunnel {
+    /// The request's concurrency slots.
+    pub held: Option<Arc<Held>>,
+    /// The client connection's admission.
+    pub hold: Option<ConnHold>,
+    /// How long the tunnel may carry nothing.
+    pub idle: Duration,
+}
+
+/// Answers 101 to the client and joins the two upgraded connections.
+pub fn switch_protocols(
+    resp: Response<Body>,
+    upstream: Option<Upgraded>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    protocol: Option<HeaderValue>,
+    tunnel: Tunnel,
+) -> Response<Body> {
+    let (Some(client), Some(protocol), Some(upstream)) = (client, protocol, upstream) else {
+        return ProxyError::UnaskedSwitch.into_response();
+    };
+    let (mut rp, _) = resp.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    keep_upgrade(&mut rp.headers, protocol);
+    tokio::spawn(async move {
+        // Concurrency slots and the connection's admission stay taken while the tunnel is
+        // open.
+        let _kept = (tunnel.held, tunnel.hold);
+        match client.await {
+            Ok(c) => {
+                let c = hyper_util::rt::TokioIo::new(c);
+                let Upgraded { stream, read_ahead } = upstream;
+                if let Err(e) = join(c, stream, read_ahead, tunnel.idle).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::from_parts(rp, crate::full(Bytes::new()))
 }

@@ -13,6 +13,7 @@ use hyper::{
     http::request::Parts,
     StatusCode,
 };
+use sluice_util::FieldError;
 use subtle::ConstantTimeEq;
 
 use super::{jwt, refuse, Identity, Refusal};
@@ -172,19 +173,23 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the step of a validated route.
-    pub fn new(
+    /// Builds a route's authentication step; refusals name fields of its `auth`.
+    pub fn build(
         cfg: &RouteAuth,
         consumers: Arc<Consumers>,
         issuers: &HashMap<String, Arc<jwt::Issuer>>,
-    ) -> Self {
+    ) -> Result<Self, FieldError> {
         let mut chosen: Vec<Arc<jwt::Issuer>> = if cfg.jwt_issuers.is_empty() {
             issuers.values().cloned().collect()
         } else {
             cfg.jwt_issuers
                 .iter()
-                .filter_map(|n| issuers.get(n).cloned())
-                .collect()
+                .map(|n| {
+                    issuers.get(n).cloned().ok_or_else(|| {
+                        FieldError::new("jwt_issuers", format!("no issuer named {n:?}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
         };
         chosen.sort_by(|a, b| a.config.name.cmp(&b.config.name));
         let challenge = cfg
@@ -197,17 +202,21 @@ impl Authenticator {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        Authenticator {
+        Ok(Authenticator {
             methods: cfg.methods.clone(),
-            key_header: HeaderName::from_bytes(cfg.api_key_header.as_bytes())
-                .unwrap_or(HeaderName::from_static("x-api-key")),
+            key_header: HeaderName::from_bytes(cfg.api_key_header.as_bytes()).map_err(|_| {
+                FieldError::new(
+                    "api_key_header",
+                    format!("{:?} is not a header name", cfg.api_key_header),
+                )
+            })?,
             key_query: cfg.api_key_query.clone(),
             issuers: chosen,
             challenge: HeaderValue::from_str(&challenge)
-                .unwrap_or(HeaderValue::from_static("Bearer")),
+                .map_err(|_| FieldError::new("realm", "printable ASCII without quotes"))?,
             consumers,
             tokens: jwt::TokenCache::default(),
-        }
+        })
     }
 
     fn unauthorized(&self, detail: &str) -> Refusal {

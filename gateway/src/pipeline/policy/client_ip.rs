@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use hyper::header::HeaderMap;
 
-use crate::config::{policy::parse_cidr, ClientIp};
+use sluice_util::FieldError;
+
+use crate::config::ClientIp;
 
 /// A compiled `[client_ip]` section.
 #[derive(Debug, Clone, Default)]
@@ -31,20 +33,46 @@ fn contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
     }
 }
 
-impl ClientIpRule {
-    /// Compiles a validated section.
-    pub fn new(c: &ClientIp) -> Self {
-        ClientIpRule {
-            trusted: c
-                .trusted_proxies
-                .iter()
-                .filter_map(|p| parse_cidr(p))
-                .collect(),
+impl TryFrom<&ClientIp> for ClientIpRule {
+    type Error = FieldError;
+
+    /// Compiles a `[client_ip]` section; a proxy that is not an address or CIDR is refused
+    /// as `trusted_proxies`.
+    fn try_from(c: &ClientIp) -> Result<Self, FieldError> {
+        let trusted = c
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                parse_cidr(p).ok_or_else(|| {
+                    FieldError::new(
+                        "trusted_proxies",
+                        format!("{p:?} is not an address or CIDR"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ClientIpRule {
+            trusted,
             depth: c.xff_depth,
             v6_prefix: c.ipv6_limit_prefix,
-        }
+        })
     }
+}
 
+/// Parses `a.b.c.d/n` or `x::/n` (a bare address is a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse().ok()?, l.parse().ok()?),
+        None => {
+            let a: std::net::IpAddr = s.parse().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+impl ClientIpRule {
     /// The address a `client_ip` limit counts under: IPv6 cut to the configured prefix.
     pub fn limit_key(&self, client: IpAddr) -> IpAddr {
         match client {
@@ -90,11 +118,23 @@ mod tests {
 
     #[test]
     fn depth_counts_from_the_right_and_only_for_trusted_peers() {
-        let rule = ClientIpRule::new(&ClientIp {
+        let rule = ClientIpRule::try_from(&ClientIp {
             trusted_proxies: vec!["10.0.0.0/8".into(), "::1".into()],
             xff_depth: 2,
             ipv6_limit_prefix: 64,
-        });
+        })
+        .expect("valid");
+        let refused = ClientIpRule::try_from(&ClientIp {
+            trusted_proxies: vec!["10.0.0.0/33".into()],
+            xff_depth: 1,
+            ipv6_limit_prefix: 64,
+        })
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("trusted_proxies: \"10.0.0.0/33\" is not an address or CIDR")
+        );
         assert_eq!(
             rule.limit_key("2001:db8:1:2:aaaa::5".parse().unwrap()),
             "2001:db8:1:2::".parse::<IpAddr>().unwrap()

@@ -19,25 +19,75 @@ use std::{
 
 use arc_swap::ArcSwap;
 use base64::Engine;
-use jsonwebtoken::{
-    errors::ErrorKind,
-    jwk::{AlgorithmParameters, JwkSet},
-    Algorithm, DecodingKey, Validation,
-};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sluice_util::FieldError;
 
-use super::{auth::Consumers, Identity};
+use super::{
+    auth::Consumers,
+    jwks::{self, parse_jwks, KeySetError},
+    Identity,
+};
 use crate::config::JwtIssuer;
 
 /// Least time between two fetches caused by unknown `kid`s.
 const MIN_REFETCH: Duration = Duration::from_secs(1);
-/// Bound on one JWKS fetch.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest JWKS document read.
-const MAX_JWKS: usize = 1 << 20;
+
+/// Why a bearer token was refused: the `detail` of its 401.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The header is not JSON or names an algorithm the library does not know.
+    #[error("unsupported algorithm or malformed header")]
+    UnsupportedHeader,
+    /// Not a compact JWS.
+    #[error("malformed token")]
+    Malformed,
+    /// RFC 7515 §4.1.11: `crit` lists extensions, and none is understood here.
+    #[error("the token's header has critical extensions (crit) or is malformed")]
+    Critical,
+    /// No `iss` to pick the issuer by.
+    #[error("the token has no iss claim")]
+    NoIssuerClaim,
+    /// `iss` names no issuer of the route.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// The issuer does not list the token's algorithm.
+    #[error("algorithm {0:?} is not allowed for this issuer")]
+    AlgorithmNotAllowed(Algorithm),
+    /// No key of the issuer verifies the signature.
+    #[error("bad signature")]
+    BadSignature,
+    /// The `kid` is in no key set, even a freshly fetched one.
+    #[error("no key with kid {0:?}")]
+    UnknownKid(String),
+    /// The issuer has no key for the algorithm's family.
+    #[error("no key for the algorithm")]
+    NoKey,
+    /// `exp` has passed (beyond the leeway).
+    #[error("expired")]
+    Expired,
+    /// `nbf` is still ahead.
+    #[error("not yet valid (nbf)")]
+    NotYetValid,
+    /// `aud` names none of the issuer's audiences.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// A claim the issuer needs is absent.
+    #[error("claim {0:?} is missing")]
+    MissingClaim(String),
+    /// `iat` is there but not a number.
+    #[error("iat is not a number")]
+    IatNotNumber,
+    /// `iat` is ahead of now (beyond the leeway).
+    #[error("issued in the future (iat)")]
+    IssuedInFuture,
+    /// Any other failure the JWT library reports.
+    #[error("{0:?}")]
+    Invalid(ErrorKind),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
+pub(super) enum Family {
     Hmac,
     Rsa,
     Ec,
@@ -120,17 +170,17 @@ impl TokenCache {
 enum Attempt {
     Verified(Map<String, Value>),
     /// Signed right, refused for its claims: final.
-    Refused(String),
+    Refused(TokenError),
     /// No key of the set verified the signature.
     BadSignature,
     /// The set had no key for the token's algorithm and kid.
     NoKey,
 }
 
-struct Key {
-    kid: Option<String>,
-    family: Family,
-    key: DecodingKey,
+pub(super) struct Key {
+    pub(super) kid: Option<String>,
+    pub(super) family: Family,
+    pub(super) key: DecodingKey,
 }
 
 /// One configured issuer with its keys.
@@ -148,10 +198,8 @@ pub struct Issuer {
     last_document: tokio::sync::Mutex<Option<Vec<u8>>>,
 }
 
-type Bad = (String, String);
-
-fn read(field: &str, path: &Path) -> Result<Vec<u8>, Bad> {
-    std::fs::read(path).map_err(|e| (field.to_string(), format!("{}: {e}", path.display())))
+fn read(field: &str, path: &Path) -> Result<Vec<u8>, FieldError> {
+    std::fs::read(path).map_err(|e| FieldError::new(field, format!("{}: {e}", path.display())))
 }
 
 fn pem_key(pem: &[u8]) -> Option<(Family, DecodingKey)> {
@@ -162,32 +210,10 @@ fn pem_key(pem: &[u8]) -> Option<(Family, DecodingKey)> {
         .ok()
 }
 
-fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
-    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS: {e}"))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        let family = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => Family::Rsa,
-            AlgorithmParameters::EllipticCurve(_) => Family::Ec,
-            AlgorithmParameters::OctetKeyPair(_) => Family::Ed,
-            // Shared secrets are never taken from a key set.
-            AlgorithmParameters::OctetKey(_) => continue,
-        };
-        if let Ok(key) = DecodingKey::from_jwk(jwk) {
-            keys.push(Key {
-                kid: jwk.common.key_id.clone(),
-                family,
-                key,
-            });
-        }
-    }
-    Ok(keys)
-}
-
 impl Issuer {
     /// Loads the keys of a validated issuer (paths already resolved against the config
     /// file) and starts its background refresh if it has a JWKS.
-    pub fn start(config: JwtIssuer) -> Result<Arc<Issuer>, Bad> {
+    pub fn start(config: JwtIssuer) -> Result<Arc<Issuer>, FieldError> {
         let issuer = Arc::new(Self::load(config)?);
         if issuer.config.jwks_url.is_some() || issuer.jwks_file.is_some() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -198,12 +224,12 @@ impl Issuer {
     }
 
     /// Loads keys without starting anything: what `check` and config loading use.
-    pub fn load(config: JwtIssuer) -> Result<Issuer, Bad> {
+    pub fn load(config: JwtIssuer) -> Result<Issuer, FieldError> {
         let mut algorithms = Vec::new();
         for a in &config.algorithms {
             let alg: Algorithm = a
                 .parse()
-                .map_err(|_| ("algorithms".to_string(), format!("{a:?} is not supported")))?;
+                .map_err(|_| FieldError::new("algorithms", format!("{a:?} is not supported")))?;
             algorithms.push(alg);
         }
         let mut fixed = Vec::new();
@@ -211,10 +237,7 @@ impl Issuer {
             let field = format!("keys[{i}].file");
             let pem = read(&field, Path::new(&k.file))?;
             let (family, key) = pem_key(&pem).ok_or_else(|| {
-                (
-                    field.clone(),
-                    "not an RSA, EC or Ed25519 public key in PEM".to_string(),
-                )
+                FieldError::new(&field, "not an RSA, EC or Ed25519 public key in PEM")
             })?;
             fixed.push(Key {
                 kid: k.kid.clone(),
@@ -229,13 +252,16 @@ impl Issuer {
                 secret.pop();
             }
             if secret.starts_with(b"-----BEGIN") {
-                return Err((
+                return Err(FieldError::new(
                     field,
-                    "is a PEM key: a public key must never be an HMAC secret".into(),
+                    "is a PEM key: a public key must never be an HMAC secret",
                 ));
             }
             if secret.len() < 32 {
-                return Err((field, "an HMAC secret needs at least 32 bytes".into()));
+                return Err(FieldError::new(
+                    field,
+                    "an HMAC secret needs at least 32 bytes",
+                ));
             }
             fixed.push(Key {
                 kid: k.kid.clone(),
@@ -245,7 +271,8 @@ impl Issuer {
         }
         let jwks_file = config.jwks_file.as_ref().map(PathBuf::from);
         let initial = match &jwks_file {
-            Some(p) => parse_jwks(&read("jwks_file", p)?).map_err(|e| ("jwks_file".into(), e))?,
+            Some(p) => parse_jwks(&read("jwks_file", p)?)
+                .map_err(|e| FieldError::new("jwks_file", e.to_string()))?,
             None => Vec::new(),
         };
         Ok(Issuer {
@@ -263,8 +290,8 @@ impl Issuer {
     /// Fetches the key set (URL, else file) and keeps it if it parses.
     async fn refresh(&self) {
         let got = match (&self.config.jwks_url, &self.jwks_file) {
-            (Some(url), _) => fetch(url).await,
-            (None, Some(p)) => tokio::fs::read(p).await.map_err(|e| e.to_string()),
+            (Some(url), _) => jwks::fetch(url).await,
+            (None, Some(p)) => tokio::fs::read(p).await.map_err(KeySetError::from),
             (None, None) => return,
         };
         let parsed = got.and_then(|body| parse_jwks(&body).map(|keys| (body, keys)));
@@ -318,13 +345,13 @@ impl Issuer {
                 Ok(data) => return Attempt::Verified(data.claims),
                 Err(e) => {
                     let why = match e.kind() {
-                        ErrorKind::InvalidSignature => "bad signature".to_string(),
-                        ErrorKind::ExpiredSignature => "expired".to_string(),
-                        ErrorKind::ImmatureSignature => "not yet valid (nbf)".to_string(),
-                        ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
-                        ErrorKind::InvalidAudience => "wrong audience".to_string(),
-                        ErrorKind::MissingRequiredClaim(c) => format!("claim {c:?} is missing"),
-                        other => format!("{other:?}"),
+                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                        other => TokenError::Invalid(other.clone()),
                     };
                     // A signature failure may just be the wrong key; any other failure
                     // (claims are checked only once the signature holds) is final.
@@ -348,9 +375,9 @@ impl Issuer {
         token: &str,
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Map<String, Value>, TokenError> {
         if !self.algorithms.contains(&alg) {
-            return Err(format!("algorithm {alg:?} is not allowed for this issuer"));
+            return Err(TokenError::AlgorithmNotAllowed(alg));
         }
         // Fixed keys, then the key set, then (for an unknown kid) a fresh key set.
         let mut bad_signature = false;
@@ -387,9 +414,9 @@ impl Issuer {
             }
         }
         Err(match kid {
-            _ if bad_signature => "bad signature".into(),
-            Some(k) => format!("no key with kid {k:?}"),
-            None => "no key for the algorithm".into(),
+            _ if bad_signature => TokenError::BadSignature,
+            Some(k) => TokenError::UnknownKid(k.to_string()),
+            None => TokenError::NoKey,
         })
     }
 }
@@ -437,44 +464,42 @@ pub async fn verify(
     token: &str,
     consumers: &Consumers,
     cache: &TokenCache,
-) -> Result<Arc<Identity>, String> {
+) -> Result<Arc<Identity>, TokenError> {
     if let Some(who) = cache.get(token, issuers) {
         return Ok(who);
     }
     let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-        ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => {
-            "unsupported algorithm or malformed header".to_string()
-        }
-        _ => "malformed token".to_string(),
+        ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => TokenError::UnsupportedHeader,
+        _ => TokenError::Malformed,
     })?;
     // RFC 7515 §4.1.11: a `crit` header lists extensions the verifier must understand, and
     // this one understands none, so any `crit` (even an empty or malformed one) is refused.
     // `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from the issuer's config.
     if unverified_segment(token, 0).is_none_or(|h| h.contains_key("crit")) {
-        return Err("the token's header has critical extensions (crit) or is malformed".into());
+        return Err(TokenError::Critical);
     }
     let iss = unverified_claims(token)
         .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
-        .ok_or("the token has no iss claim")?;
+        .ok_or(TokenError::NoIssuerClaim)?;
     let (index, issuer) = issuers
         .iter()
         .enumerate()
         .find(|(_, i)| i.config.issuer == iss)
-        .ok_or("wrong issuer")?;
+        .ok_or(TokenError::WrongIssuer)?;
     let keys_generation = issuer.keys_generation.load(Ordering::Relaxed);
     let claims = issuer
         .verify(token, header.alg, header.kid.as_deref())
         .await?;
     if let Some(iat) = claims.get("iat") {
-        let iat = iat.as_f64().ok_or("iat is not a number")?;
+        let iat = iat.as_f64().ok_or(TokenError::IatNotNumber)?;
         if iat > (now() + issuer.config.leeway_s) as f64 {
-            return Err("issued in the future (iat)".into());
+            return Err(TokenError::IssuedInFuture);
         }
     }
     let subject = claims
         .get(&issuer.config.consumer_claim)
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("claim {:?} is missing", issuer.config.consumer_claim))?;
+        .ok_or_else(|| TokenError::MissingClaim(issuer.config.consumer_claim.clone()))?;
     let issuer_name = issuer.config.name.as_str();
     let mut id = consumers
         .by_subject(issuer_name, subject)
@@ -512,77 +537,4 @@ pub async fn verify(
         },
     );
     Ok(id)
-}
-
-/// GET `url` (http or https; https trusts the system's CA bundle), body at most 1 MiB.
-pub async fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url))
-        .await
-        .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))?
-}
-
-async fn fetch_inner(url: &str) -> Result<Vec<u8>, String> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    use hyper_util::rt::TokioIo;
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let host = uri.host().ok_or("no host")?.to_string();
-    let tls = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let req = hyper::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header(
-            hyper::header::HOST,
-            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-        )
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    macro_rules! exchange {
-        ($io:expr) => {{
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            tokio::spawn(conn);
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            if !resp.status().is_success() {
-                return Err(format!("{url}: status {}", resp.status()));
-            }
-            Limited::new(resp.into_body(), MAX_JWKS)
-                .collect()
-                .await
-                .map(|c| c.to_bytes().to_vec())
-                .map_err(|e| format!("{url}: {e}"))
-        }};
-    }
-    if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        for cert in
-            rustls_pki_types::CertificateDer::pem_file_iter("/etc/ssl/certs/ca-certificates.crt")
-                .map_err(|e| format!("system CA bundle: {e}"))?
-                .flatten()
-        {
-            let _ = roots.add(cert);
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name =
-            rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        exchange!(stream)
-    } else {
-        exchange!(tcp)
-    }
 }

@@ -1,12 +1,9 @@
-//! Rate limits (GCRA or token bucket) and per-key concurrency limits.
+//! Rate limits (GCRA or token bucket, see [`super::rate`]) and per-key concurrency limits.
 //!
 //! Hand-written rather than `governor`: the same arithmetic has to run inside Redis (as a Lua
 //! script, see [`super::redis_store`]) so that local and shared limits agree to the request,
 //! the answer must carry the remaining quota for the `RateLimit` headers, and the local store
 //! must stay bounded under a flood of distinct keys. All three are awkward through governor.
-//!
-//! Time is in microseconds. A rate of `requests` per `window` gives an emission interval
-//! `T = window / requests`; `burst` requests may arrive at once after a quiet spell.
 
 use std::{
     collections::HashMap,
@@ -23,109 +20,17 @@ use hyper::{
     StatusCode,
 };
 
-use super::{redis_store::RedisStore, refuse, Admitted, Context, Refusal};
+use sluice_util::FieldError;
+
+use super::{
+    rate::{gcra, token_bucket, Rate, Verdict},
+    redis_store::RedisStore,
+    refuse, Admitted, Context, Refusal,
+};
 use crate::config::{
     policy::{Algorithm, LimitKey, OnFailure, Store},
     RateLimit,
 };
-
-/// A limit's verdict for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    /// Whether the request may go on.
-    pub allowed: bool,
-    /// Requests left right now.
-    pub remaining: u64,
-    /// Microseconds until the quota is whole again.
-    pub reset_us: u64,
-    /// Microseconds until the next request would be allowed (0 when allowed).
-    pub retry_us: u64,
-}
-
-/// Rate parameters in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Emission interval.
-    pub interval_us: u64,
-    /// Burst size.
-    pub burst: u64,
-}
-
-impl Rate {
-    fn of(c: &RateLimit) -> Option<Rate> {
-        let (r, w) = (c.requests?, c.window_ms?);
-        Some(Rate {
-            interval_us: (w.saturating_mul(1000) / r).max(1),
-            burst: c.burst.unwrap_or(r),
-        })
-    }
-}
-
-/// GCRA: the state is the theoretical arrival time `tat`. Returns the new `tat` to store
-/// and the verdict.
-pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
-    // Saturating throughout: absurd configs (years-long windows, huge bursts) must not
-    // overflow.
-    let t = rate.interval_us.max(1);
-    let tau = t.saturating_mul(rate.burst.saturating_sub(1));
-    let tat = tat.unwrap_or(now).max(now);
-    let next = tat.saturating_add(t);
-    // Allowed while the new tat is within burst tolerance of now.
-    if next - now <= tau.saturating_add(t) {
-        let remaining = (now.saturating_add(tau).saturating_add(t) - next) / t;
-        (
-            next,
-            Verdict {
-                allowed: true,
-                remaining,
-                reset_us: next - now,
-                retry_us: 0,
-            },
-        )
-    } else {
-        (
-            tat,
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_us: tat - now,
-                retry_us: tat.saturating_sub(tau).saturating_sub(now),
-            },
-        )
-    }
-}
-
-/// Token bucket: the state is (credit, last refill), with credit counted in microseconds
-/// of refill time (one token = `T`), so refilling is exact integer arithmetic. Returns the
-/// new state.
-pub fn token_bucket(state: Option<(u64, u64)>, now: u64, rate: Rate) -> ((u64, u64), Verdict) {
-    let t = rate.interval_us.max(1);
-    let cap = rate.burst.saturating_mul(t);
-    let (credit, last) = state.unwrap_or((cap, now));
-    let credit = cap.min(credit.saturating_add(now.saturating_sub(last)));
-    if credit >= t {
-        let left = credit - t;
-        (
-            (left, now),
-            Verdict {
-                allowed: true,
-                remaining: left / t,
-                reset_us: cap - left,
-                retry_us: 0,
-            },
-        )
-    } else {
-        (
-            (credit, now),
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_us: cap - credit,
-                retry_us: t - credit,
-            },
-        )
-    }
-}
 
 #[derive(Clone, Copy)]
 enum State {
@@ -231,9 +136,9 @@ fn fxhash(s: &str) -> usize {
     }) as usize
 }
 
-/// Requests in flight per key.
+/// Requests in flight per key, for a concurrency limit.
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<String, u64>>);
+struct Concurrent(Mutex<HashMap<String, u64>>);
 
 /// A concurrency slot, given back when dropped.
 pub struct Slot {
@@ -243,7 +148,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.limit.in_flight.0.lock() {
+        if let Ok(mut m) = self.limit.concurrent.0.lock() {
             if let Some(n) = m.get_mut(&self.key) {
                 *n -= 1;
                 if *n == 0 {
@@ -260,8 +165,10 @@ pub struct Limit {
     pub config: RateLimit,
     rate: Option<Rate>,
     local: LocalStore,
-    in_flight: InFlight,
+    concurrent: Concurrent,
     redis: Option<Arc<RedisStore>>,
+    /// The header a `key = { header = … }` limit counts by.
+    key_header: Option<HeaderName>,
     /// Requests allowed.
     pub allowed: AtomicU64,
     /// Requests refused.
@@ -272,24 +179,34 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// A new limit; `redis` is used when its store is Redis.
-    pub fn new(config: RateLimit, redis: Option<Arc<RedisStore>>) -> Self {
+    /// Builds a limit (checked as data by [`crate::config`]); `redis` is used when its
+    /// store is Redis. Refusals name fields of the `[[rate_limit]]`.
+    pub fn build(config: RateLimit, redis: Option<Arc<RedisStore>>) -> Result<Self, FieldError> {
         let (q, w) = quota(&config);
-        Limit {
+        let key_header = match &config.key {
+            LimitKey::Header(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                FieldError::new("key.header", format!("{h:?} is not a header name"))
+            })?),
+            _ => None,
+        };
+        let redis = match config.store {
+            Store::Redis => Some(redis.ok_or_else(|| {
+                FieldError::new("store", "store = \"redis\" needs a [redis] section")
+            })?),
+            Store::Local => None,
+        };
+        Ok(Limit {
             policy_value: header(format!("\"{}\";q={q};w={w}", config.name)),
             limit_value: HeaderValue::from(q),
             rate: Rate::of(&config),
             local: LocalStore::new(config.max_keys),
-            in_flight: InFlight::default(),
-            redis: if config.store == Store::Redis {
-                redis
-            } else {
-                None
-            },
+            concurrent: Concurrent::default(),
+            redis,
+            key_header,
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
             config,
-        }
+        })
     }
 
     /// Whether a reload may keep this limit with the store it would get now.
@@ -323,10 +240,12 @@ impl Limit {
                     .unwrap_or("anonymous"),
             ),
             LimitKey::Route => {}
-            LimitKey::Header(h) => match parts.headers.get(h.as_str()) {
-                Some(v) => key.push_str(&String::from_utf8_lossy(v.as_bytes())),
-                None => key.push('-'),
-            },
+            LimitKey::Header(_) => {
+                match self.key_header.as_ref().and_then(|h| parts.headers.get(h)) {
+                    Some(v) => key.push_str(&String::from_utf8_lossy(v.as_bytes())),
+                    None => key.push('-'),
+                }
+            }
         }
         key
     }
@@ -360,70 +279,12 @@ pub async fn check_all(
     for limit in limits {
         let key = limit.key(parts, ctx);
         if let Some(max) = limit.config.concurrent {
-            let taken = limit
-                .in_flight
-                .0
-                .lock()
-                .map(|mut m| {
-                    let n = m.entry(key.clone()).or_insert(0);
-                    if *n >= max {
-                        false
-                    } else {
-                        *n += 1;
-                        true
-                    }
-                })
-                .unwrap_or(true);
-            if !taken {
-                limit.limited.fetch_add(1, Ordering::Relaxed);
-                let mut r = refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &format!(
-                        "limit {}: {max} requests in flight already",
-                        limit.config.name
-                    ),
-                );
-                r.headers_mut()
-                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Err(r);
-            }
-            limit.allowed.fetch_add(1, Ordering::Relaxed);
-            admitted.slots.push(Slot {
-                limit: limit.clone(),
-                key,
-            });
+            admitted.slots.push(take_slot(limit, key, max)?);
             continue;
         }
         let Some(rate) = limit.rate else { continue };
-        let verdict = match &limit.redis {
-            None => limit.local.check(&key, limit.config.algorithm, rate),
-            Some(store) => match store
-                .check(&limit.config.name, &key, limit.config.algorithm, rate)
-                .await
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    let open = store.config.on_failure == OnFailure::Open;
-                    store.failed(open);
-                    // Logged once per failure, not for every request of the back-off.
-                    if let super::redis_store::StoreError::Failed(why) = &e {
-                        tracing::warn!(limit = %limit.config.name, error = %why, fail_open = open, "shared rate-limit store failed");
-                    }
-                    if open {
-                        continue;
-                    }
-                    let mut r = refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "limit {}: the shared store is unavailable",
-                            limit.config.name
-                        ),
-                    );
-                    r.headers_mut()
-                        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return Err(r);
-                }
-            },
+        let Some(verdict) = limit.verdict(&key, rate).await? else {
+            continue;
         };
         if !verdict.allowed {
             limit.limited.fetch_add(1, Ordering::Relaxed);
@@ -446,6 +307,78 @@ pub async fn check_all(
         set_headers(&mut admitted.headers, limit, &v);
     }
     Ok(())
+}
+
+/// A concurrency slot of `limit` for `key`, or 429 when `max` are in flight already.
+fn take_slot(limit: &Arc<Limit>, key: String, max: u64) -> Result<Slot, Refusal> {
+    let taken = limit
+        .concurrent
+        .0
+        .lock()
+        .map(|mut m| {
+            let n = m.entry(key.clone()).or_insert(0);
+            if *n >= max {
+                false
+            } else {
+                *n += 1;
+                true
+            }
+        })
+        .unwrap_or(true);
+    if !taken {
+        limit.limited.fetch_add(1, Ordering::Relaxed);
+        let mut r = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "limit {}: {max} requests in flight already",
+                limit.config.name
+            ),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(r);
+    }
+    limit.allowed.fetch_add(1, Ordering::Relaxed);
+    Ok(Slot {
+        limit: limit.clone(),
+        key,
+    })
+}
+
+impl Limit {
+    /// The store's verdict for `key`; `None` when a failed shared store lets the request
+    /// through (`on_failure = "open"`), 503 when it does not.
+    async fn verdict(&self, key: &str, rate: Rate) -> Result<Option<Verdict>, Refusal> {
+        let Some(store) = &self.redis else {
+            return Ok(Some(self.local.check(key, self.config.algorithm, rate)));
+        };
+        let e = match store
+            .check(&self.config.name, key, self.config.algorithm, rate)
+            .await
+        {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => e,
+        };
+        let open = store.config.on_failure == OnFailure::Open;
+        store.failed(open);
+        // Logged once per failure, not for every request of the back-off.
+        if let super::redis_store::StoreError::Failed(why) = &e {
+            tracing::warn!(limit = %self.config.name, error = %why, fail_open = open, "shared rate-limit store failed");
+        }
+        if open {
+            return Ok(None);
+        }
+        let mut r = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "limit {}: the shared store is unavailable",
+                self.config.name
+            ),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        Err(r)
+    }
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), and the legacy
@@ -475,60 +408,6 @@ fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gcra_allows_the_burst_then_one_per_interval() {
-        let rate = Rate {
-            interval_us: 1000,
-            burst: 3,
-        };
-        let mut tat = None;
-        for want_left in [2, 1, 0] {
-            let (t, v) = gcra(tat, 0, rate);
-            assert!(v.allowed);
-            assert_eq!(v.remaining, want_left);
-            tat = Some(t);
-        }
-        let (t, v) = gcra(tat, 0, rate);
-        assert!(!v.allowed);
-        assert_eq!(v.retry_us, 1000);
-        assert_eq!(t, 3000);
-        assert!(!gcra(tat, 999, rate).1.allowed);
-        assert!(gcra(tat, 1000, rate).1.allowed);
-    }
-
-    #[test]
-    fn token_bucket_agrees_with_gcra_on_decisions() {
-        let rate = Rate {
-            interval_us: 700,
-            burst: 4,
-        };
-        let (mut g, mut b) = (None, None);
-        let mut now = 0;
-        for i in 0..2000u64 {
-            now += (i * 7919) % 900;
-            let (gs, gv) = gcra(g, now, rate);
-            let (bs, bv) = token_bucket(b, now, rate);
-            assert_eq!(gv.allowed, bv.allowed, "request {i} at {now}");
-            assert_eq!(gv.remaining, bv.remaining, "request {i} at {now}");
-            g = Some(gs);
-            b = Some(bs);
-        }
-    }
-
-    #[test]
-    fn absurd_rates_do_not_overflow() {
-        let rate = Rate {
-            interval_us: u64::MAX / 3,
-            burst: u64::MAX,
-        };
-        for now in [0, 1, u64::MAX / 2, u64::MAX - 1] {
-            let (tat, _) = gcra(Some(u64::MAX - 5), now, rate);
-            let _ = gcra(Some(tat), now, rate);
-            let (state, _) = token_bucket(Some((u64::MAX, 0)), now, rate);
-            let _ = token_bucket(Some(state), now, rate);
-        }
-    }
 
     #[test]
     fn local_store_stays_bounded() {

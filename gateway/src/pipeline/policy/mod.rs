@@ -8,8 +8,10 @@
 
 pub mod auth;
 pub mod client_ip;
+pub mod jwks;
 pub mod jwt;
 pub mod limit;
+pub mod rate;
 pub mod redis_store;
 pub mod transform;
 
@@ -20,6 +22,8 @@ use hyper::{
     http::request::Parts,
     Response, StatusCode,
 };
+
+use sluice_util::FieldError;
 
 use crate::{
     config::{Config, Route, Step},
@@ -87,10 +91,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds from a validated config; objects whose config did not change are taken from
-    /// `previous`. Key files were checked by [`crate::config::load`]; one that has become
-    /// unreadable since is an error here.
-    pub fn new(config: &Config, previous: Option<&Shared>) -> Result<Self, String> {
+    /// Builds the policy objects of a config (checked as data by [`crate::config`]); those
+    /// whose config did not change are taken from `previous`, so counters and fetched keys
+    /// survive a reload. A refusal names the field (a key file that cannot be read, a Redis
+    /// URL that does not parse, …).
+    pub fn build(config: &Config, previous: Option<&Shared>) -> Result<Self, FieldError> {
         let redis = match &config.redis {
             None => None,
             Some(r) => Some(
@@ -99,36 +104,26 @@ impl Shared {
                     .filter(|s| s.config == *r)
                 {
                     Some(same) => same,
-                    None => Arc::new(redis_store::RedisStore::new(r.clone())?),
+                    None => Arc::new(
+                        redis_store::RedisStore::build(r.clone()).map_err(|e| e.under("redis"))?,
+                    ),
                 },
             ),
         };
         let mut issuers = HashMap::new();
-        for j in &config.jwt_issuers {
+        for (i, j) in config.jwt_issuers.iter().enumerate() {
             let reuse = previous
                 .and_then(|p| p.issuers.get(&j.name))
                 .filter(|old| old.config == *j)
                 .cloned();
             let issuer = match reuse {
                 Some(i) => i,
-                None => jwt::Issuer::start(j.clone()).map_err(|(f, r)| format!("{f}: {r}"))?,
+                None => jwt::Issuer::start(j.clone())
+                    .map_err(|e| e.under(&format!("jwt_issuer[{i}]")))?,
             };
             issuers.insert(j.name.clone(), issuer);
         }
-        let mut limits = HashMap::new();
-        for l in &config.rate_limits {
-            let reuse = previous
-                .and_then(|p| p.limits.get(&l.name))
-                .filter(|old| {
-                    old.config == *l
-                        && (l.store == crate::config::policy::Store::Local
-                            || old.same_store(redis.as_ref()))
-                })
-                .cloned();
-            let limit =
-                reuse.unwrap_or_else(|| Arc::new(limit::Limit::new(l.clone(), redis.clone())));
-            limits.insert(l.name.clone(), limit);
-        }
+        let limits = Self::build_limits(config, previous, redis.as_ref())?;
         let consumers = match previous.filter(|p| p.consumers.config == config.consumers) {
             Some(p) => p.consumers.clone(),
             None => Arc::new(auth::Consumers::new(&config.consumers)),
@@ -138,53 +133,85 @@ impl Shared {
             issuers,
             limits,
             redis,
-            client_ip: client_ip::ClientIpRule::new(&config.client_ip),
+            client_ip: client_ip::ClientIpRule::try_from(&config.client_ip)
+                .map_err(|e| e.under("client_ip"))?,
         })
     }
 
-    /// The chain of one route.
-    pub fn chain(&self, route: &Route) -> Chain {
+    fn build_limits(
+        config: &Config,
+        previous: Option<&Shared>,
+        redis: Option<&Arc<redis_store::RedisStore>>,
+    ) -> Result<HashMap<String, Arc<limit::Limit>>, FieldError> {
+        let mut limits = HashMap::new();
+        for (i, l) in config.rate_limits.iter().enumerate() {
+            let reuse = previous
+                .and_then(|p| p.limits.get(&l.name))
+                .filter(|old| {
+                    old.config == *l
+                        && (l.store == crate::config::policy::Store::Local || old.same_store(redis))
+                })
+                .cloned();
+            let limit = match reuse {
+                Some(same) => same,
+                None => Arc::new(
+                    limit::Limit::build(l.clone(), redis.cloned())
+                        .map_err(|e| e.under(&format!("rate_limit[{i}]")))?,
+                ),
+            };
+            limits.insert(l.name.clone(), limit);
+        }
+        Ok(limits)
+    }
+
+    /// The chain of one route; refusals name fields of the route.
+    pub fn chain(&self, route: &Route) -> Result<Chain, FieldError> {
         let mut steps = Vec::new();
         for step in &route.policy_order {
-            match step {
-                Step::Authenticate => {
-                    if let Some(a) = &route.auth {
-                        steps.push(Stage::Authenticate(auth::Authenticator::new(
-                            a,
-                            self.consumers.clone(),
-                            &self.issuers,
-                        )));
-                    }
-                }
-                Step::Authorize => {
-                    if let Some(a) = &route.authorize {
-                        steps.push(Stage::Authorize(a.clone()));
-                    }
-                }
+            let stage = match step {
+                Step::Authenticate => route
+                    .auth
+                    .as_ref()
+                    .map(|a| {
+                        auth::Authenticator::build(a, self.consumers.clone(), &self.issuers)
+                            .map(Stage::Authenticate)
+                            .map_err(|e| e.under("auth"))
+                    })
+                    .transpose()?,
+                Step::Authorize => route.authorize.clone().map(Stage::Authorize),
                 Step::RateLimit => {
-                    let limits: Vec<_> = route
+                    let limits = route
                         .rate_limits
                         .iter()
-                        .filter_map(|n| self.limits.get(n).cloned())
-                        .collect();
-                    if !limits.is_empty() {
-                        steps.push(Stage::RateLimit(limits));
-                    }
+                        .map(|n| {
+                            self.limits.get(n).cloned().ok_or_else(|| {
+                                FieldError::new("rate_limits", format!("no rate_limit named {n:?}"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (!limits.is_empty()).then_some(Stage::RateLimit(limits))
                 }
-                Step::Transform => {
-                    if let Some(t) = &route.request_transform {
-                        steps.push(Stage::Transform(transform::RequestTransformer::new(t)));
-                    }
-                }
-            }
+                Step::Transform => route
+                    .request_transform
+                    .as_ref()
+                    .map(|t| {
+                        transform::RequestTransformer::try_from(t)
+                            .map(Stage::Transform)
+                            .map_err(|e| e.under("request_transform"))
+                    })
+                    .transpose()?,
+            };
+            steps.extend(stage);
         }
-        Chain {
-            steps,
-            response: route
-                .response_transform
-                .as_ref()
-                .map(transform::ResponseTransformer::new),
-        }
+        let response = route
+            .response_transform
+            .as_ref()
+            .map(|t| {
+                transform::ResponseTransformer::try_from(t)
+                    .map_err(|e| e.under("response_transform"))
+            })
+            .transpose()?;
+        Ok(Chain { steps, response })
     }
 }
 

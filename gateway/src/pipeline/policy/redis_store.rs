@@ -15,19 +15,40 @@ use redis::{
 };
 use tokio::sync::OnceCell;
 
-use super::limit::{Rate, Verdict};
+use sluice_util::FieldError;
+
+use super::rate::{Rate, Verdict};
 use crate::config::{policy::Algorithm, Redis};
 
 /// Least time allowed for setting up the connection.
 const CONNECT_BUDGET: Duration = Duration::from_secs(1);
 
 /// Why the store gave no verdict.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A recent failure: not asked (see [`BACKOFF`]).
+    #[error("resting after a failure")]
     Resting,
     /// The call failed.
-    Failed(String),
+    #[error("{0}")]
+    Failed(#[from] CallError),
+}
+
+/// Why one call to Redis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection within the budget.
+    #[error("no connection within {0} ms")]
+    ConnectTimeout(u128),
+    /// No answer within `timeout_ms`.
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    /// Redis (or the connection to it) refused.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// The script answered something other than four integers.
+    #[error("unexpected script answer {0:?}")]
+    Answer(Vec<i64>),
 }
 
 /// How long the store is left alone after a failure.
@@ -88,12 +109,14 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for a validated `[redis]` section; connects on first use.
-    pub fn new(config: Redis) -> Result<Self, String> {
+    /// A store for a `[redis]` section (checked as data by [`crate::config`]); connects on
+    /// first use. Refusals name fields of `[redis]`.
+    pub fn build(config: Redis) -> Result<Self, FieldError> {
         let client = match &config.ca_file {
             None => redis::Client::open(config.url.as_str()),
             Some(ca) => {
-                let root = std::fs::read(ca).map_err(|e| format!("ca_file: {ca}: {e}"))?;
+                let root = std::fs::read(ca)
+                    .map_err(|e| FieldError::new("ca_file", format!("{ca}: {e}")))?;
                 redis::Client::build_with_tls(
                     config.url.as_str(),
                     redis::TlsCertificates {
@@ -103,7 +126,7 @@ impl RedisStore {
                 )
             }
         }
-        .map_err(|e| format!("url: {e}"))?;
+        .map_err(|e| FieldError::new("url", format!("not a valid Redis URL: {e}")))?;
         Ok(RedisStore {
             config,
             client,
@@ -158,7 +181,7 @@ impl RedisStore {
         algorithm: Algorithm,
         rate: Rate,
         timeout: Duration,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Verdict, CallError> {
         // Setting up the connection (TCP, TLS, AUTH) gets a budget of its own, at least a
         // second: a remote TLS server may need more than one call's timeout.
         let budget = timeout.max(CONNECT_BUDGET);
@@ -173,8 +196,7 @@ impl RedisStore {
         });
         let conn = tokio::time::timeout(budget, connect)
             .await
-            .map_err(|_| format!("no connection within {} ms", budget.as_millis()))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| CallError::ConnectTimeout(budget.as_millis()))??;
         let mut conn = conn.clone();
         let (script, tag) = match algorithm {
             Algorithm::Gcra => (&self.gcra, "g"),
@@ -187,10 +209,9 @@ impl RedisStore {
         let invoke = invocation.invoke_async::<Vec<i64>>(&mut conn);
         let r = tokio::time::timeout(timeout, invoke)
             .await
-            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| CallError::Timeout(timeout.as_millis()))??;
         let [allowed, remaining, reset, retry] = r[..] else {
-            return Err(format!("unexpected script answer {r:?}"));
+            return Err(CallError::Answer(r));
         };
         let u = |v: i64| v.max(0) as u64;
         Ok(Verdict {

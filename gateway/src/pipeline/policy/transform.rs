@@ -16,6 +16,8 @@ use hyper::{
 use regex::Regex;
 use serde_json::Value;
 
+use sluice_util::{config::refuse as refuse_field, FieldError};
+
 use super::{refuse, Refusal};
 use crate::{
     config::{RequestTransform, ResponseTransform},
@@ -23,13 +25,54 @@ use crate::{
     Body,
 };
 
-fn name(s: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(s.as_bytes()).ok()
+/// A header name from the config, refused as `field` when it is not one.
+fn name(field: &str, s: &str) -> Result<HeaderName, FieldError> {
+    HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| FieldError::new(field, format!("{s:?} is not a header name")))
 }
 
-fn pairs(m: &std::collections::BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+/// Header fields from the config; names and values are refused as `field`.
+fn pairs(
+    field: &str,
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, FieldError> {
     m.iter()
-        .filter_map(|(k, v)| Some((name(k)?, HeaderValue::from_str(v).ok()?)))
+        .map(|(k, v)| {
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| FieldError::new(field, format!("{v:?} is not a header value")))?;
+            Ok((name(field, k)?, value))
+        })
+        .collect()
+}
+
+/// Header names from the config.
+fn names<'a>(
+    field: &str,
+    list: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<HeaderName>, FieldError> {
+    list.into_iter().map(|h| name(field, h)).collect()
+}
+
+/// A query name or value as it will be written into the target: already URL-encoded.
+fn query_safe(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~%+!$'()*,;:@/?".contains(c))
+}
+
+/// Query pairs from the config; names must be non-empty.
+fn query_pairs(
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, FieldError> {
+    m.iter()
+        .map(|(k, v)| {
+            if k.is_empty() || !query_safe(k) || !query_safe(v) {
+                return refuse_field(
+                    "query",
+                    format!("{k:?} = {v:?}: names and values must be URL-encoded"),
+                );
+            }
+            Ok((k.clone(), v.clone()))
+        })
         .collect()
 }
 
@@ -42,8 +85,22 @@ struct JsonOps {
     max: usize,
 }
 
-fn path(p: &str) -> Vec<String> {
-    p.split('.').map(str::to_string).collect()
+/// A dotted JSON field path from the config.
+fn path(p: &str) -> Result<Vec<String>, FieldError> {
+    if p.is_empty() || p.split('.').any(str::is_empty) {
+        return refuse_field("json", format!("{p:?} is not a dotted field path"));
+    }
+    Ok(p.split('.').map(str::to_string).collect())
+}
+
+/// A dotted JSON field path, split.
+type FieldPath = Vec<String>;
+
+/// Renames between JSON field paths from the config.
+fn path_pairs(
+    m: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(FieldPath, FieldPath)>, FieldError> {
+    m.iter().map(|(a, b)| Ok((path(a)?, path(b)?))).collect()
 }
 
 fn take(v: &mut Value, p: &[String]) -> Option<Value> {
@@ -129,43 +186,63 @@ pub struct RequestTransformer {
     json: JsonOps,
 }
 
-impl RequestTransformer {
-    /// Compiles a validated transform.
-    pub fn new(t: &RequestTransform) -> Self {
-        RequestTransformer {
+impl TryFrom<&RequestTransform> for RequestTransformer {
+    type Error = FieldError;
+
+    /// Compiles a `request_transform`; refusals name its fields.
+    fn try_from(t: &RequestTransform) -> Result<Self, FieldError> {
+        let strip_prefix = match &t.strip_prefix {
+            Some(p) if !p.starts_with('/') => {
+                return refuse_field("strip_prefix", "must start with '/'")
+            }
+            other => other.clone(),
+        };
+        let rewrite = match &t.rewrite {
+            Some(r) => Some((
+                Regex::new(&r.regex)
+                    .map_err(|e| FieldError::new("rewrite.regex", format!("invalid regex: {e}")))?,
+                r.replacement.clone(),
+            )),
+            None => None,
+        };
+        let json_set = t
+            .json_set
+            .iter()
+            .map(|(p, v)| {
+                let value = serde_json::to_value(v)
+                    .map_err(|e| FieldError::new("json_set", format!("{p:?}: {e}")))?;
+                Ok((path(p)?, value))
+            })
+            .collect::<Result<_, FieldError>>()?;
+        Ok(RequestTransformer {
             rename: t
                 .rename_headers
                 .iter()
-                .filter_map(|(a, b)| Some((name(a)?, name(b)?)))
-                .collect(),
-            remove: t.remove_headers.iter().filter_map(|h| name(h)).collect(),
-            set: pairs(&t.set_headers),
-            add: pairs(&t.add_headers),
-            strip_prefix: t.strip_prefix.clone(),
-            rewrite: t
-                .rewrite
-                .as_ref()
-                .and_then(|r| Some((Regex::new(&r.regex).ok()?, r.replacement.clone()))),
+                .map(|(a, b)| Ok((name("headers", a)?, name("headers", b)?)))
+                .collect::<Result<_, FieldError>>()?,
+            remove: names("headers", &t.remove_headers)?,
+            set: pairs("headers", &t.set_headers)?,
+            add: pairs("headers", &t.add_headers)?,
+            strip_prefix,
+            rewrite,
             remove_query: t.remove_query.clone(),
-            rename_query: t.rename_query.clone().into_iter().collect(),
-            add_query: t.add_query.clone().into_iter().collect(),
+            rename_query: query_pairs(&t.rename_query)?,
+            add_query: query_pairs(&t.add_query)?,
             json: JsonOps {
-                rename: t
-                    .json_rename
+                rename: path_pairs(&t.json_rename)?,
+                remove: t
+                    .json_remove
                     .iter()
-                    .map(|(a, b)| (path(a), path(b)))
-                    .collect(),
-                remove: t.json_remove.iter().map(|p| path(p)).collect(),
-                set: t
-                    .json_set
-                    .iter()
-                    .filter_map(|(p, v)| Some((path(p), serde_json::to_value(v).ok()?)))
-                    .collect(),
+                    .map(|p| path(p))
+                    .collect::<Result<_, _>>()?,
+                set: json_set,
                 max: t.json_max_bytes,
             },
-        }
+        })
     }
+}
 
+impl RequestTransformer {
     /// Applies the transform to a request.
     pub async fn apply(&self, parts: &mut Parts, body: Body) -> Result<Body, Refusal> {
         let h = &mut parts.headers;
@@ -329,25 +406,29 @@ pub struct ResponseTransformer {
     json: JsonOps,
 }
 
-impl ResponseTransformer {
-    /// Compiles a validated transform.
-    pub fn new(t: &ResponseTransform) -> Self {
-        ResponseTransformer {
-            set: pairs(&t.set_headers),
-            remove: t.remove_headers.iter().filter_map(|h| name(h)).collect(),
+impl TryFrom<&ResponseTransform> for ResponseTransformer {
+    type Error = FieldError;
+
+    /// Compiles a `response_transform`; refusals name its fields.
+    fn try_from(t: &ResponseTransform) -> Result<Self, FieldError> {
+        Ok(ResponseTransformer {
+            set: pairs("headers", &t.set_headers)?,
+            remove: names("headers", &t.remove_headers)?,
             json: JsonOps {
-                rename: t
-                    .json_rename
+                rename: path_pairs(&t.json_rename)?,
+                remove: t
+                    .json_remove
                     .iter()
-                    .map(|(a, b)| (path(a), path(b)))
-                    .collect(),
-                remove: t.json_remove.iter().map(|p| path(p)).collect(),
+                    .map(|p| path(p))
+                    .collect::<Result<_, _>>()?,
                 set: Vec::new(),
                 max: t.json_max_bytes,
             },
-        }
+        })
     }
+}
 
+impl ResponseTransformer {
     /// Applies the transform to an upstream's response to a request (`head`: a HEAD
     /// request). Bodies that cannot be rewritten pass unchanged: responses without a body
     /// (HEAD, 1xx, 204, 304), encoded ones, and ones whose `Content-Length` is over the cap.
@@ -405,14 +486,56 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn p(s: &str) -> Vec<String> {
+        path(s).expect("a valid path")
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_field() {
+        let refused = |t: RequestTransform| match RequestTransformer::try_from(&t) {
+            Err(e) => e.to_string(),
+            Ok(_) => String::from("built"),
+        };
+        let mut t = RequestTransform::default();
+        t.set_headers.insert("bad header".into(), "v".into());
+        assert_eq!(refused(t), "headers: \"bad header\" is not a header name");
+        let mut t = RequestTransform::default();
+        t.add_headers.insert("x-a".into(), "line\nbreak".into());
+        assert_eq!(refused(t), "headers: \"line\\nbreak\" is not a header value");
+        let t = RequestTransform {
+            rewrite: Some(crate::config::policy::Rewrite {
+                regex: "([".into(),
+                replacement: String::new(),
+            }),
+            ..Default::default()
+        };
+        assert!(refused(t).starts_with("rewrite.regex: invalid regex"));
+        let t = RequestTransform {
+            json_remove: vec!["a..b".into()],
+            ..Default::default()
+        };
+        assert_eq!(refused(t), "json: \"a..b\" is not a dotted field path");
+        let mut t = RequestTransform::default();
+        t.add_query.insert("a b".into(), "1".into());
+        assert!(refused(t).starts_with("query: "));
+        let t = RequestTransform {
+            strip_prefix: Some("api".into()),
+            ..Default::default()
+        };
+        assert_eq!(refused(t), "strip_prefix: must start with '/'");
+        let mut r = ResponseTransform::default();
+        r.remove_headers.push("x y".into());
+        assert!(ResponseTransformer::try_from(&r).is_err());
+    }
+
     #[test]
     fn json_ops_rename_then_remove_then_set() {
         let ops = JsonOps {
-            rename: vec![(path("user.name"), path("name"))],
-            remove: vec![path("secret"), path("missing.deep")],
+            rename: vec![(p("user.name"), p("name"))],
+            remove: vec![p("secret"), p("missing.deep")],
             set: vec![
-                (path("meta.source"), json!("sluice")),
-                (path("n.x"), json!(1)),
+                (p("meta.source"), json!("sluice")),
+                (p("n.x"), json!(1)),
             ],
             max: 100,
         };

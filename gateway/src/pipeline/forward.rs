@@ -1,0 +1,396 @@
+//! Forwarding a routed, admitted request: **pick** a split and prepare the request once →
+//! for each attempt, **admit** it into the pool's concurrency limit and pick a target →
+//! **attempt** the exchange → **classify** the outcome (answer, retry on another target,
+//! or fail; the retry decision is the error kind's, see [`ProxyError::retry`]) →
+//! **respond** (hop-by-hop headers, the session cookie, or a protocol switch).
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::{
+    header::{self, HeaderValue},
+    http::{request::Parts, uri::PathAndQuery},
+    Request, Response, Uri,
+};
+use rand::Rng;
+use smallvec::SmallVec;
+
+use super::{
+    client_body::FaultCell,
+    error::{ProxyError, Retry},
+    headers::{cookie, strip_hop_by_hop, upgrade_of},
+    policy,
+    problem::{collect_capped, CollectError},
+    runtime::{RouteRuntime, Split},
+    serve::Conn,
+    tunnel::{switch_protocols, ConnHold, Tunnel},
+};
+use crate::{
+    config::Balance,
+    metrics::Metrics,
+    upstream::{
+        exchange::Answer,
+        forwarding::{self, Forwarding},
+        HashInput, Outcome, Pool,
+    },
+    Body,
+};
+
+/// A request's concurrency slots, shared by its response body and an upgraded tunnel.
+pub struct Held(pub Vec<policy::limit::Slot>);
+
+/// Forwards `req` on `route`; errors become problem+json here.
+pub async fn forward(
+    route: &RouteRuntime,
+    metrics: &Metrics,
+    conn: Conn,
+    client_ip: IpAddr,
+    req: Request<Body>,
+    host: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let Some(split) = pick_split(route) else {
+        return ProxyError::NoUpstream.into_response();
+    };
+    route.budget.request();
+    let forwarding = Forwarding::new(
+        req.headers(),
+        req.uri().authority().map(|a| a.as_str()),
+        conn.peer.ip(),
+        conn.tls,
+        host,
+        request_id,
+    );
+    let mut out = match Outbound::prepare(route, split, conn, client_ip, req, forwarding).await {
+        Ok(out) => out,
+        Err(e) => return e.into_response(),
+    };
+    match attempts(route, split, metrics, &mut out).await {
+        Ok((target, answer)) => respond(&split.pool, target, out, answer),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The split a request goes to, by weight.
+fn pick_split(route: &RouteRuntime) -> Option<&Split> {
+    if let [only] = route.splits.as_slice() {
+        return Some(only);
+    }
+    let total: u64 = route.splits.iter().map(|s| s.weight as u64).sum();
+    if total == 0 {
+        return route.splits.first();
+    }
+    let mut n = rand::thread_rng().gen_range(0..total);
+    route.splits.iter().find(|s| {
+        if n < s.weight as u64 {
+            true
+        } else {
+            n -= s.weight as u64;
+            false
+        }
+    })
+}
+
+/// The request's body as attempts take it.
+enum Replay {
+    /// Read whole first, because the request may be sent again.
+    Buffered(Bytes),
+    /// Streamed through, by the one attempt there will be.
+    Once(Option<Body>),
+}
+
+/// What every attempt of a request sends and keys on, made once.
+struct Outbound {
+    parts: Parts,
+    body: Replay,
+    /// The target in origin form (hyper keeps its bytes shared, so this is cheap).
+    origin: Uri,
+    forwarding: Forwarding,
+    /// The pool's hash key (a header's or a cookie's value) and the session cookie.
+    hash_header: Option<String>,
+    hash_cookie: Option<String>,
+    session: Option<String>,
+    client_ip: IpAddr,
+    /// Idempotent, with retries configured.
+    can_retry: bool,
+    timeout: Duration,
+    /// What a protocol switch needs, and the client body's fault, if it breaks.
+    upgrade: Option<HeaderValue>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    body_fault: Option<FaultCell>,
+    tunnel: Tunnel,
+}
+
+impl Outbound {
+    async fn prepare(
+        route: &RouteRuntime,
+        split: &Split,
+        conn: Conn,
+        client_ip: IpAddr,
+        req: Request<Body>,
+        forwarding: Forwarding,
+    ) -> Result<Self, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let can_retry = route.config.retries.attempts > 0 && parts.method.is_idempotent();
+        // A body that may need sending twice is read first (within the size limit);
+        // otherwise it streams through.
+        let body = if can_retry {
+            match collect_capped(body, conn.max_body as usize).await {
+                Ok(b) => Replay::Buffered(b),
+                Err(CollectError::TooLarge) => return Err(ProxyError::BodyTooLarge),
+                Err(CollectError::Broken) => return Err(ProxyError::BodyUnreadable),
+            }
+        } else {
+            Replay::Once(Some(body))
+        };
+        let pool = &split.pool;
+        let (hash_header, hash_cookie) = hash_keys(pool, &parts, &forwarding);
+        let session = pool
+            .session_cookie
+            .as_deref()
+            .and_then(|name| cookie(&parts.headers, name))
+            .map(str::to_string);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let origin = Uri::from(path);
+        Ok(Outbound {
+            upgrade: upgrade_of(&parts.headers),
+            client_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            body_fault: parts.extensions.remove::<FaultCell>(),
+            tunnel: Tunnel {
+                held: parts.extensions.remove::<Arc<Held>>(),
+                hold: parts.extensions.remove::<ConnHold>(),
+                idle: conn.tunnel_idle,
+            },
+            timeout: Duration::from_millis(route.config.timeouts.request_ms),
+            parts,
+            body,
+            origin,
+            forwarding,
+            hash_header,
+            hash_cookie,
+            session,
+            client_ip,
+            can_retry,
+        })
+    }
+
+    /// The target for the next attempt: the session's, else the pool's pick, never one
+    /// already tried.
+    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
+        let pinned = self
+            .session
+            .as_deref()
+            .and_then(|t| pool.session_target(t))
+            .filter(|i| !tried.contains(i));
+        pinned.or_else(|| {
+            pool.pick(
+                &HashInput {
+                    header: self.hash_header.as_deref(),
+                    cookie: self.hash_cookie.as_deref(),
+                    client: self.client_ip,
+                },
+                tried,
+            )
+        })
+    }
+
+    /// The request one attempt sends. Only a request that may be sent again keeps its own
+    /// copy of the headers.
+    fn request(&mut self) -> Result<Request<Body>, ProxyError> {
+        let mut up = Request::builder()
+            .method(self.parts.method.clone())
+            .uri(self.origin.clone());
+        if let Some(h) = up.headers_mut() {
+            *h = if self.can_retry {
+                self.parts.headers.clone()
+            } else {
+                std::mem::take(&mut self.parts.headers)
+            };
+        }
+        let body = match &mut self.body {
+            Replay::Buffered(b) => crate::full(b.clone()),
+            Replay::Once(b) => b.take().unwrap_or_else(|| crate::full(Bytes::new())),
+        };
+        up.body(body).map_err(|_| ProxyError::NotForwardable)
+    }
+
+    /// The client's body broke the exchange (which closes that connection).
+    fn body_failed(&self) -> Option<ProxyError> {
+        let fault = self.body_fault.as_ref()?.get()?;
+        Some(ProxyError::of_body(Some(fault)))
+    }
+}
+
+/// The values a hashing pool keys on. A forwarding field is hashed as the target will see
+/// it (this hop's value).
+fn hash_keys(
+    pool: &Pool,
+    parts: &Parts,
+    forwarding: &Forwarding,
+) -> (Option<String>, Option<String>) {
+    match &pool.balance {
+        Balance::HashHeader(h) => {
+            let value = if forwarding::NAMES.iter().any(|n| n.eq_ignore_ascii_case(h)) {
+                forwarding.value(h)
+            } else {
+                parts.headers.get(h).map(HeaderValue::as_bytes)
+            };
+            let value = value.and_then(|v| std::str::from_utf8(v).ok());
+            (value.map(str::to_string), None)
+        }
+        Balance::HashCookie(c) => (None, cookie(&parts.headers, c).map(str::to_string)),
+        _ => (None, None),
+    }
+}
+
+/// What the classification of an attempt decided.
+enum Next {
+    Answer(Answer),
+    Retry,
+    Fail(ProxyError),
+}
+
+/// Attempts until one answers, a failure is final, or the retries or budget run out.
+/// Returns the target that answered, and its answer.
+async fn attempts(
+    route: &RouteRuntime,
+    split: &Split,
+    metrics: &Metrics,
+    out: &mut Outbound,
+) -> Result<(usize, Answer), ProxyError> {
+    let pool = &*split.pool;
+    // At most 6 attempts (retries.attempts <= 5): on the stack.
+    let mut tried: SmallVec<[usize; 6]> = SmallVec::new();
+    loop {
+        let mut slot = pool.admit().ok_or_else(|| ProxyError::PoolFull {
+            pool: pool.name.clone(),
+        })?;
+        let i = out.pick(pool, &tried).ok_or_else(|| ProxyError::NoTarget {
+            pool: pool.name.clone(),
+        })?;
+        slot.on_target(i);
+        tried.push(i);
+        let result = attempt(route, split, metrics, out, i).await;
+        let retry_left = out.can_retry && (tried.len() as u32) <= route.config.retries.attempts;
+        match classify(route, pool, i, result, retry_left) {
+            Next::Answer(a) => return Ok((i, a)),
+            Next::Retry => continue,
+            Next::Fail(e) => return Err(e),
+        }
+    }
+}
+
+/// One exchange with target `i`, bounded by the route's `request_ms`, with its outcome
+/// reported to the pool.
+async fn attempt(
+    route: &RouteRuntime,
+    split: &Split,
+    metrics: &Metrics,
+    out: &mut Outbound,
+    i: usize,
+) -> Result<Answer, ProxyError> {
+    let pool = &*split.pool;
+    let up = out.request()?;
+    let sent = Instant::now();
+    // From the same clock read as `sent` (`timeout` would read the clock again).
+    let deadline = tokio::time::Instant::from_std(sent) + out.timeout;
+    let result =
+        tokio::time::timeout_at(deadline, split.client.send(pool, i, up, &out.forwarding)).await;
+    if let (Err(_) | Ok(Err(_)), Some(e)) = (&result, out.body_failed()) {
+        return Err(e);
+    }
+    match result {
+        Ok(Ok(answer)) => {
+            let took = sent.elapsed();
+            pool.observe(i, took);
+            metrics.upstream(&pool.name, took);
+            let outcome = if answer.response.status().is_server_error() {
+                Outcome::ServerError
+            } else {
+                Outcome::Ok
+            };
+            pool.report(i, outcome);
+            Ok(answer)
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            pool.report(i, Outcome::ConnectError);
+            Err(ProxyError::Connect {
+                pool: pool.name.clone(),
+            })
+        }
+        Ok(Err(_)) => Err(ProxyError::Exchange {
+            pool: pool.name.clone(),
+        }),
+        Err(_) => Err(ProxyError::Timeout {
+            pool: pool.name.clone(),
+            ms: route.config.timeouts.request_ms,
+        }),
+    }
+}
+
+/// Answer, retry on another target (retries and the route's budget allowing), or fail.
+fn classify(
+    route: &RouteRuntime,
+    pool: &Pool,
+    i: usize,
+    result: Result<Answer, ProxyError>,
+    retry_left: bool,
+) -> Next {
+    let target = pool.targets.get(i).map(|t| t.addr);
+    match result {
+        Ok(answer) => {
+            let status = answer.response.status().as_u16();
+            if retry_left
+                && route.config.retries.on_status.contains(&status)
+                && route.budget.try_retry()
+            {
+                tracing::debug!(status, target = ?target, "retrying on status");
+                return Next::Retry;
+            }
+            Next::Answer(answer)
+        }
+        Err(e) if e.retry() == Retry::Elsewhere && retry_left && route.budget.try_retry() => {
+            tracing::debug!(target = ?target, error = %e, "retrying on another target");
+            Next::Retry
+        }
+        Err(e) => Next::Fail(e),
+    }
+}
+
+/// The upstream's answer as the client gets it: a protocol switch joins the two
+/// connections; anything else loses its hop-by-hop headers and may set the session cookie.
+fn respond(pool: &Pool, i: usize, out: Outbound, answer: Answer) -> Response<Body> {
+    let Answer { response, upgraded } = answer;
+    if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return switch_protocols(
+            response,
+            upgraded,
+            out.client_upgrade,
+            out.upgrade,
+            out.tunnel,
+        );
+    }
+    let (mut rp, body) = response.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    if let Some(name) = &pool.session_cookie {
+        let token = pool.session_token(i);
+        if token.is_some() && token != out.session {
+            let cookie = format!(
+                "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+                token.unwrap_or_default()
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                rp.headers.append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    Response::from_parts(rp, body)
+}

@@ -1,0 +1,299 @@
+//! Serving one request, phase by phase: **prepare** (the Host and path rules) → **route** →
+//! **admit** (body limit, hop-by-hop headers, the policy chain) → **forward** (see
+//! [`super::forward`]) → **respond** (response transform, limit headers). Metrics, usage
+//! analytics and the access log are written once the response head is known.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http_body_util::BodyExt;
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    http::request::Parts,
+    Request, Response, StatusCode,
+};
+
+use super::{
+    access_log::AccessLine,
+    client_body::{ClientBody, FaultCell},
+    error::ProxyError,
+    forward::{forward, Held},
+    headers::{keep_upgrade, strip_hop_by_hop, upgrade_of},
+    path::PathRules,
+    policy::{self, Admitted, Context},
+    problem::GatewayMade,
+    router::RequestView,
+    runtime::{RedirectAnswer, RouteRuntime, Runtime},
+    target::{host_of, normalized_target, RequestHost},
+};
+use crate::{
+    metrics::Metrics,
+    upstream::forwarding::{random_id, X_REQUEST_ID},
+    Body,
+};
+
+/// Facts about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    /// Client address: the packet's source, which DSR keeps as the real client.
+    pub peer: SocketAddr,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// Largest request body accepted.
+    pub max_body: u64,
+    /// How request paths are normalized.
+    pub paths: PathRules,
+    /// How long an upgraded connection's tunnel may carry nothing.
+    pub tunnel_idle: Duration,
+}
+
+/// Serves one request.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // Kept as a header value: the client's bytes are shared, not copied.
+    let request_id = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(random_id);
+    // The client as policies see it: the packet's source, or a trusted proxy's XFF entry.
+    let client = rt.policies.client_ip.resolve(conn.peer.ip(), req.headers());
+    // What the access log may need from the request, taken only when it will be written.
+    let seen = tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| AccessLine::new(&req, client));
+    let served = serve(&rt, &metrics, conn, client, req, &request_id).await;
+    let mut resp = served.response;
+    // One clock read for the metrics, the analytics and the log line.
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    metrics.request(served.route, &method, status, took);
+    metrics
+        .analytics
+        .record(served.consumer.as_ref(), served.route, status, took);
+    if let Some(line) = seen {
+        line.emit(
+            &rt.config.access_log,
+            request_id.to_str().unwrap_or("-"),
+            served.route,
+            status,
+            took,
+        );
+    }
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    resp
+}
+
+/// A request's answer, the route it took (`-` for none) and its consumer, if authenticated.
+struct Served<'rt> {
+    response: Response<Body>,
+    route: &'rt str,
+    consumer: Option<Arc<str>>,
+}
+
+impl<'rt> Served<'rt> {
+    fn unrouted(e: ProxyError) -> Self {
+        Served {
+            response: e.into_response(),
+            route: "-",
+            consumer: None,
+        }
+    }
+}
+
+async fn serve<'rt>(
+    rt: &'rt Runtime,
+    metrics: &Metrics,
+    conn: Conn,
+    client: IpAddr,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Served<'rt> {
+    let host = match prepare(conn, &mut req) {
+        Ok(h) => h,
+        Err(e) => return Served::unrouted(e),
+    };
+    let route = match find_route(rt, &req, host.as_str()) {
+        Ok(r) => r,
+        Err(e) => return Served::unrouted(e),
+    };
+    let mut served = Served {
+        response: Response::default(),
+        route: route.config.name.as_str(),
+        consumer: None,
+    };
+    if let Some(rd) = &route.redirect {
+        served.response = redirect(rd);
+        return served;
+    }
+    let (parts, body, admitted) =
+        match admit(rt, route, conn, client, req, &mut served.consumer).await {
+            Ok(a) => a,
+            Err(answer) => {
+                served.response = answer;
+                return served;
+            }
+        };
+    let head = parts.method == hyper::Method::HEAD;
+    // Concurrency slots live as long as the response body, or as an upgraded tunnel (which
+    // takes its share from the request's extensions).
+    let slots = (!admitted.slots.is_empty()).then(|| Arc::new(Held(admitted.slots)));
+    let mut parts = parts;
+    if let Some(s) = &slots {
+        parts.extensions.insert(s.clone());
+    }
+    let req = Request::from_parts(parts, body);
+    let resp = forward(route, metrics, conn, client, req, host.as_str(), request_id).await;
+    served.response = respond(route, resp, head, admitted.headers, slots).await;
+    served
+}
+
+/// The Host and path rules: hyper checks neither the Host rules nor its content, and
+/// routing, `Forwarded` and the upstream use both. The authority routed on is the Host the
+/// upstream gets (an HTTP/2 upstream takes it as `:authority`), and the path is routed,
+/// checked by policies and forwarded in one normal form.
+fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, ProxyError> {
+    let mut host = host_of(req).map_err(ProxyError::BadHost)?;
+    if let Some(v) = host.upstream.take() {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    if let Some(uri) = normalized_target(req.uri(), req.method(), conn.paths)? {
+        *req.uri_mut() = uri;
+    }
+    Ok(host)
+}
+
+fn find_route<'rt>(
+    rt: &'rt Runtime,
+    req: &Request<Incoming>,
+    host: &str,
+) -> Result<&'rt RouteRuntime, ProxyError> {
+    let headers = req.headers();
+    let lookup = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let view = RequestView {
+        host,
+        path: req.uri().path(),
+        method: req.method().as_str(),
+        header: &lookup,
+        query: req.uri().query().unwrap_or(""),
+    };
+    rt.router
+        .find(&view)
+        .and_then(|m| rt.routes.get(m.route))
+        .ok_or_else(|| ProxyError::NoRoute {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+        })
+}
+
+fn redirect(rd: &RedirectAnswer) -> Response<Body> {
+    let mut r = Response::new(crate::full(bytes::Bytes::new()));
+    *r.status_mut() = rd.status;
+    r.headers_mut()
+        .insert(header::LOCATION, rd.location.clone());
+    r
+}
+
+/// The body limit, hop-by-hop headers and the route's policy chain. `Err` is the answer
+/// in the upstream's place (a refusal); `consumer` is set once authentication knows it.
+async fn admit(
+    rt: &Runtime,
+    route: &RouteRuntime,
+    conn: Conn,
+    client: IpAddr,
+    req: Request<Incoming>,
+    consumer: &mut Option<Arc<str>>,
+) -> Result<(Parts, Body, Admitted), Response<Body>> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > conn.max_body) {
+        return Err(ProxyError::DeclaredTooLarge {
+            declared: len,
+            max: conn.max_body,
+        }
+        .into_response());
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(&policy::CONSUMER_HEADER);
+    // Hop-by-hop headers go before the policies run: a client naming, say, x-consumer-id in
+    // its Connection header must not be able to remove what the gateway adds. An upgrade
+    // request keeps its Connection: upgrade / Upgrade pair.
+    let upgrade = upgrade_of(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = upgrade {
+        keep_upgrade(&mut parts.headers, p);
+    }
+    // The body limit is enforced as it streams (a Content-Length over it was refused above),
+    // and a failure of the client's body is told apart from the upstream's.
+    let body: Body = if hyper::body::Body::is_end_stream(&body) {
+        // No allocation: `Empty` is zero-sized.
+        http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+    } else {
+        let fault = FaultCell::default();
+        parts.extensions.insert(fault.clone());
+        ClientBody::new(body, conn.max_body, fault).boxed()
+    };
+    if route.chain.is_empty() {
+        return Ok((parts, body, Admitted::default()));
+    }
+    let mut ctx = Context {
+        client,
+        limit_client: rt.policies.client_ip.limit_key(client),
+        route: route.config.name.as_str(),
+        identity: None,
+    };
+    // Not boxed: it is smaller than `forward`'s, so it does not grow the request's future
+    // (the JWT key fetch, kilobytes, is boxed where it runs).
+    let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
+    *consumer = ctx.identity.map(|i| i.consumer.clone());
+    let (body, admitted) = verdict.map_err(|refusal| *refusal)?;
+    // A request transform may have rewritten the path: what goes upstream is normal too.
+    match normalized_target(&parts.uri, &parts.method, conn.paths) {
+        Ok(None) => {}
+        Ok(Some(uri)) => parts.uri = uri,
+        Err(e) => return Err(ProxyError::from(e).into_response()),
+    }
+    Ok((parts, body, admitted))
+}
+
+/// The route's response transform (not on the gateway's own answers or a protocol switch),
+/// the limits' headers, and the concurrency slots, held until the body ends.
+async fn respond(
+    route: &RouteRuntime,
+    mut resp: Response<Body>,
+    head: bool,
+    limit_headers: header::HeaderMap,
+    slots: Option<Arc<Held>>,
+) -> Response<Body> {
+    if let Some(t) = &route.chain.response {
+        if resp.extensions().get::<GatewayMade>().is_none()
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            resp = t.apply(resp, head).await;
+        }
+    }
+    resp.headers_mut().extend(limit_headers);
+    match slots {
+        Some(slots) => resp.map(move |b| {
+            b.map_frame(move |f| {
+                let _ = &slots;
+                f
+            })
+            .boxed()
+        }),
+        None => resp,
+    }
+}

@@ -1,0 +1,164 @@
+//! The admin API: liveness, readiness (which fails while draining), Prometheus metrics,
+//! the usage analytics, and the drain switch.
+
+use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
+
+use hyper::{body::Incoming, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use super::Gateway;
+use crate::{
+    full,
+    pipeline::{problem::problem, router::query_value, Runtime},
+    Body,
+};
+
+impl Gateway {
+    /// Answers one admin request.
+    pub(super) fn admin(&self, req: &Request<Incoming>) -> Response<Body> {
+        let text = |status: StatusCode, body: &str| {
+            let mut r = Response::new(full(body.to_string()));
+            *r.status_mut() = status;
+            r
+        };
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.draining.load(Ordering::Relaxed) {
+                    problem(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut body = self.metrics.render();
+                let rt = self.runtime.load();
+                upstream_metrics(&mut body, &rt);
+                policy_metrics(&mut body, &rt);
+                self.metrics.analytics.render(&mut body);
+                let mut r = text(StatusCode::OK, &body);
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (&Method::GET, "/analytics/top") => {
+                let q = req.uri().query().unwrap_or("");
+                let num = |k: &str, d: u64| {
+                    query_value(q, k)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(d)
+                };
+                let top = self
+                    .metrics
+                    .analytics
+                    .top(num("minutes", 5), num("limit", 10) as usize);
+                let mut r = text(StatusCode::OK, &top.to_string());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            (&Method::POST, "/drain") => {
+                self.draining.store(true, Ordering::Relaxed);
+                info!("draining: readiness now fails, so the L4 tier stops sending new flows");
+                text(StatusCode::OK, "draining\n")
+            }
+            _ => problem(
+                StatusCode::NOT_FOUND,
+                &format!("no admin route for {} {}", req.method(), req.uri().path()),
+            ),
+        }
+    }
+}
+
+/// Rate-limit decisions, local key counts and shared-store failures.
+fn policy_metrics(out: &mut String, rt: &Runtime) {
+    use std::fmt::Write;
+    let mut limits: Vec<_> = rt.policies.limits.values().collect();
+    limits.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    let _ = writeln!(
+        out,
+        "# TYPE sluice_gateway_rate_limit_requests_total counter"
+    );
+    for l in &limits {
+        for (result, n) in [("allowed", &l.allowed), ("limited", &l.limited)] {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_rate_limit_requests_total{{limit=\"{}\",result=\"{result}\"}} {}",
+                l.config.name,
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE sluice_gateway_rate_limit_local_keys gauge");
+    for l in &limits {
+        let _ = writeln!(
+            out,
+            "sluice_gateway_rate_limit_local_keys{{limit=\"{}\"}} {}",
+            l.config.name,
+            l.local_keys()
+        );
+    }
+    if let Some(r) = &rt.policies.redis {
+        let _ = writeln!(
+            out,
+            "# TYPE sluice_gateway_rate_limit_store_failures_total counter"
+        );
+        for (outcome, n) in [
+            ("fail_open", &r.failed_open),
+            ("fail_closed", &r.failed_closed),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_rate_limit_store_failures_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Health of every upstream target: 1 while it may get new requests.
+fn upstream_metrics(out: &mut String, rt: &Runtime) {
+    use std::fmt::Write;
+    out.push_str("# HELP sluice_gateway_upstream_healthy 1 if the target passes its health check and is not ejected.\n# TYPE sluice_gateway_upstream_healthy gauge\n");
+    let mut seen = std::collections::HashSet::new();
+    for pool in &rt.pools {
+        if !seen.insert(pool.name.clone()) {
+            continue;
+        }
+        for t in &pool.targets {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_upstream_healthy{{upstream=\"{}\",target=\"{}\"}} {}",
+                pool.name,
+                t.addr,
+                u8::from(t.usable())
+            );
+        }
+    }
+}
+
+/// Serves the admin API on `listener`.
+pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let r = gw.admin(&req);
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,111 @@
+//! Reloads: the config file on SIGHUP or when it changes, and each listener's certificates
+//! when their files change. A refused file or certificate keeps what is in force.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
+
+use tracing::{error, info};
+
+use super::Gateway;
+use crate::{downstream::listener::TlsState, downstream::tls, generation};
+
+/// Modification time and size of a file.
+pub(super) type Stamp = Option<(SystemTime, u64)>;
+
+/// A file's stamp, to notice that it changed.
+pub(super) fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn stamps(files: &[PathBuf]) -> Option<Vec<Stamp>> {
+    Some(files.iter().map(|f| stamp(f)).collect())
+}
+
+/// A TLS listener's config in force, and the stamps of the files it was built from.
+pub(super) struct TlsListener {
+    /// Listener index in the config.
+    pub index: usize,
+    /// What new connections get.
+    pub state: TlsState,
+    seen: Option<Vec<Stamp>>,
+}
+
+impl TlsListener {
+    /// Tracks listener `index`, whose config in force is `state`.
+    pub fn new(index: usize, state: TlsState, config: &crate::config::Tls) -> Self {
+        TlsListener {
+            index,
+            state,
+            seen: stamps(&tls::files(config)),
+        }
+    }
+}
+
+/// Rebuilds the TLS config of every listener whose certificate, key or CA files changed
+/// (from the config in force). A broken file keeps the previous config.
+pub(super) fn reload_tls(gw: &Gateway, listeners: &mut [TlsListener]) {
+    let rt = gw.runtime.load();
+    for l in listeners.iter_mut() {
+        let Some(config) = rt
+            .config
+            .listeners
+            .get(l.index)
+            .and_then(|c| c.tls.as_ref())
+        else {
+            continue;
+        };
+        let now = stamps(&tls::files(config));
+        if now == l.seen {
+            continue;
+        }
+        l.seen = now;
+        match tls::server_config(config) {
+            Ok(sc) => {
+                l.state.store(sc);
+                info!(listener = l.index, "TLS certificates reloaded");
+            }
+            Err(e) => {
+                error!(listener = l.index, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use")
+            }
+        }
+    }
+}
+
+/// Loads and builds `path` and, if it is valid, makes it the generation new requests (and
+/// new TLS connections) start on.
+pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], why: &str) {
+    let old = gw.runtime.load_full();
+    let number = old.generation + 1;
+    match generation::load(path, number, Some(&old)) {
+        Ok(built) => {
+            gw.metrics
+                .analytics
+                .configure(&built.runtime.config.analytics);
+            for l in listeners.iter_mut() {
+                let config = built.runtime.config.listeners.get(l.index);
+                if let (Some(Some(sc)), Some(Some(files))) =
+                    (built.tls.get(l.index), config.map(|c| c.tls.as_ref()))
+                {
+                    l.state.store(sc.clone());
+                    l.seen = stamps(&tls::files(files));
+                }
+            }
+            gw.runtime.store(Arc::new(built.runtime));
+            gw.metrics
+                .config_generation
+                .store(number, Ordering::Relaxed);
+            gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
+            gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            info!(trigger = why, generation = number, "config reloaded");
+        }
+        Err(e) => {
+            gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
+            gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            error!(trigger = why, error = %e, "config refused; the last valid config stays in force");
+        }
+    }
+}
