@@ -49,7 +49,7 @@ pub struct Idle {
     pub(crate) served_any: AtomicBool,
     /// The latest request was HTTP/2 (its idle deadline is `http2_idle_timeout_ms`).
     http2: AtomicBool,
-    /// Requests hold their [`InFlight`] until their response body ends, and the end is
+    /// Requests hold their [`ActiveRequest`] until their response body ends, and the end is
     /// timed in `quiet_since` (connections watched by [`crate::downstream::watchdog`]).
     pub(crate) watched: AtomicBool,
     /// When the connection last became quiet (coarse monotonic ms).
@@ -226,7 +226,7 @@ impl Idle {
     }
 
     /// Notes a request starting; the guard marks its response head as produced when dropped.
-    pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> InFlight {
+    pub fn start(self: &Arc<Self>, req: &Request<Incoming>) -> ActiveRequest {
         use hyper::body::Body as _;
         self.in_flight.fetch_add(1, Release);
         self.started.fetch_add(1, Relaxed);
@@ -252,7 +252,7 @@ impl Idle {
         {
             self.upgrade_asked.store(true, Relaxed);
         }
-        InFlight(self.clone())
+        ActiveRequest(self.clone())
     }
 
     /// hyper may stop: it has served a request that keeps the connection alive, owes no
@@ -278,9 +278,9 @@ impl Idle {
 
 /// Held by a request's future until its response head exists (on a watched connection,
 /// until its response body ends).
-pub struct InFlight(Arc<Idle>);
+pub struct ActiveRequest(Arc<Idle>);
 
-impl InFlight {
+impl ActiveRequest {
     /// Whether its connection is watched (see [`Idle::watch`]).
     pub fn is_watched(&self) -> bool {
         self.0.is_watched()
@@ -292,7 +292,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for ActiveRequest {
     fn drop(&mut self) {
         // The time first, so that whoever sees no request in flight sees when that began.
         // (A plain connection's quiet time is noted when it parks: only then may it be

@@ -34,7 +34,7 @@ use tracing::debug;
 
 use crate::{
     clock::monotonic_ms,
-    downstream::conn_state::{Idle, InFlight, ResponseClock},
+    downstream::conn_state::{ActiveRequest, Idle, ResponseClock},
     downstream::service::ConnService,
     metrics::{Closed, Metrics},
     Body,
@@ -203,18 +203,18 @@ pub async fn serve<I, S>(
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it ends, so a watched
+/// A response body that holds its request's [`ActiveRequest`] until it ends, so a watched
 /// connection counts as busy while a response streams, and keeps the response's clock: set
 /// when it holds data (the head at first, then each piece) until the client pulls again.
 pub struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    _in_flight: ActiveRequest,
     clock: Arc<ResponseClock>,
 }
 
 impl Tracked {
     /// `resp` with `in_flight` held by its body.
-    pub fn wrap(resp: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
+    pub fn wrap(resp: hyper::Response<Body>, in_flight: ActiveRequest) -> hyper::Response<Body> {
         use http_body_util::BodyExt as _;
         resp.map(|body| {
             let clock = in_flight.idle().track_response();

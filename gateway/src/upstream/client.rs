@@ -9,7 +9,7 @@ use hyper::{header::HeaderValue, Request, Uri};
 use super::{
     exchange::Answer,
     forwarding::Forwarding,
-    http1::{Connections, SendError},
+    http1::{ConnectionPool, SendError},
     http2::H2Target,
     pool::Pool,
 };
@@ -18,7 +18,7 @@ use crate::{config::Timeouts, Body};
 /// How one route reaches one pool's targets.
 pub enum HttpClient {
     /// HTTP/1.1: pooled connections per target, indexed as [`Pool::targets`].
-    Http1(Vec<Arc<Connections>>),
+    Http1(Vec<Arc<ConnectionPool>>),
     /// HTTP/2: one multiplexed connection per target, indexed as [`Pool::targets`].
     Http2(Vec<Arc<H2Target>>),
 }
@@ -93,7 +93,7 @@ pub fn client(timeouts: &Timeouts, pool: &Pool) -> HttpClient {
         return HttpClient::Http1(
             pool.targets
                 .iter()
-                .map(|t| Connections::new(t.addr, connect, idle))
+                .map(|t| ConnectionPool::new(t.addr, connect, idle))
                 .collect(),
         );
     }

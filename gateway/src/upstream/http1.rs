@@ -1,9 +1,10 @@
 //! Pooled HTTP/1.1 connections to one upstream target.
 //!
 //! Each target gets a plain stack of idle connections, and a request takes the most recently
-//! used one. The exchange itself runs in the request's task ([`crate::upstream::exchange`]); the
-//! response body puts the connection back here once it has been read to its end.
-//! HTTP/2 upstreams keep hyper-util's client, which multiplexes on one connection.
+//! used one, as a [`Pooled`] guard. The exchange itself runs in the request's task
+//! ([`super::exchange`], a plain HTTP/1 client that knows nothing of pools); the guard goes
+//! with the response body and, when dropped, puts the connection back if the exchange left
+//! it clean (hyper-util's `Pooled<T>` works the same way).
 
 use std::{
     net::SocketAddr,
@@ -20,7 +21,7 @@ use crate::{
     upstream::exchange::{
         self,
         head::{encode_request, RequestFraming},
-        Answer, ExchangeError, Outgoing, UpstreamConn,
+        Answer, Connection, ExchangeError, Lease, Outgoing,
     },
     upstream::forwarding::Forwarding,
     Body,
@@ -69,7 +70,7 @@ impl SendError {
 }
 
 /// Idle connections to one target, most recently used last.
-pub struct Connections {
+pub struct ConnectionPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -77,12 +78,12 @@ pub struct Connections {
 }
 
 struct IdleConn {
-    conn: UpstreamConn,
+    conn: Connection,
     /// Coarse monotonic ms.
     since: u64,
 }
 
-impl Connections {
+impl ConnectionPool {
     /// An empty pool; idle connections close after `idle_timeout`.
     pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         let pool = Arc::new(Self {
@@ -165,7 +166,7 @@ impl Connections {
                 first: first.take(),
                 framing,
             };
-            match exchange::exchange(conn, req, Arc::downgrade(self)).await {
+            match exchange::exchange(conn, req).await {
                 Ok(answer) => return Ok(answer),
                 Err(f) if f.stale && reused && replayable => {
                     tracing::debug!(addr = %self.addr, "pooled connection was closed; sending again");
@@ -180,19 +181,26 @@ impl Connections {
         }
     }
 
-    fn checkout(&self) -> Option<UpstreamConn> {
+    fn checkout(self: &Arc<Self>) -> Option<Pooled> {
         let now = crate::clock::monotonic_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if now.saturating_sub(c.since) < self.idle_ms() && c.conn.is_reusable() {
-                return Some(c.conn);
+                return Some(self.lend(c.conn));
             }
         }
         None
     }
 
+    fn lend(self: &Arc<Self>, conn: Connection) -> Pooled {
+        Pooled {
+            conn: Some(conn),
+            home: Arc::downgrade(self),
+        }
+    }
+
     /// Takes back a connection whose exchange ended cleanly.
-    pub(crate) fn check_in(&self, conn: UpstreamConn) {
+    fn check_in(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleConn {
             conn,
@@ -212,10 +220,55 @@ impl Connections {
         self.idle_timeout.as_millis() as u64
     }
 
-    async fn connect(&self) -> Result<UpstreamConn, SendError> {
-        Ok(UpstreamConn::new(
-            dial(self.addr, self.connect_timeout).await?,
-        ))
+    async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
+        let stream = dial(self.addr, self.connect_timeout).await?;
+        Ok(self.lend(Connection::new(stream)))
+    }
+}
+
+/// A connection checked out of its pool. Dropped, it goes back to the pool if its exchange
+/// left it clean, and closes otherwise.
+pub struct Pooled {
+    /// `None` only once [`Lease::detach`] has taken it (which consumes the guard).
+    conn: Option<Connection>,
+    home: Weak<ConnectionPool>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // The connection leaves the guard only through `detach`, which consumes it.
+        self.conn
+            .as_ref()
+            .expect("a guard holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn
+            .as_mut()
+            .expect("a guard holds its connection until dropped")
+    }
+}
+
+impl Lease for Pooled {
+    fn detach(mut self) -> Connection {
+        self.conn
+            .take()
+            .expect("a guard holds its connection until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take().filter(Connection::is_clean) else {
+            return;
+        };
+        if let Some(home) = self.home.upgrade() {
+            home.check_in(conn);
+        }
     }
 }
 
@@ -229,8 +282,8 @@ pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     Ok(stream)
 }
 
-async fn reap(pool: Weak<Connections>, every: Duration) {
-    reap_every(pool, every, Connections::prune).await
+async fn reap(pool: Weak<ConnectionPool>, every: Duration) {
+    reap_every(pool, every, ConnectionPool::prune).await
 }
 
 /// Calls `prune` on `owner` every `every` until the owner is dropped.

@@ -501,7 +501,10 @@ mod tests {
         assert_eq!(refused(t), "headers: \"bad header\" is not a header name");
         let mut t = RequestTransform::default();
         t.add_headers.insert("x-a".into(), "line\nbreak".into());
-        assert_eq!(refused(t), "headers: \"line\\nbreak\" is not a header value");
+        assert_eq!(
+            refused(t),
+            "headers: \"line\\nbreak\" is not a header value"
+        );
         let t = RequestTransform {
             rewrite: Some(crate::config::policy::Rewrite {
                 regex: "([".into(),
@@ -533,10 +536,7 @@ mod tests {
         let ops = JsonOps {
             rename: vec![(p("user.name"), p("name"))],
             remove: vec![p("secret"), p("missing.deep")],
-            set: vec![
-                (p("meta.source"), json!("sluice")),
-                (p("n.x"), json!(1)),
-            ],
+            set: vec![(p("meta.source"), json!("sluice")), (p("n.x"), json!(1))],
             max: 100,
         };
         let mut v = json!({"user": {"name": "a", "id": 1}, "secret": "s", "n": 5});

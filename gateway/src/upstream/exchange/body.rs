@@ -3,7 +3,6 @@
 
 use std::{
     pin::Pin,
-    sync::Weak,
     task::{Context, Poll},
 };
 
@@ -14,8 +13,7 @@ use hyper::{
     HeaderMap,
 };
 
-use super::{head::ResponseFraming, upload::Upload, ExchangeError, UpstreamConn};
-use crate::upstream::http1::Connections;
+use super::{head::ResponseFraming, upload::Upload, ExchangeError, Lease};
 
 /// The longest chunk-size line accepted (chunk extensions included).
 const MAX_CHUNK_LINE: usize = 1024;
@@ -43,7 +41,7 @@ pub(crate) enum Decode {
 
 /// One step of decoding.
 #[derive(Debug)]
-pub(crate) enum Step {
+pub(crate) enum Progress {
     /// A frame to pass on.
     Frame(Frame<Bytes>),
     /// More bytes are needed.
@@ -63,15 +61,15 @@ impl Decode {
     }
 
     /// Decodes what it can from the front of `buf`.
-    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, ExchangeError> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Progress, ExchangeError> {
         loop {
             match *self {
-                Decode::Done => return Ok(Step::Done),
+                Decode::Done => return Ok(Progress::Done),
                 // A length-framed body and a chunk's data are taken the same way; only what
                 // follows their last byte differs.
                 Decode::Length(left) | Decode::ChunkData(left) => {
                     if buf.is_empty() {
-                        return Ok(Step::More);
+                        return Ok(Progress::More);
                     }
                     let n = (buf.len() as u64).min(left);
                     *self = match (*self, left - n) {
@@ -80,20 +78,22 @@ impl Decode {
                         (_, 0) => Decode::ChunkEnd,
                         (_, rest) => Decode::ChunkData(rest),
                     };
-                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
+                    return Ok(Progress::Frame(Frame::data(
+                        buf.split_to(n as usize).freeze(),
+                    )));
                 }
                 Decode::UntilClose => {
                     if buf.is_empty() {
-                        return Ok(Step::More);
+                        return Ok(Progress::More);
                     }
-                    return Ok(Step::Frame(Frame::data(buf.split().freeze())));
+                    return Ok(Progress::Frame(Frame::data(buf.split().freeze())));
                 }
                 Decode::ChunkSize => {
                     let Some(end) = find_crlf(buf, MAX_CHUNK_LINE) else {
                         if buf.len() >= MAX_CHUNK_LINE {
                             return Err(ExchangeError::InvalidBody("chunk-size line too long"));
                         }
-                        return Ok(Step::More);
+                        return Ok(Progress::More);
                     };
                     let size = chunk_size(&buf[..end])?;
                     buf.advance(end + 2);
@@ -105,7 +105,7 @@ impl Decode {
                 }
                 Decode::ChunkEnd => {
                     if buf.len() < 2 {
-                        return Ok(Step::More);
+                        return Ok(Progress::More);
                     }
                     if &buf[..2] != b"\r\n" {
                         return Err(ExchangeError::InvalidBody("no CRLF after chunk data"));
@@ -125,12 +125,12 @@ impl Decode {
                         if buf.len() >= limit {
                             return Err(ExchangeError::InvalidBody("trailers too large"));
                         }
-                        return Ok(Step::More);
+                        return Ok(Progress::More);
                     };
                     let trailers = trailers(&buf[..end + 4])?;
                     buf.advance(end + 4);
                     *self = Decode::Done;
-                    return Ok(Step::Frame(Frame::trailers(trailers)));
+                    return Ok(Progress::Frame(Frame::trailers(trailers)));
                 }
             }
         }
@@ -195,29 +195,26 @@ fn trailers(block: &[u8]) -> Result<HeaderMap, ExchangeError> {
 
 /// A response body read straight from its upstream connection, which also finishes sending
 /// the request body if the target answered before it had all of it.
-pub struct ResponseBody {
-    conn: Option<UpstreamConn>,
+pub struct ResponseBody<C> {
+    conn: Option<C>,
     decode: Decode,
     keep_alive: bool,
     upload: Option<Upload>,
-    home: Weak<Connections>,
 }
 
-impl ResponseBody {
+impl<C: Lease> ResponseBody<C> {
     /// The body that follows a response head read on `conn`.
     pub(crate) fn new(
-        conn: UpstreamConn,
+        conn: C,
         framing: ResponseFraming,
         keep_alive: bool,
         upload: Option<Upload>,
-        home: Weak<Connections>,
     ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             decode: Decode::new(framing),
             keep_alive,
             upload,
-            home,
         };
         if body.decode == Decode::Done {
             body.finish();
@@ -225,23 +222,22 @@ impl ResponseBody {
         body
     }
 
-    /// The body ended: the connection goes back to its pool if it can carry another request.
-    /// Bytes after the body's end mean the target broke framing, and a request body not yet
-    /// all sent is abandoned: either way the connection closes.
+    /// The body ended: the connection is marked clean if it can carry another request, and
+    /// let go (its lender decides what becomes of it). Bytes after the body's end mean the
+    /// target broke framing, and a request body not yet all sent is abandoned: either way
+    /// the connection stays unclean and closes.
     fn finish(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
         if self.keep_alive && self.upload.is_none() && conn.buf.is_empty() {
-            if let Some(home) = self.home.upgrade() {
-                conn.trim();
-                home.check_in(conn);
-            }
+            conn.trim();
+            conn.clean = true;
         }
     }
 }
 
-impl hyper::body::Body for ResponseBody {
+impl<C: Lease> hyper::body::Body for ResponseBody<C> {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -267,17 +263,17 @@ impl hyper::body::Body for ResponseBody {
                 return Poll::Ready(None);
             };
             match this.decode.step(&mut conn.buf) {
-                Ok(Step::Frame(f)) => {
+                Ok(Progress::Frame(f)) => {
                     if this.decode == Decode::Done {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(f)));
                 }
-                Ok(Step::Done) => {
+                Ok(Progress::Done) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Ok(Step::More) => {}
+                Ok(Progress::More) => {}
                 Err(e) => {
                     this.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -341,7 +337,7 @@ mod tests {
         let (mut data, mut trailers) = (Vec::new(), None);
         for piece in pieces {
             buf.extend_from_slice(piece);
-            while let Step::Frame(f) = d.step(&mut buf)? {
+            while let Progress::Frame(f) = d.step(&mut buf)? {
                 match f.into_data() {
                     Ok(b) => data.extend_from_slice(&b),
                     Err(f) => trailers = f.into_trailers().ok(),

@@ -14,8 +14,8 @@ mod upload;
 
 use std::{
     io,
+    ops::DerefMut,
     pin::Pin,
-    sync::Weak,
     task::{Context, Poll},
 };
 
@@ -27,7 +27,7 @@ pub use body::ResponseBody;
 use head::RequestFraming;
 use upload::Upload;
 
-use crate::{upstream::http1::Connections, Body};
+use crate::Body;
 
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -53,20 +53,37 @@ pub enum ExchangeError {
 }
 
 /// A connection to a target with its read buffer; the buffer is empty between exchanges.
-pub struct UpstreamConn {
+pub struct Connection {
     stream: TcpStream,
     buf: BytesMut,
     fields: head::FieldSpans,
+    /// Its last exchange ended cleanly, so it may carry another request.
+    clean: bool,
 }
 
-impl UpstreamConn {
+/// A connection lent to one exchange: in practice a pool's checkout guard, which takes the
+/// connection back when dropped if the exchange left it [`Connection::is_clean`]. The
+/// exchange itself knows nothing of pools.
+pub trait Lease: DerefMut<Target = Connection> + Send + Sync + Unpin + 'static {
+    /// Takes the connection for good (a protocol switch hands its stream to a tunnel).
+    fn detach(self) -> Connection;
+}
+
+impl Connection {
     /// A freshly opened connection.
     pub fn new(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
             fields: Vec::new(),
+            clean: false,
         }
+    }
+
+    /// Whether its last exchange ended cleanly (the response read to its end, the request
+    /// sent whole, nothing after the response, and no `Connection: close`).
+    pub fn is_clean(&self) -> bool {
+        self.clean
     }
 
     /// Whether an idle connection can take a request: it must have nothing to read. Data or
@@ -133,13 +150,10 @@ pub struct Outgoing<'a> {
     pub framing: RequestFraming,
 }
 
-/// Sends `req` on `conn` and reads the response head. The response body hands `conn` back
-/// to `home` once it has been read to its end, if the connection can be reused.
-pub async fn exchange(
-    conn: UpstreamConn,
-    req: Outgoing<'_>,
-    home: Weak<Connections>,
-) -> Result<Answer, Failed> {
+/// Sends `req` on `conn` and reads the response head. The response body holds `conn`
+/// until it has been read to its end, and marks it clean then if it can be reused.
+pub async fn exchange<C: Lease>(mut conn: C, req: Outgoing<'_>) -> Result<Answer, Failed> {
+    conn.clean = false;
     let mut ex = Exchange {
         conn,
         head: req.head,
@@ -149,13 +163,14 @@ pub async fn exchange(
     };
     let head = std::future::poll_fn(|cx| ex.poll_head(cx, req.method)).await?;
     let Exchange {
-        mut conn,
+        conn,
         head: unsent_head,
         upload,
         write_error,
         ..
     } = ex;
     if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let mut conn = conn.detach();
         let read_ahead = conn.buf.split().freeze();
         return Ok(Answer {
             response: Response::from_parts(head.parts, crate::full(Bytes::new())),
@@ -169,15 +184,15 @@ pub async fn exchange(
     // could not be written whole is not used again.
     let broken = !unsent_head.is_empty() || write_error.is_some();
     let upload = (!broken && !upload.is_done()).then_some(upload);
-    let body = ResponseBody::new(conn, head.framing, head.keep_alive && !broken, upload, home);
+    let body = ResponseBody::new(conn, head.framing, head.keep_alive && !broken, upload);
     Ok(Answer {
         response: Response::from_parts(head.parts, http_body_util::BodyExt::boxed(body)),
         upgraded: None,
     })
 }
 
-struct Exchange<'a> {
-    conn: UpstreamConn,
+struct Exchange<'a, C> {
+    conn: C,
     /// What is left to write of the head.
     head: &'a [u8],
     upload: Upload,
@@ -187,13 +202,13 @@ struct Exchange<'a> {
     received: bool,
 }
 
-impl Exchange<'_> {
+impl<C: Lease> Exchange<'_, C> {
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
     ) -> Poll<Result<head::ResponseHead, Failed>> {
-        let conn = &mut self.conn;
+        let conn: &mut Connection = &mut self.conn;
         if self.write_error.is_none() && !(self.head.is_empty() && self.upload.is_done()) {
             match self.upload.poll_write(&conn.stream, &mut self.head, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -272,5 +287,150 @@ fn stale_io(e: &ExchangeError) -> bool {
                 | io::ErrorKind::ConnectionAborted
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Deref;
+
+    use http_body_util::BodyExt as _;
+    use hyper::http::HeaderMap;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+        sync::oneshot,
+    };
+
+    use super::*;
+
+    /// A lease with no pool: it reports, when dropped, whether the connection was clean.
+    struct Owned(Option<Connection>, Option<oneshot::Sender<bool>>);
+
+    impl Deref for Owned {
+        type Target = Connection;
+        fn deref(&self) -> &Connection {
+            self.0.as_ref().expect("held")
+        }
+    }
+
+    impl DerefMut for Owned {
+        fn deref_mut(&mut self) -> &mut Connection {
+            self.0.as_mut().expect("held")
+        }
+    }
+
+    impl Lease for Owned {
+        fn detach(mut self) -> Connection {
+            self.0.take().expect("held")
+        }
+    }
+
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            if let (Some(c), Some(tx)) = (&self.0, self.1.take()) {
+                let _ = tx.send(c.is_clean());
+            }
+        }
+    }
+
+    /// A target that reads one request head and answers `answer`; the request it read.
+    async fn target(answer: &'static [u8]) -> (Connection, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer).await.expect("write");
+            // Held open, so only the framing can end the body.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            got
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        (Connection::new(stream), server)
+    }
+
+    async fn get(
+        answer: &'static [u8],
+    ) -> (Result<Answer, Failed>, oneshot::Receiver<bool>, Vec<u8>) {
+        let (conn, server) = target(answer).await;
+        let (tx, rx) = oneshot::channel();
+        let head = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n";
+        let req = Outgoing {
+            method: &Method::GET,
+            head,
+            body: None,
+            first: None,
+            framing: RequestFraming::Empty,
+        };
+        let answer = exchange(Owned(Some(conn), Some(tx)), req).await;
+        let sent = server.await.expect("server");
+        (answer, rx, sent)
+    }
+
+    async fn body_of(answer: Answer) -> (Bytes, Option<HeaderMap>) {
+        let collected = answer.response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_response_read_to_its_end_leaves_the_connection_clean() {
+        let (answer, clean, sent) = get(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        assert_eq!(sent, b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n");
+        let answer = answer.ok().expect("answered");
+        assert_eq!(answer.response.status(), 200);
+        assert_eq!(body_of(answer).await.0, "hello");
+        assert_eq!(clean.await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_trailers_are_decoded() {
+        let (answer, clean, _) = get(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+        )
+        .await;
+        let (body, trailers) = body_of(answer.ok().expect("answered")).await;
+        assert_eq!(body, "abcde");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "5");
+        assert_eq!(clean.await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn connection_close_or_extra_bytes_keep_it_out_of_the_pool() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"[..],
+        ] {
+            let (got, clean, _) = get(answer).await;
+            let _ = body_of(got.ok().expect("answered")).await;
+            assert_eq!(
+                clean.await,
+                Ok(false),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_head_fails_and_a_switch_detaches_the_stream() {
+        let (got, clean, _) = get(b"HTTP/1.1 2000 Nope\r\n\r\n").await;
+        assert!(matches!(
+            got.err().map(|f| f.error),
+            Some(ExchangeError::InvalidHead(_))
+        ));
+        assert_eq!(clean.await, Ok(false));
+        let (got, clean, _) =
+            get(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly").await;
+        let upgraded = got.ok().and_then(|a| a.upgraded).expect("upgraded");
+        assert_eq!(upgraded.read_ahead, "early");
+        // Detached: the lease no longer holds a connection to report on.
+        assert!(clean.await.is_err());
     }
 }
