@@ -178,6 +178,13 @@ impl Metrics {
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut o = String::new();
+        self.render_requests(&mut o);
+        self.render_gauges(&mut o);
+        o
+    }
+
+    /// The request and upstream families, by route and pool.
+    fn render_requests(&self, o: &mut String) {
         let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(i) = self.inner.lock() {
             o.push_str("# HELP sluice_gateway_requests_total Requests served, by route, method and status.\n# TYPE sluice_gateway_requests_total counter\n");
@@ -191,7 +198,7 @@ impl Metrics {
             o.push_str("# HELP sluice_gateway_request_duration_seconds Time from request to response head.\n# TYPE sluice_gateway_request_duration_seconds histogram\n");
             for (route, counts) in &i.routes {
                 write_histogram(
-                    &mut o,
+                    o,
                     "sluice_gateway_request_duration_seconds",
                     "route",
                     &esc(route),
@@ -201,7 +208,7 @@ impl Metrics {
             o.push_str("# HELP sluice_gateway_upstream_duration_seconds Time an upstream took to answer with a response head.\n# TYPE sluice_gateway_upstream_duration_seconds histogram\n");
             for (pool, h) in &i.upstreams {
                 write_histogram(
-                    &mut o,
+                    o,
                     "sluice_gateway_upstream_duration_seconds",
                     "upstream",
                     &esc(pool),
@@ -209,6 +216,10 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// Connections and config reloads.
+    fn render_gauges(&self, o: &mut String) {
         let g = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
             let _ = write!(
                 o,
@@ -216,14 +227,14 @@ impl Metrics {
             );
         };
         g(
-            &mut o,
+            o,
             "sluice_gateway_active_connections",
             "gauge",
             "Open client connections.",
             self.active_connections.load(Ordering::Relaxed),
         );
         g(
-            &mut o,
+            o,
             "sluice_gateway_parked_connections",
             "gauge",
             "Idle keep-alive connections held without buffers between requests.",
@@ -239,14 +250,14 @@ impl Metrics {
             );
         }
         g(
-            &mut o,
+            o,
             "sluice_gateway_config_generation",
             "gauge",
             "Config generation in force.",
             self.config_generation.load(Ordering::Relaxed),
         );
         g(
-            &mut o,
+            o,
             "sluice_gateway_config_last_reload_success",
             "gauge",
             "1 if the last reload was applied.",
@@ -263,6 +274,5 @@ impl Metrics {
             "sluice_gateway_config_reloads_total{{result=\"error\"}} {}",
             self.reloads_failed.load(Ordering::Relaxed)
         );
-        o
     }
 }

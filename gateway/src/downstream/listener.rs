@@ -73,18 +73,12 @@ pub type TlsState = Arc<ArcSwap<rustls::ServerConfig>>;
 /// The request header fields hyper's HTTP/1 server accepts when not told otherwise.
 const HYPER_MAX_HEADERS: usize = 100;
 
-/// Accepts and serves connections until `stop` changes; each connection then ends politely
-/// (GOAWAY, `Connection: close`) once its in-flight requests are done.
-pub async fn serve(
-    listener: TcpListener,
-    config: Listener,
-    tls: Option<TlsState>,
-    runtime: Arc<ArcSwap<Runtime>>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let deadlines = Deadlines::of(&config);
-    let admission = Admission::new(&config, metrics.clone());
+/// hyper's connection builders for a listener: the auto (HTTP/1.1 and HTTP/2) one for TLS
+/// and HTTP/2 connections, and the HTTP/1.1 one for parked plain connections.
+fn http_builders(
+    config: &Listener,
+    deadlines: &Deadlines,
+) -> (Arc<auto::Builder<TokioExecutor>>, http1::Builder) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Over TLS, hyper's head timer starts when the connection starts waiting for a request,
     // so it also bounds keep-alive: it gets the longer of the two, and the watchdog holds
@@ -105,7 +99,6 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes as u32);
-    let builder = Arc::new(builder);
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(deadlines.header_read)
@@ -113,6 +106,22 @@ pub async fn serve(
     if config.max_headers != HYPER_MAX_HEADERS {
         h1.max_headers(config.max_headers);
     }
+    (Arc::new(builder), h1)
+}
+
+/// Accepts and serves connections until `stop` changes; each connection then ends politely
+/// (GOAWAY, `Connection: close`) once its in-flight requests are done.
+pub async fn serve(
+    listener: TcpListener,
+    config: Listener,
+    tls: Option<TlsState>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let deadlines = Deadlines::of(&config);
+    let admission = Admission::new(&config, metrics.clone());
+    let (builder, h1) = http_builders(&config, &deadlines);
     let plain = Arc::new(Plain {
         http1: h1,
         auto: builder.clone(),
@@ -246,53 +255,70 @@ impl Accepted {
                     guard,
                 ));
             }
-            Some(state) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(state.load_full());
-                // A TLS connection keeps its hyper instance for life, idle or not: the request
-                // future (kilobytes) is boxed per request rather than held in each one.
-                let service = hyper::service::service_fn(move |req| Box::pin(serve_request(req)));
-                let (builder, stop) = (self.builder.clone(), self.stop.clone());
-                let (handshake, deadlines) = (self.handshake, self.deadlines);
-                tokio::spawn(async move {
-                    let peer = idle.peer();
-                    let evicted = std::future::poll_fn(|cx| {
-                        if idle.poll_evicted(cx) {
-                            std::task::Poll::Ready(())
-                        } else {
-                            std::task::Poll::Pending
-                        }
-                    });
-                    let handshake = tokio::time::timeout(handshake, acceptor.accept(stream));
-                    let stream = tokio::select! {
-                        r = handshake => r,
-                        _ = evicted => return,
-                    };
-                    match stream {
-                        Ok(Ok(s)) => {
-                            // The first-request deadline counts from the handshake's end.
-                            idle.watch();
-                            let metrics = guard.metrics.clone();
-                            crate::downstream::watchdog::serve(
-                                TokioIo::new(s),
-                                &builder,
-                                service,
-                                stop,
-                                idle,
-                                deadlines,
-                                &metrics,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => {
-                            debug!(%peer, "TLS handshake timed out");
-                            guard.metrics.closed(Closed::Deadline);
-                        }
-                    }
-                    drop(guard);
-                });
-            }
+            Some(state) => self.start_tls(state, stream, idle, guard, serve_request),
         }
+    }
+
+    /// Serves a TLS connection: the handshake within its deadline (or until the connection
+    /// is evicted), then HTTP/1.1 or HTTP/2 under the watchdog.
+    fn start_tls<F, R>(
+        &self,
+        state: &TlsState,
+        stream: TcpStream,
+        idle: Arc<Idle>,
+        guard: Arc<ConnGuard>,
+        serve_request: F,
+    ) where
+        F: Fn(Request<Incoming>) -> R + Send + Sync + Unpin + 'static,
+        R: std::future::Future<
+                Output = Result<hyper::Response<crate::Body>, std::convert::Infallible>,
+            > + Send
+            + 'static,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(state.load_full());
+        // A TLS connection keeps its hyper instance for life, idle or not: the request
+        // future (kilobytes) is boxed per request rather than held in each one.
+        let service = hyper::service::service_fn(move |req| Box::pin(serve_request(req)));
+        let (builder, stop) = (self.builder.clone(), self.stop.clone());
+        let (handshake, deadlines) = (self.handshake, self.deadlines);
+        tokio::spawn(async move {
+            let peer = idle.peer();
+            let evicted = std::future::poll_fn(|cx| {
+                if idle.poll_evicted(cx) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            });
+            let handshake = tokio::time::timeout(handshake, acceptor.accept(stream));
+            let stream = tokio::select! {
+                r = handshake => r,
+                _ = evicted => return,
+            };
+            match stream {
+                Ok(Ok(s)) => {
+                    // The first-request deadline counts from the handshake's end.
+                    idle.watch();
+                    let metrics = guard.metrics.clone();
+                    crate::downstream::watchdog::serve(
+                        TokioIo::new(s),
+                        &builder,
+                        service,
+                        stop,
+                        idle,
+                        deadlines,
+                        &metrics,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    guard.metrics.closed(Closed::Deadline);
+                }
+            }
+            drop(guard);
+        });
     }
 }
 

@@ -419,37 +419,29 @@ where
             && !self.stopping
             && !self.idle.parking.load(Relaxed)
             && self.idle.is_idle()
+            && ready_to_park(
+                self.served,
+                &self.idle,
+                &self.plain.sweep,
+                &mut self.idle_since,
+                &mut self.sweep_asked,
+                cx,
+            )
         {
-            let started = self.idle.started.load(Relaxed);
-            let park_now = if self.served.saturating_add(started) <= 1 {
-                true
-            } else {
-                // Reused: park once idle through a whole tick.
-                let sweep = &self.plain.sweep;
-                let epoch = sweep.epoch();
-                let park = match self.idle_since {
-                    (since, s) if since != NEVER && s == started => epoch.wrapping_sub(since) >= 2,
-                    _ => {
-                        self.idle_since = (epoch, started);
-                        false
-                    }
-                };
-                if !park && self.sweep_asked != epoch {
-                    sweep.wake_me(cx.waker());
-                    self.sweep_asked = epoch;
-                }
-                park
-            };
-            if park_now {
-                self.idle.parking.store(true, Relaxed);
-                conn.as_mut().graceful_shutdown();
-                result = conn.as_mut().poll(cx);
-            }
+            self.idle.parking.store(true, Relaxed);
+            conn.as_mut().graceful_shutdown();
+            result = conn.as_mut().poll(cx);
         }
         if let Err(e) = ready!(result) {
             debug!(peer = %self.idle.peer, error = %e, "connection ended");
             return Poll::Ready(false);
         }
+        self.park_after_http1()
+    }
+
+    /// hyper stopped: park the connection, or serve at once a request already arriving,
+    /// unless it ended (closed by the client or by hyper, or upgraded).
+    fn park_after_http1(&mut self) -> Poll<bool> {
         if self.stopping || !self.idle.parking.load(Relaxed) {
             return Poll::Ready(false); // closed by the client or by hyper, or upgraded
         }
@@ -485,6 +477,36 @@ where
         self.parked = true;
         Poll::Ready(true)
     }
+}
+
+/// Whether an idle HTTP/1.1 connection should park now: at once after its first request;
+/// once reused, when it has been idle through a whole sweep tick (`idle_since` notes when it
+/// went idle; the sweep is asked to wake it at most once a tick).
+fn ready_to_park(
+    served: u32,
+    idle: &Idle,
+    sweep: &Sweep,
+    idle_since: &mut (u32, u32),
+    sweep_asked: &mut u32,
+    cx: &mut Context<'_>,
+) -> bool {
+    let started = idle.started.load(Relaxed);
+    if served.saturating_add(started) <= 1 {
+        return true;
+    }
+    let epoch = sweep.epoch();
+    let park = match *idle_since {
+        (since, s) if since != NEVER && s == started => epoch.wrapping_sub(since) >= 2,
+        _ => {
+            *idle_since = (epoch, started);
+            false
+        }
+    };
+    if !park && *sweep_asked != epoch {
+        sweep.wake_me(cx.waker());
+        *sweep_asked = epoch;
+    }
+    park
 }
 
 /// Whether a write to the client has been blocked for `stream_idle` (it does not read its

@@ -133,18 +133,7 @@ pub async fn serve<I, S>(
     let mut closing: Option<tokio::time::Instant> = None;
     let peer = idle.peer();
     loop {
-        let at_ms = |at: u64| {
-            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(monotonic_ms()))
-        };
-        let check = match (closing, due(&idle, &deadlines)) {
-            (Some(at), _) => at,
-            (None, Some(at)) => at_ms(at),
-            // Busy: look again after the shortest deadline, or when a stall would be due.
-            (None, None) => match stall_due(&idle, &deadlines) {
-                Some(at) => at_ms(at).min(tokio::time::Instant::now() + deadlines.recheck()),
-                None => tokio::time::Instant::now() + deadlines.recheck(),
-            },
-        };
+        let check = next_check(closing, &idle, &deadlines);
         let evicted = std::future::poll_fn(|cx| {
             if idle.poll_evicted(cx) {
                 Poll::Ready(())
@@ -173,34 +162,81 @@ pub async fn serve<I, S>(
                 closing = Some(tokio::time::Instant::now() + GRACE);
             }
             _ = tokio::time::sleep_until(check) => {
-                if closing.is_some() {
-                    if idle.quiet_since().is_some() {
-                        debug!(%peer, "closed after its grace period");
-                        return;
+                match on_timer(closing.is_some(), &idle, &deadlines, metrics) {
+                    Tick::Close => return,
+                    Tick::ShutDown => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + GRACE);
                     }
-                    // Streams let in before the GOAWAY took hold are held to the stall
-                    // deadline too.
-                    if stall_due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
-                        debug!(%peer, "the client took no response data in time; closing");
-                        metrics.closed(Closed::Stalled);
-                        return;
-                    }
-                    // A request got in before the GOAWAY: it finishes first.
-                    closing = Some(tokio::time::Instant::now() + GRACE);
-                } else if due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
-                    debug!(%peer, "connection quiet past its deadline; closing");
-                    metrics.closed(Closed::Deadline);
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(tokio::time::Instant::now() + GRACE);
-                } else if stall_due(&idle, &deadlines).is_some_and(|at| at <= monotonic_ms()) {
-                    // A graceful end would wait for the response the client does not take.
-                    debug!(%peer, "the client took no response data in time; closing");
-                    metrics.closed(Closed::Stalled);
-                    return;
+                    Tick::Grace => closing = Some(tokio::time::Instant::now() + GRACE),
+                    Tick::Wait => {}
                 }
             }
         }
     }
+}
+
+/// When the watchdog looks at a connection next: the end of its grace period once it is
+/// closing; else its phase's deadline; else, busy, after the shortest deadline or when a
+/// stall would be due.
+fn next_check(
+    closing: Option<tokio::time::Instant>,
+    idle: &Idle,
+    deadlines: &Deadlines,
+) -> tokio::time::Instant {
+    let at_ms = |at: u64| {
+        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(monotonic_ms()))
+    };
+    match (closing, due(idle, deadlines)) {
+        (Some(at), _) => at,
+        (None, Some(at)) => at_ms(at),
+        (None, None) => match stall_due(idle, deadlines) {
+            Some(at) => at_ms(at).min(tokio::time::Instant::now() + deadlines.recheck()),
+            None => tokio::time::Instant::now() + deadlines.recheck(),
+        },
+    }
+}
+
+/// What a watched connection's timer decided.
+enum Tick {
+    /// Close it now.
+    Close,
+    /// Ask it to end (GOAWAY) and give it a grace period.
+    ShutDown,
+    /// A request got in before the GOAWAY: another grace period for it to finish.
+    Grace,
+    /// Nothing is due yet.
+    Wait,
+}
+
+fn on_timer(closing: bool, idle: &Idle, deadlines: &Deadlines, metrics: &Metrics) -> Tick {
+    let peer = idle.peer();
+    let stalled = || stall_due(idle, deadlines).is_some_and(|at| at <= monotonic_ms());
+    if closing {
+        if idle.quiet_since().is_some() {
+            debug!(%peer, "closed after its grace period");
+            return Tick::Close;
+        }
+        // Streams let in before the GOAWAY took hold are held to the stall deadline too.
+        if stalled() {
+            debug!(%peer, "the client took no response data in time; closing");
+            metrics.closed(Closed::Stalled);
+            return Tick::Close;
+        }
+        return Tick::Grace;
+    }
+    if due(idle, deadlines).is_some_and(|at| at <= monotonic_ms()) {
+        debug!(%peer, "connection quiet past its deadline; closing");
+        metrics.closed(Closed::Deadline);
+        return Tick::ShutDown;
+    }
+    if stalled() {
+        // A graceful end would wait for the response the client does not take.
+        debug!(%peer, "the client took no response data in time; closing");
+        metrics.closed(Closed::Stalled);
+        return Tick::Close;
+    }
+    Tick::Wait
 }
 
 /// A response body that holds its request's [`ActiveRequest`] until it ends, so a watched
