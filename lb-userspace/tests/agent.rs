@@ -1,15 +1,23 @@
 //! `sluice-lb run` end to end on one machine: the real binary in a network namespace, real
-//! backends (TCP servers) in another, health checks over a veth link. After each step the
-//! test reads the pinned maps and, through BPF_PROG_TEST_RUN on a second copy of the program
-//! sharing those maps, checks where packets go.
+//! backends (TCP servers) in another, health checks over a veth link. Each test starts its own
+//! agent over three live backends ([`World::running`]), changes one thing (health, drain,
+//! weight, reload, restart, detach), then reads the pinned maps and, through
+//! BPF_PROG_TEST_RUN on a second copy of the program sharing those maps, checks where packets
+//! go.
 //!
-//! Needs root. Namespaces, processes and pins are named per run and removed by a guard, on
-//! success, failure or panic.
+//! Needs root. Namespaces, processes and pins are named per test and removed by a guard, on
+//! success, failure or panic; the tests take turns.
 
 use std::{
+    collections::HashSet,
     net::IpAddr,
-    path::PathBuf,
+    ops::Range,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex, MutexGuard, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -27,32 +35,68 @@ const BACKENDS: [&str; 3] = ["10.1.0.11", "10.1.0.12", "10.1.0.13"];
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
 
-/// Everything this run created, removed on drop.
+/// One agent at a time: the health budget is timed, and the machine may have two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Everything one test created, removed on drop.
 struct World {
-    tag: String,
     a: String,
     b: String,
     pin_dir: PathBuf,
     dir: PathBuf,
     agent: Option<Child>,
     servers: Vec<Option<Child>>,
+    /// Held until everything else is gone (fields drop after `Drop::drop`).
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl World {
+    /// If privileged: the namespaces, three live backends and a running agent that sees them
+    /// all up.
+    fn running() -> Option<Self> {
+        if !privileged() {
+            return None;
+        }
+        let mut w = World::new();
+        for i in 0..3 {
+            w.start_server(i);
+        }
+        w.write_config(&w.config(&BACKENDS));
+        w.start_agent();
+        let pin_dir = w.pin_dir.clone();
+        in_ns(&w.a, || {
+            wait_until("pinned maps", Duration::from_secs(10), || {
+                pin_dir.join("links/ext0").exists()
+            });
+        });
+        w.probe(|p| {
+            wait_until("all backends up", Duration::from_secs(5), || {
+                BACKENDS.iter().all(|b| p.flags(b) == Some(BACKEND_ALIVE))
+            });
+        });
+        Some(w)
+    }
+
     fn new() -> Self {
-        let tag = format!("slt{}", std::process::id() % 100000);
+        let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "slt{}x{}",
+            std::process::id() % 100000,
+            N.fetch_add(1, Ordering::SeqCst)
+        );
         let a = format!("{tag}a");
         let b = format!("{tag}b");
         let dir = std::env::temp_dir().join(format!("sluice-agent-{tag}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let w = World {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/sluice-{tag}")),
-            tag,
             a,
             b,
             dir,
             agent: None,
             servers: Vec::new(),
+            _serial: serial,
         };
         w.cleanup_names();
         sh(&format!("ip netns add {}", w.a));
@@ -87,6 +131,11 @@ impl World {
     }
 
     fn config(&self, backends: &[&str]) -> String {
+        World::config_text(&self.pin_dir, backends)
+    }
+
+    /// The agent's config for `backends`, pinning under `pin_dir`.
+    fn config_text(pin_dir: &Path, backends: &[&str]) -> String {
         let list: Vec<String> = backends
             .iter()
             .map(|b| format!("{{ address = \"{b}\" }}"))
@@ -96,7 +145,7 @@ impl World {
              pin_dir = \"{}\"\nflow_table_size = 4096\n\n[admin]\nlisten = \"127.0.0.1:19180\"\n\n\
              [health]\nkind = \"tcp\"\nport = 9000\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nrise = 2\nfall = {FALL}\n\n\
              [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{}]\n",
-            self.pin_dir.display(),
+            pin_dir.display(),
             list.join(", ")
         )
     }
@@ -155,12 +204,23 @@ impl World {
     }
 
     fn stop_agent(&mut self) {
+        // SIGTERM, the way an operator or systemd stops it.
+        self.signal_agent(libc::SIGTERM);
         if let Some(mut c) = self.agent.take() {
-            // SIGTERM, the way an operator or systemd stops it.
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
+    }
+
+    fn signal_agent(&self, sig: i32) {
+        if let Some(c) = &self.agent {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Runs `f` in the agent's namespace with a fresh view of the pinned maps.
+    fn probe<R: Send>(&self, f: impl FnOnce(&mut Probe) -> R + Send) -> R {
+        in_ns(&self.a, || f(&mut Probe::open(&self.pin_dir)))
     }
 
     fn cli(&self, args: &[&str]) -> (bool, String) {
@@ -177,6 +237,39 @@ impl World {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+}
+
+impl World {
+    /// Runs the CLI against the agent; its output, which must say it succeeded.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.cli(args);
+        assert!(ok, "sluice-lb {args:?}: {out}");
+        out
+    }
+
+    /// The config generation `status` reports.
+    fn config_generation(&self) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["status", "--json"])).expect("json");
+        v["config"]["generation"].as_u64().expect("generation")
+    }
+
+    /// The agent's `/metrics` text.
+    fn metrics(&self) -> String {
+        in_ns(&self.a, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(sluice_lb::admin::call(
+                "127.0.0.1:19180".parse().expect("literal"),
+                hyper::Method::GET,
+                "/metrics",
+            ))
+            .expect("metrics")
+            .1
+        })
     }
 }
 
@@ -199,7 +292,6 @@ impl Drop for World {
         }
         self.cleanup_names();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = &self.tag;
     }
 }
 
@@ -283,62 +375,114 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// `client`'s address as the test sends it.
+fn ip4(client: &str) -> [u8; 4] {
+    client
+        .parse::<std::net::Ipv4Addr>()
+        .expect("literal")
+        .octets()
+}
+
+/// Backend `i`'s address.
+fn backend(i: usize) -> IpAddr {
+    BACKENDS[i].parse().expect("literal")
+}
+
+/// The backend each SYN from `client` on `ports` goes to.
+fn picks(p: &mut Probe, client: &str, ports: Range<u16>, syn: bool) -> Vec<Option<IpAddr>> {
+    ports.map(|port| p.send(ip4(client), port, syn)).collect()
+}
+
+/// The backend of each flow entry from `client` on `ports`.
+fn flow_entries(p: &Probe, client: &str, ports: Range<u16>) -> Vec<Option<u32>> {
+    ports
+        .map(|port| {
+            let key = addr::flow_key(
+                client.parse().expect("literal"),
+                port,
+                VIP.parse().expect("literal"),
+                80,
+                6,
+            );
+            p.dp.flow(&key).expect("read").map(|s| s.backend)
+        })
+        .collect()
+}
+
+/// A port in `ports` whose SYN from `client` goes to backend `i`.
+fn port_on(p: &mut Probe, client: &str, ports: Range<u16>, i: usize) -> u16 {
+    ports
+        .into_iter()
+        .find(|port| p.send(ip4(client), *port, true) == Some(backend(i)))
+        .unwrap_or_else(|| panic!("no flow from {client} lands on {}", BACKENDS[i]))
+}
+
+/// Asserts that no SYN from `client` on `ports` goes to backend `i`.
+fn assert_avoided(p: &mut Probe, client: &str, ports: Range<u16>, i: usize) {
+    for port in ports {
+        assert_ne!(
+            p.send(ip4(client), port, true),
+            Some(backend(i)),
+            "a new flow from {client}:{port} went to {}",
+            BACKENDS[i]
+        );
+    }
+}
+
 #[test]
-fn agent_follows_health_drain_reload_and_restart() {
-    if !privileged() {
-        return;
+fn check_names_file_field_and_reason() {
+    let dir = std::env::temp_dir().join(format!("sluice-agent-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
-    let mut w = World::new();
-    for i in 0..3 {
-        w.start_server(i);
-    }
-    w.write_config(&w.config(&BACKENDS));
-    // A refused config is reported with file, field and reason.
-    let bad = w.dir.join("bad.toml");
-    std::fs::write(&bad, w.config(&BACKENDS).replace("rise = 2", "rise = 0")).expect("write");
+    let _remove = Remove(dir.clone());
+    let bad = dir.join("bad.toml");
+    let text = World::config_text(&dir.join("pins"), &BACKENDS);
+    std::fs::write(&bad, text.replace("rise = 2", "rise = 0")).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-lb"))
         .args(["check", "--config"])
         .arg(&bad)
         .output()
         .expect("check");
     assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad.toml: health.rise: must be at least 1")
+        stderr.contains("bad.toml: health.rise: must be at least 1"),
+        "{stderr}"
     );
+}
 
-    w.start_agent();
-    let (a, pin_dir) = (w.a.clone(), w.pin_dir.clone());
-    in_ns(&a, || {
-        wait_until("pinned maps", Duration::from_secs(10), || {
-            pin_dir.join("links/ext0").exists()
-        });
-    });
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        wait_until("all backends up", Duration::from_secs(5), || {
-            BACKENDS.iter().all(|b| p.flags(b) == Some(BACKEND_ALIVE))
-        });
-        // New flows spread over all three.
-        let mut seen = std::collections::HashSet::new();
-        for port in 1000..1060 {
-            seen.insert(p.send([203, 0, 113, 7], port, true).expect("forwarded"));
-        }
+#[test]
+fn new_flows_spread_over_every_backend() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    w.probe(|p| {
+        let seen: HashSet<_> = picks(p, "203.0.113.7", 1000..1060, true)
+            .into_iter()
+            .map(|b| b.expect("forwarded"))
+            .collect();
         assert_eq!(seen.len(), 3);
     });
+}
 
-    // A backend dies: it must leave new-flow selection within interval x fall + 100 ms.
-    let victim_flow = in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        (2000..3000)
-            .find(|port| {
-                p.send([203, 0, 113, 8], *port, true) == Some(BACKENDS[1].parse().expect("literal"))
-            })
-            .expect("a flow on the victim")
-    });
+#[test]
+fn a_dead_backend_leaves_within_the_health_budget_and_comes_back() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    let victim_flow = w.probe(|p| port_on(p, "203.0.113.8", 2000..3000, 1));
+    // It must leave new-flow selection within interval x fall + 100 ms.
     let budget = Duration::from_millis(INTERVAL_MS * FALL + 100);
-    let took = in_ns(&a, || {
-        let p = Probe::open(&pin_dir);
-        w.stop_server(1);
+    let mut victim = w.servers[1].take().expect("backend 1 running");
+    let took = in_ns(&w.a, || {
+        let p = Probe::open(&w.pin_dir);
+        let _ = victim.kill();
+        let _ = victim.wait();
         wait_until("victim marked down", Duration::from_secs(3), || {
             p.flags(BACKENDS[1]) == Some(0)
         })
@@ -348,151 +492,110 @@ fn agent_follows_health_drain_reload_and_restart() {
         took <= budget + Duration::from_millis(20),
         "took {took:?}, budget {budget:?}"
     );
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        for port in 1000..1100 {
-            assert_ne!(
-                p.send([203, 0, 113, 9], port, true),
-                Some(BACKENDS[1].parse().expect("literal"))
-            );
-        }
+    w.probe(|p| {
+        assert_avoided(p, "203.0.113.9", 1000..1100, 1);
         // Its established flow is re-picked onto a live backend.
         let now = p
-            .send([203, 0, 113, 8], victim_flow, false)
+            .send(ip4("203.0.113.8"), victim_flow, false)
             .expect("forwarded");
-        assert_ne!(now, BACKENDS[1].parse::<IpAddr>().expect("literal"));
+        assert_ne!(now, backend(1));
     });
     w.start_server(1);
-    in_ns(&a, || {
-        let p = Probe::open(&pin_dir);
+    w.probe(|p| {
         wait_until("victim back up", Duration::from_secs(3), || {
             p.flags(BACKENDS[1]) == Some(BACKEND_ALIVE)
         });
     });
+}
 
-    // Drain through the CLI: established flows stay, new ones avoid it.
-    let drained_flow = in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        (3000..4000)
-            .find(|port| {
-                p.send([203, 0, 113, 10], *port, true)
-                    == Some(BACKENDS[2].parse().expect("literal"))
-            })
-            .expect("a flow on the drained backend")
-    });
-    let (ok, out) = w.cli(&["drain", BACKENDS[2]]);
-    assert!(ok, "{out}");
+#[test]
+fn drain_keeps_established_flows_and_turns_new_ones_away() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    let drained_flow = w.probe(|p| port_on(p, "203.0.113.10", 3000..4000, 2));
+    w.cli_ok(&["drain", BACKENDS[2]]);
     let (ok, out) = w.cli(&["drain", "10.9.9.9"]);
     assert!(!ok && out.contains("not a backend of any VIP"), "{out}");
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
+    w.probe(|p| {
         assert_eq!(p.flags(BACKENDS[2]), Some(BACKEND_ALIVE | BACKEND_DRAINING));
         assert_eq!(
-            p.send([203, 0, 113, 10], drained_flow, false),
-            Some(BACKENDS[2].parse().expect("literal"))
+            p.send(ip4("203.0.113.10"), drained_flow, false),
+            Some(backend(2))
         );
-        for port in 5000..5100 {
-            assert_ne!(
-                p.send([203, 0, 113, 11], port, true),
-                Some(BACKENDS[2].parse().expect("literal"))
-            );
-        }
+        assert_avoided(p, "203.0.113.11", 5000..5100, 2);
     });
-    // Weight 0 through the CLI takes a backend out of new-flow selection; no value restores it.
-    let (ok, out) = w.cli(&["weight", BACKENDS[1], "0"]);
-    assert!(ok, "{out}");
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        for port in 7000..7100 {
-            assert_ne!(
-                p.send([203, 0, 113, 13], port, true),
-                Some(BACKENDS[1].parse().expect("literal"))
-            );
-        }
-    });
-    let (ok, out) = w.cli(&["weight", BACKENDS[1]]);
-    assert!(ok, "{out}");
+    let out = w.cli_ok(&["status"]);
+    assert!(out.contains("draining") && out.contains(VIP), "{out}");
+    // Undrain restores it.
+    w.cli_ok(&["undrain", BACKENDS[2]]);
+    w.probe(|p| assert_eq!(p.flags(BACKENDS[2]), Some(BACKEND_ALIVE)));
+}
+
+#[test]
+fn weight_zero_takes_a_backend_out_of_new_flows() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    w.cli_ok(&["weight", BACKENDS[1], "0"]);
+    w.probe(|p| assert_avoided(p, "203.0.113.13", 7000..7100, 1));
+    // Without a value: back to the configured weight.
+    w.cli_ok(&["weight", BACKENDS[1]]);
     let (ok, out) = w.cli(&["weight", BACKENDS[1], "5000"]);
     assert!(
         !ok && out.contains("weight must be between 0 and 1000"),
         "{out}"
     );
-    // SIGHUP reloads even an unchanged file.
-    let generation = |w: &World| -> u64 {
-        let (_, out) = w.cli(&["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v["config"]["generation"].as_u64().expect("generation")
-    };
-    let before = generation(&w);
-    if let Some(agent) = &w.agent {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
-    }
-    wait_until("SIGHUP reload", Duration::from_secs(3), || {
-        generation(&w) == before + 1
-    });
-    // Undrain restores it; drain again for the rest of the test.
-    let (ok, out) = w.cli(&["undrain", BACKENDS[2]]);
-    assert!(ok, "{out}");
-    in_ns(&a, || {
-        let p = Probe::open(&pin_dir);
-        assert_eq!(p.flags(BACKENDS[2]), Some(BACKEND_ALIVE));
-    });
-    let (ok, out) = w.cli(&["drain", BACKENDS[2]]);
-    assert!(ok, "{out}");
-    let (ok, out) = w.cli(&["status"]);
-    assert!(ok && out.contains("draining") && out.contains(VIP), "{out}");
+}
 
-    // A bad reload keeps the last valid config; a good one applies the difference.
+#[test]
+fn reloads_on_sighup_and_file_change_and_keeps_the_last_valid_config() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    // SIGHUP reloads even an unchanged file.
+    let before = w.config_generation();
+    w.signal_agent(libc::SIGHUP);
+    wait_until("SIGHUP reload", Duration::from_secs(3), || {
+        w.config_generation() == before + 1
+    });
+    // A bad file is refused and reported; the last valid config stays.
     w.write_config(&w.config(&BACKENDS).replace("port = 80", "port = 0"));
     std::thread::sleep(Duration::from_millis(1500));
-    let (ok, out) = w.cli(&["status", "--json"]);
-    assert!(ok && out.contains("vip[0].port: must not be 0"), "{out}");
+    let out = w.cli_ok(&["status", "--json"]);
+    assert!(out.contains("vip[0].port: must not be 0"), "{out}");
+    w.probe(|p| assert!(p.flags(BACKENDS[0]).is_some(), "backend 0 still in place"));
+    // A good one applies the difference.
     w.write_config(&w.config(&BACKENDS[1..]));
-    in_ns(&a, || {
-        let p = Probe::open(&pin_dir);
+    w.probe(|p| {
         wait_until("backend 0 removed", Duration::from_secs(3), || {
             p.flags(BACKENDS[0]).is_none()
         });
     });
+}
 
-    // Restart: forwarding goes on while the agent is gone, and the new agent adopts the
-    // pinned state without reshuffling anything.
-    let before = in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        (6000..6040)
-            .map(|port| p.send([203, 0, 113, 12], port, true))
-            .collect::<Vec<_>>()
-    });
-    let link_before = link_ids(&pin_dir);
-    let (_, out) = w.cli(&["status", "--json"]);
-    let st: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert!(st["table_generation"].as_u64().unwrap_or(0) >= 4, "{out}");
-    let flows = |p: &Probe| -> Vec<Option<u32>> {
-        (6000..6040)
-            .map(|port| {
-                let key = addr::flow_key(
-                    "203.0.113.12".parse().expect("literal"),
-                    port,
-                    VIP.parse().expect("literal"),
-                    80,
-                    6,
-                );
-                p.dp.flow(&key).expect("read").map(|s| s.backend)
-            })
-            .collect()
+#[test]
+fn a_restarted_agent_adopts_the_pinned_state_without_reshuffling() {
+    let Some(mut w) = World::running() else {
+        return;
     };
-    let entries_before = in_ns(&a, || flows(&Probe::open(&pin_dir)));
+    // A drained backend: state the new agent must find in the maps.
+    w.cli_ok(&["drain", BACKENDS[2]]);
+    let client = "203.0.113.12";
+    let before = w.probe(|p| picks(p, client, 6000..6040, true));
+    let link_before = link_ids(&w.pin_dir);
+    let st: serde_json::Value =
+        serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
+    assert!(st["table_generation"].as_u64().unwrap_or(0) >= 2, "{st}");
+    let entries_before = w.probe(|p| flow_entries(p, client, 6000..6040));
     assert!(
         entries_before.iter().all(Option::is_some),
         "every SYN left a flow entry"
     );
+    // Forwarding goes on while the agent is gone.
     w.stop_agent();
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        let during: Vec<_> = (6000..6040)
-            .map(|port| p.send([203, 0, 113, 12], port, false))
-            .collect();
+    w.probe(|p| {
+        let during = picks(p, client, 6000..6040, false);
         assert_eq!(
             during, before,
             "established flows keep forwarding without the agent"
@@ -501,63 +604,47 @@ fn agent_follows_health_drain_reload_and_restart() {
     });
     w.start_agent();
     std::thread::sleep(Duration::from_millis(1000));
-    let (ok, out) = w.cli(&["status", "--json"]);
-    assert!(ok, "{out}");
+    let out = w.cli_ok(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
         status["table_generation"], 0,
         "the adopted tables were already right: {out}"
     );
     // The flow table survived the restart entry for entry.
-    assert_eq!(in_ns(&a, || flows(&Probe::open(&pin_dir))), entries_before);
+    assert_eq!(
+        w.probe(|p| flow_entries(p, client, 6000..6040)),
+        entries_before
+    );
     // The same link, now running the new agent's program: swapped with bpf_link_update.
-    let link_after = link_ids(&pin_dir);
+    let link_after = link_ids(&w.pin_dir);
     assert_eq!(link_after.0, link_before.0, "link kept");
     assert_ne!(link_after.1, link_before.1, "program replaced");
-    in_ns(&a, || {
-        let mut p = Probe::open(&pin_dir);
-        let after: Vec<_> = (6000..6040)
-            .map(|port| p.send([203, 0, 113, 12], port, false))
-            .collect();
-        assert_eq!(after, before);
-    });
-    let metrics = in_ns(&a, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(sluice_lb::admin::call(
-            "127.0.0.1:19180".parse().expect("literal"),
-            hyper::Method::GET,
-            "/metrics",
-        ))
-        .expect("metrics")
-        .1
-    });
-    assert!(
-        metrics.contains("sluice_lb_backend_up{backend=\"10.1.0.12\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_lb_backend_draining{backend=\"10.1.0.13\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_lb_packets_total{outcome=\"redirect\"}"),
-        "{metrics}"
-    );
+    assert_eq!(w.probe(|p| picks(p, client, 6000..6040, false)), before);
+    let metrics = w.metrics();
+    for line in [
+        "sluice_lb_backend_up{backend=\"10.1.0.12\"} 1",
+        "sluice_lb_backend_draining{backend=\"10.1.0.13\"} 1",
+        "sluice_lb_packets_total{outcome=\"redirect\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+}
 
-    // Detach removes everything.
+#[test]
+fn detach_removes_programs_links_and_maps() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
     w.stop_agent();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-lb"))
         .args(["detach", "--pin-dir"])
-        .arg(&pin_dir)
+        .arg(&w.pin_dir)
         .output()
         .expect("detach");
     assert!(out.status.success());
-    assert!(!pin_dir.exists());
+    assert!(!w.pin_dir.exists());
     let link = Command::new("ip")
-        .args(["-n", &a, "link", "show", "ext0"])
+        .args(["-n", &w.a, "link", "show", "ext0"])
         .output()
         .expect("ip");
     assert!(

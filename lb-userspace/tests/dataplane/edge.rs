@@ -9,13 +9,13 @@ use sluice_common::stats::{Lb, LbFlow};
 
 use crate::{
     action, assert_flow_events, assert_outcomes,
-    lab::{backend_addr, backend_mac, Lab, EXT_MAC, INT_MAC, NODE_V4, NODE_V6, ROUTER_MAC},
-    pkt::{build, encapsulated, eth, Extra, Flow, Outer, Tcp},
+    golden::{
+        self, outer_for, Counter, FixtureVip, Golden, Hop, SAME_LINK, VIP4, VIP6, WEB4, WEB6,
+    },
+    lab::{self, backend_mac, Lab, EXT_MAC, INT_MAC, ROUTER_MAC},
+    pkt::{build, encapsulated, eth, Extra, Flow, Tcp},
     with_lab,
 };
-
-const VIP4: &str = "198.51.100.1";
-const VIP6: &str = "2001:db8::1";
 
 fn o4(s: &str) -> [u8; 4] {
     s.parse::<std::net::Ipv4Addr>().expect("literal").octets()
@@ -23,18 +23,6 @@ fn o4(s: &str) -> [u8; 4] {
 
 fn o6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().expect("literal").octets()
-}
-
-fn outer(backend: u32, flow: &Flow) -> Outer {
-    let dst = backend_addr(backend);
-    Outer {
-        src: if dst.is_ipv4() { NODE_V4 } else { NODE_V6 }
-            .parse()
-            .expect("literal"),
-        dst,
-        tos: 0,
-        flow_label: sluice_common::flow_hash(&flow.key()) & 0xf_ffff,
-    }
 }
 
 fn backend_of(lab: &mut Lab, flow: &Flow) -> u32 {
@@ -85,7 +73,7 @@ fn icmp_error_follows_the_flow_it_quotes() {
                 None,
                 backend_mac(owner),
                 INT_MAC,
-                &outer(owner, &flow)
+                &outer_for(&flow, owner, 0)
             )
         );
         assert_outcomes(lab, &[(Lb::Redirect, 2)]);
@@ -125,7 +113,7 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
                 None,
                 backend_mac(owner),
                 INT_MAC,
-                &outer(owner, &flow)
+                &outer_for(&flow, owner, 0)
             )
         );
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::IcmpError, 1)]);
@@ -146,7 +134,7 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
             .write(&mut icmp, &quoted)
             .expect("write");
         let out = lab.run(&icmp);
-        let t = lab.table(&others, sluice_common::DEFAULT_TABLE_SIZE);
+        let t = lab::table(&others, sluice_common::DEFAULT_TABLE_SIZE);
         let want = t
             [(sluice_common::flow_hash(&flow2.key()) % sluice_common::DEFAULT_TABLE_SIZE) as usize];
         assert_eq!(
@@ -157,289 +145,298 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
                 None,
                 backend_mac(want),
                 INT_MAC,
-                &outer(want, &flow2)
+                &outer_for(&flow2, want, 0)
             )
         );
         assert_eq!(lab.dp.flow(&flow2.key()).expect("read"), None);
     });
 }
 
-#[test]
-fn too_big_for_the_tunnel_answers_frag_needed() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[1]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        // IP total length 1500: 1520 once encapsulated, over int0's MTU of 1500.
-        let input = build(&flow, Tcp::Ack, &[0x5a; 1460], &Extra::default());
-        assert_eq!(input.len(), 14 + 1500);
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::TX);
-        let quote = &input[14..14 + 128];
-        let icmp = Icmpv4Header::with_checksum(
-            Icmpv4Type::DestinationUnreachable(
-                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 },
-            ),
-            quote,
-        );
-        let mut ip = Ipv4Header::new(
-            (8 + quote.len()) as u16,
-            64,
-            IpNumber::ICMP,
-            o4(VIP4),
-            o4("203.0.113.7"),
-        )
-        .expect("header");
-        ip.dont_fragment = false;
-        ip.header_checksum = ip.calc_header_checksum();
-        let mut want = eth(ROUTER_MAC, EXT_MAC, None, 0x0800);
-        want.extend_from_slice(&ip.to_bytes());
-        want.extend_from_slice(&icmp.to_bytes());
-        want.extend_from_slice(quote);
-        assert_eq!(out.data, want);
-        assert_outcomes(lab, &[(Lb::TooBig, 1)]);
-        // At the advertised MTU it fits, one byte more does not.
-        let input = build(&flow, Tcp::Ack, &[0x5a; 1440], &Extra::default());
-        assert_eq!(input.len(), 14 + 1480);
-        assert_eq!(lab.run(&input).action, action::REDIRECT);
-        let input = build(&flow, Tcp::Ack, &[0x5a; 1441], &Extra::default());
-        assert_eq!(lab.run(&input).action, action::TX);
-    });
+/// The ICMP fragmentation-needed answer to IPv4 `input` (untagged) carrying `flow`: from the
+/// VIP back to the client, quoting 128 bytes, sent back out as it came.
+fn frag_needed(flow: &Flow, input: &[u8], mtu: u16) -> Vec<u8> {
+    let quote = &input[14..14 + 128];
+    let icmp = Icmpv4Header::with_checksum(
+        Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: mtu,
+        }),
+        quote,
+    );
+    let (vip, client) = (o4(&flow.dst.to_string()), o4(&flow.src.to_string()));
+    let mut ip =
+        Ipv4Header::new((8 + quote.len()) as u16, 64, IpNumber::ICMP, vip, client).expect("header");
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut want = eth(ROUTER_MAC, EXT_MAC, None, 0x0800);
+    want.extend_from_slice(&ip.to_bytes());
+    want.extend_from_slice(&icmp.to_bytes());
+    want.extend_from_slice(quote);
+    want
 }
 
-#[test]
-fn too_big_for_the_tunnel_answers_packet_too_big_v6() {
-    with_lab(|lab| {
-        lab.vip(2, VIP6, 443, 6, 0, &[5]);
-        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
-        let input = build(
-            &flow,
-            Tcp::Ack,
-            &[0xa5; 1440],
-            &Extra {
-                vlan: Some(7),
-                ..Default::default()
-            },
-        );
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::TX);
-        let quote = &input[18..18 + 128];
-        let icmp = Icmpv6Header::with_checksum(
-            Icmpv6Type::PacketTooBig { mtu: 1460 },
-            o6(VIP6),
-            o6("2001:db8:c::5"),
-            quote,
-        )
+/// The ICMPv6 packet-too-big answer to IPv6 `input` tagged `vlan` carrying `flow`.
+fn packet_too_big(flow: &Flow, input: &[u8], vlan: u16, mtu: u32) -> Vec<u8> {
+    let quote = &input[18..18 + 128];
+    let (vip, client) = (o6(&flow.dst.to_string()), o6(&flow.src.to_string()));
+    let icmp = Icmpv6Header::with_checksum(Icmpv6Type::PacketTooBig { mtu }, vip, client, quote)
         .expect("checksum");
-        let ip = Ipv6Header {
-            traffic_class: 0,
-            flow_label: Default::default(),
-            payload_length: (8 + quote.len()) as u16,
-            next_header: IpNumber::IPV6_ICMP,
-            hop_limit: 64,
-            source: o6(VIP6),
-            destination: o6("2001:db8:c::5"),
-        };
-        let mut want = eth(ROUTER_MAC, EXT_MAC, Some(7), 0x86dd);
-        want.extend_from_slice(&ip.to_bytes());
-        want.extend_from_slice(&icmp.to_bytes());
-        want.extend_from_slice(quote);
-        assert_eq!(out.data, want);
-        assert_outcomes(lab, &[(Lb::TooBig, 1)]);
-    });
+    let ip = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: (8 + quote.len()) as u16,
+        next_header: IpNumber::IPV6_ICMP,
+        hop_limit: 64,
+        source: vip,
+        destination: client,
+    };
+    let mut want = eth(ROUTER_MAC, EXT_MAC, Some(vlan), 0x86dd);
+    want.extend_from_slice(&ip.to_bytes());
+    want.extend_from_slice(&icmp.to_bytes());
+    want.extend_from_slice(quote);
+    want
 }
 
+/// int0's MTU is 1500, so the largest IPv4 packet that fits a 4in4 tunnel is 1480 bytes:
+/// a TCP payload of 1440.
 #[test]
-fn fragments_to_a_vip_are_dropped_others_pass() {
-    with_lab(|lab| {
-        lab.vip(1, VIP4, 53, 17, 0, &[1, 2]);
-        lab.vip(2, VIP6, 53, 17, 0, &[5, 6]);
-        let frag4 = |dst: &str, offset: u16| {
-            let mut h =
-                Ipv4Header::new(0, 64, IpNumber::UDP, o4("203.0.113.7"), o4(dst)).expect("header");
-            h.more_fragments = true;
-            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
-            let mut out = Vec::new();
-            PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
-                .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
-                .udp(5353, 53)
-                .write(&mut out, &[1u8; 64])
-                .expect("write");
-            out
-        };
-        for offset in [0, 100] {
-            assert_eq!(lab.run(&frag4(VIP4, offset)).action, action::DROP);
-            let other = frag4("198.51.100.99", offset);
-            let out = lab.run(&other);
-            assert_eq!((out.action, &out.data), (action::PASS, &other));
-        }
-        // IPv6 fragment header.
-        let frag6 = |dst: &str| {
-            let mut udp = Vec::new();
-            PacketBuilder::ipv6(o6("2001:db8:c::5"), o6(dst), 64)
-                .udp(5353, 53)
-                .write(&mut udp, &[2u8; 64])
-                .expect("write");
-            // Insert a fragment header after the fixed header: next header UDP, offset 0, M set.
-            let mut p = udp[..40].to_vec();
-            p[6] = 44;
-            let plen = u16::from_be_bytes([p[4], p[5]]) + 8;
-            p[4..6].copy_from_slice(&plen.to_be_bytes());
-            p.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
-            p.extend_from_slice(&udp[40..]);
-            let mut f = eth(EXT_MAC, ROUTER_MAC, None, 0x86dd);
-            f.extend_from_slice(&p);
-            f
-        };
-        assert_eq!(lab.run(&frag6(VIP6)).action, action::DROP);
-        let other = frag6("2001:db8::99");
-        assert_eq!(lab.run(&other).action, action::PASS);
-        assert_outcomes(lab, &[(Lb::Fragment, 3), (Lb::Pass, 3)]);
-    });
-}
-
-#[test]
-fn vlan_tag_stays_on_its_link() {
-    with_lab(|lab| {
-        let tagged = |flow: &Flow| {
-            build(
-                flow,
-                Tcp::Syn,
-                b"tagged",
-                &Extra {
-                    vlan: Some(100),
-                    ..Default::default()
-                },
-            )
-        };
-        // Out of another interface: the ingress link's tag is dropped.
-        lab.vip(0, VIP4, 80, 6, 0, &[1]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = tagged(&flow);
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(
-            out.data,
-            encapsulated(&input, 18, None, backend_mac(1), INT_MAC, &outer(1, &flow))
-        );
-        // Back out of the same link: the tag is kept.
-        lab.vip(1, "198.51.100.2", 80, 6, 0, &[9]);
-        let flow = Flow::tcp("203.0.113.7", 40000, "198.51.100.2", 80);
-        let input = tagged(&flow);
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::TX);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                18,
-                Some(100),
-                backend_mac(9),
-                EXT_MAC,
-                &outer(9, &flow)
-            )
-        );
-        assert_outcomes(lab, &[(Lb::Redirect, 1), (Lb::Tx, 1)]);
-        assert_flow_events(lab, &[(LbFlow::MissSyn, 2)]);
-    });
-}
-
-#[test]
-fn ipv4_options_and_ipv6_extension_headers_are_walked() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        // Router alert (4 bytes) and 4 NOPs: IHL 7.
-        let opts = vec![0x94, 0x04, 0x00, 0x00, 1, 1, 1, 1];
-        let input = build(
-            &flow,
-            Tcp::Syn,
-            b"opt",
-            &Extra {
-                ipv4_options: opts,
-                ..Default::default()
+fn too_big_for_the_tunnel_is_answered() {
+    let ack = |vip: &FixtureVip, port: u16, payload: usize, vlan: Option<u16>| {
+        let flow = vip.flow(
+            if vip.address.contains(':') {
+                "2001:db8:c::5"
+            } else {
+                "203.0.113.7"
             },
+            port,
         );
-        assert_eq!(input[14] & 0x0f, 7);
-        let out = lab.run(&input);
-        let b = backend_of(lab, &flow);
-        assert_eq!(
-            out.data,
-            encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow))
-        );
+        let extra = Extra {
+            vlan,
+            ..Default::default()
+        };
+        let input = build(&flow, Tcp::Ack, &vec![0x5a; payload], &extra);
+        (flow, input)
+    };
+    let too_big: [Counter; 2] = [Lb::TooBig.into(), LbFlow::MissOther.into()];
+    let (f1, over) = ack(&WEB4, 40001, 1460, None);
+    assert_eq!(over.len(), 14 + 1500);
+    let (f2, fits) = ack(&WEB4, 40002, 1440, None);
+    assert_eq!(fits.len(), 14 + 1480);
+    let (f3, one_more) = ack(&WEB4, 40003, 1441, None);
+    let (f4, over6) = ack(&WEB6, 50001, 1440, Some(7));
+    let rows = vec![
+        Golden {
+            name: "IPv4, 1500 bytes: fragmentation needed, MTU 1480",
+            output: Some(frag_needed(&f1, &over, 1480)),
+            input: over,
+            action: action::TX,
+            counts: too_big.to_vec(),
+        },
+        golden::tunnelled_row(
+            "IPv4 at the advertised MTU: fits",
+            &WEB4,
+            &f2,
+            fits,
+            0,
+            Hop::Redirect,
+            &[Lb::Redirect.into(), LbFlow::MissOther.into()],
+        ),
+        Golden {
+            name: "IPv4, one byte over the advertised MTU: fragmentation needed",
+            output: Some(frag_needed(&f3, &one_more, 1480)),
+            input: one_more,
+            action: action::TX,
+            counts: too_big.to_vec(),
+        },
+        Golden {
+            name: "IPv6, VLAN-tagged: packet too big, MTU 1460, tag kept",
+            output: Some(packet_too_big(&f4, &over6, 7, 1460)),
+            input: over6,
+            action: action::TX,
+            counts: too_big.to_vec(),
+        },
+    ];
+    golden::check_lb(rows);
+}
 
-        lab.vip(2, VIP6, 443, 6, 0, &[5, 6]);
-        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
-        let plain = build(&flow, Tcp::Syn, b"ext", &Extra::default());
-        // Hop-by-hop (8 bytes: PadN) then destination options (8 bytes), then TCP.
-        let mut ip = plain[14..54].to_vec();
-        ip[6] = 0;
-        let plen = u16::from_be_bytes([ip[4], ip[5]]) + 16;
-        ip[4..6].copy_from_slice(&plen.to_be_bytes());
-        ip.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
-        ip.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
-        ip.extend_from_slice(&plain[54..]);
-        let mut input = plain[..14].to_vec();
-        input.extend_from_slice(&ip);
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::REDIRECT);
-        let b = backend_of(lab, &flow);
-        assert_eq!(
-            out.data,
-            encapsulated(&input, 14, None, backend_mac(b), INT_MAC, &outer(b, &flow))
-        );
-        assert_outcomes(lab, &[(Lb::Redirect, 2)]);
-        assert_flow_events(lab, &[(LbFlow::MissSyn, 2)]);
-    });
+/// An IPv4 fragment from a client to `dst` at `offset` (in 8-byte units), more to come.
+fn fragment4(dst: &str, offset: u16) -> Vec<u8> {
+    let mut h = Ipv4Header::new(0, 64, IpNumber::UDP, o4("203.0.113.7"), o4(dst)).expect("header");
+    h.more_fragments = true;
+    h.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+        .udp(5353, 53)
+        .write(&mut out, &[1u8; 64])
+        .expect("write");
+    out
+}
+
+/// An IPv6 first fragment (fragment header: next header UDP, offset 0, M set) to `dst`.
+fn fragment6(dst: &str) -> Vec<u8> {
+    let mut udp = Vec::new();
+    PacketBuilder::ipv6(o6("2001:db8:c::5"), o6(dst), 64)
+        .udp(5353, 53)
+        .write(&mut udp, &[2u8; 64])
+        .expect("write");
+    let mut p = udp[..40].to_vec();
+    p[6] = 44;
+    let plen = u16::from_be_bytes([p[4], p[5]]) + 8;
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 9]);
+    p.extend_from_slice(&udp[40..]);
+    let mut f = eth(EXT_MAC, ROUTER_MAC, None, 0x86dd);
+    f.extend_from_slice(&p);
+    f
+}
+
+fn syn(flow: &Flow) -> Vec<u8> {
+    build(flow, Tcp::Syn, b"", &Extra::default())
 }
 
 #[test]
-fn not_for_a_vip_passes_untouched() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[1]);
-        let mut arp = eth([0xff; 6], ROUTER_MAC, None, 0x0806);
-        arp.extend_from_slice(&[0u8; 28]);
-        let mut icmp_echo = Vec::new();
-        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
-            .ipv4(o4("203.0.113.7"), o4(VIP4), 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut icmp_echo, b"ping")
-            .expect("write");
-        let cases = [
-            build(
-                &Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80),
-                Tcp::Syn,
-                b"",
-                &Extra::default(),
-            ),
-            build(
-                &Flow::tcp("203.0.113.7", 1, VIP4, 81),
-                Tcp::Syn,
-                b"",
-                &Extra::default(),
-            ),
+fn fragments_and_traffic_not_for_a_vip() {
+    let mut arp = eth([0xff; 6], ROUTER_MAC, None, 0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut icmp_echo = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+        .ipv4(o4("203.0.113.7"), o4(VIP4), 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut icmp_echo, b"ping")
+        .expect("write");
+    let fragment: &[Counter] = &[Lb::Fragment.into()];
+    let pass: &[Counter] = &[Lb::Pass.into()];
+    let rows = vec![
+        golden::dropped(
+            "IPv4 first fragment to a VIP address",
+            fragment4(VIP4, 0),
+            fragment,
+        ),
+        golden::dropped(
+            "IPv4 later fragment to a VIP address",
+            fragment4(VIP4, 100),
+            fragment,
+        ),
+        golden::untouched(
+            "IPv4 first fragment elsewhere",
+            fragment4("198.51.100.99", 0),
+            pass,
+        ),
+        golden::untouched(
+            "IPv4 later fragment elsewhere",
+            fragment4("198.51.100.99", 100),
+            pass,
+        ),
+        golden::dropped("IPv6 fragment to a VIP address", fragment6(VIP6), fragment),
+        golden::untouched("IPv6 fragment elsewhere", fragment6("2001:db8::99"), pass),
+        golden::untouched(
+            "not a VIP address",
+            syn(&Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80)),
+            pass,
+        ),
+        golden::untouched(
+            "a VIP address, another port",
+            syn(&Flow::tcp("203.0.113.7", 1, VIP4, 81)),
+            pass,
+        ),
+        golden::untouched(
+            "a VIP's address and port, another protocol",
             build(
                 &Flow::udp("203.0.113.7", 1, VIP4, 80),
                 Tcp::Ack,
                 b"",
                 &Extra::default(),
             ),
-            build(
-                &Flow::tcp("2001:db8:c::1", 1, VIP6, 80),
-                Tcp::Syn,
-                b"",
-                &Extra::default(),
-            ),
-            arp,
-            icmp_echo,
-        ];
-        for c in &cases {
-            let out = lab.run(c);
-            assert_eq!(out.action, action::PASS);
-            assert_eq!(&out.data, c);
-        }
-        assert_outcomes(lab, &[(Lb::Pass, cases.len() as u64)]);
-        assert_flow_events(lab, &[]);
-    });
+            pass,
+        ),
+        golden::untouched(
+            "IPv6, not a VIP address",
+            syn(&Flow::tcp("2001:db8:c::1", 1, "2001:db8::200", 80)),
+            pass,
+        ),
+        golden::untouched("ARP", arp, pass),
+        golden::untouched("ICMP echo to a VIP", icmp_echo, pass),
+    ];
+    golden::check_lb(rows);
+}
+
+/// `plain`, an untagged IPv6 TCP frame, with a hop-by-hop (8 bytes: PadN) and a
+/// destination-options header (8 bytes) before TCP.
+fn with_ipv6_options(plain: &[u8]) -> Vec<u8> {
+    let mut ip = plain[14..54].to_vec();
+    ip[6] = 0;
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) + 16;
+    ip[4..6].copy_from_slice(&plen.to_be_bytes());
+    ip.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+    ip.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+    ip.extend_from_slice(&plain[54..]);
+    let mut input = plain[..14].to_vec();
+    input.extend_from_slice(&ip);
+    input
+}
+
+#[test]
+fn vlan_tags_ip_options_and_extension_headers() {
+    let tagged = Extra {
+        vlan: Some(100),
+        ..Default::default()
+    };
+    // Router alert (4 bytes) and 4 NOPs: IHL 7.
+    let options = Extra {
+        ipv4_options: vec![0x94, 0x04, 0x00, 0x00, 1, 1, 1, 1],
+        ..Default::default()
+    };
+    let (f1, f2) = (
+        WEB4.flow("203.0.113.7", 40010),
+        SAME_LINK.flow("203.0.113.7", 40011),
+    );
+    let (f3, f4) = (
+        WEB4.flow("203.0.113.7", 40012),
+        WEB6.flow("2001:db8:c::5", 50010),
+    );
+    let with_options = build(&f3, Tcp::Syn, b"opt", &options);
+    assert_eq!(with_options[14] & 0x0f, 7);
+    let with_ext = with_ipv6_options(&build(&f4, Tcp::Syn, b"ext", &Extra::default()));
+    let counts = |outcome: Lb| [outcome.into(), LbFlow::MissSyn.into()];
+    let rows = vec![
+        golden::tunnelled_row(
+            "VLAN-tagged, out of another interface: the tag is dropped",
+            &WEB4,
+            &f1,
+            build(&f1, Tcp::Syn, b"tagged", &tagged),
+            0,
+            Hop::Redirect,
+            &counts(Lb::Redirect),
+        ),
+        golden::tunnelled_row(
+            "VLAN-tagged, back out of the same link: the tag is kept",
+            &SAME_LINK,
+            &f2,
+            build(&f2, Tcp::Syn, b"tagged", &tagged),
+            0,
+            Hop::Tx,
+            &counts(Lb::Tx),
+        ),
+        golden::tunnelled_row(
+            "IPv4 options",
+            &WEB4,
+            &f3,
+            with_options,
+            0,
+            Hop::Redirect,
+            &counts(Lb::Redirect),
+        ),
+        golden::tunnelled_row(
+            "IPv6 hop-by-hop and destination options",
+            &WEB6,
+            &f4,
+            with_ext,
+            0,
+            Hop::Redirect,
+            &counts(Lb::Redirect),
+        ),
+    ];
+    golden::check_lb(rows);
 }
 
 /// Sets an IP packet's length field (IPv4 total length or IPv6 payload length) to match a

@@ -8,13 +8,15 @@ use sluice_common::{
 
 use crate::{
     action, assert_flow_events, assert_outcomes,
-    lab::{backend_addr, backend_mac, Lab, EXT_MAC, INT_MAC, NODE_V4, NODE_V6, ROUTER_MAC},
-    pkt::{self, build, encapsulated, Extra, Flow, Outer, Tcp},
+    golden::{self, model_pick, Counter, FixtureVip, Golden, Hop, VIP4},
+    golden::{
+        DNS4, EMPTY, NO_NEIGHBOUR, NO_ROUTE, OUTSIDE_DEVMAP, SAME_LINK, V4_ON_V6, V6_ON_V4, WEB4,
+        WEB6,
+    },
+    lab::{self, backend_addr, backend_mac, Lab, NODE_V4},
+    pkt::{self, build, Extra, Flow, Tcp},
     with_lab,
 };
-
-const VIP4: &str = "198.51.100.1";
-const VIP6: &str = "2001:db8::1";
 
 /// Which backend the data plane chose, from the outer destination of an encapsulated frame.
 fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
@@ -33,246 +35,109 @@ fn id_of(addr: std::net::IpAddr) -> u32 {
         .expect("known backend")
 }
 
-/// The table pick for `flow` in a VIP over `ids` (the reference model: hash, slot, table).
-fn model_pick(lab: &Lab, flow: &Flow, ids: &[u32], source_only: bool) -> u32 {
-    let key = flow.key();
-    let h = if source_only {
-        sluice_common::source_hash(&key)
-    } else {
-        flow_hash(&key)
-    };
-    let t = lab.table(ids, sluice_common::DEFAULT_TABLE_SIZE);
-    t[sluice_common::maglev_slot(h, sluice_common::DEFAULT_TABLE_SIZE) as usize]
+/// A tunnelled golden packet: (name, VIP, client address, client port, TCP flags (UDP:
+/// ignored), TOS, next hop, outcome, flow event). Each carries the payload `golden`.
+type TunnelRow = (
+    &'static str,
+    &'static FixtureVip,
+    &'static str,
+    u16,
+    Tcp,
+    u8,
+    Hop,
+    Lb,
+    LbFlow,
+);
+
+#[rustfmt::skip]
+const TUNNELLED: [TunnelRow; 8] = {
+    use {Hop::*, Tcp::*};
+    [
+        ("4in4 TCP SYN, TOS copied",           &WEB4,           "203.0.113.7",   40000, Syn, 0xb8, Redirect, Lb::Redirect,     LbFlow::MissSyn),
+        ("4in4 UDP",                           &DNS4,           "203.0.113.9",   5353,  Ack, 0,    Redirect, Lb::Redirect,     LbFlow::MissOther),
+        ("6in6 TCP SYN, traffic class copied", &WEB6,           "2001:db8:c::5", 50000, Syn, 0x28, Redirect, Lb::Redirect,     LbFlow::MissSyn),
+        ("4in6: IPv4 VIP, IPv6 gateway",       &V4_ON_V6,       "203.0.113.1",   1234,  Syn, 0,    Redirect, Lb::Redirect,     LbFlow::MissSyn),
+        ("6in4: IPv6 VIP, IPv4 gateway",       &V6_ON_V4,       "2001:db8:c::1", 1234,  Syn, 0,    Redirect, Lb::Redirect,     LbFlow::MissSyn),
+        ("next hop out of the ingress link",   &SAME_LINK,      "203.0.113.7",   40000, Syn, 0,    Tx,       Lb::Tx,           LbFlow::MissSyn),
+        ("no neighbour entry: to the kernel",  &NO_NEIGHBOUR,   "203.0.113.7",   40000, Syn, 0,    Kernel,   Lb::KernelNeigh,  LbFlow::MissSyn),
+        ("port outside the devmap: to kernel", &OUTSIDE_DEVMAP, "203.0.113.7",   40000, Syn, 0,    Kernel,   Lb::RedirectMiss, LbFlow::MissSyn),
+    ]
+};
+
+fn tunnelled_rows() -> Vec<Golden> {
+    TUNNELLED
+        .iter()
+        .map(
+            |&(name, vip, client, port, tcp, tos, hop, outcome, event)| {
+                let flow = vip.flow(client, port);
+                let extra = Extra {
+                    tos,
+                    ..Default::default()
+                };
+                let input = build(&flow, tcp, b"golden", &extra);
+                let counts = [outcome.into(), event.into()];
+                golden::tunnelled_row(name, vip, &flow, input, tos, hop, &counts)
+            },
+        )
+        .collect()
 }
 
-fn outer_for(flow: &Flow, backend: u32, tos: u8) -> Outer {
-    let dst = backend_addr(backend);
-    let src = if dst.is_ipv4() { NODE_V4 } else { NODE_V6 };
-    Outer {
-        src: src.parse().expect("literal"),
-        dst,
-        tos,
-        flow_label: flow_hash(&flow.key()) & 0xf_ffff,
-    }
+fn dropped_rows() -> Vec<Golden> {
+    let syn = |vip: &FixtureVip| {
+        build(
+            &vip.flow("203.0.113.7", 40000),
+            Tcp::Syn,
+            b"x",
+            &Extra::default(),
+        )
+    };
+    let counts = |outcome: Lb| -> [Counter; 2] { [outcome.into(), LbFlow::MissSyn.into()] };
+    vec![
+        golden::dropped(
+            "the picked backend has no route",
+            syn(&NO_ROUTE),
+            &counts(Lb::FibFailure),
+        ),
+        golden::dropped(
+            "the VIP has no backend",
+            syn(&EMPTY),
+            &counts(Lb::NoBackend),
+        ),
+    ]
 }
 
 #[test]
-fn v4_tcp_syn_is_tunnelled_4in4_and_redirected() {
+fn tunnel_families_and_next_hops() {
+    let mut rows = tunnelled_rows();
+    rows.extend(dropped_rows());
+    golden::check_lb(rows);
+}
+
+#[test]
+fn forwarded_flows_are_remembered_and_counted() {
     with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(
-            &flow,
-            Tcp::Syn,
-            b"hello",
-            &Extra {
-                tos: 0xb8,
-                ..Default::default()
-            },
-        );
-        let out = lab.run(&input);
-        let b = model_pick(lab, &flow, &[1, 2, 3], false);
-        assert_eq!(out.action, action::REDIRECT);
-        let want = encapsulated(
-            &input,
-            14,
-            None,
-            backend_mac(b),
-            INT_MAC,
-            &outer_for(&flow, b, 0xb8),
-        );
-        assert_eq!(out.data, want);
-        assert_outcomes(lab, &[(Lb::Redirect, 1)]);
-        assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
+        golden::configure(lab);
+        let flow = WEB4.flow("203.0.113.7", 40000);
+        let input = build(&flow, Tcp::Syn, b"hello", &Extra::default());
+        assert_eq!(lab.run(&input).action, action::REDIRECT);
+        let b = model_pick(&flow, WEB4.backends, false);
         assert_eq!(
             lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
             Some(b)
         );
-        let vip = lab.dp.vip_traffic(0).expect("read");
+        let vip = lab.dp.vip_traffic(WEB4.id).expect("read");
         assert_eq!((vip.packets, vip.bytes), (1, input.len() as u64));
         let be = lab.dp.backend_traffic(b).expect("read");
         assert_eq!((be.packets, be.bytes), (1, input.len() as u64));
-    });
-}
-
-#[test]
-fn v4_udp_is_tunnelled_and_remembered() {
-    with_lab(|lab| {
-        lab.vip(1, VIP4, 53, 17, 0, &[1, 2, 3, 4]);
-        let flow = Flow::udp("203.0.113.9", 5353, VIP4, 53);
+        // A second datagram of a UDP flow hits the flow table.
+        let flow = DNS4.flow("203.0.113.9", 5353);
         let input = build(&flow, Tcp::Ack, b"query", &Extra::default());
-        let out = lab.run(&input);
-        let b = model_pick(lab, &flow, &[1, 2, 3, 4], false);
-        assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                backend_mac(b),
-                INT_MAC,
-                &outer_for(&flow, b, 0)
-            )
-        );
-        assert_outcomes(lab, &[(Lb::Redirect, 1)]);
-        assert_flow_events(lab, &[(LbFlow::MissOther, 1)]);
-        // The second datagram hits the flow table.
-        let out2 = lab.run(&input);
-        assert_eq!(out2.data, out.data);
-        assert_flow_events(lab, &[(LbFlow::MissOther, 1)]);
-    });
-}
-
-#[test]
-fn v6_in_v6_and_mixed_families() {
-    with_lab(|lab| {
-        // 6in6
-        lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
-        let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
-        let input = build(
-            &flow,
-            Tcp::Syn,
-            b"tls",
-            &Extra {
-                tos: 0x28,
-                ..Default::default()
-            },
-        );
-        let out = lab.run(&input);
-        let b = model_pick(lab, &flow, &[5, 6, 7], false);
-        assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                backend_mac(b),
-                INT_MAC,
-                &outer_for(&flow, b, 0x28)
-            )
-        );
-        // 4in6: an IPv4 VIP on IPv6 gateways.
-        lab.vip(3, "198.51.100.3", 80, 6, 0, &[8]);
-        let flow = Flow::tcp("203.0.113.1", 1234, "198.51.100.3", 80);
-        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                backend_mac(8),
-                INT_MAC,
-                &outer_for(&flow, 8, 0)
-            )
-        );
-        // 6in4: an IPv6 VIP on IPv4 gateways.
-        lab.vip(4, "2001:db8::4", 80, 6, 0, &[4]);
-        let flow = Flow::tcp("2001:db8:c::1", 1234, "2001:db8::4", 80);
-        let input = build(&flow, Tcp::Syn, b"", &Extra::default());
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::REDIRECT);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                backend_mac(4),
-                INT_MAC,
-                &outer_for(&flow, 4, 0)
-            )
-        );
+        let first = lab.run(&input);
+        assert_eq!(first.action, action::REDIRECT);
+        let second = lab.run(&input);
+        assert_eq!(second.data, first.data);
         assert_outcomes(lab, &[(Lb::Redirect, 3)]);
-    });
-}
-
-#[test]
-fn same_interface_next_hop_uses_xdp_tx() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[9]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::TX);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                backend_mac(9),
-                EXT_MAC,
-                &outer_for(&flow, 9, 0)
-            )
-        );
-        assert_outcomes(lab, &[(Lb::Tx, 1)]);
-    });
-}
-
-#[test]
-fn unknown_neighbour_goes_to_the_kernel_encapsulated() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[10]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::PASS);
-        // Addressed to ourselves, as received, so the kernel routes it rather than drop it.
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                EXT_MAC,
-                ROUTER_MAC,
-                &outer_for(&flow, 10, 0)
-            )
-        );
-        assert_outcomes(lab, &[(Lb::KernelNeigh, 1)]);
-    });
-}
-
-#[test]
-fn port_outside_the_devmap_goes_to_the_kernel() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[11]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
-        let out = lab.run(&input);
-        assert_eq!(out.action, action::PASS);
-        assert_eq!(
-            out.data,
-            encapsulated(
-                &input,
-                14,
-                None,
-                EXT_MAC,
-                ROUTER_MAC,
-                &outer_for(&flow, 11, 0)
-            )
-        );
-        assert_outcomes(lab, &[(Lb::RedirectMiss, 1)]);
-    });
-}
-
-#[test]
-fn unroutable_backend_and_empty_table_are_dropped_and_counted() {
-    with_lab(|lab| {
-        lab.vip(0, VIP4, 80, 6, 0, &[12]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
-        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
-        assert_eq!(lab.run(&input).action, action::DROP);
-        lab.vip(1, VIP4, 81, 6, 0, &[]);
-        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 81);
-        let input = build(&flow, Tcp::Syn, b"x", &Extra::default());
-        assert_eq!(lab.run(&input).action, action::DROP);
-        assert_outcomes(lab, &[(Lb::FibFailure, 1), (Lb::NoBackend, 1)]);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::MissOther, 1)]);
     });
 }
 
@@ -302,7 +167,7 @@ fn established_flow_keeps_its_backend_after_a_table_change() {
         let out = lab.run(&syn);
         let again = chosen(&out.data, 14);
         assert_ne!(again, first);
-        assert_eq!(id_of(again), model_pick(lab, &flow, &others, false));
+        assert_eq!(id_of(again), model_pick(&flow, &others, false));
         assert_eq!(
             lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
             Some(id_of(again))
@@ -326,7 +191,7 @@ fn dead_backend_entry_is_repicked() {
         let out = lab.run(&build(&flow, Tcp::Ack, b"", &Extra::default()));
         assert_eq!(out.action, action::REDIRECT);
         let now = id_of(chosen(&out.data, 14));
-        assert_eq!(now, model_pick(lab, &flow, &others, false));
+        assert_eq!(now, model_pick(&flow, &others, false));
         assert_flow_events(lab, &[(LbFlow::MissSyn, 1), (LbFlow::Repick, 1)]);
         assert_eq!(
             lab.dp.flow(&flow.key()).expect("read").map(|s| s.backend),
@@ -342,7 +207,7 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_ones() {
         // Find a flow that lands on backend 2.
         let flow = (40000..41000)
             .map(|p| Flow::tcp("203.0.113.10", p, VIP4, 80))
-            .find(|f| model_pick(lab, f, &[1, 2, 3], false) == 2)
+            .find(|f| model_pick(f, &[1, 2, 3], false) == 2)
             .expect("some port maps to backend 2");
         lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
         lab.set_flags(2, BACKEND_ALIVE | BACKEND_DRAINING);
@@ -373,7 +238,7 @@ fn client_ip_persistence_hashes_the_source_only() {
             let flow = Flow::tcp("203.0.113.50", p, VIP4, 80);
             let out = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
             let id = id_of(chosen(&out.data, 14));
-            assert_eq!(id, model_pick(lab, &flow, &[1, 2, 3, 4], true));
+            assert_eq!(id, model_pick(&flow, &[1, 2, 3, 4], true));
             seen.insert(id);
         }
         assert_eq!(
@@ -562,8 +427,8 @@ fn table_flips_under_traffic_drop_nothing() {
     sluice_e2e::in_new_ns(|| {
         let mut lab = Lab::new(&opts);
         lab.vip(0, VIP4, 80, 6, 0, &[1, 2]);
-        let table_a = lab.table(&[1, 2], sluice_common::DEFAULT_TABLE_SIZE);
-        let table_b = lab.table(&[3, 4], sluice_common::DEFAULT_TABLE_SIZE);
+        let table_a = lab::table(&[1, 2], sluice_common::DEFAULT_TABLE_SIZE);
+        let table_b = lab::table(&[3, 4], sluice_common::DEFAULT_TABLE_SIZE);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let flipped = std::sync::atomic::AtomicU32::new(0);
         let flips = std::thread::scope(|s| {

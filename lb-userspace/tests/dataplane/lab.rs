@@ -168,7 +168,7 @@ impl Lab {
     /// Rebuilds VIP `id`'s table over `ids` in the idle buffer and flips to it.
     pub fn retable(&mut self, id: u32, ids: &[u32]) -> Vec<u32> {
         let (key, mut meta) = self.vips[&id];
-        let table = self.table(ids, meta.table_size);
+        let table = table(ids, meta.table_size);
         meta.active ^= 1;
         self.dp
             .write_table(id, meta.active, &table)
@@ -176,19 +176,6 @@ impl Lab {
         self.dp.set_vip(&key, &meta).expect("set vip");
         self.vips.insert(id, (key, meta));
         table
-    }
-
-    /// The table the lab builds for `ids`.
-    pub fn table(&self, ids: &[u32], size: u32) -> Vec<u32> {
-        let members: Vec<Member> = ids
-            .iter()
-            .map(|id| Member {
-                id: *id,
-                addr: backend_addr(*id),
-                weight: 1,
-            })
-            .collect();
-        maglev::build(&members, size).expect("table")
     }
 
     /// Sets backend `id`'s flags.
@@ -214,6 +201,19 @@ impl Lab {
         let prog = self.dp.program(name).expect("program");
         run_xdp(prog, ifindex, pkt)
     }
+}
+
+/// The table the lab builds for backends `ids` (weight 1 each) in size `size`.
+pub fn table(ids: &[u32], size: u32) -> Vec<u32> {
+    let members: Vec<Member> = ids
+        .iter()
+        .map(|id| Member {
+            id: *id,
+            addr: backend_addr(*id),
+            weight: 1,
+        })
+        .collect();
+    maglev::build(&members, size).expect("table")
 }
 
 /// One BPF_PROG_TEST_RUN of an XDP program on `pkt`, received on `ifindex`.

@@ -7,6 +7,7 @@
 mod decap;
 mod edge;
 mod forward;
+mod golden;
 mod lab;
 mod model;
 mod pkt;
