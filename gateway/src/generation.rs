@@ -47,15 +47,9 @@ pub fn load(
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-[[listener]]
-name = "http"
-address = "127.0.0.1:8080"
-
-[[upstream]]
-name = "api"
-targets = [{ address = "127.0.0.1:9001" }]
-"#;
+    /// A listener and a pool; each case adds what it refuses.
+    const BASE: &str = "[[listener]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n\
+                        [[upstream]]\nname = \"api\"\ntargets = [{ address = \"127.0.0.1:9001\" }]\n";
 
     /// What loading `BASE` plus `extra` from a file says, or `built`.
     fn load_text(extra: &str) -> String {

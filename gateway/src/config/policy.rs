@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 use sluice_util::{config::refuse, FieldError};
 
+use super::each;
+
 /// A known API consumer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,18 +453,6 @@ pub fn known_algorithm(a: &str) -> bool {
             | "ES384"
             | "EdDSA"
     )
-}
-
-/// Checks every item of `items`, locating a refusal as `section[i]…`.
-fn each<'a, T>(
-    section: &str,
-    items: &'a [T],
-    mut check: impl FnMut(&'a T) -> Result<(), FieldError>,
-) -> Result<(), FieldError> {
-    for (i, item) in items.iter().enumerate() {
-        check(item).map_err(|e| e.under(&format!("{section}[{i}]")))?;
-    }
-    Ok(())
 }
 
 impl Policies<'_> {
