@@ -27,22 +27,22 @@ pub fn render(s: &Status, reloads: Reloads) -> String {
 }
 
 fn packet_outcomes(m: &mut Writer, s: &Status) {
-    m.family(
+    let help = "Packets handled by sluice_lb, by outcome.";
+    m.family_over(
         "sluice_lb_packets_total",
         "counter",
-        "Packets handled by sluice_lb, by outcome.",
+        help,
+        &s.outcomes,
+        |(o, n)| (("outcome", o.clone()), *n as f64),
     );
-    for (o, n) in &s.outcomes {
-        m.sample("sluice_lb_packets_total", &[("outcome", o)], *n as f64);
-    }
-    m.family(
+    let help = "Flow-table events of sluice_lb.";
+    m.family_over(
         "sluice_lb_flow_events_total",
         "counter",
-        "Flow-table events of sluice_lb.",
+        help,
+        &s.flow_events,
+        |(e, n)| (("event", e.clone()), *n as f64),
     );
-    for (e, n) in &s.flow_events {
-        m.sample("sluice_lb_flow_events_total", &[("event", e)], *n as f64);
-    }
 }
 
 fn vip_traffic(m: &mut Writer, s: &Status) {
@@ -66,35 +66,36 @@ fn backends(m: &mut Writer, s: &Status) {
         .flat_map(|v| v.backends.iter())
         .filter(|b| seen.insert(b.address))
         .collect();
-    let label = |b: &BackendView| ("backend", b.address.to_string());
+    let mut per_backend =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&BackendView) -> f64| {
+            m.family_over(name, kind, help, &backends, |b| {
+                (("backend", b.address.to_string()), value(b))
+            });
+        };
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
-    let help = "Packets tunnelled to a backend.";
-    m.family_over(
+    per_backend(
         "sluice_lb_backend_packets_total",
         "counter",
-        help,
-        &backends,
-        |b| (label(b), b.packets as f64),
+        "Packets tunnelled to a backend.",
+        &|b| b.packets as f64,
     );
-    let help = "Bytes tunnelled to a backend.";
-    m.family_over(
+    per_backend(
         "sluice_lb_backend_bytes_total",
         "counter",
-        help,
-        &backends,
-        |b| (label(b), b.bytes as f64),
+        "Bytes tunnelled to a backend.",
+        &|b| b.bytes as f64,
     );
-    let help = "1 if the backend passes its health check.";
-    m.family_over("sluice_lb_backend_up", "gauge", help, &backends, |b| {
-        (label(b), flag(b.healthy))
-    });
-    let help = "1 if the backend is drained.";
-    m.family_over(
+    per_backend(
+        "sluice_lb_backend_up",
+        "gauge",
+        "1 if the backend passes its health check.",
+        &|b| flag(b.healthy),
+    );
+    per_backend(
         "sluice_lb_backend_draining",
         "gauge",
-        help,
-        &backends,
-        |b| (label(b), flag(b.state == "draining")),
+        "1 if the backend is drained.",
+        &|b| flag(b.state == "draining"),
     );
 }
 

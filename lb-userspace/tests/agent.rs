@@ -375,6 +375,15 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// Runs its closure when dropped: cleanup however a test ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 /// `client`'s address as the test sends it.
 fn ip4(client: &str) -> [u8; 4] {
     client
@@ -433,13 +442,9 @@ fn assert_avoided(p: &mut Probe, client: &str, ports: Range<u16>, i: usize) {
 fn check_names_file_field_and_reason() {
     let dir = std::env::temp_dir().join(format!("sluice-agent-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _remove = Remove(dir.clone());
+    let _remove = OnDrop(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
     let bad = dir.join("bad.toml");
     let text = World::config_text(&dir.join("pins"), &BACKENDS);
     std::fs::write(&bad, text.replace("rise = 2", "rise = 0")).expect("write");
@@ -661,13 +666,9 @@ fn pinned_maps_of_another_layout_are_refused_clearly() {
     let dir = PathBuf::from(format!("/sys/fs/bpf/sluice-layout-{}", std::process::id()));
     let maps = dir.join("maps");
     std::fs::create_dir_all(&maps).expect("pin dir");
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = sluice_lb::attach::detach(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let _cleanup = OnDrop(|| {
+        let _ = sluice_lb::attach::detach(&dir);
+    });
     // An older build's VIP map: 8-byte values instead of this build's VipMeta.
     let path = maps.join("SLUICE_VIPS");
     sh(&format!(

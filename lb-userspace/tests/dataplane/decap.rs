@@ -111,31 +111,23 @@ fn refused_rows() -> Vec<Golden> {
     ]
 }
 
+/// A tunnel of each family to a local backend: (name, client, VIP, backend).
+const FAMILIES: [(&str, &str, &str, u32); 4] = [
+    ("4in4", "203.0.113.7", "198.51.100.1", 1),
+    ("6in6", "2001:db8:c::5", "2001:db8::1", 5),
+    ("4in6", "203.0.113.8", "198.51.100.2", 5),
+    ("6in4", "2001:db8:c::6", "2001:db8::2", 1),
+];
+
 #[test]
 fn decap_golden_packets() {
-    let mut rows = vec![
-        decapsulated(
-            "4in4",
-            &Flow::tcp("203.0.113.7", 40000, "198.51.100.1", 80),
-            1,
-        ),
-        decapsulated(
-            "6in6",
-            &Flow::tcp("2001:db8:c::5", 40000, "2001:db8::1", 80),
-            5,
-        ),
-        decapsulated(
-            "4in6",
-            &Flow::tcp("203.0.113.8", 40000, "198.51.100.2", 80),
-            5,
-        ),
-        decapsulated(
-            "6in4",
-            &Flow::tcp("2001:db8:c::6", 40000, "2001:db8::2", 80),
-            1,
-        ),
-        tagged_row(),
-    ];
+    let mut rows: Vec<Golden> = FAMILIES
+        .iter()
+        .map(|&(name, client, vip, backend)| {
+            decapsulated(name, &Flow::tcp(client, 40000, vip, 80), backend)
+        })
+        .collect();
+    rows.push(tagged_row());
     rows.extend(refused_rows());
     with_lab(|lab| {
         for id in [1, 5] {

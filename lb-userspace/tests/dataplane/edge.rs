@@ -397,45 +397,23 @@ fn vlan_tags_ip_options_and_extension_headers() {
     let with_options = build(&f3, Tcp::Syn, b"opt", &options);
     assert_eq!(with_options[14] & 0x0f, 7);
     let with_ext = with_ipv6_options(&build(&f4, Tcp::Syn, b"ext", &Extra::default()));
-    let counts = |outcome: Lb| [outcome.into(), LbFlow::MissSyn.into()];
-    let rows = vec![
-        golden::tunnelled_row(
-            "VLAN-tagged, out of another interface: the tag is dropped",
-            &WEB4,
-            &f1,
-            build(&f1, Tcp::Syn, b"tagged", &tagged),
-            0,
-            Hop::Redirect,
-            &counts(Lb::Redirect),
-        ),
-        golden::tunnelled_row(
-            "VLAN-tagged, back out of the same link: the tag is kept",
-            &SAME_LINK,
-            &f2,
-            build(&f2, Tcp::Syn, b"tagged", &tagged),
-            0,
-            Hop::Tx,
-            &counts(Lb::Tx),
-        ),
-        golden::tunnelled_row(
-            "IPv4 options",
-            &WEB4,
-            &f3,
-            with_options,
-            0,
-            Hop::Redirect,
-            &counts(Lb::Redirect),
-        ),
-        golden::tunnelled_row(
-            "IPv6 hop-by-hop and destination options",
-            &WEB6,
-            &f4,
-            with_ext,
-            0,
-            Hop::Redirect,
-            &counts(Lb::Redirect),
-        ),
+    let tagged_redirect = build(&f1, Tcp::Syn, b"tagged", &tagged);
+    let tagged_tx = build(&f2, Tcp::Syn, b"tagged", &tagged);
+    // (name, VIP, flow, input, next hop, outcome)
+    #[rustfmt::skip]
+    let table = [
+        ("VLAN tag, out of another interface: dropped", &WEB4,      &f1, tagged_redirect, Hop::Redirect, Lb::Redirect),
+        ("VLAN tag, back out of the same link: kept",   &SAME_LINK, &f2, tagged_tx,       Hop::Tx,       Lb::Tx),
+        ("IPv4 options",                                &WEB4,      &f3, with_options,    Hop::Redirect, Lb::Redirect),
+        ("IPv6 hop-by-hop and destination options",     &WEB6,      &f4, with_ext,        Hop::Redirect, Lb::Redirect),
     ];
+    let rows = table
+        .into_iter()
+        .map(|(name, vip, flow, input, hop, outcome)| {
+            let counts = [outcome.into(), LbFlow::MissSyn.into()];
+            golden::tunnelled_row(name, vip, flow, input, 0, hop, &counts)
+        })
+        .collect();
     golden::check_lb(rows);
 }
 
