@@ -48,13 +48,20 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 
 impl Default for Consumers {
     fn default() -> Self {
-        Consumers::new(&[])
+        Consumers {
+            config: Vec::new(),
+            key_hashes: Vec::new(),
+            users: HashMap::new(),
+            subjects: HashMap::new(),
+            checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
+        }
     }
 }
 
 impl Consumers {
-    /// Indexes validated consumers.
-    pub fn new(list: &[Consumer]) -> Self {
+    /// Indexes the consumers; a stored API key that is not a SHA-256 in hex is refused as
+    /// `consumer[i].api_keys`.
+    pub fn build(list: &[Consumer]) -> Result<Self, FieldError> {
         let mut c = Consumers {
             config: list.to_vec(),
             key_hashes: Vec::new(),
@@ -63,8 +70,15 @@ impl Consumers {
             checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
         };
         for (i, con) in list.iter().enumerate() {
-            c.key_hashes
-                .extend(con.api_keys.iter().filter_map(|k| hex32(k)).map(|h| (h, i)));
+            for k in &con.api_keys {
+                let hash = hex32(k).ok_or_else(|| {
+                    FieldError::new(
+                        format!("consumer[{i}].api_keys"),
+                        "an API key is stored as its SHA-256: 64 hex digits (sha256: prefix optional)",
+                    )
+                })?;
+                c.key_hashes.push((hash, i));
+            }
             if let Some(b) = &con.basic {
                 c.users.insert(b.username.clone(), i);
             }
@@ -72,7 +86,7 @@ impl Consumers {
                 c.subjects.insert(s.clone(), i);
             }
         }
-        c
+        Ok(c)
     }
 
     fn identity(&self, i: usize) -> Option<Identity> {
@@ -382,7 +396,7 @@ mod tests {
     fn api_keys_match_by_hash_only() {
         let hash = ring::digest::digest(&ring::digest::SHA256, b"s3cret");
         let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let c = Consumers::new(&[
+        let c = Consumers::build(&[
             Consumer {
                 id: "other".into(),
                 groups: vec![],
@@ -397,9 +411,23 @@ mod tests {
                 basic: None,
                 jwt_subjects: vec![],
             },
-        ]);
+        ])
+        .expect("valid keys");
         assert_eq!(&*c.by_api_key(b"s3cret").unwrap().consumer, "alice");
         assert!(c.by_api_key(b"s3cre").is_none());
         assert!(c.by_api_key(b"").is_none());
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_sha256_is_refused_by_field() {
+        let bad = Consumer {
+            id: "c".into(),
+            groups: vec![],
+            api_keys: vec!["xyz".into()],
+            basic: None,
+            jwt_subjects: vec![],
+        };
+        let refused = Consumers::build(&[bad]).err().map(|e| e.field);
+        assert_eq!(refused.as_deref(), Some("consumer[0].api_keys"));
     }
 }

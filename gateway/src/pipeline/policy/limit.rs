@@ -174,7 +174,7 @@ pub struct Limit {
     /// Requests refused.
     pub limited: AtomicU64,
     /// The `RateLimit-Policy` and `X-RateLimit-Limit` values, which never change.
-    policy_value: Option<HeaderValue>,
+    policy_value: HeaderValue,
     limit_value: HeaderValue,
 }
 
@@ -196,7 +196,8 @@ impl Limit {
             Store::Local => None,
         };
         Ok(Limit {
-            policy_value: header(format!("\"{}\";q={q};w={w}", config.name)),
+            policy_value: header(format!("\"{}\";q={q};w={w}", config.name))
+                .ok_or_else(|| FieldError::new("name", "letters, digits, - and _ only"))?,
             limit_value: HeaderValue::from(q),
             rate: Rate::of(&config),
             local: LocalStore::new(config.max_keys),
@@ -392,9 +393,7 @@ fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
     const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
     let c = &limit.config;
     let reset = secs_ceil(v.reset_us);
-    if let Some(p) = &limit.policy_value {
-        h.insert(POLICY, p.clone());
-    }
+    h.insert(POLICY, limit.policy_value.clone());
     if let Some(r) = header(format!("\"{}\";r={};t={reset}", c.name, v.remaining)) {
         h.insert(RATELIMIT, r);
     }

@@ -126,7 +126,7 @@ impl Shared {
         let limits = Self::build_limits(config, previous, redis.as_ref())?;
         let consumers = match previous.filter(|p| p.consumers.config == config.consumers) {
             Some(p) => p.consumers.clone(),
-            None => Arc::new(auth::Consumers::new(&config.consumers)),
+            None => Arc::new(auth::Consumers::build(&config.consumers)?),
         };
         Ok(Shared {
             consumers,
