@@ -26,7 +26,7 @@ use super::{
     policy,
     problem::{collect_capped, CollectError},
     runtime::{RouteRuntime, Split},
-    serve::Conn,
+    serve::{Conn, Facts},
     tunnel::{switch_protocols, ConnHold, Tunnel},
 };
 use crate::{
@@ -47,12 +47,15 @@ pub struct Held(pub Vec<policy::limit::Slot>);
 pub async fn forward(
     route: &RouteRuntime,
     metrics: &Metrics,
-    conn: Conn,
-    client_ip: IpAddr,
+    facts: Facts<'_>,
     req: Request<Body>,
-    host: &str,
-    request_id: &HeaderValue,
 ) -> Response<Body> {
+    let Facts {
+        conn,
+        client: client_ip,
+        host,
+        request_id,
+    } = facts;
     let Some(split) = pick_split(route) else {
         return ProxyError::NoUpstream.into_response();
     };

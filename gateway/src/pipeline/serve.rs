@@ -127,35 +127,61 @@ async fn serve<'rt>(
         Ok(r) => r,
         Err(e) => return Served::unrouted(e),
     };
-    let mut served = Served {
-        response: Response::default(),
-        route: route.config.name.as_str(),
-        consumer: None,
+    let mut consumer = None;
+    let facts = Facts {
+        conn,
+        client,
+        host: host.as_str(),
+        request_id,
     };
-    if let Some(rd) = &route.redirect {
-        served.response = redirect(rd);
-        return served;
+    let response = route_and_forward(rt, route, metrics, facts, req, &mut consumer).await;
+    Served {
+        response,
+        route: route.config.name.as_str(),
+        consumer,
     }
-    let (parts, body, admitted) =
-        match admit(rt, route, conn, client, req, &mut served.consumer).await {
-            Ok(a) => a,
-            Err(answer) => {
-                served.response = answer;
-                return served;
-            }
-        };
+}
+
+/// What the later phases know about a routed request besides the request itself.
+#[derive(Clone, Copy)]
+pub struct Facts<'a> {
+    /// The connection it came on.
+    pub conn: Conn,
+    /// The client address policies see.
+    pub client: IpAddr,
+    /// The routed host (lowercase, no port).
+    pub host: &'a str,
+    /// The request id, the client's or one made for it.
+    pub request_id: &'a HeaderValue,
+}
+
+/// Everything after routing: a redirect's answer, or admission and forwarding.
+async fn route_and_forward(
+    rt: &Runtime,
+    route: &RouteRuntime,
+    metrics: &Metrics,
+    facts: Facts<'_>,
+    req: Request<Incoming>,
+    consumer: &mut Option<Arc<str>>,
+) -> Response<Body> {
+    if let Some(rd) = &route.redirect {
+        return redirect(rd);
+    }
+    let admission = admit(rt, route, facts.conn, facts.client, req, consumer).await;
+    let (mut parts, body, admitted) = match admission {
+        Ok(a) => a,
+        Err(answer) => return answer,
+    };
     let head = parts.method == hyper::Method::HEAD;
     // Concurrency slots live as long as the response body, or as an upgraded tunnel (which
     // takes its share from the request's extensions).
     let slots = (!admitted.slots.is_empty()).then(|| Arc::new(Held(admitted.slots)));
-    let mut parts = parts;
     if let Some(s) = &slots {
         parts.extensions.insert(s.clone());
     }
     let req = Request::from_parts(parts, body);
-    let resp = forward(route, metrics, conn, client, req, host.as_str(), request_id).await;
-    served.response = respond(route, resp, head, admitted.headers, slots).await;
-    served
+    let resp = forward(route, metrics, facts, req).await;
+    respond(route, resp, head, admitted.headers, slots).await
 }
 
 /// The Host and path rules: hyper checks neither the Host rules nor its content, and
