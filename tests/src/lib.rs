@@ -169,14 +169,32 @@ impl World {
             sh(&format!("ip netns add {}", w.ns[r]));
             sh(&format!("ip -n {} link set lo up", w.ns[r]));
         }
-        let r = w.ns["r"].clone();
+        w.wire_router_and_client();
+        w.wire_nodes();
+        for i in 1..=3 {
+            w.setup_gateway(i);
+        }
+        w.start_backends();
+        for i in 1..=2 {
+            w.start_lb(i);
+        }
+        for i in 1..=2 {
+            w.wait_lb_ready(i);
+        }
+        w
+    }
+
+    /// The router's bridge for the node subnet, with forwarding and multipath hashing on,
+    /// and the client's link to it.
+    fn wire_router_and_client(&self) {
+        let r = self.ns["r"].clone();
         sh(&format!("ip -n {r} link add br0 type bridge"));
         sh(&format!("ip -n {r} addr add 10.20.0.1/24 dev br0"));
         sh(&format!("ip -n {r} -6 addr add fd20::1/64 dev br0 nodad"));
         sh(&format!("ip -n {r} link set br0 up"));
         sh(&format!("ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1"));
         // Client link.
-        let c = w.ns["c"].clone();
+        let c = self.ns["c"].clone();
         sh(&format!(
             "ip -n {r} link add c type veth peer name eth0 netns {c}"
         ));
@@ -192,6 +210,13 @@ impl World {
         // are lost once XDP retransmits the frame (XDP_TX): the client computes them itself,
         // as packets from a wire have them.
         sh(&format!("ip netns exec {c} ethtool -K eth0 tx off"));
+    }
+
+    /// The LB nodes, gateways and backends on the bridge; the LB nodes forward, their
+    /// router-side peers run a pass-all XDP program, and the router spreads the VIPs over
+    /// them (ECMP).
+    fn wire_nodes(&self) {
+        let r = self.ns["r"].clone();
         // Everything else hangs off the bridge.
         let nodes = [
             ("l1", 11),
@@ -203,16 +228,16 @@ impl World {
             ("b2", 32),
         ];
         for (role, host) in nodes {
-            w.wire(role, host);
+            self.wire(role, host);
         }
         for role in ["l1", "l2"] {
             sh(&format!(
                 "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-                w.ns[role]
+                self.ns[role]
             ));
             // veth delivers XDP_TX frames only to a peer that runs XDP: a pass-all program.
-            let pins = w.pin_dir(&format!("peer-{role}"));
-            w.run_ok(
+            let pins = self.pin_dir(&format!("peer-{role}"));
+            self.run_ok(
                 &r,
                 &[
                     "decap",
@@ -231,11 +256,13 @@ impl World {
         sh(&format!(
             "ip -n {r} -6 route add {VIP6}/128 nexthop via fd20::11 nexthop via fd20::12"
         ));
-        for i in 1..=3 {
-            w.setup_gateway(i);
-        }
+    }
+
+    /// The two HTTP backends and, when the gateways get policies, a password-protected
+    /// redis-server on `b1` for their shared limits.
+    fn start_backends(&mut self) {
         for i in 1..=2 {
-            let b = w.ns[&*format!("b{i}")].clone();
+            let b = self.ns[&*format!("b{i}")].clone();
             let child = in_ns_command(&b, "python3")
                 .args([
                     "-m",
@@ -244,16 +271,16 @@ impl World {
                     "--bind",
                     &format!("10.20.0.{}", 30 + i),
                 ])
-                .current_dir(&w.dir)
+                .current_dir(&self.dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("backend");
-            w.procs.insert(format!("b{i}"), child);
+            self.procs.insert(format!("b{i}"), child);
         }
-        std::fs::write(w.dir.join("index.html"), "hello from a sluice backend\n").expect("page");
-        if !w.gateway_extra.is_empty() {
-            let b = w.ns["b1"].clone();
+        std::fs::write(self.dir.join("index.html"), "hello from a sluice backend\n").expect("page");
+        if !self.gateway_extra.is_empty() {
+            let b = self.ns["b1"].clone();
             let child = in_ns_command(&b, "redis-server")
                 .args([
                     "--bind",
@@ -270,15 +297,8 @@ impl World {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server (installed by cargo xtask setup)");
-            w.procs.insert("redis".into(), child);
+            self.procs.insert("redis".into(), child);
         }
-        for i in 1..=2 {
-            w.start_lb(i);
-        }
-        for i in 1..=2 {
-            w.wait_lb_ready(i);
-        }
-        w
     }
 
     fn pin_dir(&self, node: &str) -> String {
