@@ -1,0 +1,89 @@
+//! `sluice-gateway check`: the config built as `run` builds it, refusals named by file,
+//! field and reason, without binding anything.
+
+use std::process::Command;
+
+/// Runs `check` on `text`; the exit status's success and what was printed.
+fn check(text: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("sluice-check-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run sluice-gateway");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        said.replace(&*path.to_string_lossy(), "gw.toml"),
+    )
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+const BASE: &str = r#"
+[[listener]]
+name = "http"
+address = "192.0.2.1:80"
+
+[[upstream]]
+name = "api"
+targets = [{ address = "127.0.0.1:9" }]
+
+[[route]]
+name = "api"
+upstream = "api"
+"#;
+
+#[test]
+fn a_good_file_is_ok_without_binding_its_listener() {
+    // 192.0.2.1 is on no interface here: `run` could not bind it, `check` does not try.
+    let (ok, said) = check(BASE);
+    assert!(ok, "{said}");
+    assert_eq!(
+        said.trim(),
+        "gw.toml: ok (1 listeners, 1 routes, 1 upstreams)"
+    );
+}
+
+#[test]
+fn refusals_name_the_file_the_field_and_the_reason() {
+    for (extra, want) in [
+        (
+            "path = { regex = \"(\" }\n",
+            "gw.toml: route[0].path.regex: invalid regex",
+        ),
+        (
+            "response_transform = { set_headers = { \"x\" = \"a\\u0000b\" } }\n",
+            "gw.toml: route[0].response_transform.headers: \"a\\0b\" is not a header value",
+        ),
+        (
+            "timeouts = { connect_ms = 0 }\n",
+            "gw.toml: route[0].timeouts: timeouts must be greater than 0",
+        ),
+        ("bogus = 1\n", "gw.toml: line 13: unknown field `bogus`"),
+    ] {
+        let (ok, said) = check(&format!("{BASE}{extra}"));
+        assert!(!ok, "{extra}: {said}");
+        assert!(
+            said.contains(want),
+            "{extra}\n  said {said}\n  wanted {want}"
+        );
+    }
+}
