@@ -23,6 +23,10 @@ use hyper_util::rt::TokioIo;
 // Each test binary uses part of this module.
 #[allow(unused_imports)]
 pub use sluice_e2e::http::{parse, raw, read_one, request, Reply};
+#[allow(unused_imports)]
+pub use toml::GatewayToml;
+
+mod toml;
 
 /// How a test upstream answers: (status, delay) for a request path.
 pub type Behaviour = Arc<dyn Fn(&str) -> (u16, Duration) + Send + Sync>;
@@ -252,7 +256,8 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// A gateway config with one listener on port 0, admin on port 0, and `rest` appended.
+/// A gateway config with one listener on port 0, admin on port 0, and `rest` appended
+/// (lines at the start of `rest` are the listener's). [`GatewayToml`] builds on it.
 pub fn config(rest: &str) -> String {
     format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nkeepalive_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
