@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{admin_get, config, fixed, metric, request, runtime, sha256_hex, upstream, Gateway};
+use support::{
+    admin_get, fixed, metric, request, runtime, sha256_hex, upstream, Gateway, GatewayToml,
+};
 
 const KEY_ALICE: &str = "k-alice-0123456789";
 const KEY_BOB: &str = "k-bob-9876543210";
@@ -40,10 +42,6 @@ basic = {{ username = "bob", hash = "{bcrypt_hash}" }}
     )
 }
 
-fn pool(addr: std::net::SocketAddr) -> String {
-    format!("[[upstream]]\nname = \"u\"\ntargets = [{{ address = \"{addr}\" }}]\n")
-}
-
 fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
     format!(
@@ -56,17 +54,14 @@ fn basic(user: &str, pass: &str) -> String {
 fn api_keys_and_basic_auth_identify_consumers() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}{}
-[[route]]
-name = "keys"
-path = {{ prefix = "/" }}
-upstream = "u"
-auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tests" }}
-"#,
-        pool(up.addr),
-        consumers()
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&consumers())
+            .route("keys", "/", "u")
+            .with(r#"auth = { methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tests" }"#)
+            .build(),
+    );
     // Key in the header: forwarded without it.
     let r = request(
         gw.http,
@@ -168,18 +163,15 @@ auth = {{ methods = ["api_key", "basic"], api_key_query = "apikey", realm = "tes
 fn authorization_by_group_is_403() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}{}
-[[route]]
-name = "admin"
-path = {{ prefix = "/admin" }}
-upstream = "u"
-auth = {{ methods = ["api_key"] }}
-authorize = {{ groups = ["admins"] }}
-"#,
-        pool(up.addr),
-        consumers()
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&consumers())
+            .route("admin", "/admin", "u")
+            .with(r#"auth = { methods = ["api_key"] }"#)
+            .with(r#"authorize = { groups = ["admins"] }"#)
+            .build(),
+    );
     let ok = request(
         gw.http,
         "GET",
@@ -205,23 +197,21 @@ fn exactly_n_per_window_then_429_with_headers() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
     for algorithm in ["gcra", "token_bucket"] {
-        let gw = Gateway::start(&config(&format!(
-            r#"{}
-[[rate_limit]]
+        let gw = Gateway::start(
+            &GatewayToml::new()
+                .upstream("u", &[up.addr])
+                .raw(&format!(
+                    r#"[[rate_limit]]
 name = "per-ip"
 algorithm = "{algorithm}"
 requests = 5
 window_ms = 60000
-key = "client_ip"
-
-[[route]]
-name = "limited"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["per-ip"]
-"#,
-            pool(up.addr)
-        )));
+key = "client_ip""#
+                ))
+                .route("limited", "/", "u")
+                .with(r#"rate_limits = ["per-ip"]"#)
+                .build(),
+        );
         for i in 0..5 {
             let r = request(gw.http, "GET", "/", &[], "");
             assert_eq!(r.status, 200, "{algorithm} request {i}: {}", r.body);
@@ -253,23 +243,21 @@ rate_limits = ["per-ip"]
 fn retry_after_is_at_least_one_second_and_the_quota_returns() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[[rate_limit]]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(
+                r#"[[rate_limit]]
 name = "fast"
 requests = 2
 window_ms = 2000
 key = "route"
-legacy_headers = false
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["fast"]
-"#,
-        pool(up.addr)
-    )));
+legacy_headers = false"#,
+            )
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["fast"]"#)
+            .build(),
+    );
     assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
     assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
     let r = request(gw.http, "GET", "/", &[], "");
@@ -286,23 +274,21 @@ rate_limits = ["fast"]
 fn local_store_stays_bounded_under_a_flood_of_keys() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[[rate_limit]]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(
+                r#"[[rate_limit]]
 name = "per-user"
 requests = 3
 window_ms = 3600000
-key = {{ header = "x-user" }}
-max_keys = 64
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["per-user"]
-"#,
-        pool(up.addr)
-    )));
+key = { header = "x-user" }
+max_keys = 64"#,
+            )
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["per-user"]"#)
+            .build(),
+    );
     for i in 0..600 {
         let r = request(gw.http, "GET", "/", &[&format!("x-user: flood-{i}")], "");
         assert_eq!(r.status, 200);
@@ -326,21 +312,19 @@ rate_limits = ["per-user"]
 fn concurrency_limit_per_key() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::from_secs(3)));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[[rate_limit]]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(
+                r#"[[rate_limit]]
 name = "two-at-once"
 concurrent = 2
-key = {{ header = "x-user" }}
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["two-at-once"]
-"#,
-        pool(up.addr)
-    )));
+key = { header = "x-user" }"#,
+            )
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["two-at-once"]"#)
+            .build(),
+    );
     let addr = gw.http;
     let slow: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || request(addr, "GET", "/", &["x-user: a"], "").status))
@@ -370,26 +354,19 @@ rate_limits = ["two-at-once"]
 fn policy_order_is_as_configured() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let route = |name: &str, order: &str| {
-        format!(
-            r#"
-[[route]]
-name = "{name}"
-path = {{ prefix = "/{name}" }}
-upstream = "u"
-auth = {{ methods = ["api_key"] }}
-rate_limits = ["one"]
-{order}
-"#
-        )
-    };
-    let gw = Gateway::start(&config(&format!(
-        "{}{}\n[[rate_limit]]\nname = \"one\"\nrequests = 1\nwindow_ms = 60000\nkey = \"route\"\n{}{}",
-        pool(up.addr),
-        consumers(),
-        route("default", ""),
-        route("limitfirst", "policy_order = [\"rate_limit\", \"authenticate\"]"),
-    )));
+    let policies = "auth = { methods = [\"api_key\"] }\nrate_limits = [\"one\"]";
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&consumers())
+            .raw("[[rate_limit]]\nname = \"one\"\nrequests = 1\nwindow_ms = 60000\nkey = \"route\"")
+            .route("default", "/default", "u")
+            .with(policies)
+            .route("limitfirst", "/limitfirst", "u")
+            .with(policies)
+            .with("policy_order = [\"rate_limit\", \"authenticate\"]")
+            .build(),
+    );
     // Default order: anonymous requests are refused before they count against the limit.
     for _ in 0..3 {
         assert_eq!(request(gw.http, "GET", "/default", &[], "").status, 401);
@@ -409,9 +386,11 @@ rate_limits = ["one"]
 fn client_address_from_a_trusted_proxy_keys_the_limit() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[client_ip]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(
+                r#"[client_ip]
 trusted_proxies = ["127.0.0.0/8"]
 xff_depth = 1
 
@@ -419,16 +398,12 @@ xff_depth = 1
 name = "per-ip"
 requests = 1
 window_ms = 60000
-key = "client_ip"
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["per-ip"]
-"#,
-        pool(up.addr)
-    )));
+key = "client_ip""#,
+            )
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["per-ip"]"#)
+            .build(),
+    );
     let a = "X-Forwarded-For: 192.0.2.99, 203.0.113.1";
     let b = "X-Forwarded-For: 203.0.113.2";
     assert_eq!(request(gw.http, "GET", "/", &[a], "").status, 200);
@@ -442,30 +417,28 @@ rate_limits = ["per-ip"]
 fn request_transforms_golden() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[[route]]
-name = "t"
-path = {{ prefix = "/api" }}
-upstream = "u"
-
-[route.request_transform]
-set_headers = {{ "x-set" = "s", "x-replaced" = "new" }}
-add_headers = {{ "x-multi" = "added" }}
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .route("t", "/api", "u")
+            .raw(
+                r#"[route.request_transform]
+set_headers = { "x-set" = "s", "x-replaced" = "new" }
+add_headers = { "x-multi" = "added" }
 remove_headers = ["x-drop"]
-rename_headers = {{ "x-old" = "x-new" }}
+rename_headers = { "x-old" = "x-new" }
 strip_prefix = "/api"
-rewrite = {{ regex = "^/v1/users/([0-9]+)$", replacement = "/users/$1/profile" }}
-add_query = {{ "src" = "gw" }}
+rewrite = { regex = "^/v1/users/([0-9]+)$", replacement = "/users/$1/profile" }
+add_query = { "src" = "gw" }
 remove_query = ["debug"]
-rename_query = {{ "q" = "query" }}
-json_set = {{ "meta.via" = "sluice", "version" = 2 }}
+rename_query = { "q" = "query" }
+json_set = { "meta.via" = "sluice", "version" = 2 }
 json_remove = ["password", "nested.secret"]
-json_rename = {{ "user_name" = "user.name" }}
-json_max_bytes = 200
-"#,
-        pool(up.addr)
-    )));
+json_rename = { "user_name" = "user.name" }
+json_max_bytes = 200"#,
+            )
+            .build(),
+    );
     let r = request(
         gw.http,
         "POST",
@@ -545,21 +518,19 @@ json_max_bytes = 200
 fn response_transforms_golden() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[[route]]
-name = "t"
-path = {{ prefix = "/" }}
-upstream = "u"
-
-[route.response_transform]
-set_headers = {{ "cache-control" = "no-store" }}
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .route("t", "/", "u")
+            .raw(
+                r#"[route.response_transform]
+set_headers = { "cache-control" = "no-store" }
 remove_headers = ["x-upstream-internal"]
 json_remove = ["headers", "version"]
-json_rename = {{ "upstream" = "served_by.name" }}
-"#,
-        pool(up.addr)
-    )));
+json_rename = { "upstream" = "served_by.name" }"#,
+            )
+            .build(),
+    );
     let r = request(gw.http, "GET", "/p", &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.headers["cache-control"], "no-store");
@@ -584,31 +555,19 @@ fn analytics_top_lists_consumers_and_routes() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
     let bad = upstream(&rt, "bad", fixed(503, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}[[upstream]]
-name = "bad"
-targets = [{{ address = "{}" }}]
-{}
-[analytics]
-max_consumers = 1
-minutes = 5
-
-[[route]]
-name = "good"
-path = {{ prefix = "/good" }}
-upstream = "u"
-auth = {{ methods = ["api_key"] }}
-
-[[route]]
-name = "broken"
-path = {{ prefix = "/broken" }}
-upstream = "bad"
-auth = {{ methods = ["api_key"] }}
-"#,
-        pool(up.addr),
-        bad.addr,
-        consumers()
-    )));
+    let auth = r#"auth = { methods = ["api_key"] }"#;
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .upstream("bad", &[bad.addr])
+            .raw(&consumers())
+            .raw("[analytics]\nmax_consumers = 1\nminutes = 5")
+            .route("good", "/good", "u")
+            .with(auth)
+            .route("broken", "/broken", "bad")
+            .with(auth)
+            .build(),
+    );
     let (a, b) = (
         format!("x-api-key: {KEY_ALICE}"),
         format!("x-api-key: {KEY_BOB}"),
@@ -644,9 +603,10 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
         let path = dir.path("gw.toml");
         std::fs::write(
             &path,
-            config(&format!(
-                "[[upstream]]\nname = \"u\"\ntargets = [{{ address = \"127.0.0.1:9\" }}]\n{body}"
-            )),
+            GatewayToml::new()
+                .upstream("u", &["127.0.0.1:9".parse().expect("address")])
+                .raw(body)
+                .build(),
         )
         .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
@@ -737,29 +697,15 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
 fn protocol_conversion_both_ways() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"
-[[upstream]]
-name = "h2"
-targets = [{{ address = "{a}" }}]
-http2 = true
-
-[[upstream]]
-name = "h1"
-targets = [{{ address = "{a}" }}]
-
-[[route]]
-name = "to-h2"
-path = {{ prefix = "/h2" }}
-upstream = "h2"
-
-[[route]]
-name = "to-h1"
-path = {{ prefix = "/h1" }}
-upstream = "h1"
-"#,
-        a = up.addr
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("h2", &[up.addr])
+            .with("http2 = true")
+            .upstream("h1", &[up.addr])
+            .route("to-h2", "/h2", "h2")
+            .route("to-h1", "/h1", "h1")
+            .build(),
+    );
     // An HTTP/1.1 client, an HTTP/2 upstream; the client's forwarding fields give way to
     // this hop's.
     let r = request(
@@ -830,24 +776,14 @@ fn a_websocket_holds_its_concurrency_slot_while_open() {
     use tokio_tungstenite::tungstenite::{Error, Message};
     let rt = runtime();
     let echo = support::websocket_echo(&rt);
-    let gw = Gateway::start(&config(&format!(
-        r#"
-[[upstream]]
-name = "e"
-targets = [{{ address = "{echo}" }}]
-
-[[rate_limit]]
-name = "one-tunnel"
-concurrent = 1
-key = "route"
-
-[[route]]
-name = "ws"
-path = {{ prefix = "/ws" }}
-upstream = "e"
-rate_limits = ["one-tunnel"]
-"#
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("e", &[echo])
+            .raw("[[rate_limit]]\nname = \"one-tunnel\"\nconcurrent = 1\nkey = \"route\"")
+            .route("ws", "/ws", "e")
+            .with(r#"rate_limits = ["one-tunnel"]"#)
+            .build(),
+    );
     let addr = gw.http;
     rt.block_on(async move {
         let open = || async move {
@@ -889,9 +825,11 @@ rate_limits = ["one-tunnel"]
 fn ipv6_clients_share_a_limit_per_configured_prefix() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        r#"{}
-[client_ip]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(
+                r#"[client_ip]
 trusted_proxies = ["127.0.0.1"]
 xff_depth = 1
 ipv6_limit_prefix = 64
@@ -900,16 +838,12 @@ ipv6_limit_prefix = 64
 name = "per-ip"
 requests = 1
 window_ms = 60000
-key = "client_ip"
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["per-ip"]
-"#,
-        pool(up.addr)
-    )));
+key = "client_ip""#,
+            )
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["per-ip"]"#)
+            .build(),
+    );
     let from =
         |a: &str| request(gw.http, "GET", "/", &[&format!("X-Forwarded-For: {a}")], "").status;
     assert_eq!(from("2001:db8:0:1::1"), 200);

@@ -9,27 +9,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{config, fixed, request, runtime, upstream, Gateway};
+use support::{fixed, request, runtime, upstream, Gateway, GatewayToml};
 
-fn pool(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
-    let targets: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect();
-    format!(
-        "[[upstream]]\nname = \"{name}\"\ntargets = [{}]\n{extra}\n",
-        targets.join(", ")
-    )
+/// One upstream `a` at `addr` and one route `r` taking every request to it.
+fn to_one(addr: std::net::SocketAddr) -> String {
+    GatewayToml::new()
+        .upstream("a", &[addr])
+        .route_all("r", "a")
+        .build()
 }
 
 #[test]
 fn forwards_with_proxy_headers_and_strips_hop_by_hop() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"api\"\npath = {{ prefix = \"/api\" }}\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route("api", "/api", "a")
+            .build(),
+    );
     let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let r = request(
         gw.http,
@@ -82,10 +81,12 @@ fn forwarding_headers_keep_every_earlier_hop_and_admit_no_forged_entry() {
     use std::io::Write as _;
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"all\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route_all("all", "a")
+            .build(),
+    );
     // A Host whose quote would end `Forwarded`'s quoted host and start a forged entry is
     // not a host at all: 400.
     let mut s = support::connect(&gw);
@@ -125,10 +126,13 @@ fn forwarding_headers_keep_every_earlier_hop_and_admit_no_forged_entry() {
 fn no_route_is_404_problem_json() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"only\"\npath = {{ exact = \"/only\" }}\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route_all("only", "a")
+            .with("path = { exact = \"/only\" }")
+            .build(),
+    );
     let r = request(gw.http, "GET", "/nope", &[], "");
     assert_eq!(r.status, 404);
     assert_eq!(r.headers["content-type"], "application/problem+json");
@@ -147,12 +151,17 @@ fn round_robin_spreads_evenly_and_splits_follow_weights() {
         .collect();
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
     let other = upstream(&rt, "d", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}{}[[route]]\nname = \"rr\"\npath = {{ prefix = \"/rr\" }}\nupstream = \"p\"\n\
-         [[route]]\nname = \"split\"\npath = {{ prefix = \"/split\" }}\nsplits = [{{ upstream = \"p\", weight = 3 }}, {{ upstream = \"q\", weight = 1 }}]\n",
-        pool("p", &addrs, ""),
-        pool("q", &[other.addr], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("p", &addrs)
+            .upstream("q", &[other.addr])
+            .route("rr", "/rr", "p")
+            .raw(
+                "[[route]]\nname = \"split\"\npath = { prefix = \"/split\" }\n\
+                 splits = [{ upstream = \"p\", weight = 3 }, { upstream = \"q\", weight = 1 }]",
+            )
+            .build(),
+    );
     for _ in 0..90 {
         assert_eq!(request(gw.http, "GET", "/rr", &[], "").status, 200);
     }
@@ -171,21 +180,24 @@ fn retries_on_status_within_the_budget() {
     let rt = runtime();
     let bad = upstream(&rt, "bad", fixed(503, Duration::ZERO));
     let good = upstream(&rt, "good", fixed(200, Duration::ZERO));
-    let route = |budget: u32| {
-        format!(
-            "{}[[route]]\nname = \"r\"\nupstream = \"p\"\nretries = {{ attempts = 1, on_status = [503], budget_percent = {budget} }}\n",
-            pool("p", &[bad.addr, good.addr], "")
-        )
+    let retrying = |budget: u32| {
+        GatewayToml::new()
+            .upstream("p", &[bad.addr, good.addr])
+            .route_all("r", "p")
+            .with(&format!(
+                "retries = {{ attempts = 1, on_status = [503], budget_percent = {budget} }}"
+            ))
+            .build()
     };
     // A generous budget: every request that met the failing target is retried on the other.
-    let gw = Gateway::start(&config(&route(100)));
+    let gw = Gateway::start(&retrying(100));
     let ok = (0..20)
         .filter(|_| request(gw.http, "GET", "/", &[], "").status == 200)
         .count();
     assert_eq!(ok, 20);
     drop(gw);
     // No budget beyond the floor of 3 retries per window: the rest of the 503s reach the client.
-    let gw = Gateway::start(&config(&route(0)));
+    let gw = Gateway::start(&retrying(0));
     let bad_before = bad.hits.load(Ordering::SeqCst);
     let statuses: Vec<u16> = (0..20)
         .map(|_| request(gw.http, "GET", "/", &[], "").status)
@@ -210,15 +222,18 @@ fn timeouts_connect_failures_and_concurrency_limits() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let gw = Gateway::start(&config(&format!(
-        "{}{}{}\
-         [[route]]\nname = \"slow\"\npath = {{ prefix = \"/slow\" }}\nupstream = \"slow\"\ntimeouts = {{ request_ms = 200 }}\n\
-         [[route]]\nname = \"dead\"\npath = {{ prefix = \"/dead\" }}\nupstream = \"dead\"\n\
-         [[route]]\nname = \"narrow\"\npath = {{ prefix = \"/narrow\" }}\nupstream = \"narrow\"\n",
-        pool("slow", &[slow.addr], ""),
-        pool("dead", &[closed], ""),
-        pool("narrow", &[slow.addr], "max_concurrent_requests = 1")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("slow", &[slow.addr])
+            .upstream("dead", &[closed])
+            .upstream("narrow", &[slow.addr])
+            .with("max_concurrent_requests = 1")
+            .route("slow", "/slow", "slow")
+            .with("timeouts = { request_ms = 200 }")
+            .route("dead", "/dead", "dead")
+            .route("narrow", "/narrow", "narrow")
+            .build(),
+    );
     let t = Instant::now();
     let r = request(gw.http, "GET", "/slow", &[], "");
     assert_eq!(r.status, 504, "{}", r.body);
@@ -248,7 +263,9 @@ fn hyper_s_own_limit_of_100_header_fields_applies_by_default() {
     // A redirect route: the gateway answers itself (an upstream would apply its own limit
     // to the fields the gateway adds).
     let gw = Gateway::start(
-        &config("[[route]]\nname = \"r\"\nredirect = { location = \"http://x/\" }\n")
+        &GatewayToml::new()
+            .raw("[[route]]\nname = \"r\"\nredirect = { location = \"http://x/\" }")
+            .build()
             .replace("max_headers = 50\n", ""),
     );
     // The request helper sends Host and Connection: 98 more make 100 fields, 99 make 101.
@@ -264,10 +281,7 @@ fn hyper_s_own_limit_of_100_header_fields_applies_by_default() {
 fn client_limits_and_slowloris() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     // Body over max_body_bytes (1024).
     let r = request(gw.http, "POST", "/", &[], &"x".repeat(2000));
     assert_eq!(r.status, 413);
@@ -312,10 +326,7 @@ fn client_limits_and_slowloris() {
 fn h2c_prior_knowledge_with_curl() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     let out = std::process::Command::new("curl")
         .args([
             "-s",
@@ -337,10 +348,10 @@ fn reload_under_load_loses_nothing_and_bad_config_is_kept_out() {
     let a = upstream(&rt, "a", fixed(200, Duration::ZERO));
     let b = upstream(&rt, "b", fixed(200, Duration::ZERO));
     let cfg = |target: std::net::SocketAddr| {
-        config(&format!(
-            "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
-            pool("p", &[target], "")
-        ))
+        GatewayToml::new()
+            .upstream("p", &[target])
+            .route_all("r", "p")
+            .build()
     };
     let gw = Gateway::start(&cfg(a.addr));
     let addr = gw.http;
@@ -404,10 +415,12 @@ fn reload_under_load_loses_nothing_and_bad_config_is_kept_out() {
 fn sigterm_drains_then_finishes_in_flight_requests() {
     let rt = runtime();
     let slow = upstream(&rt, "slow", fixed(200, Duration::from_millis(1000)));
-    let mut gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"slow\"\n",
-        pool("slow", &[slow.addr], "")
-    )));
+    let mut gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("slow", &[slow.addr])
+            .route_all("r", "slow")
+            .build(),
+    );
     assert_eq!(request(gw.admin, "GET", "/readyz", &[], "").status, 200);
     let addr = gw.http;
     let in_flight = std::thread::spawn(move || request(addr, "GET", "/", &[], ""));
@@ -428,10 +441,7 @@ fn sigterm_drains_then_finishes_in_flight_requests() {
 fn methods_outside_the_standard_set_share_one_metrics_label() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     for method in ["GET", "PATCH", "FOOBAR", "BAZ", "get"] {
         assert_eq!(
             request(gw.http, method, "/", &[], "").status,
@@ -457,10 +467,7 @@ fn methods_outside_the_standard_set_share_one_metrics_label() {
 fn admin_drain_fails_readiness() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     assert_eq!(request(gw.admin, "GET", "/healthz", &[], "").status, 200);
     assert_eq!(request(gw.admin, "GET", "/readyz", &[], "").status, 200);
     assert_eq!(request(gw.admin, "POST", "/drain", &[], "").status, 200);
@@ -511,10 +518,15 @@ fn active_health_checks_take_a_target_out_and_back() {
     let sick = Arc::new(AtomicBool::new(false));
     let a = checked(&rt, "a", Arc::new(AtomicBool::new(false)), a_served.clone());
     let b = checked(&rt, "b", sick.clone(), b_served.clone());
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
-        pool("p", &[a.addr, b.addr], "health = { path = \"/healthz\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("p", &[a.addr, b.addr])
+            .with(
+                "health = { path = \"/healthz\", interval_ms = 100, timeout_ms = 50, rise = 2, fall = 2 }",
+            )
+            .route_all("r", "p")
+            .build(),
+    );
     let burst =
         || (0..20).for_each(|_| assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200));
     burst();
@@ -553,14 +565,13 @@ fn outlier_ejection_and_return() {
     let rt = runtime();
     let good = upstream(&rt, "good", fixed(200, Duration::ZERO));
     let bad = upstream(&rt, "bad", fixed(500, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
-        pool(
-            "p",
-            &[good.addr, bad.addr],
-            "outlier = { consecutive_5xx = 3, base_ejection_ms = 600 }"
-        )
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("p", &[good.addr, bad.addr])
+            .with("outlier = { consecutive_5xx = 3, base_ejection_ms = 600 }")
+            .route_all("r", "p")
+            .build(),
+    );
     // Round robin sends every other request to the failing target until it is ejected.
     let statuses: Vec<u16> = (0..10)
         .map(|_| request(gw.http, "GET", "/", &[], "").status)
@@ -592,10 +603,12 @@ fn websocket_echo_through_the_gateway() {
     use tokio_tungstenite::tungstenite::Message;
     let rt = runtime();
     let echo = support::websocket_echo(&rt);
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"ws\"\npath = {{ prefix = \"/ws\" }}\nupstream = \"e\"\n",
-        pool("e", &[echo], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("e", &[echo])
+            .route("ws", "/ws", "e")
+            .build(),
+    );
     let addr = gw.http;
     rt.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -620,10 +633,13 @@ fn session_cookie_pins_a_client_to_its_target() {
         .map(|n| upstream(&rt, n, fixed(200, Duration::ZERO)))
         .collect();
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"p\"\n",
-        pool("p", &addrs, "session_cookie = \"sluice_sid\"")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("p", &addrs)
+            .with("session_cookie = \"sluice_sid\"")
+            .route_all("r", "p")
+            .build(),
+    );
     let first = request(gw.http, "GET", "/", &[], "");
     let set = first
         .headers
@@ -667,11 +683,14 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
     // 198.51.100.77 is on no interface here (a VIP before it is added to lo).
     let cfg = |freebind: bool| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"vip\"\naddress = \"198.51.100.77:8080\"\nfreebind = {freebind}\n\
-             [[listener]]\nname = \"lo\"\naddress = \"127.0.0.1:0\"\n{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-            pool("a", &[up.addr], "")
-        )
+        GatewayToml::empty()
+            .raw(&format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"vip\"\naddress = \"198.51.100.77:8080\"\nfreebind = {freebind}\n\
+                 [[listener]]\nname = \"lo\"\naddress = \"127.0.0.1:0\""
+            ))
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build()
     };
     let gw = Gateway::start(&cfg(true));
     assert_eq!(
@@ -699,10 +718,7 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
 fn idle_keep_alive_connections_are_closed() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     let mut s = TcpStream::connect(gw.http).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -726,10 +742,13 @@ fn idle_keep_alive_connections_are_closed() {
 fn access_log_writes_the_configured_fields() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "[access_log]\nfields = [\"status\", \"path\", \"client\"]\n\n{}[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        pool("a", &[up.addr], "")
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .raw("[access_log]\nfields = [\"status\", \"path\", \"client\"]")
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build(),
+    );
     assert_eq!(
         request(gw.http, "GET", "/logged?q=1", &["User-Agent: t"], "").status,
         200
