@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use support::{config, fixed, raw, runtime, upstream, Gateway, Reply};
+use support::{fixed, raw, runtime, upstream, Gateway, GatewayToml, Reply};
 
 /// The strict h2c server (`tests/h2/strict_server.py`), killed when dropped.
 struct Strict(Child, SocketAddr);
@@ -42,15 +42,21 @@ fn strict_h2_server() -> Strict {
 /// Routes by host: `a.example` to upstream `a`, `b.example` to `b`, `h2.example` to the
 /// HTTP/2 upstream `h2`.
 fn gateway(a: SocketAddr, b: SocketAddr, h2: SocketAddr) -> Gateway {
-    Gateway::start(&config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{a}\" }}]\n\n\
-         [[upstream]]\nname = \"b\"\ntargets = [{{ address = \"{b}\" }}]\n\n\
-         [[upstream]]\nname = \"h2\"\nhttp2 = true\ntargets = [{{ address = \"{h2}\" }}]\n\n\
-         [[route]]\nname = \"a\"\nhost = \"a.example\"\nupstream = \"a\"\n\n\
-         [[route]]\nname = \"b\"\nhost = \"b.example\"\nupstream = \"b\"\n\n\
-         [[route]]\nname = \"h2\"\nhost = \"h2.example\"\nupstream = \"h2\"\n\n\
-         [[route]]\nname = \"other\"\nupstream = \"h2\"\n"
-    )))
+    Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[a])
+            .upstream("b", &[b])
+            .upstream("h2", &[h2])
+            .with("http2 = true")
+            .route_all("a", "a")
+            .with("host = \"a.example\"")
+            .route_all("b", "b")
+            .with("host = \"b.example\"")
+            .route_all("h2", "h2")
+            .with("host = \"h2.example\"")
+            .route_all("other", "h2")
+            .build(),
+    )
 }
 
 fn send(gw: &Gateway, head: &str) -> Reply {

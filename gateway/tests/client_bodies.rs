@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{config, fixed, metric, raw, runtime, upstream, Gateway, Reply};
+use support::{fixed, metric, raw, runtime, upstream, Gateway, GatewayToml, Reply};
 
 /// What a raw upstream saw on each connection: the bytes, and whether it ended (EOF or
 /// reset) within 3 s.
@@ -51,6 +51,14 @@ fn silent_upstream() -> (SocketAddr, Seen, Arc<AtomicUsize>) {
         }
     });
     (addr, seen, accepted)
+}
+
+/// One upstream `a` at `addr` and one route `r` taking every request to it.
+fn to_one(addr: SocketAddr) -> String {
+    GatewayToml::new()
+        .upstream("a", &[addr])
+        .route_all("r", "a")
+        .build()
 }
 
 fn problem(r: &Reply, status: u16) {
@@ -102,13 +110,14 @@ fn bad_bodies() -> Vec<(String, String, u16)> {
 fn malformed_and_oversized_bodies_are_the_clients_error() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-         [[route]]\nname = \"stream\"\npath = {{ prefix = \"/stream\" }}\nupstream = \"a\"\n\n\
-         [[route]]\nname = \"buffer\"\npath = {{ prefix = \"/buffer\" }}\nupstream = \"a\"\n\
-         methods = [\"POST\"]\nretries = {{ attempts = 1, on_status = [503] }}\n",
-        up.addr
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route("stream", "/stream", "a")
+            .route("buffer", "/buffer", "a")
+            .with("methods = [\"POST\"]\nretries = { attempts = 1, on_status = [503] }")
+            .build(),
+    );
     let mut want = std::collections::HashMap::<(&str, u16), f64>::new();
     for route in ["stream", "buffer"] {
         for (case, body, status) in bad_bodies() {
@@ -157,10 +166,7 @@ fn malformed_and_oversized_bodies_are_the_clients_error() {
 #[test]
 fn a_broken_body_abandons_the_upstream_exchange() {
     let (addr, seen, accepted) = silent_upstream();
-    let gw = Gateway::start(&config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{addr}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\n"
-    )));
+    let gw = Gateway::start(&to_one(addr));
     for (case, body, status) in bad_bodies() {
         seen.lock().expect("seen").clear();
         accepted.store(0, Ordering::SeqCst);
@@ -227,11 +233,7 @@ fn settled(seen: &Seen, accepted: &AtomicUsize) -> Vec<(Vec<u8>, bool)> {
 fn an_http2_body_over_the_limit_is_413() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        up.addr
-    )));
+    let gw = Gateway::start(&to_one(up.addr));
     let statuses = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(gw.http)
             .await

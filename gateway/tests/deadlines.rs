@@ -14,25 +14,31 @@ use std::{
 
 use rcgen::{CertificateParams, KeyPair};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-use support::{connect, metric, read_one, runtime, upstream, Gateway, Scratch};
+use support::{connect, metric, read_one, runtime, upstream, Gateway, GatewayToml, Scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every deadline of the listener, in ms.
 const LIMIT: u64 = 600;
 
 /// A gateway whose listener has every deadline at [`LIMIT`] (or `limit_ms`), `extra` listener
-/// lines, and one route to `up` (whose `/slow` answers after 1.5 s: longer than every
+/// lines (or tables of a test's own after them), and one route to `up` (whose `/slow` answers after 1.5 s: longer than every
 /// deadline, which waiting for an upstream must not trip).
 fn gateway(up: SocketAddr, extra: &str, limit_ms: u64) -> Gateway {
-    Gateway::start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n\
-         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
-         header_read_timeout_ms = {limit_ms}\ntls_handshake_timeout_ms = {limit_ms}\n\
-         first_request_timeout_ms = {limit_ms}\nkeepalive_timeout_ms = {limit_ms}\n\
-         http2_idle_timeout_ms = {limit_ms}\nstream_idle_timeout_ms = {limit_ms}\n{extra}\n\n\
-         [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ request_ms = 5000 }}\n"
-    ))
+    Gateway::start(
+        &GatewayToml::empty()
+            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000")
+            .raw(&format!(
+                "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
+                 header_read_timeout_ms = {limit_ms}\ntls_handshake_timeout_ms = {limit_ms}\n\
+                 first_request_timeout_ms = {limit_ms}\nkeepalive_timeout_ms = {limit_ms}\n\
+                 http2_idle_timeout_ms = {limit_ms}\nstream_idle_timeout_ms = {limit_ms}"
+            ))
+            .with(extra)
+            .upstream("a", &[up])
+            .route_all("r", "a")
+            .with("timeouts = { request_ms = 5000 }")
+            .build(),
+    )
 }
 
 fn slow_upstream(rt: &tokio::runtime::Runtime) -> support::Upstream {
@@ -513,12 +519,11 @@ fn one_waiting_stream_does_not_hide_a_stalled_one() {
     let nginx = support::Nginx::serve(&root.0);
     let gw = gateway(
         nginx.addr,
-        &format!(
-            "\n[[upstream]]\nname = \"slow\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-             [[route]]\nname = \"slow\"\npath = {{ prefix = \"/slow\" }}\nupstream = \"slow\"\n\
-             timeouts = {{ request_ms = 10000 }}\n",
-            slow.addr
-        ),
+        &GatewayToml::empty()
+            .upstream("slow", &[slow.addr])
+            .route("slow", "/slow", "slow")
+            .with("timeouts = { request_ms = 10000 }")
+            .build(),
         LIMIT,
     );
     let start = Instant::now();

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
-use support::{config, fixed, metric, request, runtime, upstream, Gateway, Scratch};
+use support::{fixed, metric, request, runtime, upstream, Gateway, GatewayToml, Scratch};
 
 const ALGORITHMS: [&str; 10] = [
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
@@ -94,13 +94,11 @@ fn bearer(t: &str) -> String {
 
 fn gateway(dir: &Scratch, up: std::net::SocketAddr, jwks_url: &str) -> Gateway {
     let algs = ALGORITHMS.map(|a| format!("\"{a}\"")).join(", ");
-    Gateway::start(&config(&format!(
-        r#"
-[[upstream]]
-name = "u"
-targets = [{{ address = "{up}" }}]
-
-[[consumer]]
+    Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up])
+            .raw(&format!(
+                r#"[[consumer]]
 id = "alice"
 groups = ["staff"]
 jwt_subjects = ["main:alice"]
@@ -119,33 +117,22 @@ name = "rotating"
 issuer = "https://rotating.test"
 algorithms = ["RS256", "ES256", "EdDSA"]
 jwks_url = "{jwks_url}"
-jwks_refresh_ms = 600000
-
-[[route]]
-name = "main"
-path = {{ prefix = "/main" }}
-upstream = "u"
-auth = {{ methods = ["jwt"], jwt_issuers = ["main"] }}
-
-[[route]]
-name = "scoped"
-path = {{ prefix = "/scoped" }}
-upstream = "u"
-auth = {{ methods = ["jwt"], jwt_issuers = ["main"] }}
-authorize = {{ scopes = ["write"], groups = ["analysts"], claims = {{ tier = "gold" }} }}
-
-[[route]]
-name = "rotating"
-path = {{ prefix = "/rot" }}
-upstream = "u"
-auth = {{ methods = ["jwt"], jwt_issuers = ["rotating"] }}
-"#,
-        rsa = dir.path("rsa.pem"),
-        ec256 = dir.path("ec256.pem"),
-        ec384 = dir.path("ec384.pem"),
-        ed = dir.path("ed.pem"),
-        hmac = dir.path("hmac.secret"),
-    )))
+jwks_refresh_ms = 600000"#,
+                rsa = dir.path("rsa.pem"),
+                ec256 = dir.path("ec256.pem"),
+                ec384 = dir.path("ec384.pem"),
+                ed = dir.path("ed.pem"),
+                hmac = dir.path("hmac.secret"),
+            ))
+            .route("main", "/main", "u")
+            .with(r#"auth = { methods = ["jwt"], jwt_issuers = ["main"] }"#)
+            .route("scoped", "/scoped", "u")
+            .with(r#"auth = { methods = ["jwt"], jwt_issuers = ["main"] }"#)
+            .with(r#"authorize = { scopes = ["write"], groups = ["analysts"], claims = { tier = "gold" } }"#)
+            .route("rotating", "/rot", "u")
+            .with(r#"auth = { methods = ["jwt"], jwt_issuers = ["rotating"] }"#)
+            .build(),
+    )
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{connect, fixed, metric, read_one, runtime, upstream, Gateway};
+use support::{connect, fixed, metric, read_one, runtime, upstream, Gateway, GatewayToml};
 
 fn gateway(up: SocketAddr) -> Gateway {
     gateway_waiting(up, 5000, 5000)
@@ -19,13 +19,17 @@ fn gateway(up: SocketAddr) -> Gateway {
 
 /// With `keepalive_timeout_ms = keepalive_ms` and `header_read_timeout_ms = head_ms`.
 fn gateway_waiting(up: SocketAddr, keepalive_ms: u64, head_ms: u64) -> Gateway {
-    Gateway::start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000\n\n\
-         [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {head_ms}\n\
-         keepalive_timeout_ms = {keepalive_ms}\nmax_body_bytes = 4096\n\n\
-         [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\n"
-    ))
+    Gateway::start(
+        &GatewayToml::empty()
+            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000")
+            .raw(&format!(
+                "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {head_ms}\n\
+                 keepalive_timeout_ms = {keepalive_ms}\nmax_body_bytes = 4096"
+            ))
+            .upstream("a", &[up])
+            .route_all("r", "a")
+            .build(),
+    )
 }
 
 fn get(path: &str) -> String {
@@ -184,10 +188,12 @@ fn parked_connections_end_when_idle_too_long_and_at_shutdown() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
     // A short idle limit: a parked connection is closed after it.
-    let gw = Gateway::start(&support::config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{}\" }}]\n\n[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        up.addr
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build(),
+    );
     let mut s = connect(&gw);
     s.write_all(get("/").as_bytes()).expect("write");
     assert_eq!(read_one(&mut s).expect("response").status, 200);

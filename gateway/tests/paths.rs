@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    config, fixed, raw, request, runtime, sha256_hex, upstream, Gateway, Nginx, Scratch,
+    fixed, raw, request, runtime, sha256_hex, upstream, Gateway, GatewayToml, Nginx, Scratch,
 };
 
 const SECRET: &str = "TOP-SECRET-CONTENT";
@@ -22,16 +22,19 @@ fn guarded(listener_extra: &str) -> (Gateway, Nginx, Scratch) {
     std::fs::write(root.0.join("pub/index.txt"), "public\n").expect("file");
     std::fs::write(root.0.join("private/secret.txt"), SECRET).expect("file");
     let nginx = Nginx::serve(&root.0);
-    let gw = Gateway::start(&config(&format!(
-        "{listener_extra}\n\
-         [[upstream]]\nname = \"files\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-         [[consumer]]\nid = \"ops\"\napi_keys = [\"sha256:{}\"]\n\n\
-         [[route]]\nname = \"public\"\npath = {{ prefix = \"/pub\" }}\nupstream = \"files\"\n\n\
-         [[route]]\nname = \"private\"\npath = {{ prefix = \"/private\" }}\nupstream = \"files\"\n\
-         auth = {{ methods = [\"api_key\"] }}\n",
-        nginx.addr,
-        sha256_hex(b"k-ops"),
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .with(listener_extra)
+            .upstream("files", &[nginx.addr])
+            .raw(&format!(
+                "[[consumer]]\nid = \"ops\"\napi_keys = [\"sha256:{}\"]",
+                sha256_hex(b"k-ops")
+            ))
+            .route("public", "/pub", "files")
+            .route("private", "/private", "files")
+            .with("auth = { methods = [\"api_key\"] }")
+            .build(),
+    );
     (gw, nginx, root)
 }
 
@@ -184,12 +187,14 @@ fn no_encoding_of_a_dot_segment_gets_past_a_route_over_http2() {
 fn the_upstream_gets_the_path_the_route_matched() {
     let rt = runtime();
     let up = upstream(&rt, "echo", fixed(200, Duration::ZERO));
-    let route = format!(
-        "[[upstream]]\nname = \"echo\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"echo\"\n",
-        up.addr
-    );
-    let gw = Gateway::start(&config(&route));
+    let config = |listener_extra: &str| {
+        GatewayToml::new()
+            .with(listener_extra)
+            .upstream("echo", &[up.addr])
+            .route_all("r", "echo")
+            .build()
+    };
+    let gw = Gateway::start(&config(""));
     for (sent, forwarded) in [
         ("/a/./b/../c", "/a/c"),
         ("/a//b///c?x=%2e%2e&y=/../", "/a/b/c?x=%2e%2e&y=/../"),
@@ -203,11 +208,7 @@ fn the_upstream_gets_the_path_the_route_matched() {
     }
     drop(gw);
     // Settings: encoded slashes kept as they are, slashes not merged.
-    let listener = config(&route).replace(
-        "max_body_bytes = 1024\n",
-        "max_body_bytes = 1024\nescaped_slashes = \"keep\"\nmerge_slashes = false\n",
-    );
-    let gw = Gateway::start(&listener);
+    let gw = Gateway::start(&config("escaped_slashes = \"keep\"\nmerge_slashes = false"));
     for (sent, forwarded) in [
         ("/files/a%2fb", "/files/a%2Fb"),
         ("/files/a%5cb/..", "/files/"),
@@ -226,13 +227,17 @@ fn the_upstream_gets_the_path_the_route_matched() {
 fn targets_without_a_path_and_rewritten_paths_are_forwarded_as_routed() {
     let rt = runtime();
     let up = upstream(&rt, "echo", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&config(&format!(
-        "[[upstream]]\nname = \"echo\"\ntargets = [{{ address = \"{}\" }}]\n\n\
-         [[route]]\nname = \"v1\"\npath = {{ prefix = \"/v1\" }}\nupstream = \"echo\"\n\
-         [route.request_transform]\nrewrite = {{ regex = \"^/v1/(.*)$\", replacement = \"/v1/$1/../../x\" }}\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"echo\"\n",
-        up.addr
-    )));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("echo", &[up.addr])
+            .route("v1", "/v1", "echo")
+            .raw(
+                "[route.request_transform]\n\
+                 rewrite = { regex = \"^/v1/(.*)$\", replacement = \"/v1/$1/../../x\" }",
+            )
+            .route_all("r", "echo")
+            .build(),
+    );
     let ask = |target: &str| {
         raw(
             gw.http,

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{config, fixed, metric, request, runtime, upstream, Gateway, Scratch};
+use support::{fixed, metric, request, runtime, upstream, Gateway, GatewayToml, Scratch};
 
 /// A redis-server on a free loopback port, killed on drop.
 struct Redis {
@@ -97,13 +97,11 @@ impl Drop for Redis {
 }
 
 fn gateway(up: SocketAddr, redis: &str, on_failure: &str, requests: u64) -> Gateway {
-    Gateway::start(&config(&format!(
-        r#"
-[[upstream]]
-name = "u"
-targets = [{{ address = "{up}" }}]
-
-[redis]
+    Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up])
+            .raw(&format!(
+                r#"[redis]
 {redis}
 timeout_ms = 1000
 on_failure = "{on_failure}"
@@ -113,15 +111,12 @@ name = "global"
 requests = {requests}
 window_ms = 60000
 key = "route"
-store = "redis"
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["global"]
-"#
-    )))
+store = "redis""#
+            ))
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["global"]"#)
+            .build(),
+    )
 }
 
 #[test]
@@ -325,13 +320,11 @@ fn two_limits_of_a_route_keep_their_own_counters() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
     let redis = Redis::start(&[]);
-    let gw = Gateway::start(&config(&format!(
-        r#"
-[[upstream]]
-name = "u"
-targets = [{{ address = "{}" }}]
-
-[redis]
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&format!(
+                r#"[redis]
 url = "redis://127.0.0.1:{}"
 
 [[rate_limit]]
@@ -346,16 +339,13 @@ name = "large"
 requests = 100
 window_ms = 60000
 key = "route"
-store = "redis"
-
-[[route]]
-name = "r"
-path = {{ prefix = "/" }}
-upstream = "u"
-rate_limits = ["large", "small"]
-"#,
-        up.addr, redis.port
-    )));
+store = "redis""#,
+                redis.port
+            ))
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["large", "small"]"#)
+            .build(),
+    );
     let statuses: Vec<u16> = (0..5)
         .map(|_| request(gw.http, "GET", "/", &[], "").status)
         .collect();

@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use support::{fixed, runtime, upstream, Gateway};
+use support::{fixed, runtime, upstream, Gateway, GatewayToml};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Ca {
@@ -107,16 +107,18 @@ fn sni_versions_alpn_reload_and_mtls() {
     let b = leaf(&server_ca, &dir, "b", &["b.example"], false);
     leaf(&client_ca, &dir, "client", &["client.example"], true);
     std::fs::write(dir.join("client-ca.pem"), client_ca.cert.pem()).expect("write");
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
-         tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}, {{ cert = \"{d}/b.pem\", key = \"{d}/b.key\", server_names = [\"b.example\"] }}] }}\n\n\
-         [[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:0\"\n\
-         tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}], client_ca = \"{d}/client-ca.pem\" }}\n\n\
-         [[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n[[route]]\nname = \"r\"\nupstream = \"a\"\n",
-        d = dir.display(),
-        up = up.addr
-    );
+    let cfg = GatewayToml::empty()
+        .raw(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}, {{ cert = \"{d}/b.pem\", key = \"{d}/b.key\", server_names = [\"b.example\"] }}] }}\n\n\
+             [[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:0\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}], client_ca = \"{d}/client-ca.pem\" }}",
+            d = dir.display(),
+        ))
+        .upstream("a", &[up.addr])
+        .route_all("r", "a")
+        .build();
     let gw = Gateway::start(&cfg);
     let tls_addr = gw.listeners["tls"];
     let mtls_addr = gw.listeners["mtls"];

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{parse, runtime, Gateway};
+use support::{parse, runtime, Gateway, GatewayToml};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How the raw upstream answers each request on a connection.
@@ -227,10 +227,13 @@ fn gateway(up: SocketAddr, idle_ms: u64) -> Gateway {
 
 /// A gateway whose one route to `up` has these `timeouts`.
 fn gateway_with(up: SocketAddr, timeouts: &str) -> Gateway {
-    Gateway::start(&support::config(&format!(
-        "[[upstream]]\nname = \"a\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
-         [[route]]\nname = \"r\"\nupstream = \"a\"\ntimeouts = {{ {timeouts} }}\n"
-    )))
+    Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up])
+            .route_all("r", "a")
+            .with(&format!("timeouts = {{ {timeouts} }}"))
+            .build(),
+    )
 }
 
 /// One request on a fresh client connection, answered whole.
