@@ -93,6 +93,18 @@ mod tests {
                 "route[0].redirect.location: not a valid header value",
             ),
             (
+                format!("{route}headers = {{ \"x y\" = \"1\" }}\n"),
+                "route[0].headers: \"x y\" is not a header name",
+            ),
+            (
+                "[[upstream]]\nname = \"h\"\nbalance = { hash-header = \"a b\" }\ntargets = [{ address = \"127.0.0.1:1\" }]\n".to_string(),
+                "upstream[1].balance: \"a b\" is not a header name",
+            ),
+            (
+                "[[consumer]]\nid = \"c\"\napi_keys = [\"nothex\"]\n".to_string(),
+                "consumer[0].api_keys: an API key is stored as its SHA-256",
+            ),
+            (
                 "[client_ip]\ntrusted_proxies = [\"10.0.0.1/40\"]\n".to_string(),
                 "client_ip.trusted_proxies: \"10.0.0.1/40\" is not an address or CIDR",
             ),

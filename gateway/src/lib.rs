@@ -1,10 +1,11 @@
 //! `sluice-gateway`: the L7 API gateway of every gateway node.
 //!
-//! A request's path through the modules: [`listener`] (accept, limits, TLS) → [`router`]
-//! (pick a route) → [`policy`] (the chain where auth, limits and transforms plug in) →
-//! [`upstream`] (pick a target, forward, retry; [`forwarding`] makes the headers this hop
-//! adds) — with [`problem`] for the errors the
-//! gateway makes itself, [`metrics`], and [`server`] for the admin API, reloads and shutdown.
+//! Laid out by side of the request, with arrows one way: [`downstream`] (accepting
+//! connections within their limits, TLS, a deadline on every phase) → [`pipeline`] (host and
+//! path rules, routing, the policy chain, forwarding with retries, the gateway's own answers)
+//! → [`upstream`] (pools and balancing, health checks, the HTTP/1 and HTTP/2 clients). A
+//! config file is plain data ([`config`]), built once into a [`generation`]; [`server`] runs
+//! the listeners, the admin API, reloads and shutdown; [`metrics`] and [`analytics`] count.
 #![deny(missing_docs)]
 
 /// The value for the `&str` key `$key` in the map `$map` (keyed by `String` or `Arc<str>`),

@@ -269,7 +269,31 @@ upstream = "api"
                 "gw.toml: route[0].methods: \"get\" is not an upper-case method",
             ),
         ];
-        for (text, want) in cases {
+        let with_pool = |lines: &str| {
+            GOOD.replace(
+                "targets = [{ address = \"127.0.0.1:9001\" }]",
+                &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
+            )
+        };
+        let more = [
+            (
+                with_pool("session_cookie = \"sid; Domain=evil\""),
+                "gw.toml: upstream[0].session_cookie: \"sid; Domain=evil\" is not a cookie name",
+            ),
+            (
+                with_pool("balance = { hash-cookie = \"a b\" }"),
+                "gw.toml: upstream[0].balance: \"a b\" is not a cookie name",
+            ),
+            (
+                with_pool("health = { path = \"/ok HTTP/1.1\\r\\nX: y\" }"),
+                "gw.toml: upstream[0].health.path: printable ASCII without spaces",
+            ),
+            (
+                format!("{GOOD}\n[[consumer]]\nid = \"a b\"\n"),
+                "gw.toml: consumer[0].id: printable ASCII without spaces",
+            ),
+        ];
+        for (text, want) in cases.into_iter().chain(more) {
             let got = refuse(&text);
             assert!(got.starts_with(want), "{got}\n  wanted {want}");
         }

@@ -179,13 +179,6 @@ impl Route {
         {
             return refuse("methods", format!("{m:?} is not an upper-case method"));
         }
-        if let Some(h) = self
-            .headers
-            .keys()
-            .find(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err())
-        {
-            return refuse("headers", format!("{h:?} is not a header name"));
-        }
         self.validate_destination(upstreams)?;
         if self.timeouts.connect_ms == 0 || self.timeouts.request_ms == 0 {
             return refuse("timeouts", "timeouts must be greater than 0");

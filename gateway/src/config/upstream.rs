@@ -163,14 +163,37 @@ impl Upstream {
                 return refuse("balance", "needs a header or cookie name");
             }
         }
+        if let Balance::HashCookie(c) = &self.balance {
+            if !is_token(c) {
+                return refuse("balance", format!("{c:?} is not a cookie name"));
+            }
+        }
+        if let Some(c) = self.session_cookie.as_ref().filter(|c| !is_token(c)) {
+            return refuse("session_cookie", format!("{c:?} is not a cookie name"));
+        }
         Ok(())
     }
+}
+
+/// An RFC 9110 token, which is what a cookie name is (RFC 6265 §4.1.1): no separators, so it
+/// can neither break a `Cookie` lookup nor add attributes to a `Set-Cookie`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl HealthCheck {
     fn validate(&self) -> Result<(), FieldError> {
         if !self.path.starts_with('/') {
             return refuse("path", "must start with '/'");
+        }
+        // It goes into the probe's request line as it is.
+        if !self.path.bytes().all(|b| b.is_ascii_graphic()) {
+            return refuse(
+                "path",
+                "printable ASCII without spaces (percent-encode the rest)",
+            );
         }
         if self.interval_ms == 0 || self.timeout_ms == 0 || self.timeout_ms > self.interval_ms {
             return refuse(

@@ -247,7 +247,7 @@ impl Accepted {
                 // plain connection's instance lives only while it is busy (see park.rs), so
                 // the future goes there as it is, with no allocation per request while the
                 // connection stays busy.
-                tokio::spawn(park::Connection::new(
+                tokio::spawn(park::PlainConnection::new(
                     stream,
                     hyper::service::service_fn(serve_request),
                     idle,

@@ -220,7 +220,7 @@ impl StopSignal {
 /// One plain connection, as its task. Written out as a state machine rather than an
 /// `async fn` so that what a parked connection keeps is exactly these fields: about 300
 /// bytes, with hyper's state boxed and present only while hyper runs.
-pub struct Connection<S: hyper::service::HttpService<Incoming>, G> {
+pub struct PlainConnection<S: hyper::service::HttpService<Incoming>, G> {
     /// The socket while no hyper instance holds it.
     stream: Option<TcpStream>,
     /// The service while no hyper instance holds it.
@@ -258,7 +258,7 @@ enum Phase<S: hyper::service::HttpService<Incoming>> {
     Other(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
-impl<S, G> Connection<S, G>
+impl<S, G> PlainConnection<S, G>
 where
     S: ConnService,
     G: Unpin,
@@ -538,7 +538,7 @@ fn client_stalled(
     timer.as_mut().poll(cx).is_ready()
 }
 
-impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {
+impl<S: hyper::service::HttpService<Incoming>, G> Drop for PlainConnection<S, G> {
     fn drop(&mut self) {
         // An upgraded socket lives on in its tunnel (which keeps the state alive): nothing
         // is left here to close for a newcomer.
@@ -549,7 +549,7 @@ impl<S: hyper::service::HttpService<Incoming>, G> Drop for Connection<S, G> {
     }
 }
 
-impl<S, G> Future for Connection<S, G>
+impl<S, G> Future for PlainConnection<S, G>
 where
     S: ConnService,
     G: Unpin,

@@ -80,6 +80,10 @@ pub enum ProxyError {
     /// The upstream answered 101 to a request that did not ask to switch protocols.
     #[error("the upstream switched protocols unasked")]
     UnaskedSwitch,
+    /// A response transform could not read the upstream's JSON body whole (over its cap,
+    /// or broken off).
+    #[error("the upstream's JSON body is over the transform's size cap or broke off")]
+    ResponseBodyUnreadable,
 }
 
 /// Whether a failed attempt may be sent to another target.
@@ -100,7 +104,9 @@ impl ProxyError {
             NoRoute { .. } => StatusCode::NOT_FOUND,
             DeclaredTooLarge { .. } | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoUpstream | PoolFull { .. } | NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Connect { .. } | Exchange { .. } | UnaskedSwitch => StatusCode::BAD_GATEWAY,
+            Connect { .. } | Exchange { .. } | UnaskedSwitch | ResponseBodyUnreadable => {
+                StatusCode::BAD_GATEWAY
+            }
             Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

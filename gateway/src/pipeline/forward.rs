@@ -22,11 +22,10 @@ use smallvec::SmallVec;
 use super::{
     client_body::FaultCell,
     error::{ProxyError, Retry},
+    facts::{Conn, Facts, Held},
     headers::{cookie, strip_hop_by_hop, upgrade_of},
-    policy,
     problem::{collect_capped, CollectError},
-    runtime::{RouteRuntime, Split},
-    serve::{Conn, Facts},
+    runtime::{RouteRuntime, RouteSplit},
     tunnel::{switch_protocols, ConnHold, Tunnel},
 };
 use crate::{
@@ -39,9 +38,6 @@ use crate::{
     },
     Body,
 };
-
-/// A request's concurrency slots, shared by its response body and an upgraded tunnel.
-pub struct Held(pub Vec<policy::limit::Slot>);
 
 /// Forwards `req` on `route`; errors become problem+json here.
 pub async fn forward(
@@ -79,7 +75,7 @@ pub async fn forward(
 }
 
 /// The split a request goes to, by weight.
-fn pick_split(route: &RouteRuntime) -> Option<&Split> {
+fn pick_split(route: &RouteRuntime) -> Option<&RouteSplit> {
     if let [only] = route.splits.as_slice() {
         return Some(only);
     }
@@ -131,7 +127,7 @@ struct Outbound {
 impl Outbound {
     async fn prepare(
         route: &RouteRuntime,
-        split: &Split,
+        split: &RouteSplit,
         conn: Conn,
         client_ip: IpAddr,
         req: Request<Body>,
@@ -239,17 +235,17 @@ fn hash_keys(
     parts: &Parts,
     forwarding: &Forwarding,
 ) -> (Option<String>, Option<String>) {
-    match &pool.balance {
-        Balance::HashHeader(h) => {
-            let value = if forwarding::NAMES.iter().any(|n| n.eq_ignore_ascii_case(h)) {
-                forwarding.value(h)
+    match (&pool.balance, &pool.hash_header) {
+        (Balance::HashHeader(_), Some(h)) => {
+            let value = if forwarding::NAMES.contains(&h.as_str()) {
+                forwarding.value(h.as_str())
             } else {
                 parts.headers.get(h).map(HeaderValue::as_bytes)
             };
             let value = value.and_then(|v| std::str::from_utf8(v).ok());
             (value.map(str::to_string), None)
         }
-        Balance::HashCookie(c) => (None, cookie(&parts.headers, c).map(str::to_string)),
+        (Balance::HashCookie(c), _) => (None, cookie(&parts.headers, c).map(str::to_string)),
         _ => (None, None),
     }
 }
@@ -265,7 +261,7 @@ enum Next {
 /// Returns the target that answered, and its answer.
 async fn attempts(
     route: &RouteRuntime,
-    split: &Split,
+    split: &RouteSplit,
     metrics: &Metrics,
     out: &mut Outbound,
 ) -> Result<(usize, Answer), ProxyError> {
@@ -295,7 +291,7 @@ async fn attempts(
 /// reported to the pool.
 async fn attempt(
     route: &RouteRuntime,
-    split: &Split,
+    split: &RouteSplit,
     metrics: &Metrics,
     out: &mut Outbound,
     i: usize,

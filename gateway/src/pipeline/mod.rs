@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod client_body;
 pub mod error;
+pub mod facts;
 pub mod forward;
 pub mod headers;
 pub mod path;
@@ -21,5 +22,6 @@ pub mod serve;
 pub mod target;
 pub mod tunnel;
 
+pub use facts::Conn;
 pub use runtime::Runtime;
-pub use serve::{handle, Conn};
+pub use serve::handle;

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use hyper::header::{HeaderMap, HeaderName};
 use regex::Regex;
 use sluice_util::FieldError;
 
@@ -39,7 +40,7 @@ struct Compiled {
     host: HostRule,
     path: PathRule,
     methods: Vec<String>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(HeaderName, String)>,
     query: Vec<(String, String)>,
 }
 
@@ -68,8 +69,8 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// Method.
     pub method: &'a str,
-    /// Header lookup.
-    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// Header fields.
+    pub headers: &'a HeaderMap,
     /// Raw query string.
     pub query: &'a str,
 }
@@ -152,8 +153,13 @@ impl Compiled {
             headers: r
                 .headers
                 .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+                .map(|(k, v)| {
+                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                        FieldError::new("headers", format!("{k:?} is not a header name"))
+                    })?;
+                    Ok((name, v.clone()))
+                })
+                .collect::<Result<_, FieldError>>()?,
             query: r
                 .query
                 .iter()
@@ -197,7 +203,7 @@ impl Router {
             if !c
                 .headers
                 .iter()
-                .all(|(k, v)| (req.header)(k) == Some(v.as_str()))
+                .all(|(k, v)| req.headers.get(k).and_then(|h| h.to_str().ok()) == Some(v.as_str()))
             {
                 continue;
             }
@@ -276,12 +282,18 @@ mod tests {
         headers: &[(&str, &str)],
     ) -> Option<String> {
         let (path, query) = path_q.split_once('?').unwrap_or((path_q, ""));
-        let lookup = |k: &str| headers.iter().find(|(h, _)| *h == k).map(|(_, v)| *v);
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
         let view = RequestView {
             host,
             path,
             method,
-            header: &lookup,
+            headers: &map,
             query,
         };
         r.0.find(&view).map(|m| r.1[m.route].clone())
@@ -410,12 +422,11 @@ upstream = "u"
     #[test]
     fn template_parameters_are_captured() {
         let r = router(ROUTES);
-        let lookup = |_: &str| None;
         let view = RequestView {
             host: "x",
             path: "/api/users/42",
             method: "GET",
-            header: &lookup,
+            headers: &HeaderMap::new(),
             query: "",
         };
         let m = r.0.find(&view).expect("match");

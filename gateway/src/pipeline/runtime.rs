@@ -66,7 +66,7 @@ impl RetryBudget {
 }
 
 /// One of a route's pools, its share of the route's traffic, and how the route reaches it.
-pub struct Split {
+pub struct RouteSplit {
     /// The pool.
     pub pool: Arc<Pool>,
     /// Relative weight.
@@ -101,7 +101,7 @@ pub struct RouteRuntime {
     /// Config.
     pub config: Route,
     /// Pools by split (or the single upstream).
-    pub splits: Vec<Split>,
+    pub splits: Vec<RouteSplit>,
     /// The redirect it answers with instead of forwarding.
     pub redirect: Option<RedirectAnswer>,
     /// Retry budget.
@@ -136,12 +136,18 @@ impl Runtime {
         previous: Option<&Runtime>,
     ) -> Result<Self, FieldError> {
         let policies = policy::Shared::build(&config, previous.map(|p| &p.policies))?;
-        let pools: Vec<Arc<Pool>> = config
+        let pools = config
             .upstreams
             .iter()
-            .map(|u| reused_pool(previous, u).unwrap_or_else(|| upstream::start_pool(u)))
-            .collect();
-        let routes = config
+            .enumerate()
+            .map(|(i, u)| match reused_pool(previous, u) {
+                Some(same) => Ok(same),
+                None => Pool::build(u)
+                    .map(Arc::new)
+                    .map_err(|e| e.under(&format!("upstream[{i}]"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes: Vec<RouteRuntime> = config
             .routes
             .iter()
             .enumerate()
@@ -150,6 +156,15 @@ impl Runtime {
                     .map_err(|e| e.under(&format!("route[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        // Only pools a route uses are kept (and probed), as before the pools had a list.
+        let pools = pools
+            .into_iter()
+            .filter(|p| {
+                routes
+                    .iter()
+                    .any(|r| r.splits.iter().any(|s| Arc::ptr_eq(&s.pool, p)))
+            })
+            .collect();
         Ok(Runtime {
             router: Router::build(&config.routes)?,
             config,
@@ -158,6 +173,16 @@ impl Runtime {
             generation,
             policies,
         })
+    }
+
+    /// Starts what the generation runs in the background: health probes of its pools and
+    /// key-set refreshes of its issuers, for those not already running (a reload shares
+    /// unchanged ones with the generation before). Called once the generation is accepted.
+    pub fn start(&self) {
+        for pool in &self.pools {
+            upstream::health::start(pool);
+        }
+        self.policies.start();
     }
 }
 
@@ -198,7 +223,7 @@ fn route_runtime(
         config: r.clone(),
         splits: splits
             .into_iter()
-            .map(|(pool, weight)| Split {
+            .map(|(pool, weight)| RouteSplit {
                 client: upstream::client(&r.timeouts, &pool),
                 pool,
                 weight,

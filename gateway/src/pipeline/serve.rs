@@ -3,11 +3,7 @@
 //! [`super::forward`]) → **respond** (response transform, limit headers). Metrics, usage
 //! analytics and the access log are written once the response head is known.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use http_body_util::BodyExt;
 use hyper::{
@@ -21,10 +17,10 @@ use super::{
     access_log::AccessLine,
     client_body::{ClientBody, FaultCell},
     error::ProxyError,
-    forward::{forward, Held},
+    facts::{Conn, Facts, Held},
+    forward::forward,
     headers::{keep_upgrade, strip_hop_by_hop, upgrade_of},
-    path::PathRules,
-    policy::{self, Admitted, Context},
+    policy::{self, Context, Granted},
     problem::GatewayMade,
     router::RequestView,
     runtime::{RedirectAnswer, RouteRuntime, Runtime},
@@ -35,21 +31,6 @@ use crate::{
     upstream::forwarding::{random_id, X_REQUEST_ID},
     Body,
 };
-
-/// Facts about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
-pub struct Conn {
-    /// Client address: the packet's source, which DSR keeps as the real client.
-    pub peer: SocketAddr,
-    /// Whether it came over TLS.
-    pub tls: bool,
-    /// Largest request body accepted.
-    pub max_body: u64,
-    /// How request paths are normalized.
-    pub paths: PathRules,
-    /// How long an upgraded connection's tunnel may carry nothing.
-    pub tunnel_idle: Duration,
-}
 
 /// Serves one request.
 pub async fn handle(
@@ -142,19 +123,6 @@ async fn serve<'rt>(
     }
 }
 
-/// What the later phases know about a routed request besides the request itself.
-#[derive(Clone, Copy)]
-pub struct Facts<'a> {
-    /// The connection it came on.
-    pub conn: Conn,
-    /// The client address policies see.
-    pub client: IpAddr,
-    /// The routed host (lowercase, no port).
-    pub host: &'a str,
-    /// The request id, the client's or one made for it.
-    pub request_id: &'a HeaderValue,
-}
-
 /// Everything after routing: a redirect's answer, or admission and forwarding.
 async fn route_and_forward(
     rt: &Runtime,
@@ -204,13 +172,11 @@ fn find_route<'rt>(
     req: &Request<Incoming>,
     host: &str,
 ) -> Result<&'rt RouteRuntime, ProxyError> {
-    let headers = req.headers();
-    let lookup = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let view = RequestView {
         host,
         path: req.uri().path(),
         method: req.method().as_str(),
-        header: &lookup,
+        headers: req.headers(),
         query: req.uri().query().unwrap_or(""),
     };
     rt.router
@@ -239,7 +205,7 @@ async fn admit(
     client: IpAddr,
     req: Request<Incoming>,
     consumer: &mut Option<Arc<str>>,
-) -> Result<(Parts, Body, Admitted), Response<Body>> {
+) -> Result<(Parts, Body, Granted), Response<Body>> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -273,7 +239,7 @@ async fn admit(
         ClientBody::new(body, conn.max_body, fault).boxed()
     };
     if route.chain.is_empty() {
-        return Ok((parts, body, Admitted::default()));
+        return Ok((parts, body, Granted::default()));
     }
     let mut ctx = Context {
         client,

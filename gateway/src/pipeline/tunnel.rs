@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use super::{
     error::ProxyError,
-    forward::Held,
+    facts::Held,
     headers::{keep_upgrade, strip_hop_by_hop},
 };
 use crate::{clock::monotonic_ms, upstream::exchange::Upgraded, Body};

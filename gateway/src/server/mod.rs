@@ -1,4 +1,4 @@
-//! Running the gateway: listeners, the admin API ([`admin`]), reloads ([`reload`]) and
+//! Running the gateway: listeners, the admin API (`admin.rs`), reloads (`reload.rs`) and
 //! graceful shutdown.
 
 mod admin;
@@ -41,6 +41,7 @@ pub struct Gateway {
 /// Runs the gateway with the config at `path` until SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> Result<()> {
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
+    runtime.start();
     let metrics = Arc::new(Metrics::new());
     metrics.analytics.configure(&runtime.config.analytics);
     let gw = Arc::new(Gateway {

@@ -86,14 +86,28 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
                 .analytics
                 .configure(&built.runtime.config.analytics);
             for l in listeners.iter_mut() {
-                let config = built.runtime.config.listeners.get(l.index);
-                if let (Some(Some(sc)), Some(Some(files))) =
-                    (built.tls.get(l.index), config.map(|c| c.tls.as_ref()))
-                {
-                    l.state.store(sc.clone());
-                    l.seen = stamps(&tls::files(files));
+                let was = old
+                    .config
+                    .listeners
+                    .get(l.index)
+                    .and_then(|c| c.tls.as_ref());
+                let now = built
+                    .runtime
+                    .config
+                    .listeners
+                    .get(l.index)
+                    .and_then(|c| c.tls.as_ref());
+                // Only a listener whose TLS settings changed gets the config built for it:
+                // a new one would start with an empty session cache, and every client of an
+                // unchanged listener would lose resumption.
+                if let (Some(Some(sc)), Some(files)) = (built.tls.get(l.index), now) {
+                    if was != Some(files) {
+                        l.state.store(sc.clone());
+                        l.seen = stamps(&tls::files(files));
+                    }
                 }
             }
+            built.runtime.start();
             gw.runtime.store(Arc::new(built.runtime));
             gw.metrics
                 .config_generation

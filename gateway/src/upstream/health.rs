@@ -12,16 +12,16 @@ use sluice_util::probe::Probe;
 use super::pool::Pool;
 use crate::config::HealthCheck;
 
-/// Builds a pool and, if it has a health check, starts probing it; the prober ends when the
-/// pool is dropped (a reload that replaces it).
-pub fn start_pool(u: &crate::config::Upstream) -> Arc<Pool> {
-    let pool = Arc::new(Pool::new(u));
-    if pool.health.is_some() {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(check_health(Arc::downgrade(&pool)));
-        }
+/// Starts probing `pool` if it has a health check and is not probed yet. The prober ends
+/// when the pool is dropped (a reload that replaces it). Called once a generation is
+/// accepted, so a refused config probes nothing.
+pub fn start(pool: &Arc<Pool>) {
+    if pool.health.is_none() || pool.started.swap(true, Ordering::Relaxed) {
+        return;
     }
-    pool
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(check_health(Arc::downgrade(pool)));
+    }
 }
 
 /// Probes every target of `pool` until the pool is dropped (a reload that replaces it).

@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
+use hyper::header::HeaderName;
 use rand::Rng;
+use sluice_util::FieldError;
 use smallvec::SmallVec;
 
 use crate::config::{Balance, HealthCheck, Outlier, Upstream};
@@ -91,6 +93,10 @@ pub struct Pool {
     pub outlier: Option<Outlier>,
     /// Session-persistence cookie name.
     pub session_cookie: Option<String>,
+    /// The header a `hash-header` pool hashes on, parsed once.
+    pub hash_header: Option<HeaderName>,
+    /// Its health prober has been started (see [`super::health::start`]).
+    pub(super) started: AtomicBool,
 }
 
 /// The smooth weighted round-robin order (as nginx): each target appears `weight` times,
@@ -140,10 +146,19 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 }
 
 impl Pool {
-    /// Builds a pool from config.
-    pub fn new(u: &Upstream) -> Self {
+    /// Builds a pool (nothing runs until [`super::health::start`]); a `hash-header` name
+    /// that is not a header name is refused as `balance`.
+    pub fn build(u: &Upstream) -> Result<Self, FieldError> {
+        let hash_header = match &u.balance {
+            Balance::HashHeader(h) => {
+                Some(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    FieldError::new("balance", format!("{h:?} is not a header name"))
+                })?)
+            }
+            _ => None,
+        };
         let weights: Vec<u32> = u.targets.iter().map(|t| t.weight).collect();
-        Pool {
+        Ok(Pool {
             name: u.name.clone(),
             balance: u.balance.clone(),
             targets: u
@@ -172,7 +187,9 @@ impl Pool {
             health: u.health.clone(),
             outlier: u.outlier.clone(),
             session_cookie: u.session_cookie.clone(),
-        }
+            hash_header,
+            started: AtomicBool::new(false),
+        })
     }
 
     /// The opaque cookie value that names target `i` (a hash of its address, so it stays
@@ -371,7 +388,7 @@ mod tests {
     use crate::config::Target;
 
     fn pool(balance: Balance, weights: &[u32]) -> Pool {
-        Pool::new(&Upstream {
+        Pool::build(&Upstream {
             name: "p".into(),
             balance,
             targets: weights
@@ -393,6 +410,7 @@ mod tests {
                 max_ejection_percent: 50,
             }),
         })
+        .expect("a valid pool")
     }
 
     fn key() -> HashInput<'static> {

@@ -175,6 +175,13 @@ fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
+/// A realm that can stand in a quoted-string of a challenge as it is.
+fn realm_ok(realm: &str) -> bool {
+    realm
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ')
+}
+
 /// A route's authentication step.
 pub struct Authenticator {
     methods: Vec<AuthMethod>,
@@ -226,8 +233,10 @@ impl Authenticator {
             })?,
             key_query: cfg.api_key_query.clone(),
             issuers: chosen,
-            challenge: HeaderValue::from_str(&challenge)
-                .map_err(|_| FieldError::new("realm", "printable ASCII without quotes"))?,
+            challenge: realm_ok(&cfg.realm)
+                .then(|| HeaderValue::from_str(&challenge).ok())
+                .flatten()
+                .ok_or_else(|| FieldError::new("realm", "printable ASCII without quotes"))?,
             consumers,
             tokens: jwt::TokenCache::default(),
         })

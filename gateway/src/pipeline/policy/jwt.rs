@@ -196,6 +196,8 @@ pub struct Issuer {
     keys_generation: AtomicU64,
     /// Digest of the key-set document in force.
     last_document: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Its key-set refresh has been started (see [`Issuer::start`]).
+    started: std::sync::atomic::AtomicBool,
 }
 
 fn read(field: &str, path: &Path) -> Result<Vec<u8>, FieldError> {
@@ -211,19 +213,21 @@ fn pem_key(pem: &[u8]) -> Option<(Family, DecodingKey)> {
 }
 
 impl Issuer {
-    /// Loads the keys of a validated issuer (paths already resolved against the config
-    /// file) and starts its background refresh if it has a JWKS.
-    pub fn start(config: JwtIssuer) -> Result<Arc<Issuer>, FieldError> {
-        let issuer = Arc::new(Self::load(config)?);
-        if issuer.config.jwks_url.is_some() || issuer.jwks_file.is_some() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(refresh_loop(Arc::downgrade(&issuer)));
-            }
+    /// Starts the background refresh of the issuer's key set, if it has one and it is not
+    /// refreshed yet. Called once a generation is accepted, so a refused config fetches
+    /// nothing.
+    pub fn start(self: &Arc<Self>) {
+        let has_set = self.config.jwks_url.is_some() || self.jwks_file.is_some();
+        if !has_set || self.started.swap(true, Ordering::Relaxed) {
+            return;
         }
-        Ok(issuer)
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(refresh_loop(Arc::downgrade(self)));
+        }
     }
 
-    /// Loads keys without starting anything: what `check` and config loading use.
+    /// Builds an issuer, reading its key files; nothing runs until [`Issuer::start`].
+    /// Refusals name fields of the `[[jwt_issuer]]`.
     pub fn load(config: JwtIssuer) -> Result<Issuer, FieldError> {
         let mut algorithms = Vec::new();
         for a in &config.algorithms {
@@ -283,6 +287,7 @@ impl Issuer {
             last_fetch: tokio::sync::Mutex::new(None),
             keys_generation: AtomicU64::new(0),
             last_document: tokio::sync::Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }

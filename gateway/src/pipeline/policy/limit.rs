@@ -25,7 +25,7 @@ use sluice_util::FieldError;
 use super::{
     rate::{gcra, token_bucket, Rate, Verdict},
     redis_store::RedisStore,
-    refuse, Admitted, Context, Refusal,
+    refuse, Context, Granted, Refusal,
 };
 use crate::config::{
     policy::{Algorithm, LimitKey, OnFailure, Store},
@@ -274,7 +274,7 @@ pub async fn check_all(
     limits: &[Arc<Limit>],
     parts: &Parts,
     ctx: &Context<'_>,
-    admitted: &mut Admitted,
+    admitted: &mut Granted,
 ) -> Result<(), Refusal> {
     let mut tightest: Option<(&Limit, Verdict)> = None;
     for limit in limits {

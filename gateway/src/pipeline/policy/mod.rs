@@ -68,9 +68,9 @@ pub struct Context<'a> {
     pub identity: Option<Arc<Identity>>,
 }
 
-/// What admitted requests carry to the response.
+/// What the policies granted an admitted request, carried to its response.
 #[derive(Default)]
-pub struct Admitted {
+pub struct Granted {
     /// Headers for the response (`RateLimit`, `RateLimit-Policy`, …).
     pub headers: HeaderMap,
     /// Concurrency slots, held until the response body ends.
@@ -118,8 +118,10 @@ impl Shared {
                 .cloned();
             let issuer = match reuse {
                 Some(i) => i,
-                None => jwt::Issuer::start(j.clone())
-                    .map_err(|e| e.under(&format!("jwt_issuer[{i}]")))?,
+                None => Arc::new(
+                    jwt::Issuer::load(j.clone())
+                        .map_err(|e| e.under(&format!("jwt_issuer[{i}]")))?,
+                ),
             };
             issuers.insert(j.name.clone(), issuer);
         }
@@ -136,6 +138,13 @@ impl Shared {
             client_ip: client_ip::ClientIpRule::try_from(&config.client_ip)
                 .map_err(|e| e.under("client_ip"))?,
         })
+    }
+
+    /// Starts what the policy objects run in the background (key-set refreshes).
+    pub fn start(&self) {
+        for issuer in self.issuers.values() {
+            issuer.start();
+        }
     }
 
     fn build_limits(
@@ -242,8 +251,8 @@ impl Chain {
         parts: &mut Parts,
         mut body: Body,
         ctx: &mut Context<'_>,
-    ) -> Result<(Body, Admitted), Refusal> {
-        let mut admitted = Admitted::default();
+    ) -> Result<(Body, Granted), Refusal> {
+        let mut admitted = Granted::default();
         for step in &self.steps {
             match step {
                 Stage::Authenticate(a) => {

@@ -19,9 +19,10 @@ use serde_json::Value;
 use sluice_util::{config::refuse as refuse_field, FieldError};
 
 use super::{refuse, Refusal};
+use crate::pipeline::error::ProxyError;
 use crate::{
     config::{RequestTransform, ResponseTransform},
-    pipeline::problem::{collect_capped, full, problem, CollectError},
+    pipeline::problem::{collect_capped, full, CollectError},
     Body,
 };
 
@@ -462,12 +463,7 @@ impl ResponseTransformer {
         }
         let bytes = match collect_capped(body, self.json.max).await {
             Ok(b) => b,
-            Err(_) => {
-                return problem(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream's JSON body is over the transform's size cap or broke off",
-                )
-            }
+            Err(_) => return ProxyError::ResponseBodyUnreadable.into_response(),
         };
         let out = match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
