@@ -231,3 +231,82 @@ fn sni_versions_alpn_reload_and_mtls() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Handshakes with `sni` and reads one HTTP/1.1 answer (which also takes in TLS 1.3 session
+/// tickets); how the handshake went.
+async fn handshake_kind(
+    addr: std::net::SocketAddr,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+) -> Option<rustls::HandshakeKind> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from(sni.to_string()).ok()?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let kind = tls.get_ref().1.handshake_kind();
+    tls.write_all(
+        format!("GET /t HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.ok()?;
+    kind
+}
+
+#[test]
+fn a_reload_that_leaves_tls_alone_keeps_sessions_resumable() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let dir = std::env::temp_dir().join(format!("sluice-tls-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let server_ca = ca("server ca");
+    leaf(&server_ca, &dir, "a", &["a.example"], false);
+    let config = |extra_route: bool| {
+        let mut b = GatewayToml::empty()
+            .raw(&format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+                 tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}] }}\n",
+                d = dir.display(),
+            ))
+            .upstream("a", &[up.addr])
+            .route_all("r", "a");
+        if extra_route {
+            b = b.route("extra", "/extra", "a");
+        }
+        b.build()
+    };
+    let gw = Gateway::start(&config(false));
+    let addr = gw.listeners["tls"];
+    // One client config: its session store carries tickets from one connection to the next.
+    let both = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let client = client(&server_ca, &both, &[], None);
+    let first = rt.block_on(handshake_kind(addr, client.clone(), "a.example"));
+    assert_eq!(first, Some(rustls::HandshakeKind::Full));
+    let second = rt.block_on(handshake_kind(addr, client.clone(), "a.example"));
+    assert_eq!(
+        second,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumption works"
+    );
+
+    // A reload that changes only the routes: the listener keeps its TLS config, and with it
+    // the keys its tickets were made with.
+    gw.rewrite(&config(true));
+    let start = std::time::Instant::now();
+    while support::metric(&gw, "sluice_gateway_config_generation") < 2.0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = rt.block_on(handshake_kind(addr, client.clone(), "a.example"));
+    assert_eq!(
+        after,
+        Some(rustls::HandshakeKind::Resumed),
+        "a route-only reload lost the TLS session"
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}

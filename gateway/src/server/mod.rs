@@ -40,6 +40,8 @@ pub struct Gateway {
 
 /// Runs the gateway with the config at `path` until SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> Result<()> {
+    // Stamped before it is read: a change made while the gateway starts is reloaded.
+    let seen = stamp(&path);
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
     runtime.start();
     let metrics = Arc::new(Metrics::new());
@@ -57,7 +59,7 @@ pub async fn run(path: PathBuf) -> Result<()> {
         .with_context(|| format!("admin listener on {admin_addr}"))?;
     info!(address = %admin.local_addr().unwrap_or(admin_addr), "admin API");
     tokio::spawn(admin::serve_admin(admin, gw.clone()));
-    serve_until_stopped(&path, &gw, &mut tls_listeners).await?;
+    serve_until_stopped(&path, seen, &gw, &mut tls_listeners).await?;
     shut_down(&gw, stop_tx, accept_loops).await;
     Ok(())
 }
@@ -99,6 +101,7 @@ fn start_listeners(
 /// Reloads on SIGHUP and on file changes, until SIGTERM or SIGINT.
 async fn serve_until_stopped(
     path: &std::path::Path,
+    mut seen: reload::Stamp,
     gw: &Gateway,
     tls_listeners: &mut [TlsListener],
 ) -> Result<()> {
@@ -106,7 +109,6 @@ async fn serve_until_stopped(
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut seen = stamp(path);
     loop {
         tokio::select! {
             _ = hup.recv() => {
