@@ -362,8 +362,8 @@ fn check_health(h: &HealthCheck) -> Result<(), FieldError> {
     if h.port == 0 {
         return refuse("port", "must not be 0");
     }
-    if h.kind == CheckKind::Http && !h.path.starts_with('/') {
-        return refuse("path", "must start with '/'");
+    if h.kind == CheckKind::Http {
+        sluice_util::probe::check_path(&h.path).or_else(|why| refuse("path", why))?;
     }
     if !(100..=599).contains(&h.expect_status) {
         return refuse("expect_status", "must be an HTTP status (100-599)");

@@ -29,6 +29,18 @@ pub enum ProbeError {
     Malformed,
 }
 
+/// Whether `path` can be probed: it goes into the request line as it is, so it must start
+/// with `/` and be printable ASCII without spaces. `Err` is the reason, for a config error.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'");
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("printable ASCII without spaces (percent-encode the rest)");
+    }
+    Ok(())
+}
+
 /// What to probe, and how long it may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe<'a> {
@@ -104,6 +116,15 @@ fn status_of(head: &[u8]) -> Option<u16> {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn paths_that_would_break_the_request_line_are_refused() {
+        assert_eq!(check_path("/readyz?x=1"), Ok(()));
+        assert!(check_path("readyz").is_err());
+        assert!(check_path("/a b").is_err());
+        assert!(check_path("/a\r\nX-Injected: 1").is_err());
+        assert!(check_path("/caf\u{e9}").is_err());
+    }
 
     #[test]
     fn status_lines() {

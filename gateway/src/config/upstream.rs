@@ -185,16 +185,7 @@ fn is_token(s: &str) -> bool {
 
 impl HealthCheck {
     fn validate(&self) -> Result<(), FieldError> {
-        if !self.path.starts_with('/') {
-            return refuse("path", "must start with '/'");
-        }
-        // It goes into the probe's request line as it is.
-        if !self.path.bytes().all(|b| b.is_ascii_graphic()) {
-            return refuse(
-                "path",
-                "printable ASCII without spaces (percent-encode the rest)",
-            );
-        }
+        sluice_util::probe::check_path(&self.path).or_else(|why| refuse("path", why))?;
         if self.interval_ms == 0 || self.timeout_ms == 0 || self.timeout_ms > self.interval_ms {
             return refuse(
                 "timeout_ms",
