@@ -34,6 +34,7 @@ use crate::{
     upstream::{
         exchange::Answer,
         forwarding::{self, Forwarding},
+        http1::SendError,
         HashInput, Outcome, Pool,
     },
     Body,
@@ -64,14 +65,57 @@ pub async fn forward(
         host,
         request_id,
     );
-    let mut out = match Outbound::prepare(route, split, conn, client_ip, req, forwarding).await {
-        Ok(out) => out,
-        Err(e) => return e.into_response(),
-    };
-    match attempts(route, split, metrics, &mut out).await {
-        Ok((target, answer)) => respond(&split.pool, target, out, answer),
-        Err(e) => e.into_response(),
+    let mut out = Outbound::new(route, split, conn, client_ip, req, forwarding);
+    // A body that may need sending twice is read first (within the size limit); otherwise
+    // it streams through.
+    if let Replay::Once(Some(body)) = &mut out.body {
+        if out.can_retry {
+            let body = std::mem::replace(body, crate::full(Bytes::new()));
+            out.body = match collect_capped(body, conn.max_body as usize).await {
+                Ok(b) => Replay::Buffered(b),
+                Err(CollectError::TooLarge) => return ProxyError::BodyTooLarge.into_response(),
+                Err(CollectError::Broken) => return ProxyError::BodyUnreadable.into_response(),
+            };
+        }
     }
+    let pool = &*split.pool;
+    // At most 6 attempts (retries.attempts <= 5): on the stack.
+    let mut tried: SmallVec<[usize; 6]> = SmallVec::new();
+    // The exchange is awaited here rather than in a helper `async fn`, whose future (the
+    // request's largest) would be moved whole into this one's state on every attempt.
+    let (target, answer) = loop {
+        let Some(mut slot) = pool.admit() else {
+            return ProxyError::PoolFull {
+                pool: pool.name.clone(),
+            }
+            .into_response();
+        };
+        let Some(i) = out.pick(pool, &tried) else {
+            return ProxyError::NoTarget {
+                pool: pool.name.clone(),
+            }
+            .into_response();
+        };
+        slot.on_target(i);
+        tried.push(i);
+        let up = match out.request() {
+            Ok(up) => up,
+            Err(e) => return e.into_response(),
+        };
+        let sent = Instant::now();
+        // From the same clock read as `sent` (`timeout` would read the clock again).
+        let deadline = tokio::time::Instant::from_std(sent) + out.timeout;
+        let exchange = split.client.send(pool, i, up, &out.forwarding);
+        let result = tokio::time::timeout_at(deadline, exchange).await;
+        let result = settle(route, metrics, pool, i, &out, sent, result);
+        let retry_left = out.can_retry && (tried.len() as u32) <= route.config.retries.attempts;
+        match classify(route, pool, i, result, retry_left) {
+            Next::Answer(a) => break (i, a),
+            Next::Retry => continue,
+            Next::Fail(e) => return e.into_response(),
+        }
+    };
+    respond(pool, target, &mut out, answer)
 }
 
 /// The split a request goes to, by weight.
@@ -125,27 +169,19 @@ struct Outbound {
 }
 
 impl Outbound {
-    async fn prepare(
+    /// The request as every attempt will send it; its body streams through until
+    /// `forward` buffers it for a request that may be retried.
+    fn new(
         route: &RouteRuntime,
         split: &RouteSplit,
         conn: Conn,
         client_ip: IpAddr,
         req: Request<Body>,
         forwarding: Forwarding,
-    ) -> Result<Self, ProxyError> {
+    ) -> Self {
         let (mut parts, body) = req.into_parts();
         let can_retry = route.config.retries.attempts > 0 && parts.method.is_idempotent();
-        // A body that may need sending twice is read first (within the size limit);
-        // otherwise it streams through.
-        let body = if can_retry {
-            match collect_capped(body, conn.max_body as usize).await {
-                Ok(b) => Replay::Buffered(b),
-                Err(CollectError::TooLarge) => return Err(ProxyError::BodyTooLarge),
-                Err(CollectError::Broken) => return Err(ProxyError::BodyUnreadable),
-            }
-        } else {
-            Replay::Once(Some(body))
-        };
+        let body = Replay::Once(Some(body));
         let pool = &split.pool;
         let (hash_header, hash_cookie) = hash_keys(pool, &parts, &forwarding);
         let session = pool
@@ -159,7 +195,7 @@ impl Outbound {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let origin = Uri::from(path);
-        Ok(Outbound {
+        Outbound {
             upgrade: upgrade_of(&parts.headers),
             client_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
             body_fault: parts.extensions.remove::<FaultCell>(),
@@ -178,7 +214,7 @@ impl Outbound {
             session,
             client_ip,
             can_retry,
-        })
+        }
     }
 
     /// The target for the next attempt: the session's, else the pool's pick, never one
@@ -257,52 +293,17 @@ enum Next {
     Fail(ProxyError),
 }
 
-/// Attempts until one answers, a failure is final, or the retries or budget run out.
-/// Returns the target that answered, and its answer.
-async fn attempts(
+/// What one exchange with target `i` came to, reported to the pool: the answer, or the
+/// error (the client's broken body first, whatever the upstream side saw).
+fn settle(
     route: &RouteRuntime,
-    split: &RouteSplit,
     metrics: &Metrics,
-    out: &mut Outbound,
-) -> Result<(usize, Answer), ProxyError> {
-    let pool = &*split.pool;
-    // At most 6 attempts (retries.attempts <= 5): on the stack.
-    let mut tried: SmallVec<[usize; 6]> = SmallVec::new();
-    loop {
-        let mut slot = pool.admit().ok_or_else(|| ProxyError::PoolFull {
-            pool: pool.name.clone(),
-        })?;
-        let i = out.pick(pool, &tried).ok_or_else(|| ProxyError::NoTarget {
-            pool: pool.name.clone(),
-        })?;
-        slot.on_target(i);
-        tried.push(i);
-        let result = attempt(route, split, metrics, out, i).await;
-        let retry_left = out.can_retry && (tried.len() as u32) <= route.config.retries.attempts;
-        match classify(route, pool, i, result, retry_left) {
-            Next::Answer(a) => return Ok((i, a)),
-            Next::Retry => continue,
-            Next::Fail(e) => return Err(e),
-        }
-    }
-}
-
-/// One exchange with target `i`, bounded by the route's `request_ms`, with its outcome
-/// reported to the pool.
-async fn attempt(
-    route: &RouteRuntime,
-    split: &RouteSplit,
-    metrics: &Metrics,
-    out: &mut Outbound,
+    pool: &Pool,
     i: usize,
+    out: &Outbound,
+    sent: Instant,
+    result: Result<Result<Answer, SendError>, tokio::time::error::Elapsed>,
 ) -> Result<Answer, ProxyError> {
-    let pool = &*split.pool;
-    let up = out.request()?;
-    let sent = Instant::now();
-    // From the same clock read as `sent` (`timeout` would read the clock again).
-    let deadline = tokio::time::Instant::from_std(sent) + out.timeout;
-    let result =
-        tokio::time::timeout_at(deadline, split.client.send(pool, i, up, &out.forwarding)).await;
     if let (Err(_) | Ok(Err(_)), Some(e)) = (&result, out.body_failed()) {
         return Err(e);
     }
@@ -366,15 +367,20 @@ fn classify(
 
 /// The upstream's answer as the client gets it: a protocol switch joins the two
 /// connections; anything else loses its hop-by-hop headers and may set the session cookie.
-fn respond(pool: &Pool, i: usize, out: Outbound, answer: Answer) -> Response<Body> {
+fn respond(pool: &Pool, i: usize, out: &mut Outbound, answer: Answer) -> Response<Body> {
     let Answer { response, upgraded } = answer;
     if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let tunnel = Tunnel {
+            held: out.tunnel.held.take(),
+            hold: out.tunnel.hold.take(),
+            idle: out.tunnel.idle,
+        };
         return switch_protocols(
             response,
             upgraded,
-            out.client_upgrade,
-            out.upgrade,
-            out.tunnel,
+            out.client_upgrade.take(),
+            out.upgrade.take(),
+            tunnel,
         );
     }
     let (mut rp, body) = response.into_parts();

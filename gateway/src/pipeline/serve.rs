@@ -92,6 +92,11 @@ impl<'rt> Served<'rt> {
     }
 }
 
+// The phases that wait (the policy chain, forwarding, the response transform) are awaited
+// here, not inside helper `async fn`s: a nested future is moved whole into its parent's
+// state when it is created, and these are the request's largest (an extra level each cost
+// some 1,300 instructions per request in memcpy under callgrind). The phases between them
+// are plain functions.
 async fn serve<'rt>(
     rt: &'rt Runtime,
     metrics: &Metrics,
@@ -104,52 +109,70 @@ async fn serve<'rt>(
         Ok(h) => h,
         Err(e) => return Served::unrouted(e),
     };
-    let route = match find_route(rt, &req, host.as_str()) {
+    // Once: a shared Host value is checked as UTF-8 each time it is read as text.
+    let host_name = host.as_str();
+    let route = match find_route(rt, &req, host_name) {
         Ok(r) => r,
         Err(e) => return Served::unrouted(e),
     };
     let mut consumer = None;
-    let facts = Facts {
-        conn,
-        client,
-        host: host.as_str(),
-        request_id,
+    let response = 'answer: {
+        if let Some(rd) = &route.redirect {
+            break 'answer redirect(rd);
+        }
+        let (mut parts, mut body) = match admit(conn, req) {
+            Ok(admitted) => admitted,
+            Err(e) => break 'answer e.into_response(),
+        };
+        let mut granted = Granted::default();
+        if !route.chain.is_empty() {
+            let mut ctx = Context {
+                client,
+                limit_client: rt.policies.client_ip.limit_key(client),
+                route: route.config.name.as_str(),
+                identity: None,
+            };
+            let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
+            consumer = ctx.identity.map(|i| i.consumer.clone());
+            (body, granted) = match verdict {
+                Ok(passed) => passed,
+                Err(refusal) => break 'answer *refusal,
+            };
+            // A request transform may have rewritten the path: what goes upstream is
+            // normal too.
+            if let Err(e) = renormalize(&mut parts, conn) {
+                break 'answer e.into_response();
+            }
+        }
+        let head = parts.method == hyper::Method::HEAD;
+        // Concurrency slots live as long as the response body, or as an upgraded tunnel
+        // (which takes its share from the request's extensions).
+        let slots = (!granted.slots.is_empty()).then(|| Arc::new(Held(granted.slots)));
+        if let Some(s) = &slots {
+            parts.extensions.insert(s.clone());
+        }
+        let facts = Facts {
+            conn,
+            client,
+            host: host_name,
+            request_id,
+        };
+        let mut resp = forward(route, metrics, facts, Request::from_parts(parts, body)).await;
+        if let Some(t) = route
+            .chain
+            .response
+            .as_ref()
+            .filter(|_| transformable(&resp))
+        {
+            resp = t.apply(resp, head).await;
+        }
+        finish(resp, granted.headers, slots)
     };
-    let response = route_and_forward(rt, route, metrics, facts, req, &mut consumer).await;
     Served {
         response,
         route: route.config.name.as_str(),
         consumer,
     }
-}
-
-/// Everything after routing: a redirect's answer, or admission and forwarding.
-async fn route_and_forward(
-    rt: &Runtime,
-    route: &RouteRuntime,
-    metrics: &Metrics,
-    facts: Facts<'_>,
-    req: Request<Incoming>,
-    consumer: &mut Option<Arc<str>>,
-) -> Response<Body> {
-    if let Some(rd) = &route.redirect {
-        return redirect(rd);
-    }
-    let admission = admit(rt, route, facts.conn, facts.client, req, consumer).await;
-    let (mut parts, body, admitted) = match admission {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
-    let head = parts.method == hyper::Method::HEAD;
-    // Concurrency slots live as long as the response body, or as an upgraded tunnel (which
-    // takes its share from the request's extensions).
-    let slots = (!admitted.slots.is_empty()).then(|| Arc::new(Held(admitted.slots)));
-    if let Some(s) = &slots {
-        parts.extensions.insert(s.clone());
-    }
-    let req = Request::from_parts(parts, body);
-    let resp = forward(route, metrics, facts, req).await;
-    respond(route, resp, head, admitted.headers, slots).await
 }
 
 /// The Host and path rules: hyper checks neither the Host rules nor its content, and
@@ -196,16 +219,9 @@ fn redirect(rd: &RedirectAnswer) -> Response<Body> {
     r
 }
 
-/// The body limit, hop-by-hop headers and the route's policy chain. `Err` is the answer
-/// in the upstream's place (a refusal); `consumer` is set once authentication knows it.
-async fn admit(
-    rt: &Runtime,
-    route: &RouteRuntime,
-    conn: Conn,
-    client: IpAddr,
-    req: Request<Incoming>,
-    consumer: &mut Option<Arc<str>>,
-) -> Result<(Parts, Body, Granted), Response<Body>> {
+/// Admission before the policies: the declared body limit, hop-by-hop headers, and the
+/// body wrapped to enforce the limit as it streams.
+fn admit(conn: Conn, req: Request<Incoming>) -> Result<(Parts, Body), ProxyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -215,8 +231,7 @@ async fn admit(
         return Err(ProxyError::DeclaredTooLarge {
             declared: len,
             max: conn.max_body,
-        }
-        .into_response());
+        });
     }
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(&policy::CONSUMER_HEADER);
@@ -238,45 +253,30 @@ async fn admit(
         parts.extensions.insert(fault.clone());
         ClientBody::new(body, conn.max_body, fault).boxed()
     };
-    if route.chain.is_empty() {
-        return Ok((parts, body, Granted::default()));
-    }
-    let mut ctx = Context {
-        client,
-        limit_client: rt.policies.client_ip.limit_key(client),
-        route: route.config.name.as_str(),
-        identity: None,
-    };
-    // Not boxed: it is smaller than `forward`'s, so it does not grow the request's future
-    // (the JWT key fetch, kilobytes, is boxed where it runs).
-    let verdict = route.chain.run(&mut parts, body, &mut ctx).await;
-    *consumer = ctx.identity.map(|i| i.consumer.clone());
-    let (body, admitted) = verdict.map_err(|refusal| *refusal)?;
-    // A request transform may have rewritten the path: what goes upstream is normal too.
-    match normalized_target(&parts.uri, &parts.method, conn.paths) {
-        Ok(None) => {}
-        Ok(Some(uri)) => parts.uri = uri,
-        Err(e) => return Err(ProxyError::from(e).into_response()),
-    }
-    Ok((parts, body, admitted))
+    Ok((parts, body))
 }
 
-/// The route's response transform (not on the gateway's own answers or a protocol switch),
-/// the limits' headers, and the concurrency slots, held until the body ends.
-async fn respond(
-    route: &RouteRuntime,
+/// Normalizes the path again after the policies (a transform may have rewritten it).
+fn renormalize(parts: &mut Parts, conn: Conn) -> Result<(), ProxyError> {
+    if let Some(uri) = normalized_target(&parts.uri, &parts.method, conn.paths)? {
+        parts.uri = uri;
+    }
+    Ok(())
+}
+
+/// Whether a response transform applies: never to the gateway's own answers or a protocol
+/// switch.
+fn transformable(resp: &Response<Body>) -> bool {
+    resp.extensions().get::<GatewayMade>().is_none()
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// The limits' headers, and the concurrency slots, held until the body ends.
+fn finish(
     mut resp: Response<Body>,
-    head: bool,
     limit_headers: header::HeaderMap,
     slots: Option<Arc<Held>>,
 ) -> Response<Body> {
-    if let Some(t) = &route.chain.response {
-        if resp.extensions().get::<GatewayMade>().is_none()
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
-            resp = t.apply(resp, head).await;
-        }
-    }
     resp.headers_mut().extend(limit_headers);
     match slots {
         Some(slots) => resp.map(move |b| {

@@ -24,7 +24,7 @@ use sluice_util::FieldError;
 
 use super::{
     rate::{gcra, token_bucket, Rate, Verdict},
-    redis_store::RedisStore,
+    redis_store::{RedisStore, StoreError},
     refuse, Context, Granted, Refusal,
 };
 use crate::config::{
@@ -284,8 +284,19 @@ pub async fn check_all(
             continue;
         }
         let Some(rate) = limit.rate else { continue };
-        let Some(verdict) = limit.verdict(&key, rate).await? else {
-            continue;
+        // Awaited here, not in a helper `async fn`: see `pipeline::serve`.
+        let verdict = match &limit.redis {
+            None => limit.local.check(&key, limit.config.algorithm, rate),
+            Some(store) => {
+                let asked = store.check(&limit.config.name, &key, limit.config.algorithm, rate);
+                match asked.await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        limit.store_failed(store, &e)?;
+                        continue;
+                    }
+                }
+            }
         };
         if !verdict.allowed {
             limit.limited.fetch_add(1, Ordering::Relaxed);
@@ -347,27 +358,17 @@ fn take_slot(limit: &Arc<Limit>, key: String, max: u64) -> Result<Slot, Refusal>
 }
 
 impl Limit {
-    /// The store's verdict for `key`; `None` when a failed shared store lets the request
-    /// through (`on_failure = "open"`), 503 when it does not.
-    async fn verdict(&self, key: &str, rate: Rate) -> Result<Option<Verdict>, Refusal> {
-        let Some(store) = &self.redis else {
-            return Ok(Some(self.local.check(key, self.config.algorithm, rate)));
-        };
-        let e = match store
-            .check(&self.config.name, key, self.config.algorithm, rate)
-            .await
-        {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) => e,
-        };
+    /// A failed shared store: `Ok` lets the request through (`on_failure = "open"`), `Err`
+    /// is the 503 that refuses it.
+    fn store_failed(&self, store: &RedisStore, e: &StoreError) -> Result<(), Refusal> {
         let open = store.config.on_failure == OnFailure::Open;
         store.failed(open);
         // Logged once per failure, not for every request of the back-off.
-        if let super::redis_store::StoreError::Failed(why) = &e {
+        if let StoreError::Failed(why) = e {
             tracing::warn!(limit = %self.config.name, error = %why, fail_open = open, "shared rate-limit store failed");
         }
         if open {
-            return Ok(None);
+            return Ok(());
         }
         let mut r = refuse(
             StatusCode::SERVICE_UNAVAILABLE,
