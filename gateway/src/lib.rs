@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod downstream;
 pub mod generation;
+pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

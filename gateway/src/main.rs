@@ -79,10 +79,13 @@ fn main() -> Result<()> {
                 }
                 None => tokio::runtime::Builder::new_multi_thread(),
             };
+            let threads = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
             rt.enable_all()
                 .build()
                 .context("starting the runtime")?
-                .block_on(sluice_gateway::server::run(config))
+                .block_on(sluice_gateway::server::run(config, threads))
         }
         Command::Check { config } => {
             // Built as a run would build it (certificates, keys and patterns included),

@@ -14,7 +14,7 @@ use std::{
 };
 
 /// Histogram bucket bounds in seconds.
-const BOUNDS: [f64; 12] = [
+pub const BOUNDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
@@ -82,6 +82,53 @@ pub fn method_label(method: &hyper::Method) -> &'static str {
         M::TRACE => "TRACE",
         M::PATCH => "PATCH",
         _ => "other",
+    }
+}
+
+/// Request totals since start over every route: what a load report is computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered with a 5xx status.
+    pub errors: u64,
+    /// Seconds from request to response head, summed.
+    pub duration_sum: f64,
+    /// Requests answered within each of [`BOUNDS`] (cumulative).
+    pub buckets: [u64; BOUNDS.len()],
+}
+
+impl Totals {
+    /// What was counted after `old`.
+    pub fn since(&self, old: &Totals) -> Totals {
+        let mut buckets = self.buckets;
+        for (b, o) in buckets.iter_mut().zip(old.buckets) {
+            *b = b.saturating_sub(o);
+        }
+        Totals {
+            requests: self.requests.saturating_sub(old.requests),
+            errors: self.errors.saturating_sub(old.errors),
+            duration_sum: (self.duration_sum - old.duration_sum).max(0.0),
+            buckets,
+        }
+    }
+
+    /// The `q` quantile of time to response head in seconds, interpolated within its bucket
+    /// (0 with no requests; the last bound for what lies beyond it).
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        let target = q * self.requests as f64;
+        let (mut below_count, mut below_bound) = (0u64, 0.0);
+        for (n, bound) in self.buckets.iter().zip(BOUNDS) {
+            if *n as f64 >= target && *n > below_count {
+                let share = (target - below_count as f64) / (*n - below_count) as f64;
+                return below_bound + share.clamp(0.0, 1.0) * (bound - below_bound);
+            }
+            (below_count, below_bound) = (*n, bound);
+        }
+        BOUNDS[BOUNDS.len() - 1]
     }
 }
 
@@ -167,6 +214,27 @@ impl Metrics {
             .entry(status)
             .or_default() += 1;
         r.duration.observe(took.as_secs_f64());
+    }
+
+    /// Request totals over every route, read once per load sample.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        let Ok(i) = self.inner.lock() else { return t };
+        for counts in i.routes.values() {
+            for by_status in counts.requests.values() {
+                for (status, n) in by_status {
+                    t.requests += n;
+                    if *status >= 500 {
+                        t.errors += n;
+                    }
+                }
+            }
+            t.duration_sum += counts.duration.sum;
+            for (b, n) in t.buckets.iter_mut().zip(counts.duration.buckets) {
+                *b += n;
+            }
+        }
+        t
     }
 
     /// Records the time an upstream took to answer with a response head.

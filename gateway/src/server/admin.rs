@@ -3,14 +3,14 @@
 
 use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 
-use hyper::{body::Incoming, Method, Request, Response, StatusCode};
+use hyper::{body::Incoming, header::HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::info;
 
 use super::Gateway;
 use crate::{
-    full,
+    full, load,
     pipeline::{problem::problem, router::query_value, Runtime},
     Body,
 };
@@ -26,14 +26,20 @@ impl Gateway {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
-                if self.draining.load(Ordering::Relaxed) {
+                let mut r = if self.draining.load(Ordering::Relaxed) {
                     problem(StatusCode::SERVICE_UNAVAILABLE, "draining")
                 } else {
                     text(StatusCode::OK, "ready\n")
+                };
+                // One probe brings readiness and load together (see `crate::load`).
+                if let Ok(v) = HeaderValue::from_str(&self.load.report().header_value()) {
+                    r.headers_mut().insert(load::HEADER, v);
                 }
+                r
             }
             (&Method::GET, "/metrics") => {
                 let mut body = self.metrics.render();
+                self.load.report().render(&mut body);
                 let rt = self.runtime.load();
                 upstream_metrics(&mut body, &rt);
                 policy_metrics(&mut body, &rt);

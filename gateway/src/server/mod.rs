@@ -27,6 +27,7 @@ use self::reload::{reload, reload_tls, stamp, TlsListener};
 use crate::{
     downstream::listener::{self, TlsState},
     generation::{self, Generation},
+    load::LoadMeter,
     metrics::Metrics,
     pipeline::Runtime,
 };
@@ -35,20 +36,25 @@ use crate::{
 pub struct Gateway {
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
+    load: Arc<LoadMeter>,
     draining: AtomicBool,
 }
 
-/// Runs the gateway with the config at `path` until SIGTERM or SIGINT.
-pub async fn run(path: PathBuf) -> Result<()> {
+/// Runs the gateway with the config at `path` until SIGTERM or SIGINT, on `workers` worker
+/// threads (what its load report counts as its CPUs, at most).
+pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     // Stamped before it is read: a change made while the gateway starts is reloaded.
     let seen = stamp(&path);
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
     runtime.start();
     let metrics = Arc::new(Metrics::new());
     metrics.analytics.configure(&runtime.config.analytics);
+    let load = Arc::new(LoadMeter::new(workers));
+    tokio::spawn(load.clone().run(metrics.clone()));
     let gw = Arc::new(Gateway {
         runtime: Arc::new(ArcSwap::from_pointee(runtime)),
         metrics,
+        load,
         draining: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,0 +1,169 @@
+//! The load report on `/readyz` (`endpoint-load-metrics`, ORCA's TEXT form) and in
+//! `/metrics`: rates, errors, latency and CPU against real traffic, and the CPU quota of
+//! the cgroup the gateway runs in.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use support::{admin_get, fixed, metric, request, runtime, upstream, Gateway, GatewayToml};
+
+/// The report's fields by name.
+fn report(gw: &Gateway) -> HashMap<String, f64> {
+    let reply = admin_get(gw, "/readyz");
+    assert_eq!(reply.status, 200);
+    let header = reply
+        .headers
+        .get("endpoint-load-metrics")
+        .unwrap_or_else(|| panic!("no load report: {:?}", reply.headers));
+    let fields = header
+        .strip_prefix("TEXT ")
+        .unwrap_or_else(|| panic!("not ORCA TEXT: {header}"));
+    fields
+        .split(", ")
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{kv}"));
+            (k.to_string(), v.parse().unwrap_or_else(|_| panic!("{kv}")))
+        })
+        .collect()
+}
+
+fn wait_for(gw: &Gateway, what: &str, mut done: impl FnMut(&HashMap<String, f64>) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = report(gw);
+        if done(&r) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn readiness_carries_the_load_of_the_last_seconds() {
+    let rt = runtime();
+    let ok = upstream(&rt, "ok", fixed(200, Duration::ZERO));
+    let bad = upstream(&rt, "bad", fixed(500, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("ok", &[ok.addr])
+            .upstream("bad", &[bad.addr])
+            .route("ok", "/ok", "ok")
+            .route("bad", "/bad", "bad")
+            .build(),
+    );
+    // Before any request: a report with no traffic.
+    wait_for(&gw, "a first report", |r| r.contains_key("cpu_utilization"));
+    // 300 requests, a third of them answered 500 by their upstream.
+    for i in 0..300 {
+        let path = if i % 3 == 0 { "/bad" } else { "/ok" };
+        assert!(request(gw.http, "GET", path, &[], "").status >= 200);
+    }
+    wait_for(&gw, "the traffic in the report", |r| {
+        r["rps_fractional"] > 0.0
+    });
+    let r = report(&gw);
+    let ratio = r["eps"] / r["rps_fractional"];
+    assert!((0.25..=0.42).contains(&ratio), "error ratio {ratio}: {r:?}");
+    assert!(
+        r["named_metrics.p99_ms"] > 0.0 && r["named_metrics.p99_ms"] < 1000.0,
+        "{r:?}"
+    );
+    assert!(r["named_metrics.in_flight"] >= 0.0, "{r:?}");
+    assert!(
+        r["cpu_utilization"] > 0.0 && r["cpu_utilization"] < 2.0,
+        "{r:?}"
+    );
+    // The test starts it with two workers.
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2) as f64;
+    assert_eq!(r["named_metrics.usable_cpus"], cpus, "{r:?}");
+    assert!(r["named_metrics.window_ms"] > 0.0, "{r:?}");
+    // The same figures are gauges in /metrics.
+    assert!(metric(&gw, "sluice_gateway_load_requests_per_second") > 0.0);
+    assert!(metric(&gw, "sluice_gateway_load_errors_per_second") > 0.0);
+    assert_eq!(metric(&gw, "sluice_gateway_load_usable_cpus"), cpus);
+    // Quiet again: the window moves on and the rates fall to nothing.
+    wait_for(&gw, "the traffic leaving the window", |r| {
+        r["rps_fractional"] == 0.0
+    });
+}
+
+/// A CPU cgroup made for one test and removed after it, with the process moved back out.
+struct CpuCgroup {
+    dir: std::path::PathBuf,
+    v1: bool,
+    pid: u32,
+}
+
+impl CpuCgroup {
+    /// Puts `pid` in a new CPU cgroup (v1's cpu controller where the host keeps it there,
+    /// as hybrid hosts do; otherwise v2).
+    fn new(pid: u32) -> CpuCgroup {
+        let name = format!("sluice-load-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
+        let dir = if v1 {
+            std::path::Path::new("/sys/fs/cgroup/cpu").join(&name)
+        } else {
+            // v2: the cpu controller must be on for the root's children.
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+            std::path::Path::new("/sys/fs/cgroup").join(&name)
+        };
+        std::fs::create_dir_all(&dir).expect("cgroup");
+        let g = CpuCgroup { dir, v1, pid };
+        std::fs::write(g.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+        g
+    }
+
+    /// Limits the cgroup to `cpus` CPUs, or lifts the limit.
+    fn limit(&self, cpus: Option<f64>) {
+        if self.v1 {
+            let quota = cpus.map_or(-1, |c| (c * 100_000.0) as i64);
+            std::fs::write(self.dir.join("cpu.cfs_period_us"), "100000").expect("period");
+            std::fs::write(self.dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
+        } else {
+            let max = cpus.map_or("max 100000".to_string(), |c| {
+                format!("{} 100000", (c * 100_000.0) as u64)
+            });
+            std::fs::write(self.dir.join("cpu.max"), max).expect("cpu.max");
+        }
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        let root = self.dir.parent().unwrap_or(std::path::Path::new("/"));
+        let _ = std::fs::write(root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn the_cgroup_cpu_quota_is_what_utilization_is_measured_against() {
+    if !sluice_e2e::privileged() {
+        return;
+    }
+    let rt = runtime();
+    let ok = upstream(&rt, "ok", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("ok", &[ok.addr])
+            .route("ok", "/", "ok")
+            .build(),
+    );
+    let cgroup = CpuCgroup::new(gw.pid());
+    cgroup.limit(Some(0.5));
+    wait_for(&gw, "the quota in the report", |r| {
+        r["named_metrics.usable_cpus"] == 0.5
+    });
+    cgroup.limit(None);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2) as f64;
+    wait_for(&gw, "the quota lifted", |r| {
+        r["named_metrics.usable_cpus"] == cpus
+    });
+    drop(cgroup);
+}
