@@ -7,14 +7,14 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sluice_common::stats::{Lb, LbFlow};
+use sluice_util::control::{stamp, Asked, ControlSignals, Stamp};
 use tokio::{
-    signal::unix::{signal, SignalKind},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -132,7 +132,7 @@ type Counts = HashMap<u32, (u64, u64)>;
 struct Agent {
     path: PathBuf,
     config: Config,
-    file_stamp: Option<(SystemTime, u64)>,
+    file_stamp: Stamp,
     dp: DataPlane,
     ids: Ids,
     applied: Applied,
@@ -145,11 +145,6 @@ struct Agent {
     last_error: Option<String>,
     rates: HashMap<u32, (f64, f64)>,
     last_sample: Option<(Instant, Counts)>,
-}
-
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
@@ -184,7 +179,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         path: path.to_owned(),
-        file_stamp: file_stamp(path),
+        file_stamp: stamp(path),
         config,
         dp,
         ids,
@@ -207,23 +202,22 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     info!(admin = %agent.config.admin.listen, "sluice-lb running");
     tokio::spawn(admin::serve(listener, cmd_tx));
 
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             Some(t) = health_rx.recv() => agent.on_health(t),
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd),
-            _ = hup.recv() => agent.reload("SIGHUP"),
+            asked = signals.recv() => match asked {
+                Asked::Reload => agent.reload("SIGHUP"),
+                Asked::Stop => break,
+            },
             _ = tick.tick() => {
-                if file_stamp(&agent.path) != agent.file_stamp {
+                if stamp(&agent.path) != agent.file_stamp {
                     agent.reload("file change");
                 }
                 agent.sample_rates();
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
         }
     }
     info!("stopping; the data plane keeps forwarding from pinned state");
@@ -350,7 +344,7 @@ impl Agent {
     }
 
     fn reload(&mut self, why: &str) {
-        self.file_stamp = file_stamp(&self.path);
+        self.file_stamp = stamp(&self.path);
         let new = match config::load(&self.path) {
             Ok(c) => c,
             Err(e) => {

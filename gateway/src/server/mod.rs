@@ -15,15 +15,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{signal, SignalKind},
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::info;
 
-use self::reload::{reload, reload_tls, stamp, TlsListener};
+use sluice_util::control::{stamp, Asked, ControlSignals, Stamp};
+
+use self::reload::{reload, reload_tls, TlsListener};
 use crate::{
     downstream::listener::{self, TlsState},
     generation::{self, Generation},
@@ -107,17 +104,18 @@ fn start_listeners(
 /// Reloads on SIGHUP and on file changes, until SIGTERM or SIGINT.
 async fn serve_until_stopped(
     path: &std::path::Path,
-    mut seen: reload::Stamp,
+    mut seen: Stamp,
     gw: &Gateway,
     tls_listeners: &mut [TlsListener],
 ) -> Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            asked = signals.recv() => {
+                if asked == Asked::Stop {
+                    return Ok(());
+                }
                 seen = stamp(path);
                 reload(path, gw, tls_listeners, "SIGHUP");
             }
@@ -129,8 +127,6 @@ async fn serve_until_stopped(
                 }
                 reload_tls(gw, tls_listeners);
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
         }
     }
 }

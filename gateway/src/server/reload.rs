@@ -4,22 +4,13 @@
 use std::{
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
-    time::SystemTime,
 };
 
+use sluice_util::control::{stamp, Stamp};
 use tracing::{error, info};
 
 use super::Gateway;
 use crate::{downstream::listener::TlsState, downstream::tls, generation};
-
-/// Modification time and size of a file.
-pub(super) type Stamp = Option<(SystemTime, u64)>;
-
-/// A file's stamp, to notice that it changed.
-pub(super) fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
 
 fn stamps(files: &[PathBuf]) -> Option<Vec<Stamp>> {
     Some(files.iter().map(|f| stamp(f)).collect())
