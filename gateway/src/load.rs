@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use sluice_util::load::LoadReport;
+
 use crate::metrics::{Metrics, Totals};
 
 /// How far back a report looks.
@@ -30,93 +32,47 @@ pub const WINDOW: Duration = Duration::from_secs(5);
 
 /// The header `/readyz` carries the report in.
 pub const HEADER: hyper::header::HeaderName =
-    hyper::header::HeaderName::from_static("endpoint-load-metrics");
+    hyper::header::HeaderName::from_static(sluice_util::load::HEADER);
 
-/// One report.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LoadReport {
-    /// CPU time over the window per usable CPU (0.0 to about 1.0).
-    pub cpu_utilization: f64,
-    /// Requests answered per second.
-    pub rps: f64,
-    /// Requests answered with a 5xx status per second.
-    pub eps: f64,
-    /// Requests in flight, averaged over the window.
-    pub in_flight: f64,
-    /// 99th-percentile time to response head, in milliseconds (0 with no requests).
-    pub p99_ms: f64,
-    /// The CPUs the process may use.
-    pub usable_cpus: f64,
-    /// The span the report covers (shorter than [`WINDOW`] just after start).
-    pub window: Duration,
-}
-
-impl LoadReport {
-    /// The share of requests answered with a 5xx status.
-    pub fn error_ratio(&self) -> f64 {
-        if self.rps > 0.0 {
-            self.eps / self.rps
-        } else {
-            0.0
-        }
-    }
-
-    /// The report as ORCA's `TEXT` header value.
-    pub fn header_value(&self) -> String {
-        format!(
-            "TEXT cpu_utilization={:.3}, rps_fractional={:.1}, eps={:.1}, \
-             named_metrics.in_flight={:.2}, named_metrics.p99_ms={:.3}, \
-             named_metrics.usable_cpus={:.2}, named_metrics.window_ms={}",
-            self.cpu_utilization,
-            self.rps,
-            self.eps,
-            self.in_flight,
-            self.p99_ms,
-            self.usable_cpus,
-            self.window.as_millis()
-        )
-    }
-
-    /// The report as Prometheus gauges.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        for (name, help, value) in [
-            (
-                "cpu_utilization",
-                "CPU time over the report window per usable CPU.",
-                self.cpu_utilization,
-            ),
-            (
-                "requests_per_second",
-                "Requests answered per second over the report window.",
-                self.rps,
-            ),
-            (
-                "errors_per_second",
-                "Requests answered 5xx per second over the report window.",
-                self.eps,
-            ),
-            (
-                "in_flight",
-                "Requests in flight, averaged over the report window.",
-                self.in_flight,
-            ),
-            (
-                "p99_seconds",
-                "99th-percentile time to response head over the report window.",
-                self.p99_ms / 1e3,
-            ),
-            (
-                "usable_cpus",
-                "CPUs the process may use (workers, machine, cgroup cpu.max).",
-                self.usable_cpus,
-            ),
-        ] {
-            let _ = write!(
-                out,
-                "# HELP sluice_gateway_load_{name} {help}\n# TYPE sluice_gateway_load_{name} gauge\nsluice_gateway_load_{name} {value}\n"
-            );
-        }
+/// The report as Prometheus gauges.
+pub fn render(r: &LoadReport, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        (
+            "cpu_utilization",
+            "CPU time over the report window per usable CPU.",
+            r.cpu_utilization,
+        ),
+        (
+            "requests_per_second",
+            "Requests answered per second over the report window.",
+            r.rps,
+        ),
+        (
+            "errors_per_second",
+            "Requests answered 5xx per second over the report window.",
+            r.eps,
+        ),
+        (
+            "in_flight",
+            "Requests in flight, averaged over the report window.",
+            r.in_flight,
+        ),
+        (
+            "p99_seconds",
+            "99th-percentile time to response head over the report window.",
+            r.p99_ms / 1e3,
+        ),
+        (
+            "usable_cpus",
+            "CPUs the process may use (workers, machine, cgroup cpu.max).",
+            r.usable_cpus,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP sluice_gateway_load_{name} {help}\n# TYPE sluice_gateway_load_{name} gauge\nsluice_gateway_load_{name} {value}\n"
+        );
     }
 }
 

@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sluice_common::stats::{Lb, LbFlow};
-use sluice_util::control::{stamp, Asked, ControlSignals, Stamp};
+use sluice_util::{
+    control::{stamp, Asked, ControlSignals, Stamp},
+    load::LoadReport,
+};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -26,7 +29,7 @@ use crate::{
     config::{self, BackendConfig, Config, HealthCheck, Vip},
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
-    health::{self, Health, Transition},
+    health::{self, Health, Observed, Transition},
     metrics,
 };
 
@@ -124,6 +127,42 @@ pub struct BackendView {
     pub packets_per_second: f64,
     /// Bytes per second.
     pub bytes_per_second: f64,
+    /// Its last load report, if its readiness answers carry one (a gateway's do).
+    #[serde(default)]
+    pub load: Option<LoadSeen>,
+}
+
+/// A backend's last load report and its age.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct LoadSeen {
+    /// CPU time per usable CPU over the gateway's window.
+    pub cpu_utilization: f64,
+    /// Requests answered per second.
+    pub rps: f64,
+    /// Requests answered 5xx per second.
+    pub eps: f64,
+    /// Requests in flight, averaged over the window.
+    pub in_flight: f64,
+    /// 99th-percentile time to response head, in milliseconds.
+    pub p99_ms: f64,
+    /// The CPUs the gateway may use.
+    pub usable_cpus: f64,
+    /// Milliseconds since the report came.
+    pub age_ms: u64,
+}
+
+impl LoadSeen {
+    fn of(r: &LoadReport, at: Instant) -> Self {
+        LoadSeen {
+            cpu_utilization: r.cpu_utilization,
+            rps: r.rps,
+            eps: r.eps,
+            in_flight: r.in_flight,
+            p99_ms: r.p99_ms,
+            usable_cpus: r.usable_cpus,
+            age_ms: at.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 /// Packets and bytes per backend id at one instant.
@@ -138,7 +177,9 @@ struct Agent {
     applied: Applied,
     status: HashMap<IpAddr, BackendStatus>,
     probes: HashMap<(IpAddr, HealthCheck), JoinHandle<()>>,
-    health_tx: mpsc::UnboundedSender<Transition>,
+    health_tx: mpsc::UnboundedSender<Observed>,
+    /// The last load report of each backend that sends one, and when it came.
+    loads: HashMap<IpAddr, (LoadReport, Instant)>,
     config_generation: u64,
     reloads_ok: u64,
     reloads_failed: u64,
@@ -187,6 +228,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         status: adopted,
         probes: HashMap::new(),
         health_tx,
+        loads: HashMap::new(),
         config_generation: 1,
         reloads_ok: 0,
         reloads_failed: 0,
@@ -206,7 +248,12 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            Some(t) = health_rx.recv() => agent.on_health(t),
+            Some(seen) = health_rx.recv() => match seen {
+                Observed::Health(t) => agent.on_health(t),
+                Observed::Load { addr, report } => {
+                    agent.loads.insert(addr, (report, Instant::now()));
+                }
+            },
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd),
             asked = signals.recv() => match asked {
                 Asked::Reload => agent.reload("SIGHUP"),
@@ -234,6 +281,14 @@ impl Agent {
 
     /// Starts probers for backends that need one and stops those no longer configured.
     fn sync_probes(&mut self) {
+        // Reports of backends no longer configured are forgotten with their probes.
+        let known: std::collections::HashSet<IpAddr> = self
+            .config
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.address))
+            .collect();
+        self.loads.retain(|addr, _| known.contains(addr));
         let mut wanted = HashSet::new();
         for v in &self.config.vips {
             let check = v.check(&self.config.health).clone();
@@ -508,6 +563,10 @@ impl Agent {
             bytes: traffic.bytes,
             packets_per_second: pps,
             bytes_per_second: bps,
+            load: self
+                .loads
+                .get(&b.address)
+                .map(|(r, at)| LoadSeen::of(r, *at)),
         }
     }
 

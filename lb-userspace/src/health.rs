@@ -7,7 +7,7 @@ use std::{
 };
 
 use rand::Rng;
-use sluice_util::probe::Probe;
+use sluice_util::{load::LoadReport, probe::Probe};
 use tokio::{sync::mpsc, time::sleep_until};
 
 use crate::config::{CheckKind, HealthCheck};
@@ -83,9 +83,28 @@ pub struct Transition {
     pub health: Health,
 }
 
+/// What a prober tells the agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observed {
+    /// The backend's state changed.
+    Health(Transition),
+    /// Its readiness answer carried a load report (a gateway's, see `sluice_util::load`).
+    Load {
+        /// Backend address.
+        addr: IpAddr,
+        /// The report.
+        report: LoadReport,
+    },
+}
+
 /// Runs one probe: `Up` on the expected status (or a TCP connect), `NotReady` on an HTTP 503,
 /// `Down` otherwise.
 pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Health {
+    probe_with_load(addr, check).await.0
+}
+
+/// [`probe`], and the load report an HTTP check's answer carried, if any.
+pub async fn probe_with_load(addr: IpAddr, check: &HealthCheck) -> (Health, Option<LoadReport>) {
     let probe = Probe {
         target: SocketAddr::new(addr, check.port),
         path: &check.path,
@@ -94,18 +113,19 @@ pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Health {
     };
     match check.kind {
         CheckKind::Tcp => match probe.connect().await {
-            Ok(()) => Health::Up,
-            Err(_) => Health::Down,
+            Ok(()) => (Health::Up, None),
+            Err(_) => (Health::Down, None),
         },
-        CheckKind::Http => match probe.status().await {
-            Ok(status) if status == check.expect_status => Health::Up,
-            Ok(503) => Health::NotReady,
-            _ => Health::Down,
+        CheckKind::Http => match probe.readiness().await {
+            Ok(r) if r.status == check.expect_status => (Health::Up, r.load),
+            Ok(r) if r.status == 503 => (Health::NotReady, r.load),
+            Ok(r) => (Health::Down, r.load),
+            Err(_) => (Health::Down, None),
         },
     }
 }
 
-/// Probes `addr` forever with `check`, sending transitions. Probes start every interval
+/// Probes `addr` forever with `check`, sending transitions and load reports. Probes start every interval
 /// whatever each one took (so `fall` failures take at most `fall` intervals), less up to 10%
 /// jitter so that many LB nodes do not probe a gateway in lockstep. Ends when the receiver
 /// is gone.
@@ -113,14 +133,22 @@ pub async fn watch(
     addr: IpAddr,
     check: HealthCheck,
     initial: Option<Health>,
-    tx: mpsc::UnboundedSender<Transition>,
+    tx: mpsc::UnboundedSender<Observed>,
 ) {
     let mut state = Hysteresis::new(initial);
     loop {
         let started = tokio::time::Instant::now();
-        let seen = probe(addr, &check).await;
+        let (seen, load) = probe_with_load(addr, &check).await;
+        if let Some(report) = load {
+            if tx.send(Observed::Load { addr, report }).is_err() {
+                return;
+            }
+        }
         if let Some(health) = state.observe(seen, check.rise, check.fall) {
-            if tx.send(Transition { addr, health }).is_err() {
+            if tx
+                .send(Observed::Health(Transition { addr, health }))
+                .is_err()
+            {
                 return;
             }
         }

@@ -240,6 +240,18 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
                 b.packets_per_second,
                 b.bytes_per_second
             );
+            if let Some(l) = b.load {
+                println!(
+                    "    load: cpu {:.0}% of {} CPUs, {:.0} req/s, {:.1}% 5xx, p99 {:.1} ms, in flight {:.1} (reported {:.1} s ago)",
+                    l.cpu_utilization * 100.0,
+                    l.usable_cpus,
+                    l.rps,
+                    if l.rps > 0.0 { l.eps / l.rps * 100.0 } else { 0.0 },
+                    l.p99_ms,
+                    l.in_flight,
+                    l.age_ms as f64 / 1e3
+                );
+            }
         }
     }
     let drops: Vec<String> = s

@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, fmt::Write};
 
-use crate::agent::{BackendView, Status};
+use crate::agent::{BackendView, LoadSeen, Status};
 
 /// Config reloads since the agent started, by result.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +97,49 @@ fn backends(m: &mut Writer, s: &Status) {
         "1 if the backend is drained.",
         &|b| flag(b.state == "draining"),
     );
+    backend_loads(m, &backends);
+}
+
+/// The last load report of each backend that sends one (gateways do, on readiness).
+fn backend_loads(m: &mut Writer, backends: &[&BackendView]) {
+    let reporting: Vec<(&BackendView, LoadSeen)> = backends
+        .iter()
+        .filter_map(|b| Some((*b, b.load?)))
+        .collect();
+    if reporting.is_empty() {
+        return;
+    }
+    for (name, help, value) in [
+        (
+            "sluice_lb_backend_load_cpu_utilization",
+            "A backend's reported CPU time per usable CPU.",
+            (|l: &LoadSeen| l.cpu_utilization) as fn(&LoadSeen) -> f64,
+        ),
+        (
+            "sluice_lb_backend_load_requests_per_second",
+            "A backend's reported requests per second.",
+            |l| l.rps,
+        ),
+        (
+            "sluice_lb_backend_load_errors_per_second",
+            "A backend's reported 5xx answers per second.",
+            |l| l.eps,
+        ),
+        (
+            "sluice_lb_backend_load_p99_seconds",
+            "A backend's reported 99th-percentile time to response head.",
+            |l| l.p99_ms / 1e3,
+        ),
+        (
+            "sluice_lb_backend_load_report_age_seconds",
+            "Seconds since a backend's last load report.",
+            |l| l.age_ms as f64 / 1e3,
+        ),
+    ] {
+        m.family_over(name, "gauge", help, &reporting, |(b, l)| {
+            (("backend", b.address.to_string()), value(l))
+        });
+    }
 }
 
 fn tables(m: &mut Writer, s: &Status) {
@@ -215,6 +258,7 @@ mod tests {
             bytes: packets * 100,
             packets_per_second: 1.5,
             bytes_per_second: 150.0,
+            load: None,
         }
     }
 

@@ -471,3 +471,65 @@ fn policies_key_on_the_real_client_address_across_gateways() {
         "{served:?}"
     );
 }
+
+/// `sluice-lb status --json` on LB node `i`.
+fn lb_status(w: &World, i: usize) -> serde_json::Value {
+    let out = sluice_e2e::in_ns_command(&w.ns[&*format!("l{i}")], sluice_e2e::bin("sluice-lb"))
+        .args(["status", "--json", "--admin", "127.0.0.1:9180"])
+        .output()
+        .expect("status");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn the_lb_agents_read_each_gateways_load_from_its_readiness() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    // Traffic, so the reports have requests in them.
+    let failures = in_ns(&w.ns["c"], || {
+        (0..300)
+            .filter(|_| !matches!(http_get(vip(), "/index.html"), Ok((200, _))))
+            .count()
+    });
+    assert_eq!(failures, 0);
+    let start = std::time::Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for node in 1..=2 {
+            let status = lb_status(&w, node);
+            let v4 = status["vips"]
+                .as_array()
+                .expect("vips")
+                .iter()
+                .find(|v| v["vip"] == format!("{VIP}:80/tcp"))
+                .expect("v4 vip")
+                .clone();
+            for b in v4["backends"].as_array().expect("backends") {
+                seen.push((node, b["address"].clone(), b["load"].clone()));
+            }
+        }
+        // Every gateway reports to both nodes, recently, with the traffic just sent in
+        // some of the reports.
+        let all_fresh = seen
+            .iter()
+            .all(|(_, _, l)| l["age_ms"].as_u64().is_some_and(|a| a < 5_000));
+        let rps: f64 = seen.iter().filter_map(|(_, _, l)| l["rps"].as_f64()).sum();
+        if all_fresh && rps > 0.0 && seen.len() == 6 {
+            for (_, _, l) in &seen {
+                assert!(l["usable_cpus"].as_f64().is_some_and(|c| c > 0.0), "{l}");
+                assert!(
+                    l["cpu_utilization"].as_f64().is_some_and(|c| c >= 0.0),
+                    "{l}"
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "load reports: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -4,12 +4,14 @@
 //! - [`config`]: the one error type for a refused config file, naming the file, the field
 //!   path and the reason, with TOML syntax errors located by line;
 //! - [`control`]: the signals and config-file changes that reload or stop a daemon;
+//! - [`load`]: a gateway's load report, as written on `/readyz` and read by the L4 agent;
 //! - [`probe`]: the one HTTP health probe, used by the L4 agent on its gateways and by the
 //!   gateway on its upstream targets.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod load;
 pub mod probe;
 
 pub use config::{ConfigError, FieldError};

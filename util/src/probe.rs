@@ -6,6 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use crate::load::{LoadReport, HEADER};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -63,6 +64,15 @@ impl Probe<'_> {
         }
     }
 
+    /// Like [`Probe::status`], but reads the answer's head (at most [`MAX_HEAD`] bytes) for
+    /// the load report a gateway's readiness carries.
+    pub async fn readiness(&self) -> Result<Readiness, ProbeError> {
+        match timeout(self.timeout, self.read_head()).await {
+            Ok(result) => result,
+            Err(_) => Err(ProbeError::Timeout),
+        }
+    }
+
     /// Only connects: `Ok` once the TCP handshake is done.
     pub async fn connect(&self) -> Result<(), ProbeError> {
         match timeout(self.timeout, TcpStream::connect(self.target)).await {
@@ -72,7 +82,26 @@ impl Probe<'_> {
         }
     }
 
-    async fn exchange(&self) -> Result<u16, ProbeError> {
+    async fn read_head(&self) -> Result<Readiness, ProbeError> {
+        let mut stream = self.send().await?;
+        let mut head = Vec::with_capacity(512);
+        let mut buf = [0u8; 1024];
+        while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.map_err(ProbeError::Io)?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let status = status_of(&head).ok_or(ProbeError::Malformed)?;
+        Ok(Readiness {
+            status,
+            load: load_header(&head).and_then(LoadReport::parse),
+        })
+    }
+
+    /// Connects and writes the request.
+    async fn send(&self) -> Result<TcpStream, ProbeError> {
         let mut stream = TcpStream::connect(self.target)
             .await
             .map_err(ProbeError::Connect)?;
@@ -84,6 +113,11 @@ impl Probe<'_> {
             .write_all(request.as_bytes())
             .await
             .map_err(ProbeError::Io)?;
+        Ok(stream)
+    }
+
+    async fn exchange(&self) -> Result<u16, ProbeError> {
+        let mut stream = self.send().await?;
         // "HTTP/1.1 200" is all that is read.
         let mut head = [0u8; 12];
         let mut len = 0;
@@ -99,6 +133,30 @@ impl Probe<'_> {
         }
         status_of(&head[..len]).ok_or(ProbeError::Malformed)
     }
+}
+
+/// The most of an answer's head a readiness probe reads.
+pub const MAX_HEAD: usize = 4096;
+
+/// What a readiness probe learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Readiness {
+    /// The status code.
+    pub status: u16,
+    /// The load report, if the answer carried a valid one.
+    pub load: Option<LoadReport>,
+}
+
+/// The value of the load-report field in a response head, if it has one.
+fn load_header(head: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(head.split(|b| *b == 0).next()?).ok()?;
+    let end = text.find("\r\n\r\n").unwrap_or(text.len());
+    text[..end].split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(HEADER)
+            .then_some(value.trim())
+    })
 }
 
 /// The status code of `HTTP/1.x NNN`.
@@ -176,6 +234,28 @@ mod tests {
             request.contains("\r\nUser-Agent: probe-test\r\n"),
             "{request}"
         );
+    }
+
+    #[tokio::test]
+    async fn readiness_reads_the_load_report_from_the_head() {
+        let (addr, _task) = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nEndpoint-Load-Metrics: TEXT cpu_utilization=0.250, rps_fractional=40.0, eps=1.0, named_metrics.p99_ms=3.500\r\n\r\nready\n",
+        )
+        .await;
+        let r = probe(addr).readiness().await.expect("readiness");
+        assert_eq!(r.status, 200);
+        let load = r.load.expect("a report");
+        assert_eq!(
+            (load.cpu_utilization, load.rps, load.eps, load.p99_ms),
+            (0.25, 40.0, 1.0, 3.5)
+        );
+        // No report, or a broken one: the status still counts.
+        let (addr, _task) = serve_once(
+            b"HTTP/1.1 503 Service Unavailable\r\nendpoint-load-metrics: nonsense\r\n\r\n",
+        )
+        .await;
+        let r = probe(addr).readiness().await.expect("readiness");
+        assert_eq!((r.status, r.load), (503, None));
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ impl Gateway {
             }
             (&Method::GET, "/metrics") => {
                 let mut body = self.metrics.render();
-                self.load.report().render(&mut body);
+                load::render(&self.load.report(), &mut body);
                 let rt = self.runtime.load();
                 upstream_metrics(&mut body, &rt);
                 policy_metrics(&mut body, &rt);
