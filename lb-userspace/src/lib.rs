@@ -19,3 +19,4 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod object;
+pub mod weights;

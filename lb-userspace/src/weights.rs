@@ -1,0 +1,457 @@
+//! Load-aware weights: each gateway's effective weight is its configured weight times a
+//! capacity factor taken from the load reports its readiness answers carry.
+//!
+//! In the spirit of gRPC's weighted round robin, a backend's capacity is estimated as
+//! `rps / (utilization + error_penalty × eps / rps)`: the requests it answers per unit of
+//! the CPU it may use, less for the ones it fails. Capacities per unit of configured weight
+//! are compared with their mean over the backends that report; the factor moves toward that
+//! ratio, smoothed, bounded by a floor and a ceiling, quantized to fixed steps and held while
+//! within a deadband, so a settled pool rebuilds no table and two LB nodes reading the same
+//! gateways compute the same factors. A report that is stale keeps the factor a while, then
+//! the factor returns to 1 (the configured weight). A factor never reaches 0: only a drain
+//! or failing readiness takes a gateway's new flows away.
+//!
+//! Everything here is pure: the agent feeds reports in, and gets factors and tables out.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use sluice_util::load::LoadReport;
+
+use crate::maglev::{self, MaglevError, Member};
+
+/// How the factors move (the `[load_weights]` section).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// Share of the way toward the measured ratio taken at each adjustment (0 to 1].
+    pub smoothing: f64,
+    /// The lowest factor.
+    pub floor: f64,
+    /// The highest factor.
+    pub ceiling: f64,
+    /// Factors are multiples of this step.
+    pub step: f64,
+    /// A new factor within this share of the current one is not applied.
+    pub deadband: f64,
+    /// How much an error counts against capacity, as utilization per error ratio.
+    pub error_penalty: f64,
+    /// Reports below this utilization say too little about capacity: the factor holds.
+    pub min_utilization: f64,
+    /// A report older than this no longer moves the factor; it holds.
+    pub stale_after: Duration,
+    /// A report older than this, or none at all: the factor returns to 1.
+    pub forget_after: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            smoothing: 0.5,
+            floor: 0.25,
+            ceiling: 2.0,
+            step: 0.05,
+            deadband: 0.05,
+            error_penalty: 1.0,
+            min_utilization: 0.05,
+            stale_after: Duration::from_secs(10),
+            forget_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One backend's inputs for one adjustment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Input {
+    /// Its configured weight.
+    pub configured: u32,
+    /// Its last report and the report's age, if it sent one.
+    pub report: Option<(LoadReport, Duration)>,
+}
+
+/// A backend's capacity per unit of configured weight, if its report says enough.
+fn capacity_per_weight(input: &Input, t: &Tuning) -> Option<f64> {
+    let (r, age) = input.report?;
+    if age > t.stale_after || input.configured == 0 || r.rps <= 0.0 {
+        return None;
+    }
+    if r.cpu_utilization < t.min_utilization {
+        return None;
+    }
+    let busy = r.cpu_utilization + t.error_penalty * r.error_ratio();
+    Some(r.rps / busy / input.configured as f64)
+}
+
+/// The next factor of every backend in `inputs` (keyed by address, so the result does not
+/// depend on the order reports came in). `previous` holds the factors in force; a backend
+/// missing from it is at 1.
+pub fn adjust(
+    inputs: &BTreeMap<IpAddr, Input>,
+    previous: &BTreeMap<IpAddr, f64>,
+    t: &Tuning,
+) -> BTreeMap<IpAddr, f64> {
+    let capacities: BTreeMap<IpAddr, f64> = inputs
+        .iter()
+        .filter_map(|(a, i)| Some((*a, capacity_per_weight(i, t)?)))
+        .collect();
+    // With one reporting backend there is nothing to compare it with.
+    let mean = (capacities.len() >= 2)
+        .then(|| capacities.values().sum::<f64>() / capacities.len() as f64)
+        .filter(|m| *m > 0.0);
+    inputs
+        .iter()
+        .map(|(addr, input)| {
+            let now = previous.get(addr).copied().unwrap_or(1.0);
+            let aim = match (capacities.get(addr), mean) {
+                (Some(c), Some(m)) => c / m,
+                // Reporting but saying too little, or stale: hold.
+                _ if input.report.is_some_and(|(_, age)| age <= t.forget_after) => now,
+                _ => 1.0,
+            };
+            (*addr, next_factor(now, aim, t))
+        })
+        .collect()
+}
+
+/// One step from `now` toward `aim`: smoothed, bounded, quantized, and held inside the
+/// deadband.
+fn next_factor(now: f64, aim: f64, t: &Tuning) -> f64 {
+    let moved = now + t.smoothing * (aim - now);
+    let bounded = moved.clamp(t.floor, t.ceiling);
+    let mut quantized = quantize(bounded, t.step).clamp(t.floor, t.ceiling);
+    // Smoothing over a distance under two steps can round back to where it started: an aim
+    // at least a step away still takes one step.
+    if quantized == now && (aim - now).abs() >= t.step * (1.0 - 1e-9) {
+        quantized = quantize(now + t.step.copysign(aim - now), t.step).clamp(t.floor, t.ceiling);
+    }
+    if (quantized - now).abs() < t.deadband * now && (aim - now).abs() < t.deadband * now {
+        return now;
+    }
+    quantized
+}
+
+/// `x` to the nearest multiple of `step`, halves away from zero: the same on every node.
+fn quantize(x: f64, step: f64) -> f64 {
+    if step <= 0.0 {
+        return x;
+    }
+    let steps = (x / step).round();
+    // Rounded again so 0.15000000000000002 and 0.15 are one value.
+    (steps * step * 1e6).round() / 1e6
+}
+
+/// The weight a table gets for a backend: its configured weight times its factor, in
+/// hundredths, so a factor of 1 keeps the configured proportions. Never 0 for a backend
+/// configured above 0.
+pub fn effective_weight(configured: u32, factor: f64) -> u32 {
+    if configured == 0 {
+        return 0;
+    }
+    let w = (configured as f64 * factor * 100.0).round();
+    w.clamp(1.0, u32::MAX as f64) as u32
+}
+
+/// The members to write now so that at most `max_disruption` of the table's slots move
+/// away from backends in both tables: the target itself if it is within the bound,
+/// otherwise the weights part of the way there (the largest share found by halving that
+/// stays within it). The rest is reached at later adjustments. Returns the members and
+/// the disruption they cause.
+pub fn bounded_step(
+    current: &[Member],
+    target: &[Member],
+    size: u32,
+    max_disruption: f64,
+) -> Result<(Vec<Member>, f64), MaglevError> {
+    let now = maglev::build(current, size)?;
+    let survivors: std::collections::HashSet<u32> = current
+        .iter()
+        .filter(|m| m.weight > 0)
+        .filter(|m| target.iter().any(|t| t.id == m.id && t.weight > 0))
+        .map(|m| m.id)
+        .collect();
+    let at = |share: f64| -> Vec<Member> {
+        current
+            .iter()
+            .zip(target)
+            .map(|(c, t)| Member {
+                weight: (c.weight as f64 + share * (t.weight as f64 - c.weight as f64)).round()
+                    as u32,
+                ..*t
+            })
+            .collect()
+    };
+    let moved = |members: &[Member]| -> Result<f64, MaglevError> {
+        Ok(crate::controller::disruption(
+            &now,
+            &maglev::build(members, size)?,
+            &survivors,
+        ))
+    };
+    let full = moved(target)?;
+    if full <= max_disruption {
+        return Ok((target.to_vec(), full));
+    }
+    let (mut lo, mut hi) = (0.0, 1.0);
+    let mut best = (current.to_vec(), 0.0);
+    for _ in 0..10 {
+        let mid = (lo + hi) / 2.0;
+        let members = at(mid);
+        let d = moved(&members)?;
+        if d <= max_disruption {
+            best = (members, d);
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn addr(i: u8) -> IpAddr {
+        IpAddr::from([10, 20, 0, 20 + i])
+    }
+
+    /// Gateways of the given CPU cost per request (seconds) sharing `offered` requests per
+    /// second by their effective weights; each answers at most what one CPU allows.
+    struct Pool {
+        cost: Vec<f64>,
+        offered: f64,
+    }
+
+    impl Pool {
+        /// The reports after a window at these factors, with `noise` (a share) on each.
+        fn reports(
+            &self,
+            factors: &BTreeMap<IpAddr, f64>,
+            noise: f64,
+            rng: &mut rand::rngs::StdRng,
+        ) -> BTreeMap<IpAddr, Input> {
+            let weights: Vec<f64> = (0..self.cost.len())
+                .map(|i| {
+                    effective_weight(1, factors.get(&addr(i as u8)).copied().unwrap_or(1.0)) as f64
+                })
+                .collect();
+            let total: f64 = weights.iter().sum();
+            (0..self.cost.len())
+                .map(|i| {
+                    let offered = self.offered * weights[i] / total;
+                    let served = offered.min(1.0 / self.cost[i]);
+                    let jitter = 1.0 + noise * (rng.gen::<f64>() * 2.0 - 1.0);
+                    let report = LoadReport {
+                        cpu_utilization: (served * self.cost[i] * jitter).min(1.0),
+                        rps: served,
+                        usable_cpus: 1.0,
+                        ..LoadReport::default()
+                    };
+                    (
+                        addr(i as u8),
+                        Input {
+                            configured: 1,
+                            report: Some((report, Duration::from_secs(1))),
+                        },
+                    )
+                })
+                .collect()
+        }
+    }
+
+    fn share(factors: &BTreeMap<IpAddr, f64>, i: u8) -> f64 {
+        let total: f64 = factors.values().sum();
+        factors[&addr(i)] / total
+    }
+
+    #[test]
+    fn a_slower_gateway_gets_its_capacity_share() {
+        // The third gateway needs twice the CPU per request: a fifth of the capacity.
+        let pool = Pool {
+            cost: vec![0.001, 0.001, 0.002],
+            offered: 1500.0,
+        };
+        let t = Tuning::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut factors = BTreeMap::new();
+        for _ in 0..20 {
+            factors = adjust(&pool.reports(&factors, 0.0, &mut rng), &factors, &t);
+        }
+        let slow = share(&factors, 2);
+        assert!((slow - 0.2).abs() < 0.02, "share {slow}: {factors:?}");
+        assert!((factors[&addr(0)] - factors[&addr(1)]).abs() < 1e-9);
+    }
+
+    /// Settles the pool of `a_slower_gateway_gets_its_capacity_share`, then runs 200
+    /// adjustments on reports with `noise`: how many changed the factors, and the farthest
+    /// any factor went from where it settled.
+    fn under_noise(noise: f64, seed: u64) -> (usize, f64) {
+        let pool = Pool {
+            cost: vec![0.001, 0.001, 0.002],
+            offered: 1500.0,
+        };
+        let t = Tuning::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut factors = BTreeMap::new();
+        for _ in 0..20 {
+            factors = adjust(&pool.reports(&factors, 0.0, &mut rng), &factors, &t);
+        }
+        let settled = factors.clone();
+        let (mut changes, mut farthest) = (0, 0.0f64);
+        for _ in 0..200 {
+            let next = adjust(&pool.reports(&factors, noise, &mut rng), &factors, &t);
+            changes += usize::from(next != factors);
+            for (a, f) in &next {
+                farthest = farthest.max((f - settled[a]).abs());
+            }
+            factors = next;
+        }
+        (changes, farthest)
+    }
+
+    #[test]
+    fn noisy_reports_do_not_make_it_oscillate() {
+        let step = Tuning::default().step;
+        // A few percent of noise, as 5-second windows have: the table all but never changes.
+        let (changes, farthest) = under_noise(0.03, 7);
+        assert!(changes <= 10, "{changes} table changes in 200 adjustments");
+        assert!(farthest <= step + 1e-9, "{farthest}");
+        // Much noisier reports move it more often, but only around where it settled.
+        let (_, farthest) = under_noise(0.08, 8);
+        assert!(farthest <= 3.0 * step + 1e-9, "{farthest}");
+    }
+
+    #[test]
+    fn floor_ceiling_and_deadband_hold() {
+        let t = Tuning::default();
+        assert_eq!(
+            next_factor(
+                1.0,
+                0.0,
+                &Tuning {
+                    smoothing: 1.0,
+                    ..t
+                }
+            ),
+            t.floor
+        );
+        assert_eq!(
+            next_factor(
+                1.0,
+                50.0,
+                &Tuning {
+                    smoothing: 1.0,
+                    ..t
+                }
+            ),
+            t.ceiling
+        );
+        // Within the deadband nothing moves; just beyond it, a step.
+        assert_eq!(next_factor(1.0, 1.04, &t), 1.0);
+        let wide = Tuning {
+            deadband: 0.25,
+            ..t
+        };
+        assert_eq!(next_factor(1.0, 1.2, &wide), 1.0, "inside a 25% deadband");
+        assert_eq!(next_factor(1.0, 1.2, &t), 1.1, "outside a 5% one");
+        assert_eq!(next_factor(1.0, 1.3, &t), 1.15);
+        assert_eq!(quantize(0.1 + 0.05, 0.05), 0.15);
+        assert_eq!(effective_weight(3, 1.0), 300);
+        assert_eq!(effective_weight(1, 0.0), 1);
+        assert_eq!(effective_weight(0, 2.0), 0);
+    }
+
+    #[test]
+    fn a_missing_report_holds_then_falls_back() {
+        let t = Tuning::default();
+        let report = LoadReport {
+            cpu_utilization: 0.5,
+            rps: 100.0,
+            ..LoadReport::default()
+        };
+        let inputs = |age: Option<Duration>| -> BTreeMap<IpAddr, Input> {
+            [
+                (
+                    addr(0),
+                    Input {
+                        configured: 1,
+                        report: Some((report, Duration::ZERO)),
+                    },
+                ),
+                (
+                    addr(1),
+                    Input {
+                        configured: 1,
+                        report: Some((report, Duration::ZERO)),
+                    },
+                ),
+                (
+                    addr(2),
+                    Input {
+                        configured: 1,
+                        report: age.map(|a| (report, a)),
+                    },
+                ),
+            ]
+            .into()
+        };
+        let previous: BTreeMap<IpAddr, f64> =
+            [(addr(0), 1.2), (addr(1), 1.2), (addr(2), 0.5)].into();
+        let stale = adjust(&inputs(Some(Duration::from_secs(30))), &previous, &t);
+        assert_eq!(stale[&addr(2)], 0.5, "stale: held");
+        let mut f = previous.clone();
+        for _ in 0..10 {
+            f = adjust(&inputs(None), &f, &t);
+        }
+        assert_eq!(f[&addr(2)], 1.0, "no report: back to the configured weight");
+        let old = adjust(&inputs(Some(Duration::from_secs(120))), &previous, &t);
+        assert!(old[&addr(2)] > 0.5, "forgotten: moving back to 1");
+    }
+
+    #[test]
+    fn two_nodes_with_slightly_different_reports_settle_on_one_table() {
+        let pool = Pool {
+            cost: vec![0.001, 0.0015, 0.002],
+            offered: 1200.0,
+        };
+        let t = Tuning::default();
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        let mut rng_a = rand::rngs::StdRng::seed_from_u64(11);
+        let mut rng_b = rand::rngs::StdRng::seed_from_u64(12);
+        for _ in 0..30 {
+            // Each node sees the traffic the other node's table sends too: the pool runs
+            // on their mean, and each reads it with its own small error.
+            let mean: BTreeMap<IpAddr, f64> = a
+                .keys()
+                .map(|k| (*k, (a[k] + b.get(k).copied().unwrap_or(1.0)) / 2.0))
+                .collect();
+            a = adjust(&pool.reports(&mean, 0.01, &mut rng_a), &a, &t);
+            b = adjust(&pool.reports(&mean, 0.01, &mut rng_b), &b, &t);
+        }
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_large_change_is_reached_in_bounded_steps() {
+        let members = |w: [u32; 3]| -> Vec<Member> {
+            (0..3)
+                .map(|i| Member {
+                    id: i as u32 + 1,
+                    addr: addr(i as u8),
+                    weight: w[i],
+                })
+                .collect()
+        };
+        let target = members([100, 100, 25]);
+        let mut current = members([100, 100, 100]);
+        let mut steps = 0;
+        while current != target {
+            let (next, d) = bounded_step(&current, &target, 65537, 0.05).expect("tables");
+            assert!(d <= 0.05, "step {steps} moved {d}");
+            assert_ne!(next, current, "no progress at step {steps}");
+            current = next;
+            steps += 1;
+            assert!(steps < 20);
+        }
+        assert!(steps > 1, "a 25% share change takes more than one 5% step");
+    }
+}
