@@ -4,7 +4,7 @@
 //! watcher only send it messages, so every change to the maps happens in one place, in order.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -26,11 +26,11 @@ use tracing::{error, info, warn};
 use crate::{
     admin,
     attach::{self, AttachError},
-    config::{self, BackendConfig, Config, HealthCheck, Vip},
+    config::{self, BackendConfig, Config, HealthCheck, Vip, WeightMode},
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
     health::{self, Health, Observed, Transition},
-    metrics,
+    metrics, weights,
 };
 
 /// What the admin API asks of the agent.
@@ -117,8 +117,15 @@ pub struct BackendView {
     pub state: String,
     /// Health check passing.
     pub healthy: bool,
-    /// Effective weight in this VIP's table.
+    /// Effective weight in this VIP's table (a `weights = "load"` VIP's are in hundredths
+    /// of the configured weight).
     pub weight: u32,
+    /// Configured weight (or the operator's override).
+    #[serde(default)]
+    pub configured_weight: u32,
+    /// The load factor on it, in a `weights = "load"` VIP.
+    #[serde(default)]
+    pub load_factor: Option<f64>,
     /// Packets sent to it (all VIPs).
     pub packets: u64,
     /// Bytes sent to it.
@@ -168,6 +175,19 @@ impl LoadSeen {
 /// Packets and bytes per backend id at one instant.
 type Counts = HashMap<u32, (u64, u64)>;
 
+/// `status` with each backend's load factor set from `factors` (in percent, which the
+/// factors' steps make exact).
+fn with_factors(
+    status: &HashMap<IpAddr, BackendStatus>,
+    factors: &BTreeMap<IpAddr, f64>,
+) -> HashMap<IpAddr, BackendStatus> {
+    let mut status = status.clone();
+    for (addr, f) in factors {
+        status.entry(*addr).or_default().load_percent = Some((f * 100.0).round() as u32);
+    }
+    status
+}
+
 struct Agent {
     path: PathBuf,
     config: Config,
@@ -180,6 +200,10 @@ struct Agent {
     health_tx: mpsc::UnboundedSender<Observed>,
     /// The last load report of each backend that sends one, and when it came.
     loads: HashMap<IpAddr, (LoadReport, Instant)>,
+    /// Load factors of the backends of `weights = "load"` VIPs (see `weights.rs`).
+    factors: BTreeMap<IpAddr, f64>,
+    /// When the load factors were last adjusted.
+    last_adjust: Instant,
     config_generation: u64,
     reloads_ok: u64,
     reloads_failed: u64,
@@ -229,6 +253,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         probes: HashMap::new(),
         health_tx,
         loads: HashMap::new(),
+        factors: BTreeMap::new(),
+        last_adjust: Instant::now(),
         config_generation: 1,
         reloads_ok: 0,
         reloads_failed: 0,
@@ -264,6 +290,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                     agent.reload("file change");
                 }
                 agent.sample_rates();
+                agent.adjust_load_weights();
             }
         }
     }
@@ -272,6 +299,88 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
 }
 
 impl Agent {
+    /// Moves the load factors of `weights = "load"` VIPs' ready backends toward their
+    /// reported capacity, at most once per `adjust_interval_ms`, and pushes the tables with
+    /// at most `max_disruption` of any table's slots moved: a larger move is halved until it
+    /// fits, and the rest waits for the next adjustment.
+    fn adjust_load_weights(&mut self) {
+        let lw = self.config.load_weights;
+        if self.last_adjust.elapsed() < Duration::from_millis(lw.adjust_interval_ms) {
+            return;
+        }
+        self.last_adjust = Instant::now();
+        let inputs = self.load_inputs();
+        // A backend that stopped serving (or left a load VIP) starts again from its
+        // configured weight.
+        self.factors.retain(|a, _| inputs.contains_key(a));
+        for (addr, s) in self.status.iter_mut() {
+            if !inputs.contains_key(addr) {
+                s.load_percent = None;
+            }
+        }
+        if inputs.is_empty() {
+            return;
+        }
+        let now: BTreeMap<IpAddr, f64> = inputs
+            .keys()
+            .map(|a| (*a, self.factors.get(a).copied().unwrap_or(1.0)))
+            .collect();
+        let mut step = weights::adjust(&inputs, &now, &lw.tuning());
+        for _ in 0..8 {
+            if step == now {
+                return;
+            }
+            let status = with_factors(&self.status, &step);
+            let moved = match controller::plan(&self.config, &status, &mut self.ids) {
+                Ok(plan) => self.applied.disruption_of(&plan),
+                Err(e) => {
+                    warn!(error = %e, "planning load weights failed");
+                    return;
+                }
+            };
+            if moved <= lw.max_disruption {
+                info!(factors = ?step, disruption = moved, "load weights pushed");
+                self.status = status;
+                self.factors = step;
+                if let Err(e) = self.apply() {
+                    error!(error = %e, "applying load weights failed");
+                }
+                return;
+            }
+            step = weights::halfway(&now, &step, lw.step);
+        }
+        warn!(
+            max_disruption = lw.max_disruption,
+            "no load-weight step fits within max_disruption; waiting"
+        );
+    }
+
+    /// What the controller gets for each ready backend of a `weights = "load"` VIP.
+    fn load_inputs(&self) -> BTreeMap<IpAddr, weights::Input> {
+        let mut inputs = BTreeMap::new();
+        for v in self
+            .config
+            .vips
+            .iter()
+            .filter(|v| v.weights == WeightMode::Load)
+        {
+            for b in &v.backends {
+                let s = self.status.get(&b.address).copied().unwrap_or_default();
+                if !s.healthy || s.draining || s.not_ready {
+                    continue;
+                }
+                inputs.insert(
+                    b.address,
+                    weights::Input {
+                        configured: s.weight.unwrap_or(b.weight),
+                        report: self.loads.get(&b.address).map(|(r, at)| (*r, at.elapsed())),
+                    },
+                );
+            }
+        }
+        inputs
+    }
+
     fn apply(&mut self) -> Result<()> {
         let plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
         self.applied.apply(&mut self.dp, &plan)?;
@@ -527,12 +636,12 @@ impl Agent {
             vip: format!("{}:{}/{protocol}", v.address, v.port),
             packets: t.packets,
             bytes: t.bytes,
-            backends: v.backends.iter().map(|b| self.backend_view(b)).collect(),
+            backends: v.backends.iter().map(|b| self.backend_view(v, b)).collect(),
         }
     }
 
     /// A backend as one VIP has it: state, effective weight, traffic and rates.
-    fn backend_view(&self, b: &BackendConfig) -> BackendView {
+    fn backend_view(&self, v: &Vip, b: &BackendConfig) -> BackendView {
         let s = self.status.get(&b.address).copied().unwrap_or_default();
         let id = self.ids.backend_id(&b.address);
         let traffic = id
@@ -541,6 +650,7 @@ impl Agent {
         let (pps, bps) = id
             .and_then(|id| self.rates.get(&id).copied())
             .unwrap_or((0.0, 0.0));
+        let configured = s.weight.unwrap_or(b.weight);
         let state = if !s.healthy {
             "down"
         } else if s.draining {
@@ -554,11 +664,17 @@ impl Agent {
             address: b.address,
             state: state.into(),
             healthy: s.healthy,
-            weight: if state == "active" {
-                s.weight.unwrap_or(b.weight)
-            } else {
-                0
+            weight: match (state, v.weights) {
+                ("active", WeightMode::Static) => configured,
+                ("active", WeightMode::Load) => weights::effective_weight(
+                    configured,
+                    s.load_percent.unwrap_or(100) as f64 / 100.0,
+                ),
+                _ => 0,
             },
+            configured_weight: configured,
+            load_factor: (v.weights == WeightMode::Load)
+                .then(|| s.load_percent.unwrap_or(100) as f64 / 100.0),
             packets: traffic.packets,
             bytes: traffic.bytes,
             packets_per_second: pps,

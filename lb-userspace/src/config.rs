@@ -35,6 +35,116 @@ pub struct Config {
     /// Virtual services.
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+    /// How `weights = "load"` VIPs move their backends' weights.
+    #[serde(default)]
+    pub load_weights: LoadWeights,
+}
+
+/// Where a VIP's backend weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightMode {
+    /// The configured weights (and operator overrides), as they are.
+    #[default]
+    Static,
+    /// The configured weights times a factor from each gateway's load report.
+    Load,
+}
+
+/// The `[load_weights]` section: how load-aware weights move (see `weights.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadWeights {
+    /// Least time between two weight pushes.
+    pub adjust_interval_ms: u64,
+    /// Most of a table's slots one push may move away from backends that stay (0 to 1).
+    pub max_disruption: f64,
+    /// Share of the way toward the measured capacity taken at each adjustment.
+    pub smoothing: f64,
+    /// Lowest factor on a configured weight.
+    pub floor: f64,
+    /// Highest factor on a configured weight.
+    pub ceiling: f64,
+    /// Factors are multiples of this step.
+    pub step: f64,
+    /// A change within this share of the current factor is not pushed.
+    pub deadband: f64,
+    /// How much errors count against capacity (utilization per error ratio).
+    pub error_penalty: f64,
+    /// A report older than this holds its factor.
+    pub stale_after_ms: u64,
+    /// A report older than this (or none) brings the factor back to 1.
+    pub forget_after_ms: u64,
+}
+
+impl Default for LoadWeights {
+    fn default() -> Self {
+        let t = crate::weights::Tuning::default();
+        LoadWeights {
+            adjust_interval_ms: 3000,
+            max_disruption: 0.05,
+            smoothing: t.smoothing,
+            floor: t.floor,
+            ceiling: t.ceiling,
+            step: t.step,
+            deadband: t.deadband,
+            error_penalty: t.error_penalty,
+            stale_after_ms: t.stale_after.as_millis() as u64,
+            forget_after_ms: t.forget_after.as_millis() as u64,
+        }
+    }
+}
+
+impl LoadWeights {
+    /// The controller's tuning.
+    pub fn tuning(&self) -> crate::weights::Tuning {
+        crate::weights::Tuning {
+            smoothing: self.smoothing,
+            floor: self.floor,
+            ceiling: self.ceiling,
+            step: self.step,
+            deadband: self.deadband,
+            error_penalty: self.error_penalty,
+            min_utilization: crate::weights::Tuning::default().min_utilization,
+            stale_after: std::time::Duration::from_millis(self.stale_after_ms),
+            forget_after: std::time::Duration::from_millis(self.forget_after_ms),
+        }
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let share = |v: f64| v > 0.0 && v <= 1.0;
+        if self.adjust_interval_ms < 500 {
+            return refuse("adjust_interval_ms", "at least 500");
+        }
+        if !share(self.max_disruption) {
+            return refuse("max_disruption", "greater than 0 and at most 1");
+        }
+        if !share(self.smoothing) {
+            return refuse("smoothing", "greater than 0 and at most 1");
+        }
+        if !(self.floor > 0.0 && self.floor <= 1.0) {
+            return refuse(
+                "floor",
+                "greater than 0 and at most 1 (0 would drain by load)",
+            );
+        }
+        if !(self.ceiling >= 1.0 && self.ceiling <= 100.0) {
+            return refuse("ceiling", "between 1 and 100");
+        }
+        if !(self.step >= 0.01 && self.step <= 0.5) {
+            return refuse("step", "between 0.01 and 0.5");
+        }
+        if !(0.0..1.0).contains(&self.deadband) {
+            return refuse("deadband", "at least 0 and below 1");
+        }
+        if !(0.0..=100.0).contains(&self.error_penalty) {
+            return refuse("error_penalty", "between 0 and 100");
+        }
+        if self.forget_after_ms < self.stale_after_ms {
+            return refuse("forget_after_ms", "at least stale_after_ms");
+        }
+        Ok(())
+    }
 }
 
 /// XDP attach mode.
@@ -239,6 +349,9 @@ pub struct Vip {
     /// Gateway nodes.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// `"static"` (the default) or `"load"`: weighted by the gateways' load reports.
+    #[serde(default)]
+    pub weights: WeightMode,
 }
 
 fn default_table() -> u32 {
@@ -285,6 +398,9 @@ fn validated(path: &Path, config: Config) -> Result<Config, ConfigError> {
 /// Semantic checks serde cannot express.
 pub fn validate(c: &Config) -> Result<(), FieldError> {
     check_node(&c.node).map_err(|e| e.under("node"))?;
+    c.load_weights
+        .validate()
+        .map_err(|e| e.under("load_weights"))?;
     check_health(&c.health).map_err(|e| e.under("health"))?;
     if c.vips.len() > MAX_VIPS as usize {
         return refuse("vip", format!("at most {MAX_VIPS} VIPs are supported"));

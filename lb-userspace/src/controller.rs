@@ -16,7 +16,7 @@ use sluice_common::{
 
 use crate::{
     addr,
-    config::{Config, HashMode},
+    config::{Config, HashMode, WeightMode},
     dataplane::{DataPlane, DataPlaneError},
     maglev::{self, MaglevError, Member},
 };
@@ -32,6 +32,8 @@ pub struct BackendStatus {
     pub not_ready: bool,
     /// Weight set by the operator, replacing the configured one in every VIP.
     pub weight: Option<u32>,
+    /// The load factor, in percent, applied in `weights = "load"` VIPs (absent: 100).
+    pub load_percent: Option<u32>,
 }
 
 /// Stable ids for backends and VIPs, kept across reloads (and adopted from the maps after a
@@ -190,7 +192,16 @@ pub fn plan(
             }
             backends.insert(bid, addr::backend(b.address, flags));
             let weight = if s.healthy && !s.draining && !s.not_ready {
-                s.weight.unwrap_or(b.weight)
+                let base = s.weight.unwrap_or(b.weight);
+                match v.weights {
+                    WeightMode::Static => base,
+                    // In hundredths of the base, never 0 for a base above 0: only a drain
+                    // or failing readiness takes new flows away.
+                    WeightMode::Load => crate::weights::effective_weight(
+                        base,
+                        s.load_percent.unwrap_or(100) as f64 / 100.0,
+                    ),
+                }
             } else {
                 0
             };
@@ -296,6 +307,7 @@ impl Applied {
                         draining: b.flags & BACKEND_DRAINING != 0,
                         not_ready: false,
                         weight: None,
+                        load_percent: None,
                     },
                 )
             })
@@ -351,6 +363,18 @@ impl Applied {
 
     /// Writes every changed VIP's table and flips it in; the largest disruption among them
     /// becomes `last_disruption`.
+    /// The largest disruption `plan` would cause to any table written now, before anything
+    /// is written: what a load-driven push is held to.
+    pub fn disruption_of(&self, plan: &Plan) -> f64 {
+        plan.vips
+            .iter()
+            .filter_map(|v| {
+                let old = self.vips.get(&v.id)?;
+                Some(disruption(&old.table, &v.table, &survivors(v)))
+            })
+            .fold(0.0, f64::max)
+    }
+
     fn write_tables(&mut self, dp: &mut DataPlane, plan: &Plan) -> Result<(), DataPlaneError> {
         let mut moved_any = None;
         for v in &plan.vips {
@@ -492,6 +516,7 @@ mod tests {
                 draining: true,
                 not_ready: false,
                 weight: None,
+                load_percent: None,
             },
         );
         let p = plan(&c, &status, &mut ids).expect("plan");
@@ -504,6 +529,30 @@ mod tests {
         assert_eq!(p.backends[&2].flags, BACKEND_ALIVE | BACKEND_DRAINING);
         assert_eq!(p.backends[&3].flags, 0);
         assert_eq!(p.node.src_v4_entropy, u32::from_ne_bytes([0, 0, 0, 0xff]));
+    }
+
+    #[test]
+    fn load_factors_weigh_only_load_vips() {
+        let backends = "{ address = \"10.1.0.11\" }, { address = \"10.1.0.12\" }";
+        let mut status = healthy(&["10.1.0.11", "10.1.0.12"]);
+        // The second gateway at a quarter of its configured weight.
+        status
+            .get_mut(&"10.1.0.12".parse().expect("literal"))
+            .expect("present")
+            .load_percent = Some(25);
+        let share = |c: &Config| {
+            let p = plan(c, &status, &mut Ids::default()).expect("plan");
+            let t = &p.vips[0].table;
+            t.iter().filter(|id| **id == 2).count() as f64 / t.len() as f64
+        };
+        let static_vip = config(backends);
+        assert!(
+            (share(&static_vip) - 0.5).abs() < 0.01,
+            "static: factors ignored"
+        );
+        let mut load_vip = config(backends);
+        load_vip.vips[0].weights = crate::config::WeightMode::Load;
+        assert!((share(&load_vip) - 0.2).abs() < 0.01, "load: 100 to 25");
     }
 
     #[test]

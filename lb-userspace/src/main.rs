@@ -240,6 +240,12 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
                 b.packets_per_second,
                 b.bytes_per_second
             );
+            if let Some(f) = b.load_factor {
+                println!(
+                    "    load weight: {:.2} x configured {} = {}",
+                    f, b.configured_weight, b.weight
+                );
+            }
             if let Some(l) = b.load {
                 println!(
                     "    load: cpu {:.0}% of {} CPUs, {:.0} req/s, {:.1}% 5xx, p99 {:.1} ms, in flight {:.1} (reported {:.1} s ago)",

@@ -92,6 +92,18 @@ fn backends(m: &mut Writer, s: &Status) {
         &|b| flag(b.healthy),
     );
     per_backend(
+        "sluice_lb_backend_configured_weight",
+        "gauge",
+        "A backend's configured weight (or the operator's override).",
+        &|b| b.configured_weight as f64,
+    );
+    per_backend(
+        "sluice_lb_backend_load_factor",
+        "gauge",
+        "The load factor on a backend's configured weight (1 outside weights = \"load\").",
+        &|b| b.load_factor.unwrap_or(1.0),
+    );
+    per_backend(
         "sluice_lb_backend_draining",
         "gauge",
         "1 if the backend is drained.",
@@ -259,6 +271,8 @@ mod tests {
             packets_per_second: 1.5,
             bytes_per_second: 150.0,
             load: None,
+            configured_weight: 1,
+            load_factor: None,
         }
     }
 
@@ -336,6 +350,18 @@ sluice_lb_backend_up{backend=\"10.1.0.11\"} 1\n\
 sluice_lb_backend_up{backend=\"10.1.0.12\"} 1\n\
 sluice_lb_backend_up{backend=\"10.1.0.13\"} 0\n\
 sluice_lb_backend_up{backend=\"fd00::5\"} 1\n\
+# HELP sluice_lb_backend_configured_weight A backend's configured weight (or the operator's override).\n\
+# TYPE sluice_lb_backend_configured_weight gauge\n\
+sluice_lb_backend_configured_weight{backend=\"10.1.0.11\"} 1\n\
+sluice_lb_backend_configured_weight{backend=\"10.1.0.12\"} 1\n\
+sluice_lb_backend_configured_weight{backend=\"10.1.0.13\"} 1\n\
+sluice_lb_backend_configured_weight{backend=\"fd00::5\"} 1\n\
+# HELP sluice_lb_backend_load_factor The load factor on a backend's configured weight (1 outside weights = \"load\").\n\
+# TYPE sluice_lb_backend_load_factor gauge\n\
+sluice_lb_backend_load_factor{backend=\"10.1.0.11\"} 1\n\
+sluice_lb_backend_load_factor{backend=\"10.1.0.12\"} 1\n\
+sluice_lb_backend_load_factor{backend=\"10.1.0.13\"} 1\n\
+sluice_lb_backend_load_factor{backend=\"fd00::5\"} 1\n\
 # HELP sluice_lb_backend_draining 1 if the backend is drained.\n\
 # TYPE sluice_lb_backend_draining gauge\n\
 sluice_lb_backend_draining{backend=\"10.1.0.11\"} 0\n\

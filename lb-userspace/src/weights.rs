@@ -51,7 +51,7 @@ impl Default for Tuning {
             step: 0.05,
             deadband: 0.05,
             error_penalty: 1.0,
-            min_utilization: 0.05,
+            min_utilization: 0.01,
             stale_after: Duration::from_secs(10),
             forget_after: Duration::from_secs(60),
         }
@@ -136,6 +136,26 @@ fn quantize(x: f64, step: f64) -> f64 {
     let steps = (x / step).round();
     // Rounded again so 0.15000000000000002 and 0.15 are one value.
     (steps * step * 1e6).round() / 1e6
+}
+
+/// Part of the way from `now` to `target`: each factor halfway, on the step grid, and at
+/// least one step toward its target, so repeated halving still ends.
+pub fn halfway(
+    now: &BTreeMap<IpAddr, f64>,
+    target: &BTreeMap<IpAddr, f64>,
+    step: f64,
+) -> BTreeMap<IpAddr, f64> {
+    target
+        .iter()
+        .map(|(a, t)| {
+            let n = now.get(a).copied().unwrap_or(1.0);
+            let mut h = quantize((n + t) / 2.0, step);
+            if (h - n).abs() < step / 2.0 && (t - n).abs() >= step / 2.0 {
+                h = quantize(n + step.copysign(t - n), step);
+            }
+            (*a, h)
+        })
+        .collect()
 }
 
 /// The weight a table gets for a backend: its configured weight times its factor, in
