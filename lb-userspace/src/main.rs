@@ -127,7 +127,12 @@ impl From<Mode> for config::XdpMode {
 }
 
 fn main() -> Result<()> {
+    // Logs go to stderr, so a command's own output (`status --json`) stays clean on stdout,
+    // and carry colour codes only for a terminal, not into a log file.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -111,6 +111,8 @@ pub struct World {
     gateways: usize,
     /// Appended to every gateway's config (policies, extra routes).
     gateway_extra: String,
+    /// The IPv4 VIP is `weights = "load"` on both LB nodes.
+    load_weights: bool,
 }
 
 /// Gateway addresses by index 1..=3.
@@ -164,6 +166,7 @@ impl World {
             tls,
             gateways: 3,
             gateway_extra,
+            load_weights: false,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -445,8 +448,8 @@ impl World {
                 "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\ntunnel_source_v6 = \"fd20::{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
                  [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
-                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n\n\
-                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}",
+                 [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{weights}\n\
+                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}",
                 10 + i,
                 10 + i,
                 self.pin_dir(&format!("l{i}")),
@@ -455,6 +458,16 @@ impl World {
                     .map(|g| format!("{{ address = \"{}\" }}", gateway_addr6(g)))
                     .collect::<Vec<_>>()
                     .join(", "),
+                weights = if self.load_weights {
+                    "weights = \"load\"\n"
+                } else {
+                    ""
+                },
+                load = if self.load_weights {
+                    "\n[load_weights]\nadjust_interval_ms = 1000\n"
+                } else {
+                    ""
+                },
                 tls = if self.tls.is_some() {
                     format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
                 } else {
@@ -465,6 +478,20 @@ impl World {
         .expect("lb config");
         std::fs::rename(&tmp, &cfg).expect("lb config");
         cfg
+    }
+
+    /// Makes the IPv4 VIP `weights = "load"` on both LB nodes (they reload their configs),
+    /// adjusting once a second.
+    pub fn weigh_by_load(&mut self) {
+        self.load_weights = true;
+        for i in 1..=2 {
+            self.write_lb_config(i);
+        }
+    }
+
+    /// The process id of a harness process (`g1`, `l2`, `b1`, …).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name).map(Child::id)
     }
 
     /// Starts (or restarts) the agent of LB node `i`.

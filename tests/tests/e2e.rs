@@ -533,3 +533,197 @@ fn the_lb_agents_read_each_gateways_load_from_its_readiness() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// A CPU cgroup holding one process, removed (with the process moved back) when dropped:
+/// v1's cpu controller where the host keeps it there (hybrid hosts), otherwise v2.
+struct CpuLimit {
+    dir: std::path::PathBuf,
+    v1: bool,
+    pid: u32,
+}
+
+impl CpuLimit {
+    fn new(pid: u32, cpus: f64) -> CpuLimit {
+        let name = format!("sluice-e2e-{}-{pid}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
+        let root = if v1 {
+            "/sys/fs/cgroup/cpu"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        if !v1 {
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
+        }
+        let dir = std::path::Path::new(root).join(name);
+        std::fs::create_dir_all(&dir).expect("cgroup");
+        let limit = CpuLimit { dir, v1, pid };
+        limit.set(Some(cpus));
+        std::fs::write(limit.dir.join("cgroup.procs"), pid.to_string()).expect("into the cgroup");
+        limit
+    }
+
+    fn set(&self, cpus: Option<f64>) {
+        if self.v1 {
+            let quota = cpus.map_or(-1, |c| (c * 100_000.0) as i64);
+            std::fs::write(self.dir.join("cpu.cfs_period_us"), "100000").expect("period");
+            std::fs::write(self.dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
+        } else {
+            let max = cpus.map_or("max 100000".into(), |c| {
+                format!("{} 100000", (c * 100_000.0) as u64)
+            });
+            std::fs::write(self.dir.join("cpu.max"), max).expect("cpu.max");
+        }
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::write(root.join("cgroup.procs"), self.pid.to_string());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The IPv4 VIP's effective weight per gateway on LB node `i`.
+fn v4_weights(w: &World, i: usize) -> Vec<(String, u64)> {
+    let status = lb_status(w, i);
+    status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == format!("{VIP}:80/tcp"))
+        .and_then(|v| v["backends"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap_or("").to_string(),
+                b["weight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_cpu_limited_gateway_gets_fewer_new_flows_and_none_fail() {
+    if !privileged() {
+        return;
+    }
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    use std::time::{Duration, Instant};
+    let mut w = World::start();
+    w.weigh_by_load();
+    // Steady load from four clients, a new connection (a new flow) per request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client_ns = w.ns["c"].clone();
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            in_ns(&client_ns, || {
+                std::thread::scope(|s| {
+                    for _ in 0..4 {
+                        s.spawn(|| {
+                            while !stop.load(Ordering::Relaxed) {
+                                match http_get(vip(), "/index.html") {
+                                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                        });
+                    }
+                })
+            })
+        })
+    };
+    // The share of new requests gateway 1 takes over the next `span`.
+    let share_of_g1 = |w: &World, span: Duration| {
+        let before: Vec<u64> = (1..=3).map(|i| w.gateway_requests(i)).collect();
+        std::thread::sleep(span);
+        let d: Vec<u64> = (1..=3)
+            .map(|i| w.gateway_requests(i) - before[i - 1])
+            .collect();
+        d[0] as f64 / d.iter().sum::<u64>().max(1) as f64
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let even = share_of_g1(&w, Duration::from_secs(3));
+    eprintln!("gateway 1's share before the limit: {even:.2}");
+    // A real CPU limit on gateway 1: a fifth of a CPU.
+    let limit = CpuLimit::new(w.pid("g1").expect("g1"), 0.2);
+    let start = Instant::now();
+    let mut limited = 1.0;
+    while start.elapsed() < Duration::from_secs(40) {
+        limited = share_of_g1(&w, Duration::from_secs(3));
+        eprintln!(
+            "{:>4.0} s: gateway 1's share {limited:.2}",
+            start.elapsed().as_secs_f64()
+        );
+        if limited < 0.2 {
+            break;
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        limited < 0.2,
+        "gateway 1 kept {limited:.2} of new requests under its limit"
+    );
+    // Both LB nodes settle on the same weights, so a flow ECMP moves keeps its gateway.
+    let settle = Instant::now();
+    while v4_weights(&w, 1) != v4_weights(&w, 2) {
+        assert!(
+            settle.elapsed() < Duration::from_secs(20),
+            "{:?} vs {:?}",
+            v4_weights(&w, 1),
+            v4_weights(&w, 2)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The limit lifted, its share comes back.
+    limit.set(None);
+    let lifted = Instant::now();
+    let mut back = 0.0;
+    while lifted.elapsed() < Duration::from_secs(40) {
+        back = share_of_g1(&w, Duration::from_secs(3));
+        if back > 0.25 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    drop(limit);
+    eprintln!(
+        "limited to {limited:.2} in {took:?}, back to {back:.2}; {} requests answered, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(
+        back > 0.25,
+        "gateway 1's share stayed at {back:.2} after the limit was lifted"
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed");
+    // Every push moved at most max_disruption (5%) of the table.
+    for node in ["lb1.log", "lb2.log"] {
+        let log = w.log(node);
+        let pushes: Vec<f64> = log
+            .lines()
+            .filter(|l| l.contains("load weights pushed"))
+            .filter_map(|l| {
+                l.split("disruption=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(!pushes.is_empty(), "{node}: no load-weight push logged");
+        assert!(
+            pushes.iter().all(|d| *d <= 0.05 + 1e-9),
+            "{node}: {pushes:?}"
+        );
+    }
+}
