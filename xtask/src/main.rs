@@ -54,6 +54,8 @@ enum BenchTarget {
     Lb,
     /// sluice-gateway against nginx as a reverse proxy (installs nginx and wrk).
     Gateway,
+    /// Load-aware weights against static ones, one gateway under a CPU limit (root).
+    Loop,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +72,12 @@ fn main() -> Result<()> {
             BenchTarget::Gateway => {
                 setup::packages(&["nginx", "wrk"])?;
                 cargo(&["bench", "-p", "sluice-gateway", "--bench", "vs_nginx"])
+            }
+            BenchTarget::Loop => {
+                // The harness runs the release binaries, as the demo does.
+                cargo(&["build", "--workspace", "--release", "--bins"])?;
+                std::env::set_var("SLUICE_BIN_DIR", workspace_root().join("target/release"));
+                cargo(&["bench", "-p", "sluice-e2e", "--bench", "load_loop"])
             }
         },
     }

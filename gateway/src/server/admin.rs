@@ -31,9 +31,13 @@ impl Gateway {
                 } else {
                     text(StatusCode::OK, "ready\n")
                 };
-                // One probe brings readiness and load together (see `crate::load`).
-                if let Ok(v) = HeaderValue::from_str(&self.load.report().header_value()) {
-                    r.headers_mut().insert(load::HEADER, v);
+                // One probe brings readiness and load together (see `crate::load`); nothing
+                // until a first window has been measured, rather than a report of zeros.
+                let report = self.load.report();
+                if !report.window.is_zero() {
+                    if let Ok(v) = HeaderValue::from_str(&report.header_value()) {
+                        r.headers_mut().insert(load::HEADER, v);
+                    }
                 }
                 r
             }
