@@ -91,55 +91,6 @@ fn readiness_carries_the_load_of_the_last_seconds() {
     });
 }
 
-/// A CPU cgroup made for one test and removed after it, with the process moved back out.
-struct CpuCgroup {
-    dir: std::path::PathBuf,
-    v1: bool,
-    pid: u32,
-}
-
-impl CpuCgroup {
-    /// Puts `pid` in a new CPU cgroup (v1's cpu controller where the host keeps it there,
-    /// as hybrid hosts do; otherwise v2).
-    fn new(pid: u32) -> CpuCgroup {
-        let name = format!("sluice-load-{}", std::process::id());
-        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
-        let dir = if v1 {
-            std::path::Path::new("/sys/fs/cgroup/cpu").join(&name)
-        } else {
-            // v2: the cpu controller must be on for the root's children.
-            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
-            std::path::Path::new("/sys/fs/cgroup").join(&name)
-        };
-        std::fs::create_dir_all(&dir).expect("cgroup");
-        let g = CpuCgroup { dir, v1, pid };
-        std::fs::write(g.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
-        g
-    }
-
-    /// Limits the cgroup to `cpus` CPUs, or lifts the limit.
-    fn limit(&self, cpus: Option<f64>) {
-        if self.v1 {
-            let quota = cpus.map_or(-1, |c| (c * 100_000.0) as i64);
-            std::fs::write(self.dir.join("cpu.cfs_period_us"), "100000").expect("period");
-            std::fs::write(self.dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
-        } else {
-            let max = cpus.map_or("max 100000".to_string(), |c| {
-                format!("{} 100000", (c * 100_000.0) as u64)
-            });
-            std::fs::write(self.dir.join("cpu.max"), max).expect("cpu.max");
-        }
-    }
-}
-
-impl Drop for CpuCgroup {
-    fn drop(&mut self) {
-        let root = self.dir.parent().unwrap_or(std::path::Path::new("/"));
-        let _ = std::fs::write(root.join("cgroup.procs"), self.pid.to_string());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn the_cgroup_cpu_quota_is_what_utilization_is_measured_against() {
     if !sluice_e2e::privileged() {
@@ -153,13 +104,12 @@ fn the_cgroup_cpu_quota_is_what_utilization_is_measured_against() {
             .route("ok", "/", "ok")
             .build(),
     );
-    let cgroup = CpuCgroup::new(gw.pid());
-    cgroup.limit(Some(0.5));
+    let cgroup = sluice_e2e::cgroup::CpuLimit::new(gw.pid(), 0.5);
     wait_for(&gw, "the quota in the report", |r| {
         r.get("named_metrics.usable_cpus")
             .is_some_and(|v| *v == 0.5)
     });
-    cgroup.limit(None);
+    cgroup.set(None);
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(2) as f64;

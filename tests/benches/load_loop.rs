@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_e2e::{http_get, in_ns, privileged, World, VIP};
+use sluice_e2e::{cgroup::CpuLimit, http_get, in_ns, privileged, World, VIP};
 
 /// Client threads, each one request at a time on a new connection (a new flow each).
 const CLIENTS: usize = 4;
@@ -117,51 +117,6 @@ impl Drop for Load {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Gateway 1's process under a CPU quota, v1's cpu controller or v2's `cpu.max`.
-struct CpuLimit {
-    dir: std::path::PathBuf,
-    pid: u32,
-}
-
-impl CpuLimit {
-    fn new(pid: u32, cpus: f64) -> CpuLimit {
-        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
-        let root = if v1 {
-            "/sys/fs/cgroup/cpu"
-        } else {
-            "/sys/fs/cgroup"
-        };
-        let dir = std::path::Path::new(root).join(format!("sluice-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("cgroup");
-        if v1 {
-            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").expect("period");
-            std::fs::write(
-                dir.join("cpu.cfs_quota_us"),
-                ((cpus * 100_000.0) as u64).to_string(),
-            )
-            .expect("quota");
-        } else {
-            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
-            std::fs::write(
-                dir.join("cpu.max"),
-                format!("{} 100000", (cpus * 100_000.0) as u64),
-            )
-            .expect("cpu.max");
-        }
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("into the cgroup");
-        CpuLimit { dir, pid }
-    }
-}
-
-impl Drop for CpuLimit {
-    fn drop(&mut self) {
-        if let Some(root) = self.dir.parent() {
-            let _ = std::fs::write(root.join("cgroup.procs"), self.pid.to_string());
-        }
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

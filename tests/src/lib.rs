@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cgroup;
 pub mod http;
 pub mod ns;
 

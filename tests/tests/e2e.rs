@@ -534,57 +534,6 @@ fn the_lb_agents_read_each_gateways_load_from_its_readiness() {
     }
 }
 
-/// A CPU cgroup holding one process, removed (with the process moved back) when dropped:
-/// v1's cpu controller where the host keeps it there (hybrid hosts), otherwise v2.
-struct CpuLimit {
-    dir: std::path::PathBuf,
-    v1: bool,
-    pid: u32,
-}
-
-impl CpuLimit {
-    fn new(pid: u32, cpus: f64) -> CpuLimit {
-        let name = format!("sluice-e2e-{}-{pid}", std::process::id());
-        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists();
-        let root = if v1 {
-            "/sys/fs/cgroup/cpu"
-        } else {
-            "/sys/fs/cgroup"
-        };
-        if !v1 {
-            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu");
-        }
-        let dir = std::path::Path::new(root).join(name);
-        std::fs::create_dir_all(&dir).expect("cgroup");
-        let limit = CpuLimit { dir, v1, pid };
-        limit.set(Some(cpus));
-        std::fs::write(limit.dir.join("cgroup.procs"), pid.to_string()).expect("into the cgroup");
-        limit
-    }
-
-    fn set(&self, cpus: Option<f64>) {
-        if self.v1 {
-            let quota = cpus.map_or(-1, |c| (c * 100_000.0) as i64);
-            std::fs::write(self.dir.join("cpu.cfs_period_us"), "100000").expect("period");
-            std::fs::write(self.dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
-        } else {
-            let max = cpus.map_or("max 100000".into(), |c| {
-                format!("{} 100000", (c * 100_000.0) as u64)
-            });
-            std::fs::write(self.dir.join("cpu.max"), max).expect("cpu.max");
-        }
-    }
-}
-
-impl Drop for CpuLimit {
-    fn drop(&mut self) {
-        if let Some(root) = self.dir.parent() {
-            let _ = std::fs::write(root.join("cgroup.procs"), self.pid.to_string());
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 /// The IPv4 VIP's effective weight per gateway on LB node `i`.
 fn v4_weights(w: &World, i: usize) -> Vec<(String, u64)> {
     let status = lb_status(w, i);
@@ -653,7 +602,7 @@ fn a_cpu_limited_gateway_gets_fewer_new_flows_and_none_fail() {
     let even = share_of_g1(&w, Duration::from_secs(3));
     eprintln!("gateway 1's share before the limit: {even:.2}");
     // A real CPU limit on gateway 1: a fifth of a CPU.
-    let limit = CpuLimit::new(w.pid("g1").expect("g1"), 0.2);
+    let limit = sluice_e2e::cgroup::CpuLimit::new(w.pid("g1").expect("g1"), 0.2);
     let start = Instant::now();
     let mut limited = 1.0;
     while start.elapsed() < Duration::from_secs(40) {

@@ -193,6 +193,7 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
         *slot = w.gateway_requests(i + 1);
     }
     let result = failover_and_drain(&mut w, &load, &mut last)
+        .and_then(|()| load_weights(&mut w, &load, &mut last))
         .and_then(|()| rate_limit(&w))
         .and_then(|()| lb_status(&w));
     let (ok, failed) = load.stop();
@@ -239,9 +240,35 @@ fn failover_and_drain(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result
     Ok(())
 }
 
-/// Step 5: the per-client limit in Redis, keyed on the real client address.
+/// Step 5: a gateway under a CPU limit, with static and then load-aware weights.
+fn load_weights(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result<()> {
+    for lb in ["l1", "l2"] {
+        sluice_lb(w, lb, &["undrain", &gateway_addr(1)])?;
+    }
+    println!("\n5. Load-aware weights. Gateway 1 is back in service, and gateway 3 ({}) is put in a\n   cgroup limited to 0.05 CPU (a slower or busier machine). With static weights it keeps a\n   third of the new flows, and p99 climbs:", gateway_addr(3));
+    let limit = sluice_e2e::cgroup::CpuLimit::new(
+        w.pid("g3").ok_or_else(|| anyhow::anyhow!("no gateway 3"))?,
+        0.05,
+    );
+    watch(w, load, 4, last)?;
+    println!("   The LB nodes switch the VIP to weights = \"load\": every second they weigh each gateway\n   by the capacity its readiness reports (requests per second per CPU used), moving at most\n   5% of the table per push. Gateway 3's share shrinks to what it can serve; p99 recovers:");
+    let failed_before = load.total_failed.load(Ordering::Relaxed);
+    w.weigh_by_load();
+    watch(w, load, 12, last)?;
+    println!("   The limit is lifted, and its share comes back:");
+    limit.set(None);
+    watch(w, load, 8, last)?;
+    drop(limit);
+    println!(
+        "   (requests that failed during this step: {})",
+        load.total_failed.load(Ordering::Relaxed) - failed_before
+    );
+    Ok(())
+}
+
+/// Step 6: the per-client limit in Redis, keyed on the real client address.
 fn rate_limit(w: &World) -> Result<()> {
-    println!("\n5. Policy on the real client: /limited allows 10 requests per client address per\n   10 minutes, counted in Redis so the limit holds whichever gateway a flow lands on.\n   The gateways see the client's own address because the tunnel delivers its packets\n   unchanged (DSR). 15 requests, each on a new connection:");
+    println!("\n6. Policy on the real client: /limited allows 10 requests per client address per\n   10 minutes, counted in Redis so the limit holds whichever gateway a flow lands on.\n   The gateways see the client's own address because the tunnel delivers its packets\n   unchanged (DSR). 15 requests, each on a new connection:");
     let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
     let answers: Vec<(u16, String)> = in_ns(&w.ns["c"], || {
         (0..15)
