@@ -61,15 +61,15 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("gw.toml");
         std::fs::write(&path, format!("{BASE}{extra}")).expect("write");
-        let said = match load(&path, 1, None) {
+        let result = load(&path, 1, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
             Ok(_) => "built".to_string(),
             Err(e) => {
                 assert_eq!(e.file, path, "the refusal names the file");
                 format!("{}: {}", e.field, e.reason)
             }
-        };
-        let _ = std::fs::remove_dir_all(&dir);
-        said
+        }
     }
 
     #[test]

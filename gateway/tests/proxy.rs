@@ -700,8 +700,8 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
     assert_eq!(request(gw.listeners["lo"], "GET", "/", &[], "").status, 200);
     drop(gw);
     // Without freebind the same address cannot be bound, and the error says which listener.
-    let dir = std::env::temp_dir().join(format!("sluice-freebind-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = support::Scratch::new("freebind");
+    let dir = scratch.0.clone();
     std::fs::write(dir.join("gw.toml"), cfg(false)).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
         .args(["run", "--config"])
@@ -711,7 +711,6 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listener vip on 198.51.100.77:8080"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

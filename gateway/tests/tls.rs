@@ -99,8 +99,9 @@ async fn fetch(
 fn sni_versions_alpn_reload_and_mtls() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Removed when the test ends, whether it passes or not.
+    let scratch = support::Scratch::new("tls");
+    let dir = scratch.0.clone();
     let server_ca = ca("server ca");
     let client_ca = ca("client ca");
     let a = leaf(&server_ca, &dir, "a", &["a.example"], false);
@@ -229,7 +230,6 @@ fn sni_versions_alpn_reload_and_mtls() {
         .expect("mtls");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Handshakes with `sni` and reads one HTTP/1.1 answer (which also takes in TLS 1.3 session
@@ -260,8 +260,8 @@ async fn handshake_kind(
 fn a_reload_that_leaves_tls_alone_keeps_sessions_resumable() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let dir = std::env::temp_dir().join(format!("sluice-tls-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = support::Scratch::new("tls-resume");
+    let dir = scratch.0.clone();
     let server_ca = ca("server ca");
     leaf(&server_ca, &dir, "a", &["a.example"], false);
     let config = |extra_route: bool| {
@@ -308,5 +308,4 @@ fn a_reload_that_leaves_tls_alone_keeps_sessions_resumable() {
         "a route-only reload lost the TLS session"
     );
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
 }

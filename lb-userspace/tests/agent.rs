@@ -440,11 +440,8 @@ fn assert_avoided(p: &mut Probe, client: &str, ports: Range<u16>, i: usize) {
 
 #[test]
 fn check_names_file_field_and_reason() {
-    let dir = std::env::temp_dir().join(format!("sluice-agent-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let _remove = OnDrop(|| {
-        let _ = std::fs::remove_dir_all(&dir);
-    });
+    let scratch = sluice_e2e::scratch::Scratch::new("agent-check");
+    let dir = scratch.0.clone();
     let bad = dir.join("bad.toml");
     let text = World::config_text(&dir.join("pins"), &BACKENDS);
     std::fs::write(&bad, text.replace("rise = 2", "rise = 0")).expect("write");

@@ -22,6 +22,7 @@ use std::{
 pub mod cgroup;
 pub mod http;
 pub mod ns;
+pub mod scratch;
 
 pub use http::{http_get, http_get_from};
 pub use ns::{in_new_ns, in_ns, in_ns_command, privileged, sh};

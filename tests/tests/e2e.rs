@@ -266,8 +266,9 @@ fn tls_with_sni_end_to_end() {
         return;
     }
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(format!("sluice-e2e-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Removed however the test ends.
+    let scratch = sluice_e2e::scratch::Scratch::new("e2e-tls");
+    let dir = scratch.0.clone();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().expect("key");
@@ -304,7 +305,6 @@ fn tls_with_sni_end_to_end() {
         assert!(trace.contains("using HTTP/2"), "{trace}");
     }
     drop(w);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -269,32 +269,8 @@ pub fn config(rest: &str) -> String {
     )
 }
 
-/// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// A new empty directory.
-    pub fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!(
-            "sluice-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&d).expect("scratch dir");
-        Scratch(d)
-    }
-
-    /// A path inside, as a string for configs.
-    pub fn path(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A scratch directory removed on drop (the harness crate's).
+pub use sluice_e2e::scratch::Scratch;
 
 /// GET of an admin path, body as text.
 pub fn admin_get(gw: &Gateway, path: &str) -> Reply {

@@ -34,16 +34,9 @@ fn scapy_crafted_packets_come_out_right() {
     with_lab(|lab: &mut Lab| {
         lab.vip(0, "198.51.100.1", 80, 6, 0, &[1, 2, 3]);
         lab.vip(1, "2001:db8::1", 53, 17, 0, &[5, 6, 7]);
-        let dir = std::env::temp_dir().join(format!("sluice-scapy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
         // Removed however the test ends.
-        struct Cleanup(std::path::PathBuf);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let _cleanup = Cleanup(dir.clone());
+        let scratch = sluice_e2e::scratch::Scratch::new("scapy");
+        let dir = scratch.0.clone();
         let cases = dir.join("cases.json");
         let results = dir.join("results.json");
         py(&["gen", cases.to_str().expect("utf-8 path")]);
