@@ -101,7 +101,9 @@ pub fn adjust(
         .map(|(addr, input)| {
             let now = previous.get(addr).copied().unwrap_or(1.0);
             let aim = match (capacities.get(addr), mean) {
-                (Some(c), Some(m)) => c / m,
+                // Finite by construction (reports are bounded), and checked anyway: a
+                // factor that became NaN would never recover.
+                (Some(c), Some(m)) if (c / m).is_finite() => c / m,
                 // Reporting but saying too little, or stale: hold.
                 _ if input.report.is_some_and(|(_, age)| age <= t.forget_after) => now,
                 _ => 1.0,
@@ -378,6 +380,61 @@ mod tests {
         assert_eq!(effective_weight(3, 1.0), 300);
         assert_eq!(effective_weight(1, 0.0), 1);
         assert_eq!(effective_weight(0, 2.0), 0);
+    }
+
+    #[test]
+    fn a_lying_gateway_is_held_to_the_ceiling_and_the_others_to_the_floor() {
+        let t = Tuning::default();
+        let honest = LoadReport {
+            cpu_utilization: 0.5,
+            rps: 100.0,
+            ..LoadReport::default()
+        };
+        // Claims a billion requests per second on a hundredth of a CPU (the most a report
+        // may say), every adjustment.
+        let liar = LoadReport {
+            cpu_utilization: t.min_utilization,
+            rps: sluice_util::load::MAX_VALUE,
+            ..LoadReport::default()
+        };
+        let now = Duration::from_secs(1);
+        let inputs: BTreeMap<IpAddr, Input> = [
+            (
+                addr(0),
+                Input {
+                    configured: 1,
+                    report: Some((honest, now)),
+                },
+            ),
+            (
+                addr(1),
+                Input {
+                    configured: 1,
+                    report: Some((honest, now)),
+                },
+            ),
+            (
+                addr(2),
+                Input {
+                    configured: 1,
+                    report: Some((liar, now)),
+                },
+            ),
+        ]
+        .into();
+        let mut f = BTreeMap::new();
+        for _ in 0..50 {
+            f = adjust(&inputs, &f, &t);
+            for v in f.values() {
+                assert!(v.is_finite() && (t.floor..=t.ceiling).contains(v), "{f:?}");
+            }
+        }
+        assert_eq!(f[&addr(2)], t.ceiling);
+        assert_eq!(f[&addr(0)], t.floor);
+        // So the liar gets at most ceiling / (ceiling + 2 floor) of new flows: 80%, and
+        // every honest gateway keeps a share: never 0.
+        let w: Vec<u32> = f.values().map(|v| effective_weight(1, *v)).collect();
+        assert!(w.iter().all(|w| *w > 0), "{w:?}");
     }
 
     #[test]

@@ -7,6 +7,10 @@ use std::time::Duration;
 /// The header the report travels in.
 pub const HEADER: &str = "endpoint-load-metrics";
 
+/// The largest value a report may carry (a billion requests per second, or a CPU
+/// utilization of a billion).
+pub const MAX_VALUE: f64 = 1e9;
+
 /// One report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct LoadReport {
@@ -59,7 +63,8 @@ impl LoadReport {
 
     /// Reads a header value. Fields it does not know are skipped (ORCA has more); `None`
     /// unless it is the `TEXT` form with `cpu_utilization` and `rps_fractional`, every
-    /// value a finite number that is not negative.
+    /// value a finite number between 0 and [`MAX_VALUE`]: a report comes from another node,
+    /// and a value past any real gateway's would only be a lie or a bug.
     pub fn parse(value: &str) -> Option<LoadReport> {
         let fields = value.trim().strip_prefix("TEXT ")?;
         let mut r = LoadReport::default();
@@ -67,7 +72,7 @@ impl LoadReport {
         for field in fields.split(',') {
             let (key, raw) = field.trim().split_once('=')?;
             let v: f64 = raw.trim().parse().ok()?;
-            if !v.is_finite() || v < 0.0 {
+            if !(0.0..=MAX_VALUE).contains(&v) {
                 return None;
             }
             match key.trim() {
@@ -118,6 +123,8 @@ mod tests {
             "TEXT cpu_utilization=NaN, rps_fractional=1",
             "TEXT cpu_utilization=-1, rps_fractional=1",
             "TEXT cpu_utilization=inf, rps_fractional=1",
+            "TEXT cpu_utilization=0.5, rps_fractional=1e308",
+            "TEXT cpu_utilization=1e-320, rps_fractional=1e10",
             "TEXT cpu_utilization, rps_fractional=1",
         ] {
             assert_eq!(LoadReport::parse(bad), None, "{bad}");

@@ -196,6 +196,14 @@ mod tests {
 
     /// A one-shot server answering `answer` after reading the request head.
     async fn serve_once(answer: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        serve_pieces(vec![answer.to_vec()], Duration::ZERO).await
+    }
+
+    /// A one-shot server answering `pieces` one after another, `gap` apart.
+    async fn serve_pieces(
+        pieces: Vec<Vec<u8>>,
+        gap: Duration,
+    ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
@@ -205,7 +213,12 @@ mod tests {
             while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
                 len += s.read(&mut buf[len..]).await.expect("read");
             }
-            s.write_all(answer).await.expect("write");
+            for piece in pieces {
+                tokio::time::sleep(gap).await;
+                if s.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
             String::from_utf8_lossy(&buf[..len]).into_owned()
         });
         (addr, task)
@@ -256,6 +269,43 @@ mod tests {
         .await;
         let r = probe(addr).readiness().await.expect("readiness");
         assert_eq!((r.status, r.load), (503, None));
+    }
+
+    #[tokio::test]
+    async fn a_head_split_in_pieces_is_read_whole() {
+        let head = b"HTTP/1.1 200 OK\r\nendpoint-load-metrics: TEXT cpu_utilization=0.5, rps_fractional=9\r\n\r\n";
+        let pieces = head.chunks(7).map(<[u8]>::to_vec).collect();
+        let (addr, _task) = serve_pieces(pieces, Duration::from_millis(5)).await;
+        let r = probe(addr).readiness().await.expect("readiness");
+        assert_eq!(r.load.map(|l| l.rps), Some(9.0));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_dribbled_head_is_bounded() {
+        // A head that never ends within MAX_HEAD: the read stops there, the status counts,
+        // and a report past the limit is not looked for.
+        let mut long = b"HTTP/1.1 200 OK\r\nx-filler: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 3 * MAX_HEAD));
+        long.extend(
+            b"\r\nendpoint-load-metrics: TEXT cpu_utilization=0.5, rps_fractional=9\r\n\r\n",
+        );
+        let (addr, _task) = serve_pieces(vec![long], Duration::ZERO).await;
+        let r = probe(addr).readiness().await.expect("readiness");
+        assert_eq!((r.status, r.load), (200, None));
+        // A target that dribbles its head slower than the probe's timeout: timed out.
+        let slow = b"HTTP/1.1 200 OK\r\n".iter().map(|b| vec![*b]).collect();
+        let (addr, _task) = serve_pieces(slow, Duration::from_millis(50)).await;
+        let r = Probe {
+            timeout: Duration::from_millis(200),
+            ..probe(addr)
+        }
+        .readiness()
+        .await;
+        assert!(matches!(r, Err(ProbeError::Timeout)), "{r:?}");
+        // Two report fields: the first is taken.
+        let (addr, _task) = serve_once(b"HTTP/1.1 200 OK\r\nendpoint-load-metrics: TEXT cpu_utilization=0.1, rps_fractional=1\r\nendpoint-load-metrics: TEXT cpu_utilization=0.9, rps_fractional=2\r\n\r\n").await;
+        let r = probe(addr).readiness().await.expect("readiness");
+        assert_eq!(r.load.map(|l| l.rps), Some(1.0));
     }
 
     #[tokio::test]
