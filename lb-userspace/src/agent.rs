@@ -142,34 +142,11 @@ pub struct BackendView {
 /// A backend's last load report and its age.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct LoadSeen {
-    /// CPU time per usable CPU over the gateway's window.
-    pub cpu_utilization: f64,
-    /// Requests answered per second.
-    pub rps: f64,
-    /// Requests answered 5xx per second.
-    pub eps: f64,
-    /// Requests in flight, averaged over the window.
-    pub in_flight: f64,
-    /// 99th-percentile time to response head, in milliseconds.
-    pub p99_ms: f64,
-    /// The CPUs the gateway may use.
-    pub usable_cpus: f64,
-    /// Milliseconds since the report came.
+    /// The report, as the gateway sent it.
+    #[serde(flatten)]
+    pub report: LoadReport,
+    /// Milliseconds since it came.
     pub age_ms: u64,
-}
-
-impl LoadSeen {
-    fn of(r: &LoadReport, at: Instant) -> Self {
-        LoadSeen {
-            cpu_utilization: r.cpu_utilization,
-            rps: r.rps,
-            eps: r.eps,
-            in_flight: r.in_flight,
-            p99_ms: r.p99_ms,
-            usable_cpus: r.usable_cpus,
-            age_ms: at.elapsed().as_millis() as u64,
-        }
-    }
 }
 
 /// Packets and bytes per backend id at one instant.
@@ -679,10 +656,10 @@ impl Agent {
             bytes: traffic.bytes,
             packets_per_second: pps,
             bytes_per_second: bps,
-            load: self
-                .loads
-                .get(&b.address)
-                .map(|(r, at)| LoadSeen::of(r, *at)),
+            load: self.loads.get(&b.address).map(|(r, at)| LoadSeen {
+                report: *r,
+                age_ms: at.elapsed().as_millis() as u64,
+            }),
         }
     }
 

@@ -251,7 +251,8 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
                     f, b.configured_weight, b.weight
                 );
             }
-            if let Some(l) = b.load {
+            if let Some(seen) = b.load {
+                let l = seen.report;
                 println!(
                     "    load: cpu {:.0}% of {} CPUs, {:.0} req/s, {:.1}% 5xx, p99 {:.1} ms, in flight {:.1} (reported {:.1} s ago)",
                     l.cpu_utilization * 100.0,
@@ -260,7 +261,7 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
                     if l.rps > 0.0 { l.eps / l.rps * 100.0 } else { 0.0 },
                     l.p99_ms,
                     l.in_flight,
-                    l.age_ms as f64 / 1e3
+                    seen.age_ms as f64 / 1e3
                 );
             }
         }

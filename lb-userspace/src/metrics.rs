@@ -125,22 +125,22 @@ fn backend_loads(m: &mut Writer, backends: &[&BackendView]) {
         (
             "sluice_lb_backend_load_cpu_utilization",
             "A backend's reported CPU time per usable CPU.",
-            (|l: &LoadSeen| l.cpu_utilization) as fn(&LoadSeen) -> f64,
+            (|l: &LoadSeen| l.report.cpu_utilization) as fn(&LoadSeen) -> f64,
         ),
         (
             "sluice_lb_backend_load_requests_per_second",
             "A backend's reported requests per second.",
-            |l| l.rps,
+            |l| l.report.rps,
         ),
         (
             "sluice_lb_backend_load_errors_per_second",
             "A backend's reported 5xx answers per second.",
-            |l| l.eps,
+            |l| l.report.eps,
         ),
         (
             "sluice_lb_backend_load_p99_seconds",
             "A backend's reported 99th-percentile time to response head.",
-            |l| l.p99_ms / 1e3,
+            |l| l.report.p99_ms / 1e3,
         ),
         (
             "sluice_lb_backend_load_report_age_seconds",

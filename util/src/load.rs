@@ -12,7 +12,7 @@ pub const HEADER: &str = "endpoint-load-metrics";
 pub const MAX_VALUE: f64 = 1e9;
 
 /// One report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoadReport {
     /// CPU time over the window per usable CPU (0.0 to about 1.0).
     pub cpu_utilization: f64,
@@ -27,12 +27,20 @@ pub struct LoadReport {
     /// The CPUs the process may use.
     pub usable_cpus: f64,
     /// The span the report covers.
-    #[serde(serialize_with = "millis")]
+    #[serde(
+        rename = "window_ms",
+        serialize_with = "millis",
+        deserialize_with = "from_millis"
+    )]
     pub window: Duration,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
 }
 
 impl LoadReport {
