@@ -398,28 +398,16 @@ fn the_ipv6_path_end_to_end() {
     eprintln!("IPv6 requests per gateway: {shares:?}");
     assert!(shares.iter().all(|s| *s > 0), "{shares:?}");
     // The IPv6 VIP's traffic went through the LB nodes' tunnels.
-    let out = sluice_e2e::in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
-        .args(["status", "--json", "--admin", "127.0.0.1:9180"])
-        .output()
-        .expect("status");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let v6 = status["vips"]
-        .as_array()
-        .expect("vips")
-        .iter()
-        .find(|v| v["vip"] == "2001:db8::1:80/tcp")
-        .expect("v6 vip");
-    let out2 = sluice_e2e::in_ns_command(&w.ns["l2"], sluice_e2e::bin("sluice-lb"))
-        .args(["status", "--json", "--admin", "127.0.0.1:9180"])
-        .output()
-        .expect("status");
-    let status2: serde_json::Value = serde_json::from_slice(&out2.stdout).expect("json");
-    let v6b = status2["vips"]
-        .as_array()
-        .expect("vips")
-        .iter()
-        .find(|v| v["vip"] == "2001:db8::1:80/tcp")
-        .expect("v6 vip");
+    let v6_of = |status: serde_json::Value| {
+        status["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .find(|v| v["vip"] == "2001:db8::1:80/tcp")
+            .expect("v6 vip")
+            .clone()
+    };
+    let (v6, v6b) = (v6_of(lb_status(&w, 1)), v6_of(lb_status(&w, 2)));
     assert!(v6["packets"].as_u64().unwrap_or(0) + v6b["packets"].as_u64().unwrap_or(0) > 0);
 }
 

@@ -136,11 +136,8 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
 fn upstream_metrics(out: &mut String, rt: &Runtime) {
     use std::fmt::Write;
     out.push_str("# HELP sluice_gateway_upstream_healthy 1 if the target passes its health check and is not ejected.\n# TYPE sluice_gateway_upstream_healthy gauge\n");
-    let mut seen = std::collections::HashSet::new();
+    // One entry per pool: the generation keeps each once.
     for pool in &rt.pools {
-        if !seen.insert(pool.name.clone()) {
-            continue;
-        }
         for t in &pool.targets {
             let _ = writeln!(
                 out,

@@ -94,6 +94,23 @@ fn path(p: &str) -> Result<Vec<String>, FieldError> {
     Ok(p.split('.').map(str::to_string).collect())
 }
 
+impl JsonOps {
+    /// The JSON operations of a transform; paths are refused as `json`.
+    fn build(
+        rename: &std::collections::BTreeMap<String, String>,
+        remove: &[String],
+        set: Vec<(FieldPath, Value)>,
+        max: usize,
+    ) -> Result<Self, FieldError> {
+        Ok(JsonOps {
+            rename: path_pairs(rename)?,
+            remove: remove.iter().map(|p| path(p)).collect::<Result<_, _>>()?,
+            set,
+            max,
+        })
+    }
+}
+
 /// A dotted JSON field path, split.
 type FieldPath = Vec<String>;
 
@@ -229,16 +246,7 @@ impl TryFrom<&RequestTransform> for RequestTransformer {
             remove_query: t.remove_query.clone(),
             rename_query: query_pairs(&t.rename_query)?,
             add_query: query_pairs(&t.add_query)?,
-            json: JsonOps {
-                rename: path_pairs(&t.json_rename)?,
-                remove: t
-                    .json_remove
-                    .iter()
-                    .map(|p| path(p))
-                    .collect::<Result<_, _>>()?,
-                set: json_set,
-                max: t.json_max_bytes,
-            },
+            json: JsonOps::build(&t.json_rename, &t.json_remove, json_set, t.json_max_bytes)?,
         })
     }
 }
@@ -415,16 +423,7 @@ impl TryFrom<&ResponseTransform> for ResponseTransformer {
         Ok(ResponseTransformer {
             set: pairs("headers", &t.set_headers)?,
             remove: names("headers", &t.remove_headers)?,
-            json: JsonOps {
-                rename: path_pairs(&t.json_rename)?,
-                remove: t
-                    .json_remove
-                    .iter()
-                    .map(|p| path(p))
-                    .collect::<Result<_, _>>()?,
-                set: Vec::new(),
-                max: t.json_max_bytes,
-            },
+            json: JsonOps::build(&t.json_rename, &t.json_remove, Vec::new(), t.json_max_bytes)?,
         })
     }
 }
