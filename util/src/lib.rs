@@ -6,12 +6,14 @@
 //! - [`control`]: the signals and config-file changes that reload or stop a daemon;
 //! - [`load`]: a gateway's load report, as written on `/readyz` and read by the L4 agent;
 //! - [`probe`]: the one HTTP health probe, used by the L4 agent on its gateways and by the
-//!   gateway on its upstream targets.
+//!   gateway on its upstream targets;
+//! - [`shield`]: the block candidates a gateway offers and the L4 agent pulls.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
 pub mod load;
 pub mod probe;
+pub mod shield;
 
 pub use config::{ConfigError, FieldError};
