@@ -20,12 +20,14 @@ pub use sluice_util::ConfigError;
 mod listener;
 pub mod policy;
 mod route;
+mod shield;
 mod upstream;
 
 pub use listener::{
     AccessField, AccessLog, Admin, Certificate, EscapedSlashes, Listener, PathParameters, Tls,
 };
 pub use route::{PathMatch, Redirect, Retries, Route, Split, Timeouts};
+pub use shield::{Shield, Thresholds};
 pub use upstream::{Balance, HealthCheck, Outlier, Target, Upstream};
 
 pub use policy::{
@@ -69,6 +71,9 @@ pub struct Config {
     /// Usage analytics.
     #[serde(default)]
     pub analytics: Analytics,
+    /// Abuse detection.
+    #[serde(default)]
+    pub shield: Shield,
 }
 
 /// Reads `path` and checks it as data. Relative file paths in it (TLS, JWT keys, the Redis
@@ -152,6 +157,7 @@ impl Config {
             analytics_minutes: self.analytics.minutes,
         };
         policies.validate()?;
+        self.shield.validate().map_err(|e| e.under("shield"))?;
         unique_names(
             "route",
             self.routes.iter().map(|r| r.name.as_str()),
@@ -226,6 +232,7 @@ upstream = "api"
         assert_eq!(c.admin.listen, "127.0.0.1:9000".parse().expect("literal"));
         assert_eq!(c.listeners[0].max_header_bytes, 16384);
         assert_eq!(c.upstreams[0].balance, Balance::RoundRobin);
+        assert_eq!(c.shield, Shield::default());
     }
 
     #[test]
@@ -291,6 +298,10 @@ upstream = "api"
             (
                 format!("{GOOD}\n[[consumer]]\nid = \"a b\"\n"),
                 "gw.toml: consumer[0].id: printable ASCII without spaces",
+            ),
+            (
+                format!("{GOOD}\n[shield]\nthresholds = {{ auth = 2000000 }}\n"),
+                "gw.toml: shield.thresholds.auth: at most 1000000",
             ),
         ];
         for (text, want) in cases.into_iter().chain(more) {
