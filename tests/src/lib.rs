@@ -20,10 +20,12 @@ use std::{
 };
 
 pub mod cgroup;
+pub mod flood;
 pub mod http;
 pub mod ns;
 pub mod scratch;
 
+pub use flood::{Flood, FloodReport};
 pub use http::{http_get, http_get_from};
 pub use ns::{in_new_ns, in_ns, in_ns_command, privileged, sh};
 
