@@ -5,7 +5,8 @@
 //! path rules, routing, the policy chain, forwarding with retries, the gateway's own answers)
 //! → [`upstream`] (pools and balancing, health checks, the HTTP/1 and HTTP/2 clients). A
 //! config file is plain data ([`config`]), built once into a [`generation`]; [`server`] runs
-//! the listeners, the admin API, reloads and shutdown; [`metrics`] and [`analytics`] count.
+//! the listeners, the admin API, reloads and shutdown; [`metrics`] and [`analytics`] count,
+//! and [`shield`] counts the gateway's refusals per client to offer abusers to the L4 tier.
 #![deny(missing_docs)]
 
 /// The value for the `&str` key `$key` in the map `$map` (keyed by `String` or `Arc<str>`),
@@ -30,6 +31,7 @@ pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod shield;
 pub mod upstream;
 
 /// The body type of every response the gateway produces.

@@ -150,6 +150,8 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Per-consumer usage.
     pub analytics: crate::analytics::Analytics,
+    /// Refusals per client, for abuse detection.
+    pub shield: crate::shield::Shield,
     /// Connections the gateway closed or refused, by [`Closed`] reason.
     pub closed: [AtomicU64; Closed::ALL.len()],
 }

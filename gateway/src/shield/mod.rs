@@ -1,0 +1,233 @@
+//! Abuse detection: the gateway's own refusals counted per client, and the clients that
+//! pile them up offered to the L4 tier as block candidates (`GET /shield/candidates`, the
+//! contract in `sluice_util::shield`).
+//!
+//! Only refusals reach the shield: the pipeline's answers of its own with a status that has
+//! a [`Class`], hyper's answers to heads it could not parse, and connections closed by a
+//! head or TLS-handshake deadline (`downstream`). A request that is not refused costs one
+//! `match` on its status; with the shield `off`, a refusal costs one atomic load. A client
+//! is its `/32` or IPv6 `/64` ([`client_prefix`]), the address the policies see; trusted
+//! proxies are never counted (their clients are). Counting is [`clients`] (sliding windows
+//! in a bounded table), holding is [`held`].
+
+mod clients;
+mod held;
+mod window;
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use arc_swap::ArcSwapOption;
+use ipnet::IpNet;
+use sluice_util::shield::{client_prefix, Candidates, Class, Mode};
+use tracing::warn;
+
+use self::{
+    clients::Clients,
+    held::{Held, Offer},
+};
+use crate::config;
+
+/// How often a candidate still crossing its threshold has its time renewed, at most: a
+/// client refused thousands of times a second takes the candidates' lock once a second.
+const REOFFER_MS: u64 = 1000;
+
+/// The shield of a running gateway.
+#[derive(Default)]
+pub struct Shield {
+    /// The settings and state in force; `None` while `off`.
+    state: ArcSwapOption<Tracker>,
+    /// Refusals by class, counted while the shield is on.
+    refusals: [AtomicU64; Class::ALL.len()],
+    /// Counted clients dropped to make room for others.
+    evictions: AtomicU64,
+    /// Crossings not taken because `max_candidates` were held.
+    full: AtomicU64,
+}
+
+/// One configuration's settings over the tables, which a reload may carry over.
+struct Tracker {
+    config: config::Shield,
+    /// Peers that are trusted proxies: never counted themselves.
+    trusted: Vec<IpNet>,
+    clients: Arc<Clients>,
+    held: Arc<Held>,
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Off => "off",
+        Mode::Observe => "observe",
+        Mode::Enforce => "enforce",
+    }
+}
+
+impl Shield {
+    /// Takes the settings of a config, and its trusted proxies. The counts survive a reload
+    /// that keeps `window_secs` and `max_clients` (a different window would misread them;
+    /// a different bound makes a new table); candidates survive any reload that leaves the
+    /// shield on, trimmed to a lower `max_candidates`. New thresholds, TTL and mode apply
+    /// from the next refusal. `off` drops everything.
+    pub fn configure(&self, c: &config::Shield, trusted: Vec<IpNet>) {
+        if c.mode == Mode::Off {
+            self.state.store(None);
+            return;
+        }
+        let old = self.state.load_full();
+        let clients = match &old {
+            Some(t)
+                if t.config.window_secs == c.window_secs
+                    && t.config.max_clients == c.max_clients =>
+            {
+                t.clients.clone()
+            }
+            _ => Arc::new(Clients::new(c.max_clients)),
+        };
+        let held = match &old {
+            Some(t) => {
+                t.held.trim(c.max_candidates);
+                t.held.clone()
+            }
+            None => Arc::new(Held::default()),
+        };
+        self.state.store(Some(Arc::new(Tracker {
+            config: c.clone(),
+            trusted,
+            clients,
+            held,
+        })));
+    }
+
+    /// Counts a refusal of `class` for `client` (the address the policies see, or a
+    /// connection's peer).
+    pub fn refused(&self, client: IpAddr, class: Class) {
+        self.refused_at(client, class, crate::clock::monotonic_ms());
+    }
+
+    fn refused_at(&self, client: IpAddr, class: Class, now_ms: u64) {
+        let state = self.state.load();
+        let Some(t) = state.as_deref() else {
+            return;
+        };
+        self.refusals[class as usize].fetch_add(1, Relaxed);
+        let client = client.to_canonical();
+        let threshold = t.config.thresholds.of(class);
+        if threshold == 0 || t.trusted.iter().any(|n| n.contains(&client)) {
+            return;
+        }
+        let prefix = client_prefix(client);
+        let counted = t.clients.count(
+            prefix,
+            class,
+            threshold,
+            now_ms,
+            t.config.window_secs * 1000,
+            REOFFER_MS,
+        );
+        if counted.evicted {
+            self.evictions.fetch_add(1, Relaxed);
+        }
+        if !counted.offer {
+            return;
+        }
+        let ttl_ms = t.config.ttl_secs * 1000;
+        match t.held.offer(
+            prefix,
+            class,
+            counted.count,
+            now_ms,
+            ttl_ms,
+            t.config.max_candidates,
+        ) {
+            Offer::New => warn!(
+                prefix = %prefix,
+                class = class.name(),
+                count = counted.count,
+                mode = mode_name(t.config.mode),
+                window_secs = t.config.window_secs,
+                "shield: client is now a block candidate"
+            ),
+            Offer::Renewed => {}
+            Offer::Full => {
+                self.full.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// The answer on `/shield/candidates`: the mode and the candidates now.
+    pub fn candidates(&self) -> Candidates {
+        self.candidates_at(crate::clock::monotonic_ms())
+    }
+
+    fn candidates_at(&self, now_ms: u64) -> Candidates {
+        match self.state.load().as_deref() {
+            None => Candidates {
+                mode: Mode::Off,
+                candidates: Vec::new(),
+            },
+            Some(t) => Candidates {
+                mode: t.config.mode,
+                candidates: t.held.list(now_ms),
+            },
+        }
+    }
+
+    /// The shield's families, in Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        let now = crate::clock::monotonic_ms();
+        let state = self.state.load();
+        let (candidates, tracked) = state
+            .as_deref()
+            .map_or((0, 0), |t| (t.held.len(now), t.clients.len()));
+        out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals, by class (counted while the shield is on).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
+        for class in Class::ALL {
+            let _ = writeln!(
+                out,
+                "sluice_gateway_shield_refusals_total{{class=\"{}\"}} {}",
+                class.name(),
+                self.refusals[class as usize].load(Relaxed)
+            );
+        }
+        let families = [
+            (
+                "sluice_gateway_shield_candidates",
+                "gauge",
+                "Clients offered as block candidates.",
+                candidates as u64,
+            ),
+            (
+                "sluice_gateway_shield_tracked_clients",
+                "gauge",
+                "Client prefixes whose refusals are counted.",
+                tracked as u64,
+            ),
+            (
+                "sluice_gateway_shield_evictions_total",
+                "counter",
+                "Counted clients dropped to make room for another (max_clients).",
+                self.evictions.load(Relaxed),
+            ),
+            (
+                "sluice_gateway_shield_candidates_full_total",
+                "counter",
+                "Threshold crossings not offered because max_candidates were held.",
+                self.full.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in families {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

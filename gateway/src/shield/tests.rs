@@ -1,0 +1,193 @@
+//! The shield as the rest of the gateway drives it, on a clock the tests set.
+
+use super::*;
+
+fn settings(mode: Mode) -> config::Shield {
+    config::Shield {
+        mode,
+        window_secs: 10,
+        ttl_secs: 5,
+        max_clients: 1000,
+        max_candidates: 16,
+        thresholds: config::Thresholds {
+            auth: 3,
+            forbidden: 3,
+            rate_limited: 3,
+            malformed: 3,
+            deadline: 0,
+        },
+    }
+}
+
+fn shield(mode: Mode) -> Shield {
+    let s = Shield::default();
+    s.configure(
+        &settings(mode),
+        vec!["10.9.0.0/16".parse().expect("literal")],
+    );
+    s
+}
+
+/// `ms` after a start on a whole minute of the coarse clock just ahead of it: fixed windows
+/// begin there (so counts are whole), and rendering the metrics, which reads the real clock,
+/// expires none of the tests' candidates early.
+fn at(ms: u64) -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| (crate::clock::monotonic_ms() / 60_000 + 1) * 60_000) + ms
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("literal")
+}
+
+fn listed(s: &Shield, now: u64) -> Vec<(String, Class, u32, u64)> {
+    s.candidates_at(now)
+        .candidates
+        .into_iter()
+        .map(|c| (c.prefix.to_string(), c.class, c.count, c.ttl_ms))
+        .collect()
+}
+
+fn metric(s: &Shield, series: &str) -> u64 {
+    let mut out = String::new();
+    s.render(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{out}"))
+}
+
+#[test]
+fn a_client_over_a_threshold_becomes_a_candidate_for_the_ttl() {
+    let s = shield(Mode::Enforce);
+    for i in 0..2 {
+        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000 + i));
+    }
+    assert!(listed(&s, at(1010)).is_empty(), "two of three");
+    s.refused_at(ip("192.0.2.7"), Class::Auth, at(1100));
+    assert_eq!(
+        listed(&s, at(1200)),
+        [("192.0.2.7/32".to_string(), Class::Auth, 3, 4900)]
+    );
+    // IPv6: the /64, however the host varies its address; an IPv4-mapped address is IPv4.
+    for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ff::3"] {
+        s.refused_at(ip(host), Class::Malformed, at(2000));
+    }
+    s.refused_at(ip("::ffff:192.0.2.8"), Class::Forbidden, at(2000));
+    let c = s.candidates_at(at(2000));
+    assert_eq!(c.mode, Mode::Enforce);
+    assert_eq!(c.candidates.len(), 2);
+    assert_eq!(c.candidates[1].prefix.to_string(), "2001:db8:1:2::/64");
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 3);
+    assert_eq!(
+        metric(
+            &s,
+            "sluice_gateway_shield_refusals_total{class=\"malformed\"}"
+        ),
+        3
+    );
+    // Renewed while it keeps crossing (at most once a second), gone once its time is up.
+    s.refused_at(ip("192.0.2.7"), Class::Auth, at(3000));
+    assert_eq!(listed(&s, at(3000))[0].3, 5000);
+    assert!(listed(&s, at(7999)).iter().any(|c| c.0 == "192.0.2.7/32"));
+    assert!(listed(&s, at(8000)).is_empty());
+    assert_eq!(metric(&s, "sluice_gateway_shield_candidates"), 0);
+}
+
+#[test]
+fn off_counts_nothing_and_trusted_proxies_and_zero_thresholds_make_no_candidate() {
+    let s = shield(Mode::Off);
+    for _ in 0..10 {
+        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000));
+    }
+    assert_eq!(s.candidates_at(at(1000)), off_answer());
+    assert_eq!(
+        metric(&s, "sluice_gateway_shield_refusals_total{class=\"auth\"}"),
+        0
+    );
+    let s = shield(Mode::Observe);
+    for _ in 0..10 {
+        s.refused_at(ip("10.9.3.4"), Class::Auth, at(1000));
+        s.refused_at(ip("192.0.2.9"), Class::Deadline, at(1000));
+    }
+    assert!(listed(&s, at(1000)).is_empty());
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 0);
+    // Still counted as refusals.
+    assert_eq!(
+        metric(
+            &s,
+            "sluice_gateway_shield_refusals_total{class=\"deadline\"}"
+        ),
+        10
+    );
+    assert_eq!(s.candidates_at(at(1000)).mode, Mode::Observe);
+}
+
+#[test]
+fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
+    let s = shield(Mode::Enforce);
+    for _ in 0..3 {
+        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000));
+    }
+    // Ten times max_clients distinct addresses, each refused once.
+    for n in 0..10_000u32 {
+        let flood = IpAddr::from(std::net::Ipv4Addr::from(0xc633_0000 + n));
+        s.refused_at(flood, Class::Malformed, at(1001 + u64::from(n / 100)));
+        assert!(s.state.load().as_deref().expect("on").clients.len() <= 1000);
+    }
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 1000);
+    assert!(metric(&s, "sluice_gateway_shield_evictions_total") >= 9000);
+    assert_eq!(listed(&s, at(1200))[0].0, "192.0.2.7/32");
+    // A full candidate set takes no newcomer, and says so.
+    for n in 0..20u8 {
+        for _ in 0..3 {
+            s.refused_at(ip(&format!("203.0.113.{n}")), Class::Auth, at(1300));
+        }
+    }
+    assert_eq!(listed(&s, at(1300)).len(), 16);
+    assert!(listed(&s, at(1300)).iter().any(|c| c.0 == "192.0.2.7/32"));
+    assert_eq!(metric(&s, "sluice_gateway_shield_candidates_full_total"), 5);
+}
+
+#[test]
+fn a_reload_keeps_counts_and_candidates_unless_the_window_changes_or_it_is_off() {
+    let s = shield(Mode::Observe);
+    let now = crate::clock::monotonic_ms();
+    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
+    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
+    for _ in 0..3 {
+        s.refused_at(ip("192.0.2.2"), Class::Auth, now);
+    }
+    // Enforce, and a lower threshold: the counts carry over.
+    let mut c = settings(Mode::Enforce);
+    c.thresholds.auth = 2;
+    s.configure(&c, Vec::new());
+    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
+    let got = s.candidates();
+    assert_eq!(got.mode, Mode::Enforce);
+    let prefixes: Vec<String> = got
+        .candidates
+        .iter()
+        .map(|c| c.prefix.to_string())
+        .collect();
+    assert_eq!(prefixes, ["192.0.2.1/32", "192.0.2.2/32"]);
+    assert_eq!(got.candidates[0].count, 3);
+    // Another window: counts start again, candidates stay (trimmed to the new bound).
+    c.window_secs = 20;
+    c.max_candidates = 1;
+    s.configure(&c, Vec::new());
+    assert_eq!(s.candidates().candidates.len(), 1);
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 0);
+    // Off drops everything; on again starts empty.
+    s.configure(&settings(Mode::Off), Vec::new());
+    assert_eq!(s.candidates(), off_answer());
+    s.configure(&c, Vec::new());
+    assert!(s.candidates().candidates.is_empty());
+}
+
+/// The answer of a shield that is off.
+fn off_answer() -> Candidates {
+    Candidates {
+        mode: Mode::Off,
+        candidates: Vec::new(),
+    }
+}
