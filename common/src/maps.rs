@@ -27,6 +27,19 @@ pub const VIP_GEN_COUNTER: u32 = MAX_VIPS;
 pub const VIP_FILTER_WORDS: u32 = 64;
 /// How long a cached next hop is used before `bpf_fib_lookup` is asked again.
 pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
+/// Capacity of the shield's block map, and of its per-entry drop counters.
+pub const MAX_BLOCKS: u32 = 16384;
+/// Bytes of a block entry's note (the operator's reason text, or the gateway's finding).
+pub const BLOCK_NOTE_LEN: usize = 64;
+/// A block entry's `expires_ns` that never passes.
+pub const BLOCK_FOREVER: u64 = u64::MAX;
+/// Bits of a [`BlockKey`] before the address: the family byte and its padding. A prefix of
+/// `len` address bits is stored with `prefix_len = BLOCK_KEY_FAMILY_BITS + len`, so an entry
+/// only ever matches addresses of its own family.
+pub const BLOCK_KEY_FAMILY_BITS: u32 = 32;
+/// The flood guard's measuring window. A CPU that inserts more than its limit of new flows
+/// in one window stops inserting until a whole window stays under the limit.
+pub const FLOOD_WINDOW_NS: u64 = 100_000_000;
 
 /// Map names, shared so the agent and the tests open exactly what the programs declare.
 /// BPF object names hold at most 15 characters.
@@ -63,6 +76,19 @@ pub mod names {
     /// VIP id → live generation (`u32`, 0 = no VIP), checked on flow-table hits. The extra
     /// slot [`VIP_GEN_COUNTER`](super::VIP_GEN_COUNTER) holds the last generation issued.
     pub const VIP_GENS: &str = "SLUICE_VIP_GEN";
+    /// LPM trie of blocked source prefixes: [`BlockKey`](super::BlockKey) →
+    /// [`BlockEntry`](super::BlockEntry).
+    pub const BLOCKS: &str = "SLUICE_BLOCKS";
+    /// Per-CPU drop counters indexed by a block entry's `slot`.
+    pub const BLOCK_DROPS: &str = "SLUICE_BLK_DROP";
+    /// Per-CPU drop counters indexed by [`stats::BlockReason`](crate::stats::BlockReason).
+    pub const BLOCK_REASONS: &str = "SLUICE_BLK_WHY";
+    /// A block entry's note by its slot: [`BLOCK_NOTE_LEN`](super::BLOCK_NOTE_LEN) bytes of
+    /// UTF-8, zero-padded. Only the agent reads it; it is a map so that it is pinned with the
+    /// entries and survives an agent restart.
+    pub const BLOCK_NOTES: &str = "SLUICE_BLK_NOTE";
+    /// Per-CPU [`FloodState`](super::FloodState), one element.
+    pub const FLOOD: &str = "SLUICE_FLOOD";
 }
 
 /// The VIP filter word and bit for `addr` (Fibonacci hashing of the folded address).
@@ -214,8 +240,15 @@ pub struct NodeConfig {
     pub src_v6_entropy: u32,
     /// Outer TTL / hop limit; 0 means [`DEFAULT_OUTER_TTL`].
     pub ttl: u8,
+    /// Nonzero while the block map may hold entries: an empty shield costs no lookup.
+    pub shield: u8,
     /// Explicit padding.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
+    /// New flows one CPU may insert per [`FLOOD_WINDOW_NS`] before the flood guard stops
+    /// inserting; 0 turns the guard off.
+    pub flood_limit: u32,
+    /// Explicit padding.
+    pub pad2: u32,
 }
 
 /// Outer TTL / hop limit when the node config leaves it at zero.
@@ -289,6 +322,46 @@ pub struct AddrKey {
     pub pad: [u8; 3],
 }
 
+/// A source prefix in the block map, as the data of an LPM trie key (whose `prefix_len`
+/// counts [`BLOCK_KEY_FAMILY_BITS`] plus the address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]: the first byte compared, so families never mix.
+    pub family: u8,
+    /// Explicit padding, always zero (it is compared as part of the prefix).
+    pub pad: [u8; 3],
+    /// Address words, wire order; an IPv4 prefix uses word 0.
+    pub addr: [u32; 4],
+}
+
+/// A blocked prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// `CLOCK_MONOTONIC` time (`bpf_ktime_get_ns`) after which the entry no longer drops;
+    /// [`BLOCK_FOREVER`] for none.
+    pub expires_ns: u64,
+    /// Index of the entry's drop counter in [`names::BLOCK_DROPS`], `< MAX_BLOCKS`.
+    pub slot: u32,
+    /// [`stats::BlockReason`](crate::stats::BlockReason) index.
+    pub reason: u32,
+}
+
+/// One CPU's flood-guard state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// `bpf_ktime_get_coarse_ns` time the current window started.
+    pub window_start_ns: u64,
+    /// New flows seen in the current window.
+    pub new_flows: u64,
+    /// When the current flood began; 0 when there is none.
+    pub flood_since_ns: u64,
+    /// Time spent in floods that have ended, in nanoseconds.
+    pub flood_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and have no implicit padding.
@@ -301,6 +374,9 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::BlockKey {}
+    unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::FloodState {}
 }
 
 #[cfg(test)]
@@ -315,7 +391,10 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 12);
-        assert_eq!(size_of::<NodeConfig>(), 32);
+        assert_eq!(size_of::<NodeConfig>(), 40);
+        assert_eq!(size_of::<BlockKey>(), 20);
+        assert_eq!(size_of::<BlockEntry>(), 16);
+        assert_eq!(size_of::<FloodState>(), 32);
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<NextHop>(), 32);

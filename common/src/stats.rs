@@ -65,6 +65,8 @@ counters! {
         EncapFailed = "encap_failed",
         /// Redirect target not in the devmap: handed to the kernel.
         RedirectMiss = "redirect_miss",
+        /// Addressed to a VIP from a source the shield blocks: dropped.
+        Blocked = "blocked",
     }
 }
 
@@ -79,6 +81,35 @@ counters! {
         Repick = "flow_repick",
         /// An ICMP error was routed to the backend of the flow it quotes.
         IcmpError = "icmp_error",
+        /// A new flow was forwarded by Maglev alone, without a flow-table insert, because the
+        /// flood guard was on.
+        FloodSkip = "flow_insert_skipped_flood",
+    }
+}
+
+counters! {
+    /// Why a source is blocked; packets dropped by the shield are counted by it. The names
+    /// after `manual` are the gateway's refusal classes (`sluice_util::shield::Class`).
+    BlockReason, BLOCK_REASONS_LEN {
+        /// Blocked by an operator (`sluice-lb block`).
+        Manual = "manual",
+        /// Authentication failures at a gateway.
+        Auth = "auth",
+        /// Forbidden requests at a gateway.
+        Forbidden = "forbidden",
+        /// Rate-limit refusals at a gateway.
+        RateLimited = "rate_limited",
+        /// Malformed requests at a gateway.
+        Malformed = "malformed",
+        /// Connections a gateway closed at a header or handshake deadline.
+        Deadline = "deadline",
+    }
+}
+
+impl BlockReason {
+    /// The reason at index `i`, if there is one.
+    pub fn from_index(i: u32) -> Option<Self> {
+        Self::ALL.get(i as usize).copied()
     }
 }
 

@@ -8,6 +8,9 @@
 //! | POST | `/backends/{address}/drain` | no new flows to that backend |
 //! | POST | `/backends/{address}/undrain` | |
 //! | POST | `/backends/{address}/weight?value=N` | set a weight; without `value`, back to config |
+//! | GET | `/shield` | JSON ([`ShieldStatus`](crate::shield::ShieldStatus)) |
+//! | POST | `/shield/block` | JSON [`BlockBody`]: block a prefix in XDP |
+//! | POST | `/shield/unblock` | JSON `{"prefix": …}` |
 //!
 //! Errors are RFC 9457 `application/problem+json`.
 
@@ -25,7 +28,10 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::agent::{Command, CommandError, Status};
+use crate::{
+    agent::{Command, CommandError, Status},
+    shield::{BlockError, BlockRequest},
+};
 
 type Body = Full<Bytes>;
 
@@ -81,6 +87,80 @@ async fn ask<T>(
     rx.await.ok()
 }
 
+/// The body of `POST /shield/block` (and, with only `prefix`, of `/shield/unblock`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockBody {
+    /// A prefix, or an address (a /32 or /128).
+    pub prefix: String,
+    /// How long the block holds, in milliseconds.
+    #[serde(default)]
+    pub ttl_ms: u64,
+    /// Free text shown with the entry.
+    #[serde(default)]
+    pub reason: String,
+    /// Allow prefixes wider than /16 (IPv4) or /32 (IPv6).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A prefix, or an address standing for its host prefix.
+pub fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// The most an admin request body may hold.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+async fn shield_change(
+    req: Request<Incoming>,
+    agent: &mpsc::UnboundedSender<Command>,
+    block: bool,
+) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {e}")),
+    };
+    let body: BlockBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+    };
+    let Some(prefix) = parse_prefix(&body.prefix) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!("{:?} is not a prefix or an address", body.prefix),
+        );
+    };
+    let result = if block {
+        if body.reason.chars().any(char::is_control) {
+            return problem(StatusCode::BAD_REQUEST, "reason: no control characters");
+        }
+        let req = BlockRequest {
+            prefix,
+            ttl: std::time::Duration::from_millis(body.ttl_ms),
+            note: body.reason,
+            force: body.force,
+        };
+        ask(agent, |tx| Command::Block(req, tx)).await
+    } else {
+        ask(agent, |tx| Command::Unblock(prefix, tx)).await
+    };
+    match result {
+        Some(Ok(())) => respond(StatusCode::OK, "application/json", "{\"ok\":true}".into()),
+        Some(Err(CommandError::Shield(e @ BlockError::NotBlocked(_)))) => {
+            problem(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Some(Err(e)) => problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        None => problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
+    }
+}
+
 async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -99,6 +179,16 @@ async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) 
             ),
             None => gone(),
         },
+        (&Method::GET, "/shield") => match ask(agent, Command::Status).await {
+            Some(s) => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&s.shield).unwrap_or_default(),
+            ),
+            None => gone(),
+        },
+        (&Method::POST, "/shield/block") => shield_change(req, agent, true).await,
+        (&Method::POST, "/shield/unblock") => shield_change(req, agent, false).await,
         (&Method::POST, p) if p.starts_with("/backends/") => {
             let rest = &p["/backends/".len()..];
             let Some((addr, action)) = rest.rsplit_once('/') else {
@@ -158,6 +248,16 @@ pub async fn call(
     method: Method,
     path: &str,
 ) -> anyhow::Result<(StatusCode, String)> {
+    call_with(admin, method, path, Bytes::new()).await
+}
+
+/// [`call`] with a JSON body.
+pub async fn call_with(
+    admin: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, String)> {
     let stream = TcpStream::connect(admin).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the agent's admin API at {admin}: {e} (is `sluice-lb run` up?)"
@@ -169,7 +269,8 @@ pub async fn call(
         .method(method)
         .uri(path)
         .header(header::HOST, admin.to_string())
-        .body(Full::new(Bytes::new()))?;
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

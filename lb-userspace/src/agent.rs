@@ -30,7 +30,9 @@ use crate::{
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
     health::{self, Health, Observed, Transition},
-    metrics, weights,
+    metrics,
+    shield::{self, BlockError, BlockRequest, Shield, ShieldStatus},
+    weights,
 };
 
 /// What the admin API asks of the agent.
@@ -45,6 +47,10 @@ pub enum Command {
         Option<u32>,
         oneshot::Sender<Result<(), CommandError>>,
     ),
+    /// Block a prefix in XDP.
+    Block(BlockRequest, oneshot::Sender<Result<(), CommandError>>),
+    /// Remove a block.
+    Unblock(ipnet::IpNet, oneshot::Sender<Result<(), CommandError>>),
     /// Current state as JSON.
     Status(oneshot::Sender<Status>),
     /// Prometheus text.
@@ -63,6 +69,9 @@ pub enum CommandError {
     /// Writing the new state to the maps failed.
     #[error("{0}")]
     Apply(anyhow::Error),
+    /// The shield refused a block or unblock.
+    #[error(transparent)]
+    Shield(#[from] BlockError),
 }
 
 /// `sluice-lb status` output.
@@ -80,6 +89,9 @@ pub struct Status {
     pub last_disruption: f64,
     /// Config file and reload results.
     pub config: ConfigStatus,
+    /// Blocked prefixes, the gateways' candidates and the flood guard.
+    #[serde(default)]
+    pub shield: ShieldStatus,
 }
 
 /// Config state.
@@ -187,6 +199,16 @@ struct Agent {
     last_error: Option<String>,
     rates: HashMap<u32, (f64, f64)>,
     last_sample: Option<(Instant, Counts)>,
+    shield: Shield,
+    /// When the gateways' block candidates were last fetched.
+    last_pull: Instant,
+    pull_tx: mpsc::UnboundedSender<Pulled>,
+}
+
+/// One gateway's block candidates, or why they could not be fetched.
+struct Pulled {
+    gateway: IpAddr,
+    result: Result<sluice_util::shield::Candidates, shield::pull::PullError>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
@@ -204,6 +226,10 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     .context("loading the data plane")?;
     let mut ids = Ids::default();
     let applied = Applied::adopt(&mut dp, &mut ids).context("reading pinned state")?;
+    let shield = Shield::adopt(&dp).context("reading the pinned shield")?;
+    if !shield.is_empty() {
+        info!(entries = shield.len(), "adopted pinned blocks");
+    }
     let adopted = applied.adopted_status();
     if !adopted.is_empty() {
         info!(
@@ -219,6 +245,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     }
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let (pull_tx, mut pull_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         path: path.to_owned(),
         file_stamp: stamp(path),
@@ -238,6 +265,9 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         last_error: None,
         rates: HashMap::new(),
         last_sample: None,
+        shield,
+        last_pull: Instant::now(),
+        pull_tx,
     };
     agent.apply().context("writing the initial state")?;
     agent.sync_probes();
@@ -258,6 +288,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 }
             },
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd),
+            Some(pulled) = pull_rx.recv() => agent.on_pulled(pulled),
             asked = signals.recv() => match asked {
                 Asked::Reload => agent.reload("SIGHUP"),
                 Asked::Stop => break,
@@ -268,6 +299,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 }
                 agent.sample_rates();
                 agent.adjust_load_weights();
+                agent.shield_tick();
             }
         }
     }
@@ -359,7 +391,8 @@ impl Agent {
     }
 
     fn apply(&mut self) -> Result<()> {
-        let plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
+        let mut plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
+        plan.node.shield = u8::from(self.shield.active());
         self.applied.apply(&mut self.dp, &plan)?;
         self.ids.retain(&plan);
         Ok(())
@@ -470,6 +503,20 @@ impl Agent {
                 };
                 info!(backend = %addr, weight = ?w, ok = r.is_ok(), "weight");
                 let _ = reply.send(r);
+            }
+            Command::Block(req, reply) => {
+                let r = self
+                    .shield
+                    .block(&mut self.dp, &self.config.shield, &req)
+                    .map_err(CommandError::from);
+                let _ = reply.send(r.and_then(|()| self.shield_switch()));
+            }
+            Command::Unblock(prefix, reply) => {
+                let r = self
+                    .shield
+                    .unblock(&mut self.dp, prefix)
+                    .map_err(CommandError::from);
+                let _ = reply.send(r.and_then(|()| self.shield_switch()));
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -586,6 +633,9 @@ impl Agent {
                 .iter()
                 .map(|e| (e.name().to_string(), self.dp.flow_count(*e).unwrap_or(0)))
                 .collect(),
+            shield: self
+                .shield
+                .status(&self.dp, &self.config.shield, &self.config.flood_guard),
             table_generation: self.applied.generation,
             last_disruption: self.applied.last_disruption,
             config: ConfigStatus {
@@ -660,6 +710,71 @@ impl Agent {
                 report: *r,
                 age_ms: at.elapsed().as_millis() as u64,
             }),
+        }
+    }
+
+    /// Turns the data plane's shield switch on or off to match whether any entry is held.
+    fn shield_switch(&mut self) -> Result<(), CommandError> {
+        if self.applied.shield_switch() == Some(self.shield.active()) {
+            return Ok(());
+        }
+        self.apply().map_err(CommandError::Apply)
+    }
+
+    /// Sweeps expired blocks and, every `pull_interval_ms`, fetches the block candidates of
+    /// each healthy gateway whose readiness is probed over HTTP (at that port).
+    fn shield_tick(&mut self) {
+        if self.shield.sweep(&mut self.dp) > 0 {
+            if let Err(e) = self.shield_switch() {
+                error!(error = %e, "turning the shield off failed");
+            }
+        }
+        let cfg = &self.config.shield;
+        if cfg.pull == sluice_util::shield::Mode::Off
+            || self.last_pull.elapsed() < Duration::from_millis(cfg.pull_interval_ms)
+        {
+            return;
+        }
+        self.last_pull = Instant::now();
+        let mut targets = BTreeMap::new();
+        for v in &self.config.vips {
+            let check = v.check(&self.config.health);
+            if check.kind != config::CheckKind::Http {
+                continue;
+            }
+            for b in &v.backends {
+                if self.status.get(&b.address).is_some_and(|s| s.healthy) {
+                    targets
+                        .entry(b.address)
+                        .or_insert((check.port, check.timeout_ms));
+                }
+            }
+        }
+        let known: HashSet<IpAddr> = targets.keys().copied().collect();
+        self.shield.retain_gateways(|a| known.contains(a));
+        for (gateway, (port, timeout_ms)) in targets {
+            let tx = self.pull_tx.clone();
+            tokio::spawn(async move {
+                let target = std::net::SocketAddr::new(gateway, port);
+                let result = shield::pull::fetch(target, Duration::from_millis(timeout_ms)).await;
+                let _ = tx.send(Pulled { gateway, result });
+            });
+        }
+    }
+
+    fn on_pulled(&mut self, pulled: Pulled) {
+        match pulled.result {
+            Ok(c) => {
+                self.shield
+                    .apply_candidates(&mut self.dp, &self.config.shield, pulled.gateway, &c);
+                if let Err(e) = self.shield_switch() {
+                    error!(error = %e, "turning the shield on failed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(gateway = %pulled.gateway, error = %e, "pulling block candidates failed");
+                self.shield.pull_failed(pulled.gateway, e.to_string());
+            }
         }
     }
 

@@ -163,7 +163,10 @@ pub fn node_config(config: &Config) -> NodeConfig {
         src_v6,
         src_v6_entropy: mask,
         ttl: config.node.ttl,
-        pad: [0; 3],
+        shield: 0,
+        pad: [0; 2],
+        flood_limit: config.flood_guard.limit_per_window(),
+        pad2: 0,
     }
 }
 
@@ -312,6 +315,11 @@ impl Applied {
                 )
             })
             .collect()
+    }
+
+    /// The data plane's shield switch as last written, if the node config was written.
+    pub fn shield_switch(&self) -> Option<bool> {
+        self.node.map(|n| n.shield != 0)
     }
 
     /// Writes what differs between `plan` and what is applied.

@@ -6,6 +6,8 @@
 //! - [`config`] → [`controller`] → [`dataplane`]: what the operator declares, what the maps
 //!   must hold, and writing it; [`attach`] pins programs to interfaces.
 //! - [`agent`]: the `run` loop, fed by [`health`] probers and the [`admin`] API.
+//! - [`shield`]: blocked source prefixes (an operator's, and the gateways' candidates pulled
+//!   by [`shield::pull`]) and the flood guard's state.
 #![deny(missing_docs)]
 
 pub mod addr;
@@ -19,4 +21,5 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod object;
+pub mod shield;
 pub mod weights;

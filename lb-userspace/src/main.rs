@@ -85,6 +85,31 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9180")]
         admin: SocketAddr,
     },
+    /// Drop every packet from a source prefix to any VIP, in XDP, until the TTL passes.
+    Block {
+        /// A prefix (`198.51.100.0/24`, `2001:db8::/48`) or an address.
+        prefix: String,
+        /// How long: `90s`, `10m`, `2h`, `1d` (at most the config's `max_ttl_secs`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Text shown with the entry in `status`.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Allow a prefix wider than /16 (IPv4) or /32 (IPv6).
+        #[arg(long)]
+        force: bool,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
+    /// Remove a block.
+    Unblock {
+        /// The prefix or address, as it was blocked.
+        prefix: String,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
     /// Remove the programs, links and maps pinned under the config's pin directory.
     Detach {
         /// Config file (for its pin directory).
@@ -168,6 +193,30 @@ fn main() -> Result<()> {
             };
             rt.block_on(post(admin, &path))
         }
+        Command::Block {
+            prefix,
+            ttl,
+            reason,
+            force,
+            admin,
+        } => {
+            let body = admin::BlockBody {
+                prefix,
+                ttl_ms: ttl.as_millis().try_into().unwrap_or(u64::MAX),
+                reason,
+                force,
+            };
+            rt.block_on(post_json(admin, "/shield/block", &body))
+        }
+        Command::Unblock { prefix, admin } => {
+            let body = admin::BlockBody {
+                prefix,
+                ttl_ms: 0,
+                reason: String::new(),
+                force: false,
+            };
+            rt.block_on(post_json(admin, "/shield/unblock", &body))
+        }
         Command::Detach { config, pin_dir } => detach(config, pin_dir),
         Command::Verify => verify(),
         Command::Decap {
@@ -217,6 +266,20 @@ async fn post(admin: SocketAddr, path: &str) -> Result<()> {
     let (code, body) = admin::call(admin, Method::POST, path).await?;
     if !code.is_success() {
         bail!("{code}: {body}");
+    }
+    println!("ok");
+    Ok(())
+}
+
+async fn post_json(admin: SocketAddr, path: &str, body: &admin::BlockBody) -> Result<()> {
+    let body = serde_json::to_vec(body)?;
+    let (code, text) = admin::call_with(admin, Method::POST, path, body.into()).await?;
+    if !code.is_success() {
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{code}: {detail}");
     }
     println!("ok");
     Ok(())
@@ -288,6 +351,7 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
             drops.join(" ")
         }
     );
+    print_shield(&s.shield);
     println!(
         "table generation {}, last disruption {:.2}%, config generation {} ({})",
         s.table_generation,
@@ -300,6 +364,61 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
             .unwrap_or_else(|| "last reload ok".into())
     );
     Ok(())
+}
+
+fn print_shield(s: &sluice_lb::shield::ShieldStatus) {
+    println!(
+        "shield: {} of {} entries, candidates from gateways: {}",
+        s.entries.len(),
+        s.max_entries,
+        serde_json::to_value(s.pull)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    if !s.entries.is_empty() {
+        println!(
+            "  {:<43} {:<12} {:>10} {:>10}  note",
+            "prefix", "reason", "ttl left", "drops"
+        );
+    }
+    for e in &s.entries {
+        let ttl = e
+            .remaining_ms
+            .map(|ms| {
+                humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+            })
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "  {:<43} {:<12} {:>10} {:>10}  {}",
+            e.prefix.to_string(),
+            e.reason,
+            ttl,
+            e.drops,
+            e.note
+        );
+    }
+    let dropped: Vec<String> = s
+        .drops_by_reason
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !dropped.is_empty() {
+        println!("  dropped by reason: {}", dropped.join(" "));
+    }
+    let f = &s.flood;
+    println!(
+        "flood guard: {}, {} CPUs in a flood now, {:.1} s in floods, {} inserts skipped",
+        if f.enabled {
+            format!("on above {} new flows/s per CPU", f.new_flows_per_second)
+        } else {
+            "off".into()
+        },
+        f.cpus_flooding,
+        f.flood_seconds,
+        f.inserts_skipped
+    );
 }
 
 fn verify() -> Result<()> {

@@ -22,6 +22,7 @@ pub fn render(s: &Status, reloads: Reloads) -> String {
     vip_traffic(&mut m, s);
     backends(&mut m, s);
     tables(&mut m, s);
+    shield(&mut m, s);
     config_reloads(&mut m, s, reloads);
     m.finish()
 }
@@ -169,6 +170,77 @@ fn tables(m: &mut Writer, s: &Status) {
     m.sample("sluice_lb_table_disruption_ratio", &[], s.last_disruption);
 }
 
+/// Block entries and their drops, the gateways' candidates, and the flood guard.
+fn shield(m: &mut Writer, s: &Status) {
+    let sh = &s.shield;
+    m.family(
+        "sluice_lb_shield_entries",
+        "gauge",
+        "Source prefixes blocked in XDP.",
+    );
+    m.sample("sluice_lb_shield_entries", &[], sh.entries.len() as f64);
+    m.family(
+        "sluice_lb_shield_max_entries",
+        "gauge",
+        "The configured bound on block entries.",
+    );
+    m.sample(
+        "sluice_lb_shield_max_entries",
+        &[],
+        f64::from(sh.max_entries),
+    );
+    let help = "Packets to a VIP dropped by the shield, by reason.";
+    m.family_over(
+        "sluice_lb_shield_dropped_packets_total",
+        "counter",
+        help,
+        &sh.drops_by_reason,
+        |(r, n)| (("reason", r.clone()), *n as f64),
+    );
+    let name = "sluice_lb_shield_entry_dropped_packets_total";
+    m.family(
+        name,
+        "counter",
+        "Packets dropped by one block entry (bounded by max_entries).",
+    );
+    for e in &sh.entries {
+        let prefix = e.prefix.to_string();
+        m.sample(
+            name,
+            &[("prefix", &prefix), ("reason", &e.reason)],
+            e.drops as f64,
+        );
+    }
+    let help = "Block candidates pulled from the gateways, by what the agent did with them.";
+    m.family_over(
+        "sluice_lb_shield_candidates_total",
+        "counter",
+        help,
+        &sh.candidates,
+        |(a, n)| (("action", a.clone()), *n as f64),
+    );
+    m.family(
+        "sluice_lb_flood_guard_cpus_flooding",
+        "gauge",
+        "CPUs whose new-flow rate has the flood guard on: new flows get no flow-table entry.",
+    );
+    m.sample(
+        "sluice_lb_flood_guard_cpus_flooding",
+        &[],
+        f64::from(sh.flood.cpus_flooding),
+    );
+    m.family(
+        "sluice_lb_flood_guard_seconds_total",
+        "counter",
+        "Time spent with the flood guard on, summed over CPUs.",
+    );
+    m.sample(
+        "sluice_lb_flood_guard_seconds_total",
+        &[],
+        sh.flood.flood_seconds,
+    );
+}
+
 fn config_reloads(m: &mut Writer, s: &Status, reloads: Reloads) {
     m.family(
         "sluice_lb_config_reloads_total",
@@ -311,6 +383,24 @@ mod tests {
                 last_reload_ok: false,
                 last_error: Some("refused".into()),
             },
+            shield: crate::shield::ShieldStatus {
+                entries: vec![crate::shield::BlockView {
+                    prefix: "203.0.113.0/24".parse().expect("literal"),
+                    reason: "manual".into(),
+                    note: "scanner".into(),
+                    remaining_ms: Some(5000),
+                    drops: 12,
+                }],
+                max_entries: 4096,
+                drops_by_reason: vec![("manual".into(), 12), ("auth".into(), 3)],
+                candidates: vec![("blocked".into(), 1), ("allowed".into(), 2)],
+                flood: crate::shield::FloodView {
+                    cpus_flooding: 1,
+                    flood_seconds: 2.5,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         };
         let text = render(&status, Reloads { ok: 3, failed: 1 });
         assert_eq!(text, GOLDEN);
@@ -374,6 +464,29 @@ sluice_lb_table_generation 4\n\
 # HELP sluice_lb_table_disruption_ratio Share of slots the last table change moved away from surviving backends.\n\
 # TYPE sluice_lb_table_disruption_ratio gauge\n\
 sluice_lb_table_disruption_ratio 0.25\n\
+# HELP sluice_lb_shield_entries Source prefixes blocked in XDP.\n\
+# TYPE sluice_lb_shield_entries gauge\n\
+sluice_lb_shield_entries 1\n\
+# HELP sluice_lb_shield_max_entries The configured bound on block entries.\n\
+# TYPE sluice_lb_shield_max_entries gauge\n\
+sluice_lb_shield_max_entries 4096\n\
+# HELP sluice_lb_shield_dropped_packets_total Packets to a VIP dropped by the shield, by reason.\n\
+# TYPE sluice_lb_shield_dropped_packets_total counter\n\
+sluice_lb_shield_dropped_packets_total{reason=\"manual\"} 12\n\
+sluice_lb_shield_dropped_packets_total{reason=\"auth\"} 3\n\
+# HELP sluice_lb_shield_entry_dropped_packets_total Packets dropped by one block entry (bounded by max_entries).\n\
+# TYPE sluice_lb_shield_entry_dropped_packets_total counter\n\
+sluice_lb_shield_entry_dropped_packets_total{prefix=\"203.0.113.0/24\",reason=\"manual\"} 12\n\
+# HELP sluice_lb_shield_candidates_total Block candidates pulled from the gateways, by what the agent did with them.\n\
+# TYPE sluice_lb_shield_candidates_total counter\n\
+sluice_lb_shield_candidates_total{action=\"blocked\"} 1\n\
+sluice_lb_shield_candidates_total{action=\"allowed\"} 2\n\
+# HELP sluice_lb_flood_guard_cpus_flooding CPUs whose new-flow rate has the flood guard on: new flows get no flow-table entry.\n\
+# TYPE sluice_lb_flood_guard_cpus_flooding gauge\n\
+sluice_lb_flood_guard_cpus_flooding 1\n\
+# HELP sluice_lb_flood_guard_seconds_total Time spent with the flood guard on, summed over CPUs.\n\
+# TYPE sluice_lb_flood_guard_seconds_total counter\n\
+sluice_lb_flood_guard_seconds_total 2.5\n\
 # HELP sluice_lb_config_reloads_total Config reloads, by result.\n\
 # TYPE sluice_lb_config_reloads_total counter\n\
 sluice_lb_config_reloads_total{result=\"ok\"} 3\n\

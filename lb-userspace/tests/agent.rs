@@ -684,3 +684,105 @@ fn pinned_maps_of_another_layout_are_refused_clearly() {
         "{msg}"
     );
 }
+
+/// The SYN of `client:port` to the VIP is forwarded (not blocked).
+fn forwarded(w: &World, client: &str, port: u16) -> bool {
+    w.probe(|p| p.send(ip4(client), port, true).is_some())
+}
+
+fn shield_entries(w: &World) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
+    v["shield"]["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn blocks_hold_their_bounds_survive_a_restart_and_expire() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    let shield = "\n[shield]\nmax_entries = 3\nallow = [\"203.0.113.64/26\"]\n";
+    w.write_config(&(w.config(&BACKENDS) + shield));
+    wait_until("the [shield] config", Duration::from_secs(5), || {
+        w.config_generation() == 2
+    });
+    assert!(forwarded(&w, "203.0.113.7", 7000));
+    w.cli_ok(&["block", "203.0.113.7", "--ttl", "1h", "--reason", "scanner"]);
+    assert!(!forwarded(&w, "203.0.113.7", 7001), "blocked in XDP");
+    assert!(forwarded(&w, "203.0.113.8", 7002), "its neighbour is not");
+    // The bounds: the allow list, the widest prefix, the entry count, the TTL.
+    for (args, why) in [
+        (vec!["block", "203.0.113.70", "--ttl", "1h"], "allow list"),
+        (vec!["block", "203.0.113.0/24", "--ttl", "1h"], "allow list"),
+        (vec!["block", "10.0.0.0/8", "--ttl", "1h"], "wider than /16"),
+        (
+            vec!["block", "2001:db8::/24", "--ttl", "1h"],
+            "wider than /16",
+        ),
+        (vec!["block", "198.18.0.1", "--ttl", "0s"], "TTL"),
+        (vec!["block", "198.18.0.1", "--ttl", "400d"], "TTL"),
+        (
+            vec!["block", "not-an-address", "--ttl", "1h"],
+            "not a prefix",
+        ),
+        (vec!["unblock", "198.18.9.9"], "not blocked"),
+    ] {
+        let (ok, out) = w.cli(&args);
+        assert!(!ok, "{args:?} must be refused: {out}");
+        assert!(out.contains(why), "{args:?}: {out}");
+    }
+    w.cli_ok(&["block", "10.0.0.0/8", "--ttl", "1h", "--force"]);
+    w.cli_ok(&["block", "2001:db8:1::/64", "--ttl", "2s"]);
+    let (ok, out) = w.cli(&["block", "198.18.0.2", "--ttl", "1h"]);
+    assert!(!ok && out.contains("maximum of 3"), "{out}");
+    let entries = shield_entries(&w);
+    let scanner = entries
+        .iter()
+        .find(|e| e["prefix"] == "203.0.113.7/32")
+        .expect("listed");
+    assert_eq!(scanner["note"], "scanner");
+    assert_eq!(scanner["reason"], "manual");
+    assert!(scanner["drops"].as_u64().unwrap_or(0) >= 1, "{scanner}");
+    let left = scanner["remaining_ms"].as_u64().unwrap_or(0);
+    assert!(left > 3_500_000 && left <= 3_600_000, "{scanner}");
+    let text = w.cli_ok(&["status"]);
+    assert!(
+        text.contains("203.0.113.7/32") && text.contains("scanner"),
+        "{text}"
+    );
+    let metrics = w.metrics();
+    for line in [
+        "sluice_lb_shield_entries 3",
+        "sluice_lb_shield_entry_dropped_packets_total{prefix=\"203.0.113.7/32\",reason=\"manual\"}",
+        "sluice_lb_packets_total{outcome=\"blocked\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // The short block is swept once it expires.
+    wait_until("the 2 s block swept", Duration::from_secs(5), || {
+        shield_entries(&w).len() == 2
+    });
+    // Pinned: a restarted agent keeps the blocks, their notes and their counters.
+    w.stop_agent();
+    assert!(
+        !forwarded(&w, "203.0.113.7", 7003),
+        "blocked without the agent"
+    );
+    w.start_agent();
+    wait_until("the agent back", Duration::from_secs(10), || {
+        w.cli(&["status", "--json"]).0
+    });
+    let entries = shield_entries(&w);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let scanner = entries
+        .iter()
+        .find(|e| e["prefix"] == "203.0.113.7/32")
+        .expect("adopted");
+    assert_eq!(scanner["note"], "scanner");
+    assert!(scanner["drops"].as_u64().unwrap_or(0) >= 2, "{scanner}");
+    w.cli_ok(&["unblock", "203.0.113.7/32"]);
+    assert!(forwarded(&w, "203.0.113.7", 7004), "unblocked");
+}

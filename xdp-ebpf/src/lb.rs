@@ -1,4 +1,5 @@
-//! `sluice_lb`: parse → lookup → encapsulate → emit, and the one counter each packet ends in.
+//! `sluice_lb`: parse → shield → lookup → encapsulate → emit, and the one counter each packet
+//! ends in.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use sluice_common::{flow_hash, stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
@@ -9,6 +10,7 @@ use crate::{
     maps::{add_traffic, bump, BACKEND_STATS, LB_STATS, NODE, VIP_STATS},
     packet::len,
     parse::{self, Kind},
+    shield,
 };
 
 /// Runs the forwarder on one packet and counts the outcome.
@@ -43,12 +45,21 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     if !lookup::may_be_vip(&pkt) {
         return Err(Lb::Pass);
     }
-    let route = lookup::route(&pkt)?;
+    let node = NODE.get(0).copied().unwrap_or_default();
+    if node.shield != 0 {
+        if let Some((slot, reason)) = shield::blocks(&pkt) {
+            // Only traffic for a VIP is ever blocked, so the node stays reachable.
+            if lookup::vip(&pkt).is_some() {
+                shield::count(slot, reason);
+                return Err(Lb::Blocked);
+            }
+        }
+    }
+    let route = lookup::route(&pkt, node.flood_limit)?;
     add_traffic(&VIP_STATS, route.vip, frame_len);
     if pkt.kind == Kind::IcmpError {
         bump(&LB_STATS, LB_FLOW_BASE + LbFlow::IcmpError as u32);
     }
-    let node = NODE.get(0).copied().unwrap_or_default();
     // Outer-header entropy (IPv6 flow label, source bits) always spreads by the 5-tuple.
     let hash = if encap::needs_hash(&route.backend, &node) {
         flow_hash(&pkt.flow)

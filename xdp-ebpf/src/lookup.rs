@@ -11,6 +11,7 @@ use sluice_common::{
 };
 
 use crate::{
+    flood,
     maps::{self, bump, BACKENDS, FLOWS, LB_STATS, VIPS, VIP_FILTER, VIP_GENS},
     parse::{Kind, Packet},
 };
@@ -27,7 +28,7 @@ pub fn may_be_vip(pkt: &Packet) -> bool {
 
 /// The VIP a packet is for, if any.
 #[inline(always)]
-fn vip(pkt: &Packet) -> Option<VipMeta> {
+pub fn vip(pkt: &Packet) -> Option<VipMeta> {
     let key = VipKey {
         addr: pkt.flow.dst,
         port: pkt.flow.dst_port,
@@ -130,10 +131,12 @@ fn entry(pkt: &Packet) -> Entry {
 /// - Otherwise a valid flow entry wins while its backend is alive (draining included).
 /// - An entry whose backend is no longer alive is re-picked from the table.
 /// - ICMP errors follow the flow they quote but never create an entry.
+/// - While the flood guard is on (see [`flood::admit`], `flood_limit`), a new flow gets no
+///   entry either: the table pick alone forwards it.
 ///
 /// `Err(Lb::Pass)` means the packet is not for a VIP after all.
 #[inline(always)]
-pub fn route(pkt: &Packet) -> Result<Route, Lb> {
+pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
     let syn = matches!(pkt.kind, Kind::Transport { syn: true });
     let found = if syn { Entry::Miss } else { entry(pkt) };
     let dead = match found {
@@ -159,7 +162,13 @@ pub fn route(pkt: &Packet) -> Result<Route, Lb> {
             vip: meta.id,
             vip_gen: meta.gen,
         };
-        remember(pkt, dead, state);
+        match dead {
+            // SAFETY: a live element of the LRU map; whole-value store. Not an insert, so
+            // the flood guard does not count it.
+            Some(p) => unsafe { *p = state },
+            None if flood::admit(flood_limit) => remember(pkt, state),
+            None => flow_event(LbFlow::FloodSkip),
+        }
     }
     Ok(Route {
         vip: meta.id,
@@ -168,16 +177,11 @@ pub fn route(pkt: &Packet) -> Result<Route, Lb> {
     })
 }
 
-/// Records the flow's owner. A new flow is inserted (a full table evicts its least recently
-/// used entry); an existing entry is rewritten in place, which costs far less than replacing
-/// it (a SYN retransmission, or a 5-tuple reused).
+/// Records a new flow's owner. It is inserted (a full table evicts its least recently used
+/// entry), or an existing entry is rewritten in place, which costs far less than replacing it
+/// (a SYN retransmission, or a 5-tuple reused).
 #[inline(always)]
-fn remember(pkt: &Packet, existing: Option<*mut FlowState>, state: FlowState) {
-    if let Some(p) = existing {
-        // SAFETY: a live element; whole-value store.
-        unsafe { *p = state };
-        return;
-    }
+fn remember(pkt: &Packet, state: FlowState) {
     // Look before inserting: an insert pops a free element (evicting when the table is full)
     // even when the key exists, so trying the insert first costs more, not less.
     match FLOWS.get_ptr_mut(&pkt.flow) {

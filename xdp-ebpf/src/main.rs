@@ -1,7 +1,8 @@
 //! Sluice's XDP programs.
 //!
-//! - `sluice_lb` forwards VIP traffic to gateway nodes: [`parse`] → [`lookup`] → [`encap`] →
-//!   [`emit`], with [`icmp`] answering packets too big for the tunnel.
+//! - `sluice_lb` forwards VIP traffic to gateway nodes: [`parse`] → [`shield`] → [`lookup`]
+//!   (with the [`flood`] guard) → [`encap`] → [`emit`], with [`icmp`] answering packets too
+//!   big for the tunnel.
 //! - `sluice_decap` strips the tunnel on gateway nodes: [`decap`].
 //! - `bench_*` wrap them for `cargo xtask bench xdp` (see [`bench`]).
 #![no_std]
@@ -14,12 +15,14 @@ mod bench;
 mod decap;
 mod emit;
 mod encap;
+mod flood;
 mod icmp;
 mod lb;
 mod lookup;
 mod maps;
 mod packet;
 mod parse;
+mod shield;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext, Global};
 

@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use sluice_common::{
-    stats::{DECAP_STATS_LEN, LB_COUNTERS},
-    AddrKey, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
-    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS,
-    VIP_FILTER_WORDS,
+    stats::{BLOCK_REASONS_LEN, DECAP_STATS_LEN, LB_COUNTERS},
+    AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowState, NextHop, NodeConfig,
+    Traffic, VipKey, VipMeta, BLOCK_NOTE_LEN, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_BLOCKS,
+    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_WORDS,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
@@ -81,6 +81,28 @@ pub static DECAP_ADDRS: HashMap<AddrKey, u32> =
 /// Outcome counters of `sluice_decap`.
 #[map(name = "SLUICE_DCP_STAT")]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_STATS_LEN, 0);
+
+/// Blocked source prefixes. A longest-prefix-match trie: one lookup answers for a /32 and the
+/// /16 around it alike, which a hash of exact addresses cannot.
+#[map(name = "SLUICE_BLOCKS")]
+pub static BLOCKS: LpmTrie<BlockKey, BlockEntry> = LpmTrie::with_max_entries(MAX_BLOCKS, 0);
+
+/// Packets dropped by each block entry, indexed by its slot.
+#[map(name = "SLUICE_BLK_DROP")]
+pub static BLOCK_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_BLOCKS, 0);
+
+/// Packets dropped by the shield, by reason.
+#[map(name = "SLUICE_BLK_WHY")]
+pub static BLOCK_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BLOCK_REASONS_LEN, 0);
+
+/// Each block entry's note, by slot. Never read here: a map only so that it is pinned, and
+/// survives an agent restart, with the entries.
+#[map(name = "SLUICE_BLK_NOTE")]
+pub static BLOCK_NOTES: Array<[u8; BLOCK_NOTE_LEN]> = Array::with_max_entries(MAX_BLOCKS, 0);
+
+/// The flood guard's per-CPU window.
+#[map(name = "SLUICE_FLOOD")]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to counter `index` of a per-CPU counter array.
 #[inline(always)]

@@ -71,6 +71,7 @@ pub struct Lab {
     /// ifindex of int0.
     pub int: u32,
     vips: HashMap<u32, (sluice_common::VipKey, VipMeta)>,
+    node: NodeConfig,
 }
 
 fn ifindex(name: &str) -> u32 {
@@ -127,12 +128,12 @@ impl Lab {
         dp.program(programs::DECAP).expect("load sluice_decap");
         let (src_v4, _) = addr::words(NODE_V4.parse().expect("literal"));
         let (src_v6, _) = addr::words(NODE_V6.parse().expect("literal"));
-        dp.set_node(&NodeConfig {
+        let node = NodeConfig {
             src_v4: src_v4[0],
             src_v6,
             ..NodeConfig::default()
-        })
-        .expect("node");
+        };
+        dp.set_node(&node).expect("node");
         for id in 1..=12 {
             dp.set_backend(id, &addr::backend(backend_addr(id), BACKEND_ALIVE))
                 .expect("backend");
@@ -145,7 +146,14 @@ impl Lab {
             ext,
             int,
             vips: HashMap::new(),
+            node,
         }
+    }
+
+    /// Changes the node config (the shield switch, the flood limit).
+    pub fn set_node(&mut self, change: impl FnOnce(&mut NodeConfig)) {
+        change(&mut self.node);
+        self.dp.set_node(&self.node).expect("node");
     }
 
     /// Configures VIP `id` at `ip:port/proto` with `flags`, balanced over backends `ids`

@@ -12,6 +12,7 @@ mod lab;
 mod model;
 mod pkt;
 mod scapy;
+mod shield;
 
 use sluice_common::stats::{Lb, LbFlow};
 

@@ -23,6 +23,9 @@ use thiserror::Error;
 
 use crate::{addr, object};
 
+mod shield;
+pub use shield::{block_key, monotonic_ns, prefix_of};
+
 /// Errors from loading programs or touching maps.
 #[derive(Debug, Error)]
 pub enum DataPlaneError {
@@ -82,7 +85,7 @@ pub enum DataPlaneError {
     },
 }
 
-type Result<T> = std::result::Result<T, DataPlaneError>;
+pub(crate) type Result<T> = std::result::Result<T, DataPlaneError>;
 
 /// How to load the data plane.
 #[derive(Clone, Debug, Default)]
@@ -99,7 +102,9 @@ pub struct LoadOptions {
 /// Every map with its key and value sizes, as this build defines them. Pinned maps are
 /// checked against it (and against the object's type and size) before they are adopted.
 pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
-    use sluice_common::{AddrKey, FlowKey, FlowState, NextHop, Traffic};
+    use sluice_common::{
+        AddrKey, BlockEntry, BlockKey, FloodState, FlowKey, FlowState, NextHop, Traffic,
+    };
     use std::mem::size_of;
     &[
         (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
@@ -116,6 +121,15 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
         (names::VIP_FILTER, 4, 8),
         (names::NEXT_HOPS, 4, size_of::<NextHop>()),
         (names::VIP_GENS, 4, 4),
+        (
+            names::BLOCKS,
+            4 + size_of::<BlockKey>(),
+            size_of::<BlockEntry>(),
+        ),
+        (names::BLOCK_DROPS, 4, 8),
+        (names::BLOCK_REASONS, 4, 8),
+        (names::BLOCK_NOTES, 4, sluice_common::BLOCK_NOTE_LEN),
+        (names::FLOOD, 4, size_of::<FloodState>()),
     ]
 };
 
@@ -234,7 +248,7 @@ fn check_pinned(
     Ok(())
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
     move |source| DataPlaneError::Map { name, source }
 }
 
@@ -318,13 +332,13 @@ impl DataPlane {
         Ok(prog)
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+    pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .ok_or(DataPlaneError::MissingMap(name))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).ok_or(DataPlaneError::MissingMap(name))
     }
 
@@ -578,7 +592,7 @@ impl DataPlane {
         Ok(map.keys().filter(|k| k.is_ok()).count())
     }
 
-    fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
+    pub(crate) fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {
         let map: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
         let values = map.get(&index, 0).map_err(map_err(name))?;

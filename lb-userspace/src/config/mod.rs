@@ -20,6 +20,9 @@ use sluice_util::{
 
 use crate::maglev::is_prime;
 
+mod shield;
+pub use shield::{FloodGuard, Shield};
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +41,12 @@ pub struct Config {
     /// How `weights = "load"` VIPs move their backends' weights.
     #[serde(default)]
     pub load_weights: LoadWeights,
+    /// What the XDP shield blocks, and within which bounds.
+    #[serde(default)]
+    pub shield: Shield,
+    /// When the data plane stops inserting new flows.
+    #[serde(default)]
+    pub flood_guard: FloodGuard,
 }
 
 /// Where a VIP's backend weights come from.
@@ -402,6 +411,10 @@ pub fn validate(c: &Config) -> Result<(), FieldError> {
         .validate()
         .map_err(|e| e.under("load_weights"))?;
     check_health(&c.health).map_err(|e| e.under("health"))?;
+    c.shield.validate().map_err(|e| e.under("shield"))?;
+    c.flood_guard
+        .validate()
+        .map_err(|e| e.under("flood_guard"))?;
     if c.vips.len() > MAX_VIPS as usize {
         return refuse("vip", format!("at most {MAX_VIPS} VIPs are supported"));
     }
