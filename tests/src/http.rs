@@ -151,6 +151,29 @@ pub fn http_get_from(
     Ok((reply.status, reply.body))
 }
 
+/// One GET from the local address `from` (its port 0: any), with extra header lines, on a
+/// connection that must be made within `connect` (a blocked source never gets an answer to
+/// its SYN); (status, body).
+pub fn http_get_as(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    path: &str,
+    extra: &[&str],
+    connect: Duration,
+) -> std::io::Result<(u16, String)> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&addr.into(), connect)?;
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(request_text("GET", path, &addr.to_string(), extra, "").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let reply = parse(&raw);
+    Ok((reply.status, reply.body))
+}
+
 /// A connection to IPv4 `addr` from local port `port` (SO_REUSEADDR, so a port in
 /// TIME_WAIT can be used again).
 fn connect_from(addr: SocketAddr, port: u16) -> std::io::Result<TcpStream> {

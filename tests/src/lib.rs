@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod attack;
 pub mod cgroup;
 pub mod flood;
 pub mod http;
@@ -26,7 +27,7 @@ pub mod ns;
 pub mod scratch;
 
 pub use flood::{Flood, FloodReport};
-pub use http::{http_get, http_get_from};
+pub use http::{http_get, http_get_as, http_get_from};
 pub use ns::{in_new_ns, in_ns, in_ns_command, privileged, sh};
 
 /// The VIP.
@@ -117,7 +118,15 @@ pub struct World {
     gateway_extra: String,
     /// The IPv4 VIP is `weights = "load"` on both LB nodes.
     load_weights: bool,
+    /// Appended to both LB nodes' configs.
+    lb_extra: String,
+    /// The LB nodes' flow-table capacity.
+    flow_table_size: u32,
 }
+
+/// The host parts of the client namespace's extra addresses (10.10.1.3 and up; the
+/// first client address is 10.10.1.2).
+pub const CLIENT_EXTRA_HOSTS: [u8; 3] = [3, 4, 5];
 
 /// Gateway addresses by index 1..=3.
 pub fn gateway_addr(i: usize) -> String {
@@ -140,16 +149,37 @@ impl World {
     /// the VIP's port 443, choosing the certificate by SNI, and the LB nodes carry that VIP
     /// port too.
     pub fn start_with(tls: Option<PathBuf>) -> World {
-        World::start_full(tls, String::new())
+        World::start_full(tls, String::new(), String::new())
     }
 
     /// Like [`World::start`], with a redis-server on backend node 1 (`10.20.0.31:6379`,
     /// password `sluice-e2e`, reachable from every gateway) and `extra` appended to every gateway's config.
     pub fn start_with_policies(extra: &str) -> World {
-        World::start_full(None, extra.to_string())
+        World::start_full(None, extra.to_string(), String::new())
     }
 
-    fn start_full(tls: Option<PathBuf>, gateway_extra: String) -> World {
+    /// Like [`World::start_with_policies`], with `lb_extra` appended to both LB nodes'
+    /// configs (a `[shield]` section, say).
+    pub fn start_with_configs(gateway_extra: &str, lb_extra: &str) -> World {
+        World::start_full(None, gateway_extra.to_string(), lb_extra.to_string())
+    }
+
+    /// Like [`World::start_with_configs`], with LB nodes whose flow tables hold only
+    /// `flow_table_size` flows.
+    pub fn start_with_flow_table(lb_extra: &str, flow_table_size: u32) -> World {
+        World::start_inner(None, String::new(), lb_extra.to_string(), flow_table_size)
+    }
+
+    fn start_full(tls: Option<PathBuf>, gateway_extra: String, lb_extra: String) -> World {
+        World::start_inner(tls, gateway_extra, lb_extra, 65536)
+    }
+
+    fn start_inner(
+        tls: Option<PathBuf>,
+        gateway_extra: String,
+        lb_extra: String,
+        flow_table_size: u32,
+    ) -> World {
         sweep_leftovers();
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tag = format!(
@@ -171,6 +201,8 @@ impl World {
             gateways: 3,
             gateway_extra,
             load_weights: false,
+            lb_extra,
+            flow_table_size,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -208,6 +240,10 @@ impl World {
         sh(&format!("ip -n {r} addr add 10.10.1.1/24 dev c"));
         sh(&format!("ip -n {r} link set c up"));
         sh(&format!("ip -n {c} addr add 10.10.1.2/24 dev eth0"));
+        // More client addresses, for tests that need clients that differ by address.
+        for host in CLIENT_EXTRA_HOSTS {
+            sh(&format!("ip -n {c} addr add 10.10.1.{host}/24 dev eth0"));
+        }
         sh(&format!("ip -n {c} link set eth0 up"));
         sh(&format!("ip -n {c} route add default via 10.10.1.1"));
         sh(&format!("ip -n {r} -6 addr add fd10::1/64 dev c nodad"));
@@ -449,11 +485,11 @@ impl World {
         std::fs::write(
             &tmp,
             format!(
-                "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\ntunnel_source_v6 = \"fd20::{}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n\n\
+                "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\ntunnel_source_v6 = \"fd20::{}\"\npin_dir = \"{}\"\nflow_table_size = {table}\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
                  [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
                  [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{weights}\n\
-                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}",
+                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}\n{lb_extra}",
                 10 + i,
                 10 + i,
                 self.pin_dir(&format!("l{i}")),
@@ -472,6 +508,8 @@ impl World {
                 } else {
                     ""
                 },
+                lb_extra = self.lb_extra,
+                table = self.flow_table_size,
                 tls = if self.tls.is_some() {
                     format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
                 } else {

@@ -1,0 +1,78 @@
+//! What the shield tests need of the topology: a flooder namespace on the router, the LB
+//! nodes' status, and their configs changed while they run.
+
+use std::time::{Duration, Instant};
+
+use crate::{bin, in_ns_command, sh, World};
+
+impl World {
+    /// Adds namespace `f` on its own router port (10.10.2.2, router 10.10.2.1), from which
+    /// spoofed sources may reach the VIPs: the router does no reverse-path filtering there.
+    /// Returns (the flooder's interface, its MAC, the router port's MAC).
+    pub fn add_flooder(&mut self) -> (String, [u8; 6], [u8; 6]) {
+        let f = format!("{}f", self.tag);
+        let r = self.ns["r"].clone();
+        sh(&format!("ip netns add {f}"));
+        self.ns.insert("f", f.clone());
+        sh(&format!("ip -n {f} link set lo up"));
+        sh(&format!(
+            "ip -n {r} link add f type veth peer name eth0 netns {f}"
+        ));
+        sh(&format!("ip -n {r} addr add 10.10.2.1/24 dev f"));
+        sh(&format!("ip -n {r} link set f up"));
+        sh(&format!("ip -n {f} addr add 10.10.2.2/24 dev eth0"));
+        sh(&format!("ip -n {f} link set eth0 up"));
+        sh(&format!(
+            "ip netns exec {r} sysctl -qw net.ipv4.conf.f.rp_filter=0 net.ipv4.conf.all.rp_filter=0"
+        ));
+        let mac = |ns: &str, dev: &str| {
+            crate::in_ns(ns, || crate::flood::interface_mac(dev)).expect("interface MAC")
+        };
+        ("eth0".into(), mac(&f, "eth0"), mac(&r, "f"))
+    }
+
+    /// `sluice-lb status --json` of LB node `i`.
+    pub fn lb_status(&self, i: usize) -> serde_json::Value {
+        let out = in_ns_command(&self.ns[&*format!("l{i}")], bin("sluice-lb"))
+            .args(["status", "--json", "--admin", "127.0.0.1:9180"])
+            .output()
+            .expect("status");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A named counter from LB node `i`'s status: an outcome or a flow event.
+    pub fn lb_counter(&self, i: usize, name: &str) -> u64 {
+        let s = self.lb_status(i);
+        ["outcomes", "flow_events"]
+            .iter()
+            .filter_map(|k| s[*k].as_array())
+            .flatten()
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Replaces what is appended to both LB nodes' configs; waits until both reloaded.
+    pub fn set_lb_extra(&mut self, extra: &str) {
+        let before: Vec<u64> = (1..=2).map(|i| self.lb_generation(i)).collect();
+        self.lb_extra = extra.to_string();
+        for i in 1..=2 {
+            self.write_lb_config(i);
+        }
+        let start = Instant::now();
+        while (1..=2).any(|i| self.lb_generation(i) <= before[i - 1]) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "LB nodes did not reload: {}",
+                self.log("lb1.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn lb_generation(&self, i: usize) -> u64 {
+        self.lb_status(i)["config"]["generation"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
