@@ -28,6 +28,7 @@ use crate::{
     config::Listener,
     downstream::conn_state::Idle,
     downstream::park::{self, Plain},
+    downstream::refusal,
     downstream::watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
     metrics::{Closed, Metrics},
     pipeline::tunnel::ConnHold,
@@ -315,6 +316,7 @@ impl Accepted {
                 Err(_) => {
                     debug!(%peer, "TLS handshake timed out");
                     guard.metrics.closed(Closed::Deadline);
+                    refusal::deadline(&guard.metrics, peer);
                 }
             }
             drop(guard);

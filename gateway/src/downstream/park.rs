@@ -40,7 +40,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{downstream::conn_state::Idle, downstream::service::ConnService};
+use crate::{downstream::conn_state::Idle, downstream::refusal, downstream::service::ConnService};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
 /// stopped, then the stream. Its shutdown is skipped while parking.
@@ -306,6 +306,11 @@ where
         if self.timer.as_mut().poll(cx).is_ready() {
             debug!(peer = %self.idle.peer, "nothing received in time; closing");
             self.plain.metrics.closed(crate::metrics::Closed::Deadline);
+            // A fresh connection's first-request deadline (a parked one's keep-alive wait
+            // is no one's fault).
+            if fresh {
+                refusal::deadline(&self.plain.metrics, self.idle.peer);
+            }
             return Poll::Ready(false);
         }
         let Some(stream) = &self.stream else {
@@ -394,6 +399,7 @@ where
             if self.timer.as_mut().poll(cx).is_ready() {
                 debug!(peer = %self.idle.peer, "request head not received in time; closing");
                 self.plain.metrics.closed(crate::metrics::Closed::Deadline);
+                refusal::deadline(&self.plain.metrics, self.idle.peer);
                 return Poll::Ready(false);
             }
             // A head still arriving may be closed to admit another connection.
@@ -434,6 +440,10 @@ where
         }
         if let Err(e) = ready!(result) {
             debug!(peer = %self.idle.peer, error = %e, "connection ended");
+            // This instance started for bytes that arrived: with no request started on it,
+            // a head was pending.
+            let head_pending = self.idle.started.load(Relaxed) == 0;
+            refusal::ended_with(&self.plain.metrics, self.idle.peer, &e, head_pending);
             return Poll::Ready(false);
         }
         self.park_after_http1()

@@ -35,6 +35,7 @@ use tracing::debug;
 use crate::{
     clock::monotonic_ms,
     downstream::conn_state::{ActiveRequest, Idle, ResponseClock},
+    downstream::refusal,
     downstream::service::ConnService,
     metrics::{Closed, Metrics},
     Body,
@@ -145,6 +146,10 @@ pub async fn serve<I, S>(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     debug!(%peer, error = %e, "connection ended");
+                    // Once the watchdog asked it to end, what follows is its doing.
+                    if closing.is_none() {
+                        refusal::ended_with(metrics, peer, &*e, !idle.served_any());
+                    }
                 }
                 return;
             }
@@ -228,6 +233,11 @@ fn on_timer(closing: bool, idle: &Idle, deadlines: &Deadlines, metrics: &Metrics
     if due(idle, deadlines).is_some_and(|at| at <= monotonic_ms()) {
         debug!(%peer, "connection quiet past its deadline; closing");
         metrics.closed(Closed::Deadline);
+        // The first request's deadline: a client holding a connection without a head. (A
+        // keep-alive or HTTP/2 idle wait is no one's fault.)
+        if !idle.served_any() {
+            refusal::deadline(metrics, peer);
+        }
         return Tick::ShutDown;
     }
     if stalled() {

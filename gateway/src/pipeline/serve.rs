@@ -1,7 +1,8 @@
 //! Serving one request, phase by phase: **prepare** (the Host and path rules) → **route** →
 //! **admit** (body limit, hop-by-hop headers, the policy chain) → **forward** (see
 //! [`super::forward`]) → **respond** (response transform, limit headers). Metrics, usage
-//! analytics and the access log are written once the response head is known.
+//! analytics, the shield's count of the gateway's own refusals and the access log are
+//! written once the response head is known.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
@@ -12,6 +13,7 @@ use hyper::{
     http::request::Parts,
     Request, Response, StatusCode,
 };
+use sluice_util::shield::Class;
 
 use super::{
     access_log::AccessLine,
@@ -58,6 +60,13 @@ pub async fn handle(
     // One clock read for the metrics, the analytics and the log line.
     let took = started.elapsed();
     let status = resp.status().as_u16();
+    // The shield counts the gateway's own refusals only: an upstream's 401 is the upstream's
+    // business. Any other answer costs this one match.
+    if let Some(class) = Class::of_status(status) {
+        if resp.extensions().get::<GatewayMade>().is_some() {
+            metrics.shield.refused(client, class);
+        }
+    }
     metrics.request(served.route, &method, status, took);
     metrics
         .analytics

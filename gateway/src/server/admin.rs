@@ -1,10 +1,11 @@
 //! The admin API: liveness, readiness (which fails while draining), Prometheus metrics,
-//! the usage analytics, and the drain switch.
+//! the usage analytics, the shield's block candidates, and the drain switch.
 
 use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, header::HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sluice_util::shield;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -48,6 +49,7 @@ impl Gateway {
                 upstream_metrics(&mut body, &rt);
                 policy_metrics(&mut body, &rt);
                 self.metrics.analytics.render(&mut body);
+                self.metrics.shield.render(&mut body);
                 let mut r = text(StatusCode::OK, &body);
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
@@ -72,6 +74,20 @@ impl Gateway {
                     hyper::header::HeaderValue::from_static("application/json"),
                 );
                 r
+            }
+            (&Method::GET, shield::PATH) => {
+                let answer = self.metrics.shield.candidates();
+                match serde_json::to_string(&answer) {
+                    Ok(json) => {
+                        let mut r = text(StatusCode::OK, &json);
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    }
+                    Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
             }
             (&Method::POST, "/drain") => {
                 self.draining.store(true, Ordering::Relaxed);

@@ -46,6 +46,10 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     runtime.start();
     let metrics = Arc::new(Metrics::new());
     metrics.analytics.configure(&runtime.config.analytics);
+    metrics.shield.configure(
+        &runtime.config.shield,
+        runtime.policies.client_ip.trusted_proxies(),
+    );
     let load = Arc::new(LoadMeter::new(workers));
     tokio::spawn(load.clone().run(metrics.clone()));
     let gw = Arc::new(Gateway {

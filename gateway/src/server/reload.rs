@@ -76,6 +76,10 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
             gw.metrics
                 .analytics
                 .configure(&built.runtime.config.analytics);
+            gw.metrics.shield.configure(
+                &built.runtime.config.shield,
+                built.runtime.policies.client_ip.trusted_proxies(),
+            );
             for l in listeners.iter_mut() {
                 let was = old
                     .config

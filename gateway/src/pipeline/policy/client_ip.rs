@@ -86,6 +86,18 @@ impl ClientIpRule {
         }
     }
 
+    /// The peers whose `X-Forwarded-For` is believed (none while `xff_depth` is 0). The
+    /// shield never counts them as clients: their clients are counted instead.
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        if self.depth == 0 {
+            return Vec::new();
+        }
+        self.trusted
+            .iter()
+            .filter_map(|&(addr, len)| ipnet::IpNet::new(addr, len).ok())
+            .collect()
+    }
+
     /// The client of a request that arrived from `peer`.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = match peer {
@@ -160,5 +172,18 @@ mod tests {
             rule.resolve("::1".parse().unwrap(), &h),
             "2.2.2.2".parse::<IpAddr>().unwrap()
         );
+        let trusted: Vec<String> = rule
+            .trusted_proxies()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "::1/128"]);
+        let untrusting = ClientIpRule::try_from(&ClientIp {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            xff_depth: 0,
+            ipv6_limit_prefix: 64,
+        })
+        .expect("valid");
+        assert!(untrusting.trusted_proxies().is_empty());
     }
 }
