@@ -264,6 +264,33 @@ fn behind_a_trusted_proxy_its_clients_are_counted_never_the_proxy() {
 }
 
 #[test]
+fn a_flood_of_addresses_stays_within_max_clients_and_keeps_the_candidate() {
+    let rt = runtime();
+    let (gw, _up) = keyed_gateway(
+        &rt,
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\nxff_depth = 1\n\n\
+         [shield]\nmax_clients = 50\nthresholds = { auth = 3 }",
+    );
+    let via = |client: &str| {
+        let xff = format!("X-Forwarded-For: {client}");
+        let r = request(gw.http, "GET", "/", &["x-api-key: k-wrong", &xff], "");
+        assert_eq!(r.status, 401, "{r:?}");
+    };
+    for _ in 0..3 {
+        via("203.0.113.9");
+    }
+    // Ten times max_clients addresses, refused once each.
+    for n in 0..500u32 {
+        via(&format!("198.18.{}.{}", n / 256, n % 256));
+    }
+    let tracked = metric(&gw, "sluice_gateway_shield_tracked_clients");
+    assert!(tracked <= 50.0, "{tracked}");
+    let evictions = metric(&gw, "sluice_gateway_shield_evictions_total");
+    assert!(evictions >= 450.0, "{evictions}");
+    assert_eq!(listed(&gw), [("203.0.113.9/32".to_string(), Class::Auth)]);
+}
+
+#[test]
 fn shield_settings_are_refused_by_field() {
     let check = |section: &str| {
         let dir = support::Scratch::new("shield-check");
