@@ -200,8 +200,6 @@ struct Agent {
     rates: HashMap<u32, (f64, f64)>,
     last_sample: Option<(Instant, Counts)>,
     shield: Shield,
-    /// When the gateways' block candidates were last fetched.
-    last_pull: Instant,
     pull_tx: mpsc::UnboundedSender<Pulled>,
 }
 
@@ -266,7 +264,6 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         rates: HashMap::new(),
         last_sample: None,
         shield,
-        last_pull: Instant::now(),
         pull_tx,
     };
     agent.apply().context("writing the initial state")?;
@@ -279,6 +276,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
 
     let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut pull_every = agent.config.shield.pull_interval_ms;
+    let mut pull_tick = tokio::time::interval(Duration::from_millis(pull_every));
     loop {
         tokio::select! {
             Some(seen) = health_rx.recv() => match seen {
@@ -299,7 +298,15 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 }
                 agent.sample_rates();
                 agent.adjust_load_weights();
-                agent.shield_tick();
+                agent.sweep_blocks();
+            }
+            _ = pull_tick.tick() => {
+                agent.pull_candidates();
+                // A reload may have changed the interval.
+                if agent.config.shield.pull_interval_ms != pull_every {
+                    pull_every = agent.config.shield.pull_interval_ms;
+                    pull_tick = tokio::time::interval(Duration::from_millis(pull_every));
+                }
             }
         }
     }
@@ -721,21 +728,21 @@ impl Agent {
         self.apply().map_err(CommandError::Apply)
     }
 
-    /// Sweeps expired blocks and, every `pull_interval_ms`, fetches the block candidates of
-    /// each healthy gateway whose readiness is probed over HTTP (at that port).
-    fn shield_tick(&mut self) {
+    /// Removes expired blocks (the data plane already ignores them).
+    fn sweep_blocks(&mut self) {
         if self.shield.sweep(&mut self.dp) > 0 {
             if let Err(e) = self.shield_switch() {
                 error!(error = %e, "turning the shield off failed");
             }
         }
-        let cfg = &self.config.shield;
-        if cfg.pull == sluice_util::shield::Mode::Off
-            || self.last_pull.elapsed() < Duration::from_millis(cfg.pull_interval_ms)
-        {
+    }
+
+    /// Fetches the block candidates of each healthy gateway whose readiness is probed over
+    /// HTTP (at that port); the answers come back through `on_pulled`.
+    fn pull_candidates(&mut self) {
+        if self.config.shield.pull == sluice_util::shield::Mode::Off {
             return;
         }
-        self.last_pull = Instant::now();
         let mut targets = BTreeMap::new();
         for v in &self.config.vips {
             let check = v.check(&self.config.health);

@@ -1,9 +1,45 @@
-//! What the shield tests need of the topology: a flooder namespace on the router, the LB
-//! nodes' status, and their configs changed while they run.
+//! What the shield tests and the demo need of the topology: the shield's configs, a flooder
+//! namespace on the router, the LB nodes' status, and their configs changed while they run.
 
 use std::time::{Duration, Instant};
 
 use crate::{bin, in_ns_command, sh, World};
+
+/// Gateway config for the shield: a `/secure` route behind an API key (the one consumer's
+/// key is never sent), and abuse detection in `enforce` mode that offers a client after
+/// `auth_threshold` 401s within 30 s, held for `ttl_secs`.
+pub fn gateway_shield(auth_threshold: u32, ttl_secs: u64) -> String {
+    format!(
+        r#"
+[[consumer]]
+id = "someone"
+api_keys = ["{}"]
+
+[[route]]
+name = "secure"
+path = {{ prefix = "/secure" }}
+upstream = "app"
+auth = {{ methods = ["api_key"] }}
+request_transform = {{ strip_prefix = "/secure" }}
+
+[shield]
+mode = "enforce"
+window_secs = 30
+ttl_secs = {ttl_secs}
+thresholds = {{ auth = {auth_threshold} }}
+"#,
+        "ab".repeat(32)
+    )
+}
+
+/// LB config for the shield: block the gateways' candidates, pulled four times a second;
+/// 10.10.1.4 (a client address) is on the allow list.
+pub const LB_SHIELD: &str = r#"
+[shield]
+pull = "enforce"
+pull_interval_ms = 250
+allow = ["10.10.1.4/32"]
+"#;
 
 impl World {
     /// Adds namespace `f` on its own router port (10.10.2.2, router 10.10.2.1), from which
