@@ -34,8 +34,20 @@ fn finish(mut h: u32, len_words: u32) -> u32 {
 }
 
 /// Hash of the whole 5-tuple: both addresses, both ports and the protocol.
+///
+/// An IPv4 flow is hashed over its four meaningful words (source, destination, ports,
+/// protocol) rather than over the six zero words of the unused address space as well: every
+/// new flow, and every SYN of a flood, costs six multiply chains less.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
+    if key.family == crate::FAMILY_V4 {
+        let mut h = HASH_SEED;
+        h = mix(h, key.src[0]);
+        h = mix(h, key.dst[0]);
+        h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
+        h = mix(h, key.proto as u32);
+        return finish(h, 4);
+    }
     let mut h = HASH_SEED;
     h = mix(h, key.src[0]);
     h = mix(h, key.src[1]);
@@ -51,7 +63,8 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
 }
 
 /// MurmurHash3 of any number of words, for control-plane uses such as Maglev permutations.
-/// [`flow_hash`] is this function over the ten words of a [`FlowKey`], unrolled.
+/// [`flow_hash`] is this function over the ten words of a [`FlowKey`] (four for IPv4),
+/// unrolled.
 pub fn hash_words(words: &[u32], seed: u32) -> u32 {
     let mut h = seed;
     for w in words {
@@ -60,9 +73,13 @@ pub fn hash_words(words: &[u32], seed: u32) -> u32 {
     finish(h, words.len() as u32)
 }
 
-/// Hash of the client (source) address alone, for VIPs with client-IP persistence.
+/// Hash of the client (source) address alone, for VIPs with client-IP persistence (one word
+/// for IPv4, four for IPv6).
 #[inline(always)]
 pub fn source_hash(key: &FlowKey) -> u32 {
+    if key.family == crate::FAMILY_V4 {
+        return finish(mix(HASH_SEED, key.src[0]), 1);
+    }
     let mut h = HASH_SEED;
     h = mix(h, key.src[0]);
     h = mix(h, key.src[1]);
@@ -104,8 +121,17 @@ mod tests {
         k.src[0] ^= 1;
         assert_ne!(flow_hash(&k), h);
         let mut k = base;
-        k.dst[3] ^= 1;
+        k.dst[0] ^= 1;
         assert_ne!(flow_hash(&k), h);
+        // Every address word counts for IPv6.
+        let v6 = FlowKey { family: 6, ..base };
+        for i in 0..4 {
+            let (mut s, mut d) = (v6, v6);
+            s.src[i] ^= 1;
+            d.dst[i] ^= 1;
+            assert_ne!(flow_hash(&s), flow_hash(&v6), "src[{i}]");
+            assert_ne!(flow_hash(&d), flow_hash(&v6), "dst[{i}]");
+        }
         let mut k = base;
         k.src_port ^= 1;
         assert_ne!(flow_hash(&k), h);
@@ -181,6 +207,20 @@ mod tests {
         assert_eq!(flow_hash(&key), murmur3_bytes(&bytes, HASH_SEED));
         assert_eq!(source_hash(&key), murmur3_bytes(&bytes[..16], HASH_SEED));
         assert_eq!(hash_words(&words, HASH_SEED), flow_hash(&key));
+        // IPv4: the four meaningful words only.
+        let v4 = FlowKey {
+            src: [1, 0, 0, 0],
+            dst: [5, 0, 0, 0],
+            family: 4,
+            ..key
+        };
+        let words = [1u32, 5, 9 << 16 | 10, 6];
+        let mut bytes = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(flow_hash(&v4), murmur3_bytes(&bytes, HASH_SEED));
+        assert_eq!(source_hash(&v4), murmur3_bytes(&bytes[..4], HASH_SEED));
     }
 
     #[test]
