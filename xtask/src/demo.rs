@@ -183,7 +183,12 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     println!(
         "Building the topology and waiting for both load balancers to see every gateway healthy..."
     );
-    let mut w = World::start_with_policies(sluice_e2e::PER_CLIENT_LIMIT);
+    let gateways = format!(
+        "{}{}",
+        sluice_e2e::PER_CLIENT_LIMIT,
+        sluice_e2e::attack::gateway_shield(ABUSE_THRESHOLD, ABUSE_TTL_SECS)
+    );
+    let mut w = World::start_with_configs(&gateways, sluice_e2e::attack::LB_SHIELD);
     println!(
         "Ready. Traffic starts: 4 clients, each request on a new TCP connection (a new flow).\n"
     );
@@ -195,6 +200,7 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
     let result = failover_and_drain(&mut w, &load, &mut last)
         .and_then(|()| load_weights(&mut w, &load, &mut last))
         .and_then(|()| rate_limit(&w))
+        .and_then(|()| shield(&w, &load))
         .and_then(|()| lb_status(&w));
     let (ok, failed) = load.stop();
     println!("\nSummary: {ok} requests answered, {failed} failed. The drain moved traffic without losing any;\nthe kill lost what was in flight and what reached the gateway before health checks took it out.");
@@ -289,6 +295,91 @@ fn rate_limit(w: &World) -> Result<()> {
         "   the counter in Redis: {}",
         String::from_utf8_lossy(&keys.stdout).trim()
     );
+    Ok(())
+}
+
+/// A gateway offers a client to the LB nodes after this many 401s in 30 s.
+const ABUSE_THRESHOLD: u32 = 10;
+/// How long an offered client stays blocked.
+const ABUSE_TTL_SECS: u64 = 20;
+
+/// Step 7: a client collecting 401s is blocked in XDP by both LB nodes.
+fn shield(w: &World, load: &Load) -> Result<()> {
+    println!("\n7. The shield. A client at 10.10.1.3 sends requests with a bad API key. Each gateway\n   counts its refusals per real client address (DSR again) and, past {ABUSE_THRESHOLD} in 30 s, offers it\n   as a block candidate on its admin port; both LB agents pull the candidates of their\n   healthy gateways and drop its packets in XDP, before any TCP handshake, for {ABUSE_TTL_SECS} s.\n   The well-behaved clients go on:");
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let unanswered = Arc::new(AtomicU64::new(0));
+    let abuser = {
+        let (stop, refused, unanswered) = (stop.clone(), refused.clone(), unanswered.clone());
+        let c = w.ns["c"].clone();
+        std::thread::spawn(move || {
+            in_ns(&c, || {
+                let vip = format!("{VIP}:80").parse().expect("literal");
+                let from = "10.10.1.3".parse().expect("literal");
+                while !stop.load(Ordering::Relaxed) {
+                    let got = sluice_e2e::http_get_as(
+                        vip,
+                        from,
+                        "/secure/index.html",
+                        &["x-api-key: guess"],
+                        Duration::from_millis(500),
+                    );
+                    match got {
+                        Ok(_) => refused.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => unanswered.fetch_add(1, Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+    };
+    let failed_before = load.total_failed.load(Ordering::Relaxed);
+    let result = watch_shield(w, load, &refused, &unanswered, 8);
+    stop.store(true, Ordering::Relaxed);
+    let _ = abuser.join();
+    result?;
+    println!(
+        "   (requests of the well-behaved clients that failed during this step: {})",
+        load.total_failed.load(Ordering::Relaxed) - failed_before
+    );
+    println!("   LB node 1's shield (`sluice-lb status`, shield part):");
+    let status = sluice_lb(w, "l1", &["status"])?;
+    for line in status.lines().filter(|l| {
+        l.starts_with("shield") || l.starts_with("  ") && l.contains('/') && !l.contains("VIP")
+    }) {
+        println!("   {line}");
+    }
+    Ok(())
+}
+
+/// One line per second: the good clients' rate and p99, the abuser's answers, and the
+/// packets both LB nodes dropped in XDP.
+fn watch_shield(
+    w: &World,
+    load: &Load,
+    refused: &AtomicU64,
+    unanswered: &AtomicU64,
+    seconds: u64,
+) -> Result<()> {
+    for _ in 0..seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        let window = std::mem::take(&mut *load.window.lock().map_err(|_| anyhow::anyhow!("lock"))?);
+        let mut lat = window.latencies_us;
+        lat.sort_unstable();
+        let dropped: u64 = (1..=2).map(|i| w.lb_counter(i, "blocked")).sum();
+        println!(
+            "  good clients {:>4}/s  errors {:>2}  p99 {:>5.2} ms   abuser: {:>3} refused with 401, {:>3} unanswered   dropped in XDP {:>5}",
+            window.ok,
+            window.failed,
+            percentile(&lat, 0.99),
+            refused.load(Ordering::Relaxed),
+            unanswered.load(Ordering::Relaxed),
+            dropped
+        );
+    }
     Ok(())
 }
 
