@@ -16,6 +16,15 @@ use sluice_e2e::{
     http_get_as, in_ns, privileged, Flood, World, VIP,
 };
 
+/// One at a time: the flood saturates a core, and the abuse test times its block.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn vip() -> SocketAddr {
     format!("{VIP}:80").parse().expect("literal")
 }
@@ -71,6 +80,7 @@ fn an_abusive_client_is_dropped_in_xdp_by_both_lb_nodes_and_the_good_one_never_f
     if !privileged() {
         return;
     }
+    let _serial = serial();
     let gateway = sluice_e2e::attack::gateway_shield(AUTH_THRESHOLD, TTL_SECS);
     let w = World::start_with_configs(&gateway, sluice_e2e::attack::LB_SHIELD);
     let c = w.ns["c"].clone();
@@ -232,6 +242,7 @@ fn a_syn_flood_neither_evicts_established_flows_nor_stops_new_ones() {
     if !privileged() {
         return;
     }
+    let _serial = serial();
     // A table small enough for a flood to churn through (512 flows per CPU).
     let mut w = World::start_with_flow_table("[flood_guard]\nenabled = false\n", 1024);
     let flooder = w.add_flooder();
