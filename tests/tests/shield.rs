@@ -170,6 +170,36 @@ fn an_abusive_client_is_dropped_in_xdp_by_both_lb_nodes_and_the_good_one_never_f
     }
     let back = in_ns(&c, || get(ABUSER, "/index.html", &[]));
     assert_eq!(back.map(|r| r.0).ok(), Some(200));
+
+    // With the LB nodes in observe mode the same abuse is logged and counted, not blocked.
+    let mut w = w;
+    w.set_lb_extra(&sluice_e2e::attack::LB_SHIELD.replace("\"enforce\"", "\"observe\""));
+    let observed = |w: &World| -> u64 {
+        (1..=2)
+            .map(|i| {
+                w.lb_status(i)["shield"]["candidates"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|p| p[0] == "observed"))
+                    .and_then(|p| p[1].as_u64())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let before = observed(&w);
+    let answers: Vec<u16> = in_ns(&c, || {
+        (0..60)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(30));
+                get(ABUSER, "/secure/index.html", &["x-api-key: wrong"]).map_or(0, |r| r.0)
+            })
+            .collect()
+    });
+    assert!(
+        answers.iter().all(|s| *s == 401),
+        "observe never blocks: {answers:?}"
+    );
+    assert!(observed(&w) > before, "the candidates were observed");
+    assert!((1..=2).all(|i| blocked(&w, i).is_empty()));
     stop.store(true, Ordering::Relaxed);
     let (n, failed) = good.join().expect("good client");
     eprintln!("good client: {n} requests, {failed} failed");
