@@ -344,9 +344,11 @@ fn shield(w: &World, load: &Load) -> Result<()> {
     );
     println!("   LB node 1's shield (`sluice-lb status`, shield part):");
     let status = sluice_lb(w, "l1", &["status"])?;
-    for line in status.lines().filter(|l| {
-        l.starts_with("shield") || l.starts_with("  ") && l.contains('/') && !l.contains("VIP")
-    }) {
+    for line in status
+        .lines()
+        .skip_while(|l| !l.starts_with("shield:"))
+        .take_while(|l| !l.starts_with("table generation"))
+    {
         println!("   {line}");
     }
     Ok(())
