@@ -11,6 +11,7 @@
 //! | GET | `/shield` | JSON ([`ShieldStatus`](crate::shield::ShieldStatus)) |
 //! | POST | `/shield/block` | JSON [`BlockBody`]: block a prefix in XDP |
 //! | POST | `/shield/unblock` | JSON `{"prefix": …}` |
+//! | POST | `/maintenance/on`, `/maintenance/off` | withdraw every VIP from BGP, or announce again |
 //!
 //! Errors are RFC 9457 `application/problem+json`.
 
@@ -188,6 +189,14 @@ async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) 
             None => gone(),
         },
         (&Method::POST, "/shield/block") => shield_change(req, agent, true).await,
+        (&Method::POST, p @ ("/maintenance/on" | "/maintenance/off")) => {
+            let on = p.ends_with("/on");
+            match ask(agent, |tx| Command::Maintenance(on, tx)).await {
+                Some(Ok(())) => respond(StatusCode::OK, "application/json", "{\"ok\":true}".into()),
+                Some(Err(e)) => problem(StatusCode::CONFLICT, &e.to_string()),
+                None => gone(),
+            }
+        }
         (&Method::POST, "/shield/unblock") => shield_change(req, agent, false).await,
         (&Method::POST, p) if p.starts_with("/backends/") => {
             let rest = &p["/backends/".len()..];

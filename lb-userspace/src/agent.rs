@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::{
     admin,
     attach::{self, AttachError},
+    bgp::{Announcement, Announcer, BgpStatus},
     config::{self, BackendConfig, Config, HealthCheck, Vip, WeightMode},
     controller::{self, Applied, BackendStatus, Ids},
     dataplane::{DataPlane, LoadOptions},
@@ -51,6 +52,8 @@ pub enum Command {
     Block(BlockRequest, oneshot::Sender<Result<(), CommandError>>),
     /// Remove a block.
     Unblock(ipnet::IpNet, oneshot::Sender<Result<(), CommandError>>),
+    /// Withdraw (true) or announce again (false) every VIP over BGP.
+    Maintenance(bool, oneshot::Sender<Result<(), CommandError>>),
     /// Current state as JSON.
     Status(oneshot::Sender<Status>),
     /// Prometheus text.
@@ -72,6 +75,12 @@ pub enum CommandError {
     /// The shield refused a block or unblock.
     #[error(transparent)]
     Shield(#[from] BlockError),
+    /// Maintenance needs a `[bgp]` section.
+    #[error("this node has no [bgp] section: it announces nothing to withdraw")]
+    NoBgp,
+    /// Recording maintenance failed.
+    #[error("{0}")]
+    Bgp(#[from] crate::bgp::bird::BirdError),
 }
 
 /// `sluice-lb status` output.
@@ -92,6 +101,9 @@ pub struct Status {
     /// Blocked prefixes, the gateways' candidates and the flood guard.
     #[serde(default)]
     pub shield: ShieldStatus,
+    /// The VIPs' announcements and the BGP sessions.
+    #[serde(default)]
+    pub bgp: BgpStatus,
 }
 
 /// Config state.
@@ -201,6 +213,10 @@ struct Agent {
     last_sample: Option<(Instant, Counts)>,
     shield: Shield,
     pull_tx: mpsc::UnboundedSender<Pulled>,
+    /// Announces the VIPs over BGP when `[bgp]` is configured.
+    bgp: Option<Announcer>,
+    /// The maps hold the current plan: the last apply succeeded.
+    synced: bool,
 }
 
 /// One gateway's block candidates, or why they could not be fetched.
@@ -265,8 +281,14 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         last_sample: None,
         shield,
         pull_tx,
+        bgp: None,
+        synced: false,
     };
     agent.apply().context("writing the initial state")?;
+    // BIRD is started (or told to announce nothing) only once the maps are written; the
+    // VIPs follow as their backends come up.
+    agent.bgp = agent.config.bgp.as_ref().map(Announcer::start);
+    agent.announce();
     agent.sync_probes();
     let listener = tokio::net::TcpListener::bind(agent.config.admin.listen)
         .await
@@ -299,6 +321,10 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 agent.sample_rates();
                 agent.adjust_load_weights();
                 agent.sweep_blocks();
+                if let Some(bgp) = agent.bgp.as_mut() {
+                    bgp.poll();
+                }
+                agent.announce();
             }
             _ = pull_tick.tick() => {
                 agent.pull_candidates();
@@ -309,6 +335,9 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 }
             }
         }
+    }
+    if let Some(bgp) = agent.bgp.as_mut() {
+        bgp.withdraw_and_wait().await;
     }
     info!("stopping; the data plane keeps forwarding from pinned state");
     Ok(())
@@ -400,9 +429,55 @@ impl Agent {
     fn apply(&mut self) -> Result<()> {
         let mut plan = controller::plan(&self.config, &self.status, &mut self.ids)?;
         plan.node.shield = u8::from(self.shield.active());
+        self.synced = false;
         self.applied.apply(&mut self.dp, &plan)?;
         self.ids.retain(&plan);
+        self.synced = true;
+        self.announce();
         Ok(())
+    }
+
+    /// Decides which VIP addresses this node announces and tells BIRD if that changed: an
+    /// address is announced while the program is attached to every interface, the maps
+    /// hold the current plan, and a VIP on it has a backend alive.
+    fn announce(&mut self) {
+        let Some(bgp) = self.bgp.as_mut() else {
+            return;
+        };
+        let node = &self.config.node;
+        let attached = node
+            .interfaces
+            .iter()
+            .all(|i| node.pin_dir.join("links").join(i).exists());
+        let mut decision: Vec<Announcement> = Vec::new();
+        for v in &self.config.vips {
+            let alive = v
+                .backends
+                .iter()
+                .any(|b| self.status.get(&b.address).is_some_and(|s| s.healthy));
+            match decision.iter_mut().find(|d| d.address == v.address) {
+                Some(d) => d.announced |= alive,
+                None => decision.push(Announcement {
+                    address: v.address,
+                    announced: alive,
+                    reason: String::new(),
+                }),
+            }
+        }
+        for d in &mut decision {
+            let why = if !attached {
+                "the XDP program is not attached"
+            } else if !self.synced {
+                "the maps are not in sync"
+            } else if !d.announced {
+                "no backend alive"
+            } else {
+                ""
+            };
+            d.announced = why.is_empty();
+            d.reason = why.into();
+        }
+        bgp.announce(decision);
     }
 
     /// Starts probers for backends that need one and stops those no longer configured.
@@ -525,6 +600,15 @@ impl Agent {
                     .map_err(CommandError::from);
                 let _ = reply.send(r.and_then(|()| self.shield_switch()));
             }
+            Command::Maintenance(on, reply) => {
+                let r = match self.bgp.as_mut() {
+                    None => Err(CommandError::NoBgp),
+                    Some(bgp) => bgp.set_maintenance(on).map_err(CommandError::from),
+                };
+                self.announce();
+                info!(maintenance = on, ok = r.is_ok(), "maintenance");
+                let _ = reply.send(r);
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -573,6 +657,7 @@ impl Agent {
             return;
         }
         self.sync_probes();
+        self.sync_bgp();
         self.config_generation += 1;
         self.reloads_ok += 1;
         self.last_error = None;
@@ -581,6 +666,20 @@ impl Agent {
             generation = self.config_generation,
             "config reloaded"
         );
+    }
+
+    /// Applies a reloaded `[bgp]`: started, reconfigured, or withdrawn and dropped.
+    fn sync_bgp(&mut self) {
+        match (&self.config.bgp, self.bgp.as_mut()) {
+            (Some(b), Some(a)) => a.reconfigure(b),
+            (Some(b), None) => self.bgp = Some(Announcer::start(b)),
+            (None, Some(a)) => {
+                a.announce(Vec::new());
+                self.bgp = None;
+            }
+            (None, None) => {}
+        }
+        self.announce();
     }
 
     /// Attaches to interfaces added by a reload and detaches from removed ones.
@@ -643,6 +742,7 @@ impl Agent {
             shield: self
                 .shield
                 .status(&self.dp, &self.config.shield, &self.config.flood_guard),
+            bgp: self.bgp.as_ref().map(Announcer::status).unwrap_or_default(),
             table_generation: self.applied.generation,
             last_disruption: self.applied.last_disruption,
             config: ConfigStatus {

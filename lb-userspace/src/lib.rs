@@ -6,6 +6,7 @@
 //! - [`config`] → [`controller`] → [`dataplane`]: what the operator declares, what the maps
 //!   must hold, and writing it; [`attach`] pins programs to interfaces.
 //! - [`agent`]: the `run` loop, fed by [`health`] probers and the [`admin`] API.
+//! - [`bgp`]: the VIPs announced over BGP through BIRD.
 //! - [`shield`]: blocked source prefixes (an operator's, and the gateways' candidates pulled
 //!   by [`shield::pull`]) and the flood guard's state.
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod addr;
 pub mod admin;
 pub mod agent;
 pub mod attach;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod dataplane;

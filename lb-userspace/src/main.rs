@@ -28,6 +28,12 @@ enum Mode {
     Generic,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Attach the data plane, keep it in line with the config and the backends' health, and
@@ -106,6 +112,16 @@ enum Command {
     Unblock {
         /// The prefix or address, as it was blocked.
         prefix: String,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
+    },
+    /// Withdraw every VIP from BGP (`on`) before work on this node, or announce again
+    /// (`off`); kept across agent restarts.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_enum)]
+        switch: Switch,
         /// Admin API address.
         #[arg(long, default_value = "127.0.0.1:9180")]
         admin: SocketAddr,
@@ -216,6 +232,13 @@ fn main() -> Result<()> {
                 force: false,
             };
             rt.block_on(post_json(admin, "/shield/unblock", &body))
+        }
+        Command::Maintenance { switch, admin } => {
+            let path = match switch {
+                Switch::On => "/maintenance/on",
+                Switch::Off => "/maintenance/off",
+            };
+            rt.block_on(post(admin, path))
         }
         Command::Detach { config, pin_dir } => detach(config, pin_dir),
         Command::Verify => verify(),
@@ -352,6 +375,7 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
         }
     );
     print_shield(&s.shield);
+    print_bgp(&s.bgp);
     println!(
         "table generation {}, last disruption {:.2}%, config generation {} ({})",
         s.table_generation,
@@ -364,6 +388,34 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
             .unwrap_or_else(|| "last reload ok".into())
     );
     Ok(())
+}
+
+fn print_bgp(b: &sluice_lb::bgp::BgpStatus) {
+    if !b.enabled {
+        return;
+    }
+    println!(
+        "bgp:{}{}",
+        if b.maintenance {
+            " MAINTENANCE (everything withdrawn)"
+        } else {
+            ""
+        },
+        b.error
+            .as_deref()
+            .map(|e| format!(" BIRD error: {e}"))
+            .unwrap_or_default()
+    );
+    for v in &b.vips {
+        if v.announced {
+            println!("  {:<40} announced", v.address);
+        } else {
+            println!("  {:<40} withdrawn: {}", v.address, v.reason);
+        }
+    }
+    for s in &b.sessions {
+        println!("  peer {:<35} {} {}", s.peer, s.state, s.info);
+    }
 }
 
 fn print_shield(s: &sluice_lb::shield::ShieldStatus) {

@@ -23,6 +23,7 @@ pub fn render(s: &Status, reloads: Reloads) -> String {
     backends(&mut m, s);
     tables(&mut m, s);
     shield(&mut m, s);
+    bgp(&mut m, s);
     config_reloads(&mut m, s, reloads);
     m.finish()
 }
@@ -241,6 +242,40 @@ fn shield(m: &mut Writer, s: &Status) {
     );
 }
 
+/// Announcements and sessions, when `[bgp]` is configured.
+fn bgp(m: &mut Writer, s: &Status) {
+    let b = &s.bgp;
+    if !b.enabled {
+        return;
+    }
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    m.family_over(
+        "sluice_lb_bgp_announced",
+        "gauge",
+        "1 while this node announces the VIP address over BGP.",
+        &b.vips,
+        |v| (("vip", v.address.to_string()), flag(v.announced)),
+    );
+    m.family_over(
+        "sluice_lb_bgp_session_up",
+        "gauge",
+        "1 while the BGP session with the peer is established.",
+        &b.sessions,
+        |p| {
+            (
+                ("peer", p.peer.clone()),
+                flag(p.info.starts_with("Established")),
+            )
+        },
+    );
+    m.family(
+        "sluice_lb_bgp_maintenance",
+        "gauge",
+        "1 while the node is in maintenance (every VIP withdrawn).",
+    );
+    m.sample("sluice_lb_bgp_maintenance", &[], flag(b.maintenance));
+}
+
 fn config_reloads(m: &mut Writer, s: &Status, reloads: Reloads) {
     m.family(
         "sluice_lb_config_reloads_total",
@@ -401,6 +436,7 @@ mod tests {
                 },
                 ..Default::default()
             },
+            bgp: Default::default(),
         };
         let text = render(&status, Reloads { ok: 3, failed: 1 });
         assert_eq!(text, GOLDEN);

@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     // paths itself (nginx), and a strict HTTP/2 server (python-hyper's h2).
     "nginx",
     "python3-h2",
+    // The BGP speaker the LB agents drive, and the harness router's.
+    "bird2",
 ];
 
 /// True when running as root.

@@ -20,7 +20,9 @@ use sluice_util::{
 
 use crate::maglev::is_prime;
 
+mod bgp;
 mod shield;
+pub use bgp::{parse_community, Bfd, Bgp, Peer};
 pub use shield::{FloodGuard, Shield};
 
 /// The whole file.
@@ -47,6 +49,9 @@ pub struct Config {
     /// When the data plane stops inserting new flows.
     #[serde(default)]
     pub flood_guard: FloodGuard,
+    /// Announcing the VIPs over BGP (through BIRD); none without the section.
+    #[serde(default)]
+    pub bgp: Option<Bgp>,
 }
 
 /// Where a VIP's backend weights come from.
@@ -415,6 +420,9 @@ pub fn validate(c: &Config) -> Result<(), FieldError> {
     c.flood_guard
         .validate()
         .map_err(|e| e.under("flood_guard"))?;
+    if let Some(b) = &c.bgp {
+        b.validate().map_err(|e| e.under("bgp"))?;
+    }
     if c.vips.len() > MAX_VIPS as usize {
         return refuse("vip", format!("at most {MAX_VIPS} VIPs are supported"));
     }
