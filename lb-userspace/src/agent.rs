@@ -240,9 +240,11 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     .context("loading the data plane")?;
     let mut ids = Ids::default();
     let applied = Applied::adopt(&mut dp, &mut ids).context("reading pinned state")?;
-    let shield = Shield::adopt(&dp).context("reading the pinned shield")?;
+    let mut shield = Shield::adopt(&dp).context("reading the pinned shield")?;
     if !shield.is_empty() {
         info!(entries = shield.len(), "adopted pinned blocks");
+        // The config may have changed while the agent was away (allow list, bounds).
+        shield.reconcile(&mut dp, &config.shield);
     }
     let adopted = applied.adopted_status();
     if !adopted.is_empty() {
@@ -658,6 +660,11 @@ impl Agent {
         }
         self.sync_probes();
         self.sync_bgp();
+        if self.shield.reconcile(&mut self.dp, &self.config.shield) > 0 {
+            if let Err(e) = self.shield_switch() {
+                error!(error = %e, "turning the shield off failed");
+            }
+        }
         self.config_generation += 1;
         self.reloads_ok += 1;
         self.last_error = None;
@@ -851,9 +858,8 @@ impl Agent {
             }
             for b in &v.backends {
                 if self.status.get(&b.address).is_some_and(|s| s.healthy) {
-                    targets
-                        .entry(b.address)
-                        .or_insert((check.port, check.timeout_ms));
+                    let port = self.config.shield.pull_port.unwrap_or(check.port);
+                    targets.entry(b.address).or_insert((port, check.timeout_ms));
                 }
             }
         }

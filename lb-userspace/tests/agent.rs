@@ -786,3 +786,33 @@ fn blocks_hold_their_bounds_survive_a_restart_and_expire() {
     w.cli_ok(&["unblock", "203.0.113.7/32"]);
     assert!(forwarded(&w, "203.0.113.7", 7004), "unblocked");
 }
+
+#[test]
+fn nested_blocks_never_expire_first_and_a_reload_applies_the_allow_list() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    w.cli_ok(&["block", "10.0.0.0/8", "--ttl", "1h", "--force"]);
+    w.cli_ok(&["block", "10.1.2.3", "--ttl", "2s", "--reason", "short"]);
+    let inner = shield_entries(&w)
+        .into_iter()
+        .find(|e| e["prefix"] == "10.1.2.3/32")
+        .expect("listed");
+    // The data plane obeys the longest match: had the /32 expired first, 10.1.2.3 would
+    // pass while the /8 is still in force.
+    let left = inner["remaining_ms"].as_u64().unwrap_or(0);
+    assert!(left > 3_500_000, "raised to the /8's expiry: {inner}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!forwarded(&w, "10.1.2.3", 7100), "still blocked after 2 s");
+    // Adding an address to the allow list frees it at the reload, and the /8 around it.
+    let allow = "\n[shield]\nallow = [\"10.1.2.3/32\"]\n";
+    w.write_config(&(w.config(&BACKENDS) + allow));
+    wait_until("the reload", Duration::from_secs(5), || {
+        w.config_generation() == 2
+    });
+    assert_eq!(shield_entries(&w), Vec::<serde_json::Value>::new());
+    assert!(
+        forwarded(&w, "10.1.2.3", 7101),
+        "on the allow list: forwarded"
+    );
+}

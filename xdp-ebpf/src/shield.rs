@@ -9,21 +9,34 @@ use sluice_common::{BlockKey, BLOCK_KEY_FAMILY_BITS};
 
 use crate::{
     maps::{bump, BLOCKS, BLOCK_DROPS, BLOCK_REASONS},
-    parse::Packet,
+    parse::{Kind, Packet},
 };
 
-/// True when a live block entry covers the packet's source; its drop is counted.
+/// The live block entry covering the packet's source, as (counter slot, reason). An ICMP
+/// error is blocked when the host that sent it is, or the client it is about.
 ///
 /// The caller has not yet proved the packet is for a VIP (the VIP filter has false
 /// positives), so it must confirm that before dropping: see `lb::forward`.
 #[inline(always)]
 pub fn blocks(pkt: &Packet) -> Option<(u32, u32)> {
+    if pkt.kind == Kind::IcmpError {
+        if let Some(hit) = lookup(&pkt.icmp_sender, pkt.flow.family) {
+            return Some(hit);
+        }
+    }
+    lookup(&pkt.flow.src, pkt.flow.family)
+}
+
+/// The live entry for `src`. The agent keeps an entry inside a wider one from expiring
+/// before it, so the longest match is the one to obey.
+#[inline(always)]
+fn lookup(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
     let key = Key::new(
         BLOCK_KEY_FAMILY_BITS + 128,
         BlockKey {
-            family: pkt.flow.family,
+            family,
             pad: [0; 3],
-            addr: pkt.flow.src,
+            addr: *src,
         },
     );
     let entry = *BLOCKS.get(&key)?;

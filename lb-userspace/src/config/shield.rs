@@ -21,6 +21,9 @@ pub struct Shield {
     pub pull_interval_ms: u64,
     /// The longest block, manual or pulled.
     pub max_ttl_secs: u64,
+    /// The port the gateways' candidates are fetched from (their admin listener); by
+    /// default the port their readiness is probed on, which should be the admin listener.
+    pub pull_port: Option<u16>,
 }
 
 impl Default for Shield {
@@ -31,6 +34,7 @@ impl Default for Shield {
             pull: Mode::Enforce,
             pull_interval_ms: 1000,
             max_ttl_secs: 7 * 24 * 3600,
+            pull_port: None,
         }
     }
 }
@@ -44,10 +48,21 @@ impl Shield {
         if !(100..=60_000).contains(&self.pull_interval_ms) {
             return refuse("pull_interval_ms", "between 100 and 60000");
         }
+        if self.pull_port == Some(0) {
+            return refuse("pull_port", "must be between 1 and 65535");
+        }
         if !(1..=30 * 24 * 3600).contains(&self.max_ttl_secs) {
             return refuse("max_ttl_secs", "between 1 and 2592000 (30 days)");
         }
         for (i, p) in self.allow.iter().enumerate() {
+            if let IpNet::V6(v6) = p {
+                if v6.addr().to_ipv4_mapped().is_some() {
+                    return refuse(
+                        format!("allow[{i}]"),
+                        "an IPv4-mapped IPv6 prefix; write the IPv4 prefix",
+                    );
+                }
+            }
             if *p != p.trunc() {
                 return refuse(
                     format!("allow[{i}]"),

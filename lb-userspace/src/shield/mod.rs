@@ -6,6 +6,7 @@
 //! adopts what is pinned, and expired entries are swept every second (the data plane already
 //! ignores them, on the kernel's monotonic clock).
 
+mod bounds;
 pub mod pull;
 mod status;
 
@@ -31,6 +32,10 @@ pub use status::{BlockView, FloodView, PullView, ShieldStatus};
 pub const WIDEST_V4: u8 = 16;
 /// The widest IPv6 prefix blocked without `force`.
 pub const WIDEST_V6: u8 = 32;
+/// The widest IPv6 prefix a gateway may offer (the contract offers a /64 per client).
+pub const CANDIDATE_WIDEST_V6: u8 = 64;
+/// The longest block a gateway's candidate gets, whatever the gateway asks.
+pub const CANDIDATE_MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Why a block was refused.
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +100,16 @@ pub struct CandidateCounts {
     pub too_wide: u64,
     /// The shield was full.
     pub full: u64,
+    /// Already covered by a wider entry that lasts longer.
+    pub covered: u64,
 }
 
 /// The agent's shield.
 #[derive(Debug, Default)]
 pub struct Shield {
     blocks: BTreeMap<IpNet, Block>,
+    /// Counter slots in use, one bit each.
+    slots: bounds::Slots,
     /// Prefixes logged in observe mode, and until when they are not logged again.
     observed: HashMap<IpNet, u64>,
     counts: CandidateCounts,
@@ -124,6 +133,7 @@ impl Shield {
         let mut shield = Shield::default();
         for (prefix, entry) in dp.blocks()? {
             let note = dp.block_note(entry.slot).unwrap_or_default();
+            shield.slots.take(entry.slot);
             shield.blocks.insert(prefix, Block { entry, note });
         }
         Ok(shield)
@@ -151,12 +161,17 @@ impl Shield {
         cfg: &config::Shield,
         req: &BlockRequest,
     ) -> Result<(), BlockError> {
-        let prefix = req.prefix.trunc();
+        let prefix = bounds::unmapped(req.prefix);
         check_prefix(cfg, &prefix, req.force)?;
         if req.ttl.is_zero() || req.ttl.as_secs() > cfg.max_ttl_secs {
             return Err(BlockError::Ttl(cfg.max_ttl_secs));
         }
         let expires = monotonic_ns().saturating_add(req.ttl.as_nanos() as u64);
+        // An operator is never locked out by the gateways' candidates: the one that would
+        // expire first makes room.
+        if !self.blocks.contains_key(&prefix) && self.blocks.len() >= cfg.max_entries as usize {
+            self.evict_pulled(dp)?;
+        }
         self.put(dp, cfg, prefix, BlockReason::Manual, expires, &req.note)?;
         info!(%prefix, ttl_s = req.ttl.as_secs(), note = %req.note, "blocked by an operator");
         Ok(())
@@ -164,7 +179,7 @@ impl Shield {
 
     /// Removes the entry for exactly `prefix`.
     pub fn unblock(&mut self, dp: &mut DataPlane, prefix: IpNet) -> Result<(), BlockError> {
-        let prefix = prefix.trunc();
+        let prefix = bounds::unmapped(prefix);
         if !self.blocks.contains_key(&prefix) {
             return Err(BlockError::NotBlocked(prefix));
         }
@@ -248,16 +263,23 @@ impl Shield {
         enforce: bool,
         now: u64,
     ) {
-        let prefix = c.prefix.trunc();
-        if let Err(e) = check_prefix(cfg, &prefix, false) {
-            match e {
-                BlockError::Allowed { .. } => self.counts.allowed += 1,
-                _ => self.counts.too_wide += 1,
-            }
+        let prefix = bounds::unmapped(c.prefix);
+        // A gateway offers one client: an IPv4 address or an IPv6 /64 (or longer).
+        let client_sized = match prefix {
+            IpNet::V4(p) => p.prefix_len() == 32,
+            IpNet::V6(p) => p.prefix_len() >= CANDIDATE_WIDEST_V6,
+        };
+        if !client_sized {
+            self.counts.too_wide += 1;
+            return;
+        }
+        if cfg.allowed(&prefix).is_some() {
+            self.counts.allowed += 1;
             return;
         }
         let ttl_ns = c
             .ttl_ms
+            .min(CANDIDATE_MAX_TTL_MS)
             .min(cfg.max_ttl_secs.saturating_mul(1000))
             .saturating_mul(1_000_000);
         if ttl_ns == 0 {
@@ -279,6 +301,10 @@ impl Shield {
             Some(b) if b.entry.reason == BlockReason::Manual as u32 => return,
             Some(b) if b.entry.expires_ns >= expires => return,
             _ => {}
+        }
+        if self.covered(&prefix, expires) {
+            self.counts.covered += 1;
+            return;
         }
         let fresh = !self.blocks.contains_key(&prefix);
         let note = format!("gateway {from}: {} {}", c.count, c.class.name());
@@ -311,11 +337,14 @@ impl Shield {
                 if self.blocks.len() >= cfg.max_entries as usize {
                     return Err(BlockError::Full(cfg.max_entries));
                 }
-                let slot = self.free_slot();
+                let slot = self.slots.free().ok_or(BlockError::Full(cfg.max_entries))?;
                 dp.reset_block_drops(slot)?;
                 slot
             }
         };
+        // Within a wider entry, an entry never expires first: the data plane obeys the
+        // longest match only, so an expired narrow entry would open a hole in a live wide one.
+        let expires_ns = expires_ns.max(self.outlived_by(&prefix));
         let entry = BlockEntry {
             expires_ns,
             slot,
@@ -323,6 +352,8 @@ impl Shield {
         };
         dp.set_block_note(slot, note)?;
         dp.set_block(prefix, &entry)?;
+        self.slots.take(slot);
+        self.extend_inner(dp, &prefix, expires_ns)?;
         self.blocks.insert(
             prefix,
             Block {
@@ -335,27 +366,15 @@ impl Shield {
 
     fn remove(&mut self, dp: &mut DataPlane, prefix: IpNet) -> Result<(), BlockError> {
         dp.remove_block(prefix)?;
-        self.blocks.remove(&prefix);
-        Ok(())
-    }
-
-    /// The lowest slot no entry uses. There are `MAX_BLOCKS` slots and at most
-    /// `max_entries <= MAX_BLOCKS` entries, so one is free when called.
-    fn free_slot(&self) -> u32 {
-        let mut used: Vec<u32> = self.blocks.values().map(|b| b.entry.slot).collect();
-        used.sort_unstable();
-        let mut slot = 0;
-        for u in used {
-            if u != slot {
-                break;
-            }
-            slot += 1;
+        if let Some(b) = self.blocks.remove(&prefix) {
+            self.slots.give_back(b.entry.slot);
         }
-        slot
+        Ok(())
     }
 }
 
 /// Refuses a prefix on the allow list or, without `force`, wider than the bounds.
+/// (IPv4-mapped IPv6 prefixes are turned into IPv4 ones before they get here.)
 fn check_prefix(cfg: &config::Shield, prefix: &IpNet, force: bool) -> Result<(), BlockError> {
     if let Some(allowed) = cfg.allowed(prefix) {
         return Err(BlockError::Allowed {

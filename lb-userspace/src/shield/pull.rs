@@ -9,6 +9,9 @@ use hyper_util::rt::TokioIo;
 use sluice_util::shield::{Candidates, MAX_BODY, PATH};
 use tokio::net::TcpStream;
 
+/// The media type of a gateway's candidates answer.
+pub const MEDIA_TYPE: &str = "application/vnd.sluice.shield-candidates+json";
+
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -51,6 +54,19 @@ async fn exchange(target: SocketAddr) -> Result<Candidates, PullError> {
     if status != 200 {
         conn.abort();
         return Err(PullError::Status(status));
+    }
+    // Only a gateway's admin listener answers with this type: a port whose path is routed
+    // to an application cannot inject candidates.
+    let media = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !media.starts_with(MEDIA_TYPE) {
+        conn.abort();
+        return Err(PullError::Body(format!(
+            "content-type {media:?}, not {MEDIA_TYPE}: is the health port the gateway's admin listener?"
+        )));
     }
     // An announced length over the bound is refused before anything is read.
     if hyper::body::Body::size_hint(resp.body()).lower() > MAX_BODY as u64 {
@@ -99,7 +115,7 @@ mod tests {
 
     fn http(status: &str, body: &str) -> Vec<u8> {
         format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-type: {MEDIA_TYPE}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()
@@ -117,6 +133,13 @@ mod tests {
         let e = fetch(serve(http("404 Not Found", "{}")).await, t).await;
         assert!(matches!(e, Err(PullError::Status(404))), "{e:?}");
         let e = fetch(serve(http("200 OK", "not json")).await, t).await;
+        assert!(matches!(e, Err(PullError::Body(_))), "{e:?}");
+        // The right body from something that is not a gateway's admin listener.
+        let app = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{good}",
+            good.len()
+        );
+        let e = fetch(serve(app.into_bytes()).await, t).await;
         assert!(matches!(e, Err(PullError::Body(_))), "{e:?}");
         // Announced larger than the bound: refused without reading it all.
         let huge = format!(

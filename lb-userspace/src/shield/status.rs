@@ -29,7 +29,8 @@ pub struct ShieldStatus {
     pub pull: Mode,
     /// The last pull from each gateway.
     pub gateways: Vec<PullView>,
-    /// Pulled candidates by what happened to them: blocked, observed, allowed, too_wide, full.
+    /// Pulled candidates by what happened to them: blocked, observed, allowed, too_wide,
+    /// full, covered.
     pub candidates: Vec<(String, u64)>,
     /// The flood guard.
     pub flood: FloodView,
@@ -88,6 +89,7 @@ impl CandidateCounts {
             ("allowed", self.allowed),
             ("too_wide", self.too_wide),
             ("full", self.full),
+            ("covered", self.covered),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
@@ -153,10 +155,11 @@ fn flood_view(dp: &DataPlane, cfg: &config::FloodGuard) -> FloodView {
         // is out of it even though nothing has told its state so yet.
         if now.saturating_sub(s.window_start_ns) < 2 * FLOOD_WINDOW_NS {
             view.cpus_flooding += 1;
-            ns += now.saturating_sub(s.flood_since_ns);
-        } else {
-            ns += (s.window_start_ns + FLOOD_WINDOW_NS).saturating_sub(s.flood_since_ns);
         }
+        // Counted up to the end of the current window at most: the data plane ends a flood
+        // there, so the total never goes back (a counter must not).
+        let end = now.min(s.window_start_ns + FLOOD_WINDOW_NS);
+        ns += end.saturating_sub(s.flood_since_ns);
     }
     view.flood_seconds = ns as f64 / 1e9;
     view

@@ -78,6 +78,55 @@ fn blocked_sources_are_dropped_before_any_flow_work() {
     });
 }
 
+/// An ICMP fragmentation-needed error from `sender` about the VIP's packet to `client`.
+fn icmp_error(sender: &str, client: &str) -> Vec<u8> {
+    use etherparse::{icmpv4, Icmpv4Type, PacketBuilder};
+    let o4 = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("literal").octets();
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(o4(VIP4), o4(client), 64)
+        .tcp(80, 40000, 7, 1000)
+        .ack(1)
+        .write(&mut quoted, &[0u8; 100])
+        .expect("write");
+    quoted.truncate(28);
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(crate::lab::ROUTER_MAC, crate::lab::EXT_MAC)
+        .ipv4(o4(sender), o4(VIP4), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 68 },
+        ))
+        .write(&mut icmp, &quoted)
+        .expect("write");
+    icmp
+}
+
+#[test]
+fn icmp_errors_are_blocked_by_their_sender_and_by_the_client_they_quote() {
+    with_lab(|lab| {
+        setup(lab);
+        block(
+            lab,
+            "198.51.100.0/24",
+            1,
+            BlockReason::Manual,
+            in_a_minute(),
+        );
+        block(lab, "203.0.113.7/32", 2, BlockReason::Auth, in_a_minute());
+        // A blocked host forging an error about someone else's flow.
+        let out = lab.run(&icmp_error("198.51.100.9", "192.0.2.55"));
+        assert_eq!(out.action, action::DROP);
+        // An error about a blocked client's flow.
+        let out = lab.run(&icmp_error("10.0.0.254", "203.0.113.7"));
+        assert_eq!(out.action, action::DROP);
+        // Neither blocked: routed to the quoted flow's gateway.
+        let out = lab.run(&icmp_error("10.0.0.254", "192.0.2.55"));
+        assert_eq!(out.action, action::REDIRECT);
+        assert_outcomes(lab, &[(Lb::Blocked, 2), (Lb::Redirect, 1)]);
+        assert_eq!(lab.dp.block_drops(1).expect("read"), 1);
+        assert_eq!(lab.dp.block_drops(2).expect("read"), 1);
+    });
+}
+
 #[test]
 fn the_longest_prefix_decides_and_counts() {
     with_lab(|lab| {
@@ -314,10 +363,12 @@ fn without_the_guard_a_flood_evicts_established_flows_and_with_it_none() {
     if !sluice_e2e::privileged() {
         return;
     }
+    // The table's LRU lists are per possible CPU: 512 flows for each, whatever the host.
+    let cpus = aya::util::nr_cpus().map_or(2, |n| n.max(1)) as u32;
     for (guard, survive) in [(0, false), (20, true)] {
         sluice_e2e::in_new_ns(move || {
             let mut lab = Lab::new(&LoadOptions {
-                flow_table_size: Some(1024),
+                flow_table_size: Some(512 * cpus),
                 ..Default::default()
             });
             pin_to_cpu(0);
@@ -325,7 +376,7 @@ fn without_the_guard_a_flood_evicts_established_flows_and_with_it_none() {
             lab.set_node(|n| n.flood_limit = guard);
             let established = syn_flood(&mut lab, "192.0.2.10", 30000, 16);
             std::thread::sleep(std::time::Duration::from_nanos(3 * FLOOD_WINDOW_NS));
-            fast_flood(&mut lab, "198.18.7.7", 1, 5000);
+            fast_flood(&mut lab, "198.18.7.7", 1, 10 * 512);
             let kept = established
                 .iter()
                 .filter(|f| lab.dp.flow(&f.key()).expect("read").is_some())
