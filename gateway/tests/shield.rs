@@ -1,6 +1,6 @@
 //! The shield through the real gateway binary: clients refused by the gateway itself pile
 //! up into block candidates on `GET /shield/candidates`; other clients, an upstream's own
-//! refusals and trusted proxies never do. Each test plays its clients from loopback
+//! refusals, clients named by a trusted proxy's header and the proxy itself never do. Each test plays its clients from loopback
 //! addresses of their own (127.0.0.0/8 is all local).
 
 mod support;
@@ -12,7 +12,7 @@ use std::{
 
 use sluice_util::shield::{Candidates, Class, Mode, PATH};
 use support::{
-    admin_get, fixed, metric, request, runtime, sha256_hex,
+    admin_get, fixed, metric, runtime, sha256_hex,
     source::{raw_from, request_from},
     upstream, Gateway, GatewayToml,
 };
@@ -223,29 +223,44 @@ fn candidates_expire_after_their_ttl() {
 }
 
 #[test]
-fn behind_a_trusted_proxy_its_clients_are_counted_never_the_proxy() {
+fn a_client_named_only_in_x_forwarded_for_is_never_offered_nor_is_the_proxy() {
     let rt = runtime();
     let (gw, _up) = keyed_gateway(
         &rt,
-        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\nxff_depth = 1\n\n\
-         [shield]\nthresholds = { auth = 3, malformed = 3 }",
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\nxff_depth = 1\n\n\
+         [shield]\nmode = \"enforce\"\nthresholds = { auth = 3, malformed = 3 }",
     );
+    let proxy = addr(1);
     let via = |client: &str| {
         let xff = format!("X-Forwarded-For: {client}");
-        let r = request(gw.http, "GET", "/", &["x-api-key: k-wrong", &xff], "");
+        let r = request_from(proxy, gw.http, "/", &["x-api-key: k-wrong", &xff]);
         assert_eq!(r.status, 401, "{r:?}");
     };
-    for _ in 0..3 {
+    // The L4 agents block by the packets' source address, and these clients' packets come
+    // from the proxy: a block would stop nothing, and the proxy could name anyone. Not even
+    // an address that is a real peer elsewhere (127.0.0.5) is taken from the header.
+    for _ in 0..5 {
         via("203.0.113.7");
+        via("127.0.0.5");
     }
-    // An IPv6 client is its /64, whichever address it takes in it.
     for host in ["2001:db8:1:2::5", "2001:db8:1:2::6", "2001:db8:1:2:ff::7"] {
         via(host);
     }
-    // The proxy's own connection-level refusals (heads hyper cannot parse) name no client.
+    // The proxy's own connection-level refusals (heads hyper cannot parse) name no one
+    // either: the proxy is never a candidate.
     for _ in 0..4 {
-        let r = raw_from(addr(1), gw.http, b"BAD REQUEST LINE\r\n\r\n");
+        let r = raw_from(proxy, gw.http, b"BAD REQUEST LINE\r\n\r\n");
         assert_eq!(r.status, 400, "{r:?}");
+    }
+    // A peer that is not a trusted proxy is its own client, whatever header it sends.
+    for _ in 0..3 {
+        let r = request_from(
+            addr(6),
+            gw.http,
+            "/",
+            &["x-api-key: k-wrong", "X-Forwarded-For: 203.0.113.8"],
+        );
+        assert_eq!(r.status, 401, "{r:?}");
     }
     // Counted as each connection ends, which the client may see first.
     let malformed = "sluice_gateway_shield_refusals_total{class=\"malformed\"}";
@@ -254,40 +269,31 @@ fn behind_a_trusted_proxy_its_clients_are_counted_never_the_proxy() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(metric(&gw, malformed), 4.0);
-    assert_eq!(
-        listed(&gw),
-        [
-            ("203.0.113.7/32".to_string(), Class::Auth),
-            ("2001:db8:1:2::/64".to_string(), Class::Auth)
-        ]
-    );
+    // Every refusal is seen; only the peer's own are held against it.
+    let auth = "sluice_gateway_shield_refusals_total{class=\"auth\"}";
+    assert_eq!(metric(&gw, auth), 16.0);
+    assert_eq!(metric(&gw, "sluice_gateway_shield_tracked_clients"), 1.0);
+    assert_eq!(listed(&gw), [("127.0.0.6/32".to_string(), Class::Auth)]);
 }
 
 #[test]
 fn a_flood_of_addresses_stays_within_max_clients_and_keeps_the_candidate() {
     let rt = runtime();
-    let (gw, _up) = keyed_gateway(
-        &rt,
-        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\nxff_depth = 1\n\n\
-         [shield]\nmax_clients = 50\nthresholds = { auth = 3 }",
-    );
-    let via = |client: &str| {
-        let xff = format!("X-Forwarded-For: {client}");
-        let r = request(gw.http, "GET", "/", &["x-api-key: k-wrong", &xff], "");
-        assert_eq!(r.status, 401, "{r:?}");
-    };
+    let (gw, _up) = keyed_gateway(&rt, "[shield]\nmax_clients = 50\nthresholds = { auth = 3 }");
+    let abuser = addr(9);
     for _ in 0..3 {
-        via("203.0.113.9");
+        bad_key(abuser, &gw);
     }
     // Ten times max_clients addresses, refused once each.
     for n in 0..500u32 {
-        via(&format!("198.18.{}.{}", n / 256, n % 256));
+        let [_, _, hi, lo] = n.to_be_bytes();
+        bad_key(Ipv4Addr::new(127, 1, hi, lo), &gw);
     }
     let tracked = metric(&gw, "sluice_gateway_shield_tracked_clients");
     assert!(tracked <= 50.0, "{tracked}");
     let evictions = metric(&gw, "sluice_gateway_shield_evictions_total");
     assert!(evictions >= 450.0, "{evictions}");
-    assert_eq!(listed(&gw), [("203.0.113.9/32".to_string(), Class::Auth)]);
+    assert_eq!(listed(&gw), [("127.0.0.9/32".to_string(), Class::Auth)]);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `[shield]`: abuse detection. The gateway counts its own refusals per client and offers
 //! the clients over a threshold to the L4 tier as block candidates (the wire contract is
-//! `sluice_util::shield`; the counting is [`crate::shield`]).
+//! `sluice_util::shield`; the counting is [`crate::shield`]). A client is only ever a
+//! connection's peer address, never one named in `X-Forwarded-For`: the L4 tier blocks by
+//! the packets' source.
 
 use serde::Deserialize;
 use sluice_util::{

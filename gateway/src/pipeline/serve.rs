@@ -61,10 +61,14 @@ pub async fn handle(
     let took = started.elapsed();
     let status = resp.status().as_u16();
     // The shield counts the gateway's own refusals only: an upstream's 401 is the upstream's
-    // business. Any other answer costs this one match.
+    // business. Any other answer costs this one match. It holds a refusal against the
+    // client only when the client is the peer (see `crate::shield`): XFF stays the client
+    // for everything else here.
     if let Some(class) = Class::of_status(status) {
         if resp.extensions().get::<GatewayMade>().is_some() {
-            metrics.shield.refused(client, class);
+            metrics
+                .shield
+                .request_refused(conn.peer.ip(), client, class);
         }
     }
     metrics.request(served.route, &method, status, took);

@@ -6,9 +6,16 @@
 //! a [`Class`], hyper's answers to heads it could not parse, and connections closed by a
 //! head or TLS-handshake deadline (`downstream`). A request that is not refused costs one
 //! `match` on its status; with the shield `off`, a refusal costs one atomic load. A client
-//! is its `/32` or IPv6 `/64` ([`client_prefix`]), the address the policies see; trusted
-//! proxies are never counted (their clients are). Counting is [`clients`] (sliding windows
-//! in a bounded table), holding is [`held`].
+//! is its `/32` or IPv6 `/64` ([`client_prefix`]).
+//!
+//! Only a connection's peer address is ever held against a client. The L4 agents block
+//! candidates in XDP by the packets' source address, so a candidate must be an address the
+//! packets come from: a client named by a trusted proxy's `X-Forwarded-For` reaches the L4
+//! tier from the proxy, so blocking it there would stop nothing, and offering it would let
+//! any peer in `trusted_proxies` have any address of its choice blocked at L4. Such
+//! refusals are counted in the metrics but held against no one; trusted proxies themselves
+//! are never counted either (blocking one would cut off all of its clients). Counting is
+//! [`clients`] (sliding windows in a bounded table), holding is [`held`].
 
 mod clients;
 mod held;
@@ -104,19 +111,30 @@ impl Shield {
         })));
     }
 
-    /// Counts a refusal of `class` for `client` (the address the policies see, or a
-    /// connection's peer).
-    pub fn refused(&self, client: IpAddr, class: Class) {
-        self.refused_at(client, class, crate::clock::monotonic_ms());
+    /// Counts a refusal of `class` at the connection level, where the client is the
+    /// connection's `peer` (no header has been read that could name another).
+    pub fn refused(&self, peer: IpAddr, class: Class) {
+        self.refused_at(peer, peer, class, crate::clock::monotonic_ms());
     }
 
-    fn refused_at(&self, client: IpAddr, class: Class, now_ms: u64) {
+    /// Counts a refusal of `class` of a request that came from `peer`, whose client as the
+    /// policies see it is `client` (a trusted proxy's `X-Forwarded-For` entry, or `peer`).
+    /// It is held against the client only when `client` is `peer`: see the module's note.
+    pub fn request_refused(&self, peer: IpAddr, client: IpAddr, class: Class) {
+        self.refused_at(peer, client, class, crate::clock::monotonic_ms());
+    }
+
+    fn refused_at(&self, peer: IpAddr, client: IpAddr, class: Class, now_ms: u64) {
         let state = self.state.load();
         let Some(t) = state.as_deref() else {
             return;
         };
         self.refusals[class as usize].fetch_add(1, Relaxed);
+        // Compared canonical: an IPv4 client may be seen as IPv4-mapped IPv6 on one side.
         let client = client.to_canonical();
+        if client != peer.to_canonical() {
+            return;
+        }
         let threshold = t.config.thresholds.of(class);
         if threshold == 0 || t.trusted.iter().any(|n| n.contains(&client)) {
             return;
@@ -185,7 +203,7 @@ impl Shield {
         let (candidates, tracked) = state
             .as_deref()
             .map_or((0, 0), |t| (t.held.len(now), t.clients.len()));
-        out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals, by class (counted while the shield is on).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
+        out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals, by class (counted while the shield is on, also those of clients named by a proxy, which are never held against them).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
         for class in Class::ALL {
             let _ = writeln!(
                 out,

@@ -36,6 +36,13 @@ fn at(ms: u64) -> u64 {
     *START.get_or_init(|| (crate::clock::monotonic_ms() / 60_000 + 1) * 60_000) + ms
 }
 
+impl Shield {
+    /// A refusal of a client that is its connection's peer.
+    fn by_peer(&self, client: IpAddr, class: Class, now_ms: u64) {
+        self.refused_at(client, client, class, now_ms);
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal")
 }
@@ -60,19 +67,19 @@ fn metric(s: &Shield, series: &str) -> u64 {
 fn a_client_over_a_threshold_becomes_a_candidate_for_the_ttl() {
     let s = shield(Mode::Enforce);
     for i in 0..2 {
-        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000 + i));
+        s.by_peer(ip("192.0.2.7"), Class::Auth, at(1000 + i));
     }
     assert!(listed(&s, at(1010)).is_empty(), "two of three");
-    s.refused_at(ip("192.0.2.7"), Class::Auth, at(1100));
+    s.by_peer(ip("192.0.2.7"), Class::Auth, at(1100));
     assert_eq!(
         listed(&s, at(1200)),
         [("192.0.2.7/32".to_string(), Class::Auth, 3, 4900)]
     );
     // IPv6: the /64, however the host varies its address; an IPv4-mapped address is IPv4.
     for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ff::3"] {
-        s.refused_at(ip(host), Class::Malformed, at(2000));
+        s.by_peer(ip(host), Class::Malformed, at(2000));
     }
-    s.refused_at(ip("::ffff:192.0.2.8"), Class::Forbidden, at(2000));
+    s.by_peer(ip("::ffff:192.0.2.8"), Class::Forbidden, at(2000));
     let c = s.candidates_at(at(2000));
     assert_eq!(c.mode, Mode::Enforce);
     assert_eq!(c.candidates.len(), 2);
@@ -86,7 +93,7 @@ fn a_client_over_a_threshold_becomes_a_candidate_for_the_ttl() {
         3
     );
     // Renewed while it keeps crossing (at most once a second), gone once its time is up.
-    s.refused_at(ip("192.0.2.7"), Class::Auth, at(3000));
+    s.by_peer(ip("192.0.2.7"), Class::Auth, at(3000));
     assert_eq!(listed(&s, at(3000))[0].3, 5000);
     assert!(listed(&s, at(7999)).iter().any(|c| c.0 == "192.0.2.7/32"));
     assert!(listed(&s, at(8000)).is_empty());
@@ -97,7 +104,7 @@ fn a_client_over_a_threshold_becomes_a_candidate_for_the_ttl() {
 fn off_counts_nothing_and_trusted_proxies_and_zero_thresholds_make_no_candidate() {
     let s = shield(Mode::Off);
     for _ in 0..10 {
-        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000));
+        s.by_peer(ip("192.0.2.7"), Class::Auth, at(1000));
     }
     assert_eq!(s.candidates_at(at(1000)), off_answer());
     assert_eq!(
@@ -106,8 +113,8 @@ fn off_counts_nothing_and_trusted_proxies_and_zero_thresholds_make_no_candidate(
     );
     let s = shield(Mode::Observe);
     for _ in 0..10 {
-        s.refused_at(ip("10.9.3.4"), Class::Auth, at(1000));
-        s.refused_at(ip("192.0.2.9"), Class::Deadline, at(1000));
+        s.by_peer(ip("10.9.3.4"), Class::Auth, at(1000));
+        s.by_peer(ip("192.0.2.9"), Class::Deadline, at(1000));
     }
     assert!(listed(&s, at(1000)).is_empty());
     assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 0);
@@ -123,15 +130,50 @@ fn off_counts_nothing_and_trusted_proxies_and_zero_thresholds_make_no_candidate(
 }
 
 #[test]
+fn only_a_peer_address_is_held_against_a_client_never_one_a_proxy_named() {
+    let s = shield(Mode::Enforce);
+    // A peer outside trusted_proxies can name no one: the pipeline resolves it to itself.
+    // A trusted proxy (10.9.0.0/16) names clients in X-Forwarded-For; they reach the L4 tier
+    // from the proxy, so none of them is counted, and neither is the proxy.
+    for _ in 0..10 {
+        s.refused_at(ip("10.9.0.1"), ip("203.0.113.7"), Class::Auth, at(1000));
+        s.refused_at(ip("10.9.0.1"), ip("2001:db8::7"), Class::Auth, at(1000));
+        s.refused_at(ip("10.9.0.1"), ip("10.9.0.1"), Class::Auth, at(1000));
+        // Nor a peer that somehow resolved to another address.
+        s.refused_at(ip("192.0.2.50"), ip("192.0.2.51"), Class::Auth, at(1000));
+    }
+    assert!(listed(&s, at(1000)).is_empty());
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 0);
+    // Still seen as refusals.
+    assert_eq!(
+        metric(&s, "sluice_gateway_shield_refusals_total{class=\"auth\"}"),
+        40
+    );
+    // The same address in either form is the peer.
+    for _ in 0..3 {
+        s.refused_at(
+            ip("::ffff:192.0.2.9"),
+            ip("192.0.2.9"),
+            Class::Auth,
+            at(1000),
+        );
+    }
+    assert_eq!(
+        listed(&s, at(1000)),
+        [("192.0.2.9/32".to_string(), Class::Auth, 3, 5000)]
+    );
+}
+
+#[test]
 fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
     let s = shield(Mode::Enforce);
     for _ in 0..3 {
-        s.refused_at(ip("192.0.2.7"), Class::Auth, at(1000));
+        s.by_peer(ip("192.0.2.7"), Class::Auth, at(1000));
     }
     // Ten times max_clients distinct addresses, each refused once.
     for n in 0..10_000u32 {
         let flood = IpAddr::from(std::net::Ipv4Addr::from(0xc633_0000 + n));
-        s.refused_at(flood, Class::Malformed, at(1001 + u64::from(n / 100)));
+        s.by_peer(flood, Class::Malformed, at(1001 + u64::from(n / 100)));
         assert!(s.state.load().as_deref().expect("on").clients.len() <= 1000);
     }
     assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 1000);
@@ -140,7 +182,7 @@ fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
     // A full candidate set takes no newcomer, and says so.
     for n in 0..20u8 {
         for _ in 0..3 {
-            s.refused_at(ip(&format!("203.0.113.{n}")), Class::Auth, at(1300));
+            s.by_peer(ip(&format!("203.0.113.{n}")), Class::Auth, at(1300));
         }
     }
     assert_eq!(listed(&s, at(1300)).len(), 16);
@@ -152,16 +194,16 @@ fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
 fn a_reload_keeps_counts_and_candidates_unless_the_window_changes_or_it_is_off() {
     let s = shield(Mode::Observe);
     let now = crate::clock::monotonic_ms();
-    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
-    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
+    s.by_peer(ip("192.0.2.1"), Class::Auth, now);
+    s.by_peer(ip("192.0.2.1"), Class::Auth, now);
     for _ in 0..3 {
-        s.refused_at(ip("192.0.2.2"), Class::Auth, now);
+        s.by_peer(ip("192.0.2.2"), Class::Auth, now);
     }
     // Enforce, and a lower threshold: the counts carry over.
     let mut c = settings(Mode::Enforce);
     c.thresholds.auth = 2;
     s.configure(&c, Vec::new());
-    s.refused_at(ip("192.0.2.1"), Class::Auth, now);
+    s.by_peer(ip("192.0.2.1"), Class::Auth, now);
     let got = s.candidates();
     assert_eq!(got.mode, Mode::Enforce);
     let prefixes: Vec<String> = got

@@ -87,7 +87,8 @@ impl ClientIpRule {
     }
 
     /// The peers whose `X-Forwarded-For` is believed (none while `xff_depth` is 0). The
-    /// shield never counts them as clients: their clients are counted instead.
+    /// shield never holds a refusal against them (blocking a proxy at L4 would cut off all
+    /// its clients), nor against the clients they name (whose packets come from the proxy).
     pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
         if self.depth == 0 {
             return Vec::new();
