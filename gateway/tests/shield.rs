@@ -297,6 +297,161 @@ fn a_flood_of_addresses_stays_within_max_clients_and_keeps_the_candidate() {
 }
 
 #[test]
+fn only_a_limit_on_the_client_s_own_address_makes_its_429s_count() {
+    let rt = runtime();
+    let fast = upstream(&rt, "fast", fixed(200, Duration::ZERO));
+    let slow = upstream(&rt, "slow", fixed(200, Duration::from_secs(1)));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("fast", &[fast.addr])
+            .upstream("slow", &[slow.addr])
+            .raw(
+                "[[rate_limit]]\nname = \"shared\"\nrequests = 1\nwindow_ms = 60000\nkey = \"route\"\n\n\
+                 [[rate_limit]]\nname = \"by-header\"\nrequests = 1\nwindow_ms = 60000\nkey = { header = \"x-user\" }\n\n\
+                 [[rate_limit]]\nname = \"own\"\nrequests = 1\nwindow_ms = 60000\nkey = \"client_ip\"\n\n\
+                 [[rate_limit]]\nname = \"one-at-once\"\nconcurrent = 1\nkey = \"client_ip\"",
+            )
+            .route("shared", "/shared", "fast")
+            .with("rate_limits = [\"shared\"]")
+            .route("by-header", "/by-header", "fast")
+            .with("rate_limits = [\"by-header\"]")
+            .route("own", "/own", "fast")
+            .with("rate_limits = [\"own\"]")
+            .route("slow", "/slow", "slow")
+            .with("rate_limits = [\"one-at-once\"]")
+            .raw("[shield]\nmode = \"enforce\"\nthresholds = { rate_limited = 3 }")
+            .build(),
+    );
+    let get = |from: u8, path: &str, extra: &[&str]| request_from(addr(from), gw.http, path, extra);
+    // One caller drains the route's bucket: everyone now gets 429s, through no fault of
+    // their own. Nor is a header's bucket an address's.
+    assert_eq!(get(20, "/shared", &[]).status, 200);
+    assert_eq!(get(20, "/by-header", &["x-user: shared"]).status, 200);
+    for from in 20..24 {
+        for _ in 0..4 {
+            assert_eq!(get(from, "/shared", &[]).status, 429);
+            assert_eq!(get(from, "/by-header", &["x-user: shared"]).status, 429);
+        }
+    }
+    // A slow upstream holds the only slot: the client's next requests are refused, but it
+    // is the upstream's doing.
+    let http = gw.http;
+    let held = std::thread::spawn(move || request_from(addr(25), http, "/slow", &[]).status);
+    let start = Instant::now();
+    while slow.hits.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(5), "never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..4 {
+        assert_eq!(get(25, "/slow", &[]).status, 429);
+    }
+    assert_eq!(held.join().expect("thread"), 200);
+    assert!(listed(&gw).is_empty(), "{:?}", listed(&gw));
+    assert_eq!(metric(&gw, "sluice_gateway_shield_tracked_clients"), 0.0);
+    let rate_limited = "sluice_gateway_shield_refusals_total{class=\"rate_limited\"}";
+    assert_eq!(metric(&gw, rate_limited), 0.0);
+    assert_eq!(metric(&gw, "sluice_gateway_shield_excused_total"), 36.0);
+    // A client that runs through its own quota is at fault.
+    assert_eq!(get(26, "/own", &[]).status, 200);
+    for _ in 0..3 {
+        assert_eq!(get(26, "/own", &[]).status, 429);
+    }
+    assert_eq!(
+        listed(&gw),
+        [("127.0.0.26/32".to_string(), Class::RateLimited)]
+    );
+    assert_eq!(metric(&gw, rate_limited), 3.0);
+}
+
+/// An HS256 token for `iss`, with `kid`, signed with `secret`.
+fn hs256(iss: &str, kid: Option<&str>, secret: &[u8]) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_string);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({ "iss": iss, "sub": "someone", "exp": exp });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("token")
+}
+
+#[test]
+fn a_401_for_keys_the_gateway_lacks_never_counts_a_forged_signature_does() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let dir = support::Scratch::new("shield-jwt");
+    let secret = b"a-shared-secret-of-thirty-two-bytes-at-least";
+    let secret_file = dir.path("hmac");
+    std::fs::write(&secret_file, secret).expect("write");
+    // The issuer's key set is unreachable (port 9, discard): a token naming a kid the
+    // gateway has not seen gets a 401 that every client of a rotated issuer would get.
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&format!(
+                "[[jwt_issuer]]\nname = \"hs\"\nissuer = \"https://hs.test\"\nalgorithms = [\"HS256\", \"RS256\"]\n\
+                 hmac_secrets = [{{ file = \"{secret_file}\", kid = \"k1\" }}]\n\
+                 jwks_url = \"http://127.0.0.1:9/jwks.json\""
+            ))
+            .route_all("r", "u")
+            .with("auth = { methods = [\"jwt\"] }")
+            .raw("[shield]\nmode = \"enforce\"\nthresholds = { auth = 3 }")
+            .build(),
+    );
+    let bearer = |from: u8, token: &str| {
+        let r = request_from(
+            addr(from),
+            gw.http,
+            "/",
+            &[&format!("Authorization: Bearer {token}")],
+        );
+        assert_eq!(r.status, 401, "{r:?}");
+        r.body
+    };
+    let good = hs256("https://hs.test", Some("k1"), secret);
+    let r = request_from(
+        addr(30),
+        gw.http,
+        "/",
+        &[&format!("Authorization: Bearer {good}")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let unknown_kid = hs256("https://hs.test", Some("k2"), secret);
+    // RS256, for which the gateway has no key at all (the key set never came).
+    let no_key = {
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let rest = good.split_once('.').map_or("", |(_, rest)| rest);
+        format!("{header}.{rest}")
+    };
+    for from in 31..35 {
+        for _ in 0..4 {
+            assert!(bearer(from, &unknown_kid).contains("no key with kid"));
+            assert!(bearer(from, &no_key).contains("no key for the algorithm"));
+        }
+    }
+    assert!(listed(&gw).is_empty(), "{:?}", listed(&gw));
+    assert_eq!(metric(&gw, "sluice_gateway_shield_excused_total"), 32.0);
+    // A signature that does not verify with a key the gateway has is the client's doing.
+    let forged = hs256(
+        "https://hs.test",
+        Some("k1"),
+        b"not-the-secret-not-the-secret-not",
+    );
+    for _ in 0..3 {
+        assert!(bearer(35, &forged).contains("bad signature"));
+    }
+    assert_eq!(listed(&gw), [("127.0.0.35/32".to_string(), Class::Auth)]);
+}
+
+#[test]
 fn shield_settings_are_refused_by_field() {
     let check = |section: &str| {
         let dir = support::Scratch::new("shield-check");

@@ -44,13 +44,14 @@ pub struct Shield {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
-    /// 401s.
+    /// 401s, but for those the gateway had no key for (see `crate::shield::Fault`).
     #[serde(default = "default_auth")]
     pub auth: u32,
     /// 403s.
     #[serde(default = "default_forbidden")]
     pub forbidden: u32,
-    /// 429s.
+    /// 429s of a rate limit keyed on the client's address alone; never a concurrency
+    /// limit's, nor one of a quota shared with others (see `crate::shield::Fault`).
     #[serde(default = "default_rate_limited")]
     pub rate_limited: u32,
     /// 400s, 413s and 431s.

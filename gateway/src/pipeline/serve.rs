@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
+    shield::Fault,
     upstream::forwarding::{random_id, X_REQUEST_ID},
     Body,
 };
@@ -62,13 +63,16 @@ pub async fn handle(
     let status = resp.status().as_u16();
     // The shield counts the gateway's own refusals only: an upstream's 401 is the upstream's
     // business. Any other answer costs this one match. It holds a refusal against the
-    // client only when the client is the peer (see `crate::shield`): XFF stays the client
-    // for everything else here.
+    // client only when the client is the peer (see `crate::shield`; XFF stays the client
+    // for everything else here) and the refusing step did not say it is not the client's
+    // doing (a 429 must say it is).
     if let Some(class) = Class::of_status(status) {
-        if resp.extensions().get::<GatewayMade>().is_some() {
+        let ext = resp.extensions();
+        if ext.get::<GatewayMade>().is_some() {
+            let fault = ext.get::<Fault>().copied();
             metrics
                 .shield
-                .request_refused(conn.peer.ip(), client, class);
+                .request_refused(conn.peer.ip(), client, class, fault);
         }
     }
     metrics.request(served.route, &method, status, took);
@@ -142,6 +146,7 @@ async fn serve<'rt>(
             let mut ctx = Context {
                 client,
                 limit_client: rt.policies.client_ip.limit_key(client),
+                limit_client_alone: rt.policies.client_ip.limits_one_client(client),
                 route: route.config.name.as_str(),
                 identity: None,
             };

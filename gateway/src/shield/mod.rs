@@ -14,8 +14,12 @@
 //! tier from the proxy, so blocking it there would stop nothing, and offering it would let
 //! any peer in `trusted_proxies` have any address of its choice blocked at L4. Such
 //! refusals are counted in the metrics but held against no one; trusted proxies themselves
-//! are never counted either (blocking one would cut off all of its clients). Counting is
-//! [`clients`] (sliding windows in a bounded table), holding is [`held`].
+//! are never counted either (blocking one would cut off all of its clients).
+//!
+//! Nor is a refusal that is not the client's doing ([`Fault`]): a 429 counts only when a
+//! rate limit keyed on the client's own address says so, and a 401 for keys the gateway
+//! lacked not at all, since those strike every client at once. Counting is [`clients`]
+//! (sliding windows in a bounded table), holding is [`held`].
 
 mod clients;
 mod held;
@@ -45,6 +49,34 @@ use crate::config;
 /// client refused thousands of times a second takes the candidates' lock once a second.
 const REOFFER_MS: u64 = 1000;
 
+/// Whose doing a refusal of the gateway's is, as the step that refused knows it: set on its
+/// answer as a response extension, and read where the shield counts the answer
+/// ([`Shield::request_refused`]). A status alone does not say: a 429 of a quota the client
+/// shares with others, or a 401 because the gateway could not get an issuer's keys, would
+/// make every client of a route a candidate at once, and have them all blocked at L4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's own: say, a rate limit keyed on its address alone ran out.
+    Client,
+    /// Not the client's: a quota or concurrency slot shared with others (a slow upstream
+    /// fills those), or keys the gateway did not have. Never counted.
+    NotClient,
+}
+
+impl Fault {
+    /// Whether a refusal of `class` with `fault` (as its answer carries it) is held against
+    /// the client. A 429 must say it is the client's own (only a limit keyed on the client
+    /// knows that, and a new kind of 429 should not count until it says so); any other
+    /// class counts unless it says it is not.
+    pub fn counts(fault: Option<Fault>, class: Class) -> bool {
+        match fault {
+            Some(Fault::Client) => true,
+            Some(Fault::NotClient) => false,
+            None => class != Class::RateLimited,
+        }
+    }
+}
+
 /// The shield of a running gateway.
 #[derive(Default)]
 pub struct Shield {
@@ -56,6 +88,8 @@ pub struct Shield {
     evictions: AtomicU64,
     /// Crossings not taken because `max_candidates` were held.
     full: AtomicU64,
+    /// Refusals not held against the client ([`Fault`]).
+    excused: AtomicU64,
 }
 
 /// One configuration's settings over the tables, which a reload may carry over.
@@ -118,9 +152,23 @@ impl Shield {
     }
 
     /// Counts a refusal of `class` of a request that came from `peer`, whose client as the
-    /// policies see it is `client` (a trusted proxy's `X-Forwarded-For` entry, or `peer`).
-    /// It is held against the client only when `client` is `peer`: see the module's note.
-    pub fn request_refused(&self, peer: IpAddr, client: IpAddr, class: Class) {
+    /// policies see it is `client` (a trusted proxy's `X-Forwarded-For` entry, or `peer`),
+    /// with the [`Fault`] its answer carries. It is held against the client only when
+    /// `client` is `peer` (see the module's note) and [`Fault::counts`] it.
+    pub fn request_refused(
+        &self,
+        peer: IpAddr,
+        client: IpAddr,
+        class: Class,
+        fault: Option<Fault>,
+    ) {
+        if !Fault::counts(fault, class) {
+            // One atomic load while off, as for any other refusal.
+            if self.state.load().is_some() {
+                self.excused.fetch_add(1, Relaxed);
+            }
+            return;
+        }
         self.refused_at(peer, client, class, crate::clock::monotonic_ms());
     }
 
@@ -203,7 +251,7 @@ impl Shield {
         let (candidates, tracked) = state
             .as_deref()
             .map_or((0, 0), |t| (t.held.len(now), t.clients.len()));
-        out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals, by class (counted while the shield is on, also those of clients named by a proxy, which are never held against them).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
+        out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals held to be the client's doing, by class (counted while the shield is on; also those of clients named by a proxy, which are never held against them).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
         for class in Class::ALL {
             let _ = writeln!(
                 out,
@@ -230,6 +278,12 @@ impl Shield {
                 "counter",
                 "Counted clients dropped to make room for another (max_clients).",
                 self.evictions.load(Relaxed),
+            ),
+            (
+                "sluice_gateway_shield_excused_total",
+                "counter",
+                "Gateway refusals not held against the client: a 429 of a limit not keyed on the client's address alone or of a concurrency limit, a 401 for keys the gateway did not have.",
+                self.excused.load(Relaxed),
             ),
             (
                 "sluice_gateway_shield_candidates_full_total",

@@ -165,6 +165,35 @@ fn only_a_peer_address_is_held_against_a_client_never_one_a_proxy_named() {
 }
 
 #[test]
+fn a_refusal_counts_only_when_it_is_the_client_s_doing() {
+    // A 429 must say so; any other class counts unless it says it is not.
+    for class in Class::ALL {
+        assert!(Fault::counts(Some(Fault::Client), class));
+        assert!(!Fault::counts(Some(Fault::NotClient), class));
+        assert_eq!(Fault::counts(None, class), class != Class::RateLimited);
+    }
+    let s = shield(Mode::Enforce);
+    let c = ip("192.0.2.7");
+    for _ in 0..5 {
+        s.request_refused(c, c, Class::RateLimited, None);
+        s.request_refused(c, c, Class::RateLimited, Some(Fault::NotClient));
+        s.request_refused(c, c, Class::Auth, Some(Fault::NotClient));
+    }
+    assert!(s.candidates().candidates.is_empty());
+    assert_eq!(metric(&s, "sluice_gateway_shield_excused_total"), 15);
+    assert_eq!(metric(&s, "sluice_gateway_shield_tracked_clients"), 0);
+    for _ in 0..3 {
+        s.request_refused(c, c, Class::RateLimited, Some(Fault::Client));
+    }
+    let got = s.candidates().candidates;
+    assert_eq!((got.len(), got[0].class), (1, Class::RateLimited));
+    // Off: nothing, not even excused.
+    let off = shield(Mode::Off);
+    off.request_refused(c, c, Class::Auth, Some(Fault::NotClient));
+    assert_eq!(metric(&off, "sluice_gateway_shield_excused_total"), 0);
+}
+
+#[test]
 fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
     let s = shield(Mode::Enforce);
     for _ in 0..3 {

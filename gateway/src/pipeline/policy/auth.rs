@@ -17,7 +17,10 @@ use sluice_util::FieldError;
 use subtle::ConstantTimeEq;
 
 use super::{jwt, refuse, Identity, Refusal};
-use crate::config::{policy::AuthMethod, Consumer, RouteAuth, RouteAuthorize};
+use crate::{
+    config::{policy::AuthMethod, Consumer, RouteAuth, RouteAuthorize},
+    shield::Fault,
+};
 
 /// A bcrypt hash of a random password, verified for an unknown user name when no Basic
 /// credential is configured to stand in.
@@ -316,7 +319,13 @@ impl Authenticator {
                     };
                     return jwt::verify(&self.issuers, &token, &self.consumers, &self.tokens)
                         .await
-                        .map_err(|why| self.unauthorized(&format!("token refused: {why}")));
+                        .map_err(|why| {
+                            let mut r = self.unauthorized(&format!("token refused: {why}"));
+                            if why.is_server_side() {
+                                r.extensions_mut().insert(Fault::NotClient);
+                            }
+                            r
+                        });
                 }
             }
         }

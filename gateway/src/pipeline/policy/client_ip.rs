@@ -86,6 +86,18 @@ impl ClientIpRule {
         }
     }
 
+    /// Whether [`Self::limit_key`] of `client` is no wider than the prefix the shield
+    /// counts `client` under (`sluice_util::shield::client_prefix`: IPv4 `/32`, IPv6
+    /// `/64`), so that a `client_ip` limit's refusals are this client's own doing.
+    pub fn limits_one_client(&self, client: IpAddr) -> bool {
+        match client {
+            IpAddr::V4(_) => true,
+            // An IPv4-mapped address (only ever from a header: a peer is made IPv4) is cut
+            // as IPv6, which lumps it in with other IPv4 clients: not its own.
+            IpAddr::V6(a) => a.to_ipv4_mapped().is_none() && self.v6_prefix >= 64,
+        }
+    }
+
     /// The peers whose `X-Forwarded-For` is believed (none while `xff_depth` is 0). The
     /// shield never holds a refusal against them (blocking a proxy at L4 would cut off all
     /// its clients), nor against the clients they name (whose packets come from the proxy).
@@ -186,5 +198,17 @@ mod tests {
         })
         .expect("valid");
         assert!(untrusting.trusted_proxies().is_empty());
+        // A /64 limit key is one client for the shield; a /48 one is its whole neighbourhood.
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(rule.limits_one_client(v6) && rule.limits_one_client(v4));
+        let wide = ClientIpRule::try_from(&ClientIp {
+            trusted_proxies: Vec::new(),
+            xff_depth: 0,
+            ipv6_limit_prefix: 48,
+        })
+        .expect("valid");
+        assert!(!wide.limits_one_client(v6));
+        assert!(wide.limits_one_client(v4));
+        assert!(!rule.limits_one_client("::ffff:192.0.2.1".parse().unwrap()));
     }
 }

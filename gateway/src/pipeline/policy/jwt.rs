@@ -86,6 +86,19 @@ pub enum TokenError {
     Invalid(ErrorKind),
 }
 
+impl TokenError {
+    /// Whether the refusal may be the gateway's doing rather than the client's: it had no
+    /// key to check the token with. An unknown `kid` is what every client sees while the
+    /// issuer's key set cannot be fetched or has not caught up with a rotation, and no key
+    /// for the algorithm what every client sees while a key set is still empty. The
+    /// shield does not hold those against the client (it cannot tell them from a forged
+    /// `kid`, and blocking every token holder at L4 is the worse mistake); a bad signature
+    /// against a key the gateway has, or refused claims, it does.
+    pub fn is_server_side(&self) -> bool {
+        matches!(self, TokenError::UnknownKid(_) | TokenError::NoKey)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Family {
     Hmac,

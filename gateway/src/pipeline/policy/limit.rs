@@ -27,9 +27,12 @@ use super::{
     redis_store::{RedisStore, StoreError},
     refuse, Context, Granted, Refusal,
 };
-use crate::config::{
-    policy::{Algorithm, LimitKey, OnFailure, Store},
-    RateLimit,
+use crate::{
+    config::{
+        policy::{Algorithm, LimitKey, OnFailure, Store},
+        RateLimit,
+    },
+    shield::Fault,
 };
 
 #[derive(Clone, Copy)]
@@ -224,6 +227,18 @@ impl Limit {
         self.local.len()
     }
 
+    /// Whose doing this rate limit's 429 is, for the shield: the client's only when the
+    /// quota is its own, a `client_ip` limit whose key stands for it alone. A quota keyed
+    /// by route, consumer or header is shared (one caller draining a route-wide bucket
+    /// would otherwise make every client of the route a block candidate), and a consumer's
+    /// or header's key says nothing about the address the L4 tier would block.
+    fn fault(&self, ctx: &Context<'_>) -> Fault {
+        match self.config.key {
+            LimitKey::ClientIp if ctx.limit_client_alone => Fault::Client,
+            _ => Fault::NotClient,
+        }
+    }
+
     fn key(&self, parts: &Parts, ctx: &Context<'_>) -> String {
         use std::fmt::Write;
         // The route is part of every key: one limit used by two routes counts them apart.
@@ -308,6 +323,7 @@ pub async fn check_all(
             if let Some(v) = header(secs_ceil(verdict.retry_us).max(1).to_string()) {
                 r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
             }
+            r.extensions_mut().insert(limit.fault(ctx));
             return Err(r);
         }
         limit.allowed.fetch_add(1, Ordering::Relaxed);
@@ -348,6 +364,9 @@ fn take_slot(limit: &Arc<Limit>, key: String, max: u64) -> Result<Slot, Refusal>
         );
         r.headers_mut()
             .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        // Never the client's doing for the shield, whatever the key: slots are held as long
+        // as the upstream takes, so a slow upstream alone fills them.
+        r.extensions_mut().insert(Fault::NotClient);
         return Err(r);
     }
     limit.allowed.fetch_add(1, Ordering::Relaxed);

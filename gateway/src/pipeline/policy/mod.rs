@@ -62,6 +62,10 @@ pub struct Context<'a> {
     pub client: IpAddr,
     /// The address `client_ip` limits count under (IPv6 cut to `ipv6_limit_prefix`).
     pub limit_client: IpAddr,
+    /// Whether `limit_client` stands for this client alone as the shield counts clients
+    /// (an IPv4 address, or an IPv6 prefix of at least /64): only then is a `client_ip`
+    /// limit running out the client's own doing, not its neighbours'.
+    pub limit_client_alone: bool,
     /// Route name.
     pub route: &'a str,
     /// Set by authentication.
