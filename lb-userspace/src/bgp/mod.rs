@@ -71,8 +71,9 @@ const MAINTENANCE_FILE: &str = "maintenance";
 const START_WAIT: Duration = Duration::from_secs(5);
 
 impl Announcer {
-    /// Writes BIRD's config with nothing to announce and makes BIRD run it: a running BIRD
-    /// reconfigures, otherwise one is started.
+    /// Starts BIRD on a config with nothing to announce, unless one is running already: a
+    /// BIRD left by a previous agent keeps its announcements until the first
+    /// [`Announcer::announce`], which the agent calls once its maps are written.
     ///
     /// A failure is reported in [`Announcer::status`] and retried by [`Announcer::poll`]:
     /// the data plane forwards whether or not BIRD can be driven.
@@ -88,8 +89,17 @@ impl Announcer {
         if a.maintenance {
             warn!("in BGP maintenance (set before this start): nothing is announced");
         }
-        // Until the maps are written, nothing is announced, even by a BIRD that announced
-        // for a previous agent.
+        // A BIRD that answers was left by a previous agent: it announces what that agent
+        // decided, which the pinned maps still forward. It keeps announcing that until
+        // this agent's first decision (`announce`, which the agent calls once its maps are
+        // written, and which always tells BIRD since nothing was told yet). Telling it to
+        // announce nothing here would withdraw every VIP and announce it again moments
+        // later: a flap at every router at each agent restart.
+        if Control::connect(&bgp.bird_socket).is_ok() {
+            info!("BIRD is running: it keeps its announcements until this agent decides");
+            return a;
+        }
+        // Otherwise BIRD starts announcing nothing; the VIPs follow with the first decision.
         if let Err(e) = a.push(&BTreeSet::new()) {
             error!(error = %e, "starting BIRD failed; retrying each second");
             a.error = Some(e.to_string());
@@ -293,5 +303,81 @@ impl Announcer {
                 .collect(),
             error: self.error.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        io::{BufRead, BufReader, Write},
+        os::unix::net::UnixListener,
+        sync::{Arc, Mutex},
+    };
+
+    /// A stand-in for BIRD's control socket: greets, answers every command, and records
+    /// the commands it was sent.
+    fn fake_bird(socket: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+        let listener = UnixListener::bind(socket).expect("bind");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.write_all(b"0001 BIRD 2.0.12 ready.\n");
+                    let reader = BufReader::new(conn.try_clone().expect("clone"));
+                    for line in reader.lines() {
+                        let Ok(line) = line else { return };
+                        log.lock().expect("lock").push(line);
+                        let _ = conn.write_all(b"0003 Reconfigured\n");
+                    }
+                });
+            }
+        });
+        seen
+    }
+
+    /// An agent that starts while a BIRD from a previous agent runs leaves its
+    /// announcements alone until its own first decision, which it then pushes: a
+    /// withdrawal in between would make every router move the flows away and back.
+    #[test]
+    fn a_running_bird_keeps_its_announcements_until_the_first_decision() {
+        let dir = std::env::temp_dir().join(format!("sluice-bgp-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = dir.join("bird.ctl");
+        let bgp: Bgp = toml::from_str(&format!(
+            "local_as = 65001\nrouter_id = \"10.0.0.11\"\n\
+             peers = [{{ address = \"10.0.0.1\", as = 65000 }}]\n\
+             bird_socket = \"{}\"\nbird_dir = \"{}\"\nbird_binary = \"/nonexistent\"\n",
+            socket.display(),
+            dir.display()
+        ))
+        .expect("parse");
+        let seen = fake_bird(&socket);
+        let mut a = Announcer::start(&bgp);
+        let untouched = !dir.join("vips4.conf").exists() && seen.lock().expect("lock").is_empty();
+        let vip: IpAddr = "198.51.100.1".parse().expect("literal");
+        a.announce(vec![Announcement {
+            address: vip,
+            announced: true,
+            reason: String::new(),
+        }]);
+        let routes = std::fs::read_to_string(dir.join("vips4.conf")).unwrap_or_default();
+        let commands = seen.lock().expect("lock").clone();
+        let status = a.status();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            untouched,
+            "start told the running BIRD something: {commands:?}"
+        );
+        assert!(
+            routes.contains("route 198.51.100.1/32 blackhole;"),
+            "{routes}"
+        );
+        assert_eq!(commands, ["configure"]);
+        assert!(status.error.is_none(), "{status:?}");
+        assert!(status.vips.iter().all(|v| v.announced), "{status:?}");
     }
 }
