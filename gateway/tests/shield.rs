@@ -451,6 +451,42 @@ fn a_401_for_keys_the_gateway_lacks_never_counts_a_forged_signature_does() {
     assert_eq!(listed(&gw), [("127.0.0.35/32".to_string(), Class::Auth)]);
 }
 
+const BRAKED: &str =
+    "shield: refusals look server-side, not abuse: no new block candidates for a window";
+
+#[test]
+fn when_every_client_is_refused_at_once_the_brake_stops_new_candidates_and_warns_once() {
+    let rt = runtime();
+    let (gw, _up) = keyed_gateway(
+        &rt,
+        "[shield]\nmode = \"enforce\"\nmin_new_candidates = 3\nmax_new_candidate_share = 0.5\n\
+         thresholds = { auth = 2 }",
+    );
+    // Ten clients, all refused alike (the consumers' keys went missing, say): half of the
+    // ten counted are offered (above the floor of three), then nothing new for a window.
+    for _ in 0..3 {
+        for last in 40..50 {
+            bad_key(addr(last), &gw);
+        }
+    }
+    let got = listed(&gw);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(metric(&gw, "sluice_gateway_shield_brake"), 1.0);
+    assert!(metric(&gw, "sluice_gateway_shield_braked_total") >= 5.0);
+    // Those held stay.
+    bad_key(addr(40), &gw);
+    assert_eq!(listed(&gw), got);
+    let start = Instant::now();
+    while logged(&gw, BRAKED).is_empty() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = logged(&gw, BRAKED);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["fields"]["new_candidates"], 5);
+    assert_eq!(logged(&gw, BECAME).len(), 5);
+}
+
 #[test]
 fn shield_settings_are_refused_by_field() {
     let check = |section: &str| {
@@ -476,6 +512,10 @@ fn shield_settings_are_refused_by_field() {
         (
             "[shield]\nmax_candidates = 5000",
             "gw.toml: shield.max_candidates: between 1 and 4096",
+        ),
+        (
+            "[shield]\nmax_new_candidate_share = 2.0",
+            "gw.toml: shield.max_new_candidate_share: between 0 and 1",
         ),
         (
             "[shield]\nmode = \"sometimes\"",

@@ -16,7 +16,7 @@ use sluice_util::{
 const MAX_THRESHOLD: u32 = 1_000_000;
 
 /// Abuse detection settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shield {
     /// `off` (nothing counted), `observe` (counted, logged and offered, marked not to be
@@ -32,9 +32,20 @@ pub struct Shield {
     /// Most client prefixes counted at once: the memory bound.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
-    /// Most candidates held at once.
+    /// Most candidates held at once. When they are held, a newcomer with more refusals
+    /// takes the place of the candidate with the fewest.
     #[serde(default = "default_max_candidates")]
     pub max_candidates: usize,
+    /// The brake: the share of the clients counted (those refused at all lately) that the
+    /// new candidates of one window may reach. Past it, the refusals look like the
+    /// gateway's own doing rather than abuse, and no new candidate is taken for a window
+    /// (those held stay). 1 all but turns the brake off.
+    #[serde(default = "default_max_new_candidate_share")]
+    pub max_new_candidate_share: f64,
+    /// New candidates one window may always bring, whatever the share: a small deployment,
+    /// with few clients counted, still has its few abusers offered.
+    #[serde(default = "default_min_new_candidates")]
+    pub min_new_candidates: u32,
     /// Refusals of each class within the window that make a client a candidate.
     #[serde(default)]
     pub thresholds: Thresholds,
@@ -74,6 +85,20 @@ fn default_max_clients() -> usize {
 fn default_max_candidates() -> usize {
     1024
 }
+/// Half: most clients the gateway refuses now and then (a mistyped password, an expired
+/// token, a burst into its own limit) never cross a threshold, so in normal operation the
+/// new candidates are a small share of the clients counted, and a few abusers among many
+/// clients stay far below it. A fault of the gateway's refuses nearly everyone it counts,
+/// and the share climbs towards all of them: half is well clear of both.
+fn default_max_new_candidate_share() -> f64 {
+    0.5
+}
+/// Ten: a handful of abusers of a small deployment, where they may be most of the clients
+/// counted, are all offered; and it bounds what a fault can offer in a window while few
+/// clients are counted.
+fn default_min_new_candidates() -> u32 {
+    10
+}
 fn default_auth() -> u32 {
     20
 }
@@ -110,6 +135,8 @@ impl Default for Shield {
             ttl_secs: default_ttl(),
             max_clients: default_max_clients(),
             max_candidates: default_max_candidates(),
+            max_new_candidate_share: default_max_new_candidate_share(),
+            min_new_candidates: default_min_new_candidates(),
             thresholds: Thresholds::default(),
         }
     }
@@ -146,6 +173,15 @@ impl Shield {
                 format!("between 1 and {MAX_CANDIDATES} (what an L4 agent accepts in one answer)"),
             );
         }
+        if !(0.0..=1.0).contains(&self.max_new_candidate_share) {
+            return refuse("max_new_candidate_share", "between 0 and 1");
+        }
+        if !(1..=MAX_CANDIDATES as u32).contains(&self.min_new_candidates) {
+            return refuse(
+                "min_new_candidates",
+                format!("between 1 and {MAX_CANDIDATES}"),
+            );
+        }
         for class in Class::ALL {
             if self.thresholds.of(class) > MAX_THRESHOLD {
                 return refuse(
@@ -176,6 +212,12 @@ mod tests {
         assert_eq!(d.mode, Mode::Observe);
         assert_eq!((d.window_secs, d.ttl_secs), (60, 300));
         assert_eq!((d.max_clients, d.max_candidates), (65_536, 1024));
+        assert_eq!((d.max_new_candidate_share, d.min_new_candidates), (0.5, 10));
+        assert_eq!(
+            refusal("max_new_candidate_share = 1.0\nmin_new_candidates = 1"),
+            "ok"
+        );
+        assert_eq!(refusal("max_new_candidate_share = 0.0"), "ok");
         let t = d.thresholds;
         assert_eq!(
             Class::ALL.map(|c| t.of(c)),
@@ -194,6 +236,18 @@ mod tests {
             (
                 "max_candidates = 4097",
                 "max_candidates: between 1 and 4096",
+            ),
+            (
+                "max_new_candidate_share = 1.5",
+                "max_new_candidate_share: between 0 and 1",
+            ),
+            (
+                "max_new_candidate_share = nan",
+                "max_new_candidate_share: between 0 and 1",
+            ),
+            (
+                "min_new_candidates = 0",
+                "min_new_candidates: between 1 and 4096",
             ),
             (
                 "thresholds = { auth = 1000001 }",

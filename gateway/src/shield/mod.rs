@@ -41,7 +41,7 @@ use tracing::warn;
 
 use self::{
     clients::Clients,
-    held::{Held, Offer},
+    held::{Bounds, Held, Offer},
 };
 use crate::config;
 
@@ -86,8 +86,12 @@ pub struct Shield {
     refusals: [AtomicU64; Class::ALL.len()],
     /// Counted clients dropped to make room for others.
     evictions: AtomicU64,
-    /// Crossings not taken because `max_candidates` were held.
+    /// Crossings not taken because `max_candidates` as heavy were held.
     full: AtomicU64,
+    /// Candidates dropped for a heavier newcomer.
+    replaced: AtomicU64,
+    /// Crossings not taken because the brake was on.
+    braked: AtomicU64,
     /// Refusals not held against the client ([`Fault`]).
     excused: AtomicU64,
 }
@@ -203,27 +207,50 @@ impl Shield {
             return;
         }
         let ttl_ms = t.config.ttl_secs * 1000;
-        match t.held.offer(
-            prefix,
-            class,
-            counted.count,
-            now_ms,
-            ttl_ms,
-            t.config.max_candidates,
-        ) {
-            Offer::New => warn!(
-                prefix = %prefix,
-                class = class.name(),
-                count = counted.count,
-                mode = mode_name(t.config.mode),
-                window_secs = t.config.window_secs,
-                "shield: client is now a block candidate"
-            ),
-            Offer::Renewed => {}
+        let tracked = || t.clients.len();
+        let bounds = Bounds {
+            max: t.config.max_candidates,
+            window_ms: t.config.window_secs * 1000,
+            share: t.config.max_new_candidate_share,
+            floor: t.config.min_new_candidates,
+            tracked: &tracked,
+        };
+        let offer = t
+            .held
+            .offer(prefix, class, counted.count, now_ms, ttl_ms, &bounds);
+        let replaced = match offer {
+            Offer::New => None,
+            Offer::Replaced(victim) => {
+                self.replaced.fetch_add(1, Relaxed);
+                Some(victim.to_string())
+            }
+            Offer::Renewed => return,
             Offer::Full => {
                 self.full.fetch_add(1, Relaxed);
+                return;
             }
-        }
+            Offer::Braked(b) => {
+                self.braked.fetch_add(1, Relaxed);
+                if b.engaged {
+                    warn!(
+                        new_candidates = b.recent,
+                        limit = b.limit,
+                        window_secs = t.config.window_secs,
+                        "shield: refusals look server-side, not abuse: no new block candidates for a window"
+                    );
+                }
+                return;
+            }
+        };
+        warn!(
+            prefix = %prefix,
+            class = class.name(),
+            count = counted.count,
+            mode = mode_name(t.config.mode),
+            window_secs = t.config.window_secs,
+            replaced = replaced.as_deref(),
+            "shield: client is now a block candidate"
+        );
     }
 
     /// The answer on `/shield/candidates`: the mode and the candidates now.
@@ -248,9 +275,9 @@ impl Shield {
     pub fn render(&self, out: &mut String) {
         let now = crate::clock::monotonic_ms();
         let state = self.state.load();
-        let (candidates, tracked) = state
-            .as_deref()
-            .map_or((0, 0), |t| (t.held.len(now), t.clients.len()));
+        let (candidates, tracked, braked) = state.as_deref().map_or((0, 0, false), |t| {
+            (t.held.len(now), t.clients.len(), t.held.braked(now))
+        });
         out.push_str("# HELP sluice_gateway_shield_refusals_total The gateway's own refusals held to be the client's doing, by class (counted while the shield is on; also those of clients named by a proxy, which are never held against them).\n# TYPE sluice_gateway_shield_refusals_total counter\n");
         for class in Class::ALL {
             let _ = writeln!(
@@ -288,8 +315,26 @@ impl Shield {
             (
                 "sluice_gateway_shield_candidates_full_total",
                 "counter",
-                "Threshold crossings not offered because max_candidates were held.",
+                "Threshold crossings not offered because max_candidates with as many refusals or more were held.",
                 self.full.load(Relaxed),
+            ),
+            (
+                "sluice_gateway_shield_candidates_replaced_total",
+                "counter",
+                "Candidates dropped for a newcomer with more refusals (max_candidates were held).",
+                self.replaced.load(Relaxed),
+            ),
+            (
+                "sluice_gateway_shield_brake",
+                "gauge",
+                "1 while no new candidate is taken: a window brought more than max_new_candidate_share of the clients counted.",
+                u64::from(braked),
+            ),
+            (
+                "sluice_gateway_shield_braked_total",
+                "counter",
+                "Threshold crossings not offered because the brake was on.",
+                self.braked.load(Relaxed),
             ),
         ];
         for (name, kind, help, v) in families {

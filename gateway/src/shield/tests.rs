@@ -9,6 +9,8 @@ fn settings(mode: Mode) -> config::Shield {
         ttl_secs: 5,
         max_clients: 1000,
         max_candidates: 16,
+        max_new_candidate_share: 0.5,
+        min_new_candidates: 10,
         thresholds: config::Thresholds {
             auth: 3,
             forbidden: 3,
@@ -217,6 +219,89 @@ fn a_flood_of_addresses_is_bounded_and_washes_out_no_candidate() {
     assert_eq!(listed(&s, at(1300)).len(), 16);
     assert!(listed(&s, at(1300)).iter().any(|c| c.0 == "192.0.2.7/32"));
     assert_eq!(metric(&s, "sluice_gateway_shield_candidates_full_total"), 5);
+    assert_eq!(metric(&s, "sluice_gateway_shield_brake"), 0);
+}
+
+#[test]
+fn throwaway_addresses_filling_the_set_do_not_keep_a_heavier_abuser_out() {
+    let s = shield(Mode::Enforce);
+    // Every client counted crosses here: with the brake, the set would never fill.
+    let mut c = settings(Mode::Enforce);
+    c.max_new_candidate_share = 1.0;
+    s.configure(&c, Vec::new());
+    // Sixteen throwaway /64s fill the set at the threshold.
+    for n in 0..16u16 {
+        for _ in 0..3 {
+            s.by_peer(ip(&format!("2001:db8:{n:x}::1")), Class::Auth, at(1000));
+        }
+    }
+    assert_eq!(listed(&s, at(1000)).len(), 16);
+    // An abuser as heavy is turned away; heavier, it takes the place of one of them.
+    for _ in 0..3 {
+        s.by_peer(ip("192.0.2.7"), Class::Auth, at(2000));
+    }
+    assert!(!listed(&s, at(2000)).iter().any(|c| c.0 == "192.0.2.7/32"));
+    assert_eq!(metric(&s, "sluice_gateway_shield_candidates_full_total"), 1);
+    // Offered again at most once a second: the next crossing is a second on, at 4 or more.
+    for i in 0..5 {
+        s.by_peer(ip("192.0.2.7"), Class::Auth, at(3000 + i));
+    }
+    let now = listed(&s, at(3010));
+    assert_eq!(now.len(), 16);
+    assert_eq!(
+        now.iter().find(|c| c.0 == "192.0.2.7/32").map(|c| c.2),
+        Some(4)
+    );
+    assert_eq!(
+        metric(&s, "sluice_gateway_shield_candidates_replaced_total"),
+        1
+    );
+    assert_eq!(metric(&s, "sluice_gateway_shield_candidates_full_total"), 1);
+}
+
+#[test]
+fn when_most_clients_counted_cross_at_once_the_brake_takes_no_new_candidate() {
+    let s = shield(Mode::Enforce);
+    // Thirty clients refused once (everyday mistakes) are counted.
+    for n in 0..30u8 {
+        s.by_peer(ip(&format!("198.51.100.{n}")), Class::Auth, at(1000));
+    }
+    let mut c = settings(Mode::Enforce);
+    c.max_candidates = 1000;
+    s.configure(&c, Vec::new());
+    // Then every client is refused for the gateway's own reasons (a 401 for a clock gone
+    // wrong, say): half the 42 clients counted (21) become candidates, no more.
+    for n in 0..12u8 {
+        for _ in 0..3 {
+            s.by_peer(ip(&format!("203.0.113.{n}")), Class::Auth, at(2000));
+        }
+    }
+    for n in 0..30u8 {
+        for _ in 0..2 {
+            s.by_peer(ip(&format!("198.51.100.{n}")), Class::Auth, at(2000));
+        }
+    }
+    assert_eq!(listed(&s, at(2000)).len(), 21);
+    assert_eq!(metric(&s, "sluice_gateway_shield_brake"), 1);
+    assert_eq!(metric(&s, "sluice_gateway_shield_braked_total"), 21);
+    // For the window: those held stay and are renewed; no newcomer, however heavy.
+    for _ in 0..20 {
+        s.by_peer(ip("192.0.2.99"), Class::Auth, at(5000));
+    }
+    s.by_peer(ip("203.0.113.0"), Class::Auth, at(5000));
+    let held = listed(&s, at(5000));
+    assert_eq!(held.len(), 21);
+    assert!(held.iter().any(|c| c.0 == "203.0.113.0/32" && c.2 == 4));
+    // A window on it comes off: one client crossing among many counted is offered.
+    for _ in 0..3 {
+        s.by_peer(ip("192.0.2.100"), Class::Auth, at(32_000));
+    }
+    assert!(listed(&s, at(32_000))
+        .iter()
+        .any(|c| c.0 == "192.0.2.100/32"));
+    // (The gauge reads the real clock, still short of the tests' one.)
+    let state = s.state.load();
+    assert!(!state.as_deref().expect("on").held.braked(at(32_000)));
 }
 
 #[test]

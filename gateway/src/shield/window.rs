@@ -1,4 +1,4 @@
-//! One client's refusals by class over a sliding window.
+//! One client's refusals by class over a sliding window (and one plain count the same way).
 //!
 //! Two fixed windows, the current one and the one before it; the earlier one's count is
 //! weighted by the share of it the sliding window still covers (Cloudflare's sliding-window
@@ -69,6 +69,45 @@ impl Counts {
     }
 }
 
+/// One count over a sliding window, estimated as [`Counts`] does: new candidates, for the
+/// brake.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// The current fixed window's index.
+    epoch: u64,
+    current: u32,
+    previous: u32,
+}
+
+impl Tally {
+    /// Counts one at `now_ms`.
+    pub fn add(&mut self, now_ms: u64, window_ms: u64) {
+        let window_ms = window_ms.max(1);
+        (self.current, self.previous) = self.at(now_ms / window_ms);
+        self.epoch = self.epoch.max(now_ms / window_ms);
+        self.current = self.current.saturating_add(1);
+    }
+
+    /// The count within the sliding `window_ms` ending at `now_ms`.
+    pub fn get(&self, now_ms: u64, window_ms: u64) -> u32 {
+        let window_ms = window_ms.max(1);
+        let (current, previous) = self.at(now_ms / window_ms);
+        let left = window_ms - now_ms % window_ms;
+        let previous = u64::from(previous) * left / window_ms;
+        current.saturating_add(u32::try_from(previous).unwrap_or(u32::MAX))
+    }
+
+    /// The (current, previous) windows as of window `epoch` (an earlier one, never
+    /// expected of a monotonic clock, leaves them as they are).
+    fn at(&self, epoch: u64) -> (u32, u32) {
+        match epoch.checked_sub(self.epoch) {
+            None | Some(0) => (self.current, self.previous),
+            Some(1) => (0, self.current),
+            Some(_) => (0, 0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +136,22 @@ mod tests {
         // Two windows later nothing is left.
         assert_eq!(c.total(9 * W, W), 0);
         assert_eq!(c.add(Class::Auth, 9 * W, W), 1);
+    }
+
+    #[test]
+    fn a_tally_slides_like_the_counts() {
+        let mut t = Tally::default();
+        for i in 0..10 {
+            t.add(5 * W + 9_000 + i, W);
+        }
+        assert_eq!(t.get(5 * W + 9_999, W), 10);
+        // A quarter into the next window: three quarters of the ten still count.
+        assert_eq!(t.get(6 * W + W / 4, W), 7);
+        t.add(6 * W + W / 2, W);
+        assert_eq!(t.get(6 * W + W / 2, W), 6);
+        assert_eq!(t.get(7 * W, W), 1);
+        assert_eq!(t.get(8 * W, W), 0);
+        assert_eq!(Tally::default().get(5, 0), 0);
     }
 
     #[test]
