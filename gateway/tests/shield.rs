@@ -43,11 +43,14 @@ fn addr(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
+/// The media type an L4 agent requires of the answer.
+const MEDIA_TYPE: &str = "application/vnd.sluice.shield-candidates+json";
+
 /// The gateway's answer on `/shield/candidates`, as an L4 agent reads it.
 fn answer(gw: &Gateway) -> Candidates {
     let r = admin_get(gw, PATH);
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["content-type"], MEDIA_TYPE);
     Candidates::parse(r.body.as_bytes()).expect("a candidates document")
 }
 
@@ -132,6 +135,27 @@ fn bad_api_keys_make_a_candidate_and_a_good_client_never_does() {
 }
 
 #[test]
+fn the_candidates_answer_has_a_media_type_only_the_admin_listener_gives_it() {
+    let rt = runtime();
+    let (gw, _up) = keyed_gateway(&rt, "[shield]\nmode = \"enforce\"");
+    let r = admin_get(&gw, PATH);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["content-type"], MEDIA_TYPE);
+    assert_eq!(
+        Candidates::parse(r.body.as_bytes()).expect("the body is unchanged"),
+        Candidates {
+            mode: Mode::Enforce,
+            candidates: Vec::new()
+        }
+    );
+    // The same path on a listener that routes it to an app is the app's answer, which an
+    // L4 agent probing that port must not take for candidates.
+    let r = request_from(addr(60), gw.http, PATH, &[&format!("x-api-key: {KEY}")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.headers["content-type"], MEDIA_TYPE);
+}
+
+#[test]
 fn off_counts_nothing() {
     let rt = runtime();
     let (gw, _up) = keyed_gateway(&rt, "[shield]\nmode = \"off\"\nthresholds = { auth = 2 }");
@@ -140,6 +164,7 @@ fn off_counts_nothing() {
     }
     let r = admin_get(&gw, PATH);
     assert_eq!(r.body, r#"{"mode":"off","candidates":[]}"#);
+    assert_eq!(r.headers["content-type"], MEDIA_TYPE);
     assert_eq!(
         metric(&gw, "sluice_gateway_shield_refusals_total{class=\"auth\"}"),
         0.0

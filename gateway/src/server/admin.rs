@@ -80,9 +80,10 @@ impl Gateway {
                 match serde_json::to_string(&answer) {
                     Ok(json) => {
                         let mut r = text(StatusCode::OK, &json);
+                        // The agents check the type: see `MEDIA_TYPE`.
                         r.headers_mut().insert(
                             hyper::header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
+                            HeaderValue::from_static(crate::shield::MEDIA_TYPE),
                         );
                         r
                     }

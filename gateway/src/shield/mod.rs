@@ -45,6 +45,13 @@ use self::{
 };
 use crate::config;
 
+/// The media type of the answer on `/shield/candidates`. An L4 agent takes candidates only
+/// from an answer of this type: a port it probes that is not an admin listener (one whose
+/// paths are routed to an upstream app) could otherwise answer that path with a document
+/// of the app's, or an attacker's, choosing, and have any address blocked. No app answers
+/// with a vendor type of Sluice's by accident. (The body is `sluice_util::shield`'s.)
+pub const MEDIA_TYPE: &str = "application/vnd.sluice.shield-candidates+json";
+
 /// How often a candidate still crossing its threshold has its time renewed, at most: a
 /// client refused thousands of times a second takes the candidates' lock once a second.
 const REOFFER_MS: u64 = 1000;
