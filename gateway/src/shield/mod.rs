@@ -18,8 +18,12 @@
 //!
 //! Nor is a refusal that is not the client's doing ([`Fault`]): a 429 counts only when a
 //! rate limit keyed on the client's own address says so, and a 401 for keys the gateway
-//! lacked not at all, since those strike every client at once. Counting is [`clients`]
-//! (sliding windows in a bounded table), holding is [`held`].
+//! lacked not at all, since those strike every client at once. What slips through that
+//! (a fault of the gateway's own that refuses everyone) the brake in `held` catches: when
+//! most clients counted become candidates at once, it takes no new one for a window.
+//!
+//! Counting is `clients` (sliding windows in a bounded table), holding is `held` (bounded;
+//! when full, a newcomer with more refusals displaces the lightest candidate).
 
 mod clients;
 mod held;
