@@ -1,12 +1,15 @@
-//! The network-namespace harness: clients, a router with an ECMP route for the VIP, two LB
-//! nodes running `sluice-lb`, three gateway nodes running `sluice_decap` and
+//! The network-namespace harness: clients, a router running BIRD that learns the VIPs from
+//! both LB nodes over BGP and spreads them by ECMP, two LB nodes running `sluice-lb` (which
+//! drives a BIRD of its own), three gateway nodes running `sluice_decap` and
 //! `sluice-gateway` with the VIP on `lo`, and two backends — all on one machine.
 //!
 //! ```text
-//! client 10.10.1.2 ── router ── br0 10.20.0.0/24 ── lb1 .11, lb2 .12   (sluice_lb on eth0)
-//!                    (ECMP VIP        ├─ gw1 .21, gw2 .22, gw3 .23   (sluice_decap, VIP on lo)
+//! client 10.10.1.2 ── router ── br0 10.20.0.0/24 ── lb1 .11, lb2 .12   (sluice_lb on eth0, BIRD)
+//!                    (BIRD: VIP       ├─ gw1 .21, gw2 .22, gw3 .23   (sluice_decap, VIP on lo)
 //!                     → lb1|lb2)      └─ be1 .31, be2 .32            (HTTP backends)
 //! ```
+//!
+//! The BGP side is in [`bgp`].
 //!
 //! Every namespace, process and pin carries a tag unique to the run; the `World` guard
 //! removes them on success, failure or panic, and a new run removes what a killed run left.
@@ -20,12 +23,14 @@ use std::{
 };
 
 pub mod attack;
+pub mod bgp;
 pub mod cgroup;
 pub mod flood;
 pub mod http;
 pub mod ns;
 pub mod scratch;
 
+pub use bgp::Route;
 pub use flood::{Flood, FloodReport};
 pub use http::{http_get, http_get_as, http_get_from};
 pub use ns::{in_new_ns, in_ns, in_ns_command, privileged, sh};
@@ -53,8 +58,10 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// Removes namespaces and pins left by runs whose process is gone.
+/// Removes BIRDs, namespaces and pins left by runs whose process is gone.
 fn sweep_leftovers() {
+    // BIRDs first: a namespace with a process in it outlives `ip netns del`.
+    bgp::sweep_dead_runs();
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -181,6 +188,7 @@ impl World {
         flow_table_size: u32,
     ) -> World {
         sweep_leftovers();
+        bgp::adopt_orphans();
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tag = format!(
             "{PREFIX}{}x{}",
@@ -210,6 +218,7 @@ impl World {
         }
         w.wire_router_and_client();
         w.wire_nodes();
+        w.start_router_bird();
         for i in 1..=3 {
             w.setup_gateway(i);
         }
@@ -220,6 +229,7 @@ impl World {
         for i in 1..=2 {
             w.wait_lb_ready(i);
         }
+        w.wait_both_announced();
         w
     }
 
@@ -255,9 +265,9 @@ impl World {
         sh(&format!("ip netns exec {c} ethtool -K eth0 tx off"));
     }
 
-    /// The LB nodes, gateways and backends on the bridge; the LB nodes forward, their
-    /// router-side peers run a pass-all XDP program, and the router spreads the VIPs over
-    /// them (ECMP).
+    /// The LB nodes, gateways and backends on the bridge; the LB nodes forward and their
+    /// router-side peers run a pass-all XDP program. No route to the VIPs: the router learns
+    /// them from the LB nodes over BGP.
     fn wire_nodes(&self) {
         let r = self.ns["r"].clone();
         // Everything else hangs off the bridge.
@@ -278,6 +288,13 @@ impl World {
                 "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
                 self.ns[role]
             ));
+            // A NIC drops unicast frames for other MACs before XDP sees them; a veth does
+            // not. So that an LB node never forwards frames the router addressed to the
+            // other one (the bridge floods them when it forgets a dead node's port), its
+            // port gets no unknown unicast.
+            sh(&format!(
+                "ip -n {r} link set dev {role} type bridge_slave flood off"
+            ));
             // veth delivers XDP_TX frames only to a peer that runs XDP: a pass-all program.
             let pins = self.pin_dir(&format!("peer-{role}"));
             self.run_ok(
@@ -293,12 +310,6 @@ impl World {
                 ],
             );
         }
-        sh(&format!(
-            "ip -n {r} route add {VIP}/32 nexthop via 10.20.0.11 nexthop via 10.20.0.12"
-        ));
-        sh(&format!(
-            "ip -n {r} -6 route add {VIP6}/128 nexthop via fd20::11 nexthop via fd20::12"
-        ));
     }
 
     /// The two HTTP backends and, when the gateways get policies, a password-protected
@@ -489,7 +500,7 @@ impl World {
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
                  [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
                  [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{weights}\n\
-                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}\n{lb_extra}",
+                 [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}\n{lb_extra}\n{bgp}",
                 10 + i,
                 10 + i,
                 self.pin_dir(&format!("l{i}")),
@@ -509,6 +520,8 @@ impl World {
                     ""
                 },
                 lb_extra = self.lb_extra,
+                // Last: a table header of its own, whatever the extra text ends with.
+                bgp = bgp::lb_section(&self.dir, i),
                 table = self.flow_table_size,
                 tls = if self.tls.is_some() {
                     format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
@@ -619,10 +632,13 @@ impl Drop for World {
         for n in names {
             self.kill(&n);
         }
+        // The LB nodes' BIRDs run in sessions of their own: killing the agents left them.
+        self.kill_lb_birds();
         if std::thread::panicking() {
             for f in ["lb1.log", "lb2.log", "gw1.log", "gw2.log", "gw3.log"] {
                 eprintln!("--- {f} ---\n{}", self.log(f));
             }
+            eprintln!("{}", self.bird_logs());
         }
         for n in self.ns.values() {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
