@@ -68,24 +68,16 @@ fn a_five_tuple_keeps_its_gateway_whichever_lb_node_ecmp_picks() {
         first.iter().collect::<std::collections::HashSet<_>>().len() > 1,
         "{first:?}"
     );
-    let r = &w.ns["r"];
-    for only in ["10.20.0.11", "10.20.0.12"] {
-        // The router now sends every flow to one LB node.
-        let out = std::process::Command::new("ip")
-            .args([
-                "-n",
-                r,
-                "route",
-                "replace",
-                &format!("{VIP}/32"),
-                "via",
-                only,
-            ])
-            .output()
-            .expect("ip");
-        assert!(out.status.success());
+    // The router now sends every flow to one LB node: the other is put in maintenance, so
+    // it withdraws the VIPs (the router's BIRD owns the route; a route written by hand
+    // would be overwritten).
+    for (only, other) in [(1, 2), (2, 1)] {
+        w.lb_maintenance(other, true);
+        w.wait_routed(VIP, &[only], std::time::Duration::from_secs(5));
         let again: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
-        assert_eq!(again, first, "via {only} only");
+        assert_eq!(again, first, "via LB {only} only");
+        w.lb_maintenance(other, false);
+        w.wait_routed(VIP, &[1, 2], std::time::Duration::from_secs(5));
     }
 }
 
@@ -186,15 +178,16 @@ fn restarting_the_lb_agents_fails_no_request() {
     let mut w = World::start();
     let client = w.ns["c"].clone();
     let (failed, total) = under_load(&client, || {
+        // One node at a time, as an operator would: a stopped agent withdraws the VIPs
+        // (the router moves its flows to the other node) and the pinned program keeps
+        // forwarding what still arrives; the restarted agent announces them again.
         for i in 1..=2 {
-            w.signal(&format!("l{i}"), libc::SIGTERM);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        for i in 1..=2 {
+            w.stop_lb(i);
+            w.wait_routed(VIP, &[3 - i], std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(300));
             w.start_lb(i);
-        }
-        for i in 1..=2 {
             w.wait_lb_ready(i);
+            w.wait_routed(VIP, &[1, 2], std::time::Duration::from_secs(5));
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     });
