@@ -47,7 +47,7 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     }
     let node = NODE.get(0).copied().unwrap_or_default();
     if node.shield != 0 {
-        if let Some((slot, reason)) = shield::blocks(&pkt) {
+        if let Some((slot, reason)) = shield::blocks(ctx, &pkt) {
             // Only traffic for a VIP is ever blocked, so the node stays reachable.
             if lookup::vip(&pkt).is_some() {
                 shield::count(slot, reason);
@@ -66,11 +66,16 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     } else {
         0
     };
-    let outer = encap::plan(&pkt, &route.backend, &node, hash);
+    let mut outer = encap::plan(&pkt, &route.backend, &node, hash);
     let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, route.id) {
         NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
-        // The kernel takes it: address the frame to ourselves, as it arrived.
-        NextHop::Kernel => (pkt.l2.dst, pkt.l2.src, None),
+        // The kernel takes it: address the frame to ourselves, as it arrived. It forwards
+        // the frame and takes one off the TTL, so one more is written here: what leaves the
+        // node is the configured TTL on either path.
+        NextHop::Kernel => {
+            outer.ttl = outer.ttl.saturating_add(1);
+            (pkt.l2.dst, pkt.l2.src, None)
+        }
         NextHop::TooBig(mtu) => {
             if pkt.kind == Kind::IcmpError {
                 return Err(Lb::TooBigDropped);
@@ -90,9 +95,14 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         Ok(done) => Ok(done),
         Err(()) => {
             // Not a port we may redirect to: hand it to the kernel addressed to ourselves.
-            if !pkt
-                .l2
-                .write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer))
+            // The frame was written for another link, so without the ingress VLAN tag, and
+            // the kernel's forwarding takes one off the TTL, as on the slow path above.
+            let l2 = crate::packet::L2 {
+                vlan: None,
+                ..pkt.l2
+            };
+            if !l2.write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer))
+                || !encap::add_hop(ctx, l2.len(), &mut outer)
             {
                 return Err(Lb::EncapFailed);
             }

@@ -44,9 +44,6 @@ pub struct Packet {
     pub ip_len: usize,
     /// IPv4 TOS / IPv6 traffic class, copied to the outer header.
     pub tos: u8,
-    /// For an ICMP error, the address that sent it (`flow.src` is then the client the
-    /// quoted packet was for); zero otherwise.
-    pub icmp_sender: [u32; 4],
 }
 
 /// Parses the packet. `Err` carries the outcome for packets that end here.
@@ -84,7 +81,6 @@ fn ipv4(ctx: &XdpContext, l2: L2) -> Result<Packet, Lb> {
         kind: Kind::Other,
         ip_len: total,
         tos,
-        icmp_sender: [0; 4],
     };
     // More-fragments set or a non-zero offset: no ports in this packet, or none at all.
     if be16_at(ip, 6) & 0x3fff != 0 {
@@ -125,7 +121,6 @@ fn ipv6(ctx: &XdpContext, l2: L2) -> Result<Packet, Lb> {
         kind: Kind::Other,
         ip_len: IPV6_HLEN + payload,
         tos,
-        icmp_sender: [0; 4],
     };
     let mut i = 0;
     while i < net::MAX_IPV6_EXT_HEADERS {
@@ -207,7 +202,6 @@ fn icmp4_error(ctx: &XdpContext, pkt: &mut Packet, l4: usize, l4_len: usize) -> 
         return Ok(());
     }
     let ports = at::<[u8; 4]>(ctx, q + ihl).ok_or(Lb::MalformedIcmp)? as *const u8;
-    pkt.icmp_sender = pkt.flow.src;
     pkt.flow.proto = quoted_proto;
     pkt.flow.src[0] = raw32_at(inner, 16);
     pkt.flow.dst[0] = raw32_at(inner, 12);
@@ -236,7 +230,6 @@ fn icmp6_error(ctx: &XdpContext, pkt: &mut Packet, l4: usize, l4_len: usize) -> 
         return Ok(());
     }
     let ports = at::<[u8; 4]>(ctx, q + IPV6_HLEN).ok_or(Lb::MalformedIcmp)? as *const u8;
-    pkt.icmp_sender = pkt.flow.src;
     pkt.flow.proto = quoted_proto;
     pkt.flow.src = addr6_at(inner, 24);
     pkt.flow.dst = addr6_at(inner, 8);

@@ -4,11 +4,15 @@
 //! entry expires on the kernel's monotonic clock, so a block the agent never got to remove
 //! still ends on time. Drops are counted per entry and per reason.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
-use sluice_common::{BlockKey, BLOCK_KEY_FAMILY_BITS};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use sluice_common::{
+    net::{IPV4_HLEN, IPV6_HLEN},
+    BlockKey, BLOCK_KEY_FAMILY_BITS, FAMILY_V6,
+};
 
 use crate::{
     maps::{bump, BLOCKS, BLOCK_DROPS, BLOCK_REASONS},
+    packet::{addr6_at, at, raw32_at},
     parse::{Kind, Packet},
 };
 
@@ -18,13 +22,28 @@ use crate::{
 /// The caller has not yet proved the packet is for a VIP (the VIP filter has false
 /// positives), so it must confirm that before dropping: see `lb::forward`.
 #[inline(always)]
-pub fn blocks(pkt: &Packet) -> Option<(u32, u32)> {
+pub fn blocks(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, u32)> {
     if pkt.kind == Kind::IcmpError {
-        if let Some(hit) = lookup(&pkt.icmp_sender, pkt.flow.family) {
+        // `flow.src` is the client the quoted packet was for; the sender is read from the
+        // packet rather than kept in `Packet`, whose every byte counts on the BPF stack.
+        if let Some(hit) = icmp_sender(ctx, pkt).and_then(|s| lookup(&s, pkt.flow.family)) {
             return Some(hit);
         }
     }
     lookup(&pkt.flow.src, pkt.flow.family)
+}
+
+/// The outer source address of an ICMP error.
+#[inline(always)]
+fn icmp_sender(ctx: &XdpContext, pkt: &Packet) -> Option<[u32; 4]> {
+    let off = pkt.l2.len();
+    if pkt.flow.family == FAMILY_V6 {
+        let ip = at::<[u8; IPV6_HLEN]>(ctx, off)? as *const u8;
+        Some(addr6_at(ip, 8))
+    } else {
+        let ip = at::<[u8; IPV4_HLEN]>(ctx, off)? as *const u8;
+        Some([raw32_at(ip, 12), 0, 0, 0])
+    }
 }
 
 /// The live entry for `src`. The agent keeps an entry inside a wider one from expiring

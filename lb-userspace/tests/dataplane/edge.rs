@@ -10,7 +10,8 @@ use sluice_common::stats::{Lb, LbFlow};
 use crate::{
     action, assert_flow_events, assert_outcomes,
     golden::{
-        self, outer_for, Counter, FixtureVip, Golden, Hop, SAME_LINK, VIP4, VIP6, WEB4, WEB6,
+        self, outer_for, Counter, FixtureVip, Golden, Hop, OUTSIDE_DEVMAP, SAME_LINK, VIP4, VIP6,
+        WEB4, WEB6,
     },
     lab::{self, backend_mac, Lab, EXT_MAC, INT_MAC, ROUTER_MAC},
     pkt::{build, encapsulated, eth, Extra, Flow, Tcp},
@@ -399,11 +400,14 @@ fn vlan_tags_ip_options_and_extension_headers() {
     let with_ext = with_ipv6_options(&build(&f4, Tcp::Syn, b"ext", &Extra::default()));
     let tagged_redirect = build(&f1, Tcp::Syn, b"tagged", &tagged);
     let tagged_tx = build(&f2, Tcp::Syn, b"tagged", &tagged);
+    let f5 = OUTSIDE_DEVMAP.flow("203.0.113.7", 40013);
+    let tagged_miss = build(&f5, Tcp::Syn, b"tagged", &tagged);
     // (name, VIP, flow, input, next hop, outcome)
     #[rustfmt::skip]
     let table = [
         ("VLAN tag, out of another interface: dropped", &WEB4,      &f1, tagged_redirect, Hop::Redirect, Lb::Redirect),
         ("VLAN tag, back out of the same link: kept",   &SAME_LINK, &f2, tagged_tx,       Hop::Tx,       Lb::Tx),
+        ("VLAN tag, redirect refused: untagged to kernel", &OUTSIDE_DEVMAP, &f5, tagged_miss, Hop::KernelOtherLink, Lb::RedirectMiss),
         ("IPv4 options",                                &WEB4,      &f3, with_options,    Hop::Redirect, Lb::Redirect),
         ("IPv6 hop-by-hop and destination options",     &WEB6,      &f4, with_ext,        Hop::Redirect, Lb::Redirect),
     ];

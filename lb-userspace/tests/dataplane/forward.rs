@@ -60,7 +60,7 @@ const TUNNELLED: [TunnelRow; 8] = {
         ("6in4: IPv6 VIP, IPv4 gateway",       &V6_ON_V4,       "2001:db8:c::1", 1234,  Syn, 0,    Redirect, Lb::Redirect,     LbFlow::MissSyn),
         ("next hop out of the ingress link",   &SAME_LINK,      "203.0.113.7",   40000, Syn, 0,    Tx,       Lb::Tx,           LbFlow::MissSyn),
         ("no neighbour entry: to the kernel",  &NO_NEIGHBOUR,   "203.0.113.7",   40000, Syn, 0,    Kernel,   Lb::KernelNeigh,  LbFlow::MissSyn),
-        ("port outside the devmap: to kernel", &OUTSIDE_DEVMAP, "203.0.113.7",   40000, Syn, 0,    Kernel,   Lb::RedirectMiss, LbFlow::MissSyn),
+        ("port outside the devmap: to kernel", &OUTSIDE_DEVMAP, "203.0.113.7",   40000, Syn, 0,    KernelOtherLink, Lb::RedirectMiss, LbFlow::MissSyn),
     ]
 };
 

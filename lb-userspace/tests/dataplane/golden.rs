@@ -133,6 +133,7 @@ pub fn outer_for(flow: &Flow, backend: u32, tos: u8) -> Outer {
         dst,
         tos,
         flow_label: flow_hash(&flow.key()) & 0xf_ffff,
+        ttl: 64,
     }
 }
 
@@ -145,6 +146,9 @@ pub enum Hop {
     Tx,
     /// Handed to the kernel addressed to ourselves, as received, so the kernel routes it.
     Kernel,
+    /// Handed to the kernel after a redirect the devmap refused: addressed to ourselves,
+    /// but written for the other link, so without the ingress VLAN tag.
+    KernelOtherLink,
 }
 
 /// The frame `input` (carrying `flow`, with `tos`) becomes once tunnelled to `backend`: a
@@ -155,14 +159,19 @@ pub fn tunnelled(input: &[u8], flow: &Flow, tos: u8, backend: u32, hop: Hop) -> 
     } else {
         14
     };
-    let vlan = (l2 == 18 && hop != Hop::Redirect)
+    let vlan = (l2 == 18 && !matches!(hop, Hop::Redirect | Hop::KernelOtherLink))
         .then(|| u16::from_be_bytes([input[14], input[15]]) & 0x0fff);
     let (dst_mac, src_mac) = match hop {
         Hop::Redirect => (backend_mac(backend), INT_MAC),
         Hop::Tx => (backend_mac(backend), EXT_MAC),
-        Hop::Kernel => (EXT_MAC, ROUTER_MAC),
+        Hop::Kernel | Hop::KernelOtherLink => (EXT_MAC, ROUTER_MAC),
     };
-    let outer = outer_for(flow, backend, tos);
+    let mut outer = outer_for(flow, backend, tos);
+    // The kernel's forwarding takes one off the TTL: the data plane writes one more, so the
+    // configured TTL is what leaves the node either way.
+    if matches!(hop, Hop::Kernel | Hop::KernelOtherLink) {
+        outer.ttl += 1;
+    }
     encapsulated(input, l2, vlan, dst_mac, src_mac, &outer)
 }
 
@@ -319,7 +328,7 @@ pub fn tunnelled_row(
     let action = match hop {
         Hop::Redirect => crate::action::REDIRECT,
         Hop::Tx => crate::action::TX,
-        Hop::Kernel => crate::action::PASS,
+        Hop::Kernel | Hop::KernelOtherLink => crate::action::PASS,
     };
     Golden {
         name,

@@ -197,6 +197,8 @@ pub struct Outer {
     pub tos: u8,
     /// Flow label for an IPv6 outer header.
     pub flow_label: u32,
+    /// Outer TTL / hop limit as written.
+    pub ttl: u8,
 }
 
 /// The frame `sluice_lb` must emit: new L2, `outer`, and the inner IP packet of `input`
@@ -219,8 +221,14 @@ pub fn encapsulated(
     let mut out;
     if outer.dst.is_ipv4() {
         out = eth(dst_mac, src_mac, vlan, 0x0800);
-        let mut h = Ipv4Header::new(inner_len as u16, 64, proto, v4(outer.src), v4(outer.dst))
-            .expect("header");
+        let mut h = Ipv4Header::new(
+            inner_len as u16,
+            outer.ttl,
+            proto,
+            v4(outer.src),
+            v4(outer.dst),
+        )
+        .expect("header");
         h.dscp = Ipv4Dscp::try_new(outer.tos >> 2).expect("dscp");
         h.ecn = Ipv4Ecn::try_new(outer.tos & 3).expect("ecn");
         h.identification = 0;
@@ -234,7 +242,7 @@ pub fn encapsulated(
             flow_label: Ipv6FlowLabel::try_new(outer.flow_label).expect("label"),
             payload_length: inner_len as u16,
             next_header: proto,
-            hop_limit: 64,
+            hop_limit: outer.ttl,
             source: v6(outer.src),
             destination: v6(outer.dst),
         };
