@@ -58,7 +58,7 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// Removes BIRDs, namespaces and pins left by runs whose process is gone.
+/// Removes processes, namespaces and pins left by runs whose process is gone.
 fn sweep_leftovers() {
     // BIRDs first: a namespace with a process in it outlives `ip netns del`.
     bgp::sweep_dead_runs();
@@ -75,6 +75,8 @@ fn sweep_leftovers() {
             .parse::<i32>()
             .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
         if !alive {
+            // Its agents, gateways, backends and BIRDs first.
+            ns::kill_all_in(name);
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }

@@ -94,3 +94,22 @@ fn on_thread_in<R: Send>(enter: impl FnOnce() + Send, f: impl FnOnce() -> R + Se
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
+
+/// Kills (SIGKILL) every process in named namespace `ns` (as `ip netns pids` lists them):
+/// what a run that died left running there. Deleting the namespace alone would leave them
+/// running, and the namespace alive with them.
+pub fn kill_all_in(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| *p > 1 && *p != me)
+    {
+        // SAFETY: kill has no memory-safety preconditions; the pid is in a namespace of a
+        // dead run.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
