@@ -195,6 +195,16 @@ impl Announcer {
         }
     }
 
+    /// Records `decision` for `status` without telling BIRD anything: for an agent whose
+    /// view of its backends is still forming (just started, not every backend probed yet).
+    /// BIRD keeps what it announces meanwhile: nothing if this agent started it, or what a
+    /// previous agent announced, which the pinned maps still forward. Announcing from a
+    /// partial view would build a table unlike the other nodes', and the established flows
+    /// the routers then move here would change gateway; withdrawing would be a flap.
+    pub fn hold(&mut self, decision: Vec<Announcement>) {
+        self.wanted = decision;
+    }
+
     /// Withdraws everything (a graceful stop), then waits `withdraw_delay_ms` so the
     /// routers move the flows before the agent goes.
     pub async fn withdraw_and_wait(&mut self) {
@@ -340,8 +350,9 @@ mod tests {
     }
 
     /// An agent that starts while a BIRD from a previous agent runs leaves its
-    /// announcements alone until its own first decision, which it then pushes: a
-    /// withdrawal in between would make every router move the flows away and back.
+    /// announcements alone, through decisions held back, until its own first decision,
+    /// which it then pushes: a withdrawal in between would make every router move the
+    /// flows away and back.
     #[test]
     fn a_running_bird_keeps_its_announcements_until_the_first_decision() {
         let dir = std::env::temp_dir().join(format!("sluice-bgp-start-{}", std::process::id()));
@@ -357,8 +368,15 @@ mod tests {
         .expect("parse");
         let seen = fake_bird(&socket);
         let mut a = Announcer::start(&bgp);
-        let untouched = !dir.join("vips4.conf").exists() && seen.lock().expect("lock").is_empty();
         let vip: IpAddr = "198.51.100.1".parse().expect("literal");
+        // A decision held back while the agent's view forms is shown, not told.
+        a.hold(vec![Announcement {
+            address: vip,
+            announced: false,
+            reason: "waiting".into(),
+        }]);
+        let held = a.status().vips;
+        let untouched = !dir.join("vips4.conf").exists() && seen.lock().expect("lock").is_empty();
         a.announce(vec![Announcement {
             address: vip,
             announced: true,
@@ -371,6 +389,14 @@ mod tests {
         assert!(
             untouched,
             "start told the running BIRD something: {commands:?}"
+        );
+        assert_eq!(
+            held,
+            [Announcement {
+                address: vip,
+                announced: false,
+                reason: "waiting".into()
+            }]
         );
         assert!(
             routes.contains("route 198.51.100.1/32 blackhole;"),
