@@ -2,7 +2,7 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | GET | `/healthz` | 200 while the agent runs |
+//! | GET | `/healthz` | 200 while the agent runs and the node can forward; 503 naming the failing node checks |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/status` | JSON ([`Status`]) |
 //! | POST | `/backends/{address}/drain` | no new flows to that backend |
@@ -167,7 +167,19 @@ async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) 
     let query = req.uri().query().unwrap_or("").to_string();
     let gone = || problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/healthz") => match ask(agent, Command::Healthz).await {
+            Some(failing) if failing.is_empty() => {
+                respond(StatusCode::OK, "text/plain", "ok\n".into())
+            }
+            Some(failing) => {
+                let detail: Vec<String> = failing
+                    .iter()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect();
+                problem(StatusCode::SERVICE_UNAVAILABLE, &detail.join("; "))
+            }
+            None => gone(),
+        },
         (&Method::GET, "/metrics") => match ask(agent, Command::Metrics).await {
             Some(text) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
             None => gone(),

@@ -54,6 +54,8 @@ pub enum Command {
     Unblock(ipnet::IpNet, oneshot::Sender<Result<(), CommandError>>),
     /// Withdraw (true) or announce again (false) every VIP over BGP.
     Maintenance(bool, oneshot::Sender<Result<(), CommandError>>),
+    /// The node checks that fail now (`/healthz`).
+    Healthz(oneshot::Sender<Vec<crate::node_check::Check>>),
     /// Current state as JSON.
     Status(oneshot::Sender<Status>),
     /// Prometheus text.
@@ -104,6 +106,13 @@ pub struct Status {
     /// The VIPs' announcements and the BGP sessions.
     #[serde(default)]
     pub bgp: BgpStatus,
+    /// What forwarding needs from the node, checked every second.
+    #[serde(default)]
+    pub node_checks: Vec<crate::node_check::Check>,
+    /// Packets dropped per second over the last second, by reason (the reasons that mean
+    /// the node cannot forward: `fib_failure`, `no_backend`).
+    #[serde(default)]
+    pub drop_rates: Vec<(String, f64)>,
 }
 
 /// Config state.
@@ -217,6 +226,10 @@ struct Agent {
     bgp: Option<Announcer>,
     /// The maps hold the current plan: the last apply succeeded.
     synced: bool,
+    /// The last node checks.
+    checks: Vec<crate::node_check::Check>,
+    /// Drop counters at the last sample (none before the first), and their rates since.
+    drops: Vec<(Lb, Option<u64>, f64)>,
 }
 
 /// One gateway's block candidates, or why they could not be fetched.
@@ -285,7 +298,13 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         pull_tx,
         bgp: None,
         synced: false,
+        checks: Vec::new(),
+        drops: [Lb::FibFailure, Lb::NoBackend]
+            .into_iter()
+            .map(|o| (o, None, 0.0))
+            .collect(),
     };
+    agent.check_node();
     agent.apply().context("writing the initial state")?;
     // BIRD is started (or told to announce nothing) only once the maps are written; the
     // VIPs follow as their backends come up.
@@ -321,6 +340,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                     agent.reload("file change");
                 }
                 agent.sample_rates();
+                agent.check_node();
                 agent.adjust_load_weights();
                 agent.sweep_blocks();
                 if let Some(bgp) = agent.bgp.as_mut() {
@@ -451,6 +471,8 @@ impl Agent {
             .interfaces
             .iter()
             .all(|i| node.pin_dir.join("links").join(i).exists());
+        // A node that cannot forward (forwarding off, say) must not draw traffic.
+        let failing = self.checks.iter().find(|c| !c.ok).map(|c| c.name.clone());
         let mut decision: Vec<Announcement> = Vec::new();
         for v in &self.config.vips {
             let alive = v
@@ -468,16 +490,18 @@ impl Agent {
         }
         for d in &mut decision {
             let why = if !attached {
-                "the XDP program is not attached"
+                "the XDP program is not attached".to_string()
+            } else if let Some(check) = &failing {
+                format!("node check failing: {check}")
             } else if !self.synced {
-                "the maps are not in sync"
+                "the maps are not in sync".to_string()
             } else if !d.announced {
-                "no backend alive"
+                "no backend alive".to_string()
             } else {
-                ""
+                String::new()
             };
             d.announced = why.is_empty();
-            d.reason = why.into();
+            d.reason = why;
         }
         bgp.announce(decision);
     }
@@ -611,6 +635,10 @@ impl Agent {
                 info!(maintenance = on, ok = r.is_ok(), "maintenance");
                 let _ = reply.send(r);
             }
+            Command::Healthz(reply) => {
+                let failing = self.checks.iter().filter(|c| !c.ok).cloned().collect();
+                let _ = reply.send(failing);
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -707,6 +735,40 @@ impl Agent {
         Ok(())
     }
 
+    /// Runs the node checks, logging what changed, and announces accordingly.
+    fn check_node(&mut self) {
+        let now = crate::node_check::run(&self.config);
+        crate::node_check::log_changes(&self.checks, &now);
+        self.checks = now;
+    }
+
+    /// Rates of the drops that mean this node cannot forward, logged when they start and
+    /// when they stop.
+    fn sample_drops(&mut self, dt: f64) {
+        for (outcome, last, rate) in self.drops.iter_mut() {
+            let Ok(n) = self.dp.lb_count(*outcome) else {
+                continue;
+            };
+            // The counters are pinned: what a previous agent saw is not a rate.
+            if let Some(before) = *last {
+                let new_rate = n.saturating_sub(before) as f64 / dt;
+                match (*rate > 0.0, new_rate > 0.0) {
+                    (false, true) => warn!(
+                        reason = outcome.name(),
+                        per_second = new_rate,
+                        "VIP packets are being dropped"
+                    ),
+                    (true, false) => {
+                        info!(reason = outcome.name(), "VIP packets no longer dropped")
+                    }
+                    _ => {}
+                }
+                *rate = new_rate;
+            }
+            *last = Some(n);
+        }
+    }
+
     fn sample_rates(&mut self) {
         let now = Instant::now();
         let mut current = HashMap::new();
@@ -718,6 +780,10 @@ impl Agent {
                     }
                 }
             }
+        }
+        if let Some((then, _)) = &self.last_sample {
+            let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
+            self.sample_drops(dt);
         }
         if let Some((then, prev)) = &self.last_sample {
             let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
@@ -750,6 +816,12 @@ impl Agent {
                 .shield
                 .status(&self.dp, &self.config.shield, &self.config.flood_guard),
             bgp: self.bgp.as_ref().map(Announcer::status).unwrap_or_default(),
+            node_checks: self.checks.clone(),
+            drop_rates: self
+                .drops
+                .iter()
+                .map(|(o, _, r)| (o.name().to_string(), *r))
+                .collect(),
             table_generation: self.applied.generation,
             last_disruption: self.applied.last_disruption,
             config: ConfigStatus {

@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod node_check;
 pub mod object;
 pub mod shield;
 pub mod weights;

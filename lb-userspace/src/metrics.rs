@@ -24,6 +24,7 @@ pub fn render(s: &Status, reloads: Reloads) -> String {
     tables(&mut m, s);
     shield(&mut m, s);
     bgp(&mut m, s);
+    node(&mut m, s);
     config_reloads(&mut m, s, reloads);
     m.finish()
 }
@@ -242,6 +243,26 @@ fn shield(m: &mut Writer, s: &Status) {
     );
 }
 
+/// The node checks and the rates of the drops that mean the node cannot forward.
+fn node(m: &mut Writer, s: &Status) {
+    let help = "1 while what forwarding needs holds (bpffs, the program attached, IP forwarding, accept_local).";
+    m.family_over(
+        "sluice_lb_node_check_ok",
+        "gauge",
+        help,
+        &s.node_checks,
+        |c| (("check", c.name.clone()), if c.ok { 1.0 } else { 0.0 }),
+    );
+    let help = "VIP packets dropped per second over the last second, by reason.";
+    m.family_over(
+        "sluice_lb_dropped_packets_per_second",
+        "gauge",
+        help,
+        &s.drop_rates,
+        |(r, v)| (("reason", r.clone()), *v),
+    );
+}
+
 /// Announcements and sessions, when `[bgp]` is configured.
 fn bgp(m: &mut Writer, s: &Status) {
     let b = &s.bgp;
@@ -437,6 +458,12 @@ mod tests {
                 ..Default::default()
             },
             bgp: Default::default(),
+            node_checks: vec![crate::node_check::Check {
+                name: "ipv4_forwarding eth0".into(),
+                ok: false,
+                detail: "off".into(),
+            }],
+            drop_rates: vec![("fib_failure".into(), 12.0)],
         };
         let text = render(&status, Reloads { ok: 3, failed: 1 });
         assert_eq!(text, GOLDEN);
@@ -523,6 +550,12 @@ sluice_lb_flood_guard_cpus_flooding 1\n\
 # HELP sluice_lb_flood_guard_seconds_total Time spent with the flood guard on, summed over CPUs.\n\
 # TYPE sluice_lb_flood_guard_seconds_total counter\n\
 sluice_lb_flood_guard_seconds_total 2.5\n\
+# HELP sluice_lb_node_check_ok 1 while what forwarding needs holds (bpffs, the program attached, IP forwarding, accept_local).\n\
+# TYPE sluice_lb_node_check_ok gauge\n\
+sluice_lb_node_check_ok{check=\"ipv4_forwarding eth0\"} 0\n\
+# HELP sluice_lb_dropped_packets_per_second VIP packets dropped per second over the last second, by reason.\n\
+# TYPE sluice_lb_dropped_packets_per_second gauge\n\
+sluice_lb_dropped_packets_per_second{reason=\"fib_failure\"} 12\n\
 # HELP sluice_lb_config_reloads_total Config reloads, by result.\n\
 # TYPE sluice_lb_config_reloads_total counter\n\
 sluice_lb_config_reloads_total{result=\"ok\"} 3\n\

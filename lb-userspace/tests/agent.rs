@@ -816,3 +816,91 @@ fn nested_blocks_never_expire_first_and_a_reload_applies_the_allow_list() {
         "on the allow list: forwarded"
     );
 }
+
+fn healthz(w: &World) -> (u16, String) {
+    in_ns(&w.a, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let (code, body) = rt
+            .block_on(sluice_lb::admin::call(
+                "127.0.0.1:19180".parse().expect("literal"),
+                hyper::Method::GET,
+                "/healthz",
+            ))
+            .expect("healthz");
+        (code.as_u16(), body)
+    })
+}
+
+fn set_forwarding(w: &World, on: bool) {
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.conf.ext0.forwarding={}",
+        w.a,
+        u8::from(on)
+    ));
+}
+
+#[test]
+fn forwarding_turned_off_is_fixed_or_reported_and_its_drops_are_a_rate() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    assert_eq!(healthz(&w).0, 200);
+    // manage_sysctls (the default): put right within a second.
+    set_forwarding(&w, false);
+    wait_until("forwarding set again", Duration::from_secs(3), || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok()
+            && in_ns(&w.a, || {
+                std::fs::read_to_string("/proc/sys/net/ipv4/conf/ext0/forwarding")
+                    .map(|v| v.trim() == "1")
+                    .unwrap_or(false)
+            })
+    });
+    // Without it: reported in status, /healthz and /metrics; every VIP packet is a
+    // fib_failure, and that is a rate and a log line.
+    let text = w.config(&BACKENDS).replace(
+        "flow_table_size = 4096\n",
+        "flow_table_size = 4096\nmanage_sysctls = false\n",
+    );
+    w.write_config(&text);
+    wait_until("the reload", Duration::from_secs(5), || {
+        w.config_generation() == 2
+    });
+    set_forwarding(&w, false);
+    wait_until("the check failing", Duration::from_secs(3), || {
+        healthz(&w).0 == 503
+    });
+    let (_, body) = healthz(&w);
+    assert!(body.contains("ipv4_forwarding ext0"), "{body}");
+    for port in 0..50 {
+        assert!(
+            !forwarded(&w, "203.0.113.40", 7200 + port),
+            "dropped: forwarding off"
+        );
+    }
+    wait_until("the drop rate", Duration::from_secs(3), || {
+        w.metrics().lines().any(|l| {
+            l.starts_with("sluice_lb_dropped_packets_per_second{reason=\"fib_failure\"}")
+                && !l.ends_with(" 0")
+        })
+    });
+    let metrics = w.metrics();
+    assert!(
+        metrics.contains("sluice_lb_node_check_ok{check=\"ipv4_forwarding ext0\"} 0"),
+        "{metrics}"
+    );
+    let log: String = std::fs::read_dir(&w.dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(log.contains("node check failing"), "{log}");
+    assert!(log.contains("VIP packets are being dropped"), "{log}");
+    set_forwarding(&w, true);
+    wait_until("healthy again", Duration::from_secs(3), || {
+        healthz(&w).0 == 200
+    });
+}

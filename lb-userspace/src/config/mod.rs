@@ -200,6 +200,14 @@ pub struct Node {
     /// Flow-table capacity.
     #[serde(default = "default_flow_table")]
     pub flow_table_size: u32,
+    /// Set the sysctls forwarding needs on the interfaces (IP forwarding, `accept_local`)
+    /// when they are off; without it they are only reported.
+    #[serde(default = "yes")]
+    pub manage_sysctls: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_ttl() -> u8 {
