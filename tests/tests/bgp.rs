@@ -300,12 +300,24 @@ fn maintenance_and_a_graceful_stop_under_load_fail_no_request() {
 
     // A graceful stop: the agent withdraws, waits withdraw_delay_ms, exits; the router has
     // moved the flows before it goes (the pinned program would still forward anyway).
+    let watch = RouteWatch::start(&w);
+    let stopping = SystemTime::now();
     let stopped = w.stop_lb(1);
-    eprintln!("LB 1's agent stopped gracefully in {stopped:?}");
+    let seen = watch.stop();
+    let moved = seen
+        .iter()
+        .find(|(_, v4, v6)| v4 == &[2] && v6 == &[2])
+        .and_then(|(at, _, _)| at.duration_since(stopping).ok())
+        .expect("the router moved both VIPs to LB 2");
+    eprintln!(
+        "LB 1's agent stopped gracefully in {stopped:?}; the router had moved both VIPs to \
+         LB 2 {moved:?} after the SIGTERM"
+    );
     assert!(
         stopped >= Duration::from_millis(WITHDRAW_DELAY_MS),
         "it waited withdraw_delay_ms before exiting: {stopped:?}"
     );
+    assert!(moved < stopped, "the flows moved before the agent exited");
     assert_eq!(w.routed_nodes(VIP), [2]);
     assert_eq!(w.routed_nodes(VIP6), [2]);
     assert!(
