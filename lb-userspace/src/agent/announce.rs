@@ -1,0 +1,74 @@
+//! The node checks, and which VIP addresses this node announces over BGP.
+
+use super::Agent;
+use crate::bgp::{Announcement, Announcer};
+
+impl Agent {
+    /// Decides which VIP addresses this node announces and tells BIRD if that changed: an
+    /// address is announced while the program is attached to every interface, the maps
+    /// hold the current plan, and a VIP on it has a backend alive.
+    pub(super) fn announce(&mut self) {
+        let Some(bgp) = self.bgp.as_mut() else {
+            return;
+        };
+        let node = &self.config.node;
+        let attached = node
+            .interfaces
+            .iter()
+            .all(|i| node.pin_dir.join("links").join(i).exists());
+        // A node that cannot forward (forwarding off, say) must not draw traffic.
+        let failing = self.checks.iter().find(|c| !c.ok).map(|c| c.name.clone());
+        let mut decision: Vec<Announcement> = Vec::new();
+        for v in &self.config.vips {
+            let alive = v
+                .backends
+                .iter()
+                .any(|b| self.status.get(&b.address).is_some_and(|s| s.healthy));
+            match decision.iter_mut().find(|d| d.address == v.address) {
+                Some(d) => d.announced |= alive,
+                None => decision.push(Announcement {
+                    address: v.address,
+                    announced: alive,
+                    reason: String::new(),
+                }),
+            }
+        }
+        for d in &mut decision {
+            let why = if !attached {
+                "the XDP program is not attached".to_string()
+            } else if let Some(check) = &failing {
+                format!("node check failing: {check}")
+            } else if !self.synced {
+                "the maps are not in sync".to_string()
+            } else if !d.announced {
+                "no backend alive".to_string()
+            } else {
+                String::new()
+            };
+            d.announced = why.is_empty();
+            d.reason = why;
+        }
+        bgp.announce(decision);
+    }
+
+    /// Applies a reloaded `[bgp]`: started, reconfigured, or withdrawn and dropped.
+    pub(super) fn sync_bgp(&mut self) {
+        match (&self.config.bgp, self.bgp.as_mut()) {
+            (Some(b), Some(a)) => a.reconfigure(b),
+            (Some(b), None) => self.bgp = Some(Announcer::start(b)),
+            (None, Some(a)) => {
+                a.announce(Vec::new());
+                self.bgp = None;
+            }
+            (None, None) => {}
+        }
+        self.announce();
+    }
+
+    /// Runs the node checks, logging what changed, and announces accordingly.
+    pub(super) fn check_node(&mut self) {
+        let now = crate::node_check::run(&self.config);
+        crate::node_check::log_changes(&self.checks, &now);
+        self.checks = now;
+    }
+}
