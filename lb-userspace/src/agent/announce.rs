@@ -8,6 +8,21 @@ impl Agent {
     /// address is announced while the program is attached to every interface, the maps
     /// hold the current plan, and a VIP on it has a backend alive.
     pub(super) fn announce(&mut self) {
+        if self.bgp.is_none() {
+            return;
+        }
+        // Until every backend has had its first verdict since this agent started (a probe,
+        // or the pinned state adopted), a node starting from empty maps would announce a
+        // table that differs from its peers', and flows ECMP moves to it would land on
+        // other gateways. Later changes to the pool (a reload) hold nothing back.
+        if !self.health_settled {
+            self.health_settled = self
+                .config
+                .vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .all(|b| self.status.contains_key(&b.address));
+        }
         let Some(bgp) = self.bgp.as_mut() else {
             return;
         };
@@ -38,6 +53,8 @@ impl Agent {
                 "the XDP program is not attached".to_string()
             } else if let Some(check) = &failing {
                 format!("node check failing: {check}")
+            } else if !self.health_settled {
+                "waiting for every backend's first health check".to_string()
             } else if !self.synced {
                 "the maps are not in sync".to_string()
             } else if !d.announced {
@@ -48,7 +65,11 @@ impl Agent {
             d.announced = why.is_empty();
             d.reason = why;
         }
-        bgp.announce(decision);
+        if self.health_settled {
+            bgp.announce(decision);
+        } else {
+            bgp.hold(decision);
+        }
     }
 
     /// Applies a reloaded `[bgp]`: started, reconfigured, or withdrawn and dropped.

@@ -124,6 +124,9 @@ struct Agent {
     bgp: Option<Announcer>,
     /// The maps hold the current plan: the last apply succeeded.
     synced: bool,
+    /// Every backend configured has had a first verdict since this agent started (a probe,
+    /// or the pinned state adopted): until then BIRD is told nothing.
+    health_settled: bool,
     /// The last node checks.
     checks: Vec<crate::node_check::Check>,
     /// Drop counters at the last sample (none before the first), and their rates since.
@@ -190,6 +193,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         pull_tx,
         bgp: None,
         synced: false,
+        health_settled: false,
         checks: Vec::new(),
         drops: [Lb::FibFailure, Lb::NoBackend]
             .into_iter()
@@ -316,6 +320,7 @@ impl Agent {
     }
 
     fn on_health(&mut self, t: Transition) {
+        let first = !self.status.contains_key(&t.addr);
         let s = self.status.entry(t.addr).or_default();
         let (healthy, not_ready) = match t.health {
             Health::Up => (true, false),
@@ -323,6 +328,10 @@ impl Agent {
             Health::Down => (false, false),
         };
         if (s.healthy, s.not_ready) == (healthy, not_ready) {
+            if first {
+                // A first verdict of down changes no table, but may complete the pool.
+                self.announce();
+            }
             return;
         }
         (s.healthy, s.not_ready) = (healthy, not_ready);
