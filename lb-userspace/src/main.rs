@@ -263,11 +263,23 @@ fn check(config: &Path) -> Result<()> {
 }
 
 fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>) -> Result<()> {
-    let dir = match (config, pin_dir) {
-        (Some(c), _) => config::load(&c)?.node.pin_dir,
-        (None, Some(d)) => d,
-        (None, None) => PathBuf::from("/sys/fs/bpf/sluice"),
+    let (dir, bgp) = match (config, pin_dir) {
+        (Some(c), _) => {
+            let c = config::load(&c)?;
+            (c.node.pin_dir, c.bgp)
+        }
+        (None, Some(d)) => (d, None),
+        (None, None) => (PathBuf::from("/sys/fs/bpf/sluice"), None),
     };
+    // A detached node drops what reaches it: withdraw first, so the routers stop sending.
+    if let Some(bgp) = bgp {
+        match sluice_lb::bgp::bird::withdraw_all(&bgp) {
+            Ok(()) => {
+                println!("withdrew every VIP from BGP (BIRD keeps running, announcing nothing)")
+            }
+            Err(e) => eprintln!("warning: could not withdraw the VIPs from BGP: {e}"),
+        }
+    }
     let n = attach::detach(&dir)?;
     println!("removed {n} pinned objects under {}", dir.display());
     Ok(())

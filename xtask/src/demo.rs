@@ -201,6 +201,7 @@ pub fn run(bin_dir: &std::path::Path, keep: bool) -> Result<()> {
         .and_then(|()| load_weights(&mut w, &load, &mut last))
         .and_then(|()| rate_limit(&w))
         .and_then(|()| shield(&w, &load))
+        .and_then(|()| lb_node_failure(&mut w, &load, &mut last))
         .and_then(|()| lb_status(&w));
     let (ok, failed) = load.stop();
     println!("\nSummary: {ok} requests answered, {failed} failed. The drain moved traffic without losing any;\nthe kill lost what was in flight and what reached the gateway before health checks took it out.");
@@ -382,6 +383,42 @@ fn watch_shield(
             dropped
         );
     }
+    Ok(())
+}
+
+/// Step 8: the routers' view over BGP, and an LB node that dies.
+fn lb_node_failure(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result<()> {
+    println!("\n8. BGP. Each LB node's agent drives a BIRD that announces the VIPs to the router, whose\n   BIRD merges the two paths into one ECMP route. The router's view (`birdc show route`):");
+    for line in w.birdc("r", &format!("show route {VIP}/32")).lines() {
+        println!("   {line}");
+    }
+    println!(
+        "   and its kernel table: {VIP} via {:?}",
+        w.router_vip_next_hops()
+    );
+    println!("\n   LB node 1 dies: its agent and BIRD are killed and its link goes down. BFD (100 ms x 3)\n   tells the router, which withdraws it; flows move to LB node 2, which builds the same\n   Maglev table, so they reach the same gateways:");
+    let failed_before = load.total_failed.load(Ordering::Relaxed);
+    let killed = Instant::now();
+    w.kill_lb_node(1);
+    let moved = w.wait_routed(VIP, &[2], Duration::from_secs(5));
+    println!(
+        "   (the router sent everything to LB node 2 {:.0} ms after the kill)",
+        moved.as_secs_f64() * 1e3
+    );
+    watch(w, load, 4, last)?;
+    println!(
+        "   (requests that failed since the kill: {}, {:.1} s ago)",
+        load.total_failed.load(Ordering::Relaxed) - failed_before,
+        killed.elapsed().as_secs_f64()
+    );
+    println!("   LB node 1 comes back: its agent adopts the pinned maps and announces once every\n   gateway has had a first health check:");
+    w.revive_lb_node(1, false);
+    let back = w.wait_routed(VIP, &[1, 2], Duration::from_secs(10));
+    println!(
+        "   (both LB nodes routed again {:.1} s after the restart)",
+        back.as_secs_f64()
+    );
+    watch(w, load, 3, last)?;
     Ok(())
 }
 

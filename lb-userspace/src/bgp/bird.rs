@@ -150,6 +150,12 @@ pub fn write_all(bgp: &Bgp, v4: &[IpAddr], v6: &[IpAddr]) -> Result<(), BirdErro
     write_atomically(&bgp.bird_dir.join("bird.conf"), &render_config(bgp))
 }
 
+/// Tells a running BIRD to announce nothing (for `sluice-lb detach`, with no agent).
+pub fn withdraw_all(bgp: &Bgp) -> Result<(), BirdError> {
+    write_all(bgp, &[], &[])?;
+    Control::connect(&bgp.bird_socket)?.configure()
+}
+
 /// Starts BIRD on the written config, in its own session so that it outlives the agent:
 /// routes stay announced if the agent dies (the pinned data plane still forwards) and are
 /// withdrawn only when the agent says so.
