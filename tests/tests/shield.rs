@@ -37,6 +37,27 @@ const AUTH_THRESHOLD: u32 = 5;
 /// How long a gateway holds a candidate (and so how long the LB nodes block it).
 const TTL_SECS: u64 = 6;
 
+/// The abuser's sockets on the gateways (any state, TIME_WAIT included), by gateway and
+/// port: a connection that reached a gateway's kernel leaves one.
+fn abuser_sockets(w: &World) -> std::collections::BTreeSet<String> {
+    (1..=3)
+        .flat_map(|i| {
+            let out = sluice_e2e::in_ns_command(&w.ns[&*format!("g{i}")], "ss")
+                .args(["-Htan", "dst", ABUSER])
+                .output()
+                .expect("ss");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .nth(4)
+                        .map(|peer| format!("g{i} {peer}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The prefixes LB node `i` blocks, with their reasons.
 fn blocked(w: &World, i: usize) -> Vec<(String, String)> {
     w.lb_status(i)["shield"]["entries"]
@@ -137,7 +158,12 @@ fn an_abusive_client_is_dropped_in_xdp_by_both_lb_nodes_and_the_good_one_never_f
             "LB {i}: only the abuser, for its 401s"
         );
     }
-    // Its packets are dropped in XDP: the gateways see no new request from it.
+    // Its packets are dropped in XDP: no new connection of it reaches a gateway's kernel.
+    let sockets_before = abuser_sockets(&w);
+    assert!(
+        !sockets_before.is_empty(),
+        "its earlier connections are seen"
+    );
     let dropped_before: u64 = (1..=2).map(|i| w.lb_counter(i, "blocked")).sum();
     let served_before: u64 = (1..=3).map(|i| w.gateway_requests(i)).sum();
     let attempts = in_ns(&c, || {
@@ -146,6 +172,14 @@ fn an_abusive_client_is_dropped_in_xdp_by_both_lb_nodes_and_the_good_one_never_f
             .count()
     });
     assert_eq!(attempts, 3, "every attempt unanswered");
+    let new: Vec<String> = abuser_sockets(&w)
+        .difference(&sockets_before)
+        .cloned()
+        .collect();
+    assert!(
+        new.is_empty(),
+        "connections from the abuser reached a gateway: {new:?}"
+    );
     let dropped: u64 = (1..=2).map(|i| w.lb_counter(i, "blocked")).sum::<u64>() - dropped_before;
     assert!(dropped >= 3, "SYNs dropped in XDP: {dropped}");
     let allowed_seen: u64 = (1..=2)

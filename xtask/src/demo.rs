@@ -389,7 +389,11 @@ fn watch_shield(
 /// Step 8: the routers' view over BGP, and an LB node that dies.
 fn lb_node_failure(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result<()> {
     println!("\n8. BGP. Each LB node's agent drives a BIRD that announces the VIPs to the router, whose\n   BIRD merges the two paths into one ECMP route. The router's view (`birdc show route`):");
-    for line in w.birdc("r", &format!("show route {VIP}/32")).lines() {
+    for line in w
+        .birdc("r", &format!("show route {VIP}/32"))
+        .lines()
+        .filter(|l| !l.starts_with("BIRD "))
+    {
         println!("   {line}");
     }
     println!(
@@ -397,6 +401,10 @@ fn lb_node_failure(w: &mut World, load: &Load, last: &mut [u64; 3]) -> Result<()
         w.router_vip_next_hops()
     );
     println!("\n   LB node 1 dies: its agent and BIRD are killed and its link goes down. BFD (100 ms x 3)\n   tells the router, which withdraws it; flows move to LB node 2, which builds the same\n   Maglev table, so they reach the same gateways:");
+    // The shares count from here, not from the last step that watched them.
+    for (i, slot) in last.iter_mut().enumerate() {
+        *slot = w.gateway_requests(i + 1);
+    }
     let failed_before = load.total_failed.load(Ordering::Relaxed);
     let killed = Instant::now();
     w.kill_lb_node(1);
