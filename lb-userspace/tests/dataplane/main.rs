@@ -7,6 +7,7 @@
 mod decap;
 mod edge;
 mod forward;
+mod fuzz;
 mod golden;
 mod lab;
 mod model;
