@@ -131,6 +131,8 @@ pub struct World {
     lb_extra: String,
     /// The LB nodes' flow-table capacity.
     flow_table_size: u32,
+    /// Failed probes before the LB nodes call a gateway down.
+    probe_fall: u32,
 }
 
 /// The host parts of the client namespace's extra addresses (10.10.1.3 and up; the
@@ -176,11 +178,23 @@ impl World {
     /// Like [`World::start_with_configs`], with LB nodes whose flow tables hold only
     /// `flow_table_size` flows.
     pub fn start_with_flow_table(lb_extra: &str, flow_table_size: u32) -> World {
-        World::start_inner(None, String::new(), lb_extra.to_string(), flow_table_size)
+        World::start_inner(
+            None,
+            String::new(),
+            lb_extra.to_string(),
+            flow_table_size,
+            2,
+        )
+    }
+
+    /// Like [`World::start`], with LB nodes that call a gateway down only after `fall`
+    /// failed probes (200 ms apart), for links that lose packets.
+    pub fn start_with_probe_fall(fall: u32) -> World {
+        World::start_inner(None, String::new(), String::new(), 65536, fall)
     }
 
     fn start_full(tls: Option<PathBuf>, gateway_extra: String, lb_extra: String) -> World {
-        World::start_inner(tls, gateway_extra, lb_extra, 65536)
+        World::start_inner(tls, gateway_extra, lb_extra, 65536, 2)
     }
 
     fn start_inner(
@@ -188,6 +202,7 @@ impl World {
         gateway_extra: String,
         lb_extra: String,
         flow_table_size: u32,
+        probe_fall: u32,
     ) -> World {
         sweep_leftovers();
         bgp::adopt_orphans();
@@ -213,6 +228,7 @@ impl World {
             load_weights: false,
             lb_extra,
             flow_table_size,
+            probe_fall,
         };
         for r in roles {
             sh(&format!("ip netns add {}", w.ns[r]));
@@ -500,7 +516,7 @@ impl World {
             format!(
                 "[node]\ninterfaces = [\"eth0\"]\nxdp_mode = \"native\"\ntunnel_source_v4 = \"10.20.0.{}\"\ntunnel_source_v6 = \"fd20::{}\"\npin_dir = \"{}\"\nflow_table_size = {table}\n\n\
                  [admin]\nlisten = \"127.0.0.1:9180\"\n\n\
-                 [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n\n\
+                 [health]\nkind = \"http\"\nport = 9000\npath = \"/readyz\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = {fall}\n\n\
                  [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list}]\n{weights}\n\
                  [[vip]]\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{list6}]\n{tls}{load}\n{lb_extra}\n{bgp}",
                 10 + i,
@@ -525,6 +541,7 @@ impl World {
                 // Last: a table header of its own, whatever the extra text ends with.
                 bgp = bgp::lb_section(&self.dir, i),
                 table = self.flow_table_size,
+                fall = self.probe_fall,
                 tls = if self.tls.is_some() {
                     format!("\n[[vip]]\naddress = \"{VIP}\"\nport = 443\nprotocol = \"tcp\"\nbackends = [{}]\n", backends.join(", "))
                 } else {

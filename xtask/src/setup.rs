@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "python3-h2",
     // The BGP speaker the LB agents drive, and the harness router's.
     "bird2",
+    // Packet loss on the harness's links (numgen), for the chaos test.
+    "nftables",
 ];
 
 /// True when running as root.
