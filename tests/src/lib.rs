@@ -29,6 +29,7 @@ pub mod flood;
 pub mod http;
 pub mod ns;
 pub mod scratch;
+pub mod soak;
 
 pub use bgp::Route;
 pub use flood::{Flood, FloodReport};
@@ -352,25 +353,30 @@ impl World {
         }
         std::fs::write(self.dir.join("index.html"), "hello from a sluice backend\n").expect("page");
         if !self.gateway_extra.is_empty() {
-            let b = self.ns["b1"].clone();
-            let child = in_ns_command(&b, "redis-server")
-                .args([
-                    "--bind",
-                    "10.20.0.31",
-                    "--port",
-                    "6379",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(["--requirepass", "sluice-e2e"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (installed by cargo xtask setup)");
-            self.procs.insert("redis".into(), child);
+            self.start_redis();
         }
+    }
+
+    /// Starts (or restarts) the harness's redis-server on `b1`.
+    pub fn start_redis(&mut self) {
+        let b = self.ns["b1"].clone();
+        let child = in_ns_command(&b, "redis-server")
+            .args([
+                "--bind",
+                "10.20.0.31",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--requirepass", "sluice-e2e"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by cargo xtask setup)");
+        self.procs.insert("redis".into(), child);
     }
 
     fn pin_dir(&self, node: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod demo;
 mod setup;
+mod soak;
 
 use std::{
     io::{BufRead, BufReader},
@@ -44,6 +45,14 @@ enum Cmd {
         #[arg(value_enum)]
         target: BenchTarget,
     },
+    /// Run the two-tier topology under load while reloads, restarts, a Redis restart, a
+    /// health flap, drains and a certificate reload happen on a schedule; report each
+    /// process's RSS, descriptors and threads over time and the failed requests by cause.
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +75,13 @@ fn main() -> Result<()> {
         Cmd::Build => cargo(&["build", "--workspace", "--release"]),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { keep } => run_demo(keep),
+        Cmd::Soak { minutes } => {
+            if !setup::is_root() {
+                bail!("the soak builds network namespaces and loads XDP programs: run it as root");
+            }
+            cargo(&["build", "--workspace", "--release", "--bins"])?;
+            soak::run(&workspace_root().join("target/release"), minutes.max(1))
+        }
         Cmd::Bench { target } => match target {
             BenchTarget::Xdp => cargo(&["bench", "-p", "sluice-lb", "--bench", "xdp"]),
             BenchTarget::Lb => cargo(&["bench", "-p", "sluice-lb", "--bench", "maglev"]),
