@@ -309,4 +309,54 @@ upstream = "api"
             assert!(got.starts_with(want), "{got}\n  wanted {want}");
         }
     }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster() {
+        let redis = |lines: &str| format!("{GOOD}\n[redis]\n{lines}\n");
+        for good in [
+            "url = \"redis://:pw@10.0.0.1:6379/2\"",
+            "cluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]",
+            "cluster = [\"rediss://a:7000\"]\nca_file = \"ca.pem\"\ntimeout_ms = 20",
+        ] {
+            let c = parse(Path::new("gw.toml"), &redis(good)).expect(good);
+            assert!(c.redis.expect("section").target().is_ok(), "{good}");
+        }
+        for (lines, want) in [
+            ("timeout_ms = 20", "gw.toml: redis.url: give url = "),
+            (
+                "url = \"redis://a:1\"\ncluster = [\"redis://a:1\"]",
+                "gw.toml: redis.cluster: give url (one server) or cluster",
+            ),
+            (
+                "cluster = []",
+                "gw.toml: redis.cluster: at least one seed node",
+            ),
+            (
+                "cluster = [\"redis://a:1\", \"http://b:1\"]",
+                "gw.toml: redis.cluster[1]: must start with redis:// or rediss://",
+            ),
+            (
+                "cluster = [\"redis://a:1\", \"rediss://b:1\"]",
+                "gw.toml: redis.cluster[1]: every seed node takes the scheme of cluster[0]",
+            ),
+            (
+                "cluster = [\"redis://a:1\"]\nprefix = \"{fleet}:\"",
+                "gw.toml: redis.prefix: no { or } with cluster",
+            ),
+            (
+                "url = \"redis://a:1\"\nca_file = \"ca.pem\"",
+                "gw.toml: redis.ca_file: only for TLS servers",
+            ),
+            (
+                "url = \"redis://a:1\"\ntimeout_ms = 0",
+                "gw.toml: redis.timeout_ms: between 1 and",
+            ),
+        ] {
+            let got = refuse(&redis(lines));
+            assert!(
+                got.starts_with(want),
+                "{lines}\n  said {got}\n  wanted {want}"
+            );
+        }
+    }
 }

@@ -179,13 +179,16 @@ pub enum OnFailure {
     Closed,
 }
 
-/// The shared store.
+/// The shared store: one server (`url`) or a Redis Cluster (`cluster`), exactly one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
-    pub url: String,
-    /// Bound on every call.
+    /// One server: `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: Option<String>,
+    /// A Redis Cluster: seed nodes, `redis://[user:password@]host:port` (all `redis://` or all
+    /// `rediss://`, one user and password); the other nodes are found from them.
+    pub cluster: Option<Vec<String>>,
+    /// Bound on every call, the first connection included.
     #[serde(default = "default_redis_timeout")]
     pub timeout_ms: u64,
     /// Fail open or closed.
@@ -197,6 +200,33 @@ pub struct Redis {
     /// CA certificate (PEM) that a `rediss://` server's certificate must chain to; absent =
     /// the system's roots.
     pub ca_file: Option<String>,
+}
+
+/// Where `[redis]` points, once checked: one server or a cluster's seed nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisTarget<'a> {
+    /// `url`.
+    Single(&'a str),
+    /// `cluster`.
+    Cluster(&'a [String]),
+}
+
+impl Redis {
+    /// `url` or `cluster`; a refusal (naming the field) when both or neither are given.
+    pub fn target(&self) -> Result<RedisTarget<'_>, FieldError> {
+        match (&self.url, &self.cluster) {
+            (Some(url), None) => Ok(RedisTarget::Single(url)),
+            (None, Some(seeds)) => Ok(RedisTarget::Cluster(seeds)),
+            (Some(_), Some(_)) => refuse(
+                "cluster",
+                "give url (one server) or cluster (a Redis Cluster's seed nodes), not both",
+            ),
+            (None, None) => refuse(
+                "url",
+                "give url = \"redis://host:port\" for one server or cluster = [\"redis://host:port\", …] for a Redis Cluster",
+            ),
+        }
+    }
 }
 
 fn default_redis_timeout() -> u64 {
@@ -683,15 +713,62 @@ impl RateLimit {
 }
 
 impl Redis {
-    /// The URL's scheme; the rest of it is parsed where the store is built.
+    /// `url` or `cluster`, the URLs' schemes, the timeout and the prefix; the rest of each URL
+    /// is parsed where the store is built.
     fn validate(&self) -> Result<(), FieldError> {
-        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
-            return refuse("url", "must start with redis:// or rediss://");
+        let tls = match self.target()? {
+            RedisTarget::Single(url) => scheme_tls(url)
+                .ok_or_else(|| FieldError::new("url", "must start with redis:// or rediss://"))?,
+            RedisTarget::Cluster(seeds) => {
+                let Some(first) = seeds.first() else {
+                    return refuse("cluster", "at least one seed node");
+                };
+                let tls = scheme_tls(first);
+                for (i, seed) in seeds.iter().enumerate() {
+                    let field = format!("cluster[{i}]");
+                    match scheme_tls(seed) {
+                        None => return refuse(field, "must start with redis:// or rediss://"),
+                        Some(t) if Some(t) != tls => {
+                            return refuse(
+                                field,
+                                "every seed node takes the scheme of cluster[0] (all TLS or none)",
+                            )
+                        }
+                        Some(_) => {}
+                    }
+                }
+                // A brace in the prefix would make Redis hash the prefix, not the limit's
+                // identity: every key on one slot, so one master.
+                if self.prefix.contains(['{', '}']) {
+                    return refuse(
+                        "prefix",
+                        "no { or } with cluster: the gateway puts each key's identity in a hash tag",
+                    );
+                }
+                tls == Some(true)
+            }
+        };
+        if self.ca_file.is_some() && !tls {
+            return refuse("ca_file", "only for TLS servers (rediss://)");
         }
-        if self.timeout_ms == 0 {
-            return refuse("timeout_ms", "must be greater than 0");
+        if !(1..=super::MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return refuse(
+                "timeout_ms",
+                format!("between 1 and {}", super::MAX_TIMEOUT_MS),
+            );
         }
         Ok(())
+    }
+}
+
+/// Whether a Redis URL is TLS (`rediss://`), plain (`redis://`), or neither (`None`).
+fn scheme_tls(url: &str) -> Option<bool> {
+    if url.starts_with("rediss://") {
+        Some(true)
+    } else if url.starts_with("redis://") {
+        Some(false)
+    } else {
+        None
     }
 }
 

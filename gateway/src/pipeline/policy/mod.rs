@@ -144,10 +144,14 @@ impl Shared {
         })
     }
 
-    /// Starts what the policy objects run in the background (key-set refreshes).
+    /// Starts what the policy objects run in the background (key-set refreshes, the Redis
+    /// connection).
     pub fn start(&self) {
         for issuer in self.issuers.values() {
             issuer.start();
+        }
+        if let Some(redis) = &self.redis {
+            redis.start();
         }
     }
 

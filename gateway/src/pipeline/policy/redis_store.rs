@@ -1,27 +1,44 @@
-//! The shared rate-limit store: Redis, updated atomically by Lua scripts that run the same
-//! arithmetic as [`super::limit`], timed by the Redis server's clock so that every gateway
-//! node agrees. Every call is bounded by `timeout_ms`; after a failure the store is not
-//! asked again for [`BACKOFF`], so an outage costs requests nothing but the configured
-//! fail-open or fail-closed answer.
+//! The shared rate-limit store: Redis, one server or a Redis Cluster, updated atomically by
+//! Lua scripts that run the same arithmetic as [`super::limit`], timed by the Redis server's
+//! clock so that every gateway node agrees.
+//!
+//! Every call is bounded by `timeout_ms`, the first connection included: the connection is
+//! made by a task of its own (with a budget of at least [`CONNECT_BUDGET`], which a remote
+//! TLS server may need), and a request waits for it only until its own deadline. After a
+//! failure the store is not asked again for [`BACKOFF`], so an outage costs requests nothing
+//! but the configured fail-open or fail-closed answer. In a cluster the back-off is per hash
+//! slot while other calls succeed, so one master down leaves the keys of the others exact.
+//!
+//! Each script reads and writes one key, so it is single-slot by construction. In a cluster
+//! the key's identity sits in a hash tag ([`RedisStore::key`]).
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    Script,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    ErrorKind, RedisError, Script, ServerErrorKind,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use sluice_util::FieldError;
 
 use super::rate::{Rate, Verdict};
-use crate::config::{policy::Algorithm, Redis};
+use crate::config::{
+    policy::{Algorithm, RedisTarget},
+    Redis,
+};
 
-/// Least time allowed for setting up the connection.
-const CONNECT_BUDGET: Duration = Duration::from_secs(1);
+/// Least time a connection attempt is given, in the background (TCP, TLS, AUTH, and in a
+/// cluster the slot map and a connection to each master).
+pub const CONNECT_BUDGET: Duration = Duration::from_secs(1);
 
 /// Why the store gave no verdict.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +54,35 @@ pub enum StoreError {
 /// Why one call to Redis failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No connection within the budget.
+    /// No connection yet within `timeout_ms` (the attempt goes on in the background).
     #[error("no connection within {0} ms")]
     ConnectTimeout(u128),
+    /// The connection attempt failed.
+    #[error("connecting: {0}")]
+    Connect(String),
     /// No answer within `timeout_ms`.
     #[error("no answer within {0} ms")]
     Timeout(u128),
     /// Redis (or the connection to it) refused.
     #[error("{0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] RedisError),
     /// The script answered something other than four integers.
     #[error("unexpected script answer {0:?}")]
     Answer(Vec<i64>),
 }
 
+impl CallError {
+    /// Whether the call had no connection to use: then the whole store rests, a cluster too.
+    fn unconnected(&self) -> bool {
+        matches!(self, CallError::ConnectTimeout(_) | CallError::Connect(_))
+    }
+}
+
 /// How long the store is left alone after a failure.
 pub const BACKOFF: Duration = Duration::from_millis(500);
+
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
 
 const GCRA: &str = r#"
 local t = redis.call('TIME')
@@ -91,17 +121,172 @@ redis.call('PEXPIRE', KEYS[1], math.floor((cap - credit) / 1000) + 1)
 return {allowed, math.floor(credit / interval), cap - credit, retry}
 "#;
 
+/// What the store talks to, built once from `[redis]` (one per store, so the variants'
+/// sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// One server (`url`).
+    Single(redis::Client),
+    /// A Redis Cluster (`cluster`).
+    Cluster(ClusterClient),
+}
+
+/// A live connection. Both kinds reconnect by themselves once made (the cluster one also
+/// follows the slot map), so one is made per store and kept.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a connection attempt stands.
+#[derive(Clone)]
+enum Attempt {
+    /// Under way.
+    Pending,
+    /// Made: the connection is in [`Link::conn`].
+    Made,
+    /// Failed, with why.
+    Failed(String),
+}
+
+/// The connection and the attempt to make it, shared with the attempt's task.
+struct Link {
+    target: Target,
+    /// Set once, by the attempt that made it.
+    conn: OnceLock<Conn>,
+    /// The attempt under way, or the last one.
+    attempt: Mutex<Option<watch::Receiver<Attempt>>>,
+    /// The connection's own bounds: a reply within `timeout_ms`, a connection within the
+    /// budget.
+    timeout: Duration,
+    budget: Duration,
+}
+
+impl Link {
+    /// The current attempt if one is under way, else a new one, started in a task so that it
+    /// runs to its end whoever waits for it.
+    fn attempt(self: &Arc<Self>) -> watch::Receiver<Attempt> {
+        let mut slot = self.attempt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = slot.as_ref() {
+            if matches!(*rx.borrow(), Attempt::Pending | Attempt::Made) {
+                return rx.clone();
+            }
+        }
+        let (tx, rx) = watch::channel(Attempt::Pending);
+        *slot = Some(rx.clone());
+        drop(slot);
+        let link = self.clone();
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(link.budget, link.connect()).await {
+                Ok(Ok(conn)) => {
+                    let _ = link.conn.set(conn);
+                    Attempt::Made
+                }
+                Ok(Err(e)) => Attempt::Failed(e.to_string()),
+                Err(_) => Attempt::Failed(format!(
+                    "no connection within {} ms",
+                    link.budget.as_millis()
+                )),
+            };
+            if let Attempt::Failed(why) = &outcome {
+                tracing::warn!(error = %why, "connecting to the shared rate-limit store failed");
+            }
+            tx.send_replace(outcome);
+        });
+        rx
+    }
+
+    /// Makes the connection. No retries of its own: the callers' timeout and back-off
+    /// decide, and the server's own error (auth, protected mode) reaches the log.
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        match &self.target {
+            Target::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(self.budget))
+                    .set_response_timeout(Some(self.timeout));
+                ConnectionManager::new_with_config(client.clone(), cfg)
+                    .await
+                    .map(Conn::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+
+    /// The connection, waiting for an attempt until `deadline` at most.
+    async fn connection(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Conn, CallError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let mut rx = self.attempt();
+        let waited =
+            tokio::time::timeout_at(deadline, rx.wait_for(|a| !matches!(a, Attempt::Pending)))
+                .await;
+        let outcome = match waited {
+            Ok(Ok(a)) => a.clone(),
+            // The task ended without a word (the runtime is shutting down).
+            Ok(Err(_)) => Attempt::Failed("the attempt was abandoned".into()),
+            Err(_) => return Err(CallError::ConnectTimeout(self.timeout.as_millis())),
+        };
+        match (outcome, self.conn.get()) {
+            (Attempt::Failed(why), _) => Err(CallError::Connect(why)),
+            (_, Some(c)) => Ok(c.clone()),
+            (_, None) => Err(CallError::Connect("no connection".into())),
+        }
+    }
+}
+
 /// A Redis-backed store.
 pub struct RedisStore {
     /// Its config.
     pub config: Redis,
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    link: Arc<Link>,
+    /// Whether the target is a cluster (keys carry a hash tag; back-off per slot).
+    cluster: bool,
     gcra: Script,
     bucket: Script,
     epoch: Instant,
     /// Microseconds since `epoch` before which the store is not asked.
     resting_until: AtomicU64,
+    /// In a cluster, the same per hash slot (empty for one server).
+    slot_resting_until: Box<[AtomicU64]>,
+    /// Microseconds since `epoch` of the last call that succeeded (0: none yet).
+    last_success: AtomicU64,
     /// Calls that failed and let the request through.
     pub failed_open: AtomicU64,
     /// Calls that failed and refused the request.
@@ -109,35 +294,53 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for a `[redis]` section (checked as data by [`crate::config`]); connects on
-    /// first use. Refusals name fields of `[redis]`.
+    /// A store for a `[redis]` section (checked as data by [`crate::config`]); connects when
+    /// [`RedisStore::start`]ed or on first use. Refusals name fields of `[redis]`.
     pub fn build(config: Redis) -> Result<Self, FieldError> {
-        let client = match &config.ca_file {
-            None => redis::Client::open(config.url.as_str()),
-            Some(ca) => {
-                let root = std::fs::read(ca)
-                    .map_err(|e| FieldError::new("ca_file", format!("{ca}: {e}")))?;
-                redis::Client::build_with_tls(
-                    config.url.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root),
-                    },
-                )
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let budget = timeout.max(CONNECT_BUDGET);
+        let root = match &config.ca_file {
+            None => None,
+            Some(ca) => Some(
+                std::fs::read(ca).map_err(|e| FieldError::new("ca_file", format!("{ca}: {e}")))?,
+            ),
+        };
+        let target = match config.target()? {
+            RedisTarget::Single(url) => Target::Single(single_client(url, root)?),
+            RedisTarget::Cluster(seeds) => {
+                Target::Cluster(cluster_client(seeds, root, timeout, budget)?)
             }
-        }
-        .map_err(|e| FieldError::new("url", format!("not a valid Redis URL: {e}")))?;
+        };
+        let cluster = matches!(target, Target::Cluster(_));
         Ok(RedisStore {
             config,
-            client,
-            conn: OnceCell::new(),
+            link: Arc::new(Link {
+                target,
+                conn: OnceLock::new(),
+                attempt: Mutex::new(None),
+                timeout,
+                budget,
+            }),
+            cluster,
             gcra: Script::new(GCRA),
             bucket: Script::new(TOKEN_BUCKET),
             epoch: Instant::now(),
             resting_until: AtomicU64::new(0),
+            slot_resting_until: (0..if cluster { SLOTS } else { 0 })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            last_success: AtomicU64::new(0),
             failed_open: AtomicU64::new(0),
             failed_closed: AtomicU64::new(0),
         })
+    }
+
+    /// Starts connecting in the background, so that the first limited request finds the
+    /// connection made (it would wait for it no longer than `timeout_ms` anyway).
+    pub fn start(&self) {
+        if self.link.conn.get().is_none() {
+            let _ = self.link.attempt();
+        }
     }
 
     /// Counts a failure by its outcome.
@@ -154,6 +357,28 @@ impl RedisStore {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    /// The Redis key of `limit`'s counter for `key` (route and key value) under
+    /// `algorithm`'s tag. The limit's name is part of it: two limits of a route never share
+    /// a counter.
+    ///
+    /// One server: `{prefix}{tag}:{limit}:{key}`, e.g. `sluice:g:per-client:limited|10.0.0.1`.
+    /// A cluster: the same after the prefix in a hash tag, `sluice:{g:per-client:limited|10.0.0.1}`,
+    /// so the slot is CRC16 of the limit's identity (what `CLUSTER KEYSLOT` says), never of
+    /// the prefix, which may hold no brace; a key value holding `}` ends the tag early, which
+    /// still gives the one key one slot.
+    pub fn key(&self, algorithm: Algorithm, limit: &str, key: &str) -> String {
+        let prefix = &self.config.prefix;
+        let tag = match algorithm {
+            Algorithm::Gcra => "g",
+            Algorithm::TokenBucket => "b",
+        };
+        if self.cluster {
+            format!("{prefix}{{{tag}:{limit}:{key}}}")
+        } else {
+            format!("{prefix}{tag}:{limit}:{key}")
+        }
+    }
+
     /// One atomic check-and-update of `key` under limit `limit`.
     pub async fn check(
         &self,
@@ -165,49 +390,76 @@ impl RedisStore {
         if self.now() < self.resting_until.load(Ordering::Relaxed) {
             return Err(StoreError::Resting);
         }
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let result = self.call(limit, key, algorithm, rate, timeout).await;
-        if result.is_err() {
-            self.resting_until
-                .store(self.now() + BACKOFF.as_micros() as u64, Ordering::Relaxed);
+        let full_key = self.key(algorithm, limit, key);
+        let slot = if self.cluster {
+            self.slot_resting_until
+                .get(usize::from(slot_of(full_key.as_bytes())))
+        } else {
+            None
+        };
+        if slot.is_some_and(|s| self.now() < s.load(Ordering::Relaxed)) {
+            return Err(StoreError::Resting);
+        }
+        let result = self.call(full_key, algorithm, rate).await;
+        let now = self.now();
+        match &result {
+            Ok(_) => self.last_success.store(now.max(1), Ordering::Relaxed),
+            Err(e) => {
+                let until = now + BACKOFF.as_micros() as u64;
+                // One slot rests when other calls still succeed (one master down); the
+                // whole store when nothing does, or there is no connection at all.
+                let last = self.last_success.load(Ordering::Relaxed);
+                let others_answer = last > 0 && now - last.min(now) < BACKOFF.as_micros() as u64;
+                match slot {
+                    Some(s) if others_answer && !e.unconnected() => {
+                        s.store(until, Ordering::Relaxed)
+                    }
+                    _ => self.resting_until.store(until, Ordering::Relaxed),
+                }
+            }
         }
         result.map_err(StoreError::Failed)
     }
 
     async fn call(
         &self,
-        limit: &str,
-        key: &str,
+        key: String,
         algorithm: Algorithm,
         rate: Rate,
-        timeout: Duration,
     ) -> Result<Verdict, CallError> {
-        // Setting up the connection (TCP, TLS, AUTH) gets a budget of its own, at least a
-        // second: a remote TLS server may need more than one call's timeout.
-        let budget = timeout.max(CONNECT_BUDGET);
-        let connect = self.conn.get_or_try_init(|| {
-            // No retries of its own: the caller's timeout and backoff decide, and the
-            // server's own error (auth, protected mode) reaches the log.
-            let cfg = ConnectionManagerConfig::new()
-                .set_number_of_retries(0)
-                .set_connection_timeout(Some(budget))
-                .set_response_timeout(Some(timeout));
-            ConnectionManager::new_with_config(self.client.clone(), cfg)
-        });
-        let conn = tokio::time::timeout(budget, connect)
-            .await
-            .map_err(|_| CallError::ConnectTimeout(budget.as_millis()))??;
-        let mut conn = conn.clone();
-        let (script, tag) = match algorithm {
-            Algorithm::Gcra => (&self.gcra, "g"),
-            Algorithm::TokenBucket => (&self.bucket, "b"),
+        let timeout = self.link.timeout;
+        // One deadline for the whole call: waiting for the connection and the script.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut conn = self.link.connection(deadline).await?;
+        let (script, source) = match algorithm {
+            Algorithm::Gcra => (&self.gcra, GCRA),
+            Algorithm::TokenBucket => (&self.bucket, TOKEN_BUCKET),
         };
-        // The limit's name is part of the key: two limits of a route never share a counter.
-        let full_key = format!("{}{tag}:{limit}:{key}", self.config.prefix);
-        let mut invocation = script.key(full_key);
-        invocation.arg(rate.interval_us).arg(rate.burst);
-        let invoke = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        let r = tokio::time::timeout(timeout, invoke)
+        // EVALSHA, and EVAL when the node does not know the script yet (which also caches
+        // it there). Both are routed by their one key: unlike `Script::invoke_async`, whose
+        // SCRIPT LOAD a cluster client sends to every master, this needs only the key's.
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(&key)
+            .arg(rate.interval_us)
+            .arg(rate.burst);
+        let invoke = async {
+            match evalsha.query_async::<Vec<i64>>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(source)
+                        .arg(1)
+                        .arg(&key)
+                        .arg(rate.interval_us)
+                        .arg(rate.burst);
+                    eval.query_async::<Vec<i64>>(&mut conn).await
+                }
+                r => r,
+            }
+        };
+        let r = tokio::time::timeout_at(deadline, invoke)
             .await
             .map_err(|_| CallError::Timeout(timeout.as_millis()))??;
         let [allowed, remaining, reset, retry] = r[..] else {
@@ -220,5 +472,161 @@ impl RedisStore {
             reset_us: u(reset),
             retry_us: u(retry),
         })
+    }
+}
+
+/// The client of one server; `root` is the CA a `rediss://` server must chain to.
+fn single_client(url: &str, root: Option<Vec<u8>>) -> Result<redis::Client, FieldError> {
+    match root {
+        None => redis::Client::open(url),
+        Some(root) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            },
+        ),
+    }
+    .map_err(|e| FieldError::new("url", format!("not a valid Redis URL: {e}")))
+}
+
+/// The client of a cluster from its seed nodes. They must agree on user and password (the
+/// client uses one for every node it finds) and use database 0 (the only one a cluster has).
+fn cluster_client(
+    seeds: &[String],
+    root: Option<Vec<u8>>,
+    timeout: Duration,
+    budget: Duration,
+) -> Result<ClusterClient, FieldError> {
+    use redis::IntoConnectionInfo;
+    let mut nodes = Vec::with_capacity(seeds.len());
+    for (i, seed) in seeds.iter().enumerate() {
+        let field = || format!("cluster[{i}]");
+        let info = seed
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| FieldError::new(field(), format!("not a valid Redis URL: {e}")))?;
+        let settings = info.redis_settings();
+        if settings.db() != 0 {
+            return Err(FieldError::new(
+                field(),
+                "a Redis Cluster has database 0 only",
+            ));
+        }
+        if let Some(first) = nodes
+            .first()
+            .map(|n: &redis::ConnectionInfo| n.redis_settings())
+        {
+            if (first.username(), first.password()) != (settings.username(), settings.password()) {
+                return Err(FieldError::new(
+                    field(),
+                    "every seed node takes cluster[0]'s user and password",
+                ));
+            }
+        }
+        nodes.push(info);
+    }
+    let mut builder = ClusterClient::builder(nodes)
+        .connection_timeout(budget)
+        .response_timeout(timeout)
+        // A redirect (resharding) or a reconnect may be retried within the call's timeout,
+        // soon: the default waits start at more than a second.
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100);
+    if let Some(root) = root {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
+        });
+    }
+    builder
+        .build()
+        .map_err(|e| FieldError::new("cluster", format!("not a usable cluster: {e}")))
+}
+
+/// The hash slot of a Redis Cluster key: CRC16 (XMODEM) of its hash tag (what lies between
+/// the first `{` and the next `}`, when not empty) or of the whole key, mod 16384.
+pub fn slot_of(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    let crc = hashed.iter().fold(0u16, |mut crc, &b| {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    });
+    crc % SLOTS as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_spec() {
+        // CRC16/XMODEM check value, and the spec's examples.
+        assert_eq!(slot_of(b"123456789"), 0x31C3);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+        assert_eq!(slot_of(b"foo{bar}{zap}"), slot_of(b"bar"));
+    }
+
+    fn store(target: &str) -> RedisStore {
+        let config: Redis = toml::from_str(target).expect("config");
+        RedisStore::build(config).expect("store")
+    }
+
+    #[test]
+    fn keys_are_readable_on_one_server_and_tagged_in_a_cluster() {
+        let single = store("url = \"redis://127.0.0.1:1\"");
+        assert_eq!(
+            single.key(Algorithm::Gcra, "per-client", "limited|10.10.1.2"),
+            "sluice:g:per-client:limited|10.10.1.2"
+        );
+        let cluster = store("cluster = [\"redis://127.0.0.1:1\", \"redis://127.0.0.1:2\"]");
+        let k = cluster.key(Algorithm::TokenBucket, "per-client", "limited|10.10.1.2");
+        assert_eq!(k, "sluice:{b:per-client:limited|10.10.1.2}");
+        assert_eq!(
+            slot_of(k.as_bytes()),
+            slot_of(b"b:per-client:limited|10.10.1.2")
+        );
+    }
+
+    #[test]
+    fn cluster_seeds_are_refused_by_field() {
+        for (seeds, want) in [
+            (
+                "[\"redis://a:1/3\"]",
+                "cluster[0]: a Redis Cluster has database 0 only",
+            ),
+            (
+                "[\"redis://:x@a:1\", \"redis://:y@b:1\"]",
+                "cluster[1]: every seed node takes cluster[0]'s user and password",
+            ),
+            (
+                "[\"redis://a:1\", \"redis://a b:1\"]",
+                "cluster[1]: not a valid Redis URL",
+            ),
+        ] {
+            let config: Redis = toml::from_str(&format!("cluster = {seeds}")).expect("config");
+            let e = RedisStore::build(config).err().expect(seeds).to_string();
+            assert!(e.starts_with(want), "{seeds}: {e}");
+        }
     }
 }
