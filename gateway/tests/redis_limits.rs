@@ -1,109 +1,39 @@
 //! Shared rate limits through a real redis-server started by the test: one global limit
 //! across two gateway processes, fail-open and fail-closed when Redis dies, recovery when it
-//! returns, password auth and TLS.
+//! returns, a frozen Redis bounding even the first request, password auth and TLS. Redis
+//! Cluster is `redis_cluster.rs`.
 
 mod support;
 
 use std::{
-    net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use support::{fixed, metric, request, runtime, upstream, Gateway, GatewayToml, Scratch};
-
-/// A redis-server on a free loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    args: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn spawn(args: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("redis-server (apt install redis-server; cargo xtask setup does)")
-}
-
-impl Redis {
-    fn start(extra: &[String]) -> Redis {
-        Self::start_on(free_port(), extra)
-    }
-
-    fn start_on(port: u16, extra: &[String]) -> Redis {
-        let tls = extra.iter().any(|a| a == "--tls-port");
-        let mut args: Vec<String> = vec![
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--port".into(),
-            if tls { "0".into() } else { port.to_string() },
-        ];
-        args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
-        let child = spawn(&args);
-        // Owned before the wait, so a server that never answers is still killed.
-        let redis = Redis { child, port, args };
-        redis.wait_ready();
-        redis
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.child = spawn(&self.args);
-        self.wait_ready();
-    }
-
-    /// One redis-cli command, answer as text.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use support::{
+    fixed, metric,
+    redis_server::{policy_answers_within, wait_for_verdicts, Redis},
+    request, runtime, upstream, Gateway, GatewayToml, Scratch,
+};
 
 fn gateway(up: SocketAddr, redis: &str, on_failure: &str, requests: u64) -> Gateway {
+    gateway_timeout(up, redis, on_failure, requests, 1000)
+}
+
+fn gateway_timeout(
+    up: SocketAddr,
+    redis: &str,
+    on_failure: &str,
+    requests: u64,
+    timeout_ms: u64,
+) -> Gateway {
     Gateway::start(
         &GatewayToml::new()
             .upstream("u", &[up])
             .raw(&format!(
                 r#"[redis]
 {redis}
-timeout_ms = 1000
+timeout_ms = {timeout_ms}
 on_failure = "{on_failure}"
 
 [[rate_limit]]
@@ -246,6 +176,48 @@ fn redis_dying_fails_open_or_closed_and_recovers() {
             )
             .status
         })
+        .collect();
+    assert_eq!(after, [200, 200, 200, 429]);
+}
+
+/// Redis frozen (SIGSTOP: the kernel accepts connections, nothing answers) before the
+/// gateways ever reached it: every limited request is answered by the policy within
+/// `timeout_ms` and a small margin, the first one included (its connection used to get a
+/// second of its own), and so are those after the background attempt gave up and a new
+/// one began. Thawed, the limit is exact again.
+#[test]
+fn a_frozen_redis_bounds_even_the_first_request() {
+    const TIMEOUT_MS: u64 = 200;
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&[]);
+    let url = format!("url = \"redis://127.0.0.1:{}\"", redis.port);
+    let frozen = redis.freeze();
+    let open = gateway_timeout(up.addr, &url, "open", 3, TIMEOUT_MS);
+    let closed = gateway_timeout(up.addr, &url, "closed", 3, TIMEOUT_MS);
+    let bound = Duration::from_millis(TIMEOUT_MS + 150);
+    let seen = policy_answers_within(&open, &closed, "/", &[], Duration::from_millis(1600), bound);
+    eprintln!(
+        "frozen Redis, timeout_ms = {TIMEOUT_MS}: first request waited {:?} (open) and {:?} \
+         (closed); longest of {} rounds {:?}",
+        seen.waits[0].0,
+        seen.waits[0].1,
+        seen.waits.len(),
+        seen.max()
+    );
+    // The first request of each waited for the connection until its deadline, no longer.
+    assert!(
+        seen.waits[0].0 >= Duration::from_millis(TIMEOUT_MS / 2)
+            || seen.waits[0].1 >= Duration::from_millis(TIMEOUT_MS / 2),
+        "{seen:?}"
+    );
+    drop(frozen);
+    for gw in [&open, &closed] {
+        wait_for_verdicts(gw, "/", &[]);
+    }
+    assert!(redis.cli(&["FLUSHALL"]).contains("OK"));
+    let after: Vec<u16> = (0..4)
+        .map(|i| request([&open, &closed][i % 2].http, "GET", "/", &[], "").status)
         .collect();
     assert_eq!(after, [200, 200, 200, 429]);
 }

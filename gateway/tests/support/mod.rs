@@ -26,6 +26,7 @@ pub use sluice_e2e::http::{parse, raw, read_one, request, Reply};
 #[allow(unused_imports)]
 pub use toml::GatewayToml;
 
+pub mod redis_server;
 pub mod source;
 mod toml;
 
