@@ -41,15 +41,15 @@ fn wait_listening(port: u16) {
     }
 }
 
-/// One redis-cli command against `port` (with `password`), answer as text; at most 10 s
-/// (coreutils `timeout`), so a server that does not answer cannot hang the test.
-pub fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["10", "redis-cli", "-p", &port.to_string()]);
-    if let Some(pw) = password {
-        cmd.args(["-a", pw, "--no-auth-warning"]);
-    }
-    let out = cmd.args(args).output().expect("redis-cli");
+/// One redis-cli command against `port` (with `options`: password, TLS), answer as text; at
+/// most 10 s (coreutils `timeout`), so a server that does not answer cannot hang the test.
+pub fn cli(port: u16, options: &[String], args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["10", "redis-cli", "-p", &port.to_string()])
+        .args(options)
+        .args(args)
+        .output()
+        .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -130,7 +130,7 @@ impl Redis {
 
     /// One redis-cli command, answer as text.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, None, args)
+        cli(self.port, &[], args)
     }
 }
 
@@ -156,6 +156,17 @@ impl Node {
     }
 }
 
+/// TLS for a [`Cluster`]: PEM files of the nodes' certificate and key (for 127.0.0.1, also
+/// used on the cluster bus) and of the CA that signed it.
+pub struct ClusterTls {
+    /// Certificate.
+    pub cert: String,
+    /// Its key.
+    pub key: String,
+    /// The CA.
+    pub ca: String,
+}
+
 /// A Redis Cluster of three masters and no replicas on free loopback ports, password
 /// protected, with its node files in a scratch directory. `cluster-require-full-coverage no`:
 /// with a master down the others keep serving their own slots (with the default, the whole
@@ -164,28 +175,66 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// The password of every node.
     pub password: &'static str,
+    /// `redis` or `rediss`.
+    scheme: &'static str,
+    /// redis-cli's options: password, TLS.
+    cli_options: Vec<String>,
     /// Removed after the nodes are killed (a field drops after `drop` ran).
     _dir: Scratch,
 }
 
 impl Cluster {
-    /// Starts three nodes, joins them with `redis-cli --cluster create`, and waits until
-    /// every node says `cluster_state:ok`.
+    /// Starts three plain nodes (see [`Cluster::start_with`]).
     pub fn start() -> Cluster {
+        Self::start_with(None)
+    }
+
+    /// Starts three nodes (TLS only, clients and bus, with `tls`), joins them with
+    /// `redis-cli --cluster create`, and waits until every node says `cluster_state:ok`.
+    pub fn start_with(tls: Option<&ClusterTls>) -> Cluster {
         let dir = Scratch::new("redis-cluster");
         let password = "cl-s3cret";
+        let mut cli_options: Vec<String> = ["-a", password, "--no-auth-warning"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(t) = tls {
+            cli_options.extend(["--tls".into(), "--cacert".into(), t.ca.clone()]);
+        }
         let mut cluster = Cluster {
             nodes: Vec::new(),
             password,
+            scheme: if tls.is_some() { "rediss" } else { "redis" },
+            cli_options,
             _dir: dir,
         };
         for _ in 0..3 {
             let (port, bus) = (free_port(), free_port());
-            let args: Vec<String> = [
+            let ports: Vec<String> = match tls {
+                None => vec!["--port".into(), port.to_string()],
+                Some(t) => [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-cert-file",
+                    &t.cert,
+                    "--tls-key-file",
+                    &t.key,
+                    "--tls-ca-cert-file",
+                    &t.ca,
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            };
+            let mut args: Vec<String> = [
                 "--bind",
                 "127.0.0.1",
-                "--port",
-                &port.to_string(),
                 "--cluster-port",
                 &bus.to_string(),
                 "--cluster-enabled",
@@ -210,6 +259,7 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            args.extend(ports);
             // Owned before the wait, so a node that never answers is still killed.
             cluster.nodes.push(Node {
                 child: Some(spawn(&args)),
@@ -225,7 +275,8 @@ impl Cluster {
             .collect();
         let mut create = Command::new("timeout");
         create
-            .args(["30", "redis-cli", "-a", password, "--no-auth-warning"])
+            .args(["30", "redis-cli"])
+            .args(&cluster.cli_options)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -242,14 +293,19 @@ impl Cluster {
         let urls: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("\"redis://:{}@127.0.0.1:{}\"", self.password, n.port))
+            .map(|n| {
+                format!(
+                    "\"{}://:{}@127.0.0.1:{}\"",
+                    self.scheme, self.password, n.port
+                )
+            })
             .collect();
         format!("[{}]", urls.join(", "))
     }
 
     /// One redis-cli command against node `i`.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        cli(self.nodes[i].port, Some(self.password), args)
+        cli(self.nodes[i].port, &self.cli_options, args)
     }
 
     /// Waits (at most 30 s) until every running node says `cluster_state:ok` and knows
