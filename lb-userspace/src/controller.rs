@@ -34,6 +34,10 @@ pub struct BackendStatus {
     pub weight: Option<u32>,
     /// The load factor, in percent, applied in `weights = "load"` VIPs (absent: 100).
     pub load_percent: Option<u32>,
+    /// Failing its health checks, but within `[node] down_grace_ms` of the failure: no new
+    /// flows, and its established flows still go to it (a probe hiccup or a short stall
+    /// then breaks no connection).
+    pub grace: bool,
 }
 
 /// Stable ids for backends and VIPs, kept across reloads (and adopted from the maps after a
@@ -187,7 +191,7 @@ pub fn plan(
             let bid = ids.backend(b.address).ok_or(PlanError::NoId("backend"))?;
             let s = status.get(&b.address).copied().unwrap_or_default();
             let mut flags = 0;
-            if s.healthy {
+            if s.healthy || s.grace {
                 flags |= BACKEND_ALIVE;
             }
             if s.draining || s.not_ready {
@@ -311,6 +315,7 @@ impl Applied {
                         not_ready: false,
                         weight: None,
                         load_percent: None,
+                        grace: false,
                     },
                 )
             })
@@ -525,6 +530,7 @@ mod tests {
                 not_ready: false,
                 weight: None,
                 load_percent: None,
+                grace: false,
             },
         );
         let p = plan(&c, &status, &mut ids).expect("plan");

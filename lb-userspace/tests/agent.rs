@@ -142,7 +142,7 @@ impl World {
             .collect();
         format!(
             "[node]\ninterfaces = [\"ext0\"]\nxdp_mode = \"generic\"\ntunnel_source_v4 = \"10.1.0.1\"\n\
-             pin_dir = \"{}\"\nflow_table_size = 4096\n\n[admin]\nlisten = \"127.0.0.1:19180\"\n\n\
+             pin_dir = \"{}\"\nflow_table_size = 4096\ndown_grace_ms = 0\n\n[admin]\nlisten = \"127.0.0.1:19180\"\n\n\
              [health]\nkind = \"tcp\"\nport = 9000\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nrise = 2\nfall = {FALL}\n\n\
              [[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nbackends = [{}]\n",
             pin_dir.display(),
@@ -902,5 +902,56 @@ fn forwarding_turned_off_is_fixed_or_reported_and_its_drops_are_a_rate() {
     set_forwarding(&w, true);
     wait_until("healthy again", Duration::from_secs(3), || {
         healthz(&w).0 == 200
+    });
+}
+
+#[test]
+fn a_down_backend_keeps_its_established_flows_for_the_grace_and_a_flap_breaks_none() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    let text = w
+        .config(&BACKENDS)
+        .replace("down_grace_ms = 0\n", "down_grace_ms = 1500\n");
+    w.write_config(&text);
+    wait_until("the reload", Duration::from_secs(5), || {
+        w.config_generation() == 2
+    });
+    let mut w = w;
+    let flow = w.probe(|p| port_on(p, "203.0.113.8", 2000..3000, 1));
+    // Down: out of new-flow selection at once, its established flow stays on it.
+    w.stop_server(1);
+    w.probe(|p| {
+        wait_until("out of the tables", Duration::from_secs(3), || {
+            p.send(ip4("203.0.113.9"), 1000, true) != Some(backend(1))
+                && picks(p, "203.0.113.9", 1000..1060, true)
+                    .iter()
+                    .all(|b| *b != Some(backend(1)))
+        });
+        assert_eq!(
+            p.flags(BACKENDS[1]),
+            Some(BACKEND_ALIVE),
+            "alive for its flows"
+        );
+        assert_eq!(p.send(ip4("203.0.113.8"), flow, false), Some(backend(1)));
+    });
+    // Back within the grace (a flap): the flow never moved.
+    w.start_server(1);
+    w.probe(|p| {
+        wait_until("back in the tables", Duration::from_secs(3), || {
+            picks(p, "203.0.113.9", 1000..1100, true).contains(&Some(backend(1)))
+        });
+        assert_eq!(p.send(ip4("203.0.113.8"), flow, false), Some(backend(1)));
+    });
+    // Down for longer than the grace: the flow is re-picked after it.
+    w.stop_server(1);
+    let took = w.probe(|p| {
+        wait_until("re-picked after the grace", Duration::from_secs(5), || {
+            p.flags(BACKENDS[1]) == Some(0)
+        })
+    });
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    w.probe(|p| {
+        assert_ne!(p.send(ip4("203.0.113.8"), flow, false), Some(backend(1)));
     });
 }

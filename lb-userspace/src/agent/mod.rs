@@ -124,6 +124,8 @@ struct Agent {
     bgp: Option<Announcer>,
     /// The maps hold the current plan: the last apply succeeded.
     synced: bool,
+    /// When the established flows of backends that failed their checks are re-picked.
+    grace_until: HashMap<IpAddr, Instant>,
     /// Every backend configured has had a first verdict since this agent started (a probe,
     /// or the pinned state adopted): until then BIRD is told nothing.
     health_settled: bool,
@@ -194,6 +196,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         bgp: None,
         synced: false,
         health_settled: false,
+        grace_until: HashMap::new(),
         checks: Vec::new(),
         drops: [Lb::FibFailure, Lb::NoBackend]
             .into_iter()
@@ -239,6 +242,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 agent.check_node();
                 agent.adjust_load_weights();
                 agent.sweep_blocks();
+                agent.end_graces();
                 if let Some(bgp) = agent.bgp.as_mut() {
                     bgp.poll();
                 }
@@ -335,6 +339,15 @@ impl Agent {
             return;
         }
         (s.healthy, s.not_ready) = (healthy, not_ready);
+        // A backend that was serving keeps its established flows for `down_grace_ms`; one
+        // that comes back within it breaks none.
+        let grace = Duration::from_millis(self.config.node.down_grace_ms);
+        s.grace = !healthy && !first && !grace.is_zero();
+        if s.grace {
+            self.grace_until.insert(t.addr, Instant::now() + grace);
+        } else {
+            self.grace_until.remove(&t.addr);
+        }
         match t.health {
             Health::Up => info!(backend = %t.addr, "backend up"),
             Health::NotReady => info!(backend = %t.addr, "backend not ready: draining it"),
@@ -342,6 +355,30 @@ impl Agent {
         }
         if let Err(e) = self.apply() {
             error!(error = %e, "applying a health change failed");
+        }
+    }
+
+    /// Re-picks the established flows of backends whose grace after failing has passed.
+    fn end_graces(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<IpAddr> = self
+            .grace_until
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        for a in ended {
+            self.grace_until.remove(&a);
+            if let Some(s) = self.status.get_mut(&a) {
+                s.grace = false;
+                info!(backend = %a, "still down after the grace: its established flows are re-picked");
+            }
+        }
+        if let Err(e) = self.apply() {
+            error!(error = %e, "applying the end of a grace failed");
         }
     }
 

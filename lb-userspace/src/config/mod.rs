@@ -204,6 +204,14 @@ pub struct Node {
     /// when they are off; without it they are only reported.
     #[serde(default = "yes")]
     pub manage_sysctls: bool,
+    /// How long the established flows of a backend that failed its health checks still go
+    /// to it before they are re-picked (new flows leave it at once); 0 re-picks at once.
+    #[serde(default = "default_down_grace")]
+    pub down_grace_ms: u64,
+}
+
+fn default_down_grace() -> u64 {
+    2000
 }
 
 fn yes() -> bool {
@@ -477,6 +485,9 @@ fn check_node(n: &Node) -> Result<(), FieldError> {
     }
     if n.ttl == 0 {
         return refuse("ttl", "must be at least 1");
+    }
+    if n.down_grace_ms > 600_000 {
+        return refuse("down_grace_ms", "at most 600000");
     }
     if n.flow_table_size < 1024 {
         return refuse("flow_table_size", "must be at least 1024");
