@@ -204,11 +204,16 @@ impl Link {
                 return rx.clone();
             }
         }
+        // Never outside a runtime in the gateway (requests and `start` run in one); a
+        // failure rather than a panic should it ever be.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return watch::channel(Attempt::Failed("no async runtime".into())).1;
+        };
         let (tx, rx) = watch::channel(Attempt::Pending);
         *slot = Some(rx.clone());
         drop(slot);
         let link = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let outcome = match tokio::time::timeout(link.budget, link.connect()).await {
                 Ok(Ok(conn)) => {
                     let _ = link.conn.set(conn);
@@ -585,6 +590,8 @@ mod tests {
         assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
         assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
         assert_eq!(slot_of(b"foo{bar}{zap}"), slot_of(b"bar"));
+        // What a redis-server 7.0 answered to CLUSTER KEYSLOT.
+        assert_eq!(slot_of(b"sluice:{g:x:r|a}"), 8162);
     }
 
     fn store(target: &str) -> RedisStore {
