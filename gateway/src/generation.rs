@@ -26,7 +26,17 @@ pub fn load(
     number: u64,
     previous: Option<&Runtime>,
 ) -> Result<Generation, ConfigError> {
-    let config = config::load(path)?;
+    build(path, config::load(path)?, number, previous)
+}
+
+/// Builds `config`, read from `path` and checked as data, as generation `number` (see
+/// [`load`]); refusals name `path`.
+pub fn build(
+    path: &Path,
+    config: config::Config,
+    number: u64,
+    previous: Option<&Runtime>,
+) -> Result<Generation, ConfigError> {
     let tls = config
         .listeners
         .iter()

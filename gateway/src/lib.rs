@@ -26,6 +26,8 @@ pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod downstream;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod load;
 pub mod metrics;

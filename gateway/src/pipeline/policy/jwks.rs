@@ -69,6 +69,23 @@ pub(super) fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, KeySetError> {
     Ok(keys)
 }
 
+/// What [`parse_jwks`] takes from a document, as `(kid, family)`: for the fuzz target
+/// (`crate::fuzzing`), which cannot see [`Key`].
+pub(crate) fn key_summary(text: &[u8]) -> Result<Vec<(Option<String>, &'static str)>, KeySetError> {
+    Ok(parse_jwks(text)?
+        .into_iter()
+        .map(|k| {
+            let family = match k.family {
+                Family::Rsa => "RSA",
+                Family::Ec => "EC",
+                Family::Ed => "Ed25519",
+                Family::Hmac => "HMAC",
+            };
+            (k.kid, family)
+        })
+        .collect())
+}
+
 /// GET `url` (http or https; https trusts the system's CA bundle), body at most 1 MiB.
 pub async fn fetch(url: &str) -> Result<Vec<u8>, KeySetError> {
     let failed = |source: Box<dyn std::error::Error + Send + Sync>| KeySetError::Fetch {
