@@ -125,6 +125,11 @@ pub fn host_of<B>(req: &Request<B>) -> Result<RequestHost, &'static str> {
         if a.as_str().contains('@') {
             return Err("the request target's authority has userinfo");
         }
+        // The rules of a Host value hold for it too (`http` parses `[::1]00` or `a..b` as
+        // an authority): what is routed is what the upstream is told.
+        if a.host().is_empty() || host_end(a.as_str().as_bytes()) != Some(a.host().len()) {
+            return Err("the request target's authority is not host[:port]");
+        }
         if req.version() == hyper::Version::HTTP_2 {
             if let Some((v, _)) = header {
                 if !v.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
@@ -268,6 +273,11 @@ mod tests {
             &["a.test"]
         ));
         assert!(refused(Version::HTTP_2, "http://u:p@a.test/", &[]));
+        // An authority obeys the Host rules (found by the host_target fuzz target).
+        assert!(refused(Version::HTTP_11, "http://[2002:db8::1]00/", &["x"]));
+        assert!(refused(Version::HTTP_2, "http://a..b/", &[]));
+        assert!(refused(Version::HTTP_2, "http://a.test:8x/", &[]));
+        assert!(!refused(Version::HTTP_2, "http://a.test.:8443/", &[]));
         // HTTP/2: host, when sent, equals :authority (case aside).
         assert!(refused(Version::HTTP_2, "http://a.test/", &["b.test"]));
         assert!(refused(Version::HTTP_2, "http://a.test/", &["a.test:443"]));

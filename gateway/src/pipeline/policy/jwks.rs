@@ -48,7 +48,15 @@ pub enum KeySetError {
 /// The public keys of a JWKS document. Shared secrets (`oct`) are never taken from one, and
 /// a key that does not load is skipped.
 pub(super) fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, KeySetError> {
-    let set: JwkSet = serde_json::from_slice(text)?;
+    // A key set is a JSON object (RFC 7517 §5): serde alone would also read an array as the
+    // set's fields in order, and take `[[]]` as an empty set (found by the jwks fuzz target).
+    let doc: serde_json::Value = serde_json::from_slice(text)?;
+    if !doc.is_object() {
+        return Err(KeySetError::NotJwks(serde::de::Error::custom(
+            "a key set is a JSON object",
+        )));
+    }
+    let set: JwkSet = serde_json::from_value(doc)?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let family = match &jwk.algorithm {
@@ -158,5 +166,25 @@ async fn fetch_inner(url: &str) -> Result<Result<Vec<u8>, hyper::StatusCode>, Bo
         exchange!(stream)
     } else {
         exchange!(tcp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key set is an object: an array is refused, not read as an empty set (found by the
+    /// jwks fuzz target: `fuzz/regressions/jwks/`).
+    #[test]
+    fn a_key_set_is_an_object() {
+        for bad in [
+            &b"[[]]"[..],
+            b"[[{\"kty\": \"oct\", \"k\": \"AA\"}]]",
+            b"null",
+            b"{}",
+        ] {
+            assert!(parse_jwks(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse_jwks(b"{\"keys\": []}").is_ok_and(|k| k.is_empty()));
     }
 }

@@ -78,6 +78,9 @@ pub enum TokenError {
     /// `iat` is there but not a number.
     #[error("iat is not a number")]
     IatNotNumber,
+    /// `nbf` is there but not a number.
+    #[error("nbf is not a number")]
+    NbfNotNumber,
     /// `iat` is ahead of now (beyond the leeway).
     #[error("issued in the future (iat)")]
     IssuedInFuture,
@@ -353,6 +356,10 @@ impl Issuer {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.config.audiences);
+            // jsonwebtoken checks `aud` only when it is there and parses: without this, a
+            // token with no `aud`, or one that is not a string or strings, would pass an
+            // issuer that names its audiences (found by the jwt fuzz target).
+            validation.set_required_spec_claims(&["exp", "aud"]);
         }
         let mut tried = false;
         for k in keys.iter().filter(|k| k.family == family(alg)) {
@@ -508,6 +515,10 @@ pub async fn verify(
     let claims = issuer
         .verify(token, header.alg, header.kid.as_deref())
         .await?;
+    // jsonwebtoken ignores an `nbf` that is not a number (found by the jwt fuzz target).
+    if claims.get("nbf").is_some_and(|n| !n.is_number()) {
+        return Err(TokenError::NbfNotNumber);
+    }
     if let Some(iat) = claims.get("iat") {
         let iat = iat.as_f64().ok_or(TokenError::IatNotNumber)?;
         if iat > (now() + issuer.config.leeway_s) as f64 {
@@ -555,4 +566,85 @@ pub async fn verify(
         },
     );
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"a test secret of at least thirty-two bytes";
+
+    /// An HS256 issuer with audience `api`, its secret in a file.
+    fn issuer() -> Arc<Issuer> {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-jwt-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).expect("write");
+        let config: JwtIssuer = toml::from_str(&format!(
+            "name = \"i\"\nissuer = \"https://i.test\"\naudiences = [\"api\"]\n\
+             algorithms = [\"HS256\"]\nhmac_secrets = [{{ file = {secret:?} }}]\n"
+        ))
+        .expect("issuer");
+        let issuer = Issuer::load(config).expect("loads");
+        let _ = std::fs::remove_dir_all(&dir);
+        Arc::new(issuer)
+    }
+
+    fn check(claims: serde_json::Value) -> Result<Arc<Identity>, TokenError> {
+        let token = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(verify(
+            &[issuer()],
+            &token,
+            &Consumers::default(),
+            &TokenCache::default(),
+        ))
+    }
+
+    /// Claims jsonwebtoken checks only when they parse are refused when they do not (found
+    /// by the jwt fuzz target: `fuzz/regressions/jwt/`).
+    #[test]
+    fn malformed_aud_and_nbf_are_refused() {
+        let exp = now() + 3600;
+        let base = json!({"iss": "https://i.test", "sub": "s", "exp": exp, "aud": "api"});
+        assert!(check(base.clone()).is_ok());
+        assert!(check(
+            json!({"iss": "https://i.test", "sub": "s", "exp": exp, "aud": ["x", "api"]})
+        )
+        .is_ok());
+        for (field, value) in [
+            ("aud", json!(null)),
+            ("aud", json!(5)),
+            ("aud", json!(["api", 5])),
+            ("nbf", json!("soon")),
+            ("nbf", json!(null)),
+        ] {
+            let mut claims = base.clone();
+            claims[field] = value.clone();
+            let refused = check(claims).err().map(|e| e.to_string());
+            assert!(refused.is_some(), "{field} = {value} accepted");
+        }
+        let mut no_aud = base.clone();
+        no_aud.as_object_mut().expect("object").remove("aud");
+        assert_eq!(
+            check(no_aud).err().map(|e| e.to_string()).as_deref(),
+            Some("claim \"aud\" is missing")
+        );
+        let mut old_nbf = base;
+        old_nbf["nbf"] = json!(-5);
+        assert!(check(old_nbf).is_ok(), "a negative nbf is in the past");
+    }
 }
