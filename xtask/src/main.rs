@@ -2,6 +2,7 @@
 //! demonstrating and benchmarking Sluice. Every command runs `setup` first.
 
 mod demo;
+mod fuzz;
 mod setup;
 mod soak;
 
@@ -22,12 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: Debian packages, rust-src, bpf-linker; mount bpffs.
+    /// Install what is missing: Debian packages, rust-src, bpf-linker, cargo-fuzz; mount bpffs.
     Setup,
     /// Build the eBPF object and the host binaries (release).
     Build,
-    /// Run every test: unit, packet (BPF_PROG_TEST_RUN, needs root) and integration.
-    /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p sluice-lb`.
+    /// Run every test: unit, packet (BPF_PROG_TEST_RUN, needs root) and integration, then
+    /// every fuzz target for a few seconds. Arguments after `--` go to `cargo test` (and
+    /// skip the fuzz targets), e.g. `cargo xtask test -- -p sluice-lb`.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
@@ -38,6 +40,16 @@ enum Cmd {
         /// Keep the topology up afterwards (Ctrl-C removes it).
         #[arg(long)]
         keep: bool,
+    },
+    /// Run the fuzz targets (cargo-fuzz, nightly): each for `--time` seconds, then the
+    /// packet fuzzer on 1,000,000 frames (root). A crash is saved in fuzz/regressions/, which
+    /// the tested crate's `cargo test` replays.
+    Fuzz {
+        /// One target (a file of fuzz/fuzz_targets/, or `packets`); all when absent.
+        target: Option<String>,
+        /// Seconds per libFuzzer target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
     },
     /// Run a benchmark.
     Bench {
@@ -75,6 +87,7 @@ fn main() -> Result<()> {
         Cmd::Build => cargo(&["build", "--workspace", "--release"]),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { keep } => run_demo(keep),
+        Cmd::Fuzz { target, time } => fuzz::command(&workspace_root(), target.as_deref(), time),
         Cmd::Soak { minutes } => {
             if !setup::is_root() {
                 bail!("the soak builds network namespaces and loads XDP programs: run it as root");
@@ -151,14 +164,89 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        bail!("cargo test failed ({status})");
+    }
+    // Every fuzz target, briefly: the long runs are `cargo xtask fuzz`.
+    let (fuzz_line, fuzzed) = if extra.is_empty() {
+        fuzz_briefly()
+    } else {
+        (
+            "fuzz: not run (cargo test arguments given)".to_string(),
+            Ok(()),
+        )
+    };
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    Ok(())
+    println!("{fuzz_line}");
+    fuzzed
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECS: u64 = 5;
+
+/// Runs every fuzz target for [`FUZZ_SECS`]: the summary line, and whether that passes. A
+/// crash fails; fuzzers that cannot be built or run fail in CI, and are only reported
+/// elsewhere.
+fn fuzz_briefly() -> (String, Result<()>) {
+    let root = workspace_root();
+    let ci = std::env::var_os("CI").is_some();
+    let smoke = match fuzz::smoke(&root, FUZZ_SECS) {
+        Ok(s) => s,
+        Err(e) if !ci => {
+            eprintln!("warning: the fuzz targets were not run: {e:#}");
+            return ("fuzz: not run (see the warning above)".into(), Ok(()));
+        }
+        Err(e) => {
+            return (
+                "fuzz: FAILED to build".into(),
+                Err(e.context("the fuzz targets must run in CI")),
+            )
+        }
+    };
+    let named = |crashed: bool| -> Vec<&str> {
+        smoke
+            .runs
+            .iter()
+            .filter(|r| match r.verdict {
+                fuzz::Verdict::Crashed(_) => crashed,
+                fuzz::Verdict::Failed(_) => !crashed,
+                fuzz::Verdict::Passed => false,
+            })
+            .map(|r| r.target.as_str())
+            .collect()
+    };
+    let (crashed, broken) = (named(true), named(false));
+    let execs: u64 = smoke.runs.iter().filter_map(|r| r.execs).sum();
+    let took: f64 = smoke.runs.iter().map(|r| r.took.as_secs_f64()).sum();
+    let line = format!(
+        "fuzz: {} targets, {FUZZ_SECS} s each: {} passed, {} crashed, {} could not run; {execs} inputs (build {:.0} s, runs {took:.0} s)",
+        smoke.runs.len(),
+        smoke.runs.len() - crashed.len() - broken.len(),
+        crashed.len(),
+        broken.len(),
+        smoke.build.as_secs_f64(),
+    );
+    let result = if !crashed.is_empty() {
+        Err(anyhow::anyhow!(
+            "fuzz targets crashed: {} (inputs saved in fuzz/regressions/)",
+            crashed.join(", ")
+        ))
+    } else if !broken.is_empty() && ci {
+        Err(anyhow::anyhow!(
+            "fuzz targets could not run in CI: {}",
+            broken.join(", ")
+        ))
+    } else {
+        Ok(())
+    };
+    (line, result)
 }
 
 /// Sums of `test result:` lines.

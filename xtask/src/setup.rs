@@ -132,6 +132,7 @@ pub fn run() -> Result<()> {
     let problems: Vec<String> = [
         debian_packages(llvm, root)?,
         bpf_linker(llvm)?,
+        cargo_fuzz()?,
         bpffs(root)?,
     ]
     .into_iter()
@@ -246,7 +247,19 @@ fn bpf_linker(llvm: u32) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// 4. bpffs, where pinned maps and programs live.
+/// 4. cargo-fuzz, which builds and runs the libFuzzer targets of `fuzz/` on nightly.
+fn cargo_fuzz() -> Result<Option<String>> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(None);
+    }
+    exec(
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+        "installing cargo-fuzz",
+    )?;
+    Ok(None)
+}
+
+/// 5. bpffs, where pinned maps and programs live.
 fn bpffs(root: bool) -> Result<Option<String>> {
     if bpffs_mounted() {
         return Ok(None);
