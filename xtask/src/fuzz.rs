@@ -201,8 +201,9 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
             if let Some(n) = libfuzzer_field(&line, "cov:") {
                 cov = Some(n);
             }
-            let progress =
-                line.starts_with('#') && (line.contains(" NEW ") || line.contains(" REDUCE "));
+            // libFuzzer's `#N<tab>NEW …` and `#N<tab>REDUCE …`: one per corpus change.
+            let progress = line.starts_with('#')
+                && matches!(line.split_whitespace().nth(1), Some("NEW" | "REDUCE"));
             if echo && !progress {
                 eprintln!("{line}");
             }
