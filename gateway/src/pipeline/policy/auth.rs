@@ -342,6 +342,8 @@ fn percent_decode(v: &str) -> Vec<u8> {
         let escaped = (c == b'%')
             .then(|| b.get(i + 1..i + 3))
             .flatten()
+            // Two hex digits: `from_str_radix` alone would take a sign (`%+5`).
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (c, escaped) {
@@ -408,6 +410,11 @@ mod tests {
     #[test]
     fn query_values_are_percent_decoded() {
         assert_eq!(percent_decode("a%2Bb+c%zz%4"), b"a+b c%zz%4");
+        assert_eq!(
+            percent_decode("%+5%-1"),
+            b"% 5%-1",
+            "a sign is no hex digit"
+        );
     }
 
     #[test]
