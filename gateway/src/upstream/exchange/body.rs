@@ -90,7 +90,9 @@ impl Decode {
                 }
                 Decode::ChunkSize => {
                     let Some(end) = find_crlf(buf, MAX_CHUNK_LINE) else {
-                        if buf.len() >= MAX_CHUNK_LINE {
+                        // Too long only once the bytes show it: a CR at the end may yet be
+                        // the line's end (a line that arrived whole was taken).
+                        if buf.len() - open_end(buf, b"\r\n") >= MAX_CHUNK_LINE {
                             return Err(ExchangeError::InvalidBody("chunk-size line too long"));
                         }
                         return Ok(Progress::More);
@@ -122,7 +124,9 @@ impl Decode {
                     let limit = super::head::MAX_HEAD;
                     let Some(end) = buf.windows(4).take(limit).position(|w| w == b"\r\n\r\n")
                     else {
-                        if buf.len() >= limit {
+                        // As for the chunk-size line: too large once no end can still
+                        // begin within the limit.
+                        if buf.len() - open_end(buf, b"\r\n\r\n") >= limit {
                             return Err(ExchangeError::InvalidBody("trailers too large"));
                         }
                         return Ok(Progress::More);
@@ -144,6 +148,14 @@ impl Decode {
             _ => None,
         }
     }
+}
+
+/// How many of `buf`'s last bytes could begin `end` (a proper prefix of it).
+fn open_end(buf: &[u8], end: &[u8]) -> usize {
+    (1..end.len())
+        .rev()
+        .find(|n| buf.ends_with(&end[..*n]))
+        .unwrap_or(0)
 }
 
 fn find_crlf(buf: &[u8], limit: usize) -> Option<usize> {
@@ -404,6 +416,43 @@ mod tests {
         assert_eq!((&d.data[..], d.done), (&b"ab"[..], false));
     }
 
+    /// A chunk-size line and a trailer section at their limits are taken however they
+    /// arrive: split just before the LF of their last CRLF, they used to be refused as too
+    /// long (the chunked_body fuzz target's reference decoder found the first:
+    /// `fuzz/regressions/chunked_body/`).
+    #[test]
+    fn lines_at_the_limit_are_taken_however_split() {
+        let mut line = b"5;".to_vec();
+        line.resize(MAX_CHUNK_LINE - 1, b'a');
+        let mut trailer = b"x-a: ".to_vec();
+        trailer.resize(super::super::head::MAX_HEAD - 1, b'b');
+        for (head, tail) in [
+            (
+                [&line[..], b"\r"].concat(),
+                b"\nhello\r\n0\r\n\r\n".to_vec(),
+            ),
+            (
+                [&b"5\r\nhello\r\n0\r\n"[..], &trailer, b"\r\n\r"].concat(),
+                b"\n".to_vec(),
+            ),
+        ] {
+            let whole = decode_in_pieces(ResponseFraming::Chunked, &[&[&head[..], &tail].concat()])
+                .expect("taken whole");
+            let split =
+                decode_in_pieces(ResponseFraming::Chunked, &[&head, &tail]).expect("taken split");
+            assert!(whole.done && split.done);
+            assert_eq!(
+                (whole.data, split.data),
+                (b"hello".to_vec(), b"hello".to_vec())
+            );
+        }
+        // One byte more is too long, however it arrives.
+        line.push(b'a');
+        let wire = [&line[..], b"\r\n5\r\nhello\r\n0\r\n\r\n"].concat();
+        assert!(decode_in_pieces(ResponseFraming::Chunked, &[&wire]).is_err());
+        assert!(decode_in_pieces(ResponseFraming::Chunked, &[&line, b"\r", b"\n"]).is_err());
+    }
+
     #[test]
     fn broken_chunked_bodies_are_refused() {
         for wire in [
@@ -424,6 +473,8 @@ mod tests {
             );
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_in_pieces(ResponseFraming::Chunked, &[&long]).is_err());
+        let long = vec![b'1'; MAX_CHUNK_LINE];
         assert!(decode_in_pieces(ResponseFraming::Chunked, &[&long]).is_err());
         assert_eq!(chunk_size(b"fF ; a=b").expect("ext"), 255);
         assert_eq!(chunk_size(b"ffffffffffffffff").expect("max"), u64::MAX);
