@@ -85,7 +85,7 @@ fn bad_api_keys_make_a_candidate_and_a_good_client_never_does() {
     let rt = runtime();
     let (gw, _up) = keyed_gateway(
         &rt,
-        "[shield]\nmode = \"enforce\"\nthresholds = { auth = 5 }",
+        "[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { auth = 5 }",
     );
     let (abuser, good) = (addr(2), addr(3));
     for _ in 0..4 {
@@ -137,7 +137,7 @@ fn bad_api_keys_make_a_candidate_and_a_good_client_never_does() {
 #[test]
 fn the_candidates_answer_has_a_media_type_only_the_admin_listener_gives_it() {
     let rt = runtime();
-    let (gw, _up) = keyed_gateway(&rt, "[shield]\nmode = \"enforce\"");
+    let (gw, _up) = keyed_gateway(&rt, "[shield]\nwindow_secs = 3600\nmode = \"enforce\"");
     let r = admin_get(&gw, PATH);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.headers["content-type"], MEDIA_TYPE);
@@ -158,7 +158,10 @@ fn the_candidates_answer_has_a_media_type_only_the_admin_listener_gives_it() {
 #[test]
 fn off_counts_nothing() {
     let rt = runtime();
-    let (gw, _up) = keyed_gateway(&rt, "[shield]\nmode = \"off\"\nthresholds = { auth = 2 }");
+    let (gw, _up) = keyed_gateway(
+        &rt,
+        "[shield]\nwindow_secs = 3600\nmode = \"off\"\nthresholds = { auth = 2 }",
+    );
     for _ in 0..5 {
         bad_key(addr(2), &gw);
     }
@@ -176,7 +179,9 @@ fn off_counts_nothing() {
 fn observe_then_enforce_then_off_by_reload() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let shield = |mode: &str| format!("[shield]\nmode = \"{mode}\"\nthresholds = {{ auth = 3 }}");
+    let shield = |mode: &str| {
+        format!("[shield]\nwindow_secs = 3600\nmode = \"{mode}\"\nthresholds = {{ auth = 3 }}")
+    };
     let gw = Gateway::start(&keyed_config(&up, &shield("observe")));
     for _ in 0..3 {
         bad_key(addr(4), &gw);
@@ -216,7 +221,7 @@ fn an_upstream_s_own_refusals_do_not_count() {
         &GatewayToml::new()
             .upstream("u", &[up.addr])
             .route_all("r", "u")
-            .raw("[shield]\nmode = \"enforce\"\nthresholds = { auth = 2 }")
+            .raw("[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { auth = 2 }")
             .build(),
     );
     for _ in 0..5 {
@@ -344,7 +349,7 @@ fn only_a_limit_on_the_client_s_own_address_makes_its_429s_count() {
             .with("rate_limits = [\"own\"]")
             .route("slow", "/slow", "slow")
             .with("rate_limits = [\"one-at-once\"]")
-            .raw("[shield]\nmode = \"enforce\"\nthresholds = { rate_limited = 3 }")
+            .raw("[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { rate_limited = 3 }")
             .build(),
     );
     let get = |from: u8, path: &str, extra: &[&str]| request_from(addr(from), gw.http, path, extra);
@@ -426,7 +431,7 @@ fn a_401_for_keys_the_gateway_lacks_never_counts_a_forged_signature_does() {
             ))
             .route_all("r", "u")
             .with("auth = { methods = [\"jwt\"] }")
-            .raw("[shield]\nmode = \"enforce\"\nthresholds = { auth = 3 }")
+            .raw("[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { auth = 3 }")
             .build(),
     );
     let bearer = |from: u8, token: &str| {
@@ -484,7 +489,7 @@ fn when_every_client_is_refused_at_once_the_brake_stops_new_candidates_and_warns
     let rt = runtime();
     let (gw, _up) = keyed_gateway(
         &rt,
-        "[shield]\nmode = \"enforce\"\nmin_new_candidates = 3\nmax_new_candidate_share = 0.5\n\
+        "[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nmin_new_candidates = 3\nmax_new_candidate_share = 0.5\n\
          thresholds = { auth = 2 }",
     );
     // Ten clients, all refused alike (the consumers' keys went missing, say): half of the
@@ -543,7 +548,7 @@ fn shield_settings_are_refused_by_field() {
             "gw.toml: shield.max_new_candidate_share: between 0 and 1",
         ),
         (
-            "[shield]\nmode = \"sometimes\"",
+            "[shield]\nwindow_secs = 3600\nmode = \"sometimes\"",
             "unknown variant `sometimes`",
         ),
     ] {

@@ -101,7 +101,7 @@ fn malformed_requests_count_whoever_answers_them() {
     let gw = gateway(
         &rt,
         "",
-        "[shield]\nmode = \"enforce\"\nthresholds = { malformed = 5 }",
+        "[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { malformed = 5 }",
     );
     let from = addr(5);
     let text = |path: &str, extra: &[String], body: &str| {
@@ -144,7 +144,7 @@ fn head_deadlines_count_and_idle_keep_alive_does_not() {
     let gw = gateway(
         &rt,
         "",
-        "[shield]\nmode = \"enforce\"\nthresholds = { deadline = 3 }",
+        "[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { deadline = 3 }",
     );
     let from = addr(6);
     // Keep-alive connections closed while idle after their request: no one's fault.
@@ -245,7 +245,7 @@ fn tls_handshake_and_head_deadlines_count_and_idle_keep_alive_does_not() {
             dir.path("cert.pem"),
             dir.path("key.pem")
         ),
-        "[shield]\nmode = \"enforce\"\nthresholds = { deadline = 3, malformed = 1 }",
+        "[shield]\nwindow_secs = 3600\nmode = \"enforce\"\nthresholds = { deadline = 3, malformed = 1 }",
     );
     let from = addr(7);
     let to = gw.http;

@@ -63,7 +63,9 @@ impl Counts {
     fn estimate(&self, c: usize, now_ms: u64, window_ms: u64) -> u32 {
         // The part of the previous fixed window the sliding one still covers.
         let left = window_ms - now_ms % window_ms;
-        let previous = u64::from(self.previous[c]) * left / window_ms;
+        // Rounded to the nearest: truncating would drop a whole refusal whenever the
+        // fixed windows turn over, so a client could cross a threshold and not be seen to.
+        let previous = (u64::from(self.previous[c]) * left + window_ms / 2) / window_ms;
         let previous = u32::try_from(previous).unwrap_or(u32::MAX);
         self.current[c].saturating_add(previous)
     }
@@ -125,12 +127,13 @@ mod tests {
         assert_eq!(last, 10);
         // Other classes are apart.
         assert_eq!(c.add(Class::Malformed, 5 * W + 9_500, W), 1);
-        // A quarter into window 6: three quarters of window 5 still count (7 of 10), plus
-        // the new one.
-        assert_eq!(c.add(Class::Auth, 6 * W + W / 4, W), 8);
+        // A quarter into window 6: three quarters of window 5 still count (7.5 of 10,
+        // rounded to 8), plus the new one.
+        assert_eq!(c.add(Class::Auth, 6 * W + W / 4, W), 9);
         // Half-way through window 6: half of window 5 (5) and the two of window 6.
         assert_eq!(c.add(Class::Auth, 6 * W + W / 2, W), 7);
-        assert_eq!(c.total(6 * W + W / 2, W), 7);
+        // With the malformed one's half, rounded up to one.
+        assert_eq!(c.total(6 * W + W / 2, W), 8);
         // Window 7 at its start: window 6 (2) counts whole; window 5 is gone.
         assert_eq!(c.add(Class::Auth, 7 * W, W), 3);
         // Two windows later nothing is left.
