@@ -8,8 +8,8 @@
 //! checks and AddressSanitizer.
 //!
 //! A target runs from its committed seeds (`fuzz/corpus/<target>/`) and past crashes
-//! (`fuzz/regressions/<target>/`), and grows a working corpus in `target/fuzz-corpus/`,
-//! which later runs start from. libFuzzer's output goes to `target/fuzz-logs/<target>.log`.
+//! (`fuzz/regressions/<target>/`), with its dictionary (`fuzz/dict/<target>.dict`), and grows
+//! a working corpus in `target/fuzz-corpus/`, which later runs start from. libFuzzer's output goes to `target/fuzz-logs/<target>.log`.
 //! A crash is saved by cargo-fuzz in `fuzz/artifacts/<target>/` and copied here to
 //! `fuzz/regressions/<target>/`, which the tested crate's `cargo test` replays
 //! (`tests/fuzz_replay.rs`): it fails there until the bug is fixed.
@@ -180,6 +180,16 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
     let time = format!("-max_total_time={secs}");
     // An input taking 25 s is a hang (a client or upstream could make the gateway spin).
     args.extend(["--", &time, "-timeout=25", "-print_final_stats=1"]);
+    // The target's tokens (field names, escapes, header names), which mutations splice in.
+    let dict = root.join("fuzz/dict").join(format!("{target}.dict"));
+    let dict = format!("-dict={}", dict.display());
+    if root
+        .join("fuzz/dict")
+        .join(format!("{target}.dict"))
+        .is_file()
+    {
+        args.push(&dict);
+    }
 
     let start = Instant::now();
     let mut child = cargo_fuzz(root, "run", profile, &args)
