@@ -181,13 +181,9 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
     // An input taking 25 s is a hang (a client or upstream could make the gateway spin).
     args.extend(["--", &time, "-timeout=25", "-print_final_stats=1"]);
     // The target's tokens (field names, escapes, header names), which mutations splice in.
-    let dict = root.join("fuzz/dict").join(format!("{target}.dict"));
-    let dict = format!("-dict={}", dict.display());
-    if root
-        .join("fuzz/dict")
-        .join(format!("{target}.dict"))
-        .is_file()
-    {
+    let dict_file = root.join("fuzz/dict").join(format!("{target}.dict"));
+    let dict = format!("-dict={}", dict_file.display());
+    if dict_file.is_file() {
         args.push(&dict);
     }
 
