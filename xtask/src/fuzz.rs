@@ -236,9 +236,20 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
             // where cargo-fuzz left it (a plain test cannot tell it from a slow machine).
             if name.starts_with("crash-") {
                 fs::create_dir_all(&regressions)?;
-                let dest = regressions.join(name);
-                fs::copy(a, &dest)
-                    .with_context(|| format!("copying {} to {}", a.display(), dest.display()))?;
+                // A saved regression that crashes again is not saved twice.
+                let bytes = fs::read(a).with_context(|| format!("reading {}", a.display()))?;
+                let known = artifacts(&regressions)
+                    .into_iter()
+                    .find(|r| fs::read(r).is_ok_and(|b| b == bytes));
+                let dest = match known {
+                    Some(r) => r,
+                    None => {
+                        let dest = regressions.join(name);
+                        fs::write(&dest, &bytes)
+                            .with_context(|| format!("writing {}", dest.display()))?;
+                        dest
+                    }
+                };
                 saved.push(dest);
             } else {
                 saved.push(a.clone());
