@@ -7,7 +7,9 @@
 //! dotted object keys; `set` creates missing objects but never replaces a non-object on the
 //! way. A rewritten body is written anew: object keys in order, and numbers as 64-bit
 //! integers or correctly rounded doubles (an integer beyond 64 bits, or a decimal of more
-//! than 17 digits, reaches the upstream rounded).
+//! than 17 digits, reaches the upstream rounded). A rewritten body never nests deeper than
+//! a body the gateway reads ([`MAX_NESTING`]): a rename or `set` that would push it past
+//! that is a 400 for a request, and leaves a response as the upstream sent it.
 
 use bytes::Bytes;
 use hyper::{
@@ -170,6 +172,28 @@ impl JsonOps {
     }
 }
 
+/// The deepest nesting of arrays and objects a JSON body may have: what `serde_json`
+/// reads (its recursion limit of 128 refuses the 128th level). Moving a field deeper, or
+/// setting one at a deep path, could otherwise send a body that the gateway, and the many
+/// upstreams that parse with the same limit, would refuse.
+pub const MAX_NESTING: usize = 127;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0), counted without recursion.
+fn nesting(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
 fn is_json(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -308,6 +332,16 @@ impl RequestTransformer {
             )
         })?;
         self.json.apply(&mut v);
+        let depth = nesting(&v);
+        if depth > MAX_NESTING {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "after this route's JSON transforms the body would nest {depth} levels \
+                     deep; at most {MAX_NESTING} are sent"
+                ),
+            ));
+        }
         let out = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
         set_length(&mut parts.headers, out.len());
         Ok(full(out))
@@ -435,7 +469,8 @@ impl ResponseTransformer {
     /// request). Bodies that cannot be rewritten pass unchanged: responses without a body
     /// (HEAD, 1xx, 204, 304), encoded ones, and ones whose `Content-Length` is over the cap.
     /// A body without a length that runs over the cap is a 502 (part of it has been read);
-    /// one that does not parse passes unchanged.
+    /// one that does not parse, or that the transform would nest past [`MAX_NESTING`],
+    /// passes unchanged.
     pub async fn apply(&self, resp: Response<Body>, head: bool) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         for n in &self.remove {
@@ -469,7 +504,11 @@ impl ResponseTransformer {
         let out = match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
                 self.json.apply(&mut v);
-                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+                if nesting(&v) > MAX_NESTING {
+                    bytes
+                } else {
+                    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+                }
             }
             Err(_) => bytes,
         };
@@ -526,6 +565,70 @@ mod tests {
         let mut r = ResponseTransform::default();
         r.remove_headers.push("x y".into());
         assert!(ResponseTransformer::try_from(&r).is_err());
+    }
+
+    /// A body nested as deeply as the gateway reads may not be pushed deeper by a rename or
+    /// a `set` (found by the json_transform fuzz target: the upstream got a body that
+    /// neither the gateway nor serde_json would read). `MAX_NESTING` is pinned to what
+    /// serde_json reads, so a change there shows here.
+    #[test]
+    fn transforms_never_nest_past_what_is_read() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(serde_json::from_str::<Value>(&nested(MAX_NESTING)).is_ok());
+        assert!(serde_json::from_str::<Value>(&nested(MAX_NESTING + 1)).is_err());
+        let deep = format!("{{\"a\": {}}}", nested(MAX_NESTING - 1));
+        let v: Value = serde_json::from_str(&deep).expect("JSON");
+        assert_eq!(nesting(&v), MAX_NESTING);
+        let t = RequestTransformer::try_from(&RequestTransform {
+            json_rename: [("a".to_string(), "b.c".to_string())].into(),
+            json_max_bytes: 10_000,
+            ..Default::default()
+        })
+        .expect("a transform");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let mut parts = hyper::Request::post("/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(())
+            .expect("a request")
+            .into_parts()
+            .0;
+        let refused = rt
+            .block_on(t.apply(&mut parts, full(Bytes::from(deep.clone()))))
+            .err()
+            .expect("refused");
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        // One level less fits, and moves.
+        let fits = format!("{{\"a\": {}}}", nested(MAX_NESTING - 2));
+        let body = rt
+            .block_on(t.apply(&mut parts, full(Bytes::from(fits))))
+            .ok()
+            .expect("transformed");
+        let out = rt
+            .block_on(http_body_util::BodyExt::collect(body))
+            .expect("a body")
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(nesting(&v), MAX_NESTING);
+        // A response pushed past the limit is passed as the upstream sent it.
+        let r = ResponseTransformer::try_from(&ResponseTransform {
+            json_rename: [("a".to_string(), "b.c".to_string())].into(),
+            json_max_bytes: 10_000,
+            ..Default::default()
+        })
+        .expect("a transform");
+        let resp = hyper::Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(Bytes::from(deep.clone())))
+            .expect("a response");
+        let out = rt
+            .block_on(http_body_util::BodyExt::collect(
+                rt.block_on(r.apply(resp, false)).into_body(),
+            ))
+            .expect("a body")
+            .to_bytes();
+        assert_eq!(out, deep.as_bytes());
     }
 
     /// Numbers a transform does not touch keep their value: a double's shortest form reads
