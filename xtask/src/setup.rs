@@ -26,6 +26,12 @@ const PACKAGES: &[&str] = &[
     "bird2",
     // Packet loss on the harness's links (numgen), for the chaos test.
     "nftables",
+    // The dashboards' browser test (headless, through the DevTools protocol).
+    "chromium",
+    // The deploy/ checks: Prometheus and promtool against the harness, and
+    // `systemd-analyze verify` on the units.
+    "prometheus",
+    "systemd",
 ];
 
 /// True when running as root.
@@ -132,7 +138,9 @@ pub fn run() -> Result<()> {
     let problems: Vec<String> = [
         debian_packages(llvm, root)?,
         bpf_linker(llvm)?,
-        cargo_fuzz()?,
+        cargo_tool("cargo-fuzz", &["fuzz", "--version"])?,
+        // `cargo xtask package` builds the Debian packages with it.
+        cargo_tool("cargo-deb", &["deb", "--version"])?,
         bpffs(root)?,
     ]
     .into_iter()
@@ -247,14 +255,16 @@ fn bpf_linker(llvm: u32) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// 4. cargo-fuzz, which builds and runs the libFuzzer targets of `fuzz/` on nightly.
-fn cargo_fuzz() -> Result<Option<String>> {
-    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+/// 4. Cargo subcommands from crates.io: cargo-fuzz, which builds and runs the libFuzzer
+/// targets of `fuzz/` on nightly, and cargo-deb. `probe` is how the tool answers when it is
+/// there.
+fn cargo_tool(krate: &str, probe: &[&str]) -> Result<Option<String>> {
+    if output(Command::new("cargo").args(probe)).is_some() {
         return Ok(None);
     }
     exec(
-        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
-        "installing cargo-fuzz",
+        Command::new("cargo").args(["install", krate, "--locked"]),
+        &format!("installing {krate}"),
     )?;
     Ok(None)
 }
