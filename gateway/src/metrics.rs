@@ -132,6 +132,22 @@ impl Totals {
     }
 }
 
+/// Adds one route's counts to `t`.
+fn add_route(t: &mut Totals, counts: &RouteCounts) {
+    for by_status in counts.requests.values() {
+        for (status, n) in by_status {
+            t.requests += n;
+            if *status >= 500 {
+                t.errors += n;
+            }
+        }
+    }
+    t.duration_sum += counts.duration.sum;
+    for (b, n) in t.buckets.iter_mut().zip(counts.duration.buckets) {
+        *b += n;
+    }
+}
+
 /// All gateway metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -148,6 +164,8 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Reloads refused.
     pub reloads_failed: AtomicU64,
+    /// Why the last reload was refused, while it is the last one.
+    pub last_reload_error: Mutex<Option<String>>,
     /// Per-consumer usage.
     pub analytics: crate::analytics::Analytics,
     /// Refusals per client, for abuse detection.
@@ -223,20 +241,24 @@ impl Metrics {
         let mut t = Totals::default();
         let Ok(i) = self.inner.lock() else { return t };
         for counts in i.routes.values() {
-            for by_status in counts.requests.values() {
-                for (status, n) in by_status {
-                    t.requests += n;
-                    if *status >= 500 {
-                        t.errors += n;
-                    }
-                }
-            }
-            t.duration_sum += counts.duration.sum;
-            for (b, n) in t.buckets.iter_mut().zip(counts.duration.buckets) {
-                *b += n;
-            }
+            add_route(&mut t, counts);
         }
         t
+    }
+
+    /// Request totals of each route, read once a second for the dashboard.
+    pub fn route_totals(&self) -> Vec<(String, Totals)> {
+        let Ok(i) = self.inner.lock() else {
+            return Vec::new();
+        };
+        i.routes
+            .iter()
+            .map(|(name, counts)| {
+                let mut t = Totals::default();
+                add_route(&mut t, counts);
+                (name.clone(), t)
+            })
+            .collect()
     }
 
     /// Records the time an upstream took to answer with a response head.

@@ -2,6 +2,8 @@
 //!
 //! | method | path | |
 //! |---|---|---|
+//! | GET | `/` | the dashboard page (its script, style and state under `/dashboard/`) |
+//! | GET | `/dashboard/state?since=N` | JSON ([`DashboardState`](crate::agent::DashboardState)) |
 //! | GET | `/healthz` | 200 while the agent runs and the node can forward; 503 naming the failing node checks |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/status` | JSON ([`Status`]) |
@@ -13,7 +15,9 @@
 //! | POST | `/shield/unblock` | JSON `{"prefix": …}` |
 //! | POST | `/maintenance/on`, `/maintenance/off` | withdraw every VIP from BGP, or announce again |
 //!
-//! Errors are RFC 9457 `application/problem+json`.
+//! Errors are RFC 9457 `application/problem+json`. Requests a browser could have been made
+//! to send from another site are refused with 403 (see
+//! [`sluice_util::dashboard::refusal`]).
 
 use std::{convert::Infallible, net::IpAddr};
 
@@ -23,6 +27,7 @@ use hyper::{
     header, Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
+use sluice_util::dashboard;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
@@ -162,11 +167,61 @@ async fn shield_change(
     }
 }
 
+/// A header's value as text, if it has one.
+fn header_text<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An embedded dashboard file, with the page headers.
+fn page(asset: sluice_util::dashboard::Asset) -> Response<Body> {
+    let mut r = respond(StatusCode::OK, asset.content_type, asset.body.to_string());
+    for (k, v) in dashboard::PAGE_HEADERS {
+        r.headers_mut()
+            .insert(*k, header::HeaderValue::from_static(v));
+    }
+    r
+}
+
 async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) -> Response<Body> {
+    let view = dashboard::RequestView {
+        method: req.method().as_str(),
+        host: header_text(&req, header::HOST),
+        origin: header_text(&req, header::ORIGIN),
+        fetch_site: req
+            .headers()
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok()),
+    };
+    if let Some(why) = dashboard::refusal(view, &[]) {
+        return problem(StatusCode::FORBIDDEN, &why);
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let gone = || problem(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    if req.method() == Method::GET {
+        if let Some(asset) = crate::dashboard::asset(&path) {
+            return page(asset);
+        }
+    }
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/dashboard/state") => {
+            let since = dashboard::since_param(&query);
+            match ask(agent, |tx| Command::Dashboard(since, tx)).await {
+                Some(s) => {
+                    let mut r = respond(
+                        StatusCode::OK,
+                        "application/json",
+                        serde_json::to_string(&s).unwrap_or_default(),
+                    );
+                    r.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        header::HeaderValue::from_static("no-store"),
+                    );
+                    r
+                }
+                None => gone(),
+            }
+        }
         (&Method::GET, "/healthz") => match ask(agent, Command::Healthz).await {
             Some(failing) if failing.is_empty() => {
                 respond(StatusCode::OK, "text/plain", "ok\n".into())

@@ -6,6 +6,7 @@
 //! - [`config`] → [`controller`] → [`dataplane`]: what the operator declares, what the maps
 //!   must hold, and writing it; [`attach`] pins programs to interfaces.
 //! - [`agent`]: the `run` loop, fed by [`health`] probers and the [`admin`] API.
+//! - [`dashboard`]: the live page the admin listener serves at `/`.
 //! - [`bgp`]: the VIPs announced over BGP through BIRD.
 //! - [`shield`]: blocked source prefixes (an operator's, and the gateways' candidates pulled
 //!   by [`shield::pull`]) and the flood guard's state.
@@ -18,6 +19,7 @@ pub mod attach;
 pub mod bgp;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;

@@ -170,6 +170,21 @@ fn tables(m: &mut Writer, s: &Status) {
         "Share of slots the last table change moved away from surviving backends.",
     );
     m.sample("sluice_lb_table_disruption_ratio", &[], s.last_disruption);
+    // Counted every ten seconds by walking the table; absent until the first count.
+    if let Some(f) = s.flow_table {
+        m.family(
+            "sluice_lb_flow_table_entries",
+            "gauge",
+            "Entries in the flow table at its last count (every 10 s).",
+        );
+        m.sample("sluice_lb_flow_table_entries", &[], f.entries as f64);
+        m.family(
+            "sluice_lb_flow_table_capacity",
+            "gauge",
+            "Entries the flow table holds (flow_table_size).",
+        );
+        m.sample("sluice_lb_flow_table_capacity", &[], f.capacity as f64);
+    }
 }
 
 /// Block entries and their drops, the gateways' candidates, and the flood guard.
@@ -464,6 +479,7 @@ mod tests {
                 detail: "off".into(),
             }],
             drop_rates: vec![("fib_failure".into(), 12.0)],
+            flow_table: None,
         };
         let text = render(&status, Reloads { ok: 3, failed: 1 });
         assert_eq!(text, GOLDEN);

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the one error type for a refused config file, naming the file, the field
 //!   path and the reason, with TOML syntax errors located by line;
+//! - [`dashboard`]: the live dashboard pages' shared assets, history and admin guard;
 //! - [`control`]: the signals and config-file changes that reload or stop a daemon;
 //! - [`load`]: a gateway's load report, as written on `/readyz` and read by the L4 agent;
 //! - [`probe`]: the one HTTP health probe, used by the L4 agent on its gateways and by the
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod load;
 pub mod probe;
 pub mod shield;

@@ -1,11 +1,13 @@
-//! The admin API: liveness, readiness (which fails while draining), Prometheus metrics,
-//! the usage analytics, the shield's block candidates, and the drain switch.
+//! The admin API: the dashboard page, liveness, readiness (which fails while draining),
+//! Prometheus metrics, the usage analytics, the shield's block candidates, and the drain
+//! switch. Requests a browser could have been made to send from another site are refused
+//! with 403 (see [`sluice_util::dashboard::refusal`]).
 
 use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, header::HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use sluice_util::shield;
+use sluice_util::{dashboard, shield};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -24,7 +26,52 @@ impl Gateway {
             *r.status_mut() = status;
             r
         };
+        let header =
+            |name: hyper::header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let view = dashboard::RequestView {
+            method: req.method().as_str(),
+            host: header(hyper::header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str())),
+            origin: header(hyper::header::ORIGIN),
+            fetch_site: req
+                .headers()
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok()),
+        };
+        if let Some(why) = dashboard::refusal(view, &[]) {
+            return problem(StatusCode::FORBIDDEN, &why);
+        }
+        if req.method() == Method::GET {
+            if let Some(asset) = super::dashboard::asset(req.uri().path()) {
+                let mut r = Response::new(full(asset.body));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static(asset.content_type),
+                );
+                for (k, v) in dashboard::PAGE_HEADERS {
+                    r.headers_mut().insert(*k, HeaderValue::from_static(v));
+                }
+                return r;
+            }
+        }
         match (req.method(), req.uri().path()) {
+            (&Method::GET, "/dashboard/state") => {
+                let since = dashboard::since_param(req.uri().query().unwrap_or(""));
+                match serde_json::to_string(&self.dashboard(since)) {
+                    Ok(json) => {
+                        let mut r = text(StatusCode::OK, &json);
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        r.headers_mut().insert(
+                            hyper::header::CACHE_CONTROL,
+                            HeaderValue::from_static("no-store"),
+                        );
+                        r
+                    }
+                    Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
                 let mut r = if self.draining.load(Ordering::Relaxed) {

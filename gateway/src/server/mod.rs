@@ -1,7 +1,8 @@
-//! Running the gateway: listeners, the admin API (`admin.rs`), reloads (`reload.rs`) and
-//! graceful shutdown.
+//! Running the gateway: listeners, the admin API (`admin.rs`) and its dashboard page
+//! (`dashboard/`), reloads (`reload.rs`) and graceful shutdown.
 
 mod admin;
+mod dashboard;
 mod reload;
 
 use std::{
@@ -35,6 +36,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     load: Arc<LoadMeter>,
     draining: AtomicBool,
+    /// The last minutes of per-route rates, for the dashboard.
+    history: std::sync::Mutex<sluice_util::dashboard::History>,
 }
 
 /// Runs the gateway with the config at `path` until SIGTERM or SIGINT, on `workers` worker
@@ -57,7 +60,9 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
         metrics,
         load,
         draining: AtomicBool::new(false),
+        history: dashboard::history(),
     });
+    tokio::spawn(dashboard::sample(gw.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (accept_loops, mut tls_listeners) = start_listeners(&gw, tls, &stop_rx)?;
     let admin_addr = gw.runtime.load().config.admin.listen;

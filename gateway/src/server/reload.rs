@@ -109,11 +109,17 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
                 .store(number, Ordering::Relaxed);
             gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
             gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
+                *last = None;
+            }
             info!(trigger = why, generation = number, "config reloaded");
         }
         Err(e) => {
             gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
             gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
+                *last = Some(e.to_string());
+            }
             error!(trigger = why, error = %e, "config refused; the last valid config stays in force");
         }
     }

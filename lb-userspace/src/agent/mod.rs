@@ -5,14 +5,16 @@
 //!
 //! - [`load`]: load-aware weights; [`announce`]: the node checks and what BGP announces;
 //!   [`blocks`]: blocks swept and candidates pulled; [`status`]: what `status` and
-//!   `/metrics` show.
+//!   `/metrics` show; [`dashboard`]: what the dashboard page polls.
 
 mod announce;
 mod blocks;
+mod dashboard;
 mod load;
 mod status;
 
 use blocks::Pulled;
+pub use dashboard::{DashboardState, FlowTableView};
 use status::Counts;
 pub use status::{BackendView, ConfigStatus, LoadSeen, Status, VipStatus};
 
@@ -69,6 +71,8 @@ pub enum Command {
     Healthz(oneshot::Sender<Vec<crate::node_check::Check>>),
     /// Current state as JSON.
     Status(oneshot::Sender<Status>),
+    /// The dashboard's state, with the history after a sample the page has.
+    Dashboard(Option<u64>, oneshot::Sender<DashboardState>),
     /// Prometheus text.
     Metrics(oneshot::Sender<String>),
 }
@@ -133,6 +137,12 @@ struct Agent {
     checks: Vec<crate::node_check::Check>,
     /// Drop counters at the last sample (none before the first), and their rates since.
     drops: Vec<(Lb, Option<u64>, f64)>,
+    /// The last minutes of rates, for the dashboard's sparklines.
+    history: sluice_util::dashboard::History,
+    /// Each VIP's traffic counters at the last history sample.
+    vip_counts: dashboard::VipCounts,
+    /// The flow table's last count.
+    flow_count: std::sync::Arc<dashboard::FlowCount>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
@@ -198,6 +208,9 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         health_settled: false,
         grace_until: HashMap::new(),
         checks: Vec::new(),
+        history: sluice_util::dashboard::History::new(dashboard::HISTORY_SECONDS),
+        vip_counts: HashMap::new(),
+        flow_count: Default::default(),
         drops: [Lb::FibFailure, Lb::NoBackend]
             .into_iter()
             .map(|o| (o, None, 0.0))
@@ -214,6 +227,10 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         .await
         .with_context(|| format!("admin API on {}", agent.config.admin.listen))?;
     info!(admin = %agent.config.admin.listen, "sluice-lb running");
+    agent.flow_count.spawn_counter(
+        crate::dataplane::pinned_flows_path(&agent.config.node.pin_dir),
+        agent.config.node.flow_table_size as usize,
+    );
     tokio::spawn(admin::serve(listener, cmd_tx));
 
     let mut signals = ControlSignals::new().context("signal handlers")?;
@@ -239,6 +256,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                     agent.reload("file change");
                 }
                 agent.sample_rates();
+                agent.record_history();
                 agent.check_node();
                 agent.adjust_load_weights();
                 agent.sweep_blocks();
@@ -450,6 +468,9 @@ impl Agent {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::Dashboard(since, reply) => {
+                let _ = reply.send(self.dashboard(since));
             }
             Command::Metrics(reply) => {
                 let reloads = metrics::Reloads {

@@ -44,6 +44,9 @@ pub struct Status {
     /// the node cannot forward: `fib_failure`, `no_backend`).
     #[serde(default)]
     pub drop_rates: Vec<(String, f64)>,
+    /// The flow table's occupancy, counted every ten seconds (none before the first count).
+    #[serde(default)]
+    pub flow_table: Option<super::FlowTableView>,
 }
 
 /// Config state.
@@ -197,6 +200,9 @@ impl Agent {
                 .iter()
                 .map(|(o, _, r)| (o.name().to_string(), *r))
                 .collect(),
+            flow_table: self
+                .flow_count
+                .view(u64::from(self.config.node.flow_table_size)),
             table_generation: self.applied.generation,
             last_disruption: self.applied.last_disruption,
             config: ConfigStatus {

@@ -252,6 +252,22 @@ pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneE
     move |source| DataPlaneError::Map { name, source }
 }
 
+/// Where the flow table is pinned under a node's `pin_dir`.
+pub fn pinned_flows_path(pin_dir: &std::path::Path) -> std::path::PathBuf {
+    pin_dir.join("maps").join(names::FLOWS)
+}
+
+/// Entries in the pinned flow table at `path`, walked through a descriptor of its own (so
+/// a thread other than the agent's can count) and stopping after `limit` keys: a table
+/// never holds more, and a walk that restarts while entries come and go cannot run on.
+pub fn count_pinned_flows(path: &std::path::Path, limit: usize) -> Result<usize> {
+    let name = names::FLOWS;
+    let data = MapData::from_pin(path).map_err(map_err(name))?;
+    let map: HashMap<MapData, FlowKey, FlowState> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(name))?;
+    Ok(map.keys().take(limit).filter(|k| k.is_ok()).count())
+}
+
 impl DataPlane {
     /// Creates the maps of the embedded object.
     pub fn load(opts: &LoadOptions) -> Result<Self> {

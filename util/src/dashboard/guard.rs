@@ -1,0 +1,160 @@
+//! Keeps web pages the operator has open elsewhere out of the admin API.
+//!
+//! The admin listeners listen on loopback, which a browser on the same machine reaches: any
+//! site could post a form to `http://127.0.0.1:9100/backends/…/drain`, and a site whose name
+//! it rebinds to 127.0.0.1 could read `/status` as its own origin. So a request is refused
+//! when its `Host` names anything but an address, `localhost` or a configured name (a
+//! rebound name is none of those), and a request that changes something is refused when a
+//! browser says it comes from another origin (`Origin`, `Sec-Fetch-Site`). Clients that are
+//! not browsers (the CLI, curl, Prometheus) send neither header and pass.
+
+use std::net::IpAddr;
+
+/// The parts of a request the guard looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestView<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The `Host` header (or HTTP/2 `:authority`), if any.
+    pub host: Option<&'a str>,
+    /// The `Origin` header, if any.
+    pub origin: Option<&'a str>,
+    /// The `Sec-Fetch-Site` header, if any.
+    pub fetch_site: Option<&'a str>,
+}
+
+/// The host part of a `Host` value: without its port, and without brackets around IPv6.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn allowed_host(host: &str, names: &[String]) -> bool {
+    let name = host_name(host).trim_end_matches('.');
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Why `req` must be refused (with 403), or `None` to serve it. `names`: host names the
+/// operator reaches the listener by, besides addresses and `localhost`.
+pub fn refusal(req: RequestView<'_>, names: &[String]) -> Option<String> {
+    if let Some(host) = req.host {
+        if !allowed_host(host, names) {
+            return Some(format!(
+                "Host {host:?} is not an address, localhost or a configured admin host name"
+            ));
+        }
+    }
+    let safe = matches!(req.method, "GET" | "HEAD" | "OPTIONS");
+    if safe {
+        return None;
+    }
+    if let Some(site) = req.fetch_site {
+        if !matches!(site, "same-origin" | "none") {
+            return Some(format!("a {site} request may not change anything here"));
+        }
+    }
+    if let Some(origin) = req.origin {
+        let same = req.host.is_some_and(|host| {
+            ["http://", "https://"].iter().any(|s| {
+                origin
+                    .strip_prefix(s)
+                    .is_some_and(|o| o.eq_ignore_ascii_case(host))
+            })
+        });
+        if !same {
+            return Some(format!(
+                "a request from origin {origin:?} may not change anything here"
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(method: &'a str, host: Option<&'a str>, origin: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            method,
+            host,
+            origin,
+            fetch_site: None,
+        }
+    }
+
+    #[test]
+    fn addresses_and_localhost_are_hosts_and_rebound_names_are_not() {
+        let none: &[String] = &[];
+        for host in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "[::1]:9100",
+            "[fe80::1]",
+            "localhost:9100",
+            "LOCALHOST",
+            "10.1.2.3:80",
+        ] {
+            assert_eq!(refusal(req("GET", Some(host), None), none), None, "{host}");
+        }
+        for host in [
+            "evil.example:9100",
+            "127.0.0.1.evil.example",
+            "",
+            "localhost.evil",
+        ] {
+            assert!(
+                refusal(req("GET", Some(host), None), none).is_some(),
+                "{host}"
+            );
+        }
+        let names = vec!["lb1.internal".to_string()];
+        assert_eq!(
+            refusal(req("GET", Some("LB1.internal:9100"), None), &names),
+            None
+        );
+        // No Host at all: not a browser.
+        assert_eq!(refusal(req("POST", None, None), none), None);
+    }
+
+    #[test]
+    fn changes_from_other_origins_are_refused() {
+        let none: &[String] = &[];
+        let host = Some("127.0.0.1:9100");
+        assert_eq!(refusal(req("POST", host, None), none), None, "the CLI");
+        assert_eq!(
+            refusal(req("POST", host, Some("http://127.0.0.1:9100")), none),
+            None,
+            "the dashboard itself"
+        );
+        for origin in ["http://evil.example", "null", "http://127.0.0.1:9101"] {
+            assert!(
+                refusal(req("POST", host, Some(origin)), none).is_some(),
+                "{origin}"
+            );
+        }
+        // Reading is allowed from anywhere the Host allows: the policy of the page decides.
+        assert_eq!(
+            refusal(req("GET", host, Some("http://evil.example")), none),
+            None
+        );
+        let cross = RequestView {
+            fetch_site: Some("cross-site"),
+            ..req("POST", host, None)
+        };
+        assert!(refusal(cross, none).is_some());
+        let same = RequestView {
+            fetch_site: Some("same-origin"),
+            ..req("POST", host, None)
+        };
+        assert_eq!(refusal(same, none), None);
+    }
+}

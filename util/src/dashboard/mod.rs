@@ -1,0 +1,87 @@
+//! What both admin listeners need to serve a live dashboard page: the embedded assets the
+//! two pages share, the headers every page answer carries, the per-second history behind the
+//! sparklines, and the guard that keeps a browser's other tabs out of the admin API.
+//!
+//! The pages poll one JSON document a second rather than holding a Server-Sent Events
+//! stream: a poll needs nothing from the admin listener between answers, passes any proxy,
+//! reconnects by itself after an agent restart, and tells the page it is stale simply by
+//! failing. Each answer carries only the history samples the page has not seen (`since`).
+
+mod guard;
+mod history;
+
+pub use guard::{refusal, RequestView};
+pub use history::{History, HistoryView};
+
+/// One embedded file of a dashboard page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asset {
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'static str,
+}
+
+/// The script both pages load first: formatting, sparklines, the poll loop and its staleness.
+pub const COMMON_JS: Asset = Asset {
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("common.js"),
+};
+
+/// The style sheet both pages use (light and dark, by the reader's preference).
+pub const COMMON_CSS: Asset = Asset {
+    content_type: "text/css; charset=utf-8",
+    body: include_str!("common.css"),
+};
+
+/// The shared assets by path.
+pub fn shared_asset(path: &str) -> Option<Asset> {
+    match path {
+        "/dashboard/common.js" => Some(COMMON_JS),
+        "/dashboard/common.css" => Some(COMMON_CSS),
+        _ => None,
+    }
+}
+
+/// Headers on every dashboard answer. The policy allows this origin's own scripts, styles
+/// and fetches only, so data shown on the page (a shield note, a route name) can never run
+/// as script even if a page bug wrote it as markup; and no other site may frame the page.
+pub const PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+/// The `since` parameter of a state request: the last history sample the page has.
+pub fn since_param(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assets_are_found_by_path_only() {
+        assert_eq!(shared_asset("/dashboard/common.js"), Some(COMMON_JS));
+        assert_eq!(shared_asset("/dashboard/common.css"), Some(COMMON_CSS));
+        assert_eq!(shared_asset("/dashboard/../common.js"), None);
+        assert!(COMMON_JS.body.contains("Sluice"));
+    }
+
+    #[test]
+    fn since_is_read_from_the_query() {
+        assert_eq!(since_param("since=42"), Some(42));
+        assert_eq!(since_param("a=1&since=7"), Some(7));
+        assert_eq!(since_param("since=x"), None);
+        assert_eq!(since_param(""), None);
+    }
+}
