@@ -183,7 +183,7 @@ impl Analytics {
                 .replace('"', "\\\"")
                 .replace('\n', "\\n")
         };
-        let _ = writeln!(o, "# TYPE sluice_gateway_consumer_requests_total counter");
+        o.push_str("# HELP sluice_gateway_consumer_requests_total Requests of authenticated consumers, by consumer, route and status class.\n# TYPE sluice_gateway_consumer_requests_total counter\n");
         let pairs = || {
             g.prom
                 .iter()
@@ -199,10 +199,7 @@ impl Analytics {
                 );
             }
         }
-        let _ = writeln!(
-            o,
-            "# TYPE sluice_gateway_consumer_request_duration_seconds histogram"
-        );
+        o.push_str("# HELP sluice_gateway_consumer_request_duration_seconds Time from an authenticated consumer's request to its response head.\n# TYPE sluice_gateway_consumer_request_duration_seconds histogram\n");
         for (c, r, p) in pairs() {
             let c = esc(c);
             let l = format!("consumer=\"{c}\",route=\"{r}\"");

@@ -155,10 +155,7 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
     use std::fmt::Write;
     let mut limits: Vec<_> = rt.policies.limits.values().collect();
     limits.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-    let _ = writeln!(
-        out,
-        "# TYPE sluice_gateway_rate_limit_requests_total counter"
-    );
+    out.push_str("# HELP sluice_gateway_rate_limit_requests_total Rate-limit decisions, by limit and result (limited: answered 429).\n# TYPE sluice_gateway_rate_limit_requests_total counter\n");
     for l in &limits {
         for (result, n) in [("allowed", &l.allowed), ("limited", &l.limited)] {
             let _ = writeln!(
@@ -169,7 +166,7 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
             );
         }
     }
-    let _ = writeln!(out, "# TYPE sluice_gateway_rate_limit_local_keys gauge");
+    out.push_str("# HELP sluice_gateway_rate_limit_local_keys Keys a local limit holds now.\n# TYPE sluice_gateway_rate_limit_local_keys gauge\n");
     for l in &limits {
         let _ = writeln!(
             out,
@@ -179,10 +176,7 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
         );
     }
     if let Some(r) = &rt.policies.redis {
-        let _ = writeln!(
-            out,
-            "# TYPE sluice_gateway_rate_limit_store_failures_total counter"
-        );
+        out.push_str("# HELP sluice_gateway_rate_limit_store_failures_total Shared-store (Redis) calls that failed, by what the request got (on_failure).\n# TYPE sluice_gateway_rate_limit_store_failures_total counter\n");
         for (outcome, n) in [
             ("fail_open", &r.failed_open),
             ("fail_closed", &r.failed_closed),
