@@ -26,6 +26,7 @@ pub mod attack;
 pub mod bgp;
 pub mod cgroup;
 pub mod flood;
+pub mod forward;
 pub mod http;
 pub mod ns;
 pub mod scratch;

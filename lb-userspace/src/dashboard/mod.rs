@@ -42,7 +42,7 @@ mod tests {
                 named += 1;
             }
         }
-        assert_eq!(named, 3, "two scripts and a style sheet");
+        assert_eq!(named, 4, "two scripts, a style sheet and the icon");
         assert!(
             !page.contains("<script>"),
             "no inline script: the policy forbids it"

@@ -34,11 +34,18 @@ pub const COMMON_CSS: Asset = Asset {
     body: include_str!("common.css"),
 };
 
+/// The pages' icon (without one, a browser asks for `/favicon.ico` and logs the 404).
+pub const FAVICON: Asset = Asset {
+    content_type: "image/svg+xml",
+    body: include_str!("favicon.svg"),
+};
+
 /// The shared assets by path.
 pub fn shared_asset(path: &str) -> Option<Asset> {
     match path {
         "/dashboard/common.js" => Some(COMMON_JS),
         "/dashboard/common.css" => Some(COMMON_CSS),
+        "/dashboard/favicon.svg" => Some(FAVICON),
         _ => None,
     }
 }

@@ -237,7 +237,7 @@ mod tests {
                 named += 1;
             }
         }
-        assert_eq!(named, 3);
+        assert_eq!(named, 4);
         assert!(!PAGE.body.contains("<script>"));
     }
 
