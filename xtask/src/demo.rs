@@ -437,8 +437,23 @@ fn lb_status(w: &World) -> Result<()> {
     Ok(())
 }
 
-/// `--keep`: says how to look at the topology and waits for Ctrl-C.
+/// `--keep`: forwards the dashboards to this machine's loopback, says how to look at the
+/// topology and waits for Ctrl-C.
 fn keep_until_interrupted(w: &World) {
+    use sluice_e2e::forward::Forward;
+    // Each admin listener listens on its own namespace's loopback; a browser on this
+    // machine reaches it through a port on 127.0.0.1 (the same port when it is free).
+    let lb = Forward::start(&w.ns["l1"], ([127, 0, 0, 1], 9180).into(), 9180);
+    let gw = Forward::start(&w.ns["g1"], ([127, 0, 0, 1], 9000).into(), 9000);
+    match (&lb, &gw) {
+        (Ok(lb), Ok(gw)) => println!(
+            "\nDashboards (open them in a browser on this machine):\n  \
+             LB node 1:  http://{}/\n  \
+             gateway 1:  http://{}/",
+            lb.local, gw.local
+        ),
+        (Err(e), _) | (_, Err(e)) => println!("\n(the dashboards could not be forwarded: {e})"),
+    }
     println!(
         "\nThe topology stays up (--keep). Try, in another shell:\n  \
          ip netns exec {c} curl http://{VIP}/index.html\n  \
