@@ -478,6 +478,92 @@ fn admin_drain_fails_readiness() {
     assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
 }
 
+/// A web page the operator has open cannot drive the admin API: a browser request naming a
+/// host that is not an address or localhost (DNS rebinding) is refused, and so is a change
+/// a browser says comes from another origin; clients that are not browsers, and the
+/// dashboard itself, are served.
+#[test]
+fn admin_refuses_what_a_browser_was_led_to_send() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(&to_one(up.addr));
+    let send = |method: &str, path: &str, host: &str, extra: &[&str]| {
+        support::raw(
+            gw.admin,
+            sluice_e2e::http::request_text(method, path, host, extra, "").as_bytes(),
+        )
+    };
+    let firefox = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0";
+    let own = gw.admin.to_string();
+    // Rebinding: the page's own name in Host, same-origin as far as the browser knows.
+    let r = send(
+        "GET",
+        "/metrics",
+        "rebound.example:9000",
+        &[firefox, "Sec-Fetch-Site: same-origin"],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let r = send(
+        "POST",
+        "/drain",
+        "rebound.example:9000",
+        &[firefox, "Origin: http://rebound.example:9000"],
+    );
+    assert_eq!(r.status, 403);
+    // A form posted from another site to the listener's address.
+    let r = send(
+        "POST",
+        "/drain",
+        &own,
+        &[
+            firefox,
+            "Origin: https://evil.example",
+            "Sec-Fetch-Site: cross-site",
+        ],
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        send("GET", "/readyz", &own, &[]).status,
+        200,
+        "nothing was drained"
+    );
+    // The dashboard (same origin), and Prometheus or curl by any name, are served.
+    let origin = format!("Origin: http://{own}");
+    assert_eq!(send("GET", "/", &own, &[firefox]).status, 200);
+    assert_eq!(
+        send(
+            "GET",
+            "/dashboard/state",
+            &format!("localhost:{}", gw.admin.port()),
+            &[firefox]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            "GET",
+            "/metrics",
+            "gw1.internal:9000",
+            &["User-Agent: Prometheus/2.42.0"]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/drain",
+            &own,
+            &[firefox, &origin, "Sec-Fetch-Site: same-origin"]
+        )
+        .status,
+        200
+    );
+    assert_eq!(send("GET", "/readyz", &own, &[]).status, 503);
+}
+
 /// An upstream whose `/healthz` answers 503 while `sick` is set, and that counts the other
 /// requests it serves.
 fn checked(

@@ -60,8 +60,13 @@ fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     respond(status, "application/problem+json", body.to_string())
 }
 
-/// Serves the API until the agent's command channel closes.
-pub async fn serve(listener: TcpListener, agent: mpsc::UnboundedSender<Command>) {
+/// Serves the API until the agent's command channel closes. `host_names`: the names a
+/// browser may use for this listener besides addresses and `localhost`.
+pub async fn serve(
+    listener: TcpListener,
+    agent: mpsc::UnboundedSender<Command>,
+    host_names: std::sync::Arc<Vec<String>>,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             // Out of file descriptors and the like: back off rather than spin.
@@ -69,10 +74,12 @@ pub async fn serve(listener: TcpListener, agent: mpsc::UnboundedSender<Command>)
             continue;
         };
         let agent = agent.clone();
+        let names = host_names.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
-                async move { Ok::<_, Infallible>(handle(req, &agent).await) }
+                let names = names.clone();
+                async move { Ok::<_, Infallible>(handle(req, &agent, &names).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -182,7 +189,11 @@ fn page(asset: sluice_util::dashboard::Asset) -> Response<Body> {
     r
 }
 
-async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    agent: &mpsc::UnboundedSender<Command>,
+    host_names: &[String],
+) -> Response<Body> {
     let view = dashboard::RequestView {
         method: req.method().as_str(),
         host: header_text(&req, header::HOST),
@@ -191,8 +202,9 @@ async fn handle(req: Request<Incoming>, agent: &mpsc::UnboundedSender<Command>) 
             .headers()
             .get("sec-fetch-site")
             .and_then(|v| v.to_str().ok()),
+        user_agent: header_text(&req, header::USER_AGENT),
     };
-    if let Some(why) = dashboard::refusal(view, &[]) {
+    if let Some(why) = dashboard::refusal(view, host_names) {
         return problem(StatusCode::FORBIDDEN, &why);
     }
     let path = req.uri().path().to_string();

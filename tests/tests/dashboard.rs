@@ -213,6 +213,28 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
         eval(&tab, "document.body.innerText")
     );
 
+    // The agent's admin API refuses what a web page could lead a browser to send: a
+    // rebound host name, and a drain posted from another origin.
+    let firefox = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0";
+    let refused = |method: &str, path: &str, host: &str, extra: &[&str]| {
+        let text = sluice_e2e::http::request_text(method, path, host, extra, "");
+        sluice_e2e::http::raw(forward.local, text.as_bytes()).status
+    };
+    assert_eq!(
+        refused("GET", "/status", "rebound.example:9180", &[firefox]),
+        403
+    );
+    let drain = format!("/backends/{}/drain", gateway_addr(1));
+    let evil = [
+        "Origin: https://evil.example",
+        "Sec-Fetch-Site: cross-site",
+        firefox,
+    ];
+    assert_eq!(
+        refused("POST", &drain, &forward.local.to_string(), &evil),
+        403
+    );
+
     // Live numbers move while traffic runs: the forwarded-packet count, and the rates.
     let first = eval(&tab, TX_CELL);
     assert!(

@@ -72,6 +72,11 @@ pub struct Admin {
     /// flows before anything is refused.
     #[serde(default)]
     pub drain_delay_ms: u64,
+    /// Host names a browser may reach the admin listener (and its dashboard) by, besides
+    /// IP addresses and `localhost`: a browser request naming any other host is refused, so
+    /// a web page cannot rebind its own name to this listener and read it.
+    #[serde(default)]
+    pub host_names: Vec<String>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -87,6 +92,7 @@ impl Default for Admin {
             listen: default_admin(),
             shutdown_deadline_ms: default_drain_ms(),
             drain_delay_ms: 0,
+            host_names: Vec::new(),
         }
     }
 }

@@ -36,8 +36,10 @@ impl Gateway {
                 .headers()
                 .get("sec-fetch-site")
                 .and_then(|v| v.to_str().ok()),
+            user_agent: header(hyper::header::USER_AGENT),
         };
-        if let Some(why) = dashboard::refusal(view, &[]) {
+        let rt = self.runtime.load();
+        if let Some(why) = dashboard::refusal(view, &rt.config.admin.host_names) {
             return problem(StatusCode::FORBIDDEN, &why);
         }
         if req.method() == Method::GET {

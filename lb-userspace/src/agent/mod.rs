@@ -231,7 +231,11 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         crate::dataplane::pinned_flows_path(&agent.config.node.pin_dir),
         agent.config.node.flow_table_size as usize,
     );
-    tokio::spawn(admin::serve(listener, cmd_tx));
+    tokio::spawn(admin::serve(
+        listener,
+        cmd_tx,
+        std::sync::Arc::new(agent.config.admin.host_names.clone()),
+    ));
 
     let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));

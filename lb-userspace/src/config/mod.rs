@@ -235,6 +235,11 @@ pub struct Admin {
     /// Listen address; loopback by default.
     #[serde(default = "default_admin")]
     pub listen: SocketAddr,
+    /// Host names a browser may reach the admin listener (and its dashboard; read at start) by, besides
+    /// IP addresses and `localhost`: a browser request naming any other host is refused, so
+    /// a web page cannot rebind its own name to this listener and read it.
+    #[serde(default)]
+    pub host_names: Vec<String>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -245,6 +250,7 @@ impl Default for Admin {
     fn default() -> Self {
         Self {
             listen: default_admin(),
+            host_names: Vec::new(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Keeps web pages the operator has open elsewhere out of the admin API.
 //!
 //! The admin listeners listen on loopback, which a browser on the same machine reaches: any
-//! site could post a form to `http://127.0.0.1:9100/backends/…/drain`, and a site whose name
-//! it rebinds to 127.0.0.1 could read `/status` as its own origin. So a request is refused
-//! when its `Host` names anything but an address, `localhost` or a configured name (a
-//! rebound name is none of those), and a request that changes something is refused when a
-//! browser says it comes from another origin (`Origin`, `Sec-Fetch-Site`). Clients that are
-//! not browsers (the CLI, curl, Prometheus) send neither header and pass.
+//! site could post a form to `http://127.0.0.1:9180/backends/…/drain`, and a site whose name
+//! it rebinds to 127.0.0.1 could read `/status` as its own origin. So a request from a
+//! browser is refused when its `Host` names anything but an address, `localhost` or a
+//! configured name (a rebound name is none of those), and a request that changes something
+//! is refused when the browser says it comes from another origin (`Origin`,
+//! `Sec-Fetch-Site`). A browser is what sends `Origin` or `Sec-Fetch-*` (every current one
+//! does) or calls itself `Mozilla/…`; the CLI, curl and Prometheus do none of that and
+//! pass, whatever name they use for the listener.
 
 use std::net::IpAddr;
 
@@ -21,6 +23,8 @@ pub struct RequestView<'a> {
     pub origin: Option<&'a str>,
     /// The `Sec-Fetch-Site` header, if any.
     pub fetch_site: Option<&'a str>,
+    /// The `User-Agent` header, if any.
+    pub user_agent: Option<&'a str>,
 }
 
 /// The host part of a `Host` value: without its port, and without brackets around IPv6.
@@ -45,6 +49,12 @@ fn allowed_host(host: &str, names: &[String]) -> bool {
 /// Why `req` must be refused (with 403), or `None` to serve it. `names`: host names the
 /// operator reaches the listener by, besides addresses and `localhost`.
 pub fn refusal(req: RequestView<'_>, names: &[String]) -> Option<String> {
+    let browser = req.origin.is_some()
+        || req.fetch_site.is_some()
+        || req.user_agent.is_some_and(|ua| ua.starts_with("Mozilla/"));
+    if !browser {
+        return None;
+    }
     if let Some(host) = req.host {
         if !allowed_host(host, names) {
             return Some(format!(
@@ -82,13 +92,40 @@ pub fn refusal(req: RequestView<'_>, names: &[String]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn req<'a>(method: &'a str, host: Option<&'a str>, origin: Option<&'a str>) -> RequestView<'a> {
+    /// A request from a browser (it calls itself Mozilla).
+    fn req<'a>(
+        method: &'a str,
+        host: Option<&'a str>,
+        origin: Option<&'a str>,
+    ) -> RequestView<'a> {
         RequestView {
             method,
             host,
             origin,
             fetch_site: None,
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)"),
         }
+    }
+
+    #[test]
+    fn clients_that_are_not_browsers_pass_by_any_name() {
+        for ua in [Some("Prometheus/2.42.0"), Some("curl/7.88.1"), None] {
+            let r = RequestView {
+                method: "POST",
+                host: Some("lb1.internal:9180"),
+                user_agent: ua,
+                ..Default::default()
+            };
+            assert_eq!(refusal(r, &[]), None, "{ua:?}");
+        }
+        // Sec-Fetch-* or Origin mark a browser whatever its User-Agent says.
+        let r = RequestView {
+            method: "GET",
+            host: Some("rebound.example:9180"),
+            fetch_site: Some("same-origin"),
+            ..Default::default()
+        };
+        assert!(refusal(r, &[]).is_some());
     }
 
     #[test]
@@ -121,7 +158,7 @@ mod tests {
             refusal(req("GET", Some("LB1.internal:9100"), None), &names),
             None
         );
-        // No Host at all: not a browser.
+        // No Host at all: HTTP/1.0 from a script.
         assert_eq!(refusal(req("POST", None, None), none), None);
     }
 
