@@ -93,11 +93,7 @@ mod tests {
     use super::*;
 
     /// A request from a browser (it calls itself Mozilla).
-    fn req<'a>(
-        method: &'a str,
-        host: Option<&'a str>,
-        origin: Option<&'a str>,
-    ) -> RequestView<'a> {
+    fn req<'a>(method: &'a str, host: Option<&'a str>, origin: Option<&'a str>) -> RequestView<'a> {
         RequestView {
             method,
             host,
