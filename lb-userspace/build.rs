@@ -3,6 +3,9 @@
 //!
 //! The eBPF crate needs the nightly toolchain, `rust-src` and `bpf-linker`; `cargo xtask setup`
 //! installs them. Set `SLUICE_EBPF_OBJECT` to an already built object to skip the nested build.
+//!
+//! It also sets `SLUICE_GIT_COMMIT`, the commit `sluice-lb --version` names
+//! (`build-support/git_commit.rs`).
 
 use std::{
     env, fs,
@@ -10,8 +13,11 @@ use std::{
     process::Command,
 };
 
+include!("../build-support/git_commit.rs");
+
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    git_commit(&manifest);
     let root = manifest
         .parent()
         .expect("lb-userspace sits in the workspace")

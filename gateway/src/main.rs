@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+#[path = "../../build-support/cli.rs"]
+mod cli;
 
 /// mimalloc rather than glibc's malloc. A request's allocations come and go in the same few
 /// size classes on many connections at once, which overflows glibc's small per-thread cache
@@ -15,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The Sluice L7 API gateway.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = cli::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,6 +60,9 @@ fn raise_nofile() {
 }
 
 fn main() -> Result<()> {
+    if let Some(done) = cli::docs_requested(Cli::command) {
+        return done;
+    }
     // One JSON line per event; the access log is the `access` target.
     tracing_subscriber::fmt()
         .json()

@@ -6,16 +6,19 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use sluice_lb::{
     admin, agent, attach, config,
     dataplane::{DataPlane, LoadOptions},
 };
 
+#[path = "../../build-support/cli.rs"]
+mod cli;
+
 /// The Sluice L4 load balancer's agent and CLI.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = cli::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -168,6 +171,9 @@ impl From<Mode> for config::XdpMode {
 }
 
 fn main() -> Result<()> {
+    if let Some(done) = cli::docs_requested(Cli::command) {
+        return done;
+    }
     // Logs go to stderr, so a command's own output (`status --json`) stays clean on stdout,
     // and carry colour codes only for a terminal, not into a log file.
     use std::io::IsTerminal;
