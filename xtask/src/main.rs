@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's one entry point for setting up a machine, building, testing,
-//! demonstrating and benchmarking Sluice. Every command runs `setup` first.
+//! demonstrating, benchmarking and packaging Sluice. Every command runs `setup` first.
 
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod soak;
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(about = "Build, test, demo and benchmark Sluice")]
+#[command(about = "Build, test, demo, benchmark and package Sluice")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -50,6 +51,16 @@ enum Cmd {
         /// Seconds per libFuzzer target.
         #[arg(long, default_value_t = 60)]
         time: u64,
+    },
+    /// Build a Debian package per binary (cargo-deb): the binary, its example config under
+    /// /etc/sluice, its systemd unit, man pages and shell completions. Prints their paths.
+    Package {
+        /// Which build to package.
+        #[arg(long, value_enum, default_value = "release")]
+        profile: package::Profile,
+        /// Where the .deb files go (default: target/debian).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Run a benchmark.
     Bench {
@@ -87,6 +98,14 @@ fn main() -> Result<()> {
         Cmd::Build => cargo(&["build", "--workspace", "--release"]),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { keep } => run_demo(keep),
+        Cmd::Package { profile, out } => {
+            let root = workspace_root();
+            let out = out.unwrap_or_else(|| root.join("target/debian"));
+            for deb in package::run(&root, profile, &out)? {
+                println!("{}", deb.display());
+            }
+            Ok(())
+        }
         Cmd::Fuzz { target, time } => fuzz::command(&workspace_root(), target.as_deref(), time),
         Cmd::Soak { minutes } => {
             if !setup::is_root() {

@@ -255,8 +255,10 @@ fn bpf_linker(llvm: u32) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// 4. Cargo subcommands from crates.io: cargo-fuzz, which builds and runs the libFuzzer
-/// targets of `fuzz/` on nightly, and cargo-deb. `probe` is how the tool answers when it is
+/// 4. Cargo subcommands from crates.io.
+///
+/// cargo-fuzz builds and runs the libFuzzer targets of `fuzz/` on nightly; cargo-deb builds
+/// the Debian packages of `cargo xtask package`. `probe` is how the tool answers when it is
 /// there.
 fn cargo_tool(krate: &str, probe: &[&str]) -> Result<Option<String>> {
     if output(Command::new("cargo").args(probe)).is_some() {
