@@ -175,7 +175,7 @@ async fn shield_change(
 }
 
 /// A header's value as text, if it has one.
-fn header_text<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_text(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

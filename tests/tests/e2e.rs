@@ -396,7 +396,7 @@ fn the_ipv6_path_end_to_end() {
             .as_array()
             .expect("vips")
             .iter()
-            .find(|v| v["vip"] == "2001:db8::1:80/tcp")
+            .find(|v| v["vip"] == "[2001:db8::1]:80/tcp")
             .expect("v6 vip")
             .clone()
     };

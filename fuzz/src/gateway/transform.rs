@@ -239,9 +239,10 @@ fn check_request(
         None
     } else if body.len() > max {
         Some(StatusCode::PAYLOAD_TOO_LARGE)
-    } else if !body.is_empty() && parsed.is_err() {
-        Some(StatusCode::BAD_REQUEST)
-    } else if want.as_ref().is_some_and(|v| nesting(v) > MAX_NESTING) {
+    } else if (!body.is_empty() && parsed.is_err())
+        || want.as_ref().is_some_and(|v| nesting(v) > MAX_NESTING)
+    {
+        // Not JSON, or JSON the transform would nest past what is read.
         Some(StatusCode::BAD_REQUEST)
     } else {
         None

@@ -227,7 +227,12 @@ impl Agent {
             "udp"
         };
         VipStatus {
-            vip: format!("{}:{}/{protocol}", v.address, v.port),
+            // An IPv6 address in brackets, as in a URL, so the port cannot be read as part
+            // of it.
+            vip: format!(
+                "{}/{protocol}",
+                std::net::SocketAddr::new(v.address, v.port)
+            ),
             packets: t.packets,
             bytes: t.bytes,
             backends: v.backends.iter().map(|b| self.backend_view(v, b)).collect(),

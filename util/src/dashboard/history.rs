@@ -78,7 +78,7 @@ impl History {
             self.samples.pop_front();
             // Names of series no sample carries any more (a backend removed) are dropped
             // once a ring's worth of samples has passed.
-            if self.next_seq % self.capacity as u64 == 0 {
+            if self.next_seq.is_multiple_of(self.capacity as u64) {
                 // Only the ring's own references remain: one here, one per sample.
                 self.names.retain(|_, n| Arc::strong_count(n) > 1);
             }
