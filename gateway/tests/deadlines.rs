@@ -26,7 +26,7 @@ const LIMIT: u64 = 600;
 fn gateway(up: SocketAddr, extra: &str, limit_ms: u64) -> Gateway {
     Gateway::start(
         &GatewayToml::empty()
-            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000")
+            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\nhost_names = [\"test.local\"]")
             .raw(&format!(
                 "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\
                  header_read_timeout_ms = {limit_ms}\ntls_handshake_timeout_ms = {limit_ms}\n\

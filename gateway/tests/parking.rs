@@ -21,7 +21,7 @@ fn gateway(up: SocketAddr) -> Gateway {
 fn gateway_waiting(up: SocketAddr, keepalive_ms: u64, head_ms: u64) -> Gateway {
     Gateway::start(
         &GatewayToml::empty()
-            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000")
+            .raw("[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 8000\nhost_names = [\"test.local\"]")
             .raw(&format!(
                 "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = {head_ms}\n\
                  keepalive_timeout_ms = {keepalive_ms}\nmax_body_bytes = 4096"

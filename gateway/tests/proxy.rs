@@ -486,7 +486,16 @@ fn admin_drain_fails_readiness() {
 fn admin_refuses_what_a_browser_was_led_to_send() {
     let rt = runtime();
     let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(&to_one(up.addr));
+    let gw = Gateway::start(
+        &GatewayToml::empty()
+            .raw(
+                "[admin]\nlisten = \"127.0.0.1:0\"\nhost_names = [\"gw1.internal\"]\n\n\
+                 [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"",
+            )
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build(),
+    );
     let send = |method: &str, path: &str, host: &str, extra: &[&str]| {
         support::raw(
             gw.admin,
@@ -504,6 +513,17 @@ fn admin_refuses_what_a_browser_was_led_to_send() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.headers["content-type"], "application/problem+json");
+    // The same from a page that set its own User-Agent (Firefox allows it) and sent no
+    // Sec-Fetch-* (browsers send none to plain http origins): the Host still gives it away.
+    let r = send(
+        "GET",
+        "/metrics",
+        "rebound.example:9000",
+        &["User-Agent: x"],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A post that looks like an old browser's and says nothing of its origin.
+    assert_eq!(send("POST", "/drain", &own, &[firefox]).status, 403);
     let r = send(
         "POST",
         "/drain",
@@ -528,7 +548,8 @@ fn admin_refuses_what_a_browser_was_led_to_send() {
         200,
         "nothing was drained"
     );
-    // The dashboard (same origin), and Prometheus or curl by any name, are served.
+    // The dashboard (same origin), and Prometheus or curl by address, are served; by a
+    // name only once it is in `[admin] host_names`.
     let origin = format!("Origin: http://{own}");
     assert_eq!(send("GET", "/", &own, &[firefox]).status, 200);
     assert_eq!(
@@ -545,10 +566,25 @@ fn admin_refuses_what_a_browser_was_led_to_send() {
         send(
             "GET",
             "/metrics",
-            "gw1.internal:9000",
+            "gw2.internal:9000",
             &["User-Agent: Prometheus/2.42.0"]
         )
         .status,
+        403
+    );
+    assert_eq!(
+        send(
+            "GET",
+            "/metrics",
+            "GW1.internal:9000",
+            &["User-Agent: Prometheus/2.42.0"]
+        )
+        .status,
+        200,
+        "a name in host_names"
+    );
+    assert_eq!(
+        send("GET", "/metrics", &own, &["User-Agent: Prometheus/2.42.0"]).status,
         200
     );
     assert_eq!(
@@ -771,7 +807,7 @@ fn freebind_binds_an_address_not_yet_on_this_host() {
     let cfg = |freebind: bool| {
         GatewayToml::empty()
             .raw(&format!(
-                "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"vip\"\naddress = \"198.51.100.77:8080\"\nfreebind = {freebind}\n\
+                "[admin]\nlisten = \"127.0.0.1:0\"\nhost_names = [\"test.local\"]\n[[listener]]\nname = \"vip\"\naddress = \"198.51.100.77:8080\"\nfreebind = {freebind}\n\
                  [[listener]]\nname = \"lo\"\naddress = \"127.0.0.1:0\""
             ))
             .upstream("a", &[up.addr])

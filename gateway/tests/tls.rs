@@ -110,7 +110,7 @@ fn sni_versions_alpn_reload_and_mtls() {
     std::fs::write(dir.join("client-ca.pem"), client_ca.cert.pem()).expect("write");
     let cfg = GatewayToml::empty()
         .raw(&format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[admin]\nlisten = \"127.0.0.1:0\"\nhost_names = [\"test.local\"]\n\n\
              [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
              tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\", server_names = [\"a.example\"] }}, {{ cert = \"{d}/b.pem\", key = \"{d}/b.key\", server_names = [\"b.example\"] }}] }}\n\n\
              [[listener]]\nname = \"mtls\"\naddress = \"127.0.0.1:0\"\n\
@@ -267,7 +267,7 @@ fn a_reload_that_leaves_tls_alone_keeps_sessions_resumable() {
     let config = |extra_route: bool| {
         let mut b = GatewayToml::empty()
             .raw(&format!(
-                "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+                "[admin]\nlisten = \"127.0.0.1:0\"\nhost_names = [\"test.local\"]\n\n\
                  [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n\
                  tls = {{ certificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}] }}\n",
                 d = dir.display(),

@@ -47,6 +47,11 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Bod
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
+    // No answer of this API may be sniffed into something a browser would run.
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
     r
 }
 

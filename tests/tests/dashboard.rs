@@ -69,6 +69,9 @@ struct Complaints(Arc<Mutex<Vec<String>>>);
 
 impl Complaints {
     fn watch(&self, tab: &Tab) {
+        // Console calls and uncaught exceptions come from the Runtime domain, failed loads
+        // from the Log domain; neither reports until enabled.
+        tab.enable_runtime().expect("Runtime domain");
         tab.enable_log().expect("Log domain");
         let seen = self.0.clone();
         tab.add_event_listener(Arc::new(move |event: &Event| {
@@ -185,6 +188,7 @@ fn both_dashboards_work_in_a_real_browser() {
         }));
         stop.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_dir_all(&profile);
+        let _ = std::fs::remove_dir_all(profile.with_extension("gateway"));
         if let Err(e) = result {
             std::panic::resume_unwind(e);
         }
@@ -195,6 +199,36 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
     let admin: SocketAddr = "127.0.0.1:9180".parse().expect("admin");
     let forward = Forward::start(&w.ns["l1"], admin, 0).expect("forwarded admin port");
     let url = format!("http://{}/", forward.local);
+    // Text an operator or a gateway put in the shield is shown as text, never run.
+    let out = in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
+        .args([
+            "block",
+            "192.0.2.99",
+            "--ttl",
+            "5m",
+            "--reason",
+            "<img src=x onerror=\"document.title='owned'\">",
+            "--admin",
+            "127.0.0.1:9180",
+        ])
+        .output()
+        .expect("block");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = sluice_e2e::http::raw(
+        forward.local,
+        sluice_e2e::http::request_text("GET", "/", "127.0.0.1", &[], "").as_bytes(),
+    );
+    assert!(
+        page.headers
+            .get("content-security-policy")
+            .is_some_and(|p| p.contains("script-src 'self'")),
+        "{:?}",
+        page.headers
+    );
     let browser = browser(profile);
     let tab = browser.new_tab().expect("tab");
     let complaints = Complaints::default();
@@ -233,6 +267,30 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
     assert_eq!(
         refused("POST", &drain, &forward.local.to_string(), &evil),
         403
+    );
+    assert!(
+        wait_for(
+            &tab,
+            "document.getElementById('shield').innerText.includes('<img src=x') && \
+             document.querySelectorAll('#shield img').length === 0 && \
+             document.title !== 'owned'",
+            Duration::from_secs(3)
+        ),
+        "the note was not shown as text: {}",
+        eval(&tab, "document.getElementById('shield').innerHTML")
+    );
+    // The refused drain changed nothing.
+    assert!(
+        wait_for(
+            &tab,
+            &format!(
+                "(r => r !== null && r.dataset.state === 'active') \
+                 (document.querySelector('tr[data-backend=\"{}\"]'))",
+                gateway_addr(1)
+            ),
+            Duration::from_secs(3)
+        ),
+        "the refused drain drained"
     );
 
     // Live numbers move while traffic runs: the forwarded-packet count, and the rates.
@@ -279,8 +337,9 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
         wait_for(
             &tab,
             &format!(
-                "[...document.querySelectorAll('tr[data-backend=\"{drained}\"]')] \
-                 .every(r => r.dataset.state === 'draining' && r.innerText.includes('draining'))"
+                "(rows => rows.length > 0 && rows.every(r => r.dataset.state === 'draining' \
+                 && r.innerText.includes('draining'))) \
+                 ([...document.querySelectorAll('tr[data-backend=\"{drained}\"]')])"
             ),
             Duration::from_secs(3)
         ),
@@ -343,7 +402,7 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
 fn check_gateway_page(w: &World, profile: &std::path::Path) {
     let admin: SocketAddr = "127.0.0.1:9000".parse().expect("admin");
     let forward = Forward::start(&w.ns["g1"], admin, 0).expect("forwarded admin port");
-    let browser = browser(&profile.join("gateway"));
+    let browser = browser(&profile.with_extension("gateway"));
     let tab = browser.new_tab().expect("tab");
     let complaints = Complaints::default();
     complaints.watch(&tab);
@@ -360,7 +419,7 @@ fn check_gateway_page(w: &World, profile: &std::path::Path) {
         "no live routes: {}",
         eval(&tab, "document.body.innerText")
     );
-    let total = "document.querySelector('tr[data-route] td:nth-child(6)').textContent";
+    let total = "document.querySelector('tr[data-route=\"all\"] td:nth-child(6)').textContent";
     let first = eval(&tab, total);
     assert!(
         wait_for(
@@ -373,7 +432,9 @@ fn check_gateway_page(w: &World, profile: &std::path::Path) {
     assert!(
         wait_for(
             &tab,
-            "document.querySelector('#upstreams').innerText.includes('up')",
+            "document.querySelectorAll('#upstreams tbody tr').length === 2 && \
+             [...document.querySelectorAll('#upstreams tbody tr')] \
+               .every(r => r.querySelector('.badge.up'))",
             Duration::from_secs(3)
         ),
         "upstream health not shown"

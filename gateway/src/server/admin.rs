@@ -220,7 +220,12 @@ pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
         let gw = gw.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let r = gw.admin(&req);
+                let mut r = gw.admin(&req);
+                // No answer of this API may be sniffed into something a browser would run.
+                r.headers_mut().insert(
+                    hyper::header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

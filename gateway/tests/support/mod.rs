@@ -266,8 +266,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// A gateway config with one listener on port 0, admin on port 0, and `rest` appended
 /// (lines at the start of `rest` are the listener's). [`GatewayToml`] builds on it.
 pub fn config(rest: &str) -> String {
+    // The test client names its host `test.local`, which the admin listener must be told
+    // (it refuses any other name: DNS rebinding).
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nkeepalive_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
+        "[admin]\nlisten = \"127.0.0.1:0\"\nshutdown_deadline_ms = 3000\nhost_names = [\"test.local\"]\n\n[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\nheader_read_timeout_ms = 500\nkeepalive_timeout_ms = 500\nmax_headers = 50\nmax_body_bytes = 1024\n\n{rest}"
     )
 }
 

@@ -24,11 +24,19 @@ pub const HISTORY_SECONDS: usize = 300;
 /// own so the agent's loop never waits for it.
 const FLOW_COUNT_EVERY: Duration = Duration::from_secs(10);
 
+/// Shield entries the page gets: the ones that dropped most (the shield holds up to 16,384,
+/// and under attack a page reading them all every second would cost the agent a system
+/// call per entry and the browser a table it cannot show).
+pub const PAGE_SHIELD_ENTRIES: usize = 100;
+
 /// The answer to `GET /dashboard/state`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DashboardState {
-    /// What `sluice-lb status` shows.
+    /// What `sluice-lb status` shows, with the shield's entries cut to the
+    /// [`PAGE_SHIELD_ENTRIES`] that dropped most.
     pub status: Status,
+    /// How many shield entries there are in all.
+    pub shield_entries: usize,
     /// The samples after the page's last one.
     pub history: HistoryView,
 }
@@ -77,6 +85,8 @@ impl FlowCount {
         let count = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLOW_COUNT_EVERY);
+            // A count slower than the period (a huge table) is not followed by another at once.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let p = path.clone();
@@ -154,10 +164,31 @@ impl Agent {
         out
     }
 
-    /// The page's answer: the status and the history after `since`.
-    pub(super) fn dashboard(&self, since: Option<u64>) -> DashboardState {
+    /// The page's answer: the status and the history after `since`. The status is read
+    /// at most once a second however many pages poll.
+    pub(super) fn dashboard(&mut self, since: Option<u64>) -> DashboardState {
+        let fresh = self
+            .page_status
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        if !fresh {
+            let mut status = self.snapshot();
+            let total = status.shield.entries.len();
+            status
+                .shield
+                .entries
+                .sort_by(|a, b| b.drops.cmp(&a.drops).then(a.prefix.cmp(&b.prefix)));
+            status.shield.entries.truncate(PAGE_SHIELD_ENTRIES);
+            self.page_status = Some((Instant::now(), (status, total)));
+        }
+        let (status, total) = self
+            .page_status
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| (self.snapshot(), 0));
         DashboardState {
-            status: self.snapshot(),
+            status,
+            shield_entries: total,
             history: self.history.since(since),
         }
     }

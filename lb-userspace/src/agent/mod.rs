@@ -143,6 +143,8 @@ struct Agent {
     vip_counts: dashboard::VipCounts,
     /// The flow table's last count.
     flow_count: std::sync::Arc<dashboard::FlowCount>,
+    /// The status the dashboard pages were last given, when, and the shield's size.
+    page_status: Option<(Instant, (Status, usize))>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
@@ -211,6 +213,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         history: sluice_util::dashboard::History::new(dashboard::HISTORY_SECONDS),
         vip_counts: HashMap::new(),
         flow_count: Default::default(),
+        page_status: None,
         drops: [Lb::FibFailure, Lb::NoBackend]
             .into_iter()
             .map(|o| (o, None, 0.0))

@@ -73,7 +73,7 @@
     });
     const drops = st.drop_rates.filter(([, r]) => r > 0);
     fill("outcomes",
-      drops.length ? el("p", { class: "error", role: "alert" },
+      drops.length ? el("p", { class: "error" },
         "dropping: " + drops.map(([k, r]) => `${k} ${number(r)}/s`).join(", ")) : null,
       table("by outcome", ["outcome", "packets", "rate"], rows, "no packets yet"),
       table("flow events", ["event", "count", "rate"], flows, "no flow events yet"));
@@ -101,7 +101,7 @@
       st.config.last_error ? el("p", { class: "error" }, st.config.last_error) : null);
   }
 
-  function shield(st) {
+  function shield(st, state) {
     const s = st.shield;
     const entries = s.entries.map((e) => [
       e.prefix, e.reason, e.note || "", e.remaining_ms === null ? "no expiry" : duration(e.remaining_ms), number(e.drops),
@@ -109,7 +109,9 @@
     const fl = s.flood;
     const gateways = s.gateways.map((g) => [g.gateway, badge(g.ok ? "ok" : "failed"), g.candidates, g.error || ""]);
     fill("shield",
-      table(`${s.entries.length} of ${s.max_entries} entries`, ["prefix", "reason", "note", "expires in", "drops"],
+      table(`${state.shield_entries} of ${s.max_entries} entries` +
+        (state.shield_entries > s.entries.length ? ` (the ${s.entries.length} that dropped most shown)` : ""),
+        ["prefix", "reason", "note", "expires in", "drops"],
         entries, "no prefixes blocked"),
       el("p", {}, "SYN-flood guard: ",
         fl.enabled ? badge(fl.cpus_flooding > 0 ? "flooding" : "ok") : el("span", { class: "muted" }, "off"),
@@ -141,7 +143,7 @@
     outcomes(st, now);
     flows(st);
     node(st);
-    shield(st);
+    shield(st, state);
     bgp(st);
     const counts = {};
     for (const [k, n] of st.outcomes) counts[`o/${k}`] = n;

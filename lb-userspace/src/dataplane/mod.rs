@@ -265,7 +265,13 @@ pub fn count_pinned_flows(path: &std::path::Path, limit: usize) -> Result<usize>
     let data = MapData::from_pin(path).map_err(map_err(name))?;
     let map: HashMap<MapData, FlowKey, FlowState> =
         HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(name))?;
-    Ok(map.keys().take(limit).filter(|k| k.is_ok()).count())
+    let mut n = 0;
+    for key in map.keys().take(limit) {
+        // The walk stops at its first error: a partial count is an error, not a figure.
+        key.map_err(map_err(name))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 impl DataPlane {

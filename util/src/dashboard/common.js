@@ -98,12 +98,14 @@ window.Sluice = (function () {
     constructor(capacity) {
       this.capacity = capacity;
       this.lastSeq = null;
+      this.boot = null;
       this.t = [];
       this.series = new Map();
     }
     merge(view) {
       if (!view) return;
-      if (!view.contiguous) {
+      // Another daemon (restarted) numbers its samples afresh: start over.
+      if (!view.contiguous || view.boot !== this.boot) {
         this.t = [];
         this.series = new Map();
       }
@@ -120,56 +122,78 @@ window.Sluice = (function () {
       const extra = this.t.length - this.capacity;
       if (extra > 0) {
         this.t.splice(0, extra);
-        for (const values of this.series.values()) values.splice(0, extra);
+        for (const [name, values] of this.series) {
+          values.splice(0, extra);
+          // A series gone from the daemon (a backend removed) goes once it has scrolled away.
+          if (values.every((v) => v === null)) this.series.delete(name);
+        }
       }
       this.lastSeq = view.last_seq;
+      this.boot = view.boot;
     }
     get(name) {
       return this.series.get(name) || [];
     }
   }
 
-  // Polls `url` every `everyMs`, passing each answer to `render`. The page keeps what it
-  // last showed when a poll fails, and says how stale it is.
+  // Polls `url`, one request at a time, `everyMs` after the last answer, passing each
+  // answer to `render`. The page keeps what it last showed when a poll fails, and says how
+  // stale it is; an error while drawing is reported, not taken for a live page.
   function poll(url, everyMs, render) {
     const status = document.getElementById("live");
+    const age = document.getElementById("age");
     const history = new History(300);
     let lastOk = null;
     let lastError = null;
+    let said = null;
     function showState() {
-      const age = lastOk === null ? null : Date.now() - lastOk;
-      const stale = age === null || age > 3 * everyMs;
-      document.body.classList.toggle("stale", stale);
-      if (!status) return;
-      if (lastOk === null) {
-        status.textContent = lastError ? `no answer yet: ${lastError}` : "connecting…";
-      } else if (stale) {
-        status.textContent = `stale: no answer for ${duration(age)}` + (lastError ? ` (${lastError})` : "");
-      } else {
-        status.textContent = "live";
+      const since = lastOk === null ? null : Date.now() - lastOk;
+      const renderError = lastError !== null && lastError.startsWith("render");
+      const stale = since === null || since > 3 * everyMs;
+      document.body.classList.toggle("stale", stale || renderError);
+      // The live region changes only with the state, so a screen reader hears each change
+      // once; how long it has been stale goes in a separate, silent element.
+      const word = lastOk === null ? (lastError ? "no answer yet" : "connecting…")
+        : renderError ? "render error"
+        : stale ? "stale" : "live";
+      if (status && word !== said) {
+        status.textContent = word;
+        said = word;
+      }
+      if (age) {
+        age.textContent = word === "live" || since === null ? ""
+          : `no update for ${duration(since)}${lastError ? ` (${lastError})` : ""}`;
       }
     }
     async function once() {
       const ctl = new AbortController();
       const timer = setTimeout(() => ctl.abort(), Math.max(everyMs * 2, 2000));
+      let state = null;
       try {
         const q = history.lastSeq === null ? "" : `?since=${history.lastSeq}`;
         const r = await fetch(url + q, { cache: "no-store", signal: ctl.signal });
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
-        const state = await r.json();
-        history.merge(state.history);
-        lastOk = Date.now();
-        lastError = null;
-        render(state, history);
+        state = await r.json();
       } catch (e) {
         lastError = e.name === "AbortError" ? "timed out" : e.message;
       } finally {
         clearTimeout(timer);
-        showState();
       }
+      if (state !== null) {
+        try {
+          history.merge(state.history);
+          render(state, history);
+          lastOk = Date.now();
+          lastError = null;
+        } catch (e) {
+          lastError = `render: ${e.message}`;
+          console.error("dashboard render failed", e);
+        }
+      }
+      showState();
+      setTimeout(once, everyMs);
     }
     once();
-    setInterval(once, everyMs);
     setInterval(showState, 1000);
   }
 

@@ -2,13 +2,17 @@
 //!
 //! The admin listeners listen on loopback, which a browser on the same machine reaches: any
 //! site could post a form to `http://127.0.0.1:9180/backends/…/drain`, and a site whose name
-//! it rebinds to 127.0.0.1 could read `/status` as its own origin. So a request from a
-//! browser is refused when its `Host` names anything but an address, `localhost` or a
-//! configured name (a rebound name is none of those), and a request that changes something
-//! is refused when the browser says it comes from another origin (`Origin`,
-//! `Sec-Fetch-Site`). A browser is what sends `Origin` or `Sec-Fetch-*` (every current one
-//! does) or calls itself `Mozilla/…`; the CLI, curl and Prometheus do none of that and
-//! pass, whatever name they use for the listener.
+//! it rebinds to 127.0.0.1 could read `/status` as its own origin. So every request is
+//! refused when its `Host` names anything but an address, `localhost` or a configured name
+//! (a rebound name is none of those), and a request that changes something is refused when
+//! a browser says it comes from another origin (`Origin`, `Sec-Fetch-Site`), or looks like
+//! a browser's and says nothing about where it comes from.
+//!
+//! The Host check cannot be limited to requests that look like a browser's: a rebound page
+//! is same-origin, so it sends no `Origin`; browsers send `Sec-Fetch-*` only to secure
+//! origins; and Firefox lets a script set `User-Agent`. So a scraper that names the
+//! listener by DNS name (Prometheus with `lb1.example:9180`) needs that name in
+//! `[admin] host_names`; by address it needs nothing.
 
 use std::net::IpAddr;
 
@@ -31,7 +35,18 @@ pub struct RequestView<'a> {
 fn host_name(host: &str) -> &str {
     let host = host.trim();
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        // `[address]` or `[address]:port`, nothing else.
+        return match rest.split_once(']') {
+            Some((addr, "")) => addr,
+            Some((addr, port))
+                if port.strip_prefix(':').is_some_and(|p| {
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                }) =>
+            {
+                addr
+            }
+            _ => "",
+        };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -49,12 +64,6 @@ fn allowed_host(host: &str, names: &[String]) -> bool {
 /// Why `req` must be refused (with 403), or `None` to serve it. `names`: host names the
 /// operator reaches the listener by, besides addresses and `localhost`.
 pub fn refusal(req: RequestView<'_>, names: &[String]) -> Option<String> {
-    let browser = req.origin.is_some()
-        || req.fetch_site.is_some()
-        || req.user_agent.is_some_and(|ua| ua.starts_with("Mozilla/"));
-    if !browser {
-        return None;
-    }
     if let Some(host) = req.host {
         if !allowed_host(host, names) {
             return Some(format!(
@@ -70,6 +79,13 @@ pub fn refusal(req: RequestView<'_>, names: &[String]) -> Option<String> {
         if !matches!(site, "same-origin" | "none") {
             return Some(format!("a {site} request may not change anything here"));
         }
+    }
+    // An old browser that sends neither header on a cross-site form post.
+    if req.origin.is_none()
+        && req.fetch_site.is_none()
+        && req.user_agent.is_some_and(|ua| ua.starts_with("Mozilla/"))
+    {
+        return Some("a browser's change must say where it comes from (Origin)".into());
     }
     if let Some(origin) = req.origin {
         let same = req.host.is_some_and(|host| {
@@ -104,24 +120,44 @@ mod tests {
     }
 
     #[test]
-    fn clients_that_are_not_browsers_pass_by_any_name() {
-        for ua in [Some("Prometheus/2.42.0"), Some("curl/7.88.1"), None] {
+    fn every_client_is_held_to_the_host_rule() {
+        // A rebound page's fetch with its own User-Agent (Firefox allows it) and no
+        // Sec-Fetch-* (not sent to plain http origins) is still refused by its Host.
+        for ua in [Some("Prometheus/2.42.0"), Some("x"), None] {
             let r = RequestView {
-                method: "POST",
-                host: Some("lb1.internal:9180"),
+                method: "GET",
+                host: Some("rebound.example:9180"),
                 user_agent: ua,
                 ..Default::default()
             };
-            assert_eq!(refusal(r, &[]), None, "{ua:?}");
+            assert!(refusal(r, &[]).is_some(), "{ua:?}");
         }
-        // Sec-Fetch-* or Origin mark a browser whatever its User-Agent says.
-        let r = RequestView {
-            method: "GET",
-            host: Some("rebound.example:9180"),
-            fetch_site: Some("same-origin"),
+        // Scrapers by address, or by a configured name, and the CLI's POST, pass.
+        let names = vec!["lb1.internal".to_string()];
+        for host in ["10.0.0.5:9180", "lb1.internal:9180"] {
+            let r = RequestView {
+                method: "GET",
+                host: Some(host),
+                user_agent: Some("Prometheus/2.42.0"),
+                ..Default::default()
+            };
+            assert_eq!(refusal(r, &names), None, "{host}");
+        }
+        let cli = RequestView {
+            method: "POST",
+            host: Some("127.0.0.1:9180"),
             ..Default::default()
         };
-        assert!(refusal(r, &[]).is_some());
+        assert_eq!(refusal(cli, &[]), None);
+        // Brackets hold an address and nothing may follow but a port.
+        for host in ["[::1]garbage", "[::1]:", "[::1]:80x"] {
+            let r = RequestView {
+                method: "GET",
+                host: Some(host),
+                ..Default::default()
+            };
+            assert!(refusal(r, &[]).is_some(), "{host}");
+        }
     }
 
     #[test]
@@ -154,15 +190,18 @@ mod tests {
             refusal(req("GET", Some("LB1.internal:9100"), None), &names),
             None
         );
-        // No Host at all: HTTP/1.0 from a script.
-        assert_eq!(refusal(req("POST", None, None), none), None);
+        // No Host at all: HTTP/1.0 from a script, reading.
+        assert_eq!(refusal(req("GET", None, None), none), None);
     }
 
     #[test]
     fn changes_from_other_origins_are_refused() {
         let none: &[String] = &[];
         let host = Some("127.0.0.1:9100");
-        assert_eq!(refusal(req("POST", host, None), none), None, "the CLI");
+        assert!(
+            refusal(req("POST", host, None), none).is_some(),
+            "a browser's post that says nothing of its origin"
+        );
         assert_eq!(
             refusal(req("POST", host, Some("http://127.0.0.1:9100")), none),
             None,

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 /// A ring of samples, one per second, each a set of named figures.
 #[derive(Debug)]
 pub struct History {
+    /// This ring's identity: a restarted daemon numbers its samples afresh.
+    boot: u64,
     capacity: usize,
     next_seq: u64,
     samples: VecDeque<Sample>,
@@ -28,6 +30,8 @@ struct Sample {
 /// The samples after a given one, by series: what a page appends to what it has.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryView {
+    /// The ring's identity: when it changes, the page's samples are another daemon's.
+    pub boot: u64,
     /// The sequence number of the last sample here (or of the last one the page had).
     pub last_seq: u64,
     /// Whether these follow the page's last sample directly. False after a gap (the page
@@ -43,7 +47,13 @@ pub struct HistoryView {
 impl History {
     /// A ring of `capacity` samples (at least one).
     pub fn new(capacity: usize) -> Self {
+        // Nanoseconds of the wall clock at creation: different for every daemon start.
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         History {
+            boot,
             capacity: capacity.max(1),
             next_seq: 1,
             samples: VecDeque::new(),
@@ -106,6 +116,7 @@ impl History {
             }
         }
         HistoryView {
+            boot: self.boot,
             last_seq,
             contiguous,
             t: taken.iter().map(|s| s.unix_ms).collect(),

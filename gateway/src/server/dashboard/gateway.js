@@ -5,9 +5,10 @@
   const S = window.Sluice;
   const { el, number, percent, sparkline, fill, table, badge } = S;
 
+  // The last second's value: null when that second had none (a route with no requests has
+  // no error ratio or p99 then, and an older value would pass for a current one).
   function last(values) {
-    for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
-    return null;
+    return values.length ? values[values.length - 1] : null;
   }
 
   function summary(st, history) {
@@ -42,7 +43,7 @@
   function upstreams(st) {
     const rows = st.upstreams.map((t) => [
       t.upstream, t.target,
-      badge(!t.healthy ? "down" : t.ejected ? "ejected" : "up"),
+      badge(!t.healthy ? "down" : t.ejected ? "ejected" : t.weight === 0 ? "disabled" : "up"),
       number(t.ejections), number(t.in_flight),
       t.latency_ms === null ? "–" : `${number(t.latency_ms, 1)} ms`,
     ]);

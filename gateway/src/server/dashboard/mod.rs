@@ -103,6 +103,8 @@ pub struct TargetView {
     pub ejected: bool,
     /// Ejections since it was configured.
     pub ejections: u32,
+    /// Its weight (0: configured out).
+    pub weight: u32,
     /// Requests in flight.
     pub in_flight: usize,
     /// Smoothed response-head latency in milliseconds (none before a first response).
@@ -180,6 +182,7 @@ impl Gateway {
                         healthy: t.healthy.load(Ordering::Relaxed),
                         ejected: t.healthy.load(Ordering::Relaxed) && t.weight > 0 && !t.usable(),
                         ejections: t.ejections.load(Ordering::Relaxed),
+                        weight: t.weight,
                         in_flight: t.in_flight.load(Ordering::Relaxed),
                         latency_ms: (ewma > 0).then(|| ewma as f64 / 1e3),
                     }
