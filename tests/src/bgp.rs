@@ -273,20 +273,7 @@ impl World {
 
     /// `sluice-lb maintenance on|off` on LB node `i`.
     pub fn lb_maintenance(&self, i: usize, on: bool) {
-        let out = in_ns_command(&self.ns[&*format!("l{i}")], bin("sluice-lb"))
-            .args([
-                "maintenance",
-                if on { "on" } else { "off" },
-                "--admin",
-                "127.0.0.1:9180",
-            ])
-            .output()
-            .expect("sluice-lb maintenance");
-        assert!(
-            out.status.success(),
-            "sluice-lb maintenance on LB {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.lb_cli(i, &["maintenance", if on { "on" } else { "off" }]);
     }
 
     /// Stops LB node `i`'s agent gracefully (SIGTERM: it withdraws, waits

@@ -388,6 +388,14 @@ impl World {
         )
     }
 
+    /// `sluice-lb ARGS --admin 127.0.0.1:9180` against LB node `i`'s agent; panics with its
+    /// stderr if it fails.
+    pub fn lb_cli(&self, i: usize, args: &[&str]) {
+        let mut all = args.to_vec();
+        all.extend(["--admin", "127.0.0.1:9180"]);
+        self.run_ok(&self.ns[&*format!("l{i}")], &all);
+    }
+
     fn run_ok(&self, ns: &str, args: &[&str]) {
         let out = in_ns_command(ns, bin("sluice-lb"))
             .args(args)

@@ -21,9 +21,7 @@ use headless_chrome::{
     protocol::cdp::{types::Event, Page::CaptureScreenshotFormatOption},
     Browser, LaunchOptions, Tab,
 };
-use sluice_e2e::{
-    forward::Forward, gateway_addr, http::http_get, in_ns, in_ns_command, privileged, World, VIP,
-};
+use sluice_e2e::{forward::Forward, gateway_addr, http::http_get, in_ns, privileged, World, VIP};
 
 /// Where the screenshots go: `target/dashboard/` of the workspace.
 fn artifacts() -> PathBuf {
@@ -200,23 +198,16 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
     let forward = Forward::start(&w.ns["l1"], admin, 0).expect("forwarded admin port");
     let url = format!("http://{}/", forward.local);
     // Text an operator or a gateway put in the shield is shown as text, never run.
-    let out = in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
-        .args([
+    w.lb_cli(
+        1,
+        &[
             "block",
             "192.0.2.99",
             "--ttl",
             "5m",
             "--reason",
             "<img src=x onerror=\"document.title='owned'\">",
-            "--admin",
-            "127.0.0.1:9180",
-        ])
-        .output()
-        .expect("block");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let page = sluice_e2e::http::raw(
         forward.local,
@@ -323,15 +314,7 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
 
     // A drain shows within a couple of seconds.
     let drained = gateway_addr(2);
-    let out = in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
-        .args(["drain", &drained, "--admin", "127.0.0.1:9180"])
-        .output()
-        .expect("drain");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.lb_cli(1, &["drain", &drained]);
     let drained_at = Instant::now();
     assert!(
         wait_for(
@@ -358,11 +341,7 @@ fn check_lb_page(w: &mut World, profile: &std::path::Path) {
         eval(&tab, "document.getElementById('flows').innerText")
     );
     screenshot(&tab, "lb.png");
-    let out = in_ns_command(&w.ns["l1"], sluice_e2e::bin("sluice-lb"))
-        .args(["undrain", &drained, "--admin", "127.0.0.1:9180"])
-        .output()
-        .expect("undrain");
-    assert!(out.status.success());
+    w.lb_cli(1, &["undrain", &drained]);
 
     // The agent goes away: the page keeps what it showed and says it is stale; it comes
     // back by itself when the agent does.

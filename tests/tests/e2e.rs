@@ -102,16 +102,8 @@ fn draining_a_gateway_fails_no_request() {
             })
         });
         std::thread::sleep(std::time::Duration::from_millis(500));
-        for lb in ["l1", "l2"] {
-            let out = sluice_e2e::in_ns_command(&w.ns[lb], sluice_e2e::bin("sluice-lb"))
-                .args(["drain", "10.20.0.21", "--admin", "127.0.0.1:9180"])
-                .output()
-                .expect("drain");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        for lb in [1, 2] {
+            w.lb_cli(lb, &["drain", "10.20.0.21"]);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
         let drained_before = w.gateway_requests(1);

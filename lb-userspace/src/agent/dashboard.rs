@@ -8,11 +8,11 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
-use sluice_util::dashboard::HistoryView;
+use sluice_util::dashboard::{unix_ms, HistoryView};
 
 use super::{status::Status, Agent};
 
@@ -59,13 +59,6 @@ pub struct FlowTableView {
     pub capacity: u64,
     /// Milliseconds since the count.
     pub age_ms: u64,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl FlowCount {

@@ -64,6 +64,15 @@ pub const PAGE_HEADERS: &[(&str, &str)] = &[
     ("cache-control", "no-store"),
 ];
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the time a sample or
+/// a count is stamped with, as the page's clock reads it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The `since` parameter of a state request: the last history sample the page has.
 pub fn since_param(query: &str) -> Option<u64> {
     query

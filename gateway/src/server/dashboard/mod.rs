@@ -5,12 +5,12 @@
 
 use std::{
     sync::{atomic::Ordering, Arc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::Serialize;
 use sluice_util::{
-    dashboard::{shared_asset, Asset, History, HistoryView},
+    dashboard::{shared_asset, unix_ms, Asset, History, HistoryView},
     load::LoadReport,
 };
 
@@ -109,13 +109,6 @@ pub struct TargetView {
     pub in_flight: usize,
     /// Smoothed response-head latency in milliseconds (none before a first response).
     pub latency_ms: Option<f64>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Each route's requests per second, error ratio and p99 over the last second.
