@@ -16,6 +16,10 @@
 //!   law, the time requests spent in the gateway divided by the window's length).
 //! - `named_metrics.p99_ms`: the 99th percentile of time to response head over the window,
 //!   interpolated within the histogram's buckets.
+//! - `named_metrics.capacity`: the requests per second this gateway would answer with all of
+//!   its usable CPUs, smoothed and held within a 5% deadband
+//!   ([`sluice_util::load::CapacityEstimate`]). The L4 agents weigh the gateways by it, and
+//!   since it is estimated here, once, they all read the same value.
 
 use std::{
     collections::VecDeque,
@@ -24,6 +28,7 @@ use std::{
 };
 
 pub use sluice_util::load::LoadReport;
+use sluice_util::load::{CapacityEstimate, CapacityTuning};
 
 use crate::metrics::{Metrics, Totals};
 
@@ -68,6 +73,11 @@ pub fn render(r: &LoadReport, out: &mut String) {
             "CPUs the process may use (workers, machine, cgroup cpu.max).",
             r.usable_cpus,
         ),
+        (
+            "capacity_requests_per_second",
+            "Held estimate of the requests per second all usable CPUs would answer (0 before there is one).",
+            r.capacity.unwrap_or(0.0),
+        ),
     ] {
         let _ = write!(
             out,
@@ -88,6 +98,7 @@ struct Sample {
 pub struct LoadMeter {
     workers: usize,
     samples: Mutex<VecDeque<Sample>>,
+    capacity: Mutex<CapacityEstimate>,
     report: Mutex<LoadReport>,
 }
 
@@ -97,6 +108,7 @@ impl LoadMeter {
         LoadMeter {
             workers: workers.max(1),
             samples: Mutex::new(VecDeque::new()),
+            capacity: Mutex::new(CapacityEstimate::default()),
             report: Mutex::new(LoadReport::default()),
         }
     }
@@ -123,9 +135,12 @@ impl LoadMeter {
         {
             samples.pop_front();
         }
-        let report = samples.front().map(|oldest| between(oldest, &now, usable));
+        let mut report = samples.front().map(|oldest| between(oldest, &now, usable));
         samples.push_back(now);
         drop(samples);
+        if let (Some(report), Ok(mut estimate)) = (report.as_mut(), self.capacity.lock()) {
+            report.capacity = estimate.update(report, &CapacityTuning::default());
+        }
         if let (Some(report), Ok(mut r)) = (report, self.report.lock()) {
             *r = report;
         }
@@ -155,6 +170,7 @@ fn between(old: &Sample, new: &Sample, usable_cpus: f64) -> LoadReport {
         p99_ms: d.quantile(0.99) * 1e3,
         usable_cpus,
         window: span,
+        capacity: None,
     }
 }
 

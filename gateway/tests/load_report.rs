@@ -85,10 +85,32 @@ fn readiness_carries_the_load_of_the_last_seconds() {
     assert!(metric(&gw, "sluice_gateway_load_requests_per_second") > 0.0);
     assert!(metric(&gw, "sluice_gateway_load_errors_per_second") > 0.0);
     assert_eq!(metric(&gw, "sluice_gateway_load_usable_cpus"), cpus);
-    // Quiet again: the window moves on and the rates fall to nothing.
+    // Busy enough to measure: the report carries a capacity estimate, the same in /metrics.
+    let start = std::time::Instant::now();
+    let capacity = loop {
+        for _ in 0..200 {
+            request(gw.http, "GET", "/ok", &[], "");
+        }
+        if let Some(c) = report(&gw).get("named_metrics.capacity") {
+            break *c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no capacity estimate"
+        );
+    };
+    assert!(capacity > 0.0, "{capacity}");
+    // Quiet again: the window moves on and the rates fall to nothing, while the capacity
+    // estimate holds (an idle gateway says nothing new about what it could do).
     wait_for(&gw, "the traffic leaving the window", |r| {
         r.get("rps_fractional").is_some_and(|v| *v == 0.0)
     });
+    let held = report(&gw).get("named_metrics.capacity").copied();
+    assert!(held.is_some_and(|h| h > 0.0), "{held:?}");
+    assert_eq!(
+        Some(metric(&gw, "sluice_gateway_load_capacity_requests_per_second")),
+        held
+    );
 }
 
 #[test]

@@ -146,6 +146,11 @@ fn backend_loads(m: &mut Writer, backends: &[&BackendView]) {
             |l| l.report.p99_ms / 1e3,
         ),
         (
+            "sluice_lb_backend_load_capacity_requests_per_second",
+            "A backend's held capacity estimate, the weights' input (0 before there is one).",
+            |l| l.report.capacity.unwrap_or(0.0),
+        ),
+        (
             "sluice_lb_backend_load_report_age_seconds",
             "Seconds since a backend's last load report.",
             |l| l.age_ms as f64 / 1e3,

@@ -1,28 +1,38 @@
 //! Load-aware weights: each gateway's effective weight is its configured weight times a
 //! capacity factor taken from the load reports its readiness answers carry.
 //!
-//! In the spirit of gRPC's weighted round robin, a backend's capacity is estimated as
-//! `rps / (utilization + error_penalty × eps / rps)`: the requests it answers per unit of
-//! the CPU it may use, less for the ones it fails. Capacities per unit of configured weight
-//! are compared with their mean over the backends that report; the factor moves toward that
-//! ratio, smoothed, bounded by a floor and a ceiling, quantized to fixed steps and held while
-//! within a deadband, so a settled pool rebuilds no table and two LB nodes reading the same
-//! gateways compute the same factors. A report that is stale keeps the factor a while, then
-//! the factor returns to 1 (the configured weight). A factor never reaches 0: only a drain
-//! or failing readiness takes a gateway's new flows away.
+//! A gateway's capacity is its own held estimate, carried in its report
+//! ([`sluice_util::load::CapacityEstimate`]: gRPC weighted round robin's `rps / utilization`,
+//! with a penalty for errors, smoothed and held within a deadband). A reporter that sends no
+//! estimate gets one made here, from its reports, the same way. Capacities per unit of
+//! configured weight are compared with their mean over the backends that report; the factor
+//! heads for that ratio on a fixed grid, between a floor and a ceiling.
+//!
+//! Two LB nodes must build the same table once settled, so that a flow ECMP moves between
+//! them keeps its gateway. So the factor's resting place depends only on the capacities,
+//! never on the path taken: the target is the ratio clamped and rounded to the grid, the
+//! factor moves toward it (smoothed, a step at least) and lands on it exactly. The hysteresis
+//! that keeps a settled pool's table still is in the held capacity, which every node reads
+//! alike; a deadband here, applied to each node's own history, could hold two nodes a step
+//! apart for good.
+//!
+//! A report that is stale keeps the factor a while, then the factor returns to 1 (the
+//! configured weight). A factor never reaches 0: only a drain or failing readiness takes a
+//! gateway's new flows away.
 //!
 //! Everything here is pure: the agent feeds reports in, and gets factors and tables out.
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use sluice_util::load::LoadReport;
+use sluice_util::load::{CapacityTuning, LoadReport};
 
 use crate::maglev::{self, MaglevError, Member};
 
 /// How the factors move (the `[load_weights]` section).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
-    /// Share of the way toward the measured ratio taken at each adjustment (0 to 1].
+    /// Share of the way toward its target a factor takes at each adjustment, and a
+    /// capacity estimate made here toward each new report (0 to 1].
     pub smoothing: f64,
     /// The lowest factor.
     pub floor: f64,
@@ -30,7 +40,7 @@ pub struct Tuning {
     pub ceiling: f64,
     /// Factors are multiples of this step.
     pub step: f64,
-    /// A new factor within this share of the current one is not applied.
+    /// A capacity estimate made here moves only past this share of its held value.
     pub deadband: f64,
     /// How much an error counts against capacity, as utilization per error ratio.
     pub error_penalty: f64,
@@ -58,26 +68,37 @@ impl Default for Tuning {
     }
 }
 
+impl Tuning {
+    /// How capacity estimates made here (for reporters that send none) follow reports.
+    pub fn capacity(&self) -> CapacityTuning {
+        CapacityTuning {
+            smoothing: self.smoothing,
+            deadband: self.deadband,
+            error_penalty: self.error_penalty,
+            min_utilization: self.min_utilization,
+        }
+    }
+}
+
 /// One backend's inputs for one adjustment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Input {
     /// Its configured weight.
     pub configured: u32,
-    /// Its last report and the report's age, if it sent one.
+    /// Its last report and the report's age, if it sent one. Its capacity is the
+    /// gateway's estimate, or the one the agent made for a reporter that sends none.
     pub report: Option<(LoadReport, Duration)>,
 }
 
-/// A backend's capacity per unit of configured weight, if its report says enough.
+/// A backend's capacity per unit of configured weight, if its report is fresh and holds one.
 fn capacity_per_weight(input: &Input, t: &Tuning) -> Option<f64> {
     let (r, age) = input.report?;
-    if age > t.stale_after || input.configured == 0 || r.rps <= 0.0 {
+    if age > t.stale_after || input.configured == 0 {
         return None;
     }
-    if r.cpu_utilization < t.min_utilization {
-        return None;
-    }
-    let busy = r.cpu_utilization + t.error_penalty * r.error_ratio();
-    Some(r.rps / busy / input.configured as f64)
+    r.capacity
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .map(|c| c / input.configured as f64)
 }
 
 /// The next factor of every backend in `inputs` (keyed by address, so the result does not
@@ -113,21 +134,24 @@ pub fn adjust(
         .collect()
 }
 
-/// One step from `now` toward `aim`: smoothed, bounded, quantized, and held inside the
-/// deadband.
+/// The factor a backend rests at for `aim`: bounded and on the grid.
+fn target(aim: f64, t: &Tuning) -> f64 {
+    quantize(aim.clamp(t.floor, t.ceiling), t.step).clamp(t.floor, t.ceiling)
+}
+
+/// One step from `now` toward `aim`'s [`target`]: smoothed, on the grid, at least one step,
+/// and onto the target itself once within a step, so every starting point ends there.
 fn next_factor(now: f64, aim: f64, t: &Tuning) -> f64 {
-    let moved = now + t.smoothing * (aim - now);
-    let bounded = moved.clamp(t.floor, t.ceiling);
-    let mut quantized = quantize(bounded, t.step).clamp(t.floor, t.ceiling);
-    // Smoothing over a distance under two steps can round back to where it started: an aim
-    // at least a step away still takes one step.
-    if quantized == now && (aim - now).abs() >= t.step * (1.0 - 1e-9) {
-        quantized = quantize(now + t.step.copysign(aim - now), t.step).clamp(t.floor, t.ceiling);
+    let target = target(aim, t);
+    if (target - now).abs() <= t.step * (1.0 + 1e-9) {
+        return target;
     }
-    if (quantized - now).abs() < t.deadband * now && (aim - now).abs() < t.deadband * now {
-        return now;
+    let moved = quantize(now + t.smoothing * (target - now), t.step);
+    if moved == now {
+        // Smoothing over a short distance rounds back to where it started.
+        return quantize(now + t.step.copysign(target - now), t.step);
     }
-    quantized
+    moved
 }
 
 /// `x` to the nearest multiple of `step`, halves away from zero: the same on every node.
@@ -231,22 +255,34 @@ pub fn bounded_step(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use sluice_util::load::CapacityEstimate;
 
     fn addr(i: u8) -> IpAddr {
         IpAddr::from([10, 20, 0, 20 + i])
     }
 
     /// Gateways of the given CPU cost per request (seconds) sharing `offered` requests per
-    /// second by their effective weights; each answers at most what one CPU allows.
+    /// second by their effective weights; each answers at most what one CPU allows, and
+    /// keeps its capacity estimate as `sluice-gateway` does.
     struct Pool {
         cost: Vec<f64>,
         offered: f64,
+        estimates: Vec<CapacityEstimate>,
     }
 
     impl Pool {
+        fn new(cost: Vec<f64>, offered: f64) -> Self {
+            let estimates = vec![CapacityEstimate::default(); cost.len()];
+            Pool {
+                cost,
+                offered,
+                estimates,
+            }
+        }
+
         /// The reports after a window at these factors, with `noise` (a share) on each.
         fn reports(
-            &self,
+            &mut self,
             factors: &BTreeMap<IpAddr, f64>,
             noise: f64,
             rng: &mut rand::rngs::StdRng,
@@ -262,12 +298,13 @@ mod tests {
                     let offered = self.offered * weights[i] / total;
                     let served = offered.min(1.0 / self.cost[i]);
                     let jitter = 1.0 + noise * (rng.gen::<f64>() * 2.0 - 1.0);
-                    let report = LoadReport {
+                    let mut report = LoadReport {
                         cpu_utilization: (served * self.cost[i] * jitter).min(1.0),
                         rps: served,
                         usable_cpus: 1.0,
                         ..LoadReport::default()
                     };
+                    report.capacity = self.estimates[i].update(&report, &CapacityTuning::default());
                     (
                         addr(i as u8),
                         Input {
@@ -288,10 +325,7 @@ mod tests {
     #[test]
     fn a_slower_gateway_gets_its_capacity_share() {
         // The third gateway needs twice the CPU per request: a fifth of the capacity.
-        let pool = Pool {
-            cost: vec![0.001, 0.001, 0.002],
-            offered: 1500.0,
-        };
+        let mut pool = Pool::new(vec![0.001, 0.001, 0.002], 1500.0);
         let t = Tuning::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut factors = BTreeMap::new();
@@ -307,10 +341,7 @@ mod tests {
     /// adjustments on reports with `noise`: how many changed the factors, and the farthest
     /// any factor went from where it settled.
     fn under_noise(noise: f64, seed: u64) -> (usize, f64) {
-        let pool = Pool {
-            cost: vec![0.001, 0.001, 0.002],
-            offered: 1500.0,
-        };
+        let mut pool = Pool::new(vec![0.001, 0.001, 0.002], 1500.0);
         let t = Tuning::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut factors = BTreeMap::new();
@@ -343,43 +374,50 @@ mod tests {
     }
 
     #[test]
-    fn floor_ceiling_and_deadband_hold() {
+    fn floor_ceiling_and_grid_hold() {
         let t = Tuning::default();
-        assert_eq!(
-            next_factor(
-                1.0,
-                0.0,
-                &Tuning {
-                    smoothing: 1.0,
-                    ..t
-                }
-            ),
-            t.floor
-        );
-        assert_eq!(
-            next_factor(
-                1.0,
-                50.0,
-                &Tuning {
-                    smoothing: 1.0,
-                    ..t
-                }
-            ),
-            t.ceiling
-        );
-        // Within the deadband nothing moves; just beyond it, a step.
-        assert_eq!(next_factor(1.0, 1.04, &t), 1.0);
-        let wide = Tuning {
-            deadband: 0.25,
+        let fast = Tuning {
+            smoothing: 1.0,
             ..t
         };
-        assert_eq!(next_factor(1.0, 1.2, &wide), 1.0, "inside a 25% deadband");
-        assert_eq!(next_factor(1.0, 1.2, &t), 1.1, "outside a 5% one");
+        assert_eq!(next_factor(1.0, 0.0, &fast), t.floor);
+        assert_eq!(next_factor(1.0, 50.0, &fast), t.ceiling);
+        // Less than half a step away: the grid point it is on.
+        assert_eq!(next_factor(1.0, 1.02, &t), 1.0);
+        assert_eq!(
+            next_factor(1.0, 1.04, &t),
+            1.05,
+            "within a step: onto the target"
+        );
+        assert_eq!(next_factor(1.0, 1.2, &t), 1.1, "halfway");
         assert_eq!(next_factor(1.0, 1.3, &t), 1.15);
+        let slow = Tuning {
+            smoothing: 0.1,
+            ..t
+        };
+        assert_eq!(next_factor(1.0, 1.2, &slow), 1.05, "at least a step");
         assert_eq!(quantize(0.1 + 0.05, 0.05), 0.15);
         assert_eq!(effective_weight(3, 1.0), 300);
         assert_eq!(effective_weight(1, 0.0), 1);
         assert_eq!(effective_weight(0, 2.0), 0);
+    }
+
+    #[test]
+    fn where_a_factor_settles_depends_on_the_aim_only() {
+        // From any starting factor, any aim: the factor ends on the aim's target, and stays.
+        let t = Tuning::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..10_000 {
+            let aim = rng.gen_range(0.0..3.0);
+            let mut f = quantize(rng.gen_range(t.floor..=t.ceiling), t.step);
+            let mut steps = 0;
+            while next_factor(f, aim, &t) != f {
+                f = next_factor(f, aim, &t);
+                steps += 1;
+                assert!(steps <= 12, "aim {aim}: no rest after {steps} steps");
+            }
+            assert_eq!(f, target(aim, &t), "aim {aim}");
+        }
     }
 
     #[test]
@@ -388,13 +426,15 @@ mod tests {
         let honest = LoadReport {
             cpu_utilization: 0.5,
             rps: 100.0,
+            capacity: Some(200.0),
             ..LoadReport::default()
         };
-        // Claims a billion requests per second on a hundredth of a CPU (the most a report
-        // may say), every adjustment.
+        // Claims a billion requests per second on a hundredth of a CPU, and the largest
+        // capacity a report may carry, every adjustment.
         let liar = LoadReport {
             cpu_utilization: t.min_utilization,
             rps: sluice_util::load::MAX_VALUE,
+            capacity: Some(sluice_util::load::MAX_VALUE),
             ..LoadReport::default()
         };
         let now = Duration::from_secs(1);
@@ -443,6 +483,7 @@ mod tests {
         let report = LoadReport {
             cpu_utilization: 0.5,
             rps: 100.0,
+            capacity: Some(200.0),
             ..LoadReport::default()
         };
         let inputs = |age: Option<Duration>| -> BTreeMap<IpAddr, Input> {
@@ -485,26 +526,41 @@ mod tests {
     }
 
     #[test]
-    fn two_nodes_with_slightly_different_reports_settle_on_one_table() {
-        let pool = Pool {
-            cost: vec![0.001, 0.0015, 0.002],
-            offered: 1200.0,
-        };
-        let t = Tuning::default();
-        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-        let mut rng_a = rand::rngs::StdRng::seed_from_u64(11);
-        let mut rng_b = rand::rngs::StdRng::seed_from_u64(12);
-        for _ in 0..30 {
-            // Each node sees the traffic the other node's table sends too: the pool runs
-            // on their mean, and each reads it with its own small error.
-            let mean: BTreeMap<IpAddr, f64> = a
-                .keys()
-                .map(|k| (*k, (a[k] + b.get(k).copied().unwrap_or(1.0)) / 2.0))
+    fn two_nodes_starting_apart_and_reading_at_different_times_settle_on_one_table() {
+        // Each node reads the gateways at its own moments: node b a window after node a,
+        // and on noisy windows. They start from different factors (b restarted with all at
+        // 1, a anywhere). The gateways' held estimates are what they share.
+        for seed in 0..50 {
+            let mut pool = Pool::new(vec![0.001, 0.0015, 0.002], 1200.0);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let t = Tuning::default();
+            let mut a: BTreeMap<IpAddr, f64> = (0..3)
+                .map(|i| {
+                    (
+                        addr(i),
+                        quantize(rng.gen_range(t.floor..=t.ceiling), t.step),
+                    )
+                })
                 .collect();
-            a = adjust(&pool.reports(&mean, 0.01, &mut rng_a), &a, &t);
-            b = adjust(&pool.reports(&mean, 0.01, &mut rng_b), &b, &t);
+            let mut b = BTreeMap::new();
+            let mut late = None;
+            for _ in 0..40 {
+                // The pool runs on the mean of the two nodes' tables (ECMP splits clients).
+                let mean: BTreeMap<IpAddr, f64> = (0..3)
+                    .map(|i| {
+                        let k = addr(i);
+                        let fa = a.get(&k).copied().unwrap_or(1.0);
+                        (k, (fa + b.get(&k).copied().unwrap_or(1.0)) / 2.0)
+                    })
+                    .collect();
+                let now = pool.reports(&mean, 0.02, &mut rng);
+                a = adjust(&now, &a, &t);
+                if let Some(seen) = late.replace(now) {
+                    b = adjust(&seen, &b, &t);
+                }
+            }
+            assert_eq!(a, b, "seed {seed}");
         }
-        assert_eq!(a, b);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sluice_util::load::LoadReport;
 use tracing::{error, info, warn};
 
 use super::Agent;
@@ -30,6 +31,20 @@ pub(super) fn with_factors(
 }
 
 impl Agent {
+    /// Keeps a backend's latest report. A reporter that sends no capacity estimate of its
+    /// own (any ORCA reporter but `sluice-gateway`) gets one made here, from its reports.
+    pub(super) fn on_load(&mut self, addr: IpAddr, mut report: LoadReport) {
+        if report.capacity.is_none() {
+            let tuning = self.config.load_weights.tuning().capacity();
+            report.capacity = self
+                .estimates
+                .entry(addr)
+                .or_default()
+                .update(&report, &tuning);
+        }
+        self.loads.insert(addr, (report, Instant::now()));
+    }
+
     /// Moves the load factors of `weights = "load"` VIPs' ready backends toward their
     /// reported capacity, at most once per `adjust_interval_ms`, and pushes the tables with
     /// at most `max_disruption` of any table's slots moved: a larger move is halved until it

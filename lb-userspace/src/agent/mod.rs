@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use sluice_common::stats::Lb;
 use sluice_util::{
     control::{stamp, Asked, ControlSignals, Stamp},
-    load::LoadReport,
+    load::{CapacityEstimate, LoadReport},
 };
 use tokio::{
     sync::{mpsc, oneshot},
@@ -112,6 +112,8 @@ struct Agent {
     health_tx: mpsc::UnboundedSender<Observed>,
     /// The last load report of each backend that sends one, and when it came.
     loads: HashMap<IpAddr, (LoadReport, Instant)>,
+    /// Capacity estimates made here for reporters that send none of their own.
+    estimates: HashMap<IpAddr, CapacityEstimate>,
     /// Load factors of the backends of `weights = "load"` VIPs (see `weights.rs`).
     factors: BTreeMap<IpAddr, f64>,
     /// When the load factors were last adjusted.
@@ -195,6 +197,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         probes: HashMap::new(),
         health_tx,
         loads: HashMap::new(),
+        estimates: HashMap::new(),
         factors: BTreeMap::new(),
         last_adjust: Instant::now(),
         config_generation: 1,
@@ -248,9 +251,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         tokio::select! {
             Some(seen) = health_rx.recv() => match seen {
                 Observed::Health(t) => agent.on_health(t),
-                Observed::Load { addr, report } => {
-                    agent.loads.insert(addr, (report, Instant::now()));
-                }
+                Observed::Load { addr, report } => agent.on_load(addr, report),
             },
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd),
             Some(pulled) = pull_rx.recv() => agent.on_pulled(pulled),
@@ -312,6 +313,7 @@ impl Agent {
             .flat_map(|v| v.backends.iter().map(|b| b.address))
             .collect();
         self.loads.retain(|addr, _| known.contains(addr));
+        self.estimates.retain(|addr, _| known.contains(addr));
         let mut wanted = HashSet::new();
         for v in &self.config.vips {
             let check = v.check(&self.config.health).clone();

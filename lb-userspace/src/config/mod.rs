@@ -73,7 +73,7 @@ pub struct LoadWeights {
     pub adjust_interval_ms: u64,
     /// Most of a table's slots one push may move away from backends that stay (0 to 1).
     pub max_disruption: f64,
-    /// Share of the way toward the measured capacity taken at each adjustment.
+    /// Share of the way toward its target a factor takes at each adjustment.
     pub smoothing: f64,
     /// Lowest factor on a configured weight.
     pub floor: f64,
@@ -81,7 +81,8 @@ pub struct LoadWeights {
     pub ceiling: f64,
     /// Factors are multiples of this step.
     pub step: f64,
-    /// A change within this share of the current factor is not pushed.
+    /// A capacity estimate the agent makes (for reporters that send none) holds within
+    /// this share of its value.
     pub deadband: f64,
     /// How much errors count against capacity (utilization per error ratio).
     pub error_penalty: f64,
