@@ -108,7 +108,10 @@ fn readiness_carries_the_load_of_the_last_seconds() {
     let held = report(&gw).get("named_metrics.capacity").copied();
     assert!(held.is_some_and(|h| h > 0.0), "{held:?}");
     assert_eq!(
-        Some(metric(&gw, "sluice_gateway_load_capacity_requests_per_second")),
+        Some(metric(
+            &gw,
+            "sluice_gateway_load_capacity_requests_per_second"
+        )),
         held
     );
 }
