@@ -7,19 +7,20 @@
 //! resolves the neighbour on the way; the next packets then take the fast path.
 //!
 //! A lookup costs more than the rest of the forwarding path, so a successful result (MACs,
-//! egress and route MTU) is cached per CPU and per backend for [`NEXT_HOP_TTL_NS`]: route and
-//! neighbour changes take effect within that time. Failures are never cached.
+//! egress and route MTU) is cached per CPU and per backend for [`NEXT_HOP_TTL_JIFFIES`]
+//! kernel ticks: route and neighbour changes take effect within that time (25 to 250 ms
+//! by the kernel's HZ). Failures are never cached.
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64},
     programs::XdpContext,
     EbpfContext,
 };
-use sluice_common::{stats::Lb, NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_NS};
+use sluice_common::{stats::Lb, NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_JIFFIES};
 
 use crate::{
     encap::Outer,
@@ -52,13 +53,13 @@ pub enum NextHop {
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: plain helper call (the verifier inlines it into one load of `jiffies`).
+    let now = unsafe { bpf_jiffies64() };
     let slot = NEXT_HOPS.get_ptr_mut(backend_id);
     if let Some(slot) = slot {
         // SAFETY: per-CPU slot, only this CPU reads or writes it.
         let c = unsafe { &*slot };
-        if c.expires_ns > now && c.ingress == ingress {
+        if c.expires > now && c.ingress == ingress {
             if outer.total > c.mtu as usize {
                 return NextHop::TooBig(c.mtu);
             }
@@ -77,7 +78,7 @@ pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
             _ => u16::MAX,
         };
         let entry = Cached {
-            expires_ns: now + NEXT_HOP_TTL_NS,
+            expires: now + NEXT_HOP_TTL_JIFFIES,
             ingress,
             egress: *ifindex,
             dst_mac: *dst,

@@ -183,6 +183,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         attach::attach(&mut dp, &config.node.pin_dir, iface, config.node.xdp_mode)
             .with_context(|| format!("attaching to {iface}"))?;
     }
+    dp.forget_next_hops()
+        .context("clearing the next-hop cache")?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (pull_tx, mut pull_rx) = mpsc::unbounded_channel();

@@ -434,6 +434,17 @@ impl DataPlane {
         map.set(id, empty, 0).map_err(map_err(name))
     }
 
+    /// Drops every cached next hop on every CPU. Run once the agent's program is attached:
+    /// the cache is kept in a pinned map, and a program of an earlier version may have
+    /// written it with another clock (it used nanoseconds before kernel ticks), which this
+    /// program would take for entries that never expire.
+    pub fn forget_next_hops(&mut self) -> Result<()> {
+        for id in 0..sluice_common::MAX_BACKENDS {
+            self.forget_next_hop(id)?;
+        }
+        Ok(())
+    }
+
     /// Reads backend `id`.
     pub fn backend(&self, id: u32) -> Result<Backend> {
         let name = names::BACKENDS;

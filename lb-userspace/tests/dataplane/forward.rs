@@ -302,7 +302,7 @@ fn next_hop_is_cached_briefly_then_looked_up_again() {
             "ip neigh replace 10.1.0.11 lladdr 02:00:00:00:09:99 nud permanent dev int0",
         );
         assert_eq!(&lab.run(&input).data[..6], &backend_mac(1));
-        let ttl = std::time::Duration::from_nanos(sluice_common::NEXT_HOP_TTL_NS);
+        let ttl = std::time::Duration::from_millis(sluice_common::NEXT_HOP_TTL_MAX_MS);
         std::thread::sleep(ttl + std::time::Duration::from_millis(50));
         assert_eq!(&lab.run(&input).data[..6], &[0x02, 0, 0, 0, 0x09, 0x99]);
         // Giving the backend id another address drops its cached next hop at once.
