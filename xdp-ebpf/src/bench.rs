@@ -266,3 +266,39 @@ pub fn bench_maglev(_ctx: XdpContext) -> u32 {
         _ => xdp_action::XDP_DROP,
     }
 }
+
+/// One flow-table lookup of the established flow's key, alone (profile of the hit path).
+#[xdp]
+pub fn bench_flow_lookup(ctx: XdpContext) -> u32 {
+    let Some(hdr) = at::<[u8; 38]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let p = hdr as *const u8;
+    let mut key = FlowKey {
+        family: 4,
+        proto: 6,
+        ..FlowKey::default()
+    };
+    key.src[0] = raw32_at(p, 26);
+    key.dst[0] = raw32_at(p, 30);
+    key.src_port = raw16_at(p, 34);
+    key.dst_port = raw16_at(p, 36);
+    match crate::maps::FLOWS.get_ptr_mut(&key) {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// The reference's one lookup, alone.
+#[xdp]
+pub fn bench_ref_lookup(ctx: XdpContext) -> u32 {
+    let Some(hdr) = at::<[u8; 38]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let p = hdr as *const u8;
+    let key = [raw32_at(p, 26), raw32_at(p, 30), raw32_at(p, 34), 6];
+    match REF_FLOWS.get_ptr(&key) {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_DROP,
+    }
+}
