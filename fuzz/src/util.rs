@@ -20,7 +20,8 @@ pub const TARGETS: &[(&str, Check)] = &[
 ///
 /// Invariants beyond "no panic": a report taken has every value a finite number between 0
 /// and `MAX_VALUE` (a window of at most 1e9 ms); written out again as a gateway writes it,
-/// it is taken again, with the same values to the precision written.
+/// it is taken again, with the same values to the precision written, and the capacity
+/// estimate exactly (LB nodes must all read the same one).
 pub fn load_report(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Some(r) = LoadReport::parse(&text) else {
@@ -50,6 +51,13 @@ pub fn load_report(data: &[u8]) {
         );
     }
     assert_eq!(again.window, r.window);
+    if let Some(c) = r.capacity {
+        assert!(
+            c.is_finite() && c > 0.0 && c <= MAX_VALUE,
+            "capacity {c} taken"
+        );
+    }
+    assert_eq!(again.capacity, r.capacity, "capacity read back differently");
 }
 
 /// Target `shield_candidates`: `Candidates::parse` on a gateway's `/shield/candidates`

@@ -16,7 +16,7 @@
 //!   law, the time requests spent in the gateway divided by the window's length).
 //! - `named_metrics.p99_ms`: the 99th percentile of time to response head over the window,
 //!   interpolated within the histogram's buckets.
-//! - `named_metrics.capacity`: the requests per second this gateway would answer with all of
+//! - `named_metrics.sluice_capacity`: the requests per second this gateway would answer with all of
 //!   its usable CPUs, smoothed and held within a 5% deadband
 //!   ([`sluice_util::load::CapacityEstimate`]). The L4 agents weigh the gateways by it, and
 //!   since it is estimated here, once, they all read the same value.

@@ -91,7 +91,7 @@ fn readiness_carries_the_load_of_the_last_seconds() {
         for _ in 0..200 {
             request(gw.http, "GET", "/ok", &[], "");
         }
-        if let Some(c) = report(&gw).get("named_metrics.capacity") {
+        if let Some(c) = report(&gw).get("named_metrics.sluice_capacity") {
             break *c;
         }
         assert!(
@@ -105,7 +105,7 @@ fn readiness_carries_the_load_of_the_last_seconds() {
     wait_for(&gw, "the traffic leaving the window", |r| {
         r.get("rps_fractional").is_some_and(|v| *v == 0.0)
     });
-    let held = report(&gw).get("named_metrics.capacity").copied();
+    let held = report(&gw).get("named_metrics.sluice_capacity").copied();
     assert!(held.is_some_and(|h| h > 0.0), "{held:?}");
     assert_eq!(
         Some(metric(

@@ -44,7 +44,8 @@ pub struct Tuning {
     pub deadband: f64,
     /// How much an error counts against capacity, as utilization per error ratio.
     pub error_penalty: f64,
-    /// Reports below this utilization say too little about capacity: the factor holds.
+    /// Reports below this utilization say too little about capacity: an estimate made
+    /// here holds.
     pub min_utilization: f64,
     /// A report older than this no longer moves the factor; it holds.
     pub stale_after: Duration,
@@ -125,7 +126,11 @@ pub fn adjust(
                 // Finite by construction (reports are bounded), and checked anyway: a
                 // factor that became NaN would never recover.
                 (Some(c), Some(m)) if (c / m).is_finite() => c / m,
-                // Reporting but saying too little, or stale: hold.
+                // A fresh report without a capacity (a gateway too idle to tell yet), or
+                // the only one with a capacity: the configured weight, which every node
+                // computes alike. Holding here would keep each node's own factor.
+                _ if input.report.is_some_and(|(_, age)| age <= t.stale_after) => 1.0,
+                // Stale: hold a while (the gateway may be back soon), then back to 1.
                 _ if input.report.is_some_and(|(_, age)| age <= t.forget_after) => now,
                 _ => 1.0,
             };
@@ -523,6 +528,47 @@ mod tests {
         assert_eq!(f[&addr(2)], 1.0, "no report: back to the configured weight");
         let old = adjust(&inputs(Some(Duration::from_secs(120))), &previous, &t);
         assert!(old[&addr(2)] > 0.5, "forgotten: moving back to 1");
+    }
+
+    #[test]
+    fn a_fresh_report_without_a_capacity_brings_every_node_to_the_configured_weight() {
+        // A gateway just restarted and too idle to estimate: whatever factor each node had,
+        // they all end at 1, not each at its own.
+        let t = Tuning::default();
+        let idle = LoadReport {
+            cpu_utilization: 0.001,
+            rps: 1.0,
+            ..LoadReport::default()
+        };
+        let with = |capacity: Option<f64>| LoadReport { capacity, ..idle };
+        let inputs: BTreeMap<IpAddr, Input> = [
+            (addr(0), with(Some(300.0))),
+            (addr(1), with(Some(100.0))),
+            (addr(2), with(None)),
+        ]
+        .into_iter()
+        .map(|(a, r)| {
+            (
+                a,
+                Input {
+                    configured: 1,
+                    report: Some((r, Duration::from_secs(1))),
+                },
+            )
+        })
+        .collect();
+        let mut settled = Vec::new();
+        for start in [0.25, 0.6, 1.0, 1.65, 2.0] {
+            let mut f: BTreeMap<IpAddr, f64> = (0..3).map(|i| (addr(i), start)).collect();
+            for _ in 0..20 {
+                f = adjust(&inputs, &f, &t);
+            }
+            assert_eq!(f[&addr(2)], 1.0, "from {start}");
+            settled.push(f);
+        }
+        assert!(settled.windows(2).all(|w| w[0] == w[1]), "{settled:?}");
+        assert_eq!(settled[0][&addr(0)], 1.5);
+        assert_eq!(settled[0][&addr(1)], 0.5);
     }
 
     #[test]

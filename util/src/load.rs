@@ -69,7 +69,8 @@ impl LoadReport {
     pub fn header_value(&self) -> String {
         let capacity = self
             .capacity
-            .map(|c| format!(", named_metrics.capacity={c:.3}"))
+            // Shortest form that reads back exactly: every reader must see the same value.
+            .map(|c| format!(", named_metrics.sluice_capacity={c}"))
             .unwrap_or_default();
         format!(
             "TEXT cpu_utilization={:.3}, rps_fractional={:.1}, eps={:.1}, \
@@ -107,7 +108,8 @@ impl LoadReport {
                 "named_metrics.p99_ms" => r.p99_ms = v,
                 "named_metrics.usable_cpus" => r.usable_cpus = v,
                 "named_metrics.window_ms" => r.window = Duration::from_millis(v.min(1e9) as u64),
-                "named_metrics.capacity" => r.capacity = Some(v),
+                // Zero says nothing about capacity: no estimate.
+                "named_metrics.sluice_capacity" => r.capacity = (v > 0.0).then_some(v),
                 _ => {}
             }
         }
@@ -200,6 +202,17 @@ mod tests {
             ..r
         };
         assert_eq!(LoadReport::parse(&without.header_value()), Some(without));
+        // A capacity of zero (or minus zero) is no estimate, not a reason to drop the report.
+        for zero in ["0", "-0", "0.000"] {
+            let text = format!(
+                "TEXT cpu_utilization=0.5, rps_fractional=1, named_metrics.sluice_capacity={zero}"
+            );
+            let parsed = LoadReport::parse(&text);
+            assert!(
+                parsed.is_some_and(|p| p.capacity.is_none()),
+                "{zero}: {parsed:?}"
+            );
+        }
         assert!((r.error_ratio() - 2.5 / 1234.5).abs() < 1e-12);
     }
 
@@ -241,8 +254,10 @@ mod tests {
         // Smoothed 1000 → 1020: within 5%, held.
         assert_eq!(e.update(&at(0.5, 520.0), &t), Some(1000.0));
         assert_eq!(e.update(&at(0.5, 480.0), &t), Some(1000.0));
-        // A real change: smoothed past the deadband, the held value follows.
-        let mut held = Some(1000.0);
+        // A real change: smoothed past the deadband, the held value follows, half the way
+        // at the first report (smoothing 0.5 from 990, where the two reports above left it).
+        assert_eq!(e.update(&at(0.5, 1000.0), &t), Some(1495.0));
+        let mut held = Some(1495.0);
         for _ in 0..10 {
             held = e.update(&at(0.5, 1000.0), &t);
         }

@@ -59,7 +59,9 @@ pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
     if let Some(slot) = slot {
         // SAFETY: per-CPU slot, only this CPU reads or writes it.
         let c = unsafe { &*slot };
-        if c.expires > now && c.ingress == ingress {
+        // An entry further ahead than one lifetime was written with another clock (an
+        // earlier program kept nanoseconds here): never trusted, so it cannot live forever.
+        if c.expires > now && c.expires <= now + NEXT_HOP_TTL_JIFFIES && c.ingress == ingress {
             if outer.total > c.mtu as usize {
                 return NextHop::TooBig(c.mtu);
             }

@@ -182,9 +182,11 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     for iface in &config.node.interfaces {
         attach::attach(&mut dp, &config.node.pin_dir, iface, config.node.xdp_mode)
             .with_context(|| format!("attaching to {iface}"))?;
+        // After each attach: this program ignores entries written with an earlier
+        // program's clock anyway (see `emit.rs`); clearing drops them at once.
+        dp.forget_next_hops()
+            .context("clearing the next-hop cache")?;
     }
-    dp.forget_next_hops()
-        .context("clearing the next-hop cache")?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (pull_tx, mut pull_rx) = mpsc::unbounded_channel();
