@@ -266,6 +266,9 @@ mod tests {
         IpAddr::from([10, 20, 0, 20 + i])
     }
 
+    /// CPU a model gateway uses with no requests, as a share of its one CPU.
+    const IDLE_CPU: f64 = 0.02;
+
     /// Gateways of the given CPU cost per request (seconds) sharing `offered` requests per
     /// second by their effective weights; each answers at most what one CPU allows, and
     /// keeps its capacity estimate as `sluice-gateway` does.
@@ -304,7 +307,10 @@ mod tests {
                     let served = offered.min(1.0 / self.cost[i]);
                     let jitter = 1.0 + noise * (rng.gen::<f64>() * 2.0 - 1.0);
                     let mut report = LoadReport {
-                        cpu_utilization: (served * self.cost[i] * jitter).min(1.0),
+                        // A fixed 2% of a CPU besides the requests (timers, probes, the
+                        // sampler): a gateway given less traffic then looks a little less
+                        // capable, which closes the loop the controller must not swing on.
+                        cpu_utilization: ((served * self.cost[i] + IDLE_CPU) * jitter).min(1.0),
                         rps: served,
                         usable_cpus: 1.0,
                         ..LoadReport::default()
