@@ -367,6 +367,11 @@ async fn status(admin: SocketAddr, json: bool) -> Result<()> {
                     l.in_flight,
                     seen.age_ms as f64 / 1e3
                 );
+                // The weights' input: the gateway's held estimate.
+                match l.capacity {
+                    Some(c) => println!("    capacity: {c:.0} req/s at full use of its CPUs"),
+                    None => println!("    capacity: no estimate yet"),
+                }
             }
         }
     }
