@@ -390,9 +390,11 @@ fn main() {
          [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout_ms = 100\non_failure = \"closed\"\n\n\
          [[rate_limit]]\nname = \"local\"\nrequests = 1000000000\nwindow_ms = 1000\nkey = \"consumer\"\n\n\
          [[rate_limit]]\nname = \"shared\"\nrequests = 1000000000\nwindow_ms = 1000\nkey = \"consumer\"\nstore = \"redis\"\n\n\
-         {}{}[[route]]\nname = \"all\"\nupstream = \"app\"\n",
+         [[rate_limit]]\nname = \"leased\"\nrequests = 1000000000\nwindow_ms = 1000\nkey = \"consumer\"\nstore = \"redis\"\nlease = 64\nlease_ms = 100\n\n\
+         {}{}{}[[route]]\nname = \"all\"\nupstream = \"app\"\n",
         policed("policy", "local"),
         policed("redis", "shared"),
+        policed("leased", "leased"),
         key = dir.join("rsa.pem").display(),
     );
     let config_path: PathBuf = dir.join("gateway.toml");
@@ -505,11 +507,12 @@ fn main() {
         ("", None),
         ("policy", Some(bearer.as_str())),
         ("redis", Some(&bearer)),
+        ("leased", Some(&bearer)),
     ];
     for (route, header) in routes {
         let _warm = wrk(&format!("http://{gw_addr}/{route}"), 2, header);
     }
-    let mut route_runs: [Vec<Load>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut route_runs: [Vec<Load>; 4] = Default::default();
     let gw_pid = gateway.0.id();
     for _ in 0..ROUNDS {
         for (k, (route, header)) in routes.iter().enumerate() {
@@ -522,7 +525,11 @@ fn main() {
         }
     }
     let plain = median(&route_runs[0]);
-    let policy = [median(&route_runs[1]), median(&route_runs[2])];
+    let policy = [
+        median(&route_runs[1]),
+        median(&route_runs[2]),
+        median(&route_runs[3]),
+    ];
     println!();
     println!("Policy chain: JWT RS256 + one rate limit + two header transforms, same gateway ({ROUNDS} rounds of a {SECONDS} s run of each route in turn; medians, and the median of the paired ratios to the plain route with their range)");
     println!();
@@ -531,9 +538,18 @@ fn main() {
     for (k, name, target) in [
         (0, "plain proxy (reference)", None),
         (1, "JWT + local limit + 2 transforms", Some(0.9)),
-        (2, "JWT + Redis limit + 2 transforms", Some(0.85)),
+        (
+            2,
+            "JWT + Redis limit, exact (a call per request) + 2 transforms",
+            None,
+        ),
+        (
+            3,
+            "JWT + Redis limit, leases of up to 64 for 100 ms + 2 transforms",
+            Some(0.85),
+        ),
     ] {
-        let l = [&plain, &policy[0], &policy[1]][k];
+        let l = [&plain, &policy[0], &policy[1], &policy[2]][k];
         let ratio = paired(&route_runs[k], &route_runs[0], |l| l.rps, |x| x >= 1.0);
         println!(
             "| {name} | {:.0} | {:.3} | {:.3} | {:.1} | {:.2}x ({:.2}-{:.2}) | {} |",

@@ -647,6 +647,18 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
             "rate_limit[0].store: store = \"redis\" needs a [redis] section",
         ),
         (
+            "[[rate_limit]]\nname = \"l\"\nrequests = 5\nwindow_ms = 10\nkey = \"route\"\nlease = 8\n".into(),
+            "rate_limit[0].lease: leases are for shared rate limits",
+        ),
+        (
+            "[redis]\nurl = \"redis://x\"\n[[rate_limit]]\nname = \"l\"\nrequests = 5\nwindow_ms = 10\nkey = \"route\"\nstore = \"redis\"\nlease = 0\n".into(),
+            "rate_limit[0].lease: must be 1 to 1000000",
+        ),
+        (
+            "[redis]\nurl = \"redis://x\"\n[[rate_limit]]\nname = \"l\"\nrequests = 5\nwindow_ms = 10\nkey = \"route\"\nstore = \"redis\"\nlease = 4\nlease_ms = 60000\n".into(),
+            "rate_limit[0].lease_ms: must be 1 to 10000",
+        ),
+        (
             "[redis]\nurl = \"http://x\"\n".into(),
             "redis.url: must start with redis://",
         ),

@@ -327,3 +327,82 @@ store = "redis""#,
     keys.sort_unstable();
     assert_eq!(keys, ["sluice:g:large:r|", "sluice:g:small:r|"]);
 }
+
+/// A gateway started with a shared limit of `requests` a minute, keyed by route, with
+/// `lease` tokens per call held for `lease_ms`.
+fn leasing_gateway(up: SocketAddr, port: u16, algorithm: &str, requests: u64) -> Gateway {
+    Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up])
+            .raw(&format!(
+                r#"[redis]
+url = "redis://127.0.0.1:{port}"
+on_failure = "closed"
+
+[[rate_limit]]
+name = "leased"
+algorithm = "{algorithm}"
+requests = {requests}
+window_ms = 60000
+key = "route"
+store = "redis"
+lease = 8
+lease_ms = 5000"#
+            ))
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["leased"]"#)
+            .build(),
+    )
+}
+
+#[test]
+fn leases_keep_a_shared_limit_with_few_calls() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&[]);
+    for algorithm in ["gcra", "token_bucket"] {
+        redis.cli(&["FLUSHALL"]);
+        let a = leasing_gateway(up.addr, redis.port, algorithm, 20);
+        let b = leasing_gateway(up.addr, redis.port, algorithm, 20);
+        let started = Instant::now();
+        let mut allowed = [0u64; 2];
+        for i in 0..60 {
+            let (n, gw) = if i % 2 == 0 { (0, &a) } else { (1, &b) };
+            let r = request(gw.http, "GET", "/", &[], "");
+            match r.status {
+                200 => allowed[n] += 1,
+                429 => {
+                    assert!(r.headers["retry-after"].parse::<u64>().unwrap() >= 1);
+                    assert!(r.headers["ratelimit"].contains("r=0"), "{:?}", r.headers);
+                }
+                s => panic!("{algorithm}: request {i}: status {s}: {}", r.body),
+            }
+        }
+        // Every token was reserved by the store's script before it was spent, and the
+        // tokens one gateway leased are spent by it (lease_ms outlives the test): the two
+        // together allow the limit, plus what one token per 3 s renews while they run.
+        let total = allowed[0] + allowed[1];
+        let renewed = started.elapsed().as_secs() / 3;
+        assert!(
+            (20..=20 + renewed).contains(&total),
+            "{algorithm}: {allowed:?} allowed"
+        );
+        assert!(allowed[0] > 0 && allowed[1] > 0, "{algorithm}: {allowed:?}");
+        // Leases of 1, 2, 4 and then 8 tokens, and each gateway's refusal remembered until
+        // its Retry-After: a handful of calls for 60 requests, where exact checks make 60.
+        let calls = |gw: &Gateway| {
+            metric(
+                gw,
+                "sluice_gateway_rate_limit_store_calls_total{limit=\"leased\"}",
+            )
+        };
+        let (ca, cb) = (calls(&a), calls(&b));
+        assert!(
+            ca + cb <= 12.0 && ca >= 2.0 && cb >= 2.0,
+            "{algorithm}: {ca} + {cb} calls"
+        );
+        let tag = if algorithm == "gcra" { "g" } else { "b" };
+        let keys = redis.cli(&["--scan", "--pattern", "sluice:*"]);
+        assert_eq!(keys.trim(), format!("sluice:{tag}:leased:r|"));
+    }
+}

@@ -158,7 +158,30 @@ pub struct RateLimit {
     /// Also send the legacy `X-RateLimit-Limit/-Remaining/-Reset` headers.
     #[serde(default = "default_true")]
     pub legacy_headers: bool,
+    /// A shared limit's lease: the most tokens one gateway reserves in Redis per call and
+    /// spends locally. 1 (the default) asks Redis for every request, exactly; more trades a
+    /// stated looseness (see [`crate::pipeline::policy::lease`]) for fewer round trips.
+    #[serde(default = "default_lease")]
+    pub lease: u64,
+    /// How long leased tokens may be spent after they were asked for.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
 }
+
+fn default_lease() -> u64 {
+    1
+}
+
+fn default_lease_ms() -> u64 {
+    100
+}
+
+/// Longest `lease_ms`: a lease loosens the limit by up to `rate × lease_ms`, which must
+/// stay small beside the window.
+pub const MAX_LEASE_MS: u64 = 10_000;
+
+/// Most tokens in one lease.
+pub const MAX_LEASE: u64 = 1_000_000;
 
 pub(crate) fn default_true() -> bool {
     true
@@ -707,6 +730,18 @@ impl RateLimit {
         }
         if self.max_keys == 0 {
             return refuse("max_keys", "must be greater than 0");
+        }
+        if !(1..=MAX_LEASE).contains(&self.lease) {
+            return refuse("lease", format!("must be 1 to {MAX_LEASE}"));
+        }
+        if self.lease > 1 && (self.store != Store::Redis || self.concurrent.is_some()) {
+            return refuse(
+                "lease",
+                "leases are for shared rate limits (store = \"redis\" with requests and window_ms)",
+            );
+        }
+        if !(1..=MAX_LEASE_MS).contains(&self.lease_ms) {
+            return refuse("lease_ms", format!("must be 1 to {MAX_LEASE_MS}"));
         }
         Ok(())
     }

@@ -168,13 +168,25 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
             );
         }
     }
-    out.push_str("# HELP sluice_gateway_rate_limit_local_keys Keys a local limit holds now.\n# TYPE sluice_gateway_rate_limit_local_keys gauge\n");
+    out.push_str("# HELP sluice_gateway_rate_limit_local_keys Keys a limit holds in this process now (a local limit's counters, a shared limit's leases).\n# TYPE sluice_gateway_rate_limit_local_keys gauge\n");
     for l in &limits {
         let _ = writeln!(
             out,
             "sluice_gateway_rate_limit_local_keys{{limit=\"{}\"}} {}",
             l.config.name,
             l.local_keys()
+        );
+    }
+    out.push_str("# HELP sluice_gateway_rate_limit_store_calls_total Calls a shared limit made to its store (one per request, or one per lease).\n# TYPE sluice_gateway_rate_limit_store_calls_total counter\n");
+    for l in limits
+        .iter()
+        .filter(|l| l.config.store == crate::config::policy::Store::Redis)
+    {
+        let _ = writeln!(
+            out,
+            "sluice_gateway_rate_limit_store_calls_total{{limit=\"{}\"}} {}",
+            l.config.name,
+            l.store_calls.load(Ordering::Relaxed)
         );
     }
     if let Some(r) = &rt.policies.redis {

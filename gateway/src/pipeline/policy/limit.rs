@@ -23,6 +23,7 @@ use hyper::{
 use sluice_util::FieldError;
 
 use super::{
+    lease::{Leases, Local},
     rate::{gcra, token_bucket, Rate, Verdict},
     redis_store::{RedisStore, StoreError},
     refuse, Context, Granted, Refusal,
@@ -170,12 +171,16 @@ pub struct Limit {
     local: LocalStore,
     concurrent: Concurrent,
     redis: Option<Arc<RedisStore>>,
+    /// A shared limit's leases (`lease` > 1).
+    leases: Option<Leases>,
     /// The header a `key = { header = … }` limit counts by.
     key_header: Option<HeaderName>,
     /// Requests allowed.
     pub allowed: AtomicU64,
     /// Requests refused.
     pub limited: AtomicU64,
+    /// Calls to the shared store (fewer than requests with leases).
+    pub store_calls: AtomicU64,
     /// The `RateLimit-Policy` and `X-RateLimit-Limit` values, which never change.
     policy_value: HeaderValue,
     limit_value: HeaderValue,
@@ -205,10 +210,12 @@ impl Limit {
             rate: Rate::of(&config),
             local: LocalStore::new(config.max_keys),
             concurrent: Concurrent::default(),
+            leases: (config.lease > 1 && redis.is_some()).then(|| Leases::new(config.max_keys)),
             redis,
             key_header,
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
+            store_calls: AtomicU64::new(0),
             config,
         })
     }
@@ -222,9 +229,9 @@ impl Limit {
         }
     }
 
-    /// Keys held by the local store.
+    /// Keys held by the local store, or by the leases of a shared limit.
     pub fn local_keys(&self) -> usize {
-        self.local.len()
+        self.local.len() + self.leases.as_ref().map_or(0, Leases::keys)
     }
 
     /// Whose doing this rate limit's 429 is, for the shield: the client's only when the
@@ -303,8 +310,43 @@ pub async fn check_all(
         let verdict = match &limit.redis {
             None => limit.local.check(&key, limit.config.algorithm, rate),
             Some(store) => {
-                let asked = store.check(&limit.config.name, &key, limit.config.algorithm, rate);
-                match asked.await {
+                let taken = match &limit.leases {
+                    None => {
+                        limit.store_calls.fetch_add(1, Ordering::Relaxed);
+                        let asked =
+                            store.take(&limit.config.name, &key, limit.config.algorithm, rate, 1);
+                        asked.await.map(|g| g.verdict)
+                    }
+                    Some(leases) => {
+                        let entry = leases.entry(&key, fxhash(&key));
+                        let mut held = entry.lock().await;
+                        let asked_at = leases.now();
+                        match held.spend(asked_at, limit.config.lease) {
+                            Local::Answer(v) => Ok(v),
+                            Local::Ask(want) => {
+                                limit.store_calls.fetch_add(1, Ordering::Relaxed);
+                                let asked = store.take(
+                                    &limit.config.name,
+                                    &key,
+                                    limit.config.algorithm,
+                                    rate,
+                                    want,
+                                );
+                                match asked.await {
+                                    Ok(g) => Ok(held.granted(
+                                        want,
+                                        g,
+                                        asked_at,
+                                        leases.now(),
+                                        limit.config.lease_ms.saturating_mul(1000),
+                                    )),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                        }
+                    }
+                };
+                match taken {
                     Ok(v) => v,
                     Err(e) => {
                         limit.store_failed(store, &e)?;

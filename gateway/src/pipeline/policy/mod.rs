@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod jwks;
 pub mod jwt;
+pub mod lease;
 pub mod limit;
 pub mod rate;
 pub mod redis_store;

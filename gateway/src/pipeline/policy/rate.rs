@@ -40,67 +40,100 @@ impl Rate {
     }
 }
 
-/// GCRA: the state is the theoretical arrival time `tat`. Returns the new `tat` to store
-/// and the verdict.
+/// What a limit gave when asked for up to `want` tokens at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Tokens taken, `0..=want`; the request that asked is allowed when at least one.
+    pub granted: u64,
+    /// The verdict for the asking request, `remaining` counted after all of `granted`.
+    pub verdict: Verdict,
+}
+
+/// GCRA for one request: the state is the theoretical arrival time `tat`. Returns the new
+/// `tat` to store and the verdict.
 pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
+    let (tat, g) = gcra_take(tat, now, rate, 1);
+    (tat, g.verdict)
+}
+
+/// GCRA taking up to `want` tokens at once, as if that many requests arrived at `now`. The
+/// Lua of [`super::redis_store`] runs these steps.
+pub fn gcra_take(tat: Option<u64>, now: u64, rate: Rate, want: u64) -> (u64, Grant) {
     // Saturating throughout: absurd configs (years-long windows, huge bursts) must not
     // overflow.
     let t = rate.interval_us.max(1);
     let tau = t.saturating_mul(rate.burst.saturating_sub(1));
     let tat = tat.unwrap_or(now).max(now);
-    let next = tat.saturating_add(t);
-    // Allowed while the new tat is within burst tolerance of now.
-    if next - now <= tau.saturating_add(t) {
-        let remaining = (now.saturating_add(tau).saturating_add(t) - next) / t;
-        (
-            next,
-            Verdict {
-                allowed: true,
-                remaining,
-                reset_us: next - now,
-                retry_us: 0,
-            },
-        )
+    // A token fits while the new tat stays within burst tolerance of now.
+    let horizon = now.saturating_add(tau).saturating_add(t);
+    let granted = want.min(horizon.saturating_sub(tat) / t);
+    if granted >= 1 {
+        let next = tat.saturating_add(granted.saturating_mul(t));
+        let verdict = Verdict {
+            allowed: true,
+            remaining: horizon.saturating_sub(next) / t,
+            reset_us: next - now,
+            retry_us: 0,
+        };
+        (next, Grant { granted, verdict })
     } else {
+        let verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_us: tat - now,
+            retry_us: tat.saturating_sub(tau).saturating_sub(now),
+        };
         (
             tat,
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_us: tat - now,
-                retry_us: tat.saturating_sub(tau).saturating_sub(now),
+            Grant {
+                granted: 0,
+                verdict,
             },
         )
     }
 }
 
-/// Token bucket: the state is (credit, last refill), with credit counted in microseconds
-/// of refill time (one token = `T`), so refilling is exact integer arithmetic. Returns the
-/// new state.
+/// Token bucket for one request: the state is (credit, last refill), with credit counted in
+/// microseconds of refill time (one token = `T`), so refilling is exact integer arithmetic.
+/// Returns the new state.
 pub fn token_bucket(state: Option<(u64, u64)>, now: u64, rate: Rate) -> ((u64, u64), Verdict) {
+    let (state, g) = token_bucket_take(state, now, rate, 1);
+    (state, g.verdict)
+}
+
+/// Token bucket taking up to `want` tokens at once.
+pub fn token_bucket_take(
+    state: Option<(u64, u64)>,
+    now: u64,
+    rate: Rate,
+    want: u64,
+) -> ((u64, u64), Grant) {
     let t = rate.interval_us.max(1);
     let cap = rate.burst.saturating_mul(t);
     let (credit, last) = state.unwrap_or((cap, now));
     let credit = cap.min(credit.saturating_add(now.saturating_sub(last)));
-    if credit >= t {
-        let left = credit - t;
-        (
-            (left, now),
-            Verdict {
-                allowed: true,
-                remaining: left / t,
-                reset_us: cap - left,
-                retry_us: 0,
-            },
-        )
+    let granted = want.min(credit / t);
+    if granted >= 1 {
+        let left = credit - granted * t;
+        let verdict = Verdict {
+            allowed: true,
+            remaining: left / t,
+            reset_us: cap - left,
+            retry_us: 0,
+        };
+        ((left, now), Grant { granted, verdict })
     } else {
+        let verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_us: cap - credit,
+            retry_us: t - credit,
+        };
         (
             (credit, now),
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_us: cap - credit,
-                retry_us: t - credit,
+            Grant {
+                granted: 0,
+                verdict,
             },
         )
     }
@@ -147,6 +180,72 @@ mod tests {
             assert_eq!(gv.remaining, bv.remaining, "request {i} at {now}");
             g = Some(gs);
             b = Some(bs);
+        }
+    }
+
+    /// A small deterministic generator, so the randomized tests need no dependency.
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn taking_n_at_once_is_n_requests_at_one_instant() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5_000 {
+            let rate = Rate {
+                interval_us: 1 + next(&mut seed) % 5_000,
+                burst: 1 + next(&mut seed) % 40,
+            };
+            let now = 1_000_000 + next(&mut seed) % 100_000;
+            let want = 1 + next(&mut seed) % 50;
+            let gcra_start = Some(now - 50_000 + next(&mut seed) % 200_000);
+            let bucket_start = Some((
+                next(&mut seed) % (rate.burst * rate.interval_us + 1),
+                now - 1000,
+            ));
+            let (g_state, g) = gcra_take(gcra_start, now, rate, want);
+            let (b_state, b) = token_bucket_take(bucket_start, now, rate, want);
+            // The same as one request at a time, until the first refusal.
+            let (mut gs, mut bs) = (gcra_start, bucket_start);
+            let (mut g_one, mut b_one) = (None, None);
+            for _ in 0..want {
+                let (s, v) = gcra(gs, now, rate);
+                if !v.allowed {
+                    break;
+                }
+                gs = Some(s);
+                g_one = Some(v);
+            }
+            for _ in 0..want {
+                let (s, v) = token_bucket(bs, now, rate);
+                if !v.allowed {
+                    break;
+                }
+                bs = Some(s);
+                b_one = Some(v);
+            }
+            match g_one {
+                Some(v) => {
+                    assert_eq!(Some(g_state), gs);
+                    assert_eq!(g.verdict, v);
+                }
+                None => assert_eq!(g.granted, 0),
+            }
+            match b_one {
+                Some(v) => {
+                    assert_eq!(Some(b_state), bs);
+                    assert_eq!(b.verdict, v);
+                }
+                None => assert_eq!(b.granted, 0),
+            }
+            // The two algorithms grant alike from a full bucket.
+            let (_, g_full) = gcra_take(None, now, rate, want);
+            let (_, b_full) = token_bucket_take(None, now, rate, want);
+            assert_eq!(g_full, b_full);
+            assert_eq!(g_full.granted, want.min(rate.burst));
         }
     }
 

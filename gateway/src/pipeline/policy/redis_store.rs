@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use sluice_util::FieldError;
 
-use super::rate::{Rate, Verdict};
+use super::rate::{Grant, Rate, Verdict};
 use crate::config::{
     policy::{Algorithm, RedisTarget},
     Redis,
@@ -84,19 +84,24 @@ pub const BACKOFF: Duration = Duration::from_millis(500);
 /// Hash slots of a Redis Cluster.
 const SLOTS: usize = 16384;
 
+// The scripts run `rate::gcra_take` and `rate::token_bucket_take` step by step. ARGV:
+// interval (us), burst, want. The answer: granted, remaining, reset (us), retry (us).
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = interval * (tonumber(ARGV[2]) - 1)
+local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local nxt = tat + interval
-if nxt - now <= tau + interval then
+local horizon = now + tau + interval
+local n = math.min(want, math.floor((horizon - tat) / interval))
+if n >= 1 then
+  local nxt = tat + n * interval
   redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1)
-  return {1, math.floor((now + tau + interval - nxt) / interval), nxt - now, 0}
+  return {n, math.floor((horizon - nxt) / interval), nxt - now, 0}
 end
-return {0, 0, tat - now, tat - tau - now}
+return {0, 0, tat - now, math.max(0, tat - tau - now)}
 "#;
 
 const TOKEN_BUCKET: &str = r#"
@@ -104,21 +109,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2]) * interval
+local want = tonumber(ARGV[3])
 local s = redis.call('HMGET', KEYS[1], 'c', 'l')
 local credit = tonumber(s[1]) or cap
 local last = tonumber(s[2]) or now
 credit = math.min(cap, credit + math.max(0, now - last))
-local allowed = 0
+local n = math.min(want, math.floor(credit / interval))
 local retry = 0
-if credit >= interval then
-  credit = credit - interval
-  allowed = 1
+if n >= 1 then
+  credit = credit - n * interval
 else
+  n = 0
   retry = interval - credit
 end
 redis.call('HSET', KEYS[1], 'c', string.format('%.0f', credit), 'l', string.format('%.0f', now))
 redis.call('PEXPIRE', KEYS[1], math.floor((cap - credit) / 1000) + 1)
-return {allowed, math.floor(credit / interval), cap - credit, retry}
+return {n, math.floor(credit / interval), cap - credit, retry}
 "#;
 
 /// What the store talks to, built once from `[redis]` (one per store, so the variants'
@@ -384,14 +390,16 @@ impl RedisStore {
         }
     }
 
-    /// One atomic check-and-update of `key` under limit `limit`.
-    pub async fn check(
+    /// One atomic check-and-update of `key` under limit `limit`, taking up to `want` tokens
+    /// (1 for the exact check of one request).
+    pub async fn take(
         &self,
         limit: &str,
         key: &str,
         algorithm: Algorithm,
         rate: Rate,
-    ) -> Result<Verdict, StoreError> {
+        want: u64,
+    ) -> Result<Grant, StoreError> {
         if self.now() < self.resting_until.load(Ordering::Relaxed) {
             return Err(StoreError::Resting);
         }
@@ -405,7 +413,7 @@ impl RedisStore {
         if slot.is_some_and(|s| self.now() < s.load(Ordering::Relaxed)) {
             return Err(StoreError::Resting);
         }
-        let result = self.call(full_key, algorithm, rate).await;
+        let result = self.call(full_key, algorithm, rate, want).await;
         let now = self.now();
         match &result {
             Ok(_) => self.last_success.store(now.max(1), Ordering::Relaxed),
@@ -431,7 +439,8 @@ impl RedisStore {
         key: String,
         algorithm: Algorithm,
         rate: Rate,
-    ) -> Result<Verdict, CallError> {
+        want: u64,
+    ) -> Result<Grant, CallError> {
         let timeout = self.link.timeout;
         // One deadline for the whole call: waiting for the connection and the script.
         let deadline = tokio::time::Instant::now() + timeout;
@@ -449,7 +458,8 @@ impl RedisStore {
             .arg(1)
             .arg(&key)
             .arg(rate.interval_us)
-            .arg(rate.burst);
+            .arg(rate.burst)
+            .arg(want);
         let invoke = async {
             match evalsha.query_async::<Vec<i64>>(&mut conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -458,7 +468,8 @@ impl RedisStore {
                         .arg(1)
                         .arg(&key)
                         .arg(rate.interval_us)
-                        .arg(rate.burst);
+                        .arg(rate.burst)
+                        .arg(want);
                     eval.query_async::<Vec<i64>>(&mut conn).await
                 }
                 r => r,
@@ -467,15 +478,23 @@ impl RedisStore {
         let r = tokio::time::timeout_at(deadline, invoke)
             .await
             .map_err(|_| CallError::Timeout(timeout.as_millis()))??;
-        let [allowed, remaining, reset, retry] = r[..] else {
+        let [granted, remaining, reset, retry] = r[..] else {
             return Err(CallError::Answer(r));
         };
+        // More than was asked for would be spent as if it were exact: refused as an answer.
+        let granted = u64::try_from(granted)
+            .ok()
+            .filter(|&g| g <= want)
+            .ok_or_else(|| CallError::Answer(r.clone()))?;
         let u = |v: i64| v.max(0) as u64;
-        Ok(Verdict {
-            allowed: allowed == 1,
-            remaining: u(remaining),
-            reset_us: u(reset),
-            retry_us: u(retry),
+        Ok(Grant {
+            granted,
+            verdict: Verdict {
+                allowed: granted >= 1,
+                remaining: u(remaining),
+                reset_us: u(reset),
+                retry_us: u(retry),
+            },
         })
     }
 }
