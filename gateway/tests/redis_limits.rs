@@ -388,8 +388,9 @@ fn leases_keep_a_shared_limit_with_few_calls() {
             "{algorithm}: {allowed:?} allowed"
         );
         assert!(allowed[0] > 0 && allowed[1] > 0, "{algorithm}: {allowed:?}");
-        // Leases of 1, 2, 4 and then 8 tokens, and each gateway's refusal remembered until
-        // its Retry-After: a handful of calls for 60 requests, where exact checks make 60.
+        // Leases of 1, 2, 4 and then 8 tokens (the later ones asked for ahead of need, and
+        // granted in part as the quota runs out), and each gateway's refusal remembered
+        // until its Retry-After: a third of the calls exact checks make, or fewer.
         let calls = |gw: &Gateway| {
             metric(
                 gw,
@@ -398,7 +399,7 @@ fn leases_keep_a_shared_limit_with_few_calls() {
         };
         let (ca, cb) = (calls(&a), calls(&b));
         assert!(
-            ca + cb <= 12.0 && ca >= 2.0 && cb >= 2.0,
+            ca + cb <= 20.0 && ca >= 2.0 && cb >= 2.0,
             "{algorithm}: {ca} + {cb} calls"
         );
         let tag = if algorithm == "gcra" { "g" } else { "b" };

@@ -165,7 +165,8 @@ async fn serve<'rt>(
         let head = parts.method == hyper::Method::HEAD;
         // Concurrency slots live as long as the response body, or as an upgraded tunnel
         // (which takes its share from the request's extensions).
-        let slots = (!granted.slots.is_empty()).then(|| Arc::new(Held(granted.slots)));
+        let slots =
+            (!granted.slots.is_empty()).then(|| Arc::new(Held(std::mem::take(&mut granted.slots))));
         if let Some(s) = &slots {
             parts.extensions.insert(s.clone());
         }
@@ -184,7 +185,7 @@ async fn serve<'rt>(
         {
             resp = t.apply(resp, head).await;
         }
-        finish(resp, granted.headers, slots)
+        finish(resp, &granted, slots)
     };
     Served {
         response,
@@ -290,12 +291,8 @@ fn transformable(resp: &Response<Body>) -> bool {
 }
 
 /// The limits' headers, and the concurrency slots, held until the body ends.
-fn finish(
-    mut resp: Response<Body>,
-    limit_headers: header::HeaderMap,
-    slots: Option<Arc<Held>>,
-) -> Response<Body> {
-    resp.headers_mut().extend(limit_headers);
+fn finish(mut resp: Response<Body>, granted: &Granted, slots: Option<Arc<Held>>) -> Response<Body> {
+    granted.write_headers(resp.headers_mut());
     match slots {
         Some(slots) => resp.map(move |b| {
             b.map_frame(move |f| {

@@ -255,18 +255,22 @@ impl Authenticator {
     /// The identity of the request. The first method whose credential is present decides;
     /// a request with none is refused.
     pub async fn authenticate(&self, parts: &mut Parts) -> Result<Arc<Identity>, Refusal> {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let scheme = |name: &str| {
-            authorization.as_deref().and_then(|a| {
-                let (s, rest) = a.split_once(' ')?;
-                s.eq_ignore_ascii_case(name)
-                    .then(|| rest.trim().to_string())
-            })
-        };
+        // The credentials of `Authorization: <name> <credentials>`, borrowed from the request
+        // as bytes: a token is long, and a cached one needs no further check.
+        fn scheme<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
+            let a = headers.get(header::AUTHORIZATION)?.as_bytes();
+            let space = a.iter().position(|&b| b == b' ')?;
+            let (s, rest) = a.split_at(space);
+            s.eq_ignore_ascii_case(name.as_bytes())
+                .then(|| rest.trim_ascii())
+        }
+        // Credentials as text: visible ASCII, spaces and tabs only (what `to_str` allows).
+        fn text(b: &[u8]) -> Option<&str> {
+            b.iter()
+                .all(|c| c.is_ascii_graphic() || *c == b' ' || *c == b'\t')
+                .then(|| std::str::from_utf8(b).ok())
+                .flatten()
+        }
         for m in &self.methods {
             match m {
                 AuthMethod::ApiKey => {
@@ -295,7 +299,7 @@ impl Authenticator {
                     return Ok(Arc::new(who));
                 }
                 AuthMethod::Basic => {
-                    let Some(cred) = scheme("basic") else {
+                    let Some(cred) = scheme(&parts.headers, "basic").and_then(text) else {
                         continue;
                     };
                     let decoded = base64::engine::general_purpose::STANDARD
@@ -314,10 +318,16 @@ impl Authenticator {
                         .ok_or_else(|| self.unauthorized("user name or password is wrong"));
                 }
                 AuthMethod::Jwt => {
-                    let Some(token) = scheme("bearer") else {
+                    let Some(raw) = scheme(&parts.headers, "bearer") else {
                         continue;
                     };
-                    return jwt::verify(&self.issuers, &token, &self.consumers, &self.tokens)
+                    if let Some(who) = self.tokens.get(raw, &self.issuers) {
+                        return Ok(who);
+                    }
+                    let Some(token) = text(raw) else {
+                        continue;
+                    };
+                    return jwt::verify(&self.issuers, token, &self.consumers, &self.tokens)
                         .await
                         .map_err(|why| {
                             let mut r = self.unauthorized(&format!("token refused: {why}"));

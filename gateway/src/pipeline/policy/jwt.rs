@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    hash::BuildHasherDefault,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -142,22 +143,45 @@ struct Verified {
 /// between any two tokens) and then compared whole: hashing the whole token would cost more
 /// than the rest of the lookup.
 #[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<u64, Arc<Verified>>>);
+pub struct TokenCache(Mutex<HashMap<u64, Arc<Verified>, BuildHasherDefault<Keyed>>>);
 
-fn tail_hash(token: &str) -> u64 {
+/// The map's hasher passes its key through: the key is already a keyed hash
+/// ([`tail_hash`]), so hashing it again would only cost.
+#[derive(Default)]
+pub struct Keyed(u64);
+
+impl std::hash::Hasher for Keyed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in rather than lost.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+fn tail_hash(token: &[u8]) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
         std::sync::OnceLock::new();
     let mut h = KEYS.get_or_init(Default::default).build_hasher();
-    let b = token.as_bytes();
-    h.write(&b[b.len().saturating_sub(32)..]);
+    h.write(&token[token.len().saturating_sub(32)..]);
     h.finish()
 }
 
 impl TokenCache {
-    fn get(&self, token: &str, issuers: &[Arc<Issuer>]) -> Option<Arc<Identity>> {
+    /// The identity of a token verified before and still fresh. Takes the token's bytes as
+    /// they came: a token found here was valid UTF-8 when it was verified.
+    pub fn get(&self, token: &[u8], issuers: &[Arc<Issuer>]) -> Option<Arc<Identity>> {
         let v = self.0.lock().ok()?.get(&tail_hash(token)).cloned()?;
-        if *v.token != *token {
+        if v.token.as_bytes() != token {
             return None;
         }
         let issuer = issuers.get(v.issuer)?;
@@ -178,7 +202,7 @@ impl TokenCache {
                 m.clear();
             }
         }
-        m.insert(tail_hash(token), Arc::new(v));
+        m.insert(tail_hash(token.as_bytes()), Arc::new(v));
     }
 }
 
@@ -490,7 +514,7 @@ pub async fn verify(
     consumers: &Consumers,
     cache: &TokenCache,
 ) -> Result<Arc<Identity>, TokenError> {
-    if let Some(who) = cache.get(token, issuers) {
+    if let Some(who) = cache.get(token.as_bytes(), issuers) {
         return Ok(who);
     }
     let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {

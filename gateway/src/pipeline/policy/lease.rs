@@ -31,106 +31,206 @@ use std::{
 
 use super::rate::{Grant, Verdict};
 
-/// One key's lease on this gateway.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Held {
+/// Tokens one call reserved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Batch {
     /// Reserved tokens not spent yet.
     tokens: u64,
-    /// When they may no longer be spent (microseconds on the leases' clock).
+    /// When the call that reserved them was made (microseconds on the leases' clock).
+    asked: u64,
+    /// When they may no longer be spent.
     expires: u64,
-    /// Tokens spent from the current lease.
-    spent: u64,
-    /// The current lease's size (0: none yet).
-    size: u64,
-    /// The store's `remaining` when it granted the lease.
+    /// The store's `remaining` when it granted them.
     remaining: u64,
     /// When the store's quota is whole again, as it said then.
     reset_at: u64,
+}
+
+impl Batch {
+    fn live(&self, now: u64) -> bool {
+        self.tokens > 0 && now < self.expires
+    }
+}
+
+/// One key's lease on this gateway.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The lease being spent.
+    current: Batch,
+    /// A lease asked for ahead of need, spent once the current one runs out or expires.
+    next: Batch,
+    /// Tokens spent from the current lease.
+    spent: u64,
+    /// The last lease's size (0: none yet).
+    size: u64,
     /// The store refused until then: no call before.
     refused_until: u64,
+    /// When the store last refused, and the reset it gave then.
+    refused_reset_at: u64,
+    /// A call is under way.
+    asking: bool,
 }
 
 /// What [`Held::spend`] decided without the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
-    /// A leased token was spent, or the remembered refusal stands.
-    Answer(Verdict),
-    /// The store must be asked for up to this many tokens (see [`Held::granted`]).
+    /// A leased token was spent, or the remembered refusal stands. With `ahead`, the lease
+    /// runs low fast: ask the store for that many tokens in the background (then
+    /// [`Held::granted`] with `ahead`).
+    Answer {
+        /// The request's verdict.
+        verdict: Verdict,
+        /// Tokens to ask for ahead of need.
+        ahead: Option<u64>,
+    },
+    /// The store must be asked for up to this many tokens now, and the answer is this
+    /// request's (see [`Held::granted`]).
     Ask(u64),
+    /// Another request's call is under way: wait for it, then spend again.
+    Wait,
 }
 
 impl Held {
     /// Spends a leased token at `now`, or repeats a refusal, or says how many tokens to ask
-    /// the store for, at most `max`.
-    pub fn spend(&mut self, now: u64, max: u64) -> Local {
-        if self.tokens > 0 && now < self.expires {
-            self.tokens -= 1;
+    /// the store for (at most `max`, over a lease time of `life`), or to wait for a call.
+    pub fn spend(&mut self, now: u64, max: u64, life: u64) -> Local {
+        if !self.current.live(now) && self.next.live(now) {
+            self.current = std::mem::take(&mut self.next);
+            self.spent = 0;
+        }
+        let max = max.max(1);
+        if self.current.live(now) {
+            self.current.tokens -= 1;
             self.spent += 1;
-            return Local::Answer(self.allowed(now));
+            let verdict = self.allowed(now);
+            // Half the lease gone in under half its time, and nothing asked for yet: the
+            // next lease is asked for now, so that requests do not wait for it. A key used
+            // slowly never asks ahead, so it never holds two leases for nothing.
+            let fast = now.saturating_sub(self.current.asked) < life / 2;
+            let ahead = (!self.asking
+                && !self.next.live(now)
+                && self.size >= 2
+                && self.current.tokens * 2 <= self.size
+                && fast)
+                .then(|| {
+                    self.asking = true;
+                    self.size.saturating_mul(2).clamp(1, max)
+                });
+            return Local::Answer { verdict, ahead };
         }
         if now < self.refused_until {
-            return Local::Answer(Verdict {
+            let verdict = Verdict {
                 allowed: false,
                 remaining: 0,
-                reset_us: self.reset_at.saturating_sub(now),
+                reset_us: self.refused_reset_at.saturating_sub(now),
                 retry_us: self.refused_until - now,
-            });
+            };
+            return Local::Answer {
+                verdict,
+                ahead: None,
+            };
+        }
+        if self.asking {
+            return Local::Wait;
         }
         let want = if self.size == 0 {
             1
-        } else if now < self.expires {
+        } else if now < self.current.expires {
             // Ran out before it expired: demand is ahead of the lease.
             self.size.saturating_mul(2)
         } else {
             self.spent
         };
-        Local::Ask(want.clamp(1, max.max(1)))
+        self.asking = true;
+        Local::Ask(want.clamp(1, max))
     }
 
     /// Takes the store's answer to a call for `want` tokens, asked at `asked` and answered
-    /// at `now`; `life` is the lease time. Returns the asking request's verdict.
-    pub fn granted(&mut self, want: u64, grant: Grant, asked: u64, now: u64, life: u64) -> Verdict {
-        // A new lease replaces the old one (asked for only once it ran out or expired).
-        self.tokens = 0;
-        self.spent = 0;
+    /// at `now`; `life` is the lease time. `ahead` for a call [`Local::Answer`] asked for:
+    /// the tokens wait in the next lease. Otherwise the asking request spends one, and its
+    /// verdict is returned.
+    pub fn granted(
+        &mut self,
+        want: u64,
+        grant: Grant,
+        asked: u64,
+        now: u64,
+        life: u64,
+        ahead: bool,
+    ) -> Verdict {
+        self.asking = false;
         self.size = want;
         let v = grant.verdict;
-        self.reset_at = now.saturating_add(v.reset_us);
         if grant.granted == 0 {
             self.refused_until = now.saturating_add(v.retry_us);
-            self.expires = 0;
+            self.refused_reset_at = now.saturating_add(v.reset_us);
             return v;
         }
         self.refused_until = 0;
-        // Counted from the ask: the store reserved the tokens after it.
-        self.expires = asked.saturating_add(life);
-        self.tokens = grant.granted - 1;
+        let batch = Batch {
+            tokens: grant.granted,
+            asked,
+            // Counted from the ask: the store reserved the tokens after it.
+            expires: asked.saturating_add(life),
+            remaining: v.remaining,
+            reset_at: now.saturating_add(v.reset_us),
+        };
+        if ahead {
+            self.next = batch;
+            return v;
+        }
+        self.current = batch;
+        self.current.tokens -= 1;
         self.spent = 1;
-        self.remaining = v.remaining;
         self.allowed(now)
+    }
+
+    /// The call failed: others may ask again.
+    pub fn failed(&mut self) {
+        self.asking = false;
     }
 
     fn allowed(&self, now: u64) -> Verdict {
         Verdict {
             allowed: true,
-            remaining: self.remaining.saturating_add(self.tokens),
-            reset_us: self.reset_at.saturating_sub(now),
+            remaining: self
+                .current
+                .remaining
+                .saturating_add(self.current.tokens)
+                .saturating_add(self.next.tokens),
+            reset_us: self.current.reset_at.saturating_sub(now),
             retry_us: 0,
         }
     }
 
-    /// Whether dropping this entry loses nothing but a call: no live tokens, no refusal.
+    /// Whether dropping this entry loses nothing but a call: no live tokens, no refusal,
+    /// no call under way.
     fn idle(&self, now: u64) -> bool {
-        (self.tokens == 0 || now >= self.expires) && now >= self.refused_until
+        !self.current.live(now) && !self.next.live(now) && now >= self.refused_until && !self.asking
+    }
+}
+
+/// One key's entry: its lease, and the signal that a call was answered.
+#[derive(Default)]
+pub struct Entry {
+    /// The lease, locked only for its arithmetic, never across a call.
+    pub held: Mutex<Held>,
+    /// Woken when a call ends, for requests that [`Local::Wait`]ed.
+    pub answered: tokio::sync::Notify,
+}
+
+impl Entry {
+    /// The lease, locked (a poisoned lock is only arithmetic left half done: taken as it is).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 const SHARDS: usize = 16;
 
-/// The leases of one limit, by key. Each key's entry is locked across its call to the store,
-/// so concurrent requests of a key wait for one call rather than each making their own.
+/// The leases of one limit, by key.
 pub struct Leases {
-    shards: Vec<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Held>>>>>,
+    shards: Vec<Mutex<HashMap<String, Arc<Entry>>>>,
     per_shard: usize,
     epoch: Instant,
 }
@@ -160,7 +260,7 @@ impl Leases {
 
     /// The entry of `key`, made if new. When a shard is full, idle entries go first, then any
     /// not in use: dropping one with live tokens only strands them (never more allowed).
-    pub fn entry(&self, key: &str, hash: usize) -> Arc<tokio::sync::Mutex<Held>> {
+    pub fn entry(&self, key: &str, hash: usize) -> Arc<Entry> {
         let now = self.now();
         let mut map = self.shards[hash % SHARDS]
             .lock()
@@ -169,8 +269,8 @@ impl Leases {
             return e.clone();
         }
         if map.len() >= self.per_shard {
-            let unused = |e: &Arc<tokio::sync::Mutex<Held>>| Arc::strong_count(e) == 1;
-            map.retain(|_, e| !(unused(e) && e.try_lock().is_ok_and(|h| h.idle(now))));
+            let unused = |e: &Arc<Entry>| Arc::strong_count(e) == 1;
+            map.retain(|_, e| !(unused(e) && e.held.try_lock().is_ok_and(|h| h.idle(now))));
             if map.len() >= self.per_shard {
                 if let Some(k) = map.iter().find(|(_, e)| unused(e)).map(|(k, _)| k.clone()) {
                     map.remove(&k);
@@ -178,6 +278,14 @@ impl Leases {
             }
         }
         map.entry(key.to_string()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+impl Held {
+    /// When the lease being spent was asked for.
+    fn current_asked(&self) -> u64 {
+        self.current.asked
     }
 }
 
@@ -193,10 +301,38 @@ mod tests {
         *seed
     }
 
+    /// A call asked ahead and not answered yet: (tokens wanted, asked at, answered at).
+    type Pending = Option<(u64, u64, u64)>;
+
+    /// Answers, in time order, every call ahead answered by `until`; the store reserves at
+    /// the answer's time (after the ask, as a real store does).
+    fn answer_ahead(
+        pending: &mut [Pending],
+        held: &mut [Held],
+        tat: &mut Option<u64>,
+        rate: Rate,
+        life: u64,
+        until: u64,
+    ) {
+        while let Some((g, (want, asked, at))) = pending
+            .iter()
+            .enumerate()
+            .filter_map(|(g, p)| p.map(|p| (g, p)))
+            .filter(|(_, p)| p.2 <= until)
+            .min_by_key(|(_, p)| p.2)
+        {
+            pending[g] = None;
+            let (t, grant) = gcra_take(*tat, at, rate, want);
+            *tat = Some(t);
+            held[g].granted(want, grant, asked, at, life, true);
+        }
+    }
+
     /// Gateways sharing one key through leases, against the store's own arithmetic:
-    /// requests at random times on random gateways. In every span of time, the requests
-    /// allowed stay within the stated bound, `burst + (span + L) / T`; no token is spent
-    /// after its lease expired; and the calls are far fewer than the requests.
+    /// requests at random times on random gateways, calls ahead answered after a random
+    /// delay. In every span of time, the requests allowed stay within the stated bound,
+    /// `burst + (span + L) / T`; no token is spent later than L after its lease was asked
+    /// for; and the calls are fewer than the requests.
     #[test]
     fn leases_overshoot_by_at_most_the_lease_time() {
         let mut seed = 0x2545_f491_4f6c_dd1d;
@@ -207,9 +343,10 @@ mod tests {
             };
             let life = 1 + next(&mut seed) % 20_000;
             let max = 2 + next(&mut seed) % 64;
+            let delay = 1 + next(&mut seed) % 5_000;
             let gateways = 1 + (next(&mut seed) % 4) as usize;
             let mut held = vec![Held::default(); gateways];
-            let mut leased_at = vec![0; gateways];
+            let mut pending: Vec<Pending> = vec![None; gateways];
             let mut tat = None;
             let mut now = 1_000_000u64;
             let mut allowed = Vec::new();
@@ -224,23 +361,36 @@ mod tests {
                 };
                 let g = (next(&mut seed) % gateways as u64) as usize;
                 requests += 1;
-                let v = match held[g].spend(now, max) {
-                    Local::Answer(v) => {
-                        if v.allowed {
-                            assert!(
-                                now < leased_at[g] + life,
-                                "round {round}: spent an expired token"
-                            );
+                let v = loop {
+                    answer_ahead(&mut pending, &mut held, &mut tat, rate, life, now);
+                    match held[g].spend(now, max, life) {
+                        Local::Answer { verdict, ahead } => {
+                            if verdict.allowed {
+                                let asked = held[g].current_asked();
+                                assert!(
+                                    now < asked + life,
+                                    "round {round}: spent an expired token"
+                                );
+                            }
+                            if let Some(want) = ahead {
+                                assert!(want <= max && pending[g].is_none());
+                                calls += 1;
+                                pending[g] = Some((want, now, now + next(&mut seed) % delay));
+                            }
+                            break verdict;
                         }
-                        v
-                    }
-                    Local::Ask(want) => {
-                        calls += 1;
-                        assert!(want <= max);
-                        let (t, grant) = gcra_take(tat, now, rate, want);
-                        tat = Some(t);
-                        leased_at[g] = now;
-                        held[g].granted(want, grant, now, now, life)
+                        Local::Wait => {
+                            // The request waits for the call under way.
+                            let (_, _, at) = pending[g].expect("a call under way");
+                            now = now.max(at);
+                        }
+                        Local::Ask(want) => {
+                            calls += 1;
+                            assert!(want <= max);
+                            let (t, grant) = gcra_take(tat, now, rate, want);
+                            tat = Some(t);
+                            break held[g].granted(want, grant, now, now, life, false);
+                        }
                     }
                 };
                 if v.allowed {
@@ -263,47 +413,117 @@ mod tests {
         }
     }
 
-    /// A steady demand on one gateway grows the lease to its most and then asks the store
-    /// about once per lease; after an expiry the next lease is what the last one used, and
-    /// the leftover is never spent.
+    /// A steady demand on one gateway grows the lease to its most, each next lease asked
+    /// for ahead of need (so no request waits for the store once it has grown), about once
+    /// per lease; after an expiry the next lease is what the last one used.
     #[test]
-    fn leases_grow_with_demand_and_shrink_to_it() {
+    fn leases_grow_with_demand_are_asked_ahead_and_shrink_to_it() {
         let rate = Rate {
             interval_us: 1,
             burst: 1_000_000_000,
         };
+        let life = 1_000_000;
         let mut h = Held::default();
         let mut tat = None;
-        let (mut calls, mut now) = (0, 0);
-        let mut wants = Vec::new();
+        let mut now = 0;
+        let mut calls = Vec::new();
         for _ in 0..1_000 {
             now += 10;
-            match h.spend(now, 64) {
-                Local::Answer(v) => assert!(v.allowed),
+            match h.spend(now, 64, life) {
+                Local::Answer { verdict, ahead } => {
+                    assert!(verdict.allowed);
+                    if let Some(want) = ahead {
+                        calls.push(("ahead", want));
+                        let (t, g) = gcra_take(tat, now, rate, want);
+                        tat = Some(t);
+                        h.granted(want, g, now, now, life, true);
+                    }
+                }
                 Local::Ask(want) => {
-                    calls += 1;
-                    wants.push(want);
+                    calls.push(("now", want));
                     let (t, g) = gcra_take(tat, now, rate, want);
                     tat = Some(t);
-                    assert!(h.granted(want, g, now, now, 1_000_000).allowed);
+                    assert!(h.granted(want, g, now, now, life, false).allowed);
                 }
+                Local::Wait => unreachable!("no call is left under way here"),
             }
         }
-        assert_eq!(wants[..8], [1, 2, 4, 8, 16, 32, 64, 64]);
-        assert!(calls <= 1_000 / 64 + 7, "{calls}");
-        // A lease of 64 with ten spent when it expires: the next call asks for ten.
+        assert_eq!(
+            calls[..8],
+            [
+                ("now", 1),
+                ("now", 2),
+                ("ahead", 4),
+                ("ahead", 8),
+                ("ahead", 16),
+                ("ahead", 32),
+                ("ahead", 64),
+                ("ahead", 64)
+            ]
+        );
+        assert!(calls[2..].iter().all(|c| c.0 == "ahead"), "{calls:?}");
+        assert!(calls.len() <= 1_000 / 64 + 8, "{}", calls.len());
+        // A lease of 64 with ten spent when it expires: the next call asks for ten, and
+        // a lease spent slowly asks nothing ahead.
         let mut h = Held::default();
         let (_, g) = gcra_take(None, 0, rate, 64);
-        assert_eq!(h.granted(64, g, 0, 0, 100).remaining, rate.burst - 1);
+        assert_eq!(h.granted(64, g, 0, 0, 100, false).remaining, rate.burst - 1);
         for left in (54..63).rev() {
-            assert!(
-                matches!(h.spend(99, 64), Local::Answer(v) if v.allowed && v.remaining == rate.burst - 64 + left)
+            assert_eq!(
+                h.spend(99, 64, 100),
+                Local::Answer {
+                    verdict: Verdict {
+                        allowed: true,
+                        remaining: rate.burst - 64 + left,
+                        reset_us: 0,
+                        retry_us: 0
+                    },
+                    ahead: None
+                }
             );
         }
-        assert_eq!(h.spend(100, 64), Local::Ask(10));
+        assert_eq!(h.spend(100, 64, 100), Local::Ask(10));
     }
 
-    /// A refusal is kept until its retry time, with no call.
+    /// One request now and then (further apart than half a lease): nothing is asked ahead,
+    /// and the key reserves no more than it spends, but for the last lease's leftover.
+    #[test]
+    fn a_key_used_slowly_reserves_what_it_spends() {
+        let rate = Rate {
+            interval_us: 1_000,
+            burst: 1_000,
+        };
+        for gap in [60, 99, 100, 150, 1_000] {
+            let mut h = Held::default();
+            let mut tat = None;
+            let (mut reserved, mut spent) = (0, 0);
+            for i in 1..=200 {
+                let now = i * gap;
+                let v = match h.spend(now, 64, 100) {
+                    Local::Ask(want) => {
+                        let (t, g) = gcra_take(tat, now, rate, want);
+                        tat = Some(t);
+                        reserved += g.granted;
+                        h.granted(want, g, now, now, 100, false)
+                    }
+                    Local::Answer {
+                        verdict,
+                        ahead: None,
+                    } => verdict,
+                    other => panic!("gap {gap}, request {i}: {other:?}"),
+                };
+                assert!(v.allowed);
+                spent += 1;
+            }
+            assert!(
+                reserved - spent <= 2,
+                "gap {gap}: {reserved} reserved, {spent} spent"
+            );
+        }
+    }
+
+    /// A refusal is kept until its retry time, with no call; a second request while a call
+    /// is under way waits for it.
     #[test]
     fn a_refusal_is_remembered_until_its_retry_time() {
         let rate = Rate {
@@ -314,13 +534,17 @@ mod tests {
         let mut tat = None;
         let mut answers = Vec::new();
         for now in [0, 1, 2, 3, 999, 1_000] {
-            let v = match h.spend(now, 8) {
-                Local::Answer(v) => ("local", v),
+            let v = match h.spend(now, 8, 10_000) {
+                Local::Answer { verdict, ahead } => {
+                    assert_eq!(ahead, None);
+                    ("local", verdict)
+                }
                 Local::Ask(want) => {
                     let (t, g) = gcra_take(tat, now, rate, want);
                     tat = Some(t);
-                    ("store", h.granted(want, g, now, now, 10_000))
+                    ("store", h.granted(want, g, now, now, 10_000, false))
                 }
+                Local::Wait => unreachable!(),
             };
             answers.push((v.0, v.1.allowed, v.1.retry_us));
         }
@@ -335,5 +559,10 @@ mod tests {
                 ("store", true, 0),
             ]
         );
+        let mut h = Held::default();
+        assert_eq!(h.spend(0, 8, 100), Local::Ask(1));
+        assert_eq!(h.spend(0, 8, 100), Local::Wait);
+        h.failed();
+        assert_eq!(h.spend(0, 8, 100), Local::Ask(1));
     }
 }

@@ -23,7 +23,7 @@ use hyper::{
 use sluice_util::FieldError;
 
 use super::{
-    lease::{Leases, Local},
+    lease::{Entry, Leases, Local},
     rate::{gcra, token_bucket, Rate, Verdict},
     redis_store::{RedisStore, StoreError},
     refuse, Context, Granted, Refusal,
@@ -84,7 +84,13 @@ impl LocalStore {
                 retry_us: 0,
             };
         };
-        if !map.contains_key(key) && map.len() >= self.per_shard {
+        // One lookup for a key already held, the common case.
+        if let Some(state) = map.get_mut(key) {
+            let (new, verdict) = step(Some(*state), algorithm, now, rate);
+            *state = new;
+            return verdict;
+        }
+        if map.len() >= self.per_shard {
             let full_again = |s: &State| match *s {
                 State::Tat(tat) => tat <= now,
                 State::Bucket(credit, last) => {
@@ -99,38 +105,32 @@ impl LocalStore {
                 }
             }
         }
-        let old = map.get(key).copied();
-        let (new, verdict) = match algorithm {
-            Algorithm::Gcra => {
-                let (tat, v) = gcra(
-                    old.and_then(|s| match s {
-                        State::Tat(t) => Some(t),
-                        _ => None,
-                    }),
-                    now,
-                    rate,
-                );
-                (State::Tat(tat), v)
-            }
-            Algorithm::TokenBucket => {
-                let (b, v) = token_bucket(
-                    old.and_then(|s| match s {
-                        State::Bucket(t, l) => Some((t, l)),
-                        _ => None,
-                    }),
-                    now,
-                    rate,
-                );
-                (State::Bucket(b.0, b.1), v)
-            }
-        };
-        match map.get_mut(key) {
-            Some(s) => *s = new,
-            None => {
-                map.insert(key.to_string(), new);
-            }
-        }
+        let (new, verdict) = step(None, algorithm, now, rate);
+        map.insert(key.to_string(), new);
         verdict
+    }
+}
+
+/// One request against a key's state under `algorithm` (a limit has one algorithm, so the
+/// state is of its kind; any other counts as none).
+fn step(old: Option<State>, algorithm: Algorithm, now: u64, rate: Rate) -> (State, Verdict) {
+    match algorithm {
+        Algorithm::Gcra => {
+            let tat = match old {
+                Some(State::Tat(t)) => Some(t),
+                _ => None,
+            };
+            let (tat, v) = gcra(tat, now, rate);
+            (State::Tat(tat), v)
+        }
+        Algorithm::TokenBucket => {
+            let bucket = match old {
+                Some(State::Bucket(c, l)) => Some((c, l)),
+                _ => None,
+            };
+            let (b, v) = token_bucket(bucket, now, rate);
+            (State::Bucket(b.0, b.1), v)
+        }
     }
 }
 
@@ -184,6 +184,8 @@ pub struct Limit {
     /// The `RateLimit-Policy` and `X-RateLimit-Limit` values, which never change.
     policy_value: HeaderValue,
     limit_value: HeaderValue,
+    /// The start of every `RateLimit` value, `"name";r=`.
+    rate_prefix: Box<[u8]>,
 }
 
 impl Limit {
@@ -207,6 +209,7 @@ impl Limit {
             policy_value: header(format!("\"{}\";q={q};w={w}", config.name))
                 .ok_or_else(|| FieldError::new("name", "letters, digits, - and _ only"))?,
             limit_value: HeaderValue::from(q),
+            rate_prefix: format!("\"{}\";r=", config.name).into_bytes().into(),
             rate: Rate::of(&config),
             local: LocalStore::new(config.max_keys),
             concurrent: Concurrent::default(),
@@ -298,7 +301,7 @@ pub async fn check_all(
     ctx: &Context<'_>,
     admitted: &mut Granted,
 ) -> Result<(), Refusal> {
-    let mut tightest: Option<(&Limit, Verdict)> = None;
+    let mut tightest: Option<(&Arc<Limit>, Verdict)> = None;
     for limit in limits {
         let key = limit.key(parts, ctx);
         if let Some(max) = limit.config.concurrent {
@@ -317,34 +320,7 @@ pub async fn check_all(
                             store.take(&limit.config.name, &key, limit.config.algorithm, rate, 1);
                         asked.await.map(|g| g.verdict)
                     }
-                    Some(leases) => {
-                        let entry = leases.entry(&key, fxhash(&key));
-                        let mut held = entry.lock().await;
-                        let asked_at = leases.now();
-                        match held.spend(asked_at, limit.config.lease) {
-                            Local::Answer(v) => Ok(v),
-                            Local::Ask(want) => {
-                                limit.store_calls.fetch_add(1, Ordering::Relaxed);
-                                let asked = store.take(
-                                    &limit.config.name,
-                                    &key,
-                                    limit.config.algorithm,
-                                    rate,
-                                    want,
-                                );
-                                match asked.await {
-                                    Ok(g) => Ok(held.granted(
-                                        want,
-                                        g,
-                                        asked_at,
-                                        leases.now(),
-                                        limit.config.lease_ms.saturating_mul(1000),
-                                    )),
-                                    Err(e) => Err(e),
-                                }
-                            }
-                        }
-                    }
+                    Some(leases) => leased(limit, leases, store, &key, rate).await,
                 };
                 match taken {
                     Ok(v) => v,
@@ -373,10 +349,117 @@ pub async fn check_all(
             tightest = Some((limit, verdict));
         }
     }
-    if let Some((limit, v)) = tightest {
-        set_headers(&mut admitted.headers, limit, &v);
-    }
+    admitted.rate = tightest.map(|(limit, v)| (limit.clone(), v));
     Ok(())
+}
+
+/// One request of a leased shared limit: a token of this gateway's lease for `key`, or the
+/// store's answer when the lease is spent (see [`super::lease`]).
+async fn leased(
+    limit: &Arc<Limit>,
+    leases: &Leases,
+    store: &Arc<RedisStore>,
+    key: &str,
+    rate: Rate,
+) -> Result<Verdict, StoreError> {
+    let entry = leases.entry(key, fxhash(key));
+    let life = limit.config.lease_ms.saturating_mul(1000);
+    loop {
+        // Registered before the lease is read, so that a call ending in between wakes it.
+        let answered = entry.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        let asked_at = leases.now();
+        let local = entry.lock().spend(asked_at, limit.config.lease, life);
+        match local {
+            Local::Answer { verdict, ahead } => {
+                if let Some(want) = ahead {
+                    ask_ahead(limit, store, &entry, key, rate, want);
+                }
+                return Ok(verdict);
+            }
+            Local::Wait => {
+                // The call is bounded by the store's timeout; this bound only guards
+                // against a wake-up lost to a bug.
+                let bound = std::time::Duration::from_millis(store.config.timeout_ms + 100);
+                let _ = tokio::time::timeout(bound, answered).await;
+            }
+            Local::Ask(want) => {
+                let call = Call::new(&entry);
+                limit.store_calls.fetch_add(1, Ordering::Relaxed);
+                let asked = store.take(&limit.config.name, key, limit.config.algorithm, rate, want);
+                let verdict = asked.await.map(|g| {
+                    entry
+                        .lock()
+                        .granted(want, g, asked_at, leases.now(), life, false)
+                });
+                call.answered(verdict.is_ok());
+                return verdict;
+            }
+        }
+    }
+}
+
+/// Asks for the next lease in a task of its own: the request that noticed the lease running
+/// low has its token already.
+fn ask_ahead(
+    limit: &Arc<Limit>,
+    store: &Arc<RedisStore>,
+    entry: &Arc<Entry>,
+    key: &str,
+    rate: Rate,
+    want: u64,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        entry.lock().failed();
+        return;
+    };
+    let (limit, store, entry, key) = (limit.clone(), store.clone(), entry.clone(), key.to_string());
+    runtime.spawn(async move {
+        let Some(leases) = &limit.leases else { return };
+        let call = Call::new(&entry);
+        let life = limit.config.lease_ms.saturating_mul(1000);
+        let asked_at = leases.now();
+        limit.store_calls.fetch_add(1, Ordering::Relaxed);
+        let asked = store.take(&limit.config.name, &key, limit.config.algorithm, rate, want);
+        let answer = asked.await;
+        if let Ok(g) = &answer {
+            entry
+                .lock()
+                .granted(want, *g, asked_at, leases.now(), life, true);
+        }
+        call.answered(answer.is_ok());
+    });
+}
+
+/// A call to the store for a lease under way. However it ends (answered, failed, or the
+/// request dropped mid-call), the key may be asked for again and its waiters are woken.
+struct Call<'a> {
+    entry: &'a Entry,
+    granted: bool,
+}
+
+impl<'a> Call<'a> {
+    fn new(entry: &'a Entry) -> Self {
+        Call {
+            entry,
+            granted: false,
+        }
+    }
+
+    /// Ends the call: `granted` when the store's answer was taken by [`super::lease::Held::granted`].
+    fn answered(mut self, granted: bool) {
+        self.granted = granted;
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.granted {
+            self.entry.lock().failed();
+        }
+        self.entry.answered.notify_waiters();
+    }
 }
 
 /// A concurrency slot of `limit` for `key`, or 429 when `max` are in flight already.
@@ -445,21 +528,30 @@ impl Limit {
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), and the legacy
-/// `X-RateLimit-*` trio.
-fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
-    // Names parsed once; the constant values made once per limit (see `Limit::new`).
+/// `X-RateLimit-*` trio, replacing any already there.
+pub fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
+    // Names parsed once; the constant values made once per limit (see `Limit::build`).
     const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
     const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
     const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
     const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-    let c = &limit.config;
+    let legacy = limit.config.legacy_headers;
+    // Room for all of them at once rather than growing the map on the way.
+    h.reserve(if legacy { 5 } else { 2 });
     let reset = secs_ceil(v.reset_us);
     h.insert(POLICY, limit.policy_value.clone());
-    if let Some(r) = header(format!("\"{}\";r={};t={reset}", c.name, v.remaining)) {
+    // `"name";r=N;t=M`, without the formatting machinery: this runs for every request.
+    let mut digits = itoa::Buffer::new();
+    let mut value = Vec::with_capacity(limit.rate_prefix.len() + 24);
+    value.extend_from_slice(&limit.rate_prefix);
+    value.extend_from_slice(digits.format(v.remaining).as_bytes());
+    value.extend_from_slice(b";t=");
+    value.extend_from_slice(digits.format(reset).as_bytes());
+    if let Ok(r) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         h.insert(RATELIMIT, r);
     }
-    if c.legacy_headers {
+    if legacy {
         h.insert(X_LIMIT, limit.limit_value.clone());
         h.insert(X_REMAINING, HeaderValue::from(v.remaining));
         h.insert(X_RESET, HeaderValue::from(reset));
@@ -469,6 +561,24 @@ fn set_headers(h: &mut hyper::HeaderMap, limit: &Limit, v: &Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lease call that ends any way but with the store's answer taken (failed, or its
+    /// request dropped mid-call) lets the key be asked for again and wakes its waiters.
+    #[tokio::test]
+    async fn a_lease_call_dropped_midway_frees_its_key() {
+        let entry = Arc::new(Entry::default());
+        assert_eq!(entry.lock().spend(0, 8, 1_000), Local::Ask(1));
+        assert_eq!(entry.lock().spend(0, 8, 1_000), Local::Wait);
+        let answered = entry.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        drop(Call::new(&entry));
+        tokio::time::timeout(std::time::Duration::from_secs(5), answered)
+            .await
+            .expect("the waiter was woken");
+        let after = entry.lock().spend(0, 8, 1_000);
+        assert_eq!(after, Local::Ask(1));
+    }
 
     #[test]
     fn local_store_stays_bounded() {

@@ -76,10 +76,20 @@ pub struct Context<'a> {
 /// What the policies granted an admitted request, carried to its response.
 #[derive(Default)]
 pub struct Granted {
-    /// Headers for the response (`RateLimit`, `RateLimit-Policy`, …).
-    pub headers: HeaderMap,
+    /// The most constrained rate limit's verdict, for the response's `RateLimit` headers
+    /// (written straight into the response, see [`Granted::write_headers`]).
+    pub rate: Option<(Arc<limit::Limit>, rate::Verdict)>,
     /// Concurrency slots, held until the response body ends.
     pub slots: Vec<limit::Slot>,
+}
+
+impl Granted {
+    /// Sets the response's `RateLimit` headers, replacing any the upstream sent.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        if let Some((limit, verdict)) = &self.rate {
+            limit::set_headers(headers, limit, verdict);
+        }
+    }
 }
 
 /// The stateful policy objects of one config generation.

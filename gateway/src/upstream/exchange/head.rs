@@ -154,7 +154,9 @@ pub fn parse_response(
         fields.push((name, start..start + h.value.len()));
     }
     let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room also for what the gateway adds to the response (its request id, the rate-limit
+    // headers, a transform's), so that adding them does not grow and rehash the map.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 8);
     for (name, range) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| ExchangeError::InvalidHead(format!("value of {name}")))?;
