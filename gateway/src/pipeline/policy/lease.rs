@@ -11,11 +11,16 @@
 //!   gateways are at most `burst + (D + L) / T`, where exact checks allow `burst + D / T`:
 //!   the limit overshoots by at most `L / T` requests (rate × lease time), whatever the
 //!   number of gateways.
-//! - The other way, a gateway holds at most `lease` unspent tokens per key, which the
-//!   others cannot have while they are held; a lease's leftover when it expires is lost,
-//!   as if spent. Lease sizes keep that small: they start at one token, double while a
-//!   lease runs out before it expires, and fall back to what the last lease used when one
-//!   expires, so a gateway reserves about what it spends in `lease_ms`.
+//! - The other way, a gateway holds at most two leases per key (the one it spends and the
+//!   next), so at most `2 × lease` unspent tokens that the others cannot have while they
+//!   are held; a lease's leftover when it expires is lost, as if spent. Lease sizes keep
+//!   that small: they start at one token, double while a lease runs out before it
+//!   expires, and fall back to what the last lease used when one expires, so a gateway
+//!   reserves about what it spends in `lease_ms`.
+//! - The next lease is asked for ahead of need, in the background, once half the current
+//!   one is spent in under half its time, so the requests of a busy key do not wait for
+//!   the store. A key used more slowly never asks ahead. Concurrent requests that find
+//!   both leases spent wait for the one call under way.
 //! - Leftovers are not given back to the store. Moving the stored state back by them would
 //!   hand out, a second time, the part of the quota that time had already renewed while
 //!   they were held (a randomized test found the overshoot), and the bound above would be
