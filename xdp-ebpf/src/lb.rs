@@ -1,5 +1,5 @@
-//! `sluice_lb`: parse → shield → lookup → encapsulate → emit, and the one counter each packet
-//! ends in.
+//! `sluice_lb`: (the VIP filter on the raw header) → parse → shield → lookup → encapsulate →
+//! emit, and the one counter each packet ends in.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use sluice_common::{flow_hash, stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
@@ -35,6 +35,9 @@ fn action_for(outcome: Lb) -> u32 {
 
 #[inline(always)]
 fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
+    if lookup::surely_not_for_a_vip(ctx) {
+        return Err(Lb::Pass);
+    }
     let frame_len = len(ctx) as u64;
     let pkt = parse::parse(ctx)?;
     match pkt.kind {

@@ -1,4 +1,6 @@
 //! Lookup: flow table first for established packets, else VIP and the VIP's Maglev table.
+//! Before any of that, a frame whose destination carries no VIP by the filter is let go
+//! before it is even parsed ([`surely_not_for_a_vip`]).
 //!
 //! An established packet (not a SYN) whose flow entry is still valid needs no VIP lookup: the
 //! entry records the VIP id and generation, checked against an array. Everything else finds
@@ -10,20 +12,54 @@ use sluice_common::{
     vip_filter_bit, Backend, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER, VIP_HASH_SOURCE_ONLY,
 };
 
+use aya_ebpf::programs::XdpContext;
+use sluice_common::net::{ETH_P_IP, ETH_P_IPV6};
+
 use crate::{
     flood,
     maps::{self, bump, BACKENDS, FLOWS, LB_STATS, VIPS, VIP_FILTER, VIP_GENS},
+    packet::{addr6_at, at, raw16_at, raw32_at},
     parse::{Kind, Packet},
 };
 
 /// False when the filter proves no VIP lives at `pkt.flow.dst`.
 #[inline(always)]
 pub fn may_be_vip(pkt: &Packet) -> bool {
-    let (word, bit) = vip_filter_bit(&pkt.flow.dst);
+    filter_allows(&pkt.flow.dst)
+}
+
+#[inline(always)]
+fn filter_allows(dst: &[u32; 4]) -> bool {
+    let (word, bit) = vip_filter_bit(dst);
     match VIP_FILTER.get(word) {
         Some(w) => w & bit != 0,
         None => true,
     }
+}
+
+/// True when an untagged IPv4 or IPv6 frame's destination address carries no VIP by the
+/// filter: such a frame goes to the kernel before anything else is read, which is the
+/// cheapest thing the node can do with traffic that is not its business. Anything else
+/// (a tag, another EtherType, a frame too short to hold the address, an address the
+/// filter lets through) is parsed in full.
+#[inline(always)]
+pub fn surely_not_for_a_vip(ctx: &XdpContext) -> bool {
+    let Some(head) = at::<[u8; 34]>(ctx, 0) else {
+        return false;
+    };
+    let head = head as *const u8;
+    let ethertype = raw16_at(head, 12);
+    let dst = if ethertype == ETH_P_IP.to_be() {
+        [raw32_at(head, 30), 0, 0, 0]
+    } else if ethertype == ETH_P_IPV6.to_be() {
+        let Some(head) = at::<[u8; 54]>(ctx, 0) else {
+            return false;
+        };
+        addr6_at(head as *const u8, 38)
+    } else {
+        return false;
+    };
+    !filter_allows(&dst)
 }
 
 /// The VIP a packet is for, if any.

@@ -1,11 +1,14 @@
 //! A plain-Rust reference model of `sluice_lb` for any frame: what it must do with it, written
 //! from the behaviour the data plane promises (ARCHITECTURE.md, the counter docs), not from
-//! its code. The lab it models: the VIPs of [`super::VIPS`], backends reachable on int0 by
-//! static neighbours, no shield entries, no flood guard, frames too small to be too big.
+//! its code. The lab it models: the VIPs of [`super::VIPS`] (and the VIP filter the agent
+//! fills from their addresses), backends reachable on int0 by static neighbours, no shield
+//! entries, no flood guard, frames too small to be too big.
 
 use std::{collections::HashSet, net::IpAddr};
 
-use sluice_common::{flow_hash, maglev_slot, stats::Lb, FlowKey, FAMILY_V4, FAMILY_V6};
+use sluice_common::{
+    flow_hash, maglev_slot, stats::Lb, vip_filter_bit, FlowKey, FAMILY_V4, FAMILY_V6,
+};
 
 use crate::{
     golden::outer_for,
@@ -255,6 +258,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// Whether the VIP filter, as the agent fills it from the VIPs' addresses, lets `dst`
+    /// through.
+    fn filter_allows(&self, dst: &[u32; 4]) -> bool {
+        let want = vip_filter_bit(dst);
+        self.vips
+            .iter()
+            .any(|v| vip_filter_bit(&sluice_lb::addr::words(v.ip).0) == want)
+    }
+
     /// What `sluice_lb` must do with `frame`, updating the modelled flow table.
     pub fn expect(&mut self, frame: &[u8]) -> Expected {
         let none = |outcome| Expected {
@@ -264,6 +276,16 @@ impl Model {
             miss_other: false,
             icmp_error: false,
         };
+        // An untagged IP frame whose destination has no VIP by the VIP filter (a bitmap of
+        // address hashes, so another address may share a VIP's bit) is passed unparsed.
+        let dst = match frame.get(12..14) {
+            Some([0x08, 0x00]) if frame.len() >= 34 => Some([word(frame, 30), 0, 0, 0]),
+            Some([0x86, 0xdd]) if frame.len() >= 54 => Some(words6(frame, 38)),
+            _ => None,
+        };
+        if dst.is_some_and(|d| !self.filter_allows(&d)) {
+            return none(Lb::Pass);
+        }
         let p = match parse(frame) {
             Ok(p) => p,
             Err(outcome) => return none(outcome),
