@@ -659,6 +659,10 @@ fn bad_policy_configs_are_refused_with_field_and_reason() {
             "rate_limit[0].lease_ms: must be 1 to 10000",
         ),
         (
+            "[redis]\nurl = \"redis://x\"\n[[rate_limit]]\nname = \"l\"\nrequests = 5\nwindow_ms = 1000\nkey = \"route\"\nstore = \"redis\"\nlease = 4\nlease_ms = 2000\n".into(),
+            "rate_limit[0].lease_ms: must not exceed window_ms",
+        ),
+        (
             "[redis]\nurl = \"http://x\"\n".into(),
             "redis.url: must start with redis://",
         ),

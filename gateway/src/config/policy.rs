@@ -176,8 +176,8 @@ fn default_lease_ms() -> u64 {
     100
 }
 
-/// Longest `lease_ms`: a lease loosens the limit by up to `rate × lease_ms`, which must
-/// stay small beside the window.
+/// Longest `lease_ms` (and never more than the limit's `window_ms`): a lease loosens the
+/// limit by up to `rate × lease_ms`, which must stay small beside the window.
 pub const MAX_LEASE_MS: u64 = 10_000;
 
 /// Most tokens in one lease.
@@ -742,6 +742,12 @@ impl RateLimit {
         }
         if !(1..=MAX_LEASE_MS).contains(&self.lease_ms) {
             return refuse("lease_ms", format!("must be 1 to {MAX_LEASE_MS}"));
+        }
+        if self.lease > 1 && self.window_ms.is_some_and(|w| self.lease_ms > w) {
+            return refuse(
+                "lease_ms",
+                "must not exceed window_ms: a lease loosens the limit by up to lease_ms of its rate",
+            );
         }
         Ok(())
     }

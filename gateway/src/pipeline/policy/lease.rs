@@ -9,18 +9,20 @@
 //! - Every token spent was first reserved by the same atomic script as an exact check, at
 //!   most L before it is spent. So in any span of time D the requests allowed across all
 //!   gateways are at most `burst + (D + L) / T`, where exact checks allow `burst + D / T`:
-//!   the limit overshoots by at most `L / T` requests (rate × lease time), whatever the
-//!   number of gateways.
+//!   the limit overshoots by at most `L / T` requests (rate × lease time) rounded up,
+//!   whatever the number of gateways. Config keeps L within the limit's window.
 //! - The other way, a gateway holds at most two leases per key (the one it spends and the
-//!   next), so at most `2 × lease` unspent tokens that the others cannot have while they
+//!   next; per limit generation, and an entry dropped from a full table leaves its tokens
+//!   unspent), so at most `2 × lease` unspent tokens that the others cannot have while they
 //!   are held; a lease's leftover when it expires is lost, as if spent. Lease sizes keep
 //!   that small: they start at one token, double while a lease runs out before it
 //!   expires, and fall back to what the last lease used when one expires, so a gateway
 //!   reserves about what it spends in `lease_ms`.
 //! - The next lease is asked for ahead of need, in the background, once half the current
 //!   one is spent in under half its time, so the requests of a busy key do not wait for
-//!   the store. A key used more slowly never asks ahead. Concurrent requests that find
-//!   both leases spent wait for the one call under way.
+//!   the store. A key used more slowly never asks ahead, and nothing is asked ahead while a
+//!   refusal stands. Concurrent requests that find both leases spent wait for the one call
+//!   under way (a cold burst of N waits for about log2 N calls in turn, as leases grow).
 //! - Leftovers are not given back to the store. Moving the stored state back by them would
 //!   hand out, a second time, the part of the quota that time had already renewed while
 //!   they were held (a randomized test found the overshoot), and the bound above would be
@@ -113,6 +115,7 @@ impl Held {
             // slowly never asks ahead, so it never holds two leases for nothing.
             let fast = now.saturating_sub(self.current.asked) < life / 2;
             let ahead = (!self.asking
+                && now >= self.refused_until
                 && !self.next.live(now)
                 && self.size >= 2
                 && self.current.tokens * 2 <= self.size
@@ -164,13 +167,14 @@ impl Held {
         ahead: bool,
     ) -> Verdict {
         self.asking = false;
-        self.size = want;
         let v = grant.verdict;
         if grant.granted == 0 {
+            // The size stays: a refusal says nothing of this gateway's demand.
             self.refused_until = now.saturating_add(v.retry_us);
             self.refused_reset_at = now.saturating_add(v.reset_us);
             return v;
         }
+        self.size = want;
         self.refused_until = 0;
         let batch = Batch {
             tokens: grant.granted,
@@ -195,15 +199,23 @@ impl Held {
         self.asking = false;
     }
 
+    /// The verdict of a spent token: what the store said last (the next lease's answer, when
+    /// one is held: it is the later), plus the live tokens held here.
     fn allowed(&self, now: u64) -> Verdict {
+        let current = if self.current.live(now) {
+            self.current.tokens
+        } else {
+            0
+        };
+        let (store, next) = if self.next.live(now) {
+            (&self.next, self.next.tokens)
+        } else {
+            (&self.current, 0)
+        };
         Verdict {
             allowed: true,
-            remaining: self
-                .current
-                .remaining
-                .saturating_add(self.current.tokens)
-                .saturating_add(self.next.tokens),
-            reset_us: self.current.reset_at.saturating_sub(now),
+            remaining: store.remaining.saturating_add(current).saturating_add(next),
+            reset_us: store.reset_at.saturating_sub(now),
             retry_us: 0,
         }
     }
@@ -525,6 +537,57 @@ mod tests {
                 "gap {gap}: {reserved} reserved, {spent} spent"
             );
         }
+    }
+
+    /// With one gateway and no time for the quota to renew, what the headers say remains is
+    /// exactly the burst less what was spent, with a lease and a next one held or not; and
+    /// once the store refuses an ahead call, nothing more is asked until the retry time
+    /// while the current lease's tokens are spent.
+    #[test]
+    fn remaining_counts_every_token_once_and_a_refusal_stops_asking_ahead() {
+        let rate = Rate {
+            interval_us: 1_000_000,
+            burst: 50,
+        };
+        let life = 10_000;
+        let mut h = Held::default();
+        let mut tat = None;
+        let mut spent = 0;
+        let mut asks = Vec::new();
+        let mut refusals = 0;
+        for now in 0..80u64 {
+            let v = match h.spend(now, 16, life) {
+                Local::Answer { verdict, ahead } => {
+                    if let Some(want) = ahead {
+                        let (t, g) = gcra_take(tat, now, rate, want);
+                        tat = Some(t);
+                        asks.push((now, want, g.granted));
+                        h.granted(want, g, now, now, life, true);
+                    }
+                    verdict
+                }
+                Local::Ask(want) => {
+                    let (t, g) = gcra_take(tat, now, rate, want);
+                    tat = Some(t);
+                    asks.push((now, want, g.granted));
+                    h.granted(want, g, now, now, life, false)
+                }
+                Local::Wait => unreachable!(),
+            };
+            if v.allowed {
+                spent += 1;
+                assert_eq!(v.remaining, rate.burst - spent, "request at {now}");
+            } else {
+                refusals += 1;
+                assert_eq!(v.remaining, 0);
+            }
+        }
+        assert_eq!(spent, rate.burst);
+        assert_eq!(refusals, 80 - rate.burst);
+        // Exactly one call was refused: after it, the lease in hand was spent without a
+        // call, and the refusal was then repeated locally.
+        let refused: Vec<_> = asks.iter().filter(|a| a.2 == 0).collect();
+        assert_eq!(refused.len(), 1, "{asks:?}");
     }
 
     /// A refusal is kept until its retry time, with no call; a second request while a call

@@ -25,7 +25,7 @@ use sluice_util::FieldError;
 use super::{
     lease::{Entry, Leases, Local},
     rate::{gcra, token_bucket, Rate, Verdict},
-    redis_store::{RedisStore, StoreError},
+    redis_store::{CallError, RedisStore, StoreError},
     refuse, Context, Granted, Refusal,
 };
 use crate::{
@@ -315,10 +315,11 @@ pub async fn check_all(
             Some(store) => {
                 let taken = match &limit.leases {
                     None => {
-                        limit.store_calls.fetch_add(1, Ordering::Relaxed);
                         let asked =
                             store.take(&limit.config.name, &key, limit.config.algorithm, rate, 1);
-                        asked.await.map(|g| g.verdict)
+                        let answer = asked.await;
+                        limit.count_call(&answer);
+                        answer.map(|g| g.verdict)
                     }
                     Some(leases) => leased(limit, leases, store, &key, rate).await,
                 };
@@ -374,21 +375,25 @@ async fn leased(
         match local {
             Local::Answer { verdict, ahead } => {
                 if let Some(want) = ahead {
-                    ask_ahead(limit, store, &entry, key, rate, want);
+                    ask_ahead(limit, store, Call::new(entry.clone()), key, rate, want);
                 }
                 return Ok(verdict);
             }
             Local::Wait => {
-                // The call is bounded by the store's timeout; this bound only guards
-                // against a wake-up lost to a bug.
-                let bound = std::time::Duration::from_millis(store.config.timeout_ms + 100);
-                let _ = tokio::time::timeout(bound, answered).await;
+                // The call under way is bounded by the store's timeout; a wait that outlives
+                // it (a call lost with its task) is a failed call for this request.
+                let timeout_ms = store.config.timeout_ms;
+                let bound = std::time::Duration::from_millis(timeout_ms + 100);
+                if tokio::time::timeout(bound, answered).await.is_err() {
+                    return Err(StoreError::Failed(CallError::Timeout(timeout_ms.into())));
+                }
             }
             Local::Ask(want) => {
-                let call = Call::new(&entry);
-                limit.store_calls.fetch_add(1, Ordering::Relaxed);
+                let call = Call::new(entry.clone());
                 let asked = store.take(&limit.config.name, key, limit.config.algorithm, rate, want);
-                let verdict = asked.await.map(|g| {
+                let answer = asked.await;
+                limit.count_call(&answer);
+                let verdict = answer.map(|g| {
                     entry
                         .lock()
                         .granted(want, g, asked_at, leases.now(), life, false)
@@ -401,64 +406,82 @@ async fn leased(
 }
 
 /// Asks for the next lease in a task of its own: the request that noticed the lease running
-/// low has its token already.
+/// low has its token already. `call` was made before the task, so that a task never run
+/// still frees the key.
 fn ask_ahead(
     limit: &Arc<Limit>,
     store: &Arc<RedisStore>,
-    entry: &Arc<Entry>,
+    call: Call,
     key: &str,
     rate: Rate,
     want: u64,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        entry.lock().failed();
-        return;
+        return; // `call` is dropped here: the key may be asked for again.
     };
-    let (limit, store, entry, key) = (limit.clone(), store.clone(), entry.clone(), key.to_string());
+    let (limit, store, key) = (limit.clone(), store.clone(), key.to_string());
     runtime.spawn(async move {
         let Some(leases) = &limit.leases else { return };
-        let call = Call::new(&entry);
         let life = limit.config.lease_ms.saturating_mul(1000);
         let asked_at = leases.now();
-        limit.store_calls.fetch_add(1, Ordering::Relaxed);
         let asked = store.take(&limit.config.name, &key, limit.config.algorithm, rate, want);
         let answer = asked.await;
-        if let Ok(g) = &answer {
-            entry
-                .lock()
-                .granted(want, *g, asked_at, leases.now(), life, true);
+        limit.count_call(&answer);
+        match answer {
+            Ok(g) => {
+                call.entry
+                    .lock()
+                    .granted(want, g, asked_at, leases.now(), life, true);
+                call.answered(true);
+            }
+            // No request's answer depends on it; the next one that needs the store asks
+            // again (and meets the store's back-off, with its on_failure answer).
+            Err(StoreError::Failed(why)) => {
+                tracing::warn!(limit = %limit.config.name, error = %why, "asking ahead for a lease failed");
+            }
+            Err(StoreError::Resting) => {}
         }
-        call.answered(answer.is_ok());
     });
 }
 
 /// A call to the store for a lease under way. However it ends (answered, failed, or the
-/// request dropped mid-call), the key may be asked for again and its waiters are woken.
-struct Call<'a> {
-    entry: &'a Entry,
+/// request or task dropped mid-call, or never run), the key may be asked for again and its
+/// waiters are woken.
+struct Call {
+    entry: Arc<Entry>,
     granted: bool,
 }
 
-impl<'a> Call<'a> {
-    fn new(entry: &'a Entry) -> Self {
+impl Call {
+    fn new(entry: Arc<Entry>) -> Self {
         Call {
             entry,
             granted: false,
         }
     }
 
-    /// Ends the call: `granted` when the store's answer was taken by [`super::lease::Held::granted`].
+    /// Ends the call: `granted` when the store's answer was taken by
+    /// [`super::lease::Held::granted`].
     fn answered(mut self, granted: bool) {
         self.granted = granted;
     }
 }
 
-impl Drop for Call<'_> {
+impl Drop for Call {
     fn drop(&mut self) {
         if !self.granted {
             self.entry.lock().failed();
         }
         self.entry.answered.notify_waiters();
+    }
+}
+
+impl Limit {
+    /// Counts a call that reached the store (not one the store's back-off answered).
+    fn count_call<T>(&self, answer: &Result<T, StoreError>) {
+        if !matches!(answer, Err(StoreError::Resting)) {
+            self.store_calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -572,7 +595,7 @@ mod tests {
         let answered = entry.answered.notified();
         tokio::pin!(answered);
         answered.as_mut().enable();
-        drop(Call::new(&entry));
+        drop(Call::new(entry.clone()));
         tokio::time::timeout(std::time::Duration::from_secs(5), answered)
             .await
             .expect("the waiter was woken");

@@ -59,6 +59,8 @@ pub fn gcra(tat: Option<u64>, now: u64, rate: Rate) -> (u64, Verdict) {
 /// GCRA taking up to `want` tokens at once, as if that many requests arrived at `now`. The
 /// Lua of [`super::redis_store`] runs these steps.
 pub fn gcra_take(tat: Option<u64>, now: u64, rate: Rate, want: u64) -> (u64, Grant) {
+    // Asking for none is asking for one: the request that asks is one.
+    let want = want.max(1);
     // Saturating throughout: absurd configs (years-long windows, huge bursts) must not
     // overflow.
     let t = rate.interval_us.max(1);
@@ -108,6 +110,7 @@ pub fn token_bucket_take(
     rate: Rate,
     want: u64,
 ) -> ((u64, u64), Grant) {
+    let want = want.max(1);
     let t = rate.interval_us.max(1);
     let cap = rate.burst.saturating_mul(t);
     let (credit, last) = state.unwrap_or((cap, now));
