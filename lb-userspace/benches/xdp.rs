@@ -293,7 +293,6 @@ fn run() {
     lab.run(&one_arm);
     let flow_lookup = measure(&mut lab, "bench_flow_lookup", &one_arm, 3) - trivial;
     let ref_lookup = measure(&mut lab, "bench_ref_lookup", &ack, 3) - trivial;
-    let flow4_lookup = measure(&mut lab, "bench_flow4_lookup", &ack, 3) - trivial;
     let maglev = measure(&mut lab, "bench_maglev", &ack, 3);
     let lru_insert = measure(&mut lab, "bench_lru_insert", &ack, 3);
 
@@ -532,8 +531,7 @@ fn run() {
     println!("Profile of the established path (what it does beyond the reference):");
     println!(
         "- one flow-table lookup (40-byte dual-stack key, LRU, hit) alone: {flow_lookup:.1} ns; \
-         the reference's one lookup (16-byte IPv4 key, plain hash) alone: {ref_lookup:.1} ns; \
-         a 16-byte IPv4 key in an LRU table of the flow table's size: {flow4_lookup:.1} ns"
+         the reference's one lookup (16-byte IPv4 key, plain hash) alone: {ref_lookup:.1} ns"
     );
     for name in ["bench_lb", "bench_ref_established"] {
         println!("- {}", static_profile(&mut lab, name));

@@ -294,31 +294,6 @@ pub fn bench_flow_lookup(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The same flow table with a 16-byte IPv4 key (addresses, ports word, protocol): what a
-/// table of IPv4 flows of its own would cost per lookup. The first repetition inserts.
-#[map(name = "SLUICE_BENCH_FL4")]
-static BENCH_FLOWS4: aya_ebpf::maps::LruHashMap<[u32; 4], sluice_common::FlowState> =
-    aya_ebpf::maps::LruHashMap::with_max_entries(
-        sluice_common::DEFAULT_FLOW_TABLE_SIZE,
-        aya_ebpf::bindings::BPF_F_NO_COMMON_LRU,
-    );
-
-/// A lookup in [`BENCH_FLOWS4`], alone.
-#[xdp]
-pub fn bench_flow4_lookup(ctx: XdpContext) -> u32 {
-    let Some(p) = ipv4_tcp_head(&ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    let key = [raw32_at(p, 26), raw32_at(p, 30), raw32_at(p, 34), 6];
-    match BENCH_FLOWS4.get_ptr_mut(&key) {
-        Some(_) => xdp_action::XDP_TX,
-        None => {
-            let _ = BENCH_FLOWS4.insert(&key, &sluice_common::FlowState::default(), 0);
-            xdp_action::XDP_DROP
-        }
-    }
-}
-
 /// The reference's one lookup, alone.
 #[xdp]
 pub fn bench_ref_lookup(ctx: XdpContext) -> u32 {
