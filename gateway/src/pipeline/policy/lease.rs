@@ -199,6 +199,11 @@ impl Held {
         self.asking = false;
     }
 
+    /// Whether a call is under way.
+    pub fn asking(&self) -> bool {
+        self.asking
+    }
+
     /// The verdict of a spent token: what the store said last (the next lease's answer, when
     /// one is held: it is the later), plus the live tokens held here.
     fn allowed(&self, now: u64) -> Verdict {

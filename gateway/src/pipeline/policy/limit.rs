@@ -366,10 +366,6 @@ async fn leased(
     let entry = leases.entry(key, fxhash(key));
     let life = limit.config.lease_ms.saturating_mul(1000);
     loop {
-        // Registered before the lease is read, so that a call ending in between wakes it.
-        let answered = entry.answered.notified();
-        tokio::pin!(answered);
-        answered.as_mut().enable();
         let asked_at = leases.now();
         let local = entry.lock().spend(asked_at, limit.config.lease, life);
         match local {
@@ -380,6 +376,14 @@ async fn leased(
                 return Ok(verdict);
             }
             Local::Wait => {
+                // Registered, then the call looked at again: a call that ended in between
+                // is not waited for, and one that ends after wakes this request.
+                let answered = entry.answered.notified();
+                tokio::pin!(answered);
+                answered.as_mut().enable();
+                if !entry.lock().asking() {
+                    continue;
+                }
                 // The call under way is bounded by the store's timeout; a wait that outlives
                 // it (a call lost with its task) is a failed call for this request.
                 let timeout_ms = store.config.timeout_ms;
