@@ -313,14 +313,35 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
-    use super::super::rate::{gcra_take, Rate};
+    use super::super::rate::{gcra_take, tests::next, Rate};
     use super::*;
 
-    fn next(seed: &mut u64) -> u64 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *seed
+    /// The store as the Lua script runs it (`rate::gcra_take`), for one key.
+    struct Store {
+        rate: Rate,
+        tat: Option<u64>,
+    }
+
+    impl Store {
+        fn new(rate: Rate) -> Self {
+            Store { rate, tat: None }
+        }
+
+        /// A call for `want` tokens asked at `asked`, reserved and answered at `at`, handed to
+        /// `h`: the tokens granted, and the verdict `h` gives.
+        fn call(
+            &mut self,
+            h: &mut Held,
+            asked: u64,
+            at: u64,
+            want: u64,
+            life: u64,
+            ahead: bool,
+        ) -> (u64, Verdict) {
+            let (t, g) = gcra_take(self.tat, at, self.rate, want);
+            self.tat = Some(t);
+            (g.granted, h.granted(want, g, asked, at, life, ahead))
+        }
     }
 
     /// A call asked ahead and not answered yet: (tokens wanted, asked at, answered at).
@@ -331,8 +352,7 @@ mod tests {
     fn answer_ahead(
         pending: &mut [Pending],
         held: &mut [Held],
-        tat: &mut Option<u64>,
-        rate: Rate,
+        store: &mut Store,
         life: u64,
         until: u64,
     ) {
@@ -344,9 +364,7 @@ mod tests {
             .min_by_key(|(_, p)| p.2)
         {
             pending[g] = None;
-            let (t, grant) = gcra_take(*tat, at, rate, want);
-            *tat = Some(t);
-            held[g].granted(want, grant, asked, at, life, true);
+            store.call(&mut held[g], asked, at, want, life, true);
         }
     }
 
@@ -369,7 +387,7 @@ mod tests {
             let gateways = 1 + (next(&mut seed) % 4) as usize;
             let mut held = vec![Held::default(); gateways];
             let mut pending: Vec<Pending> = vec![None; gateways];
-            let mut tat = None;
+            let mut store = Store::new(rate);
             let mut now = 1_000_000u64;
             let mut allowed = Vec::new();
             let (mut requests, mut calls) = (0u64, 0u64);
@@ -384,7 +402,7 @@ mod tests {
                 let g = (next(&mut seed) % gateways as u64) as usize;
                 requests += 1;
                 let v = loop {
-                    answer_ahead(&mut pending, &mut held, &mut tat, rate, life, now);
+                    answer_ahead(&mut pending, &mut held, &mut store, life, now);
                     match held[g].spend(now, max, life) {
                         Local::Answer { verdict, ahead } => {
                             if verdict.allowed {
@@ -409,9 +427,7 @@ mod tests {
                         Local::Ask(want) => {
                             calls += 1;
                             assert!(want <= max);
-                            let (t, grant) = gcra_take(tat, now, rate, want);
-                            tat = Some(t);
-                            break held[g].granted(want, grant, now, now, life, false);
+                            break store.call(&mut held[g], now, now, want, life, false).1;
                         }
                     }
                 };
@@ -446,7 +462,7 @@ mod tests {
         };
         let life = 1_000_000;
         let mut h = Held::default();
-        let mut tat = None;
+        let mut store = Store::new(rate);
         let mut now = 0;
         let mut calls = Vec::new();
         for _ in 0..1_000 {
@@ -456,16 +472,12 @@ mod tests {
                     assert!(verdict.allowed);
                     if let Some(want) = ahead {
                         calls.push(("ahead", want));
-                        let (t, g) = gcra_take(tat, now, rate, want);
-                        tat = Some(t);
-                        h.granted(want, g, now, now, life, true);
+                        store.call(&mut h, now, now, want, life, true);
                     }
                 }
                 Local::Ask(want) => {
                     calls.push(("now", want));
-                    let (t, g) = gcra_take(tat, now, rate, want);
-                    tat = Some(t);
-                    assert!(h.granted(want, g, now, now, life, false).allowed);
+                    assert!(store.call(&mut h, now, now, want, life, false).1.allowed);
                 }
                 Local::Wait => unreachable!("no call is left under way here"),
             }
@@ -517,16 +529,15 @@ mod tests {
         };
         for gap in [60, 99, 100, 150, 1_000] {
             let mut h = Held::default();
-            let mut tat = None;
+            let mut store = Store::new(rate);
             let (mut reserved, mut spent) = (0, 0);
             for i in 1..=200 {
                 let now = i * gap;
                 let v = match h.spend(now, 64, 100) {
                     Local::Ask(want) => {
-                        let (t, g) = gcra_take(tat, now, rate, want);
-                        tat = Some(t);
-                        reserved += g.granted;
-                        h.granted(want, g, now, now, 100, false)
+                        let (granted, v) = store.call(&mut h, now, now, want, 100, false);
+                        reserved += granted;
+                        v
                     }
                     Local::Answer {
                         verdict,
@@ -556,7 +567,7 @@ mod tests {
         };
         let life = 10_000;
         let mut h = Held::default();
-        let mut tat = None;
+        let mut store = Store::new(rate);
         let mut spent = 0;
         let mut asks = Vec::new();
         let mut refusals = 0;
@@ -564,18 +575,15 @@ mod tests {
             let v = match h.spend(now, 16, life) {
                 Local::Answer { verdict, ahead } => {
                     if let Some(want) = ahead {
-                        let (t, g) = gcra_take(tat, now, rate, want);
-                        tat = Some(t);
-                        asks.push((now, want, g.granted));
-                        h.granted(want, g, now, now, life, true);
+                        let (granted, _) = store.call(&mut h, now, now, want, life, true);
+                        asks.push((now, want, granted));
                     }
                     verdict
                 }
                 Local::Ask(want) => {
-                    let (t, g) = gcra_take(tat, now, rate, want);
-                    tat = Some(t);
-                    asks.push((now, want, g.granted));
-                    h.granted(want, g, now, now, life, false)
+                    let (granted, v) = store.call(&mut h, now, now, want, life, false);
+                    asks.push((now, want, granted));
+                    v
                 }
                 Local::Wait => unreachable!(),
             };
@@ -604,7 +612,7 @@ mod tests {
             burst: 2,
         };
         let mut h = Held::default();
-        let mut tat = None;
+        let mut store = Store::new(rate);
         let mut answers = Vec::new();
         for now in [0, 1, 2, 3, 999, 1_000] {
             let v = match h.spend(now, 8, 10_000) {
@@ -612,11 +620,7 @@ mod tests {
                     assert_eq!(ahead, None);
                     ("local", verdict)
                 }
-                Local::Ask(want) => {
-                    let (t, g) = gcra_take(tat, now, rate, want);
-                    tat = Some(t);
-                    ("store", h.granted(want, g, now, now, 10_000, false))
-                }
+                Local::Ask(want) => ("store", store.call(&mut h, now, now, want, 10_000, false).1),
                 Local::Wait => unreachable!(),
             };
             answers.push((v.0, v.1.allowed, v.1.retry_us));

@@ -143,7 +143,7 @@ pub fn token_bucket_take(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// A small deterministic generator, so the randomized tests need no dependency.
-    fn next(seed: &mut u64) -> u64 {
+    pub(crate) fn next(seed: &mut u64) -> u64 {
         *seed ^= *seed << 13;
         *seed ^= *seed >> 7;
         *seed ^= *seed << 17;
