@@ -35,7 +35,8 @@ fn action_for(outcome: Lb) -> u32 {
 
 #[inline(always)]
 fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
-    if lookup::surely_not_for_a_vip(ctx) {
+    let filtered = lookup::filter_frame(ctx);
+    if filtered == lookup::Filtered::NotVip {
         return Err(Lb::Pass);
     }
     let frame_len = len(ctx) as u64;
@@ -45,7 +46,8 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         Kind::Fragment if lookup::is_vip_address(&pkt) => return Err(Lb::Fragment),
         Kind::Fragment | Kind::Other => return Err(Lb::Pass),
     }
-    if !lookup::may_be_vip(&pkt) {
+    // Once per frame: read above unless the frame was tagged (or too short to read there).
+    if filtered == lookup::Filtered::Unread && !lookup::may_be_vip(&pkt) {
         return Err(Lb::Pass);
     }
     let node = NODE.get(0).copied().unwrap_or_default();

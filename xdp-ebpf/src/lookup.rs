@@ -1,6 +1,6 @@
 //! Lookup: flow table first for established packets, else VIP and the VIP's Maglev table.
 //! Before any of that, a frame whose destination carries no VIP by the filter is let go
-//! before it is even parsed ([`surely_not_for_a_vip`]).
+//! before it is even parsed ([`filter_frame`]).
 //!
 //! An established packet (not a SYN) whose flow entry is still valid needs no VIP lookup: the
 //! entry records the VIP id and generation, checked against an array. Everything else finds
@@ -37,15 +37,24 @@ fn filter_allows(dst: &[u32; 4]) -> bool {
     }
 }
 
-/// True when an untagged IPv4 or IPv6 frame's destination address carries no VIP by the
-/// filter: such a frame goes to the kernel before anything else is read, which is the
-/// cheapest thing the node can do with traffic that is not its business. Anything else
-/// (a tag, another EtherType, a frame too short to hold the address, an address the
-/// filter lets through) is parsed in full.
+/// What the VIP filter said of a frame before it was parsed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Filtered {
+    /// No VIP at its destination: the kernel's, unparsed.
+    NotVip,
+    /// Its destination may carry a VIP.
+    MayBeVip,
+    /// Not read (a tag, another EtherType, too short): the parsed flow is filtered instead.
+    Unread,
+}
+
+/// The VIP filter on an untagged IPv4 or IPv6 frame's destination address, read before the
+/// frame is parsed: a frame for no VIP goes to the kernel before anything else is read,
+/// which is the cheapest thing the node can do with traffic that is not its business.
 #[inline(always)]
-pub fn surely_not_for_a_vip(ctx: &XdpContext) -> bool {
+pub fn filter_frame(ctx: &XdpContext) -> Filtered {
     let Some(head) = at::<[u8; 34]>(ctx, 0) else {
-        return false;
+        return Filtered::Unread;
     };
     let head = head as *const u8;
     let ethertype = raw16_at(head, 12);
@@ -53,13 +62,17 @@ pub fn surely_not_for_a_vip(ctx: &XdpContext) -> bool {
         [raw32_at(head, 30), 0, 0, 0]
     } else if ethertype == ETH_P_IPV6.to_be() {
         let Some(head) = at::<[u8; 54]>(ctx, 0) else {
-            return false;
+            return Filtered::Unread;
         };
         addr6_at(head as *const u8, 38)
     } else {
-        return false;
+        return Filtered::Unread;
     };
-    !filter_allows(&dst)
+    if filter_allows(&dst) {
+        Filtered::MayBeVip
+    } else {
+        Filtered::NotVip
+    }
 }
 
 /// The VIP a packet is for, if any.
