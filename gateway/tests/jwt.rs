@@ -17,7 +17,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
-use support::{fixed, metric, request, runtime, upstream, Gateway, GatewayToml, Scratch};
+use support::{
+    connect, fixed, metric, raw, read_one, request, runtime, upstream, Gateway, GatewayToml,
+    Scratch,
+};
 
 const ALGORITHMS: [&str; 10] = [
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
@@ -297,4 +300,85 @@ fn crit_and_key_selecting_header_parameters_are_refused() {
         0,
         "the gateway fetched a URL named by a token"
     );
+}
+
+/// The Authorization header as an attacker sends it, over raw HTTP/1.1 so that any byte can
+/// go: the scheme in any case and the token with spaces and tabs around it still work; a
+/// token a byte away from a cached one (an obs-text byte after it, a byte cut off) is never
+/// taken for it; the header split over many writes, repeated on one connection, or far
+/// oversized gets an answer and never a panic.
+#[test]
+fn the_authorization_header_is_read_byte_for_byte() {
+    use std::io::Write;
+    let dir = Scratch::new("jwt-bytes");
+    let tokens = mint(&dir);
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let jwks = jwks_server(
+        &rt,
+        std::fs::read_to_string(dir.path("jwks-one.json")).unwrap(),
+    );
+    let gw = gateway(&dir, up.addr, &jwks.url);
+    let token = tokens["RS256"].as_bytes();
+    let send = |auth: &[u8]| {
+        let mut req =
+            b"GET /main HTTP/1.1\r\nhost: a\r\nconnection: close\r\nauthorization: ".to_vec();
+        req.extend_from_slice(auth);
+        req.extend_from_slice(b"\r\n\r\n");
+        raw(gw.http, &req).status
+    };
+    let with = |before: &[u8], after: &[u8]| {
+        let mut v = before.to_vec();
+        v.extend_from_slice(token);
+        v.extend_from_slice(after);
+        v
+    };
+    // Uncached first, then cached: both ways, the same answers.
+    for round in ["uncached", "cached"] {
+        assert_eq!(send(&with(b"Bearer ", b"")), 200, "{round}");
+        assert_eq!(send(&with(b"bEaReR \t ", b" \t")), 200, "{round}");
+        assert_eq!(
+            send(&with(b"Bearer ", b"\xe9")),
+            401,
+            "{round}: obs-text after"
+        );
+        assert_eq!(
+            send(&with(b"Bearer \xa0", b"")),
+            401,
+            "{round}: obs-text before"
+        );
+        assert_eq!(
+            send(
+                &token[..token.len() - 1]
+                    .iter()
+                    .fold(b"Bearer ".to_vec(), |mut v, b| {
+                        v.push(*b);
+                        v
+                    })
+            ),
+            401,
+            "{round}: one byte short"
+        );
+        assert_eq!(send(&with(b"Bearer", b"")), 401, "{round}: no space");
+        assert_eq!(send(&with(b"Basic ", b"")), 401, "{round}: another scheme");
+    }
+    // Split into one write per 7 bytes, then 50 requests on one connection.
+    let mut s = connect(&gw);
+    let mut req = b"GET /main HTTP/1.1\r\nhost: a\r\nauthorization: Bearer ".to_vec();
+    req.extend_from_slice(token);
+    req.extend_from_slice(b"\r\n\r\n");
+    for chunk in req.chunks(7) {
+        s.write_all(chunk).expect("write");
+        s.flush().expect("flush");
+    }
+    assert_eq!(read_one(&mut s).expect("answer").status, 200);
+    for i in 0..50 {
+        s.write_all(&req).expect("write");
+        assert_eq!(read_one(&mut s).expect("answer").status, 200, "request {i}");
+    }
+    // Far oversized: refused by the head limit, the connection answered, not dropped.
+    let mut huge = b"Bearer ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 200_000));
+    let status = send(&huge);
+    assert!((400..500).contains(&status), "{status}");
 }
