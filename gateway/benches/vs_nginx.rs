@@ -15,6 +15,9 @@
 //! - Policies: the same gateway on a route with JWT (RS256, a PyJWT-minted token) + one rate
 //!   limit + two header transforms, against its plain route; then with the limit in a
 //!   redis-server (on CPU 1 with the load generator).
+//! - Two workers: the gateway with `--workers 2` (a thread each, `SO_REUSEPORT` sockets)
+//!   against nginx with two worker processes, on both CPUs, which wrk (2 threads) and the
+//!   upstream share.
 
 use std::{
     io::{Read, Write},
@@ -72,17 +75,18 @@ impl Drop for Proc {
     }
 }
 
-fn nginx(dir: &Path, name: &str, cpu: u32, body: &str) -> Proc {
+/// An nginx with `workers` worker processes on CPUs `affinity` (nginx's bit masks, one per
+/// worker: "01" is CPU 0).
+fn nginx(dir: &Path, name: &str, workers: u32, affinity: &str, body: &str) -> Proc {
     let conf = dir.join(format!("{name}.conf"));
     std::fs::create_dir_all(dir.join(format!("{name}-tmp"))).expect("dir");
     let text = format!(
-        "worker_processes 1;\nworker_cpu_affinity {mask};\nworker_rlimit_nofile 30000;\ndaemon off;\n\
+        "worker_processes {workers};\nworker_cpu_affinity {affinity};\nworker_rlimit_nofile 30000;\ndaemon off;\n\
          error_log {dir}/{name}-error.log warn;\npid {dir}/{name}.pid;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/{name}-tmp;\n  proxy_temp_path {dir}/{name}-tmp;\n\
            fastcgi_temp_path {dir}/{name}-tmp;\n  uwsgi_temp_path {dir}/{name}-tmp;\n  scgi_temp_path {dir}/{name}-tmp;\n\
            keepalive_requests 100000;\n  keepalive_timeout 300s;\n{body}\n}}\n",
-        mask = if cpu == 0 { "01" } else { "10" },
         dir = dir.display(),
     );
     std::fs::write(&conf, text).expect("nginx config");
@@ -94,6 +98,23 @@ fn nginx(dir: &Path, name: &str, cpu: u32, body: &str) -> Proc {
         .spawn()
         .expect("nginx (installed by cargo xtask bench gateway)");
     Proc(child)
+}
+
+/// sluice-gateway with `workers` workers on CPUs `cpus`.
+fn start_gateway(cpus: &str, workers: u32, config: &Path) -> Proc {
+    Proc(
+        Command::new("taskset")
+            .args(["-c", cpus, env!("CARGO_BIN_EXE_sluice-gateway"), "run"])
+            .arg("--workers")
+            .arg(workers.to_string())
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gateway"),
+    )
 }
 
 /// Every PID whose parent chain leads to `root` (nginx forks its worker).
@@ -155,21 +176,40 @@ fn cpu_seconds(root: u32) -> f64 {
         / hz
 }
 
+/// Where wrk runs: its CPUs and threads.
+#[derive(Clone, Copy)]
+struct Client {
+    cpus: &'static str,
+    threads: u32,
+}
+
+/// wrk on CPU 1, beside the upstream, for proxies with one worker on CPU 0.
+const BESIDE: Client = Client {
+    cpus: "1",
+    threads: 1,
+};
+
+/// wrk on both CPUs, sharing them with two-worker proxies (the machine has two).
+const SHARED: Client = Client {
+    cpus: "0,1",
+    threads: 2,
+};
+
 /// A wrk run against a proxy whose processes are `pid`'s tree, with its CPU time per request.
-fn wrk_measured(url: &str, seconds: u32, header: Option<&str>, pid: u32) -> Load {
+fn wrk_measured(client: Client, url: &str, seconds: u32, header: Option<&str>, pid: u32) -> Load {
     let before = cpu_seconds(pid);
-    let mut load = wrk(url, seconds, header);
+    let mut load = wrk(client, url, seconds, header);
     let used = cpu_seconds(pid) - before;
     load.cpu_us = used * 1e6 / (load.rps * seconds as f64);
     load
 }
 
-fn wrk(url: &str, seconds: u32, header: Option<&str>) -> Load {
+fn wrk(client: Client, url: &str, seconds: u32, header: Option<&str>) -> Load {
     let mut args: Vec<String> = [
         "-c",
-        "1",
+        client.cpus,
         "wrk",
-        "-t1",
+        &format!("-t{}", client.threads),
         &format!("-c{CONNECTIONS}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -313,6 +353,7 @@ fn main() {
         &dir,
         "upstream",
         1,
+        "10",
         &format!("  server {{ listen 127.0.0.1:{upstream_port} reuseport backlog=4096; location / {{ return 200 \"hello from upstream\\n\"; }} }}"),
     );
     let upstream: SocketAddr = format!("127.0.0.1:{upstream_port}").parse().expect("addr");
@@ -333,12 +374,13 @@ fn main() {
       proxy_set_header X-Request-Id $request_id;\n\
       proxy_set_header X-Forwarded-Host $http_host;\n\
       add_header X-Request-Id $request_id always;\n";
-    let nginx_proxy = |name: &str, headers: &str| {
+    let nginx_proxy = |name: &str, headers: &str, workers: u32, affinity: &str| {
         let port = free_port();
         let proc = nginx(
             &dir,
             name,
-            0,
+            workers,
+            affinity,
             &format!(
                 "  upstream app {{ server {upstream}; keepalive 64; }}\n\
                    map $request_id $span_id {{ \"~^(?<span>.{{16}})\" $span; }}\n\
@@ -350,8 +392,8 @@ fn main() {
         wait_for(addr);
         (proc, addr)
     };
-    let (nginx_same, nginx_same_addr) = nginx_proxy("proxy-same-headers", same_headers);
-    let (nginx_bare, nginx_bare_addr) = nginx_proxy("proxy-bare", "");
+    let (nginx_same, nginx_same_addr) = nginx_proxy("proxy-same-headers", same_headers, 1, "01");
+    let (nginx_bare, nginx_bare_addr) = nginx_proxy("proxy-bare", "", 1, "01");
 
     // A token minted by PyJWT, and the public key it verifies with.
     let mint = Command::new("/usr/bin/python3")
@@ -362,7 +404,7 @@ fn main() {
     let tokens: serde_json::Value = serde_json::from_slice(&mint.stdout).expect("tokens");
     let token = tokens["RS256"].as_str().expect("RS256 token").to_string();
     let redis_port = free_port();
-    let _redis = Proc(
+    let redis = Proc(
         Command::new("taskset")
             .args(["-c", "1", "redis-server", "--bind", "127.0.0.1", "--port"])
             .arg(redis_port.to_string())
@@ -399,24 +441,7 @@ fn main() {
     );
     let config_path: PathBuf = dir.join("gateway.toml");
     std::fs::write(&config_path, config).expect("config");
-    let gateway = Proc(
-        Command::new("taskset")
-            .args([
-                "-c",
-                "0",
-                env!("CARGO_BIN_EXE_sluice-gateway"),
-                "run",
-                "--workers",
-                "1",
-                "--config",
-            ])
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gateway"),
-    );
+    let gateway = start_gateway("0", 1, &config_path);
     let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().expect("addr");
     wait_for(gw_addr);
 
@@ -428,11 +453,12 @@ fn main() {
     // Alternating runs, so that a drift in the machine's speed (it is shared) falls on all.
     let mut runs: [Vec<Load>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (_, addr, _) in &proxies {
-        let _warm = wrk(&format!("http://{addr}/"), 2, None);
+        let _warm = wrk(BESIDE, &format!("http://{addr}/"), 2, None);
     }
     for _ in 0..ROUNDS {
         for (k, (_, addr, pid)) in proxies.iter().enumerate() {
             runs[k].push(wrk_measured(
+                BESIDE,
                 &format!("http://{addr}/"),
                 SECONDS,
                 None,
@@ -510,13 +536,14 @@ fn main() {
         ("leased", Some(&bearer)),
     ];
     for (route, header) in routes {
-        let _warm = wrk(&format!("http://{gw_addr}/{route}"), 2, header);
+        let _warm = wrk(BESIDE, &format!("http://{gw_addr}/{route}"), 2, header);
     }
     let mut route_runs: [Vec<Load>; 4] = Default::default();
     let gw_pid = gateway.0.id();
     for _ in 0..ROUNDS {
         for (k, (route, header)) in routes.iter().enumerate() {
             route_runs[k].push(wrk_measured(
+                BESIDE,
                 &format!("http://{gw_addr}/{route}"),
                 SECONDS,
                 *header,
@@ -568,11 +595,84 @@ fn main() {
             }
         }
     }
+    drop(gateway);
+    drop(redis);
+
+    // Two workers each (the gateway's threads with SO_REUSEPORT sockets, nginx's processes),
+    // on both CPUs, which wrk and the upstream share: this machine has two.
+    let (nginx_two, nginx_two_addr) =
+        nginx_proxy("proxy-same-headers-two", same_headers, 2, "01 10");
+    drop((nginx_same, nginx_bare));
+    let two_port = free_port();
+    let two_config = dir.join("gateway-two.toml");
+    std::fs::write(
+        &two_config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n\n[[listener]]\nname = \"bench\"\naddress = \"127.0.0.1:{two_port}\"\n\n\
+             [[upstream]]\nname = \"app\"\ntargets = [{{ address = \"{upstream}\" }}]\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    let gateway_two = start_gateway("0,1", 2, &two_config);
+    let two_addr: SocketAddr = format!("127.0.0.1:{two_port}").parse().expect("addr");
+    wait_for(two_addr);
+    let two = [
+        (nginx_two_addr, nginx_two.0.id()),
+        (two_addr, gateway_two.0.id()),
+    ];
+    for (addr, _) in &two {
+        let _warm = wrk(SHARED, &format!("http://{addr}/"), 2, None);
+    }
+    let mut two_runs: [Vec<Load>; 2] = Default::default();
+    for _ in 0..ROUNDS {
+        for (k, (addr, pid)) in two.iter().enumerate() {
+            two_runs[k].push(wrk_measured(
+                SHARED,
+                &format!("http://{addr}/"),
+                SECONDS,
+                None,
+                *pid,
+            ));
+        }
+    }
+    println!();
+    println!("Two workers each, on both CPUs, shared with wrk (2 threads, {CONNECTIONS} connections) and the upstream; {ROUNDS} rounds of a {SECONDS} s run of each in turn:");
+    println!();
+    println!("| | requests/s | p50 ms | p99 ms | CPU µs/request |");
+    println!("|---|---:|---:|---:|---:|");
+    for (k, name) in [
+        "nginx, same headers, 2 workers",
+        "sluice-gateway, 2 workers",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let l = median(&two_runs[k]);
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.1} |",
+            l.rps, l.p50_ms, l.p99_ms, l.cpu_us
+        );
+    }
+    let rps = paired(&two_runs[1], &two_runs[0], |l| l.rps, |x| x > 1.0);
+    let p99 = paired(&two_runs[1], &two_runs[0], |l| l.p99_ms, |x| x <= 1.0);
+    let cpu = paired(&two_runs[1], &two_runs[0], |l| l.cpu_us, |x| x < 1.0);
+    println!();
+    println!(
+        "Paired, gateway over nginx with 2 workers each: requests/s {:.2}x ({:.2}-{:.2}, ahead in {}/{ROUNDS}), p99 {:.2}x, CPU per request {:.2}x (target as with one worker: requests/s >= 1.3x, p99 <= 1x)",
+        rps.median, rps.low, rps.high, rps.ahead, p99.median, cpu.median
+    );
+    if rps.median < 1.3 {
+        missed.push("requests/s >= 1.3x nginx with 2 workers each".into());
+    }
+    if p99.median > 1.0 {
+        missed.push("p99 <= nginx with 2 workers each".into());
+    }
+    drop(gateway_two);
     println!();
     if missed.is_empty() {
         println!("targets met");
     } else {
         println!("targets missed: {}", missed.join(", "));
     }
-    drop(gateway);
 }

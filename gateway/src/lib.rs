@@ -5,7 +5,7 @@
 //! path rules, routing, the policy chain, forwarding with retries, the gateway's own answers)
 //! → [`upstream`] (pools and balancing, health checks, the HTTP/1 and HTTP/2 clients). A
 //! config file is plain data ([`config`]), built once into a [`generation`]; [`server`] runs
-//! the listeners, the admin API, reloads and shutdown; [`metrics`] and [`analytics`] count,
+//! the listeners (on one thread per [`worker`]), the admin API, reloads and shutdown; [`metrics`] and [`analytics`] count,
 //! and [`shield`] counts the gateway's refusals per client to offer abusers to the L4 tier.
 #![deny(missing_docs)]
 
@@ -35,6 +35,7 @@ pub mod pipeline;
 pub mod server;
 pub mod shield;
 pub mod upstream;
+pub mod worker;
 
 /// The body type of every response the gateway produces.
 pub type Body =

@@ -37,7 +37,9 @@ enum Command {
         /// Config file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Worker threads (default: one per CPU).
+        /// Workers (default: one per CPU). Each is a thread with its own runtime and its own
+        /// `SO_REUSEPORT` socket on every listener; a connection stays on the worker that
+        /// accepted it.
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -80,20 +82,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run { config, workers } => {
             raise_nofile();
-            // One worker: a current-thread runtime, with no cross-thread wake-ups at all.
-            let mut rt = match workers {
-                Some(1) => tokio::runtime::Builder::new_current_thread(),
-                Some(n) => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(n.max(1));
-                    b
-                }
-                None => tokio::runtime::Builder::new_multi_thread(),
-            };
+            // The main thread's runtime: the only one with one worker; with more, each worker
+            // is a thread with a current-thread runtime of its own (`server::workers`), and
+            // this one runs reloads, the admin API and health checks.
             let threads = workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
-            rt.enable_all()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
                 .build()
                 .context("starting the runtime")?
                 .block_on(sluice_gateway::server::run(config, threads))

@@ -172,6 +172,8 @@ pub struct Metrics {
     pub shield: crate::shield::Shield,
     /// Connections the gateway closed or refused, by [`Closed`] reason.
     pub closed: [AtomicU64; Closed::ALL.len()],
+    /// Connections accepted, by [`crate::worker`] shard (the kernel's spread over workers).
+    accepted: Box<[AtomicU64]>,
 }
 
 /// Why the gateway closed or refused a client connection.
@@ -213,7 +215,12 @@ impl Closed {
 impl Metrics {
     /// A new set, with the first config counted as generation 1.
     pub fn new() -> Self {
-        let m = Metrics::default();
+        let m = Metrics {
+            accepted: (0..crate::worker::shards())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            ..Metrics::default()
+        };
         m.config_generation.store(1, Ordering::Relaxed);
         m.last_reload_ok.store(true, Ordering::Relaxed);
         m
@@ -265,6 +272,13 @@ impl Metrics {
     pub fn upstream(&self, pool: &str, took: Duration) {
         let Ok(mut i) = self.inner.lock() else { return };
         counted!(i.upstreams, pool).observe(took.as_secs_f64());
+    }
+
+    /// Counts a connection accepted on the current thread's worker.
+    pub fn accepted(&self) {
+        if let Some(n) = self.accepted.get(crate::worker::shard()) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Prometheus text.
@@ -332,6 +346,17 @@ impl Metrics {
             "Idle keep-alive connections held without buffers between requests.",
             self.parked_connections.load(Ordering::Relaxed),
         );
+        o.push_str("# HELP sluice_gateway_connections_accepted_total Client connections accepted, by worker.\n# TYPE sluice_gateway_connections_accepted_total counter\n");
+        // With worker threads, shard 0 is the main thread's, which accepts nothing.
+        let skip = usize::from(self.accepted.len() > 1);
+        for (w, n) in self.accepted.iter().enumerate().skip(skip) {
+            let _ = writeln!(
+                o,
+                "sluice_gateway_connections_accepted_total{{worker=\"{}\"}} {}",
+                w - skip,
+                n.load(Ordering::Relaxed)
+            );
+        }
         o.push_str("# HELP sluice_gateway_connections_closed_total Client connections the gateway closed or refused, by reason.\n# TYPE sluice_gateway_connections_closed_total counter\n");
         for why in Closed::ALL {
             let _ = writeln!(

@@ -225,14 +225,17 @@ fn gateway(up: SocketAddr, idle_ms: u64) -> Gateway {
     gateway_with(up, &format!("idle_ms = {idle_ms}"))
 }
 
-/// A gateway whose one route to `up` has these `timeouts`.
+/// A gateway whose one route to `up` has these `timeouts`. One worker: these tests count
+/// the target's connections across fresh client connections, and each worker keeps
+/// connections of its own (`each_worker_reuses_only_its_own_connections`).
 fn gateway_with(up: SocketAddr, timeouts: &str) -> Gateway {
-    Gateway::start(
+    Gateway::start_with_workers(
         &GatewayToml::new()
             .upstream("a", &[up])
             .route_all("r", "a")
             .with(&format!("timeouts = {{ {timeouts} }}"))
             .build(),
+        1,
     )
 }
 
@@ -291,6 +294,35 @@ fn sequential_requests_reuse_one_connection_for_length_chunked_trailer_and_inter
             "every request went over the one pooled connection"
         );
     }
+}
+
+#[test]
+fn each_worker_reuses_only_its_own_connections() {
+    let rt = runtime();
+    let (up, counts) = raw_upstream(&rt, Answer::Length);
+    let gw = Gateway::start_with_workers(
+        &GatewayToml::new()
+            .upstream("a", &[up])
+            .route_all("r", "a")
+            .with("timeouts = { idle_ms = 60000 }")
+            .build(),
+        2,
+    );
+    for _ in 0..40 {
+        assert_eq!(get(&gw).status, 200);
+    }
+    // The kernel spread the 40 client connections over both workers' sockets...
+    let by_worker = [0, 1].map(|w| {
+        support::metric(
+            &gw,
+            &format!("sluice_gateway_connections_accepted_total{{worker=\"{w}\"}}"),
+        )
+    });
+    assert!(by_worker.iter().all(|&n| n > 0.0), "{by_worker:?}");
+    assert_eq!(by_worker.iter().sum::<f64>(), 40.0);
+    // ...and each worker opened one connection to the target and reused it.
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 40);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
 }
 
 #[test]

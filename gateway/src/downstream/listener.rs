@@ -35,17 +35,22 @@ use crate::{
     pipeline::{self, Conn, Runtime},
 };
 
-/// Binds a listener socket.
-pub fn bind(l: &Listener) -> std::io::Result<TcpListener> {
-    let socket = if l.address.is_ipv4() {
+/// Binds a socket of listener `l` to `address` (`l.address`, or the port it was given when
+/// that was 0). `reuse_port`: one of several sockets on the address, one per worker
+/// (`SO_REUSEPORT`; the kernel spreads new connections over them).
+pub fn bind(l: &Listener, address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     if l.freebind {
         let one: libc::c_int = 1;
-        let (level, opt) = if l.address.is_ipv4() {
+        let (level, opt) = if address.is_ipv4() {
             (libc::IPPROTO_IP, libc::IP_FREEBIND)
         } else {
             (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND)
@@ -64,7 +69,7 @@ pub fn bind(l: &Listener) -> std::io::Result<TcpListener> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    socket.bind(l.address)?;
+    socket.bind(address)?;
     socket.listen(1024)
 }
 
@@ -111,17 +116,18 @@ fn http_builders(
 }
 
 /// Accepts and serves connections until `stop` changes; each connection then ends politely
-/// (GOAWAY, `Connection: close`) once its in-flight requests are done.
+/// (GOAWAY, `Connection: close`) once its in-flight requests are done. `admission` is the
+/// listener's, shared by its sockets on every worker (`max_connections` counts them all).
 pub async fn serve(
     listener: TcpListener,
     config: Listener,
     tls: Option<TlsState>,
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
     let deadlines = Deadlines::of(&config);
-    let admission = Admission::new(&config, metrics.clone());
     let (builder, h1) = http_builders(&config, &deadlines);
     let plain = Arc::new(Plain {
         http1: h1,
@@ -160,7 +166,10 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                shared.metrics.accepted();
+                a
+            }
             Err(e) => {
                 warn!(error = %e, "accept");
                 continue;

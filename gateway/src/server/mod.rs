@@ -1,9 +1,11 @@
-//! Running the gateway: listeners, the admin API (`admin.rs`) and its dashboard page
-//! (`dashboard/`), reloads (`reload.rs`) and graceful shutdown.
+//! Running the gateway: listeners (on the main thread, or on worker threads: `workers.rs`),
+//! the admin API (`admin.rs`) and its dashboard page (`dashboard/`), reloads (`reload.rs`)
+//! and graceful shutdown.
 
 mod admin;
 mod dashboard;
 mod reload;
+mod workers;
 
 use std::{
     path::PathBuf,
@@ -23,7 +25,10 @@ use sluice_util::control::{stamp, Asked, ControlSignals, Stamp};
 
 use self::reload::{reload, reload_tls, TlsListener};
 use crate::{
-    downstream::listener::{self, TlsState},
+    downstream::{
+        listener::{self, TlsState},
+        watchdog::Admission,
+    },
     generation::{self, Generation},
     load::LoadMeter,
     metrics::Metrics,
@@ -40,9 +45,13 @@ pub struct Gateway {
     history: std::sync::Mutex<sluice_util::dashboard::History>,
 }
 
-/// Runs the gateway with the config at `path` until SIGTERM or SIGINT, on `workers` worker
-/// threads (what its load report counts as its CPUs, at most).
+/// Runs the gateway with the config at `path` until SIGTERM or SIGINT, with `workers`
+/// workers (what its load report counts as its CPUs, at most). One worker serves on the
+/// calling thread's runtime (which must be a current-thread one); more get a thread each.
 pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
+    let workers = workers.max(1);
+    // Before any pool is built: pools keep a shard per worker thread.
+    crate::worker::set_workers(if workers > 1 { workers } else { 0 });
     // Stamped before it is read: a change made while the gateway starts is reloaded.
     let seen = stamp(&path);
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
@@ -64,7 +73,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     });
     tokio::spawn(dashboard::sample(gw.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (accept_loops, mut tls_listeners) = start_listeners(&gw, tls, &stop_rx)?;
+    let (serving, mut tls_listeners) = start_listeners(&gw, tls, &stop_rx, workers)?;
     let admin_addr = gw.runtime.load().config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
         .await
@@ -72,18 +81,29 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     info!(address = %admin.local_addr().unwrap_or(admin_addr), "admin API");
     tokio::spawn(admin::serve_admin(admin, gw.clone()));
     serve_until_stopped(&path, seen, &gw, &mut tls_listeners).await?;
-    shut_down(&gw, stop_tx, accept_loops).await;
+    shut_down(&gw, stop_tx, serving).await;
     Ok(())
 }
 
-/// Binds every listener and starts its accept loop; TLS ones get a config that reloads swap.
+/// Where the listeners' accept loops run.
+enum Serving {
+    /// On this runtime (one worker).
+    Here(Vec<JoinHandle<()>>),
+    /// On worker threads.
+    Workers(workers::Workers),
+}
+
+/// Binds every listener (a socket per worker) and starts its accept loops; TLS ones get a
+/// config that reloads swap.
 fn start_listeners(
     gw: &Arc<Gateway>,
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     stop: &watch::Receiver<bool>,
-) -> Result<(Vec<JoinHandle<()>>, Vec<TlsListener>)> {
+    workers: usize,
+) -> Result<(Serving, Vec<TlsListener>)> {
     let rt = gw.runtime.load();
-    let mut accept_loops = Vec::new();
+    let mut here = Vec::new();
+    let mut per_worker: Vec<Vec<workers::Socket>> = (0..workers).map(|_| Vec::new()).collect();
     let mut tls_listeners = Vec::new();
     for ((i, l), sc) in rt.config.listeners.iter().enumerate().zip(tls) {
         let state = match (sc, &l.tls) {
@@ -94,20 +114,49 @@ fn start_listeners(
             }
             _ => None,
         };
-        let socket =
-            listener::bind(l).with_context(|| format!("listener {} on {}", l.name, l.address))?;
-        let bound = listener::local(&socket).unwrap_or(l.address);
-        info!(listener = %l.name, address = %bound, "listening");
-        accept_loops.push(tokio::spawn(listener::serve(
-            socket,
-            l.clone(),
-            state,
-            gw.runtime.clone(),
-            gw.metrics.clone(),
-            stop.clone(),
-        )));
+        let context = || format!("listener {} on {}", l.name, l.address);
+        let admission = Admission::new(l, gw.metrics.clone());
+        let first = listener::bind(l, l.address, workers > 1).with_context(context)?;
+        let bound = listener::local(&first).unwrap_or(l.address);
+        info!(listener = %l.name, address = %bound, workers, "listening");
+        if workers == 1 {
+            here.push(tokio::spawn(listener::serve(
+                first,
+                l.clone(),
+                state,
+                gw.runtime.clone(),
+                gw.metrics.clone(),
+                admission,
+                stop.clone(),
+            )));
+            continue;
+        }
+        // The others on the port the first got (port 0 in tests).
+        let mut socket = Some(first);
+        for sockets in per_worker.iter_mut() {
+            let bound = match socket.take() {
+                Some(s) => s,
+                None => listener::bind(l, bound, true).with_context(context)?,
+            };
+            sockets.push(workers::Socket {
+                listener: bound.into_std().with_context(context)?,
+                config: l.clone(),
+                tls: state.clone(),
+                admission: admission.clone(),
+            });
+        }
     }
-    Ok((accept_loops, tls_listeners))
+    let serving = if workers == 1 {
+        Serving::Here(here)
+    } else {
+        Serving::Workers(workers::Workers::start(
+            per_worker,
+            &gw.runtime,
+            &gw.metrics,
+            stop,
+        )?)
+    };
+    Ok((serving, tls_listeners))
 }
 
 /// Reloads on SIGHUP and on file changes, until SIGTERM or SIGINT.
@@ -143,7 +192,7 @@ async fn serve_until_stopped(
 /// 1. Readiness fails, so the L4 tier sends no new flows. 2. Listeners close.
 /// 3. In-flight requests finish, up to the deadline; connections end politely
 ///    (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`).
-async fn shut_down(gw: &Gateway, stop: watch::Sender<bool>, accept_loops: Vec<JoinHandle<()>>) {
+async fn shut_down(gw: &Gateway, stop: watch::Sender<bool>, mut serving: Serving) {
     gw.draining.store(true, Ordering::Relaxed);
     let delay = Duration::from_millis(gw.runtime.load().config.admin.drain_delay_ms);
     if !delay.is_zero() {
@@ -154,8 +203,13 @@ async fn shut_down(gw: &Gateway, stop: watch::Sender<bool>, accept_loops: Vec<Jo
         tokio::time::sleep(delay).await;
     }
     let _ = stop.send(true);
-    for a in accept_loops {
-        let _ = a.await;
+    match &mut serving {
+        Serving::Here(accept_loops) => {
+            for a in accept_loops.drain(..) {
+                let _ = a.await;
+            }
+        }
+        Serving::Workers(w) => w.stopped_accepting().await,
     }
     let deadline = Duration::from_millis(gw.runtime.load().config.admin.shutdown_deadline_ms);
     info!(deadline_ms = deadline.as_millis() as u64, "shutting down");
@@ -166,5 +220,8 @@ async fn shut_down(gw: &Gateway, stop: watch::Sender<bool>, accept_loops: Vec<Jo
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Serving::Workers(w) = serving {
+        w.exit();
     }
 }

@@ -1,7 +1,7 @@
 //! Pooled HTTP/1.1 connections to one upstream target.
 //!
-//! Each target gets a plain stack of idle connections, and a request takes the most recently
-//! used one, as a [`Pooled`] guard. The exchange itself runs in the request's task
+//! Each target gets a plain stack of idle connections per worker, and a request takes the
+//! most recently used one of its worker's, as a [`Pooled`] guard. The exchange itself runs in the request's task
 //! ([`super::exchange`], a plain HTTP/1 client that knows nothing of pools); the guard goes
 //! with the response body and, when dropped, puts the connection back if the exchange left
 //! it clean (hyper-util's `Pooled<T>` works the same way).
@@ -69,12 +69,13 @@ impl SendError {
     }
 }
 
-/// Idle connections to one target, most recently used last.
+/// Idle connections to one target, most recently used last, in one stack per
+/// [`crate::worker`] shard: a connection is reused only by the worker that opened it.
 pub struct ConnectionPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<Vec<IdleConn>>,
+    idle: Box<[Mutex<Vec<IdleConn>>]>,
 }
 
 struct IdleConn {
@@ -90,7 +91,9 @@ impl ConnectionPool {
             addr,
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::worker::shards())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         });
         // The reaper ends with the pool (a config generation's routes own their pools).
         let weak = Arc::downgrade(&pool);
@@ -181,27 +184,44 @@ impl ConnectionPool {
         }
     }
 
+    /// The current thread's stack of idle connections, and its index.
+    fn stack(&self) -> (usize, &Mutex<Vec<IdleConn>>) {
+        let shard = crate::worker::shard();
+        match self.idle.get(shard) {
+            Some(s) => (shard, s),
+            // Only a pool built before the worker count was set (none in a running
+            // gateway) has fewer shards.
+            None => (0, &self.idle[0]),
+        }
+    }
+
     fn checkout(self: &Arc<Self>) -> Option<Pooled> {
         let now = crate::clock::monotonic_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let (shard, stack) = self.stack();
+        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if now.saturating_sub(c.since) < self.idle_ms() && c.conn.is_reusable() {
-                return Some(self.lend(c.conn));
+                return Some(self.lend(c.conn, shard));
             }
         }
         None
     }
 
-    fn lend(self: &Arc<Self>, conn: Connection) -> Pooled {
+    fn lend(self: &Arc<Self>, conn: Connection, shard: usize) -> Pooled {
         Pooled {
             conn: Some(conn),
             home: Arc::downgrade(self),
+            shard,
         }
     }
 
-    /// Takes back a connection whose exchange ended cleanly.
-    fn check_in(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes back a connection whose exchange ended cleanly, into the stack it was opened for
+    /// (wherever its guard is dropped).
+    fn check_in(&self, conn: Connection, shard: usize) {
+        let Some(stack) = self.idle.get(shard) else {
+            return;
+        };
+        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleConn {
             conn,
             since: crate::clock::monotonic_ms(),
@@ -212,8 +232,10 @@ impl ConnectionPool {
     fn prune(&self) {
         let now = crate::clock::monotonic_ms();
         let timeout = self.idle_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| now.saturating_sub(c.since) < timeout && c.conn.is_reusable());
+        for stack in self.idle.iter() {
+            let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| now.saturating_sub(c.since) < timeout && c.conn.is_reusable());
+        }
     }
 
     fn idle_ms(&self) -> u64 {
@@ -222,7 +244,7 @@ impl ConnectionPool {
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
         let stream = dial(self.addr, self.connect_timeout).await?;
-        Ok(self.lend(Connection::new(stream)))
+        Ok(self.lend(Connection::new(stream), crate::worker::shard()))
     }
 }
 
@@ -232,6 +254,8 @@ pub struct Pooled {
     /// `None` only once [`Lease::detach`] has taken it (which consumes the guard).
     conn: Option<Connection>,
     home: Weak<ConnectionPool>,
+    /// The pool's stack it goes back to: its worker's.
+    shard: usize,
 }
 
 impl std::ops::Deref for Pooled {
@@ -267,7 +291,7 @@ impl Drop for Pooled {
             return;
         };
         if let Some(home) = self.home.upgrade() {
-            home.check_in(conn);
+            home.check_in(conn, self.shard);
         }
     }
 }

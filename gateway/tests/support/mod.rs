@@ -148,8 +148,14 @@ impl Drop for Pending {
 }
 
 impl Gateway {
-    /// Starts the binary with `config` (listener and admin on port 0 are fine).
+    /// Starts the binary with `config` (listener and admin on port 0 are fine), with two
+    /// workers.
     pub fn start(config: &str) -> Gateway {
+        Gateway::start_with_workers(config, 2)
+    }
+
+    /// Starts the binary with `config` and `workers` workers.
+    pub fn start_with_workers(config: &str, workers: usize) -> Gateway {
         let dir = std::env::temp_dir().join(format!(
             "sluice-gw-{}-{}",
             std::process::id(),
@@ -159,7 +165,7 @@ impl Gateway {
         let path = dir.join("gateway.toml");
         std::fs::write(&path, config).expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
-            .args(["run", "--workers", "2", "--config"])
+            .args(["run", "--workers", &workers.to_string(), "--config"])
             .arg(&path)
             .env(
                 "RUST_LOG",
