@@ -244,7 +244,8 @@ fn an_http2_upstream_gets_one_authority_the_routed_one() {
             "H2.example",
         );
     }
-    // However many spellings of the Host, one connection to the target carries them all.
+    // However many spellings of the Host, one connection to the target carries them all:
+    // one per worker (two here), whichever worker the client's connection landed on.
     let mut connections = std::collections::HashSet::new();
     for port in 1..=20 {
         let r = send(
@@ -254,7 +255,7 @@ fn an_http2_upstream_gets_one_authority_the_routed_one() {
         assert_eq!(r.status, 200, "{r:?}");
         connections.insert(r.json()["connection"].clone());
     }
-    assert_eq!(connections.len(), 1, "{connections:?}");
+    assert!((1..=2).contains(&connections.len()), "{connections:?}");
     // HTTP/1.0 without Host: the target's address is the authority.
     let r = send(&gw, "GET /p HTTP/1.0\r\n");
     assert_eq!(r.status, 200, "{r:?}");

@@ -1,7 +1,8 @@
-//! HTTP/2 upstreams: one multiplexed connection per target, whatever authority a request
-//! names. Each request's `:authority` is the Host that was routed on (RFC 9113 §8.3.1), so a
-//! pool keyed by authority (hyper-util's) would let clients open a connection per Host
-//! spelling; here the connection belongs to the target.
+//! HTTP/2 upstreams: one multiplexed connection per target and [`crate::worker`], whatever
+//! authority a request names. Each request's `:authority` is the Host that was routed on
+//! (RFC 9113 §8.3.1), so a pool keyed by authority (hyper-util's) would let clients open a
+//! connection per Host spelling; here the connection belongs to the target. Per worker, as
+//! a socket is polled by the runtime that opened it: a worker never waits on another's.
 
 use std::{
     net::SocketAddr,
@@ -17,11 +18,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::{clock::monotonic_ms, upstream::http1::SendError, Body};
 
-/// The connection to one HTTP/2 target, opened on first use and again after it closes.
+/// The connections to one HTTP/2 target, one per worker, each opened on first use and again
+/// after it closes.
 pub struct H2Target {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// By worker shard.
+    slots: Box<[Slot]>,
+}
+
+/// One worker's connection to the target.
+struct Slot {
     /// The live connection's sender. Held across a connect, so that concurrent requests
     /// wait for one connection rather than each opening its own.
     sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
@@ -37,8 +45,12 @@ impl H2Target {
             addr,
             connect_timeout,
             idle_timeout,
-            sender: tokio::sync::Mutex::new(None),
-            last_used: AtomicU64::new(monotonic_ms()),
+            slots: (0..crate::worker::shards())
+                .map(|_| Slot {
+                    sender: tokio::sync::Mutex::new(None),
+                    last_used: AtomicU64::new(monotonic_ms()),
+                })
+                .collect(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let every = (idle_timeout / 2).max(Duration::from_millis(100));
@@ -70,8 +82,17 @@ impl H2Target {
 
     /// The live connection's sender, or a new connection's (always a new one if `fresh`).
     async fn sender(&self, fresh: bool) -> Result<SendRequest<Body>, SendError> {
-        let mut slot = self.sender.lock().await;
-        self.last_used.store(monotonic_ms(), Relaxed);
+        // Shard 0 if the worker count was set after this target was built (never in a
+        // running gateway).
+        let Some(mine) = self
+            .slots
+            .get(crate::worker::shard())
+            .or(self.slots.first())
+        else {
+            return Err(SendError::NoPool(self.addr));
+        };
+        let mut slot = mine.sender.lock().await;
+        mine.last_used.store(monotonic_ms(), Relaxed);
         if fresh {
             slot.take();
         }
@@ -99,14 +120,16 @@ impl H2Target {
         Ok(sender)
     }
 
-    /// Lets go of a connection unused for the idle timeout.
+    /// Lets go of connections unused for the idle timeout.
     fn prune(&self) {
         let idle = self.idle_timeout.as_millis() as u64;
-        if monotonic_ms().saturating_sub(self.last_used.load(Relaxed)) < idle {
-            return;
-        }
-        if let Ok(mut slot) = self.sender.try_lock() {
-            slot.take();
+        for s in self.slots.iter() {
+            if monotonic_ms().saturating_sub(s.last_used.load(Relaxed)) < idle {
+                continue;
+            }
+            if let Ok(mut slot) = s.sender.try_lock() {
+                slot.take();
+            }
         }
     }
 }
