@@ -15,7 +15,9 @@ mod cli;
 /// 10,000 idle connections, v2 about 8 % more than glibc.
 ///
 /// Built without transparent huge pages (`no_thp`): mimalloc otherwise marks its 1 GiB arena
-/// `MADV_HUGEPAGE`, and every 2 MiB of it touched becomes resident whole. That held 4.5 MiB of
+/// `MADV_HUGEPAGE`, and every 2 MiB of it touched becomes resident whole. (This removes the
+/// request for huge pages, as the kernel's default `madvise` mode needs; a host set to THP
+/// `always` backs them anyway.) That held 4.5 MiB of
 /// heap in an idle gateway against 0.8 MiB without, and 3.5 MiB more with 10,000 idle
 /// connections, for no requests/s measurable on `cargo xtask bench gateway`'s route.
 #[global_allocator]
@@ -37,9 +39,9 @@ enum Command {
         /// Config file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Workers (default: one per CPU). Each is a thread with its own runtime and its own
-        /// `SO_REUSEPORT` socket on every listener; a connection stays on the worker that
-        /// accepted it.
+        /// Workers (default: one per CPU). Above one, each is a thread with its own runtime
+        /// and its own `SO_REUSEPORT` socket on every listener, and a connection stays on the
+        /// worker that accepted it; one worker serves on the main thread.
         #[arg(long)]
         workers: Option<usize>,
     },

@@ -173,7 +173,20 @@ pub struct Metrics {
     /// Connections the gateway closed or refused, by [`Closed`] reason.
     pub closed: [AtomicU64; Closed::ALL.len()],
     /// Connections accepted, by [`crate::worker`] shard (the kernel's spread over workers).
-    accepted: Box<[AtomicU64]>,
+    accepted: PerShard,
+}
+
+/// A counter per [`crate::worker`] shard, sized when built (after the worker count is set).
+struct PerShard(Box<[AtomicU64]>);
+
+impl Default for PerShard {
+    fn default() -> Self {
+        PerShard(
+            (0..crate::worker::shards())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
+    }
 }
 
 /// Why the gateway closed or refused a client connection.
@@ -215,12 +228,7 @@ impl Closed {
 impl Metrics {
     /// A new set, with the first config counted as generation 1.
     pub fn new() -> Self {
-        let m = Metrics {
-            accepted: (0..crate::worker::shards())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            ..Metrics::default()
-        };
+        let m = Metrics::default();
         m.config_generation.store(1, Ordering::Relaxed);
         m.last_reload_ok.store(true, Ordering::Relaxed);
         m
@@ -276,7 +284,7 @@ impl Metrics {
 
     /// Counts a connection accepted on the current thread's worker.
     pub fn accepted(&self) {
-        if let Some(n) = self.accepted.get(crate::worker::shard()) {
+        if let Some(n) = self.accepted.0.get(crate::worker::shard()) {
             n.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -348,8 +356,8 @@ impl Metrics {
         );
         o.push_str("# HELP sluice_gateway_connections_accepted_total Client connections accepted, by worker.\n# TYPE sluice_gateway_connections_accepted_total counter\n");
         // With worker threads, shard 0 is the main thread's, which accepts nothing.
-        let skip = usize::from(self.accepted.len() > 1);
-        for (w, n) in self.accepted.iter().enumerate().skip(skip) {
+        let skip = usize::from(self.accepted.0.len() > 1);
+        for (w, n) in self.accepted.0.iter().enumerate().skip(skip) {
             let _ = writeln!(
                 o,
                 "sluice_gateway_connections_accepted_total{{worker=\"{}\"}} {}",

@@ -6,10 +6,19 @@
 
 use std::{
     cell::Cell,
-    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+    ops::Range,
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        OnceLock,
+    },
 };
 
+use tokio::runtime::Handle;
+
 static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+/// The worker threads' runtimes, worker `i`'s (shard `i + 1`'s) at `i`.
+static RUNTIMES: OnceLock<Box<[Handle]>> = OnceLock::new();
 
 thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(0) };
@@ -24,6 +33,26 @@ pub fn shards() -> usize {
 /// The current thread's shard (below [`shards`] once set up).
 pub fn shard() -> usize {
     SHARD.with(Cell::get)
+}
+
+/// The shards that serve requests: the worker threads' (1..=N), or shard 0 when the main
+/// thread serves.
+pub fn serving() -> Range<usize> {
+    match shards() {
+        1 => 0..1,
+        n => 1..n,
+    }
+}
+
+/// The runtime of `shard`'s worker thread (none for shard 0, the main thread's).
+pub fn runtime(shard: usize) -> Option<Handle> {
+    RUNTIMES.get()?.get(shard.checked_sub(1)?).cloned()
+}
+
+/// Records the worker threads' runtimes, in worker order; called once, before any
+/// connection is made for them.
+pub(crate) fn set_runtimes(handles: Vec<Handle>) {
+    let _ = RUNTIMES.set(handles.into());
 }
 
 /// Sets the number of worker threads; called once, before any pool is built.

@@ -901,3 +901,55 @@ fn access_log_writes_the_configured_fields() {
     assert_eq!(fields["path"], "/logged");
     assert_eq!(fields["client"], "127.0.0.1");
 }
+
+#[test]
+fn workers_do_not_share_an_address_another_gateway_listens_on() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let first = Gateway::start(&to_one(up.addr));
+    // A second gateway with two workers (SO_REUSEPORT sockets) on the first one's address,
+    // as a copy started by mistake, or a new one while the old one drains.
+    let config = to_one(up.addr).replace(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"{}\"", first.http),
+    );
+    assert!(config.contains(&first.http.to_string()), "{config}");
+    let dir = std::env::temp_dir().join(format!("sluice-gw-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &config).expect("config");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+        .args(["run", "--workers", "2", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gateway");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut stderr = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let status = status.expect("the second gateway exits rather than sharing the address");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listener main on {}", first.http)) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    // The first one still has every connection.
+    for _ in 0..20 {
+        assert_eq!(request(first.http, "GET", "/", &[], "").status, 200);
+    }
+}

@@ -407,3 +407,48 @@ fn leases_keep_a_shared_limit_with_few_calls() {
         assert_eq!(keys.trim(), format!("sluice:{tag}:leased:r|"));
     }
 }
+
+/// The gateway's connections to `redis` (its clients other than redis-cli).
+fn gateway_clients(redis: &Redis) -> usize {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.contains("id=") && !l.contains("cmd=client"))
+        .count()
+}
+
+#[test]
+fn each_worker_has_its_own_connection_made_at_start() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&[]);
+    let url = format!("url = \"redis://127.0.0.1:{}\"", redis.port);
+    // Two workers (`Gateway::start`): a connection each, made before any request.
+    let gw = gateway(up.addr, &url, "closed", 1000);
+    let started = Instant::now();
+    while gateway_clients(&redis) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            redis.cli(&["CLIENT", "LIST"])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 40 requests on fresh client connections, spread over both workers, use those two.
+    for _ in 0..40 {
+        assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+    }
+    assert_eq!(
+        gateway_clients(&redis),
+        2,
+        "{}",
+        redis.cli(&["CLIENT", "LIST"])
+    );
+    for w in [0, 1] {
+        let accepted = metric(
+            &gw,
+            &format!("sluice_gateway_connections_accepted_total{{worker=\"{w}\"}}"),
+        );
+        assert!(accepted > 0.0, "worker {w}");
+    }
+}

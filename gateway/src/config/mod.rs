@@ -118,6 +118,36 @@ fn unique_names<'a>(
     Ok(())
 }
 
+/// Two listeners may not take the same port on overlapping addresses: the same address, or
+/// a wildcard that covers the other (`[::]` covers IPv4 too, as Linux binds it dual-stack).
+/// One socket each would fail to bind at start; with several workers' `SO_REUSEPORT`
+/// sockets they would bind, and share the connections at random.
+fn distinct_addresses(listeners: &[Listener]) -> Result<(), FieldError> {
+    let covers = |wide: std::net::SocketAddr, other: std::net::SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    for (i, l) in listeners.iter().enumerate() {
+        let a = l.address;
+        if a.port() == 0 {
+            continue;
+        }
+        for (j, earlier) in listeners[..i].iter().enumerate() {
+            let b = earlier.address;
+            if a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a)) {
+                return refuse(
+                    format!("listener[{i}].address"),
+                    format!(
+                        "{a} overlaps listener[{j}] (\"{}\", {b}) on port {}",
+                        earlier.name,
+                        a.port()
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks every item of a section with `check`, locating a refusal as `section[i]…`.
 fn each<'a, T>(
     section: &str,
@@ -142,6 +172,7 @@ impl Config {
             "duplicate listener name",
         )?;
         each("listener", &self.listeners, Listener::validate)?;
+        distinct_addresses(&self.listeners)?;
         unique_names(
             "upstream",
             self.upstreams.iter().map(|u| u.name.as_str()),
@@ -224,6 +255,38 @@ upstream = "api"
         parse(Path::new("gw.toml"), text)
             .expect_err("must be refused")
             .to_string()
+    }
+
+    #[test]
+    fn listeners_on_overlapping_addresses_are_refused() {
+        let with = |a: &str, b: &str| {
+            GOOD.replace(
+                "address = \"127.0.0.1:8080\"",
+                &format!("address = \"{a}\"\n\n[[listener]]\nname = \"second\"\naddress = \"{b}\""),
+            )
+        };
+        for (a, b) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "10.0.0.1:8080"),
+            ("[::1]:8080", "[::]:8080"),
+        ] {
+            assert_eq!(
+                refuse(&with(a, b)),
+                format!("gw.toml: listener[1].address: {b} overlaps listener[0] (\"http\", {a}) on port 8080"),
+                "{a} {b}"
+            );
+        }
+        // Other ports, other addresses of one family, an IPv4 wildcard beside IPv6, port 0.
+        for (a, b) in [
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            parse(Path::new("gw.toml"), &with(a, b)).expect("distinct");
+        }
     }
 
     #[test]

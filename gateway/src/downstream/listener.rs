@@ -36,9 +36,21 @@ use crate::{
 };
 
 /// Binds a socket of listener `l` to `address` (`l.address`, or the port it was given when
-/// that was 0). `reuse_port`: one of several sockets on the address, one per worker
-/// (`SO_REUSEPORT`; the kernel spreads new connections over them).
+/// that was 0) and listens. `reuse_port`: one of several sockets on the address, one per
+/// worker (`SO_REUSEPORT`; the kernel spreads new connections over them).
 pub fn bind(l: &Listener, address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    bound(l, address, reuse_port)?.listen(1024)
+}
+
+/// Fails if anything already listens on `address`, as a bind of one socket would: a group
+/// of `SO_REUSEPORT` sockets would otherwise share it with another process of the same user
+/// (a second gateway, or one still draining), each taking part of the connections.
+pub fn check_free(l: &Listener, address: SocketAddr) -> std::io::Result<()> {
+    bound(l, address, false).map(drop)
+}
+
+/// A socket of listener `l` bound to `address`, not yet listening.
+fn bound(l: &Listener, address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpSocket> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -70,7 +82,7 @@ pub fn bind(l: &Listener, address: SocketAddr, reuse_port: bool) -> std::io::Res
         }
     }
     socket.bind(address)?;
-    socket.listen(1024)
+    Ok(socket)
 }
 
 /// The TLS config new connections of a listener get; swapped when files change.
@@ -348,6 +360,6 @@ impl Drop for ConnGuard {
 }
 
 /// The address a listener actually bound (for port 0 in tests).
-pub fn local(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
+pub fn local(l: &TcpListener) -> std::io::Result<SocketAddr> {
+    l.local_addr()
 }

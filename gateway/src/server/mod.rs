@@ -52,6 +52,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     let workers = workers.max(1);
     // Before any pool is built: pools keep a shard per worker thread.
     crate::worker::set_workers(if workers > 1 { workers } else { 0 });
+    let runtimes = workers::Runtimes::build(workers)?;
     // Stamped before it is read: a change made while the gateway starts is reloaded.
     let seen = stamp(&path);
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
@@ -73,7 +74,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     });
     tokio::spawn(dashboard::sample(gw.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (serving, mut tls_listeners) = start_listeners(&gw, tls, &stop_rx, workers)?;
+    let (serving, mut tls_listeners) = start_listeners(&gw, tls, &stop_rx, runtimes, workers)?;
     let admin_addr = gw.runtime.load().config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
         .await
@@ -99,6 +100,7 @@ fn start_listeners(
     gw: &Arc<Gateway>,
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     stop: &watch::Receiver<bool>,
+    runtimes: workers::Runtimes,
     workers: usize,
 ) -> Result<(Serving, Vec<TlsListener>)> {
     let rt = gw.runtime.load();
@@ -116,9 +118,13 @@ fn start_listeners(
         };
         let context = || format!("listener {} on {}", l.name, l.address);
         let admission = Admission::new(l, gw.metrics.clone());
+        if workers > 1 && l.address.port() != 0 {
+            listener::check_free(l, l.address).with_context(context)?;
+        }
         let first = listener::bind(l, l.address, workers > 1).with_context(context)?;
-        let bound = listener::local(&first).unwrap_or(l.address);
-        info!(listener = %l.name, address = %bound, workers, "listening");
+        // The port the others bind (the one the system gave for port 0).
+        let address = listener::local(&first).with_context(context)?;
+        info!(listener = %l.name, %address, workers, "listening");
         if workers == 1 {
             here.push(tokio::spawn(listener::serve(
                 first,
@@ -134,12 +140,12 @@ fn start_listeners(
         // The others on the port the first got (port 0 in tests).
         let mut socket = Some(first);
         for sockets in per_worker.iter_mut() {
-            let bound = match socket.take() {
+            let listening = match socket.take() {
                 Some(s) => s,
-                None => listener::bind(l, bound, true).with_context(context)?,
+                None => listener::bind(l, address, true).with_context(context)?,
             };
             sockets.push(workers::Socket {
-                listener: bound.into_std().with_context(context)?,
+                listener: listening.into_std().with_context(context)?,
                 config: l.clone(),
                 tls: state.clone(),
                 admission: admission.clone(),
@@ -150,6 +156,7 @@ fn start_listeners(
         Serving::Here(here)
     } else {
         Serving::Workers(workers::Workers::start(
+            runtimes,
             per_worker,
             &gw.runtime,
             &gw.metrics,

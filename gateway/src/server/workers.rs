@@ -32,6 +32,41 @@ pub(super) struct Socket {
     pub admission: Arc<Admission>,
 }
 
+/// The workers' runtimes, built (and known to [`crate::worker::runtime`]) before anything
+/// starts, so that what belongs to a worker, such as its Redis connection, can be made on its
+/// runtime from the start; their threads start with [`Workers::start`].
+pub(super) struct Runtimes(Vec<tokio::runtime::Runtime>);
+
+impl Runtimes {
+    /// One current-thread runtime per worker (none for a single worker, which serves on the
+    /// main thread).
+    pub fn build(workers: usize) -> Result<Self> {
+        let mut built = Vec::new();
+        if workers > 1 {
+            for _ in 0..workers {
+                built.push(
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting a worker's runtime")?,
+                );
+            }
+            crate::worker::set_runtimes(built.iter().map(|r| r.handle().clone()).collect());
+        }
+        Ok(Runtimes(built))
+    }
+}
+
+impl Drop for Runtimes {
+    /// Runtimes not handed to a thread (start-up failed) end without blocking: this runs in
+    /// the main thread's async code, where a blocking runtime drop would panic.
+    fn drop(&mut self) {
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The running worker threads.
 pub(super) struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -42,9 +77,10 @@ pub(super) struct Workers {
 }
 
 impl Workers {
-    /// Starts one thread per entry of `sockets`, serving those sockets until `stop` changes,
-    /// then their open connections until [`Workers::exit`].
+    /// Starts a thread per runtime, serving the matching entry of `sockets` until `stop`
+    /// changes, then their open connections until [`Workers::exit`].
     pub fn start(
+        runtimes: Runtimes,
         sockets: Vec<Vec<Socket>>,
         runtime: &Arc<ArcSwap<Runtime>>,
         metrics: &Arc<Metrics>,
@@ -56,11 +92,13 @@ impl Workers {
             accepting: Vec::new(),
             exit,
         };
+        let mut runtimes = runtimes;
         for (i, sockets) in sockets.into_iter().enumerate() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a worker's runtime")?;
+            // Taken from `runtimes` only once its thread runs, so that a failed start drops
+            // the rest there, without blocking.
+            if runtimes.0.is_empty() {
+                break;
+            }
             let (accepted, accepting) = oneshot::channel();
             let serving = Serving {
                 sockets,
@@ -69,13 +107,21 @@ impl Workers {
                 stop: stop.clone(),
                 exit: exit_rx.clone(),
             };
+            let (hand, handed) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
                     crate::worker::enter(i);
-                    rt.block_on(serving.run(accepted));
+                    // Nothing to run if the main thread gave up before handing it over.
+                    if let Ok(rt) = handed.recv() {
+                        rt.block_on(serving.run(accepted));
+                    }
                 })
                 .context("starting a worker thread")?;
+            let rt = runtimes.0.remove(0);
+            if let Err(std::sync::mpsc::SendError(rt)) = hand.send(rt) {
+                rt.shutdown_background();
+            }
             workers.threads.push(thread);
             workers.accepting.push(accepting);
         }

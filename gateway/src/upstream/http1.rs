@@ -244,7 +244,7 @@ impl ConnectionPool {
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
         let stream = dial(self.addr, self.connect_timeout).await?;
-        Ok(self.lend(Connection::new(stream), crate::worker::shard()))
+        Ok(self.lend(Connection::new(stream), self.stack().0))
     }
 }
 

@@ -187,9 +187,13 @@ enum Attempt {
     Failed(String),
 }
 
-/// The connection and the attempt to make it, shared with the attempt's task.
+/// One worker's connection and the attempt to make it, shared with the attempt's task. Each
+/// [`crate::worker`] shard has its own, made on its own runtime: a connection is polled by the
+/// runtime that made it, and a worker's limited requests never wait on another thread.
 struct Link {
-    target: Target,
+    target: Arc<Target>,
+    /// The worker shard whose runtime makes and drives the connection.
+    shard: usize,
     /// Set once, by the attempt that made it.
     conn: OnceLock<Conn>,
     /// The attempt under way, or the last one.
@@ -210,9 +214,12 @@ impl Link {
                 return rx.clone();
             }
         }
-        // Never outside a runtime in the gateway (requests and `start` run in one); a
-        // failure rather than a panic should it ever be.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // The worker's own runtime, whoever asks (`start` runs on the main thread). Never
+        // outside a runtime otherwise (requests and `start` run in one); a failure rather
+        // than a panic should it ever be.
+        let Some(runtime) = crate::worker::runtime(self.shard)
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
             return watch::channel(Attempt::Failed("no async runtime".into())).1;
         };
         let (tx, rx) = watch::channel(Attempt::Pending);
@@ -242,7 +249,7 @@ impl Link {
     /// Makes the connection. No retries of its own: the callers' timeout and back-off
     /// decide, and the server's own error (auth, protected mode) reaches the log.
     async fn connect(&self) -> Result<Conn, RedisError> {
-        match &self.target {
+        match &*self.target {
             Target::Single(client) => {
                 let cfg = ConnectionManagerConfig::new()
                     .set_number_of_retries(0)
@@ -286,7 +293,8 @@ impl Link {
 pub struct RedisStore {
     /// Its config.
     pub config: Redis,
-    link: Arc<Link>,
+    /// By worker shard.
+    links: Box<[Arc<Link>]>,
     /// Whether the target is a cluster (keys carry a hash tag; back-off per slot).
     cluster: bool,
     gcra: Script,
@@ -323,15 +331,21 @@ impl RedisStore {
             }
         };
         let cluster = matches!(target, Target::Cluster(_));
+        let target = Arc::new(target);
         Ok(RedisStore {
             config,
-            link: Arc::new(Link {
-                target,
-                conn: OnceLock::new(),
-                attempt: Mutex::new(None),
-                timeout,
-                budget,
-            }),
+            links: (0..crate::worker::shards())
+                .map(|shard| {
+                    Arc::new(Link {
+                        target: target.clone(),
+                        shard,
+                        conn: OnceLock::new(),
+                        attempt: Mutex::new(None),
+                        timeout,
+                        budget,
+                    })
+                })
+                .collect(),
             cluster,
             gcra: Script::new(GCRA),
             bucket: Script::new(TOKEN_BUCKET),
@@ -349,9 +363,20 @@ impl RedisStore {
     /// Starts connecting in the background, so that the first limited request finds the
     /// connection made (it would wait for it no longer than `timeout_ms` anyway).
     pub fn start(&self) {
-        if self.link.conn.get().is_none() {
-            let _ = self.link.attempt();
+        for link in crate::worker::serving().filter_map(|s| self.links.get(s)) {
+            if link.conn.get().is_none() {
+                let _ = link.attempt();
+            }
         }
+    }
+
+    /// The current thread's worker's connection (shard 0's if the worker count was set
+    /// after this store was built, which a running gateway never does).
+    fn link(&self) -> Result<&Arc<Link>, CallError> {
+        self.links
+            .get(crate::worker::shard())
+            .or(self.links.first())
+            .ok_or_else(|| CallError::Connect("no connection".into()))
     }
 
     /// Counts a failure by its outcome.
@@ -441,10 +466,11 @@ impl RedisStore {
         rate: Rate,
         want: u64,
     ) -> Result<Grant, CallError> {
-        let timeout = self.link.timeout;
+        let link = self.link()?;
+        let timeout = link.timeout;
         // One deadline for the whole call: waiting for the connection and the script.
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut conn = self.link.connection(deadline).await?;
+        let mut conn = link.connection(deadline).await?;
         let (script, source) = match algorithm {
             Algorithm::Gcra => (&self.gcra, GCRA),
             Algorithm::TokenBucket => (&self.bucket, TOKEN_BUCKET),
