@@ -15,7 +15,8 @@ use std::{
 
 use tokio::runtime::Handle;
 
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
+/// Worker threads: none until a run with more than one worker says so.
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
 
 /// The worker threads' runtimes, worker `i`'s (shard `i + 1`'s) at `i`.
 static RUNTIMES: OnceLock<Box<[Handle]>> = OnceLock::new();
@@ -55,7 +56,8 @@ pub(crate) fn set_runtimes(handles: Vec<Handle>) {
     let _ = RUNTIMES.set(handles.into());
 }
 
-/// Sets the number of worker threads; called once, before any pool is built.
+/// Sets the number of worker threads (0: the main thread serves); called once, before any
+/// pool is built.
 pub(crate) fn set_workers(n: usize) {
     WORKERS.store(n, Relaxed);
 }
