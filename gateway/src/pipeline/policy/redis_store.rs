@@ -202,6 +202,11 @@ struct Link {
     /// budget.
     timeout: Duration,
     budget: Duration,
+    /// Microseconds since the store's epoch before which this connection is not used (a
+    /// worker whose connection failed rests alone: the others' may answer).
+    resting_until: AtomicU64,
+    /// Microseconds since the store's epoch of its last call that succeeded (0: none yet).
+    last_success: AtomicU64,
 }
 
 impl Link {
@@ -300,12 +305,9 @@ pub struct RedisStore {
     gcra: Script,
     bucket: Script,
     epoch: Instant,
-    /// Microseconds since `epoch` before which the store is not asked.
-    resting_until: AtomicU64,
-    /// In a cluster, the same per hash slot (empty for one server).
+    /// In a cluster, microseconds since `epoch` before which a hash slot is not asked (empty
+    /// for one server); a whole connection's rest is its [`Link`]'s.
     slot_resting_until: Box<[AtomicU64]>,
-    /// Microseconds since `epoch` of the last call that succeeded (0: none yet).
-    last_success: AtomicU64,
     /// Calls that failed and let the request through.
     pub failed_open: AtomicU64,
     /// Calls that failed and refused the request.
@@ -343,6 +345,8 @@ impl RedisStore {
                         attempt: Mutex::new(None),
                         timeout,
                         budget,
+                        resting_until: AtomicU64::new(0),
+                        last_success: AtomicU64::new(0),
                     })
                 })
                 .collect(),
@@ -350,11 +354,9 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             bucket: Script::new(TOKEN_BUCKET),
             epoch: Instant::now(),
-            resting_until: AtomicU64::new(0),
             slot_resting_until: (0..if cluster { SLOTS } else { 0 })
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            last_success: AtomicU64::new(0),
             failed_open: AtomicU64::new(0),
             failed_closed: AtomicU64::new(0),
         })
@@ -425,7 +427,8 @@ impl RedisStore {
         rate: Rate,
         want: u64,
     ) -> Result<Grant, StoreError> {
-        if self.now() < self.resting_until.load(Ordering::Relaxed) {
+        let link = self.link().map_err(StoreError::Failed)?;
+        if self.now() < link.resting_until.load(Ordering::Relaxed) {
             return Err(StoreError::Resting);
         }
         let full_key = self.key(algorithm, limit, key);
@@ -438,21 +441,21 @@ impl RedisStore {
         if slot.is_some_and(|s| self.now() < s.load(Ordering::Relaxed)) {
             return Err(StoreError::Resting);
         }
-        let result = self.call(full_key, algorithm, rate, want).await;
+        let result = self.call(link, full_key, algorithm, rate, want).await;
         let now = self.now();
         match &result {
-            Ok(_) => self.last_success.store(now.max(1), Ordering::Relaxed),
+            Ok(_) => link.last_success.store(now.max(1), Ordering::Relaxed),
             Err(e) => {
                 let until = now + BACKOFF.as_micros() as u64;
                 // One slot rests when other calls still succeed (one master down); the
                 // whole store when nothing does, or there is no connection at all.
-                let last = self.last_success.load(Ordering::Relaxed);
+                let last = link.last_success.load(Ordering::Relaxed);
                 let others_answer = last > 0 && now - last.min(now) < BACKOFF.as_micros() as u64;
                 match slot {
                     Some(s) if others_answer && !e.unconnected() => {
                         s.store(until, Ordering::Relaxed)
                     }
-                    _ => self.resting_until.store(until, Ordering::Relaxed),
+                    _ => link.resting_until.store(until, Ordering::Relaxed),
                 }
             }
         }
@@ -461,12 +464,12 @@ impl RedisStore {
 
     async fn call(
         &self,
+        link: &Arc<Link>,
         key: String,
         algorithm: Algorithm,
         rate: Rate,
         want: u64,
     ) -> Result<Grant, CallError> {
-        let link = self.link()?;
         let timeout = link.timeout;
         // One deadline for the whole call: waiting for the connection and the script.
         let deadline = tokio::time::Instant::now() + timeout;
