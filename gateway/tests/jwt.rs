@@ -138,9 +138,18 @@ jwks_refresh_ms = 600000"#,
     )
 }
 
-#[test]
-fn every_algorithm_and_every_refusal() {
-    let dir = Scratch::new("jwt");
+/// A gateway whose issuer's key set (`jwks-one.json`) comes from a JWKS server, and the
+/// tokens PyJWT minted for it, in a scratch directory named `name`.
+struct Minted {
+    gw: Gateway,
+    tokens: HashMap<String, String>,
+    /// What must outlive the gateway's requests: the key set's server, the upstream, their
+    /// runtime, the files.
+    _keep: (Jwks, support::Upstream, tokio::runtime::Runtime, Scratch),
+}
+
+fn minted(name: &str) -> Minted {
+    let dir = Scratch::new(name);
     let tokens = mint(&dir);
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
@@ -149,6 +158,16 @@ fn every_algorithm_and_every_refusal() {
         std::fs::read_to_string(dir.path("jwks-one.json")).unwrap(),
     );
     let gw = gateway(&dir, up.addr, &jwks.url);
+    Minted {
+        gw,
+        tokens,
+        _keep: (jwks, up, rt, dir),
+    }
+}
+
+#[test]
+fn every_algorithm_and_every_refusal() {
+    let Minted { gw, tokens, _keep } = minted("jwt");
     for alg in ALGORITHMS {
         let r = request(gw.http, "GET", "/main", &[&bearer(&tokens[alg])], "");
         assert_eq!(r.status, 200, "{alg}: {}", r.body);
@@ -310,15 +329,7 @@ fn crit_and_key_selecting_header_parameters_are_refused() {
 #[test]
 fn the_authorization_header_is_read_byte_for_byte() {
     use std::io::Write;
-    let dir = Scratch::new("jwt-bytes");
-    let tokens = mint(&dir);
-    let rt = runtime();
-    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let jwks = jwks_server(
-        &rt,
-        std::fs::read_to_string(dir.path("jwks-one.json")).unwrap(),
-    );
-    let gw = gateway(&dir, up.addr, &jwks.url);
+    let Minted { gw, tokens, _keep } = minted("jwt-bytes");
     let token = tokens["RS256"].as_bytes();
     let send = |auth: &[u8]| {
         let mut req =
