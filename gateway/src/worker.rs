@@ -4,21 +4,12 @@
 //! (the upstream connection pools) keeps one shard per worker: a connection opened on one
 //! worker is only ever reused there, with no cross-thread wake-up on its reads.
 
-use std::{
-    cell::Cell,
-    ops::Range,
-    sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
-        OnceLock,
-    },
-};
+use std::{cell::Cell, ops::Range, sync::OnceLock};
 
 use tokio::runtime::Handle;
 
-/// Worker threads: none until a run with more than one worker says so.
-static WORKERS: AtomicUsize = AtomicUsize::new(0);
-
-/// The worker threads' runtimes, worker `i`'s (shard `i + 1`'s) at `i`.
+/// The worker threads' runtimes, worker `i`'s (shard `i + 1`'s) at `i`; unset (no worker
+/// threads) unless a run has more than one worker.
 static RUNTIMES: OnceLock<Box<[Handle]>> = OnceLock::new();
 
 thread_local! {
@@ -28,7 +19,7 @@ thread_local! {
 /// How many shards a per-worker structure needs: one per worker thread (1..=N), and shard 0
 /// for every other thread (the main thread, which also serves when there is one worker).
 pub fn shards() -> usize {
-    WORKERS.load(Relaxed) + 1
+    RUNTIMES.get().map_or(0, |r| r.len()) + 1
 }
 
 /// The current thread's shard (below [`shards`] once set up).
@@ -50,16 +41,10 @@ pub fn runtime(shard: usize) -> Option<Handle> {
     RUNTIMES.get()?.get(shard.checked_sub(1)?).cloned()
 }
 
-/// Records the worker threads' runtimes, in worker order; called once, before any
+/// Records the worker threads' runtimes, in worker order; called once, before any pool or
 /// connection is made for them.
 pub(crate) fn set_runtimes(handles: Vec<Handle>) {
     let _ = RUNTIMES.set(handles.into());
-}
-
-/// Sets the number of worker threads (0: the main thread serves); called once, before any
-/// pool is built.
-pub(crate) fn set_workers(n: usize) {
-    WORKERS.store(n, Relaxed);
 }
 
 /// Marks the current thread as worker `i` (0-based).

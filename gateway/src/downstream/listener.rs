@@ -358,8 +358,3 @@ impl Drop for ConnGuard {
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-/// The address a listener actually bound (for port 0 in tests).
-pub fn local(l: &TcpListener) -> std::io::Result<SocketAddr> {
-    l.local_addr()
-}

@@ -51,7 +51,6 @@ pub struct Gateway {
 pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     let workers = workers.max(1);
     // Before any pool is built: pools keep a shard per worker thread.
-    crate::worker::set_workers(if workers > 1 { workers } else { 0 });
     let runtimes = workers::Runtimes::build(workers)?;
     // Stamped before it is read: a change made while the gateway starts is reloaded.
     let seen = stamp(&path);
@@ -123,7 +122,7 @@ fn start_listeners(
         }
         let first = listener::bind(l, l.address, workers > 1).with_context(context)?;
         // The port the others bind (the one the system gave for port 0).
-        let address = listener::local(&first).with_context(context)?;
+        let address = first.local_addr().with_context(context)?;
         info!(listener = %l.name, %address, workers, "listening");
         if workers == 1 {
             here.push(tokio::spawn(listener::serve(

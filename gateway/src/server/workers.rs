@@ -80,7 +80,7 @@ impl Workers {
     /// Starts a thread per runtime, serving the matching entry of `sockets` until `stop`
     /// changes, then their open connections until [`Workers::exit`].
     pub fn start(
-        runtimes: Runtimes,
+        mut runtimes: Runtimes,
         sockets: Vec<Vec<Socket>>,
         runtime: &Arc<ArcSwap<Runtime>>,
         metrics: &Arc<Metrics>,
@@ -92,7 +92,6 @@ impl Workers {
             accepting: Vec::new(),
             exit,
         };
-        let mut runtimes = runtimes;
         for (i, sockets) in sockets.into_iter().enumerate() {
             // Taken from `runtimes` only once its thread runs, so that a failed start drops
             // the rest there, without blocking.
