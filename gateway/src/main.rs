@@ -41,9 +41,9 @@ enum Command {
         config: PathBuf,
         /// Workers (default: one per CPU). Above one, each is a thread with its own runtime
         /// and its own `SO_REUSEPORT` socket on every listener, and a connection stays on the
-        /// worker that accepted it; one worker serves on the main thread.
-        #[arg(long)]
-        workers: Option<usize>,
+        /// worker that accepted it; one worker serves on the main thread. 1 to 1024.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate a config file.
     Check {
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
             // The main thread's runtime: the only one with one worker; with more, each worker
             // is a thread with a current-thread runtime of its own (`server::workers`), and
             // this one runs reloads, the admin API and health checks.
-            let threads = workers.unwrap_or_else(|| {
+            let threads = workers.map(usize::from).unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
             tokio::runtime::Builder::new_current_thread()

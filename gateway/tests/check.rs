@@ -87,3 +87,21 @@ fn refusals_name_the_file_the_field_and_the_reason() {
         );
     }
 }
+
+#[test]
+fn a_worker_count_out_of_range_is_refused_before_anything_starts() {
+    for (workers, why) in [
+        ("0", "0 is not in 1..=1024"),
+        ("1025", "1025 is not in 1..=1024"),
+        ("99999999999", "not in 1..=1024"),
+        ("two", "invalid digit"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+            .args(["run", "--workers", workers, "--config", "/nonexistent.toml"])
+            .output()
+            .expect("run sluice-gateway");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{workers}");
+        assert!(said.contains(why), "{workers}: {said}");
+    }
+}
