@@ -6,7 +6,7 @@
 //! rotates per word, no tables and no loops the verifier has to bound, and good avalanche for
 //! the slot modulus.
 
-use crate::maps::FlowKey;
+use crate::maps::{FlowKey, FlowKey4};
 
 /// Seed shared by every Sluice node. Changing it reshuffles every flow, so it never changes.
 pub const HASH_SEED: u32 = 0x5c1c_e000;
@@ -41,12 +41,7 @@ fn finish(mut h: u32, len_words: u32) -> u32 {
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
     if key.family == crate::FAMILY_V4 {
-        let mut h = HASH_SEED;
-        h = mix(h, key.src[0]);
-        h = mix(h, key.dst[0]);
-        h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
-        h = mix(h, key.proto as u32);
-        return finish(h, 4);
+        return flow_hash4(&key.v4());
     }
     let mut h = HASH_SEED;
     h = mix(h, key.src[0]);
@@ -60,6 +55,17 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
     h = mix(h, key.proto as u32);
     finish(h, 10)
+}
+
+/// [`flow_hash`] of an IPv4 flow, from its IPv4 flow-table key.
+#[inline(always)]
+pub fn flow_hash4(key: &FlowKey4) -> u32 {
+    let mut h = HASH_SEED;
+    h = mix(h, key.src);
+    h = mix(h, key.dst);
+    h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
+    h = mix(h, key.proto as u32);
+    finish(h, 4)
 }
 
 /// MurmurHash3 of any number of words, for control-plane uses such as Maglev permutations.

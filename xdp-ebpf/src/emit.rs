@@ -20,11 +20,16 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use sluice_common::{stats::Lb, NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_JIFFIES};
+use sluice_common::{
+    net::{ETH_P_IP, ETH_P_IPV6},
+    stats::Lb,
+    NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_JIFFIES,
+};
 
 use crate::{
-    encap::Outer,
+    encap::{self, Outer},
     maps::{NEXT_HOPS, TX_PORTS},
+    packet::L2,
 };
 
 const AF_INET: u8 = 2;
@@ -49,29 +54,41 @@ pub enum NextHop {
     Unreachable,
 }
 
-/// The next hop of the outer header towards backend `backend_id`.
+/// The cached next hop towards backend `backend_id`, if this CPU holds a fresh one: a
+/// [`NextHop::Forward`], or [`NextHop::TooBig`] when the outer packet exceeds its MTU.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
+pub fn cached(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> Option<NextHop> {
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: plain helper call (the verifier inlines it into one load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
-    let slot = NEXT_HOPS.get_ptr_mut(backend_id);
-    if let Some(slot) = slot {
-        // SAFETY: per-CPU slot, only this CPU reads or writes it.
-        let c = unsafe { &*slot };
-        // An entry further ahead than one lifetime was written with another clock (an
-        // earlier program kept nanoseconds here): never trusted, so it cannot live forever.
-        if c.expires > now && c.expires <= now + NEXT_HOP_TTL_JIFFIES && c.ingress == ingress {
-            if outer.total > c.mtu as usize {
-                return NextHop::TooBig(c.mtu);
-            }
-            return NextHop::Forward {
-                dst: c.dst_mac,
-                src: c.src_mac,
-                ifindex: c.egress,
-            };
-        }
+    // SAFETY: per-CPU slot, only this CPU reads or writes it.
+    let c = unsafe { &*NEXT_HOPS.get_ptr(backend_id)? };
+    // An entry further ahead than one lifetime was written with another clock (an earlier
+    // program kept nanoseconds here): never trusted, so it cannot live forever.
+    if c.expires <= now || c.expires > now + NEXT_HOP_TTL_JIFFIES || c.ingress != ingress {
+        return None;
     }
+    if outer.total > c.mtu as usize {
+        return Some(NextHop::TooBig(c.mtu));
+    }
+    Some(NextHop::Forward {
+        dst: c.dst_mac,
+        src: c.src_mac,
+        ifindex: c.egress,
+    })
+}
+
+/// The next hop of the outer header towards backend `backend_id`: the cached one, or a
+/// route lookup, whose success is then cached.
+#[inline(always)]
+pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
+    if let Some(hop) = cached(ctx, outer, backend_id) {
+        return hop;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: as above.
+    let now = unsafe { bpf_jiffies64() };
+    let slot = NEXT_HOPS.get_ptr_mut(backend_id);
     let found = lookup(ctx, outer, outer.total as u16);
     if let (NextHop::Forward { dst, src, ifindex }, Some(slot)) = (&found, slot) {
         // The route MTU: ask again with the largest length, which fails with it.
@@ -145,7 +162,7 @@ fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
 /// Sends a rewritten packet out of `ifindex`: XDP_TX on the ingress interface, otherwise a
 /// devmap redirect. `Err` means the devmap has no such port.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, ifindex: u32) -> Result<(u32, Lb), ()> {
+fn send(ctx: &XdpContext, ifindex: u32) -> Result<(u32, Lb), ()> {
     if ifindex == ctx.ingress_ifindex() as u32 {
         return Ok((xdp_action::XDP_TX, Lb::Tx));
     }
@@ -153,4 +170,31 @@ pub fn send(ctx: &XdpContext, ifindex: u32) -> Result<(u32, Lb), ()> {
         Ok(action) if action == xdp_action::XDP_REDIRECT => Ok((action, Lb::Redirect)),
         _ => Err(()),
     }
+}
+
+/// Sends the packet, encapsulated with `outer` behind an L2 header, out of `ifindex`; `l2` is
+/// the L2 header it arrived with. When the devmap has no such port, the kernel takes it,
+/// addressed to ourselves: the frame was written for another link, so without the ingress
+/// VLAN tag, and the kernel's forwarding takes one off the TTL, so one is added first.
+#[inline(always)]
+pub fn send_or_kernel(
+    ctx: &XdpContext,
+    l2: &L2,
+    outer: &mut Outer,
+    ifindex: u32,
+) -> Result<(u32, Lb), Lb> {
+    if let Ok(done) = send(ctx, ifindex) {
+        return Ok(done);
+    }
+    let untagged = L2 { vlan: None, ..*l2 };
+    let ethertype = if outer.family == FAMILY_V6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IP
+    };
+    if !untagged.write(ctx, &l2.dst, &l2.src, ethertype) || !encap::add_hop(ctx, untagged.len(), outer)
+    {
+        return Err(Lb::EncapFailed);
+    }
+    Ok((xdp_action::XDP_PASS, Lb::RedirectMiss))
 }

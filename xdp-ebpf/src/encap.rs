@@ -50,7 +50,20 @@ pub fn needs_hash(backend: &Backend, node: &NodeConfig) -> bool {
 /// [`needs_hash`] says so.
 #[inline(always)]
 pub fn plan(pkt: &Packet, backend: &Backend, node: &NodeConfig, hash: u32) -> Outer {
-    let inner_proto = if pkt.flow.family == FAMILY_V4 {
+    plan_inner(pkt.flow.family, pkt.tos, pkt.ip_len, backend, node, hash)
+}
+
+/// [`plan`] for an inner IP packet of `family`, traffic class `tos` and `ip_len` bytes.
+#[inline(always)]
+pub fn plan_inner(
+    family: u8,
+    tos: u8,
+    ip_len: usize,
+    backend: &Backend,
+    node: &NodeConfig,
+    hash: u32,
+) -> Outer {
+    let inner_proto = if family == FAMILY_V4 {
         proto::IPIP
     } else {
         proto::IPV6
@@ -65,36 +78,30 @@ pub fn plan(pkt: &Packet, backend: &Backend, node: &NodeConfig, hash: u32) -> Ou
         src,
         dst: backend.addr,
         inner_proto,
-        tos: pkt.tos,
+        tos,
         ttl: node.outer_ttl(),
         flow_label: hash & 0x000f_ffff,
         len,
-        total: len + pkt.ip_len,
+        total: len + ip_len,
     }
 }
 
-/// Grows the packet at the front and writes L2 (with the given MACs) and the outer header.
+/// Grows the packet at the front and writes L2 (with the given MACs) and the outer header;
+/// `l2` is the L2 header the packet arrived with.
 ///
 /// A VLAN tag belongs to the link the frame arrived on: it is kept when the frame leaves by
 /// that link again (`same_link`), and dropped when it leaves by another interface.
 #[inline(always)]
 pub fn write(
     ctx: &XdpContext,
-    pkt: &Packet,
+    l2: &L2,
     outer: &Outer,
     dst_mac: &[u16; 3],
     src_mac: &[u16; 3],
     same_link: bool,
 ) -> Result<(), Lb> {
-    let out_l2 = if same_link {
-        pkt.l2
-    } else {
-        L2 {
-            vlan: None,
-            ..pkt.l2
-        }
-    };
-    let grow = outer.len as i32 + out_l2.len() as i32 - pkt.l2.len() as i32;
+    let out_l2 = if same_link { *l2 } else { L2 { vlan: None, ..*l2 } };
+    let grow = outer.len as i32 + out_l2.len() as i32 - l2.len() as i32;
     // SAFETY: plain helper call on our own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(Lb::EncapFailed);

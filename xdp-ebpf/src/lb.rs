@@ -1,12 +1,12 @@
-//! `sluice_lb`: (the VIP filter on the raw header) → parse → shield → lookup → encapsulate →
-//! emit, and the one counter each packet ends in.
+//! `sluice_lb`: (the VIP filter on the raw header) → the established IPv4 path, or parse →
+//! shield → lookup → encapsulate → emit, and the one counter each packet ends in.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use sluice_common::{flow_hash, stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
 
 use crate::{
     emit::{self, NextHop},
-    encap, icmp, lookup,
+    encap, established, icmp, lookup,
     maps::{add_traffic, bump, BACKEND_STATS, LB_STATS, NODE, VIP_STATS},
     packet::len,
     parse::{self, Kind},
@@ -39,6 +39,17 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     if filtered == lookup::Filtered::NotVip {
         return Err(Lb::Pass);
     }
+    // Read in place rather than copied: the stack is the verifier's scarcest resource here.
+    // A packet that meets the agent's write half-way may see old and new fields side by
+    // side; the config changes rarely, and the next packet sees it whole.
+    let Some(node) = NODE.get(0) else {
+        return Err(Lb::Pass);
+    };
+    if filtered == lookup::Filtered::MayBeVip {
+        if let Some(done) = established::forward(ctx, node) {
+            return done;
+        }
+    }
     let frame_len = len(ctx) as u64;
     let pkt = parse::parse(ctx)?;
     match pkt.kind {
@@ -50,7 +61,6 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     if filtered == lookup::Filtered::Unread && !lookup::may_be_vip(&pkt) {
         return Err(Lb::Pass);
     }
-    let node = NODE.get(0).copied().unwrap_or_default();
     if node.shield != 0 {
         if let Some((slot, reason)) = shield::blocks(ctx, &pkt) {
             // Only traffic for a VIP is ever blocked, so the node stays reachable.
@@ -66,12 +76,12 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         bump(&LB_STATS, LB_FLOW_BASE + LbFlow::IcmpError as u32);
     }
     // Outer-header entropy (IPv6 flow label, source bits) always spreads by the 5-tuple.
-    let hash = if encap::needs_hash(&route.backend, &node) {
+    let hash = if encap::needs_hash(&route.backend, node) {
         flow_hash(&pkt.flow)
     } else {
         0
     };
-    let mut outer = encap::plan(&pkt, &route.backend, &node, hash);
+    let mut outer = encap::plan(&pkt, &route.backend, node, hash);
     let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, route.id) {
         NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
         // The kernel takes it: address the frame to ourselves, as it arrived. It forwards
@@ -90,37 +100,12 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         NextHop::Unreachable => return Err(Lb::FibFailure),
     };
     let same_link = ifindex.is_none_or(|i| i == ctx.ingress_ifindex() as u32);
-    encap::write(ctx, &pkt, &outer, &dst_mac, &src_mac, same_link)?;
+    encap::write(ctx, &pkt.l2, &outer, &dst_mac, &src_mac, same_link)?;
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
     let Some(ifindex) = ifindex else {
         return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
     };
-    match emit::send(ctx, ifindex) {
-        Ok(done) => Ok(done),
-        Err(()) => {
-            // Not a port we may redirect to: hand it to the kernel addressed to ourselves.
-            // The frame was written for another link, so without the ingress VLAN tag, and
-            // the kernel's forwarding takes one off the TTL, as on the slow path above.
-            let l2 = crate::packet::L2 {
-                vlan: None,
-                ..pkt.l2
-            };
-            if !l2.write(ctx, &pkt.l2.dst, &pkt.l2.src, outer_ethertype(&outer))
-                || !encap::add_hop(ctx, l2.len(), &mut outer)
-            {
-                return Err(Lb::EncapFailed);
-            }
-            Ok((xdp_action::XDP_PASS, Lb::RedirectMiss))
-        }
-    }
-}
-
-#[inline(always)]
-fn outer_ethertype(outer: &encap::Outer) -> u16 {
-    if outer.family == sluice_common::FAMILY_V6 {
-        sluice_common::net::ETH_P_IPV6
-    } else {
-        sluice_common::net::ETH_P_IP
-    }
+    // Not a port we may redirect to: the kernel takes it, as on the slow path above.
+    emit::send_or_kernel(ctx, &pkt.l2, &mut outer, ifindex)
 }

@@ -17,7 +17,7 @@ use sluice_common::net::{ETH_P_IP, ETH_P_IPV6};
 
 use crate::{
     flood,
-    maps::{self, bump, BACKENDS, FLOWS, LB_STATS, VIPS, VIP_FILTER, VIP_GENS},
+    maps::{self, bump, BACKENDS, LB_STATS, VIPS, VIP_FILTER, VIP_GENS},
     packet::{addr6_at, at, raw16_at, raw32_at},
     parse::{Kind, Packet},
 };
@@ -144,7 +144,7 @@ fn flow_event(event: LbFlow) {
 }
 
 /// What the flow table says about a packet.
-enum Entry {
+pub enum Entry {
     /// Valid entry with a live backend.
     Hit(Route),
     /// Valid entry whose backend is no longer alive: re-pick.
@@ -155,9 +155,16 @@ enum Entry {
 
 #[inline(always)]
 fn entry(pkt: &Packet) -> Entry {
-    let Some(state) = FLOWS.get_ptr_mut(&pkt.flow) else {
-        return Entry::Miss;
-    };
+    match maps::flow_entry(&pkt.flow) {
+        Some(state) => check(state),
+        None => Entry::Miss,
+    }
+}
+
+/// What the flow-table entry at `state` is worth: a hit while its VIP incarnation lives and
+/// its backend is alive.
+#[inline(always)]
+pub fn check(state: *mut FlowState) -> Entry {
     // SAFETY: a live element of the LRU map; fields are read once each.
     let s = unsafe { *state };
     match VIP_GENS.get(s.vip) {
@@ -233,11 +240,9 @@ pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
 fn remember(pkt: &Packet, state: FlowState) {
     // Look before inserting: an insert pops a free element (evicting when the table is full)
     // even when the key exists, so trying the insert first costs more, not less.
-    match FLOWS.get_ptr_mut(&pkt.flow) {
+    match maps::flow_entry(&pkt.flow) {
         // SAFETY: as above.
         Some(p) => unsafe { *p = state },
-        None => {
-            let _ = FLOWS.insert(&pkt.flow, state, 0);
-        }
+        None => maps::insert_flow(&pkt.flow, state),
     }
 }

@@ -15,6 +15,7 @@ mod bench;
 mod decap;
 mod emit;
 mod encap;
+mod established;
 mod flood;
 mod icmp;
 mod lb;

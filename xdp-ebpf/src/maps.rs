@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use sluice_common::{
     stats::{BLOCK_REASONS_LEN, DECAP_STATS_LEN, LB_COUNTERS},
-    AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowState, NextHop, NodeConfig,
+    AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowKey4, FlowState, NextHop, NodeConfig,
     Traffic, VipKey, VipMeta, BLOCK_NOTE_LEN, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_BLOCKS,
-    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_WORDS,
+    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_WORDS, FAMILY_V4,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
@@ -47,11 +47,39 @@ pub fn maglev_slot(index: u32) -> Option<u32> {
     Some((pair >> ((index & 1) * 32)) as u32)
 }
 
-/// Established flows. One hash table visible from every CPU, with per-CPU LRU lists so CPUs do
-/// not contend on eviction: a flow whose packets arrive on another CPU still finds its entry.
+/// Established IPv6 flows. One hash table visible from every CPU, with per-CPU LRU lists so
+/// CPUs do not contend on eviction: a flow whose packets arrive on another CPU still finds
+/// its entry.
 #[map(name = "SLUICE_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Established IPv4 flows, as [`FLOWS`] but on a 16-byte key, which the kernel hashes and
+/// compares in less than half the time of the dual-stack one.
+#[map(name = "SLUICE_FLOWS4")]
+pub static FLOWS4: LruHashMap<FlowKey4, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// The flow table's entry for `flow`, in the table of its family.
+#[inline(always)]
+pub fn flow_entry(flow: &FlowKey) -> Option<*mut FlowState> {
+    if flow.family == FAMILY_V4 {
+        FLOWS4.get_ptr_mut(&flow.v4())
+    } else {
+        FLOWS.get_ptr_mut(flow)
+    }
+}
+
+/// Inserts `flow` in the table of its family; a full table evicts its least recently used
+/// entry. A failed insert only means the flow is picked again by its next packet.
+#[inline(always)]
+pub fn insert_flow(flow: &FlowKey, state: FlowState) {
+    let _ = if flow.family == FAMILY_V4 {
+        FLOWS4.insert(&flow.v4(), state, 0)
+    } else {
+        FLOWS.insert(flow, state, 0)
+    };
+}
 
 /// Node configuration (one entry).
 #[map(name = "SLUICE_NODE")]

@@ -26,11 +26,11 @@ pub fn blocks(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, u32)> {
     if pkt.kind == Kind::IcmpError {
         // `flow.src` is the client the quoted packet was for; the sender is read from the
         // packet rather than kept in `Packet`, whose every byte counts on the BPF stack.
-        if let Some(hit) = icmp_sender(ctx, pkt).and_then(|s| lookup(&s, pkt.flow.family)) {
+        if let Some(hit) = icmp_sender(ctx, pkt).and_then(|s| source_blocked(&s, pkt.flow.family)) {
             return Some(hit);
         }
     }
-    lookup(&pkt.flow.src, pkt.flow.family)
+    source_blocked(&pkt.flow.src, pkt.flow.family)
 }
 
 /// The outer source address of an ICMP error.
@@ -46,10 +46,10 @@ fn icmp_sender(ctx: &XdpContext, pkt: &Packet) -> Option<[u32; 4]> {
     }
 }
 
-/// The live entry for `src`. The agent keeps an entry inside a wider one from expiring
-/// before it, so the longest match is the one to obey.
+/// The live entry for `src`, as (counter slot, reason). The agent keeps an entry inside a
+/// wider one from expiring before it, so the longest match is the one to obey.
 #[inline(always)]
-fn lookup(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
+pub fn source_blocked(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
     let key = Key::new(
         BLOCK_KEY_FAMILY_BITS + 128,
         BlockKey {

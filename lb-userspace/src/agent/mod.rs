@@ -238,7 +238,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         .with_context(|| format!("admin API on {}", agent.config.admin.listen))?;
     info!(admin = %agent.config.admin.listen, "sluice-lb running");
     agent.flow_count.spawn_counter(
-        crate::dataplane::pinned_flows_path(&agent.config.node.pin_dir),
+        crate::dataplane::pinned_maps_dir(&agent.config.node.pin_dir),
         agent.config.node.flow_table_size as usize,
     );
     tokio::spawn(admin::serve(

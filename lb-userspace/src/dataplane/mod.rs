@@ -16,8 +16,8 @@ use aya::{
 use sluice_common::{
     maglev_index, names, programs,
     stats::{Decap, Lb, LbFlow, LB_FLOW_BASE},
-    vip_filter_bit, Backend, FlowKey, FlowState, NextHop, NodeConfig, Traffic, VipKey, VipMeta,
-    MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS, VIP_FILTER_WORDS, VIP_GEN_COUNTER,
+    vip_filter_bit, Backend, FlowKey, FlowKey4, FlowState, NextHop, NodeConfig, Traffic, VipKey,
+    VipMeta, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS, VIP_FILTER_WORDS, VIP_GEN_COUNTER,
 };
 use thiserror::Error;
 
@@ -103,7 +103,7 @@ pub struct LoadOptions {
 /// checked against it (and against the object's type and size) before they are adopted.
 pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
     use sluice_common::{
-        AddrKey, BlockEntry, BlockKey, FloodState, FlowKey, FlowState, NextHop, Traffic,
+        AddrKey, BlockEntry, BlockKey, FloodState, FlowKey, FlowKey4, FlowState, NextHop, Traffic,
     };
     use std::mem::size_of;
     &[
@@ -111,6 +111,7 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
         (names::BACKENDS, 4, size_of::<Backend>()),
         (names::MAGLEV, 4, 8),
         (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowState>()),
+        (names::FLOWS4, size_of::<FlowKey4>(), size_of::<FlowState>()),
         (names::NODE, 4, size_of::<NodeConfig>()),
         (names::LB_STATS, 4, 8),
         (names::VIP_STATS, 4, size_of::<Traffic>()),
@@ -252,18 +253,29 @@ pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneE
     move |source| DataPlaneError::Map { name, source }
 }
 
-/// Where the flow table is pinned under a node's `pin_dir`.
-pub fn pinned_flows_path(pin_dir: &std::path::Path) -> std::path::PathBuf {
-    pin_dir.join("maps").join(names::FLOWS)
+/// Where the flow tables are pinned under a node's `pin_dir`.
+pub fn pinned_maps_dir(pin_dir: &std::path::Path) -> std::path::PathBuf {
+    pin_dir.join("maps")
 }
 
-/// Entries in the pinned flow table at `path`, walked through a descriptor of its own (so
-/// a thread other than the agent's can count) and stopping after `limit` keys: a table
-/// never holds more, and a walk that restarts while entries come and go cannot run on.
-pub fn count_pinned_flows(path: &std::path::Path, limit: usize) -> Result<usize> {
-    let name = names::FLOWS;
+/// Entries in the fuller of the two pinned flow tables (IPv4 and IPv6, each of
+/// `flow_table_size` entries) under `maps_dir`: how near a table is to evicting. Each is
+/// walked through a descriptor of its own (so a thread other than the agent's can count),
+/// stopping after `limit` keys: a table never holds more, and a walk that restarts while
+/// entries come and go cannot run on.
+pub fn count_pinned_flows(maps_dir: &std::path::Path, limit: usize) -> Result<usize> {
+    let v6 = count_pinned::<FlowKey>(&maps_dir.join(names::FLOWS), names::FLOWS, limit)?;
+    let v4 = count_pinned::<FlowKey4>(&maps_dir.join(names::FLOWS4), names::FLOWS4, limit)?;
+    Ok(v4.max(v6))
+}
+
+fn count_pinned<K: aya::Pod>(
+    path: &std::path::Path,
+    name: &'static str,
+    limit: usize,
+) -> Result<usize> {
     let data = MapData::from_pin(path).map_err(map_err(name))?;
-    let map: HashMap<MapData, FlowKey, FlowState> =
+    let map: HashMap<MapData, K, FlowState> =
         HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(name))?;
     let mut n = 0;
     for key in map.keys().take(limit) {
@@ -282,6 +294,7 @@ impl DataPlane {
         loader.override_global(programs::DEBUG_GLOBAL, &debug, true);
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(names::FLOWS, size);
+            loader.map_max_entries(names::FLOWS4, size);
         }
         let map_dir = opts.pin_dir.as_ref().map(|d| d.join("maps"));
         if let Some(dir) = &map_dir {
@@ -302,7 +315,7 @@ impl DataPlane {
                         .get(*name)
                         .map(|m| (m.map_type(), m.max_entries()));
                     let wanted_entries = match (*name, opts.flow_table_size) {
-                        (n, Some(size)) if n == names::FLOWS => Some(size),
+                        (n, Some(size)) if n == names::FLOWS || n == names::FLOWS4 => Some(size),
                         _ => declared.map(|d| d.1),
                     };
                     check_pinned(
@@ -605,10 +618,17 @@ impl DataPlane {
         map.insert(addr::addr_key(ip), 1, 0).map_err(map_err(name))
     }
 
-    /// The flow table's entry for `key`, if any.
+    /// The flow table's entry for `key`, if any, from the table of its family.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>> {
-        let name = names::FLOWS;
-        let map: HashMap<&MapData, FlowKey, FlowState> =
+        if key.family == sluice_common::FAMILY_V4 {
+            self.flow_in(names::FLOWS4, &key.v4())
+        } else {
+            self.flow_in(names::FLOWS, key)
+        }
+    }
+
+    fn flow_in<K: aya::Pod>(&self, name: &'static str, key: &K) -> Result<Option<FlowState>> {
+        let map: HashMap<&MapData, K, FlowState> =
             HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         match map.get(key, 0) {
             Ok(v) => Ok(Some(v)),
@@ -617,10 +637,13 @@ impl DataPlane {
         }
     }
 
-    /// Number of entries in the flow table (walks the whole map: for tests and tools).
+    /// Number of entries in both flow tables (walks them whole: for tests and tools).
     pub fn flow_count_entries(&self) -> Result<usize> {
-        let name = names::FLOWS;
-        let map: HashMap<&MapData, FlowKey, FlowState> =
+        Ok(self.count_in::<FlowKey>(names::FLOWS)? + self.count_in::<FlowKey4>(names::FLOWS4)?)
+    }
+
+    fn count_in<K: aya::Pod>(&self, name: &'static str) -> Result<usize> {
+        let map: HashMap<&MapData, K, FlowState> =
             HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         Ok(map.keys().filter(|k| k.is_ok()).count())
     }

@@ -113,6 +113,78 @@ fn tunnel_families_and_next_hops() {
     golden::check_lb(rows);
 }
 
+/// Every tunnelled row again as an established flow: its first packet makes the flow entry
+/// (and caches the next hop), and the next two, a flow-table hit each, must give the same
+/// golden bytes. Untagged IPv4 hits to an IPv4 backend take the established path
+/// (`xdp-ebpf/src/established.rs`) and the rest the general one, so this holds both to the
+/// same bytes and counters.
+#[test]
+fn established_packets_give_the_golden_bytes() {
+    let mut rows = Vec::new();
+    for &(name, vip, client, port, _, tos, hop, outcome, _) in &TUNNELLED {
+        let flow = vip.flow(client, port);
+        let extra = Extra {
+            tos,
+            ..Default::default()
+        };
+        let first = build(&flow, Tcp::Syn, b"first", &extra);
+        let first_event = if vip.tcp {
+            LbFlow::MissSyn
+        } else {
+            LbFlow::MissOther
+        };
+        rows.push(golden::tunnelled_row(
+            name,
+            vip,
+            &flow,
+            first,
+            tos,
+            hop,
+            &[outcome.into(), first_event.into()],
+        ));
+        for payload in [&b"established"[..], b"and again"] {
+            let input = build(&flow, Tcp::Ack, payload, &extra);
+            rows.push(golden::tunnelled_row(
+                name,
+                vip,
+                &flow,
+                input,
+                tos,
+                hop,
+                &[outcome.into()],
+            ));
+        }
+    }
+    golden::check_lb(rows);
+}
+
+/// With entropy bits in the outer IPv4 source, an established packet carries the same outer
+/// source as its flow's first packet: both paths take it from the flow hash.
+#[test]
+fn established_packets_keep_the_outer_source_entropy() {
+    with_lab(|lab| {
+        golden::configure(lab);
+        // The last two octets of the outer source come from the flow hash.
+        lab.set_node(|n| n.src_v4_entropy = u32::from_ne_bytes([0, 0, 0xff, 0xff]));
+        for port in 40000..40008 {
+            let flow = WEB4.flow("203.0.113.7", port);
+            let syn = lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+            let ack = lab.run(&build(&flow, Tcp::Ack, b"", &Extra::default()));
+            assert_eq!(ack.action, action::REDIRECT);
+            let h = flow_hash(&flow.key()).to_ne_bytes();
+            let node: std::net::Ipv4Addr = NODE_V4.parse().expect("literal");
+            let o = node.octets();
+            let want = [o[0], o[1], h[2], h[3]];
+            assert_eq!(syn.data[26..30], want, "first packet's outer source");
+            assert_eq!(ack.data[26..30], want, "established packet's outer source");
+            // The outer headers differ only in their total length and checksum.
+            assert_eq!(syn.data[..16], ack.data[..16]);
+            assert_eq!(syn.data[18..24], ack.data[18..24]);
+            assert_eq!(syn.data[26..34], ack.data[26..34]);
+        }
+    });
+}
+
 #[test]
 fn forwarded_flows_are_remembered_and_counted() {
     with_lab(|lab| {

@@ -47,6 +47,46 @@ fn in_a_minute() -> u64 {
     monotonic_ns() + 60_000_000_000
 }
 
+/// A source blocked after its flow was established: its next packets, flow-table hits that
+/// the established path would forward, are dropped and counted against the entry.
+#[test]
+fn a_source_blocked_mid_flow_is_dropped() {
+    with_lab(|lab| {
+        setup(lab);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        let ack = build(&flow, Tcp::Ack, b"data", &Extra::default());
+        assert_eq!(
+            lab.run(&syn("203.0.113.7", VIP4, 80)).action,
+            action::REDIRECT
+        );
+        assert_eq!(lab.run(&ack).action, action::REDIRECT);
+        block(
+            lab,
+            "203.0.113.7/32",
+            3,
+            BlockReason::RateLimited,
+            in_a_minute(),
+        );
+        for _ in 0..3 {
+            assert_eq!(lab.run(&ack).action, action::DROP);
+        }
+        assert_outcomes(lab, &[(Lb::Redirect, 2), (Lb::Blocked, 3)]);
+        assert_eq!(lab.dp.block_drops(3).expect("read"), 3);
+        assert_eq!(
+            lab.dp
+                .block_reason_drops(BlockReason::RateLimited)
+                .expect("read"),
+            3
+        );
+        // Unblocked, the flow goes on to the backend it had.
+        lab.dp
+            .remove_block("203.0.113.7/32".parse().expect("literal"))
+            .expect("unblock");
+        assert_eq!(lab.run(&ack).action, action::REDIRECT);
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
+    });
+}
+
 #[test]
 fn blocked_sources_are_dropped_before_any_flow_work() {
     with_lab(|lab| {
