@@ -180,13 +180,13 @@ fn tables(m: &mut Writer, s: &Status) {
         m.family(
             "sluice_lb_flow_table_entries",
             "gauge",
-            "Entries in the flow table at its last count (every 10 s).",
+            "Entries in the fuller flow table (IPv4 or IPv6) at its last count (every 10 s).",
         );
         m.sample("sluice_lb_flow_table_entries", &[], f.entries as f64);
         m.family(
             "sluice_lb_flow_table_capacity",
             "gauge",
-            "Entries the flow table holds (flow_table_size).",
+            "Entries each flow table (IPv4, IPv6) holds (flow_table_size).",
         );
         m.sample("sluice_lb_flow_table_capacity", &[], f.capacity as f64);
     }

@@ -53,9 +53,10 @@ pub struct FlowCount {
 /// The flow table in `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct FlowTableView {
-    /// Entries at the last count (live flows, and expired ones the LRU has not reused yet).
+    /// Entries in the fuller of the IPv4 and IPv6 tables at the last count (live flows, and
+    /// expired ones the LRU has not reused yet).
     pub entries: u64,
-    /// What the table holds (`flow_table_size`).
+    /// What each table holds (`flow_table_size`).
     pub capacity: u64,
     /// Milliseconds since the count.
     pub age_ms: u64,

@@ -198,7 +198,7 @@ pub struct Node {
     /// bpffs directory for pinned programs, links and maps.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
-    /// Flow-table capacity.
+    /// Capacity of each flow table (IPv4 and IPv6 have one each).
     #[serde(default = "default_flow_table")]
     pub flow_table_size: u32,
     /// Set the sysctls forwarding needs on the interfaces (IP forwarding, `accept_local`)
