@@ -192,7 +192,8 @@ pub fn send_or_kernel(
     } else {
         ETH_P_IP
     };
-    if !untagged.write(ctx, &l2.dst, &l2.src, ethertype) || !encap::add_hop(ctx, untagged.len(), outer)
+    if !untagged.write(ctx, &l2.dst, &l2.src, ethertype)
+        || !encap::add_hop(ctx, untagged.len(), outer)
     {
         return Err(Lb::EncapFailed);
     }

@@ -100,7 +100,11 @@ pub fn write(
     src_mac: &[u16; 3],
     same_link: bool,
 ) -> Result<(), Lb> {
-    let out_l2 = if same_link { *l2 } else { L2 { vlan: None, ..*l2 } };
+    let out_l2 = if same_link {
+        *l2
+    } else {
+        L2 { vlan: None, ..*l2 }
+    };
     let grow = outer.len as i32 + out_l2.len() as i32 - l2.len() as i32;
     // SAFETY: plain helper call on our own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {

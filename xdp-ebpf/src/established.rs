@@ -40,8 +40,7 @@ const TCP_HEAD: usize = 14 + 20 + 14;
 pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), Lb>> {
     let p = at::<[u8; HEAD]>(ctx, 0)? as *const u8;
     // Untagged IPv4 with a 20-byte header, not a fragment.
-    if raw16_at(p, 12) != ETH_P_IP.to_be() || u8_at(p, 14) != 0x45 || be16_at(p, 20) & 0x3fff != 0
-    {
+    if raw16_at(p, 12) != ETH_P_IP.to_be() || u8_at(p, 14) != 0x45 || be16_at(p, 20) & 0x3fff != 0 {
         return None;
     }
     let ip_len = be16_at(p, 16) as usize;

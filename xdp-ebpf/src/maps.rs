@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use sluice_common::{
     stats::{BLOCK_REASONS_LEN, DECAP_STATS_LEN, LB_COUNTERS},
-    AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowKey4, FlowState, NextHop, NodeConfig,
-    Traffic, VipKey, VipMeta, BLOCK_NOTE_LEN, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_BLOCKS,
-    MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_WORDS, FAMILY_V4,
+    AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowKey4, FlowState, NextHop,
+    NodeConfig, Traffic, VipKey, VipMeta, BLOCK_NOTE_LEN, DEFAULT_FLOW_TABLE_SIZE, FAMILY_V4,
+    MAX_BACKENDS, MAX_BLOCKS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS,
+    VIP_FILTER_WORDS,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
