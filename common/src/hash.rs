@@ -60,11 +60,12 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
 /// [`flow_hash`] of an IPv4 flow, from its IPv4 flow-table key.
 #[inline(always)]
 pub fn flow_hash4(key: &FlowKey4) -> u32 {
+    let (src_port, dst_port) = key.port_pair();
     let mut h = HASH_SEED;
     h = mix(h, key.src);
     h = mix(h, key.dst);
-    h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
-    h = mix(h, key.proto as u32);
+    h = mix(h, (src_port as u32) << 16 | dst_port as u32);
+    h = mix(h, key.proto);
     finish(h, 4)
 }
 

@@ -62,7 +62,8 @@ pub fn addr_key(ip: IpAddr) -> AddrKey {
     AddrKey {
         addr,
         family,
-        pad: [0; 3],
+        pad: 0,
+        pad2: 0,
     }
 }
 

@@ -52,7 +52,8 @@ fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
             let key = AddrKey {
                 addr: [raw32_at(ip, 16), 0, 0, 0],
                 family: FAMILY_V4,
-                pad: [0; 3],
+                pad: 0,
+                pad2: 0,
             };
             if be16_at(ip, 6) & 0x3fff != 0 {
                 return Ok(if is_local(&key) {
@@ -76,7 +77,8 @@ fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
             let key = AddrKey {
                 addr: addr6_at(ip, 24),
                 family: FAMILY_V6,
-                pad: [0; 3],
+                pad: 0,
+                pad2: 0,
             };
             (key, p, IPV6_HLEN)
         }

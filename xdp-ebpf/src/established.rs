@@ -62,10 +62,8 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
     let key = FlowKey4 {
         src: raw32_at(p, 26),
         dst: raw32_at(p, 30),
-        src_port: raw16_at(p, 34),
-        dst_port: raw16_at(p, 36),
-        proto: l4,
-        pad: [0; 3],
+        ports: raw32_at(p, 34),
+        proto: l4 as u32,
     };
     let Entry::Hit(route) = lookup::check(FLOWS4.get_ptr_mut(&key)?) else {
         return None;

@@ -54,7 +54,8 @@ pub fn source_blocked(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
         BLOCK_KEY_FAMILY_BITS + 128,
         BlockKey {
             family,
-            pad: [0; 3],
+            pad: 0,
+            pad2: 0,
             addr: *src,
         },
     );

@@ -33,7 +33,8 @@ pub fn block_key(prefix: IpNet) -> Key<BlockKey> {
         BLOCK_KEY_FAMILY_BITS + u32::from(prefix.prefix_len()),
         BlockKey {
             family,
-            pad: [0; 3],
+            pad: 0,
+            pad2: 0,
             addr,
         },
     )
