@@ -136,6 +136,21 @@ pub struct VipKey {
     pub family: u8,
 }
 
+impl VipKey {
+    /// The key for a VIP, written as five whole words: the kernel reads a key back a word at
+    /// a time to hash and compare it, and a word made of three narrower stores cannot be
+    /// forwarded from them (see [`FlowKey4`]).
+    #[inline(always)]
+    pub fn new(addr: [u32; 4], port: u16, proto: u8, family: u8) -> VipKey {
+        let p = port.to_ne_bytes();
+        let tail = u32::from_ne_bytes([p[0], p[1], proto, family]);
+        let words = [addr[0], addr[1], addr[2], addr[3], tail];
+        // SAFETY: `VipKey` is `repr(C)`: four address words, then port, protocol and family
+        // in the fifth word's bytes in that order, with no padding (see the layout test).
+        unsafe { core::mem::transmute::<[u32; 5], VipKey>(words) }
+    }
+}
+
 /// Hash only the client address (client-IP persistence) rather than the 5-tuple.
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1;
 /// The entry is an address marker (`port == 0`, `proto == 0`), not a service.
@@ -484,6 +499,18 @@ mod tests {
         assert_eq!(size_of::<Traffic>(), 16);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<NextHop>(), 32);
+    }
+
+    #[test]
+    fn a_vip_key_from_words_has_its_fields() {
+        let key = VipKey::new([1, 2, 3, 4], 443u16.to_be(), 6, FAMILY_V6);
+        let fields = VipKey {
+            addr: [1, 2, 3, 4],
+            port: 443u16.to_be(),
+            proto: 6,
+            family: FAMILY_V6,
+        };
+        assert_eq!(key, fields);
     }
 
     #[test]

@@ -279,12 +279,7 @@ pub fn bench_maglev(_ctx: XdpContext) -> u32 {
     };
     key.src[0] = i;
     key.dst[0] = u32::from_ne_bytes([198, 51, 100, 1]);
-    let vip = VipKey {
-        addr: key.dst,
-        port: key.dst_port,
-        proto: 6,
-        family: 4,
-    };
+    let vip = VipKey::new(key.dst, key.dst_port, 6, 4);
     // SAFETY: copied out at once.
     let Some(meta) = (unsafe { VIPS.get(&vip) }).copied() else {
         return xdp_action::XDP_ABORTED;

@@ -78,12 +78,12 @@ pub fn filter_frame(ctx: &XdpContext) -> Filtered {
 /// The VIP a packet is for, if any.
 #[inline(always)]
 pub fn vip(pkt: &Packet) -> Option<VipMeta> {
-    let key = VipKey {
-        addr: pkt.flow.dst,
-        port: pkt.flow.dst_port,
-        proto: pkt.flow.proto,
-        family: pkt.flow.family,
-    };
+    let key = VipKey::new(
+        pkt.flow.dst,
+        pkt.flow.dst_port,
+        pkt.flow.proto,
+        pkt.flow.family,
+    );
     // SAFETY: the value is copied out at once; the map is NO_PREALLOC, so an element replaced
     // concurrently is freed only after an RCU grace period.
     let meta = unsafe { VIPS.get(&key) }.copied()?;
@@ -99,12 +99,7 @@ pub fn is_vip_address(pkt: &Packet) -> bool {
     if !may_be_vip(pkt) {
         return false;
     }
-    let key = VipKey {
-        addr: pkt.flow.dst,
-        port: 0,
-        proto: 0,
-        family: pkt.flow.family,
-    };
+    let key = VipKey::new(pkt.flow.dst, 0, 0, pkt.flow.family);
     VIPS.get_ptr(&key).is_some()
 }
 
