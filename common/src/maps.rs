@@ -412,7 +412,9 @@ pub struct AddrKey {
     pub addr: [u32; 4],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
-    /// Explicit padding, always zero (two fields: see [`FlowKey4::pad`]).
+    /// Explicit padding, always zero. A byte and a half-word rather than `[u8; 3]`, here
+    /// and in [`BlockKey`]: the BPF target zeroes those with two stores, where a 3-byte
+    /// array costs a call to a `memset` byte loop.
     pub pad: u8,
     /// Explicit padding, always zero.
     pub pad2: u16,
@@ -425,8 +427,8 @@ pub struct AddrKey {
 pub struct BlockKey {
     /// [`FAMILY_V4`] or [`FAMILY_V6`]: the first byte compared, so families never mix.
     pub family: u8,
-    /// Explicit padding, always zero (it is compared as part of the prefix; two fields: see
-    /// [`FlowKey4::pad`]).
+    /// Explicit padding, always zero (it is compared as part of the prefix; two fields, as
+    /// in [`AddrKey`]).
     pub pad: u8,
     /// Explicit padding, always zero.
     pub pad2: u16,

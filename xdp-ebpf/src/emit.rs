@@ -61,7 +61,10 @@ pub fn cached(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> Option<NextHo
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: plain helper call (the verifier inlines it into one load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
-    // SAFETY: per-CPU slot, only this CPU reads or writes it.
+    // SAFETY: this CPU's slot. The program writes it only on this CPU; the agent may clear
+    // every CPU's slot (`forget_next_hop`). A packet that races that may read a torn
+    // entry (old and cleared fields side by side): that one packet may be lost, as one in
+    // flight during the route change that prompted the clearing may be.
     let c = unsafe { &*NEXT_HOPS.get_ptr(backend_id)? };
     // An entry further ahead than one lifetime was written with another clock (an earlier
     // program kept nanoseconds here): never trusted, so it cannot live forever.

@@ -28,6 +28,10 @@ use crate::{
     shield,
 };
 
+// The ports are keyed as the native word of their four bytes (`raw32_at`), which is what
+// `FlowKey4::ports_word` builds in userspace on this little-endian target.
+const _: () = assert!(cfg!(target_endian = "little"));
+
 /// Ethernet, a 20-byte IPv4 header and the 8 bytes of ports (and UDP length and checksum)
 /// every TCP or UDP header starts with.
 const HEAD: usize = 14 + 20 + 8;
@@ -94,6 +98,7 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
     };
     let frame_len = len(ctx) as u64;
     add_traffic(&VIP_STATS, route.vip, frame_len);
+    // `same_link` matters only for a VLAN tag, and this path takes untagged frames only.
     if let Err(e) = encap::write(ctx, &l2, &outer, &dst, &src, true) {
         return Some(Err(e));
     }

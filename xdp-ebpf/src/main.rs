@@ -1,8 +1,8 @@
 //! Sluice's XDP programs.
 //!
-//! - `sluice_lb` forwards VIP traffic to gateway nodes: [`parse`] → [`shield`] → [`lookup`]
-//!   (with the [`flood`] guard) → [`encap`] → [`emit`], with [`icmp`] answering packets too
-//!   big for the tunnel.
+//! - `sluice_lb` forwards VIP traffic to gateway nodes: the common packet by [`established`],
+//!   every other by [`parse`] → [`shield`] → [`lookup`] (with the [`flood`] guard) →
+//!   [`encap`] → [`emit`], with [`icmp`] answering packets too big for the tunnel.
 //! - `sluice_decap` strips the tunnel on gateway nodes: [`decap`].
 //! - `bench_*` wrap them for `cargo xtask bench xdp` (see [`bench`]).
 #![no_std]

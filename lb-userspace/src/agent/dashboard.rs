@@ -73,8 +73,9 @@ impl FlowCount {
         })
     }
 
-    /// Counts the pinned flow table at `path` every [`FLOW_COUNT_EVERY`] until the agent
-    /// stops (the task is dropped with the runtime).
+    /// Counts the pinned flow tables under the maps directory `path` every
+    /// [`FLOW_COUNT_EVERY`] until the agent stops (the task is dropped with the runtime); the
+    /// fuller table's count is kept (`dataplane::count_pinned_flows`).
     pub fn spawn_counter(self: &Arc<Self>, path: PathBuf, capacity: usize) {
         let count = self.clone();
         tokio::spawn(async move {

@@ -149,6 +149,20 @@ struct Agent {
     page_status: Option<(Instant, (Status, usize))>,
 }
 
+/// Moves IPv4 flows an earlier version pinned in the dual-stack table to the IPv4 one.
+fn migrate_v4_flows(dp: &mut DataPlane) -> Result<()> {
+    let moved = dp
+        .migrate_v4_flows()
+        .context("moving IPv4 flows to their own table")?;
+    if moved > 0 {
+        info!(
+            flows = moved,
+            "moved pinned IPv4 flows to the IPv4 flow table"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
 pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Result<()> {
     let mut config = config::load(path)?;
@@ -160,8 +174,10 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         debug,
         flow_table_size: Some(config.node.flow_table_size),
         pin_dir: Some(config.node.pin_dir.clone()),
+        bench_reference: false,
     })
     .context("loading the data plane")?;
+    migrate_v4_flows(&mut dp)?;
     let mut ids = Ids::default();
     let applied = Applied::adopt(&mut dp, &mut ids).context("reading pinned state")?;
     let mut shield = Shield::adopt(&dp).context("reading the pinned shield")?;
@@ -187,6 +203,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         dp.forget_next_hops()
             .context("clearing the next-hop cache")?;
     }
+    // The program replaced may have written IPv4 flows to the dual-stack table until now.
+    migrate_v4_flows(&mut dp)?;
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (pull_tx, mut pull_rx) = mpsc::unbounded_channel();

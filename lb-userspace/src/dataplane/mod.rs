@@ -97,7 +97,17 @@ pub struct LoadOptions {
     /// bpffs directory: maps are pinned under `<dir>/maps`, and maps already pinned there are
     /// adopted (after their layout is checked) instead of created.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// For `cargo xtask bench xdp` only: size the benchmark reference's flow table like the
+    /// flow table. The object declares it with 16 entries, so that the 20 MB a full-size
+    /// preallocated table costs are not paid by every node that loads the data plane.
+    pub bench_reference: bool,
 }
+
+/// The benchmark reference's flow table (`xdp-ebpf/src/bench.rs`).
+const BENCH_REFERENCE_MAP: &str = "SLUICE_BENCH_REF";
+
+/// `bpf_map_update_elem`'s flag for "only if the key is not there yet".
+const BPF_NOEXIST: u64 = 1;
 
 /// Every map with its key and value sizes, as this build defines them. Pinned maps are
 /// checked against it (and against the object's type and size) before they are adopted.
@@ -295,6 +305,13 @@ impl DataPlane {
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(names::FLOWS, size);
             loader.map_max_entries(names::FLOWS4, size);
+        }
+        if opts.bench_reference {
+            loader.map_max_entries(
+                BENCH_REFERENCE_MAP,
+                opts.flow_table_size
+                    .unwrap_or(sluice_common::DEFAULT_FLOW_TABLE_SIZE),
+            );
         }
         let map_dir = opts.pin_dir.as_ref().map(|d| d.join("maps"));
         if let Some(dir) = &map_dir {
@@ -635,6 +652,52 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(name)(e)),
         }
+    }
+
+    /// Moves IPv4 flows from the dual-stack table to the IPv4 one, where this build looks
+    /// for them, and returns how many moved. An earlier version kept every flow in
+    /// `SLUICE_FLOWS`; its pinned entries would otherwise all miss on the first start of this
+    /// one, and a flow whose slot moved since (or whose backend is draining) would break.
+    /// An entry already in the IPv4 table (made by this build since) wins. Run after the
+    /// maps are adopted and again once the new program is attached, since the old one keeps
+    /// writing the dual-stack table until then.
+    pub fn migrate_v4_flows(&mut self) -> Result<usize> {
+        let old: Vec<(FlowKey, FlowState)> = {
+            let name = names::FLOWS;
+            let map: HashMap<&MapData, FlowKey, FlowState> =
+                HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+            map.iter()
+                .filter_map(|e| e.ok())
+                .filter(|(k, _)| k.family == sluice_common::FAMILY_V4)
+                .collect()
+        };
+        if old.is_empty() {
+            return Ok(0);
+        }
+        {
+            let name = names::FLOWS4;
+            let mut map: HashMap<&mut MapData, FlowKey4, FlowState> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (key, state) in &old {
+                // BPF_NOEXIST: an entry made by this build since is newer than the old one.
+                match map.insert(key.v4(), *state, BPF_NOEXIST) {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+        }
+        let name = names::FLOWS;
+        let mut map: HashMap<&mut MapData, FlowKey, FlowState> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (key, _) in &old {
+            match map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(old.len())
     }
 
     /// Number of entries in both flow tables (walks them whole: for tests and tools).

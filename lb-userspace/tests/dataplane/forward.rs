@@ -3,7 +3,7 @@
 use sluice_common::{
     flow_hash,
     stats::{Lb, LbFlow},
-    BACKEND_ALIVE, BACKEND_DRAINING, VIP_HASH_SOURCE_ONLY,
+    FlowKey, FlowKey4, FlowState, BACKEND_ALIVE, BACKEND_DRAINING, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
@@ -156,6 +156,129 @@ fn established_packets_give_the_golden_bytes() {
         }
     }
     golden::check_lb(rows);
+}
+
+/// Which packets the established path takes. Of each tunnelled row's flow, the packet after
+/// the first (an entry made, the next hop cached on this CPU) is taken, with the golden
+/// bytes, exactly when it is IPv4 to an IPv4 gateway reached through a neighbour; every
+/// other packet, and every packet of such a flow that needs more than that path does, is
+/// declined untouched for the general path.
+#[test]
+fn the_established_path_takes_exactly_the_common_packets() {
+    with_lab(|lab| {
+        // The next-hop cache is per CPU: the first packet must fill this CPU's.
+        pin_to_current_cpu();
+        golden::configure(lab);
+        for &(name, vip, client, port, _, tos, hop, _, _) in &TUNNELLED {
+            let flow = vip.flow(client, port);
+            let extra = Extra {
+                tos,
+                ..Default::default()
+            };
+            lab.run(&build(&flow, Tcp::Syn, b"first", &extra));
+            let ack = build(&flow, Tcp::Ack, b"established", &extra);
+            let out = lab.run_established(&ack);
+            let backend = model_pick(&flow, vip.backends, false);
+            let common =
+                flow.dst.is_ipv4() && backend_addr(backend).is_ipv4() && hop != Hop::Kernel;
+            if common {
+                let want = golden::tunnelled(&ack, &flow, tos, backend, hop);
+                assert_eq!(out.data, want, "{name}: the golden bytes");
+                assert_ne!(out.action, lab::DECLINED, "{name}: taken");
+            } else {
+                assert_eq!(out.action, lab::DECLINED, "{name}: declined");
+                assert_eq!(out.data, ack, "{name}: untouched");
+            }
+        }
+        // A known flow's packets that need the general path.
+        let flow = WEB4.flow("203.0.113.7", 40000);
+        let ack = |extra: &Extra| build(&flow, Tcp::Ack, b"established", extra);
+        let plain = ack(&Extra::default());
+        let mut fragment = plain.clone();
+        fragment[20] |= 0x20; // more fragments
+        let mut longer = plain.clone();
+        longer[17] += 1; // IPv4 total length one past the frame
+        let declined = [
+            ("a SYN", build(&flow, Tcp::Syn, b"again", &Extra::default())),
+            (
+                "a tagged frame",
+                ack(&Extra {
+                    vlan: Some(7),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "IP options",
+                ack(&Extra {
+                    ipv4_options: vec![1, 1, 1, 0],
+                    ..Default::default()
+                }),
+            ),
+            ("a fragment", fragment),
+            ("a total length past the frame", longer),
+            ("a frame cut in the TCP header", plain[..40].to_vec()),
+        ];
+        for (what, pkt) in declined {
+            let out = lab.run_established(&pkt);
+            assert_eq!(out.action, lab::DECLINED, "{what}: declined");
+            assert_eq!(out.data, pkt, "{what}: untouched");
+        }
+        // And the same plain packet is taken.
+        assert_ne!(lab.run_established(&plain).action, lab::DECLINED);
+    });
+}
+
+/// IPv4 flows an earlier version left in the dual-stack table are moved to the IPv4 one
+/// and keep their backend, even one the table would no longer pick; an entry this build made
+/// meanwhile wins over the old one.
+#[test]
+fn ipv4_flows_left_in_the_dual_stack_table_are_moved_and_keep_their_backend() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
+        lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
+        let made = lab.dp.flow(&flow.key()).expect("read").expect("entry");
+        let other = [1, 2, 3]
+            .into_iter()
+            .find(|b| *b != made.backend)
+            .expect("another backend");
+        let old = FlowState {
+            backend: other,
+            ..made
+        };
+        let key = flow.key();
+        fn flows4(
+            lab: &mut Lab,
+        ) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKey4, FlowState> {
+            let map = lab.dp.ebpf_mut().map_mut("SLUICE_FLOWS4").expect("map");
+            aya::maps::HashMap::try_from(map).expect("hash")
+        }
+        let leave_old = |lab: &mut Lab| {
+            let map = lab.dp.ebpf_mut().map_mut("SLUICE_FLOWS").expect("map");
+            let mut m: aya::maps::HashMap<_, FlowKey, FlowState> =
+                aya::maps::HashMap::try_from(map).expect("hash");
+            m.insert(key, old, 0).expect("insert");
+        };
+        // As an earlier version left it: in the dual-stack table only.
+        flows4(lab).remove(&key.v4()).expect("remove");
+        leave_old(lab);
+        assert_eq!(lab.dp.migrate_v4_flows().expect("migrate"), 1);
+        assert_eq!(lab.dp.flow(&key).expect("read"), Some(old));
+        assert_eq!(
+            lab.dp.flow_count_entries().expect("count"),
+            1,
+            "moved, not copied"
+        );
+        let out = lab.run(&build(&flow, Tcp::Ack, b"data", &Extra::default()));
+        assert_eq!(id_of(chosen(&out.data, 14)), other, "kept its backend");
+        assert_flow_events(lab, &[(LbFlow::MissSyn, 1)]);
+        // Left again while this build made its own entry: the new one stays.
+        flows4(lab).insert(key.v4(), made, 0).expect("insert");
+        leave_old(lab);
+        assert_eq!(lab.dp.migrate_v4_flows().expect("migrate"), 1);
+        assert_eq!(lab.dp.flow(&key).expect("read"), Some(made));
+        assert_eq!(lab.dp.flow_count_entries().expect("count"), 1);
+    });
 }
 
 /// With entropy bits in the outer IPv4 source, an established packet carries the same outer

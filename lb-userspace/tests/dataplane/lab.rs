@@ -199,6 +199,13 @@ impl Lab {
         self.run_prog(programs::LB, ext, pkt)
     }
 
+    /// Runs the established IPv4 path alone (`test_established`) on `pkt` as if received on
+    /// ext0: its action, or [`DECLINED`] when it leaves the packet to the general path.
+    pub fn run_established(&mut self, pkt: &[u8]) -> Out {
+        let ext = self.ext;
+        self.run_prog("test_established", ext, pkt)
+    }
+
     /// Runs `sluice_decap` on `pkt` as if received on ext0.
     pub fn decap(&mut self, pkt: &[u8]) -> Out {
         let ext = self.ext;
@@ -210,6 +217,10 @@ impl Lab {
         run_xdp(prog, ifindex, pkt)
     }
 }
+
+/// What `test_established` returns for a packet the established path declined
+/// (`xdp-ebpf/src/bench.rs`).
+pub const DECLINED: u32 = 0x5ced;
 
 /// The table the lab builds for backends `ids` (weight 1 each) in size `size`.
 pub fn table(ids: &[u32], size: u32) -> Vec<u32> {
