@@ -223,8 +223,24 @@ fn the_established_path_takes_exactly_the_common_packets() {
             assert_eq!(out.action, lab::DECLINED, "{what}: declined");
             assert_eq!(out.data, pkt, "{what}: untouched");
         }
-        // And the same plain packet is taken.
+        // And the same plain packet is taken, with the shield on as well (its source not
+        // blocked).
         assert_ne!(lab.run_established(&plain).action, lab::DECLINED);
+        lab.set_node(|n| n.shield = 1);
+        assert_eq!(lab.run_established(&plain).data, lab.run(&plain).data);
+        assert_ne!(lab.run_established(&plain).action, lab::DECLINED);
+        lab.set_node(|n| n.shield = 0);
+        // Its backend down: the entry is re-picked by the general path.
+        let owner = lab
+            .dp
+            .flow(&flow.key())
+            .expect("read")
+            .expect("entry")
+            .backend;
+        lab.set_flags(owner, 0);
+        let out = lab.run_established(&plain);
+        assert_eq!(out.action, lab::DECLINED, "a dead backend: declined");
+        assert_eq!(out.data, plain, "a dead backend: untouched");
     });
 }
 
