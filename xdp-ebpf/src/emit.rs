@@ -56,9 +56,11 @@ pub enum NextHop {
 
 /// The cached next hop towards backend `backend_id`, if this CPU holds a fresh one: a
 /// [`NextHop::Forward`], or [`NextHop::TooBig`] when the outer packet exceeds its MTU.
+///
+/// `ingress` is the frame's ingress interface, read once by the caller: the context field
+/// is three dependent loads each time it is read.
 #[inline(always)]
-pub fn cached(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> Option<NextHop> {
-    let ingress = ctx.ingress_ifindex() as u32;
+pub fn cached(ingress: u32, outer: &Outer, backend_id: u32) -> Option<NextHop> {
     // SAFETY: plain helper call (the verifier inlines it into one load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
     // SAFETY: this CPU's slot. The program writes it only on this CPU; the agent may clear
@@ -84,18 +86,17 @@ pub fn cached(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> Option<NextHo
 /// The next hop of the outer header towards backend `backend_id`: the cached one, or a
 /// route lookup, whose success is then cached.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
-    if let Some(hop) = cached(ctx, outer, backend_id) {
+pub fn next_hop(ctx: &XdpContext, ingress: u32, outer: &Outer, backend_id: u32) -> NextHop {
+    if let Some(hop) = cached(ingress, outer, backend_id) {
         return hop;
     }
-    let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: as above.
     let now = unsafe { bpf_jiffies64() };
     let slot = NEXT_HOPS.get_ptr_mut(backend_id);
-    let found = lookup(ctx, outer, outer.total as u16);
+    let found = lookup(ctx, ingress, outer, outer.total as u16);
     if let (NextHop::Forward { dst, src, ifindex }, Some(slot)) = (&found, slot) {
         // The route MTU: ask again with the largest length, which fails with it.
-        let mtu = match lookup(ctx, outer, u16::MAX) {
+        let mtu = match lookup(ctx, ingress, outer, u16::MAX) {
             NextHop::TooBig(mtu) => mtu,
             _ => u16::MAX,
         };
@@ -116,10 +117,10 @@ pub fn next_hop(ctx: &XdpContext, outer: &Outer, backend_id: u32) -> NextHop {
 
 /// One `bpf_fib_lookup` for the outer header with `tot_len` as the packet length.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, outer: &Outer, tot_len: u16) -> NextHop {
+fn lookup(ctx: &XdpContext, ingress: u32, outer: &Outer, tot_len: u16) -> NextHop {
     // SAFETY: an all-zero bpf_fib_lookup is its documented initial state.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.ifindex = ingress;
     fib.__bindgen_anon_1.tot_len = tot_len;
     if outer.family == FAMILY_V6 {
         fib.family = AF_INET6;
@@ -165,8 +166,8 @@ fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
 /// Sends a rewritten packet out of `ifindex`: XDP_TX on the ingress interface, otherwise a
 /// devmap redirect. `Err` means the devmap has no such port.
 #[inline(always)]
-fn send(ctx: &XdpContext, ifindex: u32) -> Result<(u32, Lb), ()> {
-    if ifindex == ctx.ingress_ifindex() as u32 {
+fn send(ingress: u32, ifindex: u32) -> Result<(u32, Lb), ()> {
+    if ifindex == ingress {
         return Ok((xdp_action::XDP_TX, Lb::Tx));
     }
     match TX_PORTS.redirect(ifindex, 0) {
@@ -182,11 +183,12 @@ fn send(ctx: &XdpContext, ifindex: u32) -> Result<(u32, Lb), ()> {
 #[inline(always)]
 pub fn send_or_kernel(
     ctx: &XdpContext,
+    ingress: u32,
     l2: &L2,
     outer: &mut Outer,
     ifindex: u32,
 ) -> Result<(u32, Lb), Lb> {
-    if let Ok(done) = send(ctx, ifindex) {
+    if let Ok(done) = send(ingress, ifindex) {
         return Ok(done);
     }
     let untagged = L2 { vlan: None, ..*l2 };

@@ -88,7 +88,9 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
         0
     };
     let mut outer = encap::plan_inner(FAMILY_V4, u8_at(p, 15), ip_len, &route.backend, node, hash);
-    let Some(NextHop::Forward { dst, src, ifindex }) = emit::cached(ctx, &outer, route.id) else {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let Some(NextHop::Forward { dst, src, ifindex }) = emit::cached(ingress, &outer, route.id)
+    else {
         return None;
     };
     let l2 = L2 {
@@ -104,5 +106,5 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
     }
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
-    Some(emit::send_or_kernel(ctx, &l2, &mut outer, ifindex))
+    Some(emit::send_or_kernel(ctx, ingress, &l2, &mut outer, ifindex))
 }

@@ -82,7 +82,8 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         0
     };
     let mut outer = encap::plan(&pkt, &route.backend, node, hash);
-    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, &outer, route.id) {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let (dst_mac, src_mac, ifindex) = match emit::next_hop(ctx, ingress, &outer, route.id) {
         NextHop::Forward { dst, src, ifindex } => (dst, src, Some(ifindex)),
         // The kernel takes it: address the frame to ourselves, as it arrived. It forwards
         // the frame and takes one off the TTL, so one more is written here: what leaves the
@@ -99,7 +100,7 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         }
         NextHop::Unreachable => return Err(Lb::FibFailure),
     };
-    let same_link = ifindex.is_none_or(|i| i == ctx.ingress_ifindex() as u32);
+    let same_link = ifindex.is_none_or(|i| i == ingress);
     encap::write(ctx, &pkt.l2, &outer, &dst_mac, &src_mac, same_link)?;
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
@@ -107,5 +108,5 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
     };
     // Not a port we may redirect to: the kernel takes it, as on the slow path above.
-    emit::send_or_kernel(ctx, &pkt.l2, &mut outer, ifindex)
+    emit::send_or_kernel(ctx, ingress, &pkt.l2, &mut outer, ifindex)
 }
