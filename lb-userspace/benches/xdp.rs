@@ -187,12 +187,7 @@ fn run() {
     let ack = build(&established, Tcp::Ack, &[0u8; 16], &Extra::default());
     // Put the flow in the table, then find which backend owns it, for the decap case.
     let tunnelled = lab.run(&ack).data;
-    let owner = lab
-        .dp
-        .flow(&established.key())
-        .expect("read")
-        .expect("entry")
-        .backend;
+    let owner = lab.backend_of(&established);
     lab.dp
         .add_decap_addr(backend_addr(owner))
         .expect("decap addr");

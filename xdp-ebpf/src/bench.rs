@@ -1,4 +1,5 @@
-//! Benchmark wrappers for `cargo xtask bench xdp`. Loaded only by the benchmark.
+//! Benchmark wrappers for `cargo xtask bench xdp`, and `test_established` for the dataplane
+//! tests. Loaded only by them.
 //!
 //! BPF_PROG_TEST_RUN with `repeat > 1` runs the program again on the packet the previous
 //! repetition left behind, so after one encapsulation every later repetition would measure

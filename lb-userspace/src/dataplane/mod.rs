@@ -287,9 +287,18 @@ fn count_pinned<K: aya::Pod>(
     let data = MapData::from_pin(path).map_err(map_err(name))?;
     let map: HashMap<MapData, K, FlowState> =
         HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(name))?;
+    count_keys(&map, name, limit)
+}
+
+/// Keys of a flow table, walking at most `limit` of them. The walk stops at its first
+/// error: a partial count is an error, not a figure.
+fn count_keys<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
+    map: &HashMap<T, K, FlowState>,
+    name: &'static str,
+    limit: usize,
+) -> Result<usize> {
     let mut n = 0;
     for key in map.keys().take(limit) {
-        // The walk stops at its first error: a partial count is an error, not a figure.
         key.map_err(map_err(name))?;
         n += 1;
     }
@@ -708,7 +717,7 @@ impl DataPlane {
     fn count_in<K: aya::Pod>(&self, name: &'static str) -> Result<usize> {
         let map: HashMap<&MapData, K, FlowState> =
             HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-        Ok(map.keys().filter(|k| k.is_ok()).count())
+        count_keys(&map, name, usize::MAX)
     }
 
     pub(crate) fn counter_sum(&self, name: &'static str, index: u32) -> Result<u64> {

@@ -13,7 +13,7 @@ use crate::{
         self, outer_for, Counter, FixtureVip, Golden, Hop, OUTSIDE_DEVMAP, SAME_LINK, VIP4, VIP6,
         WEB4, WEB6,
     },
-    lab::{self, backend_mac, Lab, EXT_MAC, INT_MAC, ROUTER_MAC},
+    lab::{self, backend_mac, EXT_MAC, INT_MAC, ROUTER_MAC},
     pkt::{build, encapsulated, eth, Extra, Flow, Tcp},
     with_lab,
 };
@@ -24,14 +24,6 @@ fn o4(s: &str) -> [u8; 4] {
 
 fn o6(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().expect("literal").octets()
-}
-
-fn backend_of(lab: &mut Lab, flow: &Flow) -> u32 {
-    lab.dp
-        .flow(&flow.key())
-        .expect("read")
-        .expect("flow entry")
-        .backend
 }
 
 /// The first 28 bytes (IPv4 header + 8) of a TCP packet the VIP sent to the client.
@@ -52,7 +44,7 @@ fn icmp_error_follows_the_flow_it_quotes() {
         lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
         let flow = Flow::tcp("203.0.113.7", 40000, VIP4, 80);
         lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
-        let owner = backend_of(lab, &flow);
+        let owner = lab.backend_of(&flow);
         // Move every new flow away from the owner: only the flow table can send it back there.
         let others: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != owner).collect();
         lab.retable(0, &others);
@@ -88,7 +80,7 @@ fn icmpv6_error_follows_the_flow_it_quotes() {
         lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
         let flow = Flow::tcp("2001:db8:c::5", 50000, VIP6, 443);
         lab.run(&build(&flow, Tcp::Syn, b"", &Extra::default()));
-        let owner = backend_of(lab, &flow);
+        let owner = lab.backend_of(&flow);
         let others: Vec<u32> = [5, 6, 7].into_iter().filter(|i| *i != owner).collect();
         lab.retable(2, &others);
         let mut quoted = Vec::new();

@@ -231,12 +231,7 @@ fn the_established_path_takes_exactly_the_common_packets() {
         assert_ne!(lab.run_established(&plain).action, lab::DECLINED);
         lab.set_node(|n| n.shield = 0);
         // Its backend down: the entry is re-picked by the general path.
-        let owner = lab
-            .dp
-            .flow(&flow.key())
-            .expect("read")
-            .expect("entry")
-            .backend;
+        let owner = lab.backend_of(&flow);
         lab.set_flags(owner, 0);
         let out = lab.run_established(&plain);
         assert_eq!(out.action, lab::DECLINED, "a dead backend: declined");

@@ -199,6 +199,15 @@ impl Lab {
         self.run_prog(programs::LB, ext, pkt)
     }
 
+    /// The backend the flow table holds for `flow` (which must have an entry).
+    pub fn backend_of(&self, flow: &crate::pkt::Flow) -> u32 {
+        self.dp
+            .flow(&flow.key())
+            .expect("read")
+            .expect("flow entry")
+            .backend
+    }
+
     /// Runs the established IPv4 path alone (`test_established`) on `pkt` as if received on
     /// ext0: its action, or [`DECLINED`] when it leaves the packet to the general path.
     pub fn run_established(&mut self, pkt: &[u8]) -> Out {
