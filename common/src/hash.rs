@@ -85,7 +85,7 @@ pub fn hash_words(words: &[u32], seed: u32) -> u32 {
 #[inline(always)]
 pub fn source_hash(key: &FlowKey) -> u32 {
     if key.family == crate::FAMILY_V4 {
-        return finish(mix(HASH_SEED, key.src[0]), 1);
+        return source_hash4(key.src[0]);
     }
     let mut h = HASH_SEED;
     h = mix(h, key.src[0]);
@@ -93,6 +93,12 @@ pub fn source_hash(key: &FlowKey) -> u32 {
     h = mix(h, key.src[2]);
     h = mix(h, key.src[3]);
     finish(h, 4)
+}
+
+/// [`source_hash`] of an IPv4 client address (as stored).
+#[inline(always)]
+pub fn source_hash4(src: u32) -> u32 {
+    finish(mix(HASH_SEED, src), 1)
 }
 
 /// The Maglev table slot for `hash` in a table of `table_size` entries.

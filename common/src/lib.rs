@@ -17,5 +17,5 @@ pub mod maps;
 pub mod net;
 pub mod stats;
 
-pub use hash::{flow_hash, flow_hash4, hash_words, maglev_slot, source_hash};
+pub use hash::{flow_hash, flow_hash4, hash_words, maglev_slot, source_hash, source_hash4};
 pub use maps::*;

@@ -49,7 +49,8 @@ enum Command {
         /// fallback to generic).
         #[arg(long, value_enum)]
         xdp_mode: Option<Mode>,
-        /// Load the programs with aya-log debug output.
+        /// Load the programs with aya-log debug output (every packet then takes the general,
+        /// slower path, which logs each decision).
         #[arg(long)]
         debug: bool,
     },

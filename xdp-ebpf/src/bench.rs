@@ -1,4 +1,4 @@
-//! Benchmark wrappers for `cargo xtask bench xdp`, and `test_established` for the dataplane
+//! Benchmark wrappers for `cargo xtask bench xdp`, and `test_fast_path` for the dataplane
 //! tests. Loaded only by them.
 //!
 //! BPF_PROG_TEST_RUN with `repeat > 1` runs the program again on the packet the previous
@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use sluice_common::{flow_hash, maglev_slot, FlowKey, FlowKey4, VipKey};
+use sluice_common::{flow_hash, flow_hash4, maglev_slot, FlowKey, FlowKey4, VipKey};
 
 use crate::{
     decap, lb,
@@ -120,24 +120,71 @@ fn ipv4_tcp_head(ctx: &XdpContext) -> Option<*const u8> {
     at::<[u8; 38]>(ctx, 0).map(|h| h as *const u8)
 }
 
+/// The references' parse: the head of an untagged IPv4 frame with a 20-byte header
+/// carrying TCP, or `None`.
+#[inline(always)]
+fn reference_parse(ctx: &XdpContext) -> Option<*const u8> {
+    let p = ipv4_tcp_head(ctx)?;
+    // Ethertype IPv4, version 4 with IHL 5, protocol TCP.
+    let ipv4 = raw16_at(p, 12) == 0x0800u16.to_be() && raw16_at(p, 14) & 0xff == 0x45;
+    (ipv4 && raw16_at(p, 22) >> 8 == 6).then_some(p)
+}
+
 #[inline(always)]
 fn reference_established(ctx: &XdpContext) -> u32 {
-    let Some(p) = ipv4_tcp_head(ctx) else {
+    let Some(p) = reference_parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    // Ethertype IPv4, version 4 with IHL 5, protocol TCP.
-    if raw16_at(p, 12) != 0x0800u16.to_be() || raw16_at(p, 14) & 0xff != 0x45 {
-        return xdp_action::XDP_PASS;
-    }
-    if raw16_at(p, 22) >> 8 != 6 {
-        return xdp_action::XDP_PASS;
-    }
     let key = [raw32_at(p, 26), raw32_at(p, 30), raw32_at(p, 34), 6];
     // SAFETY: copied out at once.
     let Some(backend) = (unsafe { REF_FLOWS.get(&key) }).copied() else {
         return xdp_action::XDP_PASS;
     };
-    let inner_len = u16::from_be(raw16_at(p, 16));
+    reference_encap(ctx, u16::from_be(raw16_at(p, 16)), backend)
+}
+
+/// The irreducible work of forwarding the SYN of a never-seen IPv4 TCP flow under the flood
+/// guard, as the floor for `sluice_lb`'s: parse as [`bench_ref_established`] does, look the
+/// VIP up, hash the 5-tuple, read the VIP's Maglev slot and the backend's record, push and
+/// write the outer header, bounce. No flow table, counters, flood window or next-hop cache.
+/// Its source cycles as `bench_lb_new`'s does, so its Maglev reads land where a flood's do.
+#[xdp]
+pub fn bench_ref_syn(ctx: XdpContext) -> u32 {
+    cycling(&ctx, NEW_FLOWS, reference_syn)
+}
+
+#[inline(always)]
+fn reference_syn(ctx: &XdpContext) -> u32 {
+    let Some(p) = reference_parse(ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let dst = raw32_at(p, 30);
+    let vip = VipKey::new([dst, 0, 0, 0], raw16_at(p, 36), 6, 4);
+    // SAFETY: copied out at once.
+    let Some(meta) = (unsafe { VIPS.get(&vip) }).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    let key = FlowKey4 {
+        src: raw32_at(p, 26),
+        dst,
+        ports: raw32_at(p, 34),
+        proto: 6,
+    };
+    let slot = maglev_slot(flow_hash4(&key), meta.table_size);
+    let Some(id) = crate::maps::maglev_slot(meta.table_index(slot)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let backend = match BACKENDS.get(id) {
+        Some(b) if b.is_alive() => b.addr[0],
+        _ => return xdp_action::XDP_PASS,
+    };
+    reference_encap(ctx, u16::from_be(raw16_at(p, 16)), backend)
+}
+
+/// The references' encapsulation: push an outer IPv4 header to `backend` (stored order)
+/// in front of an inner packet of `inner_len` bytes, write it with its checksum, bounce.
+#[inline(always)]
+fn reference_encap(ctx: &XdpContext, inner_len: u16, backend: u32) -> u32 {
     // SAFETY: plain helper call on our own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -20) } != 0 {
         return xdp_action::XDP_ABORTED;
@@ -336,18 +383,18 @@ fn ref_lookup(ctx: &XdpContext, flows: &HashMap<[u32; 4], u32>) -> u32 {
     }
 }
 
-/// What [`test_established`] returns when the established path declined the packet.
+/// What [`test_fast_path`] returns when the fast path declined the packet.
 pub const DECLINED: u32 = 0x5ced;
 
-/// The established IPv4 path alone, for the dataplane tests: its action when it took the
+/// The IPv4 fast path alone, for the dataplane tests: its action when it took the
 /// packet, [`DECLINED`] when it left it to the general path. Counts the outcome as
 /// `sluice_lb` would.
 #[xdp]
-pub fn test_established(ctx: XdpContext) -> u32 {
+pub fn test_fast_path(ctx: XdpContext) -> u32 {
     let Some(node) = crate::maps::NODE.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    match crate::established::forward(&ctx, node) {
+    match crate::fast_path::forward(&ctx, node) {
         None => DECLINED,
         Some(Ok((action, outcome))) => {
             crate::maps::bump(&crate::maps::LB_STATS, outcome as u32);
@@ -355,7 +402,7 @@ pub fn test_established(ctx: XdpContext) -> u32 {
         }
         Some(Err(outcome)) => {
             crate::maps::bump(&crate::maps::LB_STATS, outcome as u32);
-            xdp_action::XDP_DROP
+            lb::action_for(outcome)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `sluice_lb`: (the VIP filter on the raw header) → the established IPv4 path, or parse →
+//! `sluice_lb`: (the VIP filter on the raw header) → the IPv4 fast path, or parse →
 //! shield → lookup → encapsulate → emit, and the one counter each packet ends in.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
@@ -6,7 +6,7 @@ use sluice_common::{flow_hash, stats::Lb, stats::LbFlow, stats::LB_FLOW_BASE};
 
 use crate::{
     emit::{self, NextHop},
-    encap, established, icmp, lookup,
+    encap, fast_path, icmp, lookup,
     maps::{add_traffic, bump, BACKEND_STATS, LB_STATS, NODE, VIP_STATS},
     packet::len,
     parse::{self, Kind},
@@ -26,7 +26,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 /// The action for a packet that ends with `outcome` before it was rewritten.
 #[inline(always)]
-fn action_for(outcome: Lb) -> u32 {
+pub fn action_for(outcome: Lb) -> u32 {
     match outcome {
         Lb::Pass => xdp_action::XDP_PASS,
         _ => xdp_action::XDP_DROP,
@@ -45,8 +45,11 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     let Some(node) = NODE.get(0) else {
         return Err(Lb::Pass);
     };
-    if filtered == lookup::Filtered::MayBeVip {
-        if let Some(done) = established::forward(ctx, node) {
+    // With debug logging on, every packet takes the general path, which logs each decision
+    // in one place: the verifier then never sees the fast path and the logging together,
+    // which would not fit in its 512 bytes of stack. Both paths write the same bytes.
+    if filtered == lookup::Filtered::MayBeVip && !crate::debugging() {
+        if let Some(done) = fast_path::forward(ctx, node) {
             return done;
         }
     }

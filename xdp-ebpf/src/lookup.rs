@@ -7,10 +7,13 @@
 //! its VIP by (address, port, protocol) and, if it is new, takes a table pick.
 
 use sluice_common::{
-    flow_hash, maglev_slot, source_hash,
+    flow_hash, flow_hash4, maglev_slot, source_hash, source_hash4,
     stats::{Lb, LbFlow, LB_FLOW_BASE},
-    vip_filter_bit, Backend, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER, VIP_HASH_SOURCE_ONLY,
+    vip_filter_bit, Backend, FlowKey4, FlowState, VipKey, VipMeta, VIP_ADDRESS_MARKER,
+    VIP_HASH_SOURCE_ONLY,
 };
+
+use core::ptr::NonNull;
 
 use aya_ebpf::programs::XdpContext;
 use sluice_common::net::{ETH_P_IP, ETH_P_IPV6};
@@ -78,15 +81,20 @@ pub fn filter_frame(ctx: &XdpContext) -> Filtered {
 /// The VIP a packet is for, if any.
 #[inline(always)]
 pub fn vip(pkt: &Packet) -> Option<VipMeta> {
-    let key = VipKey::new(
+    vip_of(&VipKey::new(
         pkt.flow.dst,
         pkt.flow.dst_port,
         pkt.flow.proto,
         pkt.flow.family,
-    );
+    ))
+}
+
+/// The VIP at `key`, if it is a service (not an address marker).
+#[inline(always)]
+pub fn vip_of(key: &VipKey) -> Option<VipMeta> {
     // SAFETY: the value is copied out at once; the map is NO_PREALLOC, so an element replaced
     // concurrently is freed only after an RCU grace period.
-    let meta = unsafe { VIPS.get(&key) }.copied()?;
+    let meta = unsafe { VIPS.get(key) }.copied()?;
     if meta.flags & VIP_ADDRESS_MARKER != 0 {
         return None;
     }
@@ -123,6 +131,16 @@ fn pick_hash(pkt: &Packet, meta: &VipMeta) -> u32 {
     }
 }
 
+/// [`pick_hash`] of an IPv4 flow, from its IPv4 flow-table key.
+#[inline(always)]
+pub fn pick_hash4(key: &FlowKey4, meta: &VipMeta) -> u32 {
+    if meta.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        source_hash4(key.src)
+    } else {
+        flow_hash4(key)
+    }
+}
+
 #[inline(always)]
 fn alive_backend(id: u32) -> Option<Backend> {
     let b = BACKENDS.get(id).copied()?;
@@ -133,17 +151,12 @@ fn alive_backend(id: u32) -> Option<Backend> {
     }
 }
 
-#[inline(always)]
-fn flow_event(event: LbFlow) {
-    bump(&LB_STATS, LB_FLOW_BASE + event as u32);
-}
-
 /// What the flow table says about a packet.
 pub enum Entry {
     /// Valid entry with a live backend.
     Hit(Route),
     /// Valid entry whose backend is no longer alive: re-pick.
-    Dead(*mut FlowState),
+    Dead(NonNull<FlowState>),
     /// No entry, or one left by a VIP that no longer exists.
     Miss,
 }
@@ -172,7 +185,7 @@ pub fn check(state: *mut FlowState) -> Entry {
             id: s.backend,
             backend,
         }),
-        None => Entry::Dead(state),
+        None => NonNull::new(state).map_or(Entry::Miss, Entry::Dead),
     }
 }
 
@@ -196,31 +209,48 @@ pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
         Entry::Miss => None,
     };
     let meta = vip(pkt).ok_or(Lb::Pass)?;
-    match (syn, dead.is_some(), pkt.kind) {
-        (true, _, _) => flow_event(LbFlow::MissSyn),
-        (false, true, _) => flow_event(LbFlow::Repick),
-        // An error about a flow this node does not know: routed by the table, not a miss.
-        (false, false, Kind::IcmpError) => {}
-        (false, false, _) => flow_event(LbFlow::MissOther),
+    let icmp = pkt.kind == Kind::IcmpError;
+    // An error about a flow this node does not know is routed by the table, not a miss.
+    if !(icmp && dead.is_none()) {
+        flow_event(miss_event(syn, dead.is_some()));
     }
-    let hash = pick_hash(pkt, &meta);
+    let route = pick(&meta, pick_hash(pkt, &meta))?;
+    if !icmp {
+        own(
+            &route,
+            meta.gen,
+            dead,
+            flood_limit,
+            || maps::flow_entry(&pkt.flow),
+            |state| maps::insert_flow(&pkt.flow, state),
+        );
+    }
+    Ok(route)
+}
+
+/// The flow event a packet that takes a table pick counts: a SYN, a re-pick of a flow whose
+/// backend died, or another packet of a flow the table does not know.
+#[inline(always)]
+pub fn miss_event(syn: bool, dead: bool) -> LbFlow {
+    match (syn, dead) {
+        (true, _) => LbFlow::MissSyn,
+        (false, true) => LbFlow::Repick,
+        (false, false) => LbFlow::MissOther,
+    }
+}
+
+/// Counts a flow event.
+#[inline(always)]
+pub fn flow_event(event: LbFlow) {
+    bump(&LB_STATS, LB_FLOW_BASE + event as u32);
+}
+
+/// The live backend the Maglev table of `meta` gives `hash`.
+#[inline(always)]
+pub fn pick(meta: &VipMeta, hash: u32) -> Result<Route, Lb> {
     let slot = maglev_slot(hash, meta.table_size);
     let id = maps::maglev_slot(meta.table_index(slot)).ok_or(Lb::NoBackend)?;
     let backend = alive_backend(id).ok_or(Lb::NoBackend)?;
-    if pkt.kind != Kind::IcmpError {
-        let state = FlowState {
-            backend: id,
-            vip: meta.id,
-            vip_gen: meta.gen,
-        };
-        match dead {
-            // SAFETY: a live element of the LRU map; whole-value store. Not an insert, so
-            // the flood guard does not count it.
-            Some(p) => unsafe { *p = state },
-            None if flood::admit(flood_limit) => remember(pkt, state),
-            None => flow_event(LbFlow::FloodSkip),
-        }
-    }
     Ok(Route {
         vip: meta.id,
         id,
@@ -228,16 +258,38 @@ pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
     })
 }
 
-/// Records a new flow's owner. It is inserted (a full table evicts its least recently used
-/// entry), or an existing entry is rewritten in place, which costs far less than replacing it
-/// (a SYN retransmission, or a 5-tuple reused).
+/// Makes a fresh pick the owner of its flow: the entry of a dead backend is rewritten in
+/// place (not an insert, so the flood guard does not count it); otherwise, if the flood
+/// guard admits a new flow, its entry is rewritten if it exists (`existing`) or inserted
+/// (`insert`, where a full table evicts its least recently used entry).
+///
+/// Looking before inserting costs less: an insert pops a free element (evicting when the
+/// table is full) even when the key exists, as it does for a SYN retransmission or a
+/// 5-tuple reused.
 #[inline(always)]
-fn remember(pkt: &Packet, state: FlowState) {
-    // Look before inserting: an insert pops a free element (evicting when the table is full)
-    // even when the key exists, so trying the insert first costs more, not less.
-    match maps::flow_entry(&pkt.flow) {
-        // SAFETY: as above.
-        Some(p) => unsafe { *p = state },
-        None => maps::insert_flow(&pkt.flow, state),
+pub fn own(
+    route: &Route,
+    vip_gen: u32,
+    dead: Option<NonNull<FlowState>>,
+    flood_limit: u32,
+    existing: impl FnOnce() -> Option<*mut FlowState>,
+    insert: impl FnOnce(FlowState),
+) {
+    let state = FlowState {
+        backend: route.id,
+        vip: route.vip,
+        vip_gen,
+    };
+    if let Some(p) = dead {
+        // SAFETY: a live element of the LRU map; whole-value store.
+        unsafe { *p.as_ptr() = state };
+    } else if flood::admit(flood_limit) {
+        match existing() {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p = state },
+            None => insert(state),
+        }
+    } else {
+        flow_event(LbFlow::FloodSkip);
     }
 }

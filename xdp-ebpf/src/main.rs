@@ -15,7 +15,7 @@ mod bench;
 mod decap;
 mod emit;
 mod encap;
-mod established;
+mod fast_path;
 mod flood;
 mod icmp;
 mod lb;
@@ -32,11 +32,17 @@ use aya_ebpf::{macros::xdp, programs::XdpContext, Global};
 #[unsafe(no_mangle)]
 static SLUICE_DEBUG: Global<u8> = Global::new(0);
 
+/// Whether [`SLUICE_DEBUG`] was set at load time.
+#[inline(always)]
+pub fn debugging() -> bool {
+    SLUICE_DEBUG.load() != 0
+}
+
 /// Logs through aya-log only when [`SLUICE_DEBUG`] is set at load time.
 #[macro_export]
 macro_rules! debug_log {
     ($ctx:expr, $($arg:tt)+) => {
-        if $crate::SLUICE_DEBUG.load() != 0 {
+        if $crate::debugging() {
             aya_log_ebpf::debug!($ctx, $($arg)+);
         }
     };

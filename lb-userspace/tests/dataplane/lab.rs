@@ -208,11 +208,11 @@ impl Lab {
             .backend
     }
 
-    /// Runs the established IPv4 path alone (`test_established`) on `pkt` as if received on
+    /// Runs the IPv4 fast path alone (`test_fast_path`) on `pkt` as if received on
     /// ext0: its action, or [`DECLINED`] when it leaves the packet to the general path.
-    pub fn run_established(&mut self, pkt: &[u8]) -> Out {
+    pub fn run_fast_path(&mut self, pkt: &[u8]) -> Out {
         let ext = self.ext;
-        self.run_prog("test_established", ext, pkt)
+        self.run_prog("test_fast_path", ext, pkt)
     }
 
     /// Runs `sluice_decap` on `pkt` as if received on ext0.
@@ -227,7 +227,7 @@ impl Lab {
     }
 }
 
-/// What `test_established` returns for a packet the established path declined
+/// What `test_fast_path` returns for a packet the fast path declined
 /// (`xdp-ebpf/src/bench.rs`).
 pub const DECLINED: u32 = 0x5ced;
 
@@ -259,5 +259,26 @@ pub fn run_xdp(prog: &mut aya::programs::Xdp, ifindex: u32, pkt: &[u8]) -> Out {
     Out {
         action: res.return_value,
         data: out,
+    }
+}
+
+/// Pins this thread to `cpu`: per-CPU state (the next-hop cache, the flood window) is
+/// then the one every packet the thread runs sees.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it; the call changes only
+    // this thread's own affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Pins this thread to the CPU it runs on now (see [`pin_to_cpu`]).
+pub fn pin_to_current_cpu() {
+    // SAFETY: plain libc call.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if let Ok(cpu) = usize::try_from(cpu) {
+        pin_to_cpu(cpu);
     }
 }

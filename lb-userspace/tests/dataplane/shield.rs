@@ -9,7 +9,7 @@ use sluice_lb::dataplane::{monotonic_ns, LoadOptions};
 use crate::{
     action, assert_flow_events, assert_outcomes,
     golden::{model_pick, VIP4, VIP6},
-    lab::{backend_addr, Lab},
+    lab::{backend_addr, pin_to_cpu, Lab},
     pkt::{build, Extra, Flow, Tcp},
     with_lab,
 };
@@ -48,7 +48,7 @@ fn in_a_minute() -> u64 {
 }
 
 /// A source blocked after its flow was established: its next packets, flow-table hits that
-/// the established path would forward, are dropped and counted against the entry.
+/// the fast path would forward, are dropped and counted against the entry.
 #[test]
 fn a_source_blocked_mid_flow_is_dropped() {
     with_lab(|lab| {
@@ -92,7 +92,8 @@ fn blocked_sources_are_dropped_before_any_flow_work() {
     with_lab(|lab| {
         setup(lab);
         block(lab, "203.0.113.0/24", 7, BlockReason::Auth, in_a_minute());
-        let out = lab.run(&syn("203.0.113.7", VIP4, 80));
+        // The IPv4 fast path drops it itself (before its pick is recorded or counted).
+        let out = lab.run_fast_path(&syn("203.0.113.7", VIP4, 80));
         assert_eq!(out.action, action::DROP);
         assert_outcomes(lab, &[(Lb::Blocked, 1)]);
         assert_flow_events(lab, &[]);
@@ -427,14 +428,5 @@ fn without_the_guard_a_flood_evicts_established_flows_and_with_it_none() {
                 assert_eq!(kept, 0, "guard off: the flood evicted them");
             }
         });
-    }
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

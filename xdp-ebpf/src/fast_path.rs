@@ -1,0 +1,211 @@
+//! The IPv4 fast path: an untagged IPv4 TCP or UDP packet with a 20-byte header, not a
+//! fragment, forwarded to an IPv4 gateway through a next hop this CPU has cached. That is
+//! nearly every packet a busy node forwards, so it is read straight from fixed offsets and
+//! goes parse → lookup → encapsulate → emit without the general parser's
+//! [`Packet`](crate::parse::Packet) or the dual-stack key.
+//!
+//! - A packet of a flow the IPv4 flow table knows, whose backend is alive, goes by its entry.
+//! - A SYN, or a packet the table does not know (or whose backend died), takes a Maglev pick
+//!   from its VIP's table, as on the general path, and the pick then owns the flow (an
+//!   insert the flood guard admits, or the dead entry rewritten).
+//!
+//! Anything else, and anything that would need more than this path does (IP options, a
+//! fragment, a tag, an address that is no VIP, a VIP with no live backend, an expired next
+//! hop, an MTU too small, an IPv6 gateway), is answered `None` with the packet untouched and
+//! nothing counted or recorded, and the general path (`lb::forward`) takes it from the
+//! start. Both paths write the same bytes and count the same outcomes: the dataplane tests
+//! and the fuzz test against the reference model run through whichever one a packet takes.
+
+use core::ptr::NonNull;
+
+use aya_ebpf::programs::XdpContext;
+use sluice_common::{
+    flow_hash4,
+    net::{proto, ETH_P_IP},
+    stats::Lb,
+    FlowKey4, FlowState, NodeConfig, VipKey, FAMILY_V4, VIP_HASH_SOURCE_ONLY,
+};
+
+use crate::{
+    emit::{self, NextHop},
+    encap,
+    lookup::{self, Entry, Route},
+    maps::{add_traffic, BACKEND_STATS, FLOWS4, VIP_STATS},
+    packet::{at, be16_at, len, raw16_at, raw32_at, u8_at, L2},
+    shield,
+};
+
+// The ports are keyed as the native word of their four bytes (`raw32_at`), which is what
+// `FlowKey4::ports_word` builds in userspace on this little-endian target.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// Ethernet, a 20-byte IPv4 header and the 8 bytes of ports (and UDP length and checksum)
+/// every TCP or UDP header starts with.
+const HEAD: usize = 14 + 20 + 8;
+/// Through the TCP flags.
+const TCP_HEAD: usize = 14 + 20 + 14;
+
+/// Forwards the packet if it is an IPv4 packet this path takes (see the module doc); `None`
+/// leaves it untouched for the general path.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), Lb>> {
+    let p = at::<[u8; HEAD]>(ctx, 0)? as *const u8;
+    // Untagged IPv4 with a 20-byte header, not a fragment.
+    if raw16_at(p, 12) != ETH_P_IP.to_be() || u8_at(p, 14) != 0x45 || be16_at(p, 20) & 0x3fff != 0 {
+        return None;
+    }
+    let ip_len = be16_at(p, 16) as usize;
+    if 14 + ip_len > len(ctx) {
+        return None;
+    }
+    let l4 = u8_at(p, 23);
+    let syn = match l4 {
+        proto::TCP if ip_len >= 40 => {
+            let tcp = at::<[u8; TCP_HEAD]>(ctx, 0)? as *const u8;
+            // SYN set, ACK clear: a connection opening, which always takes a fresh pick.
+            u8_at(tcp, TCP_HEAD - 1) & 0x12 == 0x02
+        }
+        proto::UDP if ip_len >= 28 => false,
+        _ => return None,
+    };
+    let key = FlowKey4 {
+        src: raw32_at(p, 26),
+        dst: raw32_at(p, 30),
+        ports: raw32_at(p, 34),
+        proto: l4 as u32,
+    };
+    let found = if syn {
+        Entry::Miss
+    } else {
+        FLOWS4.get_ptr_mut(&key).map_or(Entry::Miss, lookup::check)
+    };
+    let (route, fresh) = match found {
+        Entry::Hit(route) => (route, Fresh::HIT),
+        found => {
+            let dead = match found {
+                Entry::Dead(state) => Some(state),
+                _ => None,
+            };
+            match fresh_pick(&key, raw16_at(p, 36), dead)? {
+                Ok(picked) => picked,
+                Err(outcome) => return Some(Err(outcome)),
+            }
+        }
+    };
+    if route.backend.family != FAMILY_V4 {
+        return None;
+    }
+    // A live flow entry, or the VIP a pick was made in, proves the packet is for a VIP, so a
+    // blocked source is dropped here.
+    if node.shield != 0 {
+        if let Some((slot, reason)) = shield::source_blocked(&[key.src, 0, 0, 0], FAMILY_V4) {
+            shield::count(slot, reason);
+            return Some(Err(Lb::Blocked));
+        }
+    }
+    let hash = if fresh.flow_hashed {
+        fresh.hash
+    } else if node.src_v4_entropy != 0 {
+        flow_hash4(&key)
+    } else {
+        0
+    };
+    let mut outer = encap::plan_inner(FAMILY_V4, u8_at(p, 15), ip_len, &route.backend, node, hash);
+    let ingress = ctx.ingress_ifindex() as u32;
+    let Some(NextHop::Forward { dst, src, ifindex }) = emit::cached(ingress, &outer, route.id)
+    else {
+        return None;
+    };
+    let l2 = L2 {
+        dst: [raw16_at(p, 0), raw16_at(p, 2), raw16_at(p, 4)],
+        src: [raw16_at(p, 6), raw16_at(p, 8), raw16_at(p, 10)],
+        vlan: None,
+    };
+    // Nothing was recorded or counted until here, where the packet is sure to be taken.
+    if fresh.picked {
+        own(&key, &route, &fresh, syn, node.flood_limit);
+    }
+    let frame_len = len(ctx) as u64;
+    add_traffic(&VIP_STATS, route.vip, frame_len);
+    // `same_link` matters only for a VLAN tag, and this path takes untagged frames only.
+    if let Err(e) = encap::write(ctx, &l2, &outer, &dst, &src, true) {
+        return Some(Err(e));
+    }
+    add_traffic(&BACKEND_STATS, route.id, frame_len);
+    Some(emit::send_or_kernel(ctx, ingress, &l2, &mut outer, ifindex))
+}
+
+/// A table pick the fast path has made and not yet recorded, or [`Fresh::HIT`].
+///
+/// Every field is always written, rather than the whole being an `Option`: LLVM may spill
+/// the unwritten payload of a `None`, and the verifier refuses a read of an uninitialised
+/// register.
+struct Fresh {
+    /// Whether a pick was made (else the flow table routed the packet).
+    picked: bool,
+    /// Whether `hash` is the 5-tuple's, which the outer header's entropy then reuses.
+    flow_hashed: bool,
+    /// The hash the pick used.
+    hash: u32,
+    /// The VIP's generation, for the flow entry.
+    vip_gen: u32,
+    /// The entry of the flow's dead backend, to rewrite.
+    dead: Option<NonNull<FlowState>>,
+}
+
+impl Fresh {
+    /// No pick: a flow-table hit.
+    const HIT: Fresh = Fresh {
+        picked: false,
+        flow_hashed: false,
+        hash: 0,
+        vip_gen: 0,
+        dead: None,
+    };
+}
+
+/// The VIP's table pick for a flow the table cannot route.
+///
+/// - `Err(Lb::Pass)` when no VIP serves the destination's port and protocol: the packet is
+///   the kernel's, as the general path would conclude after repeating both lookups (its
+///   shield blocks only traffic for a VIP).
+/// - `None` when the VIP has no live backend at that slot: the general path then drops it
+///   and counts why, after the shield has had its say.
+#[inline(always)]
+fn fresh_pick(
+    key: &FlowKey4,
+    dst_port: u16,
+    dead: Option<NonNull<FlowState>>,
+) -> Option<Result<(Route, Fresh), Lb>> {
+    let vip = VipKey::new([key.dst, 0, 0, 0], dst_port, key.proto as u8, FAMILY_V4);
+    let Some(meta) = lookup::vip_of(&vip) else {
+        return Some(Err(Lb::Pass));
+    };
+    let hash = lookup::pick_hash4(key, &meta);
+    let route = lookup::pick(&meta, hash).ok()?;
+    let fresh = Fresh {
+        picked: true,
+        flow_hashed: meta.flags & VIP_HASH_SOURCE_ONLY == 0,
+        hash,
+        vip_gen: meta.gen,
+        dead,
+    };
+    Some(Ok((route, fresh)))
+}
+
+/// Counts the pick's flow event and makes the pick the flow's owner, as the general path
+/// does ([`lookup::route`]).
+#[inline(always)]
+fn own(key: &FlowKey4, route: &Route, fresh: &Fresh, syn: bool, flood_limit: u32) {
+    lookup::flow_event(lookup::miss_event(syn, fresh.dead.is_some()));
+    lookup::own(
+        route,
+        fresh.vip_gen,
+        fresh.dead,
+        flood_limit,
+        || FLOWS4.get_ptr_mut(key),
+        |state| {
+            let _ = FLOWS4.insert(key, state, 0);
+        },
+    );
+}
