@@ -39,27 +39,51 @@ static BENCH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SLUICE_BENCH_SAVE")]
 static SAVED_HEAD: PerCpuArray<[u64; SAVED / 8]> = PerCpuArray::with_max_entries(1, 0);
 
-#[inline(always)]
-fn restoring(ctx: &XdpContext, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
-    let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(saved) = SAVED_HEAD.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    copy_words(p, saved);
-    let before = len(ctx) as i32;
-    let action = run(ctx);
-    let delta = len(ctx) as i32 - before;
-    // SAFETY: plain helper call on our own context.
-    if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
-        return xdp_action::XDP_ABORTED;
-    }
-    let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    copy_words(saved, p);
-    action
+/// Runs `$run`, an expression of the program's action, on the frame of `$ctx` as it came,
+/// then puts the frame back: moves the head back to where it was and restores the saved
+/// bytes.
+///
+/// A macro rather than a function taking a closure: LLVM does not inline a closure as
+/// large as `lb::run` (its `FnOnce` shim is not `inline(always)`), so the measured program
+/// would pay a BPF-to-BPF call that `sluice_lb`, where `lb::run` is inlined, does not.
+macro_rules! restoring {
+    ($ctx:expr, $run:expr) => {{
+        let ctx: &XdpContext = $ctx;
+        'run: {
+            let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
+                break 'run xdp_action::XDP_ABORTED;
+            };
+            let Some(saved) = SAVED_HEAD.get_ptr_mut(0) else {
+                break 'run xdp_action::XDP_ABORTED;
+            };
+            copy_words(p, saved);
+            let before = len(ctx) as i32;
+            let action = $run;
+            let delta = len(ctx) as i32 - before;
+            // SAFETY: plain helper call on our own context.
+            if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+                break 'run xdp_action::XDP_ABORTED;
+            }
+            let Some(p) = at::<[u64; SAVED / 8]>(ctx, 0) else {
+                break 'run xdp_action::XDP_ABORTED;
+            };
+            copy_words(saved, p);
+            action
+        }
+    }};
+}
+
+/// `restoring!` with the source address's low three octets taking the next value of a
+/// counter that cycles through `$cycle` values before `$run`.
+macro_rules! cycling {
+    ($ctx:expr, $cycle:expr, $run:expr) => {{
+        let ctx: &XdpContext = $ctx;
+        let i = next_counter($cycle);
+        restoring!(ctx, {
+            rewrite_source(ctx, i);
+            $run
+        })
+    }};
 }
 
 /// Copies the saved head word by word. Volatile, so that LLVM does not turn it into a call
@@ -110,7 +134,7 @@ const REF_SOURCE: u32 = u32::from_ne_bytes([192, 0, 2, 1]);
 /// beyond this is what the bench's ratio to it measures.
 #[xdp]
 pub fn bench_ref_established(ctx: XdpContext) -> u32 {
-    restoring(&ctx, reference_established)
+    restoring!(&ctx, reference_established(&ctx))
 }
 
 /// The first 38 bytes of the frame (Ethernet, a 20-byte IPv4 header and the TCP ports), as
@@ -150,7 +174,7 @@ fn reference_established(ctx: &XdpContext) -> u32 {
 /// Its source cycles as `bench_lb_new`'s does, so its Maglev reads land where a flood's do.
 #[xdp]
 pub fn bench_ref_syn(ctx: XdpContext) -> u32 {
-    cycling(&ctx, NEW_FLOWS, reference_syn)
+    cycling!(&ctx, NEW_FLOWS, reference_syn(&ctx))
 }
 
 #[inline(always)]
@@ -231,7 +255,7 @@ pub fn bench_ref_tx(_ctx: XdpContext) -> u32 {
 /// The trivial reference inside the restoring wrapper: the wrapper's own cost.
 #[xdp]
 pub fn bench_tx(ctx: XdpContext) -> u32 {
-    restoring(&ctx, |_| xdp_action::XDP_TX)
+    restoring!(&ctx, xdp_action::XDP_TX)
 }
 
 /// A trivial program that grows the head by an IPv4 header, as encapsulation does, inside the
@@ -239,63 +263,62 @@ pub fn bench_tx(ctx: XdpContext) -> u32 {
 /// wrapper's move back, the other half the program's own move.
 #[xdp]
 pub fn bench_tx_moved(ctx: XdpContext) -> u32 {
-    restoring(&ctx, |ctx| {
-        // SAFETY: plain helper call on our own context.
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -20) } != 0 {
-            return xdp_action::XDP_ABORTED;
+    // SAFETY: plain helper call on our own context.
+    let moved = |ctx: &XdpContext| unsafe { bpf_xdp_adjust_head(ctx.ctx, -20) } == 0;
+    restoring!(
+        &ctx,
+        if moved(&ctx) {
+            xdp_action::XDP_TX
+        } else {
+            xdp_action::XDP_ABORTED
         }
-        xdp_action::XDP_TX
-    })
+    )
 }
 
 /// `sluice_lb` on the original packet every repetition.
 #[xdp]
 pub fn bench_lb(ctx: XdpContext) -> u32 {
-    restoring(&ctx, lb::run)
+    restoring!(&ctx, lb::run(&ctx))
 }
 
 /// `sluice_decap` on the original packet every repetition.
 #[xdp]
 pub fn bench_decap(ctx: XdpContext) -> u32 {
-    restoring(&ctx, decap::run)
+    restoring!(&ctx, decap::run(&ctx))
 }
 
 /// `sluice_lb` with the IPv4 source's low bits cycling through [`MANY_FLOWS`] clients.
 #[xdp]
 pub fn bench_lb_many(ctx: XdpContext) -> u32 {
-    cycling(&ctx, MANY_FLOWS, lb::run)
+    cycling!(&ctx, MANY_FLOWS, lb::run(&ctx))
 }
 
 /// `sluice_lb` with a source never seen recently ([`NEW_FLOWS`] cycle): every SYN is a new
 /// flow, and once the flow table is full every insert evicts, as on a busy node.
 #[xdp]
 pub fn bench_lb_new(ctx: XdpContext) -> u32 {
-    cycling(&ctx, NEW_FLOWS, lb::run)
+    cycling!(&ctx, NEW_FLOWS, lb::run(&ctx))
 }
 
 /// The trivial program behind the same source rewriting: what the cycling costs, so that
 /// the cycling cases can be charged only for their own work.
 #[xdp]
 pub fn bench_tx_cycling(ctx: XdpContext) -> u32 {
-    cycling(&ctx, NEW_FLOWS, |_| xdp_action::XDP_TX)
+    cycling!(&ctx, NEW_FLOWS, xdp_action::XDP_TX)
 }
 
+/// Writes `i` into the low three octets of an untagged IPv4 frame's source address.
 #[inline(always)]
-fn cycling(ctx: &XdpContext, cycle: u32, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
-    let i = next_counter(cycle);
-    restoring(ctx, |ctx| {
-        // Untagged IPv4: source address at 26..30; the low three octets take the counter.
-        if let Some(src) = at::<[u8; 4]>(ctx, 26) {
-            let src = src as *mut u8;
-            // SAFETY: bounds checked by `at`.
-            unsafe {
-                *src.add(1) = (i >> 16) as u8;
-                *src.add(2) = (i >> 8) as u8;
-                *src.add(3) = i as u8;
-            }
+fn rewrite_source(ctx: &XdpContext, i: u32) {
+    if let Some(src) = at::<[u8; 4]>(ctx, 26) {
+        let src = src as *mut u8;
+        // SAFETY: bounds checked by `at`.
+        unsafe {
+            *src.add(1) = (i >> 16) as u8;
+            *src.add(2) = (i >> 8) as u8;
+            *src.add(3) = i as u8;
         }
-        run(ctx)
-    })
+    }
 }
 
 /// The kernel's floor for a new flow: one LRU insert of a never-seen IPv4 key, nothing else.

@@ -61,6 +61,22 @@ pub enum NextHop {
 /// is three dependent loads each time it is read.
 #[inline(always)]
 pub fn cached(ingress: u32, outer: &Outer, backend_id: u32) -> Option<NextHop> {
+    let c = fresh(ingress, backend_id)?;
+    if outer.total > c.mtu as usize {
+        return Some(NextHop::TooBig(c.mtu));
+    }
+    Some(NextHop::Forward {
+        dst: c.dst_mac,
+        src: c.src_mac,
+        ifindex: c.egress,
+    })
+}
+
+/// This CPU's cached next hop towards backend `backend_id`, if it is fresh and was found
+/// for `ingress`. Its fields are read where they are used: a copy made before a helper call
+/// would be spilled to the stack and read back.
+#[inline(always)]
+pub fn fresh(ingress: u32, backend_id: u32) -> Option<&'static Cached> {
     // SAFETY: plain helper call (the verifier inlines it into one load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
     // SAFETY: this CPU's slot. The program writes it only on this CPU; the agent may clear
@@ -73,14 +89,7 @@ pub fn cached(ingress: u32, outer: &Outer, backend_id: u32) -> Option<NextHop> {
     if c.expires <= now || c.expires > now + NEXT_HOP_TTL_JIFFIES || c.ingress != ingress {
         return None;
     }
-    if outer.total > c.mtu as usize {
-        return Some(NextHop::TooBig(c.mtu));
-    }
-    Some(NextHop::Forward {
-        dst: c.dst_mac,
-        src: c.src_mac,
-        ifindex: c.egress,
-    })
+    Some(c)
 }
 
 /// The next hop of the outer header towards backend `backend_id`: the cached one, or a
@@ -165,8 +174,11 @@ fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
 
 /// Sends a rewritten packet out of `ifindex`: XDP_TX on the ingress interface, otherwise a
 /// devmap redirect. `Err` means the devmap has no such port.
+///
+/// The redirect only records where the frame goes once the program returns, so this may be
+/// called before the frame is rewritten.
 #[inline(always)]
-fn send(ingress: u32, ifindex: u32) -> Result<(u32, Lb), ()> {
+pub fn send(ingress: u32, ifindex: u32) -> Result<(u32, Lb), ()> {
     if ifindex == ingress {
         return Ok((xdp_action::XDP_TX, Lb::Tx));
     }

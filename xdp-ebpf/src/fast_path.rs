@@ -18,7 +18,7 @@
 
 use core::ptr::NonNull;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use sluice_common::{
     flow_hash4,
     net::{proto, ETH_P_IP},
@@ -27,8 +27,7 @@ use sluice_common::{
 };
 
 use crate::{
-    emit::{self, NextHop},
-    encap,
+    emit, encap,
     lookup::{self, Entry, Route},
     maps::{add_traffic, BACKEND_STATS, FLOWS4, VIP_STATS},
     packet::{at, be16_at, len, raw16_at, raw32_at, u8_at, L2},
@@ -74,24 +73,38 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
         ports: raw32_at(p, 34),
         proto: l4 as u32,
     };
-    let found = if syn {
-        Entry::Miss
-    } else {
-        FLOWS4.get_ptr_mut(&key).map_or(Entry::Miss, lookup::check)
-    };
-    let (route, fresh) = match found {
-        Entry::Hit(route) => (route, Fresh::HIT),
-        found => {
-            let dead = match found {
-                Entry::Dead(state) => Some(state),
-                _ => None,
-            };
-            match fresh_pick(&key, raw16_at(p, 36), dead)? {
-                Ok(picked) => picked,
-                Err(outcome) => return Some(Err(outcome)),
+    let mut dead = None;
+    if !syn {
+        if let Some(state) = FLOWS4.get_ptr_mut(&key) {
+            match lookup::check(state) {
+                // The common packet: its own copy of the rest, with nothing of a pick in it.
+                Entry::Hit(route) => return send(ctx, node, p, ip_len, &key, &route, None),
+                Entry::Dead(state) => dead = Some(state),
+                Entry::Miss => {}
             }
         }
+    }
+    let (route, fresh) = match fresh_pick(&key, raw16_at(p, 36), dead)? {
+        Ok(picked) => picked,
+        Err(outcome) => return Some(Err(outcome)),
     };
+    send(ctx, node, p, ip_len, &key, &route, Some((&fresh, syn)))
+}
+
+/// Encapsulates and sends the packet at `p` (`ip_len` bytes of IPv4, flow `key`) along
+/// `route`, if its backend is IPv4 and its next hop is cached; `pick` is the table pick
+/// that made the route (and whether the packet is a SYN), recorded once the packet is sure
+/// to be taken, or `None` for a flow-table hit.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    node: &NodeConfig,
+    p: *const u8,
+    ip_len: usize,
+    key: &FlowKey4,
+    route: &Route,
+    pick: Option<(&Fresh, bool)>,
+) -> Option<Result<(u32, Lb), Lb>> {
     if route.backend.family != FAMILY_V4 {
         return None;
     }
@@ -103,46 +116,63 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
             return Some(Err(Lb::Blocked));
         }
     }
-    let hash = if fresh.flow_hashed {
-        fresh.hash
-    } else if node.src_v4_entropy != 0 {
-        flow_hash4(&key)
-    } else {
-        0
+    let hash = match pick {
+        Some((fresh, _)) if fresh.flow_hashed => fresh.hash,
+        _ if node.src_v4_entropy != 0 => flow_hash4(key),
+        _ => 0,
     };
     let mut outer = encap::plan_inner(FAMILY_V4, u8_at(p, 15), ip_len, &route.backend, node, hash);
     let ingress = ctx.ingress_ifindex() as u32;
-    let Some(NextHop::Forward { dst, src, ifindex }) = emit::cached(ingress, &outer, route.id)
-    else {
+    let hop = emit::fresh(ingress, route.id)?;
+    if outer.total > hop.mtu as usize {
         return None;
-    };
-    let l2 = L2 {
-        dst: [raw16_at(p, 0), raw16_at(p, 2), raw16_at(p, 4)],
-        src: [raw16_at(p, 6), raw16_at(p, 8), raw16_at(p, 10)],
-        vlan: None,
-    };
+    }
+    // Where it goes is settled before the frame is rewritten, so that the frame's own MACs
+    // are read only when they are needed: when the devmap has no such port and the kernel
+    // takes it (as `emit::send_or_kernel` does on the general path).
+    let sent = emit::send(ingress, hop.egress);
     // Nothing was recorded or counted until here, where the packet is sure to be taken.
-    if fresh.picked {
-        own(&key, &route, &fresh, syn, node.flood_limit);
+    if let Some((fresh, syn)) = pick {
+        own(key, route, fresh, syn, node.flood_limit);
     }
     let frame_len = len(ctx) as u64;
     add_traffic(&VIP_STATS, route.vip, frame_len);
     // `same_link` matters only for a VLAN tag, and this path takes untagged frames only.
-    if let Err(e) = encap::write(ctx, &l2, &outer, &dst, &src, true) {
-        return Some(Err(e));
-    }
+    let done = match sent {
+        Ok(done) => {
+            if let Err(e) = encap::write(ctx, &UNTAGGED, &outer, &hop.dst_mac, &hop.src_mac, true) {
+                return Some(Err(e));
+            }
+            done
+        }
+        Err(()) => {
+            // Addressed to ourselves, as it arrived; the kernel's forwarding takes one off
+            // the TTL, so one more is written.
+            let l2 = L2 {
+                dst: [raw16_at(p, 0), raw16_at(p, 2), raw16_at(p, 4)],
+                src: [raw16_at(p, 6), raw16_at(p, 8), raw16_at(p, 10)],
+                vlan: None,
+            };
+            outer.ttl = outer.ttl.saturating_add(1);
+            if let Err(e) = encap::write(ctx, &l2, &outer, &l2.dst, &l2.src, true) {
+                return Some(Err(e));
+            }
+            (xdp_action::XDP_PASS, Lb::RedirectMiss)
+        }
+    };
     add_traffic(&BACKEND_STATS, route.id, frame_len);
-    Some(emit::send_or_kernel(ctx, ingress, &l2, &mut outer, ifindex))
+    Some(Ok(done))
 }
 
-/// A table pick the fast path has made and not yet recorded, or [`Fresh::HIT`].
-///
-/// Every field is always written, rather than the whole being an `Option`: LLVM may spill
-/// the unwritten payload of a `None`, and the verifier refuses a read of an uninitialised
-/// register.
+/// An untagged L2 header whose MACs are given separately to [`encap::write`].
+const UNTAGGED: L2 = L2 {
+    dst: [0; 3],
+    src: [0; 3],
+    vlan: None,
+};
+
+/// A table pick the fast path has made and not yet recorded.
 struct Fresh {
-    /// Whether a pick was made (else the flow table routed the packet).
-    picked: bool,
     /// Whether `hash` is the 5-tuple's, which the outer header's entropy then reuses.
     flow_hashed: bool,
     /// The hash the pick used.
@@ -151,17 +181,6 @@ struct Fresh {
     vip_gen: u32,
     /// The entry of the flow's dead backend, to rewrite.
     dead: Option<NonNull<FlowState>>,
-}
-
-impl Fresh {
-    /// No pick: a flow-table hit.
-    const HIT: Fresh = Fresh {
-        picked: false,
-        flow_hashed: false,
-        hash: 0,
-        vip_gen: 0,
-        dead: None,
-    };
 }
 
 /// The VIP's table pick for a flow the table cannot route.
@@ -184,7 +203,6 @@ fn fresh_pick(
     let hash = lookup::pick_hash4(key, &meta);
     let route = lookup::pick(&meta, hash).ok()?;
     let fresh = Fresh {
-        picked: true,
         flow_hashed: meta.flags & VIP_HASH_SOURCE_ONLY == 0,
         hash,
         vip_gen: meta.gen,
