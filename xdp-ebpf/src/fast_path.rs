@@ -84,7 +84,7 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
             }
         }
     }
-    let (route, fresh) = match fresh_pick(&key, raw16_at(p, 36), dead)? {
+    let (route, fresh) = match fresh_pick(node, &key, raw16_at(p, 36), dead)? {
         Ok(picked) => picked,
         Err(outcome) => return Some(Err(outcome)),
     };
@@ -108,13 +108,10 @@ fn send(
     if route.backend.family != FAMILY_V4 {
         return None;
     }
-    // A live flow entry, or the VIP a pick was made in, proves the packet is for a VIP, so a
-    // blocked source is dropped here.
-    if node.shield != 0 {
-        if let Some((slot, reason)) = shield::source_blocked(&[key.src, 0, 0, 0], FAMILY_V4) {
-            shield::count(slot, reason);
-            return Some(Err(Lb::Blocked));
-        }
+    // A live flow entry proves the packet is for a VIP (a pick was checked before it was
+    // made), so a blocked source is dropped here.
+    if pick.is_none() && blocked(node, key) {
+        return Some(Err(Lb::Blocked));
     }
     let hash = match pick {
         Some((fresh, _)) if fresh.flow_hashed => fresh.hash,
@@ -183,15 +180,34 @@ struct Fresh {
     dead: Option<NonNull<FlowState>>,
 }
 
+/// Whether the shield, when on, blocks the source of `key`; a blocked packet is counted
+/// against its entry and reason. Only for a packet known to be for a VIP.
+#[inline(always)]
+fn blocked(node: &NodeConfig, key: &FlowKey4) -> bool {
+    if node.shield == 0 {
+        return false;
+    }
+    match shield::source_blocked(&[key.src, 0, 0, 0], FAMILY_V4) {
+        Some((slot, reason)) => {
+            shield::count(slot, reason);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The VIP's table pick for a flow the table cannot route.
 ///
 /// - `Err(Lb::Pass)` when no VIP serves the destination's port and protocol: the packet is
 ///   the kernel's, as the general path would conclude after repeating both lookups (its
 ///   shield blocks only traffic for a VIP).
+/// - `Err(Lb::Blocked)` when the shield blocks its source, checked once the VIP is known
+///   and before the pick, so that a blocked flood costs no hash or table read.
 /// - `None` when the VIP has no live backend at that slot: the general path then drops it
-///   and counts why, after the shield has had its say.
+///   and counts why.
 #[inline(always)]
 fn fresh_pick(
+    node: &NodeConfig,
     key: &FlowKey4,
     dst_port: u16,
     dead: Option<NonNull<FlowState>>,
@@ -200,6 +216,9 @@ fn fresh_pick(
     let Some(meta) = lookup::vip_of(&vip) else {
         return Some(Err(Lb::Pass));
     };
+    if blocked(node, key) {
+        return Some(Err(Lb::Blocked));
+    }
     let hash = lookup::pick_hash4(key, &meta);
     let route = lookup::pick(&meta, hash).ok()?;
     let fresh = Fresh {
