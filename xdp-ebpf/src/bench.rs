@@ -15,7 +15,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use sluice_common::{flow_hash, flow_hash4, maglev_slot, FlowKey, FlowKey4, VipKey};
+use sluice_common::{
+    flow_hash, flow_hash4, maglev_slot, net::proto, FlowKey, FlowKey4, VipKey, FAMILY_V4,
+};
 
 use crate::{
     decap, lb,
@@ -34,7 +36,7 @@ const NEW_FLOWS: u32 = 1 << 24;
 #[map(name = "SLUICE_BENCH")]
 static BENCH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU room for the bytes [`restoring`] saves: kept off the stack, which the program
+/// Per-CPU room for the bytes `restoring!` saves: kept off the stack, which the program
 /// under test needs all of.
 #[map(name = "SLUICE_BENCH_SAVE")]
 static SAVED_HEAD: PerCpuArray<[u64; SAVED / 8]> = PerCpuArray::with_max_entries(1, 0);
@@ -128,7 +130,7 @@ static REF_FLOWS_SMALL: HashMap<[u32; 4], u32> = HashMap::with_max_entries(16, 0
 const REF_SOURCE: u32 = u32::from_ne_bytes([192, 0, 2, 1]);
 
 /// The irreducible work of forwarding an established IPv4 TCP flow, as the reference for
-/// `sluice_lb`'s established path: parse Ethernet, IPv4 (no options) and TCP ports, one hash
+/// `sluice_lb`'s established flows: parse Ethernet, IPv4 (no options) and TCP ports, one hash
 /// lookup on the 5-tuple, push an outer IPv4 header and write it with its checksum, bounce.
 /// No counters, no VIP check, no next-hop cache, no per-backend plan: what Sluice does
 /// beyond this is what the bench's ratio to it measures.
@@ -183,7 +185,7 @@ fn reference_syn(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let dst = raw32_at(p, 30);
-    let vip = VipKey::new([dst, 0, 0, 0], raw16_at(p, 36), 6, 4);
+    let vip = VipKey::new([dst, 0, 0, 0], raw16_at(p, 36), proto::TCP, FAMILY_V4);
     // SAFETY: copied out at once.
     let Some(meta) = (unsafe { VIPS.get(&vip) }).copied() else {
         return xdp_action::XDP_PASS;
@@ -192,7 +194,7 @@ fn reference_syn(ctx: &XdpContext) -> u32 {
         src: raw32_at(p, 26),
         dst,
         ports: raw32_at(p, 34),
-        proto: 6,
+        proto: proto::TCP as u32,
     };
     let slot = maglev_slot(flow_hash4(&key), meta.table_size);
     let Some(id) = crate::maps::maglev_slot(meta.table_index(slot)) else {

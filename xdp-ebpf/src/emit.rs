@@ -4,7 +4,7 @@
 //! against the outer length. The packet leaves by XDP_TX when the egress is the ingress
 //! interface and by XDP_REDIRECT through the devmap otherwise. When the neighbour is not yet
 //! resolved, the encapsulated packet goes to the kernel, which routes it like any IP packet and
-//! resolves the neighbour on the way; the next packets then take the fast path.
+//! resolves the neighbour on the way; the next packets are then sent directly.
 //!
 //! A lookup costs more than the rest of the forwarding path, so a successful result (MACs,
 //! egress and route MTU) is cached per CPU and per backend for [`NEXT_HOP_TTL_JIFFIES`]

@@ -9,12 +9,17 @@
 //!   from its VIP's table, as on the general path, and the pick then owns the flow (an
 //!   insert the flood guard admits, or the dead entry rewritten).
 //!
+//! - A packet to a port of a VIP's address that no service listens on is passed to the
+//!   kernel, and a packet whose source the shield blocks is dropped, as the general path
+//!   would conclude.
+//!
 //! Anything else, and anything that would need more than this path does (IP options, a
-//! fragment, a tag, an address that is no VIP, a VIP with no live backend, an expired next
-//! hop, an MTU too small, an IPv6 gateway), is answered `None` with the packet untouched and
-//! nothing counted or recorded, and the general path (`lb::forward`) takes it from the
-//! start. Both paths write the same bytes and count the same outcomes: the dataplane tests
-//! and the fuzz test against the reference model run through whichever one a packet takes.
+//! fragment, a tag, a VIP with no live backend at the pick, an expired next hop, an MTU too
+//! small, an IPv6 gateway), is answered `None` with the packet untouched and nothing
+//! counted or recorded, and the general path (`lb::forward`) takes it from the start. Both
+//! paths write the same bytes and count the same outcomes: the dataplane tests, among them
+//! one against a node whose every packet takes the general path, and the fuzz test against
+//! the reference model run through whichever one a packet takes.
 
 use core::ptr::NonNull;
 
@@ -84,17 +89,17 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
             }
         }
     }
-    let (route, fresh) = match fresh_pick(node, &key, raw16_at(p, 36), dead)? {
+    let (route, pick) = match fresh_pick(node, &key, raw16_at(p, 36), syn, dead)? {
         Ok(picked) => picked,
         Err(outcome) => return Some(Err(outcome)),
     };
-    send(ctx, node, p, ip_len, &key, &route, Some((&fresh, syn)))
+    send(ctx, node, p, ip_len, &key, &route, Some(&pick))
 }
 
 /// Encapsulates and sends the packet at `p` (`ip_len` bytes of IPv4, flow `key`) along
 /// `route`, if its backend is IPv4 and its next hop is cached; `pick` is the table pick
-/// that made the route (and whether the packet is a SYN), recorded once the packet is sure
-/// to be taken, or `None` for a flow-table hit.
+/// that made the route, recorded once the packet is sure to be taken, or `None` for a
+/// flow-table hit.
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
@@ -103,7 +108,7 @@ fn send(
     ip_len: usize,
     key: &FlowKey4,
     route: &Route,
-    pick: Option<(&Fresh, bool)>,
+    pick: Option<&Pick>,
 ) -> Option<Result<(u32, Lb), Lb>> {
     if route.backend.family != FAMILY_V4 {
         return None;
@@ -114,7 +119,7 @@ fn send(
         return Some(Err(Lb::Blocked));
     }
     let hash = match pick {
-        Some((fresh, _)) if fresh.flow_hashed => fresh.hash,
+        Some(pick) if pick.flow_hashed => pick.hash,
         _ if node.src_v4_entropy != 0 => flow_hash4(key),
         _ => 0,
     };
@@ -129,34 +134,30 @@ fn send(
     // takes it (as `emit::send_or_kernel` does on the general path).
     let sent = emit::send(ingress, hop.egress);
     // Nothing was recorded or counted until here, where the packet is sure to be taken.
-    if let Some((fresh, syn)) = pick {
-        own(key, route, fresh, syn, node.flood_limit);
+    if let Some(pick) = pick {
+        own(key, route, pick, node.flood_limit);
     }
     let frame_len = len(ctx) as u64;
     add_traffic(&VIP_STATS, route.vip, frame_len);
-    // `same_link` matters only for a VLAN tag, and this path takes untagged frames only.
-    let done = match sent {
-        Ok(done) => {
-            if let Err(e) = encap::write(ctx, &UNTAGGED, &outer, &hop.dst_mac, &hop.src_mac, true) {
-                return Some(Err(e));
-            }
-            done
-        }
+    let own_macs;
+    let (done, dst, src) = match sent {
+        Ok(done) => (done, &hop.dst_mac, &hop.src_mac),
         Err(()) => {
             // Addressed to ourselves, as it arrived; the kernel's forwarding takes one off
             // the TTL, so one more is written.
-            let l2 = L2 {
-                dst: [raw16_at(p, 0), raw16_at(p, 2), raw16_at(p, 4)],
-                src: [raw16_at(p, 6), raw16_at(p, 8), raw16_at(p, 10)],
-                vlan: None,
-            };
+            own_macs = (
+                [raw16_at(p, 0), raw16_at(p, 2), raw16_at(p, 4)],
+                [raw16_at(p, 6), raw16_at(p, 8), raw16_at(p, 10)],
+            );
             outer.ttl = outer.ttl.saturating_add(1);
-            if let Err(e) = encap::write(ctx, &l2, &outer, &l2.dst, &l2.src, true) {
-                return Some(Err(e));
-            }
-            (xdp_action::XDP_PASS, Lb::RedirectMiss)
+            let done = (xdp_action::XDP_PASS, Lb::RedirectMiss);
+            (done, &own_macs.0, &own_macs.1)
         }
     };
+    // `same_link` matters only for a VLAN tag, and this path takes untagged frames only.
+    if let Err(e) = encap::write(ctx, &UNTAGGED, &outer, dst, src, true) {
+        return Some(Err(e));
+    }
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     Some(Ok(done))
 }
@@ -169,7 +170,9 @@ const UNTAGGED: L2 = L2 {
 };
 
 /// A table pick the fast path has made and not yet recorded.
-struct Fresh {
+struct Pick {
+    /// Whether the packet is a SYN (for the flow event it counts).
+    syn: bool,
     /// Whether `hash` is the 5-tuple's, which the outer header's entropy then reuses.
     flow_hashed: bool,
     /// The hash the pick used.
@@ -210,8 +213,9 @@ fn fresh_pick(
     node: &NodeConfig,
     key: &FlowKey4,
     dst_port: u16,
+    syn: bool,
     dead: Option<NonNull<FlowState>>,
-) -> Option<Result<(Route, Fresh), Lb>> {
+) -> Option<Result<(Route, Pick), Lb>> {
     let vip = VipKey::new([key.dst, 0, 0, 0], dst_port, key.proto as u8, FAMILY_V4);
     let Some(meta) = lookup::vip_of(&vip) else {
         return Some(Err(Lb::Pass));
@@ -221,24 +225,25 @@ fn fresh_pick(
     }
     let hash = lookup::pick_hash4(key, &meta);
     let route = lookup::pick(&meta, hash).ok()?;
-    let fresh = Fresh {
+    let pick = Pick {
+        syn,
         flow_hashed: meta.flags & VIP_HASH_SOURCE_ONLY == 0,
         hash,
         vip_gen: meta.gen,
         dead,
     };
-    Some(Ok((route, fresh)))
+    Some(Ok((route, pick)))
 }
 
 /// Counts the pick's flow event and makes the pick the flow's owner, as the general path
 /// does ([`lookup::route`]).
 #[inline(always)]
-fn own(key: &FlowKey4, route: &Route, fresh: &Fresh, syn: bool, flood_limit: u32) {
-    lookup::flow_event(lookup::miss_event(syn, fresh.dead.is_some()));
+fn own(key: &FlowKey4, route: &Route, pick: &Pick, flood_limit: u32) {
+    lookup::flow_event(lookup::miss_event(pick.syn, pick.dead.is_some()));
     lookup::own(
         route,
-        fresh.vip_gen,
-        fresh.dead,
+        pick.vip_gen,
+        pick.dead,
         flood_limit,
         || FLOWS4.get_ptr_mut(key),
         |state| {

@@ -1,4 +1,5 @@
-//! The shield: sources blocked from reaching any VIP, checked before any flow or Maglev work.
+//! The shield: sources blocked from reaching any VIP, checked before any Maglev pick or
+//! flow-table write (the IPv4 fast path looks a flow up first: a live entry proves the VIP).
 //!
 //! The block map is a longest-prefix-match trie keyed by family and source address. Each
 //! entry expires on the kernel's monotonic clock, so a block the agent never got to remove

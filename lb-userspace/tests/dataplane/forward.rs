@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Which backend the data plane chose, from the outer destination of an encapsulated frame.
-fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
+pub fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
     if out[l2] >> 4 == 4 {
         let d: [u8; 4] = out[l2 + 16..l2 + 20].try_into().expect("4 bytes");
         d.into()
@@ -29,7 +29,8 @@ fn chosen(out: &[u8], l2: usize) -> std::net::IpAddr {
     }
 }
 
-fn id_of(addr: std::net::IpAddr) -> u32 {
+/// The backend id of a gateway address.
+pub fn id_of(addr: std::net::IpAddr) -> u32 {
     (1..=12)
         .find(|i| backend_addr(*i) == addr)
         .expect("known backend")
@@ -37,7 +38,7 @@ fn id_of(addr: std::net::IpAddr) -> u32 {
 
 /// A tunnelled golden packet: (name, VIP, client address, client port, TCP flags (UDP:
 /// ignored), TOS, next hop, outcome, flow event). Each carries the payload `golden`.
-type TunnelRow = (
+pub type TunnelRow = (
     &'static str,
     &'static FixtureVip,
     &'static str,
@@ -50,7 +51,7 @@ type TunnelRow = (
 );
 
 #[rustfmt::skip]
-const TUNNELLED: [TunnelRow; 8] = {
+pub const TUNNELLED: [TunnelRow; 8] = {
     use {Hop::*, Tcp::*};
     [
         ("4in4 TCP SYN, TOS copied",           &WEB4,           "203.0.113.7",   40000, Syn, 0xb8, Redirect, Lb::Redirect,     LbFlow::MissSyn),
@@ -156,268 +157,6 @@ fn established_packets_give_the_golden_bytes() {
         }
     }
     golden::check_lb(rows);
-}
-
-/// Every `sluice_lb` counter, outcomes then flow events, to show that a declined packet
-/// counted nothing.
-fn all_counts(lab: &Lab) -> Vec<u64> {
-    let outcomes = Lb::ALL
-        .iter()
-        .map(|o| lab.dp.lb_count(*o).expect("counter"));
-    let events = LbFlow::ALL
-        .iter()
-        .map(|e| lab.dp.flow_count(*e).expect("counter"));
-    outcomes.chain(events).collect()
-}
-
-/// Whether `flow` has a flow-table entry.
-fn has_entry(lab: &Lab, flow: &Flow) -> bool {
-    lab.dp.flow(&flow.key()).expect("read").is_some()
-}
-
-/// A flow from `client` to `vip` whose table pick is `backend`: the first client port from
-/// `from` on that the reference model gives it.
-fn flow_picking(vip: &FixtureVip, client: &str, from: u16, backend: u32) -> Flow {
-    (from..from + 1000)
-        .map(|port| vip.flow(client, port))
-        .find(|f| model_pick(f, vip.backends, false) == backend)
-        .expect("a port picking the backend")
-}
-
-/// Which packets the IPv4 fast path takes. Of each tunnelled row's flow, once its first
-/// packet has cached the next hop on this CPU, the flow's next packet, its SYN again (a
-/// retransmission) and the first packet of a new flow to the same gateway are taken, with
-/// the golden bytes, exactly when they are IPv4 to an IPv4 gateway reached through a
-/// neighbour. A packet to a port of a VIP's address that no service listens on is passed
-/// to the kernel, as the general path would. Every other packet is declined untouched,
-/// having counted and recorded nothing, for the general path.
-#[test]
-fn the_fast_path_takes_exactly_the_common_packets() {
-    with_lab(|lab| {
-        // The next-hop cache is per CPU: the first packet must fill this CPU's.
-        pin_to_current_cpu();
-        golden::configure(lab);
-        for &(name, vip, client, port, _, tos, hop, _, _) in &TUNNELLED {
-            let flow = vip.flow(client, port);
-            let extra = Extra {
-                tos,
-                ..Default::default()
-            };
-            let backend = model_pick(&flow, vip.backends, false);
-            let new = flow_picking(vip, client, port + 1, backend);
-            let common =
-                flow.dst.is_ipv4() && backend_addr(backend).is_ipv4() && hop != Hop::Kernel;
-            let packets = [
-                ("next packet", &flow, Tcp::Ack),
-                ("SYN again", &flow, Tcp::Syn),
-                ("a new flow", &new, Tcp::Syn),
-            ];
-            let first = build(&flow, Tcp::Syn, b"first", &extra);
-            for (what, flow, tcp) in packets {
-                let pkt = build(flow, tcp, b"fast", &extra);
-                // The flow's first packet through `sluice_lb` just before: it makes the entry
-                // and (re)fills the next hop, which lives only 100 ms at HZ=250.
-                // (Counts are read only where they are checked, to keep that gap short.)
-                lab.run(&first);
-                let before = if common { Vec::new() } else { all_counts(lab) };
-                let out = lab.run_fast_path(&pkt);
-                if common {
-                    let want = golden::tunnelled(&pkt, flow, tos, backend, hop);
-                    assert_eq!(out.data, want, "{name}, {what}: the golden bytes");
-                    assert_ne!(out.action, lab::DECLINED, "{name}, {what}: taken");
-                } else {
-                    assert_eq!(out.action, lab::DECLINED, "{name}, {what}: declined");
-                    assert_eq!(out.data, pkt, "{name}, {what}: untouched");
-                    assert_eq!(all_counts(lab), before, "{name}, {what}: nothing counted");
-                }
-            }
-            assert_eq!(has_entry(lab, &new), common, "{name}: the new flow's entry");
-            if common {
-                assert_eq!(
-                    lab.backend_of(&new),
-                    backend,
-                    "{name}: the new flow's owner"
-                );
-            }
-        }
-        // Packets to a known gateway that need the general path.
-        let flow = WEB4.flow("203.0.113.7", 40000);
-        let ack = |extra: &Extra| build(&flow, Tcp::Ack, b"established", extra);
-        let plain = ack(&Extra::default());
-        let mut fragment = plain.clone();
-        fragment[20] |= 0x20; // more fragments
-        let mut longer = plain.clone();
-        longer[17] += 1; // IPv4 total length one past the frame
-        let no_service = Flow::tcp("203.0.113.7", 40000, VIP4, 81);
-        let no_backend = EMPTY.flow("203.0.113.7", 40000);
-        let declined = [
-            (
-                "a tagged frame",
-                ack(&Extra {
-                    vlan: Some(7),
-                    ..Default::default()
-                }),
-            ),
-            (
-                "IP options",
-                ack(&Extra {
-                    ipv4_options: vec![1, 1, 1, 0],
-                    ..Default::default()
-                }),
-            ),
-            ("a fragment", fragment),
-            ("a total length past the frame", longer),
-            ("a frame cut in the TCP header", plain[..40].to_vec()),
-            (
-                "a SYN to a VIP with no backend",
-                build(&no_backend, Tcp::Syn, b"", &Extra::default()),
-            ),
-        ];
-        for (what, pkt) in declined {
-            let before = all_counts(lab);
-            let out = lab.run_fast_path(&pkt);
-            assert_eq!(out.action, lab::DECLINED, "{what}: declined");
-            assert_eq!(out.data, pkt, "{what}: untouched");
-            assert_eq!(all_counts(lab), before, "{what}: nothing counted");
-        }
-        // A port of the VIP's address that no service listens on: the kernel's, as the
-        // general path would say, and said here without repeating both lookups there.
-        for tcp in [Tcp::Syn, Tcp::Ack] {
-            let pkt = build(&no_service, tcp, b"", &Extra::default());
-            let mut want = all_counts(lab);
-            want[Lb::ALL.iter().position(|o| *o == Lb::Pass).expect("pass")] += 1;
-            let out = lab.run_fast_path(&pkt);
-            assert_eq!(out.action, action::PASS, "no service: passed");
-            assert_eq!(out.data, pkt, "no service: untouched");
-            assert_eq!(all_counts(lab), want, "no service: counted as passed, only");
-        }
-        assert!(!has_entry(lab, &no_service) && !has_entry(lab, &no_backend));
-        // And the same plain packet is taken, with the shield on as well (its source not
-        // blocked).
-        lab.run(&plain);
-        assert_ne!(lab.run_fast_path(&plain).action, lab::DECLINED);
-        lab.set_node(|n| n.shield = 1);
-        assert_eq!(lab.run_fast_path(&plain).data, lab.run(&plain).data);
-        assert_ne!(lab.run_fast_path(&plain).action, lab::DECLINED);
-        lab.set_node(|n| n.shield = 0);
-        // Its backend down while the table still names it: no live pick, so the general
-        // path drops it and says why.
-        let owner = lab.backend_of(&flow);
-        lab.set_flags(owner, 0);
-        let out = lab.run_fast_path(&plain);
-        assert_eq!(out.action, lab::DECLINED, "a dead backend: declined");
-        assert_eq!(out.data, plain, "a dead backend: untouched");
-        lab.set_flags(owner, BACKEND_ALIVE);
-    });
-}
-
-/// New flows on the fast path, as the general path would take them: client-address
-/// persistence, a UDP flow's first packet, the flood guard (new flows forwarded by their
-/// pick alone, without an entry), and a re-pick once the table drops a dead backend.
-#[test]
-fn the_fast_path_picks_new_flows_as_the_general_path_does() {
-    with_lab(|lab| {
-        pin_to_current_cpu();
-        golden::configure(lab);
-        // Packets that cache this CPU's next hop to each of the web service's gateways,
-        // sent before each packet on the fast path: a next hop lives 100 ms at HZ=250.
-        let warmers: Vec<Vec<u8>> = WEB4
-            .backends
-            .iter()
-            .zip([1000, 2000, 3000])
-            .map(|(&b, port)| flow_picking(&WEB4, "203.0.113.50", port, b))
-            .map(|f| build(&f, Tcp::Ack, b"", &Extra::default()))
-            .collect();
-        let fast = |lab: &mut Lab, flow: &Flow, tcp: Tcp| {
-            for w in warmers.iter() {
-                assert_eq!(lab.run(w).action, action::REDIRECT);
-            }
-            let pkt = build(flow, tcp, b"new", &Extra::default());
-            let out = lab.run_fast_path(&pkt);
-            assert_eq!(out.action, action::REDIRECT, "taken, redirected");
-            out
-        };
-        let events = |lab: &Lab, e: LbFlow| lab.dp.flow_count(e).expect("counter");
-
-        // Client-address persistence: every port of a client goes where its address hashes.
-        lab.vip(
-            20,
-            "198.51.100.20",
-            80,
-            6,
-            VIP_HASH_SOURCE_ONLY,
-            WEB4.backends,
-        );
-        for port in [1000, 2000, 3000] {
-            let flow = Flow::tcp("203.0.113.9", port, "198.51.100.20", 80);
-            let want = model_pick(&flow, WEB4.backends, true);
-            let out = fast(lab, &flow, Tcp::Syn);
-            assert_eq!(
-                id_of(chosen(&out.data, 14)),
-                want,
-                "port {port}: by address"
-            );
-            assert_eq!(lab.backend_of(&flow), want);
-        }
-
-        // A UDP flow's first packet is a miss, and makes the entry.
-        let dns = flow_picking(&DNS4, "203.0.113.9", 7000, WEB4.backends[0]);
-        // The warmers' flows were made by the first `fast` above: only this one misses.
-        let misses = events(lab, LbFlow::MissOther);
-        fast(lab, &dns, Tcp::Ack);
-        assert_eq!(events(lab, LbFlow::MissOther), misses + 1);
-        assert_eq!(lab.backend_of(&dns), WEB4.backends[0]);
-
-        // The flood guard at one new flow per window: new flows are still forwarded, and
-        // every one either made its entry or counted a skip.
-        lab.set_node(|n| n.flood_limit = 1);
-        let (syns, skips) = (events(lab, LbFlow::MissSyn), events(lab, LbFlow::FloodSkip));
-        let flows: Vec<Flow> = (0..6)
-            .map(|i| WEB4.flow("203.0.113.77", 20000 + i))
-            .collect();
-        let picks: Vec<u32> = flows
-            .iter()
-            .map(|f| model_pick(f, WEB4.backends, false))
-            .collect();
-        for (f, pick) in flows.iter().zip(picks) {
-            let out = fast(lab, f, Tcp::Syn);
-            assert_eq!(id_of(chosen(&out.data, 14)), pick);
-        }
-        let skipped = events(lab, LbFlow::FloodSkip) - skips;
-        let made = flows.iter().filter(|f| has_entry(lab, f)).count() as u64;
-        assert_eq!(events(lab, LbFlow::MissSyn), syns + 6);
-        assert_eq!(made + skipped, 6, "each new flow inserted or skipped");
-        assert!(skipped >= 4, "the guard held ({skipped} of 6 skipped)");
-        lab.set_node(|n| n.flood_limit = 0);
-
-        // A re-pick: the owner dies and the table is rebuilt without it. Last, as it leaves
-        // a warmer on another gateway than the one it warms.
-        let flow = WEB4.flow("203.0.113.7", 40000);
-        fast(lab, &flow, Tcp::Syn);
-        let owner = lab.backend_of(&flow);
-        let rest: Vec<u32> = WEB4
-            .backends
-            .iter()
-            .copied()
-            .filter(|b| *b != owner)
-            .collect();
-        lab.set_flags(owner, 0);
-        lab.retable(WEB4.id, &rest);
-        // The warmer whose gateway died is re-picked now, so that only the flow counts below.
-        for w in &warmers {
-            lab.run(w);
-        }
-        let repicks = events(lab, LbFlow::Repick);
-        let now = model_pick(&flow, &rest, false);
-        let out = fast(lab, &flow, Tcp::Ack);
-        assert_eq!(
-            id_of(chosen(&out.data, 14)),
-            now,
-            "re-picked from the new table"
-        );
-        assert_eq!(lab.backend_of(&flow), now, "the entry rewritten");
-        assert_eq!(events(lab, LbFlow::Repick), repicks + 1);
-    });
 }
 
 /// IPv4 flows an earlier version left in the dual-stack table are moved to the IPv4 one

@@ -6,6 +6,7 @@
 
 mod decap;
 mod edge;
+mod fast_path;
 mod forward;
 mod fuzz;
 mod golden;

@@ -108,12 +108,21 @@ fn blocked_sources_are_dropped_before_any_flow_work() {
         let ack = build(&flow, Tcp::Ack, b"data", &Extra::default());
         assert_eq!(lab.run(&ack).action, action::DROP);
         assert_eq!(lab.dp.block_drops(7).expect("read"), 2);
+        // And a tagged SYN, which the general path parses and drops, with no flow work.
+        let tagged = Extra {
+            vlan: Some(7),
+            ..Default::default()
+        };
+        let out = lab.run(&build(&flow, Tcp::Syn, b"", &tagged));
+        assert_eq!(out.action, action::DROP);
+        assert_flow_events(lab, &[]);
+        assert_eq!(lab.dp.block_drops(7).expect("read"), 3);
         // A source outside the prefix is forwarded as usual.
         let out = lab.run(&syn("203.0.114.7", VIP4, 80));
         assert_eq!(out.action, action::REDIRECT);
-        assert_outcomes(lab, &[(Lb::Blocked, 2), (Lb::Redirect, 1)]);
+        assert_outcomes(lab, &[(Lb::Blocked, 3), (Lb::Redirect, 1)]);
         for r in BlockReason::ALL {
-            let want = if *r == BlockReason::Auth { 2 } else { 0 };
+            let want = if *r == BlockReason::Auth { 3 } else { 0 };
             assert_eq!(lab.dp.block_reason_drops(*r).expect("read"), want, "{r:?}");
         }
     });
