@@ -462,6 +462,15 @@ fn run() {
     ));
     // The same SYNs against the floor of their own work (VIP lookup, hash, Maglev slot and
     // backend reads, encapsulation): what the established reference cannot show.
+    // The floor itself against the established reference: how much of the SYN target the
+    // pick's own work leaves.
+    pairs.push(paired(
+        &mut lab,
+        "the SYN reference (floor of a never-seen SYN's work) itself",
+        ("bench_ref_syn", &new_syn, 3, Overhead::Cycled),
+        ("bench_ref_established", &ack, Overhead::Resized),
+        None,
+    ));
     pairs.push(paired(
         &mut lab,
         "SYN of a never-seen flow, flood guard on, against the SYN reference",
