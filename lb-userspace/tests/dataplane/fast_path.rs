@@ -35,14 +35,8 @@ impl State {
     fn read(lab: &Lab) -> Self {
         let dp = &lab.dp;
         State {
-            outcomes: Lb::ALL
-                .iter()
-                .map(|o| dp.lb_count(*o).expect("counter"))
-                .collect(),
-            events: LbFlow::ALL
-                .iter()
-                .map(|e| dp.flow_count(*e).expect("counter"))
-                .collect(),
+            outcomes: lab.outcome_counts(),
+            events: lab.event_counts(),
             vips: (0..=VIP_IDS)
                 .map(|i| dp.vip_traffic(i).expect("vip"))
                 .collect(),

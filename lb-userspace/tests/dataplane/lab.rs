@@ -7,7 +7,11 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
-use sluice_common::{programs, NodeConfig, VipMeta, BACKEND_ALIVE};
+use sluice_common::{
+    programs,
+    stats::{Lb, LbFlow},
+    NodeConfig, VipMeta, BACKEND_ALIVE,
+};
 use sluice_e2e::sh;
 use sluice_lb::{
     addr,
@@ -213,6 +217,18 @@ impl Lab {
     pub fn run_fast_path(&mut self, pkt: &[u8]) -> Out {
         let ext = self.ext;
         self.run_prog("test_fast_path", ext, pkt)
+    }
+
+    /// Every `sluice_lb` outcome counter, in `Lb::ALL` order.
+    pub fn outcome_counts(&self) -> Vec<u64> {
+        let count = |o: &Lb| self.dp.lb_count(*o).expect("outcome counter");
+        Lb::ALL.iter().map(count).collect()
+    }
+
+    /// Every flow-event counter, in `LbFlow::ALL` order.
+    pub fn event_counts(&self) -> Vec<u64> {
+        let count = |e: &LbFlow| self.dp.flow_count(*e).expect("flow-event counter");
+        LbFlow::ALL.iter().map(count).collect()
     }
 
     /// Runs `sluice_decap` on `pkt` as if received on ext0.

@@ -36,14 +36,8 @@ impl Counters {
     fn read(lab: &Lab) -> Self {
         let dp = &lab.dp;
         Counters {
-            outcomes: Lb::ALL
-                .iter()
-                .map(|o| dp.lb_count(*o).expect("counter"))
-                .collect(),
-            events: LbFlow::ALL
-                .iter()
-                .map(|e| dp.flow_count(*e).expect("counter"))
-                .collect(),
+            outcomes: lab.outcome_counts(),
+            events: lab.event_counts(),
             vips: (0..VIPS.len() as u32)
                 .map(|i| {
                     dp.vip_traffic(i)
