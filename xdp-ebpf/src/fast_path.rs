@@ -1,5 +1,6 @@
 //! The IPv4 fast path: an untagged IPv4 TCP or UDP packet with a 20-byte header, not a
-//! fragment, forwarded to an IPv4 gateway through a next hop this CPU has cached. That is
+//! fragment, forwarded to a gateway (4in4, or 4in6 to an IPv6 gateway) through a next hop
+//! this CPU has cached. That is
 //! nearly every packet a busy node forwards, so it is read straight from fixed offsets and
 //! goes parse → lookup → encapsulate → emit without the general parser's
 //! [`Packet`](crate::parse::Packet) or the dual-stack key.
@@ -8,14 +9,13 @@
 //! - A SYN, or a packet the table does not know (or whose backend died), takes a Maglev pick
 //!   from its VIP's table, as on the general path, and the pick then owns the flow (an
 //!   insert the flood guard admits, or the dead entry rewritten).
-//!
 //! - A packet to a port of a VIP's address that no service listens on is passed to the
 //!   kernel, and a packet whose source the shield blocks is dropped, as the general path
 //!   would conclude.
 //!
 //! Anything else, and anything that would need more than this path does (IP options, a
 //! fragment, a tag, a VIP with no live backend at the pick, an expired next hop, an MTU too
-//! small, an IPv6 gateway), is answered `None` with the packet untouched and nothing
+//! small), is answered `None` with the packet untouched and nothing
 //! counted or recorded, and the general path (`lb::forward`) takes it from the start. Both
 //! paths write the same bytes and count the same outcomes: the dataplane tests, among them
 //! one against a node whose every packet takes the general path, and the fuzz test against
@@ -97,7 +97,7 @@ pub fn forward(ctx: &XdpContext, node: &NodeConfig) -> Option<Result<(u32, Lb), 
 }
 
 /// Encapsulates and sends the packet at `p` (`ip_len` bytes of IPv4, flow `key`) along
-/// `route`, if its backend is IPv4 and its next hop is cached; `pick` is the table pick
+/// `route`, if its next hop is cached and the outer packet fits its MTU; `pick` is the table pick
 /// that made the route, recorded once the packet is sure to be taken, or `None` for a
 /// flow-table hit.
 #[inline(always)]
@@ -110,9 +110,6 @@ fn send(
     route: &Route,
     pick: Option<&Pick>,
 ) -> Option<Result<(u32, Lb), Lb>> {
-    if route.backend.family != FAMILY_V4 {
-        return None;
-    }
     // A live flow entry proves the packet is for a VIP (a pick was checked before it was
     // made), so a blocked source is dropped here.
     if pick.is_none() && blocked(node, key) {
@@ -120,7 +117,7 @@ fn send(
     }
     let hash = match pick {
         Some(pick) if pick.flow_hashed => pick.hash,
-        _ if node.src_v4_entropy != 0 => flow_hash4(key),
+        _ if encap::needs_hash(&route.backend, node) => flow_hash4(key),
         _ => 0,
     };
     let mut outer = encap::plan_inner(FAMILY_V4, u8_at(p, 15), ip_len, &route.backend, node, hash);

@@ -116,7 +116,7 @@ fn tunnel_families_and_next_hops() {
 
 /// Every tunnelled row again as an established flow: its first packet makes the flow entry
 /// (and caches the next hop), and the next two, a flow-table hit each, must give the same
-/// golden bytes. Untagged IPv4 packets to an IPv4 backend take the fast path
+/// golden bytes. Untagged IPv4 packets take the fast path
 /// (`xdp-ebpf/src/fast_path.rs`) and the rest the general one, so this holds both to the
 /// same bytes and counters.
 #[test]
