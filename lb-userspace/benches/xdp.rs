@@ -460,10 +460,9 @@ fn run() {
         ("bench_ref_established", &ack, Overhead::Resized),
         Some(2.0),
     ));
-    // The same SYNs against the floor of their own work (VIP lookup, hash, Maglev slot and
-    // backend reads, encapsulation): what the established reference cannot show.
-    // The floor itself against the established reference: how much of the SYN target the
-    // pick's own work leaves.
+    // The floor of a SYN's own work (VIP lookup, hash, Maglev slot and backend reads,
+    // encapsulation) against the established reference: how much of the SYN target the
+    // pick itself takes; then the SYNs against that floor.
     pairs.push(paired(
         &mut lab,
         "the SYN reference (floor of a never-seen SYN's work) itself",

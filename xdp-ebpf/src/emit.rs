@@ -20,16 +20,11 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use sluice_common::{
-    net::{ETH_P_IP, ETH_P_IPV6},
-    stats::Lb,
-    NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_JIFFIES,
-};
+use sluice_common::{stats::Lb, NextHop as Cached, FAMILY_V6, NEXT_HOP_TTL_JIFFIES};
 
 use crate::{
-    encap::{self, Outer},
+    encap::Outer,
     maps::{NEXT_HOPS, TX_PORTS},
-    packet::L2,
 };
 
 const AF_INET: u8 = 2;
@@ -186,33 +181,4 @@ pub fn send(ingress: u32, ifindex: u32) -> Result<(u32, Lb), ()> {
         Ok(action) if action == xdp_action::XDP_REDIRECT => Ok((action, Lb::Redirect)),
         _ => Err(()),
     }
-}
-
-/// Sends the packet, encapsulated with `outer` behind an L2 header, out of `ifindex`; `l2` is
-/// the L2 header it arrived with. When the devmap has no such port, the kernel takes it,
-/// addressed to ourselves: the frame was written for another link, so without the ingress
-/// VLAN tag, and the kernel's forwarding takes one off the TTL, so one is added first.
-#[inline(always)]
-pub fn send_or_kernel(
-    ctx: &XdpContext,
-    ingress: u32,
-    l2: &L2,
-    outer: &mut Outer,
-    ifindex: u32,
-) -> Result<(u32, Lb), Lb> {
-    if let Ok(done) = send(ingress, ifindex) {
-        return Ok(done);
-    }
-    let untagged = L2 { vlan: None, ..*l2 };
-    let ethertype = if outer.family == FAMILY_V6 {
-        ETH_P_IPV6
-    } else {
-        ETH_P_IP
-    };
-    if !untagged.write(ctx, &l2.dst, &l2.src, ethertype)
-        || !encap::add_hop(ctx, untagged.len(), outer)
-    {
-        return Err(Lb::EncapFailed);
-    }
-    Ok((xdp_action::XDP_PASS, Lb::RedirectMiss))
 }

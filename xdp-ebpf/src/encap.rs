@@ -137,32 +137,6 @@ pub fn write(
     Ok(())
 }
 
-/// Adds one to the TTL of the outer header written at `l2` (for a frame the kernel will
-/// forward, which takes one off); false if the packet is too short.
-#[inline(always)]
-pub fn add_hop(ctx: &XdpContext, l2: usize, outer: &mut Outer) -> bool {
-    outer.ttl = outer.ttl.saturating_add(1);
-    let word = u16::from_ne_bytes([outer.ttl, outer.inner_proto]);
-    if outer.family == FAMILY_V6 {
-        let Some(p) = at::<[u8; IPV6_HLEN]>(ctx, l2) else {
-            return false;
-        };
-        put16(
-            p as *mut u8,
-            6,
-            u16::from_ne_bytes([outer.inner_proto, outer.ttl]),
-        );
-    } else {
-        let Some(p) = at::<[u8; IPV4_HLEN]>(ctx, l2) else {
-            return false;
-        };
-        let words = ipv4_header(outer);
-        put16(p as *mut u8, 8, word);
-        put16(p as *mut u8, 10, words[5]);
-    }
-    true
-}
-
 /// The outer IPv4 header as ten stored words, checksum included.
 #[inline(always)]
 fn ipv4_header(outer: &Outer) -> [u16; 10] {

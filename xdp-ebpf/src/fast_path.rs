@@ -128,7 +128,7 @@ fn send(
     }
     // Where it goes is settled before the frame is rewritten, so that the frame's own MACs
     // are read only when they are needed: when the devmap has no such port and the kernel
-    // takes it (as `emit::send_or_kernel` does on the general path).
+    // takes it (as the general path does too).
     let sent = emit::send(ingress, hop.egress);
     // Nothing was recorded or counted until here, where the packet is sure to be taken.
     if let Some(pick) = pick {

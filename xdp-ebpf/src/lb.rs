@@ -103,13 +103,27 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
         }
         NextHop::Unreachable => return Err(Lb::FibFailure),
     };
-    let same_link = ifindex.is_none_or(|i| i == ingress);
+    // Where it goes is settled before the frame is rewritten (a redirect only records it).
+    // A port we may not redirect to hands it to the kernel instead, as for an unresolved
+    // neighbour above; written for another link, it leaves without the ingress VLAN tag.
+    let (done, dst_mac, src_mac, same_link) = match ifindex {
+        None => (
+            (xdp_action::XDP_PASS, Lb::KernelNeigh),
+            dst_mac,
+            src_mac,
+            true,
+        ),
+        Some(ifindex) => match emit::send(ingress, ifindex) {
+            Ok(done) => (done, dst_mac, src_mac, ifindex == ingress),
+            Err(()) => {
+                outer.ttl = outer.ttl.saturating_add(1);
+                let done = (xdp_action::XDP_PASS, Lb::RedirectMiss);
+                (done, pkt.l2.dst, pkt.l2.src, false)
+            }
+        },
+    };
     encap::write(ctx, &pkt.l2, &outer, &dst_mac, &src_mac, same_link)?;
     add_traffic(&BACKEND_STATS, route.id, frame_len);
     crate::debug_log!(ctx, "vip {} backend {}", route.vip, route.id);
-    let Some(ifindex) = ifindex else {
-        return Ok((xdp_action::XDP_PASS, Lb::KernelNeigh));
-    };
-    // Not a port we may redirect to: the kernel takes it, as on the slow path above.
-    emit::send_or_kernel(ctx, ingress, &pkt.l2, &mut outer, ifindex)
+    Ok(done)
 }
