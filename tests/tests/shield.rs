@@ -272,33 +272,51 @@ fn flood_while<R: Send + 'static>(
     secs: u64,
     during: impl FnOnce() -> R + Send + 'static,
 ) -> (u64, R) {
-    let f = w.ns["f"].clone();
-    let (ifname, src_mac, dst_mac) = flooder.clone();
-    let sender = std::thread::spawn(move || {
-        in_ns(&f, || {
-            Flood {
-                ifname,
-                src_mac,
-                dst_mac,
-                sources: "10.99.0.0/16".parse().expect("literal"),
-                dst: format!("{VIP}:80").parse().expect("literal"),
-                count: 2_000_000,
-                max_duration: Duration::from_secs(secs),
-                // Far above the guard's limit and the table's size, without starving the
-                // two-core machine the whole topology shares.
-                rate_pps: Some(150_000),
-                seed: 16,
-            }
-            .run()
-            .expect("flood")
+    // One sender per CPU, each pinned: the flow table keeps an LRU list per CPU, and a
+    // frame is handled on the CPU that sent it, so a flood from one CPU would churn only
+    // that CPU's list and leave flows on the other untouched, by chance of scheduling.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let senders: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let f = w.ns["f"].clone();
+            let (ifname, src_mac, dst_mac) = flooder.clone();
+            std::thread::spawn(move || {
+                // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it; only this
+                // thread's affinity changes.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+                in_ns(&f, || {
+                    Flood {
+                        ifname,
+                        src_mac,
+                        dst_mac,
+                        sources: "10.99.0.0/16".parse().expect("literal"),
+                        dst: format!("{VIP}:80").parse().expect("literal"),
+                        count: 2_000_000 / cpus as u64,
+                        max_duration: Duration::from_secs(secs),
+                        // Far above the guard's limit and the table's size, without
+                        // starving the two-core machine the whole topology shares.
+                        rate_pps: Some(150_000 / cpus as u64),
+                        seed: 16 + cpu as u64,
+                    }
+                    .run()
+                    .expect("flood")
+                })
+            })
         })
-    });
+        .collect();
     let c = w.ns["c"].clone();
     let result = std::thread::spawn(move || in_ns(&c, during))
         .join()
         .expect("client");
-    let report = sender.join().expect("flooder");
-    (report.sent, result)
+    let sent = senders
+        .into_iter()
+        .map(|s| s.join().expect("flooder").sent)
+        .sum();
+    (sent, result)
 }
 
 #[test]
