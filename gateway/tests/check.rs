@@ -77,7 +77,10 @@ fn refusals_name_the_file_the_field_and_the_reason() {
             "timeouts = { connect_ms = 0 }\n",
             "gw.toml: route[0].timeouts: timeouts must be greater than 0",
         ),
-        ("bogus = 1\n", "gw.toml: line 13: unknown field `bogus`"),
+        (
+            "bogus = 1\n",
+            "gw.toml: route[0].bogus (line 13): unknown field `bogus`",
+        ),
     ] {
         let (ok, said) = check(&format!("{BASE}{extra}"));
         assert!(!ok, "{extra}: {said}");

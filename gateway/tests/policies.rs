@@ -841,30 +841,38 @@ fn a_websocket_holds_its_concurrency_slot_while_open() {
 fn ipv6_clients_share_a_limit_per_configured_prefix() {
     let rt = runtime();
     let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(
-        &GatewayToml::new()
-            .upstream("u", &[up.addr])
-            .raw(
-                r#"[client_ip]
+    // A /64 by default: a host picks addresses from its whole /64, and would otherwise
+    // escape a `client_ip` limit by taking another.
+    for (prefix, same_64) in [
+        ("", 429),
+        ("ipv6_limit_prefix = 64", 429),
+        ("ipv6_limit_prefix = 128", 200),
+    ] {
+        let gw = Gateway::start(
+            &GatewayToml::new()
+                .upstream("u", &[up.addr])
+                .raw(&format!(
+                    r#"[client_ip]
 trusted_proxies = ["127.0.0.1"]
 xff_depth = 1
-ipv6_limit_prefix = 64
+{prefix}
 
 [[rate_limit]]
 name = "per-ip"
 requests = 1
 window_ms = 60000
-key = "client_ip""#,
-            )
-            .route("r", "/", "u")
-            .with(r#"rate_limits = ["per-ip"]"#)
-            .build(),
-    );
-    let from =
-        |a: &str| request(gw.http, "GET", "/", &[&format!("X-Forwarded-For: {a}")], "").status;
-    assert_eq!(from("2001:db8:0:1::1"), 200);
-    // Another address of the same /64 is the same client.
-    assert_eq!(from("2001:db8:0:1:ffff::2"), 429);
-    // Another /64 is not.
-    assert_eq!(from("2001:db8:0:2::1"), 200);
+key = "client_ip""#
+                ))
+                .route("r", "/", "u")
+                .with(r#"rate_limits = ["per-ip"]"#)
+                .build(),
+        );
+        let from =
+            |a: &str| request(gw.http, "GET", "/", &[&format!("X-Forwarded-For: {a}")], "").status;
+        assert_eq!(from("2001:db8:0:1::1"), 200, "{prefix}");
+        // Another address of the same /64.
+        assert_eq!(from("2001:db8:0:1:ffff::2"), same_64, "{prefix}");
+        // Another /64 is another client.
+        assert_eq!(from("2001:db8:0:2::1"), 200, "{prefix}");
+    }
 }

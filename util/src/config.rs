@@ -70,7 +70,7 @@ pub fn refuse<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<
 }
 
 /// Reads `file` and deserializes it. An unreadable file names field `-`; a syntax or type
-/// error names the line it starts on.
+/// error names the field it is in, when the line shows one, and the line.
 pub fn read_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_owned(),
@@ -86,10 +86,61 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
         file: file.to_owned(),
         field: e
             .span()
-            .map(|s| format!("line {}", line_of(text, s.start)))
+            .map(|s| field_at(text, s.start))
             .unwrap_or_else(|| "-".into()),
         reason: e.message().to_string(),
     })
+}
+
+/// The field at byte offset `at` of `text`, as the checks name fields (`vip[1].protocol`),
+/// with its line: `vip[1].protocol (line 13)`. Read from the text around it (the key
+/// before `=` on that line, under the last table header above it), since the parser's
+/// error carries only where it is; just the line when the line is not `key = value`.
+fn field_at(text: &str, at: usize) -> String {
+    let line = line_of(text, at);
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(this) = lines.get(line - 1) else {
+        return format!("line {line}");
+    };
+    let key = this
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_key(k));
+    let Some(key) = key else {
+        return format!("line {line}");
+    };
+    // The table the line is in: the last header above it, `[[name]]` counted among its
+    // namesakes for its index.
+    let header = |l: &str| -> Option<(String, bool)> {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            return is_key(name.trim()).then(|| (name.trim().to_string(), true));
+        }
+        let name = l.strip_prefix('[')?.strip_suffix(']')?.trim();
+        is_key(name).then(|| (name.to_string(), false))
+    };
+    let above = &lines[..line - 1];
+    let table = above.iter().rposition(|l| header(l).is_some());
+    let prefix = match table.and_then(|i| Some((i, header(above[i])?))) {
+        None => String::new(),
+        Some((_, (name, false))) => format!("{name}."),
+        Some((i, (name, true))) => {
+            let index = above[..i]
+                .iter()
+                .filter(|l| header(l).is_some_and(|(n, array)| array && n == name))
+                .count();
+            format!("{name}[{index}].")
+        }
+    };
+    format!("{prefix}{key} (line {line})")
+}
+
+/// Whether `k` reads as a bare or dotted TOML key (not a value, a comment or an array line).
+fn is_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.\" \t".contains(&b))
+        && !k.starts_with('.')
 }
 
 /// The 1-based line of byte offset `at` in `text`.
@@ -115,11 +166,27 @@ mod tests {
     }
 
     #[test]
-    fn syntax_errors_name_the_line() {
+    fn syntax_errors_name_the_field_and_the_line() {
         let text = "name = \"a\"\n\nport = 70000\n";
         let e = parse_toml::<Small>(Path::new("x.toml"), text).expect_err("port too large");
-        assert_eq!(e.field, "line 3");
-        assert!(e.to_string().starts_with("x.toml: line 3: "), "{e}");
+        assert_eq!(e.field, "port (line 3)");
+        assert!(e.to_string().starts_with("x.toml: port (line 3): "), "{e}");
+        // Not a `key = value` line: the line alone.
+        let e =
+            parse_toml::<Small>(Path::new("x.toml"), "name = \"a\"\n[oops\n").expect_err("syntax");
+        assert_eq!(e.field, "line 2");
+    }
+
+    #[test]
+    fn fields_are_named_under_their_table_and_index() {
+        let text = "top = 1\n[one]\na = 1\n[[many]]\nb = 1\n# a comment\n[[many]]\nb = 2\n[[other]]\n[[many]]\n  b = 3\n";
+        let at = |needle: &str| text.find(needle).expect("in the text");
+        assert_eq!(field_at(text, at("top")), "top (line 1)");
+        assert_eq!(field_at(text, at("a = 1") + 4), "one.a (line 3)");
+        assert_eq!(field_at(text, at("b = 1") + 4), "many[0].b (line 5)");
+        assert_eq!(field_at(text, at("b = 2") + 4), "many[1].b (line 8)");
+        assert_eq!(field_at(text, at("b = 3") + 4), "many[2].b (line 11)");
+        assert_eq!(field_at(text, at("# a")), "line 6");
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub struct Listener {
     /// `;` parameters in request path segments: `"reject"` (400, the default) or `"keep"`.
     #[serde(default)]
     pub path_parameters: PathParameters,
+    /// Request header fields whose name has an underscore: `"drop"` (the default),
+    /// `"reject"` (400) or `"keep"`.
+    #[serde(default)]
+    pub underscores_in_headers: Underscores,
     /// Largest request head (bytes).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
@@ -226,6 +230,21 @@ pub enum PathParameters {
     Reject,
     /// Leave them in the path (for upstreams that use matrix parameters, and where every
     /// route's policies hold whether or not a segment carries parameters).
+    Keep,
+}
+
+/// What to do with a request header field whose name has an underscore (`X_Consumer_Id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Underscores {
+    /// Forward the request without it (the default, as nginx does): CGI, WSGI, Rack and PHP
+    /// servers read `_` as `-`, so `X_Consumer_Id` would reach them as the field the gateway
+    /// sets, beside the gateway's own.
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Forward it as it is (for upstreams known to tell `_` from `-`).
     Keep,
 }
 

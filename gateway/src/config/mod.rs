@@ -25,6 +25,7 @@ mod upstream;
 
 pub use listener::{
     AccessField, AccessLog, Admin, Certificate, EscapedSlashes, Listener, PathParameters, Tls,
+    Underscores,
 };
 pub use route::{PathMatch, Redirect, Retries, Route, Split, Timeouts};
 pub use shield::{Shield, Thresholds};

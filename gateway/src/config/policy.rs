@@ -270,14 +270,15 @@ pub struct ClientIp {
     /// when the peer is trusted. 0 = always the packet's source.
     #[serde(default)]
     pub xff_depth: usize,
-    /// IPv6 clients are counted by this prefix in `client_ip` limits (64: one limit per
-    /// /64, since one host usually has a whole /64 to pick addresses from).
+    /// IPv6 clients are counted by this prefix in `client_ip` limits (64, the default: one
+    /// limit per /64, since one host usually has a whole /64 to pick addresses from, and the
+    /// per-client connection limit and the shield count a /64 as one client too).
     #[serde(default = "default_v6_prefix")]
     pub ipv6_limit_prefix: u8,
 }
 
 fn default_v6_prefix() -> u8 {
-    128
+    64
 }
 
 impl Default for ClientIp {

@@ -156,6 +156,7 @@ pub async fn serve(
             tls: tls.is_some(),
             max_body: config.max_body_bytes,
             tunnel_idle: deadlines.stream_idle,
+            underscores: config.underscores_in_headers,
             paths: crate::pipeline::path::PathRules {
                 merge_slashes: config.merge_slashes,
                 escaped_slashes: config.escaped_slashes,

@@ -5,7 +5,7 @@
 
 use hyper::{header, http::HeaderValue, Method, Response, StatusCode};
 
-use super::{client_body::BodyFault, path::PathError, problem::problem};
+use super::{client_body::BodyFault, headers::FieldRefusal, path::PathError, problem::problem};
 use crate::Body;
 
 /// Why the gateway answered a request itself.
@@ -77,9 +77,13 @@ pub enum ProxyError {
         /// `timeouts.request_ms`.
         ms: u64,
     },
-    /// The upstream answered 101 to a request that did not ask to switch protocols.
+    /// The upstream answered 101 to a request that did not ask to switch protocols, or
+    /// switched to another protocol than the one asked for.
     #[error("the upstream switched protocols unasked")]
     UnaskedSwitch,
+    /// The request's header fields would be read one way here and another upstream.
+    #[error("{0}")]
+    BadField(#[from] FieldRefusal),
     /// A response transform could not read the upstream's JSON body whole (over its cap,
     /// or broken off).
     #[error("the upstream's JSON body is over the transform's size cap or broke off")]
@@ -101,6 +105,8 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadHost(_) | BadPath(_) | BodyUnreadable | NotForwardable => StatusCode::BAD_REQUEST,
+            BadField(FieldRefusal::UnknownCoding) => StatusCode::NOT_IMPLEMENTED,
+            BadField(_) => StatusCode::BAD_REQUEST,
             NoRoute { .. } => StatusCode::NOT_FOUND,
             DeclaredTooLarge { .. } | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoUpstream | PoolFull { .. } | NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,6 +156,16 @@ mod tests {
             (ProxyError::BadHost("x"), 400, Retry::Never),
             (ProxyError::BadPath(PathError::AboveRoot), 400, Retry::Never),
             (ProxyError::BodyTooLarge, 413, Retry::Never),
+            (
+                ProxyError::BadField(FieldRefusal::UnknownCoding),
+                501,
+                Retry::Never,
+            ),
+            (
+                ProxyError::BadField(FieldRefusal::TwoCredentials),
+                400,
+                Retry::Never,
+            ),
             (ProxyError::PoolFull { pool: pool() }, 503, Retry::Never),
             (ProxyError::Connect { pool: pool() }, 502, Retry::Elsewhere),
             (ProxyError::Exchange { pool: pool() }, 502, Retry::Never),

@@ -20,6 +20,8 @@ pub struct Conn {
     pub paths: PathRules,
     /// How long an upgraded connection's tunnel may carry nothing.
     pub tunnel_idle: Duration,
+    /// What becomes of request fields named with an underscore.
+    pub underscores: crate::config::Underscores,
 }
 
 /// What the later phases know about a routed request besides the request itself.

@@ -1,5 +1,5 @@
-//! Serving one request, phase by phase: **prepare** (the Host and path rules) → **route** →
-//! **admit** (body limit, hop-by-hop headers, the policy chain) → **forward** (see
+//! Serving one request, phase by phase: **prepare** (the field, Host and path rules) →
+//! **route** → **admit** (body limit, the policy chain) → **forward** (see
 //! [`super::forward`]) → **respond** (response transform, limit headers). Metrics, usage
 //! analytics, the shield's count of the gateway's own refusals and the access log are
 //! written once the response head is known.
@@ -21,7 +21,7 @@ use super::{
     error::ProxyError,
     facts::{Conn, Facts, Held},
     forward::forward,
-    headers::{keep_upgrade, strip_hop_by_hop, upgrade_of},
+    headers::{check_request_fields, keep_upgrade, strip_hop_by_hop, upgrade_of},
     policy::{self, Context, Granted},
     problem::GatewayMade,
     router::RequestView,
@@ -194,11 +194,23 @@ async fn serve<'rt>(
     }
 }
 
-/// The Host and path rules: hyper checks neither the Host rules nor its content, and
+/// The field, Host and path rules: hyper checks neither the Host rules nor its content, and
 /// routing, `Forwarded` and the upstream use both. The authority routed on is the Host the
 /// upstream gets (an HTTP/2 upstream takes it as `:authority`), and the path is routed,
 /// checked by policies and forwarded in one normal form.
+///
+/// The fields go first: the hop-by-hop ones, and those `Connection` names, are removed
+/// before anything reads the request, so that the router and the policies decide on the
+/// fields the upstream gets (`Connection: host` must not strip the Host a request was
+/// routed on, nor `Connection: x-tenant` a field a route matched). An upgrade to WebSocket
+/// keeps its `Connection: upgrade` / `Upgrade` pair.
 fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, ProxyError> {
+    check_request_fields(req.headers_mut(), conn.underscores)?;
+    let upgrade = upgrade_of(req.headers());
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(p) = upgrade {
+        keep_upgrade(req.headers_mut(), p);
+    }
     let mut host = host_of(req).map_err(ProxyError::BadHost)?;
     if let Some(v) = host.upstream.take() {
         req.headers_mut().insert(header::HOST, v);
@@ -238,8 +250,8 @@ fn redirect(rd: &RedirectAnswer) -> Response<Body> {
     r
 }
 
-/// Admission before the policies: the declared body limit, hop-by-hop headers, and the
-/// body wrapped to enforce the limit as it streams.
+/// Admission before the policies: the declared body limit, the client's own
+/// `X-Consumer-Id` removed, and the body wrapped to enforce the limit as it streams.
 fn admit(conn: Conn, req: Request<Incoming>) -> Result<(Parts, Body), ProxyError> {
     let declared = req
         .headers()
@@ -253,15 +265,8 @@ fn admit(conn: Conn, req: Request<Incoming>) -> Result<(Parts, Body), ProxyError
         });
     }
     let (mut parts, body) = req.into_parts();
+    // (The hop-by-hop fields went in `prepare`, before the policies that add this one.)
     parts.headers.remove(&policy::CONSUMER_HEADER);
-    // Hop-by-hop headers go before the policies run: a client naming, say, x-consumer-id in
-    // its Connection header must not be able to remove what the gateway adds. An upgrade
-    // request keeps its Connection: upgrade / Upgrade pair.
-    let upgrade = upgrade_of(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(p) = upgrade {
-        keep_upgrade(&mut parts.headers, p);
-    }
     // The body limit is enforced as it streams (a Content-Length over it was refused above),
     // and a failure of the client's body is told apart from the upstream's.
     let body: Body = if hyper::body::Body::is_end_stream(&body) {

@@ -128,6 +128,16 @@ pub fn switch_protocols(
     let (Some(client), Some(protocol), Some(upstream)) = (client, protocol, upstream) else {
         return ProxyError::UnaskedSwitch.into_response();
     };
+    // The switch must be to the protocol asked for (the only one forwarded is WebSocket):
+    // a tunnel of anything else would carry what the gateway never agreed to relay.
+    let agreed = resp.headers().get(hyper::header::UPGRADE).is_some_and(|p| {
+        p.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(protocol.as_bytes().trim_ascii())
+    });
+    if !agreed {
+        return ProxyError::UnaskedSwitch.into_response();
+    }
     let (mut rp, _) = resp.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     keep_upgrade(&mut rp.headers, protocol);

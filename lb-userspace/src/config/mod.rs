@@ -689,12 +689,12 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
     fn syntax_and_schema_errors_point_at_the_line() {
         let e = refuse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""));
         assert!(
-            e.starts_with("lb.toml: line 13: unknown variant `sctp`"),
+            e.starts_with("lb.toml: vip[0].protocol (line 13): unknown variant `sctp`"),
             "{e}"
         );
         let e = refuse(&GOOD.replace("[health]", "[health]\nbogus = 1"));
         assert!(
-            e.starts_with("lb.toml: line 7: unknown field `bogus`"),
+            e.starts_with("lb.toml: health.bogus (line 7): unknown field `bogus`"),
             "{e}"
         );
         let e = refuse("[node\n");

@@ -245,6 +245,13 @@ impl Authenticator {
         })
     }
 
+    /// Whether one of the route's methods takes its credential from `Authorization`.
+    fn reads_authorization(&self) -> bool {
+        self.methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::Basic | AuthMethod::Jwt))
+    }
+
     fn unauthorized(&self, detail: &str) -> Refusal {
         let mut r = refuse(StatusCode::UNAUTHORIZED, detail);
         r.headers_mut()
@@ -291,6 +298,12 @@ impl Authenticator {
                         .ok_or_else(|| self.unauthorized("the API key is not valid"))?;
                     // The key is not the upstream's business, wherever it was.
                     parts.headers.remove(&self.key_header);
+                    // Nor is a credential this route would have checked, had the key not
+                    // come first: an upstream trusting that the gateway checks the
+                    // `Authorization` of this route must never get one it did not.
+                    if self.reads_authorization() {
+                        parts.headers.remove(header::AUTHORIZATION);
+                    }
                     if let Some(q) = &self.key_query {
                         if let Some(uri) = super::transform::without_query_param(&parts.uri, q) {
                             parts.uri = uri;

@@ -1,0 +1,342 @@
+//! Request fields are read one way by the router, the policies and the upstream: protocol
+//! switches other than WebSocket, `Connection`-named fields, underscored names, a second
+//! credential and transfer codings other than `chunked` (real gateway, real sockets, an
+//! upstream that tells what it received).
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use support::{
+    fixed, parse, raw, request, runtime, sha256_hex, upstream, Gateway, GatewayToml, Reply, Scratch,
+};
+
+/// An upstream that grants any protocol switch: it answers `101` with `switch_to` (or, if
+/// `None`, the protocol asked for) to a request with `Upgrade`, then echoes the bytes; any
+/// other request gets `200` with the request head it received as its body. It is what an
+/// `h2c`-capable server (Go's `h2c.NewHandler`, Tomcat, Jetty) looks like to the gateway.
+fn switching_upstream(switch_to: Option<&'static str>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let asked = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("upgrade:"))
+                        .map(|p| p.trim().to_string());
+                    if let Some(asked) = asked {
+                        let to = switch_to.map_or(asked, str::to_string);
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {to}\r\n\r\n"
+                        );
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        head.len()
+                    );
+                    let _ = s.write_all(&head);
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn problem(reply: &Reply, status: u16) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(
+        reply.headers.get("content-type").map(String::as_str),
+        Some("application/problem+json"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn an_h2c_upgrade_is_served_as_a_plain_request_and_opens_no_tunnel() {
+    let up = switching_upstream(None);
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("app", &[up])
+            .route("public", "/public", "app")
+            .build(),
+    );
+    // The smuggling attempt: an open route's request asking to switch to h2c, after which
+    // the client would speak HTTP/2 to the upstream, every further request unrouted.
+    let reply = raw(
+        gw.http,
+        b"GET /public/x HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let forwarded = reply.body.to_ascii_lowercase();
+    assert!(
+        forwarded.starts_with("get /public/x http/1.1"),
+        "{forwarded}"
+    );
+    for field in ["upgrade:", "http2-settings:", "connection: upgrade"] {
+        assert!(
+            !forwarded.contains(field),
+            "{field} reached the upstream: {forwarded}"
+        );
+    }
+    // Not named in Connection, HTTP2-Settings is still this hop's alone.
+    let reply = raw(
+        gw.http,
+        b"GET /public/y HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        !reply.body.to_ascii_lowercase().contains("http2-settings"),
+        "{}",
+        reply.body
+    );
+}
+
+/// Sends a WebSocket handshake for `/ws` and reads the answer's head (a `101` has no body).
+fn websocket_handshake(gw: &Gateway) -> Reply {
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("an answer"), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    parse(&head)
+}
+
+#[test]
+fn an_upstream_switch_must_be_to_the_protocol_asked_for() {
+    // Asked for WebSocket, the upstream switches to h2c: refused.
+    let rogue = Gateway::start(
+        &GatewayToml::new()
+            .upstream("app", &[switching_upstream(Some("h2c"))])
+            .route("ws", "/ws", "app")
+            .build(),
+    );
+    problem(&websocket_handshake(&rogue), 502);
+    // The same switch to WebSocket goes through (the positive control).
+    let fair = Gateway::start(
+        &GatewayToml::new()
+            .upstream("app", &[switching_upstream(None)])
+            .route("ws", "/ws", "app")
+            .build(),
+    );
+    let reply = websocket_handshake(&fair);
+    assert_eq!(reply.status, 101, "{reply:?}");
+    assert_eq!(
+        reply.headers.get("upgrade").map(String::as_str),
+        Some("websocket")
+    );
+}
+
+#[test]
+fn connection_cannot_remove_a_field_the_request_was_routed_on() {
+    let rt = runtime();
+    let admin = upstream(&rt, "admin", fixed(200, Duration::ZERO));
+    let public = upstream(&rt, "public", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("admin", &[admin.addr])
+            .upstream("public", &[public.addr])
+            .raw(
+                "[[route]]\nname = \"tenant-a\"\nupstream = \"admin\"\nheaders = { \"x-tenant\" = \"a\" }\n\n\
+                 [[route]]\nname = \"public\"\nhost = \"public.test\"\nupstream = \"public\"\n",
+            )
+            .build(),
+    );
+    let host = |extra: &str| {
+        raw(
+            gw.http,
+            format!("GET /x HTTP/1.1\r\nHost: public.test\r\n{extra}\r\n").as_bytes(),
+        )
+    };
+    // Routed on Host, then forwarded without it (the upstream's default virtual host) was
+    // the hole: now the request has no Host to route on, and HTTP/1.1 needs one.
+    problem(&host("Connection: close, host\r\n"), 400);
+    let plain = host("Connection: close\r\n");
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(plain.json()["headers"]["host"], "public.test");
+    // Absolute form: the authority is routed, and forwarded as the Host; without a Host
+    // field an HTTP/1.1 request is refused all the same (RFC 9112 §3.2).
+    let absolute = |extra: &str| {
+        raw(
+            gw.http,
+            format!("GET http://public.test/x HTTP/1.1\r\nHost: other.test\r\n{extra}\r\n")
+                .as_bytes(),
+        )
+    };
+    problem(&absolute("Connection: close, host\r\n"), 400);
+    let routed = absolute("Connection: close\r\n");
+    assert_eq!(routed.status, 200, "{routed:?}");
+    assert_eq!(routed.json()["upstream"], "public");
+    assert_eq!(routed.json()["headers"]["host"], "public.test");
+    // A field a route matches on and Connection names is gone before routing too: the
+    // request is not routed on it.
+    let tenant = request(
+        gw.http,
+        "GET",
+        "/x",
+        &["x-tenant: a", "Connection: x-tenant"],
+        "",
+    );
+    assert_eq!(tenant.status, 404, "{tenant:?}");
+    assert_eq!(admin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let routed = request(gw.http, "GET", "/x", &["x-tenant: a"], "");
+    assert_eq!(routed.json()["upstream"], "admin");
+    assert_eq!(routed.json()["headers"]["x-tenant"], "a");
+}
+
+#[test]
+fn underscored_field_names_are_dropped_refused_or_kept_as_the_listener_says() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    // `.with()` right after `new()` is the listener's.
+    let config = |setting: &str| {
+        GatewayToml::new()
+            .with(setting)
+            .upstream("u", &[up.addr])
+            .route("r", "/", "u")
+            .build()
+    };
+    let start = |setting: &str| Gateway::start(&config(setting));
+    let spoof = [
+        "X_Consumer_Id: root",
+        "X_Forwarded_For: 10.9.9.9",
+        "x-kept: 1",
+    ];
+    let by_default = start("");
+    let reply = request(by_default.http, "GET", "/", &spoof, "");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = &reply.json()["headers"];
+    assert!(seen.get("x_consumer_id").is_none(), "{seen}");
+    assert!(seen.get("x_forwarded_for").is_none(), "{seen}");
+    assert_eq!(seen["x-kept"], "1");
+    let dropped = start("underscores_in_headers = \"drop\"");
+    let seen = request(dropped.http, "GET", "/", &spoof, "").json()["headers"].clone();
+    assert!(seen.get("x_consumer_id").is_none(), "{seen}");
+    let refused = start("underscores_in_headers = \"reject\"");
+    problem(&request(refused.http, "GET", "/", &spoof, ""), 400);
+    assert_eq!(
+        request(refused.http, "GET", "/", &["x-kept: 1"], "").status,
+        200
+    );
+    let kept = start("underscores_in_headers = \"keep\"");
+    let seen = request(kept.http, "GET", "/", &spoof, "").json()["headers"].clone();
+    assert_eq!(seen["x_consumer_id"], "root");
+    // A misspelt setting is refused with its field.
+    let scratch = Scratch::new("underscores");
+    let path = scratch.path("gateway.toml");
+    std::fs::write(&path, config("underscores_in_headers = \"allow\"")).expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+        .args(["check", "--config", &path])
+        .output()
+        .expect("sluice-gateway check");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("listener[0].underscores_in_headers (line "),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_second_credential_and_unknown_transfer_codings_are_refused() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .route("r", "/", "u")
+            .build(),
+    );
+    problem(
+        &request(
+            gw.http,
+            "GET",
+            "/",
+            &["Authorization: Bearer a.b.c", "Authorization: Bearer d.e.f"],
+            "",
+        ),
+        400,
+    );
+    let chunked = |codings: &[&str]| {
+        let mut head = String::from("POST / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n");
+        for c in codings {
+            head.push_str(&format!("Transfer-Encoding: {c}\r\n"));
+        }
+        head.push_str("\r\n5\r\nhello\r\n0\r\n\r\n");
+        raw(gw.http, head.as_bytes())
+    };
+    // A coding the gateway does not decode would be dropped when it frames the body anew.
+    problem(&chunked(&["gzip, chunked"]), 501);
+    problem(&chunked(&["chunked", "chunked"]), 400);
+    let fine = chunked(&["chunked"]);
+    assert_eq!(fine.status, 200, "{fine:?}");
+    assert_eq!(fine.json()["body"], "hello");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
+    const KEY: &str = "key-of-alice";
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&format!(
+                "[[consumer]]\nid = \"alice\"\napi_keys = [\"sha256:{}\"]\n",
+                sha256_hex(KEY.as_bytes())
+            ))
+            .route("both", "/both", "u")
+            .with(r#"auth = { methods = ["api_key", "basic"] }"#)
+            .route("key", "/key", "u")
+            .with(r#"auth = { methods = ["api_key"] }"#)
+            .build(),
+    );
+    let forged = "Authorization: Basic cm9vdDpub3QtY2hlY2tlZA==";
+    let key = format!("x-api-key: {KEY}");
+    let both = request(gw.http, "GET", "/both", &[&key, forged], "");
+    assert_eq!(both.status, 200, "{both:?}");
+    let seen = &both.json()["headers"];
+    assert_eq!(seen["x-consumer-id"], "alice");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    // A route that never reads Authorization leaves it to the upstream.
+    let key_only = request(gw.http, "GET", "/key", &[&key, forged], "");
+    assert_eq!(key_only.status, 200, "{key_only:?}");
+    assert!(key_only.json()["headers"].get("authorization").is_some());
+}
