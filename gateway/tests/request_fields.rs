@@ -340,3 +340,90 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
     assert_eq!(key_only.status, 200, "{key_only:?}");
     assert!(key_only.json()["headers"].get("authorization").is_some());
 }
+
+#[test]
+fn every_head_hyper_refuses_is_answered_with_problem_json() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .route("r", "/", "u")
+            .build(),
+    );
+    let many_fields: String = (0..60).map(|i| format!("x-f{i}: 1\r\n")).collect();
+    let big_field = format!("x-big: {}\r\n", "a".repeat(20_000));
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100_000));
+    for (case, head, status) in [
+        (
+            "two lengths",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 4\r\n\r\n"
+                .to_string(),
+            400,
+        ),
+        (
+            "a signed length",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc".into(),
+            400,
+        ),
+        (
+            "chunked not last",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "a NUL",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\u{0}b\r\n\r\n".into(),
+            400,
+        ),
+        ("garbage", "GARBAGE\r\n\r\n".into(), 400),
+        (
+            "too many fields",
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{many_fields}\r\n"),
+            431,
+        ),
+        (
+            "a field too large",
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{big_field}\r\n"),
+            431,
+        ),
+        ("a target too long", long_target, 0),
+    ] {
+        let reply = raw(gw.http, head.as_bytes());
+        if status != 0 {
+            assert_eq!(reply.status, status, "{case}: {reply:?}");
+        } else {
+            assert!(matches!(reply.status, 414 | 431), "{case}: {reply:?}");
+        }
+        assert_eq!(
+            reply.headers.get("content-type").map(String::as_str),
+            Some("application/problem+json"),
+            "{case}: {reply:?}"
+        );
+        assert_eq!(reply.json()["status"], reply.status, "{case}");
+    }
+    // A request before the malformed one on the same connection keeps its own answer.
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n")
+        .expect("write");
+    let mut both = Vec::new();
+    let _ = s.read_to_end(&mut both);
+    let text = String::from_utf8_lossy(&both);
+    let (first, rest) = text
+        .split_once("HTTP/1.1 400 ")
+        .unwrap_or_else(|| panic!("no 400 after the first answer: {text}"));
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(first.contains("\"path\":\"/first\""), "{text}");
+    assert!(
+        rest.contains("content-type: application/problem+json"),
+        "{text}"
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -64,16 +64,39 @@ fn client(
     Arc::new(c)
 }
 
+/// A TLS connection to `addr`, with `sni`.
+async fn connect_tls(
+    addr: std::net::SocketAddr,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let name = ServerName::try_from(sni.to_string()).expect("name");
+    connector.connect(name, tcp).await
+}
+
+/// `raw` bytes over a new TLS connection; everything read until it closes.
+async fn send_raw(
+    addr: std::net::SocketAddr,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+    raw: &[u8],
+) -> std::io::Result<String> {
+    let mut tls = connect_tls(addr, cfg, sni).await?;
+    tls.write_all(raw).await?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).to_string())
+}
+
 /// Handshake with `sni`, one HTTP/1.1 request; returns (peer leaf DER, protocol, ALPN, status line).
 async fn fetch(
     addr: std::net::SocketAddr,
     cfg: Arc<ClientConfig>,
     sni: &str,
 ) -> std::io::Result<(Vec<u8>, String, Option<Vec<u8>>, String)> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    let name = ServerName::try_from(sni.to_string()).expect("name");
-    let mut tls = connector.connect(name, tcp).await?;
+    let mut tls = connect_tls(addr, cfg, sni).await?;
     let (_, conn) = tls.get_ref();
     let leaf = conn
         .peer_certificates()
@@ -137,6 +160,23 @@ fn sni_versions_alpn_reload_and_mtls() {
     assert_eq!(v, "Some(TLSv1_3)");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"x-forwarded-proto\":\"https\""), "{resp}");
+    // A head hyper refuses over TLS is answered problem+json too.
+    let refused = rt
+        .block_on(send_raw(
+            tls_addr,
+            client(&server_ca, &both, &[], None),
+            "a.example",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ))
+        .expect("tls refused");
+    assert!(
+        refused.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("content-type: application/problem+json\r\n"),
+        "{refused}"
+    );
     let (leaf_b, ..) = rt
         .block_on(fetch(
             tls_addr,

@@ -28,6 +28,7 @@ use crate::{
     config::Listener,
     downstream::conn_state::Idle,
     downstream::park::{self, Plain},
+    downstream::parse_refusal::ProblemIo,
     downstream::refusal,
     downstream::watchdog::{Admission, Admit, Admitted, Deadlines, Tracked},
     metrics::{Closed, Metrics},
@@ -324,7 +325,7 @@ impl Accepted {
                     idle.watch();
                     let metrics = guard.metrics.clone();
                     crate::downstream::watchdog::serve(
-                        TokioIo::new(s),
+                        ProblemIo::new(TokioIo::new(s)),
                         &builder,
                         service,
                         stop,

@@ -5,6 +5,7 @@
 pub mod conn_state;
 pub mod listener;
 pub mod park;
+pub mod parse_refusal;
 pub mod refusal;
 pub mod service;
 pub mod tls;

@@ -40,14 +40,19 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::{downstream::conn_state::Idle, downstream::refusal, downstream::service::ConnService};
+use crate::{
+    downstream::conn_state::Idle, downstream::parse_refusal::Rewrite, downstream::refusal,
+    downstream::service::ConnService,
+};
 
 /// The socket as hyper sees it: first the bytes hyper had read but not parsed when it last
-/// stopped, then the stream. Its shutdown is skipped while parking.
+/// stopped, then the stream. Its shutdown is skipped while parking, and hyper's own answer
+/// to a head it refused is replaced by the gateway's problem+json ([`Rewrite`]).
 pub struct ParkIo {
     stream: TokioIo<TcpStream>,
     prefix: Bytes,
     idle: Arc<Idle>,
+    rewrite: Rewrite,
 }
 
 impl hyper::rt::Read for ParkIo {
@@ -76,7 +81,7 @@ impl hyper::rt::Write for ParkIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let r = this.rewrite.poll_write(Pin::new(&mut this.stream), cx, buf);
         this.idle.write_blocked(r.is_pending());
         r
     }
@@ -87,7 +92,9 @@ impl hyper::rt::Write for ParkIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let r = this
+            .rewrite
+            .poll_write_vectored(Pin::new(&mut this.stream), cx, bufs);
         this.idle.write_blocked(r.is_pending());
         r
     }
@@ -372,6 +379,7 @@ where
             stream: TokioIo::new(stream),
             prefix,
             idle: self.idle.clone(),
+            rewrite: Rewrite::default(),
         };
         self.phase = Phase::Http1(Box::pin(
             self.plain

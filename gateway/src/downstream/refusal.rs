@@ -21,7 +21,7 @@ pub fn deadline(metrics: &Metrics, peer: SocketAddr) {
 
 /// Counts what hyper ended `peer`'s connection with, when it was the client's doing: a head
 /// hyper could not parse or found too large, which it answered itself (400, or 431; 414
-/// for a target over 64 KiB), is malformed; hyper's head timer running out is a deadline
+/// for a target over 64 KiB; made problem+json by [`super::parse_refusal`]), is malformed; hyper's head timer running out is a deadline
 /// when `head_pending` (no request completed on this hyper instance, so a head was due):
 /// hyper's timer also runs while an idle keep-alive connection waits, which is no abuse.
 pub fn ended_with(

@@ -12,15 +12,20 @@ use crate::Body;
 #[derive(Debug, Clone, Copy)]
 pub struct GatewayMade;
 
-/// A problem response with `status` and a human-readable `detail`.
-pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
+/// The problem+json body for `status` and a human-readable `detail`.
+pub fn problem_json(status: StatusCode, detail: &str) -> String {
+    serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
     })
-    .to_string();
+    .to_string()
+}
+
+/// A problem response with `status` and a human-readable `detail`.
+pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = problem_json(status, detail);
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.extensions_mut().insert(GatewayMade);
