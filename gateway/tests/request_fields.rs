@@ -12,7 +12,8 @@ use std::{
 };
 
 use support::{
-    fixed, parse, raw, request, runtime, sha256_hex, upstream, Gateway, GatewayToml, Reply, Scratch,
+    fixed, parse, raw, request, runtime, sha256_hex, upstream, Gateway, GatewayToml, Reply,
+    Scratch, Upstream,
 };
 
 /// An upstream that grants any protocol switch: it answers `101` with `switch_to` (or, if
@@ -66,6 +67,18 @@ fn switching_upstream(switch_to: Option<&'static str>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A gateway with one route for every path, to an upstream that echoes the request.
+fn one_route(rt: &tokio::runtime::Runtime) -> (Upstream, Gateway) {
+    let up = upstream(rt, "u", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .route("r", "/", "u")
+            .build(),
+    );
+    (up, gw)
 }
 
 fn problem(reply: &Reply, status: u16) {
@@ -276,13 +289,7 @@ fn underscored_field_names_are_dropped_refused_or_kept_as_the_listener_says() {
 #[test]
 fn a_second_credential_and_unknown_transfer_codings_are_refused() {
     let rt = runtime();
-    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(
-        &GatewayToml::new()
-            .upstream("u", &[up.addr])
-            .route("r", "/", "u")
-            .build(),
-    );
+    let (up, gw) = one_route(&rt);
     problem(
         &request(
             gw.http,
@@ -344,13 +351,7 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
 #[test]
 fn every_head_hyper_refuses_is_answered_with_problem_json() {
     let rt = runtime();
-    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
-    let gw = Gateway::start(
-        &GatewayToml::new()
-            .upstream("u", &[up.addr])
-            .route("r", "/", "u")
-            .build(),
-    );
+    let (up, gw) = one_route(&rt);
     let many_fields: String = (0..60).map(|i| format!("x-f{i}: 1\r\n")).collect();
     let big_field = format!("x-big: {}\r\n", "a".repeat(20_000));
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100_000));
