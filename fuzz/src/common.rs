@@ -77,12 +77,22 @@ impl<'a> Input<'a> {
 }
 
 /// Whether `field` says where a refused config is wrong: `line N` (a syntax or type error,
-/// with `N` a line of `text`) or a field path such as `vip[1].backends[0].weight` or
-/// `route[2].path.regex`. Never empty, and never `-` (which only an unreadable file gets).
+/// with `N` a line of `text`), a field path such as `vip[1].backends[0].weight` or
+/// `route[2].path.regex`, or both (`vip[0].protocol (line 13)`, a type error whose line
+/// shows its field). Never empty, and never `-` (which only an unreadable file gets).
 pub fn names_a_field(field: &str, text: &str) -> bool {
-    if let Some(n) = field.strip_prefix("line ") {
+    let is_line = |n: &str| {
         let lines = text.lines().count().max(1) + 1;
-        return n.parse::<usize>().is_ok_and(|n| (1..=lines).contains(&n));
+        n.parse::<usize>().is_ok_and(|n| (1..=lines).contains(&n))
+    };
+    if let Some(n) = field.strip_prefix("line ") {
+        return is_line(n);
+    }
+    if let Some((path, n)) = field
+        .strip_suffix(')')
+        .and_then(|f| f.split_once(" (line "))
+    {
+        return is_line(n) && names_a_field(path, "");
     }
     !field.is_empty()
         && field.split('.').all(|segment| {
@@ -158,11 +168,23 @@ mod tests {
             "node",
             "line 1",
             "jwt_issuer[0].keys[0].file",
+            "vip[0].protocol (line 2)",
         ] {
             assert!(names_a_field(ok, "a\nb"), "{ok}");
         }
         for bad in [
-            "", "-", "line 0", "line 9", "a..b", "a[", "a[x]", "[0]", "a b",
+            "",
+            "-",
+            "line 0",
+            "line 9",
+            "a..b",
+            "a[",
+            "a[x]",
+            "[0]",
+            "a b",
+            "a (line 9)",
+            "a..b (line 1)",
+            "(line 1)",
         ] {
             assert!(!names_a_field(bad, "a\nb"), "{bad}");
         }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{fixed, metric, runtime, upstream, Gateway, GatewayToml};
+use support::{admin_get, fixed, metric, request, runtime, upstream, Gateway, GatewayToml};
 
 /// A TCP listener that counts the connections made to it (health probes, here).
 fn probe_counter() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
@@ -72,4 +72,58 @@ fn a_refused_reload_probes_nothing_and_an_accepted_one_does() {
         probes.load(Ordering::SeqCst) >= 2
     });
     assert_eq!(metric(&gw, "sluice_gateway_config_generation"), 2.0);
+}
+
+#[test]
+fn a_reload_that_changes_a_listener_is_refused_with_the_field_and_nothing_changes() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let config = GatewayToml::new()
+        .upstream("a", &[up.addr])
+        .route_all("r", "a")
+        .build();
+    let gw = Gateway::start(&config);
+    // The listener's body limit in force is 1024 (`support::config`).
+    let body = "x".repeat(500);
+    assert_eq!(request(gw.http, "POST", "/", &[], &body).status, 200);
+    let second = format!("{config}\n[[listener]]\nname = \"more\"\naddress = \"127.0.0.1:0\"\n");
+    let cases = [
+        (
+            config.replace("max_body_bytes = 1024", "max_body_bytes = 100"),
+            "listener[0].max_body_bytes",
+        ),
+        (
+            config.replace("name = \"main\"", "name = \"renamed\""),
+            "listener[0].name",
+        ),
+        (second, "listener:"),
+        (
+            config.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1),
+            "admin.listen",
+        ),
+    ];
+    for (k, (text, field)) in cases.iter().enumerate() {
+        assert_ne!(text, &config, "case {field} changes nothing");
+        gw.rewrite(text);
+        wait_for(field, Duration::from_secs(5), || {
+            metric(&gw, "sluice_gateway_config_reloads_total{result=\"error\"}") >= (k + 1) as f64
+        });
+        let state = admin_get(&gw, "/dashboard/state").json();
+        let said = state["config"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(said.contains(field), "{field}: {state}");
+        assert!(said.contains("restart"), "{said}");
+    }
+    assert_eq!(metric(&gw, "sluice_gateway_config_generation"), 1.0);
+    // The limit in force is still the one the listener was set up with.
+    assert_eq!(request(gw.http, "POST", "/", &[], &body).status, 200);
+    // A change that leaves the listeners alone is taken.
+    gw.rewrite(&format!(
+        "{config}\n[[route]]\nname = \"more\"\npath = {{ prefix = \"/more\" }}\nupstream = \"a\"\n"
+    ));
+    wait_for("the accepted reload", Duration::from_secs(5), || {
+        metric(&gw, "sluice_gateway_config_generation") == 2.0
+    });
 }

@@ -120,27 +120,40 @@ fn field_at(text: &str, at: usize) -> String {
         is_key(name).then(|| (name.to_string(), false))
     };
     let above = &lines[..line - 1];
+    // The index of the last `[[name]]` among the first `upto` lines, if there is one.
+    let index_of = |name: &str, upto: usize| {
+        let n = above[..upto]
+            .iter()
+            .filter(|l| header(l).is_some_and(|(h, array)| array && h == name))
+            .count();
+        n.checked_sub(1)
+    };
     let table = above.iter().rposition(|l| header(l).is_some());
     let prefix = match table.and_then(|i| Some((i, header(above[i])?))) {
         None => String::new(),
-        Some((_, (name, false))) => format!("{name}."),
-        Some((i, (name, true))) => {
-            let index = above[..i]
-                .iter()
-                .filter(|l| header(l).is_some_and(|(n, array)| array && n == name))
-                .count();
-            format!("{name}[{index}].")
-        }
+        Some((i, (name, true))) => format!("{name}[{}].", index_of(&name, i + 1).unwrap_or(0)),
+        // `[route.request_transform]` belongs to the last `[[route]]` above it.
+        Some((i, (name, false))) => match name.split_once('.') {
+            Some((parent, rest)) => match index_of(parent, i) {
+                Some(k) => format!("{parent}[{k}].{rest}."),
+                None => format!("{name}."),
+            },
+            None => format!("{name}."),
+        },
     };
     format!("{prefix}{key} (line {line})")
 }
 
-/// Whether `k` reads as a bare or dotted TOML key (not a value, a comment or an array line).
+/// Whether `k` is a bare or dotted TOML key (`a`, `a.b_c-d`), which reads as a field path
+/// as it is (a quoted key, a value, a comment or an array line is not).
 fn is_key(k: &str) -> bool {
     !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.\" \t".contains(&b))
-        && !k.starts_with('.')
+        && k.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 /// The 1-based line of byte offset `at` in `text`.
@@ -179,7 +192,7 @@ mod tests {
 
     #[test]
     fn fields_are_named_under_their_table_and_index() {
-        let text = "top = 1\n[one]\na = 1\n[[many]]\nb = 1\n# a comment\n[[many]]\nb = 2\n[[other]]\n[[many]]\n  b = 3\n";
+        let text = "top = 1\n[one]\na = 1\n[[many]]\nb = 1\n# a comment\n[[many]]\nb = 2\n[[other]]\n[[many]]\n  b = 3\n[many.sub]\nc = 1\n\"quoted\" = 2\n";
         let at = |needle: &str| text.find(needle).expect("in the text");
         assert_eq!(field_at(text, at("top")), "top (line 1)");
         assert_eq!(field_at(text, at("a = 1") + 4), "one.a (line 3)");
@@ -187,6 +200,8 @@ mod tests {
         assert_eq!(field_at(text, at("b = 2") + 4), "many[1].b (line 8)");
         assert_eq!(field_at(text, at("b = 3") + 4), "many[2].b (line 11)");
         assert_eq!(field_at(text, at("# a")), "line 6");
+        assert_eq!(field_at(text, at("c = 1") + 4), "many[2].sub.c (line 13)");
+        assert_eq!(field_at(text, at("\"quoted")), "line 14");
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Reloads: the config file on SIGHUP or when it changes, and each listener's certificates
 //! when their files change. A refused file or certificate keeps what is in force.
+//!
+//! The sockets are bound, and each listener's connection settings taken, once at start: a
+//! file that changes them (a listener added, removed, moved, or with another address, limit
+//! or deadline, or another admin address) is refused with the field, rather than taken as
+//! if it were in force. A listener's certificates do change on reload.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,8 +14,15 @@ use std::{
 use sluice_util::control::{stamp, Stamp};
 use tracing::{error, info};
 
+use sluice_util::FieldError;
+
 use super::Gateway;
-use crate::{downstream::listener::TlsState, downstream::tls, generation};
+use crate::{
+    config::{Config, Listener},
+    downstream::listener::TlsState,
+    downstream::tls,
+    generation,
+};
 
 fn stamps(files: &[PathBuf]) -> Option<Vec<Stamp>> {
     Some(files.iter().map(|f| stamp(f)).collect())
@@ -66,12 +78,85 @@ pub(super) fn reload_tls(gw: &Gateway, listeners: &mut [TlsListener]) {
     }
 }
 
+/// Refuses a config whose listeners (or admin address) differ from those in force in
+/// anything but their TLS settings: they were bound and set up at start.
+fn restart_needed(old: &Config, new: &Config) -> Result<(), FieldError> {
+    const WHY: &str = "listeners are bound and set up at start: a change other than their \
+                       certificates needs a restart";
+    if old.admin.listen != new.admin.listen {
+        return Err(FieldError::new("admin.listen", WHY));
+    }
+    if old.listeners.len() != new.listeners.len() {
+        return Err(FieldError::new(
+            "listener",
+            format!(
+                "{} listeners in force, {} in the file: {WHY}",
+                old.listeners.len(),
+                new.listeners.len()
+            ),
+        ));
+    }
+    for (i, (was, now)) in old.listeners.iter().zip(&new.listeners).enumerate() {
+        let mut same = was.clone();
+        same.tls.clone_from(&now.tls);
+        if same == *now && was.tls.is_some() == now.tls.is_some() {
+            continue;
+        }
+        let field = match changed_field(was, now) {
+            Some(f) => format!("listener[{i}].{f}"),
+            None => format!("listener[{i}]"),
+        };
+        return Err(FieldError::new(
+            field,
+            format!("listener {:?}: {WHY}", was.name),
+        ));
+    }
+    Ok(())
+}
+
+/// The first field, TLS aside (but for being on or off), in which two listeners differ.
+fn changed_field(was: &Listener, now: &Listener) -> Option<&'static str> {
+    macro_rules! first_of {
+        ($($field:ident),*) => {
+            $(if was.$field != now.$field {
+                return Some(stringify!($field));
+            })*
+        };
+    }
+    first_of!(
+        name,
+        address,
+        freebind,
+        max_connections,
+        header_read_timeout_ms,
+        tls_handshake_timeout_ms,
+        first_request_timeout_ms,
+        keepalive_timeout_ms,
+        http2_idle_timeout_ms,
+        stream_idle_timeout_ms,
+        max_connections_per_client,
+        merge_slashes,
+        escaped_slashes,
+        path_parameters,
+        underscores_in_headers,
+        max_header_bytes,
+        max_headers,
+        max_body_bytes
+    );
+    (was.tls.is_some() != now.tls.is_some()).then_some("tls")
+}
+
 /// Loads and builds `path` and, if it is valid, makes it the generation new requests (and
 /// new TLS connections) start on.
 pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], why: &str) {
     let old = gw.runtime.load_full();
     let number = old.generation + 1;
-    match generation::load(path, number, Some(&old)) {
+    let loaded = generation::load(path, number, Some(&old)).and_then(|built| {
+        restart_needed(&old.config, &built.runtime.config)
+            .map(|()| built)
+            .map_err(|e| e.in_file(path))
+    });
+    match loaded {
         Ok(built) => {
             gw.metrics
                 .analytics
