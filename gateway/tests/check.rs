@@ -108,3 +108,38 @@ fn a_worker_count_out_of_range_is_refused_before_anything_starts() {
         assert!(said.contains(why), "{workers}: {said}");
     }
 }
+
+#[test]
+fn listener_numbers_past_what_a_process_can_hold_are_refused() {
+    for (setting, want) in [
+        (
+            "max_connections = 2305843009213693952",
+            "gw.toml: listener[0].max_connections: must be at least 1 and at most 10000000",
+        ),
+        (
+            "max_connections_per_client = 9223372036854775807",
+            "gw.toml: listener[0].max_connections_per_client: must be at least 1 and at most 10000000",
+        ),
+        (
+            "max_header_bytes = 4294967396",
+            "gw.toml: listener[0].max_header_bytes: must be at least 1024 and at most 1048576",
+        ),
+        (
+            "max_headers = 100000",
+            "gw.toml: listener[0].max_headers: must be at least 1 and at most 10000",
+        ),
+        (
+            "body_read_timeout_ms = 0",
+            "gw.toml: listener[0].body_read_timeout_ms: must be greater than 0",
+        ),
+    ] {
+        let text = BASE.replacen(
+            "address = \"192.0.2.1:80\"",
+            &format!("address = \"192.0.2.1:80\"\n{setting}"),
+            1,
+        );
+        let (ok, said) = check(&text);
+        assert!(!ok, "{setting}: {said}");
+        assert!(said.contains(want), "{setting}\n  said {said}\n  wanted {want}");
+    }
+}

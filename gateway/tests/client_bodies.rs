@@ -275,3 +275,80 @@ fn an_http2_body_over_the_limit_is_413() {
         assert_eq!(ctype.as_deref(), Some("application/problem+json"));
     }
 }
+
+/// A body that stops coming is answered 408 within the listener's `body_read_timeout_ms`,
+/// whether the gateway streams it, reads it whole for a retry or for a JSON transform, or
+/// it comes over HTTP/2; nothing reaches the upstream of a body read whole.
+#[test]
+fn a_stalled_body_is_408_within_its_deadline() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .with("body_read_timeout_ms = 300")
+            .upstream("a", &[up.addr])
+            .route("streamed", "/streamed", "a")
+            .route("retried", "/retried", "a")
+            .with("retries = { attempts = 1 }")
+            .route("json", "/json", "a")
+            .raw("[route.request_transform]\njson_set = { \"via\" = \"sluice\" }")
+            .build(),
+    );
+    for path in ["/streamed", "/retried", "/json"] {
+        let mut s = std::net::TcpStream::connect(gw.http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let started = Instant::now();
+        // Five bytes of a promised hundred, then nothing.
+        s.write_all(
+            format!(
+                "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\":"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let took = started.elapsed();
+        let reply = support::parse(&out);
+        problem(&reply, 408);
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+            "{path}: {took:?}"
+        );
+    }
+    // The two routes that read the body whole sent nothing upstream; the streamed one may
+    // have started its exchange.
+    assert!(up.hits.load(Ordering::SeqCst) <= 1);
+    // Over HTTP/2: a stream that sends part of its body and stops.
+    let status = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        client = client.ready().await.expect("ready");
+        let req = http::Request::put("http://x/retried")
+            .header("content-length", "100")
+            .body(())
+            .expect("req");
+        let (resp, mut send) = client.send_request(req, false).expect("send");
+        send.send_data(bytes::Bytes::from_static(b"12345"), false)
+            .expect("data");
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("answered within the deadline")
+            .expect("response");
+        drop(send);
+        resp.status().as_u16()
+    });
+    assert_eq!(status, 408);
+    // Counted as the route's 408s (one over HTTP/1.1, one over HTTP/2).
+    assert_eq!(
+        metric(
+            &gw,
+            "sluice_gateway_requests_total{route=\"retried\",method=\"PUT\",status=\"408\"}"
+        ),
+        2.0
+    );
+}

@@ -428,3 +428,41 @@ fn every_head_hyper_refuses_is_answered_with_problem_json() {
     );
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn an_http2_request_is_held_to_the_listeners_field_count() {
+    let rt = runtime();
+    let (up, gw) = one_route(&rt);
+    // The test listener takes 50 fields (`support::config`); HTTP/1.1 gets hyper's 431.
+    let statuses = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for fields in [40, 60] {
+            let mut req = http::Request::get("http://a.test/");
+            for i in 0..fields {
+                req = req.header(format!("x-f{i}"), "1");
+            }
+            client = client.ready().await.expect("ready");
+            let (resp, _) = client
+                .send_request(req.body(()).expect("req"), true)
+                .expect("send");
+            let resp = resp.await.expect("response");
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            out.push((resp.status().as_u16(), ctype));
+        }
+        out
+    });
+    assert_eq!(statuses[0].0, 200, "{statuses:?}");
+    assert_eq!(
+        statuses[1],
+        (431, Some("application/problem+json".to_string()))
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -65,7 +65,9 @@ impl Class {
             401 => Some(Class::Auth),
             403 => Some(Class::Forbidden),
             429 => Some(Class::RateLimited),
-            400 | 413 | 431 => Some(Class::Malformed),
+            400 | 413 | 414 | 431 => Some(Class::Malformed),
+            // A request body that stalls holds its connection as a slow head does.
+            408 => Some(Class::Deadline),
             _ => None,
         }
     }

@@ -122,6 +122,10 @@ pub struct Listener {
     /// protocol detection, the HTTP/2 preface and SETTINGS, and the first head.
     #[serde(default = "default_header_timeout")]
     pub first_request_timeout_ms: u64,
+    /// How long a request body may send nothing (between its frames): a stalled upload is
+    /// answered 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_ms: u64,
     /// How long an HTTP/1.1 connection may wait, idle, for its next request.
     #[serde(default = "default_header_timeout")]
     pub keepalive_timeout_ms: u64,
@@ -186,11 +190,21 @@ pub struct Certificate {
     pub server_names: Vec<String>,
 }
 
+/// The most connections a listener may be set to take (and one client to hold).
+const MAX_CONNECTIONS: usize = 10_000_000;
+/// The largest request head a listener may be set to take (1 MiB).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+/// The most request header fields a listener may be set to take.
+const MAX_HEADERS: usize = 10_000;
+
 fn default_max_connections() -> usize {
     10_000
 }
 fn default_header_timeout() -> u64 {
     10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
 }
 fn default_http2_idle() -> u64 {
     60_000
@@ -251,11 +265,17 @@ pub enum Underscores {
 impl Listener {
     /// Checks one listener; fields are named relative to it.
     pub(super) fn validate(&self) -> Result<(), FieldError> {
-        if self.max_connections == 0 {
-            return refuse("max_connections", "must be at least 1");
+        // Upper bounds too: a count past what a process can hold (file descriptors, tokio's
+        // semaphore) is a typo, and would fail at start or wrap where it is narrowed.
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return refuse(
+                "max_connections",
+                format!("must be at least 1 and at most {MAX_CONNECTIONS}"),
+            );
         }
         for (field, ms) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
             ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
             ("first_request_timeout_ms", self.first_request_timeout_ms),
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
@@ -266,17 +286,28 @@ impl Listener {
                 return refuse(field, "must be greater than 0 and at most a day (86400000)");
             }
         }
-        if self.max_connections_per_client == Some(0) {
+        if self
+            .max_connections_per_client
+            .is_some_and(|n| !(1..=MAX_CONNECTIONS).contains(&n))
+        {
             return refuse(
                 "max_connections_per_client",
-                "must be at least 1 (leave it out for no limit)",
+                format!(
+                    "must be at least 1 and at most {MAX_CONNECTIONS} (leave it out for no limit)"
+                ),
             );
         }
-        if self.max_header_bytes < 1024 {
-            return refuse("max_header_bytes", "must be at least 1024");
+        if !(1024..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return refuse(
+                "max_header_bytes",
+                format!("must be at least 1024 and at most {MAX_HEADER_BYTES}"),
+            );
         }
-        if self.max_headers == 0 {
-            return refuse("max_headers", "must be at least 1");
+        if !(1..=MAX_HEADERS).contains(&self.max_headers) {
+            return refuse(
+                "max_headers",
+                format!("must be at least 1 and at most {MAX_HEADERS}"),
+            );
         }
         match &self.tls {
             Some(tls) => tls.validate().map_err(|e| e.under("tls")),

@@ -117,7 +117,7 @@ fn http_builders(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(config.max_header_bytes as u32);
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(deadlines.header_read)
@@ -156,6 +156,8 @@ pub async fn serve(
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: tls.is_some(),
             max_body: config.max_body_bytes,
+            body_idle: Duration::from_millis(config.body_read_timeout_ms),
+            max_headers: config.max_headers,
             tunnel_idle: deadlines.stream_idle,
             underscores: config.underscores_in_headers,
             paths: crate::pipeline::path::PathRules {

@@ -1,19 +1,24 @@
 //! The client's request body on its way to the upstream: held to the listener's size limit
-//! as it streams, and remembering why it failed. A broken or oversized upload is the client's
-//! fault: it is answered 400 or 413, not 502, and the upstream exchange it was feeding is
-//! abandoned (that connection closes).
+//! and to its `body_read_timeout_ms` between frames as it streams, and remembering why it
+//! failed. A broken, oversized or stalled upload is the client's fault: it is answered 400,
+//! 413 or 408, not 502 or 504, and the upstream exchange it was feeding is abandoned (that
+//! connection closes). The deadline matters most where the gateway reads a body whole
+//! before sending it (a retried request, a JSON transform): nothing else bounds that wait.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 /// Why a client's body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +28,8 @@ pub enum BodyFault {
     /// Malformed framing (a bad chunk size, chunk extensions over hyper's limit), or the
     /// client broke off mid-body.
     Malformed,
+    /// Nothing of it came for the listener's `body_read_timeout_ms`.
+    Stalled,
 }
 
 /// Shared between a [`ClientBody`] and the code that forwards it.
@@ -35,6 +42,7 @@ impl FaultCell {
         match self.0.load(Ordering::Relaxed) {
             1 => Some(BodyFault::TooLarge),
             2 => Some(BodyFault::Malformed),
+            3 => Some(BodyFault::Stalled),
             _ => None,
         }
     }
@@ -43,6 +51,7 @@ impl FaultCell {
         let v = match fault {
             BodyFault::TooLarge => 1,
             BodyFault::Malformed => 2,
+            BodyFault::Stalled => 3,
         };
         self.0.store(v, Ordering::Relaxed);
     }
@@ -53,20 +62,34 @@ impl FaultCell {
 #[error("request body over the limit")]
 pub struct TooLarge;
 
-/// A request body from hyper, limited to `left` more bytes.
+/// The error a [`ClientBody`] yields when its client sent nothing for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body arrived within the listener's body_read_timeout_ms")]
+pub struct Stalled;
+
+/// A request body from hyper, limited to `left` more bytes and to `idle` between frames.
 pub struct ClientBody {
     inner: Incoming,
     left: u64,
     fault: FaultCell,
+    idle: Duration,
+    /// Made the first time the body has nothing to give, then reset for each wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer counts the current wait (a frame since ended the previous one).
+    waiting: bool,
 }
 
 impl ClientBody {
-    /// `inner`, failing once it exceeds `max` bytes; failures are noted in `fault`.
-    pub fn new(inner: Incoming, max: u64, fault: FaultCell) -> Self {
+    /// `inner`, failing once it exceeds `max` bytes or sends nothing for `idle`; failures
+    /// are noted in `fault`.
+    pub fn new(inner: Incoming, max: u64, idle: Duration, fault: FaultCell) -> Self {
         ClientBody {
             inner,
             left: max,
             fault,
+            idle,
+            timer: None,
+            waiting: false,
         }
     }
 }
@@ -80,7 +103,24 @@ impl hyper::body::Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let deadline = Instant::now() + this.idle;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if !this.waiting {
+                timer.as_mut().reset(deadline);
+                this.waiting = true;
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                this.fault.set(BodyFault::Stalled);
+                return Poll::Ready(Some(Err(Box::new(Stalled))));
+            }
+            return Poll::Pending;
+        }
+        this.waiting = false;
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;

@@ -39,6 +39,12 @@ pub enum ProxyError {
     /// The client's body broke off or its framing was wrong.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// More request header fields than the listener's `max_headers`.
+    #[error("more than {0} header fields")]
+    TooManyFields(usize),
+    /// The client sent nothing of its body for the listener's `body_read_timeout_ms`.
+    #[error("no request body arrived within the listener's body_read_timeout_ms")]
+    BodyStalled,
     /// The request cannot be written to an upstream.
     #[error("the request target cannot be forwarded")]
     NotForwardable,
@@ -107,6 +113,8 @@ impl ProxyError {
             BadHost(_) | BadPath(_) | BodyUnreadable | NotForwardable => StatusCode::BAD_REQUEST,
             BadField(FieldRefusal::UnknownCoding) => StatusCode::NOT_IMPLEMENTED,
             BadField(_) => StatusCode::BAD_REQUEST,
+            BodyStalled => StatusCode::REQUEST_TIMEOUT,
+            TooManyFields(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NoRoute { .. } => StatusCode::NOT_FOUND,
             DeclaredTooLarge { .. } | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoUpstream | PoolFull { .. } | NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -129,6 +137,7 @@ impl ProxyError {
     pub fn of_body(fault: Option<BodyFault>) -> Self {
         match fault {
             Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge,
+            Some(BodyFault::Stalled) => ProxyError::BodyStalled,
             _ => ProxyError::BodyUnreadable,
         }
     }

@@ -16,6 +16,11 @@ pub struct Conn {
     pub tls: bool,
     /// Largest request body accepted.
     pub max_body: u64,
+    /// How long a request body may send nothing.
+    pub body_idle: Duration,
+    /// Most request header fields (hyper holds HTTP/1.1 heads to it; HTTP/2 ones are
+    /// counted in the pipeline).
+    pub max_headers: usize,
     /// How request paths are normalized.
     pub paths: PathRules,
     /// How long an upgraded connection's tunnel may carry nothing.

@@ -75,6 +75,7 @@ pub async fn forward(
                 Ok(b) => Replay::Buffered(b),
                 Err(CollectError::TooLarge) => return ProxyError::BodyTooLarge.into_response(),
                 Err(CollectError::Broken) => return ProxyError::BodyUnreadable.into_response(),
+                Err(CollectError::Stalled) => return ProxyError::BodyStalled.into_response(),
             };
         }
     }

@@ -43,6 +43,8 @@ pub enum CollectError {
     TooLarge,
     /// The peer broke off or sent garbage.
     Broken,
+    /// The client sent nothing for its listener's `body_read_timeout_ms`.
+    Stalled,
 }
 
 /// Reads a whole body of at most `max` bytes. (A plain loop rather than `Limited` over a
@@ -53,6 +55,8 @@ pub async fn collect_capped(mut body: Body, max: usize) -> Result<Bytes, Collect
         let frame = frame.map_err(|e| {
             if e.is::<crate::pipeline::client_body::TooLarge>() {
                 CollectError::TooLarge
+            } else if e.is::<crate::pipeline::client_body::Stalled>() {
+                CollectError::Stalled
             } else {
                 CollectError::Broken
             }

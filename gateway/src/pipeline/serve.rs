@@ -205,6 +205,11 @@ async fn serve<'rt>(
 /// routed on, nor `Connection: x-tenant` a field a route matched). An upgrade to WebSocket
 /// keeps its `Connection: upgrade` / `Upgrade` pair.
 fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, ProxyError> {
+    // hyper holds an HTTP/1.1 head to the listener's field count itself; HTTP/2 is held to
+    // it here (h2 bounds only the bytes of a header list).
+    if req.headers().len() > conn.max_headers {
+        return Err(ProxyError::TooManyFields(conn.max_headers));
+    }
     check_request_fields(req.headers_mut(), conn.underscores)?;
     let upgrade = upgrade_of(req.headers());
     strip_hop_by_hop(req.headers_mut());
@@ -275,7 +280,7 @@ fn admit(conn: Conn, req: Request<Incoming>) -> Result<(Parts, Body), ProxyError
     } else {
         let fault = FaultCell::default();
         parts.extensions.insert(fault.clone());
-        ClientBody::new(body, conn.max_body, fault).boxed()
+        ClientBody::new(body, conn.max_body, conn.body_idle, fault).boxed()
     };
     Ok((parts, body))
 }

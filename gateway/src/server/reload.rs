@@ -129,6 +129,7 @@ fn changed_field(was: &Listener, now: &Listener) -> Option<&'static str> {
         freebind,
         max_connections,
         header_read_timeout_ms,
+        body_read_timeout_ms,
         tls_handshake_timeout_ms,
         first_request_timeout_ms,
         keepalive_timeout_ms,

@@ -314,6 +314,12 @@ impl RequestTransformer {
                     ),
                 ))
             }
+            Err(CollectError::Stalled) => {
+                return Err(refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "no request body arrived within the listener's body_read_timeout_ms",
+                ))
+            }
             Err(_) => {
                 return Err(refuse(
                     StatusCode::BAD_REQUEST,
