@@ -352,3 +352,79 @@ fn a_stalled_body_is_408_within_its_deadline() {
         2.0
     );
 }
+
+/// Bodies read whole are held to one budget for the process (256 MiB): one HTTP/2
+/// connection's streams, each holding up to the listener's `max_body_bytes`, cannot take
+/// more. Past it a request is 503 with `Retry-After`; the budget comes back as bodies go.
+#[test]
+fn bodies_read_whole_are_held_to_the_process_budget() {
+    const STREAMS: usize = 32;
+    const EACH: usize = 9 << 20;
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let config = GatewayToml::new()
+        .upstream("a", &[up.addr])
+        .route_all("retried", "a")
+        .with("retries = { attempts = 1 }")
+        .build()
+        .replacen("max_body_bytes = 1024", "max_body_bytes = 10485760", 1);
+    let gw = Gateway::start(&config);
+    let (statuses, after) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(EACH as u32)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2");
+        tokio::spawn(conn);
+        // Every stream sends its body but does not end it, so every body is held at once.
+        let mut open = Vec::new();
+        for _ in 0..STREAMS {
+            let mut client = client.clone().ready().await.expect("ready");
+            let req = http::Request::put("http://x/up")
+                .header("content-length", EACH.to_string())
+                .body(())
+                .expect("req");
+            let (resp, mut send) = client.send_request(req, false).expect("send");
+            send.send_data(bytes::Bytes::from(vec![b'x'; EACH]), false)
+                .expect("data");
+            open.push((resp, send));
+        }
+        // Those past the budget are answered now.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut statuses = Vec::new();
+        for (resp, mut send) in open {
+            let _ = send.send_data(bytes::Bytes::new(), true);
+            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+                .await
+                .expect("answered")
+                .expect("response");
+            let retry_after = resp.headers().contains_key("retry-after");
+            statuses.push((resp.status().as_u16(), retry_after));
+        }
+        // Every body is gone: the budget is whole again.
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::put("http://x/up")
+            .header("content-length", "5")
+            .body(())
+            .expect("req");
+        let (resp, mut send) = client.send_request(req, false).expect("send");
+        send.send_data(bytes::Bytes::from_static(b"12345"), true)
+            .expect("data");
+        let after = resp.await.expect("response").status().as_u16();
+        (statuses, after)
+    });
+    let over = statuses.iter().filter(|(s, _)| *s == 503).count();
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(over + ok, STREAMS, "{statuses:?}");
+    // 256 MiB holds at most 28 bodies of 9 MiB (fewer if refused streams held part of
+    // it while others were under way); some were refused.
+    assert!((1..=28).contains(&ok) && over >= 4, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|(s, retry)| *s != 503 || *retry),
+        "{statuses:?}"
+    );
+    assert_eq!(after, 200);
+}

@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// The client's body broke off or its framing was wrong.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// The bodies the gateway reads whole already hold the process's budget.
+    #[error("the gateway is holding as many whole bodies as it may; try again")]
+    OverBudget,
     /// More request header fields than the listener's `max_headers`.
     #[error("more than {0} header fields")]
     TooManyFields(usize),
@@ -117,7 +120,9 @@ impl ProxyError {
             TooManyFields(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NoRoute { .. } => StatusCode::NOT_FOUND,
             DeclaredTooLarge { .. } | BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NoUpstream | PoolFull { .. } | NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NoUpstream | PoolFull { .. } | NoTarget { .. } | OverBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Connect { .. } | Exchange { .. } | UnaskedSwitch | ResponseBodyUnreadable => {
                 StatusCode::BAD_GATEWAY
             }
@@ -145,8 +150,8 @@ impl ProxyError {
     /// The problem+json answer.
     pub fn into_response(self) -> Response<Body> {
         let mut r = problem(self.status(), &self.to_string());
-        if let ProxyError::PoolFull { .. } = self {
-            // The pool frees up as its requests finish: worth a retry soon.
+        if let ProxyError::PoolFull { .. } | ProxyError::OverBudget = self {
+            // The pool, or the budget, frees up as requests finish: worth a retry soon.
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

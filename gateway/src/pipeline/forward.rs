@@ -24,9 +24,9 @@ use super::{
     error::{ProxyError, Retry},
     facts::{Conn, Facts, Held},
     headers::{cookie, strip_hop_by_hop, upgrade_of},
-    problem::{collect_capped, CollectError},
     runtime::{RouteRuntime, RouteSplit},
     tunnel::{switch_protocols, ConnHold, Tunnel},
+    whole_body::{collect_capped, CollectError, WholeBody},
 };
 use crate::{
     config::Balance,
@@ -76,6 +76,7 @@ pub async fn forward(
                 Err(CollectError::TooLarge) => return ProxyError::BodyTooLarge.into_response(),
                 Err(CollectError::Broken) => return ProxyError::BodyUnreadable.into_response(),
                 Err(CollectError::Stalled) => return ProxyError::BodyStalled.into_response(),
+                Err(CollectError::OverBudget) => return ProxyError::OverBudget.into_response(),
             };
         }
     }
@@ -142,7 +143,7 @@ fn pick_split(route: &RouteRuntime) -> Option<&RouteSplit> {
 /// The request's body as attempts take it.
 enum Replay {
     /// Read whole first, because the request may be sent again.
-    Buffered(Bytes),
+    Buffered(WholeBody),
     /// Streamed through, by the one attempt there will be.
     Once(Option<Body>),
 }
@@ -252,7 +253,7 @@ impl Outbound {
             };
         }
         let body = match &mut self.body {
-            Replay::Buffered(b) => crate::full(b.clone()),
+            Replay::Buffered(b) => crate::full(Bytes::clone(b)),
             Replay::Once(b) => b.take().unwrap_or_else(|| crate::full(Bytes::new())),
         };
         up.body(body).map_err(|_| ProxyError::NotForwardable)

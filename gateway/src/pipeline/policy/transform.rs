@@ -26,7 +26,8 @@ use super::{refuse, Refusal};
 use crate::pipeline::error::ProxyError;
 use crate::{
     config::{RequestTransform, ResponseTransform},
-    pipeline::problem::{collect_capped, full, CollectError},
+    pipeline::problem::full,
+    pipeline::whole_body::{collect_capped, CollectError},
     Body,
 };
 
@@ -314,6 +315,9 @@ impl RequestTransformer {
                     ),
                 ))
             }
+            Err(CollectError::OverBudget) => {
+                return Err(Box::new(ProxyError::OverBudget.into_response()))
+            }
             Err(CollectError::Stalled) => {
                 return Err(refuse(
                     StatusCode::REQUEST_TIMEOUT,
@@ -329,7 +333,7 @@ impl RequestTransformer {
         };
         if bytes.is_empty() {
             // Nothing to transform (a DELETE with a JSON type, say).
-            return Ok(full(bytes));
+            return Ok(full(bytes.into_bytes()));
         }
         let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             refuse(
@@ -505,18 +509,19 @@ impl ResponseTransformer {
         }
         let bytes = match collect_capped(body, self.json.max).await {
             Ok(b) => b,
+            Err(CollectError::OverBudget) => return ProxyError::OverBudget.into_response(),
             Err(_) => return ProxyError::ResponseBodyUnreadable.into_response(),
         };
         let out = match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut v) => {
                 self.json.apply(&mut v);
                 if nesting(&v) > MAX_NESTING {
-                    bytes
+                    bytes.into_bytes()
                 } else {
                     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
                 }
             }
-            Err(_) => bytes,
+            Err(_) => bytes.into_bytes(),
         };
         set_length(&mut parts.headers, out.len());
         Response::from_parts(parts, full(out))
