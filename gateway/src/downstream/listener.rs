@@ -176,6 +176,7 @@ pub async fn serve(
         stop: stop.clone(),
         admission,
     });
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -187,7 +188,7 @@ pub async fn serve(
                 a
             }
             Err(e) => {
-                warn!(error = %e, "accept");
+                backoff.failed(&config.name, &e).await;
                 continue;
             }
         };
@@ -206,6 +207,32 @@ pub async fn serve(
             }
             Admit::Refused => drop(stream),
         }
+    }
+}
+
+/// What an accept loop does when `accept` fails. Out of file descriptors (or kernel
+/// memory), the connection stays in the backlog and the next `accept` fails at once: without
+/// a pause the loop would spin a core and write a warning per turn. So it pauses 100 ms and
+/// warns at most once a second, with the number of failures since.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    last_warned: Option<std::time::Instant>,
+    failed_since: u64,
+}
+
+impl AcceptBackoff {
+    /// Notes a failed `accept` on `listener`, and pauses.
+    pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
+        self.failed_since += 1;
+        let due = self
+            .last_warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            warn!(listener, error = %error, failures = self.failed_since, "accept failed; pausing");
+            self.last_warned = Some(std::time::Instant::now());
+            self.failed_since = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

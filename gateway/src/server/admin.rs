@@ -222,15 +222,33 @@ fn upstream_metrics(out: &mut String, rt: &Runtime) {
     }
 }
 
+/// The most connections the admin API holds at once: enough for Prometheus, the L4 agents'
+/// probes and a few dashboards; past it a new one is closed at once, so that the admin port
+/// cannot take the file descriptors the client listeners need.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// How long an admin connection may take to send a request head, or wait for the next.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the admin API on `listener`.
 pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
+    let room = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let mut backoff = crate::downstream::listener::AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                backoff.failed("admin", &e).await;
+                continue;
+            }
+        };
+        let Ok(slot) = room.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let gw = gw.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let mut r = gw.admin(&req);
                 // No answer of this API may be sniffed into something a browser would run.
@@ -240,7 +258,11 @@ pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
                 );
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
+            // hyper's head timer runs from the start of each wait for a request, so it
+            // bounds an idle connection as well as a slow head.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -1,0 +1,148 @@
+//! What one client cannot take from the others: the admin port's connections are capped and
+//! timed, and running out of file descriptors pauses the accept loops instead of spinning
+//! them (real gateway, real sockets, the process's own descriptor limit lowered).
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use support::{fixed, request, runtime, upstream, Gateway, GatewayToml};
+
+/// Whether the gateway closed `s` (a read sees the end) within `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(0))
+        || matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+#[test]
+fn admin_connections_are_capped_and_timed() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build(),
+    );
+    let started = Instant::now();
+    // Seventy idle connections and one trickling a head: the admin API holds at most 64.
+    let mut held: Vec<TcpStream> = (0..70)
+        .map(|_| TcpStream::connect(gw.admin).expect("connect"))
+        .collect();
+    held[0].write_all(b"GET /metr").expect("write");
+    let refused = held
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(300)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(refused >= 6, "{refused} of 70 closed at once");
+    // The client listener is not affected.
+    assert_eq!(request(gw.http, "GET", "/", &[], "").status, 200);
+    // The rest, idle or slow, are closed by the head deadline (10 s).
+    for (i, s) in held.iter_mut().enumerate() {
+        let left = Duration::from_secs(15).saturating_sub(started.elapsed());
+        assert!(
+            closed_within(s, left.max(Duration::from_millis(10))),
+            "connection {i} still open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the admin API answers again.
+    assert_eq!(support::admin_get(&gw, "/healthz").status, 200);
+}
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start_with_workers(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route_all("r", "a")
+            .build(),
+        1,
+    );
+    let pid = gw.pid();
+    // Room for a few more descriptors than the gateway has open now (the soft limit only:
+    // raising it back needs no privilege).
+    let mut was = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let set = |new: &libc::rlimit, old: *mut libc::rlimit| {
+        // SAFETY: reading and setting a resource limit of our own child process.
+        let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, new, old) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    // SAFETY: a null new limit only reads the old one.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut was,
+        )
+    };
+    assert_eq!(rc, 0);
+    set(
+        &libc::rlimit {
+            rlim_cur: open_fds(pid) + 8,
+            rlim_max: was.rlim_max,
+        },
+        std::ptr::null_mut(),
+    );
+    // More connections than descriptors: the rest wait in the backlog, and every accept
+    // fails with EMFILE.
+    let clients: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(gw.http).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - before;
+    // Ticks are 10 ms: a spinning loop would take about 200 of them in 2 s.
+    assert!(spent < 40, "{spent} ticks in 2 s while out of descriptors");
+    let warned = gw
+        .log
+        .lock()
+        .map(|l| l.iter().filter(|l| l.contains("accept failed")).count())
+        .unwrap_or(0);
+    assert!((1..=6).contains(&warned), "{warned} accept warnings");
+    // Descriptors back: it serves again.
+    drop(clients);
+    set(&was, std::ptr::null_mut());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = request(gw.http, "GET", "/", &[], "").status;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving again: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
