@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use hyper::{
-    header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING},
+    header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING},
     http::response,
     HeaderMap, Method, Response, StatusCode, Version,
 };
@@ -29,7 +29,9 @@ pub enum RequestFraming {
 
 /// Writes the request head into `out`. The framing fields come from `framing` alone: the
 /// client's own `Content-Length` and `Transfer-Encoding` described the client's hop. This
-/// hop's `forwarding` fields take the place of the client's of the same names.
+/// hop's `forwarding` fields take the place of the client's of the same names. Cookies go
+/// on one line, joined by `; `: an HTTP/2 client may split them into fields of their own
+/// (RFC 9113 §8.2.3), which many HTTP/1.1 servers would read only the first of.
 pub fn encode_request(
     method: &Method,
     target: &str,
@@ -43,9 +45,24 @@ pub fn encode_request(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut had_length = false;
+    let mut cookies_written = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH {
             had_length = true;
+            continue;
+        }
+        if name == COOKIE {
+            if !cookies_written {
+                cookies_written = true;
+                out.extend_from_slice(b"cookie: ");
+                for (i, v) in headers.get_all(COOKIE).iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(v.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
             continue;
         }
         if name == TRANSFER_ENCODING
@@ -331,6 +348,21 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn split_cookies_go_on_one_line() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.append("cookie", HeaderValue::from_static("c=3"));
+        let mut out = Vec::new();
+        encode_request(&Method::GET, "/", &h, RequestFraming::Empty, None, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\r\ncookie: a=1; b=2; c=3\r\nx-b: 2\r\n\r\n"
+        );
     }
 
     #[test]
