@@ -146,3 +146,55 @@ fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_request_its_client_abandons_is_recorded_as_499() {
+    let rt = runtime();
+    let slow = upstream(&rt, "slow", fixed(200, Duration::from_secs(3)));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("slow", &[slow.addr])
+            .route("slow", "/slow", "slow")
+            .build(),
+    );
+    // HTTP/1.1: the client closes while the upstream is still thinking.
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.write_all(b"GET /slow/a HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    // HTTP/2: the client resets its stream.
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::get("http://a.test/slow/b")
+            .body(())
+            .expect("req");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let _ = tokio::time::timeout(Duration::from_millis(300), resp).await;
+    });
+    let series = "sluice_gateway_requests_total{route=\"slow\",method=\"GET\",status=\"499\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::metric(&gw, series) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {}",
+            support::metric(&gw, series)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = gw
+        .log
+        .lock()
+        .map(|l| {
+            l.iter()
+                .filter(|l| l.contains("\"status\":499") && l.contains("\"route\":\"slow\""))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(logged, 2);
+}

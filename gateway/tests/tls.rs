@@ -251,6 +251,44 @@ fn sni_versions_alpn_reload_and_mtls() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A broken certificate file is refused: the one in force stays, and the refusal is
+    // reported as a refused reload, with its field.
+    let good = std::fs::read(dir.join("a.pem")).expect("read");
+    std::fs::write(dir.join("a.pem"), b"not a certificate").expect("write");
+    let start = std::time::Instant::now();
+    while support::metric(&gw, "sluice_gateway_config_last_reload_success") != 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the refusal was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = support::admin_get(&gw, "/dashboard/state").json();
+    let said = state["config"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // (Both listeners serve a.pem: either may be the last to report it.)
+    assert!(
+        said.starts_with("listener[") && said.contains("].tls.certificates[0].cert: "),
+        "{said}"
+    );
+    let (leaf_now, ..) = rt
+        .block_on(fetch(
+            tls_addr,
+            client(&server_ca, &both, &[], None),
+            "a.example",
+        ))
+        .expect("still served");
+    assert_eq!(leaf_now, a2);
+    // Mended, it is taken again and reported so.
+    std::fs::write(dir.join("a.pem"), good).expect("write");
+    let start = std::time::Instant::now();
+    while support::metric(&gw, "sluice_gateway_config_last_reload_success") != 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "not taken again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // mTLS: no client certificate, no service; a certificate from the client CA, served.
     let refused = rt.block_on(fetch(
         mtls_addr,

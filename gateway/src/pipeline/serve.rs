@@ -4,7 +4,14 @@
 //! analytics, the shield's count of the gateway's own refusals and the access log are
 //! written once the response head is known.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
 use http_body_util::BodyExt;
 use hyper::{
@@ -56,7 +63,29 @@ pub async fn handle(
     // What the access log may need from the request, taken only when it will be written.
     let seen = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| AccessLine::new(&req, client));
-    let served = serve(&rt, &metrics, conn, client, req, &request_id).await;
+    // Until the answer is ready, a client that goes away (hyper then drops this future)
+    // leaves a 499 in the metrics and the access log, as nginx logs it.
+    let pending = Abandoned {
+        rt: &rt,
+        metrics: &metrics,
+        method: &method,
+        started,
+        route: AtomicUsize::new(UNROUTED),
+        request_id: &request_id,
+        seen,
+        armed: true,
+    };
+    let served = serve(
+        &rt,
+        &metrics,
+        conn,
+        client,
+        req,
+        &request_id,
+        &pending.route,
+    )
+    .await;
+    let seen = pending.answered();
     let mut resp = served.response;
     // One clock read for the metrics, the analytics and the log line.
     let took = started.elapsed();
@@ -92,6 +121,62 @@ pub async fn handle(
     resp
 }
 
+/// A request still waiting for its answer; dropped before [`Abandoned::answered`] (its
+/// client went away), it records the request with status 499.
+struct Abandoned<'a> {
+    rt: &'a Runtime,
+    metrics: &'a Metrics,
+    method: &'a hyper::Method,
+    started: Instant,
+    /// The index of the route it took, once routed ([`UNROUTED`] until then; an atomic
+    /// only because the future that sets it must be `Send`).
+    route: AtomicUsize,
+    request_id: &'a HeaderValue,
+    /// The access log's part, taken back when answered.
+    seen: Option<AccessLine>,
+    /// Not yet answered.
+    armed: bool,
+}
+
+/// No route yet.
+const UNROUTED: usize = usize::MAX;
+
+/// The status nginx logs for a request whose client closed the connection first.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Abandoned<'_> {
+    /// The request is answered: nothing to record here; the access log's part back.
+    fn answered(mut self) -> Option<AccessLine> {
+        self.armed = false;
+        self.seen.take()
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let took = self.started.elapsed();
+        let route = self
+            .rt
+            .routes
+            .get(self.route.load(Ordering::Relaxed))
+            .map_or("-", |r| r.config.name.as_str());
+        self.metrics
+            .request(route, self.method, CLIENT_CLOSED, took);
+        if let Some(line) = self.seen.take() {
+            line.emit(
+                &self.rt.config.access_log,
+                self.request_id.to_str().unwrap_or("-"),
+                route,
+                CLIENT_CLOSED,
+                took,
+            );
+        }
+    }
+}
+
 /// A request's answer, the route it took (`-` for none) and its consumer, if authenticated.
 struct Served<'rt> {
     response: Response<Body>,
@@ -121,6 +206,7 @@ async fn serve<'rt>(
     client: IpAddr,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
+    routed: &AtomicUsize,
 ) -> Served<'rt> {
     let host = match prepare(conn, &mut req) {
         Ok(h) => h,
@@ -129,7 +215,10 @@ async fn serve<'rt>(
     // Once: a shared Host value is checked as UTF-8 each time it is read as text.
     let host_name = host.as_str();
     let route = match find_route(rt, &req, host_name) {
-        Ok(r) => r,
+        Ok((i, r)) => {
+            routed.store(i, Ordering::Relaxed);
+            r
+        }
         Err(e) => return Served::unrouted(e),
     };
     let mut consumer = None;
@@ -226,11 +315,12 @@ fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, Proxy
     Ok(host)
 }
 
+/// The route of the request, and its index.
 fn find_route<'rt>(
     rt: &'rt Runtime,
     req: &Request<Incoming>,
     host: &str,
-) -> Result<&'rt RouteRuntime, ProxyError> {
+) -> Result<(usize, &'rt RouteRuntime), ProxyError> {
     let view = RequestView {
         host,
         path: req.uri().path(),
@@ -240,7 +330,7 @@ fn find_route<'rt>(
     };
     rt.router
         .find(&view)
-        .and_then(|m| rt.routes.get(m.route))
+        .and_then(|m| Some((m.route, rt.routes.get(m.route)?)))
         .ok_or_else(|| ProxyError::NoRoute {
             method: req.method().clone(),
             path: req.uri().path().to_string(),

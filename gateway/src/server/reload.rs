@@ -70,9 +70,22 @@ pub(super) fn reload_tls(gw: &Gateway, listeners: &mut [TlsListener]) {
             Ok(sc) => {
                 l.state.store(sc);
                 info!(listener = l.index, "TLS certificates reloaded");
+                gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
+                gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
+                    *last = None;
+                }
             }
             Err(e) => {
-                error!(listener = l.index, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use")
+                error!(listener = l.index, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use");
+                // Reported as a refused reload (metrics, dashboard), as a refused config
+                // file is: the files are part of the config.
+                let e = e.under(&format!("listener[{}].tls", l.index));
+                gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
+                gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
+                    *last = Some(format!("{}: {}", e.field, e.reason));
+                }
             }
         }
     }
