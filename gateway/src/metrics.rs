@@ -164,8 +164,11 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Reloads refused.
     pub reloads_failed: AtomicU64,
-    /// Why the last reload was refused, while it is the last one.
+    /// Why the config in force is not the one on disk: the config file's refusal, else a
+    /// listener's certificate files' (each source is reported until it is itself mended).
     pub last_reload_error: Mutex<Option<String>>,
+    /// The config file's refusal, while the file on disk is refused.
+    pub config_refused: Mutex<Option<String>>,
     /// Per-consumer usage.
     pub analytics: crate::analytics::Analytics,
     /// Refusals per client, for abuse detection.

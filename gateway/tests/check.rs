@@ -143,3 +143,26 @@ fn listener_numbers_past_what_a_process_can_hold_are_refused() {
         assert!(said.contains(want), "{setting}\n  said {said}\n  wanted {want}");
     }
 }
+
+#[test]
+fn a_field_name_with_an_underscore_a_listener_drops_is_refused_where_it_is_read() {
+    let route = BASE.replacen(
+        "[[route]]",
+        "[[route]]\nheaders = { \"x_tenant\" = \"a\" }",
+        1,
+    );
+    let (ok, said) = check(&route);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("gw.toml: route[0].headers: \"x_tenant\" has an underscore"),
+        "{said}"
+    );
+    // A listener that keeps such fields may match on them.
+    let kept = route.replacen(
+        "address = \"192.0.2.1:80\"",
+        "address = \"192.0.2.1:80\"\nunderscores_in_headers = \"keep\"",
+        1,
+    );
+    let (ok, said) = check(&kept);
+    assert!(ok, "{said}");
+}

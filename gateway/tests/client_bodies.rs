@@ -428,3 +428,57 @@ fn bodies_read_whole_are_held_to_the_process_budget() {
     );
     assert_eq!(after, 200);
 }
+
+/// Once the upstream's answer has begun, an upload that goes quiet (a full-duplex stream)
+/// is left to the response's deadlines: `body_read_timeout_ms` does not cut it.
+#[test]
+fn a_quiet_upload_under_a_streaming_answer_is_not_cut() {
+    // Answers at once, then streams its body for a while, never reading the upload's end.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if !matches!(s.read(&mut byte), Ok(1)) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                );
+                std::thread::sleep(Duration::from_millis(900));
+                let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n");
+                std::thread::sleep(Duration::from_secs(2));
+            });
+        }
+    });
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .with("body_read_timeout_ms = 300")
+            .upstream("a", &[addr])
+            .route_all("r", "a")
+            .build(),
+    );
+    let mut s = std::net::TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Part of the upload, then nothing for three times the body deadline.
+    s.write_all(b"PUT /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"0\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("first") && text.contains("last"), "{text}");
+}

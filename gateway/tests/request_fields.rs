@@ -326,13 +326,16 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
         &GatewayToml::new()
             .upstream("u", &[up.addr])
             .raw(&format!(
-                "[[consumer]]\nid = \"alice\"\napi_keys = [\"sha256:{}\"]\n",
-                sha256_hex(KEY.as_bytes())
+                "[[consumer]]\nid = \"alice\"\napi_keys = [\"sha256:{}\"]\nbasic = {{ username = \"alice\", hash = \"{}\" }}\n",
+                sha256_hex(KEY.as_bytes()),
+                bcrypt::hash("s3cret", 4).expect("bcrypt")
             ))
             .route("both", "/both", "u")
             .with(r#"auth = { methods = ["api_key", "basic"] }"#)
             .route("key", "/key", "u")
             .with(r#"auth = { methods = ["api_key"] }"#)
+            .route("pw", "/pw", "u")
+            .with(r#"auth = { methods = ["basic", "api_key"], api_key_query = "api_key" }"#)
             .build(),
     );
     let forged = "Authorization: Basic cm9vdDpub3QtY2hlY2tlZA==";
@@ -346,6 +349,25 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
     let key_only = request(gw.http, "GET", "/key", &[&key, forged], "");
     assert_eq!(key_only.status, 200, "{key_only:?}");
     assert!(key_only.json()["headers"].get("authorization").is_some());
+    // The other way round: admitted by a password, an API key this route would check is
+    // not passed on unchecked, from its header or its query parameter.
+    use base64::Engine;
+    let password = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+    );
+    let by_password = request(
+        gw.http,
+        "GET",
+        "/pw/x?api_key=forged&keep=1",
+        &[&password, "x-api-key: forged"],
+        "",
+    );
+    assert_eq!(by_password.status, 200, "{by_password:?}");
+    let seen = by_password.json();
+    assert_eq!(seen["headers"]["x-consumer-id"], "alice");
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    assert_eq!(seen["path"], "/pw/x?keep=1");
 }
 
 #[test]
@@ -408,7 +430,9 @@ fn every_head_hyper_refuses_is_answered_with_problem_json() {
         );
         assert_eq!(reply.json()["status"], reply.status, "{case}");
     }
-    // A request before the malformed one on the same connection keeps its own answer.
+    // A request before the malformed one on the same connection keeps its own answer. (The
+    // refusal after it is hyper's own: only the first write of a connection's instance is
+    // looked at, since any later one may be a body; see `parse_refusal`.)
     let mut s = TcpStream::connect(gw.http).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -422,10 +446,7 @@ fn every_head_hyper_refuses_is_answered_with_problem_json() {
         .unwrap_or_else(|| panic!("no 400 after the first answer: {text}"));
     assert!(first.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(first.contains("\"path\":\"/first\""), "{text}");
-    assert!(
-        rest.contains("content-type: application/problem+json"),
-        "{text}"
-    );
+    assert!(rest.starts_with("Bad Request\r\n"), "{text}");
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -441,10 +462,15 @@ fn an_http2_request_is_held_to_the_listeners_field_count() {
         let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
         tokio::spawn(conn);
         let mut out = Vec::new();
-        for fields in [40, 60] {
+        // 40 fields, 60 fields, and 60 cookies (one field in HTTP/1.1, one each here).
+        for (fields, name) in [(40, "x-f"), (60, "x-f"), (60, "cookie")] {
             let mut req = http::Request::get("http://a.test/");
             for i in 0..fields {
-                req = req.header(format!("x-f{i}"), "1");
+                req = if name == "cookie" {
+                    req.header("cookie", format!("c{i}=1"))
+                } else {
+                    req.header(format!("{name}{i}"), "1")
+                };
             }
             client = client.ready().await.expect("ready");
             let (resp, _) = client
@@ -464,5 +490,57 @@ fn an_http2_request_is_held_to_the_listeners_field_count() {
         statuses[1],
         (431, Some("application/problem+json".to_string()))
     );
-    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(statuses[2].0, 200, "{statuses:?}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// An upstream whose every answer is `200` with `body`, on a keep-alive connection.
+fn answering(body: &'static [u8]) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(body);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upstream_body_that_reads_like_a_refusal_passes_untouched() {
+    // What hyper writes when it refuses a head, as a body: only hyper's own write may be
+    // replaced, never bytes the upstream sent.
+    const BODY: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[answering(BODY)])
+            .route("r", "/", "u")
+            .build(),
+    );
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for _ in 0..3 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .expect("write");
+        let reply = support::read_one(&mut s).expect("an answer");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body.as_bytes(), BODY);
+    }
 }

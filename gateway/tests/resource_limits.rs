@@ -150,7 +150,7 @@ fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
 #[test]
 fn a_request_its_client_abandons_is_recorded_as_499() {
     let rt = runtime();
-    let slow = upstream(&rt, "slow", fixed(200, Duration::from_secs(3)));
+    let slow = upstream(&rt, "slow", fixed(200, Duration::from_millis(1500)));
     let gw = Gateway::start(
         &GatewayToml::new()
             .upstream("slow", &[slow.addr])
@@ -197,4 +197,9 @@ fn a_request_its_client_abandons_is_recorded_as_499() {
         })
         .unwrap_or(0);
     assert_eq!(logged, 2);
+    // Nothing else is recorded for them once the upstream's answer would have come.
+    std::thread::sleep(Duration::from_millis(1500));
+    let answered = "sluice_gateway_requests_total{route=\"slow\",method=\"GET\",status=\"200\"}";
+    assert_eq!(support::metric(&gw, answered), 0.0);
+    assert_eq!(support::metric(&gw, series), 2.0);
 }

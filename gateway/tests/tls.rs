@@ -288,6 +288,44 @@ fn sni_versions_alpn_reload_and_mtls() {
         assert!(start.elapsed() < Duration::from_secs(5), "not taken again");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Each source is reported until it is itself mended: a refused config file stays
+    // reported while a new certificate is taken.
+    let refusals = || support::metric(&gw, "sluice_gateway_config_reloads_total{result=\"error\"}");
+    let before = refusals();
+    gw.rewrite(&format!(
+        "{cfg}\n[[route]]\nname = \"bad\"\npath = {{ regex = \"(\" }}\nupstream = \"a\"\n"
+    ));
+    let start = std::time::Instant::now();
+    while refusals() <= before {
+        assert!(start.elapsed() < Duration::from_secs(5), "not refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let taken = || support::metric(&gw, "sluice_gateway_config_reloads_total{result=\"ok\"}");
+    let before = taken();
+    let a3 = leaf(&server_ca, &dir, "a", &["a.example"], false);
+    let start = std::time::Instant::now();
+    while taken() <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the certificate was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(a3, a2);
+    assert_eq!(
+        support::metric(&gw, "sluice_gateway_config_last_reload_success"),
+        0.0,
+        "the refused config file is still on disk"
+    );
+    gw.rewrite(&cfg);
+    let start = std::time::Instant::now();
+    while support::metric(&gw, "sluice_gateway_config_last_reload_success") != 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the mended file was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // mTLS: no client certificate, no service; a certificate from the client CA, served.
     let refused = rt.block_on(fetch(

@@ -112,7 +112,8 @@ fn field_at(text: &str, at: usize) -> String {
     // The table the line is in: the last header above it, `[[name]]` counted among its
     // namesakes for its index.
     let header = |l: &str| -> Option<(String, bool)> {
-        let l = l.trim();
+        // (A comment may follow a header; a bare key has no `#`.)
+        let l = l.split('#').next().unwrap_or_default().trim();
         if let Some(name) = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
             return is_key(name.trim()).then(|| (name.trim().to_string(), true));
         }
@@ -192,7 +193,7 @@ mod tests {
 
     #[test]
     fn fields_are_named_under_their_table_and_index() {
-        let text = "top = 1\n[one]\na = 1\n[[many]]\nb = 1\n# a comment\n[[many]]\nb = 2\n[[other]]\n[[many]]\n  b = 3\n[many.sub]\nc = 1\n\"quoted\" = 2\n";
+        let text = "top = 1\n[one]\na = 1\n[[many]]\nb = 1\n# a comment\n[[many]] # the second\nb = 2\n[[other]]\n[[many]]\n  b = 3\n[many.sub]\nc = 1\n\"quoted\" = 2\n";
         let at = |needle: &str| text.find(needle).expect("in the text");
         assert_eq!(field_at(text, at("top")), "top (line 1)");
         assert_eq!(field_at(text, at("a = 1") + 4), "one.a (line 3)");

@@ -199,7 +199,53 @@ impl Config {
         each("route", &self.routes, |r| {
             r.validate(&upstreams)?;
             policies.validate_route(r)
-        })
+        })?;
+        self.no_dropped_names()
+    }
+
+    /// Refuses a request field name with an underscore that the config reads (a route's
+    /// header match or API-key header, a limit's or a pool's key) while a listener drops or
+    /// refuses such fields: the requests it is meant for would never carry it.
+    fn no_dropped_names(&self) -> Result<(), FieldError> {
+        let Some(listener) = self
+            .listeners
+            .iter()
+            .find(|l| l.underscores_in_headers != Underscores::Keep)
+        else {
+            return Ok(());
+        };
+        let refused = |field: String, name: &str| -> Result<(), FieldError> {
+            if name.contains('_') {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "{name:?} has an underscore, and listener {:?} takes no such field \
+                         (underscores_in_headers = \"keep\" would let it through)",
+                        listener.name
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        for (i, r) in self.routes.iter().enumerate() {
+            for name in r.headers.keys() {
+                refused(format!("route[{i}].headers"), name)?;
+            }
+            if let Some(a) = &r.auth {
+                refused(format!("route[{i}].auth.api_key_header"), &a.api_key_header)?;
+            }
+        }
+        for (i, l) in self.rate_limits.iter().enumerate() {
+            if let policy::LimitKey::Header(h) = &l.key {
+                refused(format!("rate_limit[{i}].key"), h)?;
+            }
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if let upstream::Balance::HashHeader(h) = &u.balance {
+                refused(format!("upstream[{i}].balance"), h)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes relative file paths relative to `base`, the config file's directory.

@@ -221,8 +221,18 @@ pub struct AcceptBackoff {
 }
 
 impl AcceptBackoff {
-    /// Notes a failed `accept` on `listener`, and pauses.
+    /// Notes a failed `accept` on `listener`, and pauses if the failure will repeat (out of
+    /// descriptors or memory); one connection's own failure (reset before it was taken)
+    /// does not hold up the next.
     pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
+        let exhausted = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !exhausted {
+            tracing::debug!(listener, error = %error, "accept failed");
+            return;
+        }
         self.failed_since += 1;
         let due = self
             .last_warned

@@ -4,10 +4,15 @@
 //! `application/problem+json`, so the socket wrappers ([`crate::downstream::park::ParkIo`],
 //! [`ProblemIo`]) put the gateway's own answer in its place on the way out.
 //!
-//! hyper's answer is told apart by what the gateway's never lacks: every answer the
-//! pipeline makes carries `x-request-id`, and hyper's has none, no body, and a 4xx or 5xx
-//! status. hyper writes it as a head of its own (a buffer, or a slice of a vectored
-//! write), so it is found whole.
+//! Only the first write on a hyper connection instance is looked at: a head hyper refuses
+//! before anything else was written is answered first, while any later write may be part
+//! of a response body (an upstream's body may hold any bytes) or of an HTTP/2 or upgraded
+//! stream, and must pass untouched. That covers the first request of every connection,
+//! and every request that starts a plain connection's instance again after it parked
+//! ([`crate::downstream::park`]); a malformed head that follows other requests on the same
+//! instance still gets hyper's own bare answer. Within that first write, hyper's answer is
+//! told apart by what the gateway's never lacks: every answer the pipeline makes carries
+//! `x-request-id`, and hyper's has none, no body, and a 4xx or 5xx status.
 
 use std::{
     io,
@@ -18,12 +23,15 @@ use std::{
 use bytes::{Buf, Bytes};
 use hyper::StatusCode;
 
-/// A write interceptor: passes writes through, and replaces hyper's own refusal.
+/// A write interceptor: passes writes through, and replaces hyper's own refusal if it is
+/// the first thing written.
 #[derive(Default)]
 pub struct Rewrite {
     /// The gateway's answer still to write, and the length of hyper's that it replaces
     /// (reported as written once the replacement is).
     pending: Option<(Bytes, usize)>,
+    /// Something else was written: nothing more is looked at.
+    passed: bool,
 }
 
 impl Rewrite {
@@ -35,16 +43,19 @@ impl Rewrite {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.pending.is_none() {
-            match replacement(buf) {
+            match replacement(buf).filter(|_| !self.passed) {
                 Some(answer) => self.pending = Some((answer, buf.len())),
-                None => return inner.poll_write(cx, buf),
+                None => {
+                    self.passed = true;
+                    return inner.poll_write(cx, buf);
+                }
             }
         }
         self.drain(inner, cx)
     }
 
-    /// `poll_write_vectored` through `inner`, replacing a slice that is hyper's refusal: the
-    /// slices before it go first, then the replacement in its place.
+    /// `poll_write_vectored` through `inner`, replacing the first slice if it is hyper's
+    /// refusal.
     pub fn poll_write_vectored<W: hyper::rt::Write + ?Sized>(
         &mut self,
         inner: Pin<&mut W>,
@@ -52,15 +63,13 @@ impl Rewrite {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.pending.is_none() {
-            // Only what can be hyper's: a head alone, of an error status (a cheap prefix
-            // test for every other write).
-            match bufs.iter().position(|b| refused_status(b).is_some()) {
-                None => return inner.poll_write_vectored(cx, bufs),
-                Some(0) => match replacement(&bufs[0]) {
-                    Some(answer) => self.pending = Some((answer, bufs[0].len())),
-                    None => return inner.poll_write_vectored(cx, bufs),
-                },
-                Some(k) => return inner.poll_write_vectored(cx, &bufs[..k]),
+            let first = bufs.first().filter(|_| !self.passed);
+            match first.and_then(|b| replacement(b).map(|answer| (answer, b.len()))) {
+                Some(refusal) => self.pending = Some(refusal),
+                None => {
+                    self.passed = true;
+                    return inner.poll_write_vectored(cx, bufs);
+                }
             }
         }
         self.drain(inner, cx)

@@ -32,14 +32,18 @@ pub enum BodyFault {
     Stalled,
 }
 
-/// Shared between a [`ClientBody`] and the code that forwards it.
+/// Shared between a [`ClientBody`] and the code that forwards it: the body's fault, and
+/// whether the upstream's answer has begun.
 #[derive(Debug, Clone, Default)]
 pub struct FaultCell(Arc<AtomicU8>);
+
+/// The bit of a [`FaultCell`] that says the answer has begun.
+const ANSWERED: u8 = 0x80;
 
 impl FaultCell {
     /// The fault, once the body has failed.
     pub fn get(&self) -> Option<BodyFault> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.load(Ordering::Relaxed) & !ANSWERED {
             1 => Some(BodyFault::TooLarge),
             2 => Some(BodyFault::Malformed),
             3 => Some(BodyFault::Stalled),
@@ -53,7 +57,22 @@ impl FaultCell {
             BodyFault::Malformed => 2,
             BodyFault::Stalled => 3,
         };
-        self.0.store(v, Ordering::Relaxed);
+        // The fault replaces any before it; the answered bit stays.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |was| {
+                Some((was & ANSWERED) | v)
+            });
+    }
+
+    /// Notes that the upstream's answer has begun: from then on the body may go quiet (a
+    /// full-duplex stream) without the listener's `body_read_timeout_ms` cutting it.
+    pub fn answered(&self) {
+        self.0.fetch_or(ANSWERED, Ordering::Relaxed);
+    }
+
+    fn is_answered(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & ANSWERED != 0
     }
 }
 
@@ -104,7 +123,7 @@ impl hyper::body::Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
+        if polled.is_pending() && !this.fault.is_answered() {
             let deadline = Instant::now() + this.idle;
             let timer = this
                 .timer

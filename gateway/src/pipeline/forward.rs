@@ -112,7 +112,14 @@ pub async fn forward(
         let result = settle(route, metrics, pool, i, &out, sent, result);
         let retry_left = out.can_retry && (tried.len() as u32) <= route.config.retries.attempts;
         match classify(route, pool, i, result, retry_left) {
-            Next::Answer(a) => break (i, a),
+            Next::Answer(a) => {
+                // The response has begun: a body still uploading may go quiet now (a
+                // full-duplex stream), under the response's deadlines, not the upload's.
+                if let Some(f) = &out.body_fault {
+                    f.answered();
+                }
+                break (i, a);
+            }
             Next::Retry => continue,
             Next::Fail(e) => return e.into_response(),
         }

@@ -1,5 +1,5 @@
-//! Serving one request, phase by phase: **prepare** (the field, Host and path rules) →
-//! **route** → **admit** (body limit, the policy chain) → **forward** (see
+//! Serving one request, phase by phase: the field rules, then **prepare** (the Host and
+//! path rules) → **route** → **admit** (body limit, the policy chain) → **forward** (see
 //! [`super::forward`]) → **respond** (response transform, limit headers). Metrics, usage
 //! analytics, the shield's count of the gateway's own refusals and the access log are
 //! written once the response head is known.
@@ -47,10 +47,13 @@ pub async fn handle(
     rt: Arc<Runtime>,
     metrics: Arc<Metrics>,
     conn: Conn,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
+    // The field rules first: everything after (the request id, the client address, routing,
+    // policies, the upstream) reads the fields as they will be forwarded.
+    let fields = clean_fields(conn, &mut req);
     // Kept as a header value: the client's bytes are shared, not copied.
     let request_id = req
         .headers()
@@ -75,16 +78,21 @@ pub async fn handle(
         seen,
         armed: true,
     };
-    let served = serve(
-        &rt,
-        &metrics,
-        conn,
-        client,
-        req,
-        &request_id,
-        &pending.route,
-    )
-    .await;
+    let served = match fields {
+        Ok(()) => {
+            serve(
+                &rt,
+                &metrics,
+                conn,
+                client,
+                req,
+                &request_id,
+                &pending.route,
+            )
+            .await
+        }
+        Err(e) => Served::unrouted(e),
+    };
     let seen = pending.answered();
     let mut resp = served.response;
     // One clock read for the metrics, the analytics and the log line.
@@ -283,21 +291,21 @@ async fn serve<'rt>(
     }
 }
 
-/// The field, Host and path rules: hyper checks neither the Host rules nor its content, and
-/// routing, `Forwarded` and the upstream use both. The authority routed on is the Host the
-/// upstream gets (an HTTP/2 upstream takes it as `:authority`), and the path is routed,
-/// checked by policies and forwarded in one normal form.
-///
-/// The fields go first: the hop-by-hop ones, and those `Connection` names, are removed
-/// before anything reads the request, so that the router and the policies decide on the
-/// fields the upstream gets (`Connection: host` must not strip the Host a request was
-/// routed on, nor `Connection: x-tenant` a field a route matched). An upgrade to WebSocket
-/// keeps its `Connection: upgrade` / `Upgrade` pair.
-fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, ProxyError> {
+/// The field rules, before anything reads the request: the hop-by-hop fields, and those
+/// `Connection` names, are removed so that the client address, the router and the
+/// policies decide on the fields the upstream gets (`Connection: host` must not strip the
+/// Host a request was routed on, nor `Connection: x-tenant` a field a route matched, nor
+/// `Connection: x-forwarded-for` the chain a trusted proxy's client was read from). An
+/// upgrade to WebSocket keeps its `Connection: upgrade` / `Upgrade` pair.
+fn clean_fields(conn: Conn, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     // hyper holds an HTTP/1.1 head to the listener's field count itself; HTTP/2 is held to
-    // it here (h2 bounds only the bytes of a header list).
+    // it here (h2 bounds only the bytes of a header list). Cookies count as the one field
+    // they are in HTTP/1.1: HTTP/2 clients send each cookie as a field of its own.
     if req.headers().len() > conn.max_headers {
-        return Err(ProxyError::TooManyFields(conn.max_headers));
+        let crumbs = req.headers().get_all(header::COOKIE).iter().count();
+        if req.headers().len() - crumbs.saturating_sub(1) > conn.max_headers {
+            return Err(ProxyError::TooManyFields(conn.max_headers));
+        }
     }
     check_request_fields(req.headers_mut(), conn.underscores)?;
     let upgrade = upgrade_of(req.headers());
@@ -305,6 +313,14 @@ fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, Proxy
     if let Some(p) = upgrade {
         keep_upgrade(req.headers_mut(), p);
     }
+    Ok(())
+}
+
+/// The Host and path rules: hyper checks neither the Host rules nor its content, and
+/// routing, `Forwarded` and the upstream use both. The authority routed on is the Host the
+/// upstream gets (an HTTP/2 upstream takes it as `:authority`), and the path is routed,
+/// checked by policies and forwarded in one normal form.
+fn prepare(conn: Conn, req: &mut Request<Incoming>) -> Result<RequestHost, ProxyError> {
     let mut host = host_of(req).map_err(ProxyError::BadHost)?;
     if let Some(v) = host.upstream.take() {
         req.headers_mut().insert(header::HOST, v);

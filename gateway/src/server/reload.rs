@@ -35,6 +35,8 @@ pub(super) struct TlsListener {
     /// What new connections get.
     pub state: TlsState,
     seen: Option<Vec<Stamp>>,
+    /// Why its files on disk are refused, until they are mended.
+    refused: Option<String>,
 }
 
 impl TlsListener {
@@ -44,7 +46,27 @@ impl TlsListener {
             index,
             state,
             seen: stamps(&tls::files(config)),
+            refused: None,
         }
+    }
+}
+
+/// Publishes whether what is in force is what is on disk: the config file's status and
+/// each listener's certificate files', each kept until that source is itself mended (a
+/// good certificate must not hide a refused config file, nor the other way round).
+fn publish(gw: &Gateway, listeners: &[TlsListener]) {
+    let config = gw
+        .metrics
+        .config_refused
+        .lock()
+        .ok()
+        .and_then(|e| e.clone());
+    let error = config.or_else(|| listeners.iter().find_map(|l| l.refused.clone()));
+    gw.metrics
+        .last_reload_ok
+        .store(error.is_none(), Ordering::Relaxed);
+    if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
+        *last = error;
     }
 }
 
@@ -69,26 +91,21 @@ pub(super) fn reload_tls(gw: &Gateway, listeners: &mut [TlsListener]) {
         match tls::server_config(config) {
             Ok(sc) => {
                 l.state.store(sc);
+                l.refused = None;
                 info!(listener = l.index, "TLS certificates reloaded");
-                gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
                 gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
-                    *last = None;
-                }
             }
             Err(e) => {
                 error!(listener = l.index, field = %e.field, error = %e.reason, "TLS files refused; the previous certificates stay in use");
                 // Reported as a refused reload (metrics, dashboard), as a refused config
                 // file is: the files are part of the config.
                 let e = e.under(&format!("listener[{}].tls", l.index));
-                gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
+                l.refused = Some(format!("{}: {}", e.field, e.reason));
                 gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
-                    *last = Some(format!("{}: {}", e.field, e.reason));
-                }
             }
         }
     }
+    publish(gw, listeners);
 }
 
 /// Refuses a config whose listeners (or admin address) differ from those in force in
@@ -198,6 +215,7 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
                     if was != Some(files) {
                         l.state.store(sc.clone());
                         l.seen = stamps(&tls::files(files));
+                        l.refused = None;
                     }
                 }
             }
@@ -206,20 +224,19 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
             gw.metrics
                 .config_generation
                 .store(number, Ordering::Relaxed);
-            gw.metrics.last_reload_ok.store(true, Ordering::Relaxed);
             gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
-                *last = None;
+            if let Ok(mut refused) = gw.metrics.config_refused.lock() {
+                *refused = None;
             }
             info!(trigger = why, generation = number, "config reloaded");
         }
         Err(e) => {
-            gw.metrics.last_reload_ok.store(false, Ordering::Relaxed);
             gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = gw.metrics.last_reload_error.lock() {
-                *last = Some(e.to_string());
+            if let Ok(mut refused) = gw.metrics.config_refused.lock() {
+                *refused = Some(e.to_string());
             }
             error!(trigger = why, error = %e, "config refused; the last valid config stays in force");
         }
     }
+    publish(gw, listeners);
 }

@@ -245,6 +245,25 @@ impl Authenticator {
         })
     }
 
+    /// Removes the API key from the request, from its header and its query parameter.
+    fn remove_key(&self, parts: &mut Parts) {
+        parts.headers.remove(&self.key_header);
+        if let Some(q) = &self.key_query {
+            if let Some(uri) = super::transform::without_query_param(&parts.uri, q) {
+                parts.uri = uri;
+            }
+        }
+    }
+
+    /// After another method admitted the request: an API key this route would have checked,
+    /// had it come first, is not passed on unchecked (an upstream trusting that the gateway
+    /// checks this route's keys must never get one it did not).
+    fn remove_unchecked_key(&self, parts: &mut Parts) {
+        if self.methods.contains(&AuthMethod::ApiKey) {
+            self.remove_key(parts);
+        }
+    }
+
     /// Whether one of the route's methods takes its credential from `Authorization`.
     fn reads_authorization(&self) -> bool {
         self.methods
@@ -297,17 +316,12 @@ impl Authenticator {
                         .by_api_key(&key)
                         .ok_or_else(|| self.unauthorized("the API key is not valid"))?;
                     // The key is not the upstream's business, wherever it was.
-                    parts.headers.remove(&self.key_header);
+                    self.remove_key(parts);
                     // Nor is a credential this route would have checked, had the key not
                     // come first: an upstream trusting that the gateway checks the
                     // `Authorization` of this route must never get one it did not.
                     if self.reads_authorization() {
                         parts.headers.remove(header::AUTHORIZATION);
-                    }
-                    if let Some(q) = &self.key_query {
-                        if let Some(uri) = super::transform::without_query_param(&parts.uri, q) {
-                            parts.uri = uri;
-                        }
                     }
                     return Ok(Arc::new(who));
                 }
@@ -323,24 +337,27 @@ impl Authenticator {
                     else {
                         return Err(self.unauthorized("malformed Basic credentials"));
                     };
-                    return self
+                    let who = self
                         .consumers
                         .by_password(user.to_string(), pass.to_string())
                         .await
                         .map(Arc::new)
-                        .ok_or_else(|| self.unauthorized("user name or password is wrong"));
+                        .ok_or_else(|| self.unauthorized("user name or password is wrong"))?;
+                    self.remove_unchecked_key(parts);
+                    return Ok(who);
                 }
                 AuthMethod::Jwt => {
                     let Some(raw) = scheme(&parts.headers, "bearer") else {
                         continue;
                     };
                     if let Some(who) = self.tokens.get(raw, &self.issuers) {
+                        self.remove_unchecked_key(parts);
                         return Ok(who);
                     }
                     let Some(token) = text(raw) else {
                         continue;
                     };
-                    return jwt::verify(&self.issuers, token, &self.consumers, &self.tokens)
+                    let who = jwt::verify(&self.issuers, token, &self.consumers, &self.tokens)
                         .await
                         .map_err(|why| {
                             let mut r = self.unauthorized(&format!("token refused: {why}"));
@@ -348,7 +365,9 @@ impl Authenticator {
                                 r.extensions_mut().insert(Fault::NotClient);
                             }
                             r
-                        });
+                        })?;
+                    self.remove_unchecked_key(parts);
+                    return Ok(who);
                 }
             }
         }

@@ -509,7 +509,8 @@ impl ResponseTransformer {
         }
         let bytes = match collect_capped(body, self.json.max).await {
             Ok(b) => b,
-            Err(CollectError::OverBudget) => return ProxyError::OverBudget.into_response(),
+            // The upstream has acted on the request: a 503 with `Retry-After` would invite
+            // it again, so this is the upstream's body not taken, 502.
             Err(_) => return ProxyError::ResponseBodyUnreadable.into_response(),
         };
         let out = match serde_json::from_slice::<Value>(&bytes) {
