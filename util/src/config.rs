@@ -145,12 +145,13 @@ fn field_at(text: &str, at: usize) -> String {
     format!("{prefix}{key} (line {line})")
 }
 
-/// Whether `k` is a bare or dotted TOML key (`a`, `a.b_c-d`), which reads as a field path
-/// as it is (a quoted key, a value, a comment or an array line is not).
+/// Whether `k` is a bare or dotted TOML key that reads as a field path as it is (`a`,
+/// `a.b_c-d`): each part a name, starting with a letter or `_` as the config's field names
+/// do (a quoted key, `1a`, a value, a comment or an array line is not).
 fn is_key(k: &str) -> bool {
     !k.is_empty()
         && k.split('.').all(|part| {
-            !part.is_empty()
+            part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -203,6 +204,10 @@ mod tests {
         assert_eq!(field_at(text, at("# a")), "line 6");
         assert_eq!(field_at(text, at("c = 1") + 4), "many[2].sub.c (line 13)");
         assert_eq!(field_at(text, at("\"quoted")), "line 14");
+        // Keys that are no field name: the line alone (found by the config fuzz targets).
+        for line in ["1l_sourcetl = 1", "a.0.b = 1", "a..b = 1", "a. = 1"] {
+            assert_eq!(field_at(line, 0), "line 1", "{line}");
+        }
     }
 
     #[test]
