@@ -72,21 +72,39 @@ pub async fn serve(
     agent: mpsc::UnboundedSender<Command>,
     host_names: std::sync::Arc<Vec<String>>,
 ) {
+    use sluice_util::accept::{AcceptBackoff, ADMIN_CONNECTIONS, ADMIN_HEAD_TIMEOUT};
+    // Bounded, as the gateway's admin listener is: its connections cannot take the
+    // descriptors the agent's probes and pulls need.
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            // Out of file descriptors and the like: back off rather than spin.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if let Some(failures) = backoff.failed(&e).await {
+                    tracing::warn!(error = %e, failures, "admin accept failed; pausing");
+                }
+                continue;
+            }
+        };
+        let Ok(slot) = room.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let agent = agent.clone();
         let names = host_names.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
                 let names = names.clone();
                 async move { Ok::<_, Infallible>(handle(req, &agent, &names).await) }
             });
+            // hyper's head timer runs from the start of each wait for a request, so it
+            // bounds an idle connection as well as a slow head.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -375,4 +393,63 @@ pub async fn status(admin: std::net::SocketAddr) -> anyhow::Result<Status> {
     let (code, body) = call(admin, Method::GET, "/status").await?;
     anyhow::ensure!(code.is_success(), "status: {code}: {body}");
     Ok(serde_json::from_str(&body)?)
+}
+
+#[cfg(test)]
+mod bounds {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        time::{Duration, Instant},
+    };
+
+    /// Whether the peer closed `s` within `wait`.
+    fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        let mut byte = [0u8; 1];
+        matches!(s.read(&mut byte), Ok(0))
+    }
+
+    /// The agent's admin API holds at most 64 connections, and closes one that sends no
+    /// whole head within 10 s, as the gateway's does.
+    #[test]
+    fn admin_connections_are_capped_and_timed() {
+        // A runtime on a thread of its own, so that the test's blocking reads don't stall it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (agent, commands) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let _commands = commands;
+            rt.block_on(super::serve(
+                listener,
+                agent,
+                std::sync::Arc::new(Vec::new()),
+            ));
+        });
+        let started = Instant::now();
+        let mut held: Vec<TcpStream> = (0..70)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        held[0].write_all(b"GET /heal").expect("write");
+        let refused = held
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_millis(300)))
+            .filter(|&closed| closed)
+            .count();
+        assert!(refused >= 6, "{refused} of 70 closed at once");
+        for (i, s) in held.iter_mut().enumerate() {
+            let left = Duration::from_secs(15).saturating_sub(started.elapsed());
+            assert!(
+                closed_within(s, left.max(Duration::from_millis(10))),
+                "connection {i} still open"
+            );
+        }
+        assert!(started.elapsed() >= Duration::from_secs(9));
+    }
 }

@@ -1,6 +1,8 @@
 //! What `sluice-lb` and `sluice-gateway` share outside the data plane's map layouts (those
 //! live in `sluice-common`, which the eBPF program also compiles):
 //!
+//! - [`accept`]: accept loops that pause when out of descriptors, and the admin listeners'
+//!   bounds;
 //! - [`config`]: the one error type for a refused config file, naming the file, the field
 //!   path and the reason, with TOML syntax errors located by line;
 //! - [`dashboard`]: the live dashboard pages' shared assets, history and admin guard;
@@ -11,6 +13,7 @@
 //! - [`shield`]: the block candidates a gateway offers and the L4 agent pulls.
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod config;
 pub mod control;
 pub mod dashboard;

@@ -176,7 +176,7 @@ pub async fn serve(
         stop: stop.clone(),
         admission,
     });
-    let mut backoff = AcceptBackoff::default();
+    let mut backoff = sluice_util::accept::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -188,7 +188,9 @@ pub async fn serve(
                 a
             }
             Err(e) => {
-                backoff.failed(&config.name, &e).await;
+                if let Some(failures) = backoff.failed(&e).await {
+                    warn!(listener = %config.name, error = %e, failures, "accept failed; pausing");
+                }
                 continue;
             }
         };
@@ -207,42 +209,6 @@ pub async fn serve(
             }
             Admit::Refused => drop(stream),
         }
-    }
-}
-
-/// What an accept loop does when `accept` fails. Out of file descriptors (or kernel
-/// memory), the connection stays in the backlog and the next `accept` fails at once: without
-/// a pause the loop would spin a core and write a warning per turn. So it pauses 100 ms and
-/// warns at most once a second, with the number of failures since.
-#[derive(Default)]
-pub struct AcceptBackoff {
-    last_warned: Option<std::time::Instant>,
-    failed_since: u64,
-}
-
-impl AcceptBackoff {
-    /// Notes a failed `accept` on `listener`, and pauses if the failure will repeat (out of
-    /// descriptors or memory); one connection's own failure (reset before it was taken)
-    /// does not hold up the next.
-    pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
-        let exhausted = matches!(
-            error.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
-        if !exhausted {
-            tracing::debug!(listener, error = %error, "accept failed");
-            return;
-        }
-        self.failed_since += 1;
-        let due = self
-            .last_warned
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due {
-            warn!(listener, error = %error, failures = self.failed_since, "accept failed; pausing");
-            self.last_warned = Some(std::time::Instant::now());
-            self.failed_since = 0;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

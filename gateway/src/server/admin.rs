@@ -3,7 +3,7 @@
 //! switch. Requests a browser could have been made to send from another site are refused
 //! with 403 (see [`sluice_util::dashboard::refusal`]).
 
-use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
+use std::{sync::atomic::Ordering, sync::Arc};
 
 use hyper::{body::Incoming, header::HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -222,23 +222,18 @@ fn upstream_metrics(out: &mut String, rt: &Runtime) {
     }
 }
 
-/// The most connections the admin API holds at once: enough for Prometheus, the L4 agents'
-/// probes and a few dashboards; past it a new one is closed at once, so that the admin port
-/// cannot take the file descriptors the client listeners need.
-const ADMIN_CONNECTIONS: usize = 64;
-
-/// How long an admin connection may take to send a request head, or wait for the next.
-const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves the admin API on `listener`.
 pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
+    use sluice_util::accept::{AcceptBackoff, ADMIN_CONNECTIONS, ADMIN_HEAD_TIMEOUT};
     let room = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
-    let mut backoff = crate::downstream::listener::AcceptBackoff::default();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                backoff.failed("admin", &e).await;
+                if let Some(failures) = backoff.failed(&e).await {
+                    tracing::warn!(listener = "admin", error = %e, failures, "accept failed; pausing");
+                }
                 continue;
             }
         };
