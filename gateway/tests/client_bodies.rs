@@ -440,13 +440,8 @@ fn a_quiet_upload_under_a_streaming_answer_is_not_cut() {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if !matches!(s.read(&mut byte), Ok(1)) {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if support::read_head(&mut s).is_none() {
+                    return;
                 }
                 let _ = s.write_all(
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",

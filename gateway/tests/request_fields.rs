@@ -12,8 +12,8 @@ use std::{
 };
 
 use support::{
-    fixed, parse, raw, request, runtime, sha256_hex, upstream, Gateway, GatewayToml, Reply,
-    Scratch, Upstream,
+    fixed, parse, raw, read_head, request, runtime, sha256_hex, upstream, Gateway, GatewayToml,
+    Reply, Scratch, Upstream,
 };
 
 /// An upstream that grants any protocol switch: it answers `101` with `switch_to` (or, if
@@ -29,14 +29,9 @@ fn switching_upstream(switch_to: Option<&'static str>) -> SocketAddr {
             std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
+                    let Some(head) = read_head(&mut s) else {
+                        return;
+                    };
                     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
                     let asked = text
                         .lines()
@@ -142,13 +137,7 @@ fn websocket_handshake(gw: &Gateway) -> Reply {
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("an answer"), 1, "closed: {head:?}");
-        head.push(byte[0]);
-    }
-    parse(&head)
+    parse(&read_head(&mut s).expect("an answer"))
 }
 
 #[test]
@@ -501,21 +490,15 @@ fn answering(body: &'static [u8]) -> SocketAddr {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
-            std::thread::spawn(move || loop {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+            std::thread::spawn(move || {
+                while read_head(&mut s).is_some() {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(body);
                 }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(body);
             });
         }
     });

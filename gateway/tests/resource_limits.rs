@@ -5,20 +5,12 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpStream,
     time::{Duration, Instant},
 };
 
-use support::{fixed, request, runtime, upstream, Gateway, GatewayToml};
-
-/// Whether the gateway closed `s` (a read sees the end) within `wait`.
-fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
-    s.set_read_timeout(Some(wait)).expect("timeout");
-    let mut byte = [0u8; 1];
-    matches!(s.read(&mut byte), Ok(0))
-        || matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
+use support::{closed_within, fixed, request, runtime, upstream, Gateway, GatewayToml};
 
 #[test]
 fn admin_connections_are_capped_and_timed() {

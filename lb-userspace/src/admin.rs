@@ -398,17 +398,12 @@ pub async fn status(admin: std::net::SocketAddr) -> anyhow::Result<Status> {
 #[cfg(test)]
 mod bounds {
     use std::{
-        io::{Read, Write},
+        io::Write,
         net::TcpStream,
         time::{Duration, Instant},
     };
 
-    /// Whether the peer closed `s` within `wait`.
-    fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
-        s.set_read_timeout(Some(wait)).expect("timeout");
-        let mut byte = [0u8; 1];
-        matches!(s.read(&mut byte), Ok(0))
-    }
+    use sluice_e2e::http::closed_within;
 
     /// The agent's admin API holds at most 64 connections, and closes one that sends no
     /// whole head within 10 s, as the gateway's does.

@@ -64,9 +64,9 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Reply {
     parse(&out)
 }
 
-/// Reads exactly one response with a Content-Length body; `None` if the connection closed
-/// first.
-pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
+/// Reads one message head, through its blank line and no further (byte by byte, so what
+/// follows stays unread); `None` if the stream ends or fails first.
+pub fn read_head(s: &mut impl Read) -> Option<Vec<u8>> {
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
@@ -75,6 +75,20 @@ pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
             _ => return None,
         }
     }
+    Some(raw)
+}
+
+/// Whether the peer closed `s` (a read sees the end) within `wait`.
+pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let _ = s.set_read_timeout(Some(wait));
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(0))
+}
+
+/// Reads exactly one response with a Content-Length body; `None` if the connection closed
+/// first.
+pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
+    let mut raw = read_head(s)?;
     let head = parse(&raw);
     let len: usize = head.headers.get("content-length")?.parse().ok()?;
     let mut body = vec![0u8; len];

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use super::{
     error::ProxyError,
     facts::Held,
-    headers::{keep_upgrade, strip_hop_by_hop},
+    headers::{is_websocket, keep_upgrade, strip_hop_by_hop},
 };
 use crate::{clock::monotonic_ms, upstream::exchange::Upgraded, Body};
 
@@ -128,13 +128,12 @@ pub fn switch_protocols(
     let (Some(client), Some(protocol), Some(upstream)) = (client, protocol, upstream) else {
         return ProxyError::UnaskedSwitch.into_response();
     };
-    // The switch must be to the protocol asked for (the only one forwarded is WebSocket):
+    // The switch must be to the protocol asked for, the only one forwarded (`upgrade_of`):
     // a tunnel of anything else would carry what the gateway never agreed to relay.
-    let agreed = resp.headers().get(hyper::header::UPGRADE).is_some_and(|p| {
-        p.as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(protocol.as_bytes().trim_ascii())
-    });
+    let agreed = resp
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(is_websocket);
     if !agreed {
         return ProxyError::UnaskedSwitch.into_response();
     }

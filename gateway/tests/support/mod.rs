@@ -22,7 +22,7 @@ use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
 // Each test binary uses part of this module.
 #[allow(unused_imports)]
-pub use sluice_e2e::http::{parse, raw, read_one, request, Reply};
+pub use sluice_e2e::http::{closed_within, parse, raw, read_head, read_one, request, Reply};
 #[allow(unused_imports)]
 pub use toml::GatewayToml;
 
