@@ -85,6 +85,39 @@ pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     matches!(s.read(&mut byte), Ok(0))
 }
 
+/// Holds an admin listener at `addr` as a client that wants it for itself would, and checks
+/// both daemons' bounds on it: of 70 connections, one trickling `partial` (a head begun),
+/// at least 6 are closed at once (it holds at most 64); `meanwhile` runs while the rest are
+/// held; and every one is closed by the 10 s head deadline, none before 9 s.
+pub fn assert_capped_and_timed(
+    addr: std::net::SocketAddr,
+    partial: &[u8],
+    meanwhile: impl FnOnce(),
+) {
+    use std::io::Write as _;
+    let started = std::time::Instant::now();
+    let mut held: Vec<TcpStream> = (0..70)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    held[0].write_all(partial).expect("write");
+    let refused = held
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(300)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(refused >= 6, "{refused} of 70 closed at once");
+    meanwhile();
+    for (i, s) in held.iter_mut().enumerate() {
+        let left = Duration::from_secs(15).saturating_sub(started.elapsed());
+        assert!(
+            closed_within(s, left.max(Duration::from_millis(10))),
+            "connection {i} still open"
+        );
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "closed after {took:?}");
+}
+
 /// Reads exactly one response with a Content-Length body; `None` if the connection closed
 /// first.
 pub fn read_one(s: &mut TcpStream) -> Option<Reply> {
@@ -147,7 +180,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     http_get_from(addr, path, None)
 }
 
-/// Like [`http_get`], from a given local port (to pin the 5-tuple).
+/// The kernel's default range of ephemeral ports (`net.ipv4.ip_local_port_range`), which a
+/// pinned local port must stay out of: a connection the kernel placed on the same port to
+/// the same address would hold the 4-tuple, and the pinned connect would fail with
+/// EADDRNOTAVAIL.
+pub const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// Like [`http_get`], from a given local port (to pin the 5-tuple), which must be outside
+/// [`EPHEMERAL_PORTS`].
 pub fn http_get_from(
     addr: SocketAddr,
     path: &str,
@@ -155,12 +195,24 @@ pub fn http_get_from(
 ) -> std::io::Result<(u16, String)> {
     let mut s = match local_port {
         None => TcpStream::connect_timeout(&addr, Duration::from_secs(3))?,
-        Some(port) => connect_from(addr, port)?,
+        Some(port) => {
+            assert!(
+                !EPHEMERAL_PORTS.contains(&port),
+                "pinned port {port} is in the ephemeral range {EPHEMERAL_PORTS:?}: another \
+                 connection may hold it"
+            );
+            connect_from(addr, port)?
+        }
     };
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(request_text("GET", path, &addr.to_string(), &[], "").as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
+    if local_port.is_some() {
+        // Closed with a reset: a pinned 5-tuple is used again at once, and a FIN's state
+        // (LAST_ACK until the peer's ACK arrives) would hold it; the whole answer is in.
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+    }
     let reply = parse(&raw);
     Ok((reply.status, reply.body))
 }

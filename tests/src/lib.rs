@@ -380,6 +380,21 @@ impl World {
         self.procs.insert("redis".into(), child);
     }
 
+    /// `sluice_decap`'s counters on gateway `i` (`sluice-lb decap-stats`), by name.
+    pub fn decap_counts(&self, i: usize) -> serde_json::Value {
+        let out = Command::new(bin("sluice-lb"))
+            .args(["decap-stats", "--json", "--pin-dir"])
+            .arg(self.pin_dir(&format!("g{i}")))
+            .output()
+            .expect("sluice-lb decap-stats");
+        assert!(
+            out.status.success(),
+            "decap-stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
     fn pin_dir(&self, node: &str) -> String {
         format!(
             "/sys/fs/bpf/{PREFIX}-{}-{}-{node}",
@@ -469,6 +484,12 @@ impl World {
                 &v4,
                 "--addr",
                 &v6,
+                // The LB nodes' tunnel sources (.11, .12 and fd20::11, ::12), and nothing
+                // else: a tunnel from anywhere else could carry any client address.
+                "--from",
+                LB_SOURCES_V4,
+                "--from",
+                LB_SOURCES_V6,
                 "--xdp-mode",
                 "native",
                 "--pin-dir",
@@ -690,6 +711,12 @@ impl Drop for World {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The prefix of the LB nodes' IPv4 tunnel sources (10.20.0.8 to .15), which the gateways
+/// take tunnels from.
+pub const LB_SOURCES_V4: &str = "10.20.0.8/29";
+/// The prefix of their IPv6 tunnel sources (fd20::10 to fd20::1f).
+pub const LB_SOURCES_V6: &str = "fd20::10/124";
 
 /// Gateway config for [`World::start_with_policies`]: route `/limited` allows 10 requests per
 /// client address per 10 minutes, counted in the harness's redis-server, so the limit holds

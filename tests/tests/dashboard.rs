@@ -7,6 +7,7 @@
 //! saved under `target/dashboard/`.
 
 use std::{
+    collections::HashMap,
     ffi::OsStr,
     net::SocketAddr,
     path::PathBuf,
@@ -36,6 +37,8 @@ fn artifacts() -> PathBuf {
 /// Chromium as the machine's probe found it works here: headless, no sandbox (root), no
 /// GPU, and none of the background connections a closed network would refuse.
 fn browser(profile: &std::path::Path) -> Browser {
+    let temp = profile.join("tmp");
+    std::fs::create_dir_all(&temp).expect("the browser's temporary directory");
     let args: Vec<&OsStr> = [
         "--disable-gpu",
         "--disable-quic",
@@ -54,6 +57,13 @@ fn browser(profile: &std::path::Path) -> Browser {
         .sandbox(false)
         .window_size(Some((1280, 1800)))
         .user_data_dir(Some(profile.to_path_buf()))
+        // Chromium makes its own temporary directories (one per browser for its singleton
+        // socket) and removes them only on a clean exit, which a killed browser never has:
+        // under the profile, they go with it.
+        .process_envs(Some(HashMap::from([(
+            "TMPDIR".to_string(),
+            temp.to_string_lossy().into_owned(),
+        )])))
         .idle_browser_timeout(Duration::from_secs(300))
         .args(args)
         .build()

@@ -1,9 +1,9 @@
 //! Real TCP from a client namespace through the router, the XDP load balancers and the
 //! gateways to the backends, and back directly (DSR).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use sluice_e2e::{http_get, http_get_from, in_ns, privileged, World, VIP};
+use sluice_e2e::{gateway_addr, http_get, http_get_from, in_ns, privileged, World, VIP};
 
 fn vip() -> SocketAddr {
     format!("{VIP}:80").parse().expect("literal")
@@ -62,7 +62,7 @@ fn a_five_tuple_keeps_its_gateway_whichever_lb_node_ecmp_picks() {
         return;
     }
     let w = World::start();
-    let ports: Vec<u16> = (41000..41012).collect();
+    let ports: Vec<u16> = (21000..21012).collect();
     let first: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
     assert!(
         first.iter().collect::<std::collections::HashSet<_>>().len() > 1,
@@ -329,7 +329,7 @@ fn adding_a_gateway_moves_few_flows_and_breaks_none() {
             })
             .collect()
     });
-    let ports: Vec<u16> = (42000..42150).collect();
+    let ports: Vec<u16> = (22000..22150).collect();
     let before: Vec<usize> = ports.iter().map(|p| served_by(&w, *p)).collect();
     // The connections were last used before that sampling: one more request each keeps
     // them inside the gateways' 10 s keep-alive timeout however slow a busy host makes
@@ -449,6 +449,125 @@ fn policies_key_on_the_real_client_address_across_gateways() {
         keys.trim(),
         "sluice:g:per-client:limited|10.10.1.2",
         "{served:?}"
+    );
+}
+
+#[test]
+fn a_vip_address_on_a_port_no_vip_serves_is_dropped_at_the_lb_not_looped() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    // The router's forwarded datagrams: nothing else crosses it while the client is quiet
+    // (health checks and BGP stay on the LB nodes' own link, or end at the router).
+    let forwarded = || {
+        let out = sluice_e2e::in_ns_command(&w.ns["r"], "cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .expect("cat");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().expect("Ip header"), ip.next().expect("Ip values"));
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "ForwDatagrams")
+            .expect("ForwDatagrams");
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("a count")
+    };
+    let no_service = |w: &World| -> u64 {
+        (1..=2)
+            .flat_map(|i| {
+                lb_status(w, i)["outcomes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|o| o[0] == "no_service")
+            .map(|o| o[1].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = (forwarded(), no_service(&w));
+    // A connection to a port no VIP serves, and a ping, from the client: the LB node the
+    // router picks must drop them. Passed to its kernel, which is not the VIP's host and
+    // forwards, each would go back to the router and round again until its TTL ran out.
+    let c = &w.ns["c"];
+    let _ = sluice_e2e::in_ns_command(c, "curl")
+        .args(["-s", "--max-time", "1", &format!("http://{VIP}:81/")])
+        .output();
+    let pings = format!(
+        "from scapy.all import IP, ICMP, send; send(IP(dst='{VIP}')/ICMP(), count=2, verbose=0)"
+    );
+    let sent = sluice_e2e::in_ns_command(c, "/usr/bin/python3")
+        .args(["-c", &pings])
+        .status()
+        .expect("python3 (scapy: cargo xtask setup)");
+    assert!(sent.success(), "scapy sent the pings");
+    let (fwd, dropped) = (forwarded() - before.0, no_service(&w) - before.1);
+    eprintln!("the router forwarded {fwd} datagrams; the LB nodes dropped {dropped} as no_service");
+    assert!(
+        dropped >= 3,
+        "{dropped} packets counted no_service (a SYN and two pings at least)"
+    );
+    // Once each through the router (a SYN, its retransmission, two pings), not ~30 times.
+    assert!(
+        fwd <= dropped + 2,
+        "the router forwarded {fwd} datagrams for {dropped} dropped packets: they loop"
+    );
+}
+
+/// A client that tunnels to a gateway itself (IPIP to its tunnel address, as an LB node
+/// would) to pass as another client: the gateway drops it (`refused_source`) and only the
+/// LB nodes' tunnels, which carry the real traffic, are taken.
+#[test]
+fn a_tunnel_from_outside_the_lb_nodes_is_dropped_at_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let w = World::start();
+    let count = |name: &str| w.decap_counts(1)[name].as_u64().expect("a count");
+    let before = (count("refused_source"), count("decap_ipv4"));
+    let spoof = format!(
+        "from scapy.all import IP, TCP, send; \
+         send(IP(dst='{}')/IP(src='198.18.0.7', dst='{VIP}')/TCP(sport=4242, dport=80, flags='S'), \
+         count=3, verbose=0)",
+        gateway_addr(1)
+    );
+    let sent = sluice_e2e::in_ns_command(&w.ns["c"], "/usr/bin/python3")
+        .args(["-c", &spoof])
+        .status()
+        .expect("python3 (scapy: cargo xtask setup)");
+    assert!(sent.success(), "scapy sent the tunnels");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count("refused_source") < before.0 + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spoofed tunnels were not refused: {}",
+            w.decap_counts(1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count("decap_ipv4"),
+        before.1,
+        "a spoofed tunnel was decapsulated"
+    );
+    // Real traffic still comes through the LB nodes' tunnels.
+    let served = in_ns(&w.ns["c"], || {
+        (0..20)
+            .filter(|_| matches!(http_get(vip(), "/index.html"), Ok((200, _))))
+            .count()
+    });
+    assert_eq!(served, 20);
+    assert!(
+        (1..=3)
+            .map(|i| w.decap_counts(i)["decap_ipv4"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 20,
+        "the requests were tunnelled"
     );
 }
 

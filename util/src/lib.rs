@@ -1,6 +1,7 @@
 //! What `sluice-lb` and `sluice-gateway` share outside the data plane's map layouts (those
 //! live in `sluice-common`, which the eBPF program also compiles):
 //!
+//! - [`admin`]: who may change state through an admin API (a token, or loopback);
 //! - [`accept`]: accept loops that pause when out of descriptors, and the admin listeners'
 //!   bounds;
 //! - [`config`]: the one error type for a refused config file, naming the file, the field
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod accept;
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod dashboard;

@@ -30,6 +30,22 @@ pub enum ProbeError {
     Malformed,
 }
 
+impl ProbeError {
+    /// Whether the probe failed on this host rather than at its target: out of descriptors,
+    /// buffers or memory. Such a failure says nothing of the target's health, and counting
+    /// it would mark every target down at once when the prober's host is short.
+    pub fn is_local(&self) -> bool {
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+        const LOCAL: [i32; 4] = [24, 23, 105, 12];
+        match self {
+            ProbeError::Connect(e) | ProbeError::Io(e) => {
+                e.raw_os_error().is_some_and(|n| LOCAL.contains(&n))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Whether `path` can be probed: it goes into the request line as it is, so it must start
 /// with `/` and be printable ASCII without spaces. `Err` is the reason, for a config error.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
@@ -173,6 +189,26 @@ fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out of descriptors, buffers or memory here is no verdict on the target; a refused or
+    /// unreachable connection, a timeout or garbage is.
+    #[test]
+    fn failures_on_this_host_are_told_apart() {
+        let os = |n| std::io::Error::from_raw_os_error(n);
+        for n in [24, 23, 105, 12] {
+            assert!(ProbeError::Connect(os(n)).is_local(), "{n}");
+            assert!(ProbeError::Io(os(n)).is_local(), "{n}");
+        }
+        for e in [
+            ProbeError::Connect(os(111)),
+            ProbeError::Connect(os(113)),
+            ProbeError::Io(os(104)),
+            ProbeError::Timeout,
+            ProbeError::Malformed,
+        ] {
+            assert!(!e.is_local(), "{e}");
+        }
+    }
     use tokio::net::TcpListener;
 
     #[test]

@@ -29,9 +29,15 @@ use anyhow::{bail, Context, Result};
 pub enum Verdict {
     /// It ran its time out.
     Passed,
-    /// An input broke an invariant (or crashed, leaked, hung or ran out of memory): the
-    /// saved inputs.
-    Crashed(Vec<PathBuf>),
+    /// An input broke an invariant (or crashed, leaked, hung or ran out of memory).
+    Crashed {
+        /// The saved inputs.
+        saved: Vec<PathBuf>,
+        /// Why, from libFuzzer's output (the panic's message), and the input itself: printed
+        /// with the verdict, so a crash on a machine whose files are gone (CI's) can be
+        /// replayed from its output alone.
+        why: String,
+    },
     /// It could not be run at all.
     Failed(String),
 }
@@ -255,7 +261,17 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
                 saved.push(a.clone());
             }
         }
-        Verdict::Crashed(saved)
+        // Lossy: a panic message may quote the input's bytes.
+        let text = String::from_utf8_lossy(&fs::read(&log_path).unwrap_or_default()).into_owned();
+        let input = new
+            .iter()
+            .find_map(|a| fs::read(a).ok())
+            .map(|b| shown_input(&b))
+            .unwrap_or_default();
+        Verdict::Crashed {
+            saved,
+            why: format!("{}\n  input: {input}", crash_reason(&text)),
+        }
     } else {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -273,6 +289,39 @@ pub fn run(root: &Path, target: &str, profile: Profile, secs: u64, echo: bool) -
         took,
         verdict,
     })
+}
+
+/// The lines of libFuzzer's output that say why it stopped: a panic's location and
+/// message (up to the backtrace note), else libFuzzer's or the sanitizer's error line.
+fn crash_reason(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        let message: Vec<&str> = lines[i..]
+            .iter()
+            .take(6)
+            .take_while(|l| !l.starts_with("note:") && !l.starts_with("=="))
+            .copied()
+            .collect();
+        return message.join("\n  ");
+    }
+    lines
+        .iter()
+        .find(|l| l.contains("ERROR: libFuzzer:") || l.contains("ERROR: AddressSanitizer"))
+        .map_or_else(
+            || "no panic or error line in libFuzzer's output".to_string(),
+            |l| l.trim().to_string(),
+        )
+}
+
+/// A crashing input as an escaped byte string, cut at 2,000 bytes.
+fn shown_input(bytes: &[u8]) -> String {
+    const MAX: usize = 2000;
+    let shown = bytes[..bytes.len().min(MAX)].escape_ascii().to_string();
+    if bytes.len() > MAX {
+        format!("b\"{shown}\" … ({} bytes in all)", bytes.len())
+    } else {
+        format!("b\"{shown}\"")
+    }
 }
 
 /// `stat::name: N` from `-print_final_stats`.
@@ -302,9 +351,9 @@ pub fn report(root: &Path, run: &Run) -> String {
     match &run.verdict {
         Verdict::Passed => format!("{head}, ok"),
         Verdict::Failed(why) => format!("{head}: could not run: {why}"),
-        Verdict::Crashed(saved) => {
+        Verdict::Crashed { saved, why } => {
             let mut s = format!(
-                "{head}: CRASHED (libFuzzer's output: target/fuzz-logs/{}.log)",
+                "{head}: CRASHED (libFuzzer's output: target/fuzz-logs/{}.log)\n  {why}",
                 run.target
             );
             for p in saved {
@@ -418,4 +467,29 @@ pub fn smoke(root: &Path, secs: u64) -> Result<Smoke> {
         runs.push(r);
     }
     Ok(Smoke { runs, build })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic's message reaches the report; libFuzzer's own error stands in for none.
+    #[test]
+    fn the_reason_for_a_crash_is_taken_from_the_log() {
+        let log = "#2 INITED cov: 10\n\
+                   thread '<unnamed>' (5847) panicked at src/gateway/jwt.rs:272:17:\n\
+                   claims {\"nbf\":1e+20} accepted\n\
+                   note: run with `RUST_BACKTRACE=1`\n\
+                   ==5847== ERROR: libFuzzer: deadly signal\n";
+        assert_eq!(
+            crash_reason(log),
+            "thread '<unnamed>' (5847) panicked at src/gateway/jwt.rs:272:17:\n  \
+             claims {\"nbf\":1e+20} accepted"
+        );
+        assert_eq!(
+            crash_reason("x\n==1== ERROR: libFuzzer: out-of-memory (malloc(9))\n"),
+            "==1== ERROR: libFuzzer: out-of-memory (malloc(9))"
+        );
+        assert_eq!(shown_input(b"\x01a\"\xff"), "b\"\\x01a\\\"\\xff\"");
+    }
 }

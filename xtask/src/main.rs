@@ -3,6 +3,7 @@
 
 mod demo;
 mod fuzz;
+mod leftovers;
 mod package;
 mod setup;
 mod soak;
@@ -164,6 +165,31 @@ fn test(extra: &[String]) -> Result<()> {
     }
     // The end-to-end tests run the real binaries.
     cargo(&["build", "--workspace", "--bins"])?;
+    let audit = leftovers::Audit::start()?;
+    let result = test_and_fuzz(extra);
+    let left = audit.finish();
+    if !left.is_empty() {
+        println!("left behind by the run (now removed where it could be):");
+        for item in &left {
+            println!("  {item}");
+        }
+        result?;
+        // New namespaces and interfaces are taken for the run's: on a host where something
+        // else makes them meanwhile (containers), SLUICE_LEFTOVERS=warn only reports.
+        if std::env::var("SLUICE_LEFTOVERS").is_ok_and(|v| v == "warn") {
+            println!("(SLUICE_LEFTOVERS=warn: reported only)");
+            return Ok(());
+        }
+        bail!(
+            "the run left {} things behind: every harness must remove what it creates",
+            left.len()
+        );
+    }
+    result
+}
+
+/// `cargo test` over the workspace, then the fuzz targets briefly.
+fn test_and_fuzz(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -173,6 +199,7 @@ fn test(extra: &[String]) -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let reaper = leftovers::Reaper::start(child.id());
     // Pass the output through and add up every test binary's result line.
     let mut totals = Totals::default();
     if let Some(out) = child.stdout.take() {
@@ -182,7 +209,9 @@ fn test(extra: &[String]) -> Result<()> {
             totals.add(&line);
         }
     }
-    let status = child.wait().context("waiting for cargo test")?;
+    let status = child.wait().context("waiting for cargo test");
+    reaper.stop();
+    let status = status?;
     if !status.success() {
         println!(
             "tests: {} passed, {} failed, {} skipped",
@@ -234,7 +263,7 @@ fn fuzz_briefly() -> (String, Result<()>) {
             .runs
             .iter()
             .filter(|r| match r.verdict {
-                fuzz::Verdict::Crashed(_) => crashed,
+                fuzz::Verdict::Crashed { .. } => crashed,
                 fuzz::Verdict::Failed(_) => !crashed,
                 fuzz::Verdict::Passed => false,
             })
