@@ -18,6 +18,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 18;
 /// Number of local tunnel addresses a decapsulating node accepts.
 pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Number of outer source prefixes a decapsulating node accepts tunnels from.
+pub const MAX_DECAP_SOURCES: u32 = 256;
 /// Number of interfaces the forwarder may redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
 /// Slot of `SLUICE_VIP_GEN` holding the last generation handed out, so a removed VIP's
@@ -78,6 +80,9 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "SLUICE_DECAP_IP";
     /// Per-CPU counters indexed by [`stats::Decap`](crate::stats::Decap).
     pub const DECAP_STATS: &str = "SLUICE_DCP_STAT";
+    /// LPM trie of the outer source prefixes `sluice_decap` accepts tunnels from (the LB
+    /// nodes'): [`BlockKey`](super::BlockKey) → `u32` (unused). Empty: none.
+    pub const DECAP_SOURCES: &str = "SLUICE_DCP_FROM";
     /// One-hash Bloom filter over VIP addresses: [`VIP_FILTER_WORDS`](super::VIP_FILTER_WORDS)
     /// `u64` words. A clear bit proves a destination carries no VIP.
     pub const VIP_FILTER: &str = "SLUICE_VIP_BITS";
@@ -194,6 +199,14 @@ pub const BACKEND_ALIVE: u8 = 1;
 /// The backend takes no new flows; established flows still reach it.
 pub const BACKEND_DRAINING: u8 = 2;
 
+/// [`Backend::agent`]: the backend reports itself not ready (its readiness answers 503).
+pub const AGENT_NOT_READY: u8 = 1;
+/// [`Backend::agent`]: the backend failed its checks and is within the down grace (alive
+/// for its established flows only).
+pub const AGENT_GRACE: u8 = 2;
+/// [`Backend::agent`]: an operator drained the backend.
+pub const AGENT_DRAINED: u8 = 4;
+
 /// A gateway node that VIP traffic is tunnelled to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,8 +217,12 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_*` flags.
     pub flags: u8,
+    /// `AGENT_*` bits: why the agent set `flags` as it did (a drain, failing readiness, the
+    /// down grace), which `flags` alone cannot tell apart. The data plane never reads them;
+    /// a restarted agent does, so that it carries on where the last one left off.
+    pub agent: u8,
     /// Explicit padding.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 impl Backend {

@@ -67,6 +67,10 @@ counters! {
         RedirectMiss = "redirect_miss",
         /// Addressed to a VIP from a source the shield blocks: dropped.
         Blocked = "blocked",
+        /// Addressed to a VIP's address, on a port or protocol no service of it serves
+        /// (a port scan, a ping): dropped. The node is not that address's host, so the
+        /// kernel would only route the packet back towards the router that sent it here.
+        NoService = "no_service",
     }
 }
 
@@ -128,6 +132,10 @@ counters! {
         RefusedFragment = "refused_fragment",
         /// Truncated or inconsistent outer or inner header: dropped.
         Malformed = "malformed",
+        /// Tunnel packet to a local tunnel address from an outer source outside the
+        /// accepted prefixes (`sluice-lb decap --from`): dropped, since its inner source
+        /// (the client address the gateway's policies go by) could be anything.
+        RefusedSource = "refused_source",
     }
 }
 

@@ -85,14 +85,16 @@ pub fn names_a_field(field: &str, text: &str) -> bool {
         let lines = text.lines().count().max(1) + 1;
         n.parse::<usize>().is_ok_and(|n| (1..=lines).contains(&n))
     };
-    if let Some(n) = field.strip_prefix("line ") {
-        return is_line(n);
-    }
+    // The field-and-line form first: a key may itself be called `line` (`line (line 1)`,
+    // found by the lb_config fuzz target).
     if let Some((path, n)) = field
         .strip_suffix(')')
-        .and_then(|f| f.split_once(" (line "))
+        .and_then(|f| f.rsplit_once(" (line "))
     {
         return is_line(n) && names_a_field(path, "");
+    }
+    if let Some(n) = field.strip_prefix("line ") {
+        return is_line(n);
     }
     !field.is_empty()
         && field.split('.').all(|segment| {

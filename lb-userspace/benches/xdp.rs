@@ -255,6 +255,10 @@ fn run() {
     lab.dp
         .add_decap_addr(backend_addr(owner))
         .expect("decap addr");
+    // Tunnels taken from the LB node's address only, as a gateway node takes them: the
+    // measured decapsulation includes the source lookup.
+    let lb_node: ipnet::IpNet = format!("{}/32", lab::NODE_V4).parse().expect("literal");
+    lab.dp.set_decap_sources(&[lb_node]).expect("decap sources");
     let syn = build(
         &Flow::tcp("203.0.113.8", 40001, VIP, 80),
         Tcp::Syn,

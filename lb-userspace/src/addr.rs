@@ -52,7 +52,8 @@ pub fn backend(ip: IpAddr, flags: u8) -> Backend {
         addr,
         family,
         flags,
-        pad: [0; 2],
+        agent: 0,
+        pad: 0,
     }
 }
 

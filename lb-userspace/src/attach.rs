@@ -62,6 +62,128 @@ pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
     Ok(i)
 }
 
+/// The interface the XDP link pinned at `path` is attached to: 0 once that interface is
+/// gone (the kernel detaches the link when its device is unregistered, and the pin alone
+/// then holds nothing on any interface).
+pub fn link_ifindex(path: &Path) -> std::io::Result<u32> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::ffi::OsStrExt,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `bpf_attr` for BPF_OBJ_GET.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        /// Explicit, so zero: the kernel refuses a non-zero byte past the fields it reads.
+        pad: u32,
+    }
+    /// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    /// The head of `struct bpf_link_info`: its union is aligned to 8, and the XDP member
+    /// starts with the ifindex.
+    #[repr(C, align(8))]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        /// Up to the union's alignment: it starts at byte 16.
+        pad: u32,
+        xdp_ifindex: u32,
+        rest: [u32; 11],
+    }
+    const _: () = assert!(std::mem::offset_of!(LinkInfo, xdp_ifindex) == 16);
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let get = ObjGet {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    /// The `bpf` syscall `cmd` with `attr`, its result or the error.
+    ///
+    /// # Safety
+    /// `attr` is the whole `bpf_attr` of `cmd`, every byte initialised, and what its
+    /// pointers name lives across the call.
+    unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i64> {
+        // SAFETY: as the caller promises.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *const T,
+                std::mem::size_of::<T>(),
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+    // SAFETY: a whole bpf_attr for the command; `name` outlives the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &get) }?;
+    // SAFETY: a descriptor the syscall just returned, owned (and closed) here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = LinkInfo {
+        link_type: 0,
+        id: 0,
+        prog_id: 0,
+        pad: 0,
+        xdp_ifindex: 0,
+        rest: [0; 11],
+    };
+    let by_fd = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: a whole bpf_attr naming a buffer of the length given, which lives across the
+    // call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &by_fd) }?;
+    Ok(info.xdp_ifindex)
+}
+
+/// Whether `sluice_lb` is on `iface` through the link pinned for it under `pin_dir`: `Err`
+/// says why not (no pin, no such interface, or a pin whose link lost its interface when
+/// the interface was removed, maybe to be made again under the same name).
+pub fn attached(pin_dir: &Path, iface: &str) -> Result<(), String> {
+    let path = link_path(pin_dir, iface);
+    if !path.exists() {
+        return Err(format!(
+            "{} is gone: the program is not attached",
+            path.display()
+        ));
+    }
+    let index = ifindex(iface).map_err(|e| e.to_string())?;
+    match link_ifindex(&path) {
+        Ok(i) if i == index => Ok(()),
+        Ok(0) => Err(format!(
+            "the link pinned at {} lost its interface (removed, and {iface} is another one now)",
+            path.display()
+        )),
+        Ok(i) => Err(format!(
+            "the link pinned at {} is on ifindex {i}, not {iface} ({index})",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "reading the link pinned at {}: {e}",
+            path.display()
+        )),
+    }
+}
+
 /// Attaches `sluice_lb` to `iface`, or swaps it into the link a previous agent pinned.
 /// Returns true if an existing link was adopted.
 pub fn attach(
@@ -72,14 +194,21 @@ pub fn attach(
 ) -> Result<bool, AttachError> {
     let index = ifindex(iface)?;
     dp.add_tx_port(index)?;
-    // Frames handed to the kernel (neighbour not yet resolved) carry our own tunnel address
-    // as their source; without accept_local the kernel drops them as martians.
-    let knob = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    if let Err(e) = std::fs::write(&knob, "1") {
-        warn!(iface, error = %e, "cannot set accept_local; unresolved next hops will drop until resolved");
-    }
+    // accept_local (frames handed to the kernel carry our own tunnel address as their
+    // source) is the node checks' to set, and only with `manage_sysctls`: an agent told not
+    // to manage sysctls must not change one.
     let prog = dp.program(programs::LB)?;
-    pin_link(prog, &link_path(pin_dir, iface), iface, mode)
+    let path = link_path(pin_dir, iface);
+    // A link whose interface was removed (and maybe made again under the same name) holds
+    // nothing: it cannot be updated, so it goes, and the program is attached anew.
+    if path.exists() && link_ifindex(&path).is_ok_and(|i| i != index) {
+        warn!(iface, "the pinned link lost its interface; attaching anew");
+        std::fs::remove_file(&path).map_err(|e| AttachError::Fs {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    pin_link(prog, &path, iface, mode)
 }
 
 /// Puts `prog` on `iface` through the link pinned at `path`: swapped into an existing pinned
@@ -96,8 +225,15 @@ fn pin_link(prog: &mut Xdp, path: &Path, iface: &str, mode: XdpMode) -> Result<b
         let xdp_link = fd_link
             .try_into()
             .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
-        prog.attach_to_link(xdp_link)
+        let id = prog
+            .attach_to_link(xdp_link)
             .map_err(|e| fail(format!("replacing the program in the pinned link: {e}")))?;
+        // The program keeps the link it was given: taken back and closed here, so the pin
+        // is the link's only holder and removing it detaches (as for a new link below).
+        let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
+        let _: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| fail(e.to_string()))?;
         info!(
             iface,
             "adopted the pinned XDP link, program replaced atomically"
@@ -139,18 +275,51 @@ fn pin_link(prog: &mut Xdp, path: &Path, iface: &str, mode: XdpMode) -> Result<b
 
 /// Attaches `sluice_decap` to `iface` (gateway nodes), accepting tunnels addressed to
 /// `addrs`; with no address it passes every frame (what a veth peer needs so that frames
-/// sent to it with XDP_TX or XDP_REDIRECT are delivered). Pinned like the forwarder.
+/// sent to it with XDP_TX or XDP_REDIRECT are delivered). Tunnels are taken only from outer
+/// sources in `from` (none: from any, with a warning), which replaces the node's list.
+/// Pinned like the forwarder.
 pub fn attach_decap(
     dp: &mut DataPlane,
     pin_dir: &Path,
     iface: &str,
     addrs: &[std::net::IpAddr],
+    from: &[ipnet::IpNet],
     mode: XdpMode,
 ) -> Result<(), AttachError> {
     ifindex(iface)?;
     for a in addrs {
         dp.add_decap_addr(*a)?;
     }
+    if from.is_empty() && !addrs.is_empty() {
+        tracing::warn!(
+            iface,
+            "tunnels are taken from any outer source: anyone who can reach a tunnel address \
+             can send packets with any client address; name the LB nodes' tunnel sources \
+             with --from"
+        );
+    }
+    // As the data plane sees them: an IPv4-mapped prefix is the IPv4 one.
+    let from: Vec<ipnet::IpNet> = from
+        .iter()
+        .map(|p| crate::shield::bounds::unmapped(*p))
+        .collect();
+    for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+        let tunnels = addrs.iter().any(|a| a.is_ipv4() == v4);
+        let sources = from.iter().any(|p| matches!(p, ipnet::IpNet::V4(_)) == v4);
+        if tunnels && !sources && !from.is_empty() {
+            tracing::warn!(
+                iface,
+                family,
+                "a tunnel address of this family, and no --from prefix of it: its tunnels are \
+                 all dropped (refused_source)"
+            );
+        }
+    }
+    let any = vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+    ];
+    dp.set_decap_sources(if from.is_empty() { &any } else { &from })?;
     let prog = dp.program(programs::DECAP)?;
     pin_link(
         prog,

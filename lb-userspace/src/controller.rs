@@ -10,8 +10,8 @@ use std::{
 };
 
 use sluice_common::{
-    Backend, NodeConfig, VipKey, VipMeta, BACKEND_ALIVE, BACKEND_DRAINING, MAX_BACKENDS, MAX_VIPS,
-    VIP_HASH_SOURCE_ONLY,
+    Backend, NodeConfig, VipKey, VipMeta, AGENT_DRAINED, AGENT_GRACE, AGENT_NOT_READY,
+    BACKEND_ALIVE, BACKEND_DRAINING, MAX_BACKENDS, MAX_VIPS, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
@@ -59,6 +59,10 @@ impl Ids {
         self.vips.insert(key, id);
     }
 
+    /// The id of backend `addr`, given a free one if it has none. Ids are freed only once an
+    /// apply no longer uses them ([`Ids::retain`]): flow entries name a backend by id with no
+    /// generation, so an id reused within one plan would take the old backend's flows, and
+    /// new ones picked before the tables change, to the new backend.
     fn backend(&mut self, addr: IpAddr) -> Option<u32> {
         if let Some(id) = self.backends.get(&addr) {
             return Some(*id);
@@ -69,12 +73,30 @@ impl Ids {
         Some(id)
     }
 
-    fn vip(&mut self, key: VipKey) -> Option<u32> {
+    /// The id of VIP `key`, given a free one if it has none; when none is free, those of VIPs
+    /// `config` no longer has are freed at once (a config of the most VIPs that replaces one
+    /// must find it an id). Unlike a backend's, a reused VIP id gets a new generation, which
+    /// the old VIP's flow entries do not match.
+    fn vip(&mut self, key: VipKey, config: &Config) -> Option<u32> {
         if let Some(id) = self.vips.get(&key) {
             return Some(*id);
         }
-        let used: HashSet<u32> = self.vips.values().copied().collect();
-        let id = (0..MAX_VIPS).find(|i| !used.contains(i))?;
+        let free = |ids: &Self| {
+            let used: HashSet<u32> = ids.vips.values().copied().collect();
+            (0..MAX_VIPS).find(|i| !used.contains(i))
+        };
+        let id = match free(self) {
+            Some(id) => id,
+            None => {
+                let kept: HashSet<VipKey> = config
+                    .vips
+                    .iter()
+                    .map(|v| addr::vip_key(v.address, v.port, v.protocol.number()))
+                    .collect();
+                self.vips.retain(|k, _| kept.contains(k));
+                free(self)?
+            }
+        };
         self.vips.insert(key, id);
         Some(id)
     }
@@ -174,6 +196,40 @@ pub fn node_config(config: &Config) -> NodeConfig {
     }
 }
 
+/// The `AGENT_*` bits that record why a backend's flags are what they are.
+fn agent_bits(s: &BackendStatus) -> u8 {
+    let mut bits = 0;
+    if s.not_ready {
+        bits |= AGENT_NOT_READY;
+    }
+    if s.grace && !s.healthy {
+        bits |= AGENT_GRACE;
+    }
+    if s.draining {
+        bits |= AGENT_DRAINED;
+    }
+    bits
+}
+
+/// The state a pinned backend record stands for, as the agent that wrote it saw it: a
+/// backend failing readiness stays not ready (not an operator's drain, which would outlast
+/// its recovery), and one within the down grace stays in it (not healthy, which would give
+/// it new flows). A record without `AGENT_*` bits, from an agent that did not write them,
+/// reads as before: alive is healthy, draining is drained. Operator weights and load factors
+/// are not recorded: the tables are rebuilt at the configured weights.
+fn adopted(b: &Backend) -> BackendStatus {
+    let alive = b.flags & BACKEND_ALIVE != 0;
+    let grace = alive && b.agent & AGENT_GRACE != 0;
+    BackendStatus {
+        healthy: alive && !grace,
+        draining: b.agent & AGENT_DRAINED != 0 || (b.agent == 0 && b.flags & BACKEND_DRAINING != 0),
+        not_ready: alive && !grace && b.agent & AGENT_NOT_READY != 0,
+        weight: None,
+        load_percent: None,
+        grace,
+    }
+}
+
 /// Works out the data plane's contents for `config` with backends in `status` (a backend
 /// missing from `status` counts as not healthy and not drained).
 pub fn plan(
@@ -185,7 +241,7 @@ pub fn plan(
     let mut vips = Vec::new();
     for v in &config.vips {
         let key = addr::vip_key(v.address, v.port, v.protocol.number());
-        let id = ids.vip(key).ok_or(PlanError::NoId("VIP"))?;
+        let id = ids.vip(key, config).ok_or(PlanError::NoId("VIP"))?;
         let mut members = Vec::new();
         for b in &v.backends {
             let bid = ids.backend(b.address).ok_or(PlanError::NoId("backend"))?;
@@ -197,7 +253,9 @@ pub fn plan(
             if s.draining || s.not_ready {
                 flags |= BACKEND_DRAINING;
             }
-            backends.insert(bid, addr::backend(b.address, flags));
+            let mut record = addr::backend(b.address, flags);
+            record.agent = agent_bits(&s);
+            backends.insert(bid, record);
             let weight = if s.healthy && !s.draining && !s.not_ready {
                 let base = s.weight.unwrap_or(b.weight);
                 match v.weights {
@@ -302,23 +360,12 @@ impl Applied {
         Ok(applied)
     }
 
-    /// Backend states recorded in the adopted maps (alive, draining).
+    /// Backend states recorded in the adopted maps: what a restarted agent carries on from
+    /// (see [`adopted`]).
     pub fn adopted_status(&self) -> HashMap<IpAddr, BackendStatus> {
         self.backends
             .values()
-            .map(|b| {
-                (
-                    addr::ip(&b.addr, b.family),
-                    BackendStatus {
-                        healthy: b.flags & BACKEND_ALIVE != 0,
-                        draining: b.flags & BACKEND_DRAINING != 0,
-                        not_ready: false,
-                        weight: None,
-                        load_percent: None,
-                        grace: false,
-                    },
-                )
-            })
+            .map(|b| (addr::ip(&b.addr, b.family), adopted(b)))
             .collect()
     }
 
@@ -382,7 +429,8 @@ impl Applied {
         plan.vips
             .iter()
             .filter_map(|v| {
-                let old = self.vips.get(&v.id)?;
+                // An id given to another VIP moves nothing of that one.
+                let old = self.vips.get(&v.id).filter(|o| o.key == v.key)?;
                 Some(disruption(&old.table, &v.table, &survivors(v)))
             })
             .fold(0.0, f64::max)
@@ -391,6 +439,12 @@ impl Applied {
     fn write_tables(&mut self, dp: &mut DataPlane, plan: &Plan) -> Result<(), DataPlaneError> {
         let mut moved_any = None;
         for v in &plan.vips {
+            // An id the plan gives another VIP: the old one's entry goes first, so that no
+            // packet for it finds the new VIP's table, and the new one is written as new.
+            if let Some(o) = self.vips.get(&v.id).filter(|o| o.key != v.key) {
+                dp.remove_vip(&o.key)?;
+                self.vips.remove(&v.id);
+            }
             let old = self.vips.get(&v.id);
             let unchanged = old
                 .is_some_and(|o| o.table == v.table && o.meta.flags == v.flags && o.key == v.key);
@@ -543,6 +597,59 @@ mod tests {
         assert_eq!(p.backends[&2].flags, BACKEND_ALIVE | BACKEND_DRAINING);
         assert_eq!(p.backends[&3].flags, 0);
         assert_eq!(p.node.src_v4_entropy, u32::from_ne_bytes([0, 0, 0, 0xff]));
+    }
+
+    /// What a restarted agent reads back from the records the last one wrote is the state
+    /// it wrote them for: failing readiness stays that (and not an operator's drain), the
+    /// down grace stays a grace (not healthy), a drain stays a drain, both at once stay both.
+    #[test]
+    fn a_restarted_agent_reads_back_the_state_it_wrote() {
+        let addrs = [
+            "10.1.0.11",
+            "10.1.0.12",
+            "10.1.0.13",
+            "10.1.0.14",
+            "10.1.0.15",
+            "10.1.0.16",
+        ];
+        let c = config(
+            &addrs
+                .iter()
+                .map(|a| format!("{{ address = \"{a}\" }}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let state = |healthy, draining, not_ready, grace| BackendStatus {
+            healthy,
+            draining,
+            not_ready,
+            grace,
+            ..Default::default()
+        };
+        let written: HashMap<IpAddr, BackendStatus> = addrs
+            .iter()
+            .map(|a| a.parse().expect("literal"))
+            .zip([
+                state(true, false, false, false),
+                state(true, true, false, false),
+                state(true, false, true, false),
+                state(true, true, true, false),
+                state(false, false, false, true),
+                state(false, false, false, false),
+            ])
+            .collect();
+        let p = plan(&c, &written, &mut Ids::default()).expect("plan");
+        let applied = Applied {
+            backends: p.backends.clone(),
+            ..Default::default()
+        };
+        assert_eq!(applied.adopted_status(), written);
+        // A record from an agent that wrote no AGENT_* bits reads as it always did.
+        let old = addr::backend(
+            "10.1.0.11".parse().expect("literal"),
+            BACKEND_ALIVE | BACKEND_DRAINING,
+        );
+        assert_eq!(adopted(&old), state(true, true, false, false));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::{
 };
 
 use rand::Rng;
-use sluice_util::{load::LoadReport, probe::Probe};
+use sluice_util::{
+    load::LoadReport,
+    probe::{Probe, ProbeError},
+};
 use tokio::{sync::mpsc, time::sleep_until};
 
 use crate::config::{CheckKind, HealthCheck};
@@ -105,22 +108,30 @@ pub async fn probe(addr: IpAddr, check: &HealthCheck) -> Health {
 
 /// [`probe`], and the load report an HTTP check's answer carried, if any.
 pub async fn probe_with_load(addr: IpAddr, check: &HealthCheck) -> (Health, Option<LoadReport>) {
+    let (health, load) = verdict(addr, check).await;
+    (health.unwrap_or(Health::Down), load)
+}
+
+/// One probe's verdict, `None` when it failed on this host ([`ProbeError::is_local`]: out
+/// of descriptors, say) and so says nothing of the target; and the load report it carried.
+async fn verdict(addr: IpAddr, check: &HealthCheck) -> (Option<Health>, Option<LoadReport>) {
     let probe = Probe {
         target: SocketAddr::new(addr, check.port),
         path: &check.path,
         user_agent: "sluice-lb",
         timeout: Duration::from_millis(check.timeout_ms),
     };
+    let failed = |e: ProbeError| (!e.is_local()).then_some(Health::Down);
     match check.kind {
         CheckKind::Tcp => match probe.connect().await {
-            Ok(()) => (Health::Up, None),
-            Err(_) => (Health::Down, None),
+            Ok(()) => (Some(Health::Up), None),
+            Err(e) => (failed(e), None),
         },
         CheckKind::Http => match probe.readiness().await {
-            Ok(r) if r.status == check.expect_status => (Health::Up, r.load),
-            Ok(r) if r.status == 503 => (Health::NotReady, r.load),
-            Ok(r) => (Health::Down, r.load),
-            Err(_) => (Health::Down, None),
+            Ok(r) if r.status == check.expect_status => (Some(Health::Up), r.load),
+            Ok(r) if r.status == 503 => (Some(Health::NotReady), r.load),
+            Ok(r) => (Some(Health::Down), r.load),
+            Err(e) => (failed(e), None),
         },
     }
 }
@@ -138,19 +149,26 @@ pub async fn watch(
     let mut state = Hysteresis::new(initial);
     loop {
         let started = tokio::time::Instant::now();
-        let (seen, load) = probe_with_load(addr, &check).await;
+        let (seen, load) = verdict(addr, &check).await;
         if let Some(report) = load {
             if tx.send(Observed::Load { addr, report }).is_err() {
                 return;
             }
         }
-        if let Some(health) = state.observe(seen, check.rise, check.fall) {
-            if tx
-                .send(Observed::Health(Transition { addr, health }))
-                .is_err()
-            {
-                return;
+        match seen.map(|seen| state.observe(seen, check.rise, check.fall)) {
+            Some(Some(health)) => {
+                if tx
+                    .send(Observed::Health(Transition { addr, health }))
+                    .is_err()
+                {
+                    return;
+                }
             }
+            Some(None) => {}
+            None => tracing::warn!(
+                backend = %addr,
+                "this host could not probe (out of descriptors or memory): no verdict"
+            ),
         }
         let jitter = rand::thread_rng().gen_range(0..=check.interval_ms / 10);
         sleep_until(started + Duration::from_millis(check.interval_ms - jitter)).await;
@@ -231,6 +249,7 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().expect("literal");
         let mut check = HealthCheck {
             port,
+            kind: CheckKind::Tcp,
             ..HealthCheck::default()
         };
         assert_eq!(probe(lo, &check).await, Up, "tcp connect");

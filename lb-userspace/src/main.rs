@@ -7,11 +7,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use hyper::Method;
+use hyper::{body::Bytes, Method};
 use sluice_lb::{
     admin, agent, attach, config,
-    dataplane::{DataPlane, LoadOptions},
+    dataplane::{self, DataPlane, LoadOptions},
 };
+
+use sluice_util::admin::Token;
 
 #[path = "../../build-support/cli.rs"]
 mod cli;
@@ -22,6 +24,17 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The admin token file (`admin.token_file` in the agent's config), presented by the
+    /// commands that change state (drain, undrain, weight, block, unblock, maintenance) and
+    /// read by them only; `run` takes its token from its config. Without a token file the
+    /// agent takes changes only from its own host.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,16 +145,17 @@ enum Command {
     },
     /// Remove the programs, links and maps pinned under the config's pin directory.
     Detach {
-        /// Config file (for its pin directory).
+        /// Config file (for its pin directory, and its `[bgp]` to withdraw the VIPs).
         #[arg(long, short, conflicts_with = "pin_dir")]
         config: Option<PathBuf>,
-        /// Pin directory.
+        /// Pin directory (without this or --config: /sys/fs/bpf/sluice, the forwarder's
+        /// default; a gateway node's decap is under /sys/fs/bpf/sluice-decap).
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
     /// On a gateway node: attach `sluice_decap` to an interface, accepting tunnels to the
     /// given local addresses (none: pass every frame), pinned under the pin directory; the
-    /// command returns and the program stays until `detach`.
+    /// command returns and the program stays until `detach --pin-dir` of that directory.
     Decap {
         /// Interface.
         #[arg(long)]
@@ -149,12 +163,27 @@ enum Command {
         /// Local tunnel endpoint addresses.
         #[arg(long = "addr")]
         addrs: Vec<IpAddr>,
+        /// Outer source prefixes tunnels are taken from: the LB nodes' tunnel sources
+        /// (`node.tunnel_source_v4`/`_v6`, with their entropy bits). Others' tunnels are
+        /// dropped. Without it, tunnels are taken from anyone (with a warning).
+        #[arg(long = "from", value_name = "PREFIX")]
+        from: Vec<ipnet::IpNet>,
         /// Pin directory.
         #[arg(long, default_value = "/sys/fs/bpf/sluice-decap")]
         pin_dir: PathBuf,
         /// XDP mode.
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: Mode,
+    },
+    /// Print `sluice_decap`'s counters (decapsulated, refused by reason, malformed) from
+    /// the maps pinned under the pin directory, summed over CPUs.
+    DecapStats {
+        /// Pin directory, as given to `decap`.
+        #[arg(long, default_value = "/sys/fs/bpf/sluice-decap")]
+        pin_dir: PathBuf,
+        /// JSON: an object of counter name to count.
+        #[arg(long)]
+        json: bool,
     },
     /// Load both programs through the kernel verifier without attaching them, and report
     /// their sizes: a quick check that this kernel accepts the embedded data plane.
@@ -191,6 +220,9 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // Read by the commands that change state only: an unreadable file named in the
+    // environment must not stop `status`, `detach` or `run`.
+    let token = cli.token_file.as_deref();
     match cli.command {
         Command::Run {
             config,
@@ -200,10 +232,10 @@ fn main() -> Result<()> {
         Command::Check { config } => check(&config),
         Command::Status { admin, json } => rt.block_on(status(admin, json)),
         Command::Drain { backend, admin } => {
-            rt.block_on(post(admin, &format!("/backends/{backend}/drain")))
+            rt.block_on(post(admin, &format!("/backends/{backend}/drain"), token))
         }
         Command::Undrain { backend, admin } => {
-            rt.block_on(post(admin, &format!("/backends/{backend}/undrain")))
+            rt.block_on(post(admin, &format!("/backends/{backend}/undrain"), token))
         }
         Command::Weight {
             backend,
@@ -214,7 +246,7 @@ fn main() -> Result<()> {
                 Some(w) => format!("/backends/{backend}/weight?value={w}"),
                 None => format!("/backends/{backend}/weight"),
             };
-            rt.block_on(post(admin, &path))
+            rt.block_on(post(admin, &path, token))
         }
         Command::Block {
             prefix,
@@ -229,7 +261,7 @@ fn main() -> Result<()> {
                 reason,
                 force,
             };
-            rt.block_on(post_json(admin, "/shield/block", &body))
+            rt.block_on(post_json(admin, "/shield/block", &body, token))
         }
         Command::Unblock { prefix, admin } => {
             let body = admin::BlockBody {
@@ -238,23 +270,25 @@ fn main() -> Result<()> {
                 reason: String::new(),
                 force: false,
             };
-            rt.block_on(post_json(admin, "/shield/unblock", &body))
+            rt.block_on(post_json(admin, "/shield/unblock", &body, token))
         }
         Command::Maintenance { switch, admin } => {
             let path = match switch {
                 Switch::On => "/maintenance/on",
                 Switch::Off => "/maintenance/off",
             };
-            rt.block_on(post(admin, path))
+            rt.block_on(post(admin, path, token))
         }
         Command::Detach { config, pin_dir } => detach(config, pin_dir),
         Command::Verify => verify(),
+        Command::DecapStats { pin_dir, json } => decap_stats(&pin_dir, json),
         Command::Decap {
             iface,
             addrs,
+            from,
             pin_dir,
             xdp_mode,
-        } => decap(&iface, &addrs, &pin_dir, xdp_mode.into()),
+        } => decap(&iface, &addrs, &from, &pin_dir, xdp_mode.into()),
     }
 }
 
@@ -292,20 +326,66 @@ fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn decap(iface: &str, addrs: &[IpAddr], pin_dir: &Path, mode: config::XdpMode) -> Result<()> {
+fn decap(
+    iface: &str,
+    addrs: &[IpAddr],
+    from: &[ipnet::IpNet],
+    pin_dir: &Path,
+    mode: config::XdpMode,
+) -> Result<()> {
     attach::ensure_bpffs(pin_dir)?;
     let mut dp = DataPlane::load(&LoadOptions {
         pin_dir: Some(pin_dir.to_owned()),
         flow_table_size: Some(1024),
         ..Default::default()
     })?;
-    attach::attach_decap(&mut dp, pin_dir, iface, addrs, mode)?;
-    println!("sluice_decap on {iface} ({} tunnel addresses)", addrs.len());
+    attach::attach_decap(&mut dp, pin_dir, iface, addrs, from, mode)?;
+    let sources = if from.is_empty() {
+        "from any source".to_string()
+    } else {
+        format!("from {} source prefixes", from.len())
+    };
+    println!(
+        "sluice_decap on {iface} ({} tunnel addresses, {sources})",
+        addrs.len()
+    );
     Ok(())
 }
 
-async fn post(admin: SocketAddr, path: &str) -> Result<()> {
-    let (code, body) = admin::call(admin, Method::POST, path).await?;
+fn decap_stats(pin_dir: &Path, json: bool) -> Result<()> {
+    let maps = dataplane::pinned_maps_dir(pin_dir);
+    if !maps.is_dir() {
+        bail!(
+            "no maps pinned under {}: is sluice_decap attached with this --pin-dir?",
+            pin_dir.display()
+        );
+    }
+    let mut counts = serde_json::Map::new();
+    for (outcome, n) in dataplane::pinned_decap_counts(&maps)? {
+        // A counter the running build does not have: absent, not zero.
+        let Some(n) = n else { continue };
+        if json {
+            counts.insert(outcome.name().to_string(), n.into());
+        } else {
+            println!("{:<18} {n}", outcome.name());
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(counts));
+    }
+    Ok(())
+}
+
+/// The admin token in `file` (`--token-file`), if one is named.
+fn read_token(file: Option<&Path>) -> Result<Option<Token>> {
+    file.map(|f| Token::read(f).map_err(|e| anyhow::anyhow!("--token-file: {e}")))
+        .transpose()
+}
+
+async fn post(admin: SocketAddr, path: &str, token: Option<&Path>) -> Result<()> {
+    let token = read_token(token)?;
+    let (code, body) =
+        admin::call_with(admin, Method::POST, path, Bytes::new(), token.as_ref()).await?;
     if !code.is_success() {
         bail!("{code}: {body}");
     }
@@ -313,9 +393,16 @@ async fn post(admin: SocketAddr, path: &str) -> Result<()> {
     Ok(())
 }
 
-async fn post_json(admin: SocketAddr, path: &str, body: &admin::BlockBody) -> Result<()> {
+async fn post_json(
+    admin: SocketAddr,
+    path: &str,
+    body: &admin::BlockBody,
+    token: Option<&Path>,
+) -> Result<()> {
+    let token = read_token(token)?;
     let body = serde_json::to_vec(body)?;
-    let (code, text) = admin::call_with(admin, Method::POST, path, body.into()).await?;
+    let (code, text) =
+        admin::call_with(admin, Method::POST, path, body.into(), token.as_ref()).await?;
     if !code.is_success() {
         let detail = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -487,7 +574,10 @@ fn print_shield(s: &sluice_lb::shield::ShieldStatus) {
     println!(
         "flood guard: {}, {} CPUs in a flood now, {:.1} s in floods, {} inserts skipped",
         if f.enabled {
-            format!("on above {} new flows/s per CPU", f.new_flows_per_second)
+            format!(
+                "on above {} new flows/s per CPU (an idle flow keeps its entry {:.1} s below it)",
+                f.new_flows_per_second, f.idle_entry_seconds
+            )
         } else {
             "off".into()
         },

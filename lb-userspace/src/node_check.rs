@@ -26,6 +26,9 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The name of the check that the program is on an interface (followed by the interface).
+pub const ATTACHED: &str = "xdp_attached";
+
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -38,15 +41,11 @@ pub fn run(config: &Config) -> Vec<Check> {
         .iter()
         .any(|v| v.address.is_ipv6() || v.backends.iter().any(|b| b.address.is_ipv6()));
     for iface in &node.interfaces {
-        let link = node.pin_dir.join("links").join(iface);
+        let attached = crate::attach::attached(&node.pin_dir, iface);
         out.push(Check {
-            name: format!("xdp_attached {iface}"),
-            ok: link.exists(),
-            detail: if link.exists() {
-                String::new()
-            } else {
-                format!("{} is gone: the program is not attached", link.display())
-            },
+            name: format!("{ATTACHED} {iface}"),
+            ok: attached.is_ok(),
+            detail: attached.err().unwrap_or_default(),
         });
         let mut knobs = vec![
             (

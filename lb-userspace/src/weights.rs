@@ -22,7 +22,11 @@
 //!
 //! Everything here is pure: the agent feeds reports in, and gets factors and tables out.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use sluice_util::load::{CapacityTuning, LoadReport};
 
@@ -137,6 +141,54 @@ pub fn adjust(
             (*addr, next_factor(now, aim, t))
         })
         .collect()
+}
+
+/// The backends whose capacities are compared with one another: those of load VIPs that
+/// share a backend, transitively (a factor is a backend's, in every VIP it serves). Gateways
+/// of unrelated pools (other hardware, other services) are never measured against each
+/// other's mean, which would push one pool to the ceiling and the other to the floor and
+/// flatten the differences within each. `vips` lists each load VIP's backends.
+pub fn pools(vips: &[Vec<IpAddr>]) -> Vec<BTreeSet<IpAddr>> {
+    let mut pools: Vec<BTreeSet<IpAddr>> = Vec::new();
+    for members in vips {
+        let mut merged: BTreeSet<IpAddr> = members.iter().copied().collect();
+        pools.retain(|p| {
+            if p.is_disjoint(&merged) {
+                return true;
+            }
+            merged.extend(p.iter().copied());
+            false
+        });
+        if !merged.is_empty() {
+            pools.push(merged);
+        }
+    }
+    pools
+}
+
+/// [`adjust`] within each of `pools` on its own: each backend's capacity is compared with
+/// its pool's mean. A backend in no pool keeps its factor.
+pub fn adjust_by_pool(
+    inputs: &BTreeMap<IpAddr, Input>,
+    pools: &[BTreeSet<IpAddr>],
+    previous: &BTreeMap<IpAddr, f64>,
+    t: &Tuning,
+) -> BTreeMap<IpAddr, f64> {
+    let mut next = BTreeMap::new();
+    for pool in pools {
+        let within: BTreeMap<IpAddr, Input> = inputs
+            .iter()
+            .filter(|(a, _)| pool.contains(a))
+            .map(|(a, i)| (*a, *i))
+            .collect();
+        next.extend(adjust(&within, previous, t));
+    }
+    for a in inputs.keys() {
+        if !next.contains_key(a) {
+            next.insert(*a, previous.get(a).copied().unwrap_or(1.0));
+        }
+    }
+    next
 }
 
 /// The factor a backend rests at for `aim`: bounded and on the grid.
@@ -331,6 +383,63 @@ mod tests {
     fn share(factors: &BTreeMap<IpAddr, f64>, i: u8) -> f64 {
         let total: f64 = factors.values().sum();
         factors[&addr(i)] / total
+    }
+
+    /// Load VIPs that share a backend make one pool; unrelated ones are compared each within
+    /// its own: a pool of strong gateways (1500 and 3000 requests/s per unit of weight) and
+    /// one of weak ones (100 and 200) each keep their proportion of 2, where against one mean
+    /// of 1200 the strong pool's would be cut at the ceiling and the weak pool's flattened at
+    /// the floor.
+    #[test]
+    fn capacities_are_compared_within_each_pool_of_load_vips() {
+        let pools = pools(&[
+            vec![addr(0), addr(1)],
+            vec![addr(2), addr(3)],
+            vec![addr(3), addr(4)],
+            vec![],
+        ]);
+        let want: Vec<BTreeSet<IpAddr>> = vec![
+            [addr(0), addr(1)].into_iter().collect(),
+            [addr(2), addr(3), addr(4)].into_iter().collect(),
+        ];
+        assert_eq!(pools, want);
+
+        let reported = |capacity: f64| Input {
+            configured: 1,
+            report: Some((
+                LoadReport {
+                    capacity: Some(capacity),
+                    ..LoadReport::default()
+                },
+                Duration::from_secs(1),
+            )),
+        };
+        let inputs: BTreeMap<IpAddr, Input> = [1500.0, 3000.0, 100.0, 200.0]
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (addr(i as u8), reported(c)))
+            .collect();
+        let split: Vec<BTreeSet<IpAddr>> = vec![
+            [addr(0), addr(1)].into_iter().collect(),
+            [addr(2), addr(3)].into_iter().collect(),
+        ];
+        let t = Tuning::default();
+        let mut factors = BTreeMap::new();
+        for _ in 0..50 {
+            factors = adjust_by_pool(&inputs, &split, &factors, &t);
+        }
+        let (strong, weak) = (
+            factors[&addr(1)] / factors[&addr(0)],
+            factors[&addr(3)] / factors[&addr(2)],
+        );
+        assert!((strong - 2.0).abs() < 0.1, "{factors:?}");
+        assert!((weak - 2.0).abs() < 0.1, "{factors:?}");
+        // One mean over both pools flattens the weak pool at the floor.
+        let mut merged = BTreeMap::new();
+        for _ in 0..50 {
+            merged = adjust(&inputs, &merged, &t);
+        }
+        assert_eq!(merged[&addr(2)], merged[&addr(3)], "{merged:?}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::{
     collections::HashSet,
     net::IpAddr,
     ops::Range,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -190,12 +191,18 @@ impl World {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// Starts the agent with `extra` arguments to `run`.
+    fn start_agent_with(&mut self, extra: &[&str]) {
         let config = self.dir.join("lb.toml");
         let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);
         let log = std::fs::File::create(self.dir.join(format!("agent-{n}.log"))).expect("log file");
         let child = ns_command(&self.a, env!("CARGO_BIN_EXE_sluice-lb"))
             .args(["run", "--config"])
             .arg(&config)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -534,6 +541,139 @@ fn drain_keeps_established_flows_and_turns_new_ones_away() {
     w.probe(|p| assert_eq!(p.flags(BACKENDS[2]), Some(BACKEND_ALIVE)));
 }
 
+/// With `admin.token_file`, every change needs the token (the CLI's `--token-file`, or
+/// `SLUICE_ADMIN_TOKEN_FILE`), loopback included; reads stay open; a reload reads the file
+/// again.
+#[test]
+fn the_admin_token_guards_every_change_and_a_reload_rotates_it() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    let first = "1111111111111111111111111111111111111111";
+    let second = "2222222222222222222222222222222222222222";
+    let configured = w.dir.join("admin.token");
+    let (first_file, second_file) = (w.dir.join("first.token"), w.dir.join("second.token"));
+    for (path, token) in [
+        (&configured, first),
+        (&first_file, first),
+        (&second_file, second),
+    ] {
+        write_private(path, token);
+    }
+    let listen = "listen = \"127.0.0.1:19180\"\n";
+    let with_token = w.config(&BACKENDS).replacen(
+        listen,
+        &format!(
+            "{listen}token_file = {:?}\n",
+            configured.display().to_string()
+        ),
+        1,
+    );
+    let before = w.config_generation();
+    w.write_config(&with_token);
+    wait_until("the config with a token", Duration::from_secs(3), || {
+        w.config_generation() > before
+    });
+    let with = |file: &Path, args: &[&str]| {
+        let mut all = vec!["--token-file", file.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        w.cli(&all)
+    };
+
+    // Without the token, or with another, every change is refused and nothing changes.
+    for args in [
+        &["drain", BACKENDS[0]][..],
+        &["weight", BACKENDS[0], "0"],
+        &["block", "192.0.2.0/24", "--ttl", "60s"],
+        &["maintenance", "on"],
+    ] {
+        let (ok, out) = w.cli(args);
+        assert!(
+            !ok && out.contains("401") && out.contains("admin.token_file"),
+            "{args:?}: {out}"
+        );
+        let (ok, out) = with(&second_file, args);
+        assert!(
+            !ok && out.contains("401"),
+            "{args:?} with another token: {out}"
+        );
+    }
+    w.probe(|p| assert_eq!(p.flags(BACKENDS[0]), Some(BACKEND_ALIVE)));
+    assert!(shield_entries(&w).is_empty());
+    // Reads need nothing.
+    w.cli_ok(&["status"]);
+
+    // With it, the change is made; the variable stands for the option.
+    let (ok, out) = with(&first_file, &["drain", BACKENDS[0]]);
+    assert!(ok, "{out}");
+    w.probe(|p| assert_eq!(p.flags(BACKENDS[0]), Some(BACKEND_ALIVE | BACKEND_DRAINING)));
+    let out = ns_command(&w.a, env!("CARGO_BIN_EXE_sluice-lb"))
+        .args(["undrain", BACKENDS[0], "--admin", "127.0.0.1:19180"])
+        .env("SLUICE_ADMIN_TOKEN_FILE", &first_file)
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.probe(|p| assert_eq!(p.flags(BACKENDS[0]), Some(BACKEND_ALIVE)));
+
+    // A reload reads the file again: the second token replaces the first.
+    write_private(&configured, second);
+    let before = w.config_generation();
+    w.signal_agent(libc::SIGHUP);
+    wait_until("the reload", Duration::from_secs(3), || {
+        w.config_generation() > before
+    });
+    let (ok, out) = with(&first_file, &["drain", BACKENDS[0]]);
+    assert!(
+        !ok && out.contains("401"),
+        "the old token after the rotation: {out}"
+    );
+    let (ok, out) = with(&second_file, &["drain", BACKENDS[0]]);
+    assert!(ok, "{out}");
+
+    // The file changing is a reload of its own, as the config file's is: the third token
+    // replaces the second without a signal.
+    let third = "3333333333333333333333333333333333333333";
+    let third_file = w.dir.join("third.token");
+    write_private(&third_file, third);
+    let before = w.config_generation();
+    write_private(&configured, third);
+    wait_until(
+        "the reload on the file's change",
+        Duration::from_secs(5),
+        || w.config_generation() > before,
+    );
+    let (ok, out) = with(&second_file, &["undrain", BACKENDS[0]]);
+    assert!(
+        !ok && out.contains("401"),
+        "the second token after the file changed: {out}"
+    );
+    let (ok, out) = with(&third_file, &["undrain", BACKENDS[0]]);
+    assert!(ok, "{out}");
+
+    // One every user may read is refused, naming the field; the token in force stays.
+    std::fs::set_permissions(&configured, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    w.signal_agent(libc::SIGHUP);
+    wait_until("the refused reload", Duration::from_secs(3), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
+        v["config"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin.token_file") && e.contains("every user may read"))
+    });
+    let (ok, out) = with(&third_file, &["drain", BACKENDS[0]]);
+    assert!(ok, "the token in force after a refused file: {out}");
+}
+
+/// Writes `token` to a file only its owner may read, as a token file must be.
+fn write_private(path: &Path, token: &str) {
+    std::fs::write(path, format!("{token}\n")).expect("token file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
 #[test]
 fn weight_zero_takes_a_backend_out_of_new_flows() {
     let Some(w) = World::running() else {
@@ -574,6 +714,151 @@ fn reloads_on_sighup_and_file_change_and_keeps_the_last_valid_config() {
             p.flags(BACKENDS[0]).is_none()
         });
     });
+    // Removed while up, then gone, then added again: it starts down, not with the health
+    // it had when its probe stopped.
+    let mut w = w;
+    w.stop_server(0);
+    let before = w.config_generation();
+    w.write_config(&w.config(&BACKENDS));
+    wait_until("backend 0 added again", Duration::from_secs(3), || {
+        w.config_generation() > before
+    });
+    w.probe(|p| {
+        assert_eq!(p.flags(BACKENDS[0]), Some(0), "in the maps, not alive");
+    });
+}
+
+#[test]
+fn what_cannot_be_applied_is_refused_and_changes_nothing() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json")
+    };
+    // Settings taken at start: refused with the file and field, nothing else changes.
+    let before = w.config_generation();
+    for (from, to, field) in [
+        (
+            "flow_table_size = 4096",
+            "flow_table_size = 8192",
+            "node.flow_table_size",
+        ),
+        (
+            "xdp_mode = \"generic\"",
+            "xdp_mode = \"native\"",
+            "node.xdp_mode",
+        ),
+        ("127.0.0.1:19180", "127.0.0.1:19181", "admin.listen"),
+        ("sluice-slt", "sluice-other-slt", "node.pin_dir"),
+    ] {
+        let text = w.config(&BACKENDS[..2]).replace(from, to);
+        assert_ne!(text, w.config(&BACKENDS[..2]), "{from}");
+        w.write_config(&text);
+        let want = format!("lb.toml: {field}: taken at start: a change needs a restart");
+        wait_until(field, Duration::from_secs(3), || {
+            status()["config"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&want))
+        });
+        assert_eq!(w.config_generation(), before, "{field}");
+        w.probe(|p| assert!(p.flags(BACKENDS[2]).is_some(), "{field}: backend 2 stays"));
+        assert!(
+            w.pin_dir.join("links/ext0").exists(),
+            "{field}: still attached"
+        );
+    }
+    // A table of two slots for three backends, one of them weighted 0: applied.
+    let small = w
+        .config(&BACKENDS)
+        .replace("protocol = \"tcp\"", "protocol = \"tcp\"\ntable_size = 2")
+        .replace(
+            &format!("{{ address = \"{}\" }}", BACKENDS[2]),
+            &format!("{{ address = \"{}\", weight = 0 }}", BACKENDS[2]),
+        );
+    w.write_config(&small);
+    wait_until("the small table", Duration::from_secs(3), || {
+        w.config_generation() == before + 1
+    });
+    // Weighting the third backend cannot be built: refused, and not recorded, so what
+    // comes after still applies.
+    let (ok, out) = w.cli(&["weight", BACKENDS[2], "1"]);
+    assert!(
+        !ok && out.contains("do not fit in a table of 2 slots"),
+        "{out}"
+    );
+    w.cli_ok(&["drain", BACKENDS[0]]);
+    w.cli_ok(&["undrain", BACKENDS[0]]);
+    w.signal_agent(libc::SIGHUP);
+    wait_until("a reload after it", Duration::from_secs(3), || {
+        w.config_generation() == before + 2
+    });
+}
+
+#[test]
+fn a_command_line_xdp_mode_stands_for_the_files_at_every_reload() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    // The file says native; the operator runs it in generic mode.
+    w.stop_agent();
+    w.write_config(
+        &w.config(&BACKENDS)
+            .replace("xdp_mode = \"generic\"", "xdp_mode = \"native\""),
+    );
+    w.start_agent_with(&["--xdp-mode", "generic"]);
+    wait_until("the agent's admin API", Duration::from_secs(10), || {
+        in_ns(&w.a, || {
+            std::net::TcpStream::connect("127.0.0.1:19180").is_ok()
+        })
+    });
+    let before = w.config_generation();
+    w.signal_agent(libc::SIGHUP);
+    wait_until("the reload", Duration::from_secs(3), || {
+        w.config_generation() == before + 1
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
+    assert!(status["config"]["last_error"].is_null(), "{status}");
+}
+
+#[test]
+fn an_interface_a_reload_removes_loses_the_program_even_when_adopted() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    let xdp_on = |w: &World, iface: &str| {
+        let out = ns_command(&w.a, "ip")
+            .args(["-d", "link", "show", iface])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    let both = w.config(&BACKENDS).replace(
+        "interfaces = [\"ext0\"]",
+        "interfaces = [\"ext0\", \"int0\"]",
+    );
+    w.write_config(&both);
+    wait_until("int0 attached", Duration::from_secs(5), || {
+        xdp_on(&w, "int0")
+    });
+    // A restarted agent adopts both pinned links; a reload then drops int0.
+    w.stop_agent();
+    w.start_agent();
+    wait_until("the agent's admin API", Duration::from_secs(10), || {
+        in_ns(&w.a, || {
+            std::net::TcpStream::connect("127.0.0.1:19180").is_ok()
+        })
+    });
+    let before = w.config_generation();
+    w.write_config(&w.config(&BACKENDS));
+    wait_until("the reload", Duration::from_secs(5), || {
+        w.config_generation() == before + 1
+    });
+    wait_until("int0 detached", Duration::from_secs(3), || {
+        !xdp_on(&w, "int0")
+    });
+    assert!(xdp_on(&w, "ext0"), "ext0 keeps its program");
 }
 
 #[test]
@@ -683,6 +968,44 @@ fn pinned_maps_of_another_layout_are_refused_clearly() {
         msg.contains("pinned map SLUICE_VIPS has key/value sizes 20/8 but this build needs 20/20"),
         "{msg}"
     );
+}
+
+#[test]
+fn pinned_counters_of_another_size_are_made_anew() {
+    if !privileged() {
+        return;
+    }
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/sluice-counters-{}",
+        std::process::id()
+    ));
+    let maps = dir.join("maps");
+    std::fs::create_dir_all(&maps).expect("pin dir");
+    let _cleanup = OnDrop(|| {
+        let _ = sluice_lb::attach::detach(&dir);
+    });
+    // An earlier build's outcome counters, one fewer than this build counts: counts, not
+    // state, so an upgrade makes them anew rather than stopping (their counts restart).
+    let path = maps.join("SLUICE_LB_STATS");
+    let entries = sluice_common::stats::LB_COUNTERS;
+    sh(&format!(
+        "bpftool map create {} type percpu_array key 4 value 8 entries {} name SLUICE_LB_STATS",
+        path.display(),
+        entries - 1
+    ));
+    let opts = LoadOptions {
+        pin_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    let dp = DataPlane::load(&opts).expect("counters of another size do not stop a load");
+    let pinned = aya::maps::MapInfo::from_pin(&path).expect("pinned again");
+    assert_eq!(
+        pinned.max_entries(),
+        entries,
+        "made anew at this build's size"
+    );
+    drop(dp);
+    DataPlane::load(&opts).expect("this build's own pins are adopted");
 }
 
 /// The SYN of `client:port` to the VIP is forwarded (not blocked).
@@ -815,6 +1138,68 @@ fn nested_blocks_never_expire_first_and_a_reload_applies_the_allow_list() {
         forwarded(&w, "10.1.2.3", 7101),
         "on the allow list: forwarded"
     );
+}
+
+#[test]
+fn an_interface_made_again_gets_the_program_again() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    let xdp_on_ext0 = |w: &World| {
+        let out = ns_command(&w.a, "ip")
+            .args(["-d", "link", "show", "ext0"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    // Removed and made again under the same name (as a driver reload or a rebuilt bond
+    // does): the pinned link stays, but holds the program on no interface.
+    let make_again = |a: &str| {
+        sh(&format!("ip -n {a} link del ext0"));
+        sh(&format!("ip -n {a} link add ext0 type veth peer name ext1"));
+        sh(&format!("ip -n {a} link set ext0 up"));
+        sh(&format!("ip -n {a} link set ext1 up"));
+        sh(&format!("ip -n {a} addr add 10.0.0.1/24 dev ext0"));
+        sh(&format!(
+            "ip netns exec {a} sysctl -qw net.ipv4.conf.ext0.forwarding=1"
+        ));
+    };
+    let on_the_new_ext0 = |w: &World| {
+        let pin = w.pin_dir.join("links/ext0");
+        let index = in_ns(&w.a, || sluice_lb::attach::ifindex("ext0")).expect("ext0");
+        let linked = sluice_lb::attach::link_ifindex(&pin).expect("pinned link");
+        assert_eq!(linked, index, "the pinned link is on the new ext0");
+        assert!(xdp_on_ext0(w));
+    };
+    assert!(xdp_on_ext0(&w), "attached at start");
+    // While the agent runs: it puts the program back within its next node check.
+    make_again(&w.a);
+    let took = wait_until(
+        "the program on the new ext0",
+        Duration::from_secs(5),
+        || xdp_on_ext0(&w),
+    );
+    eprintln!("attached again after {took:?}");
+    wait_until("healthz", Duration::from_secs(5), || healthz(&w).0 == 200);
+    on_the_new_ext0(&w);
+    // While it is stopped: the next agent attaches anew instead of failing to update a
+    // link that lost its interface.
+    w.stop_agent();
+    make_again(&w.a);
+    w.start_agent();
+    wait_until(
+        "the restarted agent's admin API",
+        Duration::from_secs(10),
+        || {
+            in_ns(&w.a, || {
+                std::net::TcpStream::connect("127.0.0.1:19180").is_ok()
+            })
+        },
+    );
+    wait_until("healthz after a restart", Duration::from_secs(10), || {
+        healthz(&w).0 == 200
+    });
+    on_the_new_ext0(&w);
 }
 
 fn healthz(w: &World) -> (u16, String) {
@@ -954,4 +1339,148 @@ fn a_down_backend_keeps_its_established_flows_for_the_grace_and_a_flap_breaks_no
     w.probe(|p| {
         assert_ne!(p.send(ip4("203.0.113.8"), flow, false), Some(backend(1)));
     });
+}
+
+/// A gateway whose candidates answer slower than the pull interval gets one fetch at a time:
+/// the next starts once the last has ended, rather than a new connection every interval
+/// until the agent runs out of descriptors.
+#[test]
+fn a_slow_gateway_gets_one_candidate_fetch_at_a_time() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    // Gateway 10.1.0.11's candidates port takes connections (the kernel's backlog) and
+    // never answers.
+    let silent = Command::new("ip")
+        .args(["netns", "exec", &w.b, "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             s = socket.socket()\n\
+             s.bind(('10.1.0.11', 9100))\n\
+             s.listen(64)\n\
+             time.sleep(60)\n",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("a silent listener");
+    w.servers.push(Some(silent));
+    // HTTP checks (python's server answers `/` with 200), which the pulls need, with a
+    // timeout five times the pull interval.
+    let text = w
+        .config(&BACKENDS)
+        .replace("kind = \"tcp\"", "kind = \"http\"\npath = \"/\"")
+        .replace(
+            "interval_ms = 200\ntimeout_ms = 100",
+            "interval_ms = 500\ntimeout_ms = 500",
+        )
+        + "\n[shield]\npull = \"observe\"\npull_port = 9100\npull_interval_ms = 100\n";
+    let before = w.config_generation();
+    w.write_config(&text);
+    wait_until("the config with pulls", Duration::from_secs(3), || {
+        w.config_generation() > before
+    });
+    let fetches = || {
+        let out = ns_command(&w.a, "ss")
+            .args(["-Htn", "state", "established", "dst", "10.1.0.11:9100"])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // Pulls start once the gateway is up again under the HTTP check.
+    wait_until("a first fetch", Duration::from_secs(5), || fetches() > 0);
+    let mut most = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        most = most.max(fetches());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(most, 1, "fetches at once to a gateway that never answers");
+}
+
+/// A config of the most VIPs a node holds that replaces one (another port) is taken: the id
+/// of the VIP it drops goes to the one it adds, whose entry replaces the old one's in the
+/// same reload (no packet for the old VIP finds the new one's table).
+#[test]
+fn a_vip_replaced_at_the_limit_takes_the_id_of_the_one_it_replaces() {
+    let Some(w) = World::running() else {
+        return;
+    };
+    let with_ports = |ports: std::ops::Range<u16>| {
+        let base = w.config(&BACKENDS);
+        let (head, vip) = base.split_at(base.find("[[vip]]").expect("a VIP"));
+        let mut text = head.to_string();
+        for port in ports {
+            text.push_str(&vip.replace("port = 80", &format!("port = {port}")));
+            text.push('\n');
+        }
+        text
+    };
+    let max = sluice_common::MAX_VIPS as u16;
+    let ports = |p: &mut Probe| {
+        let mut ports: Vec<u16> =
+            p.dp.vips()
+                .expect("vips")
+                .into_iter()
+                .filter(|(_, m)| m.flags & sluice_common::VIP_ADDRESS_MARKER == 0)
+                .map(|(k, _)| u16::from_be(k.port))
+                .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let before = w.config_generation();
+    w.write_config(&with_ports(80..80 + max));
+    wait_until(
+        "the config of the most VIPs",
+        Duration::from_secs(5),
+        || w.config_generation() > before,
+    );
+    w.probe(|p| assert_eq!(ports(p), (80..80 + max).collect::<Vec<_>>()));
+    // The first VIP (port 80) replaced by one on port 80 + max.
+    let before = w.config_generation();
+    w.write_config(&with_ports(81..81 + max));
+    wait_until(
+        "the config with one VIP replaced",
+        Duration::from_secs(5),
+        || w.config_generation() > before,
+    );
+    w.probe(|p| assert_eq!(ports(p), (81..81 + max).collect::<Vec<_>>()));
+    let status: serde_json::Value =
+        serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
+    assert!(status["config"]["last_error"].is_null(), "{status}");
+}
+
+/// With `manage_sysctls = false`, the agent changes no sysctl, attaching included: a
+/// restart leaves `accept_local` as the operator set it, and reports it instead.
+#[test]
+fn an_agent_told_not_to_manage_sysctls_sets_none_when_it_attaches() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    let text = w.config(&BACKENDS).replace(
+        "flow_table_size = 4096\n",
+        "flow_table_size = 4096\nmanage_sysctls = false\n",
+    );
+    w.write_config(&text);
+    wait_until("the reload", Duration::from_secs(5), || {
+        w.config_generation() == 2
+    });
+    let knob = "/proc/sys/net/ipv4/conf/ext0/accept_local";
+    in_ns(&w.a, || {
+        std::fs::write(knob, "0").expect("accept_local off")
+    });
+    w.stop_agent();
+    w.start_agent();
+    wait_until("the agent's admin API", Duration::from_secs(10), || {
+        in_ns(&w.a, || {
+            std::net::TcpStream::connect("127.0.0.1:19180").is_ok()
+        })
+    });
+    wait_until("the check failing", Duration::from_secs(5), || {
+        healthz(&w).0 == 503
+    });
+    let (_, body) = healthz(&w);
+    assert!(body.contains("accept_local ext0"), "{body}");
+    let now = in_ns(&w.a, || std::fs::read_to_string(knob).expect("read"));
+    assert_eq!(now.trim(), "0", "accept_local was changed");
 }

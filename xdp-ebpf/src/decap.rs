@@ -5,7 +5,11 @@
 //! is still the real client (DSR), and its destination is the VIP bound on `lo`.
 //!
 //! Only packets whose outer destination is one of the configured local tunnel addresses are
-//! decapsulated; other tunnel packets are passed untouched and counted as refused.
+//! decapsulated; other tunnel packets are passed untouched and counted as refused. Of those,
+//! only packets whose outer source is in an accepted prefix (the LB nodes' tunnel sources,
+//! `sluice-lb decap --from`) are taken; others are dropped: the inner source is the client
+//! address the gateway's policies go by, and anyone who could tunnel to the node could
+//! write any.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use sluice_common::{
@@ -15,7 +19,7 @@ use sluice_common::{
 };
 
 use crate::{
-    maps::{bump, DECAP_ADDRS, DECAP_STATS},
+    maps::{bump, DECAP_ADDRS, DECAP_SOURCES, DECAP_STATS},
     packet::{addr6_at, at, be16_at, len, raw32_at, u8_at, L2},
 };
 
@@ -27,7 +31,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     bump(&DECAP_STATS, outcome as u32);
     match outcome {
-        Decap::Malformed => xdp_action::XDP_DROP,
+        Decap::Malformed | Decap::RefusedSource => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -36,7 +40,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
     let (l2, ethertype) = L2::parse(ctx).ok_or(Decap::Pass)?;
     let off = l2.len();
-    let (key, inner_proto, outer_len) = match ethertype {
+    let (key, src, inner_proto, outer_len) = match ethertype {
         ETH_P_IP => {
             let ip = at::<[u8; IPV4_HLEN]>(ctx, off).ok_or(Decap::Pass)? as *const u8;
             let p = u8_at(ip, 9);
@@ -62,7 +66,7 @@ fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
                     Decap::RefusedAddr
                 });
             }
-            (key, p, ihl)
+            (key, [raw32_at(ip, 12), 0, 0, 0], p, ihl)
         }
         ETH_P_IPV6 => {
             let ip = at::<[u8; IPV6_HLEN]>(ctx, off).ok_or(Decap::Pass)? as *const u8;
@@ -80,12 +84,15 @@ fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
                 pad: 0,
                 pad2: 0,
             };
-            (key, p, IPV6_HLEN)
+            (key, addr6_at(ip, 8), p, IPV6_HLEN)
         }
         _ => return Ok(Decap::Pass),
     };
     if !is_local(&key) {
         return Ok(Decap::RefusedAddr);
+    }
+    if !source_accepted(&src, key.family) {
+        return Err(Decap::RefusedSource);
     }
     // The inner header must be what the outer says it is.
     // Any inner IP header is at least 20 bytes.
@@ -114,4 +121,12 @@ fn decapsulate(ctx: &XdpContext) -> Result<Decap, Decap> {
 #[inline(always)]
 fn is_local(key: &AddrKey) -> bool {
     DECAP_ADDRS.get_ptr(key).is_some()
+}
+
+/// Whether an outer source address is in one of the accepted prefixes.
+#[inline(always)]
+fn source_accepted(src: &[u32; 4], family: u8) -> bool {
+    DECAP_SOURCES
+        .get(&crate::shield::address_key(src, family))
+        .is_some()
 }

@@ -9,9 +9,9 @@
 //! - A SYN, or a packet the table does not know (or whose backend died), takes a Maglev pick
 //!   from its VIP's table, as on the general path, and the pick then owns the flow (an
 //!   insert the flood guard admits, or the dead entry rewritten).
-//! - A packet to a port of a VIP's address that no service listens on is passed to the
-//!   kernel, and a packet whose source the shield blocks is dropped, as the general path
-//!   would conclude.
+//! - A packet to a port of a VIP's address that no service listens on is dropped as
+//!   `no_service`, and a packet whose source the shield blocks is dropped, as the general
+//!   path would conclude.
 //!
 //! Anything else, and anything that would need more than this path does (IP options, a
 //! fragment, a tag, a VIP with no live backend at the pick, an expired next hop, an MTU too
@@ -198,9 +198,10 @@ fn blocked(node: &NodeConfig, key: &FlowKey4) -> bool {
 
 /// The VIP's table pick for a flow the table cannot route.
 ///
-/// - `Err(Lb::Pass)` when no VIP serves the destination's port and protocol: the packet is
-///   the kernel's, as the general path would conclude after repeating both lookups (its
-///   shield blocks only traffic for a VIP).
+/// - When no VIP serves the destination's port and protocol, what the general path would
+///   conclude after repeating both lookups: `Err(Lb::NoService)` if the address is a
+///   VIP's all the same, else `Err(Lb::Pass)` (the filter let another address through).
+///   The shield blocks only traffic for a VIP.
 /// - `Err(Lb::Blocked)` when the shield blocks its source, checked once the VIP is known
 ///   and before the pick, so that a blocked flood costs no hash or table read.
 /// - `None` when the VIP has no live backend at that slot: the general path then drops it
@@ -215,7 +216,8 @@ fn fresh_pick(
 ) -> Option<Result<(Route, Pick), Lb>> {
     let vip = VipKey::new([key.dst, 0, 0, 0], dst_port, key.proto as u8, FAMILY_V4);
     let Some(meta) = lookup::vip_of(&vip) else {
-        return Some(Err(Lb::Pass));
+        let vip_address = lookup::carries_vip([key.dst, 0, 0, 0], FAMILY_V4);
+        return Some(Err(lookup::no_service(vip_address)));
     };
     if blocked(node, key) {
         return Some(Err(Lb::Blocked));

@@ -58,6 +58,7 @@ fn forward(ctx: &XdpContext) -> Result<(u32, Lb), Lb> {
     match pkt.kind {
         Kind::Transport { .. } | Kind::IcmpError => {}
         Kind::Fragment if lookup::is_vip_address(&pkt) => return Err(Lb::Fragment),
+        Kind::Other if lookup::is_vip_address(&pkt) => return Err(Lb::NoService),
         Kind::Fragment | Kind::Other => return Err(Lb::Pass),
     }
     // Once per frame: read above unless the frame was tagged (or too short to read there).

@@ -101,14 +101,27 @@ pub fn vip_of(key: &VipKey) -> Option<VipMeta> {
     Some(meta)
 }
 
+/// The outcome of a packet no VIP serves: [`Lb::NoService`] when its destination is a VIP's
+/// address all the same (nothing else on the node would take it), else [`Lb::Pass`].
+#[inline(always)]
+pub fn no_service(vip_address: bool) -> Lb {
+    if vip_address {
+        Lb::NoService
+    } else {
+        Lb::Pass
+    }
+}
+
 /// True if `pkt.flow.dst` carries any VIP (its address marker exists).
 #[inline(always)]
 pub fn is_vip_address(pkt: &Packet) -> bool {
-    if !may_be_vip(pkt) {
-        return false;
-    }
-    let key = VipKey::new(pkt.flow.dst, 0, 0, pkt.flow.family);
-    VIPS.get_ptr(&key).is_some()
+    may_be_vip(pkt) && carries_vip(pkt.flow.dst, pkt.flow.family)
+}
+
+/// True if `dst` of `family` carries any VIP (its address marker exists); no filter.
+#[inline(always)]
+pub fn carries_vip(dst: [u32; 4], family: u8) -> bool {
+    VIPS.get_ptr(&VipKey::new(dst, 0, 0, family)).is_some()
 }
 
 /// Where a VIP packet goes.
@@ -198,7 +211,8 @@ pub fn check(state: *mut FlowState) -> Entry {
 /// - While the flood guard is on (see [`flood::admit`], `flood_limit`), a new flow gets no
 ///   entry either: the table pick alone forwards it.
 ///
-/// `Err(Lb::Pass)` means the packet is not for a VIP after all.
+/// `Err(Lb::Pass)` means the packet is not for a VIP after all; `Err(Lb::NoService)` that
+/// it is for a VIP's address but no service of it.
 #[inline(always)]
 pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
     let syn = matches!(pkt.kind, Kind::Transport { syn: true });
@@ -208,7 +222,9 @@ pub fn route(pkt: &Packet, flood_limit: u32) -> Result<Route, Lb> {
         Entry::Dead(state) => Some(state),
         Entry::Miss => None,
     };
-    let meta = vip(pkt).ok_or(Lb::Pass)?;
+    let Some(meta) = vip(pkt) else {
+        return Err(no_service(is_vip_address(pkt)));
+    };
     let icmp = pkt.kind == Kind::IcmpError;
     // An error about a flow this node does not know is routed by the table, not a miss.
     if !(icmp && dead.is_none()) {

@@ -9,8 +9,8 @@ use sluice_common::{
     stats::{BLOCK_REASONS_LEN, DECAP_STATS_LEN, LB_COUNTERS},
     AddrKey, Backend, BlockEntry, BlockKey, FloodState, FlowKey, FlowKey4, FlowState, NextHop,
     NodeConfig, Traffic, VipKey, VipMeta, BLOCK_NOTE_LEN, DEFAULT_FLOW_TABLE_SIZE, FAMILY_V4,
-    MAX_BACKENDS, MAX_BLOCKS, MAX_DECAP_ADDRS, MAX_TABLE_SIZE, MAX_TX_PORTS, MAX_VIPS,
-    VIP_FILTER_WORDS,
+    MAX_BACKENDS, MAX_BLOCKS, MAX_DECAP_ADDRS, MAX_DECAP_SOURCES, MAX_TABLE_SIZE, MAX_TX_PORTS,
+    MAX_VIPS, VIP_FILTER_WORDS,
 };
 
 /// VIPs. Replaced element-wise by the agent; each update is atomic for readers.
@@ -106,6 +106,10 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 #[map(name = "SLUICE_DECAP_IP")]
 pub static DECAP_ADDRS: HashMap<AddrKey, u32> =
     HashMap::with_max_entries(MAX_DECAP_ADDRS, BPF_F_NO_PREALLOC);
+
+/// Outer source prefixes `sluice_decap` accepts tunnels from.
+#[map(name = "SLUICE_DCP_FROM")]
+pub static DECAP_SOURCES: LpmTrie<BlockKey, u32> = LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
 
 /// Outcome counters of `sluice_decap`.
 #[map(name = "SLUICE_DCP_STAT")]

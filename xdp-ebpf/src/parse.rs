@@ -201,6 +201,12 @@ fn icmp4_error(ctx: &XdpContext, pkt: &mut Packet, l4: usize, l4_len: usize) -> 
     if quoted_proto != proto::TCP && quoted_proto != proto::UDP {
         return Ok(());
     }
+    // An error about a packet the VIP sent is sent to the VIP: one quoting another source is
+    // no error of ours, and stays a packet to its own destination (dropped there if that is a
+    // VIP's address; passed to the kernel, which would route it back out, it would loop).
+    if raw32_at(inner, 12) != pkt.flow.dst[0] {
+        return Ok(());
+    }
     let ports = at::<[u8; 4]>(ctx, q + ihl).ok_or(Lb::MalformedIcmp)? as *const u8;
     pkt.flow.proto = quoted_proto;
     pkt.flow.src[0] = raw32_at(inner, 16);
@@ -229,10 +235,19 @@ fn icmp6_error(ctx: &XdpContext, pkt: &mut Packet, l4: usize, l4_len: usize) -> 
     if quoted_proto != proto::TCP && quoted_proto != proto::UDP {
         return Ok(());
     }
+    // As for IPv4: only an error quoting a packet from the address it is sent to is ours.
+    // Compared a word at a time in place: a copy of the address would not fit the stack of
+    // the general path with debug logging.
+    if raw32_at(inner, 8) != pkt.flow.dst[0]
+        || raw32_at(inner, 12) != pkt.flow.dst[1]
+        || raw32_at(inner, 16) != pkt.flow.dst[2]
+        || raw32_at(inner, 20) != pkt.flow.dst[3]
+    {
+        return Ok(());
+    }
     let ports = at::<[u8; 4]>(ctx, q + IPV6_HLEN).ok_or(Lb::MalformedIcmp)? as *const u8;
     pkt.flow.proto = quoted_proto;
     pkt.flow.src = addr6_at(inner, 24);
-    pkt.flow.dst = addr6_at(inner, 8);
     pkt.flow.src_port = raw16_at(ports, 2);
     pkt.flow.dst_port = raw16_at(ports, 0);
     pkt.kind = Kind::IcmpError;

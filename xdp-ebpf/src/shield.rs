@@ -47,11 +47,11 @@ fn icmp_sender(ctx: &XdpContext, pkt: &Packet) -> Option<[u32; 4]> {
     }
 }
 
-/// The live entry for `src`, as (counter slot, reason). The agent keeps an entry inside a
-/// wider one from expiring before it, so the longest match is the one to obey.
+/// The key that looks a whole address up in a trie of source prefixes (the shield's blocks,
+/// `sluice_decap`'s accepted tunnel sources).
 #[inline(always)]
-pub fn source_blocked(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
-    let key = Key::new(
+pub fn address_key(src: &[u32; 4], family: u8) -> Key<BlockKey> {
+    Key::new(
         BLOCK_KEY_FAMILY_BITS + 128,
         BlockKey {
             family,
@@ -59,7 +59,14 @@ pub fn source_blocked(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
             pad2: 0,
             addr: *src,
         },
-    );
+    )
+}
+
+/// The live entry for `src`, as (counter slot, reason). The agent keeps an entry inside a
+/// wider one from expiring before it, so the longest match is the one to obey.
+#[inline(always)]
+pub fn source_blocked(src: &[u32; 4], family: u8) -> Option<(u32, u32)> {
+    let key = address_key(src, family);
     let entry = *BLOCKS.get(&key)?;
     // SAFETY: plain helper call. The precise clock is read only for a matching source.
     if unsafe { bpf_ktime_get_ns() } >= entry.expires_ns {

@@ -1,5 +1,7 @@
 //! The node checks, and which VIP addresses this node announces over BGP.
 
+use tracing::{info, warn};
+
 use super::Agent;
 use crate::bgp::{Announcement, Announcer};
 
@@ -26,11 +28,12 @@ impl Agent {
         let Some(bgp) = self.bgp.as_mut() else {
             return;
         };
-        let node = &self.config.node;
-        let attached = node
-            .interfaces
+        // The node checks say whether the program is on each interface (not only pinned).
+        let attached = self
+            .checks
             .iter()
-            .all(|i| node.pin_dir.join("links").join(i).exists());
+            .filter(|c| c.name.starts_with(crate::node_check::ATTACHED))
+            .all(|c| c.ok);
         // A node that cannot forward (forwarding off, say) must not draw traffic.
         let failing = self.checks.iter().find(|c| !c.ok).map(|c| c.name.clone());
         let mut decision: Vec<Announcement> = Vec::new();
@@ -88,8 +91,48 @@ impl Agent {
 
     /// Runs the node checks, logging what changed, and announces accordingly.
     pub(super) fn check_node(&mut self) {
-        let now = crate::node_check::run(&self.config);
+        let mut now = crate::node_check::run(&self.config);
+        if self.attach_lost(&now) {
+            now = crate::node_check::run(&self.config);
+        }
         crate::node_check::log_changes(&self.checks, &now);
         self.checks = now;
+    }
+
+    /// Puts the program back on each configured interface whose pinned link lost it: one
+    /// removed and made again (a driver reload, a bond or VLAN rebuilt) keeps its name but
+    /// not its program. A pin that is gone is left so (`sluice-lb detach`, or an operator,
+    /// removed it on purpose) and only reported by the node check. True if any was
+    /// attached.
+    fn attach_lost(&mut self, checks: &[crate::node_check::Check]) -> bool {
+        let mut any = false;
+        for iface in self.config.node.interfaces.clone() {
+            let name = format!("{} {iface}", crate::node_check::ATTACHED);
+            // Read the link only for a failing check: the common tick costs no syscall here.
+            if !checks.iter().any(|c| c.name == name && !c.ok) {
+                continue;
+            }
+            let pin = self.config.node.pin_dir.join("links").join(&iface);
+            let Ok(index) = crate::attach::ifindex(&iface) else {
+                continue;
+            };
+            if !crate::attach::link_ifindex(&pin).is_ok_and(|i| i != index) {
+                continue;
+            }
+            let node = &self.config.node;
+            match crate::attach::attach(&mut self.dp, &node.pin_dir, &iface, node.xdp_mode) {
+                Ok(_) => {
+                    info!(iface, "the program is on the interface again");
+                    any = true;
+                }
+                Err(e) => warn!(iface, error = %e, "attaching again failed; retrying each second"),
+            }
+        }
+        if any {
+            if let Err(e) = self.dp.forget_next_hops() {
+                warn!(error = %e, "clearing the next-hop cache failed");
+            }
+        }
+        any
     }
 }

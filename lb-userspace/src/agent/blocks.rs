@@ -18,6 +18,34 @@ pub(super) struct Pulled {
     pub(super) result: Result<sluice_util::shield::Candidates, shield::pull::PullError>,
 }
 
+/// The way a fetch's answer goes back to the agent. A fetch that ends without one (its task
+/// panicked, or was dropped) still answers, as a failure, so that its gateway leaves the
+/// agent's `pulling` set and is fetched from again.
+struct Answer {
+    tx: tokio::sync::mpsc::UnboundedSender<Pulled>,
+    /// The gateway asked, until its answer is sent.
+    gateway: Option<IpAddr>,
+}
+
+impl Answer {
+    fn send(mut self, result: Result<sluice_util::shield::Candidates, shield::pull::PullError>) {
+        if let Some(gateway) = self.gateway.take() {
+            let _ = self.tx.send(Pulled { gateway, result });
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            let _ = self.tx.send(Pulled {
+                gateway,
+                result: Err(shield::pull::PullError::Ended),
+            });
+        }
+    }
+}
+
 impl Agent {
     /// Turns the data plane's shield switch on or off to match whether any entry is held.
     pub(super) fn shield_switch(&mut self) -> Result<(), CommandError> {
@@ -58,16 +86,23 @@ impl Agent {
         let known: HashSet<IpAddr> = targets.keys().copied().collect();
         self.shield.retain_gateways(|a| known.contains(a));
         for (gateway, (port, timeout_ms)) in targets {
-            let tx = self.pull_tx.clone();
+            if !self.pulling.insert(gateway) {
+                continue;
+            }
+            let answer = Answer {
+                tx: self.pull_tx.clone(),
+                gateway: Some(gateway),
+            };
             tokio::spawn(async move {
                 let target = std::net::SocketAddr::new(gateway, port);
                 let result = shield::pull::fetch(target, Duration::from_millis(timeout_ms)).await;
-                let _ = tx.send(Pulled { gateway, result });
+                answer.send(result);
             });
         }
     }
 
     pub(super) fn on_pulled(&mut self, pulled: Pulled) {
+        self.pulling.remove(&pulled.gateway);
         match pulled.result {
             Ok(c) => {
                 self.shield
@@ -81,5 +116,30 @@ impl Agent {
                 self.shield.pull_failed(pulled.gateway, e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fetch answers exactly once: with its result, or, ended without one, as a failure.
+    #[test]
+    fn a_fetch_answers_once_however_it_ends() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let gateway: IpAddr = "10.1.0.11".parse().expect("literal");
+        let answer = || Answer {
+            tx: tx.clone(),
+            gateway: Some(gateway),
+        };
+        answer().send(Err(shield::pull::PullError::Timeout));
+        drop(answer());
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|p| {
+                assert_eq!(p.gateway, gateway);
+                p.result.err().map(|e| e.to_string()).unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(got, ["timed out", "the fetch ended without an answer"]);
     }
 }

@@ -34,6 +34,10 @@ impl Agent {
     /// Keeps a backend's latest report. A reporter that sends no capacity estimate of its
     /// own (any ORCA reporter but `sluice-gateway`) gets one made here, from its reports.
     pub(super) fn on_load(&mut self, addr: IpAddr, mut report: LoadReport) {
+        // As for health: a report queued before the backend left the config is dropped.
+        if !self.known(&addr) {
+            return;
+        }
         if report.capacity.is_none() {
             let tuning = self.config.load_weights.tuning().capacity();
             report.capacity = self
@@ -71,7 +75,8 @@ impl Agent {
             .keys()
             .map(|a| (*a, self.factors.get(a).copied().unwrap_or(1.0)))
             .collect();
-        let mut step = weights::adjust(&inputs, &now, &lw.tuning());
+        let pools = weights::pools(&self.load_vip_members(&inputs));
+        let mut step = weights::adjust_by_pool(&inputs, &pools, &now, &lw.tuning());
         for _ in 0..8 {
             if step == now {
                 return;
@@ -99,6 +104,22 @@ impl Agent {
             max_disruption = lw.max_disruption,
             "no load-weight step fits within max_disruption; waiting"
         );
+    }
+
+    /// Each `weights = "load"` VIP's backends among `inputs` (its ready ones).
+    fn load_vip_members(&self, inputs: &BTreeMap<IpAddr, weights::Input>) -> Vec<Vec<IpAddr>> {
+        self.config
+            .vips
+            .iter()
+            .filter(|v| v.weights == WeightMode::Load)
+            .map(|v| {
+                v.backends
+                    .iter()
+                    .map(|b| b.address)
+                    .filter(|a| inputs.contains_key(a))
+                    .collect()
+            })
+            .collect()
     }
 
     /// What the controller gets for each ready backend of a `weights = "load"` VIP.

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context, Result};
 use sluice_common::stats::Lb;
 use sluice_util::{
-    control::{stamp, Asked, ControlSignals, Stamp},
+    control::{Asked, ControlSignals, FileWatch, WATCH_INTERVAL},
     load::{CapacityEstimate, LoadReport},
 };
 use tokio::{
@@ -103,7 +103,9 @@ pub enum CommandError {
 struct Agent {
     path: PathBuf,
     config: Config,
-    file_stamp: Stamp,
+    /// `run --xdp-mode`, which stands in for the file's `node.xdp_mode` at every reload.
+    mode_override: Option<config::XdpMode>,
+    watch: FileWatch,
     dp: DataPlane,
     ids: Ids,
     applied: Applied,
@@ -126,6 +128,9 @@ struct Agent {
     last_sample: Option<(Instant, Counts)>,
     shield: Shield,
     pull_tx: mpsc::UnboundedSender<Pulled>,
+    /// Gateways whose block candidates are being fetched: one fetch each at a time, so a
+    /// gateway slower than the pull interval does not pile connections up.
+    pulling: HashSet<IpAddr>,
     /// Announces the VIPs over BGP when `[bgp]` is configured.
     bgp: Option<Announcer>,
     /// The maps hold the current plan: the last apply succeeded.
@@ -147,6 +152,8 @@ struct Agent {
     flow_count: std::sync::Arc<dashboard::FlowCount>,
     /// The status the dashboard pages were last given, when, and the shield's size.
     page_status: Option<(Instant, (Status, usize))>,
+    /// The admin token in force, shared with the admin API.
+    admin_token: admin::SharedToken,
 }
 
 /// Moves IPv4 flows an earlier version pinned in the dual-stack table to the IPv4 one.
@@ -163,9 +170,19 @@ fn migrate_v4_flows(dp: &mut DataPlane) -> Result<()> {
     Ok(())
 }
 
+/// The files the config reads besides itself, which a change to reloads as a change to the
+/// config does: the admin token file.
+fn read_with(config: &config::Config) -> Vec<PathBuf> {
+    config.admin.token_file.iter().cloned().collect()
+}
+
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place on exit.
 pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Result<()> {
+    // Before the file is read: a change made while the agent starts is reloaded.
+    let mut watch = FileWatch::new(path);
     let mut config = config::load(path)?;
+    watch.also(read_with(&config));
+    warn_of_flood_sizing(&config);
     if let Some(m) = mode {
         config.node.xdp_mode = m;
     }
@@ -210,7 +227,8 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     let (pull_tx, mut pull_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         path: path.to_owned(),
-        file_stamp: stamp(path),
+        mode_override: mode,
+        watch,
         config,
         dp,
         ids,
@@ -230,6 +248,7 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         last_sample: None,
         shield,
         pull_tx,
+        pulling: HashSet::new(),
         bgp: None,
         synced: false,
         health_settled: false,
@@ -239,11 +258,20 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         vip_counts: HashMap::new(),
         flow_count: Default::default(),
         page_status: None,
+        admin_token: Default::default(),
         drops: [Lb::FibFailure, Lb::NoBackend]
             .into_iter()
             .map(|o| (o, None, 0.0))
             .collect(),
     };
+    // A backend adopted within its down grace gets a whole grace from now: the one it was in
+    // began under the last agent, at a time not recorded.
+    let grace_ends = Instant::now() + Duration::from_millis(agent.config.node.down_grace_ms);
+    for (a, s) in &agent.status {
+        if s.grace {
+            agent.grace_until.insert(*a, grace_ends);
+        }
+    }
     agent.check_node();
     agent.apply().context("writing the initial state")?;
     // BIRD is started (or told to announce nothing) only once the maps are written; the
@@ -259,14 +287,18 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         crate::dataplane::pinned_maps_dir(&agent.config.node.pin_dir),
         agent.config.node.flow_table_size as usize,
     );
+    agent.take_admin_token();
     tokio::spawn(admin::serve(
         listener,
         cmd_tx,
         std::sync::Arc::new(agent.config.admin.host_names.clone()),
+        agent.admin_token.clone(),
     ));
 
     let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut look = tokio::time::interval(WATCH_INTERVAL);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pull_every = agent.config.shield.pull_interval_ms;
     let mut pull_tick = tokio::time::interval(Duration::from_millis(pull_every));
     loop {
@@ -281,10 +313,12 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
                 Asked::Reload => agent.reload("SIGHUP"),
                 Asked::Stop => break,
             },
-            _ = tick.tick() => {
-                if stamp(&agent.path) != agent.file_stamp {
+            _ = look.tick() => {
+                if agent.watch.settled_change(&agent.path) {
                     agent.reload("file change");
                 }
+            }
+            _ = tick.tick() => {
                 agent.sample_rates();
                 agent.record_history();
                 agent.check_node();
@@ -336,6 +370,11 @@ impl Agent {
             .collect();
         self.loads.retain(|addr, _| known.contains(addr));
         self.estimates.retain(|addr, _| known.contains(addr));
+        // And what was known of them: one added again later starts from nothing (down
+        // until its probe says otherwise, with no drain or weight of the old entry), not
+        // from a health its probe stopped checking when it left.
+        self.status.retain(|addr, _| known.contains(addr));
+        self.grace_until.retain(|addr, _| known.contains(addr));
         let mut wanted = HashSet::new();
         for v in &self.config.vips {
             let check = v.check(&self.config.health).clone();
@@ -373,6 +412,11 @@ impl Agent {
     }
 
     fn on_health(&mut self, t: Transition) {
+        // A verdict its probe sent before the backend left the config (the probe is
+        // aborted, but what it queued still arrives): nothing of it may be kept.
+        if !self.known(&t.addr) {
+            return;
+        }
         let first = !self.status.contains_key(&t.addr);
         let s = self.status.entry(t.addr).or_default();
         let (healthy, not_ready) = match t.health {
@@ -446,8 +490,19 @@ impl Agent {
         if !self.known(&addr) {
             return Err(CommandError::UnknownBackend(addr));
         }
+        let before = self.status.get(&addr).cloned();
         f(self.status.entry(addr).or_default());
-        self.apply().map_err(CommandError::Apply)
+        if let Err(e) = self.apply() {
+            // Not applied, so not recorded either: a change left in place would fail every
+            // later apply and reload with it.
+            match before {
+                Some(status) => self.status.insert(addr, status),
+                None => self.status.remove(&addr),
+            };
+            let _ = self.apply();
+            return Err(CommandError::Apply(e));
+        }
+        Ok(())
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -514,38 +569,49 @@ impl Agent {
     }
 
     fn reload(&mut self, why: &str) {
-        self.file_stamp = stamp(&self.path);
-        let new = match config::load(&self.path) {
+        self.watch.reading(&self.path);
+        let mut new = match config::load(&self.path) {
             Ok(c) => c,
-            Err(e) => {
-                error!(error = %e, trigger = why, "config refused; the last valid config stays in force");
-                self.reloads_failed += 1;
-                self.last_error = Some(e.to_string());
-                return;
-            }
+            Err(e) => return self.refused(why, e.to_string()),
         };
-        // A config whose tables cannot be built is refused before anything changes.
+        if let Some(m) = self.mode_override {
+            new.node.xdp_mode = m;
+        }
+        // A setting taken at start that the file changes, or tables that cannot be built,
+        // refuse the file before anything changes.
+        if let Err(e) = config::restart_needed(&self.config, &new) {
+            return self.refused(why, e.in_file(&self.path).to_string());
+        }
         if let Err(e) = controller::plan(&new, &self.status, &mut self.ids.clone()) {
-            error!(error = %e, trigger = why, "config refused; the last valid config stays in force");
-            self.reloads_failed += 1;
-            self.last_error = Some(e.to_string());
-            return;
+            return self.refused(why, e.to_string());
         }
         let old = std::mem::replace(&mut self.config, new);
-        if let Err(e) = self.reattach(&old) {
-            error!(error = %e, "config refused: interfaces; the last valid config stays in force");
-            self.config = old;
-            self.reloads_failed += 1;
-            self.last_error = Some(e.to_string());
-            return;
-        }
+        let added = match self.attach_added(&old) {
+            Ok(added) => added,
+            Err(e) => {
+                self.config = old;
+                return self.refused(why, format!("interfaces: {e}"));
+            }
+        };
         if let Err(e) = self.apply() {
-            error!(error = %e, "config refused; the last valid config stays in force");
+            // Back to the config in force: the interfaces it added go, and the ones it
+            // removed were never let go.
+            detach(&self.config.node.pin_dir, &added);
             self.config = old;
-            self.reloads_failed += 1;
-            self.last_error = Some(e.to_string());
             let _ = self.apply();
-            return;
+            return self.refused(why, e.to_string());
+        }
+        let removed: Vec<String> = old
+            .node
+            .interfaces
+            .iter()
+            .filter(|i| !self.config.node.interfaces.contains(i))
+            .cloned()
+            .collect();
+        detach(&old.node.pin_dir, &removed);
+        if !added.is_empty() {
+            // Their sysctls now, not at the next tick's checks (`manage_sysctls`).
+            self.check_node();
         }
         self.sync_probes();
         self.sync_bgp();
@@ -554,6 +620,14 @@ impl Agent {
                 error!(error = %e, "turning the shield off failed");
             }
         }
+        if old.flood_guard != self.config.flood_guard {
+            warn_of_flood_sizing(&self.config);
+        }
+        if old.admin.token.is_some() && self.config.admin.token.is_none() {
+            warn!("admin.token_file removed: changes through the admin API are now taken from loopback only, without a token");
+        }
+        self.take_admin_token();
+        self.watch.also(read_with(&self.config));
         self.config_generation += 1;
         self.reloads_ok += 1;
         self.last_error = None;
@@ -564,21 +638,66 @@ impl Agent {
         );
     }
 
-    /// Attaches to interfaces added by a reload and detaches from removed ones.
-    fn reattach(&mut self, old: &Config) -> Result<(), AttachError> {
+    /// Puts the config's admin token in force.
+    fn take_admin_token(&self) {
+        self.admin_token
+            .store(self.config.admin.token.clone().map(std::sync::Arc::new));
+    }
+
+    /// Records a refused reload: the config in force stays.
+    fn refused(&mut self, why: &str, error: String) {
+        error!(error = %error, trigger = why, "config refused; the last valid config stays in force");
+        self.reloads_failed += 1;
+        self.last_error = Some(error);
+    }
+
+    /// Attaches to the interfaces a reload adds (those `old` does not have), returning
+    /// them; if one fails, those attached before it are detached again.
+    fn attach_added(&mut self, old: &Config) -> Result<Vec<String>, AttachError> {
         let pin_dir = self.config.node.pin_dir.clone();
+        let mut added = Vec::new();
         for iface in &self.config.node.interfaces {
-            if !old.node.interfaces.contains(iface) {
-                attach::attach(&mut self.dp, &pin_dir, iface, self.config.node.xdp_mode)?;
+            if old.node.interfaces.contains(iface) {
+                continue;
             }
-        }
-        for iface in &old.node.interfaces {
-            if !self.config.node.interfaces.contains(iface) {
-                let link = old.node.pin_dir.join("links").join(iface);
-                let _ = std::fs::remove_file(link);
-                info!(iface, "detached");
+            if let Err(e) = attach::attach(&mut self.dp, &pin_dir, iface, self.config.node.xdp_mode)
+            {
+                detach(&pin_dir, &added);
+                return Err(e);
             }
+            added.push(iface.clone());
         }
-        Ok(())
+        Ok(added)
+    }
+}
+
+/// Detaches the program from `ifaces` by unpinning their links under `pin_dir`.
+fn detach(pin_dir: &Path, ifaces: &[String]) {
+    for iface in ifaces {
+        let _ = std::fs::remove_file(pin_dir.join("links").join(iface));
+        info!(iface, "detached");
+    }
+}
+
+/// How long, at least, an idle flow should keep its entry under a flood just below the
+/// guard's limit before the agent warns of the flow table's size (the defaults keep 2.6 s
+/// on 2 CPUs and warn from 3 CPUs on).
+const IDLE_ENTRY_WARN_SECONDS: f64 = 2.0;
+
+/// Warns when a flood just below the flood guard's limit would evict flows idle for less
+/// than [`IDLE_ENTRY_WARN_SECONDS`] (see [`config::FloodGuard::idle_entry_seconds`]).
+fn warn_of_flood_sizing(config: &Config) {
+    let guard = &config.flood_guard;
+    let cpus = config::possible_cpus();
+    let seconds = guard.idle_entry_seconds(config.node.flow_table_size, cpus);
+    if guard.enabled && seconds < IDLE_ENTRY_WARN_SECONDS {
+        warn!(
+            flow_table_size = config.node.flow_table_size,
+            cpus,
+            new_flows_per_second = guard.new_flows_per_second,
+            "a flood just below the flood guard's limit evicts flows idle for {seconds:.1} s: \
+             a larger node.flow_table_size or a lower flood_guard.new_flows_per_second keeps \
+             them longer"
+        );
     }
 }

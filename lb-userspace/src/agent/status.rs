@@ -190,9 +190,12 @@ impl Agent {
                 .iter()
                 .map(|e| (e.name().to_string(), self.dp.flow_count(*e).unwrap_or(0)))
                 .collect(),
-            shield: self
-                .shield
-                .status(&self.dp, &self.config.shield, &self.config.flood_guard),
+            shield: self.shield.status(
+                &self.dp,
+                &self.config.shield,
+                &self.config.flood_guard,
+                self.config.node.flow_table_size,
+            ),
             bgp: self.bgp.as_ref().map(Announcer::status).unwrap_or_default(),
             node_checks: self.checks.clone(),
             drop_rates: self

@@ -47,6 +47,20 @@ pub enum BirdError {
     },
 }
 
+impl BirdError {
+    /// True when no BIRD is there: its control socket is missing, or nobody listens on it.
+    /// A BIRD that is there but slow to answer (a timeout) is not absent.
+    pub fn is_absent(&self) -> bool {
+        matches!(
+            self,
+            BirdError::Socket { source, .. } if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        )
+    }
+}
+
 /// The name of the static protocol holding the routes of `family` (4 or 6).
 fn static_name(family: u8) -> String {
     format!("sluice_vips{family}")
@@ -203,8 +217,12 @@ pub struct Control {
     writer: UnixStream,
 }
 
-/// How long one exchange with BIRD may take.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one exchange with BIRD may take (shorter in unit tests, which wait it out).
+const TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(5)
+};
 
 impl Control {
     /// Connects and reads BIRD's greeting.

@@ -6,14 +6,21 @@
 //! that set changes, and withdraws everything before a graceful stop.
 
 pub mod bird;
+mod speaker;
 
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Bgp;
-use bird::{BirdError, Control, Protocol};
+use bird::BirdError;
+use speaker::{Job, Shared};
 
 /// The BGP part of `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,72 +59,56 @@ pub struct Session {
     pub info: String,
 }
 
-/// What BIRD is told to announce.
+/// What BIRD is told to announce: the agent's side. BIRD itself is driven from a thread of
+/// its own ([`speaker`]), so that a BIRD slow to answer never holds up the agent.
 pub struct Announcer {
     bgp: Bgp,
-    /// What BIRD was last told, once it was told anything.
-    announced: Option<BTreeSet<IpAddr>>,
     /// The addresses and why each is or is not wanted, from the agent's last decision.
     wanted: Vec<Announcement>,
+    /// The set last handed to the thread.
+    sent: Option<BTreeSet<IpAddr>>,
     maintenance: bool,
-    sessions: Vec<Protocol>,
-    error: Option<String>,
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 /// The file in `bird_dir` whose presence means maintenance.
 const MAINTENANCE_FILE: &str = "maintenance";
 
-/// How long the agent waits for a BIRD it started to open its control socket.
-const START_WAIT: Duration = Duration::from_secs(5);
+/// How long an exchange with BIRD may go on before `status` reports BIRD as stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(15);
 
 impl Announcer {
-    /// Starts BIRD on a config with nothing to announce, unless one is running already: a
-    /// BIRD left by a previous agent keeps its announcements until the first
-    /// [`Announcer::announce`], which the agent calls once its maps are written.
+    /// Starts the BIRD thread, which starts BIRD on a config with nothing to announce,
+    /// unless one is running already: a BIRD left by a previous agent keeps its
+    /// announcements until the first [`Announcer::announce`], which the agent calls once
+    /// its maps are written.
     ///
-    /// A failure is reported in [`Announcer::status`] and retried by [`Announcer::poll`]:
-    /// the data plane forwards whether or not BIRD can be driven.
+    /// A failure is reported in [`Announcer::status`] and retried at each
+    /// [`Announcer::poll`]: the data plane forwards whether or not BIRD can be driven.
     pub fn start(bgp: &Bgp) -> Self {
-        let mut a = Announcer {
-            bgp: bgp.clone(),
-            announced: None,
-            wanted: Vec::new(),
-            maintenance: bgp.bird_dir.join(MAINTENANCE_FILE).exists(),
-            sessions: Vec::new(),
-            error: None,
-        };
-        if a.maintenance {
+        let maintenance = bgp.bird_dir.join(MAINTENANCE_FILE).exists();
+        if maintenance {
             warn!("in BGP maintenance (set before this start): nothing is announced");
         }
-        // A BIRD that answers was left by a previous agent: it announces what that agent
-        // decided, which the pinned maps still forward. It keeps announcing that until
-        // this agent's first decision (`announce`, which the agent calls once its maps are
-        // written, and which always tells BIRD since nothing was told yet). Telling it to
-        // announce nothing here would withdraw every VIP and announce it again moments
-        // later: a flap at every router at each agent restart.
-        if Control::connect(&bgp.bird_socket).is_ok() {
-            info!("BIRD is running: it keeps its announcements until this agent decides");
-            return a;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        Announcer {
+            bgp: bgp.clone(),
+            wanted: Vec::new(),
+            sent: None,
+            maintenance,
+            jobs: speaker::spawn(bgp.clone(), shared.clone()),
+            shared,
         }
-        // Otherwise BIRD starts announcing nothing; the VIPs follow with the first decision.
-        if let Err(e) = a.push(&BTreeSet::new()) {
-            error!(error = %e, "starting BIRD failed; retrying each second");
-            a.error = Some(e.to_string());
-        }
-        a
     }
 
-    /// Applies a reloaded `[bgp]` section (peers, timers, paths).
+    /// Applies a reloaded `[bgp]` section (peers, timers).
     pub fn reconfigure(&mut self, bgp: &Bgp) {
         if *bgp == self.bgp {
             return;
         }
         self.bgp = bgp.clone();
-        let current = self.announced.clone().unwrap_or_default();
-        if let Err(e) = self.push(&current) {
-            error!(error = %e, "applying the new [bgp] section to BIRD failed");
-            self.error = Some(e.to_string());
-        }
+        let _ = self.jobs.send(Job::Config(bgp.clone()));
     }
 
     /// Sets the maintenance switch, kept in `bird_dir` so that it survives a restart; the
@@ -153,7 +144,8 @@ impl Announcer {
     }
 
     /// Announces exactly the wanted addresses of `decision` (or none in maintenance),
-    /// telling BIRD only when that changes.
+    /// handing BIRD's thread the set only when it changes (the thread retries a set that
+    /// failed by itself).
     pub fn announce(&mut self, decision: Vec<Announcement>) {
         let mut decision = decision;
         if self.maintenance {
@@ -167,32 +159,17 @@ impl Announcer {
             .filter(|d| d.announced)
             .map(|d| d.address)
             .collect();
+        let reasons = decision
+            .iter()
+            .filter(|d| !d.announced)
+            .map(|d| (d.address, d.reason.clone()))
+            .collect();
         self.wanted = decision;
-        if self.announced.as_ref() == Some(&set) {
+        if self.sent.as_ref() == Some(&set) {
             return;
         }
-        let before = self.announced.clone().unwrap_or_default();
-        match self.push(&set) {
-            Ok(()) => {
-                for a in set.difference(&before) {
-                    info!(vip = %a, "announcing over BGP");
-                }
-                for a in before.difference(&set) {
-                    let why = self
-                        .wanted
-                        .iter()
-                        .find(|d| d.address == *a)
-                        .map_or("no longer configured", |d| d.reason.as_str());
-                    warn!(vip = %a, reason = why, "withdrawn from BGP");
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "telling BIRD what to announce failed; retrying each second");
-                self.error = Some(e.to_string());
-                // Unknown state: the next call pushes again.
-                self.announced = None;
-            }
-        }
+        self.sent = Some(set.clone());
+        let _ = self.jobs.send(Job::Want { set, reasons });
     }
 
     /// Records `decision` for `status` without telling BIRD anything: for an agent whose
@@ -205,8 +182,9 @@ impl Announcer {
         self.wanted = decision;
     }
 
-    /// Withdraws everything (a graceful stop), then waits `withdraw_delay_ms` so the
-    /// routers move the flows before the agent goes.
+    /// Withdraws everything (a graceful stop): waits, a few seconds at most, for BIRD to
+    /// be told, then `withdraw_delay_ms` so the routers move the flows before the agent
+    /// goes.
     pub async fn withdraw_and_wait(&mut self) {
         let decision: Vec<Announcement> = std::mem::take(&mut self.wanted)
             .into_iter()
@@ -217,6 +195,11 @@ impl Announcer {
             })
             .collect();
         self.announce(decision);
+        let told = self.settled();
+        let waited = tokio::task::spawn_blocking(move || told.recv_timeout(STALLED_AFTER)).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            warn!("BIRD did not take the withdrawal in time");
+        }
         let wait = Duration::from_millis(self.bgp.withdraw_delay_ms);
         info!(
             wait_ms = wait.as_millis() as u64,
@@ -225,59 +208,34 @@ impl Announcer {
         tokio::time::sleep(wait).await;
     }
 
-    /// Reads the sessions' state; restarts BIRD if it is gone (announcing again what was
-    /// announced).
+    /// Reads the sessions' state; restarts a BIRD that is gone (announcing again what was
+    /// announced), and retries what failed. Done by BIRD's thread: this returns at once.
     pub fn poll(&mut self) {
-        match Control::connect(&self.bgp.bird_socket).and_then(|mut c| c.protocols()) {
-            Ok(p) => {
-                self.sessions = p;
-                if self.announced.is_some() {
-                    self.error = None;
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "BIRD does not answer; starting it again");
-                self.error = Some(e.to_string());
-                self.sessions.clear();
-                let current = self.announced.take().unwrap_or_default();
-                if let Err(e) = self.push(&current) {
-                    error!(error = %e, "restarting BIRD failed");
-                    self.error = Some(e.to_string());
-                }
-            }
-        }
+        let _ = self.jobs.send(Job::Poll);
     }
 
-    /// Writes the files for `set` and makes BIRD apply them.
-    fn push(&mut self, set: &BTreeSet<IpAddr>) -> Result<(), BirdError> {
-        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = set.iter().partition(|a| a.is_ipv4());
-        bird::write_all(&self.bgp, &v4, &v6)?;
-        match Control::connect(&self.bgp.bird_socket) {
-            Ok(mut c) => c.configure()?,
-            Err(_) => {
-                bird::start(&self.bgp)?;
-                self.wait_for_socket()?;
-            }
-        }
-        self.announced = Some(set.clone());
-        self.error = None;
-        Ok(())
-    }
-
-    fn wait_for_socket(&self) -> Result<(), BirdError> {
-        let start = std::time::Instant::now();
-        loop {
-            match Control::connect(&self.bgp.bird_socket) {
-                Ok(_) => return Ok(()),
-                Err(e) if start.elapsed() > START_WAIT => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+    /// A receiver that answers once BIRD's thread has done every job handed to it so far.
+    fn settled(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        let _ = self.jobs.send(Job::Sync(tx));
+        rx
     }
 
     /// The BGP part of `status`.
     pub fn status(&self) -> BgpStatus {
-        let announced = self.announced.clone().unwrap_or_default();
+        let shared = speaker::lock(&self.shared);
+        let announced = shared.announced.clone().unwrap_or_default();
+        let stalled = shared
+            .busy_since
+            .map(|t| t.elapsed())
+            .filter(|d| *d > STALLED_AFTER);
+        let error = match stalled {
+            Some(d) => Some(format!(
+                "BIRD has not answered for {} s (stalled?)",
+                d.as_secs()
+            )),
+            None => shared.error.clone(),
+        };
         BgpStatus {
             enabled: true,
             maintenance: self.maintenance,
@@ -303,7 +261,7 @@ impl Announcer {
                 .enumerate()
                 .map(|(i, p)| {
                     let name = bird::peer_name(i);
-                    let found = self.sessions.iter().find(|s| s.name == name);
+                    let found = shared.sessions.iter().find(|s| s.name == name);
                     Session {
                         peer: p.address.to_string(),
                         state: found.map_or("unknown".into(), |s| s.state.clone()),
@@ -311,8 +269,16 @@ impl Announcer {
                     }
                 })
                 .collect(),
-            error: self.error.clone(),
+            error,
         }
+    }
+}
+
+impl Drop for Announcer {
+    /// Ends BIRD's thread once it has done what it was handed (a last withdrawal, when the
+    /// `[bgp]` section is removed); BIRD itself runs on.
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Job::Stop);
     }
 }
 
@@ -349,6 +315,66 @@ mod tests {
         seen
     }
 
+    fn config(dir: &std::path::Path, socket: &std::path::Path) -> Bgp {
+        toml::from_str(&format!(
+            "local_as = 65001\nrouter_id = \"10.0.0.11\"\n\
+             peers = [{{ address = \"10.0.0.1\", as = 65000 }}]\n\
+             bird_socket = \"{}\"\nbird_dir = \"{}\"\nbird_binary = \"/nonexistent\"\n",
+            socket.display(),
+            dir.display()
+        ))
+        .expect("parse")
+    }
+
+    /// Ends `a`'s thread, which ends with its last exchange (and may write BIRD's files
+    /// there), then removes `dir`.
+    fn finish(a: Announcer, dir: &std::path::Path) {
+        drop(a);
+        drop(speaker::TURN.lock());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A BIRD that takes connections and never answers (stopped, or wedged) holds up
+    /// nothing the agent does, and is reported, not started a second time beside itself.
+    #[test]
+    fn a_bird_that_does_not_answer_holds_nothing_up_and_is_not_started_twice() {
+        let dir = std::env::temp_dir().join(format!("sluice-bgp-mute-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = dir.join("bird.ctl");
+        // Listening, so connections queue, but never accepted nor answered.
+        let _mute = UnixListener::bind(&socket).expect("bind");
+        let bgp = config(&dir, &socket);
+        let vip: IpAddr = "198.51.100.1".parse().expect("literal");
+        let began = std::time::Instant::now();
+        let mut a = Announcer::start(&bgp);
+        for _ in 0..3 {
+            a.announce(vec![Announcement {
+                address: vip,
+                announced: true,
+                reason: String::new(),
+            }]);
+            a.poll();
+            let _ = a.status();
+        }
+        let took = began.elapsed();
+        // BIRD's thread waits each exchange out meanwhile.
+        a.settled()
+            .recv_timeout(Duration::from_secs(30))
+            .expect("BIRD's thread goes on");
+        let status = a.status();
+        finish(a, &dir);
+        assert!(
+            took < Duration::from_millis(200),
+            "the agent waited {took:?}"
+        );
+        let error = status.error.expect("the silence is reported");
+        assert!(
+            !error.contains("nonexistent"),
+            "a second BIRD was started: {error}"
+        );
+        assert!(!status.vips[0].announced, "{:?}", status.vips);
+    }
+
     /// An agent that starts while a BIRD from a previous agent runs leaves its
     /// announcements alone, through decisions held back, until its own first decision,
     /// which it then pushes: a withdrawal in between would make every router move the
@@ -358,16 +384,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-bgp-start-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let socket = dir.join("bird.ctl");
-        let bgp: Bgp = toml::from_str(&format!(
-            "local_as = 65001\nrouter_id = \"10.0.0.11\"\n\
-             peers = [{{ address = \"10.0.0.1\", as = 65000 }}]\n\
-             bird_socket = \"{}\"\nbird_dir = \"{}\"\nbird_binary = \"/nonexistent\"\n",
-            socket.display(),
-            dir.display()
-        ))
-        .expect("parse");
+        let bgp = config(&dir, &socket);
         let seen = fake_bird(&socket);
         let mut a = Announcer::start(&bgp);
+        a.settled().recv().expect("BIRD's thread");
         let vip: IpAddr = "198.51.100.1".parse().expect("literal");
         // A decision held back while the agent's view forms is shown, not told.
         a.hold(vec![Announcement {
@@ -382,10 +402,11 @@ mod tests {
             announced: true,
             reason: String::new(),
         }]);
+        a.settled().recv().expect("BIRD's thread");
         let routes = std::fs::read_to_string(dir.join("vips4.conf")).unwrap_or_default();
         let commands = seen.lock().expect("lock").clone();
         let status = a.status();
-        let _ = std::fs::remove_dir_all(&dir);
+        finish(a, &dir);
         assert!(
             untouched,
             "start told the running BIRD something: {commands:?}"

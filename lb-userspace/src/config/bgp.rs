@@ -113,9 +113,7 @@ impl Bgp {
             if p.asn == 0 {
                 return refuse(format!("peers[{i}].as"), "must be between 1 and 4294967295");
             }
-            if p.address.is_unspecified() || p.address.is_multicast() {
-                return refuse(format!("peers[{i}].address"), "not a unicast address");
-            }
+            super::unicast(p.address).or_else(|why| refuse(format!("peers[{i}].address"), why))?;
             if self.peers[..i].iter().any(|q| q.address == p.address) {
                 return refuse(format!("peers[{i}].address"), "duplicate peer");
             }

@@ -21,9 +21,11 @@ use sluice_util::{
 use crate::maglev::is_prime;
 
 mod bgp;
+mod restart;
 mod shield;
 pub use bgp::{parse_community, Bfd, Bgp, Peer};
-pub use shield::{FloodGuard, Shield};
+pub use restart::restart_needed;
+pub use shield::{possible_cpus, FloodGuard, Shield};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -241,6 +243,16 @@ pub struct Admin {
     /// a web page cannot rebind its own name to this listener and read it.
     #[serde(default)]
     pub host_names: Vec<String>,
+    /// A file holding the token that requests changing state (drain, weight, block,
+    /// maintenance) must present as `Authorization: Bearer <token>` (the CLI's
+    /// `--token-file`): at least 32 visible ASCII characters, e.g. `openssl rand -hex 32`.
+    /// Without it such requests are taken only from loopback. Reads stay open. Read again
+    /// at each reload.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token `token_file` held when the config was loaded.
+    #[serde(skip)]
+    pub token: Option<sluice_util::admin::Token>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -252,6 +264,8 @@ impl Default for Admin {
         Self {
             listen: default_admin(),
             host_names: Vec::new(),
+            token_file: None,
+            token: None,
         }
     }
 }
@@ -260,10 +274,12 @@ impl Default for Admin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
-    /// A TCP connect.
-    #[default]
+    /// A TCP connect: up or down, nothing more.
     Tcp,
-    /// An HTTP/1.1 GET whose status must match.
+    /// An HTTP/1.1 GET whose status must match (the default: the gateway's `/readyz` on
+    /// its admin port, whose answer also says when it drains, carries its load report and
+    /// is where its shield candidates are pulled).
+    #[default]
     Http,
 }
 
@@ -427,8 +443,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     validated(path, parse_toml(path, text)?)
 }
 
-fn validated(path: &Path, config: Config) -> Result<Config, ConfigError> {
+fn validated(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
     validate(&config).map_err(|e| e.in_file(path))?;
+    if let Some(file) = &mut config.admin.token_file {
+        // Relative to the config file, as the gateway's files are.
+        if let Some(dir) = path.parent() {
+            *file = dir.join(&*file);
+        }
+        let token = sluice_util::admin::Token::read(file)
+            .map_err(|e| FieldError::new("admin.token_file", e).in_file(path))?;
+        config.admin.token = Some(token);
+    }
     Ok(config)
 }
 
@@ -486,6 +511,14 @@ fn check_node(n: &Node) -> Result<(), FieldError> {
     }
     if n.tunnel_source_v6.is_some_and(|a| !a.is_ipv6()) {
         return refuse("tunnel_source_v6", "must be an IPv6 address");
+    }
+    for (field, source) in [
+        ("tunnel_source_v4", n.tunnel_source_v4),
+        ("tunnel_source_v6", n.tunnel_source_v6),
+    ] {
+        if let Some(a) = source {
+            unicast(a).or_else(|why| refuse(field, why))?;
+        }
     }
     if n.source_entropy_bits > 16 {
         return refuse("source_entropy_bits", "must be between 0 and 16");
@@ -548,9 +581,14 @@ fn check_vip<'a>(
     if v.port == 0 {
         return refuse("port", "must not be 0");
     }
-    if v.address.is_unspecified() || v.address.is_multicast() {
-        return refuse("address", "must be a unicast address");
+    if v.weights == WeightMode::Load && v.check(&c.health).kind == CheckKind::Tcp {
+        return refuse(
+            "weights",
+            "\"load\" needs an http health check: the load reports come in the gateways' \
+             readiness answers, which a tcp check never reads",
+        );
     }
+    unicast(v.address).or_else(|why| refuse("address", why))?;
     if !is_prime(v.table_size) || v.table_size > MAX_TABLE_SIZE {
         return refuse(
             "table_size",
@@ -585,11 +623,27 @@ fn check_vip<'a>(
     Ok(())
 }
 
+/// Why `a` cannot be a VIP's, a backend's, a tunnel's or a peer's address, if it cannot: one
+/// not unicast, or an IPv4 address written as IPv4-mapped IPv6 (`::ffff:10.0.0.1`), which
+/// would be taken as an IPv6 address that no IPv4 packet carries and no IPv6 route reaches
+/// (a health check of it would still pass, over IPv4).
+pub(crate) fn unicast(a: IpAddr) -> Result<(), String> {
+    if a.is_unspecified() || a.is_multicast() {
+        return Err("must be a unicast address".into());
+    }
+    if let IpAddr::V6(v6) = a {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(format!(
+                "an IPv4-mapped IPv6 address; write the IPv4 address {v4}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One backend on its own; fields relative to it.
 fn check_backend(node: &Node, b: &BackendConfig) -> Result<(), FieldError> {
-    if b.address.is_unspecified() || b.address.is_multicast() {
-        return refuse("address", "must be a unicast address");
-    }
+    unicast(b.address).or_else(|why| refuse("address", why))?;
     if b.weight > 1000 {
         return refuse("weight", "must be between 0 and 1000");
     }
@@ -637,7 +691,48 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/lb.example.toml"));
         let c = load(path).expect("the shipped example must stay valid");
         assert_eq!(c.vips.len(), 2);
-        assert_eq!(c.vips[1].check(&c.health).port, 443);
+        assert_eq!(c.vips[1].check(&c.health).port, 80);
+        assert_eq!(c.vips[1].check(&c.health).kind, CheckKind::Tcp);
+        // The gateways' example serves the VIPs' port and readiness where the probes go.
+        let gateway = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../gateway/gateway.example.toml"
+        ))
+        .expect("the gateway's example");
+        assert!(gateway.contains("listen = \"0.0.0.0:9000\""));
+        assert!(gateway.contains(&format!("address = \"0.0.0.0:{}\"", c.vips[0].port)));
+        assert_eq!(c.health.port, 9000);
+    }
+
+    /// The admin token file is read with the config, from the config file's directory when
+    /// relative, and refused with its field when unfit.
+    #[test]
+    fn the_admin_token_file_is_read_beside_the_config() {
+        let dir = std::env::temp_dir().join(format!("sluice-lb-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = "0123456789abcdef0123456789abcdef";
+        std::fs::write(dir.join("admin.token"), format!("{token}\n")).expect("token");
+        std::fs::set_permissions(
+            dir.join("admin.token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+        std::fs::write(dir.join("short.token"), "short\n").expect("token");
+        let with = |file: &str| format!("[admin]\ntoken_file = \"{file}\"\n{GOOD}");
+        let good = parse(&dir.join("lb.toml"), &with("admin.token"));
+        let short = parse(&dir.join("lb.toml"), &with("short.token"));
+        let missing = parse(&dir.join("lb.toml"), &with("none.token"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let good = good.expect("valid");
+        assert_eq!(good.admin.token_file, Some(dir.join("admin.token")));
+        assert_eq!(
+            good.admin.token.map(|t| t.header_value()),
+            Some(format!("Bearer {token}"))
+        );
+        for e in [short, missing] {
+            let e = e.expect_err("refused").to_string();
+            assert!(e.contains("lb.toml: admin.token_file: "), "{e}");
+        }
     }
 
     #[test]
@@ -675,10 +770,18 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
              "lb.toml: vip[1].backends[0].address: vip[0] health-checks this backend differently; one backend has one check"),
             (GOOD.replace("[\"eth0\"]", "[]"),
              "lb.toml: node.interfaces: at least one interface is required"),
+            (GOOD.replace("\"10.1.0.12\"", "\"::ffff:10.1.0.12\"").replace("tunnel_source_v4 = \"10.1.0.1\"", "tunnel_source_v4 = \"10.1.0.1\"\ntunnel_source_v6 = \"fd00::1\""),
+             "lb.toml: vip[0].backends[1].address: an IPv4-mapped IPv6 address; write the IPv4 address 10.1.0.12"),
+            (GOOD.replace("\"198.51.100.1\"", "\"::ffff:198.51.100.1\""),
+             "lb.toml: vip[0].address: an IPv4-mapped IPv6 address; write the IPv4 address 198.51.100.1"),
+            (GOOD.replace("tunnel_source_v4 = \"10.1.0.1\"", "tunnel_source_v4 = \"10.1.0.1\"\ntunnel_source_v6 = \"::ffff:10.1.0.1\""),
+             "lb.toml: node.tunnel_source_v6: an IPv4-mapped IPv6 address; write the IPv4 address 10.1.0.1"),
             (GOOD.replace("kind = \"http\"", "kind = \"http\"\npath = \"readyz\""),
              "lb.toml: health.path: must start with '/'"),
             (format!("{GOOD}\n[[vip]]\naddress = \"198.51.100.1\"\nport = 80\nprotocol = \"tcp\"\n"),
              "lb.toml: vip[1]: duplicate VIP (same address, port and protocol)"),
+            (GOOD.replace("kind = \"http\"", "kind = \"tcp\"").replace("protocol = \"tcp\"", "protocol = \"tcp\"\nweights = \"load\""),
+             "lb.toml: vip[0].weights: \"load\" needs an http health check: the load reports come in the gateways' readiness answers, which a tcp check never reads"),
         ];
         for (text, want) in cases {
             assert_eq!(refuse(&text), want);

@@ -120,11 +120,48 @@ impl FloodGuard {
         Ok(())
     }
 
+    /// How long an idle flow keeps its entry, at least, under a flood just below the limit,
+    /// for a flow table of `flow_table_size` entries on `cpus` possible CPUs: each CPU
+    /// evicts from its own share of the table (the tables keep an LRU list per CPU), so a
+    /// flood spread over the CPUs at the limit evicts every flow idle longer than
+    /// `share / limit` seconds. A node that must keep idle flows longer needs a larger
+    /// `flow_table_size` or a lower limit.
+    pub fn idle_entry_seconds(&self, flow_table_size: u32, cpus: u32) -> f64 {
+        f64::from(flow_table_size / cpus.max(1)) / f64::from(self.new_flows_per_second.max(1))
+    }
+
     /// The data plane's limit: new flows per CPU per window, 0 when the guard is off.
     pub fn limit_per_window(&self) -> u32 {
         if !self.enabled {
             return 0;
         }
         (u64::from(self.new_flows_per_second) / WINDOWS_PER_SECOND).max(1) as u32
+    }
+}
+
+/// The machine's possible CPUs (what the kernel sizes per-CPU state by), 1 if unreadable.
+pub fn possible_cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| aya::util::nr_cpus().map_or(1, |n| n.max(1) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each CPU's share of the table over the limit: what a flood just below the limit
+    /// leaves an idle flow.
+    #[test]
+    fn an_idle_flow_keeps_its_entry_for_its_cpus_share_over_the_limit() {
+        let guard = FloodGuard::default();
+        let at = |entries, cpus| guard.idle_entry_seconds(entries, cpus);
+        assert!((at(262_144, 2) - 2.62144).abs() < 1e-9);
+        assert!((at(262_144, 8) - 0.65536).abs() < 1e-9);
+        let slower = FloodGuard {
+            new_flows_per_second: 1000,
+            ..guard
+        };
+        assert!((slower.idle_entry_seconds(1 << 20, 4) - 262.144).abs() < 1e-9);
+        assert!(at(1024, 0).is_finite(), "no CPU count is taken as one");
     }
 }

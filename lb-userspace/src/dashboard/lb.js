@@ -115,7 +115,7 @@
         entries, "no prefixes blocked"),
       el("p", {}, "SYN-flood guard: ",
         fl.enabled ? badge(fl.cpus_flooding > 0 ? "flooding" : "ok") : el("span", { class: "muted" }, "off"),
-        fl.enabled ? ` limit ${number(fl.new_flows_per_second)} new flows/s per CPU; ${number(fl.inserts_skipped)} inserts skipped` : ""),
+        fl.enabled ? ` limit ${number(fl.new_flows_per_second)} new flows/s per CPU (an idle flow keeps its entry ${fl.idle_entry_seconds.toFixed(1)} s below it); ${number(fl.inserts_skipped)} inserts skipped` : ""),
       table("candidates pulled from gateways", ["gateway", "last pull", "candidates", "error"], gateways,
         "not pulling from gateways"));
   }

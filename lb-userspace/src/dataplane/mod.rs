@@ -29,6 +29,9 @@ pub use shield::{block_key, monotonic_ns, prefix_of};
 /// Errors from loading programs or touching maps.
 #[derive(Debug, Error)]
 pub enum DataPlaneError {
+    /// More tunnel-source prefixes than the map holds.
+    #[error("{0} tunnel source prefixes: at most {max}", max = sluice_common::MAX_DECAP_SOURCES)]
+    TooManyDecapSources(usize),
     /// The object could not be loaded (maps created, relocations applied).
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
@@ -129,6 +132,7 @@ pub const MAP_LAYOUTS: &[(&str, usize, usize)] = {
         (names::TX_PORTS, 4, 8),
         (names::DECAP_ADDRS, size_of::<AddrKey>(), 4),
         (names::DECAP_STATS, 4, 8),
+        (names::DECAP_SOURCES, 4 + size_of::<BlockKey>(), 4),
         (names::VIP_FILTER, 4, 8),
         (names::NEXT_HOPS, 4, size_of::<NextHop>()),
         (names::VIP_GENS, 4, 4),
@@ -208,6 +212,19 @@ impl Drop for Tables {
     }
 }
 
+/// Pinned maps that hold only counters or a cache, which a new build may size or lay out
+/// differently (a counter added to [`sluice_common::stats::Lb`] grows `SLUICE_LB_STATS`): a
+/// pinned one that is not this build's is replaced, its counts restarting, where any other
+/// map (flows, VIPs, blocks: state) is refused.
+pub const REMADE_ON_CHANGE: &[&str] = &[
+    names::LB_STATS,
+    names::DECAP_STATS,
+    names::BLOCK_REASONS,
+    names::VIP_STATS,
+    names::BACKEND_STATS,
+    names::NEXT_HOPS,
+];
+
 /// Refuses a pinned map whose layout is not this build's: key and value sizes, type and
 /// number of entries.
 fn check_pinned(
@@ -279,6 +296,29 @@ pub fn count_pinned_flows(maps_dir: &std::path::Path, limit: usize) -> Result<us
     Ok(v4.max(v6))
 }
 
+/// `sluice_decap`'s counters pinned under `maps_dir`, each summed over CPUs, read without
+/// loading the object (which would make a counter map of another size anew, taking it from
+/// the program still counting into it). An older build's map has fewer counters: those it
+/// lacks are `None`.
+pub fn pinned_decap_counts(maps_dir: &std::path::Path) -> Result<Vec<(Decap, Option<u64>)>> {
+    let name = names::DECAP_STATS;
+    let data = MapData::from_pin(maps_dir.join(name)).map_err(map_err(name))?;
+    let map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_err(name))?;
+    let held = map.len();
+    Decap::ALL
+        .iter()
+        .map(|d| {
+            let i = *d as u32;
+            if i >= held {
+                return Ok((*d, None));
+            }
+            let values = map.get(&i, 0).map_err(map_err(name))?;
+            Ok((*d, Some(values.iter().sum())))
+        })
+        .collect()
+}
+
 fn count_pinned<K: aya::Pod>(
     path: &std::path::Path,
     name: &'static str,
@@ -344,14 +384,26 @@ impl DataPlane {
                         (n, Some(size)) if n == names::FLOWS || n == names::FLOWS4 => Some(size),
                         _ => declared.map(|d| d.1),
                     };
-                    check_pinned(
+                    let checked = check_pinned(
                         &path,
                         name,
                         *key,
                         *value,
                         declared.map(|d| d.0),
                         wanted_entries,
-                    )?;
+                    );
+                    match checked {
+                        Err(e) if REMADE_ON_CHANGE.contains(name) => {
+                            // An earlier build counted fewer (or other) things: its counts
+                            // restart, as a counter's do when its process restarts.
+                            tracing::warn!(map = *name, "replacing a pinned map: {e}");
+                            std::fs::remove_file(&path).map_err(|e| DataPlaneError::Pin {
+                                path: path.clone(),
+                                reason: format!("removing it to make it anew: {e}"),
+                            })?;
+                        }
+                        checked => checked?,
+                    }
                 }
                 loader.map_pin_path(name, path);
             }
@@ -642,6 +694,55 @@ impl DataPlane {
         let mut map: HashMap<&mut MapData, sluice_common::AddrKey, u32> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         map.insert(addr::addr_key(ip), 1, 0).map_err(map_err(name))
+    }
+
+    /// Makes `prefixes` the outer sources `sluice_decap` accepts tunnels from, in place of
+    /// those before: others' tunnels are dropped (`refused_source`). Those no longer wanted
+    /// go first, so that a revoked source is never accepted after an error, and one wanted
+    /// in both lists is never missing. At most [`MAX_DECAP_SOURCES`] prefixes.
+    ///
+    /// [`MAX_DECAP_SOURCES`]: sluice_common::MAX_DECAP_SOURCES
+    pub fn set_decap_sources(&mut self, prefixes: &[ipnet::IpNet]) -> Result<()> {
+        use aya::maps::lpm_trie::LpmTrie;
+        let name = names::DECAP_SOURCES;
+        if prefixes.len() > sluice_common::MAX_DECAP_SOURCES as usize {
+            return Err(DataPlaneError::TooManyDecapSources(prefixes.len()));
+        }
+        let mut map: LpmTrie<&mut MapData, sluice_common::BlockKey, u32> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let wanted: Vec<_> = prefixes.iter().map(|p| shield::block_key(*p)).collect();
+        let stale: Vec<_> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in &stale {
+            map.remove(key).map_err(map_err(name))?;
+        }
+        for key in &wanted {
+            map.insert(key, 1, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// The outer source prefixes `sluice_decap` accepts tunnels from.
+    pub fn decap_sources(&self) -> Result<Vec<ipnet::IpNet>> {
+        use aya::maps::lpm_trie::LpmTrie;
+        let name = names::DECAP_SOURCES;
+        let map: LpmTrie<&MapData, sluice_common::BlockKey, u32> =
+            LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            if let Some(p) = shield::prefix_of(&key.map_err(map_err(name))?) {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The flow table's entry for `key`, if any, from the table of its family.

@@ -63,20 +63,38 @@ fn strictly_holds(outer: &IpNet, inner: &IpNet) -> bool {
     outer != inner && outer.contains(inner)
 }
 
+/// The keys of the entries `prefix` strictly holds, as a range of the map's order (address,
+/// then length): from its own address one bit longer to its last address at full length.
+/// `None` for a full-length prefix, which holds nothing else.
+fn inner_range(prefix: &IpNet) -> Option<std::ops::RangeInclusive<IpNet>> {
+    let first = IpNet::new(prefix.network(), prefix.prefix_len().checked_add(1)?).ok()?;
+    let last = IpNet::new(prefix.broadcast(), prefix.max_prefix_len()).ok()?;
+    Some(first..=last)
+}
+
+// A gateway's pull brings up to 4,096 candidates into a shield of up to 16,384 entries: the
+// entries around and inside a prefix are found by lookups in the ordered map, one per
+// shorter length and one range, not by a scan of every entry per candidate.
 impl Shield {
+    /// The entries wider than `prefix` that hold it: one lookup per shorter length.
+    fn holders<'a>(&'a self, prefix: &IpNet) -> impl Iterator<Item = &'a super::Block> + 'a {
+        let prefix = *prefix;
+        (0..prefix.prefix_len()).filter_map(move |len| {
+            let wider = IpNet::new(prefix.addr(), len).ok()?.trunc();
+            self.blocks.get(&wider)
+        })
+    }
+
     /// True when a wider entry already blocks `prefix` at least until `expires_ns`.
     pub(super) fn covered(&self, prefix: &IpNet, expires_ns: u64) -> bool {
-        self.blocks
-            .iter()
-            .any(|(p, b)| strictly_holds(p, prefix) && b.entry.expires_ns >= expires_ns)
+        self.holders(prefix)
+            .any(|b| b.entry.expires_ns >= expires_ns)
     }
 
     /// The latest expiry among the entries wider than `prefix` that hold it (0: none).
     pub(super) fn outlived_by(&self, prefix: &IpNet) -> u64 {
-        self.blocks
-            .iter()
-            .filter(|(p, _)| strictly_holds(p, prefix))
-            .map(|(_, b)| b.entry.expires_ns)
+        self.holders(prefix)
+            .map(|b| b.entry.expires_ns)
             .max()
             .unwrap_or(0)
     }
@@ -88,7 +106,10 @@ impl Shield {
         prefix: &IpNet,
         expires_ns: u64,
     ) -> Result<(), BlockError> {
-        for (p, b) in self.blocks.iter_mut() {
+        let Some(range) = inner_range(prefix) else {
+            return Ok(());
+        };
+        for (p, b) in self.blocks.range_mut(range) {
             if strictly_holds(prefix, p) && b.entry.expires_ns < expires_ns {
                 b.entry.expires_ns = expires_ns;
                 dp.set_block(*p, &b.entry)?;
@@ -193,6 +214,84 @@ mod tests {
             s.take(i);
         }
         assert_eq!(s.free(), None);
+    }
+
+    /// The indexed lookups find exactly what a scan of every entry finds, on random nested
+    /// prefixes of both families (a plain-Rust reference: the scan the lookups replaced).
+    mod lookups {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::prelude::*;
+        use sluice_common::BlockEntry;
+
+        use super::*;
+        use crate::shield::Block;
+
+        /// Prefixes in a small space, so that random ones nest often.
+        fn prefix() -> impl Strategy<Value = IpNet> {
+            prop_oneof![
+                (0u32..64, 0u8..=32).prop_map(|(host, len)| {
+                    let addr = Ipv4Addr::from(0x0a00_0000 | host << 2);
+                    IpNet::new(addr.into(), len).expect("len").trunc()
+                }),
+                (0u128..64, 0u8..=128).prop_map(|(host, len)| {
+                    let addr = Ipv6Addr::from(0x2001_0db8_u128 << 96 | host << 3);
+                    IpNet::new(addr.into(), len).expect("len").trunc()
+                }),
+            ]
+        }
+
+        fn shield(entries: &[(IpNet, u64)]) -> Shield {
+            let mut s = Shield::default();
+            for (p, expires_ns) in entries {
+                let entry = BlockEntry {
+                    expires_ns: *expires_ns,
+                    slot: 0,
+                    reason: 0,
+                };
+                s.blocks.insert(
+                    *p,
+                    Block {
+                        entry,
+                        note: String::new(),
+                    },
+                );
+            }
+            s
+        }
+
+        proptest! {
+            #[test]
+            fn holders_and_inner_entries_match_a_scan(
+                entries in proptest::collection::vec((prefix(), 1u64..100), 0..40),
+                query in prefix(),
+                expires in 1u64..100,
+            ) {
+                let s = shield(&entries);
+                let scan_covered = s.blocks.iter().any(|(p, b)| {
+                    strictly_holds(p, &query) && b.entry.expires_ns >= expires
+                });
+                let scan_outlived = s
+                    .blocks
+                    .iter()
+                    .filter(|(p, _)| strictly_holds(p, &query))
+                    .map(|(_, b)| b.entry.expires_ns)
+                    .max()
+                    .unwrap_or(0);
+                prop_assert_eq!(s.covered(&query, expires), scan_covered);
+                prop_assert_eq!(s.outlived_by(&query), scan_outlived);
+                let scan_inner: Vec<IpNet> = s
+                    .blocks
+                    .keys()
+                    .filter(|p| strictly_holds(&query, p))
+                    .copied()
+                    .collect();
+                let found: Vec<IpNet> = inner_range(&query)
+                    .map(|r| s.blocks.range(r).map(|(p, _)| *p).filter(|p| strictly_holds(&query, p)).collect())
+                    .unwrap_or_default();
+                prop_assert_eq!(found, scan_inner);
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! adopts what is pinned, and expired entries are swept every second (the data plane already
 //! ignores them, on the kernel's monotonic clock).
 
-mod bounds;
+pub(crate) mod bounds;
 pub mod pull;
 mod status;
 

@@ -27,6 +27,9 @@ pub enum PullError {
     /// The body was larger than [`MAX_BODY`] or not a candidates document.
     #[error("{0}")]
     Body(String),
+    /// The fetch ended without an answer (its task panicked or was dropped).
+    #[error("the fetch ended without an answer")]
+    Ended,
 }
 
 /// Fetches the candidates of the gateway whose admin listener is `target`.

@@ -73,6 +73,10 @@ pub struct FloodView {
     pub enabled: bool,
     /// New flows per second per CPU before it turns on.
     pub new_flows_per_second: u32,
+    /// How long an idle flow keeps its entry, at least, under a flood just below that
+    /// (each CPU's share of the flow table over the limit).
+    #[serde(default)]
+    pub idle_entry_seconds: f64,
     /// CPUs in a flood now.
     pub cpus_flooding: u32,
     /// Seconds spent in floods, summed over CPUs.
@@ -104,6 +108,7 @@ impl Shield {
         dp: &DataPlane,
         cfg: &config::Shield,
         flood: &config::FloodGuard,
+        flow_table_size: u32,
     ) -> ShieldStatus {
         let now = monotonic_ns();
         let mut entries: Vec<BlockView> = self
@@ -131,17 +136,18 @@ impl Shield {
             pull: cfg.pull,
             gateways: self.pulls.values().cloned().collect(),
             candidates: self.counts.named(),
-            flood: flood_view(dp, flood),
+            flood: flood_view(dp, flood, flow_table_size),
         }
     }
 }
 
-fn flood_view(dp: &DataPlane, cfg: &config::FloodGuard) -> FloodView {
+fn flood_view(dp: &DataPlane, cfg: &config::FloodGuard, flow_table_size: u32) -> FloodView {
     // The data plane's windows are on the coarse clock; the two agree to a few milliseconds.
     let now = monotonic_ns();
     let mut view = FloodView {
         enabled: cfg.enabled,
         new_flows_per_second: cfg.new_flows_per_second,
+        idle_entry_seconds: cfg.idle_entry_seconds(flow_table_size, config::possible_cpus()),
         inserts_skipped: dp.flow_count(LbFlow::FloodSkip).unwrap_or(0),
         ..Default::default()
     };

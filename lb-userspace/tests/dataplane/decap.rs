@@ -1,4 +1,5 @@
-//! `sluice_decap`: strips the tunnel the forwarder adds, refuses what is not for it.
+//! `sluice_decap`: strips the tunnel the forwarder adds, refuses what is not for it, and
+//! drops what an LB node did not send.
 //!
 //! The tunnelled inputs are the frames `sluice_lb` must emit ([`golden::tunnelled`], which
 //! the forwarding table checks `sluice_lb` against), built independently of either program.
@@ -83,8 +84,15 @@ fn refused_rows() -> Vec<Golden> {
     inner_v6[34] = 0x60;
     let mut short = local.clone();
     short.truncate(short.len() - 1);
-    let mut fragment = local;
+    let mut fragment = local.clone();
     fragment[14 + 6] = 0x20; // MF
+                             // From outside the LB nodes' prefixes: anyone, writing any client address inside.
+    let mut spoofed = local;
+    spoofed[14 + 12..14 + 16].copy_from_slice(&[192, 0, 2, 66]);
+    let flow6 = Flow::tcp("2001:db8:c::5", 40000, "2001:db8::1", 80);
+    let (mut spoofed6, _) = tunnel(&flow6, b"x", None, 5);
+    spoofed6[14 + 8] = 0xfd;
+    spoofed6[14 + 9] = 0x02; // fd02::1, outside fd01::/64
     let counts = |c: Decap| -> Vec<Counter> { vec![c.into()] };
     vec![
         golden::untouched(
@@ -108,7 +116,26 @@ fn refused_rows() -> Vec<Golden> {
             fragment,
             &counts(Decap::RefusedFragment),
         ),
+        golden::dropped(
+            "an IPv4 tunnel from outside the LB nodes' prefix",
+            spoofed,
+            &counts(Decap::RefusedSource),
+        ),
+        golden::dropped(
+            "an IPv6 tunnel from outside the LB nodes' prefix",
+            spoofed6,
+            &counts(Decap::RefusedSource),
+        ),
     ]
+}
+
+/// The LB nodes' tunnel sources in the lab: the node's IPv4 address alone and its IPv6
+/// network.
+fn lb_sources() -> Vec<ipnet::IpNet> {
+    ["10.1.0.1/32", "fd01::/64"]
+        .iter()
+        .map(|p| p.parse().expect("literal"))
+        .collect()
 }
 
 /// A tunnel of each family to a local backend: (name, client, VIP, backend).
@@ -133,6 +160,36 @@ fn decap_golden_packets() {
         for id in [1, 5] {
             lab.dp.add_decap_addr(backend_addr(id)).expect("decap addr");
         }
+        lab.dp.set_decap_sources(&lb_sources()).expect("sources");
         golden::check(lab, Program::Decap, &rows);
+    });
+}
+
+/// The accepted sources are replaced, not added to; with none, no tunnel is taken.
+#[test]
+fn decap_sources_are_replaced_and_none_takes_no_tunnel() {
+    let flow = Flow::tcp("203.0.113.7", 40000, "198.51.100.1", 80);
+    let accepted = [decapsulated("from an accepted prefix", &flow, 1)];
+    let refused = |name| {
+        let (input, _) = tunnel(&flow, b"hello gateway", None, 1);
+        [golden::dropped(name, input, &[Decap::RefusedSource.into()])]
+    };
+    with_lab(|lab| {
+        lab.dp.add_decap_addr(backend_addr(1)).expect("decap addr");
+        let other: Vec<ipnet::IpNet> = vec!["192.0.2.0/24".parse().expect("literal")];
+        lab.dp.set_decap_sources(&other).expect("sources");
+        golden::check(lab, Program::Decap, &refused("another prefix only"));
+        lab.dp.set_decap_sources(&lb_sources()).expect("sources");
+        assert_eq!(lab.dp.decap_sources().expect("read"), lb_sources());
+        golden::check(lab, Program::Decap, &accepted);
+        // More than the map holds is refused before anything changes.
+        let too_many: Vec<ipnet::IpNet> = (0..=256u32)
+            .map(|i| ipnet::IpNet::new(std::net::Ipv4Addr::from(i << 8).into(), 24).expect("net"))
+            .collect();
+        assert!(lab.dp.set_decap_sources(&too_many).is_err());
+        assert_eq!(lab.dp.decap_sources().expect("read"), lb_sources());
+        lab.dp.set_decap_sources(&[]).expect("sources");
+        assert!(lab.dp.decap_sources().expect("read").is_empty());
+        golden::check(lab, Program::Decap, &refused("no prefix at all"));
     });
 }

@@ -74,6 +74,49 @@ fn icmp_error_follows_the_flow_it_quotes() {
     });
 }
 
+/// An ICMP error sent to a VIP's address that quotes a packet from another source is no error
+/// about the VIP's traffic: dropped as `no_service`, as any other packet to that address on
+/// no service of it. Passed to the kernel, which does not hold the address, it would be
+/// routed back to the router, which sends it here again, until its TTL ran out.
+#[test]
+fn an_icmp_error_to_a_vip_quoting_another_source_is_dropped() {
+    with_lab(|lab| {
+        lab.vip(0, VIP4, 80, 6, 0, &[1, 2, 3]);
+        lab.vip(2, VIP6, 443, 6, 0, &[5, 6, 7]);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4(o4("192.0.2.9"), o4("203.0.113.7"), 64)
+            .udp(53, 5353)
+            .write(&mut quoted, &[0u8; 16])
+            .expect("write");
+        quoted.truncate(28);
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv4(o4("10.0.0.254"), o4(VIP4), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut icmp, &quoted)
+            .expect("write");
+        assert_eq!(lab.run(&icmp).action, action::DROP);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(o6("2001:db8:9::9"), o6("2001:db8:c::5"), 64)
+            .tcp(443, 50000, 7, 1000)
+            .ack(1)
+            .write(&mut quoted, &[0u8; 16])
+            .expect("write");
+        quoted.truncate(48);
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2(ROUTER_MAC, EXT_MAC)
+            .ipv6(o6("fd00::fe"), o6(VIP6), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+            .write(&mut icmp, &quoted)
+            .expect("write");
+        assert_eq!(lab.run(&icmp).action, action::DROP);
+        assert_outcomes(lab, &[(Lb::NoService, 2)]);
+        assert_flow_events(lab, &[]);
+    });
+}
+
 #[test]
 fn icmpv6_error_follows_the_flow_it_quotes() {
     with_lab(|lab| {
@@ -299,6 +342,9 @@ fn fragments_and_traffic_not_for_a_vip() {
         .expect("write");
     let fragment: &[Counter] = &[Lb::Fragment.into()];
     let pass: &[Counter] = &[Lb::Pass.into()];
+    // The node is not a VIP address's host: what no service of it takes is dropped, or
+    // the kernel would route it back to the router, which sends it here again.
+    let no_service: &[Counter] = &[Lb::NoService.into()];
     let rows = vec![
         golden::dropped(
             "IPv4 first fragment to a VIP address",
@@ -327,12 +373,12 @@ fn fragments_and_traffic_not_for_a_vip() {
             syn(&Flow::tcp("203.0.113.7", 1, "198.51.100.200", 80)),
             pass,
         ),
-        golden::untouched(
+        golden::dropped(
             "a VIP address, another port",
             syn(&Flow::tcp("203.0.113.7", 1, VIP4, 81)),
-            pass,
+            no_service,
         ),
-        golden::untouched(
+        golden::dropped(
             "a VIP's address and port, another protocol",
             build(
                 &Flow::udp("203.0.113.7", 1, VIP4, 80),
@@ -340,7 +386,12 @@ fn fragments_and_traffic_not_for_a_vip() {
                 b"",
                 &Extra::default(),
             ),
-            pass,
+            no_service,
+        ),
+        golden::dropped(
+            "an IPv6 VIP address, another port",
+            syn(&Flow::tcp("2001:db8:c::1", 1, VIP6, 81)),
+            no_service,
         ),
         golden::untouched(
             "IPv6, not a VIP address",
@@ -348,7 +399,7 @@ fn fragments_and_traffic_not_for_a_vip() {
             pass,
         ),
         golden::untouched("ARP", arp, pass),
-        golden::untouched("ICMP echo to a VIP", icmp_echo, pass),
+        golden::dropped("ICMP echo to a VIP", icmp_echo, no_service),
     ];
     golden::check_lb(rows);
 }

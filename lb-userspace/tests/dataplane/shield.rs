@@ -308,12 +308,14 @@ fn traffic_not_for_a_vip_is_never_blocked() {
     with_lab(|lab| {
         setup(lab);
         block(lab, "203.0.113.0/24", 1, BlockReason::Manual, BLOCK_FOREVER);
-        // Another address, and a VIP address on a port that is no VIP: to the kernel.
-        for (dst, port) in [("10.0.0.1", 22), (VIP4, 22), ("10.0.0.1", 80)] {
+        // Another address: to the kernel; a VIP address on a port that is no VIP: dropped
+        // as no service's, not as the shield's.
+        for (dst, port) in [("10.0.0.1", 22), ("10.0.0.1", 80)] {
             let out = lab.run(&syn("203.0.113.7", dst, port));
             assert_eq!(out.action, action::PASS, "{dst}:{port}");
         }
-        assert_outcomes(lab, &[(Lb::Pass, 3)]);
+        assert_eq!(lab.run(&syn("203.0.113.7", VIP4, 22)).action, action::DROP);
+        assert_outcomes(lab, &[(Lb::Pass, 2), (Lb::NoService, 1)]);
         assert_eq!(lab.dp.block_drops(1).expect("read"), 0);
         // With the switch off the entries are not even looked at.
         lab.set_node(|n| n.shield = 0);

@@ -42,7 +42,7 @@ def gen(path):
     add("too-big4", frame(IP(src="203.0.113.8", dst=VIP4, flags="DF") / TCP(sport=9, dport=80, flags="A") / (b"x" * 1460)), "too_big", mtu=1480)
     add("too-big6", frame(IPv6(src="2001:db8:c::8", dst=VIP6) / UDP(sport=9, dport=53) / (b"y" * 1452)), "too_big", mtu=1460)
     add("not-vip", frame(IP(src="203.0.113.9", dst="198.51.100.77") / TCP(sport=10, dport=80, flags="S")), "pass")
-    add("wrong-port", frame(IP(src="203.0.113.9", dst=VIP4) / TCP(sport=10, dport=81, flags="S")), "pass")
+    add("wrong-port", frame(IP(src="203.0.113.9", dst=VIP4) / TCP(sport=10, dport=81, flags="S")), "drop")
     short = raw(frame(IP(src="203.0.113.9", dst=VIP4) / TCP(sport=10, dport=80, flags="S")))
     cases.append({"name": "truncated-tcp", "frame": short[:44].hex(), "expect": "drop"})
     with open(path, "w") as f:

@@ -228,6 +228,16 @@ fn icmp_error(f: &[u8], p: &mut Parsed, l4: usize, l4_len: usize, v6: bool) -> R
     if proto != 6 && proto != 17 {
         return Ok(());
     }
+    // An error quoting a packet from another address than the one it is sent to is no
+    // error about a VIP's packet: it stays a packet to its own destination.
+    let quoted_src = if v6 {
+        words6(f, q + 8)
+    } else {
+        [word(f, q + 12), 0, 0, 0]
+    };
+    if quoted_src != p.flow.dst {
+        return Ok(());
+    }
     if f.len() < q + ihl + 4 {
         return Err(Lb::MalformedIcmp);
     }
@@ -293,6 +303,7 @@ impl Model {
         let dst = ip_of(&p.flow.dst, p.flow.family);
         let syn = match p.kind {
             Kind::Fragment if self.vips.iter().any(|v| v.ip == dst) => return none(Lb::Fragment),
+            Kind::Other if self.vips.iter().any(|v| v.ip == dst) => return none(Lb::NoService),
             Kind::Fragment | Kind::Other => return none(Lb::Pass),
             Kind::Transport { syn } => syn,
             Kind::IcmpError => false,
@@ -304,7 +315,9 @@ impl Model {
             .iter()
             .find(|v| v.ip == dst && v.port == port && v.proto == p.flow.proto)
         else {
-            return none(Lb::Pass);
+            // A VIP's address on a port or protocol no VIP serves is no other host's.
+            let vip_address = self.vips.iter().any(|v| v.ip == dst);
+            return none(if vip_address { Lb::NoService } else { Lb::Pass });
         };
         let known = self.flows.contains(&p.flow);
         let backend = vip.table[maglev_slot(flow_hash(&p.flow), vip.table.len() as u32) as usize];
