@@ -477,3 +477,58 @@ fn a_quiet_upload_under_a_streaming_answer_is_not_cut() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("first") && text.contains("last"), "{text}");
 }
+
+/// Over HTTP/2 as over HTTP/1.1: a route changing JSON fields refuses (415) a body of
+/// another type, takes one that turns out empty (HEADERS, then an empty DATA frame ending
+/// the stream, no length), and an encoded query name is removed as its plain one is.
+#[test]
+fn http2_requests_meet_the_json_and_query_rules_as_http1_ones_do() {
+    let rt = runtime();
+    let up = upstream(&rt, "a", fixed(200, Duration::ZERO));
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("a", &[up.addr])
+            .route("t", "/t", "a")
+            .raw(
+                r#"[route.request_transform]
+remove_query = ["debug"]
+json_set = { "tenant" = "acme" }"#,
+            )
+            .build(),
+    );
+    let answers = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for (path, ctype, body) in [
+            ("/t/x", "text/plain", &b"{\"tenant\":\"evil\"}"[..]),
+            ("/t/x?%64ebug=1&keep=2", "text/plain", &b""[..]),
+        ] {
+            client = client.ready().await.expect("ready");
+            let req = http::Request::post(format!("http://x{path}"))
+                .header("content-type", ctype)
+                .body(())
+                .expect("req");
+            let (resp, mut send) = client.send_request(req, false).expect("send");
+            send.send_data(bytes::Bytes::copy_from_slice(body), true)
+                .expect("data");
+            let resp = resp.await.expect("response");
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("chunk"));
+            }
+            out.push((status, String::from_utf8_lossy(&got).into_owned()));
+        }
+        out
+    });
+    assert_eq!(answers[0].0, 415, "{answers:?}");
+    assert!(answers[0].1.contains("JSON"), "{answers:?}");
+    assert_eq!(answers[1].0, 200, "{answers:?}");
+    let seen: serde_json::Value = serde_json::from_str(&answers[1].1).expect("the echo");
+    assert_eq!(seen["path"], "/t/x?keep=2", "{seen}");
+}

@@ -564,3 +564,71 @@ fn one_waiting_stream_does_not_hide_a_stalled_one() {
     );
     assert!(reaches(&gw, STALLED, 1.0));
 }
+
+/// An upstream that sends its response head and part of the body, then nothing, has the
+/// response cut short once `read_idle_ms` passes (the head's arrival ended `request_ms`):
+/// the client's connection ends with the body incomplete, rather than being held as long as
+/// the upstream likes.
+#[test]
+fn an_upstream_that_goes_quiet_mid_body_is_cut_after_read_idle_ms() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = stop.clone();
+    let server = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc");
+        // Held open, silent, until the test ends.
+        while !held.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("quiet", &[up])
+            .route("r", "/", "quiet")
+            .with("timeouts = { read_idle_ms = 500 }")
+            .build(),
+    );
+    let mut c = std::net::TcpStream::connect(gw.http).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .expect("send");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    let waited = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("abc"),
+        "the body's start was passed on: {text}"
+    );
+    assert!(ended, "the connection was held past 10 s");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(4),
+        "cut after {waited:?}"
+    );
+}

@@ -445,3 +445,48 @@ fn each_worker_has_its_own_connection_made_at_start() {
         assert!(accepted > 0.0, "worker {w}");
     }
 }
+
+/// A limit keyed by a header keeps each value's own count, but a long value is stored under
+/// its digest: Redis holds one key of bounded size per value, however large the values a
+/// client sends (each 8 KiB here), and short ones stay readable.
+#[test]
+fn a_header_keyed_limit_stores_long_values_by_digest() {
+    let rt = runtime();
+    let up = upstream(&rt, "u", fixed(200, Duration::ZERO));
+    let redis = Redis::start(&[]);
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[up.addr])
+            .raw(&format!(
+                r#"[redis]
+url = "redis://127.0.0.1:{}"
+
+[[rate_limit]]
+name = "per-user"
+requests = 2
+window_ms = 60000
+key = {{ header = "x-user" }}
+store = "redis""#,
+                redis.port
+            ))
+            .route("r", "/", "u")
+            .with(r#"rate_limits = ["per-user"]"#)
+            .build(),
+    );
+    let long = |c: char| format!("x-user: {}", c.to_string().repeat(8192));
+    for user in [long('a'), long('b'), "x-user: alice".to_string()] {
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| request(gw.http, "GET", "/", &[&user], "").status)
+            .collect();
+        assert_eq!(statuses, [200, 200, 429], "{}", &user[..12]);
+    }
+    let keys = redis.cli(&["--scan", "--pattern", "sluice:*"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.contains(&"sluice:g:per-user:r|alice"), "{keys:?}");
+    for k in keys.iter().filter(|k| !k.ends_with("alice")) {
+        assert!(k.starts_with("sluice:g:per-user:r|sha256:"), "{k}");
+        assert_eq!(k.len(), "sluice:g:per-user:r|sha256:".len() + 32, "{k}");
+    }
+}

@@ -348,7 +348,7 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
     let by_password = request(
         gw.http,
         "GET",
-        "/pw/x?api_key=forged&keep=1",
+        "/pw/x?api_key=forged&keep=1&api%5Fkey=forged&%61pi_key=forged",
         &[&password, "x-api-key: forged"],
         "",
     );
@@ -356,7 +356,21 @@ fn a_route_that_checks_authorization_forwards_only_one_it_checked() {
     let seen = by_password.json();
     assert_eq!(seen["headers"]["x-consumer-id"], "alice");
     assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    // However its name is written: the upstream decodes `api%5Fkey` to `api_key`.
     assert_eq!(seen["path"], "/pw/x?keep=1");
+    // Admitted by the key itself: a second copy (which an upstream might read instead) is
+    // refused, whichever comes first and however it is written.
+    let by_key = request(gw.http, "GET", &format!("/pw/x?api_key={KEY}"), &[], "");
+    assert_eq!(by_key.status, 200, "{by_key:?}");
+    assert_eq!(by_key.json()["path"], "/pw/x");
+    for twice in [
+        format!("/pw/x?api_key={KEY}&api_key=forged"),
+        format!("/pw/x?api%5Fkey=forged&api_key={KEY}"),
+    ] {
+        let r = request(gw.http, "GET", &twice, &[], "");
+        assert_eq!(r.status, 401, "{twice}: {r:?}");
+        assert!(r.body.contains("more than once"), "{r:?}");
+    }
 }
 
 #[test]
@@ -483,8 +497,9 @@ fn an_http2_request_is_held_to_the_listeners_field_count() {
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
-/// An upstream whose every answer is `200` with `body`, on a keep-alive connection.
-fn answering(body: &'static [u8]) -> SocketAddr {
+/// An upstream whose every answer is `200` with `fields` (each ending in CRLF) and `body`,
+/// on a keep-alive connection.
+fn answering(fields: &'static str, body: &'static [u8]) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -494,7 +509,7 @@ fn answering(body: &'static [u8]) -> SocketAddr {
                 while read_head(&mut s).is_some() {
                     let _ = write!(
                         s,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\n{fields}Content-Length: {}\r\n\r\n",
                         body.len()
                     );
                     let _ = s.write_all(body);
@@ -512,7 +527,7 @@ fn an_upstream_body_that_reads_like_a_refusal_passes_untouched() {
     const BODY: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
     let gw = Gateway::start(
         &GatewayToml::new()
-            .upstream("u", &[answering(BODY)])
+            .upstream("u", &[answering("", BODY)])
             .route("r", "/", "u")
             .build(),
     );
@@ -526,4 +541,27 @@ fn an_upstream_body_that_reads_like_a_refusal_passes_untouched() {
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.body.as_bytes(), BODY);
     }
+}
+
+#[test]
+fn an_upstream_cannot_speak_for_the_gateway_in_its_load_report() {
+    // The L4 agents weigh a gateway by this field in its readiness answer: relayed from an
+    // upstream (to a health check pointed at a proxied path), it would claim a capacity the
+    // gateway never reported.
+    const FIELDS: &str = "endpoint-load-metrics: TEXT cpu_utilization=0.01, \
+                          named_metrics.sluice_capacity=1000000000\r\nx-app: kept\r\n";
+    let gw = Gateway::start(
+        &GatewayToml::new()
+            .upstream("u", &[answering(FIELDS, b"ok")])
+            .route("r", "/", "u")
+            .build(),
+    );
+    let r = support::request(gw.http, "GET", "/ready", &[], "");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.headers["x-app"], "kept");
+    assert!(
+        !r.headers.contains_key("endpoint-load-metrics"),
+        "{:?}",
+        r.headers
+    );
 }

@@ -90,6 +90,9 @@ fn setup() -> &'static Setup {
                     .expect("the fixed issuers load")
             })
             .collect();
+        // The issuers have read their files (nothing here starts a refresh that would read
+        // them again), so the directory goes now rather than outliving the fuzzer.
+        let _ = std::fs::remove_dir_all(&dir);
         Setup { ec, issuers }
     })
 }
@@ -367,10 +370,18 @@ fn chosen(input: &mut Input<'_>, now: i64) -> (Value, Value, Signer) {
     ]);
     let exp = pick(exp);
     let mut nbf = time(&[-3600, 3600, 10]);
-    nbf.extend([None, Some(json!("x")), Some(json!(-5)), Some(json!(null))]);
+    // 1e20: beyond the u64 jsonwebtoken reads dates as (it skipped such an nbf).
+    nbf.extend([
+        None,
+        Some(json!("x")),
+        Some(json!(-5)),
+        Some(json!(null)),
+        Some(json!(1e20)),
+        Some(json!((now - 3600) as f64)),
+    ]);
     let nbf = pick(nbf);
     let mut iat = time(&[-3600, 3600, 10]);
-    iat.extend([None, Some(json!("x"))]);
+    iat.extend([None, Some(json!("x")), Some(json!(1e20))]);
     let iat = pick(iat);
     let aud = pick(vec![
         Some(json!(AUDIENCE)),

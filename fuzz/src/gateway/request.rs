@@ -303,6 +303,35 @@ fn field_name(n: u8) -> HeaderName {
     )
 }
 
+/// The model of an `X-Forwarded-For` entry's address: an address, or one with a port
+/// (IPv6 in brackets, which may also stand alone), IPv4-mapped IPv6 read as IPv4.
+fn forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let bare = |s: &str| s.parse::<IpAddr>().ok();
+    let address = if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok() && !p.starts_with('+'));
+        match bare(inside) {
+            Some(IpAddr::V6(v6)) if port_ok => IpAddr::V6(v6),
+            _ => return None,
+        }
+    } else if let Some(a) = bare(entry) {
+        a
+    } else {
+        let (host, port) = entry.rsplit_once(':')?;
+        match (host.parse::<std::net::Ipv4Addr>(), port.parse::<u16>()) {
+            (Ok(v4), Ok(_)) if !port.starts_with('+') => IpAddr::V4(v4),
+            _ => return None,
+        }
+    };
+    Some(match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    })
+}
+
 /// Target `forwarded`: the client address read from `X-Forwarded-For` for a trusted proxy
 /// (`ClientIpRule::resolve`), and this hop's forwarding fields made from the client's
 /// (`Forwarding::new`: earlier `X-Forwarded-For` and `Forwarded` lines kept, this hop's
@@ -375,7 +404,7 @@ pub fn forwarded(data: &[u8]) {
         let want = entries
             .len()
             .checked_sub(depth)
-            .and_then(|i| entries[i].parse().ok())
+            .and_then(|i| forwarded_entry(entries[i]))
             .unwrap_or(canonical);
         assert_eq!(client, want, "entry {depth} from the right of {entries:?}");
     }

@@ -7,7 +7,7 @@ use hyper::{header::HeaderValue, HeaderMap};
 use regex::Regex;
 use sluice_gateway::{
     config::{self, PathMatch, Route},
-    pipeline::router::{query_value, RequestView, Router},
+    pipeline::router::{RequestView, Router},
 };
 
 use crate::common::{check_refusal, names_a_field, Input};
@@ -72,7 +72,8 @@ fn route(input: &mut Input<'_>, i: usize) -> toml::Table {
 /// - the route found is the one a reference picks: every route whose conditions all hold,
 ///   judged from its config by the documented rules (exact or `*.` wildcard host with at
 ///   least one label; exact path, template segments with non-empty parameters, prefix at a
-///   segment boundary, regex; methods; header values; first query value), ranked by the
+///   segment boundary, regex; methods; header values; query values, names and values form-
+///   decoded and every copy of the name holding the value), ranked by the
 ///   documented precedence (host exact, longest wildcard, any; path exact, template with
 ///   more literal segments, longest prefix, regex, any; more constraints), ties in config
 ///   order;
@@ -228,13 +229,18 @@ fn matches(r: &Route, req: &RequestView<'_>) -> Option<HashMap<String, String>> 
             .get(k.as_str())
             .is_some_and(|h| h.to_str().ok() == Some(v))
     });
+    // Names and values as an upstream decodes them; every value the name is given must be
+    // the one matched (a duplicate with another value does not match).
     let query_ok = r.query.iter().all(|(k, v)| {
-        let first = req.query.split('&').find_map(|kv| {
-            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-            (key == k).then_some(value)
-        });
-        debug_assert_eq!(first, query_value(req.query, k));
-        first == Some(v.as_str())
+        let values: Vec<Vec<u8>> = req
+            .query
+            .split('&')
+            .filter_map(|kv| {
+                let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                (model_decode(key) == model_decode(k)).then(|| model_decode(value))
+            })
+            .collect();
+        !values.is_empty() && values.iter().all(|x| x == v.as_bytes())
     });
     if !(host_ok && methods_ok && headers_ok && query_ok) {
         return None;
@@ -267,4 +273,34 @@ fn matches(r: &Route, req: &RequestView<'_>) -> Option<HashMap<String, String>> 
         }
     };
     path_ok.then_some(params)
+}
+
+/// The model of form decoding (`application/x-www-form-urlencoded`): `+` a space, `%` and two
+/// hex digits that byte, anything else (a broken escape included) itself.
+fn model_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }

@@ -77,6 +77,12 @@ pub struct Admin {
     /// a web page cannot rebind its own name to this listener and read it.
     #[serde(default)]
     pub host_names: Vec<String>,
+    /// A file holding the token that requests changing state (`POST /drain`) must present
+    /// as `Authorization: Bearer <token>`: at least 32 visible ASCII characters, e.g.
+    /// `openssl rand -hex 32`. Without it such requests are taken only from loopback.
+    /// Reads stay open. Read again at each reload.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -93,6 +99,7 @@ impl Default for Admin {
             shutdown_deadline_ms: default_drain_ms(),
             drain_delay_ms: 0,
             host_names: Vec::new(),
+            token_file: None,
         }
     }
 }

@@ -264,6 +264,9 @@ impl Config {
         if let Some(ca) = self.redis.as_mut().and_then(|r| r.ca_file.as_mut()) {
             resolve_str(ca);
         }
+        if let Some(token) = &mut self.admin.token_file {
+            resolve(token);
+        }
         for j in &mut self.jwt_issuers {
             for k in j.keys.iter_mut().chain(j.hmac_secrets.iter_mut()) {
                 resolve_str(&mut k.file);

@@ -426,9 +426,14 @@ pub struct RequestTransform {
     pub strip_prefix: Option<String>,
     /// A regex rewrite of the path (after `strip_prefix`).
     pub rewrite: Option<Rewrite>,
-    /// Query parameters added.
+    /// Query parameters added, after any the client sent of the same name (which an upstream
+    /// that reads the first value takes).
     #[serde(default)]
     pub add_query: BTreeMap<String, String>,
+    /// Query parameters set: any the client sent of the same name (compared decoded) are
+    /// removed first, so the upstream sees the gateway's value alone.
+    #[serde(default)]
+    pub set_query: BTreeMap<String, String>,
     /// Query parameters removed.
     #[serde(default)]
     pub remove_query: Vec<String>,

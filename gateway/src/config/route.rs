@@ -60,6 +60,10 @@ pub struct Timeouts {
     /// Pooled upstream connections idle longer are closed.
     #[serde(default = "default_upstream_idle")]
     pub idle_ms: u64,
+    /// Once the response head has arrived, the longest the upstream may send nothing of
+    /// its body: the response is then cut short (nginx's `proxy_read_timeout`).
+    #[serde(default = "default_read_idle")]
+    pub read_idle_ms: u64,
 }
 
 fn default_connect() -> u64 {
@@ -68,8 +72,16 @@ fn default_connect() -> u64 {
 fn default_request() -> u64 {
     15_000
 }
+/// Below nginx's `keepalive_timeout` (75 s), the commonest target's, and equal to its own
+/// upstream `keepalive_timeout`: a pooled connection is dropped here before the target
+/// closes it, rather than raced (see `idle_ms` in the README).
 fn default_upstream_idle() -> u64 {
-    90_000
+    60_000
+}
+
+/// nginx's `proxy_read_timeout`.
+fn default_read_idle() -> u64 {
+    60_000
 }
 
 impl Default for Timeouts {
@@ -78,6 +90,7 @@ impl Default for Timeouts {
             connect_ms: default_connect(),
             request_ms: default_request(),
             idle_ms: default_upstream_idle(),
+            read_idle_ms: default_read_idle(),
         }
     }
 }
@@ -180,7 +193,10 @@ impl Route {
             return refuse("methods", format!("{m:?} is not an upper-case method"));
         }
         self.validate_destination(upstreams)?;
-        if self.timeouts.connect_ms == 0 || self.timeouts.request_ms == 0 {
+        if self.timeouts.connect_ms == 0
+            || self.timeouts.request_ms == 0
+            || self.timeouts.read_idle_ms == 0
+        {
             return refuse("timeouts", "timeouts must be greater than 0");
         }
         self.retries.validate().map_err(|e| e.under("retries"))

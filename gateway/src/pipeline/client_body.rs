@@ -86,16 +86,57 @@ pub struct TooLarge;
 #[error("no request body arrived within the listener's body_read_timeout_ms")]
 pub struct Stalled;
 
-/// A request body from hyper, limited to `left` more bytes and to `idle` between frames.
-pub struct ClientBody {
-    inner: Incoming,
-    left: u64,
-    fault: FaultCell,
+/// How long a body has given nothing, since its last frame: the timer both bounded bodies
+/// share (the client's here, an upstream's in `upstream_body`).
+pub struct IdleTimer {
     idle: Duration,
     /// Made the first time the body has nothing to give, then reset for each wait.
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer counts the current wait (a frame since ended the previous one).
     waiting: bool,
+}
+
+impl IdleTimer {
+    /// A timer of `idle` between frames.
+    pub fn new(idle: Duration) -> Self {
+        IdleTimer {
+            idle,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// The body had nothing to give: true once it has waited `idle` since its last frame
+    /// (else `cx` is woken when it has).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            timer.as_mut().reset(deadline);
+            self.waiting = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// The body gave something: the next wait starts afresh.
+    pub fn frame(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The time allowed between frames.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+}
+
+/// A request body from hyper, limited to `left` more bytes and to `idle` between frames.
+pub struct ClientBody {
+    inner: Incoming,
+    left: u64,
+    fault: FaultCell,
+    idle: IdleTimer,
 }
 
 impl ClientBody {
@@ -106,9 +147,7 @@ impl ClientBody {
             inner,
             left: max,
             fault,
-            idle,
-            timer: None,
-            waiting: false,
+            idle: IdleTimer::new(idle),
         }
     }
 }
@@ -124,21 +163,13 @@ impl hyper::body::Body for ClientBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() && !this.fault.is_answered() {
-            let deadline = Instant::now() + this.idle;
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if !this.waiting {
-                timer.as_mut().reset(deadline);
-                this.waiting = true;
-            }
-            if timer.as_mut().poll(cx).is_ready() {
+            if this.idle.expired(cx) {
                 this.fault.set(BodyFault::Stalled);
                 return Poll::Ready(Some(Err(Box::new(Stalled))));
             }
             return Poll::Pending;
         }
-        this.waiting = false;
+        this.idle.frame();
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

@@ -23,7 +23,7 @@ use super::{
     client_body::FaultCell,
     error::{ProxyError, Retry},
     facts::{Conn, Facts, Held},
-    headers::{cookie, strip_hop_by_hop, upgrade_of},
+    headers::{clean_response, cookie, upgrade_of},
     runtime::{RouteRuntime, RouteSplit},
     tunnel::{switch_protocols, ConnHold, Tunnel},
     whole_body::{collect_capped, CollectError, WholeBody},
@@ -124,7 +124,8 @@ pub async fn forward(
             Next::Fail(e) => return e.into_response(),
         }
     };
-    respond(pool, target, &mut out, answer)
+    let read_idle = Duration::from_millis(route.config.timeouts.read_idle_ms);
+    respond(pool, target, &mut out, answer, read_idle)
 }
 
 /// The split a request goes to, by weight.
@@ -376,7 +377,13 @@ fn classify(
 
 /// The upstream's answer as the client gets it: a protocol switch joins the two
 /// connections; anything else loses its hop-by-hop headers and may set the session cookie.
-fn respond(pool: &Pool, i: usize, out: &mut Outbound, answer: Answer) -> Response<Body> {
+fn respond(
+    pool: &Pool,
+    i: usize,
+    out: &mut Outbound,
+    answer: Answer,
+    read_idle: Duration,
+) -> Response<Body> {
     let Answer { response, upgraded } = answer;
     if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
         let tunnel = Tunnel {
@@ -393,7 +400,7 @@ fn respond(pool: &Pool, i: usize, out: &mut Outbound, answer: Answer) -> Respons
         );
     }
     let (mut rp, body) = response.into_parts();
-    strip_hop_by_hop(&mut rp.headers);
+    clean_response(&mut rp.headers);
     if let Some(name) = &pool.session_cookie {
         let token = pool.session_token(i);
         if token.is_some() && token != out.session {
@@ -406,5 +413,11 @@ fn respond(pool: &Pool, i: usize, out: &mut Outbound, answer: Answer) -> Respons
             }
         }
     }
+    // A body already whole needs no timer.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        body
+    } else {
+        http_body_util::BodyExt::boxed(super::upstream_body::IdleBody::new(body, read_idle))
+    };
     Response::from_parts(rp, body)
 }

@@ -41,6 +41,15 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     })
 }
 
+/// Cleans an upstream's answer before it is relayed: its hop-by-hop fields go, and so does
+/// any `endpoint-load-metrics`. That field is the gateway's own load report, which the L4
+/// agents weigh the gateway by: an upstream's, relayed, would speak for the gateway (to a
+/// health check pointed at a proxied path, or to anyone).
+pub fn clean_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(&crate::load::HEADER);
+}
+
 /// Removes the hop-by-hop fields, and those the `Connection` field names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names notes which hop-by-hop ones are present, comparing names

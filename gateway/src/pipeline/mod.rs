@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod serve;
 pub mod target;
 pub mod tunnel;
+pub mod upstream_body;
 pub mod whole_body;
 
 pub use facts::Conn;

@@ -207,11 +207,7 @@ impl Router {
             {
                 continue;
             }
-            if !c
-                .query
-                .iter()
-                .all(|(k, v)| query_value(req.query, k) == Some(v.as_str()))
-            {
+            if !c.query.iter().all(|(k, v)| query_holds(req.query, k, v)) {
                 continue;
             }
             let mut params = HashMap::new();
@@ -251,17 +247,90 @@ impl Router {
     }
 }
 
-/// The first value of query parameter `key` (no percent-decoding of keys beyond `+`).
-pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| {
+/// The values (raw) `query` gives parameter `key`, in order. Names are compared decoded, as
+/// an upstream reads them: `?api%5Fkey=` is the parameter `api_key` to every query parser,
+/// and a route, a credential check or a transform that looked for the raw name alone would
+/// miss what the upstream then acts on.
+pub fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    query.split('&').filter_map(move |kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then_some(v)
+        is_param(k, key).then_some(v)
     })
+}
+
+/// Whether `query` gives parameter `key` and every value it gives it decodes to `value`: a
+/// duplicate with another value (`?admin=0&admin=1`, where PHP or Rack read the last) does
+/// not match.
+pub fn query_holds(query: &str, key: &str, value: &str) -> bool {
+    let mut values = query_values(query, key).peekable();
+    values.peek().is_some() && values.all(|v| form_decode(v) == value.as_bytes())
+}
+
+/// Whether the query parameter names `raw` and `key` are the same once decoded (a name in
+/// the config is URL-encoded as one in a request is).
+pub fn is_param(raw: &str, key: &str) -> bool {
+    let encoded = |s: &str| s.bytes().any(|b| b == b'%' || b == b'+');
+    if encoded(raw) || encoded(key) {
+        form_decode(raw) == form_decode(key)
+    } else {
+        raw == key
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding of a query parameter's name or value: `%XX`
+/// as that byte, `+` as a space; a broken escape is kept as it is.
+pub fn form_decode(v: &str) -> Vec<u8> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let escaped = (c == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            // Two hex digits: `from_str_radix` alone would take a sign (`%+5`).
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, escaped) {
+            (_, Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parts_are_form_decoded() {
+        assert_eq!(form_decode("a%2Bb+c%zz%4"), b"a+b c%zz%4");
+        assert_eq!(form_decode("%+5%-1"), b"% 5%-1", "a sign is no hex digit");
+    }
+
+    #[test]
+    fn query_names_are_compared_decoded() {
+        let q = "a%5Fb=1&api_key=2&x+y=3&%61pi%5fkey=4";
+        let first = |q, k| query_values(q, k).next();
+        assert_eq!(first(q, "a_b"), Some("1"));
+        assert_eq!(first(q, "x y"), Some("3"));
+        assert_eq!(first(q, "api_key"), Some("2"));
+        assert_eq!(first("%61pi%5fkey=4", "api_key"), Some("4"));
+        assert_eq!(first(q, "a%5Fb"), Some("1"), "a config name is encoded too");
+        assert_eq!(first(q, "a_c"), None);
+        assert_eq!(query_values(q, "api_key").collect::<Vec<_>>(), ["2", "4"]);
+    }
     use crate::config::parse;
     use std::path::Path;
 
@@ -393,6 +462,16 @@ upstream = "u"
         assert_eq!(
             f("x", "GET", "/api/x?a=1&debug=true", &[]).as_deref(),
             Some("debug-query")
+        );
+        assert_eq!(
+            f("x", "GET", "/api/x?%64ebug=tru%65", &[]).as_deref(),
+            Some("debug-query"),
+            "name and value compared as the upstream decodes them"
+        );
+        assert_eq!(
+            f("x", "GET", "/api/x?debug=true&debug=false", &[]).as_deref(),
+            Some("prefix-api"),
+            "a duplicate with another value does not match"
         );
         assert_eq!(
             f("x", "GET", "/api/x?debug=false", &[]).as_deref(),

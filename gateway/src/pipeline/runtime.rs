@@ -124,6 +124,9 @@ pub struct Runtime {
     pub generation: u64,
     /// Stateful policy objects (limits, issuers, the Redis store).
     pub policies: policy::Shared,
+    /// The admin API's token (`admin.token_file`), read with each generation so that a
+    /// reload rotates it.
+    pub admin_token: Option<sluice_util::admin::Token>,
 }
 
 impl Runtime {
@@ -135,6 +138,13 @@ impl Runtime {
         generation: u64,
         previous: Option<&Runtime>,
     ) -> Result<Self, FieldError> {
+        let admin_token = match &config.admin.token_file {
+            Some(path) => Some(
+                sluice_util::admin::Token::read(path)
+                    .map_err(|e| FieldError::new("admin.token_file", e))?,
+            ),
+            None => None,
+        };
         let policies = policy::Shared::build(&config, previous.map(|p| &p.policies))?;
         let pools = config
             .upstreams
@@ -172,6 +182,7 @@ impl Runtime {
             pools,
             generation,
             policies,
+            admin_token,
         })
     }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use super::{
     error::ProxyError,
     facts::Held,
-    headers::{is_websocket, keep_upgrade, strip_hop_by_hop},
+    headers::{clean_response, is_websocket, keep_upgrade},
 };
 use crate::{clock::monotonic_ms, upstream::exchange::Upgraded, Body};
 
@@ -138,7 +138,7 @@ pub fn switch_protocols(
         return ProxyError::UnaskedSwitch.into_response();
     }
     let (mut rp, _) = resp.into_parts();
-    strip_hop_by_hop(&mut rp.headers);
+    clean_response(&mut rp.headers);
     keep_upgrade(&mut rp.headers, protocol);
     tokio::spawn(async move {
         // Concurrency slots and the connection's admission stay taken while the tunnel is

@@ -7,20 +7,20 @@ use std::{sync::atomic::Ordering, sync::Arc};
 
 use hyper::{body::Incoming, header::HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use sluice_util::{dashboard, shield};
+use sluice_util::{admin, dashboard, shield};
 use tokio::net::TcpListener;
 use tracing::info;
 
 use super::Gateway;
 use crate::{
     full, load,
-    pipeline::{problem::problem, router::query_value, Runtime},
+    pipeline::{problem::problem, router::query_values, Runtime},
     Body,
 };
 
 impl Gateway {
     /// Answers one admin request.
-    pub(super) fn admin(&self, req: &Request<Incoming>) -> Response<Body> {
+    pub(super) fn admin(&self, req: &Request<Incoming>, peer: std::net::IpAddr) -> Response<Body> {
         let text = |status: StatusCode, body: &str| {
             let mut r = Response::new(full(body.to_string()));
             *r.status_mut() = status;
@@ -41,6 +41,11 @@ impl Gateway {
         let rt = self.runtime.load();
         if let Some(why) = dashboard::refusal(view, &rt.config.admin.host_names) {
             return problem(StatusCode::FORBIDDEN, &why);
+        }
+        if let Err(refusal) =
+            admin::check_request(peer, req.method(), req.headers(), rt.admin_token.as_ref())
+        {
+            return admin_refusal(refusal);
         }
         if req.method() == Method::GET {
             if let Some(asset) = super::dashboard::asset(req.uri().path()) {
@@ -109,7 +114,8 @@ impl Gateway {
             (&Method::GET, "/analytics/top") => {
                 let q = req.uri().query().unwrap_or("");
                 let num = |k: &str, d: u64| {
-                    query_value(q, k)
+                    query_values(q, k)
+                        .next()
                         .and_then(|v| v.parse::<u64>().ok())
                         .unwrap_or(d)
                 };
@@ -150,6 +156,19 @@ impl Gateway {
             ),
         }
     }
+}
+
+/// The problem a refused state change gets; a 401 carries its challenge.
+fn admin_refusal(refusal: admin::Refusal) -> Response<Body> {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut r = problem(status, refusal.detail());
+    if let Some(challenge) = refusal.challenge() {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    r
 }
 
 /// Rate-limit decisions, local key counts and shared-store failures.
@@ -228,8 +247,8 @@ pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
     let room = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
     let mut backoff = AcceptBackoff::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(failures) = backoff.failed(&e).await {
                     tracing::warn!(listener = "admin", error = %e, failures, "accept failed; pausing");
@@ -245,7 +264,7 @@ pub(super) async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let mut r = gw.admin(&req);
+                let mut r = gw.admin(&req, peer.ip());
                 // No answer of this API may be sniffed into something a browser would run.
                 r.headers_mut().insert(
                     hyper::header::X_CONTENT_TYPE_OPTIONS,

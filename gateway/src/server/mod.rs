@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::info;
 
-use sluice_util::control::{stamp, Asked, ControlSignals, Stamp};
+use sluice_util::control::{Asked, ControlSignals, FileWatch, WATCH_INTERVAL};
 
 use self::reload::{reload, reload_tls, TlsListener};
 use crate::{
@@ -53,8 +53,9 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
     // Before any pool is built: pools keep a shard per worker thread.
     let runtimes = workers::Runtimes::build(workers)?;
     // Stamped before it is read: a change made while the gateway starts is reloaded.
-    let seen = stamp(&path);
+    let mut watch = FileWatch::new(&path);
     let Generation { runtime, tls } = generation::load(&path, 1, None)?;
+    watch.also(read_with(&runtime.config));
     runtime.start();
     let metrics = Arc::new(Metrics::new());
     metrics.analytics.configure(&runtime.config.analytics);
@@ -80,7 +81,7 @@ pub async fn run(path: PathBuf, workers: usize) -> Result<()> {
         .with_context(|| format!("admin listener on {admin_addr}"))?;
     info!(address = %admin.local_addr().unwrap_or(admin_addr), "admin API");
     tokio::spawn(admin::serve_admin(admin, gw.clone()));
-    serve_until_stopped(&path, seen, &gw, &mut tls_listeners).await?;
+    serve_until_stopped(&path, watch, &gw, &mut tls_listeners).await?;
     shut_down(&gw, stop_tx, serving).await;
     Ok(())
 }
@@ -165,32 +166,42 @@ fn start_listeners(
     Ok((serving, tls_listeners))
 }
 
-/// Reloads on SIGHUP and on file changes, until SIGTERM or SIGINT.
+/// The files the config in force reads besides itself, which a change to reloads as a
+/// change to the config does: the admin token file (certificates are watched per listener,
+/// and swapped without a reload).
+fn read_with(config: &crate::config::Config) -> Vec<PathBuf> {
+    config.admin.token_file.iter().cloned().collect()
+}
+
+/// Reloads on SIGHUP and on changes to the config file or the files it reads, until
+/// SIGTERM or SIGINT.
 async fn serve_until_stopped(
     path: &std::path::Path,
-    mut seen: Stamp,
+    mut watch: FileWatch,
     gw: &Gateway,
     tls_listeners: &mut [TlsListener],
 ) -> Result<()> {
     let mut signals = ControlSignals::new().context("signal handlers")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut look = tokio::time::interval(WATCH_INTERVAL);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             asked = signals.recv() => {
                 if asked == Asked::Stop {
                     return Ok(());
                 }
-                seen = stamp(path);
+                watch.reading(path);
                 reload(path, gw, tls_listeners, "SIGHUP");
+                watch.also(read_with(&gw.runtime.load().config));
             }
-            _ = tick.tick() => {
-                let now = stamp(path);
-                if now != seen {
-                    seen = now;
+            _ = look.tick() => {
+                if watch.settled_change(path) {
                     reload(path, gw, tls_listeners, "file change");
+                    watch.also(read_with(&gw.runtime.load().config));
                 }
-                reload_tls(gw, tls_listeners);
             }
+            _ = tick.tick() => reload_tls(gw, tls_listeners),
         }
     }
 }

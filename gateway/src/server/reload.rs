@@ -12,7 +12,7 @@ use std::{
 };
 
 use sluice_util::control::{stamp, Stamp};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use sluice_util::FieldError;
 
@@ -218,6 +218,9 @@ pub(super) fn reload(path: &Path, gw: &Gateway, listeners: &mut [TlsListener], w
                         l.refused = None;
                     }
                 }
+            }
+            if old.admin_token.is_some() && built.runtime.admin_token.is_none() {
+                warn!("admin.token_file removed: changes through the admin API are now taken from loopback only, without a token");
             }
             built.runtime.start();
             gw.runtime.store(Arc::new(built.runtime));

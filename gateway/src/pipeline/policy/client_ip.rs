@@ -132,14 +132,71 @@ impl ClientIpRule {
             .len()
             .checked_sub(self.depth)
             .and_then(|i| entries.get(i))
-            .and_then(|s| s.parse().ok())
+            .and_then(|s| forwarded_address(s))
             .unwrap_or(peer)
     }
+}
+
+/// The address of one `X-Forwarded-For` entry, as a peer's is taken: an IPv4-mapped IPv6
+/// address as the IPv4 one (a dual-stack proxy writes them; cut as IPv6 to a prefix, every
+/// IPv4 client would share one `client_ip` key), and with the port some proxies add
+/// (`198.51.100.7:4711`, `[2001:db8::1]:4711`, `[2001:db8::1]`) left off.
+pub fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let address = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .or_else(|| {
+            let inside = entry.strip_prefix('[')?.strip_suffix(']')?;
+            inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })?;
+    Some(address.to_canonical())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What proxies write: addresses, IPv4-mapped ones, and either with a port.
+    #[test]
+    fn forwarded_entries_are_read_as_peers_are() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("literal"));
+        for (entry, want) in [
+            ("198.51.100.7", ip("198.51.100.7")),
+            ("::ffff:198.51.100.7", ip("198.51.100.7")),
+            ("198.51.100.7:4711", ip("198.51.100.7")),
+            ("[::ffff:198.51.100.7]:4711", ip("198.51.100.7")),
+            ("2001:db8::1", ip("2001:db8::1")),
+            ("[2001:db8::1]", ip("2001:db8::1")),
+            ("[2001:db8::1]:4711", ip("2001:db8::1")),
+            ("198.51.100.7:99999", None),
+            ("[198.51.100.7]", None),
+            ("unknown", None),
+            ("", None),
+        ] {
+            assert_eq!(forwarded_address(entry), want, "{entry:?}");
+        }
+        // Two IPv4 clients a dual-stack proxy names as mapped addresses keep their own keys.
+        let rule = ClientIpRule::try_from(&ClientIp {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            xff_depth: 1,
+            ipv6_limit_prefix: 64,
+        })
+        .expect("valid");
+        let proxy: IpAddr = "10.1.2.3".parse().expect("literal");
+        let keys: Vec<IpAddr> = ["::ffff:198.51.100.7", "::ffff:198.51.100.8"]
+            .iter()
+            .map(|c| {
+                let mut h = HeaderMap::new();
+                h.insert("x-forwarded-for", c.parse().expect("value"));
+                rule.limit_key(rule.resolve(proxy, &h))
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [ip("198.51.100.7").unwrap(), ip("198.51.100.8").unwrap()]
+        );
+    }
 
     #[test]
     fn depth_counts_from_the_right_and_only_for_trusted_peers() {

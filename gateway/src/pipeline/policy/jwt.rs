@@ -500,6 +500,25 @@ fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     unverified_segment(token, 1)
 }
 
+/// `nbf` and `iat`, when present, are numbers not ahead of `now` beyond the leeway, compared
+/// as the JSON numbers they are. jsonwebtoken reads `nbf` only as a `u64` and skips one it
+/// cannot (a string, or a number beyond 2^64 such as `1e20`: both found by the jwt fuzz
+/// target), and does not read `iat` at all.
+fn not_ahead(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<(), TokenError> {
+    let horizon = now.saturating_add(leeway) as f64;
+    for (name, not_number, ahead) in [
+        ("nbf", TokenError::NbfNotNumber, TokenError::NotYetValid),
+        ("iat", TokenError::IatNotNumber, TokenError::IssuedInFuture),
+    ] {
+        if let Some(v) = claims.get(name) {
+            if v.as_f64().ok_or(not_number)? > horizon {
+                return Err(ahead);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -538,16 +557,7 @@ pub async fn verify(
     let claims = issuer
         .verify(token, header.alg, header.kid.as_deref())
         .await?;
-    // jsonwebtoken ignores an `nbf` that is not a number (found by the jwt fuzz target).
-    if claims.get("nbf").is_some_and(|n| !n.is_number()) {
-        return Err(TokenError::NbfNotNumber);
-    }
-    if let Some(iat) = claims.get("iat") {
-        let iat = iat.as_f64().ok_or(TokenError::IatNotNumber)?;
-        if iat > (now() + issuer.config.leeway_s) as f64 {
-            return Err(TokenError::IssuedInFuture);
-        }
-    }
+    not_ahead(&claims, now(), issuer.config.leeway_s)?;
     let subject = claims
         .get(&issuer.config.consumer_claim)
         .and_then(Value::as_str)
@@ -573,8 +583,12 @@ pub async fn verify(
         id.groups
             .extend(groups.iter().filter_map(|g| g.as_str().map(str::to_string)));
     }
-    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-    let nbf = claims.get("nbf").and_then(Value::as_u64);
+    // Fractional dates are allowed (RFC 7519 §2); `as` saturates, and a negative one is 0.
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .map_or(0, |e| e as u64);
+    let nbf = claims.get("nbf").and_then(Value::as_f64).map(|n| n as u64);
     id.claims = Some(Arc::new(claims));
     let id = Arc::new(id);
     cache.put(
@@ -637,8 +651,9 @@ mod tests {
         ))
     }
 
-    /// Claims jsonwebtoken checks only when they parse are refused when they do not (found
-    /// by the jwt fuzz target: `fuzz/regressions/jwt/`).
+    /// Claims jsonwebtoken checks only when they parse are refused when they do not, and
+    /// dates beyond its `u64` are compared too (found by the jwt fuzz target:
+    /// `fuzz/regressions/jwt/`).
     #[test]
     fn malformed_aud_and_nbf_are_refused() {
         let exp = now() + 3600;
@@ -654,6 +669,10 @@ mod tests {
             ("aud", json!(["api", 5])),
             ("nbf", json!("soon")),
             ("nbf", json!(null)),
+            ("nbf", json!(1e20)),
+            ("nbf", json!(exp + 3600)),
+            ("iat", json!(1e20)),
+            ("iat", json!("then")),
         ] {
             let mut claims = base.clone();
             claims[field] = value.clone();
@@ -666,8 +685,14 @@ mod tests {
             check(no_aud).err().map(|e| e.to_string()).as_deref(),
             Some("claim \"aud\" is missing")
         );
-        let mut old_nbf = base;
-        old_nbf["nbf"] = json!(-5);
-        assert!(check(old_nbf).is_ok(), "a negative nbf is in the past");
+        for past in [json!(-5), json!(1.5), json!((now() - 10) as f64)] {
+            let mut claims = base.clone();
+            claims["nbf"] = past.clone();
+            claims["iat"] = past.clone();
+            assert!(
+                check(claims).is_ok(),
+                "nbf and iat = {past} are in the past"
+            );
+        }
     }
 }

@@ -268,12 +268,33 @@ impl Limit {
             LimitKey::Route => {}
             LimitKey::Header(_) => {
                 match self.key_header.as_ref().and_then(|h| parts.headers.get(h)) {
-                    Some(v) => key.push_str(&String::from_utf8_lossy(v.as_bytes())),
+                    Some(v) => push_header_value(&mut key, v.as_bytes()),
                     None => key.push('-'),
                 }
             }
         }
         key
+    }
+}
+
+/// Longest header value kept as it is in a limit's key.
+const MAX_KEY_VALUE: usize = 64;
+
+/// Appends a header's value to a limit key: as it is when it is short and printable (a user
+/// id, an API client's name), else as `sha256:` and the hex of its digest's first 16 bytes.
+/// A key's size is then bounded whatever the client sends: the local store counts keys, not
+/// bytes, and Redis has no cap on keys at all, so 16 KiB values, one per request, would grow
+/// either by that much per request.
+fn push_header_value(key: &mut String, value: &[u8]) {
+    use std::fmt::Write;
+    if value.len() <= MAX_KEY_VALUE && value.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        key.push_str(&String::from_utf8_lossy(value));
+        return;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, value);
+    key.push_str("sha256:");
+    for b in &digest.as_ref()[..16] {
+        let _ = write!(key, "{b:02x}");
     }
 }
 

@@ -24,6 +24,7 @@ use sluice_util::{config::refuse as refuse_field, FieldError};
 
 use super::{refuse, Refusal};
 use crate::pipeline::error::ProxyError;
+use crate::pipeline::router::is_param;
 use crate::{
     config::{RequestTransform, ResponseTransform},
     pipeline::problem::full,
@@ -228,6 +229,7 @@ pub struct RequestTransformer {
     remove_query: Vec<String>,
     rename_query: Vec<(String, String)>,
     add_query: Vec<(String, String)>,
+    set_query: Vec<(String, String)>,
     json: JsonOps,
 }
 
@@ -273,6 +275,7 @@ impl TryFrom<&RequestTransform> for RequestTransformer {
             remove_query: t.remove_query.clone(),
             rename_query: query_pairs(&t.rename_query)?,
             add_query: query_pairs(&t.add_query)?,
+            set_query: query_pairs(&t.set_query)?,
             json: JsonOps::build(&t.json_rename, &t.json_remove, json_set, t.json_max_bytes)?,
         })
     }
@@ -301,8 +304,38 @@ impl RequestTransformer {
             h.append(n.clone(), v.clone());
         }
         self.rewrite_target(parts)?;
-        if self.json.is_empty() || !is_json(&parts.headers) || encoded(&parts.headers) {
+        if self.json.is_empty() {
             return Ok(body);
+        }
+        if !is_json(&parts.headers) || encoded(&parts.headers) {
+            // Nothing to transform, or a body the route's JSON changes cannot be made to:
+            // refused rather than passed unchanged, since the upstream may well read it as
+            // JSON all the same (most ignore Content-Type and request Content-Encoding), and
+            // a field the route sets or removes would then be the client's to choose.
+            if hyper::body::Body::is_end_stream(&body) {
+                return Ok(body);
+            }
+            // A body only its end can show empty (chunked, or HTTP/2 without a length):
+            // read up to its first byte, and refuse only one that has one.
+            let unsupported = || {
+                refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "this route transforms JSON request bodies: send the body as \
+                     application/json (or +json), without Content-Encoding",
+                )
+            };
+            return match collect_capped(body, 0).await {
+                Ok(empty) => Ok(full(empty.into_bytes())),
+                Err(CollectError::Stalled) => Err(refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "no request body arrived within the listener's body_read_timeout_ms",
+                )),
+                Err(CollectError::Broken) => Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                )),
+                Err(_) => Err(unsupported()),
+            };
         }
         let bytes = match collect_capped(body, self.json.max).await {
             Ok(b) => b,
@@ -360,7 +393,8 @@ impl RequestTransformer {
     fn rewrite_target(&self, parts: &mut Parts) -> Result<(), Refusal> {
         let touches_query = !(self.remove_query.is_empty()
             && self.rename_query.is_empty()
-            && self.add_query.is_empty());
+            && self.add_query.is_empty()
+            && self.set_query.is_empty());
         if self.strip_prefix.is_none() && self.rewrite.is_none() && !touches_query {
             return Ok(());
         }
@@ -394,12 +428,19 @@ impl RequestTransformer {
                 None => (kv.to_string(), None),
             })
             .collect();
-        q.retain(|(k, _)| !self.remove_query.contains(k));
+        // Names are compared decoded, as the upstream reads them (`%64ebug` is `debug`).
+        q.retain(|(k, _)| !self.remove_query.iter().any(|r| is_param(k, r)));
         for (from, to) in &self.rename_query {
-            for (k, _) in q.iter_mut().filter(|(k, _)| k == from) {
+            for (k, _) in q.iter_mut().filter(|(k, _)| is_param(k, from)) {
                 *k = to.clone();
             }
         }
+        q.retain(|(k, _)| !self.set_query.iter().any(|(s, _)| is_param(k, s)));
+        q.extend(
+            self.set_query
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone()))),
+        );
         q.extend(
             self.add_query
                 .iter()
@@ -432,7 +473,7 @@ pub fn without_query_param(uri: &Uri, key: &str) -> Option<Uri> {
     let query = uri.query()?;
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|kv| kv.split('=').next() != Some(key))
+        .filter(|kv| !is_param(kv.split('=').next().unwrap_or(""), key))
         .collect();
     let target = if kept.is_empty() {
         uri.path().to_string()
