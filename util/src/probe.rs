@@ -35,15 +35,19 @@ impl ProbeError {
     /// buffers or memory. Such a failure says nothing of the target's health, and counting
     /// it would mark every target down at once when the prober's host is short.
     pub fn is_local(&self) -> bool {
-        // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
-        const LOCAL: [i32; 4] = [24, 23, 105, 12];
         match self {
-            ProbeError::Connect(e) | ProbeError::Io(e) => {
-                e.raw_os_error().is_some_and(|n| LOCAL.contains(&n))
-            }
+            ProbeError::Connect(e) | ProbeError::Io(e) => is_local_shortage(e),
             _ => false,
         }
     }
+}
+
+/// Whether `e` is this host running short (out of descriptors, buffers or memory) rather than
+/// anything a peer did: a failure that must not count against the peer's health.
+pub fn is_local_shortage(e: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+    const LOCAL: [i32; 4] = [24, 23, 105, 12];
+    e.raw_os_error().is_some_and(|n| LOCAL.contains(&n))
 }
 
 /// Whether `path` can be probed: it goes into the request line as it is, so it must start

@@ -331,7 +331,11 @@ fn settle(
             Ok(answer)
         }
         Ok(Err(e)) if e.is_connect() => {
-            pool.report(i, Outcome::ConnectError);
+            // A shortage here says nothing of the target: ejecting it would spread the
+            // gateway's own trouble over its upstreams' health.
+            if !e.is_local() {
+                pool.report(i, Outcome::ConnectError);
+            }
             Err(ProxyError::Connect {
                 pool: pool.name.clone(),
             })

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use sluice_util::probe::Probe;
+use sluice_util::probe::{Probe, ProbeError};
 
 use super::pool::Pool;
 use crate::config::HealthCheck;
@@ -43,9 +43,15 @@ pub async fn check_health(pool: Weak<Pool>) {
             .collect();
         let mut results = Vec::with_capacity(probes.len());
         for h in probes {
-            results.push(h.await.unwrap_or(false));
+            results.push(h.await.unwrap_or(Some(false)));
         }
         for ((t, ok), (up, streak)) in p.targets.iter().zip(results).zip(streaks.iter_mut()) {
+            let Some(ok) = ok else {
+                // Out of descriptors or memory here: no verdict on the target, whose state
+                // and streak stay as they were, rather than every target failing at once.
+                tracing::warn!(pool = %p.name, target = %t.addr, "health probe failed on this host; state kept");
+                continue;
+            };
             if ok == *up {
                 *streak = 0;
                 continue;
@@ -61,13 +67,48 @@ pub async fn check_health(pool: Weak<Pool>) {
     }
 }
 
-/// One HTTP/1.1 GET; true if the status is the expected one within the timeout.
-async fn probe(addr: SocketAddr, check: HealthCheck) -> bool {
+/// One HTTP/1.1 GET; see [`verdict`].
+async fn probe(addr: SocketAddr, check: HealthCheck) -> Option<bool> {
     let probe = Probe {
         target: addr,
         path: &check.path,
         user_agent: "sluice-gateway",
         timeout: Duration::from_millis(check.timeout_ms),
     };
-    matches!(probe.status().await, Ok(s) if s == check.expect_status)
+    verdict(probe.status().await, check.expect_status)
+}
+
+/// Whether a probe's answer is the expected status within the timeout, or `None` when the
+/// probe failed on this host ([`ProbeError::is_local`]: out of descriptors, buffers or memory),
+/// which says nothing of the target.
+fn verdict(answer: Result<u16, ProbeError>, expect: u16) -> Option<bool> {
+    match answer {
+        Ok(status) => Some(status == expect),
+        Err(e) if e.is_local() => None,
+        Err(_) => Some(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_probe_that_fails_on_this_host_gives_no_verdict() {
+        assert_eq!(verdict(Ok(200), 200), Some(true));
+        assert_eq!(verdict(Ok(503), 200), Some(false));
+        assert_eq!(verdict(Err(ProbeError::Timeout), 200), Some(false));
+        let refused = Error::from(ErrorKind::ConnectionRefused);
+        assert_eq!(verdict(Err(ProbeError::Connect(refused)), 200), Some(false));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let local = Error::from_raw_os_error(errno);
+            assert_eq!(
+                verdict(Err(ProbeError::Connect(local)), 200),
+                None,
+                "{errno}"
+            );
+        }
+    }
 }

@@ -67,6 +67,12 @@ impl SendError {
             SendError::Exchange { .. } | SendError::NoPool(_) | SendError::Http2(_) => false,
         }
     }
+
+    /// The connection failed on this host (out of descriptors, buffers or memory): nothing
+    /// the target did, so outlier detection does not count it against the target.
+    pub fn is_local(&self) -> bool {
+        matches!(self, SendError::Connect { source, .. } if sluice_util::probe::is_local_shortage(source))
+    }
 }
 
 /// Idle connections to one target, most recently used last, in one stack per
@@ -320,5 +326,29 @@ pub(crate) async fn reap_every<T>(owner: Weak<T>, every: Duration, prune: fn(&T)
             Some(o) => prune(&o),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors or memory here is a connect failure (another target may be tried)
+    /// but not the target's fault; a refused connection is both.
+    #[test]
+    fn a_connect_failure_on_this_host_is_told_from_the_targets() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let connect = |errno| SendError::Connect {
+            addr,
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = connect(errno);
+            assert!(e.is_connect() && e.is_local(), "{e}");
+        }
+        for e in [connect(libc::ECONNREFUSED), connect(libc::EHOSTUNREACH)] {
+            assert!(e.is_connect() && !e.is_local(), "{e}");
+        }
+        assert!(!SendError::ConnectTimeout(addr).is_local());
     }
 }
