@@ -414,6 +414,23 @@ impl Applied {
         dp: &mut DataPlane,
         backends: Vec<(&u32, &Backend)>,
     ) -> Result<(), DataPlaneError> {
+        // An id that changes hands first loses what the backend that had it left behind.
+        let new_hands: HashSet<u32> = backends
+            .iter()
+            .filter(|(id, b)| {
+                self.backends
+                    .get(id)
+                    .is_none_or(|o| (o.addr, o.family) != (b.addr, b.family))
+            })
+            .map(|(id, _)| **id)
+            .collect();
+        let stale = dp.clear_backends(&new_hands)?;
+        if stale > 0 {
+            tracing::info!(
+                entries = stale,
+                "removed flow entries naming reused backend ids"
+            );
+        }
         for (id, b) in backends {
             dp.set_backend(*id, b)?;
             self.backends.insert(*id, *b);
@@ -455,6 +472,10 @@ impl Applied {
             if let Some(o) = old {
                 let d = disruption(&o.table, &v.table, &survivors(v));
                 moved_any = Some(moved_any.map_or(d, |m: f64| m.max(d)));
+            }
+            if old.is_none() {
+                // The id may have counted another VIP's traffic before.
+                dp.clear_vip(v.id)?;
             }
             let active = old.map(|o| o.meta.active ^ 1).unwrap_or(0);
             self.write_vip(dp, v, active)?;

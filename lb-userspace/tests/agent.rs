@@ -161,6 +161,11 @@ impl World {
     }
 
     fn start_server(&mut self, i: usize) {
+        self.start_server_at(i, BACKENDS[i]);
+    }
+
+    /// Starts server `i` on `address` (one of the backend namespace's addresses).
+    fn start_server_at(&mut self, i: usize, address: &str) {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -170,7 +175,7 @@ impl World {
                 "-m",
                 "http.server",
                 "--bind",
-                BACKENDS[i],
+                address,
                 "9000",
             ])
             .stdout(Stdio::null())
@@ -1435,7 +1440,24 @@ fn a_vip_replaced_at_the_limit_takes_the_id_of_the_one_it_replaces() {
         Duration::from_secs(5),
         || w.config_generation() > before,
     );
-    w.probe(|p| assert_eq!(ports(p), (80..80 + max).collect::<Vec<_>>()));
+    let vip_id = |p: &Probe, port: u16| {
+        p.dp.vips()
+            .expect("vips")
+            .into_iter()
+            .find(|(k, m)| {
+                u16::from_be(k.port) == port && m.flags & sluice_common::VIP_ADDRESS_MARKER == 0
+            })
+            .map(|(_, m)| m.id)
+            .expect("the VIP")
+    };
+    let first = w.probe(|p| {
+        assert_eq!(ports(p), (80..80 + max).collect::<Vec<_>>());
+        // Traffic counted against the first VIP's id.
+        p.send(ip4("192.0.2.9"), 30000, true).expect("forwarded");
+        let id = vip_id(p, 80);
+        assert!(p.dp.vip_traffic(id).expect("traffic").packets > 0);
+        id
+    });
     // The first VIP (port 80) replaced by one on port 80 + max.
     let before = w.config_generation();
     w.write_config(&with_ports(81..81 + max));
@@ -1444,7 +1466,13 @@ fn a_vip_replaced_at_the_limit_takes_the_id_of_the_one_it_replaces() {
         Duration::from_secs(5),
         || w.config_generation() > before,
     );
-    w.probe(|p| assert_eq!(ports(p), (81..81 + max).collect::<Vec<_>>()));
+    w.probe(|p| {
+        assert_eq!(ports(p), (81..81 + max).collect::<Vec<_>>());
+        // It took the first one's id, and none of its counts.
+        assert_eq!(vip_id(p, 80 + max), first);
+        let traffic = p.dp.vip_traffic(first).expect("traffic");
+        assert_eq!((traffic.packets, traffic.bytes), (0, 0));
+    });
     let status: serde_json::Value =
         serde_json::from_str(&w.cli_ok(&["status", "--json"])).expect("json");
     assert!(status["config"]["last_error"].is_null(), "{status}");
@@ -1483,4 +1511,60 @@ fn an_agent_told_not_to_manage_sysctls_sets_none_when_it_attaches() {
     assert!(body.contains("accept_local ext0"), "{body}");
     let now = in_ns(&w.a, || std::fs::read_to_string(knob).expect("read"));
     assert_eq!(now.trim(), "0", "accept_local was changed");
+}
+
+/// A backend id that changes hands carries nothing over from the backend that had it: flow
+/// entries name a backend by id alone, so a stale entry of the removed backend would send its
+/// flow to the new one (which need not serve that VIP), and the id's traffic counters would
+/// be reported as the new backend's.
+#[test]
+fn a_reused_backend_id_inherits_no_flow_entries_and_no_counters() {
+    let Some(mut w) = World::running() else {
+        return;
+    };
+    const NEW: &str = "10.1.0.14";
+    let client = "192.0.2.7";
+    let ports = 30000..30064;
+    let id_of = |p: &Probe, address: &str| {
+        let ip: IpAddr = address.parse().expect("literal");
+        p.dp.backends()
+            .expect("read")
+            .into_iter()
+            .find(|(_, b)| addr::ip(&b.addr, b.family) == ip)
+            .map(|(id, _)| id)
+    };
+    let apply = |w: &World, backends: &[&str]| {
+        let before = w.config_generation();
+        w.write_config(&w.config(backends));
+        wait_until("the reload", Duration::from_secs(5), || {
+            w.config_generation() > before
+        });
+    };
+    let id = w.probe(|p| {
+        picks(p, client, ports.clone(), true);
+        let id = id_of(p, BACKENDS[2]).expect("an id");
+        assert!(flow_entries(p, client, ports.clone()).contains(&Some(id)));
+        assert!(p.dp.backend_traffic(id).expect("traffic").packets > 0);
+        id
+    });
+    // The backend leaves; its flow entries stay behind, naming its id.
+    apply(&w, &BACKENDS[..2]);
+    w.probe(|p| {
+        assert_eq!(id_of(p, BACKENDS[2]), None);
+        assert!(flow_entries(p, client, ports.clone()).contains(&Some(id)));
+    });
+    // A new backend takes the id it freed.
+    sh(&format!("ip -n {} addr add {NEW}/24 dev int1", w.b));
+    w.start_server_at(3, NEW);
+    apply(&w, &[BACKENDS[0], BACKENDS[1], NEW]);
+    w.probe(|p| {
+        wait_until("the new backend up", Duration::from_secs(5), || {
+            p.flags(NEW) == Some(BACKEND_ALIVE)
+        });
+        assert_eq!(id_of(p, NEW), Some(id), "the freed id is the lowest free");
+        let entries = flow_entries(p, client, ports.clone());
+        assert!(!entries.contains(&Some(id)), "{entries:?}");
+        let traffic = p.dp.backend_traffic(id).expect("traffic");
+        assert_eq!((traffic.packets, traffic.bytes), (0, 0));
+    });
 }

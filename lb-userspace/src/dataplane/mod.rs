@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::{addr, object};
 
+mod reuse;
 mod shield;
 pub use shield::{block_key, monotonic_ns, prefix_of};
 
