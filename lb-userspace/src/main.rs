@@ -294,8 +294,18 @@ fn main() -> Result<()> {
 
 fn check(config: &Path) -> Result<()> {
     let c = config::load(config)?;
+    // BIRD's own parse of the config the agent would write, where BIRD is here to ask.
+    let bird = match &c.bgp {
+        Some(b) => match sluice_lb::bgp::bird::parse_check(b)
+            .with_context(|| format!("{}: bgp", config.display()))?
+        {
+            true => ", BIRD parses its BGP config",
+            false => ", BGP config not parsed: no BIRD binary here",
+        },
+        None => "",
+    };
     println!(
-        "{}: ok ({} VIPs, {} interfaces)",
+        "{}: ok ({} VIPs, {} interfaces{bird})",
         config.display(),
         c.vips.len(),
         c.node.interfaces.len()

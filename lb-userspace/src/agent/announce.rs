@@ -51,8 +51,12 @@ impl Agent {
                 }),
             }
         }
+        let carried = |a: std::net::IpAddr| self.config.bgp.as_ref().is_some_and(|b| b.carries(a));
         for d in &mut decision {
-            let why = if !attached {
+            let why = if !carried(d.address) {
+                let family = if d.address.is_ipv4() { "IPv4" } else { "IPv6" };
+                format!("no {family} BGP peer to announce it to")
+            } else if !attached {
                 "the XDP program is not attached".to_string()
             } else if let Some(check) = &failing {
                 format!("node check failing: {check}")

@@ -181,6 +181,9 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
     // Before the file is read: a change made while the agent starts is reloaded.
     let mut watch = FileWatch::new(path);
     let mut config = config::load(path)?;
+    if let Some(b) = &config.bgp {
+        crate::bgp::bird::parse_check(b).with_context(|| format!("{}: bgp", path.display()))?;
+    }
     watch.also(read_with(&config));
     warn_of_flood_sizing(&config);
     if let Some(m) = mode {
@@ -581,6 +584,15 @@ impl Agent {
         // refuse the file before anything changes.
         if let Err(e) = config::restart_needed(&self.config, &new) {
             return self.refused(why, e.in_file(&self.path).to_string());
+        }
+        if let Some(b) = new
+            .bgp
+            .as_ref()
+            .filter(|b| self.config.bgp.as_ref() != Some(b))
+        {
+            if let Err(e) = crate::bgp::bird::parse_check(b) {
+                return self.refused(why, format!("{}: bgp: {e}", self.path.display()));
+            }
         }
         if let Err(e) = controller::plan(&new, &self.status, &mut self.ids.clone()) {
             return self.refused(why, e.to_string());

@@ -164,6 +164,52 @@ pub fn write_all(bgp: &Bgp, v4: &[IpAddr], v6: &[IpAddr]) -> Result<(), BirdErro
     write_atomically(&bgp.bird_dir.join("bird.conf"), &render_config(bgp))
 }
 
+/// Has BIRD parse the config the agent would write for `bgp` (`bird -p`), in a scratch
+/// directory, before that config replaces the file a running BIRD reads: once the file
+/// held a config BIRD refuses, no later change (a withdrawal included) would reach the
+/// routers. `Ok(false)` when `bird_binary` is not there to ask (a BIRD this agent does not
+/// start); `Refused` carries BIRD's own message.
+pub fn parse_check(bgp: &Bgp) -> Result<bool, BirdError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    if !bgp.bird_binary.is_file() {
+        return Ok(false);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bird-check-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let scratch = Bgp {
+        bird_dir: dir.clone(),
+        ..bgp.clone()
+    };
+    let parsed = write_all(&scratch, &[], &[]).and_then(|()| {
+        let conf = dir.join("bird.conf");
+        let out = std::process::Command::new(&bgp.bird_binary)
+            .arg("-p")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| BirdError::Io {
+                what: format!("running {} -p", bgp.bird_binary.display()),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        // BIRD names the scratch file; the line and the reason are what matter.
+        let said = String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.display()), "");
+        Err(BirdError::Refused {
+            command: format!("{} -p", bgp.bird_binary.display()),
+            reply: said.trim().to_string(),
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    parsed
+}
+
 /// Tells a running BIRD to announce nothing (for `sluice-lb detach`, with no agent).
 pub fn withdraw_all(bgp: &Bgp) -> Result<(), BirdError> {
     write_all(bgp, &[], &[])?;
@@ -452,12 +498,20 @@ bird_dir = "/run/x"
 mod with_bird {
     use super::*;
 
-    /// BIRD itself (`bird -p`) parses the config the agent writes, with and without BFD,
-    /// communities and MED, for IPv4 and IPv6 peers.
+    fn bgp(peers: &str, extra: &str) -> Bgp {
+        toml::from_str(&format!(
+            "local_as = 65001\nrouter_id = \"10.0.0.11\"\npeers = [{peers}]\n{extra}"
+        ))
+        .expect("parse")
+    }
+
+    /// BIRD itself (`bird -p`, through [`parse_check`]) parses the config the agent writes,
+    /// with and without BFD, communities and MED, for IPv4 and IPv6 peers; and a config it
+    /// refuses (iBGP with BFD, which `validate` keeps out of a file) is refused with BIRD's
+    /// own reason, leaving nothing behind.
     #[test]
-    fn bird_accepts_the_config() {
-        let bird = Path::new("/usr/sbin/bird");
-        if !bird.exists() {
+    fn bird_accepts_the_config_and_its_refusals_are_reported() {
+        if !Path::new("/usr/sbin/bird").exists() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "bird2 is missing (cargo xtask setup installs it)"
@@ -465,37 +519,41 @@ mod with_bird {
             eprintln!("bird2 is not installed: skipped");
             return;
         }
-        let dir = std::env::temp_dir().join(format!("sluice-bird-parse-{}", std::process::id()));
+        let peers = r#"{ address = "10.0.0.1", as = 65000 }, { address = "fd00::1", as = 65000 }"#;
         for extra in [
             "",
             "communities = [\"65001:7\"]\nmed = 5\nbfd = { enabled = false }\n",
         ] {
-            let bgp: Bgp = toml::from_str(&format!(
-                "local_as = 65001\nrouter_id = \"10.0.0.11\"\n\
-                 peers = [{{ address = \"10.0.0.1\", as = 65000 }}, {{ address = \"fd00::1\", as = 65000 }}]\n\
-                 bird_dir = \"{}\"\n{extra}",
-                dir.display()
-            ))
-            .expect("parse");
-            write_all(
-                &bgp,
-                &["198.51.100.1".parse().expect("literal")],
-                &["2001:db8::1".parse().expect("literal")],
-            )
-            .expect("write");
-            let out = std::process::Command::new(bird)
-                .arg("-p")
-                .arg("-c")
-                .arg(dir.join("bird.conf"))
-                .output()
-                .expect("run bird -p");
-            let _ = std::fs::remove_dir_all(&dir);
-            assert!(
-                out.status.success(),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            match parse_check(&bgp(peers, extra)) {
+                Ok(true) => {}
+                other => panic!("{extra:?}: {other:?}"),
+            }
         }
+        let scratch = || {
+            std::fs::read_dir(std::env::temp_dir())
+                .expect("temp dir")
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(&format!("sluice-bird-check-{}-", std::process::id()))
+                })
+                .count()
+        };
+        let ibgp = bgp(r#"{ address = "10.0.0.1", as = 65001 }"#, "");
+        match parse_check(&ibgp) {
+            Err(BirdError::Refused { reply, .. }) => {
+                assert!(reply.contains("BFD"), "{reply}");
+                assert!(!reply.contains("sluice-bird-check"), "{reply}");
+            }
+            other => panic!("iBGP with BFD: {other:?}"),
+        }
+        assert_eq!(scratch(), 0, "the scratch directories are removed");
+        // No binary to ask: nothing parsed, nothing refused.
+        let absent = Bgp {
+            bird_binary: "/nonexistent/bird".into(),
+            ..ibgp
+        };
+        assert!(matches!(parse_check(&absent), Ok(false)));
     }
 }

@@ -98,6 +98,14 @@ fn default_withdraw_delay() -> u64 {
 }
 
 impl Bgp {
+    /// Whether a peer of `address`'s family is there to carry it: an IPv4 peer carries
+    /// the IPv4 VIPs, an IPv6 peer the IPv6 ones.
+    pub fn carries(&self, address: IpAddr) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.address.is_ipv4() == address.is_ipv4())
+    }
+
     /// Checks what serde cannot; fields relative to the section.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.local_as == 0 {
@@ -116,6 +124,23 @@ impl Bgp {
             super::unicast(p.address).or_else(|why| refuse(format!("peers[{i}].address"), why))?;
             if self.peers[..i].iter().any(|q| q.address == p.address) {
                 return refuse(format!("peers[{i}].address"), "duplicate peer");
+            }
+            // Configs BIRD itself refuses: once its file held one, no later change (a
+            // withdrawal included) would reach the routers.
+            if matches!(p.address, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80) {
+                return refuse(
+                    format!("peers[{i}].address"),
+                    "a link-local address, which BIRD reaches only through a named interface \
+                     this section cannot give: peer over a global or unique-local address",
+                );
+            }
+            if p.asn == self.local_as && self.bfd.enabled {
+                return refuse(
+                    format!("peers[{i}].as"),
+                    "equal to local_as (iBGP), which BIRD treats as multihop, and multihop \
+                     BFD needs a local address this section does not set: turn BFD off \
+                     (bfd.enabled = false) or peer over eBGP",
+                );
             }
         }
         if self.bfd.enabled {

@@ -704,6 +704,43 @@ backends = [{ address = "10.1.0.11" }, { address = "10.1.0.12", weight = 2 }]
         assert_eq!(c.health.port, 9000);
     }
 
+    /// Peers BIRD would refuse are refused here, with their field: a config BIRD refuses
+    /// would leave every later change, withdrawals included, unsent.
+    #[test]
+    fn bgp_peers_bird_cannot_take_are_refused() {
+        let with = |peers: &str, bfd: bool| {
+            format!(
+                "{GOOD}\n[bgp]\nlocal_as = 65001\nrouter_id = \"10.1.0.1\"\npeers = [{peers}]\n\
+                 bfd = {{ enabled = {bfd} }}\n"
+            )
+        };
+        let e = refuse(&with(r#"{ address = "fe80::1", as = 65000 }"#, true));
+        assert!(
+            e.contains("bgp.peers[0].address") && e.contains("link-local"),
+            "{e}"
+        );
+        let e = refuse(&with(
+            r#"{ address = "10.1.0.254", as = 65000 }, { address = "10.1.0.253", as = 65001 }"#,
+            true,
+        ));
+        assert!(e.contains("bgp.peers[1].as") && e.contains("iBGP"), "{e}");
+        // iBGP without BFD, and eBGP with it, are what BIRD takes.
+        parse(
+            Path::new("lb.toml"),
+            &with(r#"{ address = "10.1.0.254", as = 65001 }"#, false),
+        )
+        .expect("iBGP without BFD");
+        let c = parse(
+            Path::new("lb.toml"),
+            &with(r#"{ address = "fd00::1", as = 65000 }"#, true),
+        )
+        .expect("eBGP with BFD");
+        // An IPv6 peer carries IPv6 VIPs only: an IPv4 VIP is then reported unannounced.
+        let bgp = c.bgp.expect("[bgp]");
+        assert!(bgp.carries("2001:db8::1".parse().expect("literal")));
+        assert!(!bgp.carries("198.51.100.1".parse().expect("literal")));
+    }
+
     /// The admin token file is read with the config, from the config file's directory when
     /// relative, and refused with its field when unfit.
     #[test]
