@@ -344,7 +344,11 @@ pub async fn run(path: &Path, debug: bool, mode: Option<config::XdpMode>) -> Res
         }
     }
     if let Some(bgp) = agent.bgp.as_mut() {
-        bgp.withdraw_and_wait().await;
+        // BIRD outlives the agent: a withdrawal it did not take leaves this node announced,
+        // which must not pass for a clean stop.
+        bgp.withdraw_and_wait()
+            .await
+            .context("stopping: BIRD still announces this node's VIPs")?;
     }
     info!("stopping; the data plane keeps forwarding from pinned state");
     Ok(())

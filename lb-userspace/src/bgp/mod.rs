@@ -182,10 +182,15 @@ impl Announcer {
         self.wanted = decision;
     }
 
-    /// Withdraws everything (a graceful stop): waits, a few seconds at most, for BIRD to
-    /// be told, then `withdraw_delay_ms` so the routers move the flows before the agent
-    /// goes.
-    pub async fn withdraw_and_wait(&mut self) {
+    /// Withdraws everything (a graceful stop): waits, [`STALLED_AFTER`] at most, for BIRD
+    /// to take it, retrying each second, then `withdraw_delay_ms` so the routers move the
+    /// flows before the agent goes. `Err` when BIRD did not take it: it outlives the agent
+    /// and still announces, which the caller must not report as a clean stop.
+    pub async fn withdraw_and_wait(&mut self) -> Result<(), BirdError> {
+        self.withdraw_within(STALLED_AFTER).await
+    }
+
+    async fn withdraw_within(&mut self, limit: Duration) -> Result<(), BirdError> {
         let decision: Vec<Announcement> = std::mem::take(&mut self.wanted)
             .into_iter()
             .map(|d| Announcement {
@@ -195,10 +200,28 @@ impl Announcer {
             })
             .collect();
         self.announce(decision);
-        let told = self.settled();
-        let waited = tokio::task::spawn_blocking(move || told.recv_timeout(STALLED_AFTER)).await;
-        if !matches!(waited, Ok(Ok(()))) {
-            warn!("BIRD did not take the withdrawal in time");
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let told = self.settled();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::task::spawn_blocking(move || told.recv_timeout(left)).await;
+            let withdrawn = speaker::lock(&self.shared)
+                .announced
+                .as_ref()
+                .is_some_and(BTreeSet::is_empty);
+            if withdrawn {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = speaker::lock(&self.shared).error.clone();
+                return Err(BirdError::Refused {
+                    command: "withdraw every VIP".into(),
+                    reply: why.unwrap_or_else(|| "no answer in time".into()),
+                });
+            }
+            // The speaker retries a set that failed when it is next handed a job.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.poll();
         }
         let wait = Duration::from_millis(self.bgp.withdraw_delay_ms);
         info!(
@@ -206,6 +229,7 @@ impl Announcer {
             "withdrawn from BGP; waiting before exit"
         );
         tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     /// Reads the sessions' state; restarts a BIRD that is gone (announcing again what was
@@ -294,20 +318,41 @@ mod tests {
     /// A stand-in for BIRD's control socket: greets, answers every command, and records
     /// the commands it was sent.
     fn fake_bird(socket: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+        refusing_bird(socket, usize::MAX, 0)
+    }
+
+    /// A fake BIRD that refuses `configure` from the `from`-th on, `count` times.
+    fn refusing_bird(
+        socket: &std::path::Path,
+        from: usize,
+        count: usize,
+    ) -> Arc<Mutex<Vec<String>>> {
         let listener = UnixListener::bind(socket).expect("bind");
+        let configures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 let log = log.clone();
+                let configures = configures.clone();
                 std::thread::spawn(move || {
                     let _ = conn.write_all(b"0001 BIRD 2.0.12 ready.\n");
                     let reader = BufReader::new(conn.try_clone().expect("clone"));
                     for line in reader.lines() {
                         let Ok(line) = line else { return };
+                        let n = if line.starts_with("configure") {
+                            configures.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        } else {
+                            usize::MAX
+                        };
                         log.lock().expect("lock").push(line);
-                        let _ = conn.write_all(b"0003 Reconfigured\n");
+                        let reply: &[u8] = if n >= from && n - from < count {
+                            b"8002 /run/x/bird.conf:12:3 parse error\n"
+                        } else {
+                            b"0003 Reconfigured\n"
+                        };
+                        let _ = conn.write_all(reply);
                     }
                 });
             }
@@ -332,6 +377,57 @@ mod tests {
         drop(a);
         drop(speaker::TURN.lock());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A graceful stop's withdrawal that BIRD refuses is retried, and reported as an
+    /// error if it never takes, not as a clean stop: BIRD outlives the agent and would go
+    /// on announcing.
+    #[test]
+    fn a_withdrawal_bird_refuses_is_retried_and_never_reported_as_done() {
+        let vip: IpAddr = "198.51.100.1".parse().expect("literal");
+        let wanted = vec![Announcement {
+            address: vip,
+            announced: true,
+            reason: String::new(),
+        }];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // (refused from the n-th configure, how many times, what the stop comes to)
+        for (refusals, done) in [(usize::MAX, false), (2, true)] {
+            let dir = std::env::temp_dir().join(format!(
+                "sluice-bgp-refuse-{}-{refusals}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let socket = dir.join("bird.ctl");
+            // The announcement is taken; the withdrawals after it are refused.
+            let seen = refusing_bird(&socket, 1, refusals);
+            let mut a = Announcer::start(&config(&dir, &socket));
+            a.announce(wanted.clone());
+            a.settled()
+                .recv_timeout(Duration::from_secs(10))
+                .expect("announced");
+            let stopped = rt.block_on(a.withdraw_within(Duration::from_secs(4)));
+            let status = a.status();
+            finish(a, &dir);
+            let configures = seen
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|l| l.starts_with("configure"))
+                .count();
+            assert_eq!(stopped.is_ok(), done, "{stopped:?}");
+            if done {
+                assert_eq!(configures, 4, "announced, refused twice, then withdrawn");
+            } else {
+                assert!(configures >= 3, "retried: {configures} configures");
+                let e = stopped.expect_err("refused").to_string();
+                assert!(e.contains("parse error"), "{e}");
+                assert!(!status.vips.is_empty() && status.error.is_some());
+            }
+        }
     }
 
     /// A BIRD that takes connections and never answers (stopped, or wedged) holds up
