@@ -148,6 +148,10 @@ enum Command {
         /// Config file (for its pin directory, and its `[bgp]` to withdraw the VIPs).
         #[arg(long, short, conflicts_with = "pin_dir")]
         config: Option<PathBuf>,
+        /// Detach even when the VIPs could not be withdrawn from BGP (the routers then go on
+        /// sending to a node that drops what it gets).
+        #[arg(long)]
+        force: bool,
         /// Pin directory (without this or --config: /sys/fs/bpf/sluice, the forwarder's
         /// default; a gateway node's decap is under /sys/fs/bpf/sluice-decap).
         #[arg(long)]
@@ -279,7 +283,11 @@ fn main() -> Result<()> {
             };
             rt.block_on(post(admin, path, token))
         }
-        Command::Detach { config, pin_dir } => detach(config, pin_dir),
+        Command::Detach {
+            config,
+            force,
+            pin_dir,
+        } => detach(config, pin_dir, force),
         Command::Verify => verify(),
         Command::DecapStats { pin_dir, json } => decap_stats(&pin_dir, json),
         Command::Decap {
@@ -313,7 +321,7 @@ fn check(config: &Path) -> Result<()> {
     Ok(())
 }
 
-fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>) -> Result<()> {
+fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>, force: bool) -> Result<()> {
     let (dir, bgp) = match (config, pin_dir) {
         (Some(c), _) => {
             let c = config::load(&c)?;
@@ -326,9 +334,19 @@ fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>) -> Result<()> {
     if let Some(bgp) = bgp {
         match sluice_lb::bgp::bird::withdraw_all(&bgp) {
             Ok(()) => {
-                println!("withdrew every VIP from BGP (BIRD keeps running, announcing nothing)")
+                println!(
+                    "withdrew every VIP from BGP (BIRD keeps running, announcing nothing); \
+                     waiting {} ms for the routers to move the flows",
+                    bgp.withdraw_delay_ms
+                );
+                // As a graceful stop does: what the routers still send meanwhile is forwarded.
+                std::thread::sleep(std::time::Duration::from_millis(bgp.withdraw_delay_ms));
             }
-            Err(e) => eprintln!("warning: could not withdraw the VIPs from BGP: {e}"),
+            Err(e) if force => eprintln!("warning: could not withdraw the VIPs from BGP: {e}"),
+            Err(e) => bail!(
+                "could not withdraw the VIPs from BGP, so nothing was detached (the routers \
+                 would go on sending here): {e}; --force detaches anyway"
+            ),
         }
     }
     let n = attach::detach(&dir)?;

@@ -1568,3 +1568,52 @@ fn a_reused_backend_id_inherits_no_flow_entries_and_no_counters() {
         assert_eq!((traffic.packets, traffic.bytes), (0, 0));
     });
 }
+
+/// `detach --config` withdraws the VIPs from BGP before it removes anything; when BIRD
+/// cannot be told, it detaches nothing (the routers would go on sending to a node that
+/// drops what it gets) unless told `--force`.
+#[test]
+fn detach_removes_nothing_while_the_vips_cannot_be_withdrawn_unless_forced() {
+    let scratch = sluice_e2e::scratch::Scratch::new("agent-detach");
+    let dir = scratch.0.clone();
+    let pin_dir = dir.join("pins");
+    for sub in ["links", "maps"] {
+        std::fs::create_dir_all(pin_dir.join(sub)).expect("dir");
+        std::fs::write(pin_dir.join(sub).join("x"), "").expect("pin stand-in");
+    }
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[bgp]\nlocal_as = 65001\nrouter_id = \"10.1.0.1\"\n\
+             peers = [{{ address = \"10.1.0.254\", as = 65000 }}]\n\
+             bird_socket = \"{dir}/no-bird.ctl\"\nbird_dir = \"{dir}/bird\"\n",
+            World::config_text(&pin_dir, &BACKENDS),
+            dir = dir.display()
+        ),
+    )
+    .expect("config");
+    let detach = |force: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-lb"));
+        cmd.args(["detach", "--config"]).arg(&config);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().expect("detach")
+    };
+    let out = detach(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not withdraw") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(pin_dir.join("links/x").exists(), "nothing is detached");
+    let out = detach(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin_dir.exists(), "detached when forced");
+}
