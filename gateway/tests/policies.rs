@@ -613,6 +613,16 @@ fn analytics_top_lists_consumers_and_routes() {
     assert_eq!(j["routes"][1]["errors"], 2);
     let p99 = j["routes"][0]["p99_ms"].as_f64().unwrap();
     assert!((0.05..1000.0).contains(&p99), "{p99}");
+    // A parameter that is there but no whole number is a 400 problem, not the default.
+    for bad in ["minutes=abc", "limit=-1", "minutes=5&minutes=6"] {
+        let r = admin_get(&gw, &format!("/analytics/top?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/problem+json"),
+            "{bad}"
+        );
+    }
     let m = admin_get(&gw, "/metrics").body;
     assert!(m.contains("sluice_gateway_consumer_requests_total{consumer=\"other\",route=\"broken\",class=\"5xx\"} 2"), "{m}");
     assert!(!m.contains("consumer=\"bob\""));

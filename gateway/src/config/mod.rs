@@ -104,7 +104,9 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-/// Refuses the first name seen twice, as `section[i].name`.
+/// Refuses, as `section[i].name`, the first name seen twice or written with more than
+/// letters, digits, `.`, `-` and `_`: names are Prometheus label values, log fields and
+/// dashboard text, where a quote or a newline would break the exposition for every series.
 fn unique_names<'a>(
     section: &str,
     names: impl Iterator<Item = &'a str>,
@@ -112,6 +114,16 @@ fn unique_names<'a>(
 ) -> Result<(), FieldError> {
     let mut seen = HashSet::new();
     for (i, n) in names.enumerate() {
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return refuse(
+                format!("{section}[{i}].name"),
+                "letters, digits, '.', '-' and '_' only",
+            );
+        }
         if !seen.insert(n) {
             return refuse(format!("{section}[{i}].name"), reason);
         }
@@ -354,6 +366,19 @@ upstream = "api"
             (
                 GOOD.replace("upstream = \"api\"\n", "upstream = \"nope\"\n"),
                 "gw.toml: route[0].upstream: no upstream named \"nope\"",
+            ),
+            // Names are metric labels: a quote would break every scrape.
+            (
+                GOOD.replace("name = \"api\"\npath", "name = \"api \\\"v2\\\"\"\npath"),
+                "gw.toml: route[0].name: letters, digits, '.', '-' and '_' only",
+            ),
+            (
+                GOOD.replace("name = \"api\"\ntargets", "name = \"a\\\\b\"\ntargets"),
+                "gw.toml: upstream[0].name: letters, digits, '.', '-' and '_' only",
+            ),
+            (
+                GOOD.replace("name = \"http\"", "name = \"\""),
+                "gw.toml: listener[0].name: letters, digits, '.', '-' and '_' only",
             ),
             (
                 GOOD.replace("{ prefix = \"/api\" }", "{ template = \"/u/x{id}\" }"),

@@ -113,16 +113,11 @@ impl Gateway {
             }
             (&Method::GET, "/analytics/top") => {
                 let q = req.uri().query().unwrap_or("");
-                let num = |k: &str, d: u64| {
-                    query_values(q, k)
-                        .next()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(d)
+                let (minutes, limit) = match (number(q, "minutes", 5), number(q, "limit", 10)) {
+                    (Ok(m), Ok(l)) => (m, l),
+                    (Err(e), _) | (_, Err(e)) => return problem(StatusCode::BAD_REQUEST, &e),
                 };
-                let top = self
-                    .metrics
-                    .analytics
-                    .top(num("minutes", 5), num("limit", 10) as usize);
+                let top = self.metrics.analytics.top(minutes, limit as usize);
                 let mut r = text(StatusCode::OK, &top.to_string());
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
@@ -220,6 +215,19 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
                 n.load(Ordering::Relaxed)
             );
         }
+    }
+}
+
+/// Query parameter `key` as a whole number, `default` when absent; `Err` names it when it
+/// is there but not a whole number (or there twice), rather than answering as if absent.
+fn number(query: &str, key: &str, default: u64) -> Result<u64, String> {
+    let mut values = query_values(query, key);
+    match (values.next(), values.next()) {
+        (None, _) => Ok(default),
+        (Some(v), None) => v
+            .parse::<u64>()
+            .map_err(|_| format!("query parameter {key}: {v:?} is not a whole number")),
+        (Some(_), Some(_)) => Err(format!("query parameter {key}: given more than once")),
     }
 }
 
