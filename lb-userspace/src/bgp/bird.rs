@@ -66,9 +66,17 @@ fn static_name(family: u8) -> String {
     format!("sluice_vips{family}")
 }
 
-/// The name of the BGP protocol of peer `i`.
-pub fn peer_name(i: usize) -> String {
-    format!("sluice_peer{}", i + 1)
+/// The name of the BGP protocol of the peer at `address`. Named after the address, not
+/// the peer's place in the list, so that removing or reordering peers leaves the other
+/// sessions alone (BIRD restarts a protocol whose name now stands for another neighbour).
+pub fn peer_name(address: IpAddr) -> String {
+    let family = if address.is_ipv4() { 4 } else { 6 };
+    let text: String = address
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("sluice_peer{family}_{text}")
 }
 
 /// BIRD's whole config for `bgp`.
@@ -107,7 +115,7 @@ pub fn render_config(bgp: &Bgp) -> String {
     if let Some(med) = bgp.med {
         let _ = write!(actions, " bgp_med = {med};");
     }
-    for (i, peer) in bgp.peers.iter().enumerate() {
+    for peer in &bgp.peers {
         let family = if peer.address.is_ipv4() { 4 } else { 6 };
         let _ = writeln!(
             c,
@@ -118,7 +126,7 @@ pub fn render_config(bgp: &Bgp) -> String {
              ipv{family} {{\n    import none;\n    \
              export filter {{ if proto = \"{stat}\" then {{{actions} accept; }} reject; }};\n    \
              next hop self;\n  }};\n}}",
-            name = peer_name(i),
+            name = peer_name(peer.address),
             addr = peer.address,
             local = bgp.local_as,
             asn = peer.asn,
@@ -491,6 +499,14 @@ bird_dir = "/run/x"
         );
         assert!(c.contains("interval 100 ms; multiplier 3;"), "{c}");
         assert!(c.contains("if proto = \"sluice_vips6\""), "{c}");
+        assert!(c.contains("protocol bgp sluice_peer4_10_0_0_1 {"), "{c}");
+        assert!(c.contains("protocol bgp sluice_peer6_fd00__1 {"), "{c}");
+        // A peer's protocol keeps its name when another is removed before it.
+        let fewer = Bgp {
+            peers: bgp.peers[1..].to_vec(),
+            ..bgp.clone()
+        };
+        assert!(render_config(&fewer).contains("protocol bgp sluice_peer6_fd00__1 {"));
     }
 }
 

@@ -282,9 +282,8 @@ impl Announcer {
                 .bgp
                 .peers
                 .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let name = bird::peer_name(i);
+                .map(|p| {
+                    let name = bird::peer_name(p.address);
                     let found = shared.sessions.iter().find(|s| s.name == name);
                     Session {
                         peer: p.address.to_string(),
