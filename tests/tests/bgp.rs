@@ -241,6 +241,20 @@ fn both_lb_nodes_announce_both_vips_and_the_router_spreads_them() {
         );
         let b = bgp(&w, i);
         eprintln!("LB {i}: {b}");
+        // The BIRD the agent started holds none of its power over the data plane.
+        let pid = w.lb_bird_pid(i).expect("LB's BIRD");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let bounding = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .expect("CapBnd");
+        // CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW and nothing else.
+        assert_eq!(
+            bounding,
+            (1 << 10) | (1 << 12) | (1 << 13),
+            "LB {i}: {bounding:x}"
+        );
         assert_eq!(b["enabled"], true);
         assert_eq!(b["maintenance"], false);
         assert!(b["error"].is_null(), "{b}");

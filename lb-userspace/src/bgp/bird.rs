@@ -240,10 +240,36 @@ pub fn start(bgp: &Bgp) -> Result<(), BirdError> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
+    // BIRD parses BGP from the network: it gets none of the agent's power over the data
+    // plane (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, ...), only what Debian's own bird.service
+    // grants. Dropping from the bounding set needs CAP_SETPCAP (the unit grants it); as
+    // root, an exec takes back whatever the bounding set still holds.
+    let drop_caps = has_capability(CAP_SETPCAP);
+    if !drop_caps {
+        tracing::warn!(
+            "no CAP_SETPCAP: the BIRD started here keeps this agent's capabilities \
+             (CAP_BPF among them)"
+        );
+    }
+    // SAFETY: setsid and prctl are async-signal-safe and touch nothing of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if drop_caps {
+                for cap in 0..64 {
+                    if BIRD_CAPS.contains(&cap) {
+                        continue;
+                    }
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                        let e = std::io::Error::last_os_error();
+                        // EINVAL: past the kernel's last capability.
+                        if e.raw_os_error() == Some(libc::EINVAL) {
+                            break;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
             Ok(())
         });
     }
@@ -262,6 +288,28 @@ pub fn start(bgp: &Bgp) -> Result<(), BirdError> {
         });
     }
     Ok(())
+}
+
+/// CAP_SETPCAP, which dropping from the bounding set needs.
+const CAP_SETPCAP: u32 = 8;
+
+/// What BIRD keeps (as Debian's bird.service): CAP_NET_BIND_SERVICE (port 179),
+/// CAP_NET_ADMIN and CAP_NET_RAW.
+const BIRD_CAPS: [u32; 3] = [10, 12, 13];
+
+/// Whether this process has capability `cap` in its effective set.
+fn has_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|eff| eff & (1 << cap) != 0)
 }
 
 /// One connection to BIRD's control socket.
