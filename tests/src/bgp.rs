@@ -93,6 +93,7 @@ pub(crate) fn lb_section(dir: &Path, i: usize) -> String {
          peers = [{{ address = \"10.20.0.1\", as = {ROUTER_AS} }}, {{ address = \"fd20::1\", as = {ROUTER_AS} }}]\n\
          bfd = {{ enabled = true, interval_ms = {BFD_INTERVAL_MS}, multiplier = {BFD_MULTIPLIER} }}\n\
          bird_socket = \"{sock}\"\nbird_dir = \"{dir}\"\nbird_binary = \"{BIRD}\"\n\
+         state_dir = \"{dir}/state\"\n\
          withdraw_delay_ms = {WITHDRAW_DELAY_MS}\n",
         sock = bird.join("bird.ctl").display(),
         dir = bird.display(),

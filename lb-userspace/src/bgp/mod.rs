@@ -72,8 +72,12 @@ pub struct Announcer {
     shared: Arc<Mutex<Shared>>,
 }
 
-/// The file in `bird_dir` whose presence means maintenance.
-const MAINTENANCE_FILE: &str = "maintenance";
+/// The file in `state_dir` whose presence means maintenance.
+const MAINTENANCE_FILE: &str = "bgp-maintenance";
+
+/// Where an earlier version kept it, in `bird_dir` (on tmpfs by default, so lost at a
+/// reboot): still read, and moved.
+const LEGACY_MAINTENANCE_FILE: &str = "maintenance";
 
 /// How long an exchange with BIRD may go on before `status` reports BIRD as stalled.
 const STALLED_AFTER: Duration = Duration::from_secs(15);
@@ -87,7 +91,17 @@ impl Announcer {
     /// A failure is reported in [`Announcer::status`] and retried at each
     /// [`Announcer::poll`]: the data plane forwards whether or not BIRD can be driven.
     pub fn start(bgp: &Bgp) -> Self {
-        let maintenance = bgp.bird_dir.join(MAINTENANCE_FILE).exists();
+        let marker = bgp.state_dir.join(MAINTENANCE_FILE);
+        let legacy = bgp.bird_dir.join(LEGACY_MAINTENANCE_FILE);
+        if legacy.exists() && !marker.exists() {
+            let moved = std::fs::create_dir_all(&bgp.state_dir)
+                .and_then(|()| std::fs::write(&marker, "set by sluice-lb maintenance on\n"))
+                .and_then(|()| std::fs::remove_file(&legacy));
+            if let Err(e) = moved {
+                warn!(error = %e, to = %marker.display(), "moving the maintenance switch failed");
+            }
+        }
+        let maintenance = marker.exists() || legacy.exists();
         if maintenance {
             warn!("in BGP maintenance (set before this start): nothing is announced");
         }
@@ -111,21 +125,24 @@ impl Announcer {
         let _ = self.jobs.send(Job::Config(bgp.clone()));
     }
 
-    /// Sets the maintenance switch, kept in `bird_dir` so that it survives a restart; the
-    /// next [`Announcer::announce`] applies it.
+    /// Sets the maintenance switch, kept in `state_dir` so that it survives a restart and a
+    /// reboot; the next [`Announcer::announce`] applies it.
     pub fn set_maintenance(&mut self, on: bool) -> Result<(), BirdError> {
-        let marker = self.bgp.bird_dir.join(MAINTENANCE_FILE);
-        let done = if on {
-            std::fs::create_dir_all(&self.bgp.bird_dir)
-                .and_then(|()| std::fs::write(&marker, "set by sluice-lb maintenance on\n"))
-        } else {
-            std::fs::remove_file(&marker).or_else(|e| {
+        let marker = self.bgp.state_dir.join(MAINTENANCE_FILE);
+        let remove = |path: &std::path::Path| {
+            std::fs::remove_file(path).or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Ok(())
                 } else {
                     Err(e)
                 }
             })
+        };
+        let done = if on {
+            std::fs::create_dir_all(&self.bgp.state_dir)
+                .and_then(|()| std::fs::write(&marker, "set by sluice-lb maintenance on\n"))
+        } else {
+            remove(&marker).and_then(|()| remove(&self.bgp.bird_dir.join(LEGACY_MAINTENANCE_FILE)))
         };
         done.map_err(|source| BirdError::Io {
             what: format!("recording maintenance in {}", marker.display()),
@@ -363,9 +380,11 @@ mod tests {
         toml::from_str(&format!(
             "local_as = 65001\nrouter_id = \"10.0.0.11\"\n\
              peers = [{{ address = \"10.0.0.1\", as = 65000 }}]\n\
-             bird_socket = \"{}\"\nbird_dir = \"{}\"\nbird_binary = \"/nonexistent\"\n",
+             bird_socket = \"{}\"\nbird_dir = \"{}\"\nbird_binary = \"/nonexistent\"\n\
+             state_dir = \"{}\"\n",
             socket.display(),
-            dir.display()
+            dir.display(),
+            dir.join("state").display()
         ))
         .expect("parse")
     }
@@ -376,6 +395,34 @@ mod tests {
         drop(a);
         drop(speaker::TURN.lock());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The maintenance switch is kept in `state_dir` (which outlives a reboot), not in
+    /// `bird_dir` (tmpfs); one an earlier version left in `bird_dir` still holds, and moves.
+    #[test]
+    fn maintenance_is_kept_in_the_state_directory_and_an_old_switch_moves_there() {
+        let dir = std::env::temp_dir().join(format!("sluice-bgp-maint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bgp = config(&dir, &dir.join("none.ctl"));
+        let marker = bgp.state_dir.join(MAINTENANCE_FILE);
+        let legacy = bgp.bird_dir.join(LEGACY_MAINTENANCE_FILE);
+        let mut a = Announcer::start(&bgp);
+        assert!(!a.maintenance());
+        a.set_maintenance(true).expect("on");
+        assert!(marker.exists() && !legacy.exists());
+        drop(a);
+        // What a reboot keeps: state_dir, not bird_dir.
+        let a = Announcer::start(&bgp);
+        assert!(a.maintenance(), "kept across a restart");
+        drop(a);
+        std::fs::remove_file(&marker).expect("rm");
+        std::fs::write(&legacy, "").expect("an earlier version's switch");
+        let mut a = Announcer::start(&bgp);
+        assert!(a.maintenance(), "the earlier switch holds");
+        assert!(marker.exists() && !legacy.exists(), "and moved");
+        a.set_maintenance(false).expect("off");
+        assert!(!marker.exists() && !legacy.exists());
+        finish(a, &dir);
     }
 
     /// A graceful stop's withdrawal that BIRD refuses is retried, and reported as an

@@ -35,6 +35,10 @@ pub struct Bgp {
     /// (`vips4.conf`, `vips6.conf`).
     #[serde(default = "default_dir")]
     pub bird_dir: PathBuf,
+    /// Where the agent keeps what must outlive a reboot: the maintenance switch
+    /// (`bgp-maintenance`). Not under `bird_dir`, which is on tmpfs by default.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// The BIRD binary the agent starts when nothing answers on `bird_socket`.
     #[serde(default = "default_binary")]
     pub bird_binary: PathBuf,
@@ -89,6 +93,9 @@ fn default_socket() -> PathBuf {
 }
 fn default_dir() -> PathBuf {
     PathBuf::from("/run/sluice/bird")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sluice")
 }
 fn default_binary() -> PathBuf {
     PathBuf::from("/usr/sbin/bird")
@@ -162,6 +169,7 @@ impl Bgp {
         for (field, path) in [
             ("bird_socket", &self.bird_socket),
             ("bird_dir", &self.bird_dir),
+            ("state_dir", &self.state_dir),
         ] {
             if !path.is_absolute() {
                 return refuse(field, "must be an absolute path");

@@ -13,7 +13,8 @@ use super::Config;
 /// - `node.xdp_mode`: the interfaces already attached keep the mode they were attached in;
 /// - `admin.listen` and `admin.host_names`: bound and handed to the admin API at start;
 /// - `bgp.bird_socket`, `bgp.bird_dir` and `bgp.bird_binary`: the running BIRD lives there,
-///   and a new place would start a second one beside it.
+///   and a new place would start a second one beside it;
+/// - `bgp.state_dir`: the maintenance switch is kept there, and would be lost by a move.
 pub fn restart_needed(old: &Config, new: &Config) -> Result<(), FieldError> {
     const WHY: &str = "taken at start: a change needs a restart of sluice-lb (the running \
                        value stays in force)";
@@ -39,6 +40,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Result<(), FieldError> {
         }
         if was.bird_binary != now.bird_binary {
             return refuse("bird_binary");
+        }
+        if was.state_dir != now.state_dir {
+            return refuse("state_dir");
         }
     }
     Ok(())
@@ -90,6 +94,10 @@ mod tests {
             (
                 config("", "", &format!("{BGP}bird_socket = \"/run/other.ctl\"\n")),
                 "bgp.bird_socket",
+            ),
+            (
+                config("", "", &format!("{BGP}state_dir = \"/var/lib/other\"\n")),
+                "bgp.state_dir",
             ),
         ];
         for (new, field) in cases {
