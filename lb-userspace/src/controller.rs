@@ -329,6 +329,9 @@ struct AppliedVip {
 pub struct Applied {
     node: Option<NodeConfig>,
     backends: BTreeMap<u32, Backend>,
+    /// The address each id had when its backend was removed, until the id is taken again:
+    /// a backend that comes back to its own id keeps its flows.
+    freed: BTreeMap<u32, ([u32; 4], u8)>,
     vips: BTreeMap<u32, AppliedVip>,
     /// Table generation: counts table flips since start.
     pub generation: u64,
@@ -414,13 +417,18 @@ impl Applied {
         dp: &mut DataPlane,
         backends: Vec<(&u32, &Backend)>,
     ) -> Result<(), DataPlaneError> {
-        // An id that changes hands first loses what the backend that had it left behind.
+        // An id that changes hands first loses what the backend that had it left behind. The
+        // holder before is the one applied, or the one removed last; after a restart that
+        // removal is unknown, and the id is cleared.
         let new_hands: HashSet<u32> = backends
             .iter()
             .filter(|(id, b)| {
-                self.backends
+                let before = self
+                    .backends
                     .get(id)
-                    .is_none_or(|o| (o.addr, o.family) != (b.addr, b.family))
+                    .map(|o| (o.addr, o.family))
+                    .or_else(|| self.freed.get(id).copied());
+                before != Some((b.addr, b.family))
             })
             .map(|(id, _)| **id)
             .collect();
@@ -434,6 +442,7 @@ impl Applied {
         for (id, b) in backends {
             dp.set_backend(*id, b)?;
             self.backends.insert(*id, *b);
+            self.freed.remove(id);
         }
         Ok(())
     }
@@ -547,7 +556,9 @@ impl Applied {
             .collect();
         for id in gone {
             dp.set_backend(id, &Backend::default())?;
-            self.backends.remove(&id);
+            if let Some(old) = self.backends.remove(&id) {
+                self.freed.insert(id, (old.addr, old.family));
+            }
         }
         Ok(())
     }

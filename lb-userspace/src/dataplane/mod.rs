@@ -804,7 +804,8 @@ impl DataPlane {
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         for (key, _) in &old {
             match map.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if reuse::gone(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use sluice_common::{names, FlowKey, FlowKey4, FlowState, Traffic};
 
 use super::{map_err, DataPlane, DataPlaneError, Result};
@@ -46,22 +46,46 @@ impl DataPlane {
         name: &'static str,
         ids: &HashSet<u32>,
     ) -> Result<usize> {
+        // A walk restarts from the first key when the data plane evicts the one it stands
+        // on: bounded by the table's size, so that a busy table cannot keep it going.
+        let capacity = match self.map(name)? {
+            Map::LruHashMap(data) | Map::HashMap(data) => {
+                data.info().map_err(map_err(name))?.max_entries() as usize
+            }
+            _ => return Err(DataPlaneError::MissingMap(name)),
+        };
         let mut map: HashMap<&mut MapData, K, FlowState> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         // Keys first: removing while walking would restart the walk at every removal.
-        let stale: Vec<K> = map
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(_, state)| ids.contains(&state.backend))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &stale {
-            match map.remove(key) {
-                // The data plane may have evicted or rewritten it meanwhile.
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+        let mut stale: Vec<K> = Vec::new();
+        for entry in map.iter().take(capacity) {
+            match entry {
+                Ok((key, state)) if ids.contains(&state.backend) => stale.push(key),
+                Ok(_) => {}
+                // Evicted between the walk's two reads.
+                Err(e) if gone(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }
-        Ok(stale.len())
+        let mut removed = 0;
+        for key in &stale {
+            match map.remove(key) {
+                Ok(()) => removed += 1,
+                // Evicted meanwhile, or seen twice by a restarted walk.
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether a map operation failed only because its key is no longer there (aya reports a
+/// delete of a missing key as ENOENT, not `KeyNotFound`).
+pub(super) fn gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
