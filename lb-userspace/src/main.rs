@@ -342,6 +342,9 @@ fn detach(config: Option<PathBuf>, pin_dir: Option<PathBuf>, force: bool) -> Res
                 // As a graceful stop does: what the routers still send meanwhile is forwarded.
                 std::thread::sleep(std::time::Duration::from_millis(bgp.withdraw_delay_ms));
             }
+            Err(e) if e.is_absent() => {
+                println!("BIRD is not running ({e}): nothing is announced to withdraw")
+            }
             Err(e) if force => eprintln!("warning: could not withdraw the VIPs from BGP: {e}"),
             Err(e) => bail!(
                 "could not withdraw the VIPs from BGP, so nothing was detached (the routers \

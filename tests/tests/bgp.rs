@@ -244,17 +244,19 @@ fn both_lb_nodes_announce_both_vips_and_the_router_spreads_them() {
         // The BIRD the agent started holds none of its power over the data plane.
         let pid = w.lb_bird_pid(i).expect("LB's BIRD");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        let bounding = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapBnd:"))
-            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-            .expect("CapBnd");
-        // CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW and nothing else.
-        assert_eq!(
-            bounding,
-            (1 << 10) | (1 << 12) | (1 << 13),
-            "LB {i}: {bounding:x}"
-        );
+        let set = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+                .unwrap_or_else(|| panic!("{name} in {status}"))
+        };
+        // CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW and nothing else, in what it may
+        // hold and what an exec of its own would give back.
+        let bird = (1 << 10) | (1 << 12) | (1 << 13);
+        assert_eq!(set("CapBnd:"), bird, "LB {i}: {status}");
+        assert_eq!(set("CapPrm:") & !bird, 0, "LB {i}: {status}");
+        assert_eq!(set("CapInh:") | set("CapAmb:"), 0, "LB {i}: {status}");
         assert_eq!(b["enabled"], true);
         assert_eq!(b["maintenance"], false);
         assert!(b["error"].is_null(), "{b}");

@@ -178,44 +178,44 @@ pub fn write_all(bgp: &Bgp, v4: &[IpAddr], v6: &[IpAddr]) -> Result<(), BirdErro
 /// routers. `Ok(false)` when `bird_binary` is not there to ask (a BIRD this agent does not
 /// start); `Refused` carries BIRD's own message.
 pub fn parse_check(bgp: &Bgp) -> Result<bool, BirdError> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
     if !bgp.bird_binary.is_file() {
         return Ok(false);
     }
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-bird-check-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    // Private (0700), of a random name, and made anew: in a shared /tmp another user could
+    // otherwise have this run write through links of theirs, or parse a file of theirs.
+    // Removed when dropped.
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("sluice-bird-check-")
+        .tempdir()
+        .map_err(|source| BirdError::Io {
+            what: "making a scratch directory for bird -p".into(),
+            source,
+        })?;
+    let dir = scratch_dir.path();
     let scratch = Bgp {
-        bird_dir: dir.clone(),
+        bird_dir: dir.to_path_buf(),
         ..bgp.clone()
     };
-    let parsed = write_all(&scratch, &[], &[]).and_then(|()| {
-        let conf = dir.join("bird.conf");
-        let out = std::process::Command::new(&bgp.bird_binary)
-            .arg("-p")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|source| BirdError::Io {
-                what: format!("running {} -p", bgp.bird_binary.display()),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        // BIRD names the scratch file; the line and the reason are what matter.
-        let said = String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.display()), "");
-        Err(BirdError::Refused {
-            command: format!("{} -p", bgp.bird_binary.display()),
-            reply: said.trim().to_string(),
-        })
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    parsed
+    write_all(&scratch, &[], &[])?;
+    let out = std::process::Command::new(&bgp.bird_binary)
+        .arg("-p")
+        .arg("-c")
+        .arg(dir.join("bird.conf"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| BirdError::Io {
+            what: format!("running {} -p", bgp.bird_binary.display()),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    // BIRD names the scratch file; the line and the reason are what matter.
+    let said = String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.display()), "");
+    Err(BirdError::Refused {
+        command: format!("{} -p", bgp.bird_binary.display()),
+        reply: said.trim().to_string(),
+    })
 }
 
 /// Tells a running BIRD to announce nothing (for `sluice-lb detach`, with no agent).
@@ -251,10 +251,21 @@ pub fn start(bgp: &Bgp) -> Result<(), BirdError> {
              (CAP_BPF among them)"
         );
     }
-    // SAFETY: setsid and prctl are async-signal-safe and touch nothing of the parent.
+    // SAFETY: setsid, prctl, capget and capset are async-signal-safe system calls, on this
+    // (the child's) process only.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
+            // Nothing inheritable or ambient either: an exec adds those back past the
+            // bounding set. Lowering them needs no privilege.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            clear_inheritable()?;
             if drop_caps {
                 for cap in 0..64 {
                     if BIRD_CAPS.contains(&cap) {
@@ -296,6 +307,47 @@ const CAP_SETPCAP: u32 = 8;
 /// What BIRD keeps (as Debian's bird.service): CAP_NET_BIND_SERVICE (port 179),
 /// CAP_NET_ADMIN and CAP_NET_RAW.
 const BIRD_CAPS: [u32; 3] = [10, 12, 13];
+
+/// Empties this process's inheritable capability set, leaving the others as they are.
+/// Async-signal-safe: two system calls on the stack.
+fn clear_inheritable() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: the header and the two data words are what version 3 of the call reads and
+    // writes.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for d in &mut data {
+            d.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// Whether this process has capability `cap` in its effective set.
 fn has_capability(cap: u32) -> bool {
@@ -583,6 +635,18 @@ mod with_bird {
             eprintln!("bird2 is not installed: skipped");
             return;
         }
+        let scratch = || {
+            std::fs::read_dir(std::env::temp_dir())
+                .expect("temp dir")
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("sluice-bird-check-")
+                })
+                .count()
+        };
+        let before = scratch();
         let peers = r#"{ address = "10.0.0.1", as = 65000 }, { address = "fd00::1", as = 65000 }"#;
         for extra in [
             "",
@@ -593,17 +657,6 @@ mod with_bird {
                 other => panic!("{extra:?}: {other:?}"),
             }
         }
-        let scratch = || {
-            std::fs::read_dir(std::env::temp_dir())
-                .expect("temp dir")
-                .flatten()
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with(&format!("sluice-bird-check-{}-", std::process::id()))
-                })
-                .count()
-        };
         let ibgp = bgp(r#"{ address = "10.0.0.1", as = 65001 }"#, "");
         match parse_check(&ibgp) {
             Err(BirdError::Refused { reply, .. }) => {
@@ -612,7 +665,7 @@ mod with_bird {
             }
             other => panic!("iBGP with BFD: {other:?}"),
         }
-        assert_eq!(scratch(), 0, "the scratch directories are removed");
+        assert_eq!(scratch(), before, "the scratch directories are removed");
         // No binary to ask: nothing parsed, nothing refused.
         let absent = Bgp {
             bird_binary: "/nonexistent/bird".into(),

@@ -76,7 +76,7 @@ pub struct Announcer {
 const MAINTENANCE_FILE: &str = "bgp-maintenance";
 
 /// Where an earlier version kept it, in `bird_dir` (on tmpfs by default, so lost at a
-/// reboot): still read, and moved.
+/// reboot): still read, copied to `state_dir`, and removed by `maintenance off`.
 const LEGACY_MAINTENANCE_FILE: &str = "maintenance";
 
 /// How long an exchange with BIRD may go on before `status` reports BIRD as stalled.
@@ -94,10 +94,10 @@ impl Announcer {
         let marker = bgp.state_dir.join(MAINTENANCE_FILE);
         let legacy = bgp.bird_dir.join(LEGACY_MAINTENANCE_FILE);
         if legacy.exists() && !marker.exists() {
-            let moved = std::fs::create_dir_all(&bgp.state_dir)
-                .and_then(|()| std::fs::write(&marker, "set by sluice-lb maintenance on\n"))
-                .and_then(|()| std::fs::remove_file(&legacy));
-            if let Err(e) = moved {
+            // Copied, not moved: a rollback to the earlier version still finds it.
+            let copied = std::fs::create_dir_all(&bgp.state_dir)
+                .and_then(|()| std::fs::write(&marker, "set by sluice-lb maintenance on\n"));
+            if let Err(e) = copied {
                 warn!(error = %e, to = %marker.display(), "moving the maintenance switch failed");
             }
         }
@@ -228,6 +228,16 @@ impl Announcer {
                 .is_some_and(BTreeSet::is_empty);
             if withdrawn {
                 break;
+            }
+            // No BIRD on the socket (none runs, and none could be started): nothing of this
+            // node is announced, so nothing is left to withdraw.
+            let socket = self.bgp.bird_socket.clone();
+            let probe = tokio::task::spawn_blocking(move || bird::Control::connect(&socket)).await;
+            if let Ok(Err(e)) = probe {
+                if e.is_absent() {
+                    warn!(error = %e, "BIRD is not running: nothing is announced to withdraw");
+                    return Ok(());
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 let why = speaker::lock(&self.shared).error.clone();
@@ -398,9 +408,10 @@ mod tests {
     }
 
     /// The maintenance switch is kept in `state_dir` (which outlives a reboot), not in
-    /// `bird_dir` (tmpfs); one an earlier version left in `bird_dir` still holds, and moves.
+    /// `bird_dir` (tmpfs); one an earlier version left in `bird_dir` still holds, and is
+    /// copied (a rollback still finds it).
     #[test]
-    fn maintenance_is_kept_in_the_state_directory_and_an_old_switch_moves_there() {
+    fn maintenance_is_kept_in_the_state_directory_and_an_old_switch_is_copied_there() {
         let dir = std::env::temp_dir().join(format!("sluice-bgp-maint-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let bgp = config(&dir, &dir.join("none.ctl"));
@@ -419,7 +430,7 @@ mod tests {
         std::fs::write(&legacy, "").expect("an earlier version's switch");
         let mut a = Announcer::start(&bgp);
         assert!(a.maintenance(), "the earlier switch holds");
-        assert!(marker.exists() && !legacy.exists(), "and moved");
+        assert!(marker.exists() && legacy.exists(), "and is copied");
         a.set_maintenance(false).expect("off");
         assert!(!marker.exists() && !legacy.exists());
         finish(a, &dir);
@@ -440,6 +451,20 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
+        // No BIRD at all, and none can be started: nothing is announced, nothing to withdraw.
+        let dir = std::env::temp_dir().join(format!("sluice-bgp-absent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut a = Announcer::start(&config(&dir, &dir.join("none.ctl")));
+        a.announce(wanted.clone());
+        let began = std::time::Instant::now();
+        let stopped = rt.block_on(a.withdraw_within(Duration::from_secs(4)));
+        finish(a, &dir);
+        assert!(stopped.is_ok(), "{stopped:?}");
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            began.elapsed()
+        );
         // (refused from the n-th configure, how many times, what the stop comes to)
         for (refusals, done) in [(usize::MAX, false), (2, true)] {
             let dir = std::env::temp_dir().join(format!(
