@@ -1553,6 +1553,17 @@ fn a_reused_backend_id_inherits_no_flow_entries_and_no_counters() {
         assert_eq!(id_of(p, BACKENDS[2]), None);
         assert!(flow_entries(p, client, ports.clone()).contains(&Some(id)));
     });
+    // The same backend coming back takes its own id again, and keeps its flows.
+    apply(&w, &BACKENDS);
+    w.probe(|p| {
+        wait_until("the backend back up", Duration::from_secs(5), || {
+            p.flags(BACKENDS[2]) == Some(BACKEND_ALIVE)
+        });
+        assert_eq!(id_of(p, BACKENDS[2]), Some(id));
+        assert!(flow_entries(p, client, ports.clone()).contains(&Some(id)));
+        assert!(p.dp.backend_traffic(id).expect("traffic").packets > 0);
+    });
+    apply(&w, &BACKENDS[..2]);
     // A new backend takes the id it freed.
     sh(&format!("ip -n {} addr add {NEW}/24 dev int1", w.b));
     w.start_server_at(3, NEW);
@@ -1570,50 +1581,86 @@ fn a_reused_backend_id_inherits_no_flow_entries_and_no_counters() {
 }
 
 /// `detach --config` withdraws the VIPs from BGP before it removes anything; when BIRD
-/// cannot be told, it detaches nothing (the routers would go on sending to a node that
-/// drops what it gets) unless told `--force`.
+/// refuses the withdrawal, it detaches nothing (the routers would go on sending to a node
+/// that drops what it gets) unless told `--force`. With no BIRD at all, nothing is
+/// announced, and it detaches.
 #[test]
 fn detach_removes_nothing_while_the_vips_cannot_be_withdrawn_unless_forced() {
+    use std::io::{BufRead, BufReader, Write};
     let scratch = sluice_e2e::scratch::Scratch::new("agent-detach");
     let dir = scratch.0.clone();
     let pin_dir = dir.join("pins");
-    for sub in ["links", "maps"] {
-        std::fs::create_dir_all(pin_dir.join(sub)).expect("dir");
-        std::fs::write(pin_dir.join(sub).join("x"), "").expect("pin stand-in");
-    }
-    let config = dir.join("lb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[bgp]\nlocal_as = 65001\nrouter_id = \"10.1.0.1\"\n\
-             peers = [{{ address = \"10.1.0.254\", as = 65000 }}]\n\
-             bird_socket = \"{dir}/no-bird.ctl\"\nbird_dir = \"{dir}/bird\"\n",
-            World::config_text(&pin_dir, &BACKENDS),
-            dir = dir.display()
-        ),
-    )
-    .expect("config");
-    let detach = |force: bool| {
+    let pins = || {
+        for sub in ["links", "maps"] {
+            std::fs::create_dir_all(pin_dir.join(sub)).expect("dir");
+            std::fs::write(pin_dir.join(sub).join("x"), "").expect("pin stand-in");
+        }
+    };
+    // A BIRD that refuses every configure.
+    let socket = dir.join("bird.ctl");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"0001 BIRD 2.0.12 ready.\n");
+            let reader = BufReader::new(conn.try_clone().expect("clone"));
+            for _ in reader.lines().map_while(Result::ok) {
+                let _ = conn.write_all(b"8002 bird.conf:3:1 syntax error\n");
+            }
+        }
+    });
+    let config = |socket: &Path| {
+        let path = dir.join("lb.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n[bgp]\nlocal_as = 65001\nrouter_id = \"10.1.0.1\"\n\
+                 peers = [{{ address = \"10.1.0.254\", as = 65000 }}]\n\
+                 bird_socket = \"{}\"\nbird_dir = \"{}/bird\"\n",
+                World::config_text(&pin_dir, &BACKENDS),
+                socket.display(),
+                dir.display()
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let detach = |config: &Path, force: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-lb"));
-        cmd.args(["detach", "--config"]).arg(&config);
+        cmd.args(["detach", "--config"]).arg(config);
         if force {
             cmd.arg("--force");
         }
         cmd.output().expect("detach")
     };
-    let out = detach(false);
+    pins();
+    let refusing = config(&socket);
+    let out = detach(&refusing, false);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("could not withdraw") && stderr.contains("--force"),
+        stderr.contains("could not withdraw") && stderr.contains("syntax error"),
         "{stderr}"
     );
     assert!(pin_dir.join("links/x").exists(), "nothing is detached");
-    let out = detach(true);
+    let out = detach(&refusing, true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!pin_dir.exists(), "detached when forced");
+    // No BIRD on the socket: nothing to withdraw.
+    pins();
+    let out = detach(&config(&dir.join("no-bird.ctl")), false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BIRD is not running"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!pin_dir.exists(), "detached");
 }

@@ -104,9 +104,7 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-/// Refuses, as `section[i].name`, the first name seen twice or written with more than
-/// letters, digits, `.`, `-` and `_`: names are Prometheus label values, log fields and
-/// dashboard text, where a quote or a newline would break the exposition for every series.
+/// Refuses the first name seen twice, as `section[i].name`.
 fn unique_names<'a>(
     section: &str,
     names: impl Iterator<Item = &'a str>,
@@ -114,6 +112,23 @@ fn unique_names<'a>(
 ) -> Result<(), FieldError> {
     let mut seen = HashSet::new();
     for (i, n) in names.enumerate() {
+        if !seen.insert(n) {
+            return refuse(format!("{section}[{i}].name"), reason);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, as `section[i].name`, a name written with more than letters, digits, `.`, `-`
+/// and `_`, then one seen twice: listener, upstream and route names are Prometheus label
+/// values, log fields and dashboard text, where a quote or a newline would break the
+/// exposition of every series.
+fn label_names<'a>(
+    section: &str,
+    names: impl Iterator<Item = &'a str> + Clone,
+    reason: &str,
+) -> Result<(), FieldError> {
+    for (i, n) in names.clone().enumerate() {
         if n.is_empty()
             || !n
                 .bytes()
@@ -124,11 +139,8 @@ fn unique_names<'a>(
                 "letters, digits, '.', '-' and '_' only",
             );
         }
-        if !seen.insert(n) {
-            return refuse(format!("{section}[{i}].name"), reason);
-        }
     }
-    Ok(())
+    unique_names(section, names, reason)
 }
 
 /// Two listeners may not take the same port on overlapping addresses: the same address, or
@@ -179,14 +191,14 @@ impl Config {
         if self.listeners.is_empty() {
             return refuse("listener", "at least one listener is required");
         }
-        unique_names(
+        label_names(
             "listener",
             self.listeners.iter().map(|l| l.name.as_str()),
             "duplicate listener name",
         )?;
         each("listener", &self.listeners, Listener::validate)?;
         distinct_addresses(&self.listeners)?;
-        unique_names(
+        label_names(
             "upstream",
             self.upstreams.iter().map(|u| u.name.as_str()),
             "duplicate upstream name",
@@ -202,7 +214,7 @@ impl Config {
         };
         policies.validate()?;
         self.shield.validate().map_err(|e| e.under("shield"))?;
-        unique_names(
+        label_names(
             "route",
             self.routes.iter().map(|r| r.name.as_str()),
             "duplicate route name",
