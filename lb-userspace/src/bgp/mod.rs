@@ -402,6 +402,9 @@ mod tests {
     /// Ends `a`'s thread, which ends with its last exchange (and may write BIRD's files
     /// there), then removes `dir`.
     fn finish(a: Announcer, dir: &std::path::Path) {
+        // Its thread has started (and taken the turn), so the turn below waits for its end;
+        // a thread that had not started yet would make BIRD's files after the removal.
+        let _ = a.settled().recv_timeout(Duration::from_secs(30));
         drop(a);
         drop(speaker::TURN.lock());
         let _ = std::fs::remove_dir_all(dir);
@@ -421,10 +424,13 @@ mod tests {
         assert!(!a.maintenance());
         a.set_maintenance(true).expect("on");
         assert!(marker.exists() && !legacy.exists());
+        // One BIRD thread at a time: each has started before the next (see `finish`).
+        let _ = a.settled().recv_timeout(Duration::from_secs(30));
         drop(a);
         // What a reboot keeps: state_dir, not bird_dir.
         let a = Announcer::start(&bgp);
         assert!(a.maintenance(), "kept across a restart");
+        let _ = a.settled().recv_timeout(Duration::from_secs(30));
         drop(a);
         std::fs::remove_file(&marker).expect("rm");
         std::fs::write(&legacy, "").expect("an earlier version's switch");
