@@ -614,8 +614,13 @@ fn analytics_top_lists_consumers_and_routes() {
     let p99 = j["routes"][0]["p99_ms"].as_f64().unwrap();
     assert!((0.05..1000.0).contains(&p99), "{p99}");
     // A parameter that is there but no whole number is a 400 problem, not the default.
-    for bad in ["minutes=abc", "limit=-1", "minutes=5&minutes=6"] {
-        let r = admin_get(&gw, &format!("/analytics/top?{bad}"));
+    for bad in [
+        "/analytics/top?minutes=abc",
+        "/analytics/top?limit=-1",
+        "/analytics/top?minutes=5&minutes=6",
+        "/dashboard/state?since=abc",
+    ] {
+        let r = admin_get(&gw, bad);
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
         assert_eq!(
             r.headers.get("content-type").map(String::as_str),

@@ -275,7 +275,10 @@ async fn handle(
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/dashboard/state") => {
-            let since = dashboard::since_param(&query);
+            let since = match dashboard::since_param(&query) {
+                Ok(since) => since,
+                Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+            };
             match ask(agent, |tx| Command::Dashboard(since, tx)).await {
                 Some(s) => {
                     let mut r = respond(

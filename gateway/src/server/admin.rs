@@ -62,7 +62,10 @@ impl Gateway {
         }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/dashboard/state") => {
-                let since = dashboard::since_param(req.uri().query().unwrap_or(""));
+                let since = match dashboard::since_param(req.uri().query().unwrap_or("")) {
+                    Ok(since) => since,
+                    Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+                };
                 match serde_json::to_string(&self.dashboard(since)) {
                     Ok(json) => {
                         let mut r = text(StatusCode::OK, &json);

@@ -73,12 +73,19 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `since` parameter of a state request: the last history sample the page has.
-pub fn since_param(query: &str) -> Option<u64> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("since="))
-        .and_then(|v| v.parse().ok())
+/// The `since` parameter of a state request: the last history sample the page has, if
+/// given. `Err` (for a 400) when it is there but no whole number, or there twice, rather
+/// than answering as if it were absent.
+pub fn since_param(query: &str) -> Result<Option<u64>, String> {
+    let mut values = query.split('&').filter_map(|kv| kv.strip_prefix("since="));
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("query parameter since: {v:?} is not a whole number")),
+        (Some(_), Some(_)) => Err("query parameter since: given more than once".into()),
+    }
 }
 
 #[cfg(test)]
@@ -95,9 +102,12 @@ mod tests {
 
     #[test]
     fn since_is_read_from_the_query() {
-        assert_eq!(since_param("since=42"), Some(42));
-        assert_eq!(since_param("a=1&since=7"), Some(7));
-        assert_eq!(since_param("since=x"), None);
-        assert_eq!(since_param(""), None);
+        assert_eq!(since_param("since=42"), Ok(Some(42)));
+        assert_eq!(since_param("a=1&since=7"), Ok(Some(7)));
+        assert_eq!(since_param(""), Ok(None));
+        assert_eq!(since_param("a=1"), Ok(None));
+        for bad in ["since=x", "since=-1", "since=", "since=1&since=2"] {
+            assert!(since_param(bad).is_err(), "{bad}");
+        }
     }
 }
