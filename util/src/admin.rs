@@ -156,6 +156,23 @@ impl Refusal {
     }
 }
 
+/// Query parameter `key` of an admin request as a whole number, `None` when absent. `Err`
+/// (for a 400) when it is there but no whole number, or there twice, rather than read as
+/// absent.
+pub fn number_param(query: &str, key: &str) -> Result<Option<u64>, String> {
+    let mut values = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("query parameter {key}: {v:?} is not a whole number")),
+        (Some(_), Some(_)) => Err(format!("query parameter {key}: given more than once")),
+    }
+}
+
 /// Whether a request from `peer` may go ahead under `token`: a read (GET, HEAD) always,
 /// anything else as a change ([`check_change`], on its `Authorization` fields). The one
 /// gate both admin APIs put in front of their routes.

@@ -14,7 +14,7 @@ use tracing::info;
 use super::Gateway;
 use crate::{
     full, load,
-    pipeline::{problem::problem, router::query_values, Runtime},
+    pipeline::{problem::problem, Runtime},
     Body,
 };
 
@@ -116,7 +116,9 @@ impl Gateway {
             }
             (&Method::GET, "/analytics/top") => {
                 let q = req.uri().query().unwrap_or("");
-                let (minutes, limit) = match (number(q, "minutes", 5), number(q, "limit", 10)) {
+                let number =
+                    |key, default| admin::number_param(q, key).map(|v| v.unwrap_or(default));
+                let (minutes, limit) = match (number("minutes", 5), number("limit", 10)) {
                     (Ok(m), Ok(l)) => (m, l),
                     (Err(e), _) | (_, Err(e)) => return problem(StatusCode::BAD_REQUEST, &e),
                 };
@@ -218,19 +220,6 @@ fn policy_metrics(out: &mut String, rt: &Runtime) {
                 n.load(Ordering::Relaxed)
             );
         }
-    }
-}
-
-/// Query parameter `key` as a whole number, `default` when absent; `Err` names it when it
-/// is there but not a whole number (or there twice), rather than answering as if absent.
-fn number(query: &str, key: &str, default: u64) -> Result<u64, String> {
-    let mut values = query_values(query, key);
-    match (values.next(), values.next()) {
-        (None, _) => Ok(default),
-        (Some(v), None) => v
-            .parse::<u64>()
-            .map_err(|_| format!("query parameter {key}: {v:?} is not a whole number")),
-        (Some(_), Some(_)) => Err(format!("query parameter {key}: given more than once")),
     }
 }
 

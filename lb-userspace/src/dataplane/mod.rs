@@ -281,6 +281,16 @@ pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataPlaneE
     move |source| DataPlaneError::Map { name, source }
 }
 
+/// Whether a map operation failed only because its key is no longer there (aya reports a
+/// delete of a missing key as ENOENT, not `KeyNotFound`).
+pub(crate) fn key_gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Where the flow tables are pinned under a node's `pin_dir`.
 pub fn pinned_maps_dir(pin_dir: &std::path::Path) -> std::path::PathBuf {
     pin_dir.join("maps")
@@ -805,7 +815,7 @@ impl DataPlane {
         for (key, _) in &old {
             match map.remove(key) {
                 Ok(()) => {}
-                Err(e) if reuse::gone(&e) => {}
+                Err(e) if key_gone(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }

@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use sluice_common::{names, FlowKey, FlowKey4, FlowState, Traffic};
 
-use super::{map_err, DataPlane, DataPlaneError, Result};
+use super::{key_gone, map_err, DataPlane, DataPlaneError, Result};
 
 impl DataPlane {
     /// Clears what backends `ids` left behind before new backends take those ids: their
@@ -63,7 +63,7 @@ impl DataPlane {
                 Ok((key, state)) if ids.contains(&state.backend) => stale.push(key),
                 Ok(_) => {}
                 // Evicted between the walk's two reads.
-                Err(e) if gone(&e) => {}
+                Err(e) if key_gone(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }
@@ -72,20 +72,10 @@ impl DataPlane {
             match map.remove(key) {
                 Ok(()) => removed += 1,
                 // Evicted meanwhile, or seen twice by a restarted walk.
-                Err(e) if gone(&e) => {}
+                Err(e) if key_gone(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }
         Ok(removed)
-    }
-}
-
-/// Whether a map operation failed only because its key is no longer there (aya reports a
-/// delete of a missing key as ENOENT, not `KeyNotFound`).
-pub(super) fn gone(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
     }
 }

@@ -2,7 +2,7 @@
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, MapData, MapError, PerCpuArray,
+    Array, MapData, PerCpuArray,
 };
 use ipnet::IpNet;
 use sluice_common::{
@@ -64,10 +64,7 @@ impl DataPlane {
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         match map.remove(&block_key(prefix)) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
+            Err(e) if super::key_gone(&e) => Ok(false),
             Err(e) => Err(map_err(name)(e)),
         }
     }

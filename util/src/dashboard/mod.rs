@@ -77,15 +77,7 @@ pub fn unix_ms() -> u64 {
 /// given. `Err` (for a 400) when it is there but no whole number, or there twice, rather
 /// than answering as if it were absent.
 pub fn since_param(query: &str) -> Result<Option<u64>, String> {
-    let mut values = query.split('&').filter_map(|kv| kv.strip_prefix("since="));
-    match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(v), None) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("query parameter since: {v:?} is not a whole number")),
-        (Some(_), Some(_)) => Err("query parameter since: given more than once".into()),
-    }
+    crate::admin::number_param(query, "since")
 }
 
 #[cfg(test)]
